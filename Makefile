@@ -1,0 +1,35 @@
+# The two commands of the quick start, plus build and the sanitizer run.
+#   make run    install missing packages, build, run the default long-context decode and report
+#   make test   install missing packages, build, run the test suite (ctest, CPU + skipped GPU)
+#   make build  install missing packages and build, nothing else
+#   make test-asan   the unit tests under ASan + UBSan (CPU-only debug build)
+JOBS ?= $(shell nproc)
+
+.PHONY: deps build run test test-asan test-slow format clean
+
+deps:
+	@scripts/bootstrap.sh
+
+build: deps
+	@cmake --preset default >/dev/null
+	@cmake --build --preset default -j $(JOBS)
+
+run: build
+	@./build/bin/helix demo
+
+test: build
+	@ctest --preset default
+
+test-slow: build
+	@ctest --test-dir build -L slow --output-on-failure
+
+test-asan: deps
+	@cmake --preset asan >/dev/null
+	@cmake --build --preset asan -j $(JOBS)
+	@ctest --preset asan
+
+format:
+	@git ls-files '*.hpp' '*.cpp' '*.cu' | xargs clang-format -i
+
+clean:
+	@rm -rf build build-asan

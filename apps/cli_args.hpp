@@ -1,0 +1,43 @@
+// Command-line parsing for the helix subcommands: `--flag value`, `--flag=value` and switches,
+// with typed accessors that return clear errors. Sizes accept K/M/G suffixes (binary: 1M =
+// 1,048,576).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.hpp"
+
+namespace helix::apps {
+
+/// Parses "131072", "128K", "1M", "2G" (binary multiples). invalid_argument otherwise.
+[[nodiscard]] expected<std::int64_t> parse_size(std::string_view text);
+/// Parses a comma-separated list of integers ("3,14,15").
+[[nodiscard]] expected<std::vector<std::int64_t>> parse_int_list(std::string_view text);
+
+class cli_args {
+ public:
+  /// `switches` are flags without a value (e.g. "json"); every other --flag takes one value.
+  /// invalid_argument for a positional argument or a flag without its value.
+  [[nodiscard]] static expected<cli_args> parse(const std::vector<std::string>& args,
+                                                const std::set<std::string>& switches);
+
+  [[nodiscard]] bool has(const std::string& name) const;
+  [[nodiscard]] std::optional<std::string> get(const std::string& name) const;
+  [[nodiscard]] std::string get_or(const std::string& name, const std::string& fallback) const;
+  [[nodiscard]] expected<std::int64_t> get_int(const std::string& name, std::int64_t fallback) const;
+  [[nodiscard]] expected<std::int64_t> get_size(const std::string& name, std::int64_t fallback) const;
+  [[nodiscard]] expected<double> get_double(const std::string& name, double fallback) const;
+  /// invalid_argument naming the first flag not in `known`.
+  [[nodiscard]] status check_known(const std::set<std::string>& known) const;
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+}  // namespace helix::apps

@@ -1,0 +1,53 @@
+#include "core/block_table.hpp"
+
+namespace helix {
+
+bool block_table::needs_block() const {
+  return blocks_.empty() || blocks_.back().num_tokens >= block_tokens_;
+}
+
+status block_table::open_block(std::int32_t rank, std::int32_t slot) {
+  if (!needs_block()) {
+    return failed_precondition("block table: last block has {} of {} tokens; cannot open another",
+                               blocks_.back().num_tokens, block_tokens_);
+  }
+  if (rank < 0 || slot < 0) return invalid_argument("block table: rank {} slot {}", rank, slot);
+  blocks_.push_back({rank, slot, num_tokens_, 0});
+  return ok_status();
+}
+
+status block_table::append_tokens(std::int64_t n) {
+  if (blocks_.empty()) return failed_precondition("block table: append with no open block");
+  kv_block_ref& b = blocks_.back();
+  if (n < 0 || b.num_tokens + n > block_tokens_) {
+    return failed_precondition("block table: {} tokens do not fit in a block with {} of {}", n,
+                               b.num_tokens, block_tokens_);
+  }
+  b.num_tokens += static_cast<std::int32_t>(n);
+  num_tokens_ += n;
+  return ok_status();
+}
+
+const kv_block_ref& block_table::last() const {
+  HELIX_CHECK(!blocks_.empty(), "block table is empty");
+  return blocks_.back();
+}
+
+status block_table::relocate(std::size_t block_idx, std::int32_t rank, std::int32_t slot) {
+  if (block_idx >= blocks_.size()) {
+    return invalid_argument("block table: block {} of {}", block_idx, blocks_.size());
+  }
+  blocks_[block_idx].rank = rank;
+  blocks_[block_idx].slot = slot;
+  return ok_status();
+}
+
+std::vector<kv_block_ref> block_table::blocks_on(std::int32_t rank) const {
+  std::vector<kv_block_ref> out;
+  for (const kv_block_ref& b : blocks_) {
+    if (b.rank == rank) out.push_back(b);
+  }
+  return out;
+}
+
+}  // namespace helix

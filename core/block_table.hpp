@@ -1,0 +1,56 @@
+// Block tables: where each request's KV lives.
+//
+// For every KV block of a request the table records the rank that holds it, its slot in that
+// rank's paged KV store, and the global positions it covers (a block covers consecutive positions
+// [first_pos, first_pos + num_tokens)). Every lookup of KV goes through the table, never through a
+// placement formula: the placement rule (planner/) fills it, migration and recovery edit it.
+// Not thread-safe; one owner per table.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "core/status.hpp"
+
+namespace helix {
+
+struct kv_block_ref {
+  std::int32_t rank = 0;        // worker rank holding the block
+  std::int32_t slot = 0;        // page slot in that rank's KV store
+  std::int64_t first_pos = 0;   // global position of the block's first token
+  std::int32_t num_tokens = 0;  // tokens filled, <= block_tokens
+  friend bool operator==(const kv_block_ref&, const kv_block_ref&) = default;
+};
+
+class block_table {
+ public:
+  explicit block_table(std::int64_t block_tokens = 16) : block_tokens_(block_tokens) {}
+
+  [[nodiscard]] std::int64_t block_tokens() const { return block_tokens_; }
+  [[nodiscard]] std::span<const kv_block_ref> blocks() const { return blocks_; }
+  [[nodiscard]] std::int64_t num_tokens() const { return num_tokens_; }
+  /// Position the next appended token gets.
+  [[nodiscard]] std::int64_t next_pos() const { return num_tokens_; }
+  /// Whether the next token needs a new block (the last block is full or there is none).
+  [[nodiscard]] bool needs_block() const;
+
+  /// Opens a new block on (rank, slot) starting at next_pos(). failed_precondition if the last
+  /// block still has room (blocks fill in order).
+  [[nodiscard]] status open_block(std::int32_t rank, std::int32_t slot);
+  /// Records `n` tokens appended into the last block; failed_precondition if they do not fit.
+  [[nodiscard]] status append_tokens(std::int64_t n);
+  /// The last block (HELIX_CHECKs that one exists).
+  [[nodiscard]] const kv_block_ref& last() const;
+  /// Moves block `block_idx` to (rank, slot): migration. invalid_argument if out of range.
+  [[nodiscard]] status relocate(std::size_t block_idx, std::int32_t rank, std::int32_t slot);
+  /// Blocks held by `rank`, in position order.
+  [[nodiscard]] std::vector<kv_block_ref> blocks_on(std::int32_t rank) const;
+
+ private:
+  std::int64_t block_tokens_;
+  std::int64_t num_tokens_ = 0;
+  std::vector<kv_block_ref> blocks_;
+};
+
+}  // namespace helix

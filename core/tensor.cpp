@@ -1,0 +1,91 @@
+#include "core/tensor.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+namespace helix {
+
+shape::shape(std::initializer_list<std::int64_t> d) {
+  HELIX_CHECK(d.size() <= max_rank, "shape rank {} > {}", d.size(), max_rank);
+  for (std::int64_t v : d) dims[static_cast<std::size_t>(rank++)] = v;
+}
+
+std::int64_t shape::numel() const {
+  std::int64_t n = 1;
+  for (int i = 0; i < rank; ++i) n *= dims[static_cast<std::size_t>(i)];
+  return n;
+}
+
+std::string shape::to_string() const {
+  std::string s = "[";
+  for (int i = 0; i < rank; ++i) {
+    if (i) s += ", ";
+    s += std::to_string(dims[static_cast<std::size_t>(i)]);
+  }
+  return s + "]";
+}
+
+bool operator==(const shape& a, const shape& b) {
+  if (a.rank != b.rank) return false;
+  for (int i = 0; i < a.rank; ++i) {
+    if (a[i] != b[i]) return false;
+  }
+  return true;
+}
+
+buffer buffer::host(std::size_t bytes) {
+  buffer b;
+  if (bytes == 0) return b;
+  const std::size_t rounded = (bytes + 63) / 64 * 64;
+  b.data_ = std::aligned_alloc(64, rounded);
+  HELIX_CHECK(b.data_ != nullptr, "host allocation of {} bytes failed", bytes);
+  std::memset(b.data_, 0, rounded);
+  b.bytes_ = bytes;
+  return b;
+}
+
+buffer::buffer(buffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      dev_(other.dev_) {}
+
+buffer& buffer::operator=(buffer&& other) noexcept {
+  if (this != &other) {
+    reset();
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+    dev_ = other.dev_;
+  }
+  return *this;
+}
+
+buffer::~buffer() { reset(); }
+
+void buffer::reset() noexcept {
+  if (data_ != nullptr) {
+    HELIX_CHECK(dev_.kind == device_kind::cpu, "device buffers are owned by their backend");
+    std::free(data_);
+  }
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+tensor_view buffer::view(dtype type, helix::shape dims) const {
+  tensor_view v{data_, type, dims, dev_};
+  HELIX_CHECK(v.bytes() <= bytes_, "view {} of {} needs {} bytes, buffer has {}", dims.to_string(),
+              dtype_name(type), v.bytes(), bytes_);
+  return v;
+}
+
+tensor::tensor(dtype type, helix::shape dims)
+    : buf_(buffer::host(static_cast<std::size_t>(dims.numel()) * dtype_bytes(type))),
+      type_(type),
+      dims_(dims) {}
+
+std::span<float> tensor::f32() const {
+  HELIX_CHECK(type_ == dtype::f32, "tensor is {}, not f32", dtype_name(type_));
+  return {buf_.as<float>(), static_cast<std::size_t>(numel())};
+}
+
+}  // namespace helix

@@ -1,0 +1,122 @@
+// Tensor views and owning buffers.
+//
+// A `tensor_view` is a non-owning, contiguous, row-major view: data pointer, dtype, shape (up to
+// 4 dims) and the device the memory lives on. Kernels and transport take views and never allocate.
+// A `buffer` owns memory (64-byte aligned host memory, or device memory through a backend), is
+// move-only, and knows its device and size. Neither type is thread-safe; ownership moves
+// explicitly.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <span>
+#include <string>
+
+#include "core/dtype.hpp"
+
+namespace helix {
+
+enum class device_kind : std::uint8_t { cpu, cuda };
+
+/// Where memory lives and where compute runs.
+struct device {
+  device_kind kind = device_kind::cpu;
+  int index = 0;
+  friend bool operator==(const device&, const device&) = default;
+};
+
+/// Opaque stream handle: a cudaStream_t on CUDA, unused (nullptr) on the CPU. Keeps CUDA types out
+/// of public headers.
+using stream_handle = void*;
+
+inline constexpr int max_rank = 4;
+
+/// Row-major shape with up to four dimensions.
+struct shape {
+  std::array<std::int64_t, max_rank> dims{};
+  int rank = 0;
+
+  shape() = default;
+  shape(std::initializer_list<std::int64_t> d);
+  [[nodiscard]] std::int64_t operator[](int i) const { return dims[static_cast<std::size_t>(i)]; }
+  [[nodiscard]] std::int64_t numel() const;
+  [[nodiscard]] std::string to_string() const;  // "[2, 3]"
+  friend bool operator==(const shape& a, const shape& b);
+};
+
+/// Non-owning contiguous view. The viewed memory must outlive the view.
+struct tensor_view {
+  void* data = nullptr;
+  dtype type = dtype::f32;
+  helix::shape dims;
+  helix::device dev;
+
+  [[nodiscard]] std::int64_t numel() const { return dims.numel(); }
+  [[nodiscard]] std::size_t bytes() const {
+    return static_cast<std::size_t>(numel()) * dtype_bytes(type);
+  }
+  template <class T>
+  [[nodiscard]] T* as() const {
+    return static_cast<T*>(data);
+  }
+};
+
+/// Owning, move-only memory block of `bytes` bytes on `dev`, zero-initialised.
+class buffer {
+ public:
+  buffer() = default;
+  /// Host allocation; aborts on out-of-memory like operator new (callers size from configs).
+  static buffer host(std::size_t bytes);
+  buffer(buffer&& other) noexcept;
+  buffer& operator=(buffer&& other) noexcept;
+  buffer(const buffer&) = delete;
+  buffer& operator=(const buffer&) = delete;
+  ~buffer();
+
+  [[nodiscard]] void* data() const { return data_; }
+  [[nodiscard]] std::size_t bytes() const { return bytes_; }
+  [[nodiscard]] helix::device dev() const { return dev_; }
+  [[nodiscard]] bool empty() const { return bytes_ == 0; }
+  template <class T>
+  [[nodiscard]] T* as() const {
+    return static_cast<T*>(data_);
+  }
+  /// A view of the whole buffer as `type` with `dims` (dims.numel() * size must fit).
+  [[nodiscard]] tensor_view view(dtype type, helix::shape dims) const;
+
+ private:
+  void reset() noexcept;
+  void* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  helix::device dev_;
+};
+
+/// An owning f32/bf16/... tensor: a buffer plus its dtype and shape.
+class tensor {
+ public:
+  tensor() = default;
+  /// Zero-filled host tensor.
+  tensor(dtype type, helix::shape dims);
+
+  [[nodiscard]] tensor_view view() const { return {buf_.data(), type_, dims_, buf_.dev()}; }
+  [[nodiscard]] dtype type() const { return type_; }
+  [[nodiscard]] const helix::shape& dims() const { return dims_; }
+  [[nodiscard]] std::int64_t numel() const { return dims_.numel(); }
+  [[nodiscard]] std::size_t bytes() const { return buf_.bytes(); }
+  [[nodiscard]] void* data() const { return buf_.data(); }
+  template <class T>
+  [[nodiscard]] T* as() const {
+    return buf_.as<T>();
+  }
+  /// f32 span; HELIX_CHECKs that the dtype is f32.
+  [[nodiscard]] std::span<float> f32() const;
+
+ private:
+  buffer buf_;
+  dtype type_ = dtype::f32;
+  helix::shape dims_;
+};
+
+}  // namespace helix

@@ -1,0 +1,69 @@
+#include "core/thread_pool.hpp"
+
+namespace helix {
+
+thread_pool::thread_pool(int num_threads) {
+  if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (num_threads <= 0) num_threads = 1;
+  workers_.reserve(static_cast<std::size_t>(num_threads - 1));
+  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+thread_pool::~thread_pool() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
+}
+
+void thread_pool::run_tasks() {
+  std::unique_lock lock(mutex_);
+  while (next_task_ < num_tasks_) {
+    const std::int64_t task = next_task_++;
+    const auto* fn = fn_;
+    lock.unlock();
+    (*fn)(task);
+    lock.lock();
+    if (++tasks_done_ == num_tasks_) done_cv_.notify_all();
+  }
+}
+
+void thread_pool::worker_loop() {
+  std::uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+    }
+    run_tasks();
+  }
+}
+
+void thread_pool::parallel_for(std::int64_t num_tasks,
+                               const std::function<void(std::int64_t)>& fn) {
+  if (num_tasks <= 0) return;
+  if (workers_.empty() || num_tasks == 1) {
+    for (std::int64_t i = 0; i < num_tasks; ++i) fn(i);
+    return;
+  }
+  std::lock_guard call_lock(call_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    fn_ = &fn;
+    num_tasks_ = num_tasks;
+    next_task_ = 0;
+    tasks_done_ = 0;
+    ++generation_;
+  }
+  work_cv_.notify_all();
+  run_tasks();
+  std::unique_lock lock(mutex_);
+  done_cv_.wait(lock, [&] { return tasks_done_ == num_tasks_; });
+  fn_ = nullptr;
+}
+
+}  // namespace helix

@@ -1,0 +1,47 @@
+// A fixed pool of worker threads for data-parallel CPU kernels.
+//
+// parallel_for(n, fn) runs fn(task_idx) for task_idx in [0, n) on the pool and the calling thread,
+// and returns when all are done. Waiting blocks on a condition variable (never spins), so pools of
+// many simulated workers share two cores well. How work is split into tasks is the caller's
+// business: kernels split by fixed sizes, never by thread count, so results do not depend on the
+// number of threads. One parallel_for at a time per pool (calls are serialised by a mutex).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace helix {
+
+class thread_pool {
+ public:
+  /// `num_threads` total participants including the caller; 0 means hardware concurrency.
+  explicit thread_pool(int num_threads = 0);
+  ~thread_pool();
+  thread_pool(const thread_pool&) = delete;
+  thread_pool& operator=(const thread_pool&) = delete;
+
+  [[nodiscard]] int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
+  void parallel_for(std::int64_t num_tasks, const std::function<void(std::int64_t)>& fn);
+
+ private:
+  void worker_loop();
+  void run_tasks();
+
+  std::vector<std::thread> workers_;
+  std::mutex call_mutex_;  // one parallel_for at a time
+  std::mutex mutex_;
+  std::condition_variable work_cv_;
+  std::condition_variable done_cv_;
+  const std::function<void(std::int64_t)>* fn_ = nullptr;
+  std::int64_t num_tasks_ = 0;
+  std::int64_t next_task_ = 0;
+  std::int64_t tasks_done_ = 0;
+  std::uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace helix

@@ -1,0 +1,33 @@
+// Optimised CPU kernels: vectorised (AVX2/FMA/F16C or AVX-512 chosen at run time, with a portable
+// fallback) and multi-threaded over a thread_pool (null = calling thread). Same semantics as the
+// reference kernels; work is split by fixed sizes, never by thread count, so results do not depend
+// on the number of threads or on the batch. Params are validated by the dispatchers.
+#pragma once
+
+#include <cstddef>
+
+#include "core/thread_pool.hpp"
+#include "kernels/attention.hpp"
+#include "kernels/embedding.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/merge.hpp"
+#include "kernels/rmsnorm.hpp"
+#include "kernels/rope.hpp"
+#include "kernels/router.hpp"
+#include "kernels/sampling.hpp"
+#include "kernels/swiglu.hpp"
+
+namespace helix::kernels::cpu {
+
+[[nodiscard]] std::size_t attention_workspace_bytes(const attention_partial_params& p);
+[[nodiscard]] status attention_partial(const attention_partial_params& p, thread_pool* pool);
+[[nodiscard]] status lse_merge(const lse_merge_params& p, thread_pool* pool);
+[[nodiscard]] status gemm(const gemm_params& p, thread_pool* pool);
+[[nodiscard]] status rmsnorm(const rmsnorm_params& p, thread_pool* pool);
+[[nodiscard]] status rope(const rope_params& p, thread_pool* pool);
+[[nodiscard]] status swiglu(const swiglu_params& p, thread_pool* pool);
+[[nodiscard]] status route_experts(const router_params& p, thread_pool* pool);
+[[nodiscard]] status embedding(const embedding_params& p, thread_pool* pool);
+[[nodiscard]] status sample(const sample_params& p, thread_pool* pool);
+
+}  // namespace helix::kernels::cpu

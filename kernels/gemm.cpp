@@ -1,0 +1,31 @@
+#include "kernels/gemm.hpp"
+
+#include "kernels/cpu/optimized.hpp"
+#include "kernels/cpu/reference.hpp"
+
+namespace helix::kernels {
+
+status gemm(const gemm_params& p, const exec_context& ctx) {
+  if (p.m <= 0 || p.n <= 0 || p.k <= 0) {
+    return invalid_argument("gemm: m {}, n {}, k {} must be positive", p.m, p.n, p.k);
+  }
+  if (p.x == nullptr || p.w == nullptr || p.y == nullptr) {
+    return invalid_argument("gemm: null x, w or y");
+  }
+  if ((p.x_stride != 0 && p.x_stride < p.k) || (p.y_stride != 0 && p.y_stride < p.n)) {
+    return invalid_argument("gemm: x_stride {} < k {} or y_stride {} < n {}", p.x_stride, p.k,
+                            p.y_stride, p.n);
+  }
+  if (p.w_type == dtype::fp8_e4m3) {
+    return failed_precondition("gemm: fp8_e4m3 weights are not supported (block-scaled FP8 "
+                               "weights need scales)");
+  }
+  switch (ctx.backend) {
+    case backend::reference: return reference::gemm(p);
+    case backend::cpu: return cpu::gemm(p, ctx.pool);
+    case backend::cuda: return failed_precondition("gemm: no CUDA implementation yet");
+  }
+  return internal_error("gemm: unknown backend");
+}
+
+}  // namespace helix::kernels

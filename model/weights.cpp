@@ -1,0 +1,140 @@
+#include "model/weights.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "core/rng.hpp"
+
+namespace helix::model {
+namespace {
+
+tensor make(dtype t, std::int64_t rows, std::int64_t cols) { return tensor(t, {rows, cols}); }
+tensor make_vec(std::int64_t n) { return tensor(dtype::f32, {n}); }
+
+mlp_weights make_mlp(dtype t, std::int64_t hidden, std::int64_t ffn) {
+  return {make(t, ffn, hidden), make(t, ffn, hidden), make(t, hidden, ffn)};
+}
+
+}  // namespace
+
+expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_type) {
+  HELIX_RETURN_IF_ERROR(spec.validate());
+  if (weight_type == dtype::fp8_e4m3) {
+    return invalid_argument("weights: fp8_e4m3 is a KV storage type, not a weight type here "
+                            "(use f32, bf16 or f16)");
+  }
+  const dtype t = weight_type;
+  const std::int64_t h = spec.hidden;
+  const std::int64_t nq = spec.num_q_heads;
+  model_weights w;
+  w.spec = spec;
+  w.weight_type = t;
+  w.embed = make(t, spec.vocab, h);
+  w.final_norm = make_vec(h);
+  if (!spec.tie_word_embeddings) w.lm_head = make(t, spec.vocab, h);
+  w.layers.resize(static_cast<std::size_t>(spec.num_layers));
+  for (std::int64_t l = 0; l < spec.num_layers; ++l) {
+    layer_weights& L = w.layers[static_cast<std::size_t>(l)];
+    L.input_norm = make_vec(h);
+    L.post_attn_norm = make_vec(h);
+    if (spec.is_mla()) {
+      const mla_spec& m = spec.mla;
+      if (m.q_lora_rank > 0) {
+        L.q_a_proj = make(t, m.q_lora_rank, h);
+        L.q_a_norm = make_vec(m.q_lora_rank);
+        L.q_b_proj = make(t, nq * m.qk_head_dim(), m.q_lora_rank);
+      } else {
+        L.q_proj = make(t, nq * m.qk_head_dim(), h);
+      }
+      L.kv_a_proj = make(t, m.kv_lora_rank + m.qk_rope_head_dim, h);
+      L.kv_a_norm = make_vec(m.kv_lora_rank);
+      L.kv_b_proj = make(t, nq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank);
+      L.o_proj = make(t, h, nq * m.v_head_dim);
+    } else {
+      L.q_proj = make(t, nq * spec.head_dim, h);
+      L.k_proj = make(t, spec.num_kv_heads * spec.head_dim, h);
+      L.v_proj = make(t, spec.num_kv_heads * spec.head_dim, h);
+      L.o_proj = make(t, h, nq * spec.head_dim);
+    }
+    if (spec.layer_is_moe(l)) {
+      const moe_spec& e = spec.moe;
+      L.router = make(dtype::f32, e.num_experts, h);
+      if (e.score_correction_bias) L.router_bias = make_vec(e.num_experts);
+      for (std::int64_t x = 0; x < e.num_experts; ++x) L.experts.push_back(make_mlp(t, h, e.expert_ffn));
+      if (e.num_shared_experts > 0) L.shared = make_mlp(t, h, e.num_shared_experts * e.expert_ffn);
+    } else {
+      L.mlp = make_mlp(t, h, spec.ffn);
+    }
+  }
+  return w;
+}
+
+std::vector<named_tensor> list_tensors(model_weights& w) {
+  std::vector<named_tensor> out;
+  auto add = [&](std::string name, tensor& t, tensor_role role) {
+    if (t.numel() == 0) return;
+    const std::int64_t fan_in = t.dims().rank == 2 ? t.dims()[1] : 0;
+    out.push_back({std::move(name), &t, role, fan_in});
+  };
+  auto add_mlp = [&](const std::string& prefix, mlp_weights& m) {
+    add(prefix + ".gate_proj.weight", m.gate_proj, tensor_role::linear);
+    add(prefix + ".up_proj.weight", m.up_proj, tensor_role::linear);
+    add(prefix + ".down_proj.weight", m.down_proj, tensor_role::linear);
+  };
+  add("model.embed_tokens.weight", w.embed, tensor_role::embedding);
+  for (std::size_t l = 0; l < w.layers.size(); ++l) {
+    layer_weights& L = w.layers[l];
+    const std::string p = fmt::format("model.layers.{}", l);
+    add(p + ".input_layernorm.weight", L.input_norm, tensor_role::norm);
+    add(p + ".self_attn.q_proj.weight", L.q_proj, tensor_role::linear);
+    add(p + ".self_attn.k_proj.weight", L.k_proj, tensor_role::linear);
+    add(p + ".self_attn.v_proj.weight", L.v_proj, tensor_role::linear);
+    add(p + ".self_attn.q_a_proj.weight", L.q_a_proj, tensor_role::linear);
+    add(p + ".self_attn.q_a_layernorm.weight", L.q_a_norm, tensor_role::norm);
+    add(p + ".self_attn.q_b_proj.weight", L.q_b_proj, tensor_role::linear);
+    add(p + ".self_attn.kv_a_proj_with_mqa.weight", L.kv_a_proj, tensor_role::linear);
+    add(p + ".self_attn.kv_a_layernorm.weight", L.kv_a_norm, tensor_role::norm);
+    add(p + ".self_attn.kv_b_proj.weight", L.kv_b_proj, tensor_role::linear);
+    add(p + ".self_attn.o_proj.weight", L.o_proj, tensor_role::linear);
+    add(p + ".post_attention_layernorm.weight", L.post_attn_norm, tensor_role::norm);
+    add_mlp(p + ".mlp", L.mlp);
+    add(p + ".mlp.gate.weight", L.router, tensor_role::router);
+    add(p + ".mlp.gate.e_score_correction_bias", L.router_bias, tensor_role::router_bias);
+    for (std::size_t x = 0; x < L.experts.size(); ++x) {
+      add_mlp(fmt::format("{}.mlp.experts.{}", p, x), L.experts[x]);
+    }
+    add_mlp(p + ".mlp.shared_experts", L.shared);
+  }
+  add("model.norm.weight", w.final_norm, tensor_role::norm);
+  add("lm_head.weight", w.lm_head, tensor_role::linear);
+  return out;
+}
+
+expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight_type,
+                                            std::uint64_t seed) {
+  HELIX_ASSIGN_OR_RETURN(model_weights w, allocate_weights(spec, weight_type));
+  std::uint64_t tensor_idx = 0;
+  for (named_tensor& nt : list_tensors(w)) {
+    ++tensor_idx;
+    tensor& t = *nt.t;
+    const auto n = static_cast<std::uint64_t>(t.numel());
+    for (std::uint64_t i = 0; i < n; ++i) {
+      const float u = 2.0f * random_uniform(seed, tensor_idx, 0, rng_purpose::weight_init, i) - 1.0f;
+      float v = 0.0f;
+      switch (nt.role) {
+        case tensor_role::norm: v = 1.0f + 0.1f * u; break;
+        case tensor_role::embedding: v = u; break;
+        case tensor_role::router_bias: v = 0.1f * u; break;
+        case tensor_role::linear:
+        case tensor_role::router:
+          v = u / std::sqrt(static_cast<float>(nt.fan_in));
+          break;
+      }
+      store_from_f32(t.data(), t.type(), i, v);
+    }
+  }
+  return w;
+}
+
+}  // namespace helix::model

@@ -1,0 +1,83 @@
+// Model weights in memory: the full (unsharded) parameters of a Llama or DeepSeek-V3 model.
+//
+// Tensor shapes follow HF checkpoints exactly (linear weights are [out, in]) so that loading is a
+// copy and the tensor names map one to one (see checkpoint.hpp). Weights are stored as f32, bf16
+// or f16 (`weight_type`); norms, router and biases are always f32. Built by init_seeded_weights()
+// or load_checkpoint(); owned by whoever holds the struct (move-only).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/model_spec.hpp"
+#include "core/tensor.hpp"
+
+namespace helix::model {
+
+/// One SwiGLU MLP: down(silu(gate(x)) * up(x)).
+struct mlp_weights {
+  tensor gate_proj;  // [ffn, hidden]
+  tensor up_proj;    // [ffn, hidden]
+  tensor down_proj;  // [hidden, ffn]
+};
+
+struct layer_weights {
+  tensor input_norm;      // [hidden] f32
+  tensor post_attn_norm;  // [hidden] f32
+  // GQA (Llama)
+  tensor q_proj;  // [num_q_heads * head_dim, hidden]; MLA without q_lora: [Q * qk_head_dim, hidden]
+  tensor k_proj;  // [num_kv_heads * head_dim, hidden]
+  tensor v_proj;  // [num_kv_heads * head_dim, hidden]
+  tensor o_proj;  // [hidden, num_q_heads * attn_out_head_dim]
+  // MLA (DeepSeek-V3)
+  tensor q_a_proj;   // [q_lora_rank, hidden]
+  tensor q_a_norm;   // [q_lora_rank] f32
+  tensor q_b_proj;   // [Q * qk_head_dim, q_lora_rank]
+  tensor kv_a_proj;  // [kv_lora_rank + qk_rope_head_dim, hidden] (kv_a_proj_with_mqa)
+  tensor kv_a_norm;  // [kv_lora_rank] f32
+  tensor kv_b_proj;  // [Q * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  // FFN: dense, or MoE (router + routed experts + one shared MLP of num_shared * expert_ffn)
+  mlp_weights mlp;
+  tensor router;       // [num_experts, hidden] f32 (mlp.gate.weight)
+  tensor router_bias;  // [num_experts] f32 (e_score_correction_bias); empty if unused
+  std::vector<mlp_weights> experts;
+  mlp_weights shared;  // empty tensors when num_shared_experts == 0
+};
+
+struct model_weights {
+  model_spec spec;
+  dtype weight_type = dtype::f32;
+  tensor embed;       // [vocab, hidden]
+  std::vector<layer_weights> layers;
+  tensor final_norm;  // [hidden] f32
+  tensor lm_head;     // [vocab, hidden]; empty when tie_word_embeddings (embed is used)
+  [[nodiscard]] const tensor& lm_head_or_embed() const {
+    return spec.tie_word_embeddings ? embed : lm_head;
+  }
+};
+
+/// What a tensor is, for initialisation and for which dtype it is stored in.
+enum class tensor_role : std::uint8_t { linear, embedding, norm, router, router_bias };
+
+/// One tensor of a model with its HF checkpoint name ("model.layers.0.self_attn.q_proj.weight").
+struct named_tensor {
+  std::string name;
+  tensor* t = nullptr;
+  tensor_role role = tensor_role::linear;
+  std::int64_t fan_in = 0;  // linear / router: the input dimension
+};
+
+/// Every tensor the spec has, in a fixed order, with HF names. Pointers are into `w`.
+[[nodiscard]] std::vector<named_tensor> list_tensors(model_weights& w);
+
+/// Deterministic weights for a spec: every tensor is filled from the counter-based RNG keyed by
+/// (seed, tensor index), uniform in +-1/sqrt(fan_in) for linear weights, 1 +- 0.1 for norms,
+/// rounded to `weight_type`. invalid_argument for fp8_e4m3 (not a weight type) or a bad spec.
+[[nodiscard]] expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight_type,
+                                                          std::uint64_t seed);
+
+/// Allocates every tensor of `spec` with the shapes above, zero-filled (loaders fill them).
+[[nodiscard]] expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_type);
+
+}  // namespace helix::model
