@@ -1,1 +1,43 @@
-int main() { return 0; }
+// helix: the command-line program. Subcommands print human-readable output by default and JSON
+// with --json; errors go to stderr with a non-zero exit code.
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "apps/bench_attention.hpp"
+#include "apps/demo_cmd.hpp"
+#include "apps/generate_cmd.hpp"
+
+namespace {
+
+constexpr const char* usage =
+    "usage: helix <command> [options]\n"
+    "commands:\n"
+    "  generate          decode tokens on one worker (built-in seeded or HF checkpoint)\n"
+    "  bench attention   attention decode bandwidth against a streaming-read baseline\n"
+    "  demo              the default job of `make run`: a long-context decode and a report\n"
+    "  help              this text\n"
+    "Run `helix <command> --help` for a command's options.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    std::cout << usage;
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "generate") return helix::apps::run_generate(rest, std::cout, std::cerr);
+  if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
+  if (cmd == "bench") {
+    if (!rest.empty() && rest[0] == "attention") {
+      return helix::apps::run_bench_attention(std::vector<std::string>(rest.begin() + 1, rest.end()));
+    }
+    std::cerr << "error: unknown benchmark (available: bench attention)\n";
+    return 2;
+  }
+  std::cerr << "error: unknown command '" << cmd << "'\n" << usage;
+  return 2;
+}

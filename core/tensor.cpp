@@ -12,6 +12,7 @@ shape::shape(std::initializer_list<std::int64_t> d) {
 }
 
 std::int64_t shape::numel() const {
+  if (rank == 0) return 0;  // a default shape describes no tensor, not a scalar
   std::int64_t n = 1;
   for (int i = 0; i < rank; ++i) n *= dims[static_cast<std::size_t>(i)];
   return n;

@@ -33,7 +33,7 @@ using stream_handle = void*;
 
 inline constexpr int max_rank = 4;
 
-/// Row-major shape with up to four dimensions.
+/// Row-major shape with up to four dimensions. The default (rank 0) shape is empty: numel() 0.
 struct shape {
   std::array<std::int64_t, max_rank> dims{};
   int rank = 0;

@@ -1,0 +1,354 @@
+// Small vector helpers for the optimised CPU kernels (attention, GEMV, ...): load 8 (AVX2) or 16
+// (AVX-512) f32 / bf16 / f16 / fp8_e4m3 elements as f32 lanes, FMA dot products, horizontal sums.
+//
+// The project is built without -march=native (binaries move between machines), so every function
+// that uses intrinsics carries a target attribute (HELIX_SIMD_AVX2 / HELIX_SIMD_AVX512) and callers
+// pick a path at run time with cpu_isa(). A function that calls these helpers must carry the same
+// (or a wider) target attribute so that GCC/Clang can inline them. Every operation also has a
+// portable scalar form (dot_scalar, ...) used on other architectures and older CPUs.
+//
+// Conversions are exact and match core/dtype.hpp's to_f32() for every finite input. fp8 NaN
+// (S.1111.111) loads as NaN on every path; f16 inf/NaN convert as F16C does (the same values).
+// Header-only, no allocation, thread-safe (cpu_isa() is initialised once, thread-safely).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "core/dtype.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define HELIX_SIMD_X86 1
+// GCC 12's intrinsic headers trip -Wuninitialized (`__m512 __Y = __Y;` in _mm512_undefined_ps)
+// once inlined into target("avx512f") functions (GCC bug 105593, fixed in GCC 13). The warning is
+// attributed to the header's lines, so silencing it around the include covers every caller.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#define HELIX_SIMD_X86 0
+#endif
+
+#if HELIX_SIMD_X86
+#define HELIX_SIMD_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define HELIX_SIMD_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#endif
+
+namespace helix::kernels::simd {
+
+/// Instruction sets the kernels choose between, in increasing order.
+enum class isa : std::uint8_t { scalar, avx2, avx512 };
+
+[[nodiscard]] inline std::string_view isa_name(isa i) noexcept {
+  switch (i) {
+    case isa::scalar: return "scalar";
+    case isa::avx2: return "avx2";
+    case isa::avx512: return "avx512";
+  }
+  return "scalar";
+}
+
+/// The best instruction set this CPU supports (detected once).
+[[nodiscard]] inline isa detect_isa() noexcept {
+#if HELIX_SIMD_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return isa::avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa::avx2;
+#endif
+  return isa::scalar;
+}
+
+/// Cached detect_isa(). Kernels switch on this once per call, not per element.
+[[nodiscard]] inline isa cpu_isa() noexcept {
+  static const isa detected = detect_isa();
+  return detected;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar forms (the portable fallback, and the tails of the AVX2 loops).
+
+template <class T>
+[[nodiscard]] inline float load_f32(const T* p, std::int64_t i) {
+  return to_f32(p[i]);
+}
+
+/// sum_i a[i] * b[i], accumulated in f32 in index order.
+template <class T>
+[[nodiscard]] inline float dot_scalar(const float* a, const T* b, std::int64_t n) {
+  float acc = 0.0f;
+  for (std::int64_t i = 0; i < n; ++i) acc += a[i] * to_f32(b[i]);
+  return acc;
+}
+
+/// y[i] += alpha * x[i].
+template <class T>
+inline void axpy_scalar(float alpha, const T* x, float* y, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] += alpha * to_f32(x[i]);
+}
+
+#if HELIX_SIMD_X86
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA + F16C: 8 lanes.
+
+HELIX_SIMD_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+
+HELIX_SIMD_AVX2 inline __m256 load8(const bf16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+HELIX_SIMD_AVX2 inline __m256 load8(const f16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+/// fp8 e4m3 bits -> f32 (as in to_f32(fp8_e4m3_t)): the 7 magnitude bits go to f32 bits 26..20,
+/// times 2^120 rebiases the exponent (subnormals included); then the sign; 0x7f/0xff become NaN.
+HELIX_SIMD_AVX2 inline __m256 fp8x8_to_f32(__m128i bytes8) {
+  const __m256i x = _mm256_cvtepu8_epi32(bytes8);
+  const __m256i mag = _mm256_and_si256(x, _mm256_set1_epi32(0x7f));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24);
+  const __m256 v = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(mag, 20)),
+                                 _mm256_set1_ps(1.329227995784916e36f));  // 2^120
+  const __m256i nan = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f));  // all-ones is a NaN
+  return _mm256_or_ps(_mm256_or_ps(v, _mm256_castsi256_ps(sign)), _mm256_castsi256_ps(nan));
+}
+
+HELIX_SIMD_AVX2 inline __m256 load8(const fp8_e4m3_t* p) {
+  return fp8x8_to_f32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+
+HELIX_SIMD_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/// e^x for x <= 0 (and -inf -> 0), about 2 ulp: range reduction by ln 2 and a degree-6
+/// polynomial. Softmax weights only ever need x <= 0; NaN propagates. Results below 2^-126 flush
+/// to 0 (a weight that small cannot change an f32 sum).
+HELIX_SIMD_AVX2 inline __m256 exp_nonpos8(__m256 x) {
+  const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // NaN in x stays NaN
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.0f / 720.0f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 120.0f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 24.0f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f / 6.0f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  // Below -87 the true value is under 2^-125: 0.
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), y);
+}
+
+/// sum_i a[i] * b[i] with two independent 8-lane accumulators; scalar tail.
+template <class T>
+HELIX_SIMD_AVX2 inline float dot_avx2(const float* a, const T* b, std::int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps();
+  __m256 acc1 = _mm256_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load8(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), acc0);
+  float acc = hsum8(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) acc += a[i] * to_f32(b[i]);
+  return acc;
+}
+
+/// y[i] += alpha * x[i]; scalar tail.
+template <class T>
+HELIX_SIMD_AVX2 inline void axpy_avx2(float alpha, const T* x, float* y, std::int64_t n) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8(x + i), _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] += alpha * to_f32(x[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 (F, BW, VL, DQ): 16 lanes. Masked forms load only the first `n` (< 16) elements and
+// never touch memory past them, so tails need no scalar loop.
+
+HELIX_SIMD_AVX512 inline __mmask16 tail_mask16(std::int64_t n) {
+  return static_cast<__mmask16>((1u << n) - 1u);
+}
+
+HELIX_SIMD_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+HELIX_SIMD_AVX512 inline __m512 load16(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+
+HELIX_SIMD_AVX512 inline __m512 bf16x16_to_f32(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+HELIX_SIMD_AVX512 inline __m512 load16(const bf16_t* p) {
+  return bf16x16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+HELIX_SIMD_AVX512 inline __m512 load16(const bf16_t* p, __mmask16 m) {
+  return bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, p));
+}
+
+HELIX_SIMD_AVX512 inline __m512 load16(const f16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+HELIX_SIMD_AVX512 inline __m512 load16(const f16_t* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+/// Same trick as fp8x8_to_f32, 16 lanes.
+HELIX_SIMD_AVX512 inline __m512 fp8x16_to_f32(__m128i bytes16) {
+  const __m512i x = _mm512_cvtepu8_epi32(bytes16);
+  const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi32(0x7f));
+  const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24);
+  const __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)),
+                                 _mm512_set1_ps(1.329227995784916e36f));  // 2^120
+  const __m512i bits = _mm512_or_si512(_mm512_castps_si512(v), sign);
+  const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
+  return _mm512_castsi512_ps(_mm512_mask_mov_epi32(bits, nan, _mm512_set1_epi32(-1)));
+}
+HELIX_SIMD_AVX512 inline __m512 load16(const fp8_e4m3_t* p) {
+  return fp8x16_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+HELIX_SIMD_AVX512 inline __m512 load16(const fp8_e4m3_t* p, __mmask16 m) {
+  return fp8x16_to_f32(_mm_maskz_loadu_epi8(m, p));
+}
+
+HELIX_SIMD_AVX512 inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/// Horizontal sums of 16 vectors at once: lane i of the result is the sum of a[i]'s 16 lanes.
+/// About 3 instructions per sum instead of ~8 for 16 separate hsum16 calls; the attention kernel
+/// uses it to reduce a 4-token x 4-head tile of dot products.
+HELIX_SIMD_AVX512 inline __m512 reduce16x16(const __m512 a[16]) {
+  // Each step halves the lanes that hold partial sums of a vector and doubles the vectors per
+  // register; the shuffle constants keep the output in lane order (checked by the tests).
+  __m512 b[8];
+  for (int i = 0; i < 8; ++i) {
+    // 256-bit halves: [a_i.lo | a_{i+8}.lo] + [a_i.hi | a_{i+8}.hi]
+    const __m512 x = _mm512_shuffle_f32x4(a[i], a[i + 8], 0x44);
+    const __m512 y = _mm512_shuffle_f32x4(a[i], a[i + 8], 0xEE);
+    b[i] = _mm512_add_ps(x, y);  // 128-bit quarters: a_i, a_i, a_{i+8}, a_{i+8}
+  }
+  __m512 c[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m512 x = _mm512_shuffle_f32x4(b[i], b[i + 4], 0x88);
+    const __m512 y = _mm512_shuffle_f32x4(b[i], b[i + 4], 0xDD);
+    c[i] = _mm512_add_ps(x, y);  // quarters: a_i, a_{i+8}, a_{i+4}, a_{i+12}
+  }
+  __m512 d[2];
+  for (int i = 0; i < 2; ++i) {
+    const __m512 x = _mm512_shuffle_ps(c[i], c[i + 2], 0x44);
+    const __m512 y = _mm512_shuffle_ps(c[i], c[i + 2], 0xEE);
+    d[i] = _mm512_add_ps(x, y);  // per quarter q (vector v_q): [v, v, v+2, v+2]
+  }
+  const __m512 x = _mm512_shuffle_ps(d[0], d[1], 0x88);
+  const __m512 y = _mm512_shuffle_ps(d[0], d[1], 0xDD);
+  // Quarter q holds sums of [v_q, v_q + 2, v_q + 1, v_q + 3] where v_q = 0, 8, 4, 12: permute to
+  // lane order.
+  const __m512 r = _mm512_add_ps(x, y);
+  const __m512i order =
+      _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+  return _mm512_permutexvar_ps(order, r);
+}
+
+/// e^x for x <= 0 (and -inf -> 0), about 2 ulp; as exp_nonpos8. scalef handles the 2^n scaling
+/// including underflow, so no special cases are needed.
+HELIX_SIMD_AVX512 inline __m512 exp_nonpos16(__m512 x) {
+  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // NaN in x stays NaN
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.0f / 720.0f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 120.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 24.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 6.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+/// sum_i a[i] * b[i] with two independent 16-lane accumulators; masked tail.
+template <class T>
+HELIX_SIMD_AVX512 inline float dot_avx512(const float* a, const T* b, std::int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps();
+  __m512 acc1 = _mm512_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), load16(b + i + 16), acc1);
+  }
+  for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc0);
+  if (i < n) {
+    const __mmask16 m = tail_mask16(n - i);
+    acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), load16(b + i, m), acc1);
+  }
+  return hsum16(_mm512_add_ps(acc0, acc1));
+}
+
+/// y[i] += alpha * x[i]; masked tail.
+template <class T>
+HELIX_SIMD_AVX512 inline void axpy_avx512(float alpha, const T* x, float* y, std::int64_t n) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, load16(x + i), _mm512_loadu_ps(y + i)));
+  }
+  if (i < n) {
+    const __mmask16 m = tail_mask16(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, load16(x + i, m),
+                                                     _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+#endif  // HELIX_SIMD_X86
+
+// ---------------------------------------------------------------------------------------------
+// Run-time dispatched conveniences: fine for coarse calls (one per row); inner loops should
+// switch once outside and call the *_avx512 / *_avx2 forms from a function with the same target.
+
+/// sum_i a[i] * b[i] on the best available path. The summation order differs between paths, so
+/// results may differ in the last bits between machines (never between runs on one machine).
+template <class T>
+[[nodiscard]] inline float dot(const float* a, const T* b, std::int64_t n) {
+#if HELIX_SIMD_X86
+  switch (cpu_isa()) {
+    case isa::avx512: return dot_avx512(a, b, n);
+    case isa::avx2: return dot_avx2(a, b, n);
+    case isa::scalar: break;
+  }
+#endif
+  return dot_scalar(a, b, n);
+}
+
+/// y[i] += alpha * x[i] on the best available path.
+template <class T>
+inline void axpy(float alpha, const T* x, float* y, std::int64_t n) {
+#if HELIX_SIMD_X86
+  switch (cpu_isa()) {
+    case isa::avx512: axpy_avx512(alpha, x, y, n); return;
+    case isa::avx2: axpy_avx2(alpha, x, y, n); return;
+    case isa::scalar: break;
+  }
+#endif
+  axpy_scalar(alpha, x, y, n);
+}
+
+}  // namespace helix::kernels::simd

@@ -1,0 +1,278 @@
+// The per-layer program of the single-worker decoder: attention (GQA, MLA absorbed) and FFN
+// (dense SwiGLU, DeepSeek-V3 MoE). Follows ARCHITECTURE.md section 2 with every grid of size 1.
+#include <algorithm>
+#include <numeric>
+
+#include "kernels/attention.hpp"
+#include "kernels/gemm.hpp"
+#include "kernels/rmsnorm.hpp"
+#include "kernels/router.hpp"
+#include "kernels/swiglu.hpp"
+#include "model/decoder.hpp"
+
+namespace helix::model {
+namespace {
+std::size_t sz(std::int64_t n) { return static_cast<std::size_t>(n); }
+// HF DeepseekV3 builds q_a_layernorm and kv_a_layernorm with the default epsilon, whatever
+// rms_norm_eps says.
+constexpr float mla_norm_eps = 1e-6f;
+}  // namespace
+
+// Attention of every item over its own blocks. q: [rows, Q, key_dim]; out: [rows, Q, value_dim].
+status decoder::attend(std::int64_t layer_idx, std::span<const batch_item> items, const float* q,
+                       float* out) {
+  const model_spec& s = w_.spec;
+  const kv_page_layout& layout = kv_.layout();
+  std::int64_t row = 0;
+  for (const batch_item& it : items) {
+    const block_table& t = seqs_.at(it.seq).table;
+    kernels::attention_partial_params a;
+    a.num_queries = static_cast<std::int64_t>(it.tokens.size());
+    a.q = q + row * s.num_q_heads * layout.key_dim;
+    a.query_pos = positions_.data() + row;
+    a.num_q_heads = s.num_q_heads;
+    a.layout = layout;
+    a.kv_pool = kv_.layer_pool(layer_idx);
+    a.blocks = t.blocks().data();
+    a.num_blocks = static_cast<std::int64_t>(t.blocks().size());
+    a.softmax_scale = static_cast<float>(s.softmax_scale());
+    a.causal = true;
+    a.out = out + row * s.num_q_heads * layout.value_dim;
+    a.lse = lse_.data() + row * s.num_q_heads;
+    const std::size_t need = kernels::attention_workspace_bytes(a, ctx());
+    // Grows with the longest context seen, so steady-state decoding does not allocate.
+    if (attn_workspace_.size() < need) attn_workspace_.resize(need);
+    a.workspace = attn_workspace_.data();
+    a.workspace_bytes = attn_workspace_.size();
+    HELIX_RETURN_IF_ERROR(kernels::attention_partial(a, ctx()));
+    row += a.num_queries;
+  }
+  return ok_status();
+}
+
+status decoder::attention_gqa(std::int64_t layer_idx, std::span<const batch_item> items,
+                              std::int64_t rows) {
+  const model_spec& s = w_.spec;
+  const layer_weights& L = w_.layers[sz(layer_idx)];
+  const std::int64_t d = s.head_dim;
+  const std::int64_t q_width = s.num_q_heads * d;
+  const std::int64_t kv_width = s.num_kv_heads * d;
+  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_proj, q_.data(), 0, rows));
+  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.k_proj, k_.data(), 0, rows));
+  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.v_proj, v_.data(), 0, rows));
+
+  kernels::rope_params r;
+  r.rows = rows;
+  r.rot_dim = d;
+  r.positions = positions_.data();
+  r.inv_freq = rope_.inv_freq.data();
+  r.attention_factor = rope_.attention_factor;
+  r.interleave = s.rope.interleave;
+  r.head_stride = d;
+  r.x = q_.data();
+  r.row_stride = q_width;
+  r.num_heads = s.num_q_heads;
+  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
+  r.x = k_.data();
+  r.row_stride = kv_width;
+  r.num_heads = s.num_kv_heads;
+  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
+
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const row_info& ri = rows_[sz(i)];
+    kv_.write_token(layer_idx, ri.slot, ri.slot_offset, k_.data() + i * kv_width,
+                    v_.data() + i * kv_width);
+  }
+  HELIX_RETURN_IF_ERROR(attend(layer_idx, items, q_.data(), attn_.data()));
+  return linear(attn_.data(), 0, L.o_proj, x_.data(), 0, rows, /*accumulate=*/true);
+}
+
+status decoder::attention_mla(std::int64_t layer_idx, std::span<const batch_item> items,
+                              std::int64_t rows) {
+  const model_spec& s = w_.spec;
+  const mla_spec& m = s.mla;
+  const layer_weights& L = w_.layers[sz(layer_idx)];
+  const std::int64_t nq = s.num_q_heads;
+  const std::int64_t qk = m.qk_head_dim();
+  const std::int64_t key_dim = s.kv_key_dim();  // kv_lora_rank + qk_rope_head_dim
+
+  // Queries: [rows, Q, qk_nope | qk_rope].
+  if (m.q_lora_rank > 0) {
+    HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_a_proj, qa_.data(), 0, rows));
+    kernels::rmsnorm_params n;
+    n.x = qa_.data();
+    n.weight = L.q_a_norm.data();
+    n.out = qa_.data();
+    n.rows = rows;
+    n.dim = m.q_lora_rank;
+    n.eps = mla_norm_eps;
+    HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+    HELIX_RETURN_IF_ERROR(linear(qa_.data(), 0, L.q_b_proj, q_.data(), 0, rows));
+  } else {
+    HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_proj, q_.data(), 0, rows));
+  }
+  // Cached row: [normalised latent | rotated rope key].
+  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.kv_a_proj, kva_.data(), 0, rows));
+  kernels::rmsnorm_params n;
+  n.x = kva_.data();
+  n.x_stride = key_dim;
+  n.weight = L.kv_a_norm.data();
+  n.out = kva_.data();
+  n.out_stride = key_dim;
+  n.rows = rows;
+  n.dim = m.kv_lora_rank;
+  n.eps = mla_norm_eps;
+  HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+
+  kernels::rope_params r;
+  r.rows = rows;
+  r.rot_dim = m.qk_rope_head_dim;
+  r.positions = positions_.data();
+  r.inv_freq = rope_.inv_freq.data();
+  r.attention_factor = rope_.attention_factor;
+  r.interleave = s.rope.interleave;
+  r.x = kva_.data();
+  r.row_stride = key_dim;
+  r.num_heads = 1;
+  r.head_stride = key_dim;
+  r.rot_offset = m.kv_lora_rank;
+  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const row_info& ri = rows_[sz(i)];
+    kv_.write_token(layer_idx, ri.slot, ri.slot_offset, kva_.data() + i * key_dim, nullptr);
+  }
+
+  // Absorbed queries in k_: [rows, Q, q_latent (kv_lora) | rotated q_rope].
+  float* q_abs = k_.data();
+  const tensor& w_uk_t = w_uk_t_[sz(layer_idx)];
+  const std::size_t w_head_bytes = sz(m.kv_lora_rank * m.qk_nope_head_dim) * dtype_bytes(w_uk_t.type());
+  for (std::int64_t h = 0; h < nq; ++h) {
+    kernels::gemm_params g;
+    g.x = q_.data() + h * qk;
+    g.x_stride = nq * qk;
+    g.w = static_cast<const std::uint8_t*>(w_uk_t.data()) + sz(h) * w_head_bytes;
+    g.w_type = w_uk_t.type();
+    g.y = q_abs + h * key_dim;
+    g.y_stride = nq * key_dim;
+    g.m = rows;
+    g.n = m.kv_lora_rank;
+    g.k = m.qk_nope_head_dim;
+    HELIX_RETURN_IF_ERROR(kernels::gemm(g, ctx()));
+    for (std::int64_t i = 0; i < rows; ++i) {
+      std::copy_n(q_.data() + (i * nq + h) * qk + m.qk_nope_head_dim, m.qk_rope_head_dim,
+                  q_abs + (i * nq + h) * key_dim + m.kv_lora_rank);
+    }
+  }
+  r.x = q_abs;
+  r.row_stride = nq * key_dim;
+  r.num_heads = nq;
+  r.head_stride = key_dim;
+  r.rot_offset = m.kv_lora_rank;
+  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
+
+  // Attention in latent space, then W_UV per head, then o_proj.
+  HELIX_RETURN_IF_ERROR(attend(layer_idx, items, q_abs, lat_.data()));
+  const std::size_t row_bytes = sz(m.kv_lora_rank) * dtype_bytes(L.kv_b_proj.type());
+  for (std::int64_t h = 0; h < nq; ++h) {
+    kernels::gemm_params g;
+    g.x = lat_.data() + h * m.kv_lora_rank;
+    g.x_stride = nq * m.kv_lora_rank;
+    g.w = static_cast<const std::uint8_t*>(L.kv_b_proj.data()) +
+          sz(h * (m.qk_nope_head_dim + m.v_head_dim) + m.qk_nope_head_dim) * row_bytes;
+    g.w_type = L.kv_b_proj.type();
+    g.y = attn_.data() + h * m.v_head_dim;
+    g.y_stride = nq * m.v_head_dim;
+    g.m = rows;
+    g.n = m.v_head_dim;
+    g.k = m.kv_lora_rank;
+    HELIX_RETURN_IF_ERROR(kernels::gemm(g, ctx()));
+  }
+  return linear(attn_.data(), 0, L.o_proj, x_.data(), 0, rows, /*accumulate=*/true);
+}
+
+status decoder::ffn_dense(const mlp_weights& mlp, const float* in, float* out, std::int64_t rows,
+                          bool accumulate) {
+  const std::int64_t f = mlp.gate_proj.dims()[0];
+  const std::int64_t h = mlp.gate_proj.dims()[1];
+  HELIX_RETURN_IF_ERROR(linear(in, h, mlp.gate_proj, gate_.data(), f, rows));
+  HELIX_RETURN_IF_ERROR(linear(in, h, mlp.up_proj, up_.data(), f, rows));
+  kernels::swiglu_params sw;
+  sw.gate = gate_.data();
+  sw.up = up_.data();
+  sw.out = gate_.data();
+  sw.rows = rows;
+  sw.dim = f;
+  HELIX_RETURN_IF_ERROR(kernels::swiglu(sw, ctx()));
+  return linear(gate_.data(), f, mlp.down_proj, out, h, rows, accumulate);
+}
+
+// DeepSeek-V3 MoE: routed experts weighted by the router, plus the shared expert, added to the
+// residual. Tokens are grouped per expert so each expert's weights are read once per step; every
+// token's sum runs over its experts in expert-id order, then the shared expert, whatever the batch.
+status decoder::ffn_moe(std::int64_t layer_idx, std::int64_t rows) {
+  const model_spec& s = w_.spec;
+  const moe_spec& e = s.moe;
+  const layer_weights& L = w_.layers[sz(layer_idx)];
+  const std::int64_t h = s.hidden;
+  const std::int64_t k = e.experts_per_token;
+
+  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.router, router_logits_.data(), 0, rows));
+  kernels::router_params rp;
+  rp.logits = router_logits_.data();
+  rp.bias = L.router_bias.numel() > 0 ? L.router_bias.as<float>() : nullptr;
+  rp.rows = rows;
+  rp.num_experts = e.num_experts;
+  rp.top_k = k;
+  rp.num_groups = e.num_groups;
+  rp.topk_groups = e.topk_groups;
+  rp.scoring = e.scoring;
+  rp.norm_topk_prob = e.norm_topk_prob;
+  rp.routed_scaling_factor = static_cast<float>(e.routed_scaling_factor);
+  rp.expert_ids = expert_ids_.data();
+  rp.expert_weights = expert_w_.data();
+  HELIX_RETURN_IF_ERROR(kernels::route_experts(rp, ctx()));
+
+  // Order each token's choices by expert id (fixed summation order).
+  for (std::int64_t i = 0; i < rows; ++i) {
+    std::int32_t* ids = expert_ids_.data() + i * k;
+    float* ws = expert_w_.data() + i * k;
+    for (std::int64_t a = 1; a < k; ++a) {
+      for (std::int64_t b = a; b > 0 && ids[b - 1] > ids[b]; --b) {
+        std::swap(ids[b - 1], ids[b]);
+        std::swap(ws[b - 1], ws[b]);
+      }
+    }
+  }
+  for (std::int64_t x = 0; x < e.num_experts; ++x) {
+    std::int64_t n = 0;  // (row * k + choice) entries routed to expert x
+    for (std::int64_t i = 0; i < rows * k; ++i) {
+      if (expert_ids_[sz(i)] == x) expert_rows_[sz(n++)] = i;
+    }
+    if (n == 0) continue;
+    for (std::int64_t j = 0; j < n; ++j) {
+      std::copy_n(xn_.data() + (expert_rows_[sz(j)] / k) * h, h, expert_in_.data() + j * h);
+    }
+    HELIX_RETURN_IF_ERROR(ffn_dense(L.experts[sz(x)], expert_in_.data(), expert_tmp_.data(), n,
+                                    /*accumulate=*/false));
+    for (std::int64_t j = 0; j < n; ++j) {
+      std::copy_n(expert_tmp_.data() + j * h, h, expert_out_.data() + expert_rows_[sz(j)] * h);
+    }
+  }
+  const bool has_shared = e.num_shared_experts > 0;
+  if (has_shared) {
+    HELIX_RETURN_IF_ERROR(ffn_dense(L.shared, xn_.data(), expert_tmp_.data(), rows, false));
+  }
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float* out = x_.data() + i * h;
+    for (std::int64_t c = 0; c < h; ++c) {
+      float routed = 0.0f;
+      for (std::int64_t j = 0; j < k; ++j) {
+        routed += expert_w_[sz(i * k + j)] * expert_out_[sz((i * k + j) * h + c)];
+      }
+      out[c] += routed + (has_shared ? expert_tmp_[sz(i * h + c)] : 0.0f);
+    }
+  }
+  return ok_status();
+}
+
+}  // namespace helix::model

@@ -1,0 +1,572 @@
+// Partial attention: the reference against hand-computed values, the optimised CPU kernel (every
+// engine: AVX-512, AVX2, scalar) against the reference over a sweep of shapes and dtypes, thread
+// invariance, and the shard-split + LSE-merge exactness the whole project rests on. Also the
+// kernels/cpu/simd.hpp conversions the kernels rely on.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/rng.hpp"
+#include "kernels/attention.hpp"
+#include "kernels/cpu/simd.hpp"
+#include "kernels/merge.hpp"
+
+namespace helix::kernels::cpu {
+// Test seams defined in kernels/cpu/attention_opt.cpp and merge_opt.cpp: the optimised kernels on
+// a forced instruction set (clamped to what this CPU supports).
+status attention_partial_with_isa(const attention_partial_params& p, thread_pool* pool,
+                                  simd::isa isa);
+status lse_merge_with_isa(const lse_merge_params& p, thread_pool* pool, simd::isa isa);
+}  // namespace helix::kernels::cpu
+
+namespace helix::kernels {
+namespace {
+
+// Tolerance of the optimised kernel against the reference: max |out_opt - out_ref| divided by
+// max |out_ref| (out is a convex combination of values, so this is a relative error), and
+// max |lse_opt - lse_ref| / max(1, |lse_ref|). The stored K/V are the same bits for both, so the
+// dtype only changes the value range; the error is the f32 accumulation and the fast exp.
+struct tolerance {
+  dtype type;
+  double out_rel;
+  double lse_rel;
+};
+constexpr tolerance tolerances[] = {
+    {dtype::f32, 1e-5, 1e-5},
+    {dtype::bf16, 1e-5, 1e-5},
+    {dtype::f16, 1e-5, 1e-5},
+    {dtype::fp8_e4m3, 1e-5, 1e-5},
+};
+// Splitting a request's blocks into shards and merging the partials must equal attention over all
+// blocks (both optimised), up to f32 rounding.
+constexpr double shard_merge_rel = 1e-5;
+
+const tolerance& tolerance_for(dtype t) {
+  for (const tolerance& tol : tolerances) {
+    if (tol.type == t) return tol;
+  }
+  return tolerances[0];
+}
+
+float urand(std::uint64_t seed, std::uint64_t stream, std::uint64_t idx) {
+  return 2.0f * random_uniform(seed, stream, 0, rng_purpose::test_data, idx) - 1.0f;
+}
+
+struct attn_case {
+  std::int64_t key_dim = 64;
+  std::int64_t value_dim = 64;
+  bool mla = false;
+  std::int64_t num_kv_heads = 1;
+  std::int64_t num_q_heads = 1;
+  dtype type = dtype::f32;
+  std::int64_t block_tokens = 16;
+  std::int64_t num_blocks = 5;
+  std::int64_t num_queries = 1;
+  bool causal = true;
+  bool scattered = true;  // shuffled slots and order, gaps between positions, partial blocks
+  float k_scale = 1.0f;
+  float v_scale = 1.0f;
+  float q_amp = 3.0f;
+  std::uint64_t seed = 1;
+
+  [[nodiscard]] std::string name() const {
+    return fmt::format("k{}v{}{} kv{} q{} {} bt{} blocks{} nq{}{} ks{} vs{}", key_dim, value_dim,
+                       mla ? "mla" : "", num_kv_heads, num_q_heads, dtype_name(type), block_tokens,
+                       num_blocks, num_queries, causal ? " causal" : "", k_scale, v_scale);
+  }
+};
+
+// A request's KV on one rank: a page pool with unused slots and unfilled token rows set to NaN
+// (a kernel that reads them fails), blocks in arbitrary order, queries with their positions.
+struct attn_fixture {
+  attn_case c;
+  kv_page_layout layout;
+  std::vector<std::byte> pool;
+  std::vector<kv_block_ref> blocks;
+  std::vector<float> q;
+  std::vector<std::int64_t> query_pos;
+
+  explicit attn_fixture(const attn_case& cs) : c(cs) {
+    layout.num_kv_heads = c.num_kv_heads;
+    layout.key_dim = c.key_dim;
+    layout.value_dim = c.value_dim;
+    layout.block_tokens = c.block_tokens;
+    layout.type = c.type;
+    layout.value_in_key = c.mla;
+    const std::int64_t num_slots = c.num_blocks + (c.scattered ? c.num_blocks / 2 + 1 : 0);
+    pool.assign(static_cast<std::size_t>(num_slots) * layout.page_bytes(), std::byte{0xff});
+    std::vector<std::int32_t> slots(static_cast<std::size_t>(num_slots));
+    std::iota(slots.begin(), slots.end(), 0);
+    std::uint64_t idx = 0;
+    if (c.scattered) {  // Fisher-Yates with the counter-based rng
+      for (std::size_t i = slots.size(); i > 1; --i) {
+        const auto j = static_cast<std::size_t>(
+            random_uniform(c.seed, 7, 0, rng_purpose::test_data, idx++) * static_cast<float>(i));
+        std::swap(slots[i - 1], slots[std::min(j, i - 1)]);
+      }
+    }
+    std::int64_t pos = c.scattered ? 3 : 0;
+    for (std::int64_t b = 0; b < c.num_blocks; ++b) {
+      kv_block_ref ref;
+      ref.slot = slots[static_cast<std::size_t>(b)];
+      ref.first_pos = pos;
+      ref.num_tokens = static_cast<std::int32_t>(c.block_tokens);
+      if (c.scattered && (b % 3 == 1 || b == c.num_blocks - 1)) {
+        ref.num_tokens = 1 + static_cast<std::int32_t>(
+                                 random_uniform(c.seed, 8, 0, rng_purpose::test_data, idx++) *
+                                 static_cast<float>(c.block_tokens - 1));
+      }
+      // Gaps stand for blocks held by other ranks.
+      pos += ref.num_tokens + (c.scattered && b % 2 == 0 ? c.block_tokens * (1 + b % 3) : 0);
+      blocks.push_back(ref);
+      std::byte* page = pool.data() + static_cast<std::size_t>(ref.slot) * layout.page_bytes();
+      for (std::int64_t h = 0; h < c.num_kv_heads; ++h) {
+        for (std::int64_t t = 0; t < ref.num_tokens; ++t) {
+          for (std::int64_t d = 0; d < c.key_dim; ++d) {
+            const float x = 2.0f * urand(c.seed, 1, idx++);
+            store_from_f32(page, c.type, static_cast<std::size_t>(layout.key_offset(h, t) + d), x);
+          }
+          if (!c.mla) {
+            for (std::int64_t d = 0; d < c.value_dim; ++d) {
+              const float x = 2.0f * urand(c.seed, 2, idx++);
+              store_from_f32(page, c.type, static_cast<std::size_t>(layout.value_offset(h, t) + d),
+                             x);
+            }
+          }
+        }
+      }
+    }
+    if (c.scattered) {
+      for (std::size_t i = blocks.size(); i > 1; --i) {
+        const auto j = static_cast<std::size_t>(
+            random_uniform(c.seed, 9, 0, rng_purpose::test_data, idx++) * static_cast<float>(i));
+        std::swap(blocks[i - 1], blocks[std::min(j, i - 1)]);
+      }
+    }
+    q.resize(static_cast<std::size_t>(c.num_queries * c.num_q_heads * c.key_dim));
+    for (std::size_t i = 0; i < q.size(); ++i) q[i] = c.q_amp * urand(c.seed, 3, i);
+    // Query positions interleave with the keys: before all of them, inside gaps, after all.
+    for (std::int64_t i = 0; i < c.num_queries; ++i) {
+      if (c.num_queries == 1) {
+        query_pos.push_back(pos + 1);
+      } else {
+        query_pos.push_back(static_cast<std::int64_t>(
+                                static_cast<double>(pos + 10) * static_cast<double>(i) /
+                                static_cast<double>(c.num_queries - 1)) -
+                            2);
+      }
+    }
+  }
+
+  [[nodiscard]] attention_partial_params params(float* out, float* lse) const {
+    attention_partial_params p;
+    p.q = q.data();
+    p.query_pos = query_pos.data();
+    p.num_queries = c.num_queries;
+    p.num_q_heads = c.num_q_heads;
+    p.layout = layout;
+    p.kv_pool = pool.data();
+    p.blocks = blocks.data();
+    p.num_blocks = static_cast<std::int64_t>(blocks.size());
+    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.key_dim));
+    p.k_scale = c.k_scale;
+    p.v_scale = c.v_scale;
+    p.causal = c.causal;
+    p.out = out;
+    p.lse = lse;
+    return p;
+  }
+  [[nodiscard]] std::size_t out_size() const {
+    return static_cast<std::size_t>(c.num_queries * c.num_q_heads * c.value_dim);
+  }
+  [[nodiscard]] std::size_t lse_size() const {
+    return static_cast<std::size_t>(c.num_queries * c.num_q_heads);
+  }
+};
+
+struct attn_result {
+  std::vector<float> out;
+  std::vector<float> lse;
+};
+
+// Runs attention on `blocks` (a subset of the fixture's, or all of them).
+attn_result run_attention(const attn_fixture& f, const exec_context& ctx,
+                          const std::vector<kv_block_ref>* blocks = nullptr,
+                          std::optional<simd::isa> isa = std::nullopt) {
+  attn_result r;
+  r.out.assign(f.out_size(), std::numeric_limits<float>::quiet_NaN());
+  r.lse.assign(f.lse_size(), std::numeric_limits<float>::quiet_NaN());
+  attention_partial_params p = f.params(r.out.data(), r.lse.data());
+  if (blocks != nullptr) {
+    p.blocks = blocks->data();
+    p.num_blocks = static_cast<std::int64_t>(blocks->size());
+  }
+  std::vector<std::byte> ws(attention_workspace_bytes(p, ctx));
+  p.workspace = ws.empty() ? nullptr : ws.data();
+  p.workspace_bytes = ws.size();
+  const status st = isa ? cpu::attention_partial_with_isa(p, ctx.pool, *isa)
+                        : attention_partial(p, ctx);
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  return r;
+}
+
+struct diff {
+  double out_rel = 0.0;
+  double lse_rel = 0.0;
+  bool inf_mismatch = false;
+};
+
+diff compare(const attn_result& a, const attn_result& ref) {
+  diff d;
+  double max_ref = 0.0;
+  for (float x : ref.out) max_ref = std::max(max_ref, std::fabs(static_cast<double>(x)));
+  max_ref = std::max(max_ref, 1e-30);
+  for (std::size_t i = 0; i < ref.out.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(a.out[i]) - ref.out[i]);
+    d.out_rel = std::max(d.out_rel, std::isnan(e) ? 1e30 : e / max_ref);
+  }
+  for (std::size_t i = 0; i < ref.lse.size(); ++i) {
+    if (std::isinf(ref.lse[i]) || std::isinf(a.lse[i])) {
+      d.inf_mismatch |= a.lse[i] != ref.lse[i];
+      continue;
+    }
+    const double e = std::fabs(static_cast<double>(a.lse[i]) - ref.lse[i]) /
+                     std::max(1.0, std::fabs(static_cast<double>(ref.lse[i])));
+    d.lse_rel = std::max(d.lse_rel, std::isnan(e) ? 1e30 : e);
+  }
+  return d;
+}
+
+void expect_close(const attn_result& got, const attn_result& ref, const tolerance& tol,
+                  const std::string& what) {
+  const diff d = compare(got, ref);
+  EXPECT_LE(d.out_rel, tol.out_rel) << what;
+  EXPECT_LE(d.lse_rel, tol.lse_rel) << what;
+  EXPECT_FALSE(d.inf_mismatch) << what << ": -inf lse in one result only";
+}
+
+const exec_context reference_ctx{backend::reference, nullptr, nullptr};
+
+std::vector<attn_case> sweep_cases() {
+  struct dims {
+    std::int64_t k, v;
+    bool mla;
+  };
+  const dims all_dims[] = {{8, 8, false},   {16, 16, false}, {64, 64, false},
+                           {128, 128, false}, {40, 32, true}, {576, 512, true}};
+  const dtype types[] = {dtype::f32, dtype::bf16, dtype::f16, dtype::fp8_e4m3};
+  std::vector<attn_case> cases;
+  std::uint64_t seed = 100;
+  for (const dims& dm : all_dims) {
+    for (dtype t : types) {
+      for (std::int64_t bt : {16, 32}) {
+        // Head ratios 1..16 spread over the sweep (every tile shape: 1, 2, 4 and remainders).
+        const std::int64_t ratios[] = {1, 2, 3, 4, 5, 6, 7, 8, 16};
+        const std::int64_t ratio = ratios[seed % std::size(ratios)];
+        attn_case c;
+        c.key_dim = dm.k;
+        c.value_dim = dm.v;
+        c.mla = dm.mla;
+        c.num_kv_heads = dm.mla ? 1 : 1 + static_cast<std::int64_t>(seed % 2);
+        c.num_q_heads = c.num_kv_heads * (dm.mla ? 16 - static_cast<std::int64_t>(seed % 3) : ratio);
+        c.type = t;
+        c.block_tokens = bt;
+        // Past 32 blocks the optimised kernel splits into chunks and merges them.
+        c.num_blocks = dm.k >= 512 ? 12 + static_cast<std::int64_t>(seed % 30)
+                                   : 20 + static_cast<std::int64_t>((seed * 7) % 60);
+        c.k_scale = seed % 3 == 0 ? 0.75f : 1.0f;
+        c.v_scale = seed % 4 == 1 ? 1.5f : 1.0f;
+        c.seed = seed++;
+        cases.push_back(c);
+      }
+    }
+  }
+  return cases;
+}
+
+TEST(AttentionReference, MatchesHandComputedValues) {
+  // One head, dim 1, keys 0 and ln 2: weights 1/3 and 2/3, lse = ln 3, out = 3/3 + 2*6/3 = 5.
+  attn_case c;
+  c.key_dim = c.value_dim = 1;
+  c.num_blocks = 1;
+  c.scattered = false;
+  attn_fixture f(c);
+  f.blocks[0].num_tokens = 2;
+  const float keys[] = {0.0f, std::log(2.0f)};
+  const float values[] = {3.0f, 6.0f};
+  auto* page = reinterpret_cast<float*>(f.pool.data());
+  for (int t = 0; t < 2; ++t) {
+    page[f.layout.key_offset(0, t)] = keys[t];
+    page[f.layout.value_offset(0, t)] = values[t];
+  }
+  f.q = {1.0f};
+  f.query_pos = {1};
+  attention_partial_params p = f.params(nullptr, nullptr);
+  float out = 0.0f;
+  float lse = 0.0f;
+  p.out = &out;
+  p.lse = &lse;
+  p.softmax_scale = 1.0f;
+  for (const exec_context ctx : {reference_ctx, exec_context{backend::cpu, nullptr, nullptr}}) {
+    ASSERT_TRUE(attention_partial(p, ctx).ok());
+    EXPECT_NEAR(out, 5.0f, 1e-6) << backend_name(ctx.backend);
+    EXPECT_NEAR(lse, std::log(3.0f), 1e-6) << backend_name(ctx.backend);
+  }
+  // Causal: a query at position 0 sees only the first key.
+  f.query_pos = {0};
+  p.query_pos = f.query_pos.data();
+  for (const exec_context ctx : {reference_ctx, exec_context{backend::cpu, nullptr, nullptr}}) {
+    ASSERT_TRUE(attention_partial(p, ctx).ok());
+    EXPECT_NEAR(out, 3.0f, 1e-6) << backend_name(ctx.backend);
+    EXPECT_NEAR(lse, 0.0f, 1e-6) << backend_name(ctx.backend);
+  }
+}
+
+TEST(AttentionOptimized, MatchesReferenceOverSweep) {
+  thread_pool pool(2);
+  const exec_context cpu_ctx{backend::cpu, &pool, nullptr};
+  for (const attn_case& c : sweep_cases()) {
+    const attn_fixture f(c);
+    const attn_result ref = run_attention(f, reference_ctx);
+    const attn_result opt = run_attention(f, cpu_ctx);
+    expect_close(opt, ref, tolerance_for(c.type), c.name());
+  }
+}
+
+TEST(AttentionOptimized, EveryEngineMatchesReference) {
+  // The AVX2 and scalar engines serve machines without AVX-512; check them here too.
+  for (const simd::isa isa : {simd::isa::scalar, simd::isa::avx2, simd::isa::avx512}) {
+    std::uint64_t i = 0;
+    for (const attn_case& c : sweep_cases()) {
+      if (i++ % 3 != 0) continue;  // a third of the sweep per engine keeps this quick
+      const attn_fixture f(c);
+      const attn_result ref = run_attention(f, reference_ctx);
+      const attn_result opt = run_attention(f, {backend::cpu, nullptr, nullptr}, nullptr, isa);
+      expect_close(opt, ref, tolerance_for(c.type),
+                   std::string(simd::isa_name(isa)) + " " + c.name());
+    }
+  }
+}
+
+TEST(AttentionOptimized, MultiQueryCausalChunksMatchReference) {
+  // Prefill-style: many queries whose positions interleave with the (scattered) key positions,
+  // some before every key (lse -inf), some after all of them.
+  for (const dtype t : {dtype::f32, dtype::bf16, dtype::fp8_e4m3}) {
+    for (const std::int64_t ratio : {1, 4, 5}) {
+      attn_case c;
+      c.key_dim = c.value_dim = 64;
+      c.num_kv_heads = 2;
+      c.num_q_heads = 2 * ratio;
+      c.type = t;
+      c.num_blocks = 45;
+      c.num_queries = 9;
+      c.seed = 500 + static_cast<std::uint64_t>(ratio);
+      const attn_fixture f(c);
+      const attn_result ref = run_attention(f, reference_ctx);
+      thread_pool pool(3);
+      const attn_result opt = run_attention(f, {backend::cpu, &pool, nullptr});
+      expect_close(opt, ref, tolerance_for(t), c.name());
+      EXPECT_TRUE(std::isinf(ref.lse[0]) && ref.lse[0] < 0) << "first query sees no key";
+      EXPECT_TRUE(std::isfinite(ref.lse.back())) << "last query sees every key";
+    }
+  }
+  // Non-causal: every query sees every key.
+  attn_case c;
+  c.num_queries = 3;
+  c.causal = false;
+  c.num_q_heads = 4;
+  const attn_fixture f(c);
+  expect_close(run_attention(f, {backend::cpu, nullptr, nullptr}), run_attention(f, reference_ctx),
+               tolerance_for(c.type), c.name());
+}
+
+TEST(AttentionOptimized, ZeroBlocksGiveMinusInfinityAndZeros) {
+  attn_case c;
+  c.num_blocks = 0;
+  c.num_q_heads = 4;
+  c.num_queries = 2;
+  const attn_fixture f(c);
+  for (const exec_context ctx : {reference_ctx, exec_context{backend::cpu, nullptr, nullptr}}) {
+    const attn_result r = run_attention(f, ctx);
+    for (float x : r.out) EXPECT_EQ(x, 0.0f) << backend_name(ctx.backend);
+    for (float x : r.lse) EXPECT_EQ(x, -std::numeric_limits<float>::infinity());
+  }
+}
+
+TEST(AttentionOptimized, BitIdenticalForAnyThreadCount) {
+  attn_case gqa;
+  gqa.key_dim = gqa.value_dim = 128;
+  gqa.num_kv_heads = 2;
+  gqa.num_q_heads = 8;
+  gqa.type = dtype::bf16;
+  gqa.num_blocks = 150;  // 5 chunks
+  attn_case mla;
+  mla.key_dim = 576;
+  mla.value_dim = 512;
+  mla.mla = true;
+  mla.num_q_heads = 16;
+  mla.num_blocks = 70;
+  attn_case prefill = gqa;
+  prefill.num_queries = 5;
+  prefill.type = dtype::fp8_e4m3;
+  for (const attn_case& c : {gqa, mla, prefill}) {
+    const attn_fixture f(c);
+    const attn_result single = run_attention(f, {backend::cpu, nullptr, nullptr});
+    for (int threads : {1, 2, 4}) {
+      thread_pool pool(threads);
+      const attn_result r = run_attention(f, {backend::cpu, &pool, nullptr});
+      EXPECT_EQ(std::memcmp(r.out.data(), single.out.data(), r.out.size() * sizeof(float)), 0)
+          << c.name() << " threads " << threads;
+      EXPECT_EQ(std::memcmp(r.lse.data(), single.lse.data(), r.lse.size() * sizeof(float)), 0)
+          << c.name() << " threads " << threads;
+    }
+  }
+}
+
+// The exactness property: attention over a request's blocks split across two ranks, merged with
+// lse_merge, equals attention over all of them.
+TEST(AttentionOptimized, ShardSplitAndMergeEqualsFullAttention) {
+  std::vector<attn_case> cases;
+  for (const dtype t : {dtype::f32, dtype::bf16, dtype::fp8_e4m3}) {
+    attn_case c;
+    c.key_dim = c.value_dim = 128;
+    c.num_kv_heads = 2;
+    c.num_q_heads = 8;
+    c.type = t;
+    c.num_blocks = 90;
+    c.num_queries = t == dtype::f32 ? 4 : 1;
+    c.seed = 900 + static_cast<std::uint64_t>(t);
+    cases.push_back(c);
+  }
+  attn_case mla;
+  mla.key_dim = 576;
+  mla.value_dim = 512;
+  mla.mla = true;
+  mla.num_q_heads = 8;
+  mla.type = dtype::bf16;
+  mla.num_blocks = 40;
+  cases.push_back(mla);
+  thread_pool pool(2);
+  for (const attn_case& c : cases) {
+    const attn_fixture f(c);
+    for (const exec_context ctx : {exec_context{backend::cpu, &pool, nullptr}, reference_ctx}) {
+      const attn_result full = run_attention(f, ctx);
+      // Round-robin over two ranks in block-table order, as the placement rule does.
+      std::vector<kv_block_ref> shards[2];
+      for (std::size_t b = 0; b < f.blocks.size(); ++b) shards[b % 2].push_back(f.blocks[b]);
+      const attn_result part0 = run_attention(f, ctx, &shards[0]);
+      const attn_result part1 = run_attention(f, ctx, &shards[1]);
+      std::vector<float> partial_out = part0.out;
+      partial_out.insert(partial_out.end(), part1.out.begin(), part1.out.end());
+      std::vector<float> partial_lse = part0.lse;
+      partial_lse.insert(partial_lse.end(), part1.lse.begin(), part1.lse.end());
+      attn_result merged;
+      merged.out.resize(f.out_size());
+      merged.lse.resize(f.lse_size());
+      lse_merge_params mp;
+      mp.partial_out = partial_out.data();
+      mp.partial_lse = partial_lse.data();
+      mp.num_partials = 2;
+      mp.num_rows = static_cast<std::int64_t>(f.lse_size());
+      mp.dim = c.value_dim;
+      mp.out = merged.out.data();
+      mp.lse = merged.lse.data();
+      ASSERT_TRUE(lse_merge(mp, ctx).ok());
+      const tolerance tol{c.type, shard_merge_rel, shard_merge_rel};
+      expect_close(merged, full, tol, std::string(backend_name(ctx.backend)) + " " + c.name());
+    }
+  }
+}
+
+TEST(AttentionOptimized, RejectsBadBlocksAndSmallWorkspace) {
+  attn_case c;
+  c.num_blocks = 40;
+  attn_fixture f(c);
+  float out[64];
+  float lse[1];
+  attention_partial_params p = f.params(out, lse);
+  const exec_context cpu_ctx{backend::cpu, nullptr, nullptr};
+  const std::size_t need = attention_workspace_bytes(p, cpu_ctx);
+  ASSERT_GT(need, 0u);  // two chunks
+  std::vector<std::byte> ws(need - 4);
+  p.workspace = ws.data();
+  p.workspace_bytes = ws.size();
+  EXPECT_EQ(attention_partial(p, cpu_ctx).code(), errc::failed_precondition);
+  ws.resize(need);
+  p.workspace = ws.data();
+  p.workspace_bytes = ws.size();
+  EXPECT_TRUE(attention_partial(p, cpu_ctx).ok());
+  f.blocks[3].num_tokens = static_cast<std::int32_t>(c.block_tokens + 1);
+  EXPECT_EQ(attention_partial(p, cpu_ctx).code(), errc::invalid_argument);
+  EXPECT_EQ(attention_partial(p, reference_ctx).code(), errc::invalid_argument);
+}
+
+// --- kernels/cpu/simd.hpp -----------------------------------------------------------------------
+
+TEST(AttentionSimd, ConversionsMatchScalarForEveryBitPattern) {
+  std::vector<std::uint16_t> all16(65536);
+  std::iota(all16.begin(), all16.end(), std::uint16_t{0});
+  std::vector<std::uint8_t> all8(256);
+  std::iota(all8.begin(), all8.end(), std::uint8_t{0});
+  auto same = [](float a, float b) { return a == b || (std::isnan(a) && std::isnan(b)); };
+  // bf16 / f16: every pattern through axpy with alpha 1 (y = 0 + x exactly).
+  for (const simd::isa isa : {simd::isa::scalar, simd::isa::avx2, simd::isa::avx512}) {
+    if (simd::cpu_isa() < isa) continue;
+    std::vector<float> y(all16.size());
+    for (const bool is_bf16 : {true, false}) {
+      std::fill(y.begin(), y.end(), 0.0f);
+      const auto n = static_cast<std::int64_t>(all16.size());
+      if (is_bf16) {
+        const auto* x = reinterpret_cast<const bf16_t*>(all16.data());
+        if (isa == simd::isa::avx512) simd::axpy_avx512(1.0f, x, y.data(), n);
+        if (isa == simd::isa::avx2) simd::axpy_avx2(1.0f, x, y.data(), n);
+        if (isa == simd::isa::scalar) simd::axpy_scalar(1.0f, x, y.data(), n);
+      } else {
+        const auto* x = reinterpret_cast<const f16_t*>(all16.data());
+        if (isa == simd::isa::avx512) simd::axpy_avx512(1.0f, x, y.data(), n);
+        if (isa == simd::isa::avx2) simd::axpy_avx2(1.0f, x, y.data(), n);
+        if (isa == simd::isa::scalar) simd::axpy_scalar(1.0f, x, y.data(), n);
+      }
+      int mismatches = 0;
+      for (std::size_t i = 0; i < all16.size(); ++i) {
+        const float want = is_bf16 ? to_f32(bf16_t{all16[i]}) : to_f32(f16_t{all16[i]});
+        if (!same(y[i], want)) ++mismatches;
+      }
+      EXPECT_EQ(mismatches, 0) << simd::isa_name(isa) << (is_bf16 ? " bf16" : " f16");
+    }
+    // fp8: every pattern, NaN included.
+    std::fill(y.begin(), y.end(), 0.0f);
+    const auto* x8 = reinterpret_cast<const fp8_e4m3_t*>(all8.data());
+    if (isa == simd::isa::avx512) simd::axpy_avx512(1.0f, x8, y.data(), 256);
+    if (isa == simd::isa::avx2) simd::axpy_avx2(1.0f, x8, y.data(), 256);
+    if (isa == simd::isa::scalar) simd::axpy_scalar(1.0f, x8, y.data(), 256);
+    int mismatches = 0;
+    for (std::size_t i = 0; i < 256; ++i) mismatches += same(y[i], to_f32(x8[i])) ? 0 : 1;
+    EXPECT_EQ(mismatches, 0) << simd::isa_name(isa) << " fp8";
+  }
+}
+
+TEST(AttentionSimd, DotHandlesEveryLengthAndDtype) {
+  for (std::int64_t n : {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 576}) {
+    std::vector<float> a(static_cast<std::size_t>(n));
+    std::vector<bf16_t> b(a.size());
+    double want = 0.0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      a[i] = urand(5, 1, i);
+      b[i] = to_bf16(urand(5, 2, i));
+      want += static_cast<double>(a[i]) * to_f32(b[i]);
+    }
+    EXPECT_NEAR(simd::dot(a.data(), b.data(), n), want, 1e-5) << n;
+    EXPECT_NEAR(simd::dot_scalar(a.data(), b.data(), n), want, 1e-5) << n;
+  }
+}
+
+}  // namespace
+}  // namespace helix::kernels

@@ -1,0 +1,294 @@
+// GEMV/GEMM: the optimised CPU kernel against the reference, batch and thread invariance, and
+// the dispatcher's errors.
+//
+// Tolerance (optimised f32 accumulation vs the reference's double accumulation), per element:
+//   |y - y_ref| <= gemm_rel_tol * sum_k |x_k * w_k| + gemm_abs_tol
+// f32 rounding of a 16-lane dot product of length k grows like (k / 16) * 2^-24 of that sum in the
+// worst case (6e-6 at k = 1024); random signs keep the real error far below the bound.
+// Batch and thread invariance are exact (bit-identical), by design of the kernel.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/dtype.hpp"
+#include "core/rng.hpp"
+#include "core/thread_pool.hpp"
+#include "kernels/cpu/simd.hpp"
+#include "kernels/gemm.hpp"
+
+namespace helix::kernels::cpu {
+// Test seam defined in kernels/cpu/gemm_opt.cpp.
+status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa);
+}  // namespace helix::kernels::cpu
+
+namespace helix::kernels {
+namespace {
+
+constexpr double gemm_rel_tol = 1e-5;
+constexpr double gemm_abs_tol = 1e-6;
+
+std::vector<float> uniform_values(std::int64_t count, std::uint64_t stream, float lo, float hi) {
+  std::vector<float> v(static_cast<std::size_t>(count));
+  for (std::int64_t i = 0; i < count; ++i) {
+    const float u =
+        random_uniform(7, stream, 0, rng_purpose::test_data, static_cast<std::uint64_t>(i));
+    v[static_cast<std::size_t>(i)] = lo + (hi - lo) * u;
+  }
+  return v;
+}
+
+/// Weights stored as `t` (raw bytes) plus their exact f32 values.
+struct weights {
+  std::vector<std::uint8_t> bytes;
+  std::vector<float> values;
+};
+
+weights make_weights(dtype t, std::int64_t n, std::int64_t k, std::uint64_t stream) {
+  weights w;
+  w.values = uniform_values(n * k, stream, -1.0f, 1.0f);
+  w.bytes.resize(static_cast<std::size_t>(n * k) * dtype_bytes(t));
+  for (std::size_t i = 0; i < w.values.size(); ++i) {
+    store_from_f32(w.bytes.data(), t, i, w.values[i]);
+    w.values[i] = load_as_f32(w.bytes.data(), t, i);
+  }
+  return w;
+}
+
+struct gemm_case {
+  std::int64_t m, n, k;
+  dtype w_type;
+  bool accumulate;
+};
+
+void check_against_reference(const gemm_case& c, thread_pool* pool) {
+  SCOPED_TRACE(::testing::Message() << "m " << c.m << " n " << c.n << " k " << c.k << " w "
+                                    << dtype_name(c.w_type) << " acc " << c.accumulate);
+  const std::int64_t x_stride = c.k + 3;  // strides wider than the data
+  const std::int64_t y_stride = c.n + 2;
+  const weights w = make_weights(c.w_type, c.n, c.k, 11);
+  const std::vector<float> x = uniform_values(c.m * x_stride, 12, -1.0f, 1.0f);
+  const std::vector<float> y0 = uniform_values(c.m * y_stride, 13, -1.0f, 1.0f);
+  std::vector<float> y_ref = y0;
+  std::vector<float> y_opt = y0;
+  gemm_params p;
+  p.x = x.data();
+  p.x_stride = x_stride;
+  p.w = w.bytes.data();
+  p.w_type = c.w_type;
+  p.y_stride = y_stride;
+  p.m = c.m;
+  p.n = c.n;
+  p.k = c.k;
+  p.accumulate = c.accumulate;
+  p.y = y_ref.data();
+  ASSERT_TRUE(gemm(p, {.backend = backend::reference}).ok());
+  p.y = y_opt.data();
+  ASSERT_TRUE(gemm(p, {.backend = backend::cpu, .pool = pool}).ok());
+  int failures = 0;
+  for (std::int64_t r = 0; r < c.m && failures < 5; ++r) {
+    for (std::int64_t col = 0; col < c.n && failures < 5; ++col) {
+      double abs_sum = 0.0;
+      double exact = 0.0;
+      for (std::int64_t i = 0; i < c.k; ++i) {
+        const double prod = static_cast<double>(x[static_cast<std::size_t>(r * x_stride + i)]) *
+                            w.values[static_cast<std::size_t>(col * c.k + i)];
+        abs_sum += std::fabs(prod);
+        exact += prod;
+      }
+      const auto at = static_cast<std::size_t>(r * y_stride + col);
+      const double expected = c.accumulate ? y0[at] + exact : exact;
+      const double tol = gemm_rel_tol * abs_sum + gemm_abs_tol;
+      if (std::fabs(y_opt[at] - expected) > tol || std::fabs(y_ref[at] - expected) > tol) {
+        ++failures;
+        ADD_FAILURE() << "row " << r << " col " << col << ": opt " << y_opt[at] << " ref "
+                      << y_ref[at] << " exact " << expected << " tol " << tol;
+      }
+    }
+  }
+  // The padding between rows is never written.
+  for (std::int64_t r = 0; r < c.m; ++r) {
+    for (std::int64_t col = c.n; col < y_stride; ++col) {
+      const auto at = static_cast<std::size_t>(r * y_stride + col);
+      ASSERT_EQ(y_opt[at], y0[at]) << "padding written at row " << r;
+    }
+  }
+}
+
+TEST(GemmCpu, MatchesReferenceOverShapesAndDtypes) {
+  for (dtype t : {dtype::f32, dtype::bf16, dtype::f16}) {
+    for (std::int64_t m = 1; m <= 17; ++m) {
+      for (std::int64_t n : {1, 7, 64, 257}) {
+        for (std::int64_t k : {1, 7, 64, 257, 1024}) {
+          check_against_reference({m, n, k, t, (m + n) % 2 == 0}, nullptr);
+          if (HasFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+TEST(GemmCpu, MatchesReferenceLargeWithThreads) {
+  thread_pool pool(3);
+  for (dtype t : {dtype::f32, dtype::bf16, dtype::f16}) {
+    for (std::int64_t m : {1, 4, 9}) {
+      check_against_reference({m, 1024, 1024, t, false}, &pool);
+      check_against_reference({m, 100, 4099, t, true}, &pool);
+    }
+  }
+}
+
+/// y for the given x rows (row stride k), computed in one call.
+std::vector<float> run_gemm(const float* x, std::int64_t m, const weights& w, dtype t,
+                            std::int64_t n, std::int64_t k, thread_pool* pool) {
+  std::vector<float> y(static_cast<std::size_t>(m * n), -7.0f);
+  gemm_params p;
+  p.x = x;
+  p.w = w.bytes.data();
+  p.w_type = t;
+  p.y = y.data();
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  EXPECT_TRUE(gemm(p, {.backend = backend::cpu, .pool = pool}).ok());
+  return y;
+}
+
+TEST(GemmCpu, BatchInvariantBitIdentical) {
+  constexpr std::int64_t m = 9;
+  for (dtype t : {dtype::f32, dtype::bf16, dtype::f16}) {
+    for (std::int64_t k : {7, 64, 1031}) {
+      constexpr std::int64_t n = 37;
+      const weights w = make_weights(t, n, k, 21);
+      const std::vector<float> x = uniform_values(m * k, 22, -2.0f, 2.0f);
+      const std::vector<float> batch = run_gemm(x.data(), m, w, t, n, k, nullptr);
+      for (std::int64_t r = 0; r < m; ++r) {
+        const std::vector<float> alone = run_gemm(x.data() + r * k, 1, w, t, n, k, nullptr);
+        EXPECT_EQ(std::memcmp(alone.data(), batch.data() + r * n, sizeof(float) * n), 0)
+            << "row " << r << " of an m=" << m << " batch differs from the row alone, dtype "
+            << dtype_name(t) << " k " << k;
+      }
+      // Any sub-batch too (rows 2..6 as an m=5 batch).
+      const std::vector<float> sub = run_gemm(x.data() + 2 * k, 5, w, t, n, k, nullptr);
+      EXPECT_EQ(std::memcmp(sub.data(), batch.data() + 2 * n, sizeof(float) * 5 * n), 0);
+    }
+  }
+}
+
+TEST(GemmCpu, ThreadCountInvariantBitIdentical) {
+  thread_pool two(2);
+  thread_pool four(4);
+  for (dtype t : {dtype::f32, dtype::bf16}) {
+    for (std::int64_t m : {1, 5, 40}) {
+      constexpr std::int64_t n = 301;
+      constexpr std::int64_t k = 515;
+      const weights w = make_weights(t, n, k, 31);
+      const std::vector<float> x = uniform_values(m * k, 32, -1.0f, 1.0f);
+      const std::vector<float> one = run_gemm(x.data(), m, w, t, n, k, nullptr);
+      const std::vector<float> y2 = run_gemm(x.data(), m, w, t, n, k, &two);
+      const std::vector<float> y4 = run_gemm(x.data(), m, w, t, n, k, &four);
+      EXPECT_EQ(std::memcmp(one.data(), y2.data(), sizeof(float) * one.size()), 0) << "m " << m;
+      EXPECT_EQ(std::memcmp(one.data(), y4.data(), sizeof(float) * one.size()), 0) << "m " << m;
+    }
+  }
+}
+
+// Every instruction set reduces in the same canonical order: the portable fallback, AVX2 and
+// AVX-512 (register-blocked differently) give the same bits. (On a CPU without AVX-512 or AVX2
+// the seam falls back, and the comparison is trivially true.)
+TEST(GemmCpu, AllInstructionSetsBitIdentical) {
+  for (dtype t : {dtype::f32, dtype::bf16, dtype::f16}) {
+    for (std::int64_t m : {1, 2, 3, 6, 9}) {
+      for (std::int64_t k : {1, 7, 16, 17, 64, 257, 1031, 2100}) {
+        constexpr std::int64_t n = 19;
+        const weights w = make_weights(t, n, k, 41);
+        const std::vector<float> x = uniform_values(m * k, 42, -1.0f, 1.0f);
+        const std::vector<float> y0 = uniform_values(m * n, 43, -1.0f, 1.0f);
+        std::vector<float> y_avx512 = y0;
+        std::vector<float> y_avx2 = y0;
+        std::vector<float> y_scalar = y0;
+        gemm_params p;
+        p.x = x.data();
+        p.w = w.bytes.data();
+        p.w_type = t;
+        p.m = m;
+        p.n = n;
+        p.k = k;
+        p.accumulate = k % 2 == 1;
+        p.y = y_avx512.data();
+        ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, simd::isa::avx512).ok());
+        p.y = y_avx2.data();
+        ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, simd::isa::avx2).ok());
+        p.y = y_scalar.data();
+        ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, simd::isa::scalar).ok());
+        EXPECT_EQ(std::memcmp(y_avx2.data(), y_scalar.data(), sizeof(float) * y0.size()), 0)
+            << "avx2 vs scalar, " << dtype_name(t) << " m " << m << " k " << k;
+        EXPECT_EQ(std::memcmp(y_avx512.data(), y_scalar.data(), sizeof(float) * y0.size()), 0)
+            << "avx512 vs scalar, " << dtype_name(t) << " m " << m << " k " << k;
+      }
+    }
+  }
+}
+
+// A case with a known answer: W rows are one-hot and a constant, so each y is exact.
+TEST(GemmCpu, HandComputed) {
+  const std::vector<float> x = {1.0f, 2.0f, 3.0f, 4.0f, 5.0f};
+  const std::vector<float> w = {0,    0,    1,    0,    0,  // picks x[2]
+                                0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+  for (backend b : {backend::reference, backend::cpu}) {
+    std::vector<float> y = {100.0f, 100.0f};
+    gemm_params p;
+    p.x = x.data();
+    p.w = w.data();
+    p.y = y.data();
+    p.m = 1;
+    p.n = 2;
+    p.k = 5;
+    ASSERT_TRUE(gemm(p, {.backend = b}).ok());
+    EXPECT_EQ(y[0], 3.0f) << backend_name(b);
+    EXPECT_EQ(y[1], 7.5f) << backend_name(b);
+    p.accumulate = true;
+    ASSERT_TRUE(gemm(p, {.backend = b}).ok());
+    EXPECT_EQ(y[0], 6.0f) << backend_name(b);
+    EXPECT_EQ(y[1], 15.0f) << backend_name(b);
+  }
+}
+
+TEST(GemmCpu, Fp8WeightsAreFailedPrecondition) {
+  const std::vector<float> x(16, 1.0f);
+  const std::vector<std::uint8_t> w(16 * 4, 0x38);
+  std::vector<float> y(4);
+  gemm_params p;
+  p.x = x.data();
+  p.w = w.data();
+  p.w_type = dtype::fp8_e4m3;
+  p.y = y.data();
+  p.m = 1;
+  p.n = 4;
+  p.k = 16;
+  for (backend b : {backend::reference, backend::cpu}) {
+    const status s = gemm(p, {.backend = b});
+    EXPECT_EQ(s.code(), errc::failed_precondition) << backend_name(b) << ": " << s.to_string();
+  }
+}
+
+TEST(GemmCpu, InvalidShapesAreInvalidArgument) {
+  const std::vector<float> x(16, 1.0f);
+  std::vector<float> y(4);
+  gemm_params p;
+  p.x = x.data();
+  p.w = x.data();
+  p.y = y.data();
+  p.m = 1;
+  p.n = 1;
+  p.k = 0;
+  EXPECT_EQ(gemm(p, {}).code(), errc::invalid_argument);
+  p.k = 16;
+  p.x_stride = 8;
+  EXPECT_EQ(gemm(p, {}).code(), errc::invalid_argument);
+}
+
+}  // namespace
+}  // namespace helix::kernels
