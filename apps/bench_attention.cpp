@@ -38,6 +38,7 @@ constexpr const char* bench_usage =
     "  --json              JSON on stdout instead of a table\n";
 
 constexpr std::uint64_t kv_seed = 0x5eedULL;
+constexpr std::size_t page_align = 4096;
 constexpr std::uint64_t q_seed = 0x9eedULL;
 
 struct bench_options {
@@ -102,7 +103,8 @@ expected<bench_options> parse_options(const cli_args& cli) {
 // a block table would hold for a request of `context` tokens on one rank (slot i = block i).
 struct kv_cache {
   kv_page_layout layout;
-  buffer pool;
+  buffer storage;        // the pool's memory
+  void* pool = nullptr;  // 4 KiB-aligned base of the pages inside `storage`
   std::vector<kv_block_ref> blocks;
   std::int64_t context = 0;
   std::size_t kv_bytes = 0;  // bytes the kernel reads: every token's keys and values
@@ -136,7 +138,12 @@ expected<kv_cache> make_cache(const model_spec& spec, dtype type, std::int64_t c
   }
   c.kv_bytes = static_cast<std::size_t>(context) *
                static_cast<std::size_t>(spec.kv_values_per_token_per_layer()) * dtype_bytes(type);
-  c.pool = buffer::host(bytes);
+  // Pages start on a 4 KiB boundary, as a real KV store's pool would (whole OS pages per head's
+  // keys), so that the hardware prefetchers, which stop at page boundaries, see whole runs.
+  c.storage = buffer::host(bytes + page_align);
+  c.pool = reinterpret_cast<void*>(
+      (reinterpret_cast<std::uintptr_t>(c.storage.data()) + page_align - 1) / page_align *
+      page_align);
   c.blocks.resize(static_cast<std::size_t>(num_blocks));
   for (std::int64_t b = 0; b < num_blocks; ++b) {
     kv_block_ref& r = c.blocks[static_cast<std::size_t>(b)];
@@ -148,7 +155,7 @@ expected<kv_cache> make_cache(const model_spec& spec, dtype type, std::int64_t c
   // Seeded uniform values in [-1, 1), four per Philox call; filled in parallel by block ranges.
   const auto page_elems = static_cast<std::size_t>(c.layout.page_elems());
   constexpr std::int64_t blocks_per_task = 256;
-  void* base = c.pool.data();
+  void* base = c.pool;
   const std::size_t page_bytes = c.layout.page_bytes();
   pool.parallel_for((num_blocks + blocks_per_task - 1) / blocks_per_task, [&](std::int64_t t) {
     const std::int64_t end = std::min(num_blocks, (t + 1) * blocks_per_task);
@@ -178,8 +185,8 @@ HELIX_SIMD_AVX512 std::uint64_t sum_avx512(const std::byte* p, std::size_t n) {
     a2 = _mm512_add_epi32(a2, _mm512_loadu_si512(p + i + 128));
     a3 = _mm512_add_epi32(a3, _mm512_loadu_si512(p + i + 192));
   }
-  std::uint64_t s = static_cast<std::uint32_t>(
-      _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3))));
+  std::uint64_t s = static_cast<std::uint32_t>(_mm512_reduce_add_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3))));
   for (; i < n; ++i) s += static_cast<std::uint8_t>(p[i]);
   return s;
 }
@@ -206,9 +213,12 @@ HELIX_SIMD_AVX2 std::uint64_t sum_avx2(const std::byte* p, std::size_t n) {
 std::uint64_t sum_bytes(const std::byte* p, std::size_t n) {
 #if HELIX_SIMD_X86
   switch (kernels::simd::cpu_isa()) {
-    case kernels::simd::isa::avx512: return sum_avx512(p, n);
-    case kernels::simd::isa::avx2: return sum_avx2(p, n);
-    case kernels::simd::isa::scalar: break;
+    case kernels::simd::isa::avx512:
+      return sum_avx512(p, n);
+    case kernels::simd::isa::avx2:
+      return sum_avx2(p, n);
+    case kernels::simd::isa::scalar:
+      break;
   }
 #endif
   std::uint64_t s = 0;
@@ -288,7 +298,7 @@ expected<case_result> run_case(const model_spec& spec, const kv_cache& cache, in
   p.num_queries = 1;
   p.num_q_heads = spec.num_q_heads;
   p.layout = l;
-  p.kv_pool = cache.pool.data();
+  p.kv_pool = cache.pool;
   p.blocks = cache.blocks.data();
   p.num_blocks = static_cast<std::int64_t>(cache.blocks.size());
   p.softmax_scale = static_cast<float>(spec.softmax_scale());
@@ -307,7 +317,7 @@ expected<case_result> run_case(const model_spec& spec, const kv_cache& cache, in
     HELIX_RETURN_IF_ERROR(kernels::attention_partial(p, ctx));
     const double tk = seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
-    sink = sink + stream_read(cache.pool.data(), cache.kv_bytes, pool);
+    sink = sink + stream_read(cache.pool, cache.kv_bytes, pool);
     const double ts = seconds_since(t0);
     if (r == 0) continue;  // warm-up: page faults, caches, thread start
     kernel_s.push_back(tk);
@@ -328,13 +338,13 @@ expected<case_result> run_case(const model_spec& spec, const kv_cache& cache, in
 }
 
 void print_progress(std::ostream& err, const case_result& r) {
-  err << fmt::format("  {} {} threads={}: {:.2f} ms, kv {:.2f} GB/s, stream {:.2f} GB/s, "
-                     "ratio {:.2f}{}\n",
-                     r.model, dtype_name(r.kv_dtype), r.threads, r.kernel_s * 1e3,
-                     static_cast<double>(r.kv_bytes) / r.kernel_s / 1e9,
-                     static_cast<double>(r.kv_bytes) / r.stream_s / 1e9, r.stream_s / r.kernel_s,
-                     r.flops > 0.0 ? fmt::format(", {:.1f} GFLOP/s", r.flops / r.kernel_s / 1e9)
-                                   : std::string());
+  err << fmt::format(
+      "  {} {} threads={}: {:.2f} ms, kv {:.2f} GB/s, stream {:.2f} GB/s, "
+      "ratio {:.2f}{}\n",
+      r.model, dtype_name(r.kv_dtype), r.threads, r.kernel_s * 1e3,
+      static_cast<double>(r.kv_bytes) / r.kernel_s / 1e9,
+      static_cast<double>(r.kv_bytes) / r.stream_s / 1e9, r.stream_s / r.kernel_s,
+      r.flops > 0.0 ? fmt::format(", {:.1f} GFLOP/s", r.flops / r.kernel_s / 1e9) : std::string());
   err.flush();
 }
 
@@ -356,8 +366,8 @@ status run_all(const bench_options& o, std::vector<case_result>& results,
   if (!o.mla) return ok_status();
   HELIX_ASSIGN_OR_RETURN(const model_spec mla, builtin_model("deepseek-r1"));
   err << fmt::format("filling {} tokens of deepseek-r1 bf16 latent KV (MLA)...\n", o.mla_context);
-  HELIX_ASSIGN_OR_RETURN(const kv_cache cache, make_cache(mla, dtype::bf16, o.mla_context,
-                                                          fill_pool));
+  HELIX_ASSIGN_OR_RETURN(const kv_cache cache,
+                         make_cache(mla, dtype::bf16, o.mla_context, fill_pool));
   for (const int threads : o.threads) {
     HELIX_ASSIGN_OR_RETURN(case_result r, run_case(mla, cache, threads, o.repeats));
     // Scores and the value sum: 2 flops per multiply-add, every head against every token.
@@ -372,10 +382,11 @@ status run_all(const bench_options& o, std::vector<case_result>& results,
 
 void print_table(std::ostream& out, const bench_options& o,
                  const std::vector<case_result>& results) {
-  out << fmt::format("attention decode, synthetic KV, {} tokens ({} for MLA), block_tokens {}, "
-                     "isa {}\n",
-                     o.context, o.mla_context, default_block_tokens,
-                     kernels::simd::isa_name(kernels::simd::cpu_isa()));
+  out << fmt::format(
+      "attention decode, synthetic KV, {} tokens ({} for MLA), block_tokens {}, "
+      "isa {}\n",
+      o.context, o.mla_context, default_block_tokens,
+      kernels::simd::isa_name(kernels::simd::cpu_isa()));
   out << fmt::format("{:<14} {:<9} {:>7} {:>9} {:>10} {:>10} {:>10} {:>7} {:>9}\n", "model",
                      "kv_dtype", "threads", "context", "ms", "kv GB/s", "stream GB/s", "ratio",
                      "GFLOP/s");
@@ -383,8 +394,7 @@ void print_table(std::ostream& out, const bench_options& o,
     out << fmt::format("{:<14} {:<9} {:>7} {:>9} {:>10.2f} {:>10.2f} {:>10.2f} {:>7.2f} {:>9}\n",
                        r.model, dtype_name(r.kv_dtype), r.threads, r.context, r.kernel_s * 1e3,
                        static_cast<double>(r.kv_bytes) / r.kernel_s / 1e9,
-                       static_cast<double>(r.kv_bytes) / r.stream_s / 1e9,
-                       r.stream_s / r.kernel_s,
+                       static_cast<double>(r.kv_bytes) / r.stream_s / 1e9, r.stream_s / r.kernel_s,
                        r.flops > 0.0 ? fmt::format("{:.1f}", r.flops / r.kernel_s / 1e9) : "-");
   }
 }

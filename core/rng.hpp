@@ -52,9 +52,11 @@ HELIX_HD std::array<std::uint32_t, 4> random_words(std::uint64_t seed, std::uint
                              static_cast<std::uint32_t>(seed >> 32)});
 }
 
-/// Uniform float in the open interval (0, 1): never 0 or 1, so log() of it is finite.
+/// Uniform float in the open interval (0, 1): never 0 or 1, so log() of it is finite. 23 bits:
+/// (2^23 - 1 + 0.5) * 2^-23 = 1 - 2^-24 is exactly representable, whereas with 24 bits the largest
+/// value would round up to 1.0f.
 HELIX_HD float uniform_open01(std::uint32_t word) {
-  return (static_cast<float>(word >> 8) + 0.5f) * (1.0f / 16777216.0f);
+  return (static_cast<float>(word >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 /// Uniform in (0, 1) for the given counter.

@@ -1,21 +1,26 @@
 // Optimised CPU partial attention (GQA and MLA in absorbed form).
 //
-// Decode attention is a stream over the KV cache, so the design is about reading every byte of
-// K and V exactly once and keeping the arithmetic per byte below what a core can sustain:
-//   - Work is split into tasks of (KV head, chunk of `chunk_blocks` blocks). The chunk size is a
+// Decode attention streams the KV cache, so the design is about reading every byte of K and V
+// once, in address order, with as little arithmetic per byte as the math allows:
+//   - Tasks are (chunk of `chunk_blocks` blocks) x (pass of up to 64 query heads: whole GQA
+//     groups, or a slice of one large group such as MLA's 128 heads). The chunk size is a
 //     constant, never derived from the thread count, so each chunk's partial is computed by the
-//     same instructions whichever thread runs it: results are bit-identical for any pool size.
-//   - Inside a task the query heads of the KV head's GQA group are processed in tiles of 1, 2 or
-//     4 heads; a tile walks the chunk's blocks once, so each key is loaded once per tile and
-//     feeds the tile's heads from registers (MLA: 128 heads share one latent key, 32 tiles per
-//     block, served from L1/L2 after the first).
-//   - Per block: raw scores for up to 16 tokens at a time (4 tokens x 4 heads, 8x2 or 16x1 dot
-//     products reduced together), online softmax (running max m and sum l per head, rescaling
-//     the accumulator only when m grows), then V accumulated into the head's output row.
+//     same instructions whichever thread runs it: results are bit-identical for any pool size
+//     and depend only on the request's own inputs.
+//   - A pass's query heads are processed in tiles of 4, 2 or 1 heads of one KV head; each key
+//     and value row is loaded once per tile and feeds the tile's heads from registers.
+//   - Blocks are the outer loop. For each 16-token slice of a block, phase 1 (scores + online
+//     softmax) runs for every tile, reading the K of every head, then phase 2 (values) reads
+//     every V: a head-major page is read front to back, which the hardware prefetchers follow
+//     (per-head tasks, or K0 V0 K1 V1 order, measured ~40% slower on Zen 4 at 1M tokens).
+//   - Phase 1 computes 16 dot products at once (4 tokens x 4 heads, 8x2 or 16x1) and reduces
+//     them together; the softmax keeps a reference point m that scores may exceed by a slack
+//     before rescaling, so the common case is one compare.
 //   - Chunk partials (o, lse) go to the caller's workspace and are merged in chunk order with the
 //     optimised lse_merge; a request with a single chunk writes out/lse directly.
 // Causal masking uses each block's global first_pos: a block covers consecutive positions, so the
 // keys a query sees in a block are a prefix of it and masking is a token count.
+// Engines: AVX-512 (F/BW/VL/DQ), AVX2+FMA+F16C, portable scalar; picked at run time.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -38,19 +43,32 @@ struct tile_args {
   std::int64_t key_dim = 0;
   std::int64_t value_dim = 0;
   std::int64_t v_stride = 0;  // elements between consecutive tokens' values
-  float score_scale = 1.0f;   // softmax_scale * k_scale
+  float score_scale = 1.0f;   // softmax_scale * k_scale * engine load_scale
 };
+
+// Online softmax state of a tile's heads. `m` is a reference point, not necessarily the exact
+// running max: scores may exceed it by up to max_slack before the accumulator is rescaled, so a
+// block needs one compare instead of a horizontal max (e^8 ~ 3e3: no overflow of weights or
+// sums). lse = m + log(l) is exact for any reference point. `l` is kept as 16 partial sums (one
+// per score lane, summed in a fixed order at the end) so that no block needs a horizontal add.
+constexpr float max_slack = 8.0f;
 
 struct tile_state {
-  float m[max_tile_heads];  // running max of scaled scores (-inf: no key yet)
-  float l[max_tile_heads];  // running sum of exp(score - m)
+  float m[max_tile_heads];              // reference point (-inf: no key yet)
+  float l[max_tile_heads][sub_tokens];  // partial sums of exp(score - m)
+
+  [[nodiscard]] float sum(int h) const {
+    float total = 0.0f;
+    for (float x : l[h]) total += x;
+    return total;
+  }
 };
 
-// Rescales head h's accumulator when its running max grows from `m_old` to `m_new`.
+// Moves head h's reference point up to `m_new`, rescaling its sums and accumulator.
 inline void raise_max(const tile_args& a, tile_state& st, int h, float m_new) {
   if (st.m[h] != neg_inf) {
     const float alpha = std::exp(st.m[h] - m_new);
-    st.l[h] *= alpha;
+    for (float& x : st.l[h]) x *= alpha;
     for (std::int64_t d = 0; d < a.value_dim; ++d) a.o[h][d] *= alpha;
   }
   st.m[h] = m_new;
@@ -63,7 +81,7 @@ inline void raise_max(const tile_args& a, tile_state& st, int h, float m_new) {
 // p[h][t] = exp(score - m). Phase 2 adds sum_t p[h][t] * v_t to o. The driver runs phase 1 for
 // every tile of a block before phase 2 so that a page is read front to back (all K, then all V).
 template <class T, int NH>
-void scores_scalar(const tile_args& a, const T* k, std::int64_t nt, tile_state& st, float* p) {
+void softmax_scalar(const tile_args& a, const T* k, std::int64_t nt, tile_state& st, float* p) {
   for (int h = 0; h < NH; ++h) {
     float* ph = p + h * sub_tokens;
     float mx = neg_inf;
@@ -74,7 +92,7 @@ void scores_scalar(const tile_args& a, const T* k, std::int64_t nt, tile_state& 
     if (mx > st.m[h]) raise_max(a, st, h, mx);
     for (std::int64_t t = 0; t < nt; ++t) {
       ph[t] = std::exp(ph[t] - st.m[h]);
-      st.l[h] += ph[t];
+      st.l[h][t] += ph[t];
     }
   }
 }
@@ -93,6 +111,47 @@ void values_scalar(const tile_args& a, const float* p, const T* v, std::int64_t 
 // ---------------------------------------------------------------------------------------------
 // AVX-512 engine.
 
+// How the AVX-512 engine loads each KV dtype. Full groups of 32 elements go through load32; a
+// `split` type returns them in pair-split order (even elements, then odd: see simd.hpp), so the
+// queries are pre-arranged the same way and the outputs accumulate in that order and are put
+// back at the end. `scale`: loaded values are stored values / scale (fp8 converts through f16
+// at half the cost; the 256 is folded into the score and value scales, exactly).
+template <class T>
+struct kv512 {
+  static constexpr bool split = false;
+  static constexpr float scale = 1.0f;
+  HELIX_SIMD_AVX512 static void load32(const T* p, __m512& lo, __m512& hi) {
+    lo = simd::load16(p);
+    hi = simd::load16(p + 16);
+  }
+  HELIX_SIMD_AVX512 static __m512 load16(const T* p, __mmask16 m) { return simd::load16(p, m); }
+};
+
+template <>
+struct kv512<bf16_t> {
+  static constexpr bool split = true;
+  static constexpr float scale = 1.0f;
+  HELIX_SIMD_AVX512 static void load32(const bf16_t* p, __m512& lo, __m512& hi) {
+    simd::load32_split(p, lo, hi);
+  }
+  HELIX_SIMD_AVX512 static __m512 load16(const bf16_t* p, __mmask16 m) {
+    return simd::load16(p, m);
+  }
+};
+
+template <>
+struct kv512<fp8_e4m3_t> {
+  static constexpr bool split = false;
+  static constexpr float scale = 256.0f;
+  HELIX_SIMD_AVX512 static void load32(const fp8_e4m3_t* p, __m512& lo, __m512& hi) {
+    lo = simd::load16_div256(p);
+    hi = simd::load16_div256(p + 16);
+  }
+  HELIX_SIMD_AVX512 static __m512 load16(const fp8_e4m3_t* p, __mmask16 m) {
+    return simd::load16_div256(p, m);
+  }
+};
+
 // Raw dot products s[h][t] = q_h . k_t for t < nt (<= 16): NT tokens x NH heads = 16 accumulators
 // per group, reduced together by reduce16x16. Rows past nt repeat the last row (results unused).
 template <class T, int NH>
@@ -102,70 +161,122 @@ HELIX_SIMD_AVX512 void scores_avx512(const tile_args& a, const T* k, std::int64_
   const std::int64_t kd = a.key_dim;
   for (std::int64_t t0 = 0; t0 < nt; t0 += NT) {
     const T* rows[NT];
+#pragma GCC unroll 16
     for (int j = 0; j < NT; ++j) rows[j] = k + std::min<std::int64_t>(t0 + j, nt - 1) * kd;
     __m512 acc[16];
+#pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
     std::int64_t d = 0;
-    for (; d + 16 <= kd; d += 16) {
-      __m512 qv[NH];
-      for (int h = 0; h < NH; ++h) qv[h] = _mm512_loadu_ps(a.q[h] + d);
+    for (; d + 32 <= kd; d += 32) {
+      __m512 q_lo[NH];
+      __m512 q_hi[NH];
+#pragma GCC unroll 4
+      for (int h = 0; h < NH; ++h) {
+        q_lo[h] = _mm512_loadu_ps(a.q[h] + d);
+        q_hi[h] = _mm512_loadu_ps(a.q[h] + d + 16);
+      }
 #pragma GCC unroll 16
       for (int j = 0; j < NT; ++j) {
-        const __m512 kv = simd::load16(rows[j] + d);
-        for (int h = 0; h < NH; ++h) acc[j * NH + h] = _mm512_fmadd_ps(qv[h], kv, acc[j * NH + h]);
+        __m512 k_lo;
+        __m512 k_hi;
+        kv512<T>::load32(rows[j] + d, k_lo, k_hi);
+#pragma GCC unroll 4
+        for (int h = 0; h < NH; ++h) {
+          acc[j * NH + h] = _mm512_fmadd_ps(q_lo[h], k_lo, acc[j * NH + h]);
+          acc[j * NH + h] = _mm512_fmadd_ps(q_hi[h], k_hi, acc[j * NH + h]);
+        }
       }
     }
-    if (d < kd) {
-      const __mmask16 m = simd::tail_mask16(kd - d);
+    for (; d < kd; d += 16) {  // the last < 32 elements, natural order
+      const __mmask16 m = simd::tail_mask16(std::min<std::int64_t>(16, kd - d));
       __m512 qv[NH];
+#pragma GCC unroll 4
       for (int h = 0; h < NH; ++h) qv[h] = _mm512_maskz_loadu_ps(m, a.q[h] + d);
+#pragma GCC unroll 16
       for (int j = 0; j < NT; ++j) {
-        const __m512 kv = simd::load16(rows[j] + d, m);
+        const __m512 kv = kv512<T>::load16(rows[j] + d, m);
+#pragma GCC unroll 4
         for (int h = 0; h < NH; ++h) acc[j * NH + h] = _mm512_fmadd_ps(qv[h], kv, acc[j * NH + h]);
       }
     }
     alignas(64) float r[16];
     _mm512_store_ps(r, simd::reduce16x16(acc));
     for (int j = 0; j < NT && t0 + j < nt; ++j) {
+#pragma GCC unroll 4
       for (int h = 0; h < NH; ++h) s[h][t0 + j] = r[j * NH + h];
     }
   }
 }
 
 // o_h[d] += sum_t p[h][t] * v_t[d] for t < nt, with 8 accumulator registers: NH heads x DC
-// 16-wide column chunks, each V row chunk loaded once for the NH heads.
+// 16-wide column chunks, each V row chunk loaded once for the NH heads. Column groups are
+// loaded 32 at a time (load32), the last < 32 columns 16 at a time in natural order.
 template <class T, int NH>
 HELIX_SIMD_AVX512 void accumulate_avx512(const tile_args& a, const float (&p)[NH][sub_tokens],
                                          const T* v, std::int64_t nt) {
-  constexpr int DC = 8 / NH;
+  constexpr int DC = 8 / NH;  // 2, 4 or 8: even, so whole 32-column groups
   const std::int64_t dv = a.value_dim;
   std::int64_t d = 0;
   for (; d + 16 * DC <= dv; d += 16 * DC) {
     __m512 acc[NH][DC];
+#pragma GCC unroll 4
     for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 8
       for (int c = 0; c < DC; ++c) acc[h][c] = _mm512_loadu_ps(a.o[h] + d + 16 * c);
     }
     for (std::int64_t t = 0; t < nt; ++t) {
       const T* row = v + t * a.v_stride + d;
       __m512 vv[DC];
-      for (int c = 0; c < DC; ++c) vv[c] = simd::load16(row + 16 * c);
+#pragma GCC unroll 4
+      for (int c = 0; c < DC; c += 2) kv512<T>::load32(row + 16 * c, vv[c], vv[c + 1]);
+#pragma GCC unroll 4
       for (int h = 0; h < NH; ++h) {
         const __m512 w = _mm512_set1_ps(p[h][t]);
+#pragma GCC unroll 8
         for (int c = 0; c < DC; ++c) acc[h][c] = _mm512_fmadd_ps(w, vv[c], acc[h][c]);
       }
     }
+#pragma GCC unroll 4
     for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 8
       for (int c = 0; c < DC; ++c) _mm512_storeu_ps(a.o[h] + d + 16 * c, acc[h][c]);
+    }
+  }
+  for (; d + 32 <= dv; d += 32) {
+    __m512 acc[NH][2];
+#pragma GCC unroll 4
+    for (int h = 0; h < NH; ++h) {
+      acc[h][0] = _mm512_loadu_ps(a.o[h] + d);
+      acc[h][1] = _mm512_loadu_ps(a.o[h] + d + 16);
+    }
+    for (std::int64_t t = 0; t < nt; ++t) {
+      __m512 lo;
+      __m512 hi;
+      kv512<T>::load32(v + t * a.v_stride + d, lo, hi);
+#pragma GCC unroll 4
+      for (int h = 0; h < NH; ++h) {
+        const __m512 w = _mm512_set1_ps(p[h][t]);
+        acc[h][0] = _mm512_fmadd_ps(w, lo, acc[h][0]);
+        acc[h][1] = _mm512_fmadd_ps(w, hi, acc[h][1]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < NH; ++h) {
+      _mm512_storeu_ps(a.o[h] + d, acc[h][0]);
+      _mm512_storeu_ps(a.o[h] + d + 16, acc[h][1]);
     }
   }
   for (; d < dv; d += 16) {
     const __mmask16 m = simd::tail_mask16(std::min<std::int64_t>(16, dv - d));
     __m512 acc[NH];
+#pragma GCC unroll 4
     for (int h = 0; h < NH; ++h) acc[h] = _mm512_maskz_loadu_ps(m, a.o[h] + d);
     for (std::int64_t t = 0; t < nt; ++t) {
-      const __m512 vv = simd::load16(v + t * a.v_stride + d, m);
+      const __m512 vv = kv512<T>::load16(v + t * a.v_stride + d, m);
+#pragma GCC unroll 4
       for (int h = 0; h < NH; ++h) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[h][t]), vv, acc[h]);
     }
+#pragma GCC unroll 4
     for (int h = 0; h < NH; ++h) _mm512_mask_storeu_ps(a.o[h] + d, m, acc[h]);
   }
 }
@@ -181,10 +292,12 @@ HELIX_SIMD_AVX512 void softmax_avx512(const tile_args& a, const T* k, std::int64
   for (int h = 0; h < NH; ++h) {
     const __m512 sv =
         _mm512_mask_mul_ps(_mm512_set1_ps(neg_inf), valid, _mm512_loadu_ps(s[h]), scale);
-    const float mx = _mm512_reduce_max_ps(sv);
-    if (mx > st.m[h]) raise_max(a, st, h, mx);
-    const __m512 e = simd::exp_nonpos16(_mm512_sub_ps(sv, _mm512_set1_ps(st.m[h])));
-    st.l[h] += _mm512_reduce_add_ps(e);
+    // -inf + slack stays -inf, so the first visible key always takes this branch.
+    if (_mm512_cmp_ps_mask(sv, _mm512_set1_ps(st.m[h] + max_slack), _CMP_GT_OQ) != 0) {
+      raise_max(a, st, h, _mm512_reduce_max_ps(sv));
+    }
+    const __m512 e = simd::exp16(_mm512_sub_ps(sv, _mm512_set1_ps(st.m[h])));
+    _mm512_storeu_ps(st.l[h], _mm512_add_ps(_mm512_loadu_ps(st.l[h]), e));
     _mm512_storeu_ps(s[h], e);
   }
 }
@@ -208,12 +321,32 @@ HELIX_SIMD_AVX2 inline __m256 reduce8x8(const __m256 a[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
+// How the AVX2 engine loads each KV dtype; `scale` as in kv512 (fp8 through F16C, / 256).
+template <class T>
+struct kv256 {
+  static constexpr float scale = 1.0f;
+  HELIX_SIMD_AVX2 static __m256 load8(const T* p) { return simd::load8(p); }
+};
+
+template <>
+struct kv256<fp8_e4m3_t> {
+  static constexpr float scale = 256.0f;
+  HELIX_SIMD_AVX2 static __m256 load8(const fp8_e4m3_t* p) { return simd::load8_div256(p); }
+};
+
 // Loads x[0..n) (n < 8) zero-padded: the AVX2 tail for any element type.
 template <class T>
 HELIX_SIMD_AVX2 inline __m256 load8_partial(const T* x, std::int64_t n) {
   T tmp[8] = {};
   std::memcpy(tmp, x, static_cast<std::size_t>(n) * sizeof(T));
-  return simd::load8(tmp);
+  return kv256<T>::load8(tmp);
+}
+
+// q rows past the key dimension are read only through this (zero-padded, f32).
+HELIX_SIMD_AVX2 inline __m256 load8_partial_f32(const float* x, std::int64_t n) {
+  float tmp[8] = {};
+  std::memcpy(tmp, x, static_cast<std::size_t>(n) * sizeof(float));
+  return _mm256_loadu_ps(tmp);
 }
 
 template <class T, int NH>
@@ -229,7 +362,7 @@ HELIX_SIMD_AVX2 void scores_avx2(const tile_args& a, const T* k, std::int64_t nt
     std::int64_t d = 0;
     for (; d + 8 <= kd; d += 8) {
       for (int j = 0; j < NT; ++j) {
-        const __m256 kv = simd::load8(rows[j] + d);
+        const __m256 kv = kv256<T>::load8(rows[j] + d);
         for (int h = 0; h < NH; ++h) {
           acc[j * NH + h] = _mm256_fmadd_ps(_mm256_loadu_ps(a.q[h] + d), kv, acc[j * NH + h]);
         }
@@ -239,7 +372,8 @@ HELIX_SIMD_AVX2 void scores_avx2(const tile_args& a, const T* k, std::int64_t nt
       for (int j = 0; j < NT; ++j) {
         const __m256 kv = load8_partial(rows[j] + d, kd - d);
         for (int h = 0; h < NH; ++h) {
-          acc[j * NH + h] = _mm256_fmadd_ps(load8_partial(a.q[h] + d, kd - d), kv, acc[j * NH + h]);
+          acc[j * NH + h] =
+              _mm256_fmadd_ps(load8_partial_f32(a.q[h] + d, kd - d), kv, acc[j * NH + h]);
         }
       }
     }
@@ -265,7 +399,7 @@ HELIX_SIMD_AVX2 void accumulate_avx2(const tile_args& a, const float (&p)[NH][su
     for (std::int64_t t = 0; t < nt; ++t) {
       const T* row = v + t * a.v_stride + d;
       __m256 vv[DC];
-      for (int c = 0; c < DC; ++c) vv[c] = simd::load8(row + 8 * c);
+      for (int c = 0; c < DC; ++c) vv[c] = kv256<T>::load8(row + 8 * c);
       for (int h = 0; h < NH; ++h) {
         const __m256 w = _mm256_set1_ps(p[h][t]);
         for (int c = 0; c < DC; ++c) acc[h][c] = _mm256_fmadd_ps(w, vv[c], acc[h][c]);
@@ -279,7 +413,8 @@ HELIX_SIMD_AVX2 void accumulate_avx2(const tile_args& a, const float (&p)[NH][su
     for (int h = 0; h < NH; ++h) {
       __m256 acc = _mm256_loadu_ps(a.o[h] + d);
       for (std::int64_t t = 0; t < nt; ++t) {
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(p[h][t]), simd::load8(v + t * a.v_stride + d), acc);
+        acc =
+            _mm256_fmadd_ps(_mm256_set1_ps(p[h][t]), kv256<T>::load8(v + t * a.v_stride + d), acc);
       }
       _mm256_storeu_ps(a.o[h] + d, acc);
     }
@@ -287,15 +422,16 @@ HELIX_SIMD_AVX2 void accumulate_avx2(const tile_args& a, const float (&p)[NH][su
   for (; d < dv; ++d) {
     for (int h = 0; h < NH; ++h) {
       float acc = a.o[h][d];
-      for (std::int64_t t = 0; t < nt; ++t) acc += p[h][t] * to_f32(v[t * a.v_stride + d]);
+      for (std::int64_t t = 0; t < nt; ++t)
+        acc += p[h][t] * (to_f32(v[t * a.v_stride + d]) / kv256<T>::scale);
       a.o[h][d] = acc;
     }
   }
 }
 
 template <class T, int NH>
-HELIX_SIMD_AVX2 void softmax_avx2(const tile_args& a, const T* k, std::int64_t nt,
-                                  tile_state& st, float* p) {
+HELIX_SIMD_AVX2 void softmax_avx2(const tile_args& a, const T* k, std::int64_t nt, tile_state& st,
+                                  float* p) {
   float(&s)[NH][sub_tokens] = *reinterpret_cast<float(*)[NH][sub_tokens]>(p);
   scores_avx2<T, NH>(a, k, nt, s);
   for (int h = 0; h < NH; ++h) {
@@ -304,11 +440,12 @@ HELIX_SIMD_AVX2 void softmax_avx2(const tile_args& a, const T* k, std::int64_t n
       s[h][t] = t < nt ? s[h][t] * a.score_scale : neg_inf;
       mx = std::max(mx, s[h][t]);
     }
-    if (mx > st.m[h]) raise_max(a, st, h, mx);
+    if (mx > st.m[h] + max_slack) raise_max(a, st, h, mx);
     const __m256 m = _mm256_set1_ps(st.m[h]);
-    const __m256 e0 = simd::exp_nonpos8(_mm256_sub_ps(_mm256_loadu_ps(s[h]), m));
-    const __m256 e1 = simd::exp_nonpos8(_mm256_sub_ps(_mm256_loadu_ps(s[h] + 8), m));
-    st.l[h] += simd::hsum8(_mm256_add_ps(e0, e1));
+    const __m256 e0 = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(s[h]), m));
+    const __m256 e1 = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(s[h] + 8), m));
+    _mm256_storeu_ps(st.l[h], _mm256_add_ps(_mm256_loadu_ps(st.l[h]), e0));
+    _mm256_storeu_ps(st.l[h] + 8, _mm256_add_ps(_mm256_loadu_ps(st.l[h] + 8), e1));
     _mm256_storeu_ps(s[h], e0);
     _mm256_storeu_ps(s[h] + 8, e1);
   }
@@ -333,9 +470,13 @@ template <class T>
 struct engine {
   softmax_fn<T> softmax[3];  // by tile width: 1, 2, 4 heads
   values_fn<T> values[3];
+  float load_scale;  // the engine reads stored values / load_scale
+  bool split;        // q and o in pair-split order within full 32-element groups
 };
 
-constexpr int width_idx(int nh) { return nh == 4 ? 2 : nh - 1; }
+constexpr int width_idx(int nh) {
+  return nh == 4 ? 2 : nh - 1;
+}
 
 template <class T>
 engine<T> make_engine(simd::isa isa) {
@@ -343,22 +484,53 @@ engine<T> make_engine(simd::isa isa) {
   switch (isa) {
     case simd::isa::avx512:
       return {{&softmax_avx512<T, 1>, &softmax_avx512<T, 2>, &softmax_avx512<T, 4>},
-              {&values_avx512<T, 1>, &values_avx512<T, 2>, &values_avx512<T, 4>}};
+              {&values_avx512<T, 1>, &values_avx512<T, 2>, &values_avx512<T, 4>},
+              kv512<T>::scale,
+              kv512<T>::split};
     case simd::isa::avx2:
       return {{&softmax_avx2<T, 1>, &softmax_avx2<T, 2>, &softmax_avx2<T, 4>},
-              {&values_avx2<T, 1>, &values_avx2<T, 2>, &values_avx2<T, 4>}};
-    case simd::isa::scalar: break;
+              {&values_avx2<T, 1>, &values_avx2<T, 2>, &values_avx2<T, 4>},
+              kv256<T>::scale,
+              false};
+    case simd::isa::scalar:
+      break;
   }
 #endif
   (void)isa;
-  return {{&scores_scalar<T, 1>, &scores_scalar<T, 2>, &scores_scalar<T, 4>},
-          {&values_scalar<T, 1>, &values_scalar<T, 2>, &values_scalar<T, 4>}};
+  return {{&softmax_scalar<T, 1>, &softmax_scalar<T, 2>, &softmax_scalar<T, 4>},
+          {&values_scalar<T, 1>, &values_scalar<T, 2>, &values_scalar<T, 4>},
+          1.0f,
+          false};
 }
 
 struct task_output {
   float* out;  // [num_queries, num_q_heads, value_dim] of this chunk
   float* lse;  // [num_queries, num_q_heads]
 };
+
+// Pair-split order (see kv512): within each full group of 32 elements, the even elements first.
+void split_pairs(const float* src, float* dst, std::int64_t n) {
+  std::int64_t d = 0;
+  for (; d + 32 <= n; d += 32) {
+    for (int i = 0; i < 16; ++i) {
+      dst[d + i] = src[d + 2 * i];
+      dst[d + 16 + i] = src[d + 2 * i + 1];
+    }
+  }
+  for (; d < n; ++d) dst[d] = src[d];
+}
+
+// Inverse of split_pairs, in place.
+void unsplit_pairs(float* x, std::int64_t n) {
+  for (std::int64_t d = 0; d + 32 <= n; d += 32) {
+    float tmp[32];
+    std::copy(x + d, x + d + 32, tmp);
+    for (int i = 0; i < 16; ++i) {
+      x[d + 2 * i] = tmp[i];
+      x[d + 2 * i + 1] = tmp[16 + i];
+    }
+  }
+}
 
 // The query heads of one pass over a chunk: whole GQA groups while they fit in max_pass_heads,
 // else a slice of one group (MLA: 128 heads of one latent KV head).
@@ -405,8 +577,8 @@ head_pass pass_at(const attention_partial_params& p, std::int64_t pass_idx) {
 // phase (every V), so a page is read front to back: measured on Zen 4, a forward stream is
 // prefetched well while per-head tasks (K0 V0 | K1 V1 strides) or K0 V0 K1 V1 order lose ~40%.
 template <class T>
-void run_task(const attention_partial_params& p, const engine<T>& eng, std::int64_t chunk_idx,
-              const head_pass& hp, const task_output& dst) {
+void run_task(const attention_partial_params& p, const engine<T>& eng, const float* q,
+              std::int64_t chunk_idx, const head_pass& hp, const task_output& dst) {
   const kv_page_layout& lay = p.layout;
   const std::int64_t group = p.num_q_heads / lay.num_kv_heads;
   const std::int64_t b_begin = chunk_idx * chunk_blocks;
@@ -428,14 +600,14 @@ void run_task(const attention_partial_params& p, const engine<T>& eng, std::int6
         a.key_dim = lay.key_dim;
         a.value_dim = lay.value_dim;
         a.v_stride = lay.value_in_key ? lay.key_dim : lay.value_dim;
-        a.score_scale = p.softmax_scale * p.k_scale;
+        a.score_scale = p.softmax_scale * p.k_scale * eng.load_scale;
         for (int j = 0; j < nh; ++j) {
           const std::int64_t row = qi * p.num_q_heads + kv * group + h0 + j;
-          a.q[j] = p.q + row * lay.key_dim;
+          a.q[j] = q + row * lay.key_dim;
           a.o[j] = dst.out + row * lay.value_dim;
           std::fill(a.o[j], a.o[j] + lay.value_dim, 0.0f);
           states[num_tiles].m[j] = neg_inf;
-          states[num_tiles].l[j] = 0.0f;
+          std::fill(std::begin(states[num_tiles].l[j]), std::end(states[num_tiles].l[j]), 0.0f);
         }
         tile_kv[num_tiles] = kv;
         tile_heads[num_tiles] = nh;
@@ -450,13 +622,13 @@ void run_task(const attention_partial_params& p, const engine<T>& eng, std::int6
           p.causal ? std::clamp<std::int64_t>(qpos - blk.first_pos + 1, 0, blk.num_tokens)
                    : blk.num_tokens;
       if (n == 0) continue;
-      const T* page = reinterpret_cast<const T*>(pool + static_cast<std::size_t>(blk.slot) *
-                                                            page_bytes);
+      const T* page =
+          reinterpret_cast<const T*>(pool + static_cast<std::size_t>(blk.slot) * page_bytes);
       for (std::int64_t t0 = 0; t0 < n; t0 += sub_tokens) {
         const std::int64_t nt = std::min(sub_tokens, n - t0);
         for (int t = 0; t < num_tiles; ++t) {
-          eng.softmax[width_idx(tile_heads[t])](tiles[t], page + lay.key_offset(tile_kv[t], t0),
-                                                nt, states[t], weights[t]);
+          eng.softmax[width_idx(tile_heads[t])](tiles[t], page + lay.key_offset(tile_kv[t], t0), nt,
+                                                states[t], weights[t]);
         }
         for (int t = 0; t < num_tiles; ++t) {
           eng.values[width_idx(tile_heads[t])](tiles[t], weights[t],
@@ -466,13 +638,15 @@ void run_task(const attention_partial_params& p, const engine<T>& eng, std::int6
     }
     for (int t = 0; t < num_tiles; ++t) {
       for (int j = 0; j < tile_heads[t]; ++j) {
-        const std::int64_t row = (tiles[t].q[j] - p.q) / lay.key_dim;
+        const std::int64_t row = (tiles[t].q[j] - q) / lay.key_dim;
         if (states[t].m[j] == neg_inf) {  // no visible key: merges as a no-op (o is still 0)
           dst.lse[row] = neg_inf;
           continue;
         }
-        dst.lse[row] = states[t].m[j] + std::log(states[t].l[j]);
-        const float inv = p.v_scale / states[t].l[j];
+        const float l = states[t].sum(j);
+        dst.lse[row] = states[t].m[j] + std::log(l);
+        if (eng.split) unsplit_pairs(tiles[t].o[j], lay.value_dim);
+        const float inv = p.v_scale * eng.load_scale / l;
         for (std::int64_t d = 0; d < lay.value_dim; ++d) tiles[t].o[j][d] *= inv;
       }
     }
@@ -487,23 +661,38 @@ std::size_t partial_floats(const attention_partial_params& p) {
   return static_cast<std::size_t>(p.num_queries * p.num_q_heads * (p.layout.value_dim + 1));
 }
 
+// Workspace: [queries in pair-split order, bf16 only] then [chunk partials, when > 1 chunk].
+std::size_t split_q_floats(const attention_partial_params& p) {
+  return p.layout.type == dtype::bf16
+             ? static_cast<std::size_t>(p.num_queries * p.num_q_heads * p.layout.key_dim)
+             : 0;
+}
+
 template <class T>
 status run(const attention_partial_params& p, thread_pool* pool, simd::isa isa) {
   const engine<T> eng = make_engine<T>(isa);
   const std::int64_t chunks = num_chunks(p);
   const std::int64_t passes = num_passes(p);
   const std::int64_t rows = p.num_queries * p.num_q_heads;
+  float* ws = static_cast<float*>(p.workspace);
+  const float* q = p.q;
+  if (eng.split) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      split_pairs(p.q + r * p.layout.key_dim, ws + r * p.layout.key_dim, p.layout.key_dim);
+    }
+    q = ws;
+  }
   float* part_out = p.out;
   float* part_lse = p.lse;
   if (chunks > 1) {
-    part_out = static_cast<float*>(p.workspace);
+    part_out = ws + split_q_floats(p);
     part_lse = part_out + chunks * rows * p.layout.value_dim;
   }
   auto task = [&](std::int64_t t) {
     const std::int64_t chunk_idx = t / passes;
     const task_output dst{part_out + chunk_idx * rows * p.layout.value_dim,
                           part_lse + chunk_idx * rows};
-    run_task<T>(p, eng, chunk_idx, pass_at(p, t % passes), dst);
+    run_task<T>(p, eng, q, chunk_idx, pass_at(p, t % passes), dst);
   };
   const std::int64_t num_tasks = chunks * passes;
   if (pool != nullptr) {
@@ -526,9 +715,11 @@ status run(const attention_partial_params& p, thread_pool* pool, simd::isa isa) 
 }  // namespace
 
 std::size_t attention_workspace_bytes(const attention_partial_params& p) {
+  if (p.num_queries <= 0 || p.num_q_heads <= 0) return 0;
   const std::int64_t chunks = num_chunks(p);
-  if (chunks <= 1 || p.num_queries <= 0 || p.num_q_heads <= 0) return 0;
-  return static_cast<std::size_t>(chunks) * partial_floats(p) * sizeof(float);
+  const std::size_t partials =
+      chunks > 1 ? static_cast<std::size_t>(chunks) * partial_floats(p) : 0;
+  return (split_q_floats(p) + partials) * sizeof(float);
 }
 
 /// Test seam: attention_partial on a given instruction set (clamped to what the CPU supports), so
@@ -542,17 +733,21 @@ status attention_partial_with_isa(const attention_partial_params& p, thread_pool
                               p.blocks[b].num_tokens, p.blocks[b].slot, p.layout.block_tokens);
     }
   }
-  if (num_chunks(p) > 1 && (p.workspace == nullptr ||
-                            p.workspace_bytes < attention_workspace_bytes(p))) {
+  const std::size_t need = attention_workspace_bytes(p);
+  if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need)) {
     return failed_precondition("attention: workspace of {} bytes given, {} needed",
-                               p.workspace_bytes, attention_workspace_bytes(p));
+                               p.workspace_bytes, need);
   }
   isa = std::min(isa, simd::cpu_isa());
   switch (p.layout.type) {
-    case dtype::f32: return run<float>(p, pool, isa);
-    case dtype::bf16: return run<bf16_t>(p, pool, isa);
-    case dtype::f16: return run<f16_t>(p, pool, isa);
-    case dtype::fp8_e4m3: return run<fp8_e4m3_t>(p, pool, isa);
+    case dtype::f32:
+      return run<float>(p, pool, isa);
+    case dtype::bf16:
+      return run<bf16_t>(p, pool, isa);
+    case dtype::f16:
+      return run<f16_t>(p, pool, isa);
+    case dtype::fp8_e4m3:
+      return run<fp8_e4m3_t>(p, pool, isa);
   }
   return invalid_argument("attention: unknown kv dtype");
 }

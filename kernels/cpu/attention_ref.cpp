@@ -37,9 +37,9 @@ double score(const attention_partial_params& p, const head_view& h, const std::b
   const std::int64_t base = p.layout.key_offset(h.kv_head, token);
   double acc = 0.0;
   for (std::int64_t d = 0; d < p.layout.key_dim; ++d) {
-    const double k = static_cast<double>(load_as_f32(page, p.layout.type,
-                                                     static_cast<std::size_t>(base + d))) *
-                     p.k_scale;
+    const double k =
+        static_cast<double>(load_as_f32(page, p.layout.type, static_cast<std::size_t>(base + d))) *
+        p.k_scale;
     acc += static_cast<double>(h.q[d]) * k;
   }
   return acc * p.softmax_scale;
@@ -52,7 +52,8 @@ void attend_one_head(const attention_partial_params& p, const head_view& h, floa
   for (std::int64_t b = 0; b < p.num_blocks; ++b) {
     const kv_block_ref& blk = p.blocks[b];
     const std::int64_t n = visible_tokens(p, blk, h.query_pos);
-    for (std::int64_t t = 0; t < n; ++t) max_score = std::max(max_score, score(p, h, page_of(p, blk), t));
+    for (std::int64_t t = 0; t < n; ++t)
+      max_score = std::max(max_score, score(p, h, page_of(p, blk), t));
   }
   if (max_score == -std::numeric_limits<double>::infinity()) {
     std::fill(out, out + l.value_dim, 0.0f);
@@ -73,8 +74,9 @@ void attend_one_head(const attention_partial_params& p, const head_view& h, floa
         chunk_sum += w;
         const std::int64_t base = l.value_offset(h.kv_head, t);
         for (std::int64_t d = 0; d < nd; ++d) {
-          acc[d] += w * static_cast<double>(load_as_f32(page, l.type,
-                                                        static_cast<std::size_t>(base + d0 + d))) *
+          acc[d] += w *
+                    static_cast<double>(
+                        load_as_f32(page, l.type, static_cast<std::size_t>(base + d0 + d))) *
                     p.v_scale;
         }
       }
@@ -99,8 +101,7 @@ status attention_partial(const attention_partial_params& p) {
   for (std::int64_t qi = 0; qi < p.num_queries; ++qi) {
     for (std::int64_t h = 0; h < p.num_q_heads; ++h) {
       const std::int64_t row = qi * p.num_q_heads + h;
-      const head_view view{p.q + row * p.layout.key_dim, p.causal ? p.query_pos[qi] : 0,
-                           h / group};
+      const head_view view{p.q + row * p.layout.key_dim, p.causal ? p.query_pos[qi] : 0, h / group};
       attend_one_head(p, view, p.out + row * p.layout.value_dim, p.lse + row);
     }
   }

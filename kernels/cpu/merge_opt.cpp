@@ -19,9 +19,12 @@ using axpy_fn = void (*)(float, const float*, float*, std::int64_t);
 axpy_fn pick_axpy(simd::isa isa) {
 #if HELIX_SIMD_X86
   switch (isa) {
-    case simd::isa::avx512: return &simd::axpy_avx512<float>;
-    case simd::isa::avx2: return &simd::axpy_avx2<float>;
-    case simd::isa::scalar: break;
+    case simd::isa::avx512:
+      return &simd::axpy_avx512<float>;
+    case simd::isa::avx2:
+      return &simd::axpy_avx2<float>;
+    case simd::isa::scalar:
+      break;
   }
 #endif
   (void)isa;

@@ -30,7 +30,8 @@ status lse_merge(const lse_merge_params& p) {
       for (std::int64_t i = 0; i < p.num_partials; ++i) {
         const double li = p.partial_lse[i * p.num_rows + r];
         if (li == neg_inf) continue;  // contributes nothing, whatever its out holds
-        acc += std::exp(li - lse) * static_cast<double>(p.partial_out[(i * p.num_rows + r) * p.dim + d]);
+        acc += std::exp(li - lse) *
+               static_cast<double>(p.partial_out[(i * p.num_rows + r) * p.dim + d]);
       }
       out[d] = static_cast<float>(acc);
     }

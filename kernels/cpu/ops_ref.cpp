@@ -182,16 +182,11 @@ status embedding(const embedding_params& p) {
 
 namespace {
 
-constexpr float largest_below_one = 0x1.fffffep-1f;
-
 /// Gumbel noise of token `token` for a row: -log(-log(u)), u in (0, 1) from the counter.
-/// random_uniform rounds to exactly 1.0f for 2^-24 of its inputs ((2^24 - 0.5) rounds up in f32),
-/// which would make the noise +inf and the token win whatever its logit: clamp u below 1.
 float gumbel(const sampling_options& o, std::uint64_t request_id, std::int64_t position,
              std::int64_t token) {
-  const float u = std::min(random_uniform(o.seed, request_id, static_cast<std::uint64_t>(position),
-                                          rng_purpose::sampling, static_cast<std::uint64_t>(token)),
-                           largest_below_one);
+  const float u = random_uniform(o.seed, request_id, static_cast<std::uint64_t>(position),
+                                 rng_purpose::sampling, static_cast<std::uint64_t>(token));
   return -std::log(-std::log(u));
 }
 

@@ -119,7 +119,6 @@ void route_row(const router_params& p, std::int64_t r) {
 // Full-vocabulary scans (greedy, or Gumbel-max without top-k / top-p) run in chunks of this many
 // tokens; each chunk's winner goes to the workspace, and the winners are merged in chunk order.
 constexpr std::int64_t sample_chunk = 8192;
-constexpr float largest_below_one = 0x1.fffffep-1f;
 // An upper bound of the Gumbel noise (at most 16.64, see gumbel()). A token with
 // fl(z + gumbel_bound) < v cannot reach v (nor tie), because rounding is monotonic.
 constexpr float gumbel_bound = 18.5f;
@@ -136,13 +135,11 @@ struct row_ctx {
   float* values = nullptr;      // workspace [vocab]
 };
 
-/// As the reference: u clamped below 1 (random_uniform returns exactly 1.0f for 2^-24 of its
-/// inputs), so the noise is finite and at most -log(-log(1 - 2^-24)) = 16.64.
+/// As the reference. random_uniform is at most 1 - 2^-24, so the noise is finite and at most
+/// -log(-log(1 - 2^-24)) = 16.64.
 float gumbel(const row_ctx& row, std::int64_t token) {
-  const float u =
-      std::min(random_uniform(row.o->seed, row.request_id, static_cast<std::uint64_t>(row.position),
-                              rng_purpose::sampling, static_cast<std::uint64_t>(token)),
-               largest_below_one);
+  const float u = random_uniform(row.o->seed, row.request_id, static_cast<std::uint64_t>(row.position),
+                                 rng_purpose::sampling, static_cast<std::uint64_t>(token));
   return -std::log(-std::log(u));
 }
 

@@ -45,9 +45,12 @@ enum class isa : std::uint8_t { scalar, avx2, avx512 };
 
 [[nodiscard]] inline std::string_view isa_name(isa i) noexcept {
   switch (i) {
-    case isa::scalar: return "scalar";
-    case isa::avx2: return "avx2";
-    case isa::avx512: return "avx512";
+    case isa::scalar:
+      return "scalar";
+    case isa::avx2:
+      return "avx2";
+    case isa::avx512:
+      return "avx512";
   }
   return "scalar";
 }
@@ -99,7 +102,9 @@ inline void axpy_scalar(float alpha, const T* x, float* y, std::int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA + F16C: 8 lanes.
 
-HELIX_SIMD_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+HELIX_SIMD_AVX2 inline __m256 load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
 
 HELIX_SIMD_AVX2 inline __m256 load8(const bf16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -118,12 +123,28 @@ HELIX_SIMD_AVX2 inline __m256 fp8x8_to_f32(__m128i bytes8) {
   const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24);
   const __m256 v = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(mag, 20)),
                                  _mm256_set1_ps(1.329227995784916e36f));  // 2^120
-  const __m256i nan = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f));  // all-ones is a NaN
+  const __m256i nan = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f));   // all-ones is a NaN
   return _mm256_or_ps(_mm256_or_ps(v, _mm256_castsi256_ps(sign)), _mm256_castsi256_ps(nan));
 }
 
 HELIX_SIMD_AVX2 inline __m256 load8(const fp8_e4m3_t* p) {
   return fp8x8_to_f32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+
+/// fp8 e4m3 -> f32 divided by 256 (exact), through F16C: e4m3's 7 magnitude bits placed at f16
+/// bits 13..7 make an f16 worth value / 256 (the exponent biases differ by 8), subnormals
+/// included; the sign moves to bit 15 (x << 7 puts it at bit 14; adding bit 14 to itself carries
+/// it up). About half the work of fp8x8_to_f32, for kernels that fold the 256 into a scale.
+/// 0x7f / 0xff load as NaN.
+HELIX_SIMD_AVX2 inline __m128i fp8x8_to_f16_div256(__m128i bytes8) {
+  const __m128i x = _mm_cvtepu8_epi16(bytes8);
+  __m128i h = _mm_slli_epi16(x, 7);
+  h = _mm_add_epi16(h, _mm_and_si128(h, _mm_set1_epi16(0x4000)));
+  const __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(x, _mm_set1_epi16(0x7f)), _mm_set1_epi16(0x7f));
+  return _mm_or_si128(h, nan);  // 0xffff is an f16 NaN
+}
+HELIX_SIMD_AVX2 inline __m256 load8_div256(const fp8_e4m3_t* p) {
+  return _mm256_cvtph_ps(fp8x8_to_f16_div256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
 HELIX_SIMD_AVX2 inline float hsum8(__m256 v) {
@@ -133,10 +154,10 @@ HELIX_SIMD_AVX2 inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/// e^x for x <= 0 (and -inf -> 0), about 2 ulp: range reduction by ln 2 and a degree-6
-/// polynomial. Softmax weights only ever need x <= 0; NaN propagates. Results below 2^-126 flush
-/// to 0 (a weight that small cannot change an f32 sum).
-HELIX_SIMD_AVX2 inline __m256 exp_nonpos8(__m256 x) {
+/// e^x for x <= 80 (and -inf -> 0), about 2 ulp: range reduction by ln 2 and a degree-6
+/// polynomial. Meant for softmax weights (x = score - running max, at most a few units above 0);
+/// NaN propagates. Results below 2^-126 flush to 0 (a weight that small cannot change an f32 sum).
+HELIX_SIMD_AVX2 inline __m256 exp8(__m256 x) {
   const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // NaN in x stays NaN
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -149,7 +170,8 @@ HELIX_SIMD_AVX2 inline __m256 exp_nonpos8(__m256 x) {
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(0.5f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
   // Below -87 the true value is under 2^-125: 0.
   return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ), y);
@@ -190,7 +212,9 @@ HELIX_SIMD_AVX512 inline __mmask16 tail_mask16(std::int64_t n) {
   return static_cast<__mmask16>((1u << n) - 1u);
 }
 
-HELIX_SIMD_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+HELIX_SIMD_AVX512 inline __m512 load16(const float* p) {
+  return _mm512_loadu_ps(p);
+}
 HELIX_SIMD_AVX512 inline __m512 load16(const float* p, __mmask16 m) {
   return _mm512_maskz_loadu_ps(m, p);
 }
@@ -230,7 +254,35 @@ HELIX_SIMD_AVX512 inline __m512 load16(const fp8_e4m3_t* p, __mmask16 m) {
   return fp8x16_to_f32(_mm_maskz_loadu_epi8(m, p));
 }
 
-HELIX_SIMD_AVX512 inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
+/// As fp8x8_to_f16_div256, 16 lanes: f32 values divided by 256 (exact).
+HELIX_SIMD_AVX512 inline __m512 fp8x16_to_f32_div256(__m128i bytes16) {
+  const __m256i x = _mm256_cvtepu8_epi16(bytes16);
+  __m256i h = _mm256_slli_epi16(x, 7);
+  h = _mm256_add_epi16(h, _mm256_and_si256(h, _mm256_set1_epi16(0x4000)));
+  const __m256i nan =
+      _mm256_cmpeq_epi16(_mm256_and_si256(x, _mm256_set1_epi16(0x7f)), _mm256_set1_epi16(0x7f));
+  return _mm512_cvtph_ps(_mm256_or_si256(h, nan));
+}
+HELIX_SIMD_AVX512 inline __m512 load16_div256(const fp8_e4m3_t* p) {
+  return fp8x16_to_f32_div256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+HELIX_SIMD_AVX512 inline __m512 load16_div256(const fp8_e4m3_t* p, __mmask16 m) {
+  return fp8x16_to_f32_div256(_mm_maskz_loadu_epi8(m, p));
+}
+
+/// 32 bf16 values as two f32 vectors in "pair-split" order: `even` holds elements 0, 2, .., 30 and
+/// `odd` elements 1, 3, .., 31. One load and one operation per 16 values (shift the low half of
+/// each 32-bit word up, or mask the high half) instead of a widening shuffle plus a shift; dot
+/// products and axpys are order-free, so kernels keep their other operand in the same order.
+HELIX_SIMD_AVX512 inline void load32_split(const bf16_t* p, __m512& even, __m512& odd) {
+  const __m512i w = _mm512_loadu_si512(p);
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+HELIX_SIMD_AVX512 inline float hsum16(__m512 v) {
+  return _mm512_reduce_add_ps(v);
+}
 
 /// Horizontal sums of 16 vectors at once: lane i of the result is the sum of a[i]'s 16 lanes.
 /// About 3 instructions per sum instead of ~8 for 16 separate hsum16 calls; the attention kernel
@@ -262,14 +314,13 @@ HELIX_SIMD_AVX512 inline __m512 reduce16x16(const __m512 a[16]) {
   // Quarter q holds sums of [v_q, v_q + 2, v_q + 1, v_q + 3] where v_q = 0, 8, 4, 12: permute to
   // lane order.
   const __m512 r = _mm512_add_ps(x, y);
-  const __m512i order =
-      _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
+  const __m512i order = _mm512_setr_epi32(0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
   return _mm512_permutexvar_ps(order, r);
 }
 
-/// e^x for x <= 0 (and -inf -> 0), about 2 ulp; as exp_nonpos8. scalef handles the 2^n scaling
+/// e^x for x <= 80 (and -inf -> 0), about 2 ulp; as exp8. scalef handles the 2^n scaling
 /// including underflow, so no special cases are needed.
-HELIX_SIMD_AVX512 inline __m512 exp_nonpos16(__m512 x) {
+HELIX_SIMD_AVX512 inline __m512 exp16(__m512 x) {
   const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // NaN in x stays NaN
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -313,8 +364,8 @@ HELIX_SIMD_AVX512 inline void axpy_avx512(float alpha, const T* x, float* y, std
   }
   if (i < n) {
     const __mmask16 m = tail_mask16(n - i);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, load16(x + i, m),
-                                                     _mm512_maskz_loadu_ps(m, y + i)));
+    _mm512_mask_storeu_ps(y + i, m,
+                          _mm512_fmadd_ps(va, load16(x + i, m), _mm512_maskz_loadu_ps(m, y + i)));
   }
 }
 
@@ -330,9 +381,12 @@ template <class T>
 [[nodiscard]] inline float dot(const float* a, const T* b, std::int64_t n) {
 #if HELIX_SIMD_X86
   switch (cpu_isa()) {
-    case isa::avx512: return dot_avx512(a, b, n);
-    case isa::avx2: return dot_avx2(a, b, n);
-    case isa::scalar: break;
+    case isa::avx512:
+      return dot_avx512(a, b, n);
+    case isa::avx2:
+      return dot_avx2(a, b, n);
+    case isa::scalar:
+      break;
   }
 #endif
   return dot_scalar(a, b, n);
@@ -343,9 +397,14 @@ template <class T>
 inline void axpy(float alpha, const T* x, float* y, std::int64_t n) {
 #if HELIX_SIMD_X86
   switch (cpu_isa()) {
-    case isa::avx512: axpy_avx512(alpha, x, y, n); return;
-    case isa::avx2: axpy_avx2(alpha, x, y, n); return;
-    case isa::scalar: break;
+    case isa::avx512:
+      axpy_avx512(alpha, x, y, n);
+      return;
+    case isa::avx2:
+      axpy_avx2(alpha, x, y, n);
+      return;
+    case isa::scalar:
+      break;
   }
 #endif
   axpy_scalar(alpha, x, y, n);

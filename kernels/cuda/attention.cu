@@ -16,12 +16,6 @@
 // arithmetic. All arithmetic is f32 (SIMT, no tensor cores: the reference is f32 and the
 // tolerance is tight). Scores are kept in the log2 domain (q pre-multiplied by
 // softmax_scale * k_scale * log2(e)) so the softmax uses exp2f.
-// fmt 9 switches its constexpr support off under nvcc and then fails to compile there (a constexpr
-// function calling a non-constexpr one); nvcc 13 handles fmt's constexpr code fine. Must precede
-// every include (core/ headers pull in fmt).
-#ifndef FMT_USE_CONSTEXPR
-#define FMT_USE_CONSTEXPR 1
-#endif
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -65,6 +59,9 @@ struct attention_plan {
   std::int64_t row_tiles = 0;
   std::int64_t chunk_blocks = 0;
   std::int64_t num_chunks = 1;
+  // Upper bound on num_chunks that never decreases as num_blocks grows: the workspace is sized
+  // from it, so a workspace sized for the longest context fits every shorter one.
+  std::int64_t chunk_bound = 1;
   std::size_t smem_bytes = 0;
 };
 
@@ -116,6 +113,7 @@ expected<attention_plan> make_plan(const attention_partial_params& p) {
                                max_chunks);
   const std::int64_t wanted =
       std::clamp<std::int64_t>(ceil_div(p.num_blocks, min_chunk_blocks), 1, chunk_cap);
+  plan.chunk_bound = wanted;
   plan.chunk_blocks = std::max<std::int64_t>(1, ceil_div(p.num_blocks, wanted));
   plan.num_chunks = std::max<std::int64_t>(1, ceil_div(p.num_blocks, plan.chunk_blocks));
   return plan;
@@ -478,9 +476,8 @@ status launch_for_dtype(const attention_args& args, const attention_plan& plan,
 
 bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
 
-std::size_t partial_out_floats(const attention_partial_params& p, const attention_plan& plan) {
-  return static_cast<std::size_t>(plan.num_chunks * p.num_queries * p.num_q_heads *
-                                  p.layout.value_dim);
+std::size_t partial_out_floats(const attention_partial_params& p, std::int64_t chunks) {
+  return static_cast<std::size_t>(chunks * p.num_queries * p.num_q_heads * p.layout.value_dim);
 }
 
 }  // namespace
@@ -488,9 +485,9 @@ std::size_t partial_out_floats(const attention_partial_params& p, const attentio
 std::size_t attention_workspace_bytes(const attention_partial_params& p) {
   const expected<attention_plan> plan = make_plan(p);
   if (!plan.has_value() || plan->num_chunks <= 1) return 0;
-  const std::size_t lse_floats = static_cast<std::size_t>(plan->num_chunks * p.num_queries *
-                                                          p.num_q_heads);
-  return (partial_out_floats(p, *plan) + lse_floats) * sizeof(float);
+  const std::size_t lse_floats =
+      static_cast<std::size_t>(plan->chunk_bound * p.num_queries * p.num_q_heads);
+  return (partial_out_floats(p, plan->chunk_bound) + lse_floats) * sizeof(float);
 }
 
 status attention_partial(const attention_partial_params& p, stream_handle stream) {
@@ -525,7 +522,7 @@ status attention_partial(const attention_partial_params& p, stream_handle stream
   const bool split = plan.num_chunks > 1;
   if (split) {
     args.out = static_cast<float*>(p.workspace);
-    args.lse = args.out + partial_out_floats(p, plan);
+    args.lse = args.out + partial_out_floats(p, plan.num_chunks);
     args.out_chunk_stride = p.num_queries * p.num_q_heads * l.value_dim;
     args.lse_chunk_stride = p.num_queries * p.num_q_heads;
   } else {

@@ -5,12 +5,6 @@
 // reduction across threads. The per-partial weights are then computed once into shared memory (in
 // groups, so any number of partials fits) and each thread accumulates its output elements over the
 // partials, again in index order. attention.cu reuses this for its split-KV chunk combine.
-// fmt 9 switches its constexpr support off under nvcc and then fails to compile there (a constexpr
-// function calling a non-constexpr one); nvcc 13 handles fmt's constexpr code fine. Must precede
-// every include (core/ headers pull in fmt).
-#ifndef FMT_USE_CONSTEXPR
-#define FMT_USE_CONSTEXPR 1
-#endif
 #include <cuda_runtime.h>
 
 #include <cmath>

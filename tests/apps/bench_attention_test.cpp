@@ -13,9 +13,8 @@ namespace {
 TEST(BenchAttention, JsonHasEveryFieldForEveryCase) {
   std::ostringstream out;
   std::ostringstream err;
-  const int rc = run_bench_attention({"--context", "4K", "--kv-dtype", "bf16,fp8_e4m3",
-                                      "--threads", "1,2", "--repeats", "1", "--mla-context", "1K",
-                                      "--json"},
+  const int rc = run_bench_attention({"--context", "4K", "--kv-dtype", "bf16,fp8_e4m3", "--threads",
+                                      "1,2", "--repeats", "1", "--mla-context", "1K", "--json"},
                                      out, err);
   ASSERT_EQ(rc, 0) << err.str();
   const nlohmann::json j = nlohmann::json::parse(out.str(), nullptr, /*allow_exceptions=*/false);
@@ -26,8 +25,8 @@ TEST(BenchAttention, JsonHasEveryFieldForEveryCase) {
   ASSERT_TRUE(j["results"].is_array());
   ASSERT_EQ(j["results"].size(), 6u);  // 2 dtypes x 2 thread counts + 2 MLA cases
   for (const auto& r : j["results"]) {
-    for (const char* key : {"model", "kv_dtype", "threads", "context", "kv_bytes",
-                            "kv_bytes_per_s", "stream_bytes_per_s", "ratio", "ms"}) {
+    for (const char* key : {"model", "kv_dtype", "threads", "context", "kv_bytes", "kv_bytes_per_s",
+                            "stream_bytes_per_s", "ratio", "ms"}) {
       EXPECT_TRUE(r.contains(key)) << key << " in " << r.dump();
     }
     EXPECT_GT(r["kv_bytes_per_s"].get<double>(), 0.0);
@@ -63,9 +62,12 @@ TEST(BenchAttention, TableWithoutJsonAndNoMla) {
 }
 
 TEST(BenchAttention, BadFlagsReturnTwoWithAnError) {
-  for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"--bogus", "1"}, {"--context", "12Q"}, {"--kv-dtype", "int4"},
-        {"--threads", "0"}, {"--model", "no-such-model"}, {"positional"}}) {
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"--bogus", "1"},
+                                               {"--context", "12Q"},
+                                               {"--kv-dtype", "int4"},
+                                               {"--threads", "0"},
+                                               {"--model", "no-such-model"},
+                                               {"positional"}}) {
     std::ostringstream out;
     std::ostringstream err;
     EXPECT_EQ(run_bench_attention(args, out, err), 2) << args[0];

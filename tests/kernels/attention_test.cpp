@@ -157,10 +157,10 @@ struct attn_fixture {
       if (c.num_queries == 1) {
         query_pos.push_back(pos + 1);
       } else {
-        query_pos.push_back(static_cast<std::int64_t>(
-                                static_cast<double>(pos + 10) * static_cast<double>(i) /
-                                static_cast<double>(c.num_queries - 1)) -
-                            2);
+        query_pos.push_back(
+            static_cast<std::int64_t>(static_cast<double>(pos + 10) * static_cast<double>(i) /
+                                      static_cast<double>(c.num_queries - 1)) -
+            2);
       }
     }
   }
@@ -211,8 +211,8 @@ attn_result run_attention(const attn_fixture& f, const exec_context& ctx,
   std::vector<std::byte> ws(attention_workspace_bytes(p, ctx));
   p.workspace = ws.empty() ? nullptr : ws.data();
   p.workspace_bytes = ws.size();
-  const status st = isa ? cpu::attention_partial_with_isa(p, ctx.pool, *isa)
-                        : attention_partial(p, ctx);
+  const status st =
+      isa ? cpu::attention_partial_with_isa(p, ctx.pool, *isa) : attention_partial(p, ctx);
   EXPECT_TRUE(st.ok()) << st.to_string();
   return r;
 }
@@ -259,8 +259,8 @@ std::vector<attn_case> sweep_cases() {
     std::int64_t k, v;
     bool mla;
   };
-  const dims all_dims[] = {{8, 8, false},   {16, 16, false}, {64, 64, false},
-                           {128, 128, false}, {40, 32, true}, {576, 512, true}};
+  const dims all_dims[] = {{8, 8, false},     {16, 16, false}, {64, 64, false},
+                           {128, 128, false}, {40, 32, true},  {576, 512, true}};
   const dtype types[] = {dtype::f32, dtype::bf16, dtype::f16, dtype::fp8_e4m3};
   std::vector<attn_case> cases;
   std::uint64_t seed = 100;
@@ -275,7 +275,8 @@ std::vector<attn_case> sweep_cases() {
         c.value_dim = dm.v;
         c.mla = dm.mla;
         c.num_kv_heads = dm.mla ? 1 : 1 + static_cast<std::int64_t>(seed % 2);
-        c.num_q_heads = c.num_kv_heads * (dm.mla ? 16 - static_cast<std::int64_t>(seed % 3) : ratio);
+        c.num_q_heads =
+            c.num_kv_heads * (dm.mla ? 16 - static_cast<std::int64_t>(seed % 3) : ratio);
         c.type = t;
         c.block_tokens = bt;
         // Past 32 blocks the optimised kernel splits into chunks and merges them.
@@ -551,6 +552,93 @@ TEST(AttentionSimd, ConversionsMatchScalarForEveryBitPattern) {
     for (std::size_t i = 0; i < 256; ++i) mismatches += same(y[i], to_f32(x8[i])) ? 0 : 1;
     EXPECT_EQ(mismatches, 0) << simd::isa_name(isa) << " fp8";
   }
+}
+
+#if HELIX_SIMD_X86
+// The kernels' fast loaders, element by element into arrays (callers check cpu_isa() first).
+HELIX_SIMD_AVX512 void fp8_div256_avx512(const fp8_e4m3_t* x, float* y) {  // 256 values
+  for (int i = 0; i < 256; i += 16) _mm512_storeu_ps(y + i, simd::load16_div256(x + i));
+}
+HELIX_SIMD_AVX2 void fp8_div256_avx2(const fp8_e4m3_t* x, float* y) {
+  for (int i = 0; i < 256; i += 8) _mm256_storeu_ps(y + i, simd::load8_div256(x + i));
+}
+HELIX_SIMD_AVX512 void bf16_split_avx512(const bf16_t* x, float* y, std::size_t n) {
+  for (std::size_t i = 0; i < n; i += 32) {
+    __m512 even;
+    __m512 odd;
+    simd::load32_split(x + i, even, odd);
+    _mm512_storeu_ps(y + i, even);
+    _mm512_storeu_ps(y + i + 16, odd);
+  }
+}
+HELIX_SIMD_AVX512 void reduce16x16_avx512(const float* in, float* out) {  // in [16][16]
+  __m512 a[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_loadu_ps(in + 16 * i);
+  _mm512_storeu_ps(out, simd::reduce16x16(a));
+}
+HELIX_SIMD_AVX512 void exp_avx512(const float* in, float* out) {
+  _mm512_storeu_ps(out, simd::exp16(_mm512_loadu_ps(in)));
+}
+HELIX_SIMD_AVX2 void exp_avx2(const float* in, float* out) {
+  _mm256_storeu_ps(out, simd::exp8(_mm256_loadu_ps(in)));
+  _mm256_storeu_ps(out + 8, simd::exp8(_mm256_loadu_ps(in + 8)));
+}
+#endif
+
+TEST(AttentionSimd, KernelLoadersAreExact) {
+#if HELIX_SIMD_X86
+  auto same = [](float a, float b) { return a == b || (std::isnan(a) && std::isnan(b)); };
+  std::vector<fp8_e4m3_t> all8(256);
+  for (std::size_t i = 0; i < 256; ++i) all8[i].bits = static_cast<std::uint8_t>(i);
+  std::vector<float> y(256);
+  for (const simd::isa isa : {simd::isa::avx2, simd::isa::avx512}) {
+    if (simd::cpu_isa() < isa) continue;
+    if (isa == simd::isa::avx512) fp8_div256_avx512(all8.data(), y.data());
+    if (isa == simd::isa::avx2) fp8_div256_avx2(all8.data(), y.data());
+    int bad = 0;
+    for (std::size_t i = 0; i < 256; ++i) bad += same(y[i] * 256.0f, to_f32(all8[i])) ? 0 : 1;
+    EXPECT_EQ(bad, 0) << simd::isa_name(isa) << " fp8 / 256";
+  }
+  if (simd::cpu_isa() < simd::isa::avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  std::vector<bf16_t> all16(65536);
+  for (std::size_t i = 0; i < all16.size(); ++i) all16[i].bits = static_cast<std::uint16_t>(i);
+  std::vector<float> z(all16.size());
+  bf16_split_avx512(all16.data(), z.data(), all16.size());
+  int bad = 0;
+  for (std::size_t g = 0; g < all16.size(); g += 32) {
+    for (std::size_t i = 0; i < 16; ++i) {
+      bad += same(z[g + i], to_f32(all16[g + 2 * i])) ? 0 : 1;
+      bad += same(z[g + 16 + i], to_f32(all16[g + 2 * i + 1])) ? 0 : 1;
+    }
+  }
+  EXPECT_EQ(bad, 0) << "bf16 pair-split";
+#else
+  GTEST_SKIP() << "x86 only";
+#endif
+}
+
+TEST(AttentionSimd, ReduceAndExp) {
+#if HELIX_SIMD_X86
+  if (simd::cpu_isa() < simd::isa::avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  float x[16];
+  for (int i = 0; i < 16; ++i) x[i] = -0.37f * static_cast<float>(i * i) + 7.5f;
+  x[15] = -std::numeric_limits<float>::infinity();
+  float e[16];
+  exp_avx2(x, e);
+  for (int i = 0; i < 15; ++i) EXPECT_NEAR(e[i], std::exp(x[i]), 3e-7 * std::exp(x[i])) << i;
+  EXPECT_EQ(e[15], 0.0f);
+  if (simd::cpu_isa() < simd::isa::avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
+  exp_avx512(x, e);
+  for (int i = 0; i < 15; ++i) EXPECT_NEAR(e[i], std::exp(x[i]), 3e-7 * std::exp(x[i])) << i;
+  EXPECT_EQ(e[15], 0.0f);
+  float in[256];
+  for (int i = 0; i < 256; ++i) in[i] = static_cast<float>((i / 16) * 100 + i % 16);
+  float out[16];
+  reduce16x16_avx512(in, out);
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], static_cast<float>(i * 1600 + 120)) << i;
+#else
+  GTEST_SKIP() << "x86 only";
+#endif
 }
 
 TEST(AttentionSimd, DotHandlesEveryLengthAndDtype) {

@@ -54,10 +54,10 @@ merge_input random_input(std::int64_t parts, std::int64_t rows, std::int64_t dim
   }
   for (std::size_t i = 0; i < in.lse.size(); ++i) {
     const float u = random_uniform(seed, 2, 0, rng_purpose::test_data, i);
-    in.lse[i] = u < empty_fraction ? neg_inf
-                                   : lse_spread * (2.0f * random_uniform(seed, 3, 0,
-                                                                         rng_purpose::test_data, i) -
-                                                   1.0f);
+    in.lse[i] =
+        u < empty_fraction
+            ? neg_inf
+            : lse_spread * (2.0f * random_uniform(seed, 3, 0, rng_purpose::test_data, i) - 1.0f);
   }
   return in;
 }
@@ -132,8 +132,10 @@ TEST(LseMerge, MinusInfinityPartialsAreNoOps) {
   padded.dim = base.dim;
   const std::size_t row_block = static_cast<std::size_t>(base.num_rows * base.dim);
   for (std::int64_t i = 0; i < 3; ++i) {
-    const auto first = base.out.begin() + static_cast<std::ptrdiff_t>(i) * static_cast<std::ptrdiff_t>(row_block);
-    padded.out.insert(padded.out.end(), row_block, i == 1 ? 1e30f : std::numeric_limits<float>::quiet_NaN());
+    const auto first =
+        base.out.begin() + static_cast<std::ptrdiff_t>(i) * static_cast<std::ptrdiff_t>(row_block);
+    padded.out.insert(padded.out.end(), row_block,
+                      i == 1 ? 1e30f : std::numeric_limits<float>::quiet_NaN());
     padded.lse.insert(padded.lse.end(), static_cast<std::size_t>(base.num_rows), neg_inf);
     padded.out.insert(padded.out.end(), first, first + static_cast<std::ptrdiff_t>(row_block));
     padded.lse.insert(padded.lse.end(), base.lse.begin() + i * base.num_rows,

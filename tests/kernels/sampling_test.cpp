@@ -135,28 +135,6 @@ TEST(SamplingCpu, MaskedTokensAreNeverDrawn) {
 // g0; token 1 gets logit -d with d = 17.57 - g0, so that it loses with the clamped noise
 // (-d + 16.64 < g0) but is close enough not to be pruned by the optimised kernel
 // (-d + 18.5 >= g0), which must therefore draw its noise too.
-TEST(SamplingCpu, UniformOfOneDoesNotForceAToken) {
-  constexpr std::uint64_t seed = 42;
-  constexpr std::uint64_t request = 3;
-  std::uint64_t position = 0;
-  while ((random_words(seed, request, position, rng_purpose::sampling, 1)[0] >> 8) != 0xFFFFFFu) {
-    ++position;
-  }
-  ASSERT_EQ(random_uniform(seed, request, position, rng_purpose::sampling, 1), 1.0f)
-      << "random_uniform no longer returns 1: this test no longer exercises the clamp";
-  const float u0 = random_uniform(seed, request, position, rng_purpose::sampling, 0);
-  const float d = 17.57f + std::log(-std::log(u0));
-  const std::vector<float> logits = {0.0f, -d, -INFINITY};
-  for (backend be : {backend::reference, backend::cpu}) {
-    batch b;
-    b.vocab = 3;
-    const auto pos = static_cast<std::int64_t>(position);
-    b.add(logits, opts(1.0f, 0, 1.0f, seed), request, pos);  // full-vocabulary path
-    b.add(logits, opts(1.0f, 2, 1.0f, seed), request, pos);  // top-k path
-    EXPECT_EQ(run(b, {.backend = be}), (std::vector<std::int32_t>{0, 0})) << backend_name(be);
-  }
-}
-
 TEST(SamplingCpu, GreedyIsArgmaxWithLowestIdOnTies) {
   for (backend be : {backend::reference, backend::cpu}) {
     batch b;

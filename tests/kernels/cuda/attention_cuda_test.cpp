@@ -604,6 +604,34 @@ TEST(LseMergeCuda, NullLseAndDeterminism) {
 
 // ---- without a GPU ----
 
+TEST(CudaWithoutDevice, WorkspaceNeverShrinksAsContextGrows) {
+  // Pure host arithmetic (no device needed): a workspace sized for the longest context must fit
+  // every shorter one, so the model can size it once.
+  attn_case gqa;
+  gqa.num_kv_heads = 1;
+  gqa.num_q_heads = 4;
+  gqa.num_blocks = 0;
+  attn_case mla;
+  mla.key_dim = 576;
+  mla.value_dim = 512;
+  mla.mla = true;
+  mla.num_q_heads = 128;
+  mla.num_blocks = 0;
+  for (const attn_case& c : {gqa, mla}) {
+    const attn_fixture f(c);
+    attention_partial_params p = f.params();
+    std::size_t prev = 0;
+    for (std::int64_t nb = 0; nb <= 5000; ++nb) {
+      p.num_blocks = nb;
+      const std::size_t bytes = attention_workspace_bytes(p, cuda_ctx);
+      ASSERT_GE(bytes, prev) << c.name() << " at " << nb << " blocks";
+      prev = bytes;
+    }
+    EXPECT_GT(prev, 0u) << "long contexts split";
+  }
+}
+
+
 TEST(CudaWithoutDevice, ReportsNoDeviceAndFailsCleanly) {
   // This one runs where there is no GPU: it checks that nothing crashes and errors are clear.
   const int count = cuda::device_count();

@@ -1,0 +1,114 @@
+// Block tables, model specs, the thread pool and status/expected.
+#include <atomic>
+#include <numeric>
+
+#include <gtest/gtest.h>
+
+#include "core/block_table.hpp"
+#include "core/model_spec.hpp"
+#include "core/status.hpp"
+#include "core/tensor.hpp"
+#include "core/thread_pool.hpp"
+
+namespace helix {
+namespace {
+
+TEST(BlockTable, BlocksFillInOrderAndCoverConsecutivePositions) {
+  block_table t(4);
+  EXPECT_TRUE(t.needs_block());
+  EXPECT_EQ(t.append_tokens(1).code(), errc::failed_precondition);  // no block yet
+  ASSERT_TRUE(t.open_block(1, 7).ok());
+  ASSERT_TRUE(t.append_tokens(3).ok());
+  EXPECT_EQ(t.open_block(0, 1).code(), errc::failed_precondition);  // last block has room
+  EXPECT_EQ(t.append_tokens(2).code(), errc::failed_precondition);  // only 1 fits
+  ASSERT_TRUE(t.append_tokens(1).ok());
+  ASSERT_TRUE(t.open_block(0, 2).ok());
+  ASSERT_TRUE(t.append_tokens(2).ok());
+  EXPECT_EQ(t.num_tokens(), 6);
+  EXPECT_EQ(t.next_pos(), 6);
+  ASSERT_EQ(t.blocks().size(), 2u);
+  EXPECT_EQ(t.blocks()[0], (kv_block_ref{1, 7, 0, 4}));
+  EXPECT_EQ(t.blocks()[1], (kv_block_ref{0, 2, 4, 2}));
+  EXPECT_EQ(t.blocks_on(1).size(), 1u);
+  ASSERT_TRUE(t.relocate(0, 3, 9).ok());
+  EXPECT_EQ(t.blocks()[0], (kv_block_ref{3, 9, 0, 4}));
+  EXPECT_EQ(t.relocate(5, 0, 0).code(), errc::invalid_argument);
+}
+
+TEST(ModelSpec, BuiltinsValidateAndHaveTheDocumentedShapes) {
+  for (const std::string& name : builtin_model_names()) {
+    auto s = builtin_model(name);
+    ASSERT_TRUE(s.has_value()) << name;
+    EXPECT_TRUE(s->validate().ok()) << name << ": " << s->validate().to_string();
+  }
+  EXPECT_EQ(builtin_model("gpt-5").error().code(), errc::not_found);
+  const model_spec small = *builtin_model("small-llama");
+  EXPECT_EQ(small.hidden, 1024);
+  EXPECT_EQ(small.num_layers, 8);
+  EXPECT_EQ(small.num_kv_heads, 2);
+  EXPECT_EQ(small.head_dim, 128);
+  EXPECT_EQ(small.ffn, 2816);
+  EXPECT_EQ(small.vocab, 32000);
+  // KV per token over all layers (HELIX-REFERENCE.md section 2.2).
+  const model_spec llama = *builtin_model("llama-3.1-405b");
+  EXPECT_EQ(llama.kv_values_per_token_per_layer() * llama.num_layers, 258048);
+  const model_spec r1 = *builtin_model("deepseek-r1");
+  EXPECT_EQ(r1.kv_values_per_token_per_layer() * r1.num_layers, 35136);
+  EXPECT_EQ(r1.layout_kv_heads(), 1);
+  EXPECT_FALSE(r1.layer_is_moe(2));
+  EXPECT_TRUE(r1.layer_is_moe(3));
+  // About 671B parameters (the MTP layer is not counted).
+  EXPECT_NEAR(static_cast<double>(r1.num_params()) / 1e9, 671.0, 10.0);
+  EXPECT_NEAR(static_cast<double>(llama.num_params()) / 1e9, 405.0, 5.0);
+  // Both tiny models admit 8-worker layouts: 8 query heads.
+  EXPECT_EQ(builtin_model("tiny-llama")->num_q_heads, 8);
+  EXPECT_EQ(builtin_model("tiny-deepseek")->num_q_heads, 8);
+}
+
+TEST(ModelSpec, ValidateNamesTheBrokenField) {
+  model_spec s = *builtin_model("tiny-llama");
+  s.num_kv_heads = 3;
+  EXPECT_NE(s.validate().message().find("num_key_value_heads"), std::string::npos);
+  s = *builtin_model("tiny-deepseek");
+  s.moe.topk_groups = 9;
+  EXPECT_NE(s.validate().message().find("topk_group"), std::string::npos);
+}
+
+TEST(ThreadPool, RunsEveryTaskOnceAndIsReusable) {
+  thread_pool pool(4);
+  EXPECT_EQ(pool.num_threads(), 4);
+  for (int round = 0; round < 50; ++round) {
+    std::vector<std::atomic<int>> hits(97);
+    pool.parallel_for(97, [&](std::int64_t i) { hits[static_cast<std::size_t>(i)]++; });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  }
+  pool.parallel_for(0, [](std::int64_t) { FAIL(); });
+}
+
+TEST(Status, ExpectedCarriesValueOrError) {
+  expected<int> v = 3;
+  EXPECT_TRUE(v.has_value());
+  EXPECT_EQ(*v, 3);
+  expected<int> e = invalid_argument("bad {}", 7);
+  EXPECT_FALSE(e.has_value());
+  EXPECT_EQ(e.error().to_string(), "invalid_argument: bad 7");
+  EXPECT_EQ(e.error().with_context("rank 2").message(), "rank 2: bad 7");
+  expected<int> from_ok = ok_status();  // a programming error, reported not hidden
+  EXPECT_EQ(from_ok.error().code(), errc::internal);
+}
+
+TEST(Tensor, DefaultIsEmptyAndBuffersMove) {
+  tensor empty;
+  EXPECT_EQ(empty.numel(), 0);
+  tensor t(dtype::bf16, {3, 5});
+  EXPECT_EQ(t.numel(), 15);
+  EXPECT_EQ(t.bytes(), 30u);
+  buffer a = buffer::host(100);
+  void* p = a.data();
+  buffer b = std::move(a);
+  EXPECT_EQ(b.data(), p);
+  EXPECT_EQ(a.data(), nullptr);  // NOLINT(bugprone-use-after-move): the moved-from state is the test
+}
+
+}  // namespace
+}  // namespace helix
