@@ -58,11 +58,20 @@ expected<parsed> parse(const std::vector<std::string>& argv) {
     if (t < 0 || t > INT32_MAX) return invalid_argument("--prompt: token id {} out of range", t);
     p.request.prompt.push_back(static_cast<std::int32_t>(t));
   }
+  if (p.request.prompt.empty()) return invalid_argument("--prompt is empty");
   if (a.has("stop")) {
     HELIX_ASSIGN_OR_RETURN(const auto stops, parse_int_list(*a.get("stop")));
-    for (std::int64_t t : stops) p.request.stop_tokens.push_back(static_cast<std::int32_t>(t));
+    for (std::int64_t t : stops) {
+      if (t < 0 || t > INT32_MAX) return invalid_argument("--stop: token id {} out of range", t);
+      p.request.stop_tokens.push_back(static_cast<std::int32_t>(t));
+    }
   }
   HELIX_ASSIGN_OR_RETURN(p.request.max_new_tokens, a.get_size("steps", 16));
+  // One worker's KV is bounded by memory; the decoder checks the bytes, this keeps sizes sane.
+  constexpr std::int64_t max_tokens = std::int64_t{1} << 32;
+  if (p.request.max_new_tokens < 1 || p.request.max_new_tokens > max_tokens) {
+    return invalid_argument("--steps {} must be in [1, {}]", p.request.max_new_tokens, max_tokens);
+  }
   HELIX_ASSIGN_OR_RETURN(const double temperature, a.get_double("temperature", 0.0));
   HELIX_ASSIGN_OR_RETURN(const std::int64_t top_k, a.get_int("top-k", 0));
   HELIX_ASSIGN_OR_RETURN(const double top_p, a.get_double("top-p", 1.0));
@@ -87,7 +96,11 @@ expected<parsed> parse(const std::vector<std::string>& argv) {
     return invalid_argument("--backend '{}' (expected cpu or reference)", backend);
   }
   HELIX_ASSIGN_OR_RETURN(p.gen.prefill_chunk, a.get_size("prefill-chunk", 128));
-  p.options.max_batch_tokens = std::max<std::int64_t>(p.gen.prefill_chunk, 1);
+  if (p.gen.prefill_chunk < 1 || p.gen.prefill_chunk > 65536) {
+    return invalid_argument("--prefill-chunk {} must be in [1, 65536]", p.gen.prefill_chunk);
+  }
+  p.options.max_batch_tokens =
+      std::min(p.gen.prefill_chunk, static_cast<std::int64_t>(p.request.prompt.size()));
   p.options.kv_capacity_tokens =
       static_cast<std::int64_t>(p.request.prompt.size()) + p.request.max_new_tokens;
   p.json = a.has("json");

@@ -1,5 +1,6 @@
 #include "core/tensor.hpp"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -35,15 +36,22 @@ bool operator==(const shape& a, const shape& b) {
   return true;
 }
 
-buffer buffer::host(std::size_t bytes) {
+expected<buffer> buffer::try_host(std::size_t bytes) {
   buffer b;
   if (bytes == 0) return b;
+  if (bytes > SIZE_MAX - 63) return resource_exhausted("host allocation of {} bytes", bytes);
   const std::size_t rounded = (bytes + 63) / 64 * 64;
   b.data_ = std::aligned_alloc(64, rounded);
-  HELIX_CHECK(b.data_ != nullptr, "host allocation of {} bytes failed", bytes);
+  if (b.data_ == nullptr) return resource_exhausted("host allocation of {} bytes failed", bytes);
   std::memset(b.data_, 0, rounded);
   b.bytes_ = bytes;
   return b;
+}
+
+buffer buffer::host(std::size_t bytes) {
+  expected<buffer> b = try_host(bytes);
+  HELIX_CHECK(b.has_value(), "{}", b.error().message());
+  return std::move(b).value();
 }
 
 buffer::buffer(buffer&& other) noexcept

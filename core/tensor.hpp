@@ -67,8 +67,10 @@ struct tensor_view {
 class buffer {
  public:
   buffer() = default;
-  /// Host allocation; aborts on out-of-memory like operator new (callers size from configs).
+  /// Host allocation; aborts on out-of-memory like operator new (for sizes the code derives).
   static buffer host(std::size_t bytes);
+  /// Host allocation for sizes that come from users: resource_exhausted instead of aborting.
+  [[nodiscard]] static expected<buffer> try_host(std::size_t bytes);
   buffer(buffer&& other) noexcept;
   buffer& operator=(buffer&& other) noexcept;
   buffer(const buffer&) = delete;

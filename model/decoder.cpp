@@ -1,7 +1,6 @@
 #include "model/decoder.hpp"
 
 #include <algorithm>
-#include <unordered_set>
 
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
@@ -11,6 +10,12 @@ namespace helix::model {
 namespace {
 
 std::size_t sz(std::int64_t n) { return static_cast<std::size_t>(n); }
+
+// Bounds that keep every size computation far from overflow (block offsets are int32, slots are
+// int32); memory itself is checked when the KV pool is allocated.
+constexpr std::int64_t max_block_tokens = 1 << 16;
+constexpr std::int64_t max_capacity_tokens = std::int64_t{1} << 40;
+constexpr std::int64_t max_step_tokens = 1 << 20;
 
 kv_page_layout page_layout(const model_spec& s, const decoder_options& o) {
   kv_page_layout l;
@@ -35,12 +40,13 @@ expected<std::unique_ptr<decoder>> decoder::create(const model_weights& weights,
                                                    const decoder_options& options) {
   const model_spec& s = weights.spec;
   HELIX_RETURN_IF_ERROR(s.validate());
-  if (options.block_tokens <= 0 || options.kv_capacity_tokens <= 0 ||
-      options.max_batch_tokens <= 0) {
-    return invalid_argument("decoder: block_tokens {}, kv_capacity_tokens {} and "
-                            "max_batch_tokens {} must be positive",
-                            options.block_tokens, options.kv_capacity_tokens,
-                            options.max_batch_tokens);
+  if (options.block_tokens <= 0 || options.block_tokens > max_block_tokens ||
+      options.kv_capacity_tokens <= 0 || options.kv_capacity_tokens > max_capacity_tokens ||
+      options.max_batch_tokens <= 0 || options.max_batch_tokens > max_step_tokens) {
+    return invalid_argument("decoder: block_tokens {} must be in [1, {}], kv_capacity_tokens {} in "
+                            "[1, {}] and max_batch_tokens {} in [1, {}]",
+                            options.block_tokens, max_block_tokens, options.kv_capacity_tokens,
+                            max_capacity_tokens, options.max_batch_tokens, max_step_tokens);
   }
   if (options.backend == kernels::backend::cuda) {
     return failed_precondition("decoder: the single-worker decoder runs on the CPU backends "
@@ -217,12 +223,15 @@ status decoder::linear(const float* x, std::int64_t x_stride, const tensor& w, f
 status decoder::forward(std::span<const batch_item> items, std::span<float> logits) {
   const model_spec& s = w_.spec;
   if (items.empty()) return invalid_argument("decoder: empty batch");
-  std::unordered_set<std::uint64_t> seen;
   std::int64_t rows = 0;
-  for (const batch_item& it : items) {
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const batch_item& it = items[i];
     if (seqs_.count(it.seq) == 0) return invalid_argument("decoder: unknown sequence {}", it.seq);
-    if (!seen.insert(it.seq).second) {
-      return invalid_argument("decoder: sequence {} appears twice in one step", it.seq);
+    // Quadratic, but steps hold few items and this allocates nothing.
+    for (std::size_t j = 0; j < i; ++j) {
+      if (items[j].seq == it.seq) {
+        return invalid_argument("decoder: sequence {} appears twice in one step", it.seq);
+      }
     }
     if (it.tokens.empty()) return invalid_argument("decoder: sequence {} has no tokens", it.seq);
     for (std::int32_t t : it.tokens) {

@@ -12,7 +12,8 @@ double ms_since(clock_type::time_point t0) {
 }
 
 struct request_state {
-  std::uint64_t seq = 0;
+  std::uint64_t seq = 0;  // 0 until admitted; closed (0 again) when done
+  bool admitted = false;
   std::int64_t prefilled = 0;  // prompt tokens fed
   std::int32_t next_input = -1;
   bool done = false;
@@ -39,10 +40,11 @@ status validate(const decoder& dec, std::span<const generate_request> requests,
                               r.max_new_tokens);
     }
     HELIX_RETURN_IF_ERROR(kernels::validate(r.sampling).with_context(fmt::format("request {}", i)));
-    const auto total = static_cast<std::int64_t>(r.prompt.size()) + r.max_new_tokens;
-    if (total > capacity) {
-      return invalid_argument("generate: request {} needs {} tokens of KV, capacity is {}", i,
-                              total, capacity);
+    const auto plen = static_cast<std::int64_t>(r.prompt.size());
+    if (plen > capacity || r.max_new_tokens > capacity - plen) {
+      return invalid_argument("generate: request {} needs {} prompt + {} new tokens of KV, "
+                              "capacity is {}",
+                              i, plen, r.max_new_tokens, capacity);
     }
   }
   return ok_status();
@@ -57,16 +59,34 @@ expected<std::vector<generate_result>> generate(decoder& dec,
   HELIX_RETURN_IF_ERROR(validate(dec, requests, options));
   const model_spec& s = dec.spec();
   const std::int64_t budget = dec.options().max_batch_tokens;
+  const std::int64_t bt = dec.options().block_tokens;
   const std::size_t n = requests.size();
   std::vector<request_state> st(n);
   std::vector<generate_result> results(n);
-  for (std::size_t i = 0; i < n; ++i) st[i].seq = dec.open_sequence();
-  // Close every sequence on every exit path.
+  // Admission: a request starts only when the KV blocks of its worst case (prompt plus every new
+  // token) fit beside those reserved by running requests, so requests that fit alone never fail
+  // together; a finished request frees its blocks at once. Admitted in order.
+  auto worst_blocks = [&](std::size_t i) {
+    return (static_cast<std::int64_t>(requests[i].prompt.size()) + requests[i].max_new_tokens +
+            bt - 1) / bt;
+  };
+  std::int64_t reserved_blocks = 0;
+  std::size_t next_admit = 0;
+  auto finish = [&](std::size_t i) {
+    st[i].done = true;
+    reserved_blocks -= worst_blocks(i);
+    const status closed = dec.close_sequence(st[i].seq);
+    HELIX_CHECK(closed.ok(), "{}", closed.to_string());
+    st[i].seq = 0;
+  };
+  // Close every open sequence on every exit path.
   struct closer {
     decoder& d;
     std::vector<request_state>& st;
     ~closer() {
-      for (const request_state& r : st) (void)d.close_sequence(r.seq);
+      for (const request_state& r : st) {
+        if (r.seq != 0) (void)d.close_sequence(r.seq);
+      }
     }
   } close_all{dec, st};
 
@@ -79,6 +99,12 @@ expected<std::vector<generate_result>> generate(decoder& dec,
   const kernels::exec_context sample_ctx{kernels::backend::cpu, nullptr, nullptr};
 
   for (;;) {
+    while (next_admit < n && reserved_blocks + worst_blocks(next_admit) <= dec.kv().num_slots()) {
+      reserved_blocks += worst_blocks(next_admit);
+      st[next_admit].admitted = true;
+      st[next_admit].seq = dec.open_sequence();
+      ++next_admit;
+    }
     items.clear();
     owners.clear();
     finishing.clear();
@@ -87,7 +113,7 @@ expected<std::vector<generate_result>> generate(decoder& dec,
     // Prefill chunks first (they make requests ready for decode), then decode tokens.
     for (std::size_t i = 0; i < n && rows < budget; ++i) {
       const auto plen = static_cast<std::int64_t>(requests[i].prompt.size());
-      if (st[i].done || st[i].prefilled >= plen) continue;
+      if (!st[i].admitted || st[i].done || st[i].prefilled >= plen) continue;
       const std::int64_t take =
           std::min({options.prefill_chunk, plen - st[i].prefilled, budget - rows});
       items.push_back({st[i].seq,
@@ -101,14 +127,17 @@ expected<std::vector<generate_result>> generate(decoder& dec,
     }
     if (!prefill_step) {
       for (std::size_t i = 0; i < n && rows < budget; ++i) {
-        if (st[i].done || st[i].next_input < 0) continue;
+        if (!st[i].admitted || st[i].done || st[i].next_input < 0) continue;
         items.push_back({st[i].seq, std::span<const std::int32_t>(&st[i].next_input, 1), false});
         owners.push_back(i);
         finishing.push_back(1);
         rows += 1;
       }
     }
-    if (items.empty()) break;
+    if (items.empty()) {
+      HELIX_CHECK(next_admit == n, "generate: request {} cannot be admitted", next_admit);
+      break;
+    }
 
     const auto t0 = clock_type::now();
     HELIX_RETURN_IF_ERROR(dec.forward(items, logits));
@@ -132,12 +161,12 @@ expected<std::vector<generate_result>> generate(decoder& dec,
       HELIX_RETURN_IF_ERROR(kernels::sample(sp, sample_ctx));
       generate_result& res = results[i];
       res.tokens.push_back(token);
-      res.last_logits.assign(row, row + s.vocab);
       st[i].next_input = token;
       const auto& stops = requests[i].stop_tokens;
       res.stopped = std::find(stops.begin(), stops.end(), token) != stops.end();
       if (res.stopped || static_cast<std::int64_t>(res.tokens.size()) >= requests[i].max_new_tokens) {
-        st[i].done = true;
+        res.last_logits.assign(row, row + s.vocab);
+        finish(i);
       }
     }
     const double ms = ms_since(t0);

@@ -14,11 +14,16 @@ expected<kv_store> kv_store::create(const kv_page_layout& layout, std::int64_t n
   if (num_layers <= 0 || num_slots < 0 || num_slots > INT32_MAX) {
     return invalid_argument("kv store: {} layers, {} slots", num_layers, num_slots);
   }
+  const std::size_t pool_bytes = layout.page_bytes() * static_cast<std::size_t>(num_slots);
+  if (pool_bytes / layout.page_bytes() != static_cast<std::size_t>(num_slots)) {
+    return invalid_argument("kv store: {} slots of {} bytes overflow", num_slots, layout.page_bytes());
+  }
   kv_store s;
   s.layout_ = layout;
   s.num_slots_ = num_slots;
   for (std::int64_t l = 0; l < num_layers; ++l) {
-    s.pools_.push_back(buffer::host(layout.page_bytes() * static_cast<std::size_t>(num_slots)));
+    HELIX_ASSIGN_OR_RETURN(buffer pool, buffer::try_host(pool_bytes));
+    s.pools_.push_back(std::move(pool));
   }
   s.free_.reserve(static_cast<std::size_t>(num_slots));
   for (std::int64_t i = num_slots - 1; i >= 0; --i) s.free_.push_back(static_cast<std::int32_t>(i));

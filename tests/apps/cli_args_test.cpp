@@ -55,7 +55,11 @@ TEST(GenerateCommand, BadInputGivesUsageErrors) {
         {"--model", "tiny-llama", "--prompt", "1", "--kv-dtype", "fp4"},
         {"--model", "tiny-llama", "--prompt", "1,9999"},
         {"--checkpoint", "/nonexistent", "--prompt", "1"},
-        {"--model", "tiny-llama", "--prompt", "1", "--bogus", "2"}}) {
+        {"--model", "tiny-llama", "--prompt", "1", "--bogus", "2"},
+        {"--model", "tiny-llama", "--prompt", "1", "--steps", "4G"},
+        {"--model", "tiny-llama", "--prompt", "1", "--prefill-chunk", "1G"},
+        {"--model", "tiny-llama", "--prompt", "1", "--stop", "4294967486"},
+        {"--model", "tiny-llama", "--prompt", ""}}) {
     std::ostringstream out, err;
     EXPECT_EQ(run_generate(args, out, err), 2) << args.back();
     EXPECT_NE(err.str().find("error: "), std::string::npos) << args.back();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <gtest/gtest.h>
 
@@ -134,6 +135,31 @@ TEST(Decoder, BatchedGenerationEqualsAlone) {
       EXPECT_EQ(static_cast<std::int64_t>((*together)[i].tokens.size()), reqs[i].max_new_tokens);
     }
   }
+}
+
+// Requests that each fit the KV store but not all at once run as capacity frees up, and give
+// what they give alone.
+TEST(Decoder, AdmissionRunsRequestsThatOnlyFitOneAtATime) {
+  const model_weights w = seeded("tiny-llama");
+  decoder_options o;
+  o.kv_capacity_tokens = 64;  // 4 blocks; each request needs 2 (20 + 10 tokens)
+  auto dec = decoder::create(w, o);
+  ASSERT_TRUE(dec.has_value());
+  std::vector<generate_request> reqs(3);
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].prompt = random_tokens(20, w.spec.vocab, 30 + i);
+    reqs[i].max_new_tokens = 10;
+  }
+  auto together = generate(**dec, reqs, {});
+  ASSERT_TRUE(together.has_value()) << together.error().to_string();
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    auto alone = generate(**dec, {&reqs[i], 1}, {});
+    ASSERT_TRUE(alone.has_value());
+    EXPECT_EQ((*alone)[0].tokens, (*together)[i].tokens) << i;
+  }
+  EXPECT_EQ((*dec)->kv().used_slots(), 0);
+  reqs[0].max_new_tokens = std::numeric_limits<std::int64_t>::max();  // must not overflow
+  EXPECT_EQ(generate(**dec, reqs, {}).error().code(), errc::invalid_argument);
 }
 
 TEST(Decoder, StopTokenEndsRequest) {
