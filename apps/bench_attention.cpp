@@ -185,8 +185,11 @@ HELIX_SIMD_AVX512 std::uint64_t sum_avx512(const std::byte* p, std::size_t n) {
     a2 = _mm512_add_epi32(a2, _mm512_loadu_si512(p + i + 128));
     a3 = _mm512_add_epi32(a3, _mm512_loadu_si512(p + i + 192));
   }
-  std::uint64_t s = static_cast<std::uint32_t>(_mm512_reduce_add_epi32(
-      _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3))));
+  // Lanes summed as unsigned: _mm512_reduce_add_epi32 adds in (overflowing) signed int.
+  alignas(64) std::uint32_t lanes[16];
+  _mm512_store_si512(lanes, _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+  std::uint64_t s = 0;
+  for (std::uint32_t x : lanes) s += x;
   for (; i < n; ++i) s += static_cast<std::uint8_t>(p[i]);
   return s;
 }

@@ -22,9 +22,10 @@ void thread_pool::run_tasks() {
   std::unique_lock lock(mutex_);
   while (next_task_ < num_tasks_) {
     const std::int64_t task = next_task_++;
-    const auto* fn = fn_;
+    const task_fn fn = fn_;
+    void* ctx = ctx_;
     lock.unlock();
-    (*fn)(task);
+    fn(ctx, task);
     lock.lock();
     if (++tasks_done_ == num_tasks_) done_cv_.notify_all();
   }
@@ -43,17 +44,17 @@ void thread_pool::worker_loop() {
   }
 }
 
-void thread_pool::parallel_for(std::int64_t num_tasks,
-                               const std::function<void(std::int64_t)>& fn) {
+void thread_pool::run(std::int64_t num_tasks, task_fn fn, void* ctx) {
   if (num_tasks <= 0) return;
   if (workers_.empty() || num_tasks == 1) {
-    for (std::int64_t i = 0; i < num_tasks; ++i) fn(i);
+    for (std::int64_t i = 0; i < num_tasks; ++i) fn(ctx, i);
     return;
   }
   std::lock_guard call_lock(call_mutex_);
   {
     std::lock_guard lock(mutex_);
-    fn_ = &fn;
+    fn_ = fn;
+    ctx_ = ctx;
     num_tasks_ = num_tasks;
     next_task_ = 0;
     tasks_done_ = 0;
@@ -64,6 +65,7 @@ void thread_pool::parallel_for(std::int64_t num_tasks,
   std::unique_lock lock(mutex_);
   done_cv_.wait(lock, [&] { return tasks_done_ == num_tasks_; });
   fn_ = nullptr;
+  ctx_ = nullptr;
 }
 
 }  // namespace helix

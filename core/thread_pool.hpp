@@ -9,7 +9,7 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
+#include <type_traits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -25,9 +25,18 @@ class thread_pool {
   thread_pool& operator=(const thread_pool&) = delete;
 
   [[nodiscard]] int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
-  void parallel_for(std::int64_t num_tasks, const std::function<void(std::int64_t)>& fn);
+  /// `fn` is any callable taking the task index; it is called by reference, never copied, so a
+  /// call allocates nothing whatever the callable captures.
+  template <class Fn>
+  void parallel_for(std::int64_t num_tasks, Fn&& fn) {
+    using F = std::remove_reference_t<Fn>;
+    run(num_tasks, [](void* f, std::int64_t i) { (*static_cast<F*>(f))(i); },
+        const_cast<void*>(static_cast<const void*>(&fn)));
+  }
 
  private:
+  using task_fn = void (*)(void*, std::int64_t);
+  void run(std::int64_t num_tasks, task_fn fn, void* ctx);
   void worker_loop();
   void run_tasks();
 
@@ -36,7 +45,8 @@ class thread_pool {
   std::mutex mutex_;
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
-  const std::function<void(std::int64_t)>* fn_ = nullptr;
+  task_fn fn_ = nullptr;
+  void* ctx_ = nullptr;
   std::int64_t num_tasks_ = 0;
   std::int64_t next_task_ = 0;
   std::int64_t tasks_done_ = 0;

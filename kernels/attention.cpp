@@ -39,6 +39,17 @@ status validate(const attention_partial_params& p) {
 
 }  // namespace
 
+status validate_blocks(const attention_partial_params& p) {
+  for (std::int64_t b = 0; b < p.num_blocks; ++b) {
+    const kv_block_ref& blk = p.blocks[b];
+    if (blk.num_tokens < 0 || blk.num_tokens > p.layout.block_tokens || blk.slot < 0) {
+      return invalid_argument("attention: block {} has {} tokens in slot {} (block_tokens {})", b,
+                              blk.num_tokens, blk.slot, p.layout.block_tokens);
+    }
+  }
+  return ok_status();
+}
+
 std::size_t attention_workspace_bytes(const attention_partial_params& p, const exec_context& ctx) {
   switch (ctx.backend) {
     case backend::reference: return 0;
@@ -55,6 +66,7 @@ std::size_t attention_workspace_bytes(const attention_partial_params& p, const e
 
 status attention_partial(const attention_partial_params& p, const exec_context& ctx) {
   HELIX_RETURN_IF_ERROR(validate(p));
+  if (ctx.backend != backend::cuda) HELIX_RETURN_IF_ERROR(validate_blocks(p));
   const std::size_t need = attention_workspace_bytes(p, ctx);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need)) {
     return failed_precondition("attention: workspace of {} bytes given, {} needed",

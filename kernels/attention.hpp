@@ -54,6 +54,11 @@ struct attention_partial_params {
 [[nodiscard]] std::size_t attention_workspace_bytes(const attention_partial_params& p,
                                                     const exec_context& ctx);
 
+/// invalid_argument naming the first block entry that is out of range (num_tokens not in
+/// [0, block_tokens], negative slot). Reads `blocks`, so host memory only: the dispatcher runs it
+/// for the CPU backends; CUDA kernels clamp instead.
+[[nodiscard]] status validate_blocks(const attention_partial_params& p);
+
 /// invalid_argument on inconsistent shapes (num_q_heads not a multiple of num_kv_heads, null
 /// pointers, key_dim/value_dim mismatch for MLA, block with more tokens than block_tokens);
 /// failed_precondition for an unsupported backend or a workspace that is too small.

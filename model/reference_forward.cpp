@@ -1,5 +1,6 @@
 #include "model/reference_forward.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>

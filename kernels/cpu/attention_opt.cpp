@@ -13,6 +13,8 @@
 //     softmax) runs for every tile, reading the K of every head, then phase 2 (values) reads
 //     every V: a head-major page is read front to back, which the hardware prefetchers follow
 //     (per-head tasks, or K0 V0 K1 V1 order, measured ~40% slower on Zen 4 at 1M tokens).
+//   - While a block is computed, the same rows of the next block in the chunk are prefetched line
+//     by line (blocks sit in arbitrary slots, so the hardware cannot run ahead across them).
 //   - Phase 1 computes 16 dot products at once (4 tokens x 4 heads, 8x2 or 16x1) and reduces
 //     them together; the softmax keeps a reference point m that scores may exceed by a slack
 //     before rescaling, so the common case is one compare.
@@ -23,6 +25,7 @@
 // Engines: AVX-512 (F/BW/VL/DQ), AVX2+FMA+F16C, portable scalar; picked at run time.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -44,7 +47,19 @@ struct tile_args {
   std::int64_t value_dim = 0;
   std::int64_t v_stride = 0;  // elements between consecutive tokens' values
   float score_scale = 1.0f;   // softmax_scale * k_scale * engine load_scale
+  // The same rows of the next block (null: none): prefetched line by line as the current rows
+  // are consumed, so the next block arrives while this one is computed.
+  const char* next_k = nullptr;
+  const char* next_v = nullptr;
 };
+
+// Software prefetch of the next block, into L2 (prefetcht1): the block ahead is ~16 KiB, too far
+// for L1 without evicting the current one. Each line the kernel will read is requested once, as
+// the same line of the current block is consumed. Measured on Zen 4 at 256K tokens, one thread:
+// +30% over hardware prefetch alone; whole-block bursts or prefetcht0 were slower than none.
+inline void prefetch_next(const char* p) {
+  __builtin_prefetch(p, 0, 2);
+}
 
 // Online softmax state of a tile's heads. `m` is a reference point, not necessarily the exact
 // running max: scores may exceed it by up to max_slack before the accumulator is rescaled, so a
@@ -180,6 +195,10 @@ HELIX_SIMD_AVX512 void scores_avx512(const tile_args& a, const T* k, std::int64_
         __m512 k_lo;
         __m512 k_hi;
         kv512<T>::load32(rows[j] + d, k_lo, k_hi);
+        if (a.next_k != nullptr) {
+          const char* nk = a.next_k + ((rows[j] - k) + d) * static_cast<std::int64_t>(sizeof(T));
+          for (std::size_t off = 0; off < 32 * sizeof(T); off += 64) prefetch_next(nk + off);
+        }
 #pragma GCC unroll 4
         for (int h = 0; h < NH; ++h) {
           acc[j * NH + h] = _mm512_fmadd_ps(q_lo[h], k_lo, acc[j * NH + h]);
@@ -212,8 +231,8 @@ HELIX_SIMD_AVX512 void scores_avx512(const tile_args& a, const T* k, std::int64_
 // 16-wide column chunks, each V row chunk loaded once for the NH heads. Column groups are
 // loaded 32 at a time (load32), the last < 32 columns 16 at a time in natural order.
 template <class T, int NH>
-HELIX_SIMD_AVX512 void accumulate_avx512(const tile_args& a, const float (&p)[NH][sub_tokens],
-                                         const T* v, std::int64_t nt) {
+HELIX_SIMD_AVX512 void values_avx512(const tile_args& a, const float* p, const T* v,
+                                     std::int64_t nt) {
   constexpr int DC = 8 / NH;  // 2, 4 or 8: even, so whole 32-column groups
   const std::int64_t dv = a.value_dim;
   std::int64_t d = 0;
@@ -229,9 +248,13 @@ HELIX_SIMD_AVX512 void accumulate_avx512(const tile_args& a, const float (&p)[NH
       __m512 vv[DC];
 #pragma GCC unroll 4
       for (int c = 0; c < DC; c += 2) kv512<T>::load32(row + 16 * c, vv[c], vv[c + 1]);
+      if (a.next_v != nullptr) {
+        const char* nv = a.next_v + (t * a.v_stride + d) * static_cast<std::int64_t>(sizeof(T));
+        for (std::size_t off = 0; off < 16 * DC * sizeof(T); off += 64) prefetch_next(nv + off);
+      }
 #pragma GCC unroll 4
       for (int h = 0; h < NH; ++h) {
-        const __m512 w = _mm512_set1_ps(p[h][t]);
+        const __m512 w = _mm512_set1_ps(p[h * sub_tokens + t]);
 #pragma GCC unroll 8
         for (int c = 0; c < DC; ++c) acc[h][c] = _mm512_fmadd_ps(w, vv[c], acc[h][c]);
       }
@@ -253,9 +276,13 @@ HELIX_SIMD_AVX512 void accumulate_avx512(const tile_args& a, const float (&p)[NH
       __m512 lo;
       __m512 hi;
       kv512<T>::load32(v + t * a.v_stride + d, lo, hi);
+      if (a.next_v != nullptr) {
+        const char* nv = a.next_v + (t * a.v_stride + d) * static_cast<std::int64_t>(sizeof(T));
+        for (std::size_t off = 0; off < 32 * sizeof(T); off += 64) prefetch_next(nv + off);
+      }
 #pragma GCC unroll 4
       for (int h = 0; h < NH; ++h) {
-        const __m512 w = _mm512_set1_ps(p[h][t]);
+        const __m512 w = _mm512_set1_ps(p[h * sub_tokens + t]);
         acc[h][0] = _mm512_fmadd_ps(w, lo, acc[h][0]);
         acc[h][1] = _mm512_fmadd_ps(w, hi, acc[h][1]);
       }
@@ -274,7 +301,8 @@ HELIX_SIMD_AVX512 void accumulate_avx512(const tile_args& a, const float (&p)[NH
     for (std::int64_t t = 0; t < nt; ++t) {
       const __m512 vv = kv512<T>::load16(v + t * a.v_stride + d, m);
 #pragma GCC unroll 4
-      for (int h = 0; h < NH; ++h) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[h][t]), vv, acc[h]);
+      for (int h = 0; h < NH; ++h)
+        acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * sub_tokens + t]), vv, acc[h]);
     }
 #pragma GCC unroll 4
     for (int h = 0; h < NH; ++h) _mm512_mask_storeu_ps(a.o[h] + d, m, acc[h]);
@@ -300,12 +328,6 @@ HELIX_SIMD_AVX512 void softmax_avx512(const tile_args& a, const T* k, std::int64
     _mm512_storeu_ps(st.l[h], _mm512_add_ps(_mm512_loadu_ps(st.l[h]), e));
     _mm512_storeu_ps(s[h], e);
   }
-}
-
-template <class T, int NH>
-HELIX_SIMD_AVX512 void values_avx512(const tile_args& a, const float* p, const T* v,
-                                     std::int64_t nt) {
-  accumulate_avx512<T, NH>(a, *reinterpret_cast<const float(*)[NH][sub_tokens]>(p), v, nt);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,8 +408,7 @@ HELIX_SIMD_AVX2 void scores_avx2(const tile_args& a, const T* k, std::int64_t nt
 }
 
 template <class T, int NH>
-HELIX_SIMD_AVX2 void accumulate_avx2(const tile_args& a, const float (&p)[NH][sub_tokens],
-                                     const T* v, std::int64_t nt) {
+HELIX_SIMD_AVX2 void values_avx2(const tile_args& a, const float* p, const T* v, std::int64_t nt) {
   constexpr int DC = 8 / NH;
   const std::int64_t dv = a.value_dim;
   std::int64_t d = 0;
@@ -401,7 +422,7 @@ HELIX_SIMD_AVX2 void accumulate_avx2(const tile_args& a, const float (&p)[NH][su
       __m256 vv[DC];
       for (int c = 0; c < DC; ++c) vv[c] = kv256<T>::load8(row + 8 * c);
       for (int h = 0; h < NH; ++h) {
-        const __m256 w = _mm256_set1_ps(p[h][t]);
+        const __m256 w = _mm256_set1_ps(p[h * sub_tokens + t]);
         for (int c = 0; c < DC; ++c) acc[h][c] = _mm256_fmadd_ps(w, vv[c], acc[h][c]);
       }
     }
@@ -409,22 +430,17 @@ HELIX_SIMD_AVX2 void accumulate_avx2(const tile_args& a, const float (&p)[NH][su
       for (int c = 0; c < DC; ++c) _mm256_storeu_ps(a.o[h] + d + 8 * c, acc[h][c]);
     }
   }
-  for (; d + 8 <= dv; d += 8) {
+  for (; d < dv; d += 8) {  // the last < 8 * DC columns, up to 8 at a time
+    const std::int64_t n = std::min<std::int64_t>(8, dv - d);
     for (int h = 0; h < NH; ++h) {
-      __m256 acc = _mm256_loadu_ps(a.o[h] + d);
+      __m256 acc = load8_partial_f32(a.o[h] + d, n);
       for (std::int64_t t = 0; t < nt; ++t) {
-        acc =
-            _mm256_fmadd_ps(_mm256_set1_ps(p[h][t]), kv256<T>::load8(v + t * a.v_stride + d), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(p[h * sub_tokens + t]),
+                              load8_partial(v + t * a.v_stride + d, n), acc);
       }
-      _mm256_storeu_ps(a.o[h] + d, acc);
-    }
-  }
-  for (; d < dv; ++d) {
-    for (int h = 0; h < NH; ++h) {
-      float acc = a.o[h][d];
-      for (std::int64_t t = 0; t < nt; ++t)
-        acc += p[h][t] * (to_f32(v[t * a.v_stride + d]) / kv256<T>::scale);
-      a.o[h][d] = acc;
+      alignas(32) float out[8];
+      _mm256_store_ps(out, acc);
+      std::memcpy(a.o[h] + d, out, static_cast<std::size_t>(n) * sizeof(float));
     }
   }
 }
@@ -449,11 +465,6 @@ HELIX_SIMD_AVX2 void softmax_avx2(const tile_args& a, const T* k, std::int64_t n
     _mm256_storeu_ps(s[h], e0);
     _mm256_storeu_ps(s[h] + 8, e1);
   }
-}
-
-template <class T, int NH>
-HELIX_SIMD_AVX2 void values_avx2(const tile_args& a, const float* p, const T* v, std::int64_t nt) {
-  accumulate_avx2<T, NH>(a, *reinterpret_cast<const float(*)[NH][sub_tokens]>(p), v, nt);
 }
 
 #endif  // HELIX_SIMD_X86
@@ -624,8 +635,24 @@ void run_task(const attention_partial_params& p, const engine<T>& eng, const flo
       if (n == 0) continue;
       const T* page =
           reinterpret_cast<const T*>(pool + static_cast<std::size_t>(blk.slot) * page_bytes);
+      const T* next_page =
+          b + 1 < b_end ? reinterpret_cast<const T*>(
+                              pool + static_cast<std::size_t>(p.blocks[b + 1].slot) * page_bytes)
+                        : nullptr;
       for (std::int64_t t0 = 0; t0 < n; t0 += sub_tokens) {
         const std::int64_t nt = std::min(sub_tokens, n - t0);
+        for (int t = 0; t < num_tiles; ++t) {
+          // One tile per KV head prefetches (the first); the others read the same rows.
+          const bool first = t == 0 || tile_kv[t - 1] != tile_kv[t];
+          tiles[t].next_k =
+              next_page != nullptr && first
+                  ? reinterpret_cast<const char*>(next_page + lay.key_offset(tile_kv[t], t0))
+                  : nullptr;
+          tiles[t].next_v =
+              next_page != nullptr && first && !lay.value_in_key
+                  ? reinterpret_cast<const char*>(next_page + lay.value_offset(tile_kv[t], t0))
+                  : nullptr;
+        }
         for (int t = 0; t < num_tiles; ++t) {
           eng.softmax[width_idx(tile_heads[t])](tiles[t], page + lay.key_offset(tile_kv[t], t0), nt,
                                                 states[t], weights[t]);
@@ -674,7 +701,9 @@ status run(const attention_partial_params& p, thread_pool* pool, simd::isa isa) 
   const std::int64_t chunks = num_chunks(p);
   const std::int64_t passes = num_passes(p);
   const std::int64_t rows = p.num_queries * p.num_q_heads;
-  float* ws = static_cast<float*>(p.workspace);
+  // The caller's workspace may have any alignment; 64 spare bytes let us start on a cache line.
+  float* ws =
+      reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(p.workspace) + 63) / 64 * 64);
   const float* q = p.q;
   if (eng.split) {
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -719,20 +748,15 @@ std::size_t attention_workspace_bytes(const attention_partial_params& p) {
   const std::int64_t chunks = num_chunks(p);
   const std::size_t partials =
       chunks > 1 ? static_cast<std::size_t>(chunks) * partial_floats(p) : 0;
-  return (split_q_floats(p) + partials) * sizeof(float);
+  const std::size_t floats = split_q_floats(p) + partials;
+  return floats == 0 ? 0 : floats * sizeof(float) + 64;  // + 64: see run()
 }
 
 /// Test seam: attention_partial on a given instruction set (clamped to what the CPU supports), so
 /// one machine can check every engine against the reference.
 status attention_partial_with_isa(const attention_partial_params& p, thread_pool* pool,
                                   simd::isa isa) {
-  for (std::int64_t b = 0; b < p.num_blocks; ++b) {
-    if (p.blocks[b].num_tokens < 0 || p.blocks[b].num_tokens > p.layout.block_tokens ||
-        p.blocks[b].slot < 0) {
-      return invalid_argument("attention: block {} has {} tokens in slot {} (block_tokens {})", b,
-                              p.blocks[b].num_tokens, p.blocks[b].slot, p.layout.block_tokens);
-    }
-  }
+  HELIX_RETURN_IF_ERROR(validate_blocks(p));
   const std::size_t need = attention_workspace_bytes(p);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need)) {
     return failed_precondition("attention: workspace of {} bytes given, {} needed",

@@ -90,13 +90,6 @@ void attend_one_head(const attention_partial_params& p, const head_view& h, floa
 }  // namespace
 
 status attention_partial(const attention_partial_params& p) {
-  for (std::int64_t b = 0; b < p.num_blocks; ++b) {
-    if (p.blocks[b].num_tokens < 0 || p.blocks[b].num_tokens > p.layout.block_tokens ||
-        p.blocks[b].slot < 0) {
-      return invalid_argument("attention: block {} has {} tokens in slot {} (block_tokens {})", b,
-                              p.blocks[b].num_tokens, p.blocks[b].slot, p.layout.block_tokens);
-    }
-  }
   const std::int64_t group = p.num_q_heads / p.layout.num_kv_heads;
   for (std::int64_t qi = 0; qi < p.num_queries; ++qi) {
     for (std::int64_t h = 0; h < p.num_q_heads; ++h) {

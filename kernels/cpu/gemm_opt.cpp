@@ -378,7 +378,6 @@ void run_all(const gemm_job& job, thread_pool* pool) {
     for (std::int64_t t = 0; t < num_tasks; ++t) run_tile<WT>(job, t);
     return;
   }
-  // Captures one reference, so std::function stores it inline (no allocation).
   pool->parallel_for(num_tasks, [&job](std::int64_t t) { run_tile<WT>(job, t); });
 }
 

@@ -43,7 +43,6 @@ void for_tasks(thread_pool* pool, std::int64_t num_tasks, const Fn& fn) {
     for (std::int64_t t = 0; t < num_tasks; ++t) fn(t);
     return;
   }
-  // Captures one reference, so std::function stores it inline (no allocation).
   pool->parallel_for(num_tasks, [&fn](std::int64_t t) { fn(t); });
 }
 

@@ -7,6 +7,7 @@
 #include <cstddef>
 
 #include "core/thread_pool.hpp"
+#include "kernels/cpu/isa.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
@@ -29,5 +30,18 @@ namespace helix::kernels::cpu {
 [[nodiscard]] status route_experts(const router_params& p, thread_pool* pool);
 [[nodiscard]] status embedding(const embedding_params& p, thread_pool* pool);
 [[nodiscard]] status sample(const sample_params& p, thread_pool* pool);
+
+// The same kernels on a forced instruction set (one that this CPU supports), so that tests can
+// compare the AVX-512, AVX2 and scalar paths bit for bit on one machine.
+[[nodiscard]] status attention_partial_with_isa(const attention_partial_params& p,
+                                                thread_pool* pool, simd::isa isa);
+[[nodiscard]] status lse_merge_with_isa(const lse_merge_params& p, thread_pool* pool,
+                                        simd::isa isa);
+[[nodiscard]] status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa);
+[[nodiscard]] status rmsnorm_with_isa(const rmsnorm_params& p, thread_pool* pool, simd::isa isa);
+[[nodiscard]] status rope_with_isa(const rope_params& p, thread_pool* pool, simd::isa isa);
+[[nodiscard]] status swiglu_with_isa(const swiglu_params& p, thread_pool* pool, simd::isa isa);
+[[nodiscard]] status embedding_with_isa(const embedding_params& p, thread_pool* pool,
+                                        simd::isa isa);
 
 }  // namespace helix::kernels::cpu

@@ -9,6 +9,11 @@
 //
 // Conversions are exact and match core/dtype.hpp's to_f32() for every finite input. fp8 NaN
 // (S.1111.111) loads as NaN on every path; f16 inf/NaN convert as F16C does (the same values).
+// Besides the plain loaders (load8 / load16, masked tails) and dot / axpy / hsum, kernels that
+// stream a lot of KV use cheaper forms: load32_split (bf16 in even/odd order, one op per 16
+// values), load8_div256 / load16_div256 (fp8 through F16C, values / 256), reduce16x16 (16
+// horizontal sums at once) and exp8 / exp16 (softmax weights). The tests in
+// tests/kernels/attention_test.cpp check every bit pattern of every loader.
 // Header-only, no allocation, thread-safe (cpu_isa() is initialised once, thread-safely).
 #pragma once
 
@@ -17,6 +22,7 @@
 #include <string_view>
 
 #include "core/dtype.hpp"
+#include "kernels/cpu/isa.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define HELIX_SIMD_X86 1
@@ -39,41 +45,6 @@
 #endif
 
 namespace helix::kernels::simd {
-
-/// Instruction sets the kernels choose between, in increasing order.
-enum class isa : std::uint8_t { scalar, avx2, avx512 };
-
-[[nodiscard]] inline std::string_view isa_name(isa i) noexcept {
-  switch (i) {
-    case isa::scalar:
-      return "scalar";
-    case isa::avx2:
-      return "avx2";
-    case isa::avx512:
-      return "avx512";
-  }
-  return "scalar";
-}
-
-/// The best instruction set this CPU supports (detected once).
-[[nodiscard]] inline isa detect_isa() noexcept {
-#if HELIX_SIMD_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return isa::avx512;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa::avx2;
-#endif
-  return isa::scalar;
-}
-
-/// Cached detect_isa(). Kernels switch on this once per call, not per element.
-[[nodiscard]] inline isa cpu_isa() noexcept {
-  static const isa detected = detect_isa();
-  return detected;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Scalar forms (the portable fallback, and the tails of the AVX2 loops).

@@ -4,6 +4,8 @@
 // kernels/cpu/simd.hpp conversions the kernels rely on.
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/optimized.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,14 +19,6 @@
 #include "kernels/attention.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "kernels/merge.hpp"
-
-namespace helix::kernels::cpu {
-// Test seams defined in kernels/cpu/attention_opt.cpp and merge_opt.cpp: the optimised kernels on
-// a forced instruction set (clamped to what this CPU supports).
-status attention_partial_with_isa(const attention_partial_params& p, thread_pool* pool,
-                                  simd::isa isa);
-status lse_merge_with_isa(const lse_merge_params& p, thread_pool* pool, simd::isa isa);
-}  // namespace helix::kernels::cpu
 
 namespace helix::kernels {
 namespace {

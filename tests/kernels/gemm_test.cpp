@@ -13,16 +13,13 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/optimized.hpp"
+
 #include "core/dtype.hpp"
 #include "core/rng.hpp"
 #include "core/thread_pool.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "kernels/gemm.hpp"
-
-namespace helix::kernels::cpu {
-// Test seam defined in kernels/cpu/gemm_opt.cpp.
-status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa);
-}  // namespace helix::kernels::cpu
 
 namespace helix::kernels {
 namespace {

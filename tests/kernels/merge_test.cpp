@@ -2,6 +2,8 @@
 // LSE magnitudes, the optimised kernel (every engine) against the reference, thread invariance.
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/optimized.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -10,11 +12,6 @@
 #include "core/rng.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "kernels/merge.hpp"
-
-namespace helix::kernels::cpu {
-// Test seam defined in kernels/cpu/merge_opt.cpp.
-status lse_merge_with_isa(const lse_merge_params& p, thread_pool* pool, simd::isa isa);
-}  // namespace helix::kernels::cpu
 
 namespace helix::kernels {
 namespace {

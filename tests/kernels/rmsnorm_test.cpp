@@ -8,16 +8,13 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/optimized.hpp"
+
 #include "core/dtype.hpp"
 #include "core/rng.hpp"
 #include "core/thread_pool.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "kernels/rmsnorm.hpp"
-
-namespace helix::kernels::cpu {
-// Test seam defined in kernels/cpu/norm_rope_opt.cpp.
-status rmsnorm_with_isa(const rmsnorm_params& p, thread_pool* pool, simd::isa isa);
-}  // namespace helix::kernels::cpu
 
 namespace helix::kernels {
 namespace {

@@ -13,16 +13,13 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/optimized.hpp"
+
 #include "core/model_spec.hpp"
 #include "core/rng.hpp"
 #include "core/thread_pool.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "kernels/rope.hpp"
-
-namespace helix::kernels::cpu {
-// Test seam defined in kernels/cpu/norm_rope_opt.cpp.
-status rope_with_isa(const rope_params& p, thread_pool* pool, simd::isa isa);
-}  // namespace helix::kernels::cpu
 
 namespace helix::kernels {
 namespace {

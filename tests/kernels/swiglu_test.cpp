@@ -9,15 +9,12 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/optimized.hpp"
+
 #include "core/rng.hpp"
 #include "core/thread_pool.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "kernels/swiglu.hpp"
-
-namespace helix::kernels::cpu {
-// Test seam defined in kernels/cpu/norm_rope_opt.cpp.
-status swiglu_with_isa(const swiglu_params& p, thread_pool* pool, simd::isa isa);
-}  // namespace helix::kernels::cpu
 
 namespace helix::kernels {
 namespace {

@@ -1,0 +1,46 @@
+// Which vector instruction set the optimised CPU kernels use: detected once at run time (the
+// project is built without -march=native), or forced by tests through the *_with_isa entry points
+// of kernels/cpu/optimized.hpp. No intrinsics here.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace helix::kernels::simd {
+
+/// Instruction sets the kernels choose between, in increasing order.
+enum class isa : std::uint8_t { scalar, avx2, avx512 };
+
+[[nodiscard]] inline std::string_view isa_name(isa i) noexcept {
+  switch (i) {
+    case isa::scalar:
+      return "scalar";
+    case isa::avx2:
+      return "avx2";
+    case isa::avx512:
+      return "avx512";
+  }
+  return "scalar";
+}
+
+/// The best instruction set this CPU supports (detected once).
+[[nodiscard]] inline isa detect_isa() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return isa::avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return isa::avx2;
+#endif
+  return isa::scalar;
+}
+
+/// Cached detect_isa(). Kernels switch on this once per call, not per element.
+[[nodiscard]] inline isa cpu_isa() noexcept {
+  static const isa detected = detect_isa();
+  return detected;
+}
+
+}  // namespace helix::kernels::simd
