@@ -1,6 +1,7 @@
 #include "apps/demo_cmd.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <sstream>
 
@@ -58,17 +59,84 @@ expected<exactness> check_exactness(const std::string& name, std::int64_t steps)
   return e;
 }
 
+struct long_decode {
+  std::int64_t context = 0;
+  std::int64_t steps = 0;
+  double fill_s = 0;
+  double median_ms = 0;
+  std::size_t kv_bytes = 0;      // KV read per decode token (all layers)
+  std::size_t weight_bytes = 0;  // weights read per decode token
+  std::vector<std::int32_t> tokens;
+};
+
+std::size_t weight_bytes(model::model_weights& w) {
+  std::size_t n = 0;
+  for (const model::named_tensor& t : model::list_tensors(w)) {
+    // The embedding table is gathered, not streamed.
+    if (t.role != model::tensor_role::embedding || w.spec.tie_word_embeddings) n += t.t->bytes();
+  }
+  return n;
+}
+
+// small-llama with bf16 weights and KV: `context` tokens of synthetic KV, then `steps` greedy
+// decode tokens through all layers; the median step time is what one token costs at that context.
+expected<long_decode> run_long_decode(std::int64_t context, std::int64_t steps, int threads,
+                                      std::ostream& progress) {
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model("small-llama"));
+  HELIX_ASSIGN_OR_RETURN(model::model_weights w,
+                         model::init_seeded_weights(spec, dtype::bf16, 7));
+  model::decoder_options o;
+  o.kv_type = dtype::bf16;
+  o.kv_capacity_tokens = context + steps + 1;
+  o.max_batch_tokens = 1;
+  o.num_threads = threads;
+  HELIX_ASSIGN_OR_RETURN(auto dec, model::decoder::create(w, o));
+  long_decode r{context, steps};
+  r.weight_bytes = weight_bytes(w);
+  progress << fmt::format("filling {} tokens of synthetic bf16 KV over {} layers ({:.1f} GiB)...\n",
+                          context, spec.num_layers,
+                          static_cast<double>(dec->kv().slot_bytes()) *
+                              static_cast<double>((context + 15) / 16) / (1 << 30));
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::uint64_t seq = dec->open_sequence();
+  HELIX_RETURN_IF_ERROR(dec->append_synthetic(seq, context, 11));
+  r.fill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<float> logits(static_cast<std::size_t>(spec.vocab));
+  std::vector<double> ms;
+  std::int32_t token = 1;
+  for (std::int64_t s = 0; s < steps; ++s) {
+    const auto t1 = std::chrono::steady_clock::now();
+    model::decoder::batch_item item{seq, std::span<const std::int32_t>(&token, 1), false};
+    HELIX_RETURN_IF_ERROR(dec->forward({&item, 1}, logits));
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count());
+    token = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    r.tokens.push_back(token);
+  }
+  std::sort(ms.begin(), ms.end());
+  r.median_ms = ms[ms.size() / 2];
+  r.kv_bytes = dec->kv().slot_bytes() * static_cast<std::size_t>((context + steps + 15) / 16);
+  return r;
+}
+
 }  // namespace
 
 int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   auto a = cli_args::parse(args, {"json"});
-  if (!a || !a->check_known({"context", "json", "threads"}).ok()) {
-    err << "usage: helix demo [--context 1M] [--threads all|N] [--json]\n";
+  if (!a || !a->check_known({"context", "json", "threads", "steps"}).ok()) {
+    err << "usage: helix demo [--context 1M] [--steps 8] [--threads all|N] [--json]\n";
     return 2;
   }
   const bool json = a->has("json");
   const std::string context = a->get_or("context", "1M");
   const std::string threads = a->get_or("threads", "all");
+  const auto context_tokens = parse_size(context);
+  const auto steps = a->get_size("steps", 8);
+  const auto num_threads = threads == "all" ? expected<std::int64_t>(0) : parse_size(threads);
+  if (!context_tokens || !steps || !num_threads || *context_tokens < 1 || *steps < 1 ||
+      *steps > 4096 || *num_threads > 1024) {
+    err << "error: --context and --steps take positive sizes (steps <= 4096), --threads all or N\n";
+    return 2;
+  }
   nlohmann::json report;
   bool exact = true;
   if (!json) out << "Helix demo: one worker (multi-worker layouts come with the Helix execution issue)\n\n";
@@ -87,6 +155,35 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
                          "max |logit diff| {:.2e} {}\n",
                          e->model, e->steps, e->max_abs_diff, e->max_abs_diff <= 1e-4 ? "ok" : "FAIL");
     }
+  }
+  auto decode = run_long_decode(*context_tokens, *steps, static_cast<int>(*num_threads), err);
+  if (!decode) {
+    err << "error: " << decode.error().to_string() << "\n";
+    return 1;
+  }
+  const double per_token_bytes = static_cast<double>(decode->kv_bytes + decode->weight_bytes);
+  report["long_decode"] = {{"model", "small-llama"},
+                           {"kv_fill", "synthetic"},
+                           {"weight_dtype", "bf16"},
+                           {"kv_dtype", "bf16"},
+                           {"context", decode->context},
+                           {"steps", decode->steps},
+                           {"fill_s", decode->fill_s},
+                           {"ms_per_token", decode->median_ms},
+                           {"tokens_per_s", 1000.0 / decode->median_ms},
+                           {"kv_bytes_per_token", decode->kv_bytes},
+                           {"weight_bytes_per_token", decode->weight_bytes},
+                           {"bytes_per_s", per_token_bytes / decode->median_ms * 1e3},
+                           {"tokens", decode->tokens}};
+  if (!json) {
+    out << fmt::format("decode     small-llama    {} steps after {} tokens of synthetic bf16 KV: "
+                       "{:.1f} ms/token ({:.2f} tokens/s), reading {:.2f} GiB KV + {:.0f} MiB "
+                       "weights per token = {:.1f} GB/s\n",
+                       decode->steps, decode->context, decode->median_ms,
+                       1000.0 / decode->median_ms,
+                       static_cast<double>(decode->kv_bytes) / (1 << 30),
+                       static_cast<double>(decode->weight_bytes) / (1 << 20),
+                       per_token_bytes / decode->median_ms / 1e6);
   }
   if (!json) err << "measuring attention over " << context << " tokens of synthetic KV...\n";
   std::ostringstream bench_out;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/rng.hpp"
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/rmsnorm.hpp"
@@ -161,6 +162,48 @@ const block_table& decoder::table(std::uint64_t seq) const {
   auto it = seqs_.find(seq);
   HELIX_CHECK(it != seqs_.end(), "unknown sequence {}", seq);
   return it->second.table;
+}
+
+status decoder::append_synthetic(std::uint64_t seq, std::int64_t num_tokens, std::uint64_t seed) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return not_found("decoder: unknown sequence {}", seq);
+  if (num_tokens < 0) return invalid_argument("decoder: {} synthetic tokens", num_tokens);
+  block_table& t = it->second.table;
+  const std::int64_t bt = opt_.block_tokens;
+  const std::int64_t room = t.needs_block() ? 0 : bt - t.last().num_tokens;
+  const std::int64_t new_blocks = std::max<std::int64_t>(0, (num_tokens - room + bt - 1) / bt);
+  if (new_blocks > kv_.free_slots()) {
+    return resource_exhausted("decoder: {} synthetic tokens need {} KV blocks, {} of {} free",
+                              num_tokens, new_blocks, kv_.free_slots(), kv_.num_slots());
+  }
+  std::vector<std::int32_t> slots;  // pages to fill: every page the new tokens touch
+  for (std::int64_t left = num_tokens; left > 0;) {
+    if (t.needs_block()) {
+      HELIX_ASSIGN_OR_RETURN(const std::int32_t slot, kv_.allocate());
+      HELIX_RETURN_IF_ERROR(t.open_block(0, slot));
+    }
+    if (slots.empty() || slots.back() != t.last().slot) slots.push_back(t.last().slot);
+    const std::int64_t n = std::min(left, bt - t.last().num_tokens);
+    HELIX_RETURN_IF_ERROR(t.append_tokens(n));
+    left -= n;
+  }
+  // Whole pages are filled (entries past a block's tokens are never read); one task per page.
+  const kv_page_layout& layout = kv_.layout();
+  const auto page_elems = static_cast<std::uint64_t>(layout.page_elems());
+  const std::int64_t layers = kv_.num_layers();
+  pool_->parallel_for(static_cast<std::int64_t>(slots.size()) * layers, [&](std::int64_t task) {
+    const std::int64_t layer_idx = task % layers;
+    const std::int32_t slot = slots[sz(task / layers)];
+    void* page = kv_.page(layer_idx, slot);
+    const auto stream = static_cast<std::uint64_t>(layer_idx) << 32 | static_cast<std::uint32_t>(slot);
+    for (std::uint64_t i = 0; i < page_elems; i += 4) {
+      const auto w = random_words(seed, stream, 0, rng_purpose::synthetic_kv, i / 4);
+      for (std::uint64_t j = 0; j < 4 && i + j < page_elems; ++j) {
+        store_from_f32(page, layout.type, i + j, 2.0f * uniform_open01(w[j]) - 1.0f);
+      }
+    }
+  });
+  return ok_status();
 }
 
 std::int64_t decoder::logits_rows(std::span<const batch_item> items) {

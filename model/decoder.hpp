@@ -61,6 +61,13 @@ class decoder {
   /// The sequence's block table (for inspection); HELIX_CHECKs that it exists.
   [[nodiscard]] const block_table& table(std::uint64_t seq) const;
 
+  /// Appends `num_tokens` positions of seeded synthetic KV (uniform in [-1, 1), every layer) to
+  /// the sequence without running the model: a long context for benchmarks and demos, labelled
+  /// synthetic wherever it is reported. resource_exhausted (sequence unchanged) if the blocks do
+  /// not fit; not_found for an unknown sequence.
+  [[nodiscard]] status append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
+                                        std::uint64_t seed);
+
   /// Rows of logits forward() writes for these items.
   [[nodiscard]] static std::int64_t logits_rows(std::span<const batch_item> items);
 

@@ -162,6 +162,39 @@ TEST(Decoder, AdmissionRunsRequestsThatOnlyFitOneAtATime) {
   EXPECT_EQ(generate(**dec, reqs, {}).error().code(), errc::invalid_argument);
 }
 
+TEST(Decoder, SyntheticContextFillsPagesAndRespectsCapacity) {
+  const model_weights w = seeded("tiny-llama");
+  auto dec = decoder::create(w, {.kv_type = dtype::bf16, .kv_capacity_tokens = 100});
+  ASSERT_TRUE(dec.has_value());
+  const std::uint64_t seq = (*dec)->open_sequence();
+  ASSERT_TRUE((*dec)->append_synthetic(seq, 37, 5).ok());
+  ASSERT_TRUE((*dec)->append_synthetic(seq, 20, 5).ok());  // continues the partial block
+  EXPECT_EQ(*(*dec)->sequence_length(seq), 57);
+  EXPECT_EQ((*dec)->kv().used_slots(), 4);
+  EXPECT_EQ((*dec)->append_synthetic(seq, 60, 5).code(), errc::resource_exhausted);
+  EXPECT_EQ(*(*dec)->sequence_length(seq), 57);
+  EXPECT_EQ((*dec)->append_synthetic(seq + 1, 1, 5).code(), errc::not_found);
+  // Every filled page holds values in [-1, 1), not zeros, in every layer.
+  const block_table& t = (*dec)->table(seq);
+  const kv_page_layout& l = (*dec)->kv().layout();
+  for (std::int64_t layer = 0; layer < w.spec.num_layers; ++layer) {
+    const auto* base = static_cast<const std::uint8_t*>((*dec)->kv().layer_pool(layer));
+    for (const kv_block_ref& b : t.blocks()) {
+      const void* page = base + l.page_bytes() * static_cast<std::size_t>(b.slot);
+      const float k = load_as_f32(page, l.type, static_cast<std::size_t>(l.key_offset(1, b.num_tokens - 1)));
+      const float v = load_as_f32(page, l.type, static_cast<std::size_t>(l.value_offset(0, 0)));
+      EXPECT_TRUE(k != 0.0f && k >= -1.0f && k < 1.0f) << k;
+      EXPECT_TRUE(v != 0.0f && v >= -1.0f && v < 1.0f) << v;
+    }
+  }
+  // Decoding after a synthetic context works and attends over it.
+  std::vector<float> logits(static_cast<std::size_t>(w.spec.vocab));
+  const std::int32_t token = 3;
+  decoder::batch_item item{seq, std::span<const std::int32_t>(&token, 1), false};
+  ASSERT_TRUE((*dec)->forward({&item, 1}, logits).ok());
+  EXPECT_EQ(*(*dec)->sequence_length(seq), 58);
+}
+
 TEST(Decoder, StopTokenEndsRequest) {
   const model_weights w = seeded("tiny-llama");
   auto dec = decoder::create(w, {});
