@@ -54,4 +54,15 @@ class thread_pool {
   bool stop_ = false;
 };
 
+/// Runs fn(task_idx) for task_idx in [0, num_tasks) on `pool`, or on the calling thread when
+/// pool is null (kernels take an optional pool).
+template <class Fn>
+void parallel_for(thread_pool* pool, std::int64_t num_tasks, Fn&& fn) {
+  if (pool == nullptr) {
+    for (std::int64_t i = 0; i < num_tasks; ++i) fn(i);
+    return;
+  }
+  pool->parallel_for(num_tasks, fn);
+}
+
 }  // namespace helix

@@ -724,11 +724,7 @@ status run(const attention_partial_params& p, thread_pool* pool, simd::isa isa) 
     run_task<T>(p, eng, q, chunk_idx, pass_at(p, t % passes), dst);
   };
   const std::int64_t num_tasks = chunks * passes;
-  if (pool != nullptr) {
-    pool->parallel_for(num_tasks, task);
-  } else {
-    for (std::int64_t t = 0; t < num_tasks; ++t) task(t);
-  }
+  parallel_for(pool, num_tasks, task);
   if (chunks == 1) return ok_status();
   lse_merge_params mp;
   mp.partial_out = part_out;

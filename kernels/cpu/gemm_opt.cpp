@@ -374,11 +374,7 @@ template <dtype WT>
 void run_all(const gemm_job& job, thread_pool* pool) {
   const std::int64_t num_col_tiles = (job.p->n + col_tile - 1) / col_tile;
   const std::int64_t num_tasks = num_col_tiles * job.num_row_tiles;
-  if (pool == nullptr || num_tasks == 1) {
-    for (std::int64_t t = 0; t < num_tasks; ++t) run_tile<WT>(job, t);
-    return;
-  }
-  pool->parallel_for(num_tasks, [&job](std::int64_t t) { run_tile<WT>(job, t); });
+  parallel_for(pool, num_tasks, [&job](std::int64_t t) { run_tile<WT>(job, t); });
 }
 
 }  // namespace

@@ -66,11 +66,7 @@ status lse_merge_with_isa(const lse_merge_params& p, thread_pool* pool, simd::is
     const std::int64_t end = std::min(p.num_rows, (t + 1) * rows_per_task);
     for (std::int64_t r = t * rows_per_task; r < end; ++r) merge_row(p, r, axpy);
   };
-  if (pool != nullptr) {
-    pool->parallel_for(num_tasks, task);
-  } else {
-    for (std::int64_t t = 0; t < num_tasks; ++t) task(t);
-  }
+  parallel_for(pool, num_tasks, task);
   return ok_status();
 }
 

@@ -36,16 +36,6 @@ bool have_avx2() {
   return yes;
 }
 
-/// Runs fn(task) for task in [0, num_tasks), on the pool when there is one and it pays.
-template <class Fn>
-void for_tasks(thread_pool* pool, std::int64_t num_tasks, const Fn& fn) {
-  if (pool == nullptr || num_tasks <= 1) {
-    for (std::int64_t t = 0; t < num_tasks; ++t) fn(t);
-    return;
-  }
-  pool->parallel_for(num_tasks, [&fn](std::int64_t t) { fn(t); });
-}
-
 /// Converts `count` elements of a bf16/f16/f32 array starting at element `begin` to f32.
 HELIX_TARGET_AVX2 void convert_avx2(const void* src, dtype t, std::int64_t begin,
                                     std::int64_t count, float* out) {
@@ -315,7 +305,7 @@ status rmsnorm_with_isa(const rmsnorm_params& p, thread_pool* pool, simd::isa is
   const std::int64_t out_stride = p.out_stride == 0 ? p.dim : p.out_stride;
   const bool use_simd = isa != simd::isa::scalar && have_avx2();
   const std::int64_t num_tasks = (p.rows + norm_rows_per_task - 1) / norm_rows_per_task;
-  for_tasks(pool, num_tasks, [&](std::int64_t t) {
+  parallel_for(pool, num_tasks, [&](std::int64_t t) {
     const std::int64_t end = std::min(p.rows, (t + 1) * norm_rows_per_task);
     for (std::int64_t r = t * norm_rows_per_task; r < end; ++r) {
       rmsnorm_row(p, p.x + r * x_stride, p.out + r * out_stride, use_simd);
@@ -327,7 +317,7 @@ status rmsnorm_with_isa(const rmsnorm_params& p, thread_pool* pool, simd::isa is
 status rope_with_isa(const rope_params& p, thread_pool* pool, simd::isa isa) {
   const bool use_simd = isa != simd::isa::scalar && have_avx2();
   const std::int64_t num_tasks = (p.rows + rope_rows_per_task - 1) / rope_rows_per_task;
-  for_tasks(pool, num_tasks, [&](std::int64_t t) {
+  parallel_for(pool, num_tasks, [&](std::int64_t t) {
     const std::int64_t end = std::min(p.rows, (t + 1) * rope_rows_per_task);
     for (std::int64_t r = t * rope_rows_per_task; r < end; ++r) rope_row(p, r, use_simd);
   });
@@ -340,7 +330,7 @@ status swiglu_with_isa(const swiglu_params& p, thread_pool* pool, simd::isa isa)
   const std::int64_t out_stride = p.out_stride == 0 ? p.dim : p.out_stride;
   const bool use_simd = isa != simd::isa::scalar && have_avx2();
   const std::int64_t tasks_per_row = (p.dim + swiglu_elems_per_task - 1) / swiglu_elems_per_task;
-  for_tasks(pool, p.rows * tasks_per_row, [&](std::int64_t t) {
+  parallel_for(pool, p.rows * tasks_per_row, [&](std::int64_t t) {
     const std::int64_t r = t / tasks_per_row;
     const std::int64_t begin = (t % tasks_per_row) * swiglu_elems_per_task;
     const std::int64_t count = std::min(swiglu_elems_per_task, p.dim - begin);
@@ -361,7 +351,7 @@ status swiglu_with_isa(const swiglu_params& p, thread_pool* pool, simd::isa isa)
 status embedding_with_isa(const embedding_params& p, thread_pool* pool, simd::isa isa) {
   const bool use_simd = isa != simd::isa::scalar && have_avx2();
   const std::int64_t num_tasks = (p.rows + embedding_rows_per_task - 1) / embedding_rows_per_task;
-  for_tasks(pool, num_tasks, [&](std::int64_t t) {
+  parallel_for(pool, num_tasks, [&](std::int64_t t) {
     const std::int64_t end = std::min(p.rows, (t + 1) * embedding_rows_per_task);
     for (std::int64_t r = t * embedding_rows_per_task; r < end; ++r) {
       const std::int64_t id = p.ids[r];

@@ -18,15 +18,6 @@ namespace helix::kernels::cpu {
 
 namespace {
 
-template <class Fn>
-void for_tasks(thread_pool* pool, std::int64_t num_tasks, const Fn& fn) {
-  if (pool == nullptr || num_tasks <= 1) {
-    for (std::int64_t t = 0; t < num_tasks; ++t) fn(t);
-    return;
-  }
-  pool->parallel_for(num_tasks, [&fn](std::int64_t t) { fn(t); });
-}
-
 // ---------------------------------------------------------------------------------------------
 // router
 
@@ -156,7 +147,7 @@ std::int32_t merge_chunks(const row_ctx& row, std::int64_t num_chunks) {
 /// Argmax of the logits, lowest id on ties (greedy).
 std::int32_t argmax_full(const row_ctx& row, thread_pool* pool) {
   const std::int64_t num_chunks = (row.vocab + sample_chunk - 1) / sample_chunk;
-  for_tasks(pool, num_chunks, [&](std::int64_t c) {
+  parallel_for(pool, num_chunks, [&](std::int64_t c) {
     const std::int64_t begin = c * sample_chunk;
     const std::int64_t end = std::min(row.vocab, begin + sample_chunk);
     std::int64_t best = begin;
@@ -177,7 +168,7 @@ std::int32_t gumbel_full(const row_ctx& row, thread_pool* pool) {
   const std::int32_t top = argmax_full(row, pool);  // argmax z too, as T > 0
   const float floor_value = row.logits[top] / temperature + gumbel(row, top);
   const std::int64_t num_chunks = (row.vocab + sample_chunk - 1) / sample_chunk;
-  for_tasks(pool, num_chunks, [&](std::int64_t c) {
+  parallel_for(pool, num_chunks, [&](std::int64_t c) {
     const std::int64_t begin = c * sample_chunk;
     const std::int64_t end = std::min(row.vocab, begin + sample_chunk);
     std::int64_t best = -1;
@@ -284,7 +275,7 @@ status route_experts(const router_params& p, thread_pool* pool) {
                                p.num_groups, max_groups);
   }
   const std::int64_t num_tasks = (p.rows + router_rows_per_task - 1) / router_rows_per_task;
-  for_tasks(pool, num_tasks, [&](std::int64_t t) {
+  parallel_for(pool, num_tasks, [&](std::int64_t t) {
     const std::int64_t end = std::min(p.rows, (t + 1) * router_rows_per_task);
     for (std::int64_t r = t * router_rows_per_task; r < end; ++r) route_row(p, r);
   });
