@@ -22,8 +22,12 @@ expected<kv_store> kv_store::create(const kv_page_layout& layout, std::int64_t n
   s.layout_ = layout;
   s.num_slots_ = num_slots;
   for (std::int64_t l = 0; l < num_layers; ++l) {
-    HELIX_ASSIGN_OR_RETURN(buffer pool, buffer::try_host(pool_bytes));
-    s.pools_.push_back(std::move(pool));
+    expected<buffer> pool = buffer::try_host(pool_bytes);
+    if (!pool) {
+      return pool.error().with_context(fmt::format(
+          "kv store of {} blocks x {} layers ({} bytes per layer)", num_slots, num_layers, pool_bytes));
+    }
+    s.pools_.push_back(std::move(pool).value());
   }
   s.free_.reserve(static_cast<std::size_t>(num_slots));
   for (std::int64_t i = num_slots - 1; i >= 0; --i) s.free_.push_back(static_cast<std::int32_t>(i));

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Packs the CUDA kernel tests for a GPU machine that has a driver but none of our build
-# dependencies: the test binary from build-cuda, the shared libraries it links that a bare system
+# dependencies: the test binary from the build, the shared libraries it links that a bare system
 # lacks (fmt, spdlog, gtest if shared, libstdc++, and libcudart from the toolkit, since the
 # target's toolkit may be another version), and run.sh, which runs the tests against them.
-# Usage: scripts/gpu_pack.sh [build_dir (default build-cuda)] [out_dir (default out/gpu-pack)]
+# Usage: scripts/gpu_pack.sh [build_dir (default build)] [out_dir (default out/gpu-pack)]
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-build="${1:-$root/build-cuda}"
+build="${1:-$root/build}"
 out="${2:-$root/out/gpu-pack}"
 bin="$build/bin/helix_kernels_cuda_tests"
 [ -x "$bin" ] || { echo "gpu_pack: $bin not found; build target helix_kernels_cuda_tests" >&2; exit 1; }

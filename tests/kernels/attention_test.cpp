@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "core/rng.hpp"
+#include "attention_cases.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "kernels/merge.hpp"
@@ -49,154 +49,43 @@ const tolerance& tolerance_for(dtype t) {
   return tolerances[0];
 }
 
-float urand(std::uint64_t seed, std::uint64_t stream, std::uint64_t idx) {
-  return 2.0f * random_uniform(seed, stream, 0, rng_purpose::test_data, idx) - 1.0f;
+using testing::attn_case;
+using testing::attn_result;
+using testing::reference_ctx;
+using testing::urand;
+
+std::string case_name(const attn_case& c) {
+  return fmt::format("k{}v{}{} kv{} q{} {} bt{} blocks{} nq{}{} ks{} vs{}", c.key_dim, c.value_dim,
+                     c.mla ? "mla" : "", c.num_kv_heads, c.num_q_heads, dtype_name(c.type),
+                     c.block_tokens, c.num_blocks, c.num_queries, c.causal ? " causal" : "",
+                     c.k_scale, c.v_scale);
 }
 
-struct attn_case {
-  std::int64_t key_dim = 64;
-  std::int64_t value_dim = 64;
-  bool mla = false;
-  std::int64_t num_kv_heads = 1;
-  std::int64_t num_q_heads = 1;
-  dtype type = dtype::f32;
-  std::int64_t block_tokens = 16;
-  std::int64_t num_blocks = 5;
-  std::int64_t num_queries = 1;
-  bool causal = true;
-  bool scattered = true;  // shuffled slots and order, gaps between positions, partial blocks
-  float k_scale = 1.0f;
-  float v_scale = 1.0f;
-  float q_amp = 3.0f;
-  std::uint64_t seed = 1;
+// Query positions interleave with the keys: before all of them, inside gaps, after all.
+std::int64_t query_position(std::int64_t end, std::int64_t i, std::int64_t n) {
+  if (n == 1) return end + 1;
+  return static_cast<std::int64_t>(static_cast<double>(end + 10) * static_cast<double>(i) /
+                                   static_cast<double>(n - 1)) -
+         2;
+}
 
-  [[nodiscard]] std::string name() const {
-    return fmt::format("k{}v{}{} kv{} q{} {} bt{} blocks{} nq{}{} ks{} vs{}", key_dim, value_dim,
-                       mla ? "mla" : "", num_kv_heads, num_q_heads, dtype_name(type), block_tokens,
-                       num_blocks, num_queries, causal ? " causal" : "", k_scale, v_scale);
-  }
-};
-
-// A request's KV on one rank: a page pool with unused slots and unfilled token rows set to NaN
-// (a kernel that reads them fails), blocks in arbitrary order, queries with their positions.
-struct attn_fixture {
-  attn_case c;
-  kv_page_layout layout;
-  std::vector<std::byte> pool;
-  std::vector<kv_block_ref> blocks;
-  std::vector<float> q;
-  std::vector<std::int64_t> query_pos;
-
-  explicit attn_fixture(const attn_case& cs) : c(cs) {
-    layout.num_kv_heads = c.num_kv_heads;
-    layout.key_dim = c.key_dim;
-    layout.value_dim = c.value_dim;
-    layout.block_tokens = c.block_tokens;
-    layout.type = c.type;
-    layout.value_in_key = c.mla;
-    const std::int64_t num_slots = c.num_blocks + (c.scattered ? c.num_blocks / 2 + 1 : 0);
-    pool.assign(static_cast<std::size_t>(num_slots) * layout.page_bytes(), std::byte{0xff});
-    std::vector<std::int32_t> slots(static_cast<std::size_t>(num_slots));
-    std::iota(slots.begin(), slots.end(), 0);
-    std::uint64_t idx = 0;
-    if (c.scattered) {  // Fisher-Yates with the counter-based rng
-      for (std::size_t i = slots.size(); i > 1; --i) {
-        const auto j = static_cast<std::size_t>(
-            random_uniform(c.seed, 7, 0, rng_purpose::test_data, idx++) * static_cast<float>(i));
-        std::swap(slots[i - 1], slots[std::min(j, i - 1)]);
-      }
-    }
-    std::int64_t pos = c.scattered ? 3 : 0;
-    for (std::int64_t b = 0; b < c.num_blocks; ++b) {
-      kv_block_ref ref;
-      ref.slot = slots[static_cast<std::size_t>(b)];
-      ref.first_pos = pos;
-      ref.num_tokens = static_cast<std::int32_t>(c.block_tokens);
-      if (c.scattered && (b % 3 == 1 || b == c.num_blocks - 1)) {
-        ref.num_tokens = 1 + static_cast<std::int32_t>(
-                                 random_uniform(c.seed, 8, 0, rng_purpose::test_data, idx++) *
-                                 static_cast<float>(c.block_tokens - 1));
-      }
-      // Gaps stand for blocks held by other ranks.
-      pos += ref.num_tokens + (c.scattered && b % 2 == 0 ? c.block_tokens * (1 + b % 3) : 0);
-      blocks.push_back(ref);
-      std::byte* page = pool.data() + static_cast<std::size_t>(ref.slot) * layout.page_bytes();
-      for (std::int64_t h = 0; h < c.num_kv_heads; ++h) {
-        for (std::int64_t t = 0; t < ref.num_tokens; ++t) {
-          for (std::int64_t d = 0; d < c.key_dim; ++d) {
-            const float x = 2.0f * urand(c.seed, 1, idx++);
-            store_from_f32(page, c.type, static_cast<std::size_t>(layout.key_offset(h, t) + d), x);
-          }
-          if (!c.mla) {
-            for (std::int64_t d = 0; d < c.value_dim; ++d) {
-              const float x = 2.0f * urand(c.seed, 2, idx++);
-              store_from_f32(page, c.type, static_cast<std::size_t>(layout.value_offset(h, t) + d),
-                             x);
-            }
-          }
-        }
-      }
-    }
-    if (c.scattered) {
-      for (std::size_t i = blocks.size(); i > 1; --i) {
-        const auto j = static_cast<std::size_t>(
-            random_uniform(c.seed, 9, 0, rng_purpose::test_data, idx++) * static_cast<float>(i));
-        std::swap(blocks[i - 1], blocks[std::min(j, i - 1)]);
-      }
-    }
-    q.resize(static_cast<std::size_t>(c.num_queries * c.num_q_heads * c.key_dim));
-    for (std::size_t i = 0; i < q.size(); ++i) q[i] = c.q_amp * urand(c.seed, 3, i);
-    // Query positions interleave with the keys: before all of them, inside gaps, after all.
-    for (std::int64_t i = 0; i < c.num_queries; ++i) {
-      if (c.num_queries == 1) {
-        query_pos.push_back(pos + 1);
-      } else {
-        query_pos.push_back(
-            static_cast<std::int64_t>(static_cast<double>(pos + 10) * static_cast<double>(i) /
-                                      static_cast<double>(c.num_queries - 1)) -
-            2);
-      }
-    }
-  }
-
-  [[nodiscard]] attention_partial_params params(float* out, float* lse) const {
-    attention_partial_params p;
-    p.q = q.data();
-    p.query_pos = query_pos.data();
-    p.num_queries = c.num_queries;
-    p.num_q_heads = c.num_q_heads;
-    p.layout = layout;
-    p.kv_pool = pool.data();
-    p.blocks = blocks.data();
-    p.num_blocks = static_cast<std::int64_t>(blocks.size());
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.key_dim));
-    p.k_scale = c.k_scale;
-    p.v_scale = c.v_scale;
-    p.causal = c.causal;
-    p.out = out;
-    p.lse = lse;
-    return p;
-  }
-  [[nodiscard]] std::size_t out_size() const {
-    return static_cast<std::size_t>(c.num_queries * c.num_q_heads * c.value_dim);
-  }
-  [[nodiscard]] std::size_t lse_size() const {
-    return static_cast<std::size_t>(c.num_queries * c.num_q_heads);
-  }
-};
-
-struct attn_result {
-  std::vector<float> out;
-  std::vector<float> lse;
+// A request's KV on one rank (see testing::paged_fixture): NaN in unused slots and unfilled rows
+// (a kernel that reads them fails), blocks in arbitrary order, gaps after even blocks.
+struct attn_fixture : testing::paged_fixture {
+  static constexpr testing::scatter_pattern scatter{.spare_slot_divisor = 2,
+                                                    .first_pos = 3,
+                                                    .partial_every = 3,
+                                                    .partial_at = 1,
+                                                    .gap_parity = 0,
+                                                    .query_pos = &query_position};
+  explicit attn_fixture(const attn_case& cs) : paged_fixture(cs, scatter) {}
 };
 
 // Runs attention on `blocks` (a subset of the fixture's, or all of them).
 attn_result run_attention(const attn_fixture& f, const exec_context& ctx,
                           const std::vector<kv_block_ref>* blocks = nullptr,
                           std::optional<simd::isa> isa = std::nullopt) {
-  attn_result r;
-  r.out.assign(f.out_size(), std::numeric_limits<float>::quiet_NaN());
-  r.lse.assign(f.lse_size(), std::numeric_limits<float>::quiet_NaN());
+  attn_result r = testing::nan_result(f);
   attention_partial_params p = f.params(r.out.data(), r.lse.data());
   if (blocks != nullptr) {
     p.blocks = blocks->data();
@@ -211,42 +100,10 @@ attn_result run_attention(const attn_fixture& f, const exec_context& ctx,
   return r;
 }
 
-struct diff {
-  double out_rel = 0.0;
-  double lse_rel = 0.0;
-  bool inf_mismatch = false;
-};
-
-diff compare(const attn_result& a, const attn_result& ref) {
-  diff d;
-  double max_ref = 0.0;
-  for (float x : ref.out) max_ref = std::max(max_ref, std::fabs(static_cast<double>(x)));
-  max_ref = std::max(max_ref, 1e-30);
-  for (std::size_t i = 0; i < ref.out.size(); ++i) {
-    const double e = std::fabs(static_cast<double>(a.out[i]) - ref.out[i]);
-    d.out_rel = std::max(d.out_rel, std::isnan(e) ? 1e30 : e / max_ref);
-  }
-  for (std::size_t i = 0; i < ref.lse.size(); ++i) {
-    if (std::isinf(ref.lse[i]) || std::isinf(a.lse[i])) {
-      d.inf_mismatch |= a.lse[i] != ref.lse[i];
-      continue;
-    }
-    const double e = std::fabs(static_cast<double>(a.lse[i]) - ref.lse[i]) /
-                     std::max(1.0, std::fabs(static_cast<double>(ref.lse[i])));
-    d.lse_rel = std::max(d.lse_rel, std::isnan(e) ? 1e30 : e);
-  }
-  return d;
-}
-
 void expect_close(const attn_result& got, const attn_result& ref, const tolerance& tol,
                   const std::string& what) {
-  const diff d = compare(got, ref);
-  EXPECT_LE(d.out_rel, tol.out_rel) << what;
-  EXPECT_LE(d.lse_rel, tol.lse_rel) << what;
-  EXPECT_FALSE(d.inf_mismatch) << what << ": -inf lse in one result only";
+  testing::expect_close(got, ref, tol.out_rel, tol.lse_rel, what);
 }
-
-const exec_context reference_ctx{backend::reference, nullptr, nullptr};
 
 std::vector<attn_case> sweep_cases() {
   struct dims {
@@ -331,7 +188,7 @@ TEST(AttentionOptimized, MatchesReferenceOverSweep) {
     const attn_fixture f(c);
     const attn_result ref = run_attention(f, reference_ctx);
     const attn_result opt = run_attention(f, cpu_ctx);
-    expect_close(opt, ref, tolerance_for(c.type), c.name());
+    expect_close(opt, ref, tolerance_for(c.type), case_name(c));
   }
 }
 
@@ -345,7 +202,7 @@ TEST(AttentionOptimized, EveryEngineMatchesReference) {
       const attn_result ref = run_attention(f, reference_ctx);
       const attn_result opt = run_attention(f, {backend::cpu, nullptr, nullptr}, nullptr, isa);
       expect_close(opt, ref, tolerance_for(c.type),
-                   std::string(simd::isa_name(isa)) + " " + c.name());
+                   std::string(simd::isa_name(isa)) + " " + case_name(c));
     }
   }
 }
@@ -367,7 +224,7 @@ TEST(AttentionOptimized, MultiQueryCausalChunksMatchReference) {
       const attn_result ref = run_attention(f, reference_ctx);
       thread_pool pool(3);
       const attn_result opt = run_attention(f, {backend::cpu, &pool, nullptr});
-      expect_close(opt, ref, tolerance_for(t), c.name());
+      expect_close(opt, ref, tolerance_for(t), case_name(c));
       EXPECT_TRUE(std::isinf(ref.lse[0]) && ref.lse[0] < 0) << "first query sees no key";
       EXPECT_TRUE(std::isfinite(ref.lse.back())) << "last query sees every key";
     }
@@ -379,7 +236,7 @@ TEST(AttentionOptimized, MultiQueryCausalChunksMatchReference) {
   c.num_q_heads = 4;
   const attn_fixture f(c);
   expect_close(run_attention(f, {backend::cpu, nullptr, nullptr}), run_attention(f, reference_ctx),
-               tolerance_for(c.type), c.name());
+               tolerance_for(c.type), case_name(c));
 }
 
 TEST(AttentionOptimized, ZeroBlocksGiveMinusInfinityAndZeros) {
@@ -418,9 +275,9 @@ TEST(AttentionOptimized, BitIdenticalForAnyThreadCount) {
       thread_pool pool(threads);
       const attn_result r = run_attention(f, {backend::cpu, &pool, nullptr});
       EXPECT_EQ(std::memcmp(r.out.data(), single.out.data(), r.out.size() * sizeof(float)), 0)
-          << c.name() << " threads " << threads;
+          << case_name(c) << " threads " << threads;
       EXPECT_EQ(std::memcmp(r.lse.data(), single.lse.data(), r.lse.size() * sizeof(float)), 0)
-          << c.name() << " threads " << threads;
+          << case_name(c) << " threads " << threads;
     }
   }
 }
@@ -475,7 +332,7 @@ TEST(AttentionOptimized, ShardSplitAndMergeEqualsFullAttention) {
       mp.lse = merged.lse.data();
       ASSERT_TRUE(lse_merge(mp, ctx).ok());
       const tolerance tol{c.type, shard_merge_rel, shard_merge_rel};
-      expect_close(merged, full, tol, std::string(backend_name(ctx.backend)) + " " + c.name());
+      expect_close(merged, full, tol, std::string(backend_name(ctx.backend)) + " " + case_name(c));
     }
   }
 }

@@ -41,6 +41,9 @@ float max_abs_diff(const float* a, const float* b, std::int64_t n) {
 struct incremental_case {
   std::string model;
   kernels::backend backend;
+  friend void PrintTo(const incremental_case& c, std::ostream* os) {
+    *os << c.model << " on " << kernels::backend_name(c.backend);
+  }
 };
 
 class IncrementalVsFull : public ::testing::TestWithParam<incremental_case> {};

@@ -17,10 +17,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <string>
 #include <vector>
 
+#include "../attention_cases.hpp"
 #include "core/rng.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cuda/cuda_ops.hpp"
@@ -35,7 +35,6 @@ constexpr double merge_out_rel = 2e-6;
 constexpr double merge_lse_rel = 1e-6;
 
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-const exec_context reference_ctx{backend::reference, nullptr, nullptr};
 const exec_context cuda_ctx{backend::cuda, nullptr, nullptr};
 
 #define HELIX_SKIP_WITHOUT_GPU()                                              \
@@ -43,144 +42,38 @@ const exec_context cuda_ctx{backend::cuda, nullptr, nullptr};
     if (::helix::kernels::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
-float urand(std::uint64_t seed, std::uint64_t stream, std::uint64_t idx) {
-  return 2.0f * random_uniform(seed, stream, 0, rng_purpose::test_data, idx) - 1.0f;
+using testing::attn_case;
+using testing::attn_result;
+using testing::expect_close;
+using testing::reference_ctx;
+using testing::urand;
+
+std::string case_name(const attn_case& c) {
+  return fmt::format("k{}v{}{}_kv{}_q{}_{}_bt{}_blocks{}_nq{}{}", c.key_dim, c.value_dim,
+                     c.mla ? "mla" : "", c.num_kv_heads, c.num_q_heads, dtype_name(c.type),
+                     c.block_tokens, c.num_blocks, c.num_queries, c.causal ? "_causal" : "");
 }
 
-struct attn_case {
-  std::int64_t key_dim = 64;
-  std::int64_t value_dim = 64;
-  bool mla = false;
-  std::int64_t num_kv_heads = 1;
-  std::int64_t num_q_heads = 1;
-  dtype type = dtype::f32;
-  std::int64_t block_tokens = 16;
-  std::int64_t num_blocks = 5;
-  std::int64_t num_queries = 1;
-  bool causal = true;
-  bool scattered = true;  // shuffled slots and order, gaps between positions, partial blocks
-  float k_scale = 1.0f;
-  float v_scale = 1.0f;
-  float q_amp = 3.0f;
-  std::uint64_t seed = 1;
+// One query: after every key (decode). Several: spread from before the first key (sees nothing)
+// to after the last, so the causal mask cuts through blocks.
+std::int64_t query_position(std::int64_t end, std::int64_t i, std::int64_t n) {
+  return n == 1 ? end : (end + 8) * i / (n - 1) - 3;
+}
 
-  [[nodiscard]] std::string name() const {
-    return fmt::format("k{}v{}{}_kv{}_q{}_{}_bt{}_blocks{}_nq{}{}", key_dim, value_dim,
-                       mla ? "mla" : "", num_kv_heads, num_q_heads, dtype_name(type),
-                       block_tokens, num_blocks, num_queries, causal ? "_causal" : "");
-  }
-};
-
-// One request's KV on one rank, on the host: a page pool whose unused slots and unfilled token
-// rows are NaN (0xff bytes in every dtype), blocks in arbitrary order, queries and positions.
-struct attn_fixture {
-  attn_case c;
-  kv_page_layout layout;
-  std::vector<std::byte> pool;
-  std::vector<kv_block_ref> blocks;
-  std::vector<float> q;
-  std::vector<std::int64_t> query_pos;
-
-  explicit attn_fixture(const attn_case& cs) : c(cs) {
-    layout.num_kv_heads = c.num_kv_heads;
-    layout.key_dim = c.key_dim;
-    layout.value_dim = c.value_dim;
-    layout.block_tokens = c.block_tokens;
-    layout.type = c.type;
-    layout.value_in_key = c.mla;
-    const std::int64_t num_slots = c.num_blocks + (c.scattered ? c.num_blocks / 3 + 1 : 0);
-    pool.assign(static_cast<std::size_t>(num_slots) * layout.page_bytes(), std::byte{0xff});
-    std::vector<std::int32_t> slots(static_cast<std::size_t>(num_slots));
-    std::iota(slots.begin(), slots.end(), 0);
-    std::uint64_t idx = 0;
-    if (c.scattered) shuffle(slots, 7, idx);
-    std::int64_t pos = c.scattered ? 5 : 0;
-    for (std::int64_t b = 0; b < c.num_blocks; ++b) {
-      kv_block_ref ref;
-      ref.slot = slots[static_cast<std::size_t>(b)];
-      ref.first_pos = pos;
-      ref.num_tokens = static_cast<std::int32_t>(c.block_tokens);
-      if (c.scattered && (b % 5 == 2 || b == c.num_blocks - 1)) {
-        ref.num_tokens = 1 + static_cast<std::int32_t>(
-                                 random_uniform(c.seed, 8, 0, rng_purpose::test_data, idx++) *
-                                 static_cast<float>(c.block_tokens - 1));
-      }
-      // Gaps stand for the blocks other ranks hold.
-      pos += ref.num_tokens + (c.scattered && b % 2 == 1 ? c.block_tokens * (1 + b % 3) : 0);
-      blocks.push_back(ref);
-      std::byte* page = pool.data() + static_cast<std::size_t>(ref.slot) * layout.page_bytes();
-      for (std::int64_t h = 0; h < c.num_kv_heads; ++h) {
-        for (std::int64_t t = 0; t < ref.num_tokens; ++t) {
-          for (std::int64_t d = 0; d < c.key_dim; ++d) {
-            store_from_f32(page, c.type, static_cast<std::size_t>(layout.key_offset(h, t) + d),
-                           2.0f * urand(c.seed, 1, idx++));
-          }
-          if (c.mla) continue;
-          for (std::int64_t d = 0; d < c.value_dim; ++d) {
-            store_from_f32(page, c.type, static_cast<std::size_t>(layout.value_offset(h, t) + d),
-                           2.0f * urand(c.seed, 2, idx++));
-          }
-        }
-      }
-    }
-    if (c.scattered) shuffle(blocks, 9, idx);
-    q.resize(static_cast<std::size_t>(c.num_queries * c.num_q_heads * c.key_dim));
-    for (std::size_t i = 0; i < q.size(); ++i) q[i] = c.q_amp * urand(c.seed, 3, i);
-    // One query: after every key (decode). Several: spread from before the first key (sees
-    // nothing) to after the last, so the causal mask cuts through blocks.
-    for (std::int64_t i = 0; i < c.num_queries; ++i) {
-      query_pos.push_back(c.num_queries == 1
-                              ? pos
-                              : (pos + 8) * i / (c.num_queries - 1) - 3);
-    }
-  }
-
-  template <class T>
-  void shuffle(std::vector<T>& v, std::uint64_t stream, std::uint64_t& idx) const {
-    for (std::size_t i = v.size(); i > 1; --i) {
-      const auto j = static_cast<std::size_t>(
-          random_uniform(c.seed, stream, 0, rng_purpose::test_data, idx++) * static_cast<float>(i));
-      std::swap(v[i - 1], v[std::min(j, i - 1)]);
-    }
-  }
-
-  [[nodiscard]] attention_partial_params params() const {
-    attention_partial_params p;
-    p.q = q.data();
-    p.query_pos = query_pos.data();
-    p.num_queries = c.num_queries;
-    p.num_q_heads = c.num_q_heads;
-    p.layout = layout;
-    p.kv_pool = pool.data();
-    p.blocks = blocks.empty() ? nullptr : blocks.data();
-    p.num_blocks = static_cast<std::int64_t>(blocks.size());
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(c.key_dim));
-    p.k_scale = c.k_scale;
-    p.v_scale = c.v_scale;
-    p.causal = c.causal;
-    return p;
-  }
-  [[nodiscard]] std::size_t out_size() const {
-    return static_cast<std::size_t>(c.num_queries * c.num_q_heads * c.value_dim);
-  }
-  [[nodiscard]] std::size_t lse_size() const {
-    return static_cast<std::size_t>(c.num_queries * c.num_q_heads);
-  }
-};
-
-struct attn_result {
-  std::vector<float> out;
-  std::vector<float> lse;
+// One request's KV on one rank, on the host (see testing::paged_fixture); gaps after odd blocks.
+struct attn_fixture : testing::paged_fixture {
+  static constexpr testing::scatter_pattern scatter{.spare_slot_divisor = 3,
+                                                    .first_pos = 5,
+                                                    .partial_every = 5,
+                                                    .partial_at = 2,
+                                                    .gap_parity = 1,
+                                                    .query_pos = &query_position};
+  explicit attn_fixture(const attn_case& cs) : paged_fixture(cs, scatter) {}
 };
 
 attn_result run_reference(const attn_fixture& f) {
-  attn_result r;
-  r.out.assign(f.out_size(), std::numeric_limits<float>::quiet_NaN());
-  r.lse.assign(f.lse_size(), std::numeric_limits<float>::quiet_NaN());
-  attention_partial_params p = f.params();
-  p.out = r.out.data();
-  p.lse = r.lse.data();
-  const status st = attention_partial(p, reference_ctx);
+  attn_result r = testing::nan_result(f);
+  const status st = attention_partial(f.params(r.out.data(), r.lse.data()), reference_ctx);
   EXPECT_TRUE(st.ok()) << st.to_string();
   return r;
 }
@@ -204,10 +97,9 @@ struct device_fixture {
     HELIX_ASSIGN_OR_RETURN(d.pool, upload(f.pool.data(), f.pool.size()));
     HELIX_ASSIGN_OR_RETURN(d.blocks,
                            upload(f.blocks.data(), f.blocks.size() * sizeof(kv_block_ref)));
-    const std::vector<float> nan_out(f.out_size(), std::numeric_limits<float>::quiet_NaN());
-    const std::vector<float> nan_lse(f.lse_size(), std::numeric_limits<float>::quiet_NaN());
-    HELIX_ASSIGN_OR_RETURN(d.out, upload(nan_out.data(), nan_out.size() * sizeof(float)));
-    HELIX_ASSIGN_OR_RETURN(d.lse, upload(nan_lse.data(), nan_lse.size() * sizeof(float)));
+    const attn_result nan = testing::nan_result(f);
+    HELIX_ASSIGN_OR_RETURN(d.out, upload(nan.out.data(), nan.out.size() * sizeof(float)));
+    HELIX_ASSIGN_OR_RETURN(d.lse, upload(nan.lse.data(), nan.lse.size() * sizeof(float)));
     d.params = f.params();
     d.params.q = static_cast<const float*>(d.q.data());
     d.params.query_pos = static_cast<const std::int64_t*>(d.query_pos.data());
@@ -235,50 +127,15 @@ struct device_fixture {
   }
 };
 
-struct diff {
-  double out_rel = 0.0;
-  double lse_rel = 0.0;
-  bool inf_mismatch = false;
-};
-
-diff compare(const attn_result& got, const attn_result& ref) {
-  diff d;
-  double max_ref = 0.0;
-  for (float x : ref.out) max_ref = std::max(max_ref, std::fabs(static_cast<double>(x)));
-  max_ref = std::max(max_ref, 1e-30);
-  for (std::size_t i = 0; i < ref.out.size(); ++i) {
-    const double e = std::fabs(static_cast<double>(got.out[i]) - ref.out[i]);
-    d.out_rel = std::max(d.out_rel, std::isnan(e) ? 1e30 : e / max_ref);
-  }
-  for (std::size_t i = 0; i < ref.lse.size(); ++i) {
-    if (std::isinf(ref.lse[i]) || std::isinf(got.lse[i])) {
-      d.inf_mismatch |= got.lse[i] != ref.lse[i];
-      continue;
-    }
-    const double e = std::fabs(static_cast<double>(got.lse[i]) - ref.lse[i]) /
-                     std::max(1.0, std::fabs(static_cast<double>(ref.lse[i])));
-    d.lse_rel = std::max(d.lse_rel, std::isnan(e) ? 1e30 : e);
-  }
-  return d;
-}
-
-void expect_close(const attn_result& got, const attn_result& ref, double out_rel, double lse_rel,
-                  const std::string& what) {
-  const diff d = compare(got, ref);
-  EXPECT_LE(d.out_rel, out_rel) << what;
-  EXPECT_LE(d.lse_rel, lse_rel) << what;
-  EXPECT_FALSE(d.inf_mismatch) << what << ": -inf lse in one result only";
-}
-
 // Runs one case on the GPU and on the reference and compares them.
 void check_case(const attn_case& c) {
   const attn_fixture f(c);
   const attn_result ref = run_reference(f);
   expected<device_fixture> dev = device_fixture::create(f);
-  ASSERT_TRUE(dev.has_value()) << c.name() << ": " << dev.error().to_string();
+  ASSERT_TRUE(dev.has_value()) << case_name(c) << ": " << dev.error().to_string();
   expected<attn_result> got = dev->run();
-  ASSERT_TRUE(got.has_value()) << c.name() << ": " << got.error().to_string();
-  expect_close(*got, ref, attn_out_rel, attn_lse_rel, c.name());
+  ASSERT_TRUE(got.has_value()) << case_name(c) << ": " << got.error().to_string();
+  expect_close(*got, ref, attn_out_rel, attn_lse_rel, case_name(c));
 }
 
 std::vector<attn_case> sweep_cases() {
@@ -448,11 +305,11 @@ TEST(AttentionCuda, BitIdenticalAcrossRuns) {
     ASSERT_TRUE(dev.has_value()) << dev.error().to_string();
     expected<attn_result> a = dev->run();
     expected<attn_result> b = dev->run();
-    ASSERT_TRUE(a.has_value() && b.has_value()) << c.name();
+    ASSERT_TRUE(a.has_value() && b.has_value()) << case_name(c);
     EXPECT_EQ(std::memcmp(a->out.data(), b->out.data(), a->out.size() * sizeof(float)), 0)
-        << c.name();
+        << case_name(c);
     EXPECT_EQ(std::memcmp(a->lse.data(), b->lse.data(), a->lse.size() * sizeof(float)), 0)
-        << c.name();
+        << case_name(c);
   }
 }
 
@@ -502,7 +359,7 @@ TEST(AttentionCuda, ShardSplitAndMergeMatchesWholeAttention) {
   merged.lse.resize(whole.lse_size());
   ASSERT_TRUE(cuda::copy_to_host(merged.out.data(), m_out->data(), m_out->bytes()).ok());
   ASSERT_TRUE(cuda::copy_to_host(merged.lse.data(), m_lse->data(), m_lse->bytes()).ok());
-  expect_close(merged, ref, attn_out_rel, attn_lse_rel, c.name());
+  expect_close(merged, ref, attn_out_rel, attn_lse_rel, case_name(c));
 }
 
 // ---- LSE merge ----
@@ -624,7 +481,7 @@ TEST(CudaWithoutDevice, WorkspaceNeverShrinksAsContextGrows) {
     for (std::int64_t nb = 0; nb <= 5000; ++nb) {
       p.num_blocks = nb;
       const std::size_t bytes = attention_workspace_bytes(p, cuda_ctx);
-      ASSERT_GE(bytes, prev) << c.name() << " at " << nb << " blocks";
+      ASSERT_GE(bytes, prev) << case_name(c) << " at " << nb << " blocks";
       prev = bytes;
     }
     EXPECT_GT(prev, 0u) << "long contexts split";
