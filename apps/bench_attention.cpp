@@ -21,6 +21,7 @@
 #include "core/tensor.hpp"
 #include "core/thread_pool.hpp"
 #include "kernels/attention.hpp"
+#include "model/kv_store.hpp"
 #include "kernels/cpu/simd.hpp"
 
 namespace helix::apps {
@@ -152,22 +153,15 @@ expected<kv_cache> make_cache(const model_spec& spec, dtype type, std::int64_t c
     r.num_tokens = static_cast<std::int32_t>(
         std::min(c.layout.block_tokens, context - b * c.layout.block_tokens));
   }
-  // Seeded uniform values in [-1, 1), four per Philox call; filled in parallel by block ranges.
-  const auto page_elems = static_cast<std::size_t>(c.layout.page_elems());
+  // Filled in parallel by block ranges.
   constexpr std::int64_t blocks_per_task = 256;
   void* base = c.pool;
   const std::size_t page_bytes = c.layout.page_bytes();
   pool.parallel_for((num_blocks + blocks_per_task - 1) / blocks_per_task, [&](std::int64_t t) {
     const std::int64_t end = std::min(num_blocks, (t + 1) * blocks_per_task);
     for (std::int64_t b = t * blocks_per_task; b < end; ++b) {
-      void* page = static_cast<std::byte*>(base) + static_cast<std::size_t>(b) * page_bytes;
-      for (std::size_t i = 0; i < page_elems; i += 4) {
-        const auto w = random_words(kv_seed, 0, static_cast<std::uint64_t>(b),
-                                    rng_purpose::synthetic_kv, i / 4);
-        for (std::size_t j = 0; j < 4 && i + j < page_elems; ++j) {
-          store_from_f32(page, type, i + j, 2.0f * uniform_open01(w[j]) - 1.0f);
-        }
-      }
+      model::fill_synthetic_page(static_cast<std::byte*>(base) + static_cast<std::size_t>(b) * page_bytes,
+                                 c.layout, kv_seed, static_cast<std::uint64_t>(b));
     }
   });
   return c;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "core/rng.hpp"
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/rmsnorm.hpp"
@@ -188,20 +187,12 @@ status decoder::append_synthetic(std::uint64_t seq, std::int64_t num_tokens, std
     left -= n;
   }
   // Whole pages are filled (entries past a block's tokens are never read); one task per page.
-  const kv_page_layout& layout = kv_.layout();
-  const auto page_elems = static_cast<std::uint64_t>(layout.page_elems());
   const std::int64_t layers = kv_.num_layers();
   pool_->parallel_for(static_cast<std::int64_t>(slots.size()) * layers, [&](std::int64_t task) {
     const std::int64_t layer_idx = task % layers;
     const std::int32_t slot = slots[sz(task / layers)];
-    void* page = kv_.page(layer_idx, slot);
     const auto stream = static_cast<std::uint64_t>(layer_idx) << 32 | static_cast<std::uint32_t>(slot);
-    for (std::uint64_t i = 0; i < page_elems; i += 4) {
-      const auto w = random_words(seed, stream, 0, rng_purpose::synthetic_kv, i / 4);
-      for (std::uint64_t j = 0; j < 4 && i + j < page_elems; ++j) {
-        store_from_f32(page, layout.type, i + j, 2.0f * uniform_open01(w[j]) - 1.0f);
-      }
-    }
+    fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream);
   });
   return ok_status();
 }

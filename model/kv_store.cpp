@@ -1,5 +1,7 @@
 #include "model/kv_store.hpp"
 
+#include "core/rng.hpp"
+
 namespace helix::model {
 
 expected<kv_store> kv_store::create(const kv_page_layout& layout, std::int64_t num_layers,
@@ -90,6 +92,18 @@ void kv_store::write_token(std::int64_t layer_idx, std::int32_t slot, std::int64
     const std::int64_t vo = layout_.value_offset(h, token_idx);
     for (std::int64_t d = 0; d < layout_.value_dim; ++d) {
       store_from_f32(p, layout_.type, static_cast<std::size_t>(vo + d), v[h * layout_.value_dim + d] * v_inv);
+    }
+  }
+}
+
+void fill_synthetic_page(void* page, const kv_page_layout& layout, std::uint64_t seed,
+                         std::uint64_t stream) {
+  const auto page_elems = static_cast<std::uint64_t>(layout.page_elems());
+  // Four values per Philox call.
+  for (std::uint64_t i = 0; i < page_elems; i += 4) {
+    const auto w = random_words(seed, stream, 0, rng_purpose::synthetic_kv, i / 4);
+    for (std::uint64_t j = 0; j < 4 && i + j < page_elems; ++j) {
+      store_from_f32(page, layout.type, i + j, 2.0f * uniform_open01(w[j]) - 1.0f);
     }
   }
 }

@@ -55,4 +55,10 @@ class kv_store {
   std::vector<std::uint8_t> in_use_;    // per slot
 };
 
+/// Fills one page with seeded synthetic values, uniform in [-1, 1) and rounded to the layout's
+/// dtype; `stream` tells pages apart (e.g. layer and slot). For long-context benchmarks and
+/// demos, whose KV is labelled synthetic wherever it is reported.
+void fill_synthetic_page(void* page, const kv_page_layout& layout, std::uint64_t seed,
+                         std::uint64_t stream);
+
 }  // namespace helix::model
