@@ -21,8 +21,8 @@
 #include "core/tensor.hpp"
 #include "core/thread_pool.hpp"
 #include "kernels/attention.hpp"
-#include "model/kv_store.hpp"
 #include "kernels/cpu/simd.hpp"
+#include "model/kv_store.hpp"
 
 namespace helix::apps {
 namespace {
@@ -160,8 +160,9 @@ expected<kv_cache> make_cache(const model_spec& spec, dtype type, std::int64_t c
   pool.parallel_for((num_blocks + blocks_per_task - 1) / blocks_per_task, [&](std::int64_t t) {
     const std::int64_t end = std::min(num_blocks, (t + 1) * blocks_per_task);
     for (std::int64_t b = t * blocks_per_task; b < end; ++b) {
-      model::fill_synthetic_page(static_cast<std::byte*>(base) + static_cast<std::size_t>(b) * page_bytes,
-                                 c.layout, kv_seed, static_cast<std::uint64_t>(b));
+      model::fill_synthetic_page(
+          static_cast<std::byte*>(base) + static_cast<std::size_t>(b) * page_bytes, c.layout,
+          kv_seed, static_cast<std::uint64_t>(b));
     }
   });
   return c;

@@ -13,10 +13,23 @@ expected<std::int64_t> parse_size(std::string_view text) {
   std::int64_t mult = 1;
   std::string_view digits = text;
   switch (text.back()) {
-    case 'k': case 'K': mult = std::int64_t{1} << 10; digits.remove_suffix(1); break;
-    case 'm': case 'M': mult = std::int64_t{1} << 20; digits.remove_suffix(1); break;
-    case 'g': case 'G': mult = std::int64_t{1} << 30; digits.remove_suffix(1); break;
-    default: break;
+    case 'k':
+    case 'K':
+      mult = std::int64_t{1} << 10;
+      digits.remove_suffix(1);
+      break;
+    case 'm':
+    case 'M':
+      mult = std::int64_t{1} << 20;
+      digits.remove_suffix(1);
+      break;
+    case 'g':
+    case 'G':
+      mult = std::int64_t{1} << 30;
+      digits.remove_suffix(1);
+      break;
+    default:
+      break;
   }
   std::int64_t v = 0;
   const auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
@@ -71,7 +84,9 @@ expected<cli_args> cli_args::parse(const std::vector<std::string>& args,
   return out;
 }
 
-bool cli_args::has(const std::string& name) const { return values_.count(name) != 0; }
+bool cli_args::has(const std::string& name) const {
+  return values_.count(name) != 0;
+}
 
 std::optional<std::string> cli_args::get(const std::string& name) const {
   auto it = values_.find(name);

@@ -30,8 +30,10 @@ class cli_args {
   [[nodiscard]] bool has(const std::string& name) const;
   [[nodiscard]] std::optional<std::string> get(const std::string& name) const;
   [[nodiscard]] std::string get_or(const std::string& name, const std::string& fallback) const;
-  [[nodiscard]] expected<std::int64_t> get_int(const std::string& name, std::int64_t fallback) const;
-  [[nodiscard]] expected<std::int64_t> get_size(const std::string& name, std::int64_t fallback) const;
+  [[nodiscard]] expected<std::int64_t> get_int(const std::string& name,
+                                               std::int64_t fallback) const;
+  [[nodiscard]] expected<std::int64_t> get_size(const std::string& name,
+                                                std::int64_t fallback) const;
   [[nodiscard]] expected<double> get_double(const std::string& name, double fallback) const;
   /// invalid_argument naming the first flag not in `known`.
   [[nodiscard]] status check_known(const std::set<std::string>& known) const;

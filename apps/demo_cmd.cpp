@@ -31,8 +31,8 @@ expected<exactness> check_exactness(const std::string& name, std::int64_t steps)
   HELIX_ASSIGN_OR_RETURN(auto dec, model::decoder::create(w, {.kv_capacity_tokens = 1024}));
   std::vector<std::int32_t> seq;
   for (std::uint64_t i = 0; i < 19; ++i) {
-    seq.push_back(static_cast<std::int32_t>(
-        random_words(42, 0, i, rng_purpose::test_data, 0)[0] % static_cast<std::uint32_t>(spec.vocab)));
+    seq.push_back(static_cast<std::int32_t>(random_words(42, 0, i, rng_purpose::test_data, 0)[0] %
+                                            static_cast<std::uint32_t>(spec.vocab)));
   }
   const std::uint64_t id = dec->open_sequence();
   std::vector<float> logits(static_cast<std::size_t>(spec.vocab));
@@ -83,8 +83,7 @@ std::size_t weight_bytes(model::model_weights& w) {
 expected<long_decode> run_long_decode(std::int64_t context, std::int64_t steps, int threads,
                                       std::ostream& progress) {
   HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model("small-llama"));
-  HELIX_ASSIGN_OR_RETURN(model::model_weights w,
-                         model::init_seeded_weights(spec, dtype::bf16, 7));
+  HELIX_ASSIGN_OR_RETURN(model::model_weights w, model::init_seeded_weights(spec, dtype::bf16, 7));
   model::decoder_options o;
   o.kv_type = dtype::bf16;
   o.kv_capacity_tokens = context + steps + 1;
@@ -108,8 +107,10 @@ expected<long_decode> run_long_decode(std::int64_t context, std::int64_t steps, 
     const auto t1 = std::chrono::steady_clock::now();
     model::decoder::batch_item item{seq, std::span<const std::int32_t>(&token, 1), false};
     HELIX_RETURN_IF_ERROR(dec->forward({&item, 1}, logits));
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count());
-    token = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count());
+    token =
+        static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     r.tokens.push_back(token);
   }
   std::sort(ms.begin(), ms.end());
@@ -139,7 +140,8 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
   }
   nlohmann::json report;
   bool exact = true;
-  if (!json) out << "Helix demo: one worker (multi-worker layouts come with the Helix execution issue)\n\n";
+  if (!json)
+    out << "Helix demo: one worker (multi-worker layouts come with the Helix execution issue)\n\n";
   for (const char* name : {"tiny-llama", "tiny-deepseek"}) {
     if (!json) err << "checking exactness of " << name << "...\n";
     auto e = check_exactness(name, 64);
@@ -151,9 +153,10 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
     report["exactness"].push_back(
         {{"model", e->model}, {"steps", e->steps}, {"max_abs_logit_diff", e->max_abs_diff}});
     if (!json) {
-      out << fmt::format("exactness  {:<14} {} cached decode steps vs cache-free forward: "
-                         "max |logit diff| {:.2e} {}\n",
-                         e->model, e->steps, e->max_abs_diff, e->max_abs_diff <= 1e-4 ? "ok" : "FAIL");
+      out << fmt::format(
+          "exactness  {:<14} {} cached decode steps vs cache-free forward: "
+          "max |logit diff| {:.2e} {}\n",
+          e->model, e->steps, e->max_abs_diff, e->max_abs_diff <= 1e-4 ? "ok" : "FAIL");
     }
   }
   auto decode = run_long_decode(*context_tokens, *steps, static_cast<int>(*num_threads), err);
@@ -176,22 +179,22 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
                            {"bytes_per_s", per_token_bytes / decode->median_ms * 1e3},
                            {"tokens", decode->tokens}};
   if (!json) {
-    out << fmt::format("decode     small-llama    {} steps after {} tokens of synthetic bf16 KV: "
-                       "{:.1f} ms/token ({:.2f} tokens/s), reading {:.2f} GiB KV + {:.0f} MiB "
-                       "weights per token = {:.1f} GB/s\n",
-                       decode->steps, decode->context, decode->median_ms,
-                       1000.0 / decode->median_ms,
-                       static_cast<double>(decode->kv_bytes) / (1 << 30),
-                       static_cast<double>(decode->weight_bytes) / (1 << 20),
-                       per_token_bytes / decode->median_ms / 1e6);
+    out << fmt::format(
+        "decode     small-llama    {} steps after {} tokens of synthetic bf16 KV: "
+        "{:.1f} ms/token ({:.2f} tokens/s), reading {:.2f} GiB KV + {:.0f} MiB "
+        "weights per token = {:.1f} GB/s\n",
+        decode->steps, decode->context, decode->median_ms, 1000.0 / decode->median_ms,
+        static_cast<double>(decode->kv_bytes) / (1 << 30),
+        static_cast<double>(decode->weight_bytes) / (1 << 20),
+        per_token_bytes / decode->median_ms / 1e6);
   }
   if (!json) err << "measuring attention over " << context << " tokens of synthetic KV...\n";
   std::ostringstream bench_out;
   std::ostringstream bench_err;
-  const int rc = run_bench_attention({"--model", "small-llama", "--context", context, "--kv-dtype",
-                                      "bf16", "--threads", threads, "--repeats", "3", "--no-mla",
-                                      "--json"},
-                                     bench_out, json ? bench_err : err);
+  const int rc =
+      run_bench_attention({"--model", "small-llama", "--context", context, "--kv-dtype", "bf16",
+                           "--threads", threads, "--repeats", "3", "--no-mla", "--json"},
+                          bench_out, json ? bench_err : err);
   if (rc != 0) {
     err << bench_err.str() << "error: attention benchmark failed\n";
     return 1;
@@ -209,9 +212,9 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
       out << fmt::format(
           "long ctx   small-llama    one decode token over {} tokens of {} KV ({} threads): "
           "{:.2f} ms, {:.1f} GB/s vs streaming read {:.1f} GB/s (ratio {:.2f})\n",
-          r.value("context", 0), r.value("kv_dtype", ""), r.value("threads", 0),
-          r.value("ms", 0.0), r.value("kv_bytes_per_s", 0.0) / 1e9,
-          r.value("stream_bytes_per_s", 0.0) / 1e9, r.value("ratio", 0.0));
+          r.value("context", 0), r.value("kv_dtype", ""), r.value("threads", 0), r.value("ms", 0.0),
+          r.value("kv_bytes_per_s", 0.0) / 1e9, r.value("stream_bytes_per_s", 0.0) / 1e9,
+          r.value("ratio", 0.0));
     }
   }
   return exact ? 0 : 1;

@@ -42,10 +42,9 @@ struct parsed {
 
 expected<parsed> parse(const std::vector<std::string>& argv) {
   HELIX_ASSIGN_OR_RETURN(cli_args a, cli_args::parse(argv, {"json"}));
-  HELIX_RETURN_IF_ERROR(a.check_known({"model", "checkpoint", "prompt", "steps", "temperature",
-                                       "top-k", "top-p", "sample-seed", "stop", "weight-dtype",
-                                       "kv-dtype", "seed", "threads", "backend", "prefill-chunk",
-                                       "json"}));
+  HELIX_RETURN_IF_ERROR(a.check_known(
+      {"model", "checkpoint", "prompt", "steps", "temperature", "top-k", "top-p", "sample-seed",
+       "stop", "weight-dtype", "kv-dtype", "seed", "threads", "backend", "prefill-chunk", "json"}));
   parsed p;
   p.model_name = a.get_or("model", "");
   p.checkpoint = a.get_or("checkpoint", "");

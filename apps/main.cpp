@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
   if (cmd == "bench") {
     if (!rest.empty() && rest[0] == "attention") {
-      return helix::apps::run_bench_attention(std::vector<std::string>(rest.begin() + 1, rest.end()));
+      return helix::apps::run_bench_attention(
+          std::vector<std::string>(rest.begin() + 1, rest.end()));
     }
     std::cerr << "error: unknown benchmark (available: bench attention)\n";
     return 2;

@@ -4,10 +4,14 @@ namespace helix {
 
 std::string_view dtype_name(dtype t) noexcept {
   switch (t) {
-    case dtype::f32: return "f32";
-    case dtype::bf16: return "bf16";
-    case dtype::f16: return "f16";
-    case dtype::fp8_e4m3: return "fp8_e4m3";
+    case dtype::f32:
+      return "f32";
+    case dtype::bf16:
+      return "bf16";
+    case dtype::f16:
+      return "f16";
+    case dtype::fp8_e4m3:
+      return "fp8_e4m3";
   }
   return "unknown";
 }

@@ -1,4 +1,5 @@
-// Element types: f32 for compute; bf16, f16 and fp8_e4m3 (OCP E4M3FN) for storage of weights and KV.
+// Element types: f32 for compute; bf16, f16 and fp8_e4m3 (OCP E4M3FN) for storage of weights and
+// KV.
 //
 // The names returned by dtype_name() are also the CLI and JSON strings. Scalar conversions are
 // header-only and usable from host and device code (kernels include this header).
@@ -22,10 +23,14 @@ enum class dtype : std::uint8_t { f32, bf16, f16, fp8_e4m3 };
 
 [[nodiscard]] constexpr std::size_t dtype_bytes(dtype t) noexcept {
   switch (t) {
-    case dtype::f32: return 4;
-    case dtype::bf16: return 2;
-    case dtype::f16: return 2;
-    case dtype::fp8_e4m3: return 1;
+    case dtype::f32:
+      return 4;
+    case dtype::bf16:
+      return 2;
+    case dtype::f16:
+      return 2;
+    case dtype::fp8_e4m3:
+      return 1;
   }
   return 0;
 }
@@ -57,8 +62,12 @@ HELIX_HD float f32_from_bits(std::uint32_t u) {
   return f;
 }
 
-HELIX_HD float to_f32(float x) { return x; }
-HELIX_HD float to_f32(bf16_t x) { return f32_from_bits(std::uint32_t{x.bits} << 16); }
+HELIX_HD float to_f32(float x) {
+  return x;
+}
+HELIX_HD float to_f32(bf16_t x) {
+  return f32_from_bits(std::uint32_t{x.bits} << 16);
+}
 
 HELIX_HD float to_f32(f16_t x) {
   const std::uint32_t sign = (std::uint32_t{x.bits} & 0x8000u) << 16;
@@ -152,10 +161,14 @@ HELIX_HD fp8_e4m3_t from_f32<fp8_e4m3_t>(float f) {
 /// Rounds through a storage type: what a value becomes once stored as `t`.
 HELIX_HD float round_to(dtype t, float f) {
   switch (t) {
-    case dtype::f32: return f;
-    case dtype::bf16: return to_f32(to_bf16(f));
-    case dtype::f16: return to_f32(to_f16(f));
-    case dtype::fp8_e4m3: return to_f32(to_fp8_e4m3(f));
+    case dtype::f32:
+      return f;
+    case dtype::bf16:
+      return to_f32(to_bf16(f));
+    case dtype::f16:
+      return to_f32(to_f16(f));
+    case dtype::fp8_e4m3:
+      return to_f32(to_fp8_e4m3(f));
   }
   return f;
 }
@@ -163,10 +176,14 @@ HELIX_HD float round_to(dtype t, float f) {
 /// Loads element `i` of an array of type `t` as f32.
 HELIX_HD float load_as_f32(const void* base, dtype t, std::size_t i) {
   switch (t) {
-    case dtype::f32: return static_cast<const float*>(base)[i];
-    case dtype::bf16: return to_f32(static_cast<const bf16_t*>(base)[i]);
-    case dtype::f16: return to_f32(static_cast<const f16_t*>(base)[i]);
-    case dtype::fp8_e4m3: return to_f32(static_cast<const fp8_e4m3_t*>(base)[i]);
+    case dtype::f32:
+      return static_cast<const float*>(base)[i];
+    case dtype::bf16:
+      return to_f32(static_cast<const bf16_t*>(base)[i]);
+    case dtype::f16:
+      return to_f32(static_cast<const f16_t*>(base)[i]);
+    case dtype::fp8_e4m3:
+      return to_f32(static_cast<const fp8_e4m3_t*>(base)[i]);
   }
   return 0.0f;
 }
@@ -174,10 +191,18 @@ HELIX_HD float load_as_f32(const void* base, dtype t, std::size_t i) {
 /// Stores f32 `v` as element `i` of an array of type `t` (rounding as above).
 HELIX_HD void store_from_f32(void* base, dtype t, std::size_t i, float v) {
   switch (t) {
-    case dtype::f32: static_cast<float*>(base)[i] = v; break;
-    case dtype::bf16: static_cast<bf16_t*>(base)[i] = to_bf16(v); break;
-    case dtype::f16: static_cast<f16_t*>(base)[i] = to_f16(v); break;
-    case dtype::fp8_e4m3: static_cast<fp8_e4m3_t*>(base)[i] = to_fp8_e4m3(v); break;
+    case dtype::f32:
+      static_cast<float*>(base)[i] = v;
+      break;
+    case dtype::bf16:
+      static_cast<bf16_t*>(base)[i] = to_bf16(v);
+      break;
+    case dtype::f16:
+      static_cast<f16_t*>(base)[i] = to_f16(v);
+      break;
+    case dtype::fp8_e4m3:
+      static_cast<fp8_e4m3_t*>(base)[i] = to_fp8_e4m3(v);
+      break;
   }
 }
 

@@ -12,13 +12,17 @@ std::int64_t model_spec::kv_key_dim() const {
   return is_mla() ? mla.kv_lora_rank + mla.qk_rope_head_dim : head_dim;
 }
 
-std::int64_t model_spec::kv_value_dim() const { return is_mla() ? mla.kv_lora_rank : head_dim; }
+std::int64_t model_spec::kv_value_dim() const {
+  return is_mla() ? mla.kv_lora_rank : head_dim;
+}
 
 std::int64_t model_spec::kv_values_per_token_per_layer() const {
   return is_mla() ? kv_key_dim() : num_kv_heads * (kv_key_dim() + kv_value_dim());
 }
 
-std::int64_t model_spec::attn_out_head_dim() const { return is_mla() ? mla.v_head_dim : head_dim; }
+std::int64_t model_spec::attn_out_head_dim() const {
+  return is_mla() ? mla.v_head_dim : head_dim;
+}
 
 double model_spec::softmax_scale() const {
   if (!is_mla()) return 1.0 / std::sqrt(static_cast<double>(head_dim));
@@ -85,7 +89,8 @@ status model_spec::validate() const {
     }
     if (head_dim % 2 != 0) return invalid_argument("model '{}': head_dim must be even", name);
   }
-  if (!is_moe() || moe.first_dense_layers > 0) HELIX_RETURN_IF_ERROR(positive(ffn, "intermediate_size"));
+  if (!is_moe() || moe.first_dense_layers > 0)
+    HELIX_RETURN_IF_ERROR(positive(ffn, "intermediate_size"));
   if (is_moe()) {
     HELIX_RETURN_IF_ERROR(positive(moe.expert_ffn, "moe_intermediate_size"));
     HELIX_RETURN_IF_ERROR(positive(moe.experts_per_token, "num_experts_per_tok"));
@@ -101,8 +106,8 @@ status model_spec::validate() const {
     }
     if (moe.experts_per_token > moe.topk_groups * (moe.num_experts / moe.num_groups)) {
       return invalid_argument(
-          "model '{}': num_experts_per_tok ({}) exceeds the experts in topk_group groups ({})", name,
-          moe.experts_per_token, moe.topk_groups * (moe.num_experts / moe.num_groups));
+          "model '{}': num_experts_per_tok ({}) exceeds the experts in topk_group groups ({})",
+          name, moe.experts_per_token, moe.topk_groups * (moe.num_experts / moe.num_groups));
     }
   }
   if (rope.scaling != rope_scaling_kind::none && !(rope.factor > 0)) {
@@ -142,11 +147,22 @@ model_spec tiny_deepseek() {
   s.vocab = 256;
   s.max_position_embeddings = 1 << 20;
   s.rope.interleave = true;
-  s.mla = {.q_lora_rank = 24, .kv_lora_rank = 32, .qk_nope_head_dim = 16, .qk_rope_head_dim = 8,
+  s.mla = {.q_lora_rank = 24,
+           .kv_lora_rank = 32,
+           .qk_nope_head_dim = 16,
+           .qk_rope_head_dim = 8,
            .v_head_dim = 16};
-  s.moe = {.num_experts = 8, .num_shared_experts = 1, .experts_per_token = 2, .expert_ffn = 32,
-           .num_groups = 4, .topk_groups = 2, .first_dense_layers = 1, .layer_freq = 1,
-           .routed_scaling_factor = 2.5, .norm_topk_prob = true, .scoring = router_scoring::sigmoid,
+  s.moe = {.num_experts = 8,
+           .num_shared_experts = 1,
+           .experts_per_token = 2,
+           .expert_ffn = 32,
+           .num_groups = 4,
+           .topk_groups = 2,
+           .first_dense_layers = 1,
+           .layer_freq = 1,
+           .routed_scaling_factor = 2.5,
+           .norm_topk_prob = true,
+           .scoring = router_scoring::sigmoid,
            .score_correction_bias = true};
   return s;
 }
@@ -181,8 +197,11 @@ model_spec llama_405b() {
   s.vocab = 128256;
   s.rms_norm_eps = 1e-5;
   s.max_position_embeddings = 131072;
-  s.rope = {.theta = 500000.0, .scaling = rope_scaling_kind::llama3, .factor = 8.0,
-            .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+  s.rope = {.theta = 500000.0,
+            .scaling = rope_scaling_kind::llama3,
+            .factor = 8.0,
+            .low_freq_factor = 1.0,
+            .high_freq_factor = 4.0,
             .original_max_position_embeddings = 8192};
   return s;
 }
@@ -199,14 +218,31 @@ model_spec deepseek_r1() {
   s.ffn = 18432;
   s.vocab = 129280;
   s.max_position_embeddings = 163840;
-  s.rope = {.theta = 10000.0, .scaling = rope_scaling_kind::yarn, .factor = 40.0,
-            .original_max_position_embeddings = 4096, .beta_fast = 32.0, .beta_slow = 1.0,
-            .mscale = 1.0, .mscale_all_dim = 1.0, .interleave = true};
-  s.mla = {.q_lora_rank = 1536, .kv_lora_rank = 512, .qk_nope_head_dim = 128,
-           .qk_rope_head_dim = 64, .v_head_dim = 128};
-  s.moe = {.num_experts = 256, .num_shared_experts = 1, .experts_per_token = 8, .expert_ffn = 2048,
-           .num_groups = 8, .topk_groups = 4, .first_dense_layers = 3, .layer_freq = 1,
-           .routed_scaling_factor = 2.5, .norm_topk_prob = true, .scoring = router_scoring::sigmoid,
+  s.rope = {.theta = 10000.0,
+            .scaling = rope_scaling_kind::yarn,
+            .factor = 40.0,
+            .original_max_position_embeddings = 4096,
+            .beta_fast = 32.0,
+            .beta_slow = 1.0,
+            .mscale = 1.0,
+            .mscale_all_dim = 1.0,
+            .interleave = true};
+  s.mla = {.q_lora_rank = 1536,
+           .kv_lora_rank = 512,
+           .qk_nope_head_dim = 128,
+           .qk_rope_head_dim = 64,
+           .v_head_dim = 128};
+  s.moe = {.num_experts = 256,
+           .num_shared_experts = 1,
+           .experts_per_token = 8,
+           .expert_ffn = 2048,
+           .num_groups = 8,
+           .topk_groups = 4,
+           .first_dense_layers = 3,
+           .layer_freq = 1,
+           .routed_scaling_factor = 2.5,
+           .norm_topk_prob = true,
+           .scoring = router_scoring::sigmoid,
            .score_correction_bias = true};
   return s;
 }
@@ -223,9 +259,10 @@ expected<model_spec> builtin_model(std::string_view name) {
   if (name == "small-llama") return small_llama();
   if (name == "llama-3.1-405b") return llama_405b();
   if (name == "deepseek-r1") return deepseek_r1();
-  return not_found("unknown model '{}' (built-in: tiny-llama, tiny-deepseek, small-llama, "
-                   "llama-3.1-405b, deepseek-r1)",
-                   name);
+  return not_found(
+      "unknown model '{}' (built-in: tiny-llama, tiny-deepseek, small-llama, "
+      "llama-3.1-405b, deepseek-r1)",
+      name);
 }
 
 }  // namespace helix

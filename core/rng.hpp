@@ -14,11 +14,11 @@ namespace helix {
 
 /// What a random number is for; part of the counter so that uses never collide.
 enum class rng_purpose : std::uint32_t {
-  sampling = 1,       // Gumbel noise / uniform draw for token sampling
-  weight_init = 2,    // seeded model weights
-  synthetic_kv = 3,   // synthetic KV fill for benchmarks
-  test_data = 4,      // test inputs
-  workload = 5,       // arrival times, prompt lengths
+  sampling = 1,      // Gumbel noise / uniform draw for token sampling
+  weight_init = 2,   // seeded model weights
+  synthetic_kv = 3,  // synthetic KV fill for benchmarks
+  test_data = 4,     // test inputs
+  workload = 5,      // arrival times, prompt lengths
 };
 
 HELIX_HD std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> ctr,
@@ -48,8 +48,8 @@ HELIX_HD std::array<std::uint32_t, 4> random_words(std::uint64_t seed, std::uint
   const std::uint32_t hi = static_cast<std::uint32_t>(index >> 32) * 0x85EBCA6Bu ^
                            static_cast<std::uint32_t>(position >> 32) * 0xC2B2AE35u ^
                            static_cast<std::uint32_t>(stream >> 32) * 0x27D4EB2Fu;
-  return philox4x32_10(ctr, {static_cast<std::uint32_t>(seed) ^ hi,
-                             static_cast<std::uint32_t>(seed >> 32)});
+  return philox4x32_10(
+      ctr, {static_cast<std::uint32_t>(seed) ^ hi, static_cast<std::uint32_t>(seed >> 32)});
 }
 
 /// Uniform float in the open interval (0, 1): never 0 or 1, so log() of it is finite. 23 bits:

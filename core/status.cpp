@@ -4,16 +4,26 @@ namespace helix {
 
 std::string_view errc_name(errc code) noexcept {
   switch (code) {
-    case errc::ok: return "ok";
-    case errc::invalid_argument: return "invalid_argument";
-    case errc::failed_precondition: return "failed_precondition";
-    case errc::not_found: return "not_found";
-    case errc::resource_exhausted: return "resource_exhausted";
-    case errc::unavailable: return "unavailable";
-    case errc::deadline_exceeded: return "deadline_exceeded";
-    case errc::aborted: return "aborted";
-    case errc::cancelled: return "cancelled";
-    case errc::internal: return "internal";
+    case errc::ok:
+      return "ok";
+    case errc::invalid_argument:
+      return "invalid_argument";
+    case errc::failed_precondition:
+      return "failed_precondition";
+    case errc::not_found:
+      return "not_found";
+    case errc::resource_exhausted:
+      return "resource_exhausted";
+    case errc::unavailable:
+      return "unavailable";
+    case errc::deadline_exceeded:
+      return "deadline_exceeded";
+    case errc::aborted:
+      return "aborted";
+    case errc::cancelled:
+      return "cancelled";
+    case errc::internal:
+      return "internal";
   }
   return "unknown";
 }

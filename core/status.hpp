@@ -53,7 +53,9 @@ class [[nodiscard]] status {
   std::string message_;
 };
 
-[[nodiscard]] inline status ok_status() { return {}; }
+[[nodiscard]] inline status ok_status() {
+  return {};
+}
 
 template <class... Args>
 [[nodiscard]] status make_error(errc code, fmt::format_string<Args...> fmt_str, Args&&... args) {
@@ -85,7 +87,7 @@ template <class... Args>
 template <class T>
 class [[nodiscard]] expected {
  public:
-  expected(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  expected(T value) : v_(std::move(value)) {}      // NOLINT(google-explicit-constructor)
   expected(status error) : v_(std::move(error)) {  // NOLINT(google-explicit-constructor)
     if (std::get<status>(v_).ok()) v_ = status(errc::internal, "expected built from an ok status");
   }
@@ -107,7 +109,8 @@ class [[nodiscard]] expected {
  private:
   T& checked() {
     if (!has_value()) {
-      std::fprintf(stderr, "helix: value() on error: %s\n", std::get<status>(v_).to_string().c_str());
+      std::fprintf(stderr, "helix: value() on error: %s\n",
+                   std::get<status>(v_).to_string().c_str());
       std::abort();
     }
     return std::get<0>(v_);
@@ -116,7 +119,8 @@ class [[nodiscard]] expected {
 };
 
 namespace detail {
-[[noreturn]] void check_failed(const char* expr, const char* file, int line, const std::string& msg);
+[[noreturn]] void check_failed(const char* expr, const char* file, int line,
+                               const std::string& msg);
 }  // namespace detail
 
 }  // namespace helix
@@ -137,11 +141,11 @@ namespace detail {
 #endif
 
 /// Propagates a non-ok status to the caller.
-#define HELIX_RETURN_IF_ERROR(expr)             \
-  do {                                          \
-    ::helix::status helix_st_ = (expr);         \
-    if (!helix_st_.ok()) [[unlikely]]           \
-      return helix_st_;                         \
+#define HELIX_RETURN_IF_ERROR(expr)     \
+  do {                                  \
+    ::helix::status helix_st_ = (expr); \
+    if (!helix_st_.ok()) [[unlikely]]   \
+      return helix_st_;                 \
   } while (0)
 
 #define HELIX_CONCAT_INNER_(a, b) a##b

@@ -53,8 +53,9 @@ expected<buffer> buffer::try_host(std::size_t bytes) {
   // With overcommit, an allocation larger than the machine may succeed and the zero fill would
   // then swap or be killed; refuse it up front.
   if (bytes > SIZE_MAX - 63 || bytes > physical_memory_bytes()) {
-    return resource_exhausted("host allocation of {} bytes exceeds this machine's {} bytes of memory",
-                              bytes, physical_memory_bytes());
+    return resource_exhausted(
+        "host allocation of {} bytes exceeds this machine's {} bytes of memory", bytes,
+        physical_memory_bytes());
   }
   const std::size_t rounded = (bytes + 63) / 64 * 64;
   b.data_ = std::aligned_alloc(64, rounded);
@@ -85,7 +86,9 @@ buffer& buffer::operator=(buffer&& other) noexcept {
   return *this;
 }
 
-buffer::~buffer() { reset(); }
+buffer::~buffer() {
+  reset();
+}
 
 void buffer::reset() noexcept {
   if (data_ != nullptr) {

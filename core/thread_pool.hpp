@@ -9,9 +9,9 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <type_traits>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace helix {
@@ -30,7 +30,8 @@ class thread_pool {
   template <class Fn>
   void parallel_for(std::int64_t num_tasks, Fn&& fn) {
     using F = std::remove_reference_t<Fn>;
-    run(num_tasks, [](void* f, std::int64_t i) { (*static_cast<F*>(f))(i); },
+    run(
+        num_tasks, [](void* f, std::int64_t i) { (*static_cast<F*>(f))(i); },
         const_cast<void*>(static_cast<const void*>(&fn)));
   }
 

@@ -52,8 +52,10 @@ status validate_blocks(const attention_partial_params& p) {
 
 std::size_t attention_workspace_bytes(const attention_partial_params& p, const exec_context& ctx) {
   switch (ctx.backend) {
-    case backend::reference: return 0;
-    case backend::cpu: return cpu::attention_workspace_bytes(p);
+    case backend::reference:
+      return 0;
+    case backend::cpu:
+      return cpu::attention_workspace_bytes(p);
     case backend::cuda:
 #if HELIX_HAVE_CUDA
       return cuda::attention_workspace_bytes(p);
@@ -73,8 +75,10 @@ status attention_partial(const attention_partial_params& p, const exec_context& 
                                p.workspace_bytes, need);
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::attention_partial(p);
-    case backend::cpu: return cpu::attention_partial(p, ctx.pool);
+    case backend::reference:
+      return reference::attention_partial(p);
+    case backend::cpu:
+      return cpu::attention_partial(p, ctx.pool);
     case backend::cuda:
 #if HELIX_HAVE_CUDA
       return cuda::attention_partial(p, ctx.stream);

@@ -12,12 +12,16 @@ status embedding(const embedding_params& p, const exec_context& ctx) {
                             p.dim, p.vocab_begin, p.vocab_end);
   }
   for (std::int64_t r = 0; r < p.rows; ++r) {
-    if (p.ids[r] < 0) return invalid_argument("embedding: token id {} at row {} is negative", p.ids[r], r);
+    if (p.ids[r] < 0)
+      return invalid_argument("embedding: token id {} at row {} is negative", p.ids[r], r);
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::embedding(p);
-    case backend::cpu: return cpu::embedding(p, ctx.pool);
-    case backend::cuda: return failed_precondition("embedding: no CUDA implementation yet");
+    case backend::reference:
+      return reference::embedding(p);
+    case backend::cpu:
+      return cpu::embedding(p, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("embedding: no CUDA implementation yet");
   }
   return internal_error("embedding: unknown backend");
 }

@@ -4,9 +4,12 @@ namespace helix::kernels {
 
 std::string_view backend_name(backend b) noexcept {
   switch (b) {
-    case backend::reference: return "reference";
-    case backend::cpu: return "cpu";
-    case backend::cuda: return "cuda";
+    case backend::reference:
+      return "reference";
+    case backend::cpu:
+      return "cpu";
+    case backend::cuda:
+      return "cuda";
   }
   return "unknown";
 }

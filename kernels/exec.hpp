@@ -25,7 +25,7 @@ enum class backend : std::uint8_t { reference, cpu, cuda };
 
 struct exec_context {
   kernels::backend backend = backend::cpu;
-  thread_pool* pool = nullptr;   // cpu backend: threads to use; null = calling thread only
+  thread_pool* pool = nullptr;     // cpu backend: threads to use; null = calling thread only
   stream_handle stream = nullptr;  // cuda backend: cudaStream_t, null = default stream
 };
 

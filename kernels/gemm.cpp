@@ -17,13 +17,17 @@ status gemm(const gemm_params& p, const exec_context& ctx) {
                             p.y_stride, p.n);
   }
   if (p.w_type == dtype::fp8_e4m3) {
-    return failed_precondition("gemm: fp8_e4m3 weights are not supported (block-scaled FP8 "
-                               "weights need scales)");
+    return failed_precondition(
+        "gemm: fp8_e4m3 weights are not supported (block-scaled FP8 "
+        "weights need scales)");
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::gemm(p);
-    case backend::cpu: return cpu::gemm(p, ctx.pool);
-    case backend::cuda: return failed_precondition("gemm: no CUDA implementation yet");
+    case backend::reference:
+      return reference::gemm(p);
+    case backend::cpu:
+      return cpu::gemm(p, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("gemm: no CUDA implementation yet");
   }
   return internal_error("gemm: unknown backend");
 }

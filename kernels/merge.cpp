@@ -17,8 +17,10 @@ status lse_merge(const lse_merge_params& p, const exec_context& ctx) {
     return invalid_argument("lse_merge: null partial_out, partial_lse or out");
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::lse_merge(p);
-    case backend::cpu: return cpu::lse_merge(p, ctx.pool);
+    case backend::reference:
+      return reference::lse_merge(p);
+    case backend::cpu:
+      return cpu::lse_merge(p, ctx.pool);
     case backend::cuda:
 #if HELIX_HAVE_CUDA
       return cuda::lse_merge(p, ctx.stream);

@@ -11,9 +11,12 @@ status rmsnorm(const rmsnorm_params& p, const exec_context& ctx) {
   }
   if (!(p.eps > 0.0f)) return invalid_argument("rmsnorm: eps {} must be > 0", p.eps);
   switch (ctx.backend) {
-    case backend::reference: return reference::rmsnorm(p);
-    case backend::cpu: return cpu::rmsnorm(p, ctx.pool);
-    case backend::cuda: return failed_precondition("rmsnorm: no CUDA implementation yet");
+    case backend::reference:
+      return reference::rmsnorm(p);
+    case backend::cpu:
+      return cpu::rmsnorm(p, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("rmsnorm: no CUDA implementation yet");
   }
   return internal_error("rmsnorm: unknown backend");
 }

@@ -18,9 +18,12 @@ status rope(const rope_params& p, const exec_context& ctx) {
     return invalid_argument("rope: null x, positions or inv_freq");
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::rope(p);
-    case backend::cpu: return cpu::rope(p, ctx.pool);
-    case backend::cuda: return failed_precondition("rope: no CUDA implementation yet");
+    case backend::reference:
+      return reference::rope(p);
+    case backend::cpu:
+      return cpu::rope(p, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("rope: no CUDA implementation yet");
   }
   return internal_error("rope: unknown backend");
 }
@@ -45,8 +48,11 @@ rope_table make_rope_table(const rope_spec& spec, std::int64_t rot_dim) {
     const double inv = base[static_cast<std::size_t>(i)];
     double out = inv;
     switch (spec.scaling) {
-      case rope_scaling_kind::none: break;
-      case rope_scaling_kind::linear: out = inv / spec.factor; break;
+      case rope_scaling_kind::none:
+        break;
+      case rope_scaling_kind::linear:
+        out = inv / spec.factor;
+        break;
       case rope_scaling_kind::llama3: {
         const double old_ctx = static_cast<double>(spec.original_max_position_embeddings);
         const double low_wavelen = old_ctx / spec.low_freq_factor;

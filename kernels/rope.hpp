@@ -23,8 +23,8 @@ struct rope_params {
   std::int64_t row_stride = 0;
   std::int64_t num_heads = 1;
   std::int64_t head_stride = 0;
-  std::int64_t rot_offset = 0;  // where the rotated part starts inside a head
-  std::int64_t rot_dim = 0;     // even
+  std::int64_t rot_offset = 0;              // where the rotated part starts inside a head
+  std::int64_t rot_dim = 0;                 // even
   const std::int64_t* positions = nullptr;  // [rows]
   const float* inv_freq = nullptr;          // [rot_dim / 2]
   float attention_factor = 1.0f;

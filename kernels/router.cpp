@@ -27,9 +27,12 @@ status route_experts(const router_params& p, const exec_context& ctx) {
     return invalid_argument("router: group scoring by top-2 needs >= 2 experts per group");
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::route_experts(p);
-    case backend::cpu: return cpu::route_experts(p, ctx.pool);
-    case backend::cuda: return failed_precondition("router: no CUDA implementation yet");
+    case backend::reference:
+      return reference::route_experts(p);
+    case backend::cpu:
+      return cpu::route_experts(p, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("router: no CUDA implementation yet");
   }
   return internal_error("router: unknown backend");
 }

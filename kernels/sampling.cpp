@@ -39,9 +39,12 @@ status sample(const sample_params& p, const exec_context& ctx) {
                                sampling_workspace_bytes(p.vocab));
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::sample(p);
-    case backend::cpu: return cpu::sample(p, ctx.pool);
-    case backend::cuda: return failed_precondition("sample: no CUDA implementation yet");
+    case backend::reference:
+      return reference::sample(p);
+    case backend::cpu:
+      return cpu::sample(p, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("sample: no CUDA implementation yet");
   }
   return internal_error("sample: unknown backend");
 }

@@ -27,7 +27,8 @@ struct sampling_options {
   std::uint64_t seed = 0;
 };
 
-/// invalid_argument naming the field: temperature < 0 or not finite, top_k < 0, top_p not in (0, 1].
+/// invalid_argument naming the field: temperature < 0 or not finite, top_k < 0, top_p not in (0,
+/// 1].
 [[nodiscard]] status validate(const sampling_options& o);
 
 struct sample_params {

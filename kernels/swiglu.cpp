@@ -10,9 +10,12 @@ status swiglu(const swiglu_params& p, const exec_context& ctx) {
     return invalid_argument("swiglu: rows {}, dim {} or null pointers", p.rows, p.dim);
   }
   switch (ctx.backend) {
-    case backend::reference: return reference::swiglu(p);
-    case backend::cpu: return cpu::swiglu(p, ctx.pool);
-    case backend::cuda: return failed_precondition("swiglu: no CUDA implementation yet");
+    case backend::reference:
+      return reference::swiglu(p);
+    case backend::cpu:
+      return cpu::swiglu(p, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("swiglu: no CUDA implementation yet");
   }
   return internal_error("swiglu: unknown backend");
 }

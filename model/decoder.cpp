@@ -9,7 +9,9 @@
 namespace helix::model {
 namespace {
 
-std::size_t sz(std::int64_t n) { return static_cast<std::size_t>(n); }
+std::size_t sz(std::int64_t n) {
+  return static_cast<std::size_t>(n);
+}
 
 // Bounds that keep every size computation far from overflow (block offsets are int32, slots are
 // int32); memory itself is checked when the KV pool is allocated.
@@ -43,14 +45,16 @@ expected<std::unique_ptr<decoder>> decoder::create(const model_weights& weights,
   if (options.block_tokens <= 0 || options.block_tokens > max_block_tokens ||
       options.kv_capacity_tokens <= 0 || options.kv_capacity_tokens > max_capacity_tokens ||
       options.max_batch_tokens <= 0 || options.max_batch_tokens > max_step_tokens) {
-    return invalid_argument("decoder: block_tokens {} must be in [1, {}], kv_capacity_tokens {} in "
-                            "[1, {}] and max_batch_tokens {} in [1, {}]",
-                            options.block_tokens, max_block_tokens, options.kv_capacity_tokens,
-                            max_capacity_tokens, options.max_batch_tokens, max_step_tokens);
+    return invalid_argument(
+        "decoder: block_tokens {} must be in [1, {}], kv_capacity_tokens {} in "
+        "[1, {}] and max_batch_tokens {} in [1, {}]",
+        options.block_tokens, max_block_tokens, options.kv_capacity_tokens, max_capacity_tokens,
+        options.max_batch_tokens, max_step_tokens);
   }
   if (options.backend == kernels::backend::cuda) {
-    return failed_precondition("decoder: the single-worker decoder runs on the CPU backends "
-                               "(reference, cpu); CUDA covers attention and merge kernels only");
+    return failed_precondition(
+        "decoder: the single-worker decoder runs on the CPU backends "
+        "(reference, cpu); CUDA covers attention and merge kernels only");
   }
   if (static_cast<std::int64_t>(weights.layers.size()) != s.num_layers) {
     return invalid_argument("decoder: weights have {} layers, spec {}", weights.layers.size(),
@@ -146,7 +150,8 @@ std::uint64_t decoder::open_sequence() {
 status decoder::close_sequence(std::uint64_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return not_found("decoder: unknown sequence {}", seq);
-  for (const kv_block_ref& b : it->second.table.blocks()) HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
+  for (const kv_block_ref& b : it->second.table.blocks())
+    HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
   seqs_.erase(it);
   return ok_status();
 }
@@ -191,7 +196,8 @@ status decoder::append_synthetic(std::uint64_t seq, std::int64_t num_tokens, std
   pool_->parallel_for(static_cast<std::int64_t>(slots.size()) * layers, [&](std::int64_t task) {
     const std::int64_t layer_idx = task % layers;
     const std::int32_t slot = slots[sz(task / layers)];
-    const auto stream = static_cast<std::uint64_t>(layer_idx) << 32 | static_cast<std::uint32_t>(slot);
+    const auto stream =
+        static_cast<std::uint64_t>(layer_idx) << 32 | static_cast<std::uint32_t>(slot);
     fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream);
   });
   return ok_status();
@@ -306,7 +312,8 @@ status decoder::forward(std::span<const batch_item> items, std::span<float> logi
     n.dim = s.hidden;
     n.eps = static_cast<float>(s.rms_norm_eps);
     HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
-    HELIX_RETURN_IF_ERROR(s.is_mla() ? attention_mla(l, items, rows) : attention_gqa(l, items, rows));
+    HELIX_RETURN_IF_ERROR(s.is_mla() ? attention_mla(l, items, rows)
+                                     : attention_gqa(l, items, rows));
     n.weight = L.post_attn_norm.data();
     HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
     if (s.layer_is_moe(l)) {

@@ -27,12 +27,12 @@
 namespace helix::model {
 
 struct decoder_options {
-  dtype kv_type = dtype::f32;               // KV storage dtype
+  dtype kv_type = dtype::f32;  // KV storage dtype
   std::int64_t block_tokens = default_block_tokens;
   std::int64_t kv_capacity_tokens = 1 << 16;  // store size, rounded up to whole blocks
-  std::int64_t max_batch_tokens = 256;      // rows per forward(); sizes the workspaces
+  std::int64_t max_batch_tokens = 256;        // rows per forward(); sizes the workspaces
   kernels::backend backend = kernels::backend::cpu;
-  int num_threads = 0;                      // cpu backend; 0 = all hardware threads
+  int num_threads = 0;  // cpu backend; 0 = all hardware threads
 };
 
 class decoder {

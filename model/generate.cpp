@@ -42,9 +42,10 @@ status validate(const decoder& dec, std::span<const generate_request> requests,
     HELIX_RETURN_IF_ERROR(kernels::validate(r.sampling).with_context(fmt::format("request {}", i)));
     const auto plen = static_cast<std::int64_t>(r.prompt.size());
     if (plen > capacity || r.max_new_tokens > capacity - plen) {
-      return invalid_argument("generate: request {} needs {} prompt + {} new tokens of KV, "
-                              "capacity is {}",
-                              i, plen, r.max_new_tokens, capacity);
+      return invalid_argument(
+          "generate: request {} needs {} prompt + {} new tokens of KV, "
+          "capacity is {}",
+          i, plen, r.max_new_tokens, capacity);
     }
   }
   return ok_status();
@@ -67,8 +68,9 @@ expected<std::vector<generate_result>> generate(decoder& dec,
   // token) fit beside those reserved by running requests, so requests that fit alone never fail
   // together; a finished request frees its blocks at once. Admitted in order.
   auto worst_blocks = [&](std::size_t i) {
-    return (static_cast<std::int64_t>(requests[i].prompt.size()) + requests[i].max_new_tokens +
-            bt - 1) / bt;
+    return (static_cast<std::int64_t>(requests[i].prompt.size()) + requests[i].max_new_tokens + bt -
+            1) /
+           bt;
   };
   std::int64_t reserved_blocks = 0;
   std::size_t next_admit = 0;
@@ -116,10 +118,11 @@ expected<std::vector<generate_result>> generate(decoder& dec,
       if (!st[i].admitted || st[i].done || st[i].prefilled >= plen) continue;
       const std::int64_t take =
           std::min({options.prefill_chunk, plen - st[i].prefilled, budget - rows});
-      items.push_back({st[i].seq,
-                       std::span<const std::int32_t>(requests[i].prompt).subspan(
-                           static_cast<std::size_t>(st[i].prefilled), static_cast<std::size_t>(take)),
-                       false});
+      items.push_back(
+          {st[i].seq,
+           std::span<const std::int32_t>(requests[i].prompt)
+               .subspan(static_cast<std::size_t>(st[i].prefilled), static_cast<std::size_t>(take)),
+           false});
       owners.push_back(i);
       finishing.push_back(st[i].prefilled + take == plen ? 1 : 0);
       rows += take;
@@ -164,7 +167,8 @@ expected<std::vector<generate_result>> generate(decoder& dec,
       st[i].next_input = token;
       const auto& stops = requests[i].stop_tokens;
       res.stopped = std::find(stops.begin(), stops.end(), token) != stops.end();
-      if (res.stopped || static_cast<std::int64_t>(res.tokens.size()) >= requests[i].max_new_tokens) {
+      if (res.stopped ||
+          static_cast<std::int64_t>(res.tokens.size()) >= requests[i].max_new_tokens) {
         res.last_logits.assign(row, row + s.vocab);
         finish(i);
       }

@@ -8,17 +8,18 @@ expected<kv_store> kv_store::create(const kv_page_layout& layout, std::int64_t n
                                     std::int64_t num_slots) {
   if (layout.num_kv_heads <= 0 || layout.key_dim <= 0 || layout.block_tokens <= 0 ||
       (!layout.value_in_key && layout.value_dim <= 0)) {
-    return invalid_argument("kv store: bad page layout (heads {}, key_dim {}, value_dim {}, "
-                            "block_tokens {})",
-                            layout.num_kv_heads, layout.key_dim, layout.value_dim,
-                            layout.block_tokens);
+    return invalid_argument(
+        "kv store: bad page layout (heads {}, key_dim {}, value_dim {}, "
+        "block_tokens {})",
+        layout.num_kv_heads, layout.key_dim, layout.value_dim, layout.block_tokens);
   }
   if (num_layers <= 0 || num_slots < 0 || num_slots > INT32_MAX) {
     return invalid_argument("kv store: {} layers, {} slots", num_layers, num_slots);
   }
   const std::size_t pool_bytes = layout.page_bytes() * static_cast<std::size_t>(num_slots);
   if (pool_bytes / layout.page_bytes() != static_cast<std::size_t>(num_slots)) {
-    return invalid_argument("kv store: {} slots of {} bytes overflow", num_slots, layout.page_bytes());
+    return invalid_argument("kv store: {} slots of {} bytes overflow", num_slots,
+                            layout.page_bytes());
   }
   kv_store s;
   s.layout_ = layout;
@@ -26,8 +27,9 @@ expected<kv_store> kv_store::create(const kv_page_layout& layout, std::int64_t n
   for (std::int64_t l = 0; l < num_layers; ++l) {
     expected<buffer> pool = buffer::try_host(pool_bytes);
     if (!pool) {
-      return pool.error().with_context(fmt::format(
-          "kv store of {} blocks x {} layers ({} bytes per layer)", num_slots, num_layers, pool_bytes));
+      return pool.error().with_context(
+          fmt::format("kv store of {} blocks x {} layers ({} bytes per layer)", num_slots,
+                      num_layers, pool_bytes));
     }
     s.pools_.push_back(std::move(pool).value());
   }
@@ -78,20 +80,22 @@ void* kv_store::page(std::int64_t layer_idx, std::int32_t slot) {
 
 void kv_store::write_token(std::int64_t layer_idx, std::int32_t slot, std::int64_t token_idx,
                            const float* k, const float* v, float k_scale, float v_scale) {
-  HELIX_CHECK(token_idx >= 0 && token_idx < layout_.block_tokens, "token {} of block {}",
-              token_idx, layout_.block_tokens);
+  HELIX_CHECK(token_idx >= 0 && token_idx < layout_.block_tokens, "token {} of block {}", token_idx,
+              layout_.block_tokens);
   void* p = page(layer_idx, slot);
   const float k_inv = 1.0f / k_scale;
   const float v_inv = 1.0f / v_scale;
   for (std::int64_t h = 0; h < layout_.num_kv_heads; ++h) {
     const std::int64_t ko = layout_.key_offset(h, token_idx);
     for (std::int64_t d = 0; d < layout_.key_dim; ++d) {
-      store_from_f32(p, layout_.type, static_cast<std::size_t>(ko + d), k[h * layout_.key_dim + d] * k_inv);
+      store_from_f32(p, layout_.type, static_cast<std::size_t>(ko + d),
+                     k[h * layout_.key_dim + d] * k_inv);
     }
     if (layout_.value_in_key) continue;
     const std::int64_t vo = layout_.value_offset(h, token_idx);
     for (std::int64_t d = 0; d < layout_.value_dim; ++d) {
-      store_from_f32(p, layout_.type, static_cast<std::size_t>(vo + d), v[h * layout_.value_dim + d] * v_inv);
+      store_from_f32(p, layout_.type, static_cast<std::size_t>(vo + d),
+                     v[h * layout_.value_dim + d] * v_inv);
     }
   }
 }

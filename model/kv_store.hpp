@@ -30,7 +30,9 @@ class kv_store {
   [[nodiscard]] std::int64_t used_slots() const { return num_slots_ - free_slots(); }
   /// Bytes one slot takes over all layers.
   [[nodiscard]] std::size_t slot_bytes() const { return layout_.page_bytes() * pools_.size(); }
-  [[nodiscard]] std::size_t capacity_bytes() const { return slot_bytes() * static_cast<std::size_t>(num_slots_); }
+  [[nodiscard]] std::size_t capacity_bytes() const {
+    return slot_bytes() * static_cast<std::size_t>(num_slots_);
+  }
 
   /// A free slot; resource_exhausted (with used/total counts) when the store is full.
   [[nodiscard]] expected<std::int32_t> allocate();
@@ -50,9 +52,9 @@ class kv_store {
  private:
   kv_page_layout layout_;
   std::int64_t num_slots_ = 0;
-  std::vector<buffer> pools_;           // one per layer
-  std::vector<std::int32_t> free_;      // free slots, allocated from the back
-  std::vector<std::uint8_t> in_use_;    // per slot
+  std::vector<buffer> pools_;         // one per layer
+  std::vector<std::int32_t> free_;    // free slots, allocated from the back
+  std::vector<std::uint8_t> in_use_;  // per slot
 };
 
 /// Fills one page with seeded synthetic values, uniform in [-1, 1) and rounded to the layout's

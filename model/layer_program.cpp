@@ -12,7 +12,9 @@
 
 namespace helix::model {
 namespace {
-std::size_t sz(std::int64_t n) { return static_cast<std::size_t>(n); }
+std::size_t sz(std::int64_t n) {
+  return static_cast<std::size_t>(n);
+}
 // HF DeepseekV3 builds q_a_layernorm and kv_a_layernorm with the default epsilon, whatever
 // rms_norm_eps says.
 constexpr float mla_norm_eps = 1e-6f;
@@ -145,7 +147,8 @@ status decoder::attention_mla(std::int64_t layer_idx, std::span<const batch_item
   // Absorbed queries in k_: [rows, Q, q_latent (kv_lora) | rotated q_rope].
   float* q_abs = k_.data();
   const tensor& w_uk_t = w_uk_t_[sz(layer_idx)];
-  const std::size_t w_head_bytes = sz(m.kv_lora_rank * m.qk_nope_head_dim) * dtype_bytes(w_uk_t.type());
+  const std::size_t w_head_bytes =
+      sz(m.kv_lora_rank * m.qk_nope_head_dim) * dtype_bytes(w_uk_t.type());
   for (std::int64_t h = 0; h < nq; ++h) {
     kernels::gemm_params g;
     g.x = q_.data() + h * qk;

@@ -16,7 +16,9 @@ namespace helix::model {
 namespace {
 
 using vec = std::vector<float>;
-std::size_t sz(std::int64_t n) { return static_cast<std::size_t>(n); }
+std::size_t sz(std::int64_t n) {
+  return static_cast<std::size_t>(n);
+}
 const kernels::exec_context ref_ctx{kernels::backend::reference, nullptr, nullptr};
 
 // y [t, out] = x [t, in] (row stride x_stride) @ w^T
@@ -53,7 +55,8 @@ status rms(const float* x, std::int64_t stride, const tensor& w, float* out, std
 
 status rope(float* x, std::int64_t t, std::int64_t row_stride, std::int64_t heads,
             std::int64_t head_stride, std::int64_t offset, std::int64_t rot_dim,
-            const std::vector<std::int64_t>& pos, const kernels::rope_table& table, bool interleave) {
+            const std::vector<std::int64_t>& pos, const kernels::rope_table& table,
+            bool interleave) {
   kernels::rope_params r;
   r.x = x;
   r.rows = t;
@@ -78,7 +81,8 @@ void causal_attention(const float* q, std::int64_t q_stride, const float* k, std
     double mx = -std::numeric_limits<double>::infinity();
     for (std::int64_t j = 0; j <= i; ++j) {
       double dot = 0.0;
-      for (std::int64_t d = 0; d < dk; ++d) dot += double{q[i * q_stride + d]} * k[j * k_stride + d];
+      for (std::int64_t d = 0; d < dk; ++d)
+        dot += double{q[i * q_stride + d]} * k[j * k_stride + d];
       p[sz(j)] = dot * scale;
       mx = std::max(mx, p[sz(j)]);
     }
@@ -115,8 +119,8 @@ status attention_gqa(const model_spec& s, const layer_weights& L, const vec& xn,
   HELIX_RETURN_IF_ERROR(matmul(xn.data(), L.q_proj, q.data(), t));
   HELIX_RETURN_IF_ERROR(matmul(xn.data(), L.k_proj, k.data(), t));
   HELIX_RETURN_IF_ERROR(matmul(xn.data(), L.v_proj, v.data(), t));
-  HELIX_RETURN_IF_ERROR(rope(q.data(), t, s.num_q_heads * d, s.num_q_heads, d, 0, d, pos, table,
-                             s.rope.interleave));
+  HELIX_RETURN_IF_ERROR(
+      rope(q.data(), t, s.num_q_heads * d, s.num_q_heads, d, 0, d, pos, table, s.rope.interleave));
   HELIX_RETURN_IF_ERROR(rope(k.data(), t, s.num_kv_heads * d, s.num_kv_heads, d, 0, d, pos, table,
                              s.rope.interleave));
   attn_out.assign(sz(t * s.num_q_heads * d), 0.0f);
@@ -148,7 +152,8 @@ status attention_mla(const model_spec& s, const layer_weights& L, const vec& xn,
   }
   vec kva(sz(t * kv_a_dim));
   HELIX_RETURN_IF_ERROR(matmul(xn.data(), L.kv_a_proj, kva.data(), t));
-  HELIX_RETURN_IF_ERROR(rms(kva.data(), kv_a_dim, L.kv_a_norm, kva.data(), t, m.kv_lora_rank, 1e-6f));
+  HELIX_RETURN_IF_ERROR(
+      rms(kva.data(), kv_a_dim, L.kv_a_norm, kva.data(), t, m.kv_lora_rank, 1e-6f));
   // Decompress: kv [t, Q, qk_nope + v_head] = latent @ kv_b_proj^T.
   const std::int64_t kvb = m.qk_nope_head_dim + m.v_head_dim;
   vec kv(sz(t * nq * kvb));

@@ -9,8 +9,12 @@
 namespace helix::model {
 namespace {
 
-tensor make(dtype t, std::int64_t rows, std::int64_t cols) { return tensor(t, {rows, cols}); }
-tensor make_vec(std::int64_t n) { return tensor(dtype::f32, {n}); }
+tensor make(dtype t, std::int64_t rows, std::int64_t cols) {
+  return tensor(t, {rows, cols});
+}
+tensor make_vec(std::int64_t n) {
+  return tensor(dtype::f32, {n});
+}
 
 mlp_weights make_mlp(dtype t, std::int64_t hidden, std::int64_t ffn) {
   return {make(t, ffn, hidden), make(t, ffn, hidden), make(t, hidden, ffn)};
@@ -21,8 +25,9 @@ mlp_weights make_mlp(dtype t, std::int64_t hidden, std::int64_t ffn) {
 expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_type) {
   HELIX_RETURN_IF_ERROR(spec.validate());
   if (weight_type == dtype::fp8_e4m3) {
-    return invalid_argument("weights: fp8_e4m3 is a KV storage type, not a weight type here "
-                            "(use f32, bf16 or f16)");
+    return invalid_argument(
+        "weights: fp8_e4m3 is a KV storage type, not a weight type here "
+        "(use f32, bf16 or f16)");
   }
   const dtype t = weight_type;
   const std::int64_t h = spec.hidden;
@@ -61,7 +66,8 @@ expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_ty
       const moe_spec& e = spec.moe;
       L.router = make(dtype::f32, e.num_experts, h);
       if (e.score_correction_bias) L.router_bias = make_vec(e.num_experts);
-      for (std::int64_t x = 0; x < e.num_experts; ++x) L.experts.push_back(make_mlp(t, h, e.expert_ffn));
+      for (std::int64_t x = 0; x < e.num_experts; ++x)
+        L.experts.push_back(make_mlp(t, h, e.expert_ffn));
       if (e.num_shared_experts > 0) L.shared = make_mlp(t, h, e.num_shared_experts * e.expert_ffn);
     } else {
       L.mlp = make_mlp(t, h, spec.ffn);
@@ -120,12 +126,19 @@ expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight
     tensor& t = *nt.t;
     const auto n = static_cast<std::uint64_t>(t.numel());
     for (std::uint64_t i = 0; i < n; ++i) {
-      const float u = 2.0f * random_uniform(seed, tensor_idx, 0, rng_purpose::weight_init, i) - 1.0f;
+      const float u =
+          2.0f * random_uniform(seed, tensor_idx, 0, rng_purpose::weight_init, i) - 1.0f;
       float v = 0.0f;
       switch (nt.role) {
-        case tensor_role::norm: v = 1.0f + 0.1f * u; break;
-        case tensor_role::embedding: v = u; break;
-        case tensor_role::router_bias: v = 0.1f * u; break;
+        case tensor_role::norm:
+          v = 1.0f + 0.1f * u;
+          break;
+        case tensor_role::embedding:
+          v = u;
+          break;
+        case tensor_role::router_bias:
+          v = 0.1f * u;
+          break;
         case tensor_role::linear:
         case tensor_role::router:
           v = u / std::sqrt(static_cast<float>(nt.fan_in));

@@ -48,7 +48,7 @@ struct layer_weights {
 struct model_weights {
   model_spec spec;
   dtype weight_type = dtype::f32;
-  tensor embed;       // [vocab, hidden]
+  tensor embed;  // [vocab, hidden]
   std::vector<layer_weights> layers;
   tensor final_norm;  // [hidden] f32
   tensor lm_head;     // [vocab, hidden]; empty when tie_word_embeddings (embed is used)

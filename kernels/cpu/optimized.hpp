@@ -7,8 +7,8 @@
 #include <cstddef>
 
 #include "core/thread_pool.hpp"
-#include "kernels/cpu/isa.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/cpu/isa.hpp"
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/merge.hpp"

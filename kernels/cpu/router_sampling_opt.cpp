@@ -128,8 +128,9 @@ struct row_ctx {
 /// As the reference. random_uniform is at most 1 - 2^-24, so the noise is finite and at most
 /// -log(-log(1 - 2^-24)) = 16.64.
 float gumbel(const row_ctx& row, std::int64_t token) {
-  const float u = random_uniform(row.o->seed, row.request_id, static_cast<std::uint64_t>(row.position),
-                                 rng_purpose::sampling, static_cast<std::uint64_t>(token));
+  const float u =
+      random_uniform(row.o->seed, row.request_id, static_cast<std::uint64_t>(row.position),
+                     rng_purpose::sampling, static_cast<std::uint64_t>(token));
   return -std::log(-std::log(u));
 }
 

@@ -46,16 +46,20 @@ constexpr std::int64_t max_chunks = 128;
 constexpr float log2e = 1.4426950408889634f;
 constexpr float ln2 = 0.6931471805599453f;
 
-constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-constexpr std::int64_t round_up(std::int64_t a, std::int64_t b) { return ceil_div(a, b) * b; }
+constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
+  return (a + b - 1) / b;
+}
+constexpr std::int64_t round_up(std::int64_t a, std::int64_t b) {
+  return ceil_div(a, b) * b;
+}
 
 struct attention_plan {
-  std::int64_t group = 1;        // query heads per KV head
-  std::int64_t num_rows = 0;     // num_queries * group rows per KV head
-  std::int64_t key_stride = 0;   // floats per staged key row (key_dim rounded up to 4)
-  std::int64_t value_stride = 0; // floats per staged value row (value_dim rounded up to 4)
-  std::int64_t tile_rows = 0;    // rows per CTA, a multiple of 4
-  std::int64_t tile_tokens = 0;  // keys staged at once, a multiple of 4
+  std::int64_t group = 1;         // query heads per KV head
+  std::int64_t num_rows = 0;      // num_queries * group rows per KV head
+  std::int64_t key_stride = 0;    // floats per staged key row (key_dim rounded up to 4)
+  std::int64_t value_stride = 0;  // floats per staged value row (value_dim rounded up to 4)
+  std::int64_t tile_rows = 0;     // rows per CTA, a multiple of 4
+  std::int64_t tile_tokens = 0;   // keys staged at once, a multiple of 4
   std::int64_t row_tiles = 0;
   std::int64_t chunk_blocks = 0;
   std::int64_t num_chunks = 1;
@@ -103,14 +107,12 @@ expected<attention_plan> make_plan(const attention_partial_params& p) {
     return failed_precondition("attention (cuda): {} row tiles or {} KV heads exceed the grid",
                                plan.row_tiles, l.num_kv_heads);
   }
-  plan.smem_bytes =
-      smem_bytes_for(l, rows, plan.tile_tokens, plan.key_stride, plan.value_stride);
+  plan.smem_bytes = smem_bytes_for(l, rows, plan.tile_tokens, plan.key_stride, plan.value_stride);
 
-  const std::int64_t min_chunk_blocks = std::max<std::int64_t>(
-      1, ceil_div(min_chunk_tokens, l.block_tokens));
-  const std::int64_t chunk_cap =
-      std::clamp<std::int64_t>(ceil_div(target_ctas, plan.row_tiles * l.num_kv_heads), 1,
-                               max_chunks);
+  const std::int64_t min_chunk_blocks =
+      std::max<std::int64_t>(1, ceil_div(min_chunk_tokens, l.block_tokens));
+  const std::int64_t chunk_cap = std::clamp<std::int64_t>(
+      ceil_div(target_ctas, plan.row_tiles * l.num_kv_heads), 1, max_chunks);
   const std::int64_t wanted =
       std::clamp<std::int64_t>(ceil_div(p.num_blocks, min_chunk_blocks), 1, chunk_cap);
   plan.chunk_bound = wanted;
@@ -374,7 +376,8 @@ __global__ void __launch_bounds__(attn_threads) attention_chunk_kernel(const att
         for (int r = warp; r < hr; r += attn_threads / 32) {
           const float s = lane < tn ? s_s[r * s_stride + lane] : -INFINITY;
           float mx = s;
-          for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+          for (int off = 16; off > 0; off >>= 1)
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
           const float m_old = m_s[r];
           const float m_new = fmaxf(m_old, mx);
           // -inf guards: a row that has seen no key yet keeps m = -inf, p = 0, never NaN.
@@ -466,15 +469,21 @@ status launch(const attention_args& args, const attention_plan& plan, cudaStream
 status launch_for_dtype(const attention_args& args, const attention_plan& plan,
                         cudaStream_t stream) {
   switch (args.layout.type) {
-    case dtype::f32: return launch<float>(args, plan, stream);
-    case dtype::bf16: return launch<bf16_t>(args, plan, stream);
-    case dtype::f16: return launch<f16_t>(args, plan, stream);
-    case dtype::fp8_e4m3: return launch<fp8_e4m3_t>(args, plan, stream);
+    case dtype::f32:
+      return launch<float>(args, plan, stream);
+    case dtype::bf16:
+      return launch<bf16_t>(args, plan, stream);
+    case dtype::f16:
+      return launch<f16_t>(args, plan, stream);
+    case dtype::fp8_e4m3:
+      return launch<fp8_e4m3_t>(args, plan, stream);
   }
   return failed_precondition("unsupported KV dtype {}", static_cast<int>(args.layout.type));
 }
 
-bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
+bool aligned16(const void* ptr) {
+  return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0;
+}
 
 std::size_t partial_out_floats(const attention_partial_params& p, std::int64_t chunks) {
   return static_cast<std::size_t>(chunks * p.num_queries * p.num_q_heads * p.layout.value_dim);
@@ -515,10 +524,10 @@ status attention_partial(const attention_partial_params& p, stream_handle stream
   args.causal = p.causal;
   // Every staged row starts on a 16-byte boundary when the pool, the page size and the row sizes
   // are multiples of 16 bytes (the value section starts after whole key rows).
-  args.vector_loads = aligned16(p.kv_pool) && l.page_bytes() % 16 == 0 &&
-                      (static_cast<std::size_t>(l.key_dim) * elem_bytes) % 16 == 0 &&
-                      (l.value_in_key ||
-                       (static_cast<std::size_t>(l.value_dim) * elem_bytes) % 16 == 0);
+  args.vector_loads =
+      aligned16(p.kv_pool) && l.page_bytes() % 16 == 0 &&
+      (static_cast<std::size_t>(l.key_dim) * elem_bytes) % 16 == 0 &&
+      (l.value_in_key || (static_cast<std::size_t>(l.value_dim) * elem_bytes) % 16 == 0);
   const bool split = plan.num_chunks > 1;
   if (split) {
     args.out = static_cast<float*>(p.workspace);

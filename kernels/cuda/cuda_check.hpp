@@ -18,14 +18,19 @@ namespace helix::kernels::cuda {
   (void)cudaGetLastError();
   errc code = errc::internal;
   switch (err) {
-    case cudaErrorMemoryAllocation: code = errc::resource_exhausted; break;
+    case cudaErrorMemoryAllocation:
+      code = errc::resource_exhausted;
+      break;
     case cudaErrorInsufficientDriver:
     case cudaErrorNoDevice:
     case cudaErrorInitializationError:
     case cudaErrorDevicesUnavailable:
     case cudaErrorSystemDriverMismatch:
-    case cudaErrorCompatNotSupportedOnDevice: code = errc::unavailable; break;
-    default: break;
+    case cudaErrorCompatNotSupportedOnDevice:
+      code = errc::unavailable;
+      break;
+    default:
+      break;
   }
   return make_error(code, "CUDA error {} ({}): {} (in {})", cudaGetErrorName(err),
                     static_cast<int>(err), cudaGetErrorString(err), what);
@@ -34,9 +39,9 @@ namespace helix::kernels::cuda {
 }  // namespace helix::kernels::cuda
 
 /// Returns a status from the enclosing function if the CUDA runtime call `expr` fails.
-#define HELIX_CUDA_RETURN_IF_ERROR(expr)                                      \
-  do {                                                                        \
-    const cudaError_t helix_cuda_err_ = (expr);                               \
-    if (helix_cuda_err_ != cudaSuccess) [[unlikely]]                          \
+#define HELIX_CUDA_RETURN_IF_ERROR(expr)                                        \
+  do {                                                                          \
+    const cudaError_t helix_cuda_err_ = (expr);                                 \
+    if (helix_cuda_err_ != cudaSuccess) [[unlikely]]                            \
       return ::helix::kernels::cuda::cuda_error_status(helix_cuda_err_, #expr); \
   } while (0)

@@ -26,8 +26,8 @@ expected<device_buffer> device_buffer::allocate(std::size_t bytes) {
   void* ptr = nullptr;
   const cudaError_t err = cudaMalloc(&ptr, bytes);
   if (err != cudaSuccess) {
-    return cuda_error_status(err, "cudaMalloc").with_context(
-        fmt::format("device_buffer: allocating {} bytes", bytes));
+    return cuda_error_status(err, "cudaMalloc")
+        .with_context(fmt::format("device_buffer: allocating {} bytes", bytes));
   }
   buf.data_ = ptr;
   buf.bytes_ = bytes;

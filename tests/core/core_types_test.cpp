@@ -107,7 +107,8 @@ TEST(Tensor, DefaultIsEmptyAndBuffersMove) {
   void* p = a.data();
   buffer b = std::move(a);
   EXPECT_EQ(b.data(), p);
-  EXPECT_EQ(a.data(), nullptr);  // NOLINT(bugprone-use-after-move): the moved-from state is the test
+  EXPECT_EQ(a.data(),
+            nullptr);  // NOLINT(bugprone-use-after-move): the moved-from state is the test
 }
 
 }  // namespace

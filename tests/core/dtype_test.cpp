@@ -33,7 +33,7 @@ TEST(Dtype, Fp8E4m3AllCodesRoundTrip) {
   EXPECT_EQ(to_f32(fp8_e4m3_t{0x7e}), 448.0f);
   EXPECT_EQ(to_f32(fp8_e4m3_t{0x01}), std::ldexp(1.0f, -9));
   EXPECT_EQ(to_f32(fp8_e4m3_t{0x08}), std::ldexp(1.0f, -6));
-  EXPECT_EQ(to_f32(to_fp8_e4m3(1e6f)), 448.0f);    // saturates
+  EXPECT_EQ(to_f32(to_fp8_e4m3(1e6f)), 448.0f);  // saturates
   EXPECT_EQ(to_f32(to_fp8_e4m3(-1e6f)), -448.0f);
   EXPECT_EQ(to_f32(to_fp8_e4m3(1.0625f)), 1.0f);   // tie to even (1.0 has even mantissa)
   EXPECT_EQ(to_f32(to_fp8_e4m3(1.1875f)), 1.25f);  // tie to even
@@ -60,9 +60,12 @@ TEST(Dtype, F16AndBf16AllCodesRoundTrip) {
 
 TEST(Dtype, RoundingErrorWithinHalfUlp) {
   for (float f = -3.0f; f < 3.0f; f += 0.0137f) {
-    EXPECT_LE(std::fabs(round_to(dtype::bf16, f) - f), std::fabs(f) * std::ldexp(1.0f, -8) + 1e-30f);
-    EXPECT_LE(std::fabs(round_to(dtype::f16, f) - f), std::fabs(f) * std::ldexp(1.0f, -11) + std::ldexp(1.0f, -25));
-    EXPECT_LE(std::fabs(round_to(dtype::fp8_e4m3, f) - f), std::fabs(f) * std::ldexp(1.0f, -4) + std::ldexp(1.0f, -10));
+    EXPECT_LE(std::fabs(round_to(dtype::bf16, f) - f),
+              std::fabs(f) * std::ldexp(1.0f, -8) + 1e-30f);
+    EXPECT_LE(std::fabs(round_to(dtype::f16, f) - f),
+              std::fabs(f) * std::ldexp(1.0f, -11) + std::ldexp(1.0f, -25));
+    EXPECT_LE(std::fabs(round_to(dtype::fp8_e4m3, f) - f),
+              std::fabs(f) * std::ldexp(1.0f, -4) + std::ldexp(1.0f, -10));
   }
 }
 

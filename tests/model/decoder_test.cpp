@@ -26,7 +26,8 @@ model_weights seeded(const std::string& name, dtype t = dtype::f32) {
 std::vector<std::int32_t> random_tokens(std::int64_t n, std::int64_t vocab, std::uint64_t stream) {
   std::vector<std::int32_t> out;
   for (std::int64_t i = 0; i < n; ++i) {
-    const auto u = random_words(7, stream, static_cast<std::uint64_t>(i), rng_purpose::test_data, 0)[0];
+    const auto u =
+        random_words(7, stream, static_cast<std::uint64_t>(i), rng_purpose::test_data, 0)[0];
     out.push_back(static_cast<std::int32_t>(u % static_cast<std::uint32_t>(vocab)));
   }
   return out;
@@ -77,7 +78,8 @@ TEST_P(IncrementalVsFull, LogitsMatchWithinTolerance) {
   for (std::int64_t chunk : {9, 12}) {
     decoder::batch_item item{seq, std::span<const std::int32_t>(tokens).subspan(pos, chunk), true};
     ASSERT_TRUE((*dec)->forward({&item, 1}, logits).ok());
-    worst = std::max(worst, max_abs_diff(logits.data(), full->as<float>() + pos * vocab, chunk * vocab));
+    worst = std::max(worst,
+                     max_abs_diff(logits.data(), full->as<float>() + pos * vocab, chunk * vocab));
     pos += chunk;
   }
   for (std::int64_t s = 0; s < steps; ++s, ++pos) {
@@ -102,7 +104,8 @@ INSTANTIATE_TEST_SUITE_P(
                       incremental_case{"tiny-deepseek", kernels::backend::cpu},
                       incremental_case{"tiny-deepseek", kernels::backend::reference}),
     [](const auto& info) {
-      std::string n = info.param.model + "_" + std::string(kernels::backend_name(info.param.backend));
+      std::string n =
+          info.param.model + "_" + std::string(kernels::backend_name(info.param.backend));
       std::replace(n.begin(), n.end(), '-', '_');
       return n;
     });
@@ -184,7 +187,8 @@ TEST(Decoder, SyntheticContextFillsPagesAndRespectsCapacity) {
     const auto* base = static_cast<const std::uint8_t*>((*dec)->kv().layer_pool(layer));
     for (const kv_block_ref& b : t.blocks()) {
       const void* page = base + l.page_bytes() * static_cast<std::size_t>(b.slot);
-      const float k = load_as_f32(page, l.type, static_cast<std::size_t>(l.key_offset(1, b.num_tokens - 1)));
+      const float k =
+          load_as_f32(page, l.type, static_cast<std::size_t>(l.key_offset(1, b.num_tokens - 1)));
       const float v = load_as_f32(page, l.type, static_cast<std::size_t>(l.value_offset(0, 0)));
       EXPECT_TRUE(k != 0.0f && k >= -1.0f && k < 1.0f) << k;
       EXPECT_TRUE(v != 0.0f && v >= -1.0f && v < 1.0f) << v;

@@ -47,8 +47,7 @@ TEST_P(HfFixture, GreedyTokensAndLogitsMatchExpected) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Checkpoints, HfFixture,
-                         ::testing::Values("llama-bf16", "deepseek-v3-f32"),
+INSTANTIATE_TEST_SUITE_P(Checkpoints, HfFixture, ::testing::Values("llama-bf16", "deepseek-v3-f32"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) {

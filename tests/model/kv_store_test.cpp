@@ -42,9 +42,10 @@ TEST(KvStore, WriteTokenUsesTheHeadMajorLayout) {
   s->write_token(1, 2, 3, k, v, 2.0f, 1.0f);
   const auto* page = static_cast<const float*>(s->page(1, 2));
   const kv_page_layout& l = s->layout();
-  EXPECT_EQ(page[l.key_offset(1, 3) + 2], 7.0f / 2.0f);  // head 1, token 3, dim 2; divided by k_scale
+  EXPECT_EQ(page[l.key_offset(1, 3) + 2],
+            7.0f / 2.0f);  // head 1, token 3, dim 2; divided by k_scale
   EXPECT_EQ(page[l.value_offset(0, 3) + 0], -1.0f);
-  EXPECT_EQ(page[l.key_offset(0, 0)], 0.0f);  // untouched
+  EXPECT_EQ(page[l.key_offset(0, 0)], 0.0f);                                          // untouched
   EXPECT_EQ(static_cast<const float*>(s->page(0, 2))[l.key_offset(1, 3) + 2], 0.0f);  // other layer
 }
 

@@ -37,8 +37,8 @@ constexpr double merge_lse_rel = 1e-6;
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 const exec_context cuda_ctx{backend::cuda, nullptr, nullptr};
 
-#define HELIX_SKIP_WITHOUT_GPU()                                              \
-  do {                                                                        \
+#define HELIX_SKIP_WITHOUT_GPU()                                                       \
+  do {                                                                                 \
     if (::helix::kernels::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device"; \
   } while (0)
 
@@ -92,8 +92,8 @@ struct device_fixture {
   static expected<device_fixture> create(const attn_fixture& f) {
     device_fixture d;
     HELIX_ASSIGN_OR_RETURN(d.q, upload(f.q.data(), f.q.size() * sizeof(float)));
-    HELIX_ASSIGN_OR_RETURN(d.query_pos, upload(f.query_pos.data(),
-                                               f.query_pos.size() * sizeof(std::int64_t)));
+    HELIX_ASSIGN_OR_RETURN(d.query_pos,
+                           upload(f.query_pos.data(), f.query_pos.size() * sizeof(std::int64_t)));
     HELIX_ASSIGN_OR_RETURN(d.pool, upload(f.pool.data(), f.pool.size()));
     HELIX_ASSIGN_OR_RETURN(d.blocks,
                            upload(f.blocks.data(), f.blocks.size() * sizeof(kv_block_ref)));
@@ -108,8 +108,8 @@ struct device_fixture {
     if (f.blocks.empty()) d.params.blocks = nullptr;
     d.params.out = static_cast<float*>(d.out.data());
     d.params.lse = static_cast<float*>(d.lse.data());
-    HELIX_ASSIGN_OR_RETURN(d.workspace, cuda::device_buffer::allocate(
-                                            attention_workspace_bytes(d.params, cuda_ctx)));
+    HELIX_ASSIGN_OR_RETURN(
+        d.workspace, cuda::device_buffer::allocate(attention_workspace_bytes(d.params, cuda_ctx)));
     d.params.workspace = d.workspace.data();
     d.params.workspace_bytes = d.workspace.bytes();
     return d;
@@ -487,7 +487,6 @@ TEST(CudaWithoutDevice, WorkspaceNeverShrinksAsContextGrows) {
     EXPECT_GT(prev, 0u) << "long contexts split";
   }
 }
-
 
 TEST(CudaWithoutDevice, ReportsNoDeviceAndFailsCleanly) {
   // This one runs where there is no GPU: it checks that nothing crashes and errors are clear.
