@@ -1,0 +1,469 @@
+#include "transport/local/local_communicator.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace helix::transport::local {
+
+std::string_view op_kind_name(op_kind k) noexcept {
+  switch (k) {
+    case op_kind::all_to_all:
+      return "all_to_all";
+    case op_kind::all_to_all_v:
+      return "all_to_all_v";
+    case op_kind::all_reduce:
+      return "all_reduce";
+    case op_kind::all_gather:
+      return "all_gather";
+    case op_kind::broadcast:
+      return "broadcast";
+    case op_kind::barrier:
+      return "barrier";
+  }
+  return "?";
+}
+
+void group_state::abort(const status& reason) {
+  std::lock_guard lk(mu);
+  if (!aborted.ok()) return;
+  aborted = reason;
+  for (auto& [seq, slot] : slots) {
+    if (slot->phase == op_phase::pending) {
+      slot->phase = op_phase::done;
+      slot->result = reason;
+    }
+  }
+  for (auto* queue : {&unmatched_sends, &unmatched_recvs}) {
+    for (auto& op : *queue) {
+      op->phase = op_phase::done;
+      op->result = reason;
+    }
+    queue->clear();
+  }
+  cv.notify_all();
+}
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+[[nodiscard]] bool overlaps(const void* a, std::size_t a_bytes, const void* b,
+                            std::size_t b_bytes) {
+  if (a_bytes == 0 || b_bytes == 0) return false;
+  const auto pa = reinterpret_cast<std::uintptr_t>(a);
+  const auto pb = reinterpret_cast<std::uintptr_t>(b);
+  return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+[[nodiscard]] std::byte* at(void* base, std::size_t elems, std::size_t elem_bytes) {
+  return static_cast<std::byte*>(base) + elems * elem_bytes;
+}
+[[nodiscard]] const std::byte* at(const void* base, std::size_t elems, std::size_t elem_bytes) {
+  return static_cast<const std::byte*>(base) + elems * elem_bytes;
+}
+
+// Checks that every rank's arguments agree; runs on the last arriver before any byte moves.
+[[nodiscard]] status validate(const coll_slot& slot, const std::vector<int>& members) {
+  const auto n = slot.posts.size();
+  const coll_post& p0 = slot.posts[0];
+  const auto name = op_kind_name(p0.kind);
+  for (std::size_t r = 0; r < n; ++r) {
+    const coll_post& p = slot.posts[r];
+    if (!p.local_error.ok()) {
+      return status(p.local_error.code(),
+                    fmt::format("{} #{}: rank {} (global {}): {}", op_kind_name(p.kind), slot.seq,
+                                r, members[r], p.local_error.message()));
+    }
+  }
+  for (std::size_t r = 1; r < n; ++r) {
+    const coll_post& p = slot.posts[r];
+    if (p.kind != p0.kind) {
+      return invalid_argument("collective #{}: rank {} (global {}) called {} but rank 0 called {}",
+                              slot.seq, r, members[r], op_kind_name(p.kind), name);
+    }
+    if (p.send.type != p0.send.type || p.recv.type != p0.recv.type) {
+      return invalid_argument("{} #{}: rank {} uses type {} but rank 0 uses {}", name, slot.seq, r,
+                              wire_type_name(p.recv.type), wire_type_name(p0.recv.type));
+    }
+    switch (p0.kind) {
+      case op_kind::all_to_all:
+      case op_kind::all_reduce:
+      case op_kind::all_gather:
+        if (p.send.count != p0.send.count) {
+          return invalid_argument(
+              "{} #{}: rank {} (global {}) sends {} elements but rank 0 sends {}", name, slot.seq,
+              r, members[r], p.send.count, p0.send.count);
+        }
+        break;
+      case op_kind::broadcast:
+        if (p.root != p0.root || p.recv.count != p0.recv.count) {
+          return invalid_argument(
+              "broadcast #{}: rank {} (global {}) has root {} and {} elements, rank 0 has root {} "
+              "and {} elements",
+              slot.seq, r, members[r], p.root, p.recv.count, p0.root, p0.recv.count);
+        }
+        break;
+      case op_kind::all_to_all_v:
+      case op_kind::barrier:
+        break;
+    }
+  }
+  if (p0.kind == op_kind::all_to_all_v) {
+    for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t j = 0; j < n; ++j) {
+        const std::size_t sent = slot.posts[i].v.send_counts[j];
+        const std::size_t expected_count = slot.posts[j].v.recv_counts[i];
+        if (sent != expected_count) {
+          return invalid_argument(
+              "all_to_all_v #{}: rank {} (global {}) sends {} elements to peer {} (global {}), "
+              "which expects {}",
+              slot.seq, i, members[i], sent, j, members[j], expected_count);
+        }
+      }
+    }
+  }
+  return ok_status();
+}
+
+// Moves the data of a validated collective; runs on the last arriver, without the group lock
+// (the slot is `copying`, so nobody else touches these buffers).
+void execute(const coll_slot& slot) {
+  const auto n = slot.posts.size();
+  const coll_post& p0 = slot.posts[0];
+  switch (p0.kind) {
+    case op_kind::all_to_all: {
+      const std::size_t es = wire_type_bytes(p0.send.type);
+      const std::size_t c = p0.send.count / n;
+      for (std::size_t r = 0; r < n; ++r) {
+        for (std::size_t j = 0; j < n; ++j) {
+          std::memcpy(at(slot.posts[r].recv.data, j * c, es),
+                      at(slot.posts[j].send.data, r * c, es), c * es);
+        }
+      }
+      break;
+    }
+    case op_kind::all_to_all_v: {
+      const std::size_t es = wire_type_bytes(p0.send.type);
+      for (std::size_t i = 0; i < n; ++i) {
+        const all_to_all_v_args& src = slot.posts[i].v;
+        for (std::size_t j = 0; j < n; ++j) {
+          const all_to_all_v_args& dst = slot.posts[j].v;
+          const std::size_t c = src.send_counts[j];
+          if (c == 0) continue;
+          std::memcpy(at(dst.recv.data, dst.recv_offsets[i], es),
+                      at(src.send.data, src.send_offsets[j], es), c * es);
+        }
+      }
+      break;
+    }
+    case op_kind::all_reduce: {
+      // Fixed order r = 0..n-1 per element, then the same float to every rank: bit-identical and
+      // independent of arrival order. Blocked through a small stack buffer so that in-place calls
+      // (send == recv) read every input of a block before writing any output of it.
+      constexpr std::size_t block = 512;
+      float sum[block];
+      const std::size_t count = p0.send.count;
+      for (std::size_t base = 0; base < count; base += block) {
+        const std::size_t m = std::min(block, count - base);
+        const auto* s0 = static_cast<const float*>(slot.posts[0].send.data) + base;
+        std::copy(s0, s0 + m, sum);
+        for (std::size_t r = 1; r < n; ++r) {
+          const auto* s = static_cast<const float*>(slot.posts[r].send.data) + base;
+          for (std::size_t i = 0; i < m; ++i) sum[i] += s[i];
+        }
+        for (std::size_t r = 0; r < n; ++r) {
+          std::memcpy(static_cast<float*>(slot.posts[r].recv.data) + base, sum, m * sizeof(float));
+        }
+      }
+      break;
+    }
+    case op_kind::all_gather: {
+      const std::size_t bytes = p0.send.bytes();
+      for (std::size_t r = 0; r < n; ++r) {
+        for (std::size_t j = 0; j < n; ++j) {
+          std::byte* dst = static_cast<std::byte*>(slot.posts[r].recv.data) + j * bytes;
+          if (dst != slot.posts[j].send.data) std::memcpy(dst, slot.posts[j].send.data, bytes);
+        }
+      }
+      break;
+    }
+    case op_kind::broadcast: {
+      const auto root = static_cast<std::size_t>(p0.root);
+      const recv_buf& src = slot.posts[root].recv;
+      for (std::size_t r = 0; r < n; ++r) {
+        if (r != root && slot.posts[r].recv.data != src.data) {
+          std::memcpy(slot.posts[r].recv.data, src.data, src.bytes());
+        }
+      }
+      break;
+    }
+    case op_kind::barrier:
+      break;
+  }
+}
+
+// One rank's handle on a posted collective or point-to-point operation. `phase` and `result`
+// point into the shared slot or p2p op; `on_timeout` runs under the group lock when the deadline
+// passed while the op was still pending.
+class local_request final : public request_impl {
+ public:
+  local_request(std::shared_ptr<group_state> group, std::shared_ptr<coll_slot> slot,
+                std::optional<clock::time_point> deadline, int rank)
+      : group_(std::move(group)), slot_(std::move(slot)), deadline_(deadline), rank_(rank) {}
+  local_request(std::shared_ptr<group_state> group, std::shared_ptr<p2p_op> op,
+                std::optional<clock::time_point> deadline, int rank)
+      : group_(std::move(group)), op_(std::move(op)), deadline_(deadline), rank_(rank) {}
+
+  status wait() override {
+    std::unique_lock lk(group_->mu);
+    const auto is_done = [&] { return phase() == op_phase::done; };
+    if (deadline_ && !group_->cv.wait_until(lk, *deadline_, is_done)) {
+      if (phase() == op_phase::pending) {
+        fail_on_timeout();
+        group_->cv.notify_all();
+      }
+    }
+    group_->cv.wait(lk, is_done);  // copying in progress: bounded, the copier finishes it
+    return slot_ ? slot_->result : op_->result;
+  }
+
+  bool test() override {
+    std::lock_guard lk(group_->mu);
+    return phase() == op_phase::done;
+  }
+
+ private:
+  op_phase phase() const { return slot_ ? slot_->phase : op_->phase; }
+
+  void fail_on_timeout() {
+    if (slot_) {
+      std::string missing;
+      for (std::size_t r = 0; r < slot_->arrived.size(); ++r) {
+        if (!slot_->arrived[r]) missing += fmt::format("{}{}", missing.empty() ? "" : ",", r);
+      }
+      slot_->phase = op_phase::done;
+      slot_->result = make_error(
+          errc::deadline_exceeded, "{} #{}: rank {} (global {}) timed out waiting for ranks [{}]",
+          op_kind_name(slot_->posts[static_cast<std::size_t>(rank_)].kind), slot_->seq, rank_,
+          group_->members[static_cast<std::size_t>(rank_)], missing);
+      return;
+    }
+    auto& queue = op_->is_send ? group_->unmatched_sends : group_->unmatched_recvs;
+    std::erase(queue, op_);
+    op_->phase = op_phase::done;
+    const int peer = op_->is_send ? op_->dst : op_->src;
+    op_->result = make_error(
+        errc::deadline_exceeded, "{} rank {} (global {}) -> peer {} (global {}) tag {}: timed out",
+        op_->is_send ? "send" : "recv", rank_, group_->members[static_cast<std::size_t>(rank_)],
+        peer, group_->members[static_cast<std::size_t>(peer)], op_->tag);
+  }
+
+  std::shared_ptr<group_state> group_;
+  std::shared_ptr<coll_slot> slot_;
+  std::shared_ptr<p2p_op> op_;
+  std::optional<clock::time_point> deadline_;
+  int rank_;
+};
+
+}  // namespace
+
+local_communicator::local_communicator(std::shared_ptr<group_state> group, int rank,
+                                       std::chrono::milliseconds default_timeout)
+    : group_(std::move(group)), rank_(rank), default_timeout_(default_timeout) {}
+
+std::optional<clock::time_point> local_communicator::deadline(const call_options& opts) const {
+  const auto timeout = opts.timeout.count() > 0 ? opts.timeout : default_timeout_;
+  if (timeout.count() <= 0) return std::nullopt;
+  return clock::now() + timeout;
+}
+
+request local_communicator::post_collective(coll_post post, const call_options& opts) {
+  const auto n = static_cast<std::size_t>(size());
+  const auto me = static_cast<std::size_t>(rank_);
+  const std::uint64_t seq = next_seq_++;  // taken even on error so ranks stay in step
+  const auto dl = deadline(opts);
+  std::unique_lock lk(group_->mu);
+  if (!group_->aborted.ok()) return request::done(group_->aborted);
+  auto& entry = group_->slots[seq];
+  if (!entry) {
+    entry = std::make_shared<coll_slot>();
+    entry->seq = seq;
+    entry->posts.resize(n);
+    entry->arrived.assign(n, false);
+  }
+  std::shared_ptr<coll_slot> slot = entry;
+  slot->posts[me] = std::move(post);
+  slot->arrived[me] = true;
+  ++slot->num_arrived;
+  const bool last = slot->num_arrived == static_cast<int>(n);
+  if (last) group_->slots.erase(seq);
+  if (last && slot->phase == op_phase::pending) {
+    slot->phase = op_phase::copying;
+    lk.unlock();
+    status st = validate(*slot, group_->members);
+    if (st.ok()) execute(*slot);
+    lk.lock();
+    slot->result = std::move(st);
+    slot->phase = op_phase::done;
+    group_->cv.notify_all();
+  }
+  return request(std::make_unique<local_request>(group_, std::move(slot), dl, rank_));
+}
+
+request local_communicator::iall_to_all(send_buf send, recv_buf recv, const call_options& opts) {
+  coll_post p{.kind = op_kind::all_to_all, .send = send, .recv = recv};
+  const auto n = static_cast<std::size_t>(size());
+  if (send.count != recv.count || send.type != recv.type) {
+    p.local_error =
+        invalid_argument("send has {} {} elements but recv has {} {}", send.count,
+                         wire_type_name(send.type), recv.count, wire_type_name(recv.type));
+  } else if (send.count % n != 0) {
+    p.local_error =
+        invalid_argument("{} elements do not split evenly over {} ranks", send.count, n);
+  } else if (overlaps(send.data, send.bytes(), recv.data, recv.bytes())) {
+    p.local_error = invalid_argument("send and recv buffers overlap");
+  }
+  return post_collective(std::move(p), opts);
+}
+
+request local_communicator::iall_to_all_v(const all_to_all_v_args& args, const call_options& opts) {
+  coll_post p{.kind = op_kind::all_to_all_v, .send = args.send, .recv = args.recv, .v = args};
+  const auto n = static_cast<std::size_t>(size());
+  auto check = [&]() -> status {
+    if (args.send.type != args.recv.type) {
+      return invalid_argument("send type {} != recv type {}", wire_type_name(args.send.type),
+                              wire_type_name(args.recv.type));
+    }
+    if (args.send_counts.size() != n || args.send_offsets.size() != n ||
+        args.recv_counts.size() != n || args.recv_offsets.size() != n) {
+      return invalid_argument("counts/offsets need {} entries, got {}/{}/{}/{}", n,
+                              args.send_counts.size(), args.send_offsets.size(),
+                              args.recv_counts.size(), args.recv_offsets.size());
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+      if (args.send_offsets[j] + args.send_counts[j] > args.send.count) {
+        return invalid_argument("send slice for peer {} [{}, +{}) exceeds send buffer of {}", j,
+                                args.send_offsets[j], args.send_counts[j], args.send.count);
+      }
+      if (args.recv_offsets[j] + args.recv_counts[j] > args.recv.count) {
+        return invalid_argument("recv slice from peer {} [{}, +{}) exceeds recv buffer of {}", j,
+                                args.recv_offsets[j], args.recv_counts[j], args.recv.count);
+      }
+    }
+    if (overlaps(args.send.data, args.send.bytes(), args.recv.data, args.recv.bytes())) {
+      return invalid_argument("send and recv buffers overlap");
+    }
+    return ok_status();
+  };
+  p.local_error = check();
+  if (!p.local_error.ok()) p.v = {};  // never read the caller's spans on the error path
+  return post_collective(std::move(p), opts);
+}
+
+request local_communicator::iall_reduce(send_buf send, recv_buf recv, reduce_op op,
+                                        const call_options& opts) {
+  coll_post p{.kind = op_kind::all_reduce, .send = send, .recv = recv, .op = op};
+  if (send.type != wire_type::f32 || recv.type != wire_type::f32) {
+    p.local_error = failed_precondition("local all_reduce supports f32 only, got {} -> {}",
+                                        wire_type_name(send.type), wire_type_name(recv.type));
+  } else if (send.count != recv.count) {
+    p.local_error =
+        invalid_argument("send has {} elements but recv has {}", send.count, recv.count);
+  } else if (send.data != recv.data && overlaps(send.data, send.bytes(), recv.data, recv.bytes())) {
+    p.local_error = invalid_argument("send and recv overlap without being the same buffer");
+  }
+  return post_collective(std::move(p), opts);
+}
+
+request local_communicator::iall_gather(send_buf send, recv_buf recv, const call_options& opts) {
+  coll_post p{.kind = op_kind::all_gather, .send = send, .recv = recv};
+  const auto n = static_cast<std::size_t>(size());
+  if (send.type != recv.type || recv.count != n * send.count) {
+    p.local_error =
+        invalid_argument("recv needs {} x {} {} elements, has {} {}", n, send.count,
+                         wire_type_name(send.type), recv.count, wire_type_name(recv.type));
+  } else if (send.data != at(recv.data, static_cast<std::size_t>(rank_) * send.count,
+                             wire_type_bytes(send.type)) &&
+             overlaps(send.data, send.bytes(), recv.data, recv.bytes())) {
+    p.local_error = invalid_argument("send overlaps recv other than at this rank's slice");
+  }
+  return post_collective(std::move(p), opts);
+}
+
+request local_communicator::ibroadcast(recv_buf buf, int root, const call_options& opts) {
+  coll_post p{.kind = op_kind::broadcast,
+              .send = {buf.data, buf.count, buf.type},
+              .recv = buf,
+              .root = root};
+  if (root < 0 || root >= size()) {
+    p.local_error = invalid_argument("root {} outside group of {}", root, size());
+  }
+  return post_collective(std::move(p), opts);
+}
+
+request local_communicator::ibarrier(const call_options& opts) {
+  return post_collective(coll_post{.kind = op_kind::barrier}, opts);
+}
+
+request local_communicator::post_p2p(std::shared_ptr<p2p_op> op, const call_options& opts) {
+  const int peer = op->is_send ? op->dst : op->src;
+  if (peer < 0 || peer >= size()) {
+    return request::done(invalid_argument("{} rank {}: peer {} outside group of {}",
+                                          op->is_send ? "send" : "recv", rank_, peer, size()));
+  }
+  const auto dl = deadline(opts);
+  std::unique_lock lk(group_->mu);
+  if (!group_->aborted.ok()) return request::done(group_->aborted);
+  // Match the oldest opposite operation of the same (src, dst, tag): per-triple FIFO order.
+  auto& others = op->is_send ? group_->unmatched_recvs : group_->unmatched_sends;
+  const auto it = std::find_if(others.begin(), others.end(), [&](const auto& o) {
+    return o->src == op->src && o->dst == op->dst && o->tag == op->tag;
+  });
+  if (it == others.end()) {
+    (op->is_send ? group_->unmatched_sends : group_->unmatched_recvs).push_back(op);
+    return request(std::make_unique<local_request>(group_, std::move(op), dl, rank_));
+  }
+  std::shared_ptr<p2p_op> other = *it;
+  others.erase(it);
+  p2p_op& s = op->is_send ? *op : *other;
+  p2p_op& r = op->is_send ? *other : *op;
+  op->phase = other->phase = op_phase::copying;
+  lk.unlock();
+  status st;
+  if (s.send.count != r.recv.count || s.send.type != r.recv.type) {
+    st = invalid_argument(
+        "send rank {} (global {}) -> rank {} (global {}) tag {}: sends {} {} but "
+        "recv expects {} {}",
+        s.src, group_->members[static_cast<std::size_t>(s.src)], s.dst,
+        group_->members[static_cast<std::size_t>(s.dst)], s.tag, s.send.count,
+        wire_type_name(s.send.type), r.recv.count, wire_type_name(r.recv.type));
+  } else if (s.send.bytes() > 0) {
+    std::memcpy(r.recv.data, s.send.data, s.send.bytes());
+  }
+  lk.lock();
+  op->result = other->result = st;
+  op->phase = other->phase = op_phase::done;
+  group_->cv.notify_all();
+  return request(std::make_unique<local_request>(group_, std::move(op), dl, rank_));
+}
+
+request local_communicator::isend(send_buf buf, int peer, int tag, const call_options& opts) {
+  auto op = std::make_shared<p2p_op>();
+  op->src = rank_;
+  op->dst = peer;
+  op->tag = tag;
+  op->is_send = true;
+  op->send = buf;
+  return post_p2p(std::move(op), opts);
+}
+
+request local_communicator::irecv(recv_buf buf, int peer, int tag, const call_options& opts) {
+  auto op = std::make_shared<p2p_op>();
+  op->src = peer;
+  op->dst = rank_;
+  op->tag = tag;
+  op->recv = buf;
+  return post_p2p(std::move(op), opts);
+}
+
+}  // namespace helix::transport::local
