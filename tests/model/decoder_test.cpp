@@ -220,7 +220,7 @@ TEST(Decoder, StopTokenEndsRequest) {
   EXPECT_EQ(static_cast<std::int64_t>((*stopped)[0].tokens.size()), first_stop + 1);
 }
 
-// bf16 weights and KV (and fp8 KV) stay close to the f32 decoder.
+// Low-precision KV (bf16, f16, fp8_e4m3) stays close to the f32 KV decoder.
 TEST(Decoder, LowPrecisionKvCloseToF32) {
   const model_weights w = seeded("tiny-llama");
   const auto tokens = random_tokens(40, w.spec.vocab, 3);
