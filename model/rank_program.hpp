@@ -1,0 +1,155 @@
+// The per-rank layer program of Helix parallelism (ARCHITECTURE.md section 2, steps 1-9): what one
+// rank of an N-rank layout computes for one batched step, talking to its peers through
+// transport/ communicators.
+//
+// This is the first slice of the multi-worker program: dense GQA models only (MLA, MoE and HOP-B
+// come next; create() says so with failed_precondition). Per layer, every rank
+//   1. RMSNorms the replicated x [rows, H];
+//   2. projects q, k, v for its TPA column (q [rows, Q/TPA, D], k,v [rows, K/TPA, D]) and applies
+//      RoPE at the tokens' global positions;
+//   3. writes each new token's k,v only on the KVP member that owns the token's block. Ownership
+//      comes from the sequence's block table, whose new blocks are placed by the planner's rule
+//      (planner::kv_block_owner with an offset from planner::choose_join_offset, chosen when the
+//      sequence opens). Every rank of every column runs the same deterministic placement over the
+//      same inputs, so all ranks hold the same table view (rank of each block, positions); a
+//      block's slot is meaningful only on its owner (other ranks record slot 0);
+//   4. runs partial attention over the blocks it holds (none: lse = -inf, out = 0);
+//   5. all-to-alls the partials inside its KVP group along the head axis: member j receives the
+//      out and lse of head slice j (Q/N heads) from every peer, in one packed buffer per peer;
+//   6. merges them exactly (kernels::lse_merge, peers in kvp order);
+//   7. multiplies by its o_proj column slice, all-reduces the [rows, H] partial over the world and
+//      adds it to the residual;
+//   8. runs its slice [f0, f1) of the dense FFN, all-reduces over the world, adds the residual.
+//   9. After the last layer: final norm and its LM-head rows [v0, v1). forward() then all-gathers
+//      the vocabulary shards (padded to the largest shard) so every rank returns full logits;
+//      exact sharded sampling without the gather (kernels/sharded_sampling.hpp) is for later.
+//
+// Collectives are called in the same order on every rank, and every error a rank can detect on
+// its own (bad items, validation) is a pure function of the step's inputs, so all ranks fail
+// together before any collective. KV capacity differs per rank (each holds different blocks), so
+// forward() agrees on it with one small all-reduce before changing anything: either every rank
+// reserves the step's blocks or every rank returns resource_exhausted.
+//
+// One rank_program per rank, each driven by its own thread (the communicators block without
+// spinning). Owns its weight shard and KV store; not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "core/block_table.hpp"
+#include "core/layout.hpp"
+#include "core/thread_pool.hpp"
+#include "kernels/exec.hpp"
+#include "kernels/rope.hpp"
+#include "model/decoder.hpp"
+#include "model/kv_store.hpp"
+#include "model/sharding.hpp"
+#include "model/weights.hpp"
+#include "transport/communicator.hpp"
+
+namespace helix::model {
+
+struct rank_program_options {
+  std::int64_t block_tokens = default_block_tokens;
+  std::int64_t kv_capacity_tokens = 1 << 14;  // this rank's store, rounded up to whole blocks
+  std::int64_t max_batch_tokens = 256;        // rows per forward(); sizes the workspaces
+  int num_threads = 1;  // cpu kernel threads of this rank; 1 = the calling thread only
+};
+
+class rank_program {
+ public:
+  using batch_item = decoder::batch_item;
+
+  /// `world`: this rank's communicator over all N ranks (group rank == global rank).
+  /// `kvp_group`: its communicator over layout.kvp_group(tpa_idx), in kvp_idx order.
+  /// invalid_argument for a layout that breaks a rule for the model, a rank outside [0, N),
+  /// communicators whose size or members do not match the layout, or bad options;
+  /// failed_precondition for MLA or MoE models (not in this slice).
+  [[nodiscard]] static expected<std::unique_ptr<rank_program>> create(
+      const model_weights& full, const helix::layout& l, std::int64_t rank,
+      std::unique_ptr<transport::communicator> world,
+      std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options);
+
+  [[nodiscard]] std::int64_t rank() const { return w_.rank; }
+  [[nodiscard]] const helix::layout& grid() const { return w_.layout; }
+  [[nodiscard]] const model_spec& spec() const { return w_.spec; }
+  [[nodiscard]] const rank_weights& weights() const { return w_; }
+  [[nodiscard]] const kv_store& kv() const { return kv_; }
+
+  /// A new, empty sequence. Ids count up from 1 identically on every rank, so ranks that open
+  /// sequences in the same order agree on them. Chooses the sequence's placement offset (a pure
+  /// function of the step clock and the column's current load: the same on every rank).
+  [[nodiscard]] expected<std::uint64_t> open_sequence();
+  /// Frees the blocks this rank holds for the sequence; not_found for an unknown id.
+  [[nodiscard]] status close_sequence(std::uint64_t seq);
+  /// The sequence's block table (same view on every rank); HELIX_CHECKs that it exists.
+  [[nodiscard]] const block_table& table(std::uint64_t seq) const;
+
+  /// One step, collectively with every other rank (same items on all). `logits` must hold
+  /// decoder::logits_rows(items) * vocab floats: full logits, rows in item order, on every rank.
+  /// Errors as decoder::forward (identical on every rank); a transport failure is returned as is
+  /// and leaves the step's tokens appended.
+  [[nodiscard]] status forward(std::span<const batch_item> items, std::span<float> logits);
+
+ private:
+  struct passkey {};
+
+ public:
+  /// Use create(); public only for std::make_unique.
+  rank_program(passkey, rank_weights w, std::unique_ptr<transport::communicator> world,
+               std::unique_ptr<transport::communicator> kvp_group,
+               const rank_program_options& options, kv_store kv);
+
+ private:
+  struct sequence {
+    block_table table;
+    std::int64_t offset = 0;  // placement offset (planner), fixed at open
+  };
+  // Where one row's new k,v go; slot < 0 when another KVP member owns the token's block.
+  struct row_info {
+    std::int32_t slot = -1;
+    std::int32_t slot_offset = 0;
+  };
+
+  [[nodiscard]] kernels::exec_context ctx() const;
+  [[nodiscard]] status validate_items(std::span<const batch_item> items,
+                                      std::span<const float> logits, std::int64_t& rows) const;
+  [[nodiscard]] status reserve_kv(std::span<const batch_item> items);
+  [[nodiscard]] status attention(std::int64_t layer_idx, std::span<const batch_item> items,
+                                 std::int64_t rows);
+  [[nodiscard]] status ffn(std::int64_t layer_idx, std::int64_t rows);
+  [[nodiscard]] status lm_head(std::span<const batch_item> items, std::int64_t rows,
+                               std::span<float> logits);
+  [[nodiscard]] status linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
+                              std::int64_t y_stride, std::int64_t rows, bool accumulate = false);
+  [[nodiscard]] status all_reduce_add(std::int64_t rows);
+
+  rank_weights w_;
+  std::unique_ptr<transport::communicator> world_;
+  std::unique_ptr<transport::communicator> kvp_;
+  rank_program_options opt_;
+  kv_store kv_;
+  std::unique_ptr<thread_pool> pool_;  // null: kernels run on the calling thread
+  kernels::rope_table rope_;
+  std::int64_t tpa_idx_ = 0;
+  std::int64_t kvp_idx_ = 0;
+  std::int64_t step_ = 0;  // global step clock (forward() calls), the placement rule's rotation
+  std::unordered_map<std::uint64_t, sequence> seqs_;
+  std::vector<std::uint64_t> open_order_;  // live sequence ids in open order (deterministic)
+  std::uint64_t next_seq_ = 1;
+
+  // Workspaces, sized once for max_batch_tokens rows (attention scratch grows with context).
+  std::vector<float> x_, xn_, q_, k_, v_, part_out_, part_lse_, send_, recv_, merge_out_,
+      merge_lse_, attn_, partial_, gate_, up_, shard_logits_, gathered_;
+  std::vector<std::int32_t> token_ids_;
+  std::vector<std::int64_t> positions_;
+  std::vector<row_info> rows_;
+  std::vector<kv_block_ref> local_blocks_;
+  std::vector<std::uint8_t> attn_workspace_;
+};
+
+}  // namespace helix::model

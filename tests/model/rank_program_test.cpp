@@ -1,0 +1,314 @@
+// The multi-worker layer program (dense GQA slice) against the single-worker decoder: N ranks as
+// threads of one process over the local fabric, under several helix layouts, must give the
+// decoder's logits (f32, max abs diff <= 1e-4) over chunked prefill and decode, with short
+// contexts (KVP members without KV) and batches of sequences of different lengths.
+#include "model/rank_program.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "core/rng.hpp"
+#include "transport/transport.hpp"
+
+namespace helix::model {
+namespace {
+
+constexpr float tolerance = 1e-4f;
+
+std::size_t sz_of(std::int64_t n) {
+  return static_cast<std::size_t>(n);
+}
+
+model_weights seeded(const std::string& name) {
+  auto spec = builtin_model(name);
+  EXPECT_TRUE(spec.has_value()) << spec.error().to_string();
+  auto w = init_seeded_weights(*spec, dtype::f32, 1234);
+  EXPECT_TRUE(w.has_value()) << w.error().to_string();
+  return std::move(w).value();
+}
+
+std::vector<std::int32_t> random_tokens(std::int64_t n, std::int64_t vocab, std::uint64_t stream) {
+  std::vector<std::int32_t> out;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto u =
+        random_words(7, stream, static_cast<std::uint64_t>(i), rng_purpose::test_data, 0)[0];
+    out.push_back(static_cast<std::int32_t>(u % static_cast<std::uint32_t>(vocab)));
+  }
+  return out;
+}
+
+// A scripted run: `num_seqs` sequences opened up front (ids 1..num_seqs on every program), then
+// one forward() per step.
+struct script_item {
+  std::uint64_t seq = 0;
+  std::vector<std::int32_t> tokens;
+  bool all_logits = false;
+};
+using script_step = std::vector<script_item>;
+struct script {
+  std::int64_t num_seqs = 1;
+  std::vector<script_step> steps;
+};
+
+std::vector<decoder::batch_item> to_items(const script_step& step) {
+  std::vector<decoder::batch_item> items;
+  for (const script_item& it : step) items.push_back({it.seq, it.tokens, it.all_logits});
+  return items;
+}
+
+// Logits of every step from the single-worker decoder.
+expected<std::vector<std::vector<float>>> run_reference(const model_weights& w, const script& s) {
+  decoder_options o;
+  o.num_threads = 1;
+  HELIX_ASSIGN_OR_RETURN(auto dec, decoder::create(w, o));
+  for (std::int64_t i = 0; i < s.num_seqs; ++i) (void)dec->open_sequence();
+  std::vector<std::vector<float>> out;
+  for (const script_step& step : s.steps) {
+    const auto items = to_items(step);
+    std::vector<float> logits(sz_of(decoder::logits_rows(items) * w.spec.vocab));
+    HELIX_RETURN_IF_ERROR(dec->forward(items, logits));
+    out.push_back(std::move(logits));
+  }
+  return out;
+}
+
+// What one sharded run produced.
+struct sharded_result {
+  std::vector<std::vector<float>> logits;         // per step, from rank 0
+  bool ranks_agree = true;                        // every rank returned bit-identical logits
+  std::vector<std::vector<std::int32_t>> owners;  // per sequence: owner rank of each block (rank 0)
+  bool tables_agree = true;  // same block ranks and positions on every rank of the column
+  std::vector<std::int64_t> used_slots;  // per rank at the end
+};
+
+// Spawns one thread per rank of `layout_text`, each driving its own rank_program through the
+// script. A failing rank aborts the fabric so that its peers return instead of waiting forever.
+expected<sharded_result> run_sharded_forward(const model_weights& w, std::string_view layout_text,
+                                             const script& s,
+                                             const rank_program_options& options = {}) {
+  HELIX_ASSIGN_OR_RETURN(const layout l, layout::parse(layout_text));
+  const auto n = static_cast<int>(l.num_ranks);
+  HELIX_ASSIGN_OR_RETURN(auto fab, transport::make_local_fabric(n));
+  std::vector<status> results(sz_of(n), ok_status());
+  std::vector<std::vector<std::vector<float>>> logits(sz_of(n));
+  std::vector<std::vector<std::vector<kv_block_ref>>> tables(sz_of(n));
+  std::vector<std::int64_t> used(sz_of(n), 0);
+  auto body = [&](int r) -> status {
+    HELIX_ASSIGN_OR_RETURN(auto world, fab->make_world(r));
+    std::vector<int> group;
+    for (std::int64_t g : l.kvp_group(l.attention_coords(r).tpa_idx)) {
+      group.push_back(static_cast<int>(g));
+    }
+    HELIX_ASSIGN_OR_RETURN(auto kvp, fab->make_communicator(r, group));
+    HELIX_ASSIGN_OR_RETURN(
+        auto prog, rank_program::create(w, l, r, std::move(world), std::move(kvp), options));
+    for (std::int64_t i = 0; i < s.num_seqs; ++i) {
+      HELIX_ASSIGN_OR_RETURN(const std::uint64_t id, prog->open_sequence());
+      if (id != static_cast<std::uint64_t>(i + 1)) return internal_error("sequence id {}", id);
+    }
+    for (const script_step& step : s.steps) {
+      const auto items = to_items(step);
+      std::vector<float> out(sz_of(decoder::logits_rows(items) * w.spec.vocab));
+      HELIX_RETURN_IF_ERROR(prog->forward(items, out));
+      logits[sz_of(r)].push_back(std::move(out));
+    }
+    for (std::int64_t i = 0; i < s.num_seqs; ++i) {
+      const auto t = prog->table(static_cast<std::uint64_t>(i + 1)).blocks();
+      tables[sz_of(r)].emplace_back(t.begin(), t.end());
+    }
+    used[sz_of(r)] = prog->kv().used_slots();
+    return ok_status();
+  };
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      results[sz_of(r)] = body(r);
+      if (!results[sz_of(r)].ok()) fab->abort(results[sz_of(r)]);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const status& st : results) HELIX_RETURN_IF_ERROR(st);
+
+  sharded_result res;
+  res.logits = logits[0];
+  res.used_slots = used;
+  for (int r = 1; r < n; ++r) res.ranks_agree = res.ranks_agree && logits[sz_of(r)] == logits[0];
+  for (const auto& t : tables[0]) {
+    std::vector<std::int32_t> owners;
+    for (const kv_block_ref& b : t) owners.push_back(b.rank);
+    res.owners.push_back(std::move(owners));
+  }
+  // Ranks of one column must see the same table; other columns place on the same kvp_idx.
+  for (int r = 0; r < n; ++r) {
+    for (std::size_t q = 0; q < tables[0].size(); ++q) {
+      const auto& a = tables[0][q];
+      const auto& b = tables[sz_of(r)][q];
+      if (a.size() != b.size()) {
+        res.tables_agree = false;
+        continue;
+      }
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        const bool same =
+            l.attention_coords(a[i].rank).kvp_idx == l.attention_coords(b[i].rank).kvp_idx &&
+            l.attention_coords(b[i].rank).tpa_idx == l.attention_coords(r).tpa_idx &&
+            a[i].first_pos == b[i].first_pos && a[i].num_tokens == b[i].num_tokens;
+        res.tables_agree = res.tables_agree && same;
+      }
+    }
+  }
+  return res;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  float m = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+void expect_matches_reference(const model_weights& w, std::string_view layout_text, const script& s,
+                              sharded_result* out = nullptr) {
+  auto ref = run_reference(w, s);
+  ASSERT_TRUE(ref.has_value()) << ref.error().to_string();
+  auto got = run_sharded_forward(w, layout_text, s);
+  ASSERT_TRUE(got.has_value()) << layout_text << ": " << got.error().to_string();
+  ASSERT_EQ(got->logits.size(), ref->size());
+  for (std::size_t i = 0; i < ref->size(); ++i) {
+    const float diff = max_abs_diff(got->logits[i], (*ref)[i]);
+    EXPECT_LE(diff, tolerance) << layout_text << " step " << i;
+  }
+  EXPECT_TRUE(got->ranks_agree) << layout_text << ": ranks returned different logits";
+  EXPECT_TRUE(got->tables_agree) << layout_text << ": block tables differ between ranks";
+  if (out != nullptr) *out = std::move(got).value();
+}
+
+// Prompt of 21 tokens prefilled in chunks of 9 and 12 (straddling a block boundary), then 20
+// decode steps of fixed tokens.
+script prefill_then_decode(std::int64_t vocab, std::int64_t prompt, std::int64_t first_chunk,
+                           std::int64_t steps) {
+  const auto tokens = random_tokens(prompt + steps, vocab, 1);
+  script s;
+  s.steps.push_back({{1, {tokens.begin(), tokens.begin() + first_chunk}, false}});
+  if (prompt > first_chunk) {
+    s.steps.push_back({{1, {tokens.begin() + first_chunk, tokens.begin() + prompt}, false}});
+  }
+  for (std::int64_t i = 0; i < steps; ++i) {
+    s.steps.push_back({{1, {tokens[sz_of(prompt + i)]}, false}});
+  }
+  return s;
+}
+
+class RankProgramLayouts : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RankProgramLayouts, PrefillAndDecodeMatchDecoder) {
+  const model_weights w = seeded("tiny-llama");
+  const script s = prefill_then_decode(w.spec.vocab, 21, 9, 20);
+  sharded_result res;
+  expect_matches_reference(w, GetParam(), s, &res);
+  // 41 tokens = 3 blocks of 16: consecutive blocks on distinct KVP members (round-robin).
+  auto l = layout::parse(GetParam());
+  ASSERT_TRUE(l.has_value());
+  ASSERT_EQ(res.owners.size(), 1u);
+  ASSERT_EQ(res.owners[0].size(), 3u);
+  for (std::size_t i = 1; i < res.owners[0].size() && l->kvp > 1; ++i) {
+    EXPECT_NE(res.owners[0][i], res.owners[0][i - 1]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Helix, RankProgramLayouts,
+                         ::testing::Values("helix:kvp=4,tpa=2", "helix:kvp=8,tpa=1",
+                                           "helix:kvp=2,tpa=2", "helix:kvp=1,tpa=2"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace_if(
+                               n.begin(), n.end(), [](char c) { return !std::isalnum(c); }, '_');
+                           return n;
+                         });
+
+// A context shorter than KVP * block_tokens: most KVP members hold no KV, their partials are
+// empty (lse = -inf) and must merge as no-ops.
+TEST(RankProgram, ShortContextLeavesMembersEmpty) {
+  const model_weights w = seeded("tiny-llama");
+  const script s = prefill_then_decode(w.spec.vocab, 3, 3, 6);  // 9 tokens: one block
+  sharded_result res;
+  expect_matches_reference(w, "helix:kvp=4,tpa=2", s, &res);
+  ASSERT_EQ(res.owners.size(), 1u);
+  EXPECT_EQ(res.owners[0].size(), 1u);
+  // One block in each of the two columns; the other six ranks store nothing.
+  std::int64_t holders = 0;
+  for (std::int64_t u : res.used_slots) holders += u > 0 ? 1 : 0;
+  EXPECT_EQ(holders, 2);
+}
+
+// Two sequences of different lengths share every step (a chunk and a decode token in one batch,
+// then decode together); each item must still equal the decoder's result.
+TEST(RankProgram, BatchOfTwoSequencesMatchesDecoder) {
+  const model_weights w = seeded("tiny-llama");
+  const auto a = random_tokens(60, w.spec.vocab, 2);
+  const auto b = random_tokens(40, w.spec.vocab, 3);
+  script s;
+  s.num_seqs = 2;
+  s.steps.push_back({{1, {a.begin(), a.begin() + 21}, false}});
+  s.steps.push_back({{1, {a[21]}, false}, {2, {b.begin(), b.begin() + 5}, true}});
+  for (std::int64_t i = 0; i < 18; ++i) {
+    s.steps.push_back({{2, {b[sz_of(5 + i)]}, false}, {1, {a[sz_of(22 + i)]}, false}});
+  }
+  for (const char* l : {"helix:kvp=4,tpa=2", "helix:kvp=2,tpa=2"}) {
+    sharded_result res;
+    expect_matches_reference(w, l, s, &res);
+    ASSERT_EQ(res.owners.size(), 2u);
+  }
+}
+
+TEST(RankProgram, RejectsMlaAndMoe) {
+  const model_weights w = seeded("tiny-deepseek");
+  auto l = layout::parse("helix:kvp=2,tpa=1");
+  ASSERT_TRUE(l.has_value());
+  auto fab = transport::make_local_fabric(2);
+  ASSERT_TRUE(fab.has_value());
+  auto world = (*fab)->make_world(0);
+  ASSERT_TRUE(world.has_value());
+  const std::vector<int> group = {0, 1};
+  auto kvp = (*fab)->make_communicator(0, group);
+  ASSERT_TRUE(kvp.has_value());
+  auto prog = rank_program::create(w, *l, 0, std::move(world).value(), std::move(kvp).value(), {});
+  ASSERT_FALSE(prog.has_value());
+  EXPECT_EQ(prog.error().code(), errc::failed_precondition);
+}
+
+TEST(RankProgram, RejectsMismatchedCommunicators) {
+  const model_weights w = seeded("tiny-llama");
+  auto l = layout::parse("helix:kvp=2,tpa=2");
+  ASSERT_TRUE(l.has_value());
+  auto fab = transport::make_local_fabric(4);
+  ASSERT_TRUE(fab.has_value());
+  auto world = (*fab)->make_world(2);
+  ASSERT_TRUE(world.has_value());
+  const std::vector<int> wrong = {0, 2};  // rank 2's KVP group is {2, 3}
+  auto kvp = (*fab)->make_communicator(2, wrong);
+  ASSERT_TRUE(kvp.has_value());
+  auto prog = rank_program::create(w, *l, 2, std::move(world).value(), std::move(kvp).value(), {});
+  ASSERT_FALSE(prog.has_value());
+  EXPECT_EQ(prog.error().code(), errc::invalid_argument);
+}
+
+// A KV store too small on one rank fails the step on every rank with the tables unchanged.
+TEST(RankProgram, KvExhaustionFailsOnEveryRank) {
+  const model_weights w = seeded("tiny-llama");
+  // 33 tokens = 3 blocks over 2 KVP members: one member needs 2 slots, the other 1, and each
+  // rank has one. Only the first member's ranks are short, yet every rank must fail (no hang).
+  script s = prefill_then_decode(w.spec.vocab, 33, 33, 0);
+  rank_program_options o;
+  o.kv_capacity_tokens = 16;
+  auto got = run_sharded_forward(w, "helix:kvp=2,tpa=2", s, o);
+  ASSERT_FALSE(got.has_value());
+  EXPECT_EQ(got.error().code(), errc::resource_exhausted);
+}
+
+}  // namespace
+}  // namespace helix::model
