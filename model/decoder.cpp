@@ -5,6 +5,7 @@
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/rmsnorm.hpp"
+#include "model/step_ops.hpp"
 
 namespace helix::model {
 namespace {
@@ -246,108 +247,39 @@ status decoder::reserve_kv(std::span<const batch_item> items) {
 
 status decoder::linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
                        std::int64_t y_stride, std::int64_t rows, bool accumulate) {
-  kernels::gemm_params g;
-  g.x = x;
-  g.x_stride = x_stride;
-  g.w = w.data();
-  g.w_type = w.type();
-  g.y = y;
-  g.y_stride = y_stride;
-  g.m = rows;
-  g.n = w.dims()[0];
-  g.k = w.dims()[1];
-  g.accumulate = accumulate;
-  return kernels::gemm(g, ctx());
+  return model::linear(ctx(), x, x_stride, w, y, y_stride, rows, accumulate);
 }
 
 status decoder::forward(std::span<const batch_item> items, std::span<float> logits) {
   const model_spec& s = w_.spec;
-  if (items.empty()) return invalid_argument("decoder: empty batch");
-  std::int64_t rows = 0;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    const batch_item& it = items[i];
-    if (seqs_.count(it.seq) == 0) return invalid_argument("decoder: unknown sequence {}", it.seq);
-    // Quadratic, but steps hold few items and this allocates nothing.
-    for (std::size_t j = 0; j < i; ++j) {
-      if (items[j].seq == it.seq) {
-        return invalid_argument("decoder: sequence {} appears twice in one step", it.seq);
-      }
-    }
-    if (it.tokens.empty()) return invalid_argument("decoder: sequence {} has no tokens", it.seq);
-    for (std::int32_t t : it.tokens) {
-      if (t < 0 || t >= s.vocab) {
-        return invalid_argument("decoder: token id {} outside the vocabulary [0, {})", t, s.vocab);
-      }
-    }
-    rows += static_cast<std::int64_t>(it.tokens.size());
-  }
-  if (rows > opt_.max_batch_tokens) {
-    return invalid_argument("decoder: step has {} tokens, max_batch_tokens is {}", rows,
-                            opt_.max_batch_tokens);
-  }
-  if (static_cast<std::int64_t>(logits.size()) < logits_rows(items) * s.vocab) {
-    return invalid_argument("decoder: logits span holds {} floats, {} needed", logits.size(),
-                            logits_rows(items) * s.vocab);
-  }
+  HELIX_ASSIGN_OR_RETURN(
+      const std::int64_t rows,
+      validate_step("decoder", items, seqs_, s.vocab, opt_.max_batch_tokens, logits.size()));
   HELIX_RETURN_IF_ERROR(reserve_kv(items));
 
-  kernels::embedding_params e;
-  e.ids = token_ids_.data();
-  e.rows = rows;
-  e.table = w_.embed.data();
-  e.table_type = w_.embed.type();
-  e.vocab_begin = 0;
-  e.vocab_end = s.vocab;
-  e.dim = s.hidden;
-  e.out = x_.data();
-  HELIX_RETURN_IF_ERROR(kernels::embedding(e, ctx()));
+  HELIX_RETURN_IF_ERROR(embed_tokens(ctx(), w_.embed, token_ids_.data(), rows, x_.data()));
 
   for (std::int64_t l = 0; l < s.num_layers; ++l) {
     const layer_weights& L = w_.layers[sz(l)];
-    kernels::rmsnorm_params n;
-    n.x = x_.data();
-    n.weight = L.input_norm.data();
-    n.out = xn_.data();
-    n.rows = rows;
-    n.dim = s.hidden;
-    n.eps = static_cast<float>(s.rms_norm_eps);
-    HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+    HELIX_RETURN_IF_ERROR(
+        rms_norm(ctx(), x_.data(), L.input_norm, xn_.data(), rows, s.rms_norm_eps));
     HELIX_RETURN_IF_ERROR(s.is_mla() ? attention_mla(l, items, rows)
                                      : attention_gqa(l, items, rows));
-    n.weight = L.post_attn_norm.data();
-    HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+    HELIX_RETURN_IF_ERROR(
+        rms_norm(ctx(), x_.data(), L.post_attn_norm, xn_.data(), rows, s.rms_norm_eps));
     if (s.layer_is_moe(l)) {
       HELIX_RETURN_IF_ERROR(ffn_moe(l, rows));
     } else {
       HELIX_RETURN_IF_ERROR(ffn_dense(L.mlp, xn_.data(), x_.data(), rows, /*accumulate=*/true));
     }
   }
-  return lm_head(items, rows, logits);
+  return lm_head(items, logits);
 }
 
-status decoder::lm_head(std::span<const batch_item> items, std::int64_t rows,
-                        std::span<float> logits) {
+status decoder::lm_head(std::span<const batch_item> items, std::span<float> logits) {
   const model_spec& s = w_.spec;
-  // Gather the rows that need logits (in place: they only move towards the front).
-  std::int64_t src = 0;
-  std::int64_t dst = 0;
-  for (const batch_item& it : items) {
-    const auto n = static_cast<std::int64_t>(it.tokens.size());
-    const std::int64_t first = it.all_logits ? src : src + n - 1;
-    for (std::int64_t r = first; r < src + n; ++r, ++dst) {
-      if (dst != r) std::copy_n(x_.data() + r * s.hidden, s.hidden, x_.data() + dst * s.hidden);
-    }
-    src += n;
-  }
-  HELIX_CHECK(src == rows);
-  kernels::rmsnorm_params n;
-  n.x = x_.data();
-  n.weight = w_.final_norm.data();
-  n.out = xn_.data();
-  n.rows = dst;
-  n.dim = s.hidden;
-  n.eps = static_cast<float>(s.rms_norm_eps);
-  HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+  const std::int64_t dst = gather_logit_rows(items, x_.data(), s.hidden);
+  HELIX_RETURN_IF_ERROR(rms_norm(ctx(), x_.data(), w_.final_norm, xn_.data(), dst, s.rms_norm_eps));
   return linear(xn_.data(), 0, w_.lm_head_or_embed(), logits.data(), 0, dst);
 }
 

@@ -110,8 +110,7 @@ class decoder {
   [[nodiscard]] status ffn_moe(std::int64_t layer_idx, std::int64_t rows);
   [[nodiscard]] status linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
                               std::int64_t y_stride, std::int64_t rows, bool accumulate = false);
-  [[nodiscard]] status lm_head(std::span<const batch_item> items, std::int64_t rows,
-                               std::span<float> logits);
+  [[nodiscard]] status lm_head(std::span<const batch_item> items, std::span<float> logits);
 
   const model_weights& w_;
   decoder_options opt_;

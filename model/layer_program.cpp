@@ -9,6 +9,7 @@
 #include "kernels/router.hpp"
 #include "kernels/swiglu.hpp"
 #include "model/decoder.hpp"
+#include "model/step_ops.hpp"
 
 namespace helix::model {
 namespace {
@@ -63,13 +64,7 @@ status decoder::attention_gqa(std::int64_t layer_idx, std::span<const batch_item
   HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.k_proj, k_.data(), 0, rows));
   HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.v_proj, v_.data(), 0, rows));
 
-  kernels::rope_params r;
-  r.rows = rows;
-  r.rot_dim = d;
-  r.positions = positions_.data();
-  r.inv_freq = rope_.inv_freq.data();
-  r.attention_factor = rope_.attention_factor;
-  r.interleave = s.rope.interleave;
+  kernels::rope_params r = rope_params_for(s, rope_, positions_.data(), rows, d);
   r.head_stride = d;
   r.x = q_.data();
   r.row_stride = q_width;
@@ -126,13 +121,7 @@ status decoder::attention_mla(std::int64_t layer_idx, std::span<const batch_item
   n.eps = mla_norm_eps;
   HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
 
-  kernels::rope_params r;
-  r.rows = rows;
-  r.rot_dim = m.qk_rope_head_dim;
-  r.positions = positions_.data();
-  r.inv_freq = rope_.inv_freq.data();
-  r.attention_factor = rope_.attention_factor;
-  r.interleave = s.rope.interleave;
+  kernels::rope_params r = rope_params_for(s, rope_, positions_.data(), rows, m.qk_rope_head_dim);
   r.x = kva_.data();
   r.row_stride = key_dim;
   r.num_heads = 1;

@@ -11,6 +11,7 @@
 #include "kernels/merge.hpp"
 #include "kernels/rmsnorm.hpp"
 #include "kernels/swiglu.hpp"
+#include "model/step_ops.hpp"
 #include "planner/kv_placement.hpp"
 
 namespace helix::model {
@@ -182,43 +183,6 @@ const block_table& rank_program::table(std::uint64_t seq) const {
   return it->second.table;
 }
 
-status rank_program::validate_items(std::span<const batch_item> items,
-                                    std::span<const float> logits, std::int64_t& rows) const {
-  const model_spec& s = w_.spec;
-  if (items.empty()) return invalid_argument("rank_program: empty batch");
-  rows = 0;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    const batch_item& it = items[i];
-    if (seqs_.count(it.seq) == 0) {
-      return invalid_argument("rank_program: unknown sequence {}", it.seq);
-    }
-    for (std::size_t j = 0; j < i; ++j) {
-      if (items[j].seq == it.seq) {
-        return invalid_argument("rank_program: sequence {} appears twice in one step", it.seq);
-      }
-    }
-    if (it.tokens.empty()) {
-      return invalid_argument("rank_program: sequence {} has no tokens", it.seq);
-    }
-    for (std::int32_t t : it.tokens) {
-      if (t < 0 || t >= s.vocab) {
-        return invalid_argument("rank_program: token id {} outside the vocabulary [0, {})", t,
-                                s.vocab);
-      }
-    }
-    rows += static_cast<std::int64_t>(it.tokens.size());
-  }
-  if (rows > opt_.max_batch_tokens) {
-    return invalid_argument("rank_program: step has {} tokens, max_batch_tokens is {}", rows,
-                            opt_.max_batch_tokens);
-  }
-  if (static_cast<std::int64_t>(logits.size()) < decoder::logits_rows(items) * s.vocab) {
-    return invalid_argument("rank_program: logits span holds {} floats, {} needed", logits.size(),
-                            decoder::logits_rows(items) * s.vocab);
-  }
-  return ok_status();
-}
-
 // Places the step's new blocks by the planner's rule and reserves this rank's share of them.
 // Collective: the ranks first agree that every one of them has the slots it needs, so that either
 // all reserve or all fail with the tables unchanged.
@@ -273,18 +237,7 @@ status rank_program::reserve_kv(std::span<const batch_item> items) {
 
 status rank_program::linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
                             std::int64_t y_stride, std::int64_t rows, bool accumulate) {
-  kernels::gemm_params g;
-  g.x = x;
-  g.x_stride = x_stride;
-  g.w = w.data();
-  g.w_type = w.type();
-  g.y = y;
-  g.y_stride = y_stride;
-  g.m = rows;
-  g.n = w.dims()[0];
-  g.k = w.dims()[1];
-  g.accumulate = accumulate;
-  return kernels::gemm(g, ctx());
+  return model::linear(ctx(), x, x_stride, w, y, y_stride, rows, accumulate);
 }
 
 // partial_ [rows, H] -> summed over the world (fixed rank order, same bytes everywhere) -> x += .
@@ -311,13 +264,7 @@ status rank_program::attention(std::int64_t layer_idx, std::span<const batch_ite
   HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.k_proj, k_.data(), 0, rows));
   HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.v_proj, v_.data(), 0, rows));
 
-  kernels::rope_params r;
-  r.rows = rows;
-  r.rot_dim = d;
-  r.positions = positions_.data();
-  r.inv_freq = rope_.inv_freq.data();
-  r.attention_factor = rope_.attention_factor;
-  r.interleave = s.rope.interleave;
+  kernels::rope_params r = rope_params_for(s, rope_, positions_.data(), rows, d);
   r.head_stride = d;
   r.x = q_.data();
   r.row_stride = qc * d;
@@ -424,28 +371,10 @@ status rank_program::ffn(std::int64_t layer_idx, std::int64_t rows) {
 
 // Step 9: final norm, this rank's vocabulary rows, then an all-gather of the shards (each padded
 // to the largest, since shards may be uneven) so every rank returns full logits.
-status rank_program::lm_head(std::span<const batch_item> items, std::int64_t rows,
-                             std::span<float> logits) {
+status rank_program::lm_head(std::span<const batch_item> items, std::span<float> logits) {
   const model_spec& s = w_.spec;
-  std::int64_t src = 0;
-  std::int64_t dst = 0;
-  for (const batch_item& it : items) {
-    const auto n = static_cast<std::int64_t>(it.tokens.size());
-    const std::int64_t first = it.all_logits ? src : src + n - 1;
-    for (std::int64_t r = first; r < src + n; ++r, ++dst) {
-      if (dst != r) std::copy_n(x_.data() + r * s.hidden, s.hidden, x_.data() + dst * s.hidden);
-    }
-    src += n;
-  }
-  HELIX_CHECK(src == rows);
-  kernels::rmsnorm_params n;
-  n.x = x_.data();
-  n.weight = w_.final_norm.data();
-  n.out = xn_.data();
-  n.rows = dst;
-  n.dim = s.hidden;
-  n.eps = static_cast<float>(s.rms_norm_eps);
-  HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+  const std::int64_t dst = gather_logit_rows(items, x_.data(), s.hidden);
+  HELIX_RETURN_IF_ERROR(rms_norm(ctx(), x_.data(), w_.final_norm, xn_.data(), dst, s.rms_norm_eps));
 
   const std::int64_t world = w_.layout.num_ranks;
   const std::int64_t vmax = max_vocab_shard(s, world);
@@ -469,38 +398,24 @@ status rank_program::lm_head(std::span<const batch_item> items, std::int64_t row
 
 status rank_program::forward(std::span<const batch_item> items, std::span<float> logits) {
   const model_spec& s = w_.spec;
-  std::int64_t rows = 0;
-  HELIX_RETURN_IF_ERROR(validate_items(items, logits, rows));
+  HELIX_ASSIGN_OR_RETURN(
+      const std::int64_t rows,
+      validate_step("rank_program", items, seqs_, s.vocab, opt_.max_batch_tokens, logits.size()));
   HELIX_RETURN_IF_ERROR(reserve_kv(items));
   ++step_;
 
-  kernels::embedding_params e;
-  e.ids = token_ids_.data();
-  e.rows = rows;
-  e.table = w_.embed.data();
-  e.table_type = w_.embed.type();
-  e.vocab_begin = 0;
-  e.vocab_end = s.vocab;
-  e.dim = s.hidden;
-  e.out = x_.data();
-  HELIX_RETURN_IF_ERROR(kernels::embedding(e, ctx()));
+  HELIX_RETURN_IF_ERROR(embed_tokens(ctx(), w_.embed, token_ids_.data(), rows, x_.data()));
 
   for (std::int64_t l = 0; l < s.num_layers; ++l) {
     const rank_layer_weights& L = w_.layers[sz(l)];
-    kernels::rmsnorm_params n;
-    n.x = x_.data();
-    n.weight = L.input_norm.data();
-    n.out = xn_.data();
-    n.rows = rows;
-    n.dim = s.hidden;
-    n.eps = static_cast<float>(s.rms_norm_eps);
-    HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+    HELIX_RETURN_IF_ERROR(
+        rms_norm(ctx(), x_.data(), L.input_norm, xn_.data(), rows, s.rms_norm_eps));
     HELIX_RETURN_IF_ERROR(attention(l, items, rows));
-    n.weight = L.post_attn_norm.data();
-    HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
+    HELIX_RETURN_IF_ERROR(
+        rms_norm(ctx(), x_.data(), L.post_attn_norm, xn_.data(), rows, s.rms_norm_eps));
     HELIX_RETURN_IF_ERROR(ffn(l, rows));
   }
-  return lm_head(items, rows, logits);
+  return lm_head(items, logits);
 }
 
 }  // namespace helix::model

@@ -116,14 +116,11 @@ class rank_program {
   };
 
   [[nodiscard]] kernels::exec_context ctx() const;
-  [[nodiscard]] status validate_items(std::span<const batch_item> items,
-                                      std::span<const float> logits, std::int64_t& rows) const;
   [[nodiscard]] status reserve_kv(std::span<const batch_item> items);
   [[nodiscard]] status attention(std::int64_t layer_idx, std::span<const batch_item> items,
                                  std::int64_t rows);
   [[nodiscard]] status ffn(std::int64_t layer_idx, std::int64_t rows);
-  [[nodiscard]] status lm_head(std::span<const batch_item> items, std::int64_t rows,
-                               std::span<float> logits);
+  [[nodiscard]] status lm_head(std::span<const batch_item> items, std::span<float> logits);
   [[nodiscard]] status linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
                               std::int64_t y_stride, std::int64_t rows, bool accumulate = false);
   [[nodiscard]] status all_reduce_add(std::int64_t rows);
