@@ -16,9 +16,6 @@ namespace {
 std::size_t sz(std::int64_t n) {
   return static_cast<std::size_t>(n);
 }
-// HF DeepseekV3 builds q_a_layernorm and kv_a_layernorm with the default epsilon, whatever
-// rms_norm_eps says.
-constexpr float mla_norm_eps = 1e-6f;
 }  // namespace
 
 // Attention of every item over its own blocks. q: [rows, Q, key_dim]; out: [rows, Q, value_dim].
@@ -90,95 +87,24 @@ status decoder::attention_mla(std::int64_t layer_idx, std::span<const batch_item
   const mla_spec& m = s.mla;
   const layer_weights& L = w_.layers[sz(layer_idx)];
   const std::int64_t nq = s.num_q_heads;
-  const std::int64_t qk = m.qk_head_dim();
   const std::int64_t key_dim = s.kv_key_dim();  // kv_lora_rank + qk_rope_head_dim
 
-  // Queries: [rows, Q, qk_nope | qk_rope].
-  if (m.q_lora_rank > 0) {
-    HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_a_proj, qa_.data(), 0, rows));
-    kernels::rmsnorm_params n;
-    n.x = qa_.data();
-    n.weight = L.q_a_norm.data();
-    n.out = qa_.data();
-    n.rows = rows;
-    n.dim = m.q_lora_rank;
-    n.eps = mla_norm_eps;
-    HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
-    HELIX_RETURN_IF_ERROR(linear(qa_.data(), 0, L.q_b_proj, q_.data(), 0, rows));
-  } else {
-    HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_proj, q_.data(), 0, rows));
-  }
-  // Cached row: [normalised latent | rotated rope key].
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.kv_a_proj, kva_.data(), 0, rows));
-  kernels::rmsnorm_params n;
-  n.x = kva_.data();
-  n.x_stride = key_dim;
-  n.weight = L.kv_a_norm.data();
-  n.out = kva_.data();
-  n.out_stride = key_dim;
-  n.rows = rows;
-  n.dim = m.kv_lora_rank;
-  n.eps = mla_norm_eps;
-  HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx()));
-
-  kernels::rope_params r = rope_params_for(s, rope_, positions_.data(), rows, m.qk_rope_head_dim);
-  r.x = kva_.data();
-  r.row_stride = key_dim;
-  r.num_heads = 1;
-  r.head_stride = key_dim;
-  r.rot_offset = m.kv_lora_rank;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
+  const mla_projection proj{&L.q_a_proj, &L.q_a_norm,  &L.q_b_proj,
+                            &L.q_proj,   &L.kv_a_proj, &L.kv_a_norm};
+  HELIX_RETURN_IF_ERROR(project_mla(ctx(), s, rope_, proj, xn_.data(), positions_.data(), rows,
+                                    qa_.data(), q_.data(), kva_.data()));
   for (std::int64_t i = 0; i < rows; ++i) {
     const row_info& ri = rows_[sz(i)];
     kv_.write_token(layer_idx, ri.slot, ri.slot_offset, kva_.data() + i * key_dim, nullptr);
   }
-
   // Absorbed queries in k_: [rows, Q, q_latent (kv_lora) | rotated q_rope].
   float* q_abs = k_.data();
-  const tensor& w_uk_t = w_uk_t_[sz(layer_idx)];
-  const std::size_t w_head_bytes =
-      sz(m.kv_lora_rank * m.qk_nope_head_dim) * dtype_bytes(w_uk_t.type());
-  for (std::int64_t h = 0; h < nq; ++h) {
-    kernels::gemm_params g;
-    g.x = q_.data() + h * qk;
-    g.x_stride = nq * qk;
-    g.w = static_cast<const std::uint8_t*>(w_uk_t.data()) + sz(h) * w_head_bytes;
-    g.w_type = w_uk_t.type();
-    g.y = q_abs + h * key_dim;
-    g.y_stride = nq * key_dim;
-    g.m = rows;
-    g.n = m.kv_lora_rank;
-    g.k = m.qk_nope_head_dim;
-    HELIX_RETURN_IF_ERROR(kernels::gemm(g, ctx()));
-    for (std::int64_t i = 0; i < rows; ++i) {
-      std::copy_n(q_.data() + (i * nq + h) * qk + m.qk_nope_head_dim, m.qk_rope_head_dim,
-                  q_abs + (i * nq + h) * key_dim + m.kv_lora_rank);
-    }
-  }
-  r.x = q_abs;
-  r.row_stride = nq * key_dim;
-  r.num_heads = nq;
-  r.head_stride = key_dim;
-  r.rot_offset = m.kv_lora_rank;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
-
-  // Attention in latent space, then W_UV per head, then o_proj.
+  HELIX_RETURN_IF_ERROR(absorb_mla_queries(ctx(), s, rope_, w_uk_t_[sz(layer_idx)], q_.data(),
+                                           positions_.data(), rows, nq, q_abs));
+  // Attention in latent space, then W_UV per head (rows h*(nope+v)+nope.. of kv_b_proj), o_proj.
   HELIX_RETURN_IF_ERROR(attend(layer_idx, items, q_abs, lat_.data()));
-  const std::size_t row_bytes = sz(m.kv_lora_rank) * dtype_bytes(L.kv_b_proj.type());
-  for (std::int64_t h = 0; h < nq; ++h) {
-    kernels::gemm_params g;
-    g.x = lat_.data() + h * m.kv_lora_rank;
-    g.x_stride = nq * m.kv_lora_rank;
-    g.w = static_cast<const std::uint8_t*>(L.kv_b_proj.data()) +
-          sz(h * (m.qk_nope_head_dim + m.v_head_dim) + m.qk_nope_head_dim) * row_bytes;
-    g.w_type = L.kv_b_proj.type();
-    g.y = attn_.data() + h * m.v_head_dim;
-    g.y_stride = nq * m.v_head_dim;
-    g.m = rows;
-    g.n = m.v_head_dim;
-    g.k = m.kv_lora_rank;
-    HELIX_RETURN_IF_ERROR(kernels::gemm(g, ctx()));
-  }
+  HELIX_RETURN_IF_ERROR(mla_values(ctx(), s, L.kv_b_proj, m.qk_nope_head_dim + m.v_head_dim,
+                                   m.qk_nope_head_dim, lat_.data(), rows, nq, attn_.data()));
   return linear(attn_.data(), 0, L.o_proj, x_.data(), 0, rows, /*accumulate=*/true);
 }
 

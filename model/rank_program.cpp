@@ -1,5 +1,7 @@
-// The per-rank layer program (dense GQA slice); see model/rank_program.hpp for the step order and
-// the agreement rules between ranks. The single-rank math mirrors model/layer_program.cpp.
+// The per-rank layer program: setup, sequences and KV placement, the step driver and the
+// vocabulary-parallel LM head with sharded sampling. Attention is in rank_attention.cpp, the FFN in
+// rank_ffn.cpp. See model/rank_program.hpp for the step order and the agreement rules between
+// ranks; the single-rank math mirrors model/layer_program.cpp.
 #include "model/rank_program.hpp"
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include "kernels/gemm.hpp"
 #include "kernels/merge.hpp"
 #include "kernels/rmsnorm.hpp"
+#include "kernels/sharded_sampling.hpp"
 #include "kernels/swiglu.hpp"
 #include "model/step_ops.hpp"
 #include "planner/kv_placement.hpp"
@@ -38,11 +41,9 @@ expected<std::unique_ptr<rank_program>> rank_program::create(
     std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options) {
   const model_spec& s = full.spec;
   HELIX_RETURN_IF_ERROR(s.validate());
-  if (s.is_mla() || s.is_moe()) {
-    return failed_precondition(
-        "rank_program: model '{}' uses {}; this slice of the multi-worker program runs dense GQA "
-        "models only (MLA and MoE come next)",
-        s.name, s.is_mla() ? "MLA attention" : "MoE layers");
+  const dtype kt = options.kv_type;
+  if (kt != dtype::f32 && kt != dtype::bf16 && kt != dtype::f16 && kt != dtype::fp8_e4m3) {
+    return invalid_argument("rank_program: kv_type {} is not a KV storage dtype", dtype_name(kt));
   }
   if (options.block_tokens <= 0 || options.block_tokens > max_block_tokens ||
       options.kv_capacity_tokens <= 0 || options.kv_capacity_tokens > max_capacity_tokens ||
@@ -78,10 +79,17 @@ expected<std::unique_ptr<rank_program>> rank_program::create(
 
   kv_page_layout page;
   page.block_tokens = options.block_tokens;
-  page.type = dtype::f32;
-  page.num_kv_heads = w.layers.front().kv_heads.count;  // the column's K/TPA heads
-  page.key_dim = s.head_dim;
-  page.value_dim = s.head_dim;
+  page.type = options.kv_type;
+  if (s.is_mla()) {
+    page.num_kv_heads = 1;  // the latent and the rope key, shared by all heads
+    page.key_dim = s.kv_key_dim();
+    page.value_dim = s.kv_value_dim();
+    page.value_in_key = true;
+  } else {
+    page.num_kv_heads = w.layers.front().kv_heads.count;  // the column's K/TPA heads
+    page.key_dim = s.head_dim;
+    page.value_dim = s.head_dim;
+  }
   const std::int64_t slots =
       (options.kv_capacity_tokens + options.block_tokens - 1) / options.block_tokens;
   HELIX_ASSIGN_OR_RETURN(kv_store kv, kv_store::create(page, s.num_layers, slots));
@@ -101,41 +109,94 @@ rank_program::rank_program(passkey, rank_weights w, std::unique_ptr<transport::c
   // Eight ranks on a two-core machine must not oversubscribe: by default each rank computes on
   // its own thread only.
   if (opt_.num_threads != 1) pool_ = std::make_unique<thread_pool>(opt_.num_threads);
-  rope_ = kernels::make_rope_table(s.rope, s.head_dim);
+  rope_ = kernels::make_rope_table(s.rope, s.is_mla() ? s.mla.qk_rope_head_dim : s.head_dim);
   const attention_coord c = w_.layout.attention_coords(w_.rank);
   tpa_idx_ = c.tpa_idx;
   kvp_idx_ = c.kvp_idx;
+  if (s.is_mla()) {
+    // Absorption multiplies q_nope by W_UK[h]^T; the shard's w_uk holds W_UK [nope, kv_lora] per
+    // head (the rank's query heads), transposed here once to the [kv_lora, nope] a GEMM wants.
+    const mla_spec& m = s.mla;
+    for (const rank_layer_weights& L : w_.layers) {
+      const std::int64_t heads = L.q_heads.count;
+      tensor t(w_.weight_type, {heads * m.kv_lora_rank, m.qk_nope_head_dim});
+      for (std::int64_t h = 0; h < heads; ++h) {
+        for (std::int64_t i = 0; i < m.qk_nope_head_dim; ++i) {
+          for (std::int64_t col = 0; col < m.kv_lora_rank; ++col) {
+            const float v = load_as_f32(L.w_uk.data(), L.w_uk.type(),
+                                        sz((h * m.qk_nope_head_dim + i) * m.kv_lora_rank + col));
+            store_from_f32(t.data(), t.type(),
+                           sz((h * m.kv_lora_rank + col) * m.qk_nope_head_dim + i), v);
+          }
+        }
+      }
+      w_uk_t_.push_back(std::move(t));
+    }
+  }
+  allocate_workspace();
+}
 
+void rank_program::allocate_workspace() {
+  const model_spec& s = w_.spec;
   const std::int64_t r = opt_.max_batch_tokens;
-  const std::int64_t d = s.head_dim;
   const rank_layer_weights& L = w_.layers.front();
-  const std::int64_t qc = L.q_heads.count;   // Q/TPA
-  const std::int64_t kc = L.kv_heads.count;  // K/TPA
-  const std::int64_t qn = L.o_heads.count;   // Q/N
+  const std::int64_t qc = L.q_heads.count;  // heads this rank attends with (its column's)
+  const std::int64_t qn = L.o_heads.count;  // heads it owns after the all-to-all
   const std::int64_t kvp = w_.layout.kvp;
-  std::int64_t f = 0;
-  for (const rank_layer_weights& layer : w_.layers) f = std::max(f, layer.mlp.ffn.count);
+  // Widths of what attention reads and produces per head: GQA D and D; MLA the latent plus the
+  // rope key, and the latent.
+  const std::int64_t key_dim = s.is_mla() ? s.kv_key_dim() : s.head_dim;
+  const std::int64_t val_dim = s.is_mla() ? s.kv_value_dim() : s.head_dim;
+  const std::int64_t out_dim = s.is_mla() ? s.mla.v_head_dim : s.head_dim;
+
+  std::int64_t f = 1;
+  for (const rank_layer_weights& layer : w_.layers) {
+    f = std::max({f, layer.mlp.ffn.count, layer.shared.ffn.count});
+    for (const expert_shard& e : layer.experts) f = std::max(f, e.mlp.ffn.count);
+  }
   x_.resize(sz(r * s.hidden));
   xn_.resize(sz(r * s.hidden));
   partial_.resize(sz(r * s.hidden));
-  q_.resize(sz(r * qc * d));
-  k_.resize(sz(r * kc * d));
-  v_.resize(sz(r * kc * d));
-  part_out_.resize(sz(r * qc * d));
+  if (s.is_mla()) {
+    const mla_spec& m = s.mla;
+    q_.resize(sz(r * qc * m.qk_head_dim()));
+    qa_.resize(sz(r * std::max<std::int64_t>(1, m.q_lora_rank)));
+    kva_.resize(sz(r * key_dim));
+    attn_v_.resize(sz(r * qn * out_dim));
+  } else {
+    const std::int64_t kc = L.kv_heads.count;
+    q_.resize(sz(r * qc * s.head_dim));
+    v_.resize(sz(r * kc * s.head_dim));
+  }
+  // GQA: the column's keys [r, K/TPA, D]; MLA: the absorbed queries [r, qc, key_dim].
+  k_.resize(sz(r * std::max(qc * key_dim, L.kv_heads.count * s.head_dim)));
+  part_out_.resize(sz(r * qc * val_dim));
   part_lse_.resize(sz(r * qc));
-  send_.resize(sz(kvp * r * qn * (d + 1)));
-  recv_.resize(sz(kvp * r * qn * (d + 1)));
-  merge_out_.resize(sz(kvp * r * qn * d));
+  send_.resize(sz(kvp * r * qn * (val_dim + 1)));
+  recv_.resize(sz(kvp * r * qn * (val_dim + 1)));
+  merge_out_.resize(sz(kvp * r * qn * val_dim));
   merge_lse_.resize(sz(kvp * r * qn));
-  attn_.resize(sz(r * qn * d));
-  gate_.resize(sz(r * std::max<std::int64_t>(f, 1)));
-  up_.resize(sz(r * std::max<std::int64_t>(f, 1)));
+  attn_.resize(sz(r * qn * val_dim));
+  gate_.resize(sz(r * f));
+  up_.resize(sz(r * f));
+  if (s.is_moe()) {
+    const moe_spec& e = s.moe;
+    router_logits_.resize(sz(r * e.num_experts));
+    expert_ids_.resize(sz(r * e.experts_per_token));
+    expert_w_.resize(sz(r * e.experts_per_token));
+    expert_rows_.resize(sz(r * e.experts_per_token));
+    expert_in_.resize(sz(r * s.hidden));
+    expert_tmp_.resize(sz(r * s.hidden));
+  }
   const std::int64_t vmax = max_vocab_shard(s, w_.layout.num_ranks);
   shard_logits_.resize(sz(r * vmax));
   gathered_.resize(sz(w_.layout.num_ranks * r * vmax));
   token_ids_.resize(sz(r));
   positions_.resize(sz(r));
+  logit_positions_.resize(sz(r));
   rows_.resize(sz(r));
+  micro_batches_.reserve(sz(r));
+  exchanges_.reserve(sz(r));
 }
 
 kernels::exec_context rank_program::ctx() const {
@@ -183,33 +244,51 @@ const block_table& rank_program::table(std::uint64_t seq) const {
   return it->second.table;
 }
 
-// Places the step's new blocks by the planner's rule and reserves this rank's share of them.
-// Collective: the ranks first agree that every one of them has the slots it needs, so that either
-// all reserve or all fail with the tables unchanged.
-status rank_program::reserve_kv(std::span<const batch_item> items) {
+expected<std::int64_t> rank_program::sequence_length(std::uint64_t seq) const {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return not_found("rank_program: unknown sequence {}", seq);
+  return it->second.table.num_tokens();
+}
+
+// New blocks that appending `num_tokens` to the sequence opens on this rank.
+std::int64_t rank_program::new_blocks_owned(const sequence& q, std::int64_t num_tokens) const {
   const std::int64_t bt = opt_.block_tokens;
-  const std::int64_t kvp = w_.layout.kvp;
-  std::int64_t mine = 0;  // new blocks this rank will own
-  for (const batch_item& it : items) {
-    const sequence& q = seqs_.at(it.seq);
-    const block_table& t = q.table;
-    const std::int64_t room = t.needs_block() ? 0 : bt - t.last().num_tokens;
-    const std::int64_t extra = static_cast<std::int64_t>(it.tokens.size()) - room;
-    const auto first = static_cast<std::int64_t>(t.blocks().size());
-    for (std::int64_t b = 0; b < (extra + bt - 1) / bt; ++b) {
-      if (planner::kv_block_owner(q.offset, first + b, kvp) == kvp_idx_) ++mine;
-    }
+  const block_table& t = q.table;
+  const std::int64_t room = t.needs_block() ? 0 : bt - t.last().num_tokens;
+  const std::int64_t extra = num_tokens - room;
+  const auto first = static_cast<std::int64_t>(t.blocks().size());
+  std::int64_t mine = 0;
+  for (std::int64_t b = 0; b < (extra + bt - 1) / bt; ++b) {
+    if (planner::kv_block_owner(q.offset, first + b, w_.layout.kvp) == kvp_idx_) ++mine;
   }
-  float short_of_slots = mine > kv_.free_slots() ? 1.0f : 0.0f;
+  return mine;
+}
+
+// KV capacity differs per rank (each holds different blocks), so the ranks agree with one small
+// all-reduce that every one of them has the slots it needs: either all go on or all fail with the
+// tables unchanged.
+status rank_program::agree_on_slots(std::int64_t needed, std::string_view what) {
+  float short_of_slots = needed > kv_.free_slots() ? 1.0f : 0.0f;
   HELIX_RETURN_IF_ERROR(
       world_->all_reduce(transport::as_send(std::span<const float>(&short_of_slots, 1)),
                          transport::as_recv(std::span<float>(&short_of_slots, 1))));
   if (short_of_slots > 0.0f) {
     return resource_exhausted(
-        "rank_program: step needs KV blocks that {} rank(s) lack (rank {}: {} needed, {} of {} "
+        "rank_program: {} needs KV blocks that {} rank(s) lack (rank {}: {} needed, {} of {} "
         "free)",
-        short_of_slots, w_.rank, mine, kv_.free_slots(), kv_.num_slots());
+        what, short_of_slots, w_.rank, needed, kv_.free_slots(), kv_.num_slots());
   }
+  return ok_status();
+}
+
+// Places the step's new blocks by the planner's rule and reserves this rank's share of them.
+status rank_program::reserve_kv(std::span<const batch_item> items) {
+  std::int64_t mine = 0;
+  for (const batch_item& it : items) {
+    mine += new_blocks_owned(seqs_.at(it.seq), static_cast<std::int64_t>(it.tokens.size()));
+  }
+  HELIX_RETURN_IF_ERROR(agree_on_slots(mine, "step"));
+  const std::int64_t kvp = w_.layout.kvp;
   std::int64_t row = 0;
   for (const batch_item& it : items) {
     sequence& q = seqs_.at(it.seq);
@@ -235,6 +314,50 @@ status rank_program::reserve_kv(std::span<const batch_item> items) {
   return ok_status();
 }
 
+status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
+                                      std::uint64_t seed) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return not_found("rank_program: unknown sequence {}", seq);
+  if (num_tokens < 0) return invalid_argument("rank_program: {} synthetic tokens", num_tokens);
+  sequence& q = it->second;
+  HELIX_RETURN_IF_ERROR(agree_on_slots(new_blocks_owned(q, num_tokens), "synthetic KV"));
+  block_table& t = q.table;
+  const std::int64_t bt = opt_.block_tokens;
+  std::vector<std::pair<std::int32_t, std::int64_t>> pages;  // (slot, block idx) to fill
+  for (std::int64_t left = num_tokens; left > 0;) {
+    if (t.needs_block()) {
+      const auto block_idx = static_cast<std::int64_t>(t.blocks().size());
+      const std::int64_t owner_kvp = planner::kv_block_owner(q.offset, block_idx, w_.layout.kvp);
+      const auto owner = static_cast<std::int32_t>(w_.layout.attention_rank(tpa_idx_, owner_kvp));
+      std::int32_t slot = 0;
+      if (owner == w_.rank) {
+        HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
+      }
+      HELIX_RETURN_IF_ERROR(t.open_block(owner, slot));
+    }
+    const kv_block_ref& b = t.last();
+    if (b.rank == w_.rank && (pages.empty() || pages.back().first != b.slot)) {
+      pages.emplace_back(b.slot, static_cast<std::int64_t>(t.blocks().size()) - 1);
+    }
+    const std::int64_t n = std::min(left, bt - b.num_tokens);
+    HELIX_RETURN_IF_ERROR(t.append_tokens(n));
+    left -= n;
+  }
+  // Whole pages (entries past a block's tokens are never read), keyed by layer, sequence, block
+  // and the column's first KV head so the fill does not depend on which rank holds the block.
+  const std::int64_t layers = kv_.num_layers();
+  const std::uint64_t head0 = static_cast<std::uint64_t>(w_.layers.front().kv_heads.first);
+  parallel_for(
+      pool_.get(), static_cast<std::int64_t>(pages.size()) * layers, [&](std::int64_t task) {
+        const std::int64_t layer_idx = task % layers;
+        const auto& [slot, block_idx] = pages[sz(task / layers)];
+        const std::uint64_t stream = (static_cast<std::uint64_t>(layer_idx) << 56) ^ (seq << 40) ^
+                                     (head0 << 32) ^ static_cast<std::uint64_t>(block_idx);
+        fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream);
+      });
+  return ok_status();
+}
+
 status rank_program::linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
                             std::int64_t y_stride, std::int64_t rows, bool accumulate) {
   return model::linear(ctx(), x, x_stride, w, y, y_stride, rows, accumulate);
@@ -249,131 +372,22 @@ status rank_program::all_reduce_add(std::int64_t rows) {
   return ok_status();
 }
 
-// Steps 2-7: column QKV, RoPE, owner-only KV append, local partial attention, all-to-all of head
-// slices in the KVP group, exact merge, o_proj slice, all-reduce, residual.
-status rank_program::attention(std::int64_t layer_idx, std::span<const batch_item> items,
-                               std::int64_t rows) {
+// Step 9: final norm and this rank's vocabulary rows; then, as asked, an all-gather of the
+// shards (each padded to the largest, since shards may be uneven) for full logits, and/or exact
+// sampling from per-shard summaries.
+status rank_program::lm_head(std::span<const batch_item> items, const step_output& out) {
   const model_spec& s = w_.spec;
-  const rank_layer_weights& L = w_.layers[sz(layer_idx)];
-  const std::int64_t d = s.head_dim;
-  const std::int64_t qc = L.q_heads.count;
-  const std::int64_t kc = L.kv_heads.count;
-  const std::int64_t qn = L.o_heads.count;
-  const std::int64_t kvp = w_.layout.kvp;
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_proj, q_.data(), 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.k_proj, k_.data(), 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.v_proj, v_.data(), 0, rows));
-
-  kernels::rope_params r = rope_params_for(s, rope_, positions_.data(), rows, d);
-  r.head_stride = d;
-  r.x = q_.data();
-  r.row_stride = qc * d;
-  r.num_heads = qc;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
-  r.x = k_.data();
-  r.row_stride = kc * d;
-  r.num_heads = kc;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
-
-  for (std::int64_t i = 0; i < rows; ++i) {
-    const row_info& ri = rows_[sz(i)];
-    if (ri.slot < 0) continue;  // another KVP member of the column stores this token
-    kv_.write_token(layer_idx, ri.slot, ri.slot_offset, k_.data() + i * kc * d,
-                    v_.data() + i * kc * d);
-  }
-
-  // Partial attention of every item over the blocks this rank holds (any subset of positions;
-  // the causal mask uses each block's global positions).
-  std::int64_t row = 0;
+  // The position each logits row samples at: one past the token whose logits it holds.
+  std::int64_t src = 0;
+  std::int64_t dst = 0;
   for (const batch_item& it : items) {
-    const block_table& t = seqs_.at(it.seq).table;
-    local_blocks_.clear();
-    for (const kv_block_ref& b : t.blocks()) {
-      if (b.rank == w_.rank) local_blocks_.push_back(b);
+    const auto n = static_cast<std::int64_t>(it.tokens.size());
+    for (std::int64_t i = it.all_logits ? 0 : n - 1; i < n; ++i) {
+      logit_positions_[sz(dst++)] = positions_[sz(src + i)] + 1;
     }
-    kernels::attention_partial_params a;
-    a.num_queries = static_cast<std::int64_t>(it.tokens.size());
-    a.q = q_.data() + row * qc * d;
-    a.query_pos = positions_.data() + row;
-    a.num_q_heads = qc;
-    a.layout = kv_.layout();
-    a.kv_pool = kv_.layer_pool(layer_idx);
-    a.blocks = local_blocks_.data();
-    a.num_blocks = static_cast<std::int64_t>(local_blocks_.size());
-    a.softmax_scale = static_cast<float>(s.softmax_scale());
-    a.causal = true;
-    a.out = part_out_.data() + row * qc * d;
-    a.lse = part_lse_.data() + row * qc;
-    const std::size_t need = kernels::attention_workspace_bytes(a, ctx());
-    if (attn_workspace_.size() < need) attn_workspace_.resize(need);
-    a.workspace = attn_workspace_.data();
-    a.workspace_bytes = attn_workspace_.size();
-    HELIX_RETURN_IF_ERROR(kernels::attention_partial(a, ctx()));
-    row += a.num_queries;
+    src += n;
   }
-
-  // Pack per peer j: out [rows, qn, d] of the column's head slice j, then lse [rows, qn]. The
-  // payload is rows * qn * (d + 1) floats per peer, independent of the context length.
-  const std::int64_t chunk = rows * qn * (d + 1);
-  for (std::int64_t j = 0; j < kvp; ++j) {
-    float* out = send_.data() + j * chunk;
-    float* lse = out + rows * qn * d;
-    for (std::int64_t i = 0; i < rows; ++i) {
-      std::copy_n(part_out_.data() + (i * qc + j * qn) * d, qn * d, out + i * qn * d);
-      std::copy_n(part_lse_.data() + i * qc + j * qn, qn, lse + i * qn);
-    }
-  }
-  HELIX_RETURN_IF_ERROR(
-      kvp_->all_to_all(transport::as_send(std::span<const float>(send_.data(), sz(kvp * chunk))),
-                       transport::as_recv(std::span<float>(recv_.data(), sz(kvp * chunk)))));
-  // Unpack into [kvp][rows*qn, d] and [kvp][rows*qn], the layout lse_merge wants.
-  for (std::int64_t j = 0; j < kvp; ++j) {
-    const float* in = recv_.data() + j * chunk;
-    std::copy_n(in, rows * qn * d, merge_out_.data() + j * rows * qn * d);
-    std::copy_n(in + rows * qn * d, rows * qn, merge_lse_.data() + j * rows * qn);
-  }
-  kernels::lse_merge_params m;
-  m.partial_out = merge_out_.data();
-  m.partial_lse = merge_lse_.data();
-  m.num_partials = kvp;
-  m.num_rows = rows * qn;
-  m.dim = d;
-  m.out = attn_.data();
-  HELIX_RETURN_IF_ERROR(kernels::lse_merge(m, ctx()));
-
-  // attn_ is [rows, qn * d]: the heads rank_q_heads(rank) in order, matching the o_proj slice.
-  HELIX_RETURN_IF_ERROR(linear(attn_.data(), 0, L.o_proj, partial_.data(), 0, rows));
-  return all_reduce_add(rows);
-}
-
-// Step 8, dense: this rank's [f0, f1) slice of gate/up, SwiGLU, its down columns; all-reduce.
-status rank_program::ffn(std::int64_t layer_idx, std::int64_t rows) {
-  const rank_layer_weights& L = w_.layers[sz(layer_idx)];
-  const std::int64_t h = w_.spec.hidden;
-  const std::int64_t f = L.mlp.ffn.count;
-  if (!L.has_ffn || f == 0) {
-    // A rank without an FFN slice still takes part in the all-reduce, contributing zeros.
-    std::fill_n(partial_.data(), rows * h, 0.0f);
-  } else {
-    HELIX_RETURN_IF_ERROR(linear(xn_.data(), h, L.mlp.gate_proj, gate_.data(), f, rows));
-    HELIX_RETURN_IF_ERROR(linear(xn_.data(), h, L.mlp.up_proj, up_.data(), f, rows));
-    kernels::swiglu_params sw;
-    sw.gate = gate_.data();
-    sw.up = up_.data();
-    sw.out = gate_.data();
-    sw.rows = rows;
-    sw.dim = f;
-    HELIX_RETURN_IF_ERROR(kernels::swiglu(sw, ctx()));
-    HELIX_RETURN_IF_ERROR(linear(gate_.data(), f, L.mlp.down_proj, partial_.data(), h, rows));
-  }
-  return all_reduce_add(rows);
-}
-
-// Step 9: final norm, this rank's vocabulary rows, then an all-gather of the shards (each padded
-// to the largest, since shards may be uneven) so every rank returns full logits.
-status rank_program::lm_head(std::span<const batch_item> items, std::span<float> logits) {
-  const model_spec& s = w_.spec;
-  const std::int64_t dst = gather_logit_rows(items, x_.data(), s.hidden);
+  HELIX_CHECK(gather_logit_rows(items, x_.data(), s.hidden) == dst, "logit rows");
   HELIX_RETURN_IF_ERROR(rms_norm(ctx(), x_.data(), w_.final_norm, xn_.data(), dst, s.rms_norm_eps));
 
   const std::int64_t world = w_.layout.num_ranks;
@@ -383,6 +397,8 @@ status rank_program::lm_head(std::span<const batch_item> items, std::span<float>
   if (w_.vocab.count > 0) {
     HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, w_.lm_head, shard_logits_.data(), vmax, dst));
   }
+  if (!out.tokens.empty()) HELIX_RETURN_IF_ERROR(sample_sharded(dst, out));
+  if (out.logits.empty()) return ok_status();
   HELIX_RETURN_IF_ERROR(world_->all_gather(
       transport::as_send(std::span<const float>(shard_logits_.data(), sz(count))),
       transport::as_recv(std::span<float>(gathered_.data(), sz(world * count)))));
@@ -390,32 +406,96 @@ status rank_program::lm_head(std::span<const batch_item> items, std::span<float>
     const index_range v = split_range(s.vocab, world, j);
     const float* in = gathered_.data() + j * count;
     for (std::int64_t i = 0; i < dst; ++i) {
-      std::copy_n(in + i * vmax, v.count, logits.data() + i * s.vocab + v.first);
+      std::copy_n(in + i * vmax, v.count, out.logits.data() + i * s.vocab + v.first);
     }
   }
   return ok_status();
 }
 
+// Every rank reduces its shard of each row to a fixed-size summary; one all-gather of the
+// summaries; every rank merges the same summaries in the same order into the same token.
+status rank_program::sample_sharded(std::int64_t rows, const step_output& out) {
+  const std::int64_t world = w_.layout.num_ranks;
+  if (summaries_.size() < sz(rows)) summaries_.resize(sz(rows));
+  if (gathered_summaries_.size() < sz(world * rows)) gathered_summaries_.resize(sz(world * rows));
+  kernels::shard_candidates_params p;
+  p.logits = w_.vocab.count > 0 ? shard_logits_.data() : nullptr;
+  p.logits_stride = max_vocab_shard(w_.spec, world);
+  p.rows = rows;
+  p.vocab_begin = w_.vocab.first;
+  p.vocab_end = w_.vocab.end();
+  p.options = out.sampling.data();
+  p.request_ids = out.request_ids.data();
+  p.positions = logit_positions_.data();
+  p.k_max = out.k_max;
+  p.summaries = summaries_.data();
+  HELIX_RETURN_IF_ERROR(kernels::shard_candidates(p));
+  // The summaries are plain data of a fixed size: they travel as raw bytes.
+  const std::size_t bytes = sz(rows) * sizeof(kernels::shard_summary);
+  HELIX_RETURN_IF_ERROR(
+      world_->all_gather(transport::send_buf{summaries_.data(), bytes, transport::wire_type::bytes},
+                         transport::recv_buf{gathered_summaries_.data(), bytes * sz(world),
+                                             transport::wire_type::bytes}));
+  std::vector<kernels::shard_summary>& per_rank = summaries_;  // reused: [world] for one row
+  if (per_rank.size() < sz(world)) per_rank.resize(sz(world));
+  for (std::int64_t i = 0; i < rows; ++i) {
+    for (std::int64_t j = 0; j < world; ++j) {
+      per_rank[sz(j)] = gathered_summaries_[sz(j * rows + i)];
+    }
+    HELIX_ASSIGN_OR_RETURN(
+        out.tokens[sz(i)],
+        kernels::merge_shard_candidates(std::span(per_rank.data(), sz(world)), out.sampling[sz(i)],
+                                        out.request_ids[sz(i)], logit_positions_[sz(i)]));
+  }
+  return ok_status();
+}
+
 status rank_program::forward(std::span<const batch_item> items, std::span<float> logits) {
+  step_output out;
+  out.logits = logits;
+  return forward(items, out);
+}
+
+status rank_program::forward(std::span<const batch_item> items, const step_output& out) {
   const model_spec& s = w_.spec;
   HELIX_ASSIGN_OR_RETURN(
       const std::int64_t rows,
-      validate_step("rank_program", items, seqs_, s.vocab, opt_.max_batch_tokens, logits.size()));
+      validate_step("rank_program", items, seqs_, s.vocab, opt_.max_batch_tokens, out.logits.size(),
+                    /*logits_optional=*/true));
+  const auto logit_rows = sz(decoder::logits_rows(items));
+  if (!out.tokens.empty()) {
+    if (out.tokens.size() < logit_rows || out.sampling.size() < logit_rows ||
+        out.request_ids.size() < logit_rows) {
+      return invalid_argument(
+          "rank_program: sampling needs {} rows of tokens, options and request ids (got {}, {}, "
+          "{})",
+          logit_rows, out.tokens.size(), out.sampling.size(), out.request_ids.size());
+    }
+    if (out.k_max < 1 || out.k_max > kernels::shard_summary_capacity) {
+      return invalid_argument("rank_program: k_max {} outside [1, {}]", out.k_max,
+                              kernels::shard_summary_capacity);
+    }
+    for (std::size_t i = 0; i < logit_rows; ++i) {
+      HELIX_RETURN_IF_ERROR(kernels::validate(out.sampling[i]));
+    }
+  }
   HELIX_RETURN_IF_ERROR(reserve_kv(items));
   ++step_;
+  kv_bytes_read_ = 0;
 
   HELIX_RETURN_IF_ERROR(embed_tokens(ctx(), w_.embed, token_ids_.data(), rows, x_.data()));
-
   for (std::int64_t l = 0; l < s.num_layers; ++l) {
     const rank_layer_weights& L = w_.layers[sz(l)];
     HELIX_RETURN_IF_ERROR(
         rms_norm(ctx(), x_.data(), L.input_norm, xn_.data(), rows, s.rms_norm_eps));
-    HELIX_RETURN_IF_ERROR(attention(l, items, rows));
+    HELIX_RETURN_IF_ERROR(s.is_mla() ? attention_mla(l, items, rows)
+                                     : attention_gqa(l, items, rows));
     HELIX_RETURN_IF_ERROR(
         rms_norm(ctx(), x_.data(), L.post_attn_norm, xn_.data(), rows, s.rms_norm_eps));
     HELIX_RETURN_IF_ERROR(ffn(l, rows));
   }
-  return lm_head(items, logits);
+  if (out.logits.empty() && out.tokens.empty()) return ok_status();
+  return lm_head(items, out);
 }
 
 }  // namespace helix::model

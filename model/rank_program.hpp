@@ -2,12 +2,13 @@
 // rank of an N-rank layout computes for one batched step, talking to its peers through
 // transport/ communicators.
 //
-// This is the first slice of the multi-worker program: dense GQA models only (MLA, MoE and HOP-B
-// come next; create() says so with failed_precondition). Per layer, every rank
+// GQA and MLA (absorbed) attention, dense and MoE FFNs, for every layout family (helix, tp,
+// medha). Per layer, every rank
 //   1. RMSNorms the replicated x [rows, H];
-//   2. projects q, k, v for its TPA column (q [rows, Q/TPA, D], k,v [rows, K/TPA, D]) and applies
-//      RoPE at the tokens' global positions;
-//   3. writes each new token's k,v only on the KVP member that owns the token's block. Ownership
+//   2. projects its TPA column's queries (GQA q [rows, Q/TPA, D], k,v [rows, K/TPA, D]; MLA: the
+//      latent row [rows, kv_lora + rope] and the absorbed queries of its heads, all Q when
+//      TPA = 1) and applies RoPE at the tokens' global positions;
+//   3. writes each new token's KV only on the KVP member that owns the token's block. Ownership
 //      comes from the sequence's block table, whose new blocks are placed by the planner's rule
 //      (planner::kv_block_owner with an offset from planner::choose_join_offset, chosen when the
 //      sequence opens). Every rank of every column runs the same deterministic placement over the
@@ -15,14 +16,17 @@
 //      block's slot is meaningful only on its owner (other ranks record slot 0);
 //   4. runs partial attention over the blocks it holds (none: lse = -inf, out = 0);
 //   5. all-to-alls the partials inside its KVP group along the head axis: member j receives the
-//      out and lse of head slice j (Q/N heads) from every peer, in one packed buffer per peer;
+//      out and lse of head slice j (Q/N heads) from every peer, in one packed buffer per peer
+//      (MLA: in latent space, kv_lora wide). With HOP-B (options.hopb) each item is a micro-batch
+//      whose all-to-all is in flight while the next item's partial attention runs;
 //   6. merges them exactly (kernels::lse_merge, peers in kvp order);
-//   7. multiplies by its o_proj column slice, all-reduces the [rows, H] partial over the world and
-//      adds it to the residual;
-//   8. runs its slice [f0, f1) of the dense FFN, all-reduces over the world, adds the residual.
-//   9. After the last layer: final norm and its LM-head rows [v0, v1). forward() then all-gathers
-//      the vocabulary shards (padded to the largest shard) so every rank returns full logits;
-//      exact sharded sampling without the gather (kernels/sharded_sampling.hpp) is for later.
+//   7. (MLA: W_UV for its Q/N heads,) multiplies by its o_proj column slice, all-reduces the
+//      [rows, H] partial over the world and adds it to the residual;
+//   8. FFN: its slice of the dense FFN, or of the routed experts of its EP group that its tokens
+//      chose plus its slice of the shared expert (the router is replicated); all-reduce; residual.
+//   9. After the last layer: final norm and its LM-head rows [v0, v1); then, as the step asks,
+//      an all-gather of the vocabulary shards (full logits on every rank) and/or exact sampling
+//      from per-shard candidate summaries (kernels/sharded_sampling.hpp) without the gather.
 //
 // Collectives are called in the same order on every rank, and every error a rank can detect on
 // its own (bad items, validation) is a pure function of the step's inputs, so all ranks fail
@@ -37,6 +41,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -45,6 +50,8 @@
 #include "core/thread_pool.hpp"
 #include "kernels/exec.hpp"
 #include "kernels/rope.hpp"
+#include "kernels/sampling.hpp"
+#include "kernels/sharded_sampling.hpp"
 #include "model/decoder.hpp"
 #include "model/kv_store.hpp"
 #include "model/sharding.hpp"
@@ -54,10 +61,32 @@
 namespace helix::model {
 
 struct rank_program_options {
+  dtype kv_type = dtype::f32;  // KV storage dtype: f32, bf16, f16 or fp8_e4m3
   std::int64_t block_tokens = default_block_tokens;
   std::int64_t kv_capacity_tokens = 1 << 14;  // this rank's store, rounded up to whole blocks
   std::int64_t max_batch_tokens = 256;        // rows per forward(); sizes the workspaces
   int num_threads = 1;  // cpu kernel threads of this rank; 1 = the calling thread only
+  /// HOP-B: each item of a step is its own micro-batch; its all-to-all is in flight while the
+  /// next item's partial attention runs. Results are bit-identical either way.
+  bool hopb = false;
+};
+
+/// What one step returns. Both parts are optional; the collectives each needs run only when it
+/// is asked for, and every rank must ask for the same parts.
+struct step_output {
+  /// Full logits, decoder::logits_rows(items) * vocab floats, rows in item order, on every rank
+  /// (an all-gather of the vocabulary shards). Empty: not gathered.
+  std::span<float> logits;
+  /// Exact sampling over the sharded vocabulary without gathering it (kernels/sharded_sampling):
+  /// one options entry and one request id per logits row; the chosen token of every row lands in
+  /// `tokens` (identical on every rank). Empty `tokens`: no sampling. The row's position for the
+  /// counter-based noise is the position of the token being sampled (one past the token whose
+  /// logits the row holds), as model::generate does.
+  std::span<const kernels::sampling_options> sampling;
+  std::span<const std::uint64_t> request_ids;
+  std::span<std::int32_t> tokens;
+  /// Candidates each shard sends per row (kernels::shard_candidates_params::k_max).
+  std::int32_t k_max = 64;
 };
 
 class rank_program {
@@ -94,6 +123,21 @@ class rank_program {
   /// Errors as decoder::forward (identical on every rank); a transport failure is returned as is
   /// and leaves the step's tokens appended.
   [[nodiscard]] status forward(std::span<const batch_item> items, std::span<float> logits);
+  /// The same step with either or both outputs (see step_output); invalid_argument for output
+  /// spans of the wrong size or invalid sampling options (identical on every rank).
+  [[nodiscard]] status forward(std::span<const batch_item> items, const step_output& out);
+
+  /// Appends `num_tokens` positions of seeded synthetic KV to the sequence on every rank (each
+  /// fills only the blocks it owns), placed by the same rule as real tokens; for benchmarks,
+  /// labelled synthetic wherever reported. Collective (agrees on capacity like forward()).
+  [[nodiscard]] status append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
+                                        std::uint64_t seed);
+
+  /// Tokens cached for the sequence (same on every rank); not_found for an unknown id.
+  [[nodiscard]] expected<std::int64_t> sequence_length(std::uint64_t seq) const;
+  /// KV bytes this rank's partial attention read in the last forward(), summed over layers
+  /// (whole pages of the blocks it attended over).
+  [[nodiscard]] std::int64_t kv_bytes_read_last_step() const { return kv_bytes_read_; }
 
  private:
   struct passkey {};
@@ -114,13 +158,37 @@ class rank_program {
     std::int32_t slot = -1;
     std::int32_t slot_offset = 0;
   };
+  // A run of consecutive items whose partials travel in one all-to-all (HOP-B: one item each).
+  struct micro_batch {
+    std::size_t first_item = 0;
+    std::size_t num_items = 0;
+    std::int64_t first_row = 0;
+    std::int64_t num_rows = 0;
+  };
 
   [[nodiscard]] kernels::exec_context ctx() const;
+  void allocate_workspace();
+  [[nodiscard]] status agree_on_slots(std::int64_t needed, std::string_view what);
+  [[nodiscard]] std::int64_t new_blocks_owned(const sequence& q, std::int64_t num_tokens) const;
   [[nodiscard]] status reserve_kv(std::span<const batch_item> items);
-  [[nodiscard]] status attention(std::int64_t layer_idx, std::span<const batch_item> items,
-                                 std::int64_t rows);
+  // rank_attention.cpp
+  [[nodiscard]] status attention_gqa(std::int64_t layer_idx, std::span<const batch_item> items,
+                                     std::int64_t rows);
+  [[nodiscard]] status attention_mla(std::int64_t layer_idx, std::span<const batch_item> items,
+                                     std::int64_t rows);
+  [[nodiscard]] status attend_and_exchange(std::int64_t layer_idx,
+                                           std::span<const batch_item> items, const float* q,
+                                           float* out);
+  [[nodiscard]] status partial_attention(std::int64_t layer_idx, std::span<const batch_item> items,
+                                         const micro_batch& mb, const float* q);
+  // rank_ffn.cpp
   [[nodiscard]] status ffn(std::int64_t layer_idx, std::int64_t rows);
-  [[nodiscard]] status lm_head(std::span<const batch_item> items, std::span<float> logits);
+  [[nodiscard]] status mlp_slice(const mlp_shard& mlp, const float* in, float* out,
+                                 std::int64_t rows, bool accumulate);
+  [[nodiscard]] status moe(std::int64_t layer_idx, std::int64_t rows);
+  // rank_program.cpp
+  [[nodiscard]] status lm_head(std::span<const batch_item> items, const step_output& out);
+  [[nodiscard]] status sample_sharded(std::int64_t rows, const step_output& out);
   [[nodiscard]] status linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
                               std::int64_t y_stride, std::int64_t rows, bool accumulate = false);
   [[nodiscard]] status all_reduce_add(std::int64_t rows);
@@ -132,21 +200,27 @@ class rank_program {
   kv_store kv_;
   std::unique_ptr<thread_pool> pool_;  // null: kernels run on the calling thread
   kernels::rope_table rope_;
+  std::vector<tensor> w_uk_t_;  // MLA: per layer [q * kv_lora_rank, qk_nope] (W_UK^T per head)
   std::int64_t tpa_idx_ = 0;
   std::int64_t kvp_idx_ = 0;
+  std::int64_t kv_bytes_read_ = 0;
   std::int64_t step_ = 0;  // global step clock (forward() calls), the placement rule's rotation
   std::unordered_map<std::uint64_t, sequence> seqs_;
   std::vector<std::uint64_t> open_order_;  // live sequence ids in open order (deterministic)
   std::uint64_t next_seq_ = 1;
 
   // Workspaces, sized once for max_batch_tokens rows (attention scratch grows with context).
-  std::vector<float> x_, xn_, q_, k_, v_, part_out_, part_lse_, send_, recv_, merge_out_,
-      merge_lse_, attn_, partial_, gate_, up_, shard_logits_, gathered_;
-  std::vector<std::int32_t> token_ids_;
-  std::vector<std::int64_t> positions_;
+  std::vector<float> x_, xn_, q_, k_, v_, qa_, kva_, part_out_, part_lse_, send_, recv_, merge_out_,
+      merge_lse_, attn_, attn_v_, partial_, gate_, up_, shard_logits_, gathered_;
+  std::vector<float> router_logits_, expert_w_, expert_in_, expert_tmp_;
+  std::vector<std::int32_t> token_ids_, expert_ids_;
+  std::vector<std::int64_t> positions_, expert_rows_, logit_positions_;
   std::vector<row_info> rows_;
+  std::vector<micro_batch> micro_batches_;
+  std::vector<transport::request> exchanges_;
   std::vector<kv_block_ref> local_blocks_;
   std::vector<std::uint8_t> attn_workspace_;
+  std::vector<kernels::shard_summary> summaries_, gathered_summaries_;
 };
 
 }  // namespace helix::model

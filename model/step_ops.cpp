@@ -5,6 +5,7 @@
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/rmsnorm.hpp"
+#include "kernels/rope.hpp"
 
 namespace helix::model {
 
@@ -62,6 +63,104 @@ kernels::rope_params rope_params_for(const model_spec& spec, const kernels::rope
   r.attention_factor = table.attention_factor;
   r.interleave = spec.rope.interleave;
   return r;
+}
+
+status project_mla(const kernels::exec_context& ctx, const model_spec& spec,
+                   const kernels::rope_table& rope, const mla_projection& w, const float* xn,
+                   const std::int64_t* positions, std::int64_t rows, float* qa, float* q,
+                   float* kva) {
+  const mla_spec& m = spec.mla;
+  const std::int64_t key_dim = spec.kv_key_dim();  // kv_lora_rank + qk_rope_head_dim
+  if (m.q_lora_rank > 0) {
+    HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, *w.q_a_proj, qa, 0, rows));
+    kernels::rmsnorm_params n;
+    n.x = qa;
+    n.weight = w.q_a_norm->data();
+    n.out = qa;
+    n.rows = rows;
+    n.dim = m.q_lora_rank;
+    n.eps = mla_norm_eps;
+    HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx));
+    HELIX_RETURN_IF_ERROR(linear(ctx, qa, 0, *w.q_b_proj, q, 0, rows));
+  } else {
+    HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, *w.q_proj, q, 0, rows));
+  }
+  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, *w.kv_a_proj, kva, 0, rows));
+  kernels::rmsnorm_params n;
+  n.x = kva;
+  n.x_stride = key_dim;
+  n.weight = w.kv_a_norm->data();
+  n.out = kva;
+  n.out_stride = key_dim;
+  n.rows = rows;
+  n.dim = m.kv_lora_rank;
+  n.eps = mla_norm_eps;
+  HELIX_RETURN_IF_ERROR(kernels::rmsnorm(n, ctx));
+  kernels::rope_params r = rope_params_for(spec, rope, positions, rows, m.qk_rope_head_dim);
+  r.x = kva;
+  r.row_stride = key_dim;
+  r.num_heads = 1;
+  r.head_stride = key_dim;
+  r.rot_offset = m.kv_lora_rank;
+  return kernels::rope(r, ctx);
+}
+
+status absorb_mla_queries(const kernels::exec_context& ctx, const model_spec& spec,
+                          const kernels::rope_table& rope, const tensor& w_uk_t, const float* q,
+                          const std::int64_t* positions, std::int64_t rows, std::int64_t heads,
+                          float* q_abs) {
+  const mla_spec& m = spec.mla;
+  const std::int64_t qk = m.qk_head_dim();
+  const std::int64_t key_dim = spec.kv_key_dim();
+  const auto w_head_bytes =
+      static_cast<std::size_t>(m.kv_lora_rank * m.qk_nope_head_dim) * dtype_bytes(w_uk_t.type());
+  for (std::int64_t h = 0; h < heads; ++h) {
+    kernels::gemm_params g;
+    g.x = q + h * qk;
+    g.x_stride = heads * qk;
+    g.w = static_cast<const std::uint8_t*>(w_uk_t.data()) +
+          static_cast<std::size_t>(h) * w_head_bytes;
+    g.w_type = w_uk_t.type();
+    g.y = q_abs + h * key_dim;
+    g.y_stride = heads * key_dim;
+    g.m = rows;
+    g.n = m.kv_lora_rank;
+    g.k = m.qk_nope_head_dim;
+    HELIX_RETURN_IF_ERROR(kernels::gemm(g, ctx));
+    for (std::int64_t i = 0; i < rows; ++i) {
+      std::copy_n(q + (i * heads + h) * qk + m.qk_nope_head_dim, m.qk_rope_head_dim,
+                  q_abs + (i * heads + h) * key_dim + m.kv_lora_rank);
+    }
+  }
+  kernels::rope_params r = rope_params_for(spec, rope, positions, rows, m.qk_rope_head_dim);
+  r.x = q_abs;
+  r.row_stride = heads * key_dim;
+  r.num_heads = heads;
+  r.head_stride = key_dim;
+  r.rot_offset = m.kv_lora_rank;
+  return kernels::rope(r, ctx);
+}
+
+status mla_values(const kernels::exec_context& ctx, const model_spec& spec, const tensor& w,
+                  std::int64_t head_row_stride, std::int64_t head_row_offset, const float* latent,
+                  std::int64_t rows, std::int64_t heads, float* out) {
+  const mla_spec& m = spec.mla;
+  const std::size_t row_bytes = static_cast<std::size_t>(m.kv_lora_rank) * dtype_bytes(w.type());
+  for (std::int64_t h = 0; h < heads; ++h) {
+    kernels::gemm_params g;
+    g.x = latent + h * m.kv_lora_rank;
+    g.x_stride = heads * m.kv_lora_rank;
+    g.w = static_cast<const std::uint8_t*>(w.data()) +
+          static_cast<std::size_t>(h * head_row_stride + head_row_offset) * row_bytes;
+    g.w_type = w.type();
+    g.y = out + h * m.v_head_dim;
+    g.y_stride = heads * m.v_head_dim;
+    g.m = rows;
+    g.n = m.v_head_dim;
+    g.k = m.kv_lora_rank;
+    HELIX_RETURN_IF_ERROR(kernels::gemm(g, ctx));
+  }
+  return ok_status();
 }
 
 std::int64_t gather_logit_rows(std::span<const decoder::batch_item> items, float* x,

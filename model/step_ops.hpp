@@ -35,6 +35,46 @@ namespace helix::model {
                                                    const std::int64_t* positions, std::int64_t rows,
                                                    std::int64_t rot_dim);
 
+/// HF DeepseekV3 builds q_a_layernorm and kv_a_layernorm with the default epsilon, whatever
+/// rms_norm_eps says.
+inline constexpr float mla_norm_eps = 1e-6f;
+
+/// The MLA projection weights of one layer (of the full model or of one rank's shard: q_b_proj or
+/// q_proj may hold only some heads). q_a_proj/q_a_norm are null without q_lora.
+struct mla_projection {
+  const tensor* q_a_proj = nullptr;   // [q_lora, H]
+  const tensor* q_a_norm = nullptr;   // [q_lora]
+  const tensor* q_b_proj = nullptr;   // [heads * qk_head_dim, q_lora]
+  const tensor* q_proj = nullptr;     // [heads * qk_head_dim, H] (models without q_lora)
+  const tensor* kv_a_proj = nullptr;  // [kv_lora + qk_rope, H]
+  const tensor* kv_a_norm = nullptr;  // [kv_lora]
+};
+
+/// MLA queries and cached rows of `rows` tokens from the normed input xn [rows, H]:
+///   q   [rows, heads, qk_nope | qk_rope]   (not rotated; absorb_mla_queries rotates)
+///   kva [rows, kv_lora + qk_rope]          (normalised latent | rotated rope key: the KV row)
+/// qa is scratch of rows * q_lora floats.
+[[nodiscard]] status project_mla(const kernels::exec_context& ctx, const model_spec& spec,
+                                 const kernels::rope_table& rope, const mla_projection& w,
+                                 const float* xn, const std::int64_t* positions, std::int64_t rows,
+                                 float* qa, float* q, float* kva);
+
+/// Absorbed queries q_abs [rows, heads, kv_lora | qk_rope] from q [rows, heads, qk_nope | qk_rope]:
+/// q_nope of each head through W_UK^T (w_uk_t [heads * kv_lora, qk_nope], per head), the rope
+/// part copied and rotated at the tokens' positions.
+[[nodiscard]] status absorb_mla_queries(const kernels::exec_context& ctx, const model_spec& spec,
+                                        const kernels::rope_table& rope, const tensor& w_uk_t,
+                                        const float* q, const std::int64_t* positions,
+                                        std::int64_t rows, std::int64_t heads, float* q_abs);
+
+/// out [rows, heads, v_head_dim] = per head, latent [rows, heads, kv_lora] through W_UV. Head h
+/// of the output uses rows [first_row(h), first_row(h) + v_head_dim) of `w` (each kv_lora wide),
+/// first_row(h) = h * head_row_stride + head_row_offset.
+[[nodiscard]] status mla_values(const kernels::exec_context& ctx, const model_spec& spec,
+                                const tensor& w, std::int64_t head_row_stride,
+                                std::int64_t head_row_offset, const float* latent,
+                                std::int64_t rows, std::int64_t heads, float* out);
+
 /// Moves the hidden rows [rows, hidden] of `x` that need logits (the last token of each item, or
 /// all its tokens with all_logits) to the front, in order, and returns how many there are.
 [[nodiscard]] std::int64_t gather_logit_rows(std::span<const decoder::batch_item> items, float* x,
@@ -42,14 +82,16 @@ namespace helix::model {
 
 /// Checks one step's items: a non-empty batch of known sequences (`seqs` maps sequence id to
 /// state), none twice, each with tokens inside [0, vocab), at most max_batch_tokens in all, and a
-/// logits span large enough. Returns the number of token rows; invalid_argument prefixed by
-/// `who` otherwise. Allocates nothing (the duplicate check is quadratic; steps hold few items).
+/// logits span large enough (or empty, when logits_optional). Returns the number of token rows;
+/// invalid_argument prefixed by `who` otherwise. Allocates nothing (the duplicate check is
+/// quadratic; steps hold few items).
 template <class SeqMap>
 [[nodiscard]] expected<std::int64_t> validate_step(std::string_view who,
                                                    std::span<const decoder::batch_item> items,
                                                    const SeqMap& seqs, std::int64_t vocab,
                                                    std::int64_t max_batch_tokens,
-                                                   std::size_t logits_size) {
+                                                   std::size_t logits_size,
+                                                   bool logits_optional = false) {
   if (items.empty()) return invalid_argument("{}: empty batch", who);
   std::int64_t rows = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -73,7 +115,7 @@ template <class SeqMap>
                             max_batch_tokens);
   }
   const std::int64_t need = decoder::logits_rows(items) * vocab;
-  if (static_cast<std::int64_t>(logits_size) < need) {
+  if (static_cast<std::int64_t>(logits_size) < need && !(logits_optional && logits_size == 0)) {
     return invalid_argument("{}: logits span holds {} floats, {} needed", who, logits_size, need);
   }
   return rows;

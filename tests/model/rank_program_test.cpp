@@ -1,7 +1,9 @@
-// The multi-worker layer program (dense GQA slice) against the single-worker decoder: N ranks as
-// threads of one process over the local fabric, under several helix layouts, must give the
-// decoder's logits (f32, max abs diff <= 1e-4) over chunked prefill and decode, with short
-// contexts (KVP members without KV) and batches of sequences of different lengths.
+// The multi-worker layer program against the single-worker decoder: N ranks as threads of one
+// process over the local fabric, under every layout family on both tiny models (GQA dense and
+// MLA + MoE), must give the decoder's logits (f32, max abs diff <= 1e-4) over chunked prefill and
+// decode, with short contexts (KVP members without KV), batches of sequences of different lengths,
+// bf16 KV, HOP-B on and off (bit-identical) and sharded sampling (the same tokens as sampling the
+// full logits).
 #include "model/rank_program.hpp"
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "core/rng.hpp"
+#include "kernels/sampling.hpp"
 #include "transport/transport.hpp"
 
 namespace helix::model {
@@ -62,9 +65,11 @@ std::vector<decoder::batch_item> to_items(const script_step& step) {
 }
 
 // Logits of every step from the single-worker decoder.
-expected<std::vector<std::vector<float>>> run_reference(const model_weights& w, const script& s) {
+expected<std::vector<std::vector<float>>> run_reference(const model_weights& w, const script& s,
+                                                        dtype kv_type = dtype::f32) {
   decoder_options o;
   o.num_threads = 1;
+  o.kv_type = kv_type;
   HELIX_ASSIGN_OR_RETURN(auto dec, decoder::create(w, o));
   for (std::int64_t i = 0; i < s.num_seqs; ++i) (void)dec->open_sequence();
   std::vector<std::vector<float>> out;
@@ -83,19 +88,23 @@ struct sharded_result {
   bool ranks_agree = true;                        // every rank returned bit-identical logits
   std::vector<std::vector<std::int32_t>> owners;  // per sequence: owner rank of each block (rank 0)
   bool tables_agree = true;  // same block ranks and positions on every rank of the column
-  std::vector<std::int64_t> used_slots;  // per rank at the end
+  std::vector<std::int64_t> used_slots;           // per rank at the end
+  std::vector<std::vector<std::int32_t>> tokens;  // per step, sharded sampling (rank 0)
+  bool tokens_agree = true;                       // every rank sampled the same tokens
 };
 
 // Spawns one thread per rank of `layout_text`, each driving its own rank_program through the
 // script. A failing rank aborts the fabric so that its peers return instead of waiting forever.
 expected<sharded_result> run_sharded_forward(const model_weights& w, std::string_view layout_text,
                                              const script& s,
-                                             const rank_program_options& options = {}) {
+                                             const rank_program_options& options = {},
+                                             const kernels::sampling_options* sampling = nullptr) {
   HELIX_ASSIGN_OR_RETURN(const layout l, layout::parse(layout_text));
   const auto n = static_cast<int>(l.num_ranks);
   HELIX_ASSIGN_OR_RETURN(auto fab, transport::make_local_fabric(n));
   std::vector<status> results(sz_of(n), ok_status());
   std::vector<std::vector<std::vector<float>>> logits(sz_of(n));
+  std::vector<std::vector<std::vector<std::int32_t>>> tokens(sz_of(n));
   std::vector<std::vector<std::vector<kv_block_ref>>> tables(sz_of(n));
   std::vector<std::int64_t> used(sz_of(n), 0);
   auto body = [&](int r) -> status {
@@ -113,9 +122,21 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
     }
     for (const script_step& step : s.steps) {
       const auto items = to_items(step);
-      std::vector<float> out(sz_of(decoder::logits_rows(items) * w.spec.vocab));
-      HELIX_RETURN_IF_ERROR(prog->forward(items, out));
+      const auto rows = sz_of(decoder::logits_rows(items));
+      std::vector<float> out(rows * sz_of(w.spec.vocab));
+      step_output so;
+      so.logits = out;
+      std::vector<kernels::sampling_options> opts(
+          rows, sampling ? *sampling : kernels::sampling_options{});
+      std::vector<std::uint64_t> ids(rows);
+      for (std::size_t i = 0; i < rows; ++i) ids[i] = 100 + i;
+      std::vector<std::int32_t> toks(sampling ? rows : 0);
+      so.sampling = opts;
+      so.request_ids = ids;
+      so.tokens = toks;
+      HELIX_RETURN_IF_ERROR(prog->forward(items, so));
       logits[sz_of(r)].push_back(std::move(out));
+      tokens[sz_of(r)].push_back(std::move(toks));
     }
     for (std::int64_t i = 0; i < s.num_seqs; ++i) {
       const auto t = prog->table(static_cast<std::uint64_t>(i + 1)).blocks();
@@ -136,8 +157,12 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
 
   sharded_result res;
   res.logits = logits[0];
+  res.tokens = tokens[0];
   res.used_slots = used;
-  for (int r = 1; r < n; ++r) res.ranks_agree = res.ranks_agree && logits[sz_of(r)] == logits[0];
+  for (int r = 1; r < n; ++r) {
+    res.ranks_agree = res.ranks_agree && logits[sz_of(r)] == logits[0];
+    res.tokens_agree = res.tokens_agree && tokens[sz_of(r)] == tokens[0];
+  }
   for (const auto& t : tables[0]) {
     std::vector<std::int32_t> owners;
     for (const kv_block_ref& b : t) owners.push_back(b.rank);
@@ -172,15 +197,17 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 void expect_matches_reference(const model_weights& w, std::string_view layout_text, const script& s,
-                              sharded_result* out = nullptr) {
-  auto ref = run_reference(w, s);
+                              sharded_result* out = nullptr,
+                              const rank_program_options& options = {},
+                              float max_diff = tolerance) {
+  auto ref = run_reference(w, s, options.kv_type);
   ASSERT_TRUE(ref.has_value()) << ref.error().to_string();
-  auto got = run_sharded_forward(w, layout_text, s);
+  auto got = run_sharded_forward(w, layout_text, s, options);
   ASSERT_TRUE(got.has_value()) << layout_text << ": " << got.error().to_string();
   ASSERT_EQ(got->logits.size(), ref->size());
   for (std::size_t i = 0; i < ref->size(); ++i) {
     const float diff = max_abs_diff(got->logits[i], (*ref)[i]);
-    EXPECT_LE(diff, tolerance) << layout_text << " step " << i;
+    EXPECT_LE(diff, max_diff) << layout_text << " step " << i;
   }
   EXPECT_TRUE(got->ranks_agree) << layout_text << ": ranks returned different logits";
   EXPECT_TRUE(got->tables_agree) << layout_text << ": block tables differ between ranks";
@@ -203,15 +230,23 @@ script prefill_then_decode(std::int64_t vocab, std::int64_t prompt, std::int64_t
   return s;
 }
 
-class RankProgramLayouts : public ::testing::TestWithParam<std::string> {};
+struct layout_case {
+  std::string model;
+  std::string layout;
+};
+void PrintTo(const layout_case& c, std::ostream* os) {
+  *os << c.model << " " << c.layout;
+}
+
+class RankProgramLayouts : public ::testing::TestWithParam<layout_case> {};
 
 TEST_P(RankProgramLayouts, PrefillAndDecodeMatchDecoder) {
-  const model_weights w = seeded("tiny-llama");
+  const model_weights w = seeded(GetParam().model);
   const script s = prefill_then_decode(w.spec.vocab, 21, 9, 20);
   sharded_result res;
-  expect_matches_reference(w, GetParam(), s, &res);
+  expect_matches_reference(w, GetParam().layout, s, &res);
   // 41 tokens = 3 blocks of 16: consecutive blocks on distinct KVP members (round-robin).
-  auto l = layout::parse(GetParam());
+  auto l = layout::parse(GetParam().layout);
   ASSERT_TRUE(l.has_value());
   ASSERT_EQ(res.owners.size(), 1u);
   ASSERT_EQ(res.owners[0].size(), 3u);
@@ -220,15 +255,26 @@ TEST_P(RankProgramLayouts, PrefillAndDecodeMatchDecoder) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Helix, RankProgramLayouts,
-                         ::testing::Values("helix:kvp=4,tpa=2", "helix:kvp=8,tpa=1",
-                                           "helix:kvp=2,tpa=2", "helix:kvp=1,tpa=2"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           std::replace_if(
-                               n.begin(), n.end(), [](char c) { return !std::isalnum(c); }, '_');
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    AllFamilies, RankProgramLayouts,
+    ::testing::Values(layout_case{"tiny-llama", "helix:kvp=4,tpa=2"},
+                      layout_case{"tiny-llama", "helix:kvp=8,tpa=1"},
+                      layout_case{"tiny-llama", "helix:kvp=2,tpa=2"},
+                      layout_case{"tiny-llama", "helix:kvp=1,tpa=2"},
+                      layout_case{"tiny-llama", "tp:tp=8"}, layout_case{"tiny-llama", "tp:tp=2"},
+                      layout_case{"tiny-llama", "medha:kvp=4,tpa=2"},
+                      layout_case{"tiny-deepseek", "helix:kvp=8,tpa=1"},
+                      layout_case{"tiny-deepseek", "helix:kvp=8,tpa=1,tpf=2,ep=4"},
+                      layout_case{"tiny-deepseek", "helix:kvp=4,tpa=1,tpf=1,ep=4"},
+                      layout_case{"tiny-deepseek", "helix:kvp=2,tpa=1,tpf=1,ep=2"},
+                      layout_case{"tiny-deepseek", "tp:tp=8"},
+                      layout_case{"tiny-deepseek", "medha:kvp=8,tpa=1"}),
+    [](const auto& info) {
+      std::string n = info.param.model + "_" + info.param.layout;
+      std::replace_if(
+          n.begin(), n.end(), [](char c) { return !std::isalnum(c); }, '_');
+      return n;
+    });
 
 // A context shorter than KVP * block_tokens: most KVP members hold no KV, their partials are
 // empty (lse = -inf) and must merge as no-ops.
@@ -265,20 +311,99 @@ TEST(RankProgram, BatchOfTwoSequencesMatchesDecoder) {
   }
 }
 
-TEST(RankProgram, RejectsMlaAndMoe) {
+// Mixed lengths in one batch on the MoE + MLA model, where each token routes to different experts.
+TEST(RankProgram, MoeBatchOfTwoSequencesMatchesDecoder) {
   const model_weights w = seeded("tiny-deepseek");
-  auto l = layout::parse("helix:kvp=2,tpa=1");
-  ASSERT_TRUE(l.has_value());
-  auto fab = transport::make_local_fabric(2);
-  ASSERT_TRUE(fab.has_value());
-  auto world = (*fab)->make_world(0);
-  ASSERT_TRUE(world.has_value());
-  const std::vector<int> group = {0, 1};
-  auto kvp = (*fab)->make_communicator(0, group);
-  ASSERT_TRUE(kvp.has_value());
-  auto prog = rank_program::create(w, *l, 0, std::move(world).value(), std::move(kvp).value(), {});
-  ASSERT_FALSE(prog.has_value());
-  EXPECT_EQ(prog.error().code(), errc::failed_precondition);
+  const auto a = random_tokens(40, w.spec.vocab, 4);
+  const auto b = random_tokens(30, w.spec.vocab, 5);
+  script s;
+  s.num_seqs = 2;
+  s.steps.push_back(
+      {{1, {a.begin(), a.begin() + 17}, false}, {2, {b.begin(), b.begin() + 3}, true}});
+  for (std::int64_t i = 0; i < 10; ++i) {
+    s.steps.push_back({{1, {a[sz_of(17 + i)]}, false}, {2, {b[sz_of(3 + i)]}, false}});
+  }
+  expect_matches_reference(w, "helix:kvp=8,tpa=1,tpf=2,ep=4", s);
+}
+
+// bf16 KV on both sides: the same values are rounded the same way wherever they are stored.
+TEST(RankProgram, Bf16KvMatchesDecoder) {
+  rank_program_options o;
+  o.kv_type = dtype::bf16;
+  for (const char* model : {"tiny-llama", "tiny-deepseek"}) {
+    const model_weights w = seeded(model);
+    const script s = prefill_then_decode(w.spec.vocab, 21, 9, 8);
+    expect_matches_reference(w,
+                             w.spec.is_mla() ? "helix:kvp=4,tpa=1,tpf=2,ep=2" : "helix:kvp=4,tpa=2",
+                             s, nullptr, o, 2e-2f);
+  }
+}
+
+// HOP-B splits the step into one micro-batch per item with its all-to-all in flight during the
+// next item's attention; every row's math is unchanged, so the logits are bit-identical.
+TEST(RankProgram, HopbIsBitIdentical) {
+  for (const char* model : {"tiny-llama", "tiny-deepseek"}) {
+    const model_weights w = seeded(model);
+    const auto a = random_tokens(40, w.spec.vocab, 6);
+    const auto b = random_tokens(40, w.spec.vocab, 7);
+    const auto c = random_tokens(40, w.spec.vocab, 8);
+    script s;
+    s.num_seqs = 3;
+    s.steps.push_back({{1, {a.begin(), a.begin() + 20}, false},
+                       {2, {b.begin(), b.begin() + 2}, false},
+                       {3, {c.begin(), c.begin() + 9}, true}});
+    for (std::int64_t i = 0; i < 6; ++i) {
+      s.steps.push_back({{3, {c[sz_of(9 + i)]}, false},
+                         {1, {a[sz_of(20 + i)]}, false},
+                         {2, {b[sz_of(2 + i)]}, false}});
+    }
+    const char* l = w.spec.is_mla() ? "helix:kvp=8,tpa=1,tpf=2,ep=4" : "helix:kvp=4,tpa=2";
+    rank_program_options on;
+    on.hopb = true;
+    auto off_run = run_sharded_forward(w, l, s);
+    auto on_run = run_sharded_forward(w, l, s, on);
+    ASSERT_TRUE(off_run.has_value()) << off_run.error().to_string();
+    ASSERT_TRUE(on_run.has_value()) << on_run.error().to_string();
+    EXPECT_EQ(on_run->logits, off_run->logits) << model;
+    expect_matches_reference(w, l, s, nullptr, on);
+  }
+}
+
+// Sampling over the sharded vocabulary (8 and 2 shards) picks what kernels::sample picks on the
+// gathered full logits, greedy and with temperature, top-k and top-p.
+TEST(RankProgram, ShardedSamplingMatchesFullSampler) {
+  const model_weights w = seeded("tiny-llama");
+  const script s = prefill_then_decode(w.spec.vocab, 12, 12, 10);
+  kernels::sampling_options greedy;
+  kernels::sampling_options hot{.temperature = 0.9f, .top_k = 20, .top_p = 0.9f, .seed = 77};
+  for (const kernels::sampling_options& so : {greedy, hot}) {
+    for (const char* l : {"helix:kvp=4,tpa=2", "tp:tp=2"}) {
+      auto got = run_sharded_forward(w, l, s, {}, &so);
+      ASSERT_TRUE(got.has_value()) << got.error().to_string();
+      EXPECT_TRUE(got->tokens_agree) << l;
+      ASSERT_EQ(got->tokens.size(), s.steps.size());
+      std::int64_t pos = 0;
+      for (std::size_t step = 0; step < s.steps.size(); ++step) {
+        pos += static_cast<std::int64_t>(s.steps[step][0].tokens.size());
+        const std::uint64_t id = 100;
+        std::int32_t want = -1;
+        std::vector<std::uint8_t> ws(kernels::sampling_workspace_bytes(w.spec.vocab));
+        kernels::sample_params p;
+        p.logits = got->logits[step].data();
+        p.rows = 1;
+        p.vocab = w.spec.vocab;
+        p.options = &so;
+        p.request_ids = &id;
+        p.positions = &pos;
+        p.tokens = &want;
+        p.workspace = ws.data();
+        p.workspace_bytes = ws.size();
+        ASSERT_TRUE(kernels::sample(p, {}).ok());
+        ASSERT_EQ(got->tokens[step].size(), 1u);
+        EXPECT_EQ(got->tokens[step][0], want) << l << " step " << step;
+      }
+    }
+  }
 }
 
 TEST(RankProgram, RejectsMismatchedCommunicators) {
