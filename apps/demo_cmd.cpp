@@ -1,20 +1,30 @@
 #include "apps/demo_cmd.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <sstream>
+#include <utility>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "apps/bench_attention.hpp"
+#include "apps/bench_decode.hpp"
 #include "apps/cli_args.hpp"
+#include "core/layout.hpp"
 #include "core/rng.hpp"
-#include "model/generate.hpp"
+#include "model/decoder.hpp"
 #include "model/reference_forward.hpp"
+#include "model/sharded_decoder.hpp"
 
 namespace helix::apps {
 namespace {
+
+constexpr double exact_tolerance = 1e-4;
+
+// Sharded decoders checked against the single worker: (model, layout).
+constexpr std::pair<const char*, const char*> sharded_checks[] = {
+    {"tiny-llama", "helix:kvp=4,tpa=2"},
+    {"tiny-deepseek", "helix:kvp=8,tpa=1,tpf=2,ep=4"},  // MLA, MoE with expert parallelism
+};
 
 struct exactness {
   std::string model;
@@ -59,164 +69,201 @@ expected<exactness> check_exactness(const std::string& name, std::int64_t steps)
   return e;
 }
 
-struct long_decode {
-  std::int64_t context = 0;
+struct sharded_exactness {
+  std::string model;
+  std::string layout;  // full canonical string
   std::int64_t steps = 0;
-  double fill_s = 0;
-  double median_ms = 0;
-  std::size_t kv_bytes = 0;      // KV read per decode token (all layers)
-  std::size_t weight_bytes = 0;  // weights read per decode token
-  std::vector<std::int32_t> tokens;
+  double max_abs_diff = 0;
 };
 
-std::size_t weight_bytes(model::model_weights& w) {
-  std::size_t n = 0;
-  for (const model::named_tensor& t : model::list_tensors(w)) {
-    // The embedding table is gathered, not streamed.
-    if (t.role != model::tensor_role::embedding || w.spec.tie_word_embeddings) n += t.t->bytes();
+// The same prompt and greedy continuation on the single-worker decoder and on a sharded decoder
+// of `layout_text` (f32 weights and KV): every step's full logits compared. The continuation
+// follows the single worker's argmax, so both decode exactly the same tokens.
+expected<sharded_exactness> check_sharded(const std::string& name, const std::string& layout_text,
+                                          std::int64_t steps) {
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(name));
+  HELIX_ASSIGN_OR_RETURN(const helix::layout grid, helix::layout::parse(layout_text));
+  HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
+                         model::init_seeded_weights(spec, dtype::f32, 42));
+  HELIX_ASSIGN_OR_RETURN(auto single, model::decoder::create(w, {.kv_capacity_tokens = 1024}));
+  model::sharded_decoder_options so;
+  so.layout = grid;
+  so.rank.kv_type = dtype::f32;
+  so.rank.kv_capacity_tokens = 1024;
+  so.rank.max_batch_tokens = 64;
+  HELIX_ASSIGN_OR_RETURN(auto sharded, model::sharded_decoder::create(w, so));
+  std::vector<std::int32_t> seq;
+  for (std::uint64_t i = 0; i < 19; ++i) {
+    seq.push_back(static_cast<std::int32_t>(random_words(42, 1, i, rng_purpose::test_data, 0)[0] %
+                                            static_cast<std::uint32_t>(spec.vocab)));
   }
-  return n;
+  const std::uint64_t a = single->open_sequence();
+  HELIX_ASSIGN_OR_RETURN(const std::uint64_t b, sharded->open_sequence());
+  std::vector<float> ref(static_cast<std::size_t>(spec.vocab));
+  std::vector<float> got(ref.size());
+  sharded_exactness e{name, grid.to_string(), steps, 0.0};
+  std::span<const std::int32_t> feed(seq);
+  for (std::int64_t s = 0; s <= steps; ++s) {
+    const model::decoder::batch_item ia{a, feed, false};
+    const model::decoder::batch_item ib{b, feed, false};
+    HELIX_RETURN_IF_ERROR(single->forward({&ia, 1}, ref));
+    HELIX_RETURN_IF_ERROR(sharded->forward({&ib, 1}, got));
+    for (std::size_t v = 0; v < ref.size(); ++v) {
+      e.max_abs_diff = std::max(e.max_abs_diff, double{std::fabs(ref[v] - got[v])});
+    }
+    seq.push_back(
+        static_cast<std::int32_t>(std::max_element(ref.begin(), ref.end()) - ref.begin()));
+    feed = std::span<const std::int32_t>(seq).last(1);
+  }
+  return e;
 }
 
-// small-llama with bf16 weights and KV: `context` tokens of synthetic KV, then `steps` greedy
-// decode tokens through all layers; the median step time is what one token costs at that context.
-expected<long_decode> run_long_decode(std::int64_t context, std::int64_t steps, int threads,
-                                      std::ostream& progress) {
-  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model("small-llama"));
-  HELIX_ASSIGN_OR_RETURN(model::model_weights w, model::init_seeded_weights(spec, dtype::bf16, 7));
-  model::decoder_options o;
-  o.kv_type = dtype::bf16;
-  o.kv_capacity_tokens = context + steps + 1;
-  o.max_batch_tokens = 1;
-  o.num_threads = threads;
-  HELIX_ASSIGN_OR_RETURN(auto dec, model::decoder::create(w, o));
-  long_decode r{context, steps};
-  r.weight_bytes = weight_bytes(w);
-  progress << fmt::format("filling {} tokens of synthetic bf16 KV over {} layers ({:.1f} GiB)...\n",
-                          context, spec.num_layers,
-                          static_cast<double>(dec->kv().slot_bytes()) *
-                              static_cast<double>((context + 15) / 16) / (1 << 30));
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::uint64_t seq = dec->open_sequence();
-  HELIX_RETURN_IF_ERROR(dec->append_synthetic(seq, context, 11));
-  r.fill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::vector<float> logits(static_cast<std::size_t>(spec.vocab));
-  std::vector<double> ms;
-  std::int32_t token = 1;
-  for (std::int64_t s = 0; s < steps; ++s) {
-    const auto t1 = std::chrono::steady_clock::now();
-    model::decoder::batch_item item{seq, std::span<const std::int32_t>(&token, 1), false};
-    HELIX_RETURN_IF_ERROR(dec->forward({&item, 1}, logits));
-    ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count());
-    token =
-        static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    r.tokens.push_back(token);
-  }
-  std::sort(ms.begin(), ms.end());
-  r.median_ms = ms[ms.size() / 2];
-  r.kv_bytes = dec->kv().slot_bytes() * static_cast<std::size_t>((context + steps + 15) / 16);
-  return r;
+// The long-context comparison: helix's default layout against tp on the same workers.
+bench_decode_options decode_options(std::int64_t context, std::int64_t batch, std::int64_t steps,
+                                    std::int64_t workers) {
+  bench_decode_options o;
+  o.model = "small-llama";
+  o.context = context;
+  o.batch = batch;
+  o.steps = steps;
+  o.workers = workers;
+  o.kv_dtype = dtype::bf16;
+  return o;
 }
 
+// Adds the two cases (helix first, tp last) and checks that their KV fits in memory.
+status plan_decode(bench_decode_options& o) {
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(o.model));
+  for (const layout_family f : {layout_family::helix, layout_family::tp}) {
+    auto l = default_layout(f, o.workers, spec);
+    if (!l) {
+      return l.error().with_context(
+          fmt::format("--workers {} for {}", o.workers, layout_family_name(f)));
+    }
+    o.cases.push_back({*l, false});
+  }
+  return check_decode_memory(o);
+}
+
+std::string format_gib(std::int64_t bytes) {
+  return bytes >= std::int64_t{1} << 30
+             ? fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1 << 30))
+             : fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+}
 }  // namespace
 
 int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  auto a = cli_args::parse(args, {"json"});
-  if (!a || !a->check_known({"context", "json", "threads", "steps"}).ok()) {
-    err << "usage: helix demo [--context 1M] [--steps 8] [--threads all|N] [--json]\n";
+  constexpr const char* demo_usage =
+      "usage: helix demo [--context 128K] [--batch 2] [--steps 8] [--workers 8] [--json]\n"
+      "  --context N   synthetic KV tokens per request of the long decode (K/M suffixes)\n"
+      "  --batch N     requests decoded together\n"
+      "  --steps N     timed decode steps per layout (median reported)\n"
+      "  --workers N   simulated workers (ranks), all on this host\n";
+  auto a = cli_args::parse(args, {"json", "help"});
+  if (!a || !a->check_known({"context", "batch", "steps", "workers", "json", "help"}).ok()) {
+    err << demo_usage;
     return 2;
   }
+  if (a->has("help")) {
+    out << demo_usage;
+    return 0;
+  }
   const bool json = a->has("json");
-  const std::string context = a->get_or("context", "1M");
-  const std::string threads = a->get_or("threads", "all");
-  const auto context_tokens = parse_size(context);
+  const auto context = a->get_size("context", std::int64_t{128} << 10);
+  const auto batch = a->get_size("batch", 2);
   const auto steps = a->get_size("steps", 8);
-  const auto num_threads = threads == "all" ? expected<std::int64_t>(0) : parse_size(threads);
-  if (!context_tokens || !steps || !num_threads || *context_tokens < 1 || *steps < 1 ||
-      *steps > 4096 || *num_threads > 1024) {
-    err << "error: --context and --steps take positive sizes (steps <= 4096), --threads all or N\n";
+  const auto workers = a->get_size("workers", 8);
+  if (!context || !batch || !steps || !workers || *context < 1 || *batch < 1 || *batch > 64 ||
+      *steps < 1 || *steps > 4096 || *workers < 1 || *workers > 64) {
+    err << "error: --context, --batch (<= 64), --steps (<= 4096) and --workers (<= 64) take "
+           "positive sizes\n"
+        << demo_usage;
+    return 2;
+  }
+  bench_decode_options dopt = decode_options(*context, *batch, *steps, *workers);
+  const status planned = plan_decode(dopt);
+  if (!planned.ok()) {
+    err << "error: " << planned.to_string() << "\n";
     return 2;
   }
   nlohmann::json report;
   bool exact = true;
-  if (!json)
-    out << "Helix demo: one worker (multi-worker layouts come with the Helix execution issue)\n\n";
+  if (!json) {
+    out << fmt::format(
+        "Helix demo: {} simulated workers in this process (one thread per rank, sharing this "
+        "host's cores)\n\n",
+        *workers);
+  }
   for (const char* name : {"tiny-llama", "tiny-deepseek"}) {
-    if (!json) err << "checking exactness of " << name << "...\n";
+    err << "checking exactness of " << name << "...\n";
     auto e = check_exactness(name, 64);
     if (!e) {
       err << "error: " << e.error().to_string() << "\n";
       return 1;
     }
-    exact = exact && e->max_abs_diff <= 1e-4;
+    exact = exact && e->max_abs_diff <= exact_tolerance;
     report["exactness"].push_back(
         {{"model", e->model}, {"steps", e->steps}, {"max_abs_logit_diff", e->max_abs_diff}});
     if (!json) {
       out << fmt::format(
           "exactness  {:<14} {} cached decode steps vs cache-free forward: "
           "max |logit diff| {:.2e} {}\n",
-          e->model, e->steps, e->max_abs_diff, e->max_abs_diff <= 1e-4 ? "ok" : "FAIL");
+          e->model, e->steps, e->max_abs_diff, e->max_abs_diff <= exact_tolerance ? "ok" : "FAIL");
     }
   }
-  auto decode = run_long_decode(*context_tokens, *steps, static_cast<int>(*num_threads), err);
-  if (!decode) {
-    err << "error: " << decode.error().to_string() << "\n";
+  for (const auto& [name, layout_text] : sharded_checks) {
+    err << "checking " << name << " on " << layout_text << " against one worker...\n";
+    auto e = check_sharded(name, layout_text, 16);
+    if (!e) {
+      err << "error: " << e.error().to_string() << "\n";
+      return 1;
+    }
+    exact = exact && e->max_abs_diff <= exact_tolerance;
+    report["sharded_exactness"].push_back({{"model", e->model},
+                                           {"layout", e->layout},
+                                           {"reference", "single worker"},
+                                           {"steps", e->steps},
+                                           {"max_abs_logit_diff", e->max_abs_diff}});
+    if (!json) {
+      out << fmt::format(
+          "sharded    {:<14} {} vs one worker, {} greedy steps: max |logit diff| {:.2e} {}\n",
+          e->model, e->layout, e->steps, e->max_abs_diff,
+          e->max_abs_diff <= exact_tolerance ? "ok" : "FAIL");
+    }
+  }
+  auto results = run_decode_cases(dopt, err);
+  if (!results) {
+    err << "error: " << results.error().to_string() << "\n";
     return 1;
   }
-  const double per_token_bytes = static_cast<double>(decode->kv_bytes + decode->weight_bytes);
-  report["long_decode"] = {{"model", "small-llama"},
-                           {"kv_fill", "synthetic"},
-                           {"weight_dtype", "bf16"},
-                           {"kv_dtype", "bf16"},
-                           {"context", decode->context},
-                           {"steps", decode->steps},
-                           {"fill_s", decode->fill_s},
-                           {"ms_per_token", decode->median_ms},
-                           {"tokens_per_s", 1000.0 / decode->median_ms},
-                           {"kv_bytes_per_token", decode->kv_bytes},
-                           {"weight_bytes_per_token", decode->weight_bytes},
-                           {"bytes_per_s", per_token_bytes / decode->median_ms * 1e3},
-                           {"tokens", decode->tokens}};
-  if (!json) {
-    out << fmt::format(
-        "decode     small-llama    {} steps after {} tokens of synthetic bf16 KV: "
-        "{:.1f} ms/token ({:.2f} tokens/s), reading {:.2f} GiB KV + {:.0f} MiB "
-        "weights per token = {:.1f} GB/s\n",
-        decode->steps, decode->context, decode->median_ms, 1000.0 / decode->median_ms,
-        static_cast<double>(decode->kv_bytes) / (1 << 30),
-        static_cast<double>(decode->weight_bytes) / (1 << 20),
-        per_token_bytes / decode->median_ms / 1e6);
-  }
-  if (!json) err << "measuring attention over " << context << " tokens of synthetic KV...\n";
-  std::ostringstream bench_out;
-  std::ostringstream bench_err;
-  const int rc =
-      run_bench_attention({"--model", "small-llama", "--context", context, "--kv-dtype", "bf16",
-                           "--threads", threads, "--repeats", "3", "--no-mla", "--json"},
-                          bench_out, json ? bench_err : err);
-  if (rc != 0) {
-    err << bench_err.str() << "error: attention benchmark failed\n";
-    return 1;
-  }
-  const nlohmann::json bench = nlohmann::json::parse(bench_out.str(), nullptr, false);
-  if (bench.is_discarded() || !bench.contains("results") || bench["results"].empty()) {
-    err << "error: attention benchmark printed no results\n";
-    return 1;
-  }
-  report["long_context"] = bench;
+  report["decode"] = decode_report_json(dopt, *results);
+  const decode_case_result& helix_r = results->front();
+  const decode_case_result& tp_r = results->back();
+  report["helix_speedup_vs_tp"] = helix_r.speedup_vs_tp.value_or(0.0);
   if (json) {
     out << report.dump(2) << "\n";
-  } else {
-    for (const nlohmann::json& r : bench["results"]) {
-      out << fmt::format(
-          "long ctx   small-llama    one decode token over {} tokens of {} KV ({} threads): "
-          "{:.2f} ms, {:.1f} GB/s vs streaming read {:.1f} GB/s (ratio {:.2f})\n",
-          r.value("context", 0), r.value("kv_dtype", ""), r.value("threads", 0), r.value("ms", 0.0),
-          r.value("kv_bytes_per_s", 0.0) / 1e9, r.value("stream_bytes_per_s", 0.0) / 1e9,
-          r.value("ratio", 0.0));
-    }
+    return exact ? 0 : 1;
   }
+  out << fmt::format(
+      "\ndecode     {} on {} workers: {} requests x {} tokens of synthetic bf16 KV, bf16 weights, "
+      "median of {} steps\n",
+      dopt.model, dopt.workers, dopt.batch, dopt.context, dopt.steps);
+  out << fmt::format("  {:<30} {:>11} {:>15} {:>9} {:>10}\n", "layout", "KV/worker", "KV read/step",
+                     "tokens/s", "ms/token");
+  for (const decode_case_result& r : *results) {
+    out << fmt::format("  {:<30} {:>11} {:>15} {:>9.2f} {:>10.1f}\n", r.name,
+                       format_gib(r.kv_bytes_per_worker),
+                       format_gib(r.kv_bytes_read_per_step_per_worker), r.tokens_per_s, r.step_ms);
+  }
+  out << fmt::format(
+      "  helix vs tp: {:.2f}x tokens/s with {:.2f}x less KV per worker and {:.2f}x less KV read "
+      "per step per worker\n",
+      helix_r.speedup_vs_tp.value_or(0.0),
+      static_cast<double>(tp_r.kv_bytes_per_worker) /
+          static_cast<double>(std::max<std::int64_t>(1, helix_r.kv_bytes_per_worker)),
+      static_cast<double>(tp_r.kv_bytes_read_per_step_per_worker) /
+          static_cast<double>(
+              std::max<std::int64_t>(1, helix_r.kv_bytes_read_per_step_per_worker)));
   return exact ? 0 : 1;
 }
 

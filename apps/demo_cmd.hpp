@@ -1,6 +1,11 @@
-// `helix demo`: the default job of `make run`. Checks exactness of cached decoding against a
-// cache-free forward pass on both tiny models, generates tokens, and measures a long-context
-// attention decode against a streaming-read baseline; prints a short report (or --json).
+// `helix demo`: the default job of `make run`, the end-to-end Helix decode on one host. Checks
+// exactness of cached decoding against a cache-free forward pass on both tiny models and of
+// sharded decoders (tiny-llama on helix:kvp=4,tpa=2, tiny-deepseek on helix:kvp=8,tpa=1,tpf=2,
+// ep=4) against the single worker; then
+// decodes small-llama on N simulated workers (one thread per rank) at a long synthetic context
+// with helix's default layout and with tp, and reports per-worker KV bytes, KV bytes read per step
+// per worker, tokens/s, per-token latency and helix's speedup over tp (or --json: "exactness",
+// "sharded_exactness", "decode" as `helix bench decode --json` prints it, "helix_speedup_vs_tp").
 #pragma once
 
 #include <ostream>
@@ -9,7 +14,8 @@
 
 namespace helix::apps {
 
-/// Returns the process exit code (0 ok, 1 an exactness check failed or a runtime error, 2 usage).
+/// Returns the process exit code (0 ok, 1 an exactness check failed or a runtime error, 2 usage
+/// or a context that does not fit in memory). Report on `out`, progress lines on `err`.
 int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 
 }  // namespace helix::apps

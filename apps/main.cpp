@@ -5,8 +5,10 @@
 #include <vector>
 
 #include "apps/bench_attention.hpp"
+#include "apps/bench_decode.hpp"
 #include "apps/demo_cmd.hpp"
 #include "apps/generate_cmd.hpp"
+#include "apps/verify_cmd.hpp"
 
 namespace {
 
@@ -14,7 +16,9 @@ constexpr const char* usage =
     "usage: helix <command> [options]\n"
     "commands:\n"
     "  generate          decode tokens on one worker (built-in seeded or HF checkpoint)\n"
+    "  verify            sharded decode against the single-worker reference, per layout\n"
     "  bench attention   attention decode bandwidth against a streaming-read baseline\n"
+    "  bench decode      decode steps on N simulated workers, layouts side by side\n"
     "  demo              the default job of `make run`: a long-context decode and a report\n"
     "  help              this text\n"
     "Run `helix <command> --help` for a command's options.\n";
@@ -30,13 +34,18 @@ int main(int argc, char** argv) {
   const std::string cmd = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (cmd == "generate") return helix::apps::run_generate(rest, std::cout, std::cerr);
+  if (cmd == "verify") return helix::apps::run_verify(rest, std::cout, std::cerr);
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
   if (cmd == "bench") {
     if (!rest.empty() && rest[0] == "attention") {
       return helix::apps::run_bench_attention(
           std::vector<std::string>(rest.begin() + 1, rest.end()));
     }
-    std::cerr << "error: unknown benchmark (available: bench attention)\n";
+    if (!rest.empty() && rest[0] == "decode") {
+      return helix::apps::run_bench_decode(std::vector<std::string>(rest.begin() + 1, rest.end()),
+                                           std::cout, std::cerr);
+    }
+    std::cerr << "error: unknown benchmark (available: bench attention, bench decode)\n";
     return 2;
   }
   std::cerr << "error: unknown command '" << cmd << "'\n" << usage;

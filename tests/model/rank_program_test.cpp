@@ -289,6 +289,14 @@ TEST(RankProgram, ShortContextLeavesMembersEmpty) {
   std::int64_t holders = 0;
   for (std::int64_t u : res.used_slots) holders += u > 0 ? 1 : 0;
   EXPECT_EQ(holders, 2);
+
+  // MLA + MoE: one column of eight, seven of them empty.
+  const model_weights ds = seeded("tiny-deepseek");
+  const script s2 = prefill_then_decode(ds.spec.vocab, 3, 3, 6);
+  expect_matches_reference(ds, "helix:kvp=8,tpa=1,tpf=2,ep=4", s2, &res);
+  holders = 0;
+  for (std::int64_t u : res.used_slots) holders += u > 0 ? 1 : 0;
+  EXPECT_EQ(holders, 1);
 }
 
 // Two sequences of different lengths share every step (a chunk and a decode token in one batch,

@@ -1,0 +1,411 @@
+#include "apps/bench_decode.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <span>
+
+#include <fmt/format.h>
+
+#include "apps/cli_args.hpp"
+#include "core/kv_layout.hpp"
+#include "core/model_spec.hpp"
+#include "kernels/sampling.hpp"
+#include "model/sharded_decoder.hpp"
+#include "model/weights.hpp"
+
+namespace helix::apps {
+namespace {
+
+constexpr const char* bench_usage =
+    "usage: helix bench decode [options]\n"
+    "  --model NAME            built-in model spec (default small-llama)\n"
+    "  --context N             synthetic KV tokens per sequence, K/M suffixes (default 128K)\n"
+    "  --batch N               sequences, one decode token each per step (default 2)\n"
+    "  --workers N             simulated workers (ranks) of every layout (default 8)\n"
+    "  --layouts LIST          layout families helix,tp,medha, each with its default grid for\n"
+    "                          --workers (default helix,tp unless --layout is given)\n"
+    "  --layout STRING         a canonical layout, e.g. helix:kvp=4,tpa=2; repeat the flag or\n"
+    "                          separate several with ';' (rank count must equal --workers)\n"
+    "  --hopb on|off|both      HOP-B overlap of the all-to-all (default off; both = run twice)\n"
+    "  --kv-dtype T            KV storage dtype bf16|f32|fp8_e4m3 (default bf16; weights bf16)\n"
+    "  --steps N               timed decode steps per case, median reported (default 8)\n"
+    "  --warmup N              untimed decode steps before them (default 1)\n"
+    "  --threads-per-rank N    kernel threads of every rank (default 1)\n"
+    "  --json                  JSON on stdout instead of a table\n";
+
+constexpr std::uint64_t weight_seed = 7;
+constexpr std::uint64_t kv_seed = 11;
+constexpr double max_memory_fraction = 0.7;
+
+std::size_t physical_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page)
+                               : 0;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+std::string format_bytes(double bytes) {
+  if (bytes >= double(1 << 30)) return fmt::format("{:.2f} GiB", bytes / double(1 << 30));
+  if (bytes >= double(1 << 20)) return fmt::format("{:.1f} MiB", bytes / double(1 << 20));
+  return fmt::format("{:.1f} KiB", bytes / 1024.0);
+}
+
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find(sep, start), text.size());
+    out.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+// Tokens every sequence holds at the end of a case: the synthetic context, one prefill token and
+// every decode step (warm-up and timed).
+std::int64_t tokens_per_sequence(const bench_decode_options& o) {
+  return o.context + 1 + o.warmup + o.steps;
+}
+
+// The KV page of rank `rank` of `l` (its KV heads).
+kv_page_layout rank_page_layout(const helix::layout& l, std::int64_t rank, const model_spec& spec,
+                                dtype type) {
+  kv_page_layout p;
+  p.num_kv_heads = spec.is_mla() ? 1 : l.rank_kv_heads(rank, spec).count;
+  p.key_dim = spec.kv_key_dim();
+  p.value_dim = spec.kv_value_dim();
+  p.block_tokens = default_block_tokens;
+  p.type = type;
+  p.value_in_key = spec.is_mla();
+  return p;
+}
+
+expected<std::vector<bool>> parse_hopb(const std::string& s) {
+  if (s == "off") return std::vector<bool>{false};
+  if (s == "on") return std::vector<bool>{true};
+  if (s == "both") return std::vector<bool>{false, true};
+  return invalid_argument("--hopb: '{}' is not on, off or both", s);
+}
+
+// Appends (l, h) for every HOP-B setting h, skipping cases already listed.
+void add_cases(bench_decode_options& o, const helix::layout& l, const std::vector<bool>& hopb) {
+  for (const bool h : hopb) {
+    const bool dup = std::any_of(o.cases.begin(), o.cases.end(), [&](const decode_case& c) {
+      return c.layout == l && c.hopb == h;
+    });
+    if (!dup) o.cases.push_back({l, h});
+  }
+}
+
+}  // namespace
+
+std::int64_t kv_tokens_per_rank(const helix::layout& l, std::int64_t tokens_per_seq,
+                                std::int64_t batch, std::int64_t block_tokens) {
+  const std::int64_t blocks = (tokens_per_seq + block_tokens - 1) / block_tokens;
+  // Round-robin placement keeps a sequence's blocks within one of even; the second spare block
+  // covers the step clock's rotation of the few decode blocks appended after the fill.
+  const std::int64_t per_rank_blocks = (blocks + l.kvp - 1) / l.kvp + 2;
+  return batch * per_rank_blocks * block_tokens;
+}
+
+expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::string>& args) {
+  // cli_args keeps one value per flag, so the repeatable --layout is taken out here first.
+  std::vector<std::string> layout_texts;
+  std::vector<std::string> rest;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--layout") {
+      if (i + 1 >= args.size()) return invalid_argument("--layout needs a value");
+      layout_texts.push_back(args[++i]);
+    } else if (args[i].rfind("--layout=", 0) == 0) {
+      layout_texts.push_back(args[i].substr(9));
+    } else {
+      rest.push_back(args[i]);
+    }
+  }
+  HELIX_ASSIGN_OR_RETURN(const cli_args cli, cli_args::parse(rest, {"json", "help"}));
+  HELIX_RETURN_IF_ERROR(
+      cli.check_known({"model", "context", "batch", "workers", "layouts", "hopb", "kv-dtype",
+                       "steps", "warmup", "threads-per-rank", "json", "help"}));
+  bench_decode_options o;
+  o.model = cli.get_or("model", o.model);
+  HELIX_ASSIGN_OR_RETURN(o.context, cli.get_size("context", o.context));
+  HELIX_ASSIGN_OR_RETURN(o.batch, cli.get_size("batch", o.batch));
+  HELIX_ASSIGN_OR_RETURN(o.workers, cli.get_size("workers", o.workers));
+  HELIX_ASSIGN_OR_RETURN(o.steps, cli.get_size("steps", o.steps));
+  HELIX_ASSIGN_OR_RETURN(o.warmup, cli.get_int("warmup", o.warmup));
+  HELIX_ASSIGN_OR_RETURN(const std::int64_t threads, cli.get_int("threads-per-rank", 1));
+  if (o.context < 1) return invalid_argument("--context must be at least 1, got {}", o.context);
+  if (o.batch < 1 || o.batch > 4096) {
+    return invalid_argument("--batch must be in [1, 4096], got {}", o.batch);
+  }
+  if (o.workers < 1 || o.workers > 1024) {
+    return invalid_argument("--workers must be in [1, 1024], got {}", o.workers);
+  }
+  if (o.steps < 1 || o.steps > 1 << 20) {
+    return invalid_argument("--steps must be in [1, 1M], got {}", o.steps);
+  }
+  if (o.warmup < 0 || o.warmup > 1 << 20) {
+    return invalid_argument("--warmup must be in [0, 1M], got {}", o.warmup);
+  }
+  if (threads < 1 || threads > 1024) {
+    return invalid_argument("--threads-per-rank must be in [1, 1024], got {}", threads);
+  }
+  o.threads_per_rank = static_cast<int>(threads);
+  auto kv = parse_dtype(cli.get_or("kv-dtype", "bf16"));
+  if (!kv) return kv.error().with_context("--kv-dtype");
+  if (*kv != dtype::bf16 && *kv != dtype::f32 && *kv != dtype::fp8_e4m3) {
+    return invalid_argument("--kv-dtype: {} is not bf16, f32 or fp8_e4m3", dtype_name(*kv));
+  }
+  o.kv_dtype = *kv;
+  HELIX_ASSIGN_OR_RETURN(const std::vector<bool> hopb, parse_hopb(cli.get_or("hopb", "off")));
+  o.json = cli.has("json");
+
+  auto spec = builtin_model(o.model);
+  if (!spec) return spec.error().with_context("--model");
+  const std::string families =
+      cli.get_or("layouts", layout_texts.empty() ? std::string("helix,tp") : std::string());
+  for (const std::string& name :
+       families.empty() ? std::vector<std::string>{} : split(families, ',')) {
+    auto family = parse_layout_family(name);
+    if (!family) return family.error().with_context("--layouts");
+    auto l = default_layout(*family, o.workers, *spec);
+    if (!l) {
+      return l.error().with_context(
+          fmt::format("--layouts {} with --workers {} for {}", name, o.workers, spec->name));
+    }
+    add_cases(o, *l, hopb);
+  }
+  for (const std::string& texts : layout_texts) {
+    for (const std::string& text : split(texts, ';')) {
+      if (text.empty()) continue;
+      auto l = helix::layout::parse(text);
+      if (!l) return l.error().with_context(fmt::format("--layout {}", text));
+      const status valid = validate(*l, *spec);
+      if (!valid.ok()) return valid.with_context(fmt::format("--layout {}", text));
+      if (l->num_ranks != o.workers) {
+        return invalid_argument("--layout {}: {} ranks, but --workers is {}", text, l->num_ranks,
+                                o.workers);
+      }
+      add_cases(o, *l, hopb);
+    }
+  }
+  if (o.cases.empty()) return invalid_argument("no layouts to run (--layouts and --layout empty)");
+  return o;
+}
+
+status check_decode_memory(const bench_decode_options& o) {
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(o.model));
+  const std::size_t phys = physical_memory_bytes();
+  if (phys == 0) return ok_status();
+  const double limit = max_memory_fraction * static_cast<double>(phys);
+  for (const decode_case& c : o.cases) {
+    const std::int64_t tokens =
+        kv_tokens_per_rank(c.layout, tokens_per_sequence(o), o.batch, default_block_tokens);
+    double total = 0.0;
+    for (std::int64_t r = 0; r < c.layout.num_ranks; ++r) {
+      const kv_page_layout p = rank_page_layout(c.layout, r, spec, o.kv_dtype);
+      total += static_cast<double>(tokens / p.block_tokens) * static_cast<double>(p.page_bytes()) *
+               static_cast<double>(spec.num_layers);
+    }
+    if (total > limit) {
+      return resource_exhausted(
+          "{}: {} x {} tokens of {} {} KV need {} over {} ranks; over {:.0f}% of this machine's "
+          "{} of physical memory (lower --context or --batch)",
+          c.layout.to_string(), o.batch, o.context, spec.name, dtype_name(o.kv_dtype),
+          format_bytes(total), c.layout.num_ranks, max_memory_fraction * 100,
+          format_bytes(static_cast<double>(phys)));
+    }
+  }
+  return ok_status();
+}
+
+namespace {
+
+expected<decode_case_result> run_case(const bench_decode_options& o,
+                                      const model::model_weights& weights, const decode_case& c,
+                                      std::ostream& progress) {
+  decode_case_result res;
+  res.name = c.layout.to_string();
+  res.family = c.layout.family;
+  res.hopb = c.hopb;
+  model::sharded_decoder_options so;
+  so.layout = c.layout;
+  so.rank.kv_type = o.kv_dtype;
+  so.rank.block_tokens = default_block_tokens;
+  so.rank.kv_capacity_tokens =
+      kv_tokens_per_rank(c.layout, tokens_per_sequence(o), o.batch, default_block_tokens);
+  so.rank.max_batch_tokens = o.batch;
+  so.rank.num_threads = o.threads_per_rank;
+  so.rank.hopb = c.hopb;
+  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<model::sharded_decoder> dec,
+                         model::sharded_decoder::create(weights, so));
+
+  const auto n = static_cast<std::size_t>(o.batch);
+  std::vector<std::uint64_t> seqs;
+  for (std::size_t i = 0; i < n; ++i) {
+    HELIX_ASSIGN_OR_RETURN(const std::uint64_t id, dec->open_sequence());
+    seqs.push_back(id);
+  }
+  progress << fmt::format("  filling {} x {} tokens of synthetic {} KV...\n", o.batch, o.context,
+                          dtype_name(o.kv_dtype));
+  progress.flush();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    HELIX_RETURN_IF_ERROR(dec->append_synthetic(seqs[i], o.context, kv_seed + i));
+  }
+  res.fill_s = seconds_since(t0);
+
+  // Greedy sharded sampling: the ranks agree on the next tokens without gathering the logits.
+  std::vector<kernels::sampling_options> sampling(n);
+  std::vector<std::int32_t> tokens(n);
+  std::vector<std::int32_t> next(n);
+  std::vector<model::sharded_decoder::batch_item> items(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    tokens[i] =
+        static_cast<std::int32_t>((i * 7919 + 1) % static_cast<std::size_t>(dec->spec().vocab));
+    items[i].seq = seqs[i];
+    items[i].tokens = std::span<const std::int32_t>(&tokens[i], 1);
+  }
+  const model::step_output out{
+      .logits = {}, .sampling = sampling, .request_ids = seqs, .tokens = next};
+  progress << fmt::format("  timing {} decode steps (after 1 prefill token and {} warm-up)...\n",
+                          o.steps, o.warmup);
+  progress.flush();
+  std::vector<double> step_ms;
+  for (std::int64_t s = -1; s < o.warmup + o.steps; ++s) {  // s = -1: the prefill token
+    const auto t1 = std::chrono::steady_clock::now();
+    HELIX_RETURN_IF_ERROR(dec->forward(items, out));
+    const double ms = seconds_since(t1) * 1e3;
+    if (s >= o.warmup) step_ms.push_back(ms);
+    tokens = next;
+  }
+  res.step_ms = median(step_ms);
+  res.tokens_per_s = static_cast<double>(o.batch) / (res.step_ms / 1e3);
+  for (const model::rank_stats& r : dec->stats()) {
+    res.kv_bytes_per_worker = std::max(res.kv_bytes_per_worker, r.kv_bytes_used);
+    res.kv_bytes_read_per_step_per_worker =
+        std::max(res.kv_bytes_read_per_step_per_worker, r.kv_bytes_read_last_step);
+  }
+  progress << fmt::format("  {:.2f} ms/step ({:.2f} tokens/s), fill {:.1f} s\n", res.step_ms,
+                          res.tokens_per_s, res.fill_s);
+  progress.flush();
+  return res;
+}
+
+}  // namespace
+
+expected<std::vector<decode_case_result>> run_decode_cases(const bench_decode_options& o,
+                                                           std::ostream& progress) {
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(o.model));
+  progress << fmt::format("seeding {} weights (bf16)...\n", spec.name);
+  progress.flush();
+  HELIX_ASSIGN_OR_RETURN(const model::model_weights weights,
+                         model::init_seeded_weights(spec, dtype::bf16, weight_seed));
+  std::vector<decode_case_result> results;
+  for (std::size_t i = 0; i < o.cases.size(); ++i) {
+    const decode_case& c = o.cases[i];
+    progress << fmt::format("case {}/{}: {} hopb={} on {} ranks\n", i + 1, o.cases.size(),
+                            c.layout.to_string(), c.hopb ? "on" : "off", c.layout.num_ranks);
+    progress.flush();
+    // The decoder (its KV stores and weight shards) is released before the next case.
+    auto r = run_case(o, weights, c, progress);
+    if (!r) return r.error().with_context(c.layout.to_string());
+    results.push_back(std::move(*r));
+  }
+  for (decode_case_result& r : results) {
+    const auto tp = std::find_if(results.begin(), results.end(), [&](const decode_case_result& t) {
+      return t.family == layout_family::tp && t.hopb == r.hopb;
+    });
+    if (tp != results.end() && r.step_ms > 0.0) r.speedup_vs_tp = tp->step_ms / r.step_ms;
+  }
+  return results;
+}
+
+nlohmann::json decode_report_json(const bench_decode_options& o,
+                                  const std::vector<decode_case_result>& results) {
+  nlohmann::json j = {{"model", o.model},
+                      {"context", o.context},
+                      {"batch", o.batch},
+                      {"workers", o.workers},
+                      {"kv_dtype", std::string(dtype_name(o.kv_dtype))},
+                      {"weight_dtype", "bf16"},
+                      {"kv_fill", "synthetic"},
+                      {"steps", o.steps},
+                      {"threads_per_rank", o.threads_per_rank},
+                      {"layouts", nlohmann::json::array()}};
+  for (const decode_case_result& r : results) {
+    j["layouts"].push_back(
+        {{"name", r.name},
+         {"family", std::string(layout_family_name(r.family))},
+         {"hopb", r.hopb},
+         {"kv_bytes_per_worker", r.kv_bytes_per_worker},
+         {"kv_bytes_read_per_step_per_worker", r.kv_bytes_read_per_step_per_worker},
+         {"step_ms", r.step_ms},
+         {"tokens_per_s", r.tokens_per_s},
+         {"speedup_vs_tp",
+          r.speedup_vs_tp ? nlohmann::json(*r.speedup_vs_tp) : nlohmann::json(nullptr)},
+         {"fill_s", r.fill_s}});
+  }
+  return j;
+}
+
+void print_decode_table(std::ostream& out, const bench_decode_options& o,
+                        const std::vector<decode_case_result>& results) {
+  out << fmt::format(
+      "decode: {} on {} workers, batch {}, {} tokens of synthetic {} KV per sequence, bf16 "
+      "weights, median of {} steps, {} thread(s) per rank\n",
+      o.model, o.workers, o.batch, o.context, dtype_name(o.kv_dtype), o.steps, o.threads_per_rank);
+  out << fmt::format("{:<32} {:>4} {:>12} {:>14} {:>10} {:>10} {:>7}\n", "layout", "hopb",
+                     "KV/worker", "KV read/step", "ms/step", "tokens/s", "vs tp");
+  for (const decode_case_result& r : results) {
+    out << fmt::format(
+        "{:<32} {:>4} {:>12} {:>14} {:>10.2f} {:>10.2f} {:>7}\n", r.name, r.hopb ? "on" : "off",
+        format_bytes(static_cast<double>(r.kv_bytes_per_worker)),
+        format_bytes(static_cast<double>(r.kv_bytes_read_per_step_per_worker)), r.step_ms,
+        r.tokens_per_s, r.speedup_vs_tp ? fmt::format("{:.2f}x", *r.speedup_vs_tp) : "-");
+  }
+}
+
+int run_bench_decode(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  if (std::find(args.begin(), args.end(), "--help") != args.end()) {
+    out << bench_usage;
+    return 0;
+  }
+  auto opts = parse_bench_decode_args(args);
+  if (!opts) {
+    err << "error: " << opts.error().message() << "\n" << bench_usage;
+    return 2;
+  }
+  const status fits = check_decode_memory(*opts);
+  if (!fits.ok()) {
+    err << "error: " << fits.to_string() << "\n";
+    return 2;
+  }
+  auto results = run_decode_cases(*opts, err);
+  if (!results) {
+    err << "error: " << results.error().to_string() << "\n";
+    return 1;
+  }
+  if (opts->json) {
+    out << decode_report_json(*opts, *results).dump(2) << "\n";
+  } else {
+    print_decode_table(out, *opts, *results);
+  }
+  return 0;
+}
+
+}  // namespace helix::apps

@@ -1,0 +1,357 @@
+#include "apps/verify_cmd.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/cli_args.hpp"
+#include "core/layout.hpp"
+#include "core/rng.hpp"
+#include "model/decoder.hpp"
+#include "model/sharded_decoder.hpp"
+
+namespace helix::apps {
+namespace {
+
+constexpr const char* usage =
+    "usage: helix verify --layout LAYOUT [options]\n"
+    "  --layout LAYOUT     e.g. helix:kvp=4,tpa=2, tp:tp=8, medha:kvp=4,tpa=2,\n"
+    "                      helix:kvp=8,tpa=1,tpf=2,ep=4 (required)\n"
+    "  --model NAME        built-in seeded model (default tiny-llama)\n"
+    "  --batch N           requests decoded together (default 4)\n"
+    "  --steps N           greedy steps per request, the prefill included (default 64)\n"
+    "  --prompt-len N      prompt of request i has N + 5*i tokens (default 24)\n"
+    "  --dtype D           weights and KV: f32 or bf16 (default f32)\n"
+    "  --hopb on|off       HOP-B micro-batch overlap on the sharded side (default off)\n"
+    "  --seed N            seed of the weights and prompts (default 0)\n"
+    "  --json              machine-readable output\n";
+
+constexpr std::int64_t max_batch = 256;
+constexpr std::int64_t max_steps = 1 << 16;
+constexpr std::int64_t max_prompt = 1 << 16;
+// verify holds the full weights and every rank's shard (about twice the model) in one process.
+constexpr double max_weight_bytes = 8.0 * (1ull << 30);
+
+struct config {
+  model_spec spec;
+  helix::layout grid;
+  std::int64_t batch = 4;
+  std::int64_t steps = 64;
+  std::int64_t prompt_len = 24;
+  dtype type = dtype::f32;
+  bool hopb = false;
+  std::uint64_t seed = 0;
+  bool json = false;
+};
+
+expected<std::int64_t> bounded_int(const cli_args& a, const std::string& name,
+                                   std::int64_t fallback, std::int64_t lo, std::int64_t hi) {
+  HELIX_ASSIGN_OR_RETURN(const std::int64_t v, a.get_int(name, fallback));
+  if (v < lo || v > hi) return invalid_argument("--{} {} must be in [{}, {}]", name, v, lo, hi);
+  return v;
+}
+
+expected<config> parse(const std::vector<std::string>& argv) {
+  HELIX_ASSIGN_OR_RETURN(const cli_args a, cli_args::parse(argv, {"json"}));
+  HELIX_RETURN_IF_ERROR(a.check_known(
+      {"model", "layout", "batch", "steps", "prompt-len", "dtype", "hopb", "seed", "json"}));
+  config c;
+  HELIX_ASSIGN_OR_RETURN(c.spec, builtin_model(a.get_or("model", "tiny-llama")));
+  const double weight_bytes = static_cast<double>(c.spec.num_params()) * 4.0;
+  if (weight_bytes > max_weight_bytes) {
+    return invalid_argument(
+        "--model {}: {:.1f} GiB of f32 weights; verify keeps the full weights and all shards in "
+        "one process (at most {:.0f} GiB)",
+        c.spec.name, weight_bytes / (1ull << 30), max_weight_bytes / (1ull << 30));
+  }
+  if (!a.has("layout")) return invalid_argument("--layout is required (e.g. helix:kvp=4,tpa=2)");
+  HELIX_ASSIGN_OR_RETURN(c.grid, layout::parse(*a.get("layout")));
+  HELIX_RETURN_IF_ERROR(validate(c.grid, c.spec).with_context("--layout " + *a.get("layout")));
+  HELIX_ASSIGN_OR_RETURN(c.batch, bounded_int(a, "batch", 4, 1, max_batch));
+  HELIX_ASSIGN_OR_RETURN(c.steps, bounded_int(a, "steps", 64, 1, max_steps));
+  HELIX_ASSIGN_OR_RETURN(c.prompt_len, bounded_int(a, "prompt-len", 24, 1, max_prompt));
+  HELIX_ASSIGN_OR_RETURN(const std::int64_t seed,
+                         bounded_int(a, "seed", 0, 0, std::numeric_limits<std::int64_t>::max()));
+  c.seed = static_cast<std::uint64_t>(seed);
+  const std::string type = a.get_or("dtype", "f32");
+  if (type != "f32" && type != "bf16") {
+    return invalid_argument("--dtype '{}' (expected f32 or bf16)", type);
+  }
+  HELIX_ASSIGN_OR_RETURN(c.type, parse_dtype(type));
+  const std::string hopb = a.get_or("hopb", "off");
+  if (hopb != "on" && hopb != "off")
+    return invalid_argument("--hopb '{}' (expected on or off)", hopb);
+  c.hopb = hopb == "on";
+  c.json = a.has("json");
+  return c;
+}
+
+// Wall time of one side: the first step (all prompts) and the decode steps after it.
+struct side_timing {
+  double prefill_ms = 0;
+  double decode_ms = 0;
+  std::int64_t decode_steps = 0;
+  [[nodiscard]] double ms_per_decode_step() const {
+    return decode_steps > 0 ? decode_ms / static_cast<double>(decode_steps) : 0.0;
+  }
+  void add(std::int64_t step, double ms) {
+    if (step == 0) {
+      prefill_ms += ms;
+    } else {
+      decode_ms += ms;
+      ++decode_steps;
+    }
+  }
+};
+
+struct divergence {
+  std::int64_t request = 0;
+  std::int64_t step = 0;
+  std::int32_t reference_token = 0;
+  std::int32_t sharded_token = 0;
+};
+
+struct report {
+  std::vector<std::int64_t> prompt_lens;
+  double max_abs_logit_diff = 0;
+  std::int64_t tokens_checked = 0;
+  std::vector<divergence> diverged;
+  // Sharded sampling picked a token other than the argmax of the sharded logits (step, request).
+  std::vector<std::pair<std::int64_t, std::int64_t>> sampling_mismatch;
+  side_timing reference, sharded;
+};
+
+std::vector<std::int32_t> prompt_tokens(std::uint64_t seed, std::int64_t request, std::int64_t len,
+                                        std::int64_t vocab) {
+  std::vector<std::int32_t> out(static_cast<std::size_t>(len));
+  for (std::int64_t t = 0; t < len; ++t) {
+    const std::uint32_t u =
+        random_words(seed, static_cast<std::uint64_t>(request), static_cast<std::uint64_t>(t),
+                     rng_purpose::workload, 0)[0];
+    out[static_cast<std::size_t>(t)] =
+        static_cast<std::int32_t>(u % static_cast<std::uint32_t>(vocab));
+  }
+  return out;
+}
+
+// Lowest id on ties, as greedy sampling (kernels/sampling.hpp) defines it.
+std::int32_t argmax(std::span<const float> row) {
+  return static_cast<std::int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+expected<report> run(const config& c) {
+  const model_spec& s = c.spec;
+  HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
+                         model::init_seeded_weights(s, c.type, c.seed));
+  const auto n = static_cast<std::size_t>(c.batch);
+  report r;
+  std::vector<std::vector<std::int32_t>> prompts(n);
+  std::int64_t prefill_rows = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t len = c.prompt_len + 5 * static_cast<std::int64_t>(i);
+    prompts[i] = prompt_tokens(c.seed, static_cast<std::int64_t>(i), len, s.vocab);
+    r.prompt_lens.push_back(len);
+    prefill_rows += len;
+  }
+  const std::int64_t total_tokens = prefill_rows + c.batch * c.steps;
+  const std::int64_t rows = std::max(prefill_rows, c.batch);
+
+  model::decoder_options ro;
+  ro.kv_type = c.type;
+  ro.kv_capacity_tokens = total_tokens + c.batch * ro.block_tokens;
+  ro.max_batch_tokens = rows;
+  ro.num_threads = 1;
+  HELIX_ASSIGN_OR_RETURN(auto ref, model::decoder::create(w, ro));
+
+  model::sharded_decoder_options so;
+  so.layout = c.grid;
+  so.rank.kv_type = c.type;
+  // Blocks go round-robin over the KVP members, so a rank holds about 1/KVP of them; sizing each
+  // rank for all of them (plus a partial block per request) keeps verify independent of placement.
+  so.rank.kv_capacity_tokens = total_tokens + c.batch * so.rank.block_tokens;
+  so.rank.max_batch_tokens = rows;
+  so.rank.num_threads = 1;  // N ranks share the machine's cores
+  so.rank.hopb = c.hopb;
+  HELIX_ASSIGN_OR_RETURN(auto sharded, model::sharded_decoder::create(w, so));
+
+  std::vector<model::decoder::batch_item> ref_items(n), sh_items(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ref_items[i].seq = ref->open_sequence();
+    HELIX_ASSIGN_OR_RETURN(sh_items[i].seq, sharded->open_sequence());
+    ref_items[i].tokens = prompts[i];
+    sh_items[i].tokens = prompts[i];
+  }
+  const auto vocab = static_cast<std::size_t>(s.vocab);
+  std::vector<float> ref_logits(n * vocab), sh_logits(n * vocab);
+  std::vector<std::int32_t> ref_tokens(n), sh_tokens(n);
+  const std::vector<kernels::sampling_options> greedy(n);  // temperature 0
+  std::vector<std::uint64_t> request_ids(n);
+  for (std::size_t i = 0; i < n; ++i) request_ids[i] = i;
+  model::step_output out;
+  out.logits = sh_logits;
+  out.sampling = greedy;
+  out.request_ids = request_ids;
+  out.tokens = sh_tokens;
+  std::vector<bool> diverged(n, false);
+
+  for (std::int64_t step = 0; step < c.steps; ++step) {
+    auto t0 = std::chrono::steady_clock::now();
+    HELIX_RETURN_IF_ERROR(ref->forward(ref_items, ref_logits)
+                              .with_context(fmt::format("single worker, step {}", step)));
+    r.reference.add(step, ms_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    HELIX_RETURN_IF_ERROR(
+        sharded->forward(sh_items, out).with_context(fmt::format("sharded, step {}", step)));
+    r.sharded.add(step, ms_since(t0));
+
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto ref_row = std::span<const float>(ref_logits).subspan(i * vocab, vocab);
+      const auto sh_row = std::span<const float>(sh_logits).subspan(i * vocab, vocab);
+      ref_tokens[i] = argmax(ref_row);
+      if (argmax(sh_row) != sh_tokens[i]) {
+        r.sampling_mismatch.emplace_back(step, static_cast<std::int64_t>(i));
+      }
+      // Each side feeds its own token back, so once they differ the inputs differ and nothing
+      // later of that request is comparable.
+      if (diverged[i]) continue;
+      for (std::size_t v = 0; v < vocab; ++v) {
+        r.max_abs_logit_diff =
+            std::max(r.max_abs_logit_diff, static_cast<double>(std::fabs(ref_row[v] - sh_row[v])));
+      }
+      ++r.tokens_checked;
+      if (ref_tokens[i] != sh_tokens[i]) {
+        diverged[i] = true;
+        r.diverged.push_back({static_cast<std::int64_t>(i), step, ref_tokens[i], sh_tokens[i]});
+      }
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      ref_items[i].tokens = std::span<const std::int32_t>(&ref_tokens[i], 1);
+      sh_items[i].tokens = std::span<const std::int32_t>(&sh_tokens[i], 1);
+    }
+  }
+  return r;
+}
+
+nlohmann::json timing_json(const side_timing& t) {
+  return {{"prefill_ms", t.prefill_ms},
+          {"decode_ms", t.decode_ms},
+          {"decode_steps", t.decode_steps},
+          {"ms_per_decode_step", t.ms_per_decode_step()}};
+}
+
+}  // namespace
+
+int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
+      out << usage;
+      return 0;
+    }
+  }
+  auto c = parse(args);
+  if (!c) {
+    err << "error: " << c.error().to_string() << "\n" << usage;
+    return 2;
+  }
+  const std::string grid = c->grid.to_string();
+  const std::string_view family = layout_family_name(c->grid.family);
+  const std::string_view type = dtype_name(c->type);
+  if (!c->json) {
+    err << fmt::format("verifying {} on {} ({} ranks, {}, hopb {})...\n", c->spec.name, grid,
+                       c->grid.num_ranks, type, c->hopb ? "on" : "off");
+  }
+  auto r = run(*c);
+  if (!r) {
+    err << "error: " << r.error().to_string() << "\n";
+    return 1;
+  }
+  const double tolerance = c->type == dtype::f32 ? 1e-4 : 2e-2;
+  const bool tokens_equal = r->diverged.empty();
+  const bool within = r->max_abs_logit_diff <= tolerance;
+  const bool sampling_ok = r->sampling_mismatch.empty();
+  const bool pass = tokens_equal && within && sampling_ok;
+  std::string failure;
+  if (!tokens_equal) {
+    const divergence& d = r->diverged.front();
+    failure = fmt::format(
+        "{} of {} requests diverged (first: request {} at step {}: single worker chose {}, "
+        "sharded {})",
+        r->diverged.size(), c->batch, d.request, d.step, d.reference_token, d.sharded_token);
+  } else if (!within) {
+    failure = fmt::format("max |logit diff| {:.3e} exceeds the {} tolerance {:.0e}",
+                          r->max_abs_logit_diff, type, tolerance);
+  } else if (!sampling_ok) {
+    failure = fmt::format(
+        "sharded greedy sampling disagrees with the argmax of its own logits at {} rows (first: "
+        "step {}, request {})",
+        r->sampling_mismatch.size(), r->sampling_mismatch.front().first,
+        r->sampling_mismatch.front().second);
+  }
+
+  if (c->json) {
+    nlohmann::json j = {{"model", c->spec.name},
+                        {"layout", grid},
+                        {"family", family},
+                        {"num_ranks", c->grid.num_ranks},
+                        {"hopb", c->hopb},
+                        {"dtype", type},
+                        {"batch", c->batch},
+                        {"steps", c->steps},
+                        {"prompt_lens", r->prompt_lens},
+                        {"seed", c->seed},
+                        {"tokens_equal", tokens_equal},
+                        {"tokens_checked", r->tokens_checked},
+                        {"max_abs_logit_diff", r->max_abs_logit_diff},
+                        {"tolerance", tolerance},
+                        {"sharded_sampling_consistent", sampling_ok},
+                        {"pass", pass},
+                        {"single_worker", timing_json(r->reference)},
+                        {"sharded", timing_json(r->sharded)}};
+    j["diverged"] = nlohmann::json::array();
+    for (const divergence& d : r->diverged) {
+      j["diverged"].push_back({{"request", d.request},
+                               {"step", d.step},
+                               {"single_worker_token", d.reference_token},
+                               {"sharded_token", d.sharded_token}});
+    }
+    if (!pass) j["failure"] = failure;
+    out << j.dump(2) << "\n";
+  } else {
+    out << fmt::format("helix verify: {} on {} ({}, {} ranks), dtype {}, hopb {}\n", c->spec.name,
+                       grid, family, c->grid.num_ranks, type, c->hopb ? "on" : "off");
+    out << fmt::format(
+        "  {} requests, prompts of {}..{} tokens prefilled in one step, {} greedy steps each, "
+        "seed {}\n",
+        c->batch, r->prompt_lens.front(), r->prompt_lens.back(), c->steps, c->seed);
+    out << fmt::format("  tokens          {} ({} compared)\n", tokens_equal ? "equal" : "DIFFERENT",
+                       r->tokens_checked);
+    for (const divergence& d : r->diverged) {
+      out << fmt::format(
+          "    request {} diverged at step {} (single worker {}, sharded {}); its later steps are "
+          "not compared\n",
+          d.request, d.step, d.reference_token, d.sharded_token);
+    }
+    out << fmt::format("  max |logit diff| {:.3e} (tolerance {:.0e}, over the steps compared)\n",
+                       r->max_abs_logit_diff, tolerance);
+    for (const auto& [name, t] :
+         {std::pair{"single worker", &r->reference}, std::pair{"sharded      ", &r->sharded}}) {
+      out << fmt::format("  {}   prefill {:.2f} ms, decode {:.3f} ms/step over {} steps\n", name,
+                         t->prefill_ms, t->ms_per_decode_step(), t->decode_steps);
+    }
+    out << (pass ? "PASS\n" : "FAIL: " + failure + "\n");
+  }
+  if (!pass) {
+    err << "error: the sharded decoder does not match the single worker: " << failure << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace helix::apps
