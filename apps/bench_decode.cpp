@@ -14,7 +14,7 @@
 #include "core/kv_layout.hpp"
 #include "core/model_spec.hpp"
 #include "kernels/sampling.hpp"
-#include "model/sharded_decoder.hpp"
+#include "apps/sharded_decoder.hpp"
 #include "model/weights.hpp"
 
 namespace helix::apps {
@@ -242,7 +242,7 @@ expected<decode_case_result> run_case(const bench_decode_options& o,
   res.name = c.layout.to_string();
   res.family = c.layout.family;
   res.hopb = c.hopb;
-  model::sharded_decoder_options so;
+  sharded_decoder_options so;
   so.layout = c.layout;
   so.rank.kv_type = o.kv_dtype;
   so.rank.block_tokens = default_block_tokens;
@@ -251,8 +251,8 @@ expected<decode_case_result> run_case(const bench_decode_options& o,
   so.rank.max_batch_tokens = o.batch;
   so.rank.num_threads = o.threads_per_rank;
   so.rank.hopb = c.hopb;
-  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<model::sharded_decoder> dec,
-                         model::sharded_decoder::create(weights, so));
+  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<sharded_decoder> dec,
+                         sharded_decoder::create(weights, so));
 
   const auto n = static_cast<std::size_t>(o.batch);
   std::vector<std::uint64_t> seqs;
@@ -273,7 +273,7 @@ expected<decode_case_result> run_case(const bench_decode_options& o,
   std::vector<kernels::sampling_options> sampling(n);
   std::vector<std::int32_t> tokens(n);
   std::vector<std::int32_t> next(n);
-  std::vector<model::sharded_decoder::batch_item> items(n);
+  std::vector<sharded_decoder::batch_item> items(n);
   for (std::size_t i = 0; i < n; ++i) {
     tokens[i] =
         static_cast<std::int32_t>((i * 7919 + 1) % static_cast<std::size_t>(dec->spec().vocab));
@@ -295,7 +295,7 @@ expected<decode_case_result> run_case(const bench_decode_options& o,
   }
   res.step_ms = median(step_ms);
   res.tokens_per_s = static_cast<double>(o.batch) / (res.step_ms / 1e3);
-  for (const model::rank_stats& r : dec->stats()) {
+  for (const rank_stats& r : dec->stats()) {
     res.kv_bytes_per_worker = std::max(res.kv_bytes_per_worker, r.kv_bytes_used);
     res.kv_bytes_read_per_step_per_worker =
         std::max(res.kv_bytes_read_per_step_per_worker, r.kv_bytes_read_last_step);

@@ -1,5 +1,5 @@
 // `helix bench decode`: end-to-end decode steps of a model sharded over N simulated workers (one
-// model::sharded_decoder, one thread per rank, in this process), for several layouts side by side.
+// apps::sharded_decoder, one thread per rank, in this process), for several layouts side by side.
 //
 // Per case (layout x HOP-B setting): create the sharded decoder with seeded bf16 weights, open
 // --batch sequences, append --context tokens of seeded synthetic KV to each (reported as

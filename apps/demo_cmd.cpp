@@ -13,7 +13,7 @@
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
 #include "model/reference_forward.hpp"
-#include "model/sharded_decoder.hpp"
+#include "apps/sharded_decoder.hpp"
 
 namespace helix::apps {
 namespace {
@@ -86,12 +86,12 @@ expected<sharded_exactness> check_sharded(const std::string& name, const std::st
   HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
                          model::init_seeded_weights(spec, dtype::f32, 42));
   HELIX_ASSIGN_OR_RETURN(auto single, model::decoder::create(w, {.kv_capacity_tokens = 1024}));
-  model::sharded_decoder_options so;
+  sharded_decoder_options so;
   so.layout = grid;
   so.rank.kv_type = dtype::f32;
   so.rank.kv_capacity_tokens = 1024;
   so.rank.max_batch_tokens = 64;
-  HELIX_ASSIGN_OR_RETURN(auto sharded, model::sharded_decoder::create(w, so));
+  HELIX_ASSIGN_OR_RETURN(auto sharded, sharded_decoder::create(w, so));
   std::vector<std::int32_t> seq;
   for (std::uint64_t i = 0; i < 19; ++i) {
     seq.push_back(static_cast<std::int32_t>(random_words(42, 1, i, rng_purpose::test_data, 0)[0] %

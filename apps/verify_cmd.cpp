@@ -11,7 +11,7 @@
 #include "core/layout.hpp"
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
-#include "model/sharded_decoder.hpp"
+#include "apps/sharded_decoder.hpp"
 
 namespace helix::apps {
 namespace {
@@ -170,7 +170,7 @@ expected<report> run(const config& c) {
   ro.num_threads = 1;
   HELIX_ASSIGN_OR_RETURN(auto ref, model::decoder::create(w, ro));
 
-  model::sharded_decoder_options so;
+  sharded_decoder_options so;
   so.layout = c.grid;
   so.rank.kv_type = c.type;
   // Blocks go round-robin over the KVP members, so a rank holds about 1/KVP of them; sizing each
@@ -179,7 +179,7 @@ expected<report> run(const config& c) {
   so.rank.max_batch_tokens = rows;
   so.rank.num_threads = 1;  // N ranks share the machine's cores
   so.rank.hopb = c.hopb;
-  HELIX_ASSIGN_OR_RETURN(auto sharded, model::sharded_decoder::create(w, so));
+  HELIX_ASSIGN_OR_RETURN(auto sharded, sharded_decoder::create(w, so));
 
   std::vector<model::decoder::batch_item> ref_items(n), sh_items(n);
   for (std::size_t i = 0; i < n; ++i) {

@@ -15,7 +15,6 @@
 #include "kernels/sharded_sampling.hpp"
 #include "kernels/swiglu.hpp"
 #include "model/step_ops.hpp"
-#include "planner/kv_placement.hpp"
 
 namespace helix::model {
 namespace {
@@ -203,27 +202,9 @@ kernels::exec_context rank_program::ctx() const {
   return {kernels::backend::cpu, pool_.get(), nullptr};
 }
 
-expected<std::uint64_t> rank_program::open_sequence() {
-  // The column's load as every rank sees it (tables are identical across ranks), so the chosen
-  // offset is identical too.
-  std::vector<planner::request_placement> live;
-  live.reserve(open_order_.size());
-  for (std::uint64_t id : open_order_) {
-    const sequence& q = seqs_.at(id);
-    live.push_back({q.offset, &q.table});
-  }
-  HELIX_ASSIGN_OR_RETURN(const planner::column_load load,
-                         planner::measure_column_load(w_.layout, live));
-  planner::join_view view;
-  view.step = step_;
-  view.kvp = w_.layout.kvp;
-  view.first_block_idx = 0;
-  view.appenders = load.appenders;
-  view.stored_blocks = load.stored_blocks;
-  HELIX_ASSIGN_OR_RETURN(const std::int64_t offset, planner::choose_join_offset(view));
+std::uint64_t rank_program::open_sequence() {
   const std::uint64_t id = next_seq_++;
-  seqs_.emplace(id, sequence{block_table(opt_.block_tokens), offset});
-  open_order_.push_back(id);
+  seqs_.emplace(id, sequence{block_table(opt_.block_tokens)});
   return id;
 }
 
@@ -234,7 +215,6 @@ status rank_program::close_sequence(std::uint64_t seq) {
     if (b.rank == w_.rank) HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
   }
   seqs_.erase(it);
-  open_order_.erase(std::find(open_order_.begin(), open_order_.end(), seq));
   return ok_status();
 }
 
@@ -250,18 +230,29 @@ expected<std::int64_t> rank_program::sequence_length(std::uint64_t seq) const {
   return it->second.table.num_tokens();
 }
 
-// New blocks that appending `num_tokens` to the sequence opens on this rank.
-std::int64_t rank_program::new_blocks_owned(const sequence& q, std::int64_t num_tokens) const {
-  const std::int64_t bt = opt_.block_tokens;
-  const block_table& t = q.table;
+namespace {
+// Blocks that appending `num_tokens` to `t` opens.
+std::int64_t blocks_opened(const block_table& t, std::int64_t num_tokens) {
+  const std::int64_t bt = t.block_tokens();
   const std::int64_t room = t.needs_block() ? 0 : bt - t.last().num_tokens;
-  const std::int64_t extra = num_tokens - room;
-  const auto first = static_cast<std::int64_t>(t.blocks().size());
-  std::int64_t mine = 0;
-  for (std::int64_t b = 0; b < (extra + bt - 1) / bt; ++b) {
-    if (planner::kv_block_owner(q.offset, first + b, w_.layout.kvp) == kvp_idx_) ++mine;
+  return std::max<std::int64_t>(0, (num_tokens - room + bt - 1) / bt);
+}
+}  // namespace
+
+// The owners handed in must name exactly the `opened` new blocks, each a member of the column.
+status rank_program::check_owners(std::int64_t opened,
+                                  std::span<const std::int64_t> new_block_kvp) const {
+  if (opened != static_cast<std::int64_t>(new_block_kvp.size())) {
+    return invalid_argument("rank_program: {} new KV blocks but {} owners were given", opened,
+                            new_block_kvp.size());
   }
-  return mine;
+  for (std::int64_t j : new_block_kvp) {
+    if (j < 0 || j >= w_.layout.kvp) {
+      return invalid_argument("rank_program: block owner kvp_idx {} outside [0, {})", j,
+                              w_.layout.kvp);
+    }
+  }
+  return ok_status();
 }
 
 // KV capacity differs per rank (each holds different blocks), so the ranks agree with one small
@@ -281,29 +272,33 @@ status rank_program::agree_on_slots(std::int64_t needed, std::string_view what) 
   return ok_status();
 }
 
-// Places the step's new blocks by the planner's rule and reserves this rank's share of them.
-status rank_program::reserve_kv(std::span<const batch_item> items) {
-  std::int64_t mine = 0;
-  for (const batch_item& it : items) {
-    mine += new_blocks_owned(seqs_.at(it.seq), static_cast<std::int64_t>(it.tokens.size()));
+// Opens the table's next block on member `owner_kvp` of this rank's column; only the owner
+// allocates a slot (other ranks record slot 0, never read).
+status rank_program::open_block(block_table& t, std::int64_t owner_kvp) {
+  const auto owner = static_cast<std::int32_t>(w_.layout.attention_rank(tpa_idx_, owner_kvp));
+  std::int32_t slot = 0;
+  if (owner == w_.rank) {
+    HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
   }
+  return t.open_block(owner, slot);
+}
+
+// Records the step's new blocks where the caller placed them and reserves this rank's share.
+status rank_program::reserve_kv(std::span<const batch_item> items,
+                                std::span<const std::int64_t> new_block_kvp) {
+  std::int64_t opened = 0;
+  for (const batch_item& it : items) {
+    opened += blocks_opened(seqs_.at(it.seq).table, static_cast<std::int64_t>(it.tokens.size()));
+  }
+  HELIX_RETURN_IF_ERROR(check_owners(opened, new_block_kvp));
+  const auto mine = std::count(new_block_kvp.begin(), new_block_kvp.end(), kvp_idx_);
   HELIX_RETURN_IF_ERROR(agree_on_slots(mine, "step"));
-  const std::int64_t kvp = w_.layout.kvp;
+  std::size_t next_owner = 0;
   std::int64_t row = 0;
   for (const batch_item& it : items) {
-    sequence& q = seqs_.at(it.seq);
-    block_table& t = q.table;
+    block_table& t = seqs_.at(it.seq).table;
     for (std::size_t i = 0; i < it.tokens.size(); ++i, ++row) {
-      if (t.needs_block()) {
-        const auto block_idx = static_cast<std::int64_t>(t.blocks().size());
-        const std::int64_t owner_kvp = planner::kv_block_owner(q.offset, block_idx, kvp);
-        const auto owner = static_cast<std::int32_t>(w_.layout.attention_rank(tpa_idx_, owner_kvp));
-        std::int32_t slot = 0;  // not meaningful on non-owners
-        if (owner == w_.rank) {
-          HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
-        }
-        HELIX_RETURN_IF_ERROR(t.open_block(owner, slot));
-      }
+      if (t.needs_block()) HELIX_RETURN_IF_ERROR(open_block(t, new_block_kvp[next_owner++]));
       const kv_block_ref& b = t.last();
       rows_[sz(row)] = {b.rank == w_.rank ? b.slot : -1, b.num_tokens};
       positions_[sz(row)] = t.next_pos();
@@ -315,26 +310,20 @@ status rank_program::reserve_kv(std::span<const batch_item> items) {
 }
 
 status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
-                                      std::uint64_t seed) {
+                                      std::uint64_t seed,
+                                      std::span<const std::int64_t> new_block_kvp) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return not_found("rank_program: unknown sequence {}", seq);
   if (num_tokens < 0) return invalid_argument("rank_program: {} synthetic tokens", num_tokens);
-  sequence& q = it->second;
-  HELIX_RETURN_IF_ERROR(agree_on_slots(new_blocks_owned(q, num_tokens), "synthetic KV"));
-  block_table& t = q.table;
+  block_table& t = it->second.table;
+  HELIX_RETURN_IF_ERROR(check_owners(blocks_opened(t, num_tokens), new_block_kvp));
+  const auto mine = std::count(new_block_kvp.begin(), new_block_kvp.end(), kvp_idx_);
+  HELIX_RETURN_IF_ERROR(agree_on_slots(mine, "synthetic KV"));
+  std::size_t next_owner = 0;
   const std::int64_t bt = opt_.block_tokens;
   std::vector<std::pair<std::int32_t, std::int64_t>> pages;  // (slot, block idx) to fill
   for (std::int64_t left = num_tokens; left > 0;) {
-    if (t.needs_block()) {
-      const auto block_idx = static_cast<std::int64_t>(t.blocks().size());
-      const std::int64_t owner_kvp = planner::kv_block_owner(q.offset, block_idx, w_.layout.kvp);
-      const auto owner = static_cast<std::int32_t>(w_.layout.attention_rank(tpa_idx_, owner_kvp));
-      std::int32_t slot = 0;
-      if (owner == w_.rank) {
-        HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
-      }
-      HELIX_RETURN_IF_ERROR(t.open_block(owner, slot));
-    }
+    if (t.needs_block()) HELIX_RETURN_IF_ERROR(open_block(t, new_block_kvp[next_owner++]));
     const kv_block_ref& b = t.last();
     if (b.rank == w_.rank && (pages.empty() || pages.back().first != b.slot)) {
       pages.emplace_back(b.slot, static_cast<std::int64_t>(t.blocks().size()) - 1);
@@ -450,13 +439,15 @@ status rank_program::sample_sharded(std::int64_t rows, const step_output& out) {
   return ok_status();
 }
 
-status rank_program::forward(std::span<const batch_item> items, std::span<float> logits) {
+status rank_program::forward(std::span<const batch_item> items,
+                             std::span<const std::int64_t> new_block_kvp, std::span<float> logits) {
   step_output out;
   out.logits = logits;
-  return forward(items, out);
+  return forward(items, new_block_kvp, out);
 }
 
-status rank_program::forward(std::span<const batch_item> items, const step_output& out) {
+status rank_program::forward(std::span<const batch_item> items,
+                             std::span<const std::int64_t> new_block_kvp, const step_output& out) {
   const model_spec& s = w_.spec;
   HELIX_ASSIGN_OR_RETURN(
       const std::int64_t rows,
@@ -479,8 +470,7 @@ status rank_program::forward(std::span<const batch_item> items, const step_outpu
       HELIX_RETURN_IF_ERROR(kernels::validate(out.sampling[i]));
     }
   }
-  HELIX_RETURN_IF_ERROR(reserve_kv(items));
-  ++step_;
+  HELIX_RETURN_IF_ERROR(reserve_kv(items, new_block_kvp));
   kv_bytes_read_ = 0;
 
   HELIX_RETURN_IF_ERROR(embed_tokens(ctx(), w_.embed, token_ids_.data(), rows, x_.data()));

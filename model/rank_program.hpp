@@ -9,11 +9,10 @@
 //      latent row [rows, kv_lora + rope] and the absorbed queries of its heads, all Q when
 //      TPA = 1) and applies RoPE at the tokens' global positions;
 //   3. writes each new token's KV only on the KVP member that owns the token's block. Ownership
-//      comes from the sequence's block table, whose new blocks are placed by the planner's rule
-//      (planner::kv_block_owner with an offset from planner::choose_join_offset, chosen when the
-//      sequence opens). Every rank of every column runs the same deterministic placement over the
-//      same inputs, so all ranks hold the same table view (rank of each block, positions); a
-//      block's slot is meaningful only on its owner (other ranks record slot 0);
+//      comes from the sequence's block table. The owners of the blocks a step opens are decided
+//      by the caller (the engine, with planner::placement_book) and handed to every rank with the
+//      step, so all ranks hold the same table view (rank of each block, positions); a block's
+//      slot is meaningful only on its owner (other ranks record slot 0). model/ never places;
 //   4. runs partial attention over the blocks it holds (none: lse = -inf, out = 0);
 //   5. all-to-alls the partials inside its KVP group along the head axis: member j receives the
 //      out and lse of head slice j (Q/N heads) from every peer, in one packed buffer per peer
@@ -110,28 +109,35 @@ class rank_program {
   [[nodiscard]] const kv_store& kv() const { return kv_; }
 
   /// A new, empty sequence. Ids count up from 1 identically on every rank, so ranks that open
-  /// sequences in the same order agree on them. Chooses the sequence's placement offset (a pure
-  /// function of the step clock and the column's current load: the same on every rank).
-  [[nodiscard]] expected<std::uint64_t> open_sequence();
+  /// sequences in the same order agree on them.
+  [[nodiscard]] std::uint64_t open_sequence();
   /// Frees the blocks this rank holds for the sequence; not_found for an unknown id.
   [[nodiscard]] status close_sequence(std::uint64_t seq);
   /// The sequence's block table (same view on every rank); HELIX_CHECKs that it exists.
   [[nodiscard]] const block_table& table(std::uint64_t seq) const;
 
-  /// One step, collectively with every other rank (same items on all). `logits` must hold
-  /// decoder::logits_rows(items) * vocab floats: full logits, rows in item order, on every rank.
-  /// Errors as decoder::forward (identical on every rank); a transport failure is returned as is
-  /// and leaves the step's tokens appended.
-  [[nodiscard]] status forward(std::span<const batch_item> items, std::span<float> logits);
-  /// The same step with either or both outputs (see step_output); invalid_argument for output
-  /// spans of the wrong size or invalid sampling options (identical on every rank).
-  [[nodiscard]] status forward(std::span<const batch_item> items, const step_output& out);
+  /// One step, collectively with every other rank (same items and owners on all).
+  /// `new_block_kvp`: the KVP member (kvp_idx) of every block the step's tokens open, in item
+  /// order then position order (what planner::placement_book::plan returns); a block lives on
+  /// that member of this rank's column. `out` asks for full logits and/or sampled tokens (see
+  /// step_output; neither, e.g. for a non-final prefill chunk, skips the LM head).
+  /// Errors as decoder::forward, plus invalid_argument for owners of the wrong count or out of
+  /// [0, KVP), output spans of the wrong size or invalid sampling options: all identical on
+  /// every rank and leaving every sequence unchanged. A transport failure is returned as is and
+  /// leaves the step's tokens appended.
+  [[nodiscard]] status forward(std::span<const batch_item> items,
+                               std::span<const std::int64_t> new_block_kvp, const step_output& out);
+  /// forward() asking for full logits only.
+  [[nodiscard]] status forward(std::span<const batch_item> items,
+                               std::span<const std::int64_t> new_block_kvp,
+                               std::span<float> logits);
 
   /// Appends `num_tokens` positions of seeded synthetic KV to the sequence on every rank (each
-  /// fills only the blocks it owns), placed by the same rule as real tokens; for benchmarks,
-  /// labelled synthetic wherever reported. Collective (agrees on capacity like forward()).
+  /// fills only the blocks it owns; owners as in forward()); for benchmarks, labelled synthetic
+  /// wherever reported. Collective (agrees on capacity like forward()).
   [[nodiscard]] status append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
-                                        std::uint64_t seed);
+                                        std::uint64_t seed,
+                                        std::span<const std::int64_t> new_block_kvp);
 
   /// Tokens cached for the sequence (same on every rank); not_found for an unknown id.
   [[nodiscard]] expected<std::int64_t> sequence_length(std::uint64_t seq) const;
@@ -151,7 +157,6 @@ class rank_program {
  private:
   struct sequence {
     block_table table;
-    std::int64_t offset = 0;  // placement offset (planner), fixed at open
   };
   // Where one row's new k,v go; slot < 0 when another KVP member owns the token's block.
   struct row_info {
@@ -169,8 +174,11 @@ class rank_program {
   [[nodiscard]] kernels::exec_context ctx() const;
   void allocate_workspace();
   [[nodiscard]] status agree_on_slots(std::int64_t needed, std::string_view what);
-  [[nodiscard]] std::int64_t new_blocks_owned(const sequence& q, std::int64_t num_tokens) const;
-  [[nodiscard]] status reserve_kv(std::span<const batch_item> items);
+  [[nodiscard]] status check_owners(std::int64_t opened,
+                                    std::span<const std::int64_t> new_block_kvp) const;
+  [[nodiscard]] status open_block(block_table& t, std::int64_t owner_kvp);
+  [[nodiscard]] status reserve_kv(std::span<const batch_item> items,
+                                  std::span<const std::int64_t> new_block_kvp);
   // rank_attention.cpp
   [[nodiscard]] status attention_gqa(std::int64_t layer_idx, std::span<const batch_item> items,
                                      std::int64_t rows);
@@ -204,9 +212,7 @@ class rank_program {
   std::int64_t tpa_idx_ = 0;
   std::int64_t kvp_idx_ = 0;
   std::int64_t kv_bytes_read_ = 0;
-  std::int64_t step_ = 0;  // global step clock (forward() calls), the placement rule's rotation
   std::unordered_map<std::uint64_t, sequence> seqs_;
-  std::vector<std::uint64_t> open_order_;  // live sequence ids in open order (deterministic)
   std::uint64_t next_seq_ = 1;
 
   // Workspaces, sized once for max_batch_tokens rows (attention scratch grows with context).

@@ -16,6 +16,7 @@
 
 #include "core/rng.hpp"
 #include "kernels/sampling.hpp"
+#include "planner/placement_book.hpp"
 #include "transport/transport.hpp"
 
 namespace helix::model {
@@ -93,6 +94,29 @@ struct sharded_result {
   bool tokens_agree = true;                       // every rank sampled the same tokens
 };
 
+// The owners of the blocks each step opens, decided up front by the engine's placement record (the
+// script is fixed, so the whole run can be planned before the ranks start).
+expected<std::vector<std::vector<std::int64_t>>> plan_script(const layout& l,
+                                                             const rank_program_options& options,
+                                                             const script& s) {
+  planner::placement_book book(l, options.block_tokens);
+  for (std::int64_t i = 0; i < s.num_seqs; ++i) {
+    HELIX_RETURN_IF_ERROR(book.join(static_cast<std::uint64_t>(i + 1)));
+  }
+  std::vector<std::vector<std::int64_t>> plans;
+  for (const script_step& step : s.steps) {
+    std::vector<std::int64_t> owners;
+    for (const script_item& it : step) {
+      const auto n = static_cast<std::int64_t>(it.tokens.size());
+      HELIX_RETURN_IF_ERROR(book.plan(it.seq, n, owners));
+      HELIX_RETURN_IF_ERROR(book.commit(it.seq, n));
+    }
+    book.tick();
+    plans.push_back(std::move(owners));
+  }
+  return plans;
+}
+
 // Spawns one thread per rank of `layout_text`, each driving its own rank_program through the
 // script. A failing rank aborts the fabric so that its peers return instead of waiting forever.
 expected<sharded_result> run_sharded_forward(const model_weights& w, std::string_view layout_text,
@@ -100,6 +124,7 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
                                              const rank_program_options& options = {},
                                              const kernels::sampling_options* sampling = nullptr) {
   HELIX_ASSIGN_OR_RETURN(const layout l, layout::parse(layout_text));
+  HELIX_ASSIGN_OR_RETURN(const auto plans, plan_script(l, options, s));
   const auto n = static_cast<int>(l.num_ranks);
   HELIX_ASSIGN_OR_RETURN(auto fab, transport::make_local_fabric(n));
   std::vector<status> results(sz_of(n), ok_status());
@@ -117,10 +142,11 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
     HELIX_ASSIGN_OR_RETURN(
         auto prog, rank_program::create(w, l, r, std::move(world), std::move(kvp), options));
     for (std::int64_t i = 0; i < s.num_seqs; ++i) {
-      HELIX_ASSIGN_OR_RETURN(const std::uint64_t id, prog->open_sequence());
+      const std::uint64_t id = prog->open_sequence();
       if (id != static_cast<std::uint64_t>(i + 1)) return internal_error("sequence id {}", id);
     }
-    for (const script_step& step : s.steps) {
+    for (std::size_t step_idx = 0; step_idx < s.steps.size(); ++step_idx) {
+      const script_step& step = s.steps[step_idx];
       const auto items = to_items(step);
       const auto rows = sz_of(decoder::logits_rows(items));
       std::vector<float> out(rows * sz_of(w.spec.vocab));
@@ -134,7 +160,7 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
       so.sampling = opts;
       so.request_ids = ids;
       so.tokens = toks;
-      HELIX_RETURN_IF_ERROR(prog->forward(items, so));
+      HELIX_RETURN_IF_ERROR(prog->forward(items, plans[step_idx], so));
       logits[sz_of(r)].push_back(std::move(out));
       tokens[sz_of(r)].push_back(std::move(toks));
     }
@@ -412,6 +438,43 @@ TEST(RankProgram, ShardedSamplingMatchesFullSampler) {
       }
     }
   }
+}
+
+// The owners come from the caller: a wrong count or a member outside the column is refused before
+// anything changes.
+TEST(RankProgram, RejectsWrongBlockOwners) {
+  const model_weights w = seeded("tiny-llama");
+  auto l = layout::parse("helix:kvp=1,tpa=1");
+  ASSERT_TRUE(l.has_value());
+  auto fab = transport::make_local_fabric(1);
+  ASSERT_TRUE(fab.has_value());
+  auto world = (*fab)->make_world(0);
+  auto kvp = (*fab)->make_communicator(0, std::vector<int>{0});
+  ASSERT_TRUE(world.has_value() && kvp.has_value());
+  auto prog = rank_program::create(w, *l, 0, std::move(world).value(), std::move(kvp).value(), {});
+  ASSERT_TRUE(prog.has_value()) << prog.error().to_string();
+  const std::uint64_t seq = (*prog)->open_sequence();
+  const std::vector<std::int32_t> tokens = {1, 2, 3, 4, 5};
+  const decoder::batch_item item{seq, tokens, false};
+  std::vector<float> logits(sz_of(w.spec.vocab));
+  const std::vector<std::int64_t> none;
+  const std::vector<std::int64_t> outside = {1};
+  const std::vector<std::int64_t> two = {0, 0};
+  for (const auto* owners : {&none, &outside, &two}) {
+    const status st = (*prog)->forward({&item, 1}, *owners, logits);
+    EXPECT_EQ(st.code(), errc::invalid_argument) << st.to_string();
+    EXPECT_EQ(*(*prog)->sequence_length(seq), 0);
+    EXPECT_EQ((*prog)->kv().used_slots(), 0);
+  }
+  const std::vector<std::int64_t> right = {0};
+  ASSERT_TRUE((*prog)->forward({&item, 1}, right, logits).ok());
+  EXPECT_EQ(*(*prog)->sequence_length(seq), 5);
+  EXPECT_EQ((*prog)->append_synthetic(seq, 40, 1, none).code(), errc::invalid_argument);
+  const std::vector<std::int64_t> three = {0, 0, 0};  // 11 tokens fill block 0, 29 open 2 more
+  EXPECT_EQ((*prog)->append_synthetic(seq, 40, 1, three).code(), errc::invalid_argument);
+  const std::vector<std::int64_t> two_more = {0, 0};
+  ASSERT_TRUE((*prog)->append_synthetic(seq, 40, 1, two_more).ok());
+  EXPECT_EQ(*(*prog)->sequence_length(seq), 45);
 }
 
 TEST(RankProgram, RejectsMismatchedCommunicators) {

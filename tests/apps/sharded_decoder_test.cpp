@@ -1,6 +1,6 @@
 // sharded_decoder against the single-worker decoder, and its error contract: deterministic errors
 // come back and leave it usable, any other failure breaks it for good, and it always shuts down.
-#include "model/sharded_decoder.hpp"
+#include "apps/sharded_decoder.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -11,8 +11,11 @@
 
 #include "core/rng.hpp"
 
-namespace helix::model {
+namespace helix::apps {
 namespace {
+
+// The driver lives in apps/; what it drives is model/'s.
+using namespace helix::model;
 
 constexpr float tolerance = 1e-4f;
 
@@ -339,4 +342,4 @@ TEST(ShardedDecoder, NonDeterministicFailureBreaksIt) {
 }
 
 }  // namespace
-}  // namespace helix::model
+}  // namespace helix::apps

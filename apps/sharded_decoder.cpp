@@ -9,7 +9,7 @@
 // (a transport or kernel error) leaves them blocked in the next collective; aborting wakes them
 // with `aborted`, so every call returns. Errors every rank detects identically before any
 // collective (invalid_argument, not_found, resource_exhausted) need no abort.
-#include "model/sharded_decoder.hpp"
+#include "apps/sharded_decoder.hpp"
 
 #include <condition_variable>
 #include <mutex>
@@ -18,8 +18,14 @@
 
 #include "transport/transport.hpp"
 
-namespace helix::model {
+namespace helix::apps {
 namespace {
+
+using model::decoder;
+using model::model_weights;
+using model::rank_program;
+using model::rank_program_options;
+using model::step_output;
 
 std::size_t sz(std::int64_t n) {
   return static_cast<std::size_t>(n);
@@ -54,8 +60,9 @@ struct job {
   std::int64_t num_tokens = 0;
   std::uint64_t seed = 0;
   std::span<const decoder::batch_item> items;
-  std::span<float> logits;           // forward_logits: rank 0's destination
-  const step_output* out = nullptr;  // forward_output: rank 0's destination
+  std::span<const std::int64_t> owners;  // placement of the blocks the call opens
+  std::span<float> logits;               // forward_logits: rank 0's destination
+  const step_output* out = nullptr;      // forward_output: rank 0's destination
 };
 
 // One rank: its thread, its mailbox and what its thread owns.
@@ -95,6 +102,30 @@ struct sharded_decoder::impl {
   std::int64_t pending = 0;
 
   status broken;  // not ok once a non-deterministic failure aborted the fabric
+
+  // Placement (the engine's part): decided here, handed to every rank with each call.
+  std::unique_ptr<planner::placement_book> book;
+  std::vector<std::int64_t> owners;  // reused across steps
+
+  // Plans the blocks the items open. Unknown sequences are skipped: the ranks reject the step
+  // with the decoder's error for them before looking at the owners.
+  status plan_step(std::span<const decoder::batch_item> items) {
+    owners.clear();
+    for (const decoder::batch_item& it : items) {
+      if (!book->contains(it.seq)) continue;
+      HELIX_RETURN_IF_ERROR(
+          book->plan(it.seq, static_cast<std::int64_t>(it.tokens.size()), owners));
+    }
+    return ok_status();
+  }
+  // Records a step every rank completed, and advances the step clock.
+  status commit_step(std::span<const decoder::batch_item> items) {
+    for (const decoder::batch_item& it : items) {
+      HELIX_RETURN_IF_ERROR(book->commit(it.seq, static_cast<std::int64_t>(it.tokens.size())));
+    }
+    book->tick();
+    return ok_status();
+  }
 
   ~impl() { stop_all(); }
 
@@ -154,28 +185,27 @@ struct sharded_decoder::impl {
     switch (j.kind) {
       case job_kind::create:
         return create_program(s);
-      case job_kind::open_sequence: {
-        HELIX_ASSIGN_OR_RETURN(s.seq_result, s.program->open_sequence());
+      case job_kind::open_sequence:
+        s.seq_result = s.program->open_sequence();
         return ok_status();
-      }
       case job_kind::close_sequence:
         return s.program->close_sequence(j.seq);
       case job_kind::append_synthetic:
-        return s.program->append_synthetic(j.seq, j.num_tokens, j.seed);
+        return s.program->append_synthetic(j.seq, j.num_tokens, j.seed, j.owners);
       case job_kind::forward_logits: {
-        if (s.rank == 0) return s.program->forward(j.items, j.logits);
+        if (s.rank == 0) return s.program->forward(j.items, j.owners, j.logits);
         // The same span size as rank 0's, so a wrong size fails identically on every rank.
-        return s.program->forward(j.items, scratch_logits(s, j.logits.size()));
+        return s.program->forward(j.items, j.owners, scratch_logits(s, j.logits.size()));
       }
       case job_kind::forward_output: {
-        if (s.rank == 0) return s.program->forward(j.items, *j.out);
+        if (s.rank == 0) return s.program->forward(j.items, j.owners, *j.out);
         step_output o = *j.out;
         if (!o.logits.empty()) o.logits = scratch_logits(s, o.logits.size());
         if (!o.tokens.empty()) {
           if (s.tokens_scratch.size() < o.tokens.size()) s.tokens_scratch.resize(o.tokens.size());
           o.tokens = std::span<std::int32_t>(s.tokens_scratch.data(), o.tokens.size());
         }
-        return s.program->forward(j.items, o);
+        return s.program->forward(j.items, j.owners, o);
       }
     }
     return internal_error("sharded_decoder: unknown job");
@@ -270,6 +300,8 @@ expected<std::unique_ptr<sharded_decoder>> sharded_decoder::create(
   p->run_all();
   // rank_program::create does not communicate, so a failing rank leaves no peer waiting.
   for (const auto& s : p->slots) HELIX_RETURN_IF_ERROR(s->result);
+  // After the ranks accepted the options (block_tokens among them).
+  p->book = std::make_unique<planner::placement_book>(options.layout, options.rank.block_tokens);
   return std::make_unique<sharded_decoder>(passkey{}, std::move(p));
 }
 
@@ -304,6 +336,7 @@ expected<std::uint64_t> sharded_decoder::open_sequence() {
       return p_->broken;
     }
   }
+  HELIX_RETURN_IF_ERROR(p_->book->join(id));
   return id;
 }
 
@@ -313,7 +346,8 @@ status sharded_decoder::close_sequence(std::uint64_t seq) {
   p_->current.kind = job_kind::close_sequence;
   p_->current.seq = seq;
   p_->run_all();
-  return p_->collect("close_sequence");
+  HELIX_RETURN_IF_ERROR(p_->collect("close_sequence"));
+  return p_->book->leave(seq);
 }
 
 expected<std::int64_t> sharded_decoder::sequence_length(std::uint64_t seq) const {
@@ -326,33 +360,45 @@ expected<std::int64_t> sharded_decoder::sequence_length(std::uint64_t seq) const
 status sharded_decoder::append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
                                          std::uint64_t seed) {
   HELIX_RETURN_IF_ERROR(p_->check_usable());
+  if (!p_->book->contains(seq)) return not_found("sharded_decoder: unknown sequence {}", seq);
+  if (num_tokens < 0) return invalid_argument("sharded_decoder: {} synthetic tokens", num_tokens);
+  p_->owners.clear();
+  HELIX_RETURN_IF_ERROR(p_->book->plan(seq, num_tokens, p_->owners));
   p_->current = job{};
   p_->current.kind = job_kind::append_synthetic;
   p_->current.seq = seq;
   p_->current.num_tokens = num_tokens;
   p_->current.seed = seed;
+  p_->current.owners = p_->owners;
   p_->run_all();
-  return p_->collect("append_synthetic");
+  HELIX_RETURN_IF_ERROR(p_->collect("append_synthetic"));
+  return p_->book->commit(seq, num_tokens);
 }
 
 status sharded_decoder::forward(std::span<const batch_item> items, std::span<float> logits) {
   HELIX_RETURN_IF_ERROR(p_->check_usable());
   p_->current = job{};
+  HELIX_RETURN_IF_ERROR(p_->plan_step(items));
   p_->current.kind = job_kind::forward_logits;
   p_->current.items = items;
+  p_->current.owners = p_->owners;
   p_->current.logits = logits;
   p_->run_all();
-  return p_->collect("forward");
+  HELIX_RETURN_IF_ERROR(p_->collect("forward"));
+  return p_->commit_step(items);
 }
 
 status sharded_decoder::forward(std::span<const batch_item> items, const step_output& out) {
   HELIX_RETURN_IF_ERROR(p_->check_usable());
   p_->current = job{};
+  HELIX_RETURN_IF_ERROR(p_->plan_step(items));
   p_->current.kind = job_kind::forward_output;
   p_->current.items = items;
+  p_->current.owners = p_->owners;
   p_->current.out = &out;
   p_->run_all();
-  return p_->collect("forward");
+  HELIX_RETURN_IF_ERROR(p_->collect("forward"));
+  return p_->commit_step(items);
 }
 
 std::vector<rank_stats> sharded_decoder::stats() const {
@@ -373,4 +419,4 @@ std::vector<rank_stats> sharded_decoder::stats() const {
   return out;
 }
 
-}  // namespace helix::model
+}  // namespace helix::apps
