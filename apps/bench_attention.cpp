@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/cli_args.hpp"
+#include "apps/measure.hpp"
 #include "core/block_table.hpp"
 #include "core/kv_layout.hpp"
 #include "core/model_spec.hpp"
@@ -110,13 +111,6 @@ struct kv_cache {
   std::int64_t context = 0;
   std::size_t kv_bytes = 0;  // bytes the kernel reads: every token's keys and values
 };
-
-std::size_t physical_memory_bytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES);
-  const long page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page)
-                               : 0;
-}
 
 expected<kv_cache> make_cache(const model_spec& spec, dtype type, std::int64_t context,
                               thread_pool& pool) {
@@ -241,16 +235,6 @@ std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool
   std::uint64_t s = 0;
   for (std::uint64_t x : sums) s += x;
   return s;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
 struct case_result {

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "apps/cli_args.hpp"
+#include "apps/measure.hpp"
 #include "core/kv_layout.hpp"
 #include "core/model_spec.hpp"
 #include "kernels/sampling.hpp"
@@ -40,23 +41,6 @@ constexpr const char* bench_usage =
 constexpr std::uint64_t weight_seed = 7;
 constexpr std::uint64_t kv_seed = 11;
 constexpr double max_memory_fraction = 0.7;
-
-std::size_t physical_memory_bytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES);
-  const long page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page)
-                               : 0;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
 
 std::string format_bytes(double bytes) {
   if (bytes >= double(1 << 30)) return fmt::format("{:.2f} GiB", bytes / double(1 << 30));

@@ -54,24 +54,9 @@ status decoder::attention_gqa(std::int64_t layer_idx, std::span<const batch_item
                               std::int64_t rows) {
   const model_spec& s = w_.spec;
   const layer_weights& L = w_.layers[sz(layer_idx)];
-  const std::int64_t d = s.head_dim;
-  const std::int64_t q_width = s.num_q_heads * d;
-  const std::int64_t kv_width = s.num_kv_heads * d;
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_proj, q_.data(), 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.k_proj, k_.data(), 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.v_proj, v_.data(), 0, rows));
-
-  kernels::rope_params r = rope_params_for(s, rope_, positions_.data(), rows, d);
-  r.head_stride = d;
-  r.x = q_.data();
-  r.row_stride = q_width;
-  r.num_heads = s.num_q_heads;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
-  r.x = k_.data();
-  r.row_stride = kv_width;
-  r.num_heads = s.num_kv_heads;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
-
+  const std::int64_t kv_width = s.num_kv_heads * s.head_dim;
+  HELIX_RETURN_IF_ERROR(project_gqa(ctx(), s, rope_, L.q_proj, L.k_proj, L.v_proj, xn_.data(),
+                                    positions_.data(), rows, q_.data(), k_.data(), v_.data()));
   for (std::int64_t i = 0; i < rows; ++i) {
     const row_info& ri = rows_[sz(i)];
     kv_.write_token(layer_idx, ri.slot, ri.slot_offset, k_.data() + i * kv_width,
@@ -110,18 +95,8 @@ status decoder::attention_mla(std::int64_t layer_idx, std::span<const batch_item
 
 status decoder::ffn_dense(const mlp_weights& mlp, const float* in, float* out, std::int64_t rows,
                           bool accumulate) {
-  const std::int64_t f = mlp.gate_proj.dims()[0];
-  const std::int64_t h = mlp.gate_proj.dims()[1];
-  HELIX_RETURN_IF_ERROR(linear(in, h, mlp.gate_proj, gate_.data(), f, rows));
-  HELIX_RETURN_IF_ERROR(linear(in, h, mlp.up_proj, up_.data(), f, rows));
-  kernels::swiglu_params sw;
-  sw.gate = gate_.data();
-  sw.up = up_.data();
-  sw.out = gate_.data();
-  sw.rows = rows;
-  sw.dim = f;
-  HELIX_RETURN_IF_ERROR(kernels::swiglu(sw, ctx()));
-  return linear(gate_.data(), f, mlp.down_proj, out, h, rows, accumulate);
+  return swiglu_mlp(ctx(), mlp.gate_proj, mlp.up_proj, mlp.down_proj, in, out, rows, accumulate,
+                    gate_.data(), up_.data());
 }
 
 // DeepSeek-V3 MoE: routed experts weighted by the router, plus the shared expert, added to the
@@ -134,33 +109,8 @@ status decoder::ffn_moe(std::int64_t layer_idx, std::int64_t rows) {
   const std::int64_t h = s.hidden;
   const std::int64_t k = e.experts_per_token;
 
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.router, router_logits_.data(), 0, rows));
-  kernels::router_params rp;
-  rp.logits = router_logits_.data();
-  rp.bias = L.router_bias.numel() > 0 ? L.router_bias.as<float>() : nullptr;
-  rp.rows = rows;
-  rp.num_experts = e.num_experts;
-  rp.top_k = k;
-  rp.num_groups = e.num_groups;
-  rp.topk_groups = e.topk_groups;
-  rp.scoring = e.scoring;
-  rp.norm_topk_prob = e.norm_topk_prob;
-  rp.routed_scaling_factor = static_cast<float>(e.routed_scaling_factor);
-  rp.expert_ids = expert_ids_.data();
-  rp.expert_weights = expert_w_.data();
-  HELIX_RETURN_IF_ERROR(kernels::route_experts(rp, ctx()));
-
-  // Order each token's choices by expert id (fixed summation order).
-  for (std::int64_t i = 0; i < rows; ++i) {
-    std::int32_t* ids = expert_ids_.data() + i * k;
-    float* ws = expert_w_.data() + i * k;
-    for (std::int64_t a = 1; a < k; ++a) {
-      for (std::int64_t b = a; b > 0 && ids[b - 1] > ids[b]; --b) {
-        std::swap(ids[b - 1], ids[b]);
-        std::swap(ws[b - 1], ws[b]);
-      }
-    }
-  }
+  HELIX_RETURN_IF_ERROR(route_tokens(ctx(), s, L.router, L.router_bias, xn_.data(), rows,
+                                     router_logits_.data(), expert_ids_.data(), expert_w_.data()));
   for (std::int64_t x = 0; x < e.num_experts; ++x) {
     std::int64_t n = 0;  // (row * k + choice) entries routed to expert x
     for (std::int64_t i = 0; i < rows * k; ++i) {

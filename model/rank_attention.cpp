@@ -148,23 +148,9 @@ status rank_program::attention_gqa(std::int64_t layer_idx, std::span<const batch
   const model_spec& s = w_.spec;
   const rank_layer_weights& L = w_.layers[sz(layer_idx)];
   const std::int64_t d = s.head_dim;
-  const std::int64_t qc = L.q_heads.count;
   const std::int64_t kc = L.kv_heads.count;
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.q_proj, q_.data(), 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.k_proj, k_.data(), 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.v_proj, v_.data(), 0, rows));
-
-  kernels::rope_params r = rope_params_for(s, rope_, positions_.data(), rows, d);
-  r.head_stride = d;
-  r.x = q_.data();
-  r.row_stride = qc * d;
-  r.num_heads = qc;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
-  r.x = k_.data();
-  r.row_stride = kc * d;
-  r.num_heads = kc;
-  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx()));
-
+  HELIX_RETURN_IF_ERROR(project_gqa(ctx(), s, rope_, L.q_proj, L.k_proj, L.v_proj, xn_.data(),
+                                    positions_.data(), rows, q_.data(), k_.data(), v_.data()));
   for (std::int64_t i = 0; i < rows; ++i) {
     const row_info& ri = rows_[sz(i)];
     if (ri.slot < 0) continue;  // another KVP member of the column stores this token

@@ -7,9 +7,8 @@
 // contribute zeros to the same all-reduce.
 #include <algorithm>
 
-#include "kernels/router.hpp"
-#include "kernels/swiglu.hpp"
 #include "model/rank_program.hpp"
+#include "model/step_ops.hpp"
 
 namespace helix::model {
 namespace {
@@ -21,22 +20,12 @@ std::size_t sz(std::int64_t n) {
 // out [rows, H] (+)= this rank's slice of one SwiGLU MLP applied to in [rows, H].
 status rank_program::mlp_slice(const mlp_shard& mlp, const float* in, float* out, std::int64_t rows,
                                bool accumulate) {
-  const std::int64_t h = w_.spec.hidden;
-  const std::int64_t f = mlp.ffn.count;
-  if (f == 0) {
-    if (!accumulate) std::fill_n(out, rows * h, 0.0f);
+  if (mlp.ffn.count == 0) {  // more slices than intermediate columns: this one is empty
+    if (!accumulate) std::fill_n(out, rows * w_.spec.hidden, 0.0f);
     return ok_status();
   }
-  HELIX_RETURN_IF_ERROR(linear(in, h, mlp.gate_proj, gate_.data(), f, rows));
-  HELIX_RETURN_IF_ERROR(linear(in, h, mlp.up_proj, up_.data(), f, rows));
-  kernels::swiglu_params sw;
-  sw.gate = gate_.data();
-  sw.up = up_.data();
-  sw.out = gate_.data();
-  sw.rows = rows;
-  sw.dim = f;
-  HELIX_RETURN_IF_ERROR(kernels::swiglu(sw, ctx()));
-  return linear(gate_.data(), f, mlp.down_proj, out, h, rows, accumulate);
+  return swiglu_mlp(ctx(), mlp.gate_proj, mlp.up_proj, mlp.down_proj, in, out, rows, accumulate,
+                    gate_.data(), up_.data());
 }
 
 // Routed experts of this rank's EP group (each its TPF slice), weighted, plus the shared expert's
@@ -49,22 +38,8 @@ status rank_program::moe(std::int64_t layer_idx, std::int64_t rows) {
   const std::int64_t h = s.hidden;
   const std::int64_t k = e.experts_per_token;
 
-  HELIX_RETURN_IF_ERROR(linear(xn_.data(), 0, L.router, router_logits_.data(), 0, rows));
-  kernels::router_params rp;
-  rp.logits = router_logits_.data();
-  rp.bias = L.router_bias.numel() > 0 ? L.router_bias.as<float>() : nullptr;
-  rp.rows = rows;
-  rp.num_experts = e.num_experts;
-  rp.top_k = k;
-  rp.num_groups = e.num_groups;
-  rp.topk_groups = e.topk_groups;
-  rp.scoring = e.scoring;
-  rp.norm_topk_prob = e.norm_topk_prob;
-  rp.routed_scaling_factor = static_cast<float>(e.routed_scaling_factor);
-  rp.expert_ids = expert_ids_.data();
-  rp.expert_weights = expert_w_.data();
-  HELIX_RETURN_IF_ERROR(kernels::route_experts(rp, ctx()));
-
+  HELIX_RETURN_IF_ERROR(route_tokens(ctx(), s, L.router, L.router_bias, xn_.data(), rows,
+                                     router_logits_.data(), expert_ids_.data(), expert_w_.data()));
   std::fill_n(partial_.data(), rows * h, 0.0f);
   // L.experts is in ascending expert id, so every token meets its local experts in id order.
   for (const expert_shard& x : L.experts) {

@@ -6,6 +6,8 @@
 #include "kernels/gemm.hpp"
 #include "kernels/rmsnorm.hpp"
 #include "kernels/rope.hpp"
+#include "kernels/router.hpp"
+#include "kernels/swiglu.hpp"
 
 namespace helix::model {
 
@@ -63,6 +65,79 @@ kernels::rope_params rope_params_for(const model_spec& spec, const kernels::rope
   r.attention_factor = table.attention_factor;
   r.interleave = spec.rope.interleave;
   return r;
+}
+
+status swiglu_mlp(const kernels::exec_context& ctx, const tensor& gate_proj, const tensor& up_proj,
+                  const tensor& down_proj, const float* in, float* out, std::int64_t rows,
+                  bool accumulate, float* gate_ws, float* up_ws) {
+  const std::int64_t f = gate_proj.dims()[0];
+  const std::int64_t h = down_proj.dims()[0];
+  HELIX_RETURN_IF_ERROR(linear(ctx, in, h, gate_proj, gate_ws, f, rows));
+  HELIX_RETURN_IF_ERROR(linear(ctx, in, h, up_proj, up_ws, f, rows));
+  kernels::swiglu_params sw;
+  sw.gate = gate_ws;
+  sw.up = up_ws;
+  sw.out = gate_ws;
+  sw.rows = rows;
+  sw.dim = f;
+  HELIX_RETURN_IF_ERROR(kernels::swiglu(sw, ctx));
+  return linear(ctx, gate_ws, f, down_proj, out, h, rows, accumulate);
+}
+
+status route_tokens(const kernels::exec_context& ctx, const model_spec& spec, const tensor& router,
+                    const tensor& bias, const float* xn, std::int64_t rows, float* router_logits,
+                    std::int32_t* expert_ids, float* expert_weights) {
+  const moe_spec& e = spec.moe;
+  const std::int64_t k = e.experts_per_token;
+  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, router, router_logits, 0, rows));
+  kernels::router_params rp;
+  rp.logits = router_logits;
+  rp.bias = bias.numel() > 0 ? bias.as<float>() : nullptr;
+  rp.rows = rows;
+  rp.num_experts = e.num_experts;
+  rp.top_k = k;
+  rp.num_groups = e.num_groups;
+  rp.topk_groups = e.topk_groups;
+  rp.scoring = e.scoring;
+  rp.norm_topk_prob = e.norm_topk_prob;
+  rp.routed_scaling_factor = static_cast<float>(e.routed_scaling_factor);
+  rp.expert_ids = expert_ids;
+  rp.expert_weights = expert_weights;
+  HELIX_RETURN_IF_ERROR(kernels::route_experts(rp, ctx));
+  // Ascending expert id per token: the fixed order in which its terms are summed.
+  for (std::int64_t i = 0; i < rows; ++i) {
+    std::int32_t* ids = expert_ids + i * k;
+    float* ws = expert_weights + i * k;
+    for (std::int64_t a = 1; a < k; ++a) {
+      for (std::int64_t b = a; b > 0 && ids[b - 1] > ids[b]; --b) {
+        std::swap(ids[b - 1], ids[b]);
+        std::swap(ws[b - 1], ws[b]);
+      }
+    }
+  }
+  return ok_status();
+}
+
+status project_gqa(const kernels::exec_context& ctx, const model_spec& spec,
+                   const kernels::rope_table& rope, const tensor& q_proj, const tensor& k_proj,
+                   const tensor& v_proj, const float* xn, const std::int64_t* positions,
+                   std::int64_t rows, float* q, float* k, float* v) {
+  const std::int64_t d = spec.head_dim;
+  const std::int64_t q_heads = q_proj.dims()[0] / d;
+  const std::int64_t kv_heads = k_proj.dims()[0] / d;
+  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, q_proj, q, 0, rows));
+  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, k_proj, k, 0, rows));
+  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, v_proj, v, 0, rows));
+  kernels::rope_params r = rope_params_for(spec, rope, positions, rows, d);
+  r.head_stride = d;
+  r.x = q;
+  r.row_stride = q_heads * d;
+  r.num_heads = q_heads;
+  HELIX_RETURN_IF_ERROR(kernels::rope(r, ctx));
+  r.x = k;
+  r.row_stride = kv_heads * d;
+  r.num_heads = kv_heads;
+  return kernels::rope(r, ctx);
 }
 
 status project_mla(const kernels::exec_context& ctx, const model_spec& spec,

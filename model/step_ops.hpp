@@ -35,6 +35,30 @@ namespace helix::model {
                                                    const std::int64_t* positions, std::int64_t rows,
                                                    std::int64_t rot_dim);
 
+/// out [rows, H] (+)= SwiGLU MLP of in [rows, H] (row stride H) with gate/up [f, H] and down
+/// [H, f], for any slice f >= 1 of the intermediate dimension. gate_ws and up_ws are scratch of
+/// rows * f floats each.
+[[nodiscard]] status swiglu_mlp(const kernels::exec_context& ctx, const tensor& gate_proj,
+                                const tensor& up_proj, const tensor& down_proj, const float* in,
+                                float* out, std::int64_t rows, bool accumulate, float* gate_ws,
+                                float* up_ws);
+
+/// The MoE router of one layer on xn [rows, H]: expert ids and weights [rows, top_k] (the
+/// spec's scoring, grouping and scaling), each row's choices in ascending expert id.
+/// router_logits is scratch of rows * num_experts floats; bias may be empty.
+[[nodiscard]] status route_tokens(const kernels::exec_context& ctx, const model_spec& spec,
+                                  const tensor& router, const tensor& bias, const float* xn,
+                                  std::int64_t rows, float* router_logits, std::int32_t* expert_ids,
+                                  float* expert_weights);
+
+/// GQA projections of `rows` tokens from xn [rows, H] with RoPE at their positions:
+/// q [rows, q_heads, D], k and v [rows, kv_heads, D] (heads = the weights' rows / D).
+[[nodiscard]] status project_gqa(const kernels::exec_context& ctx, const model_spec& spec,
+                                 const kernels::rope_table& rope, const tensor& q_proj,
+                                 const tensor& k_proj, const tensor& v_proj, const float* xn,
+                                 const std::int64_t* positions, std::int64_t rows, float* q,
+                                 float* k, float* v);
+
 /// HF DeepseekV3 builds q_a_layernorm and kv_a_layernorm with the default epsilon, whatever
 /// rms_norm_eps says.
 inline constexpr float mla_norm_eps = 1e-6f;

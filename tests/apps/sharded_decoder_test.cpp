@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "core/rng.hpp"
+#include "tests/support/model_fixtures.hpp"
 
 namespace helix::apps {
 namespace {
@@ -17,28 +18,15 @@ namespace {
 // The driver lives in apps/; what it drives is model/'s.
 using namespace helix::model;
 
+model_weights seeded(const std::string& name) {
+  return test_support::seeded_weights(name);
+}
+using test_support::random_tokens;
+
 constexpr float tolerance = 1e-4f;
 
 std::size_t sz_of(std::int64_t n) {
   return static_cast<std::size_t>(n);
-}
-
-model_weights seeded(const std::string& name) {
-  auto spec = builtin_model(name);
-  EXPECT_TRUE(spec.has_value()) << spec.error().to_string();
-  auto w = init_seeded_weights(*spec, dtype::f32, 1234);
-  EXPECT_TRUE(w.has_value()) << w.error().to_string();
-  return std::move(w).value();
-}
-
-std::vector<std::int32_t> random_tokens(std::int64_t n, std::int64_t vocab, std::uint64_t stream) {
-  std::vector<std::int32_t> out;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const auto u =
-        random_words(7, stream, static_cast<std::uint64_t>(i), rng_purpose::test_data, 0)[0];
-    out.push_back(static_cast<std::int32_t>(u % static_cast<std::uint32_t>(vocab)));
-  }
-  return out;
 }
 
 expected<std::unique_ptr<sharded_decoder>> make_sharded(const model_weights& w,

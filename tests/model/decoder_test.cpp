@@ -11,27 +11,15 @@
 #include "core/rng.hpp"
 #include "model/generate.hpp"
 #include "model/reference_forward.hpp"
+#include "tests/support/model_fixtures.hpp"
 
 namespace helix::model {
 namespace {
 
 model_weights seeded(const std::string& name, dtype t = dtype::f32) {
-  auto spec = builtin_model(name);
-  EXPECT_TRUE(spec.has_value()) << spec.error().to_string();
-  auto w = init_seeded_weights(*spec, t, 1234);
-  EXPECT_TRUE(w.has_value()) << w.error().to_string();
-  return std::move(w).value();
+  return test_support::seeded_weights(name, t);
 }
-
-std::vector<std::int32_t> random_tokens(std::int64_t n, std::int64_t vocab, std::uint64_t stream) {
-  std::vector<std::int32_t> out;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const auto u =
-        random_words(7, stream, static_cast<std::uint64_t>(i), rng_purpose::test_data, 0)[0];
-    out.push_back(static_cast<std::int32_t>(u % static_cast<std::uint32_t>(vocab)));
-  }
-  return out;
-}
+using test_support::random_tokens;
 
 float max_abs_diff(const float* a, const float* b, std::int64_t n) {
   float m = 0.0f;
