@@ -70,6 +70,14 @@ struct rank_program_options {
   bool hopb = false;
 };
 
+/// One KV block to move (rebalancing): block `block_idx` of sequence `seq` goes to member
+/// `to_kvp` of every column's KVP group (a block lives on the same kvp_idx in every column).
+struct block_move {
+  std::uint64_t seq = 0;
+  std::int64_t block_idx = 0;
+  std::int64_t to_kvp = 0;
+};
+
 /// What one step returns. Both parts are optional; the collectives each needs run only when it
 /// is asked for, and every rank must ask for the same parts.
 struct step_output {
@@ -138,6 +146,16 @@ class rank_program {
   [[nodiscard]] status append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
                                         std::uint64_t seed,
                                         std::span<const std::int64_t> new_block_kvp);
+
+  /// Moves KV blocks between the members of each column's KVP group over the data plane
+  /// (rank_migration.cpp). Collective: every rank gets the same moves. In each column the member
+  /// holding a block sends its pages (every layer) to member to_kvp, which stores them in a fresh
+  /// slot; every rank of the column updates the block's table entry; the source frees its slot.
+  /// invalid_argument (identical on every rank, nothing moved) for an unknown sequence, a block
+  /// index out of range, to_kvp outside [0, KVP) or a block moved twice; resource_exhausted
+  /// (agreed by all ranks, nothing moved) when a destination lacks free slots. A move to the
+  /// member that already holds the block is a no-op. Output after migration stays exact.
+  [[nodiscard]] status migrate_blocks(std::span<const block_move> moves);
 
   /// Tokens cached for the sequence (same on every rank); not_found for an unknown id.
   [[nodiscard]] expected<std::int64_t> sequence_length(std::uint64_t seq) const;

@@ -67,6 +67,26 @@ status placement_book::commit(std::uint64_t id, std::int64_t num_tokens) {
   return ok_status();
 }
 
+status placement_book::relocate(std::uint64_t id, std::int64_t block_idx, std::int64_t to_kvp) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return not_found("placement_book: unknown request {}", id);
+  block_table& t = it->second.table;
+  const auto num_blocks = static_cast<std::int64_t>(t.blocks().size());
+  if (block_idx < 0 || block_idx >= num_blocks || to_kvp < 0 || to_kvp >= grid_.kvp) {
+    return invalid_argument(
+        "placement_book: relocate of request {} block {} (of {}) to member {} (of {})", id,
+        block_idx, num_blocks, to_kvp, grid_.kvp);
+  }
+  return t.relocate(static_cast<std::size_t>(block_idx), static_cast<std::int32_t>(to_kvp), 0);
+}
+
+std::vector<std::uint64_t> placement_book::live_ids() const {
+  std::vector<std::uint64_t> ids;
+  ids.reserve(requests_.size());
+  for (const auto& entry : requests_) ids.push_back(entry.first);
+  return ids;
+}
+
 std::int64_t placement_book::offset(std::uint64_t id) const {
   auto it = requests_.find(id);
   HELIX_CHECK(it != requests_.end(), "placement_book: unknown request {}", id);

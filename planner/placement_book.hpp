@@ -9,7 +9,7 @@
 // and tick() once (a failed step leaves the record untouched); join() when a request arrives and
 // leave() when it goes. The record keeps one table per request whose
 // block ranks are kvp indices (a block lives on the same kvp_idx in every TPA column); slots are
-// the workers' business and are recorded as 0. Migration (later) edits these tables too.
+// the workers' business and are recorded as 0. Migration edits these tables too (relocate()).
 //
 // Deterministic: the same calls give the same decisions. Not thread-safe (one owner).
 #pragma once
@@ -42,11 +42,20 @@ class placement_book {
                             std::vector<std::int64_t>& new_block_kvp) const;
   /// Records the append that plan() described (same id and count). Errors as plan().
   [[nodiscard]] status commit(std::uint64_t id, std::int64_t num_tokens);
+  /// Records a migration (planner/rebalance.hpp): block `block_idx` of request `id` now lives on
+  /// member `to_kvp`. The offset does not change, so blocks opened later still follow the rule;
+  /// the open block, wherever it lives, keeps receiving its appends. not_found for an unknown id,
+  /// invalid_argument for a block index out of range or to_kvp outside [0, KVP).
+  [[nodiscard]] status relocate(std::uint64_t id, std::int64_t block_idx, std::int64_t to_kvp);
   /// Advances the global step clock (once per forward step).
   void tick() { ++step_; }
 
   [[nodiscard]] std::int64_t step() const { return step_; }
   [[nodiscard]] bool contains(std::uint64_t id) const { return requests_.count(id) > 0; }
+  /// KVP members of the column (the range of the tables' block ranks).
+  [[nodiscard]] std::int64_t kvp() const { return grid_.kvp; }
+  /// Ids of the live requests, ascending.
+  [[nodiscard]] std::vector<std::uint64_t> live_ids() const;
   /// The request's offset and table (block ranks are kvp indices); HELIX_CHECKs the id.
   [[nodiscard]] std::int64_t offset(std::uint64_t id) const;
   [[nodiscard]] const block_table& table(std::uint64_t id) const;

@@ -1,0 +1,181 @@
+// The embedding API of the Helix runtime: one engine serving many concurrent requests.
+//
+// A platform creates an engine from an engine_config (model, weights, layout, workers), submits
+// requests (prompt tokens, sampling parameters, max tokens, stop tokens) from any number of
+// threads, and receives each request's tokens as a stream: pulled from a token_stream, pushed to a
+// callback, or both. Requests join and leave between decode steps (continuous batching); KV
+// capacity is accounted per worker: a request that can never fit is refused at submit, one that
+// does not fit now waits in the queue, and nothing accepted is dropped.
+//
+// Behind it (actors/): one worker actor per rank owning its weight shard and KV shard, a planner
+// actor placing KV blocks and rebalancing them, and an engine actor batching steps. Tensors move
+// over the data plane (the transport's communicators), never through actor mailboxes.
+//
+// Thread-safety: every member function of `engine` may be called concurrently from any thread.
+// Callbacks run on the engine's internal thread, one at a time per engine; they must not block
+// for long and must not call the engine's blocking functions (stats(), the destructor).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/dtype.hpp"
+#include "core/status.hpp"
+
+namespace helix::actors {
+
+/// How to build an engine. Validated by engine::create (invalid_argument naming the field).
+struct engine_config {
+  std::string model = "tiny-llama";  // built-in model (seeded weights) when checkpoint is empty
+  std::string checkpoint;            // HF checkpoint directory; its config.json gives the model
+  dtype weight_type = dtype::f32;    // seeded weights' dtype (checkpoints are converted to it)
+  dtype kv_type = dtype::f32;        // KV storage: f32, bf16, f16, fp8_e4m3
+  std::uint64_t weight_seed = 1234;  // seeded weights only
+  std::string layout = "auto";       // "auto" or a layout string, e.g. "helix:kvp=4,tpa=2"
+  std::int64_t num_workers = 1;      // N: ranks (workers), each a thread in this process
+  std::string device = "cpu";        // "cpu" (the only device of this build's workers)
+  std::int64_t kv_capacity_tokens_per_worker = 1 << 16;
+  std::int64_t block_tokens = 16;
+  std::int64_t max_batch_tokens = 256;      // tokens per step: decode tokens + prefill chunks
+  std::int64_t prefill_chunk_tokens = 128;  // longest prefill chunk of one request per step
+  std::int64_t max_queued_requests = 1 << 16;
+  bool hopb = false;
+  int threads_per_worker = 1;
+  /// Rebalancing: after requests leave, KV blocks migrate between KVP ranks until every rank is
+  /// within `rebalance_threshold` of the mean (kv_imbalance = (max - mean) / mean), whenever at
+  /// least `rebalance_min_blocks` blocks per rank are resident.
+  double rebalance_threshold = 0.10;
+  std::int64_t rebalance_min_blocks = 64;
+};
+
+/// Sampling of one request: greedy with temperature 0; else softmax(logits / T) restricted to the
+/// top_k tokens (0: all) and the top_p nucleus (1: all), with counter-based noise from `seed`.
+struct sampling_params {
+  float temperature = 0.0f;
+  std::int32_t top_k = 0;
+  float top_p = 1.0f;
+  std::uint64_t seed = 0;
+};
+
+struct request_options {
+  std::vector<std::int32_t> prompt;  // token ids, at least one, each in [0, vocab)
+  sampling_params sampling;
+  std::int64_t max_tokens = 16;           // tokens to generate, >= 1
+  std::vector<std::int32_t> stop_tokens;  // generation ends after emitting one of these
+};
+
+enum class finish_reason : std::uint8_t { none, length, stop_token, cancelled, error };
+
+/// One event of a request's stream: a generated token, and with the last one why it ended.
+/// A request that ends without a token (cancelled in the queue, or failed) gets one event with
+/// token = -1 and last = true.
+struct token_event {
+  std::uint64_t request_id = 0;
+  std::int32_t token = -1;
+  std::int64_t index = 0;  // 0 for the first generated token
+  bool last = false;
+  finish_reason reason = finish_reason::none;  // set on the last event
+  status error;                                // reason == error: what went wrong
+};
+
+/// The pull side of a request's tokens. Thread-safe; any number of readers.
+class token_stream {
+ public:
+  /// The next event, blocking until there is one; nullopt once the last event was taken.
+  [[nodiscard]] std::optional<token_event> next();
+  /// As next(), giving up after `timeout` (nullopt also when nothing arrived in time: check
+  /// finished() to tell the two apart).
+  [[nodiscard]] std::optional<token_event> next_for(std::chrono::milliseconds timeout);
+  /// Blocks until the request ends; all its tokens in order (events already taken excluded).
+  [[nodiscard]] std::vector<std::int32_t> wait_all();
+  /// Whether the last event has been taken.
+  [[nodiscard]] bool finished() const;
+
+  /// Called by the engine; not part of the client's contract.
+  void push(token_event e);
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<token_event> events_;
+  bool closed_ = false;  // the last event was pushed
+  bool taken_last_ = false;
+};
+
+struct request_handle {
+  std::uint64_t id = 0;
+  std::shared_ptr<token_stream> stream;
+};
+
+/// Per-worker KV use and the engine's counters. Latencies in milliseconds.
+struct worker_stats {
+  std::int64_t rank = 0;
+  std::int64_t kv_used_blocks = 0;
+  std::int64_t kv_capacity_blocks = 0;
+};
+struct engine_stats {
+  std::string layout;  // the full layout string in use
+  std::int64_t submitted = 0;
+  std::int64_t completed = 0;  // ended by length or a stop token
+  std::int64_t cancelled = 0;
+  std::int64_t failed = 0;
+  std::int64_t queued = 0;  // accepted, waiting for KV capacity or a batch slot
+  std::int64_t active = 0;  // in the batch
+  std::int64_t steps = 0;
+  std::int64_t tokens_generated = 0;
+  std::int64_t migrations = 0;    // KV blocks moved by rebalancing
+  double kv_imbalance = 0.0;      // now, over the KVP ranks of column 0
+  double kv_imbalance_max = 0.0;  // the largest seen after a rebalancing pass
+  std::int64_t epoch = 0;         // layout epoch (advances when blocks move)
+  std::vector<worker_stats> workers;
+};
+
+class engine {
+ public:
+  /// Builds the weights (seeded or from the checkpoint), chooses the layout ("auto": the helix
+  /// default for num_workers), starts the actor system, the workers, the planner and the engine
+  /// actor. invalid_argument for a bad config (naming the field or the layout rule),
+  /// resource_exhausted when the KV stores do not fit in memory.
+  [[nodiscard]] static expected<std::unique_ptr<engine>> create(const engine_config& config);
+  /// Cancels every request still running or queued (their streams end with `cancelled`), stops
+  /// the actors and joins their threads.
+  ~engine();
+  engine(const engine&) = delete;
+  engine& operator=(const engine&) = delete;
+
+  /// Submits a request. Its tokens arrive on the returned stream and, when `on_token` is set, to
+  /// the callback too (on the engine's thread). invalid_argument for an empty prompt, a token
+  /// outside the vocabulary, max_tokens < 1 or invalid sampling parameters; resource_exhausted
+  /// for a request whose prompt plus max_tokens can never fit in the KV capacity, or when the
+  /// queue is full. Once accepted, the request is never dropped: it ends with length, stop_token,
+  /// cancelled, or error (a worker failure, reported with the cause).
+  [[nodiscard]] expected<request_handle> submit(
+      request_options request, std::function<void(const token_event&)> on_token = {});
+  /// Cancels a queued or running request (its stream ends with `cancelled` at the next step
+  /// boundary); not_found for an unknown or already finished id.
+  [[nodiscard]] status cancel(std::uint64_t request_id);
+  /// A snapshot of the counters (blocks until the engine actor answers).
+  [[nodiscard]] engine_stats stats();
+  /// The vocabulary size of the model served.
+  [[nodiscard]] std::int64_t vocab() const;
+
+ private:
+  struct impl;
+  struct passkey {};
+
+ public:
+  explicit engine(passkey, std::unique_ptr<impl> p);
+
+ private:
+  std::unique_ptr<impl> p_;
+};
+
+}  // namespace helix::actors

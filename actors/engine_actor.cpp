@@ -1,0 +1,426 @@
+// The engine actor: queue, KV admission, continuous batching and the step loop.
+//
+// One step at a time: compose the batch (decode tokens of running requests first, then prefill
+// chunks, within max_batch_tokens), ask the planner where the step's new KV blocks go, send the
+// step to every worker, and when all have answered commit the placement, deliver the sampled
+// tokens and let finished requests leave. Requests join (admission) and leave (finish, cancel)
+// only between steps. Opens and closes are sent to the workers before the step that depends on
+// them; a worker's mailbox keeps their order.
+//
+// Admission reserves, on every KVP member, the blocks a request may occupy there at its full
+// length (prompt + max_tokens), so a running request never runs out of KV: a request whose
+// reservation exceeds a worker's capacity is refused at submit (by the API), one that does not
+// fit next to the running ones waits in the queue (FIFO).
+#include <algorithm>
+#include <chrono>
+#include <deque>
+
+#include "actors/runtime.hpp"
+
+namespace helix::actors {
+
+std::int64_t blocks_reserved_per_member(std::int64_t prompt_len, std::int64_t max_tokens,
+                                        std::int64_t block_tokens, std::int64_t kvp) {
+  const std::int64_t blocks = (prompt_len + max_tokens + block_tokens - 1) / block_tokens;
+  return (blocks + kvp - 1) / kvp + 1;
+}
+
+void stream_registry::add(std::uint64_t id, std::shared_ptr<token_stream> stream,
+                          std::function<void(const token_event&)> on_token) {
+  std::lock_guard lk(mu_);
+  entries_[id] = {std::move(stream), std::move(on_token)};
+}
+
+void stream_registry::deliver(const token_event& e) {
+  entry target;
+  {
+    std::lock_guard lk(mu_);
+    auto it = entries_.find(e.request_id);
+    if (it == entries_.end()) return;
+    target = it->second;
+    if (e.last) entries_.erase(it);
+  }
+  // The callback first: a client that pulled an event from the stream can rely on the callback
+  // having seen it.
+  if (target.on_token) target.on_token(e);
+  target.stream->push(e);
+}
+
+std::size_t stream_registry::size() const {
+  std::lock_guard lk(mu_);
+  return entries_.size();
+}
+
+namespace {
+
+struct request_state {
+  submit_msg req;
+  std::uint64_t seq = 0;  // 0 while queued
+  std::int64_t prefilled = 0;
+  std::int64_t generated = 0;
+  std::int32_t last_token = -1;
+  std::int64_t reserved = 0;  // blocks per KVP member
+  bool cancelled = false;
+};
+
+}  // namespace
+
+struct engine_state {
+  engine_setup setup;
+  std::vector<caf::actor> workers;
+  caf::actor planner;
+  std::shared_ptr<stream_registry> registry;
+
+  std::deque<request_state> queue;
+  std::vector<request_state> active;  // admission order
+  std::int64_t reserved_per_member = 0;
+  std::uint64_t next_seq = 1;
+  std::int64_t epoch = 0;
+  std::int64_t next_op = 1;
+
+  // The step in flight.
+  bool busy = false;
+  std::int64_t step_id = 0;
+  std::size_t pending = 0;
+  status step_error;
+  std::vector<std::int32_t> step_tokens;
+  bool tokens_agree = true;
+  std::vector<std::size_t> step_members;  // index into `active` of each item
+  std::vector<std::int64_t> step_counts;
+  std::vector<std::uint64_t> step_seqs;
+
+  status broken;  // a failed step: nothing runs any more
+  bool draining = false;
+  std::vector<caf::response_promise> drain_waiters;
+
+  engine_stats stats;
+  std::vector<std::int64_t> kv_used;  // per worker, from the last step
+};
+
+namespace {
+
+using self_ptr = caf::stateful_actor<engine_state>*;
+
+void emit(engine_state& s, const request_state& r, std::int32_t token, bool last,
+          finish_reason reason, status error = ok_status()) {
+  token_event e;
+  e.request_id = r.req.request_id;
+  e.token = token;
+  e.index = token >= 0 ? r.generated - 1 : 0;
+  e.last = last;
+  e.reason = last ? reason : finish_reason::none;
+  e.error = std::move(error);
+  s.registry->deliver(e);
+}
+
+// Sends the close of a running request's sequence to every worker and the planner, and frees its
+// reservation.
+void leave(self_ptr self, request_state& r) {
+  engine_state& s = self->state;
+  for (const caf::actor& w : s.workers) {
+    self->send(w, close_seq_msg{s.epoch, s.next_op, r.seq});
+  }
+  ++s.next_op;
+  self->send(s.planner, leave_atom::value, r.seq);
+  s.reserved_per_member -= r.reserved;
+}
+
+// Ends every request with `error` (a worker failed: the ranks' state can no longer be trusted).
+void fail_everything(self_ptr self, const status& error) {
+  engine_state& s = self->state;
+  s.broken = error;
+  for (request_state& r : s.active) {
+    emit(s, r, -1, true, finish_reason::error, error);
+    ++s.stats.failed;
+  }
+  for (request_state& r : s.queue) {
+    emit(s, r, -1, true, finish_reason::error, error);
+    ++s.stats.failed;
+  }
+  s.active.clear();
+  s.queue.clear();
+}
+
+void answer_drains(engine_state& s) {
+  for (caf::response_promise& p : s.drain_waiters) p.deliver(caf::unit);
+  s.drain_waiters.clear();
+}
+
+void start_step(self_ptr self);
+
+// After requests left: the planner decides block migrations (recording them in its placement);
+// the workers apply them in a new epoch before the next step.
+void rebalance_then_step(self_ptr self) {
+  engine_state& s = self->state;
+  s.busy = true;
+  self->request(s.planner, caf::infinite, rebal_atom::value)
+      .then(
+          [self](std::vector<move_item>& moves, double imbalance, double mean_blocks) {
+            engine_state& st = self->state;
+            if (!moves.empty()) {
+              ++st.epoch;
+              migrate_msg m{st.epoch, st.next_op++, std::move(moves)};
+              st.stats.migrations += static_cast<std::int64_t>(m.moves.size());
+              for (const caf::actor& w : st.workers) self->send(w, m);
+            }
+            st.stats.kv_imbalance = imbalance;
+            if (mean_blocks >= static_cast<double>(st.setup.config.rebalance_min_blocks)) {
+              st.stats.kv_imbalance_max = std::max(st.stats.kv_imbalance_max, imbalance);
+            }
+            st.busy = false;
+            start_step(self);
+          },
+          [self](caf::error& err) {
+            self->state.busy = false;
+            fail_everything(self, internal_error("engine: planner: {}", caf::to_string(err)));
+            answer_drains(self->state);
+          });
+}
+
+void finish_step(self_ptr self) {
+  engine_state& s = self->state;
+  s.busy = false;
+  if (!s.step_error.ok() || !s.tokens_agree) {
+    fail_everything(self, s.step_error.ok()
+                              ? internal_error("engine: workers sampled different tokens")
+                              : s.step_error);
+    answer_drains(s);
+    return;
+  }
+  ++s.stats.steps;
+  self->send(s.planner, commit_atom::value, s.step_seqs, s.step_counts);
+  for (std::size_t i = 0; i < s.step_members.size(); ++i) {
+    request_state& r = s.active[s.step_members[i]];
+    r.prefilled = std::min<std::int64_t>(r.prefilled + s.step_counts[i],
+                                         static_cast<std::int64_t>(r.req.prompt.size()));
+    const std::int32_t token = s.step_tokens[i];
+    if (token < 0) continue;  // a prefill chunk before the last
+    ++r.generated;
+    ++s.stats.tokens_generated;
+    r.last_token = token;
+    const bool stop = std::find(r.req.stop_tokens.begin(), r.req.stop_tokens.end(), token) !=
+                      r.req.stop_tokens.end();
+    const bool done = stop || r.generated >= r.req.max_tokens;
+    emit(s, r, token, done, stop ? finish_reason::stop_token : finish_reason::length);
+    if (done) {
+      ++s.stats.completed;
+      leave(self, r);
+      r.seq = 0;  // marks it for removal below
+    }
+  }
+  const bool someone_left = std::any_of(s.active.begin(), s.active.end(),
+                                        [](const request_state& r) { return r.seq == 0; });
+  s.active.erase(std::remove_if(s.active.begin(), s.active.end(),
+                                [](const request_state& r) { return r.seq == 0; }),
+                 s.active.end());
+  if (someone_left) {
+    rebalance_then_step(self);
+  } else {
+    start_step(self);
+  }
+}
+
+// Cancellations and admissions (between steps), then the next step if there is work.
+void start_step(self_ptr self) {
+  engine_state& s = self->state;
+  if (s.busy || !s.broken.ok()) return;
+  const engine_config& c = s.setup.config;
+
+  for (request_state& r : s.active) {
+    if (!r.cancelled) continue;
+    emit(s, r, -1, true, finish_reason::cancelled);
+    ++s.stats.cancelled;
+    leave(self, r);
+    r.seq = 0;
+  }
+  s.active.erase(std::remove_if(s.active.begin(), s.active.end(),
+                                [](const request_state& r) { return r.seq == 0; }),
+                 s.active.end());
+
+  while (!s.draining && !s.queue.empty() &&
+         s.reserved_per_member + s.queue.front().reserved <= s.setup.capacity_blocks_per_worker) {
+    request_state r = std::move(s.queue.front());
+    s.queue.pop_front();
+    r.seq = s.next_seq++;
+    s.reserved_per_member += r.reserved;
+    for (const caf::actor& w : s.workers) self->send(w, open_seq_msg{s.epoch, s.next_op, r.seq});
+    ++s.next_op;
+    self->send(s.planner, join_atom::value, r.seq);
+    s.active.push_back(std::move(r));
+  }
+
+  // Decode tokens first (each running request's next token), then prefill chunks.
+  step_msg m;
+  m.epoch = s.epoch;
+  m.step_id = ++s.step_id;
+  s.step_members.clear();
+  s.step_counts.clear();
+  s.step_seqs.clear();
+  std::int64_t budget = c.max_batch_tokens;
+  for (int pass = 0; pass < 2 && budget > 0; ++pass) {
+    for (std::size_t i = 0; i < s.active.size() && budget > 0; ++i) {
+      request_state& r = s.active[i];
+      const auto prompt_len = static_cast<std::int64_t>(r.req.prompt.size());
+      const bool decoding = r.prefilled == prompt_len;
+      if (decoding != (pass == 0)) continue;
+      step_item it;
+      it.seq = r.seq;
+      if (decoding) {
+        it.tokens = {r.last_token};
+        it.sample = true;
+      } else {
+        const std::int64_t n = std::min({c.prefill_chunk_tokens, prompt_len - r.prefilled, budget});
+        it.tokens.assign(r.req.prompt.begin() + r.prefilled,
+                         r.req.prompt.begin() + r.prefilled + n);
+        it.sample = r.prefilled + n == prompt_len;
+      }
+      it.temperature = r.req.temperature;
+      it.top_k = r.req.top_k;
+      it.top_p = r.req.top_p;
+      it.seed = r.req.seed;
+      it.request_id = r.req.request_id;
+      budget -= static_cast<std::int64_t>(it.tokens.size());
+      s.step_members.push_back(i);
+      s.step_counts.push_back(static_cast<std::int64_t>(it.tokens.size()));
+      s.step_seqs.push_back(it.seq);
+      m.items.push_back(std::move(it));
+    }
+  }
+  if (m.items.empty()) {
+    if (s.draining) answer_drains(s);
+    return;
+  }
+  s.busy = true;
+  s.pending = s.workers.size();
+  s.step_error = ok_status();
+  s.tokens_agree = true;
+  s.step_tokens.clear();
+  self->request(s.planner, caf::infinite, plan_atom::value, s.step_seqs, s.step_counts)
+      .then(
+          [self, m](std::vector<std::int64_t>& owners) mutable {
+            engine_state& st = self->state;
+            m.new_block_kvp = std::move(owners);
+            for (const caf::actor& w : st.workers) self->send(w, m);
+          },
+          [self](caf::error& err) {
+            self->state.pending = 0;
+            self->state.step_error = internal_error("engine: planner: {}", caf::to_string(err));
+            finish_step(self);
+          });
+}
+
+caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::actor> workers,
+                           caf::actor planner, std::shared_ptr<stream_registry> registry) {
+  engine_state& s = self->state;
+  s.stats.layout = setup.grid.to_string();
+  s.setup = std::move(setup);
+  s.workers = std::move(workers);
+  s.planner = std::move(planner);
+  s.registry = std::move(registry);
+  s.kv_used.assign(s.workers.size(), 0);
+  return {
+      [self](submit_msg& m) {
+        engine_state& st = self->state;
+        request_state r;
+        r.reserved =
+            blocks_reserved_per_member(static_cast<std::int64_t>(m.prompt.size()), m.max_tokens,
+                                       st.setup.config.block_tokens, st.setup.grid.kvp);
+        r.req = std::move(m);
+        ++st.stats.submitted;
+        if (!st.broken.ok() || st.draining) {
+          const status why =
+              st.broken.ok() ? failed_precondition("engine: shutting down") : st.broken;
+          emit(st, r, -1, true, finish_reason::error, why);
+          ++st.stats.failed;
+          return;
+        }
+        st.queue.push_back(std::move(r));
+        start_step(self);
+      },
+      [self](step_done_msg& m) {
+        engine_state& st = self->state;
+        if (!st.busy || m.step_id != st.step_id) return;  // stale: an older step's reply
+        if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size())) {
+          st.kv_used[static_cast<std::size_t>(m.rank)] = m.kv_used_blocks;
+        }
+        const status r = from_wire(m.result);
+        if (!r.ok() && st.step_error.ok()) {
+          st.step_error = r.with_context(fmt::format("worker {}", m.rank));
+        }
+        if (r.ok()) {
+          if (st.step_tokens.empty()) {
+            st.step_tokens = std::move(m.tokens);
+          } else if (st.step_tokens != m.tokens) {
+            st.tokens_agree = false;
+          }
+        }
+        if (--st.pending == 0) finish_step(self);
+      },
+      [self](op_done_msg& m) {
+        engine_state& st = self->state;
+        if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size())) {
+          st.kv_used[static_cast<std::size_t>(m.rank)] = m.kv_used_blocks;
+        }
+        const status r = from_wire(m.result);
+        if (!r.ok() && self->state.broken.ok()) {
+          fail_everything(self, r.with_context(fmt::format("worker {}", m.rank)));
+        }
+      },
+      [self](cancel_atom, std::uint64_t id) -> caf::result<void> {
+        engine_state& st = self->state;
+        for (auto it = st.queue.begin(); it != st.queue.end(); ++it) {
+          if (it->req.request_id != id) continue;
+          emit(st, *it, -1, true, finish_reason::cancelled);
+          ++st.stats.cancelled;
+          st.queue.erase(it);
+          return caf::unit;
+        }
+        for (request_state& r : st.active) {
+          if (r.req.request_id != id || r.cancelled) continue;
+          r.cancelled = true;
+          start_step(self);  // takes effect now if no step is in flight
+          return caf::unit;
+        }
+        return caf::make_error(caf::sec::runtime_error,
+                               fmt::format("not_found: request {} is not queued or running", id));
+      },
+      [self](stats_atom) {
+        engine_state& st = self->state;
+        engine_stats out = st.stats;
+        out.queued = static_cast<std::int64_t>(st.queue.size());
+        out.active = static_cast<std::int64_t>(st.active.size());
+        out.epoch = st.epoch;
+        out.workers.clear();
+        for (std::size_t i = 0; i < st.kv_used.size(); ++i) {
+          out.workers.push_back(
+              {static_cast<std::int64_t>(i), st.kv_used[i], st.setup.capacity_blocks_per_worker});
+        }
+        return out;
+      },
+      [self](drain_atom) -> caf::result<void> {
+        engine_state& st = self->state;
+        st.draining = true;
+        for (request_state& r : st.queue) {
+          emit(st, r, -1, true, finish_reason::cancelled);
+          ++st.stats.cancelled;
+        }
+        st.queue.clear();
+        for (request_state& r : st.active) r.cancelled = true;
+        auto promise = self->make_response_promise();
+        st.drain_waiters.push_back(promise);
+        if (!st.busy) start_step(self);
+        if (!st.busy && st.active.empty()) answer_drains(st);
+        return promise;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup, std::vector<caf::actor> workers,
+                        caf::actor planner, std::shared_ptr<stream_registry> registry) {
+  return sys.spawn(engine_actor, std::move(setup), std::move(workers), std::move(planner),
+                   std::move(registry));
+}
+
+}  // namespace helix::actors

@@ -1,0 +1,108 @@
+// Control messages between the engine, planner and worker actors (ARCHITECTURE.md section 4), as
+// plain data. actors/messages.hpp gives each a CAF `inspect` overload so a worker in another
+// process or host receives them through a remote handle; tensors never travel in them (the data
+// plane moves those). Messages that act on the layout carry its epoch: a worker drops anything
+// older than the epoch it is at. Statuses travel as (code, message) pairs (wire_status).
+//
+// Free of CAF so that the worker's compute (actors/worker_compute.hpp) and its tests need none.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.hpp"
+
+namespace helix::actors {
+
+/// A status as it crosses actor boundaries.
+struct wire_status {
+  std::int32_t code = 0;  // static_cast of helix::errc; 0 = ok
+  std::string message;
+};
+[[nodiscard]] wire_status to_wire(const status& st);
+[[nodiscard]] status from_wire(const wire_status& w);
+
+/// One request's part of a step: tokens appended at the sequence's next positions; whether its
+/// logits row is sampled (last prefill chunk or a decode token).
+struct step_item {
+  std::uint64_t seq = 0;
+  std::vector<std::int32_t> tokens;
+  bool sample = false;
+  // Sampling of the row (used when `sample`): kernels::sampling_options fields.
+  float temperature = 0.0f;
+  std::int32_t top_k = 0;
+  float top_p = 1.0f;
+  std::uint64_t seed = 0;
+  std::uint64_t request_id = 0;  // keys the counter-based noise
+};
+
+/// Engine -> every worker: run one step. `new_block_kvp` is the planner's placement of every
+/// block the step opens (item order, then position order).
+struct step_msg {
+  std::int64_t epoch = 0;
+  std::int64_t step_id = 0;
+  std::vector<step_item> items;
+  std::vector<std::int64_t> new_block_kvp;
+};
+
+/// Worker -> engine: a step's outcome. tokens[i] is item i's sampled token (-1 when not
+/// sampled); filled by every worker (all sample the same tokens).
+struct step_done_msg {
+  std::int64_t epoch = 0;
+  std::int64_t step_id = 0;
+  std::int64_t rank = 0;
+  wire_status result;
+  std::vector<std::int32_t> tokens;
+  std::int64_t kv_used_blocks = 0;
+};
+
+/// Engine -> every worker: open (the next id, checked) or close a sequence. Replies with
+/// op_done_msg.
+struct open_seq_msg {
+  std::int64_t epoch = 0;
+  std::int64_t op_id = 0;
+  std::uint64_t seq = 0;
+};
+struct close_seq_msg {
+  std::int64_t epoch = 0;
+  std::int64_t op_id = 0;
+  std::uint64_t seq = 0;
+};
+
+/// One block migration (rebalancing), as rank_program::block_move.
+struct move_item {
+  std::uint64_t seq = 0;
+  std::int64_t block_idx = 0;
+  std::int64_t to_kvp = 0;
+};
+
+/// Engine -> every worker: move blocks and enter `epoch` (which must be newer than the worker's).
+struct migrate_msg {
+  std::int64_t epoch = 0;
+  std::int64_t op_id = 0;
+  std::vector<move_item> moves;
+};
+
+/// Worker -> engine: an open, close or migrate finished.
+struct op_done_msg {
+  std::int64_t epoch = 0;
+  std::int64_t op_id = 0;
+  std::int64_t rank = 0;
+  wire_status result;
+  std::int64_t kv_used_blocks = 0;  // after the operation
+};
+
+/// Client -> engine: a validated request to queue (engine::submit checked it).
+struct submit_msg {
+  std::uint64_t request_id = 0;
+  std::vector<std::int32_t> prompt;
+  float temperature = 0.0f;
+  std::int32_t top_k = 0;
+  float top_p = 1.0f;
+  std::uint64_t seed = 0;
+  std::int64_t max_tokens = 1;
+  std::vector<std::int32_t> stop_tokens;
+};
+
+}  // namespace helix::actors

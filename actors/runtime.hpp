@@ -1,0 +1,93 @@
+// The three actors behind the embedding API, as CAF behaviours (internal to actors/; the public
+// header is actors/engine.hpp):
+//
+//   worker  one per rank; owns a worker_compute (the rank's weight and KV shards). Runs each
+//           control message on its own thread (spawned detached), replies to the sender. Drops
+//           messages of an older layout epoch.
+//   planner wraps planner/: the placement record (offsets at join, owners of every new block,
+//           commits after each step) and rebalancing decisions after requests leave.
+//   engine  the request queue, KV admission, continuous batching (requests join and leave between
+//           steps), the step loop (plan -> all workers -> commit), token streams, cancellation
+//           and counters.
+//
+// A step is one message to each worker and one reply from each (ARCHITECTURE.md section 4); the
+// per-layer collectives run inside the workers over the data plane.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "actors/engine.hpp"
+#include "actors/messages.hpp"
+#include "actors/worker_compute.hpp"
+#include "core/layout.hpp"
+
+namespace helix::actors {
+
+/// Where each request's events go: its stream and optional callback. Shared by the API (which
+/// registers at submit) and the engine actor (which delivers). Thread-safe.
+class stream_registry {
+ public:
+  void add(std::uint64_t id, std::shared_ptr<token_stream> stream,
+           std::function<void(const token_event&)> on_token);
+  /// Calls the callback, then pushes the event to the stream (both outside the lock); forgets the
+  /// request after its last event. Unknown ids are ignored.
+  void deliver(const token_event& e);
+  [[nodiscard]] std::size_t size() const;
+
+ private:
+  struct entry {
+    std::shared_ptr<token_stream> stream;
+    std::function<void(const token_event&)> on_token;
+  };
+  mutable std::mutex mu_;
+  std::map<std::uint64_t, entry> entries_;
+};
+
+/// Worker behaviour. Replies (step_done_msg, op_done_msg) go to the message's sender;
+/// `wstate_atom` answers (epoch, dropped stale messages, KV blocks used).
+caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_compute> compute);
+
+/// Planner behaviour over a placement record for layout `l`.
+///   (join_atom, seq) / (leave_atom, seq)               -> ok
+///   (plan_atom, seqs, counts)                           -> owners (std::vector<int64_t>)
+///   (commit_atom, seqs, counts)                         -> ok (after a successful step)
+///   (rebal_atom)                                        -> moves (std::vector<move_item>),
+///       already recorded in the placement, then the column's kv_imbalance and its mean blocks
+///       per member after them (double, double)
+caf::behavior planner_actor(caf::event_based_actor* self, layout l, std::int64_t block_tokens,
+                            double rebalance_threshold, std::int64_t rebalance_min_blocks);
+
+/// What the engine actor needs to know about the model and the workers.
+struct engine_setup {
+  engine_config config;
+  layout grid;
+  std::int64_t vocab = 0;
+  std::int64_t capacity_blocks_per_worker = 0;  // KV slots of each worker
+};
+
+/// Blocks a request of `prompt_len` + `max_tokens` tokens may occupy on any one KVP member
+/// (round-robin placement puts at most ceil(blocks / KVP) on a member, plus one of slack for the
+/// staggered start); admission reserves this much on every member.
+[[nodiscard]] std::int64_t blocks_reserved_per_member(std::int64_t prompt_len,
+                                                      std::int64_t max_tokens,
+                                                      std::int64_t block_tokens, std::int64_t kvp);
+
+/// Spawns the engine actor (its behaviour below).
+///   submit_msg                -> queues the request (events go to `registry`)
+///   (cancel_atom, id)         -> ok or not_found (error)
+///   (stats_atom)              -> engine_stats
+///   (drain_atom)              -> cancels everything; answers once no step is in flight and every
+///                                sequence is closed (used before shutdown)
+[[nodiscard]] caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup,
+                                      std::vector<caf::actor> workers, caf::actor planner,
+                                      std::shared_ptr<stream_registry> registry);
+
+}  // namespace helix::actors

@@ -1,0 +1,68 @@
+// What a worker actor computes, behind an interface: the worker actor (worker_actor.hpp) turns
+// control messages into calls on a worker_compute and sends the results back. The real one,
+// rank_compute, runs the rank's model::rank_program (its weight shard, KV shard and
+// communicators); deterministic actor tests drive the actors with a compute of their own, since
+// the real one blocks in collectives that need every rank's thread.
+//
+// Called from the worker's own thread only; implementations need not be thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "actors/protocol.hpp"
+#include "core/layout.hpp"
+#include "model/rank_program.hpp"
+#include "model/weights.hpp"
+#include "transport/communicator.hpp"
+
+namespace helix::actors {
+
+class worker_compute {
+ public:
+  virtual ~worker_compute() = default;
+  [[nodiscard]] virtual std::int64_t rank() const = 0;
+  /// Opens the next sequence; its id (1, 2, ... in open order on every rank).
+  [[nodiscard]] virtual expected<std::uint64_t> open_sequence() = 0;
+  [[nodiscard]] virtual status close_sequence(std::uint64_t seq) = 0;
+  /// Runs one step; tokens gets one entry per item (the sampled token, or -1 when the item is not
+  /// sampled).
+  [[nodiscard]] virtual status step(const step_msg& m, std::vector<std::int32_t>& tokens) = 0;
+  [[nodiscard]] virtual status migrate(std::span<const move_item> moves) = 0;
+  [[nodiscard]] virtual std::int64_t kv_used_blocks() const = 0;
+  [[nodiscard]] virtual std::int64_t kv_capacity_blocks() const = 0;
+};
+
+/// The real compute: one rank of a layout running model::rank_program.
+class rank_compute final : public worker_compute {
+ public:
+  /// Shards `full` for `rank` (copies; `full` may go afterwards). Errors of rank_program::create.
+  [[nodiscard]] static expected<std::unique_ptr<rank_compute>> create(
+      const model::model_weights& full, const layout& l, std::int64_t rank,
+      std::unique_ptr<transport::communicator> world,
+      std::unique_ptr<transport::communicator> kvp_group,
+      const model::rank_program_options& options);
+
+  [[nodiscard]] std::int64_t rank() const override;
+  [[nodiscard]] expected<std::uint64_t> open_sequence() override;
+  [[nodiscard]] status close_sequence(std::uint64_t seq) override;
+  [[nodiscard]] status step(const step_msg& m, std::vector<std::int32_t>& tokens) override;
+  [[nodiscard]] status migrate(std::span<const move_item> moves) override;
+  [[nodiscard]] std::int64_t kv_used_blocks() const override;
+  [[nodiscard]] std::int64_t kv_capacity_blocks() const override;
+
+  explicit rank_compute(std::unique_ptr<model::rank_program> program);
+
+ private:
+  std::unique_ptr<model::rank_program> program_;
+  // Reused across steps (steady-state steps do not allocate once they have grown).
+  std::vector<model::decoder::batch_item> items_;
+  std::vector<kernels::sampling_options> sampling_;
+  std::vector<std::uint64_t> request_ids_;
+  std::vector<std::int32_t> sampled_;
+  std::vector<model::block_move> moves_;
+};
+
+}  // namespace helix::actors

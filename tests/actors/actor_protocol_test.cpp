@@ -1,0 +1,247 @@
+// The actors' protocol under CAF's deterministic scheduler (no threads, no sleeps): requests join
+// and leave between steps, cancellation takes effect at the next step boundary, stale epochs are
+// dropped, and the engine's bookkeeping (opens, closes, KV admission) is what it should be.
+//
+// The workers here run a compute of the test's own: the real one (rank_compute) blocks in
+// collectives that need every rank's thread, which a single-threaded scheduler cannot give. Its
+// tokens are a fixed function of (sequence, position) so every expectation is exact.
+#include <caf/scheduler/test_coordinator.hpp>
+
+#include <map>
+
+#include <gtest/gtest.h>
+
+#include "actors/runtime.hpp"
+
+namespace helix::actors {
+namespace {
+
+constexpr std::int64_t vocab = 97;
+
+// Token sampled after `pos` tokens of sequence `seq`.
+std::int32_t scripted_token(std::uint64_t seq, std::int64_t pos) {
+  return static_cast<std::int32_t>((seq * 31 + static_cast<std::uint64_t>(pos) * 7) % vocab);
+}
+
+// A deterministic compute that records what it was asked to do.
+class scripted_compute final : public worker_compute {
+ public:
+  explicit scripted_compute(std::int64_t rank) : rank_(rank) {}
+  std::int64_t rank() const override { return rank_; }
+  expected<std::uint64_t> open_sequence() override {
+    const std::uint64_t id = next_++;
+    lengths_[id] = 0;
+    log_.push_back(fmt::format("open {}", id));
+    return id;
+  }
+  status close_sequence(std::uint64_t seq) override {
+    if (lengths_.erase(seq) == 0) return not_found("no sequence {}", seq);
+    log_.push_back(fmt::format("close {}", seq));
+    return ok_status();
+  }
+  status step(const step_msg& m, std::vector<std::int32_t>& tokens) override {
+    tokens.clear();
+    std::string line = "step";
+    for (const step_item& it : m.items) {
+      auto len = lengths_.find(it.seq);
+      if (len == lengths_.end()) return invalid_argument("unknown sequence {}", it.seq);
+      len->second += static_cast<std::int64_t>(it.tokens.size());
+      tokens.push_back(it.sample ? scripted_token(it.seq, len->second) : -1);
+      line += fmt::format(" {}:{}", it.seq, it.tokens.size());
+    }
+    log_.push_back(line);
+    return ok_status();
+  }
+  status migrate(std::span<const move_item> moves) override {
+    log_.push_back(fmt::format("migrate {}", moves.size()));
+    return ok_status();
+  }
+  std::int64_t kv_used_blocks() const override {
+    return static_cast<std::int64_t>(lengths_.size());
+  }
+  std::int64_t kv_capacity_blocks() const override { return 1000; }
+
+  const std::vector<std::string>& log() const { return log_; }
+
+ private:
+  std::int64_t rank_;
+  std::uint64_t next_ = 1;
+  std::map<std::uint64_t, std::int64_t> lengths_;
+  std::vector<std::string> log_;
+};
+
+struct ActorProtocol : ::testing::Test {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  caf::scheduler::test_coordinator* sched = nullptr;
+  std::vector<std::shared_ptr<scripted_compute>> computes;
+  std::vector<caf::actor> workers;
+  caf::actor planner;
+  caf::actor engine;
+  std::shared_ptr<stream_registry> registry = std::make_shared<stream_registry>();
+
+  void start(std::int64_t kvp, std::int64_t capacity_blocks, std::int64_t max_batch_tokens = 64) {
+    cfg.add_message_types<caf::id_block::helix_actors>();
+    cfg.set("scheduler.policy", caf::atom("testing"));
+    cfg.set("logger.verbosity", caf::atom("quiet"));
+    sys = std::make_unique<caf::actor_system>(cfg);
+    sched = &dynamic_cast<caf::scheduler::test_coordinator&>(sys->scheduler());
+    layout l;
+    l.kvp = kvp;
+    l.tpa = 1;
+    l.tpf = kvp;
+    l.num_ranks = kvp;
+    for (std::int64_t r = 0; r < kvp; ++r) {
+      computes.push_back(std::make_shared<scripted_compute>(r));
+      workers.push_back(sys->spawn(worker_actor, std::shared_ptr<worker_compute>(computes.back())));
+    }
+    planner = sys->spawn(planner_actor, l, std::int64_t{4}, 0.1, std::int64_t{64});
+    engine_setup setup;
+    setup.config.block_tokens = 4;
+    setup.config.max_batch_tokens = max_batch_tokens;
+    setup.config.prefill_chunk_tokens = 8;
+    setup.grid = l;
+    setup.vocab = vocab;
+    setup.capacity_blocks_per_worker = capacity_blocks;
+    engine = spawn_engine(*sys, setup, workers, planner, registry);
+  }
+
+  void TearDown() override {
+    if (!sys) return;
+    for (const caf::actor& w : workers) caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(planner, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(engine, caf::exit_reason::user_shutdown);
+    sched->run();
+  }
+
+  std::shared_ptr<token_stream> submit(std::uint64_t id, std::vector<std::int32_t> prompt,
+                                       std::int64_t max_tokens) {
+    auto stream = std::make_shared<token_stream>();
+    registry->add(id, stream, {});
+    submit_msg m;
+    m.request_id = id;
+    m.prompt = std::move(prompt);
+    m.max_tokens = max_tokens;
+    caf::anon_send(engine, std::move(m));
+    return stream;
+  }
+
+  // Events available without blocking.
+  static std::vector<token_event> drain(token_stream& s) {
+    std::vector<token_event> out;
+    while (auto e = s.next_for(std::chrono::milliseconds(0))) out.push_back(*e);
+    return out;
+  }
+};
+
+TEST_F(ActorProtocol, RequestsJoinAndLeaveBetweenSteps) {
+  start(2, 100);
+  auto a = submit(1, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 3);  // two prefill chunks (8 + 2)
+  sched->run();
+  auto b = submit(2, {4, 4}, 2);  // joins while a decodes
+  sched->run();
+  const auto ea = drain(*a);
+  const auto eb = drain(*b);
+  ASSERT_EQ(ea.size(), 3u);
+  ASSERT_EQ(eb.size(), 2u);
+  // Sequence 1 sampled after 10, 11, 12 tokens; sequence 2 after 2 and 3.
+  EXPECT_EQ(ea[0].token, scripted_token(1, 10));
+  EXPECT_EQ(ea[2].token, scripted_token(1, 12));
+  EXPECT_TRUE(ea[2].last);
+  EXPECT_EQ(ea[2].reason, finish_reason::length);
+  EXPECT_EQ(eb[0].token, scripted_token(2, 2));
+  EXPECT_EQ(eb[1].token, scripted_token(2, 3));
+  for (const auto& c : computes) {
+    const std::vector<std::string> want = {"open 1",   "step 1:8", "step 1:2", "step 1:1",
+                                           "step 1:1", "close 1",  "open 2",   "step 2:2",
+                                           "step 2:1", "close 2"};
+    EXPECT_EQ(c->log(), want);
+    EXPECT_EQ(c->kv_used_blocks(), 0);
+  }
+}
+
+TEST_F(ActorProtocol, ConcurrentRequestsShareSteps) {
+  start(2, 100);
+  auto a = submit(1, {1, 2}, 2);
+  auto b = submit(2, {3}, 3);
+  sched->run();
+  EXPECT_EQ(drain(*a).size(), 2u);
+  EXPECT_EQ(drain(*b).size(), 3u);
+  // a's first step runs alone (b arrives while it is in flight); then both share steps, decode
+  // tokens first, and b goes on alone once a has left.
+  const std::vector<std::string> want = {"open 1",  "step 1:2", "open 2",   "step 1:1 2:1",
+                                         "close 1", "step 2:1", "step 2:1", "close 2"};
+  EXPECT_EQ(computes[0]->log(), want);
+}
+
+TEST_F(ActorProtocol, CancelTakesEffectAtTheNextStepBoundary) {
+  start(2, 100);
+  auto a = submit(1, {1, 2, 3}, 50);
+  caf::anon_send(engine, cancel_atom::value, std::uint64_t{1});  // arrives during the first step
+  sched->run();
+  const auto ev = drain(*a);
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].token, scripted_token(1, 3));
+  EXPECT_TRUE(ev[1].last);
+  EXPECT_EQ(ev[1].reason, finish_reason::cancelled);
+  EXPECT_EQ(computes[1]->log().back(), "close 1");
+}
+
+TEST_F(ActorProtocol, KvAdmissionQueuesUntilRoomIsFreed) {
+  // 12 + 4 tokens = 4 blocks over 2 members: 2 per member + 1 slack = 3 reserved; capacity 4 lets
+  // one such request run at a time.
+  start(2, 4);
+  auto a = submit(1, std::vector<std::int32_t>(12, 1), 4);
+  auto b = submit(2, std::vector<std::int32_t>(12, 2), 4);
+  sched->run();
+  EXPECT_EQ(drain(*a).size(), 4u);
+  EXPECT_EQ(drain(*b).size(), 4u);
+  const auto& log = computes[0]->log();
+  const auto close1 = std::find(log.begin(), log.end(), "close 1");
+  const auto open2 = std::find(log.begin(), log.end(), "open 2");
+  ASSERT_NE(close1, log.end());
+  ASSERT_NE(open2, log.end());
+  EXPECT_LT(close1 - log.begin(), open2 - log.begin());  // b waited for a's KV to be freed
+}
+
+TEST_F(ActorProtocol, StaleEpochsAreDropped) {
+  start(2, 100);
+  migrate_msg mig;
+  mig.epoch = 3;
+  caf::anon_send(workers[0], mig);
+  step_msg old;
+  old.epoch = 2;
+  caf::anon_send(workers[0], old);
+  caf::anon_send(workers[0], open_seq_msg{1, 0, 1});
+  sched->run();
+  caf::scoped_actor self{*sys};
+  self->send(workers[0], wstate_atom::value);
+  sched->run();
+  self->receive([&](std::int64_t epoch, std::int64_t dropped, std::int64_t used) {
+    EXPECT_EQ(epoch, 3);
+    EXPECT_EQ(dropped, 2);
+    EXPECT_EQ(used, 0);
+  });
+  EXPECT_EQ(computes[0]->log(), (std::vector<std::string>{"migrate 0"}));
+}
+
+TEST_F(ActorProtocol, StatsCountWhatHappened) {
+  start(2, 100);
+  auto a = submit(1, {1, 2, 3}, 2);
+  auto b = submit(2, {1}, 50);
+  caf::anon_send(engine, cancel_atom::value, std::uint64_t{2});
+  sched->run();
+  caf::scoped_actor self{*sys};
+  self->send(engine, stats_atom::value);
+  sched->run();
+  self->receive([&](engine_stats& s) {
+    EXPECT_EQ(s.submitted, 2);
+    EXPECT_EQ(s.completed, 1);
+    EXPECT_EQ(s.cancelled, 1);
+    EXPECT_EQ(s.active, 0);
+    EXPECT_EQ(s.queued, 0);
+  });
+}
+
+}  // namespace
+}  // namespace helix::actors

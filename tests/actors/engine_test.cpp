@@ -1,0 +1,299 @@
+// The embedding API end to end on real workers (threads of this process, the local fabric, the
+// real rank programs): every request's tokens equal what the single-worker decoder produces for it
+// alone (greedy, f32), whatever else runs with it; cancellation, admission and bad input.
+#include "actors/engine.hpp"
+
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "core/rng.hpp"
+#include "model/decoder.hpp"
+#include "tests/support/model_fixtures.hpp"
+
+namespace helix::actors {
+namespace {
+
+using test_support::random_tokens;
+
+// What the single-worker decoder generates greedily for `prompt` alone.
+std::vector<std::int32_t> generate_alone(const model::model_weights& w,
+                                         const std::vector<std::int32_t>& prompt,
+                                         std::int64_t max_tokens,
+                                         const std::vector<std::int32_t>& stops) {
+  model::decoder_options o;
+  o.num_threads = 1;
+  o.kv_capacity_tokens = 4096;
+  auto dec = model::decoder::create(w, o);
+  EXPECT_TRUE(dec.has_value());
+  const std::uint64_t seq = (*dec)->open_sequence();
+  std::vector<float> logits(static_cast<std::size_t>(w.spec.vocab));
+  std::vector<std::int32_t> out;
+  std::vector<std::int32_t> feed = prompt;
+  while (static_cast<std::int64_t>(out.size()) < max_tokens) {
+    const model::decoder::batch_item item{seq, feed, false};
+    EXPECT_TRUE((*dec)->forward({&item, 1}, logits).ok());
+    const auto t =
+        static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    out.push_back(t);
+    if (std::find(stops.begin(), stops.end(), t) != stops.end()) break;
+    feed = {t};
+  }
+  return out;
+}
+
+engine_config small_config(std::int64_t workers, const std::string& layout = "auto") {
+  engine_config c;
+  c.model = "tiny-llama";
+  c.num_workers = workers;
+  c.layout = layout;
+  c.kv_capacity_tokens_per_worker = 2048;
+  c.max_batch_tokens = 128;
+  c.prefill_chunk_tokens = 16;
+  return c;
+}
+
+TEST(Engine, OneRequestMatchesTheSingleWorker) {
+  auto eng = engine::create(small_config(4, "helix:kvp=2,tpa=2"));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const model::model_weights w = test_support::seeded_weights("tiny-llama");
+  const auto prompt = random_tokens(37, w.spec.vocab, 11);
+  auto h = (*eng)->submit({prompt, {}, 12, {}});
+  ASSERT_TRUE(h.has_value()) << h.error().to_string();
+  EXPECT_EQ(h->stream->wait_all(), generate_alone(w, prompt, 12, {}));
+  const engine_stats s = (*eng)->stats();
+  EXPECT_EQ(s.completed, 1);
+  EXPECT_EQ(s.tokens_generated, 12);
+  EXPECT_EQ(s.layout, "helix:kvp=2,tpa=2,tpf=4,ep=1");
+}
+
+// Batch invariance: 100 requests of random lengths arriving at random moments (several agents
+// submitting concurrently), joining and leaving the batch as they come and finish, each produce
+// token for token what they produce alone.
+TEST(Engine, HundredRequestsJoiningAndLeavingMatchEachAlone) {
+  auto eng = engine::create(small_config(4));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const model::model_weights w = test_support::seeded_weights("tiny-llama");
+  constexpr int num_requests = 100;
+  constexpr int num_agents = 4;
+  struct job {
+    std::vector<std::int32_t> prompt;
+    std::int64_t max_tokens = 1;
+    std::vector<std::int32_t> stops;
+    std::vector<std::int32_t> got;
+    std::int64_t delay_us = 0;
+  };
+  std::vector<job> jobs(num_requests);
+  for (int i = 0; i < num_requests; ++i) {
+    const auto r = random_words(99, static_cast<std::uint64_t>(i), 0, rng_purpose::test_data, 0);
+    job& j = jobs[static_cast<std::size_t>(i)];
+    j.prompt = random_tokens(1 + r[0] % 40, w.spec.vocab, 1000 + static_cast<std::uint64_t>(i));
+    j.max_tokens = 1 + r[1] % 12;
+    if (r[2] % 4 == 0) j.stops = {static_cast<std::int32_t>(r[3] % w.spec.vocab)};
+    j.delay_us = r[3] % 3000;
+  }
+  std::vector<std::thread> agents;
+  for (int a = 0; a < num_agents; ++a) {
+    agents.emplace_back([&, a] {
+      // Each agent submits its share with random pauses and reads its streams as it goes.
+      std::vector<std::pair<int, std::shared_ptr<token_stream>>> mine;
+      for (int i = a; i < num_requests; i += num_agents) {
+        job& j = jobs[static_cast<std::size_t>(i)];
+        std::this_thread::sleep_for(std::chrono::microseconds(j.delay_us));
+        auto h = (*eng)->submit({j.prompt, {}, j.max_tokens, j.stops});
+        ASSERT_TRUE(h.has_value()) << h.error().to_string();
+        mine.emplace_back(i, h->stream);
+        if (mine.size() % 3 == 0) {  // sometimes wait for an earlier one before going on
+          jobs[static_cast<std::size_t>(mine.front().first)].got = mine.front().second->wait_all();
+          mine.erase(mine.begin());
+        }
+      }
+      for (auto& [i, stream] : mine) jobs[static_cast<std::size_t>(i)].got = stream->wait_all();
+    });
+  }
+  for (std::thread& t : agents) t.join();
+  for (int i = 0; i < num_requests; ++i) {
+    const job& j = jobs[static_cast<std::size_t>(i)];
+    EXPECT_EQ(j.got, generate_alone(w, j.prompt, j.max_tokens, j.stops)) << "request " << i;
+  }
+  engine_stats s = (*eng)->stats();
+  EXPECT_EQ(s.completed, num_requests);
+  EXPECT_EQ(s.active, 0);
+  EXPECT_EQ(s.queued, 0);
+  // Every block is freed once the workers have processed the last closes (sent with the last
+  // tokens, so they may still be in flight right now).
+  auto used = [&] {
+    std::int64_t n = 0;
+    for (const worker_stats& ws : s.workers) n += ws.kv_used_blocks;
+    return n;
+  };
+  for (int i = 0; i < 500 && used() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    s = (*eng)->stats();
+  }
+  EXPECT_EQ(used(), 0);
+}
+
+// Requests of different lengths leave at different times, so KV drifts between the KVP ranks; the
+// planner migrates blocks (a tight threshold makes it act at this small scale) and every request
+// still produces what it produces alone.
+TEST(Engine, RebalancingMigratesBlocksAndKeepsOutputExact) {
+  engine_config c = small_config(4, "helix:kvp=4,tpa=1");
+  c.rebalance_threshold = 0.01;
+  c.rebalance_min_blocks = 2;
+  auto eng = engine::create(c);
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const model::model_weights w = test_support::seeded_weights("tiny-llama");
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::vector<std::int64_t> lengths;
+  std::vector<request_handle> hs;
+  for (int i = 0; i < 10; ++i) {
+    prompts.push_back(
+        random_tokens(40 + 23 * i, w.spec.vocab, 300 + static_cast<std::uint64_t>(i)));
+    lengths.push_back(i % 3 == 0 ? 1 : 10 + 7 * i);
+    auto h = (*eng)->submit({prompts.back(), {}, lengths.back(), {}});
+    ASSERT_TRUE(h.has_value()) << h.error().to_string();
+    hs.push_back(*h);
+  }
+  for (std::size_t i = 0; i < hs.size(); ++i) {
+    EXPECT_EQ(hs[i].stream->wait_all(), generate_alone(w, prompts[i], lengths[i], {})) << i;
+  }
+  const engine_stats s = (*eng)->stats();
+  EXPECT_GT(s.migrations, 0);
+  EXPECT_GT(s.epoch, 0);
+  EXPECT_EQ(s.completed, 10);
+}
+
+TEST(Engine, CallbackSeesTheStreamsEvents) {
+  auto eng = engine::create(small_config(2, "helix:kvp=2,tpa=1"));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  std::mutex mu;
+  std::vector<token_event> seen;
+  auto h = (*eng)->submit({{1, 2, 3}, {}, 5, {}}, [&](const token_event& e) {
+    std::lock_guard lk(mu);
+    seen.push_back(e);
+  });
+  ASSERT_TRUE(h.has_value());
+  std::vector<token_event> pulled;
+  while (auto e = h->stream->next()) pulled.push_back(*e);
+  ASSERT_EQ(pulled.size(), 5u);
+  EXPECT_TRUE(pulled.back().last);
+  EXPECT_EQ(pulled.back().reason, finish_reason::length);
+  std::lock_guard lk(mu);
+  ASSERT_EQ(seen.size(), 5u);
+  for (std::size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(seen[i].token, pulled[i].token);
+    EXPECT_EQ(seen[i].index, static_cast<std::int64_t>(i));
+  }
+}
+
+TEST(Engine, CancelEndsRunningAndQueuedRequests) {
+  engine_config c = small_config(2, "helix:kvp=2,tpa=1");
+  c.kv_capacity_tokens_per_worker = 256;  // 16 blocks: room for one long request at a time
+  auto eng = engine::create(c);
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  auto running = (*eng)->submit({{5, 6, 7}, {}, 200, {}});
+  ASSERT_TRUE(running.has_value());
+  auto queued = (*eng)->submit({{8, 9}, {}, 200, {}});  // waits: the first holds the KV
+  ASSERT_TRUE(queued.has_value());
+  ASSERT_TRUE(running->stream->next().has_value());  // it is generating
+  ASSERT_TRUE((*eng)->cancel(queued->id).ok());
+  ASSERT_TRUE((*eng)->cancel(running->id).ok());
+  auto last_of = [](token_stream& s) {
+    token_event last;
+    while (auto e = s.next()) last = *e;
+    return last;
+  };
+  const token_event q = last_of(*queued->stream);
+  EXPECT_EQ(q.reason, finish_reason::cancelled);
+  EXPECT_EQ(q.token, -1);
+  EXPECT_EQ(last_of(*running->stream).reason, finish_reason::cancelled);
+  EXPECT_EQ((*eng)->cancel(running->id).code(), errc::not_found);
+  EXPECT_EQ((*eng)->cancel(12345).code(), errc::not_found);
+  // The engine goes on serving after cancellations.
+  auto after = (*eng)->submit({{1}, {}, 3, {}});
+  ASSERT_TRUE(after.has_value());
+  EXPECT_EQ(after->stream->wait_all().size(), 3u);
+  EXPECT_EQ((*eng)->stats().cancelled, 2);
+}
+
+// Requests that do not fit next to each other wait; none is dropped, each completes.
+TEST(Engine, AdmissionQueuesWhatDoesNotFitNow) {
+  engine_config c = small_config(2, "helix:kvp=2,tpa=1");
+  c.kv_capacity_tokens_per_worker = 256;
+  auto eng = engine::create(c);
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  std::vector<request_handle> hs;
+  for (int i = 0; i < 6; ++i) {
+    auto h =
+        (*eng)->submit({random_tokens(40, 256, 50 + static_cast<std::uint64_t>(i)), {}, 150, {}});
+    ASSERT_TRUE(h.has_value()) << h.error().to_string();
+    hs.push_back(*h);
+  }
+  for (request_handle& h : hs) EXPECT_EQ(h.stream->wait_all().size(), 150u);
+  EXPECT_EQ((*eng)->stats().completed, 6);
+  // A request that can never fit is refused at submit.
+  auto huge = (*eng)->submit({{1, 2}, {}, 5000, {}});
+  ASSERT_FALSE(huge.has_value());
+  EXPECT_EQ(huge.error().code(), errc::resource_exhausted);
+}
+
+TEST(Engine, BadInputGetsClearErrors) {
+  auto eng = engine::create(small_config(2, "helix:kvp=2,tpa=1"));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  EXPECT_EQ((*eng)->submit({{}, {}, 4, {}}).error().code(), errc::invalid_argument);
+  EXPECT_EQ((*eng)->submit({{1, 256}, {}, 4, {}}).error().code(), errc::invalid_argument);
+  EXPECT_EQ((*eng)->submit({{1, -1}, {}, 4, {}}).error().code(), errc::invalid_argument);
+  EXPECT_EQ((*eng)->submit({{1}, {}, 0, {}}).error().code(), errc::invalid_argument);
+  EXPECT_EQ((*eng)->submit({{1}, {-1.0f, 0, 1.0f, 0}, 4, {}}).error().code(),
+            errc::invalid_argument);
+  EXPECT_EQ((*eng)->submit({{1}, {0.5f, 0, 1.5f, 0}, 4, {}}).error().code(),
+            errc::invalid_argument);
+  EXPECT_EQ((*eng)->submit({{1}, {}, 4, {999}}).error().code(), errc::invalid_argument);
+
+  engine_config c = small_config(8, "helix:kvp=3,tpa=2");
+  EXPECT_NE(engine::create(c).error().message().find("layout rule"), std::string::npos);
+  c = small_config(4, "helix:kvp=4,tpa=2");
+  EXPECT_EQ(engine::create(c).error().code(), errc::invalid_argument);  // 8 ranks != 4 workers
+  c = small_config(2);
+  c.device = "cuda";
+  EXPECT_EQ(engine::create(c).error().code(), errc::invalid_argument);
+  c = small_config(2);
+  c.model = "no-such-model";
+  EXPECT_FALSE(engine::create(c).has_value());
+}
+
+// Sampling with temperature is keyed by (seed, request id, position): two engines given the same
+// requests in the same order produce the same tokens.
+TEST(Engine, TemperatureSamplingIsReproducible) {
+  std::vector<std::vector<std::int32_t>> runs;
+  for (int run = 0; run < 2; ++run) {
+    auto eng = engine::create(small_config(2, "helix:kvp=2,tpa=1"));
+    ASSERT_TRUE(eng.has_value());
+    auto h = (*eng)->submit({{3, 1, 4, 1, 5}, {0.8f, 40, 0.95f, 7}, 16, {}});
+    ASSERT_TRUE(h.has_value());
+    runs.push_back(h->stream->wait_all());
+  }
+  EXPECT_EQ(runs[0].size(), 16u);
+  EXPECT_EQ(runs[0], runs[1]);
+}
+
+TEST(Engine, DestructorCancelsWhatIsStillRunning) {
+  std::shared_ptr<token_stream> stream;
+  {
+    auto eng = engine::create(small_config(2, "helix:kvp=2,tpa=1"));
+    ASSERT_TRUE(eng.has_value());
+    auto h = (*eng)->submit({{1, 2, 3}, {}, 1000, {}});
+    ASSERT_TRUE(h.has_value());
+    stream = h->stream;
+    ASSERT_TRUE(stream->next().has_value());
+  }
+  token_event last;
+  while (auto e = stream->next()) last = *e;
+  EXPECT_EQ(last.reason, finish_reason::cancelled);
+}
+
+}  // namespace
+}  // namespace helix::actors
