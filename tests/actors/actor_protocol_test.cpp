@@ -243,5 +243,58 @@ TEST_F(ActorProtocol, StatsCountWhatHappened) {
   });
 }
 
+// Control messages cross process and host boundaries as bytes: every field survives CAF's binary
+// serialisation.
+TEST_F(ActorProtocol, MessagesSurviveSerialisation) {
+  start(1, 10);
+  step_msg m;
+  m.epoch = 7;
+  m.step_id = 42;
+  m.new_block_kvp = {0, 3, 1};
+  step_item it;
+  it.seq = 5;
+  it.tokens = {1, 2, 3};
+  it.sample = true;
+  it.temperature = 0.7f;
+  it.top_k = 20;
+  it.top_p = 0.9f;
+  it.seed = 99;
+  it.request_id = 1234;
+  m.items = {it, it};
+  m.items[1].seq = 6;
+  std::vector<char> buf;
+  caf::binary_serializer sink{*sys, buf};
+  ASSERT_FALSE(sink(m));
+  step_msg back;
+  caf::binary_deserializer source{*sys, buf};
+  ASSERT_FALSE(source(back));
+  EXPECT_EQ(back.epoch, 7);
+  EXPECT_EQ(back.step_id, 42);
+  EXPECT_EQ(back.new_block_kvp, m.new_block_kvp);
+  ASSERT_EQ(back.items.size(), 2u);
+  EXPECT_EQ(back.items[1].seq, 6u);
+  EXPECT_EQ(back.items[0].tokens, it.tokens);
+  EXPECT_EQ(back.items[0].top_k, 20);
+  EXPECT_FLOAT_EQ(back.items[0].top_p, 0.9f);
+  EXPECT_EQ(back.items[0].request_id, 1234u);
+
+  engine_stats st;
+  st.layout = "helix:kvp=2,tpa=1,tpf=2,ep=1";
+  st.migrations = 3;
+  st.kv_imbalance_max = 0.25;
+  st.workers = {{0, 5, 10}, {1, 6, 10}};
+  buf.clear();
+  caf::binary_serializer sink2{*sys, buf};
+  ASSERT_FALSE(sink2(st));
+  engine_stats st_back;
+  caf::binary_deserializer source2{*sys, buf};
+  ASSERT_FALSE(source2(st_back));
+  EXPECT_EQ(st_back.layout, st.layout);
+  EXPECT_EQ(st_back.migrations, 3);
+  EXPECT_DOUBLE_EQ(st_back.kv_imbalance_max, 0.25);
+  ASSERT_EQ(st_back.workers.size(), 2u);
+  EXPECT_EQ(st_back.workers[1].kv_used_blocks, 6);
+}
+
 }  // namespace
 }  // namespace helix::actors

@@ -4,10 +4,13 @@
 #include "actors/engine.hpp"
 
 #include <chrono>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
@@ -164,6 +167,32 @@ TEST(Engine, RebalancingMigratesBlocksAndKeepsOutputExact) {
   EXPECT_GT(s.migrations, 0);
   EXPECT_GT(s.epoch, 0);
   EXPECT_EQ(s.completed, 10);
+}
+
+// A real HF checkpoint (written outside this project) served by two workers reproduces the greedy
+// tokens its writer recorded, for a dense GQA model and an MLA + MoE one.
+TEST(Engine, CheckpointsReproduceTheirRecordedTokens) {
+  for (const char* name : {"llama-bf16", "deepseek-v3-f32"}) {
+    const std::string dir = std::string(HELIX_FIXTURES_DIR) + "/hf-tiny/" + name;
+    std::ifstream f(dir + "/expected.json");
+    ASSERT_TRUE(f.good()) << dir;
+    std::stringstream text;
+    text << f.rdbuf();
+    const nlohmann::json expected = nlohmann::json::parse(text.str());
+    engine_config c;
+    c.checkpoint = dir;
+    c.num_workers = 2;
+    c.kv_capacity_tokens_per_worker = 512;
+    auto eng = engine::create(c);
+    ASSERT_TRUE(eng.has_value()) << name << ": " << eng.error().to_string();
+    auto h = (*eng)->submit({expected["prompt"].get<std::vector<std::int32_t>>(),
+                             {},
+                             expected["steps"].get<std::int64_t>(),
+                             {}});
+    ASSERT_TRUE(h.has_value()) << h.error().to_string();
+    EXPECT_EQ(h->stream->wait_all(), expected["greedy_tokens"].get<std::vector<std::int32_t>>())
+        << name;
+  }
 }
 
 TEST(Engine, CallbackSeesTheStreamsEvents) {
