@@ -9,11 +9,12 @@
 
 #include "apps/bench_decode.hpp"
 #include "apps/cli_args.hpp"
+#include "apps/run_cmd.hpp"
+#include "apps/sharded_decoder.hpp"
 #include "core/layout.hpp"
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
 #include "model/reference_forward.hpp"
-#include "apps/sharded_decoder.hpp"
 
 namespace helix::apps {
 namespace {
@@ -119,10 +120,10 @@ expected<sharded_exactness> check_sharded(const std::string& name, const std::st
 }
 
 // The long-context comparison: helix's default layout against tp on the same workers.
-bench_decode_options decode_options(std::int64_t context, std::int64_t batch, std::int64_t steps,
-                                    std::int64_t workers) {
+bench_decode_options decode_options(std::string model, std::int64_t context, std::int64_t batch,
+                                    std::int64_t steps, std::int64_t workers) {
   bench_decode_options o;
-  o.model = "small-llama";
+  o.model = std::move(model);
   o.context = context;
   o.batch = batch;
   o.steps = steps;
@@ -145,6 +146,23 @@ status plan_decode(bench_decode_options& o) {
   return check_decode_memory(o);
 }
 
+// The multi-agent workload of `helix run`, sized for the demo: a fixed number of requests (so the
+// work does not depend on the host's speed) from sessions with long contexts arriving at 2/s.
+workload_options agent_options(std::int64_t requests, std::int64_t context, std::int64_t workers) {
+  workload_options o;
+  o.engine.model = "tiny-llama";
+  o.engine.num_workers = workers;
+  o.max_agents = 16;
+  o.rate = 2.0;
+  o.duration_s = 0.0;
+  o.max_requests = requests;
+  o.context = context;
+  o.turns = 3;
+  o.max_tokens = 32;
+  o.progress_interval_s = 2.0;
+  return o;
+}
+
 std::string format_gib(std::int64_t bytes) {
   return bytes >= std::int64_t{1} << 30
              ? fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1 << 30))
@@ -154,13 +172,20 @@ std::string format_gib(std::int64_t bytes) {
 
 int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   constexpr const char* demo_usage =
-      "usage: helix demo [--context 128K] [--batch 2] [--steps 8] [--workers 8] [--json]\n"
-      "  --context N   synthetic KV tokens per request of the long decode (K/M suffixes)\n"
-      "  --batch N     requests decoded together\n"
-      "  --steps N     timed decode steps per layout (median reported)\n"
-      "  --workers N   simulated workers (ranks), all on this host\n";
+      "usage: helix demo [--context 64K] [--decode-model small-llama] [--batch 2] [--steps 8]\n"
+      "                  [--workers 8]\n"
+      "                  [--agent-requests 32] [--agent-context 4K] [--json]\n"
+      "  --context N          synthetic KV tokens per request of the long decode (K/M suffixes)\n"
+      "  --decode-model NAME  model of the long decode (default small-llama)\n"
+      "  --batch N            requests decoded together\n"
+      "  --steps N            timed decode steps per layout (median reported)\n"
+      "  --workers N          simulated workers (ranks), all on this host\n"
+      "  --agent-requests N   requests of the multi-agent workload (`helix run`)\n"
+      "  --agent-context N    its mean first-turn context (K/M suffixes)\n";
   auto a = cli_args::parse(args, {"json", "help"});
-  if (!a || !a->check_known({"context", "batch", "steps", "workers", "json", "help"}).ok()) {
+  if (!a || !a->check_known({"context", "decode-model", "batch", "steps", "workers",
+                             "agent-requests", "agent-context", "json", "help"})
+                 .ok()) {
     err << demo_usage;
     return 2;
   }
@@ -169,18 +194,22 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
     return 0;
   }
   const bool json = a->has("json");
-  const auto context = a->get_size("context", std::int64_t{128} << 10);
+  const auto context = a->get_size("context", std::int64_t{64} << 10);
   const auto batch = a->get_size("batch", 2);
   const auto steps = a->get_size("steps", 8);
   const auto workers = a->get_size("workers", 8);
-  if (!context || !batch || !steps || !workers || *context < 1 || *batch < 1 || *batch > 64 ||
-      *steps < 1 || *steps > 4096 || *workers < 1 || *workers > 64) {
-    err << "error: --context, --batch (<= 64), --steps (<= 4096) and --workers (<= 64) take "
-           "positive sizes\n"
+  const auto agent_requests = a->get_size("agent-requests", 32);
+  const auto agent_context = a->get_size("agent-context", 4096);
+  if (!context || !batch || !steps || !workers || !agent_requests || !agent_context ||
+      *context < 1 || *batch < 1 || *batch > 64 || *steps < 1 || *steps > 4096 || *workers < 1 ||
+      *workers > 64 || *agent_requests < 1 || *agent_context < 2) {
+    err << "error: --context, --batch (<= 64), --steps (<= 4096), --workers (<= 64), "
+           "--agent-requests and --agent-context (>= 2) take positive sizes\n"
         << demo_usage;
     return 2;
   }
-  bench_decode_options dopt = decode_options(*context, *batch, *steps, *workers);
+  bench_decode_options dopt =
+      decode_options(a->get_or("decode-model", "small-llama"), *context, *batch, *steps, *workers);
   const status planned = plan_decode(dopt);
   if (!planned.ok()) {
     err << "error: " << planned.to_string() << "\n";
@@ -231,6 +260,21 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
           e->max_abs_diff <= exact_tolerance ? "ok" : "FAIL");
     }
   }
+  const workload_options agents = agent_options(*agent_requests, *agent_context, *workers);
+  err << fmt::format("running the multi-agent workload: {} requests on {} workers...\n",
+                     agents.max_requests, agents.engine.num_workers);
+  auto agent_report = run_agent_workload(agents, err);
+  if (!agent_report) {
+    err << "error: " << agent_report.error().to_string() << "\n";
+    return 1;
+  }
+  const bool agents_ok = agent_report->requests_failed == 0 &&
+                         agent_report->requests_completed == agent_report->requests_planned;
+  report["agents"] = workload_report_json(agents, *agent_report);
+  if (!json) {
+    out << "\n";
+    print_workload_report(out, agents, *agent_report, 6);
+  }
   auto results = run_decode_cases(dopt, err);
   if (!results) {
     err << "error: " << results.error().to_string() << "\n";
@@ -242,7 +286,7 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
   report["helix_speedup_vs_tp"] = helix_r.speedup_vs_tp.value_or(0.0);
   if (json) {
     out << report.dump(2) << "\n";
-    return exact ? 0 : 1;
+    return exact && agents_ok ? 0 : 1;
   }
   out << fmt::format(
       "\ndecode     {} on {} workers: {} requests x {} tokens of synthetic bf16 KV, bf16 weights, "
@@ -264,7 +308,7 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
       static_cast<double>(tp_r.kv_bytes_read_per_step_per_worker) /
           static_cast<double>(
               std::max<std::int64_t>(1, helix_r.kv_bytes_read_per_step_per_worker)));
-  return exact ? 0 : 1;
+  return exact && agents_ok ? 0 : 1;
 }
 
 }  // namespace helix::apps

@@ -8,6 +8,7 @@
 #include "apps/bench_decode.hpp"
 #include "apps/demo_cmd.hpp"
 #include "apps/generate_cmd.hpp"
+#include "apps/run_cmd.hpp"
 #include "apps/verify_cmd.hpp"
 
 namespace {
@@ -19,7 +20,8 @@ constexpr const char* usage =
     "  verify            sharded decode against the single-worker reference, per layout\n"
     "  bench attention   attention decode bandwidth against a streaming-read baseline\n"
     "  bench decode      decode steps on N simulated workers, layouts side by side\n"
-    "  demo              the default job of `make run`: a long-context decode and a report\n"
+    "  run               a multi-agent workload on the embedded engine: latency, tokens/s, KV\n"
+    "  demo              the default job of `make run`: exactness, agents and a long decode\n"
     "  help              this text\n"
     "Run `helix <command> --help` for a command's options.\n";
 
@@ -35,6 +37,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (cmd == "generate") return helix::apps::run_generate(rest, std::cout, std::cerr);
   if (cmd == "verify") return helix::apps::run_verify(rest, std::cout, std::cerr);
+  if (cmd == "run") return helix::apps::run_workload(rest, std::cout, std::cerr);
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
   if (cmd == "bench") {
     if (!rest.empty() && rest[0] == "attention") {
