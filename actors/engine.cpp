@@ -9,6 +9,7 @@
 #include "actors/runtime.hpp"
 #include "kernels/sampling.hpp"
 #include "model/checkpoint.hpp"
+#include "planner/cost_model.hpp"
 #include "transport/transport.hpp"
 
 namespace helix::actors {
@@ -65,6 +66,26 @@ std::int64_t kv_bytes_per_token(const model_spec& s, const layout& l, dtype kv_t
                  : 2 * s.head_dim *
                        std::max<std::int64_t>(1, s.num_kv_heads / std::min(l.tpa, s.num_kv_heads));
   return per_layer * s.num_layers * static_cast<std::int64_t>(dtype_bytes(kv_type));
+}
+
+planner::precision to_precision(dtype t) {
+  switch (t) {
+    case dtype::f32:
+      return planner::precision::f32;
+    case dtype::fp8_e4m3:
+      return planner::precision::fp8;
+    default:
+      return planner::precision::bf16;
+  }
+}
+
+// "auto": the layout the planner's cost model finds fastest for this machine (the `cpu` preset,
+// the device this build's workers run on) at a context as long as a worker's KV capacity and a
+// batch of 8, among the layouts the runtime runs.
+expected<layout> choose_auto_layout(const model_spec& s, const engine_config& c) {
+  HELIX_ASSIGN_OR_RETURN(const planner::hardware hw, planner::hardware_preset("cpu"));
+  return planner::choose_runtime_layout(s, hw, c.num_workers, c.kv_capacity_tokens_per_worker, 8,
+                                        to_precision(c.weight_type), to_precision(c.kv_type));
 }
 
 std::size_t physical_memory() {
@@ -125,7 +146,7 @@ expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
   const model_spec& s = weights.spec;
   layout grid;
   if (config.layout == "auto") {
-    HELIX_ASSIGN_OR_RETURN(grid, default_layout(layout_family::helix, config.num_workers, s));
+    HELIX_ASSIGN_OR_RETURN(grid, choose_auto_layout(s, config));
   } else {
     HELIX_ASSIGN_OR_RETURN(grid, layout::parse(config.layout));
     HELIX_RETURN_IF_ERROR(validate(grid, s).with_context("engine config: layout"));

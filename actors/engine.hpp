@@ -39,7 +39,9 @@ struct engine_config {
   dtype weight_type = dtype::f32;    // seeded weights' dtype (checkpoints are converted to it)
   dtype kv_type = dtype::f32;        // KV storage: f32, bf16, f16, fp8_e4m3
   std::uint64_t weight_seed = 1234;  // seeded weights only
-  std::string layout = "auto";       // "auto" or a layout string, e.g. "helix:kvp=4,tpa=2"
+  /// "auto" (the planner's cost model picks the fastest runtime layout for this machine) or a
+  /// layout string, e.g. "helix:kvp=4,tpa=2".
+  std::string layout = "auto";
   std::int64_t num_workers = 1;      // N: ranks (workers), each a thread in this process
   std::string device = "cpu";        // "cpu" (the only device of this build's workers)
   std::int64_t kv_capacity_tokens_per_worker = 1 << 16;
@@ -140,8 +142,8 @@ struct engine_stats {
 
 class engine {
  public:
-  /// Builds the weights (seeded or from the checkpoint), chooses the layout ("auto": the helix
-  /// default for num_workers), starts the actor system, the workers, the planner and the engine
+  /// Builds the weights (seeded or from the checkpoint), chooses the layout ("auto":
+  /// planner::choose_runtime_layout on the `cpu` preset), starts the actor system, the workers, the planner and the engine
   /// actor. invalid_argument for a bad config (naming the field or the layout rule),
   /// resource_exhausted when the KV stores do not fit in memory.
   [[nodiscard]] static expected<std::unique_ptr<engine>> create(const engine_config& config);

@@ -8,6 +8,7 @@
 #include "apps/bench_decode.hpp"
 #include "apps/demo_cmd.hpp"
 #include "apps/generate_cmd.hpp"
+#include "apps/plan_cmd.hpp"
 #include "apps/run_cmd.hpp"
 #include "apps/verify_cmd.hpp"
 
@@ -22,6 +23,8 @@ constexpr const char* usage =
     "  bench decode      decode steps on N simulated workers, layouts side by side\n"
     "  run               a multi-agent workload on the embedded engine: latency, tokens/s, KV\n"
     "  demo              the default job of `make run`: exactness, agents and a long decode\n"
+    "  plan              layout search: Pareto frontiers, Helix's headline ratios, --ttl-ms query\n"
+    "  calibrate         measure this machine for the planner's cpu preset\n"
     "  help              this text\n"
     "Run `helix <command> --help` for a command's options.\n";
 
@@ -39,6 +42,8 @@ int main(int argc, char** argv) {
   if (cmd == "verify") return helix::apps::run_verify(rest, std::cout, std::cerr);
   if (cmd == "run") return helix::apps::run_workload(rest, std::cout, std::cerr);
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
+  if (cmd == "plan") return helix::apps::run_plan(rest, std::cout, std::cerr);
+  if (cmd == "calibrate") return helix::apps::run_calibrate(rest, std::cout, std::cerr);
   if (cmd == "bench") {
     if (!rest.empty() && rest[0] == "attention") {
       return helix::apps::run_bench_attention(

@@ -9,7 +9,8 @@
 // Two ways to read an answer are shown: agent 0 gets its tokens pushed to a callback (on the
 // engine's thread, so it only records them); the other agents pull them from the token stream.
 //
-// Run: build/bin/helix_example_multi_agent [num_workers]   (default 8, threads of this process)
+// Run: build/bin/helix_example_multi_agent [num_workers] [first_context_tokens]
+//      (defaults 8 workers, threads of this process, and 2048 tokens)
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -32,7 +33,6 @@ using helix::actors::token_event;
 
 constexpr int num_agents = 4;
 constexpr int turns_per_agent = 3;
-constexpr std::int64_t first_context_tokens = 2048;
 constexpr std::int64_t observation_tokens = 256;  // new tool output per turn
 constexpr std::int64_t answer_tokens = 16;
 
@@ -87,7 +87,7 @@ bool ask_with_callback(engine& eng, std::vector<std::int32_t>& context) {
   return reason == finish_reason::length;
 }
 
-agent_result run_agent(engine& eng, int agent) {
+agent_result run_agent(engine& eng, int agent, std::int64_t first_context_tokens) {
   const auto start = std::chrono::steady_clock::now();
   agent_result r;
   std::vector<std::int32_t> context =
@@ -112,6 +112,7 @@ agent_result run_agent(engine& eng, int agent) {
 int main(int argc, char** argv) {
   helix::actors::engine_config config;  // built-in tiny-llama with seeded weights
   config.num_workers = argc > 1 ? std::atoi(argv[1]) : 8;
+  const std::int64_t first_context_tokens = argc > 2 ? std::atoll(argv[2]) : 2048;
   config.layout = "auto";  // helix's default layout for this many workers
   auto created = engine::create(config);
   if (!created) {
@@ -123,7 +124,9 @@ int main(int argc, char** argv) {
   std::vector<agent_result> results(num_agents);
   std::vector<std::thread> agents;
   for (int a = 0; a < num_agents; ++a) {
-    agents.emplace_back([&eng, &results, a] { results[a] = run_agent(eng, a); });
+    agents.emplace_back([&eng, &results, a, first_context_tokens] {
+      results[a] = run_agent(eng, a, first_context_tokens);
+    });
   }
   for (std::thread& t : agents) t.join();
 
