@@ -41,6 +41,7 @@ constexpr const char* plan_usage =
     "  --ttl-ms X               query: the best layout and batch within X ms per token\n"
     "  --plot FILE.svg          write an SVG chart of the per-family Pareto frontiers\n"
     "  --calibrate              measure this machine and plan on the calibrated cpu preset\n"
+    "  --link-latency-us X      override the preset's fixed cost of one collective phase\n"
     "  --threads N              calibration threads (default every core)\n"
     "  --quick                  calibration with small buffers (faster, less accurate)\n"
     "  --json                   JSON on stdout instead of a summary\n";
@@ -67,6 +68,7 @@ struct plan_options {
   std::vector<plan_family> families;  // never empty after parsing
   bool hopb = true;
   std::optional<double> ttl_ms;
+  std::optional<double> link_latency_us;  // overrides the preset's collective latency
   std::string plot_path;
   bool json = false;
   bool calibrate = false;
@@ -105,10 +107,26 @@ expected<calibration_options> parse_calibration(const cli_args& cli) {
 }
 
 expected<plan_options> parse_plan_options(const cli_args& cli) {
-  HELIX_RETURN_IF_ERROR(cli.check_known(
-      {"model", "hardware", "context", "max-gpus", "precision", "weight-precision", "kv-precision",
-       "compute-precision", "activation-precision", "batches", "families", "no-hopb", "ttl-ms",
-       "plot", "calibrate", "threads", "quick", "json", "help"}));
+  HELIX_RETURN_IF_ERROR(cli.check_known({"model",
+                                         "hardware",
+                                         "context",
+                                         "max-gpus",
+                                         "precision",
+                                         "weight-precision",
+                                         "kv-precision",
+                                         "compute-precision",
+                                         "activation-precision",
+                                         "batches",
+                                         "families",
+                                         "no-hopb",
+                                         "ttl-ms",
+                                         "link-latency-us",
+                                         "plot",
+                                         "calibrate",
+                                         "threads",
+                                         "quick",
+                                         "json",
+                                         "help"}));
   plan_options o;
   o.calibrate = cli.has("calibrate");
   o.model = cli.get_or("model", o.model);
@@ -123,6 +141,13 @@ expected<plan_options> parse_plan_options(const cli_args& cli) {
   HELIX_ASSIGN_OR_RETURN(o.calibration, parse_calibration(cli));
   HELIX_ASSIGN_OR_RETURN(o.context, cli.get_size("context", o.context));
   if (o.context < 1) return invalid_argument("--context must be at least 1 token");
+  if (cli.has("link-latency-us")) {
+    HELIX_ASSIGN_OR_RETURN(const double us, cli.get_double("link-latency-us", 0.0));
+    if (!(us >= 0.0) || us > 1e6) {
+      return invalid_argument("--link-latency-us must be in [0, 1e6], got {}", us);
+    }
+    o.link_latency_us = us;
+  }
   if (cli.has("max-gpus")) {
     HELIX_ASSIGN_OR_RETURN(const std::int64_t n, cli.get_int("max-gpus", 0));
     if (n < 1) return invalid_argument("--max-gpus must be at least 1, got {}", n);
@@ -257,6 +282,11 @@ expected<plan_result> resolve_inputs(const plan_options& o) {
   plan_result r;
   HELIX_ASSIGN_OR_RETURN(r.spec, builtin_model(o.model));
   HELIX_ASSIGN_OR_RETURN(r.hw, planner::hardware_preset(o.hardware));
+  if (o.link_latency_us) {
+    r.hw.link_latency_s = *o.link_latency_us * 1e-6;
+    r.hw.sources +=
+        fmt::format("; link latency set to {} us by --link-latency-us", *o.link_latency_us);
+  }
   r.max_gpus = o.max_gpus.value_or(std::min<std::int64_t>(64, r.hw.max_devices));
   if (r.max_gpus > r.hw.max_devices) {
     return invalid_argument("--max-gpus {} exceeds {}'s scale-up domain of {} devices", r.max_gpus,

@@ -239,6 +239,17 @@ TEST(PlanCmd, FamiliesBatchesAndNoHopbRestrictTheSearch) {
   }
 }
 
+// The collective latency is the model's most sensitive assumption: a slower link lowers Helix's
+// interactivity advantage (its per-layer floor is a few collective phases).
+TEST(PlanCmd, LinkLatencyOverrideMovesTheInteractivityRatio) {
+  auto ratio = [](const char* us) {
+    const run_output r = plan({"--model", "llama-3.1-405b", "--link-latency-us", us, "--json"});
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return nlohmann::json::parse(r.out)["headline"]["interactivity_ratio"].get<double>();
+  };
+  EXPECT_GT(ratio("2"), ratio("10"));
+}
+
 TEST(PlanCmd, BadInputReturnsTwoWithAClearError) {
   const std::vector<std::vector<std::string>> cases = {
       {"--model", "no-such-model"},
@@ -252,6 +263,7 @@ TEST(PlanCmd, BadInputReturnsTwoWithAClearError) {
       {"--families", "helix,ring"},
       {"--batches", "0,4"},
       {"--ttl-ms", "-1"},
+      {"--link-latency-us", "-3"},
       {"--calibrate", "--hardware", "gb200-nvl72"},
       {"--quick"},
       {"--bogus", "1"},
