@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
+
+#include "core/thread_pool.hpp"
 
 namespace helix::apps {
 
@@ -29,5 +32,11 @@ inline double median(std::vector<double> v) {
   const std::size_t m = v.size() / 2;
   return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
+
+/// The streaming-read baseline: an integer sum over `bytes` at `data` (integer adds: no FP
+/// assists on arbitrary bit patterns), one contiguous slice per pool thread, with the widest
+/// vector loads this CPU has: the best case for the memory system. Returns the sum (use it, so
+/// the read is not optimised away).
+[[nodiscard]] std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool);
 
 }  // namespace helix::apps
