@@ -102,6 +102,7 @@ struct engine::impl {
   layout grid;
   std::int64_t vocab = 0;
   std::int64_t capacity_blocks = 0;
+  std::int64_t admission_blocks = 0;  // what admission may reserve per member (runtime.hpp)
   // Declared first, destroyed last: the workers' communicators belong to it.
   std::unique_ptr<transport::fabric> fab;
   caf::actor_system_config cfg;
@@ -173,6 +174,7 @@ expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
   p->grid = grid;
   p->vocab = s.vocab;
   p->capacity_blocks = slots;
+  p->admission_blocks = admission_blocks(slots, config.rebalance_threshold);
   HELIX_ASSIGN_OR_RETURN(p->fab, transport::make_local_fabric(static_cast<int>(grid.num_ranks)));
   model::rank_program_options ro;
   ro.kv_type = config.kv_type;
@@ -203,7 +205,7 @@ expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
   computes.clear();
   p->planner = p->sys->spawn(planner_actor, grid, config.block_tokens, config.rebalance_threshold,
                              config.rebalance_min_blocks);
-  engine_setup setup{config, grid, s.vocab, slots};
+  engine_setup setup{config, grid, s.vocab, slots, p->admission_blocks};
   p->engine_actor = spawn_engine(*p->sys, setup, p->workers, p->planner, p->registry);
   return std::make_unique<engine>(passkey{}, std::move(p));
 }
@@ -239,11 +241,13 @@ expected<request_handle> engine::submit(request_options request,
   const auto prompt_len = static_cast<std::int64_t>(request.prompt.size());
   const std::int64_t need = blocks_reserved_per_member(prompt_len, request.max_tokens,
                                                        p_->config.block_tokens, p_->grid.kvp);
-  if (need > p_->capacity_blocks) {
+  if (need > p_->admission_blocks) {
     return resource_exhausted(
         "submit: {} prompt tokens + {} to generate need {} KV blocks on each of the {} KVP "
-        "workers, each holds {}: this request can never fit",
-        prompt_len, request.max_tokens, need, p_->grid.kvp, p_->capacity_blocks);
+        "workers; each holds {}, of which {} can be reserved (the rest is room for "
+        "rebalancing): this request can never fit",
+        prompt_len, request.max_tokens, need, p_->grid.kvp, p_->capacity_blocks,
+        p_->admission_blocks);
   }
   if (static_cast<std::int64_t>(p_->registry->size()) >= p_->config.max_queued_requests) {
     return resource_exhausted("submit: {} requests in flight, the configured maximum",

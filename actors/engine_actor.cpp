@@ -25,6 +25,11 @@ std::int64_t blocks_reserved_per_member(std::int64_t prompt_len, std::int64_t ma
   return (blocks + kvp - 1) / kvp + 1;
 }
 
+std::int64_t admission_blocks(std::int64_t capacity_blocks, double threshold) {
+  return std::max<std::int64_t>(
+      0, static_cast<std::int64_t>(static_cast<double>(capacity_blocks - 1) / (1.0 + threshold)));
+}
+
 void stream_registry::add(std::uint64_t id, std::shared_ptr<token_stream> stream,
                           std::function<void(const token_event&)> on_token) {
   std::lock_guard lk(mu_);
@@ -238,7 +243,9 @@ void start_step(self_ptr self) {
                  s.active.end());
 
   while (!s.draining && !s.queue.empty() &&
-         s.reserved_per_member + s.queue.front().reserved <= s.setup.capacity_blocks_per_worker) {
+         s.reserved_per_member + s.queue.front().reserved <=
+             (s.setup.admission_blocks_per_worker > 0 ? s.setup.admission_blocks_per_worker
+                                                      : s.setup.capacity_blocks_per_worker)) {
     request_state r = std::move(s.queue.front());
     s.queue.pop_front();
     r.seq = s.next_seq++;

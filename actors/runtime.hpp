@@ -71,6 +71,9 @@ struct engine_setup {
   layout grid;
   std::int64_t vocab = 0;
   std::int64_t capacity_blocks_per_worker = 0;  // KV slots of each worker
+  /// Blocks per KVP member that admission may reserve; 0: all of capacity_blocks_per_worker.
+  /// engine::create keeps room for rebalancing (admission_blocks()).
+  std::int64_t admission_blocks_per_worker = 0;
 };
 
 /// Blocks a request of `prompt_len` + `max_tokens` tokens may occupy on any one KVP member
@@ -79,6 +82,14 @@ struct engine_setup {
 [[nodiscard]] std::int64_t blocks_reserved_per_member(std::int64_t prompt_len,
                                                       std::int64_t max_tokens,
                                                       std::int64_t block_tokens, std::int64_t kvp);
+
+/// The blocks per member admission may reserve so that no member ever overflows. Without
+/// migration a member holds at most the sum of the reservations R (each request's blocks cycle
+/// over the members). Rebalancing leaves a member at most (1 + threshold) x the mean + 1 blocks,
+/// and the mean plus a member's share of every request's remaining blocks is at most R; so a
+/// member never holds more than (1 + threshold) x R + 1, which fits when
+/// R <= (capacity - 1) / (1 + threshold).
+[[nodiscard]] std::int64_t admission_blocks(std::int64_t capacity_blocks, double threshold);
 
 /// Spawns the engine actor (its behaviour below).
 ///   submit_msg                -> queues the request (events go to `registry`)

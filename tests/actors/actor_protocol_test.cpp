@@ -204,6 +204,15 @@ TEST_F(ActorProtocol, KvAdmissionQueuesUntilRoomIsFreed) {
   EXPECT_LT(close1 - log.begin(), open2 - log.begin());  // b waited for a's KV to be freed
 }
 
+// Admission leaves room for rebalancing: (capacity - 1) / (1 + threshold) blocks per member.
+TEST(Admission, KeepsRoomForRebalancing) {
+  EXPECT_EQ(admission_blocks(16, 0.10), 13);
+  EXPECT_EQ(admission_blocks(4097, 0.10), 3723);
+  EXPECT_EQ(admission_blocks(1, 0.10), 0);
+  EXPECT_EQ(blocks_reserved_per_member(12, 4, 4, 2), 3);  // 4 blocks over 2 members, + 1
+  EXPECT_EQ(blocks_reserved_per_member(1, 1, 16, 8), 2);
+}
+
 TEST_F(ActorProtocol, StaleEpochsAreDropped) {
   start(2, 100);
   migrate_msg mig;
