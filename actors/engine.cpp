@@ -2,8 +2,6 @@
 // and the actors, and turns the API's calls into messages to the engine actor.
 #include "actors/engine.hpp"
 
-#include <unistd.h>
-
 #include <atomic>
 
 #include "actors/runtime.hpp"
@@ -88,13 +86,6 @@ expected<layout> choose_auto_layout(const model_spec& s, const engine_config& c)
                                         to_precision(c.weight_type), to_precision(c.kv_type));
 }
 
-std::size_t physical_memory() {
-  const long pages = sysconf(_SC_PHYS_PAGES);
-  const long page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page)
-                               : 0;
-}
-
 }  // namespace
 
 struct engine::impl {
@@ -161,7 +152,7 @@ expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
   const double kv_total = static_cast<double>(slots * config.block_tokens) *
                           static_cast<double>(kv_bytes_per_token(s, grid, config.kv_type)) *
                           static_cast<double>(config.num_workers);
-  const std::size_t phys = physical_memory();
+  const std::size_t phys = physical_memory_bytes();
   if (phys > 0 && kv_total > 0.8 * static_cast<double>(phys)) {
     return resource_exhausted(
         "engine config: the KV stores of {} workers need {:.1f} GiB, more than 80% of this "

@@ -1,7 +1,5 @@
 #include "apps/bench_attention.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>

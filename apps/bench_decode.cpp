@@ -1,7 +1,5 @@
 #include "apps/bench_decode.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,10 +10,10 @@
 
 #include "apps/cli_args.hpp"
 #include "apps/measure.hpp"
+#include "apps/sharded_decoder.hpp"
 #include "core/kv_layout.hpp"
 #include "core/model_spec.hpp"
 #include "kernels/sampling.hpp"
-#include "apps/sharded_decoder.hpp"
 #include "model/weights.hpp"
 
 namespace helix::apps {

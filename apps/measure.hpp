@@ -1,26 +1,16 @@
 // Small measuring helpers shared by the benchmark commands (bench attention, bench decode, demo).
 #pragma once
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.hpp"  // physical_memory_bytes
 #include "core/thread_pool.hpp"
 
 namespace helix::apps {
-
-/// Physical memory of this machine in bytes (0 if unknown): the bound benchmarks check their
-/// allocations against before making them.
-inline std::size_t physical_memory_bytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES);
-  const long page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page)
-                               : 0;
-}
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

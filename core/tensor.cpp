@@ -38,24 +38,22 @@ bool operator==(const shape& a, const shape& b) {
   return true;
 }
 
-namespace {
 std::size_t physical_memory_bytes() {
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page_size = sysconf(_SC_PAGESIZE);
-  if (pages <= 0 || page_size <= 0) return SIZE_MAX;
+  if (pages <= 0 || page_size <= 0) return 0;
   return static_cast<std::size_t>(pages) * static_cast<std::size_t>(page_size);
 }
-}  // namespace
 
 expected<buffer> buffer::try_host(std::size_t bytes) {
   buffer b;
   if (bytes == 0) return b;
   // With overcommit, an allocation larger than the machine may succeed and the zero fill would
   // then swap or be killed; refuse it up front.
-  if (bytes > SIZE_MAX - 63 || bytes > physical_memory_bytes()) {
+  const std::size_t phys = physical_memory_bytes();
+  if (bytes > SIZE_MAX - 63 || (phys != 0 && bytes > phys)) {
     return resource_exhausted(
-        "host allocation of {} bytes exceeds this machine's {} bytes of memory", bytes,
-        physical_memory_bytes());
+        "host allocation of {} bytes exceeds this machine's {} bytes of memory", bytes, phys);
   }
   const std::size_t rounded = (bytes + 63) / 64 * 64;
   b.data_ = std::aligned_alloc(64, rounded);

@@ -64,6 +64,10 @@ struct tensor_view {
 };
 
 /// Owning, move-only memory block of `bytes` bytes on `dev`, zero-initialised.
+/// Physical memory of this machine in bytes (sysconf); 0 when unknown. The bound that allocations
+/// and benchmarks check their sizes against before making them.
+[[nodiscard]] std::size_t physical_memory_bytes();
+
 class buffer {
  public:
   buffer() = default;
