@@ -1,6 +1,11 @@
 // Conversions between the API structs and their protobuf messages, and the config file loader.
 #include "actors/config_file.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
@@ -111,32 +116,10 @@ std::string one_line_json_error(const std::string& message) {
   return out;
 }
 
-status check_at_least(std::string_view field, std::int64_t value, std::int64_t min) {
-  if (value >= min) return ok_status();
-  return invalid_argument("{} must be >= {}, got {}", field, min, value);
-}
-
 expected<dtype> dtype_field(std::string_view field, const std::string& name) {
   auto t = parse_dtype(name);
   if (!t) return t.error().with_context(field);
   return t;
-}
-
-status validate(const engine_config& c) {
-  HELIX_RETURN_IF_ERROR(check_at_least("num_workers", c.num_workers, 1));
-  HELIX_RETURN_IF_ERROR(
-      check_at_least("kv_capacity_tokens_per_worker", c.kv_capacity_tokens_per_worker, 1));
-  HELIX_RETURN_IF_ERROR(check_at_least("block_tokens", c.block_tokens, 1));
-  HELIX_RETURN_IF_ERROR(check_at_least("max_batch_tokens", c.max_batch_tokens, 1));
-  HELIX_RETURN_IF_ERROR(check_at_least("prefill_chunk_tokens", c.prefill_chunk_tokens, 1));
-  HELIX_RETURN_IF_ERROR(check_at_least("max_queued_requests", c.max_queued_requests, 1));
-  HELIX_RETURN_IF_ERROR(check_at_least("threads_per_worker", c.threads_per_worker, 1));
-  HELIX_RETURN_IF_ERROR(check_at_least("rebalance_min_blocks", c.rebalance_min_blocks, 0));
-  if (!std::isfinite(c.rebalance_threshold) || c.rebalance_threshold < 0.0) {
-    return invalid_argument("rebalance_threshold must be finite and >= 0, got {}",
-                            c.rebalance_threshold);
-  }
-  return ok_status();
 }
 
 bool has_json_extension(const std::string& path) {
@@ -145,23 +128,58 @@ bool has_json_extension(const std::string& path) {
   return ext == ".json";
 }
 
+// Config files are a few hundred bytes; the bound keeps a wrong path (a log, a disk image) from
+// being read into memory whole.
+constexpr std::size_t max_config_bytes = std::size_t{16} << 20;
+
+// Reads at most max_config_bytes + 1 bytes of a regular file. The file is opened with O_NONBLOCK
+// (opening a FIFO for reading would otherwise wait for a writer forever) and checked with fstat on
+// the open descriptor, not stat on the name, so that nothing can be swapped in between: a FIFO,
+// a device such as /dev/zero (endless) or a directory is refused before a byte is read.
 expected<std::string> read_file(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);
-  if (st.type() == fs::file_type::not_found) return not_found("no such file");
-  if (ec) return invalid_argument("cannot stat: {}", ec.message());
-  if (st.type() == fs::file_type::directory) return invalid_argument("is a directory");
-  errno = 0;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return invalid_argument("cannot open for reading: {}",
-                            errno != 0 ? std::strerror(errno) : "unknown error");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) return not_found("no such file");
+    return invalid_argument("cannot open for reading: {}", std::strerror(err));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return invalid_argument("read failed");
-  return std::move(text).str();
+  struct fd_closer {
+    int fd;
+    ~fd_closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return invalid_argument("cannot stat: {}", std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return invalid_argument("is a directory");
+  if (!S_ISREG(st.st_mode)) {
+    return invalid_argument("not a regular file (a FIFO, socket or device cannot be a config)");
+  }
+  if (st.st_size < 0 || static_cast<std::uint64_t>(st.st_size) > max_config_bytes) {
+    return invalid_argument("file is {} bytes, more than the {}-byte limit of a config file",
+                            st.st_size, max_config_bytes);
+  }
+  std::string text(static_cast<std::size_t>(st.st_size) + 1, '\0');
+  std::size_t got = 0;
+  // Up to the limit + 1 bytes, whatever st_size said: a file that grows (or a /proc file that
+  // reports size 0) is still bounded.
+  while (true) {
+    if (got == text.size()) {
+      if (text.size() > max_config_bytes) break;
+      text.resize(std::min(max_config_bytes + 1, 2 * text.size()));
+    }
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return invalid_argument("read failed: {}", std::strerror(errno));
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  if (got > max_config_bytes) {
+    return invalid_argument("file is more than the {}-byte limit of a config file",
+                            max_config_bytes);
+  }
+  text.resize(got);
+  return text;
 }
 
 // from_proto without the "engine config" context: callers add their own.
@@ -190,7 +208,8 @@ expected<engine_config> config_from_proto(const proto_v1::EngineConfig& m) {
   if (m.has_threads_per_worker()) c.threads_per_worker = m.threads_per_worker();
   if (m.has_rebalance_threshold()) c.rebalance_threshold = m.rebalance_threshold();
   if (m.has_rebalance_min_blocks()) c.rebalance_min_blocks = m.rebalance_min_blocks();
-  HELIX_RETURN_IF_ERROR(validate(c));
+  if (m.has_log_level()) c.log_level = m.log_level();
+  HELIX_RETURN_IF_ERROR(actors::validate(c));
   return c;
 }
 
@@ -315,6 +334,10 @@ proto_v1::EngineStats to_proto(const engine_stats& s) {
   m.set_kv_imbalance(s.kv_imbalance);
   m.set_kv_imbalance_max(s.kv_imbalance_max);
   m.set_epoch(s.epoch);
+  m.set_refused(s.refused);
+  m.set_failed_health(s.health == engine_health::failed);
+  m.mutable_failure()->set_code(static_cast<proto_v1::StatusCode>(s.failure.code()));
+  m.mutable_failure()->set_message(s.failure.ok() ? std::string() : s.failure.message());
   m.mutable_workers()->Reserve(static_cast<int>(s.workers.size()));
   for (const worker_stats& w : s.workers) *m.add_workers() = to_proto(w);
   return m;
@@ -335,6 +358,14 @@ engine_stats from_proto(const proto_v1::EngineStats& m) {
   s.kv_imbalance = m.kv_imbalance();
   s.kv_imbalance_max = m.kv_imbalance_max();
   s.epoch = m.epoch();
+  s.refused = m.refused();
+  s.health = m.failed_health() ? engine_health::failed : engine_health::serving;
+  if (m.failure().code() != proto_v1::STATUS_CODE_OK) {
+    const int code = m.failure().code();
+    s.failure =
+        status(proto_v1::StatusCode_IsValid(code) ? static_cast<errc>(code) : errc::internal,
+               m.failure().message());
+  }
   s.workers.reserve(static_cast<std::size_t>(m.workers_size()));
   for (const proto_v1::WorkerStats& w : m.workers()) s.workers.push_back(from_proto(w));
   return s;
@@ -359,6 +390,7 @@ proto_v1::EngineConfig to_proto(const engine_config& c) {
   m.set_threads_per_worker(c.threads_per_worker);
   m.set_rebalance_threshold(c.rebalance_threshold);
   m.set_rebalance_min_blocks(c.rebalance_min_blocks);
+  m.set_log_level(c.log_level);
   return m;
 }
 

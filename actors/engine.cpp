@@ -2,11 +2,19 @@
 // and the actors, and turns the API's calls into messages to the engine actor.
 #include "actors/engine.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <limits>
 
 #include "actors/runtime.hpp"
+#include "core/checked_math.hpp"
+#include "core/log.hpp"
+#include "core/memory.hpp"
 #include "kernels/sampling.hpp"
 #include "model/checkpoint.hpp"
+#include "model/hf_config.hpp"
+#include "model/weights.hpp"
 #include "planner/cost_model.hpp"
 #include "transport/transport.hpp"
 
@@ -14,47 +22,31 @@ namespace helix::actors {
 namespace {
 
 constexpr std::int64_t max_workers = 1024;  // threads of one process
+constexpr std::int64_t max_capacity_tokens = std::int64_t{1} << 40;
+constexpr std::int64_t max_step_tokens = std::int64_t{1} << 20;
+constexpr std::int64_t max_queue = std::int64_t{1} << 24;
+constexpr int max_threads_per_worker = 256;
+constexpr double max_rebalance_threshold = 1.0;
 // How long shutdown waits for a step in flight before it aborts the data plane.
 constexpr auto drain_timeout = std::chrono::seconds(120);
+// How long stats() from a client thread waits for the engine actor before it answers with the
+// snapshot the actor published last.
+constexpr auto stats_timeout = std::chrono::seconds(5);
+// Room kept free beside weights and KV for workspaces, the actor system and the host program.
+constexpr double memory_slack_bytes = 256.0 * (1 << 20);
 
-status validate_config(const engine_config& c) {
-  auto bad = [](std::string_view field, auto value, std::string_view rule) {
-    return invalid_argument("engine config: {} = {} {}", field, value, rule);
-  };
-  if (c.num_workers < 1 || c.num_workers > max_workers) {
-    return bad("num_workers", c.num_workers, fmt::format("must be in [1, {}]", max_workers));
-  }
-  if (c.device != "cpu") return bad("device", c.device, "is not available (this build: cpu)");
-  if (c.kv_type != dtype::f32 && c.kv_type != dtype::bf16 && c.kv_type != dtype::f16 &&
-      c.kv_type != dtype::fp8_e4m3) {
-    return bad("kv_type", dtype_name(c.kv_type), "is not a KV storage dtype");
-  }
-  if (c.weight_type != dtype::f32 && c.weight_type != dtype::bf16 && c.weight_type != dtype::f16) {
-    return bad("weight_type", dtype_name(c.weight_type), "must be f32, bf16 or f16");
-  }
-  if (c.block_tokens < 1 || c.block_tokens > (1 << 16)) {
-    return bad("block_tokens", c.block_tokens, "must be in [1, 65536]");
-  }
-  if (c.kv_capacity_tokens_per_worker < c.block_tokens) {
-    return bad("kv_capacity_tokens_per_worker", c.kv_capacity_tokens_per_worker,
-               "must hold at least one block");
-  }
-  if (c.max_batch_tokens < 1 || c.max_batch_tokens > (1 << 20)) {
-    return bad("max_batch_tokens", c.max_batch_tokens, "must be in [1, 1048576]");
-  }
-  if (c.prefill_chunk_tokens < 1)
-    return bad("prefill_chunk_tokens", c.prefill_chunk_tokens, ">= 1");
-  if (c.max_queued_requests < 1) return bad("max_queued_requests", c.max_queued_requests, ">= 1");
-  if (c.threads_per_worker < 1) return bad("threads_per_worker", c.threads_per_worker, ">= 1");
-  if (!(c.rebalance_threshold > 0.0)) {
-    return bad("rebalance_threshold", c.rebalance_threshold, "must be > 0");
-  }
-  if (c.rebalance_min_blocks < 0)
-    return bad("rebalance_min_blocks", c.rebalance_min_blocks, ">= 0");
-  if (c.model.empty() && c.checkpoint.empty()) {
-    return invalid_argument("engine config: give a model or a checkpoint");
-  }
-  return ok_status();
+static_assert(engine_config{}.weight_seed == model::default_weight_seed,
+              "the engine and the CLI seed built-in weights alike");
+
+std::shared_ptr<spdlog::logger> logger() {
+  static const auto l = module_logger("actors");
+  return l;
+}
+
+// The built-in model of a config: its name, or tiny-llama when neither model nor checkpoint is
+// given.
+std::string builtin_name(const engine_config& c) {
+  return c.model.empty() ? "tiny-llama" : c.model;
 }
 
 // KV bytes one token takes on a worker holding `kv_heads` heads (all layers).
@@ -86,7 +78,91 @@ expected<layout> choose_auto_layout(const model_spec& s, const engine_config& c)
                                         to_precision(c.weight_type), to_precision(c.kv_type));
 }
 
+// Peak memory of create(): the full weights (held while the ranks copy their slices), every
+// rank's slices, every rank's KV store, and some slack. resource_exhausted naming both figures
+// when it exceeds what this process may allocate.
+status check_memory(const model_spec& s, const layout& grid, const engine_config& c,
+                    std::int64_t slots) {
+  const model::weights_size w = model::weights_bytes(s, c.weight_type);
+  const double n = static_cast<double>(grid.num_ranks);
+  const double shards = n * w.replicated + static_cast<double>(grid.kvp) * w.per_column + w.split;
+  const double kv = static_cast<double>(slots) * static_cast<double>(c.block_tokens) *
+                    static_cast<double>(kv_bytes_per_token(s, grid, c.kv_type)) * n;
+  const double need = w.total() + shards + kv + memory_slack_bytes;
+  const memory_headroom avail = available_memory();
+  if (need <= static_cast<double>(avail.bytes)) return ok_status();
+  const auto bytes = [](double v) {
+    return format_bytes(static_cast<std::uint64_t>(std::min(v, 1.8e19)));
+  };
+  return resource_exhausted(
+      "engine config: model '{}' on {} workers ({}) needs about {} (weights {}, their {} rank "
+      "slices {}, KV stores {}), more than the {} this process can allocate ({}); use fewer "
+      "workers, a smaller weight_type or kv_capacity_tokens_per_worker",
+      s.name, grid.num_ranks, grid.to_string(), bytes(need), bytes(w.total()), grid.num_ranks,
+      bytes(shards), bytes(kv), format_bytes(avail.bytes), avail.limited_by);
+}
+
 }  // namespace
+
+status validate(const engine_config& c) {
+  auto bad = [](std::string_view field, auto value, std::string_view rule) {
+    return invalid_argument("{} = {} {}", field, value, rule);
+  };
+  auto in_range = [&](std::string_view field, std::int64_t v, std::int64_t lo,
+                      std::int64_t hi) -> status {
+    if (v >= lo && v <= hi) return ok_status();
+    return bad(field, v, fmt::format("must be in [{}, {}]", lo, hi));
+  };
+  if (!c.model.empty() && !c.checkpoint.empty()) {
+    return invalid_argument(
+        "model = '{}' and checkpoint = '{}' are both set; give one (a checkpoint's config.json "
+        "names its model)",
+        c.model, c.checkpoint);
+  }
+  HELIX_RETURN_IF_ERROR(in_range("num_workers", c.num_workers, 1, max_workers));
+  if (c.device != "cpu") return bad("device", c.device, "is not available (this build: cpu)");
+  if (c.kv_type != dtype::f32 && c.kv_type != dtype::bf16 && c.kv_type != dtype::f16 &&
+      c.kv_type != dtype::fp8_e4m3) {
+    return bad("kv_type", dtype_name(c.kv_type), "is not a KV storage dtype");
+  }
+  if (c.weight_type != dtype::f32 && c.weight_type != dtype::bf16 && c.weight_type != dtype::f16) {
+    return bad("weight_type", dtype_name(c.weight_type), "must be f32, bf16 or f16");
+  }
+  HELIX_RETURN_IF_ERROR(in_range("block_tokens", c.block_tokens, 1, 1 << 16));
+  if (c.kv_capacity_tokens_per_worker < c.block_tokens ||
+      c.kv_capacity_tokens_per_worker > max_capacity_tokens) {
+    return bad(
+        "kv_capacity_tokens_per_worker", c.kv_capacity_tokens_per_worker,
+        fmt::format("must be in [block_tokens = {}, {}]", c.block_tokens, max_capacity_tokens));
+  }
+  HELIX_RETURN_IF_ERROR(in_range("max_batch_tokens", c.max_batch_tokens, 1, max_step_tokens));
+  HELIX_RETURN_IF_ERROR(
+      in_range("prefill_chunk_tokens", c.prefill_chunk_tokens, 1, max_step_tokens));
+  HELIX_RETURN_IF_ERROR(in_range("max_queued_requests", c.max_queued_requests, 1, max_queue));
+  HELIX_RETURN_IF_ERROR(
+      in_range("threads_per_worker", c.threads_per_worker, 1, max_threads_per_worker));
+  if (!std::isfinite(c.rebalance_threshold) || !(c.rebalance_threshold > 0.0) ||
+      c.rebalance_threshold > max_rebalance_threshold) {
+    return bad("rebalance_threshold", c.rebalance_threshold,
+               fmt::format("must be in (0, {}]", max_rebalance_threshold));
+  }
+  HELIX_RETURN_IF_ERROR(
+      in_range("rebalance_min_blocks", c.rebalance_min_blocks, 0, max_capacity_tokens));
+  const std::int64_t slots = ceil_div(c.kv_capacity_tokens_per_worker, c.block_tokens);
+  if (admission_blocks(slots, c.rebalance_threshold) < 2) {
+    return bad("kv_capacity_tokens_per_worker", c.kv_capacity_tokens_per_worker,
+               fmt::format("is too small: {} blocks of {} tokens leave no room for a request "
+                           "beside rebalancing's reserve",
+                           slots, c.block_tokens));
+  }
+  if (!c.log_level.empty()) {
+    const std::string_view levels[] = {"trace", "debug", "info", "warn", "error", "off"};
+    if (std::find(std::begin(levels), std::end(levels), c.log_level) == std::end(levels)) {
+      return bad("log_level", c.log_level, "must be trace, debug, info, warn, error or off");
+    }
+  }
+  return ok_status();
+}
 
 struct engine::impl {
   engine_config config;
@@ -103,6 +179,7 @@ struct engine::impl {
   caf::actor engine_actor;
   std::shared_ptr<stream_registry> registry = std::make_shared<stream_registry>();
   std::atomic<std::uint64_t> next_id{1};
+  std::atomic<std::int64_t> refused{0};
 
   ~impl() {
     if (!sys) return;
@@ -126,16 +203,30 @@ struct engine::impl {
 };
 
 expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
-  HELIX_RETURN_IF_ERROR(validate_config(config));
-  model::model_weights weights;
-  if (!config.checkpoint.empty()) {
-    HELIX_ASSIGN_OR_RETURN(weights, model::load_checkpoint(config.checkpoint, config.weight_type));
-  } else {
-    HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(config.model));
-    HELIX_ASSIGN_OR_RETURN(
-        weights, model::init_seeded_weights(spec, config.weight_type, config.weight_seed));
+  // Allocation failures the checks in build() did not foresee (std::bad_alloc from a container)
+  // end here as errors: the engine is a library inside someone else's process and never takes it
+  // down.
+  try {
+    HELIX_ASSIGN_OR_RETURN(auto p, build(config));
+    return std::make_unique<engine>(passkey{}, std::move(p));
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("engine::create: out of memory while building the engine");
+  } catch (const std::exception& e) {
+    return internal_error("engine::create: {}", e.what());
   }
-  const model_spec& s = weights.spec;
+}
+
+expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& config) {
+  HELIX_RETURN_IF_ERROR(validate(config).with_context("engine config"));
+  if (!config.log_level.empty()) HELIX_RETURN_IF_ERROR(set_log_level(config.log_level));
+  // Everything that needs no weights is checked before any is built: the model's shape, the
+  // layout's rules, and whether weights and KV fit in memory.
+  model_spec s;
+  if (!config.checkpoint.empty()) {
+    HELIX_ASSIGN_OR_RETURN(s, model::load_hf_config(config.checkpoint));
+  } else {
+    HELIX_ASSIGN_OR_RETURN(s, builtin_model(builtin_name(config)));
+  }
   layout grid;
   if (config.layout == "auto") {
     HELIX_ASSIGN_OR_RETURN(grid, choose_auto_layout(s, config));
@@ -147,17 +238,15 @@ expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
                               grid.to_string(), grid.num_ranks, config.num_workers);
     }
   }
-  const std::int64_t slots =
-      (config.kv_capacity_tokens_per_worker + config.block_tokens - 1) / config.block_tokens;
-  const double kv_total = static_cast<double>(slots * config.block_tokens) *
-                          static_cast<double>(kv_bytes_per_token(s, grid, config.kv_type)) *
-                          static_cast<double>(config.num_workers);
-  const std::size_t phys = physical_memory_bytes();
-  if (phys > 0 && kv_total > 0.8 * static_cast<double>(phys)) {
-    return resource_exhausted(
-        "engine config: the KV stores of {} workers need {:.1f} GiB, more than 80% of this "
-        "machine's {:.1f} GiB; lower kv_capacity_tokens_per_worker",
-        config.num_workers, kv_total / (1 << 30), static_cast<double>(phys) / (1 << 30));
+  const std::int64_t slots = ceil_div(config.kv_capacity_tokens_per_worker, config.block_tokens);
+  HELIX_RETURN_IF_ERROR(check_memory(s, grid, config, slots));
+
+  model::model_weights weights;
+  if (!config.checkpoint.empty()) {
+    HELIX_ASSIGN_OR_RETURN(weights, model::load_checkpoint(config.checkpoint, config.weight_type));
+  } else {
+    HELIX_ASSIGN_OR_RETURN(weights,
+                           model::init_seeded_weights(s, config.weight_type, config.weight_seed));
   }
 
   auto p = std::make_unique<impl>();
@@ -198,7 +287,9 @@ expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
                              config.rebalance_min_blocks);
   engine_setup setup{config, grid, s.vocab, slots, p->admission_blocks};
   p->engine_actor = spawn_engine(*p->sys, setup, p->workers, p->planner, p->registry);
-  return std::make_unique<engine>(passkey{}, std::move(p));
+  logger()->info("engine: {} on {} workers, layout {}, {} KV blocks of {} tokens per worker",
+                 s.name, grid.num_ranks, grid.to_string(), slots, config.block_tokens);
+  return p;
 }
 
 engine::engine(passkey, std::unique_ptr<impl> p) : p_(std::move(p)) {}
@@ -208,18 +299,40 @@ std::int64_t engine::vocab() const {
   return p_->vocab;
 }
 
+std::int64_t engine::max_request_tokens() const {
+  // blocks_reserved_per_member(t) = ceil(ceil(t / block) / kvp) + 1 <= admission_blocks.
+  return std::max<std::int64_t>(0, (p_->admission_blocks - 1) * p_->grid.kvp) *
+         p_->config.block_tokens;
+}
+
 expected<request_handle> engine::submit(request_options request,
                                         std::function<void(const token_event&)> on_token) {
-  if (request.prompt.empty()) return invalid_argument("submit: empty prompt");
-  for (std::int32_t t : request.prompt) {
+  expected<request_handle> h = try_submit(std::move(request), std::move(on_token));
+  if (!h) {
+    p_->refused.fetch_add(1);
+    logger()->info("engine: request refused: {}", h.error());
+  }
+  return h;
+}
+
+expected<request_handle> engine::try_submit(request_options request,
+                                            std::function<void(const token_event&)> on_token) {
+  if (status failure = p_->registry->failure(); !failure.ok()) {
+    return unavailable("submit: the engine failed and accepts no new requests: {}", failure);
+  }
+  if (request.prompt.empty()) return invalid_argument("submit: prompt is empty");
+  for (std::size_t i = 0; i < request.prompt.size(); ++i) {
+    const std::int32_t t = request.prompt[i];
     if (t < 0 || t >= p_->vocab) {
-      return invalid_argument("submit: prompt token {} outside the vocabulary [0, {})", t,
+      return invalid_argument("submit: prompt[{}] = {} is outside the vocabulary [0, {})", i, t,
                               p_->vocab);
     }
   }
-  for (std::int32_t t : request.stop_tokens) {
+  for (std::size_t i = 0; i < request.stop_tokens.size(); ++i) {
+    const std::int32_t t = request.stop_tokens[i];
     if (t < 0 || t >= p_->vocab) {
-      return invalid_argument("submit: stop token {} outside the vocabulary [0, {})", t, p_->vocab);
+      return invalid_argument("submit: stop_tokens[{}] = {} is outside the vocabulary [0, {})", i,
+                              t, p_->vocab);
     }
   }
   if (request.max_tokens < 1) {
@@ -229,16 +342,34 @@ expected<request_handle> engine::submit(request_options request,
   HELIX_RETURN_IF_ERROR(
       kernels::validate(kernels::sampling_options{sp.temperature, sp.top_k, sp.top_p, sp.seed})
           .with_context("submit: sampling"));
+  if (sp.top_k > p_->vocab) {
+    return invalid_argument("submit: sampling: top_k = {} exceeds the vocabulary ({})", sp.top_k,
+                            p_->vocab);
+  }
+  std::int64_t deadline_ns = 0;
+  if (request.deadline) {
+    const auto now = std::chrono::steady_clock::now();
+    if (*request.deadline <= now) {
+      return deadline_exceeded(
+          "submit: deadline already passed {} ms ago",
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - *request.deadline).count());
+    }
+    deadline_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(request.deadline->time_since_epoch())
+            .count();
+  }
   const auto prompt_len = static_cast<std::int64_t>(request.prompt.size());
   const std::int64_t need = blocks_reserved_per_member(prompt_len, request.max_tokens,
                                                        p_->config.block_tokens, p_->grid.kvp);
   if (need > p_->admission_blocks) {
     return resource_exhausted(
-        "submit: {} prompt tokens + {} to generate need {} KV blocks on each of the {} KVP "
+        "submit: {} prompt tokens + max_tokens = {} need {} KV blocks on each of the {} KVP "
         "workers; each holds {}, of which {} can be reserved (the rest is room for "
         "rebalancing): this request can never fit",
-        prompt_len, request.max_tokens, need, p_->grid.kvp, p_->capacity_blocks,
-        p_->admission_blocks);
+        prompt_len, request.max_tokens,
+        need == std::numeric_limits<std::int64_t>::max() ? std::string("more than INT64_MAX")
+                                                         : std::to_string(need),
+        p_->grid.kvp, p_->capacity_blocks, p_->admission_blocks);
   }
   if (static_cast<std::int64_t>(p_->registry->size()) >= p_->config.max_queued_requests) {
     return resource_exhausted("submit: {} requests in flight, the configured maximum",
@@ -257,26 +388,37 @@ expected<request_handle> engine::submit(request_options request,
   m.seed = sp.seed;
   m.max_tokens = request.max_tokens;
   m.stop_tokens = std::move(request.stop_tokens);
+  m.deadline_ns = deadline_ns;
   caf::anon_send(p_->engine_actor, std::move(m));
   return h;
 }
 
 status engine::cancel(std::uint64_t request_id) {
-  caf::scoped_actor self{*p_->sys};
-  status result = ok_status();
-  self->request(p_->engine_actor, caf::infinite, cancel_atom::value, request_id)
-      .receive([] {},
-               [&](caf::error& err) {
-                 result = not_found("cancel: request {}: {}", request_id, caf::to_string(err));
-               });
-  return result;
+  // The registry decides, so that an ok here always ends the request with `cancelled`; the
+  // message only wakes the engine actor to act on it at the next step boundary.
+  HELIX_RETURN_IF_ERROR(p_->registry->request_cancel(request_id));
+  caf::anon_send(p_->engine_actor, cancel_atom::value, request_id);
+  return ok_status();
 }
 
 engine_stats engine::stats() {
-  caf::scoped_actor self{*p_->sys};
   engine_stats out;
-  self->request(p_->engine_actor, caf::infinite, stats_atom::value)
-      .receive([&](engine_stats& s) { out = std::move(s); }, [](caf::error&) {});
+  bool answered = false;
+  if (!stream_registry::in_callback()) {
+    caf::scoped_actor self{*p_->sys};
+    self->request(p_->engine_actor, stats_timeout, stats_atom::value)
+        .receive(
+            [&](engine_stats& s) {
+              out = std::move(s);
+              answered = true;
+            },
+            [](caf::error&) {});
+  }
+  if (!answered) out = p_->registry->snapshot();
+  // Health, failure and refusals live on this side (see messages.hpp).
+  out.failure = p_->registry->failure();
+  out.health = out.failure.ok() ? engine_health::serving : engine_health::failed;
+  out.refused = p_->refused.load();
   return out;
 }
 

@@ -11,9 +11,17 @@
 // actor placing KV blocks and rebalancing them, and an engine actor batching steps. Tensors move
 // over the data plane (the transport's communicators), never through actor mailboxes.
 //
+// Errors: a request's own failure (a callback that throws, non-finite logits, its deadline) ends
+// that request only, with the cause. Only a worker or data-plane failure fails a step; until
+// recovery exists the engine then reports `health = failed` with the cause in stats(), ends every
+// request with it, and refuses new ones (submit returns `unavailable` naming the failure).
+//
 // Thread-safety: every member function of `engine` may be called concurrently from any thread.
-// Callbacks run on the engine's internal thread, one at a time per engine; they must not block
-// for long and must not call the engine's blocking functions (stats(), the destructor).
+// Callbacks run on the engine's internal thread, one at a time per engine; they should return
+// quickly (the next step waits for them). From a callback, submit(), cancel(), stats() and
+// vocab() are safe and do not block on the engine; only the destructor must not be called there
+// (it waits for the engine's thread). An exception thrown by a callback ends that request with
+// `error` ("callback threw: ...") and nothing else.
 #pragma once
 
 #include <chrono>
@@ -32,31 +40,43 @@
 
 namespace helix::actors {
 
-/// How to build an engine. Validated by engine::create (invalid_argument naming the field).
+/// How to build an engine. Validated by validate() and engine::create (invalid_argument naming
+/// the field); every numeric field has bounds (below), so sizes derived from them cannot overflow.
 struct engine_config {
-  std::string model = "tiny-llama";  // built-in model (seeded weights) when checkpoint is empty
-  std::string checkpoint;            // HF checkpoint directory; its config.json gives the model
-  dtype weight_type = dtype::f32;    // seeded weights' dtype (checkpoints are converted to it)
-  dtype kv_type = dtype::f32;        // KV storage: f32, bf16, f16, fp8_e4m3
-  std::uint64_t weight_seed = 1234;  // seeded weights only
+  /// Built-in model (seeded weights); at most one of `model` and `checkpoint` may be set, and
+  /// both empty means tiny-llama.
+  std::string model;
+  std::string checkpoint;          // HF checkpoint directory; its config.json gives the model
+  dtype weight_type = dtype::f32;  // seeded weights' dtype (checkpoints are converted to it)
+  dtype kv_type = dtype::f32;      // KV storage: f32, bf16, f16, fp8_e4m3
+  /// Seeded weights only; the default is the CLI's too (model::default_weight_seed).
+  std::uint64_t weight_seed = 1234;
   /// "auto" (the planner's cost model picks the fastest runtime layout for this machine) or a
   /// layout string, e.g. "helix:kvp=4,tpa=2".
   std::string layout = "auto";
-  std::int64_t num_workers = 1;      // N: ranks (workers), each a thread in this process
-  std::string device = "cpu";        // "cpu" (the only device of this build's workers)
+  std::int64_t num_workers = 1;  // N in [1, 1024]: ranks (workers), each a thread in this process
+  std::string device = "cpu";    // "cpu" (the only device of this build's workers)
+  /// In [block_tokens, 2^40]; the KV stores of all workers must also fit in memory.
   std::int64_t kv_capacity_tokens_per_worker = 1 << 16;
-  std::int64_t block_tokens = 16;
-  std::int64_t max_batch_tokens = 256;      // tokens per step: decode tokens + prefill chunks
-  std::int64_t prefill_chunk_tokens = 128;  // longest prefill chunk of one request per step
-  std::int64_t max_queued_requests = 1 << 16;
+  std::int64_t block_tokens = 16;           // in [1, 65536]
+  std::int64_t max_batch_tokens = 256;      // in [1, 2^20]: decode tokens + prefill chunks per step
+  std::int64_t prefill_chunk_tokens = 128;  // in [1, 2^20]: longest chunk of one request per step
+  std::int64_t max_queued_requests = 1 << 16;  // in [1, 2^24]: queued + running
   bool hopb = false;
-  int threads_per_worker = 1;
+  int threads_per_worker = 1;  // in [1, 256]
   /// Rebalancing: after requests leave, KV blocks migrate between KVP ranks until every rank is
-  /// within `rebalance_threshold` of the mean (kv_imbalance = (max - mean) / mean), whenever at
-  /// least `rebalance_min_blocks` blocks per rank are resident.
+  /// within `rebalance_threshold` (in (0, 1]) of the mean (kv_imbalance = (max - mean) / mean),
+  /// whenever at least `rebalance_min_blocks` (in [0, 2^40]) blocks per rank are resident.
   double rebalance_threshold = 0.10;
   std::int64_t rebalance_min_blocks = 64;
+  /// Level of every module's logger ("trace", "debug", "info", "warn", "error", "off"); empty
+  /// leaves the process's level as it is. Logs go to stderr.
+  std::string log_level;
 };
+
+/// Checks every field of `c` that needs no model: bounds, names, exclusive fields.
+/// invalid_argument naming the field and its bounds.
+[[nodiscard]] status validate(const engine_config& c);
 
 /// Sampling of one request: greedy with temperature 0; else softmax(logits / T) restricted to the
 /// top_k tokens (0: all) and the top_p nucleus (1: all), with counter-based noise from `seed`.
@@ -72,6 +92,9 @@ struct request_options {
   sampling_params sampling;
   std::int64_t max_tokens = 16;           // tokens to generate, >= 1
   std::vector<std::int32_t> stop_tokens;  // generation ends after emitting one of these
+  /// When set: past this time the request ends with `error` and status deadline_exceeded (queued
+  /// or running; its KV is freed at the next step boundary).
+  std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 
 enum class finish_reason : std::uint8_t { none, length, stop_token, cancelled, error };
@@ -117,6 +140,10 @@ struct request_handle {
   std::shared_ptr<token_stream> stream;
 };
 
+/// serving: steps run. failed: a worker or the data plane failed (engine_stats::failure says
+/// which and why); nothing runs any more and submit() refuses new requests.
+enum class engine_health : std::uint8_t { serving, failed };
+
 /// Per-worker KV use and the engine's counters. Latencies in milliseconds.
 struct worker_stats {
   std::int64_t rank = 0;
@@ -128,9 +155,10 @@ struct engine_stats {
   std::int64_t submitted = 0;
   std::int64_t completed = 0;  // ended by length or a stop token
   std::int64_t cancelled = 0;
-  std::int64_t failed = 0;
-  std::int64_t queued = 0;  // accepted, waiting for KV capacity or a batch slot
-  std::int64_t active = 0;  // in the batch
+  std::int64_t failed = 0;   // ended with error (their own or a worker failure)
+  std::int64_t refused = 0;  // refused by submit() (bad input, too large, queue full, failed)
+  std::int64_t queued = 0;   // accepted, waiting for KV capacity or a batch slot
+  std::int64_t active = 0;   // in the batch
   std::int64_t steps = 0;
   std::int64_t tokens_generated = 0;
   std::int64_t migrations = 0;    // KV blocks moved by rebalancing
@@ -138,14 +166,16 @@ struct engine_stats {
   double kv_imbalance_max = 0.0;  // the largest seen after a rebalancing pass
   std::int64_t epoch = 0;         // layout epoch (advances when blocks move)
   std::vector<worker_stats> workers;
+  engine_health health = engine_health::serving;
+  status failure;  // health == failed: the worker and the cause
 };
 
 class engine {
  public:
   /// Builds the weights (seeded or from the checkpoint), chooses the layout ("auto":
-  /// planner::choose_runtime_layout on the `cpu` preset), starts the actor system, the workers, the planner and the engine
-  /// actor. invalid_argument for a bad config (naming the field or the layout rule),
-  /// resource_exhausted when the KV stores do not fit in memory.
+  /// planner::choose_runtime_layout on the `cpu` preset), starts the actor system, the workers, the
+  /// planner and the engine actor. invalid_argument for a bad config (naming the field or the
+  /// layout rule), resource_exhausted when the KV stores do not fit in memory.
   [[nodiscard]] static expected<std::unique_ptr<engine>> create(const engine_config& config);
   /// Cancels every request still running or queued (their streams end with `cancelled`), stops
   /// the actors and joins their threads.
@@ -154,24 +184,35 @@ class engine {
   engine& operator=(const engine&) = delete;
 
   /// Submits a request. Its tokens arrive on the returned stream and, when `on_token` is set, to
-  /// the callback too (on the engine's thread). invalid_argument for an empty prompt, a token
-  /// outside the vocabulary, max_tokens < 1 or invalid sampling parameters; resource_exhausted
-  /// for a request whose prompt plus max_tokens can never fit in the KV capacity, or when the
-  /// queue is full. Once accepted, the request is never dropped: it ends with length, stop_token,
-  /// cancelled, or error (a worker failure, reported with the cause).
+  /// the callback too (on the engine's thread). Never blocks on the engine. invalid_argument for
+  /// an empty prompt, a token outside the vocabulary, max_tokens < 1 or invalid sampling
+  /// parameters (each naming the field); resource_exhausted for a request whose prompt plus
+  /// max_tokens can never fit in the KV capacity, or when the queue is full; deadline_exceeded
+  /// for a deadline already past; unavailable once the engine has failed (naming the failure).
+  /// Once accepted, the request is never dropped: it ends with length, stop_token, cancelled, or
+  /// error (its own failure or a worker's, reported with the cause).
   [[nodiscard]] expected<request_handle> submit(
       request_options request, std::function<void(const token_event&)> on_token = {});
-  /// Cancels a queued or running request (its stream ends with `cancelled` at the next step
-  /// boundary); not_found for an unknown or already finished id.
+  /// Cancels a queued or running request: once this returns ok, the request's stream ends with
+  /// `cancelled` (at the next step boundary; tokens of a step in flight are not delivered).
+  /// not_found for an unknown id or a request that already ended. Never blocks on the engine.
   [[nodiscard]] status cancel(std::uint64_t request_id);
-  /// A snapshot of the counters (blocks until the engine actor answers).
+  /// A snapshot of the counters. From a client thread it waits (at most a few seconds) for the
+  /// engine actor's answer, so it reflects every submit() and cancel() made before; from a
+  /// callback it returns the snapshot the engine published last (it cannot wait for itself).
   [[nodiscard]] engine_stats stats();
   /// The vocabulary size of the model served.
   [[nodiscard]] std::int64_t vocab() const;
+  /// The most tokens (prompt + max_tokens) one request may hold: the KV a request may reserve
+  /// on each KVP worker. A longer request is refused by submit() with resource_exhausted.
+  [[nodiscard]] std::int64_t max_request_tokens() const;
 
  private:
   struct impl;
   struct passkey {};
+  [[nodiscard]] static expected<std::unique_ptr<impl>> build(const engine_config& config);
+  [[nodiscard]] expected<request_handle> try_submit(
+      request_options request, std::function<void(const token_event&)> on_token);
 
  public:
   explicit engine(passkey, std::unique_ptr<impl> p);

@@ -14,15 +14,22 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <limits>
+#include <optional>
 
 #include "actors/runtime.hpp"
+#include "core/checked_math.hpp"
+#include "core/log.hpp"
 
 namespace helix::actors {
 
 std::int64_t blocks_reserved_per_member(std::int64_t prompt_len, std::int64_t max_tokens,
                                         std::int64_t block_tokens, std::int64_t kvp) {
-  const std::int64_t blocks = (prompt_len + max_tokens + block_tokens - 1) / block_tokens;
-  return (blocks + kvp - 1) / kvp + 1;
+  const std::optional<std::int64_t> tokens = checked_add(prompt_len, max_tokens);
+  if (!tokens || *tokens < 0 || block_tokens < 1 || kvp < 1) {
+    return std::numeric_limits<std::int64_t>::max();
+  }
+  return ceil_div(ceil_div(*tokens, block_tokens), kvp) + 1;
 }
 
 std::int64_t admission_blocks(std::int64_t capacity_blocks, double threshold) {
@@ -30,30 +37,97 @@ std::int64_t admission_blocks(std::int64_t capacity_blocks, double threshold) {
       0, static_cast<std::int64_t>(static_cast<double>(capacity_blocks - 1) / (1.0 + threshold)));
 }
 
+namespace {
+thread_local const stream_registry* callback_owner = nullptr;
+}  // namespace
+
 void stream_registry::add(std::uint64_t id, std::shared_ptr<token_stream> stream,
                           std::function<void(const token_event&)> on_token) {
   std::lock_guard lk(mu_);
   entries_[id] = {std::move(stream), std::move(on_token)};
 }
 
-void stream_registry::deliver(const token_event& e) {
-  entry target;
+status stream_registry::deliver(const token_event& e) {
+  std::shared_ptr<token_stream> stream;
+  std::function<void(const token_event&)> on_token;
   {
     std::lock_guard lk(mu_);
     auto it = entries_.find(e.request_id);
-    if (it == entries_.end()) return;
-    target = it->second;
+    if (it == entries_.end()) return ok_status();
+    stream = it->second.stream;
+    on_token = it->second.on_token;
     if (e.last) entries_.erase(it);
   }
   // The callback first: a client that pulled an event from the stream can rely on the callback
-  // having seen it.
-  if (target.on_token) target.on_token(e);
-  target.stream->push(e);
+  // having seen it. The client's code may throw anything: that is this request's error only.
+  status result = ok_status();
+  if (on_token) {
+    const stream_registry* outer = callback_owner;
+    callback_owner = this;
+    try {
+      on_token(e);
+    } catch (const std::exception& ex) {
+      result = internal_error("callback threw: {}", ex.what());
+    } catch (...) {
+      result = internal_error("callback threw a non-std::exception");
+    }
+    callback_owner = outer;
+  }
+  stream->push(e);
+  return result;
 }
 
 std::size_t stream_registry::size() const {
   std::lock_guard lk(mu_);
   return entries_.size();
+}
+
+status stream_registry::request_cancel(std::uint64_t id) {
+  std::lock_guard lk(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.closing) {
+    return not_found("cancel: request {} is not queued or running", id);
+  }
+  it->second.cancel_requested = true;
+  return ok_status();
+}
+
+bool stream_registry::cancel_requested(std::uint64_t id) const {
+  std::lock_guard lk(mu_);
+  auto it = entries_.find(id);
+  return it != entries_.end() && it->second.cancel_requested;
+}
+
+finish_reason stream_registry::close(std::uint64_t id, finish_reason reason) {
+  std::lock_guard lk(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return reason;
+  it->second.closing = true;
+  return it->second.cancel_requested ? finish_reason::cancelled : reason;
+}
+
+void stream_registry::set_failure(const status& failure) {
+  std::lock_guard lk(mu_);
+  if (failure_.ok()) failure_ = failure;
+}
+
+status stream_registry::failure() const {
+  std::lock_guard lk(mu_);
+  return failure_;
+}
+
+void stream_registry::publish(const engine_stats& s) {
+  std::lock_guard lk(mu_);
+  snapshot_ = s;
+}
+
+engine_stats stream_registry::snapshot() const {
+  std::lock_guard lk(mu_);
+  return snapshot_;
+}
+
+bool stream_registry::in_callback() {
+  return callback_owner != nullptr;
 }
 
 namespace {
@@ -66,6 +140,7 @@ struct request_state {
   std::int32_t last_token = -1;
   std::int64_t reserved = 0;  // blocks per KVP member
   bool cancelled = false;
+  bool expired = false;  // its deadline passed
 };
 
 }  // namespace
@@ -89,7 +164,8 @@ struct engine_state {
   std::size_t pending = 0;
   status step_error;
   std::vector<std::int32_t> step_tokens;
-  bool tokens_agree = true;
+  std::vector<wire_status> step_item_errors;
+  bool replies_agree = true;
   std::vector<std::size_t> step_members;  // index into `active` of each item
   std::vector<std::int64_t> step_counts;
   std::vector<std::uint64_t> step_seqs;
@@ -106,16 +182,71 @@ namespace {
 
 using self_ptr = caf::stateful_actor<engine_state>*;
 
-void emit(engine_state& s, const request_state& r, std::int32_t token, bool last,
-          finish_reason reason, status error = ok_status()) {
+std::shared_ptr<spdlog::logger> logger() {
+  static const auto l = module_logger("actors");
+  return l;
+}
+
+engine_stats current_stats(const engine_state& s) {
+  engine_stats out = s.stats;
+  out.queued = static_cast<std::int64_t>(s.queue.size());
+  out.active = static_cast<std::int64_t>(s.active.size());
+  out.epoch = s.epoch;
+  out.workers.clear();
+  for (std::size_t i = 0; i < s.kv_used.size(); ++i) {
+    out.workers.push_back(
+        {static_cast<std::int64_t>(i), s.kv_used[i], s.setup.capacity_blocks_per_worker});
+  }
+  out.health = s.broken.ok() ? engine_health::serving : engine_health::failed;
+  out.failure = s.broken;
+  return out;
+}
+
+void publish(const engine_state& s) {
+  s.registry->publish(current_stats(s));
+}
+
+// A token that does not end the request. Not ok when the client's callback threw: the caller
+// ends the request.
+status emit_token(engine_state& s, const request_state& r, std::int32_t token) {
+  token_event e;
+  e.request_id = r.req.request_id;
+  e.token = token;
+  e.index = r.generated - 1;
+  return s.registry->deliver(e);
+}
+
+// The request's last event (with `token`, or -1 for none) and its counters. A cancel the API
+// accepted earlier turns any other ending into `cancelled` (stream_registry::close).
+void end_request(engine_state& s, const request_state& r, std::int32_t token, finish_reason reason,
+                 status error = ok_status()) {
+  const finish_reason final_reason = s.registry->close(r.req.request_id, reason);
+  if (final_reason != reason) {
+    token = -1;  // cancelled before this step's token was due: it is not delivered
+    error = ok_status();
+  }
   token_event e;
   e.request_id = r.req.request_id;
   e.token = token;
   e.index = token >= 0 ? r.generated - 1 : 0;
-  e.last = last;
-  e.reason = last ? reason : finish_reason::none;
-  e.error = std::move(error);
-  s.registry->deliver(e);
+  e.last = true;
+  e.reason = final_reason;
+  e.error = error;
+  switch (final_reason) {
+    case finish_reason::length:
+    case finish_reason::stop_token:
+      ++s.stats.completed;
+      break;
+    case finish_reason::cancelled:
+      ++s.stats.cancelled;
+      break;
+    default:
+      ++s.stats.failed;
+      if (s.broken.ok()) logger()->warn("engine: request {} failed: {}", r.req.request_id, error);
+      break;
+  }
+  const status cb = s.registry->deliver(e);
+  if (!cb.ok()) logger()->warn("engine: request {}: last event: {}", r.req.request_id, cb);
 }
 
 // Sends the close of a running request's sequence to every worker and the planner, and frees its
@@ -128,22 +259,27 @@ void leave(self_ptr self, request_state& r) {
   ++s.next_op;
   self->send(s.planner, leave_atom::value, r.seq);
   s.reserved_per_member -= r.reserved;
+  r.seq = 0;  // marks it for removal from `active`
 }
 
-// Ends every request with `error` (a worker failed: the ranks' state can no longer be trusted).
+void remove_left(engine_state& s) {
+  s.active.erase(std::remove_if(s.active.begin(), s.active.end(),
+                                [](const request_state& r) { return r.seq == 0; }),
+                 s.active.end());
+}
+
+// A worker or the data plane failed: the ranks' state can no longer be trusted. Every request
+// ends with the cause, the API refuses new ones, and stats() reports it.
 void fail_everything(self_ptr self, const status& error) {
   engine_state& s = self->state;
+  if (s.broken.ok()) logger()->error("engine: failed, no further steps run: {}", error);
   s.broken = error;
-  for (request_state& r : s.active) {
-    emit(s, r, -1, true, finish_reason::error, error);
-    ++s.stats.failed;
-  }
-  for (request_state& r : s.queue) {
-    emit(s, r, -1, true, finish_reason::error, error);
-    ++s.stats.failed;
-  }
+  s.registry->set_failure(error);
+  for (request_state& r : s.active) end_request(s, r, -1, finish_reason::error, error);
+  for (request_state& r : s.queue) end_request(s, r, -1, finish_reason::error, error);
   s.active.clear();
   s.queue.clear();
+  publish(s);
 }
 
 void answer_drains(engine_state& s) {
@@ -164,6 +300,8 @@ void rebalance_then_step(self_ptr self) {
             engine_state& st = self->state;
             if (!moves.empty()) {
               ++st.epoch;
+              logger()->info("engine: rebalancing moves {} KV blocks, epoch {}, imbalance {:.3f}",
+                             moves.size(), st.epoch, imbalance);
               migrate_msg m{st.epoch, st.next_op++, std::move(moves)};
               st.stats.migrations += static_cast<std::int64_t>(m.moves.size());
               for (const caf::actor& w : st.workers) self->send(w, m);
@@ -185,10 +323,11 @@ void rebalance_then_step(self_ptr self) {
 void finish_step(self_ptr self) {
   engine_state& s = self->state;
   s.busy = false;
-  if (!s.step_error.ok() || !s.tokens_agree) {
-    fail_everything(self, s.step_error.ok()
-                              ? internal_error("engine: workers sampled different tokens")
-                              : s.step_error);
+  if (!s.step_error.ok() || !s.replies_agree) {
+    fail_everything(self,
+                    s.step_error.ok()
+                        ? internal_error("engine: workers disagree on step {}'s results", s.step_id)
+                        : s.step_error);
     answer_drains(s);
     return;
   }
@@ -198,26 +337,41 @@ void finish_step(self_ptr self) {
     request_state& r = s.active[s.step_members[i]];
     r.prefilled = std::min<std::int64_t>(r.prefilled + s.step_counts[i],
                                          static_cast<std::int64_t>(r.req.prompt.size()));
+    if (i < s.step_item_errors.size() && s.step_item_errors[i].code != 0) {
+      // This request's own failure (its logits): it ends alone, the step and the others go on.
+      end_request(s, r, -1, finish_reason::error,
+                  from_wire(s.step_item_errors[i])
+                      .with_context(fmt::format("request {}", r.req.request_id)));
+      leave(self, r);
+      continue;
+    }
     const std::int32_t token = s.step_tokens[i];
     if (token < 0) continue;  // a prefill chunk before the last
+    if (s.registry->cancel_requested(r.req.request_id)) {
+      end_request(s, r, -1, finish_reason::cancelled);
+      leave(self, r);
+      continue;
+    }
     ++r.generated;
     ++s.stats.tokens_generated;
     r.last_token = token;
     const bool stop = std::find(r.req.stop_tokens.begin(), r.req.stop_tokens.end(), token) !=
                       r.req.stop_tokens.end();
-    const bool done = stop || r.generated >= r.req.max_tokens;
-    emit(s, r, token, done, stop ? finish_reason::stop_token : finish_reason::length);
-    if (done) {
-      ++s.stats.completed;
+    if (stop || r.generated >= r.req.max_tokens) {
+      end_request(s, r, token, stop ? finish_reason::stop_token : finish_reason::length);
       leave(self, r);
-      r.seq = 0;  // marks it for removal below
+      continue;
+    }
+    const status cb = emit_token(s, r, token);
+    if (!cb.ok()) {
+      end_request(s, r, -1, finish_reason::error,
+                  cb.with_context(fmt::format("request {}", r.req.request_id)));
+      leave(self, r);
     }
   }
   const bool someone_left = std::any_of(s.active.begin(), s.active.end(),
                                         [](const request_state& r) { return r.seq == 0; });
-  s.active.erase(std::remove_if(s.active.begin(), s.active.end(),
-                                [](const request_state& r) { return r.seq == 0; }),
-                 s.active.end());
+  remove_left(s);
   if (someone_left) {
     rebalance_then_step(self);
   } else {
@@ -225,22 +379,25 @@ void finish_step(self_ptr self) {
   }
 }
 
-// Cancellations and admissions (between steps), then the next step if there is work.
+// Cancellations, expired deadlines and admissions (between steps), then the next step if there
+// is work.
 void start_step(self_ptr self) {
   engine_state& s = self->state;
   if (s.busy || !s.broken.ok()) return;
   const engine_config& c = s.setup.config;
 
   for (request_state& r : s.active) {
-    if (!r.cancelled) continue;
-    emit(s, r, -1, true, finish_reason::cancelled);
-    ++s.stats.cancelled;
-    leave(self, r);
-    r.seq = 0;
+    if (r.cancelled || s.registry->cancel_requested(r.req.request_id)) {
+      end_request(s, r, -1, finish_reason::cancelled);
+      leave(self, r);
+    } else if (r.expired) {
+      end_request(s, r, -1, finish_reason::error,
+                  deadline_exceeded("request {}: its deadline passed after {} generated tokens",
+                                    r.req.request_id, r.generated));
+      leave(self, r);
+    }
   }
-  s.active.erase(std::remove_if(s.active.begin(), s.active.end(),
-                                [](const request_state& r) { return r.seq == 0; }),
-                 s.active.end());
+  remove_left(s);
 
   while (!s.draining && !s.queue.empty() &&
          s.reserved_per_member + s.queue.front().reserved <=
@@ -293,6 +450,7 @@ void start_step(self_ptr self) {
       m.items.push_back(std::move(it));
     }
   }
+  publish(s);
   if (m.items.empty()) {
     if (s.draining) answer_drains(s);
     return;
@@ -300,8 +458,9 @@ void start_step(self_ptr self) {
   s.busy = true;
   s.pending = s.workers.size();
   s.step_error = ok_status();
-  s.tokens_agree = true;
+  s.replies_agree = true;
   s.step_tokens.clear();
+  s.step_item_errors.clear();
   self->request(s.planner, caf::infinite, plan_atom::value, s.step_seqs, s.step_counts)
       .then(
           [self, m](std::vector<std::int64_t>& owners) mutable {
@@ -316,6 +475,26 @@ void start_step(self_ptr self) {
           });
 }
 
+// Ends a queued request now, or marks a running one to end at the next step boundary.
+template <class Ending>
+bool end_or_mark(self_ptr self, std::uint64_t id, Ending&& end_queued, bool request_state::*mark) {
+  engine_state& st = self->state;
+  for (auto it = st.queue.begin(); it != st.queue.end(); ++it) {
+    if (it->req.request_id != id) continue;
+    end_queued(*it);
+    st.queue.erase(it);
+    publish(st);
+    return true;
+  }
+  for (request_state& r : st.active) {
+    if (r.req.request_id != id) continue;
+    r.*mark = true;
+    start_step(self);  // takes effect now if no step is in flight
+    return true;
+  }
+  return false;
+}
+
 caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::actor> workers,
                            caf::actor planner, std::shared_ptr<stream_registry> registry) {
   engine_state& s = self->state;
@@ -325,6 +504,7 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
   s.planner = std::move(planner);
   s.registry = std::move(registry);
   s.kv_used.assign(s.workers.size(), 0);
+  publish(s);
   return {
       [self](submit_msg& m) {
         engine_state& st = self->state;
@@ -337,9 +517,21 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         if (!st.broken.ok() || st.draining) {
           const status why =
               st.broken.ok() ? failed_precondition("engine: shutting down") : st.broken;
-          emit(st, r, -1, true, finish_reason::error, why);
-          ++st.stats.failed;
+          end_request(st, r, -1, finish_reason::error, why);
+          publish(st);
           return;
+        }
+        if (r.req.deadline_ns != 0) {
+          const auto left = std::chrono::nanoseconds(r.req.deadline_ns) -
+                            std::chrono::steady_clock::now().time_since_epoch();
+          if (left <= std::chrono::nanoseconds(0)) {
+            end_request(st, r, -1, finish_reason::error,
+                        deadline_exceeded("request {}: its deadline passed in the queue",
+                                          r.req.request_id));
+            publish(st);
+            return;
+          }
+          self->delayed_send(self, left, deadline_atom::value, r.req.request_id);
         }
         st.queue.push_back(std::move(r));
         start_step(self);
@@ -355,10 +547,14 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
           st.step_error = r.with_context(fmt::format("worker {}", m.rank));
         }
         if (r.ok()) {
-          if (st.step_tokens.empty()) {
+          // Every rank samples the same tokens and sees the same rows fail; a difference means
+          // the ranks' state diverged.
+          if (st.pending == st.workers.size() || st.step_tokens.empty()) {
             st.step_tokens = std::move(m.tokens);
-          } else if (st.step_tokens != m.tokens) {
-            st.tokens_agree = false;
+            st.step_item_errors = std::move(m.item_errors);
+          } else if (st.step_tokens != m.tokens ||
+                     st.step_item_errors.size() != m.item_errors.size()) {
+            st.replies_agree = false;
           }
         }
         if (--st.pending == 0) finish_step(self);
@@ -375,42 +571,28 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
       },
       [self](cancel_atom, std::uint64_t id) -> caf::result<void> {
         engine_state& st = self->state;
-        for (auto it = st.queue.begin(); it != st.queue.end(); ++it) {
-          if (it->req.request_id != id) continue;
-          emit(st, *it, -1, true, finish_reason::cancelled);
-          ++st.stats.cancelled;
-          st.queue.erase(it);
-          return caf::unit;
-        }
-        for (request_state& r : st.active) {
-          if (r.req.request_id != id || r.cancelled) continue;
-          r.cancelled = true;
-          start_step(self);  // takes effect now if no step is in flight
-          return caf::unit;
-        }
+        const bool found = end_or_mark(
+            self, id, [&](request_state& r) { end_request(st, r, -1, finish_reason::cancelled); },
+            &request_state::cancelled);
+        if (found) return caf::unit;
         return caf::make_error(caf::sec::runtime_error,
                                fmt::format("not_found: request {} is not queued or running", id));
       },
-      [self](stats_atom) {
+      [self](deadline_atom, std::uint64_t id) {
         engine_state& st = self->state;
-        engine_stats out = st.stats;
-        out.queued = static_cast<std::int64_t>(st.queue.size());
-        out.active = static_cast<std::int64_t>(st.active.size());
-        out.epoch = st.epoch;
-        out.workers.clear();
-        for (std::size_t i = 0; i < st.kv_used.size(); ++i) {
-          out.workers.push_back(
-              {static_cast<std::int64_t>(i), st.kv_used[i], st.setup.capacity_blocks_per_worker});
-        }
-        return out;
+        (void)end_or_mark(
+            self, id,
+            [&](request_state& r) {
+              end_request(st, r, -1, finish_reason::error,
+                          deadline_exceeded("request {}: its deadline passed in the queue", id));
+            },
+            &request_state::expired);
       },
+      [self](stats_atom) { return current_stats(self->state); },
       [self](drain_atom) -> caf::result<void> {
         engine_state& st = self->state;
         st.draining = true;
-        for (request_state& r : st.queue) {
-          emit(st, r, -1, true, finish_reason::cancelled);
-          ++st.stats.cancelled;
-        }
+        for (request_state& r : st.queue) end_request(st, r, -1, finish_reason::cancelled);
         st.queue.clear();
         for (request_state& r : st.active) r.cancelled = true;
         auto promise = self->make_response_promise();

@@ -26,7 +26,7 @@ typename Inspector::result_type inspect(Inspector& f, step_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_done_msg& x) {
   return f(caf::meta::type_name("step_done_msg"), x.epoch, x.step_id, x.rank, x.result, x.tokens,
-           x.kv_used_blocks);
+           x.item_errors, x.kv_used_blocks);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, open_seq_msg& x) {
@@ -53,23 +53,26 @@ typename Inspector::result_type inspect(Inspector& f, op_done_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, submit_msg& x) {
   return f(caf::meta::type_name("submit_msg"), x.request_id, x.prompt, x.temperature, x.top_k,
-           x.top_p, x.seed, x.max_tokens, x.stop_tokens);
+           x.top_p, x.seed, x.max_tokens, x.stop_tokens, x.deadline_ns);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {
   return f(caf::meta::type_name("worker_stats"), x.rank, x.kv_used_blocks, x.kv_capacity_blocks);
 }
+// health and failure stay out: engine::stats() takes them from the registry the API shares with
+// the engine actor (stream_registry::failure), never from a remote peer.
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, engine_stats& x) {
   return f(caf::meta::type_name("engine_stats"), x.layout, x.submitted, x.completed, x.cancelled,
-           x.failed, x.queued, x.active, x.steps, x.tokens_generated, x.migrations, x.kv_imbalance,
-           x.kv_imbalance_max, x.epoch, x.workers);
+           x.failed, x.refused, x.queued, x.active, x.steps, x.tokens_generated, x.migrations,
+           x.kv_imbalance, x.kv_imbalance_max, x.epoch, x.workers);
 }
 
 }  // namespace helix::actors
 
 CAF_BEGIN_TYPE_ID_BLOCK(helix_actors, caf::first_custom_type_id)
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::wire_status))
+CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::wire_status>))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::step_item))
 CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::step_item>))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::step_msg))
@@ -93,4 +96,5 @@ CAF_ADD_ATOM(helix_actors, helix::actors, cancel_atom, "cancel")
 CAF_ADD_ATOM(helix_actors, helix::actors, stats_atom, "stats")
 CAF_ADD_ATOM(helix_actors, helix::actors, drain_atom, "drain")
 CAF_ADD_ATOM(helix_actors, helix::actors, wstate_atom, "wstate")
+CAF_ADD_ATOM(helix_actors, helix::actors, deadline_atom, "deadline")
 CAF_END_TYPE_ID_BLOCK(helix_actors)

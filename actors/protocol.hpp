@@ -47,13 +47,17 @@ struct step_msg {
 };
 
 /// Worker -> engine: a step's outcome. tokens[i] is item i's sampled token (-1 when not
-/// sampled); filled by every worker (all sample the same tokens).
+/// sampled); filled by every worker (all sample the same tokens). `result` is the step's own
+/// outcome (not ok: the worker or the data plane failed). `item_errors` is empty when every item
+/// went well, else one entry per item: an item whose own data failed (non-finite logits) has a
+/// non-ok status there and ends alone, the others go on.
 struct step_done_msg {
   std::int64_t epoch = 0;
   std::int64_t step_id = 0;
   std::int64_t rank = 0;
   wire_status result;
   std::vector<std::int32_t> tokens;
+  std::vector<wire_status> item_errors;
   std::int64_t kv_used_blocks = 0;
 };
 
@@ -103,6 +107,10 @@ struct submit_msg {
   std::uint64_t seed = 0;
   std::int64_t max_tokens = 1;
   std::vector<std::int32_t> stop_tokens;
+  /// steady_clock time since its epoch, in nanoseconds, past which the request ends with
+  /// deadline_exceeded; 0: none. Meaningful in the submitting process only (the engine actor
+  /// lives there).
+  std::int64_t deadline_ns = 0;
 };
 
 }  // namespace helix::actors

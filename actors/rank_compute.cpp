@@ -27,7 +27,8 @@ status rank_compute::close_sequence(std::uint64_t seq) {
   return program_->close_sequence(seq);
 }
 
-status rank_compute::step(const step_msg& m, std::vector<std::int32_t>& tokens) {
+status rank_compute::step(const step_msg& m, std::vector<std::int32_t>& tokens,
+                          std::vector<status>& item_errors) {
   // Every item has one logits row (decode tokens and prefill chunks alike); rows of items that
   // are not sampled are sampled greedily and ignored.
   const std::size_t n = m.items.size();
@@ -35,6 +36,7 @@ status rank_compute::step(const step_msg& m, std::vector<std::int32_t>& tokens) 
   sampling_.resize(n);
   request_ids_.resize(n);
   sampled_.resize(n);
+  row_status_.assign(n, ok_status());
   for (std::size_t i = 0; i < n; ++i) {
     const step_item& it = m.items[i];
     items_[i] = {it.seq, it.tokens, false};
@@ -47,9 +49,19 @@ status rank_compute::step(const step_msg& m, std::vector<std::int32_t>& tokens) 
   out.sampling = sampling_;
   out.request_ids = request_ids_;
   out.tokens = sampled_;
+  out.row_status = row_status_;
   HELIX_RETURN_IF_ERROR(program_->forward(items_, m.new_block_kvp, out));
   tokens.resize(n);
-  for (std::size_t i = 0; i < n; ++i) tokens[i] = m.items[i].sample ? sampled_[i] : -1;
+  item_errors.clear();
+  for (std::size_t i = 0; i < n; ++i) {
+    // A row that is not sampled has no result to fail: its status is ignored.
+    const bool failed = m.items[i].sample && !row_status_[i].ok();
+    tokens[i] = m.items[i].sample && !failed ? sampled_[i] : -1;
+    if (failed) {
+      item_errors.resize(n, ok_status());
+      item_errors[i] = row_status_[i];
+    }
+  }
   return ok_status();
 }
 

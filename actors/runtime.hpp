@@ -31,24 +31,52 @@
 
 namespace helix::actors {
 
-/// Where each request's events go: its stream and optional callback. Shared by the API (which
-/// registers at submit) and the engine actor (which delivers). Thread-safe.
+/// What the API and the engine actor share: where each request's events go (its stream and
+/// optional callback), cancellations requested through the API, the engine's health and the stats
+/// it published last. Thread-safe.
 class stream_registry {
  public:
   void add(std::uint64_t id, std::shared_ptr<token_stream> stream,
            std::function<void(const token_event&)> on_token);
   /// Calls the callback, then pushes the event to the stream (both outside the lock); forgets the
-  /// request after its last event. Unknown ids are ignored.
-  void deliver(const token_event& e);
+  /// request after its last event. Unknown ids are ignored. Returns internal ("callback threw:
+  /// ...") when the callback threw (the event still reaches the stream): the caller ends the
+  /// request.
+  [[nodiscard]] status deliver(const token_event& e);
   [[nodiscard]] std::size_t size() const;
+
+  /// API side: marks request `id` as cancelled; not_found when it is unknown or already closing.
+  /// Once this returned ok, close() answers `cancelled` for the request.
+  [[nodiscard]] status request_cancel(std::uint64_t id);
+  /// Engine side: whether a cancel was requested through request_cancel.
+  [[nodiscard]] bool cancel_requested(std::uint64_t id) const;
+  /// Engine side, before the last event: marks the request as closing (request_cancel answers
+  /// not_found from now on) and returns the reason to end it with: `cancelled` when a cancel
+  /// was requested first, else `reason`.
+  [[nodiscard]] finish_reason close(std::uint64_t id, finish_reason reason);
+
+  /// The engine's failure (ok while serving); set once by the engine actor.
+  void set_failure(const status& failure);
+  [[nodiscard]] status failure() const;
+
+  /// The engine actor's counters as of its last change, for stats() from a callback.
+  void publish(const engine_stats& s);
+  [[nodiscard]] engine_stats snapshot() const;
+
+  /// Whether the calling thread is inside a callback this registry is running.
+  [[nodiscard]] static bool in_callback();
 
  private:
   struct entry {
     std::shared_ptr<token_stream> stream;
     std::function<void(const token_event&)> on_token;
+    bool cancel_requested = false;
+    bool closing = false;
   };
   mutable std::mutex mu_;
   std::map<std::uint64_t, entry> entries_;
+  status failure_;
+  engine_stats snapshot_;
 };
 
 /// Worker behaviour. Replies (step_done_msg, op_done_msg) go to the message's sender;
@@ -78,7 +106,8 @@ struct engine_setup {
 
 /// Blocks a request of `prompt_len` + `max_tokens` tokens may occupy on any one KVP member
 /// (round-robin placement puts at most ceil(blocks / KVP) on a member, plus one of slack for the
-/// staggered start); admission reserves this much on every member.
+/// staggered start); admission reserves this much on every member. INT64_MAX when the sum
+/// overflows (such a request can never fit).
 [[nodiscard]] std::int64_t blocks_reserved_per_member(std::int64_t prompt_len,
                                                       std::int64_t max_tokens,
                                                       std::int64_t block_tokens, std::int64_t kvp);
@@ -97,6 +126,8 @@ struct engine_setup {
 ///   (stats_atom)              -> engine_stats
 ///   (drain_atom)              -> cancels everything; answers once no step is in flight and every
 ///                                sequence is closed (used before shutdown)
+///   (deadline_atom, id)       -> ends request `id` with deadline_exceeded if it still runs
+///                                (sent by the engine to itself at a request's deadline)
 [[nodiscard]] caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup,
                                       std::vector<caf::actor> workers, caf::actor planner,
                                       std::shared_ptr<stream_registry> registry);

@@ -2,6 +2,7 @@
 // detached, so its compute (which blocks in collectives until every rank joins) has a thread of
 // its own and never stalls CAF's scheduler.
 #include "actors/runtime.hpp"
+#include "core/log.hpp"
 
 namespace helix::actors {
 namespace {
@@ -10,7 +11,22 @@ struct worker_state {
   std::int64_t epoch = 0;
   std::int64_t dropped = 0;  // messages of an older epoch
   std::vector<std::int32_t> tokens;
+  std::vector<status> item_errors;
 };
+
+// The compute's calls may throw only what the standard library throws (std::bad_alloc from a
+// container, std::system_error from a thread): turned into a status here, the edge of the
+// worker, so that a failed allocation is a reported worker failure and not a dead actor.
+template <class F>
+status guarded(std::int64_t rank, F&& f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("worker {}: out of memory", rank);
+  } catch (const std::exception& e) {
+    return internal_error("worker {}: {}", rank, e.what());
+  }
+}
 
 }  // namespace
 
@@ -36,8 +52,16 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
         done.epoch = m.epoch;
         done.step_id = m.step_id;
         done.rank = compute->rank();
-        done.result = to_wire(compute->step(m, st->tokens));
+        const status result =
+            guarded(compute->rank(), [&] { return compute->step(m, st->tokens, st->item_errors); });
+        if (!result.ok()) {
+          module_logger("actors")->error("worker {}: step {} failed: {}", compute->rank(),
+                                         m.step_id, result.to_string());
+        }
+        done.result = to_wire(result);
         done.tokens = st->tokens;
+        done.item_errors.clear();
+        for (const status& e : st->item_errors) done.item_errors.push_back(to_wire(e));
         done.kv_used_blocks = compute->kv_used_blocks();
         self->send(reply_to(), std::move(done));
       },
@@ -46,14 +70,15 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
           ++st->dropped;
           return;
         }
-        status result = ok_status();
-        auto id = compute->open_sequence();
-        if (!id) {
-          result = id.error();
-        } else if (*id != m.seq) {
-          result = internal_error("worker {}: opened sequence {}, the engine expected {}",
+        const status result = guarded(compute->rank(), [&]() -> status {
+          auto id = compute->open_sequence();
+          if (!id) return id.error();
+          if (*id != m.seq) {
+            return internal_error("worker {}: opened sequence {}, the engine expected {}",
                                   compute->rank(), *id, m.seq);
-        }
+          }
+          return ok_status();
+        });
         self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
                                            compute->kv_used_blocks()});
       },
@@ -62,7 +87,8 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
           ++st->dropped;
           return;
         }
-        const status result = compute->close_sequence(m.seq);
+        const status result =
+            guarded(compute->rank(), [&] { return compute->close_sequence(m.seq); });
         self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
                                            compute->kv_used_blocks()});
       },
@@ -73,7 +99,7 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
           return;
         }
         st->epoch = m.epoch;
-        const status result = compute->migrate(m.moves);
+        const status result = guarded(compute->rank(), [&] { return compute->migrate(m.moves); });
         self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
                                            compute->kv_used_blocks()});
       },

@@ -28,8 +28,11 @@ class worker_compute {
   [[nodiscard]] virtual expected<std::uint64_t> open_sequence() = 0;
   [[nodiscard]] virtual status close_sequence(std::uint64_t seq) = 0;
   /// Runs one step; tokens gets one entry per item (the sampled token, or -1 when the item is not
-  /// sampled).
-  [[nodiscard]] virtual status step(const step_msg& m, std::vector<std::int32_t>& tokens) = 0;
+  /// sampled or failed). item_errors is left empty when every item went well, else it gets one
+  /// entry per item (ok, or why that item alone failed, e.g. non-finite logits). A non-ok return
+  /// is a failure of the step itself (the rank or the data plane).
+  [[nodiscard]] virtual status step(const step_msg& m, std::vector<std::int32_t>& tokens,
+                                    std::vector<status>& item_errors) = 0;
   [[nodiscard]] virtual status migrate(std::span<const move_item> moves) = 0;
   [[nodiscard]] virtual std::int64_t kv_used_blocks() const = 0;
   [[nodiscard]] virtual std::int64_t kv_capacity_blocks() const = 0;
@@ -48,7 +51,8 @@ class rank_compute final : public worker_compute {
   [[nodiscard]] std::int64_t rank() const override;
   [[nodiscard]] expected<std::uint64_t> open_sequence() override;
   [[nodiscard]] status close_sequence(std::uint64_t seq) override;
-  [[nodiscard]] status step(const step_msg& m, std::vector<std::int32_t>& tokens) override;
+  [[nodiscard]] status step(const step_msg& m, std::vector<std::int32_t>& tokens,
+                            std::vector<status>& item_errors) override;
   [[nodiscard]] status migrate(std::span<const move_item> moves) override;
   [[nodiscard]] std::int64_t kv_used_blocks() const override;
   [[nodiscard]] std::int64_t kv_capacity_blocks() const override;
@@ -62,6 +66,7 @@ class rank_compute final : public worker_compute {
   std::vector<kernels::sampling_options> sampling_;
   std::vector<std::uint64_t> request_ids_;
   std::vector<std::int32_t> sampled_;
+  std::vector<status> row_status_;
   std::vector<model::block_move> moves_;
 };
 

@@ -23,7 +23,7 @@ constexpr const char* usage =
     "  --stop IDS            stop token ids\n"
     "  --weight-dtype D      f32, bf16 or f16 in memory (default f32)\n"
     "  --kv-dtype D          f32, bf16, f16 or fp8_e4m3 (default f32)\n"
-    "  --seed S              seed of built-in weights (default 0)\n"
+    "  --seed S              seed of built-in weights (default 1234, as the engine)\n"
     "  --threads N           CPU threads (default all)\n"
     "  --backend B           cpu or reference (default cpu)\n"
     "  --prefill-chunk N     prompt tokens per step (default 128)\n"
@@ -36,7 +36,7 @@ struct parsed {
   std::string model_name;
   std::string checkpoint;
   dtype weight_type = dtype::f32;
-  std::uint64_t seed = 0;
+  std::uint64_t seed = model::default_weight_seed;
   bool json = false;
 };
 
@@ -81,7 +81,8 @@ expected<parsed> parse(const std::vector<std::string>& argv) {
   HELIX_RETURN_IF_ERROR(kernels::validate(p.request.sampling));
   HELIX_ASSIGN_OR_RETURN(p.weight_type, parse_dtype(a.get_or("weight-dtype", "f32")));
   HELIX_ASSIGN_OR_RETURN(p.options.kv_type, parse_dtype(a.get_or("kv-dtype", "f32")));
-  HELIX_ASSIGN_OR_RETURN(const std::int64_t seed, a.get_int("seed", 0));
+  HELIX_ASSIGN_OR_RETURN(const std::int64_t seed,
+                         a.get_int("seed", static_cast<std::int64_t>(model::default_weight_seed)));
   p.seed = static_cast<std::uint64_t>(seed);
   HELIX_ASSIGN_OR_RETURN(const std::int64_t threads, a.get_int("threads", 0));
   if (threads < 0 || threads > 1024) return invalid_argument("--threads {} out of range", threads);

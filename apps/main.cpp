@@ -11,6 +11,7 @@
 #include "apps/plan_cmd.hpp"
 #include "apps/run_cmd.hpp"
 #include "apps/verify_cmd.hpp"
+#include "core/log.hpp"
 
 namespace {
 
@@ -26,12 +27,26 @@ constexpr const char* usage =
     "  plan              layout search: Pareto frontiers, Helix's headline ratios, --ttl-ms query\n"
     "  calibrate         measure this machine for the planner's cpu preset\n"
     "  help              this text\n"
-    "Run `helix <command> --help` for a command's options.\n";
+    "Run `helix <command> --help` for a command's options.\n"
+    "Every command takes --log-level LEVEL (trace, debug, info, warn, error, off; default warn):\n"
+    "logs go to stderr.\n";
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
+// --log-level LEVEL (anywhere on the line) sets every module's logger; the rest goes to the
+// command.
+int run(std::vector<std::string> args) {
+  for (auto it = args.begin(); it != args.end(); ++it) {
+    if (*it != "--log-level") continue;
+    if (it + 1 == args.end()) {
+      std::cerr << "error: --log-level needs a value (trace, debug, info, warn, error, off)\n";
+      return 2;
+    }
+    if (const helix::status st = helix::set_log_level(*(it + 1)); !st.ok()) {
+      std::cerr << "error: --log-level: " << st.message() << "\n";
+      return 2;
+    }
+    args.erase(it, it + 2);
+    break;
+  }
   if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
     std::cout << usage;
     return args.empty() ? 2 : 0;
@@ -58,4 +73,19 @@ int main(int argc, char** argv) {
   }
   std::cerr << "error: unknown command '" << cmd << "'\n" << usage;
   return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // The last line of defence: an allocation the commands' own checks did not foresee ends the
+  // command with an error message, not an abort.
+  try {
+    return run(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const std::bad_alloc&) {
+    std::cerr << "error: out of memory\n";
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+  }
+  return 1;
 }

@@ -1,10 +1,13 @@
 #include "apps/run_cmd.hpp"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <csignal>
 #include <deque>
 #include <limits>
 #include <map>
@@ -164,6 +167,17 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
   std::deque<turn_record> records;  // stable addresses
   HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng, actors::engine::create(o.engine));
   const std::int64_t vocab = eng->vocab();
+  // The first turns' prompts reach 3/2 x --context tokens: refuse a workload whose requests can
+  // never fit before building a single prompt (a huge --context would spend long building them).
+  const std::int64_t longest_first = o.context + o.context / 2;
+  if (longest_first > eng->max_request_tokens() - o.max_tokens) {
+    return resource_exhausted(
+        "helix run: --context {} gives first prompts of up to {} tokens; with --max-tokens {} a "
+        "request of this engine holds at most {} tokens (KV capacity {} tokens per worker): lower "
+        "--context or raise --kv-capacity",
+        o.context, longest_first, o.max_tokens, eng->max_request_tokens(),
+        o.engine.kv_capacity_tokens_per_worker);
+  }
   const std::int64_t window = context_window_factor * o.context;
 
   workload_report r;
@@ -307,6 +321,12 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
     }
     for (turn_record* rec : finished) finish_turn(*rec);
     if (!arrivals_open && live.empty()) break;
+    if (o.interrupt != nullptr && o.interrupt->load()) {
+      r.interrupted = true;
+      progress << fmt::format("[run] interrupted after {:.1f} s: cancelling {} live sessions\n",
+                              elapsed_s(), live.size());
+      break;
+    }
 
     now_s = elapsed_s();
     if (now_s >= next_sample_s) {
@@ -406,12 +426,14 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
           {"kv_peak_blocks", r.kv_peak_blocks},
           {"kv_series", std::move(series)},
           {"migrations", r.migrations},
-          {"kv_imbalance_max", r.kv_imbalance_max}};
+          {"kv_imbalance_max", r.kv_imbalance_max},
+          {"interrupted", r.interrupted}};
 }
 
 void print_workload_report(std::ostream& out, const workload_options& o, const workload_report& r,
                            std::size_t max_series_rows) {
-  out << fmt::format("agents     {} on {} workers, layout {}\n", r.model, r.workers, r.layout);
+  out << fmt::format("agents     {} on {} workers, layout {}{}\n", r.model, r.workers, r.layout,
+                     r.interrupted ? " (INTERRUPTED: partial report)" : "");
   out << fmt::format(
       "  {} sessions (Poisson arrivals {:.1f}/s, at most {} live, ~{} turns each), mean first "
       "context {} tokens (longest prompt {}), {} tokens per turn\n",
@@ -537,7 +559,20 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   o.seed = static_cast<std::uint64_t>(*seed);
   if (const status v = validate(o); !v.ok()) return usage_error(v.message());
 
+  // Ctrl-C stops the run and still prints what it measured; a second Ctrl-C kills as usual.
+  static std::atomic<bool> interrupted{false};
+  interrupted = false;
+  struct sigaction on_int {};
+  struct sigaction previous {};
+  on_int.sa_handler = [](int) {
+    interrupted = true;
+    std::signal(SIGINT, SIG_DFL);
+  };
+  sigemptyset(&on_int.sa_mask);
+  sigaction(SIGINT, &on_int, &previous);
+  o.interrupt = &interrupted;
   auto r = run_agent_workload(o, err);
+  sigaction(SIGINT, &previous, nullptr);
   if (!r) {
     err << "error: " << r.error().to_string() << "\n";
     const errc code = r.error().code();
@@ -547,6 +582,10 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     out << workload_report_json(o, *r).dump(2) << "\n";
   } else {
     print_workload_report(out, o, *r, 16);
+  }
+  if (r->interrupted) {
+    err << "error: interrupted (SIGINT); the report covers the run so far\n";
+    return 130;
   }
   if (r->requests_failed > 0 || r->requests_completed != r->requests_planned) {
     err << fmt::format("error: {} of {} requests did not complete\n",

@@ -27,6 +27,7 @@
 // Thread-safety: each call runs its own engine and threads; calls are independent.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <ostream>
 #include <string>
@@ -52,6 +53,9 @@ struct workload_options {
   double sample_interval_s = 0.5;    // engine::stats() sampling period
   double progress_interval_s = 1.0;  // progress line period
   double stall_timeout_s = 120.0;    // runtime error when no token arrives for this long
+  /// When set and it becomes true (e.g. from a SIGINT handler), arrivals stop, running requests
+  /// are cancelled and the report covers what ran so far (workload_report::interrupted).
+  const std::atomic<bool>* interrupt = nullptr;
 };
 
 /// Percentiles of a latency in milliseconds (linear interpolation between order statistics).
@@ -92,12 +96,15 @@ struct workload_report {
   std::vector<kv_sample> kv_series;
   std::int64_t migrations = 0;
   double kv_imbalance_max = 0.0;
+  bool interrupted = false;  // stopped early by workload_options::interrupt
 };
 
 /// Runs the workload on a fresh engine built from `o.engine`. invalid_argument for bad options or
 /// an engine config engine::create refuses (its message); resource_exhausted when the engine does
-/// not fit; deadline_exceeded when no token arrives for stall_timeout_s. Failed requests are not
-/// an error here: they are counted in the report (requests_failed, failures).
+/// not fit, or when the workload's first prompts (up to 3/2 x context) plus max_tokens exceed
+/// what one request may hold (checked before any prompt is built); deadline_exceeded when no token
+/// arrives for stall_timeout_s. Failed requests are not an error here: they are counted in the
+/// report (requests_failed, failures).
 [[nodiscard]] expected<workload_report> run_agent_workload(const workload_options& o,
                                                            std::ostream& progress);
 
@@ -105,7 +112,7 @@ struct workload_report {
 /// requests_failed, failures, prompt_tokens, generated_tokens, wall_s, tokens_per_s,
 /// ttft_ms and tpot_ms ({p50, p90, p99, mean}), kv_capacity_blocks, kv_peak_blocks, kv_series
 /// ([{t_s, used_blocks: [...], kv_imbalance}]), migrations, kv_imbalance_max (a fraction), and the
-/// workload's parameters under "workload".
+/// workload's parameters under "workload", and "interrupted" (true when SIGINT stopped the run).
 [[nodiscard]] nlohmann::json workload_report_json(const workload_options& o,
                                                   const workload_report& r);
 

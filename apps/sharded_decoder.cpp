@@ -401,6 +401,10 @@ status sharded_decoder::forward(std::span<const batch_item> items, const step_ou
   return p_->commit_step(items);
 }
 
+void sharded_decoder::abort(const status& reason) {
+  p_->fab->abort(reason);
+}
+
 std::vector<rank_stats> sharded_decoder::stats() const {
   // Read from the caller's thread: the ranks are idle between calls and the completion handshake
   // (done_mu) orders their last writes before these reads.

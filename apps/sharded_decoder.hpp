@@ -72,6 +72,10 @@ class sharded_decoder {
 
   [[nodiscard]] std::vector<rank_stats> stats() const;
 
+  /// Aborts the data plane, as a failing rank would (a caller's watchdog, fault tests): the next
+  /// call's collectives fail on every rank and the decoder is broken from then on.
+  void abort(const status& reason);
+
  private:
   struct impl;
   struct passkey {};

@@ -78,6 +78,14 @@ template <class... Args>
   return make_error(errc::resource_exhausted, f, std::forward<Args>(args)...);
 }
 template <class... Args>
+[[nodiscard]] status deadline_exceeded(fmt::format_string<Args...> f, Args&&... args) {
+  return make_error(errc::deadline_exceeded, f, std::forward<Args>(args)...);
+}
+template <class... Args>
+[[nodiscard]] status unavailable(fmt::format_string<Args...> f, Args&&... args) {
+  return make_error(errc::unavailable, f, std::forward<Args>(args)...);
+}
+template <class... Args>
 [[nodiscard]] status internal_error(fmt::format_string<Args...> f, Args&&... args) {
   return make_error(errc::internal, f, std::forward<Args>(args)...);
 }
@@ -124,6 +132,16 @@ namespace detail {
 }  // namespace detail
 
 }  // namespace helix
+
+/// `{}` in fmt and spdlog prints a status as to_string() does ("code: message").
+template <>
+struct fmt::formatter<helix::status> : fmt::formatter<std::string_view> {
+  template <class FormatContext>
+  auto format(const helix::status& st, FormatContext& ctx) const {
+    const std::string text = st.to_string();
+    return fmt::formatter<std::string_view>::format(std::string_view(text), ctx);
+  }
+};
 
 /// Always-on invariant check. Aborts with file, line and the optional formatted message.
 #define HELIX_CHECK(cond, ...)                                                                 \

@@ -71,7 +71,8 @@ struct tensor_view {
 class buffer {
  public:
   buffer() = default;
-  /// Host allocation; aborts on out-of-memory like operator new (for sizes the code derives).
+  /// Host allocation for sizes the code derives; throws std::bad_alloc on failure, as operator new
+  /// does (the API and CLI edges catch it and return resource_exhausted).
   static buffer host(std::size_t bytes);
   /// Host allocation for sizes that come from users: resource_exhausted instead of aborting.
   [[nodiscard]] static expected<buffer> try_host(std::size_t bytes);

@@ -1,12 +1,26 @@
 #include "core/thread_pool.hpp"
 
+#include <system_error>
+
+#include "core/log.hpp"
+
 namespace helix {
 
 thread_pool::thread_pool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
   if (num_threads <= 0) num_threads = 1;
   workers_.reserve(static_cast<std::size_t>(num_threads - 1));
-  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 1; i < num_threads; ++i) {
+    // The system may refuse a thread (limits, memory): run with the ones it gave, rather than
+    // terminate with joinable threads in a half-built pool.
+    try {
+      workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error& e) {
+      module_logger("core")->warn("thread_pool: {} of {} threads started ({}); running with those",
+                                  workers_.size() + 1, num_threads, e.what());
+      break;
+    }
+  }
 }
 
 thread_pool::~thread_pool() {

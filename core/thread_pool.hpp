@@ -18,7 +18,9 @@ namespace helix {
 
 class thread_pool {
  public:
-  /// `num_threads` total participants including the caller; 0 means hardware concurrency.
+  /// `num_threads` total participants including the caller; 0 means hardware concurrency. When
+  /// the system refuses to start a thread, the pool runs with those it started (num_threads()
+  /// says how many) and logs a warning.
   explicit thread_pool(int num_threads = 0);
   ~thread_pool();
   thread_pool(const thread_pool&) = delete;

@@ -23,6 +23,15 @@ std::size_t sampling_workspace_bytes(std::int64_t vocab) {
   return static_cast<std::size_t>(vocab) * (sizeof(std::int32_t) + sizeof(float));
 }
 
+status bad_logits_row(std::int64_t row, std::int64_t token, float logit) {
+  if (token < 0) {
+    return invalid_argument(
+        "logits row {} is not finite (NaN/Inf): every logit is -inf, nothing to sample", row);
+  }
+  return invalid_argument("logits row {} is not finite (NaN/Inf): token {} has logit {}", row,
+                          token, logit);
+}
+
 status sample(const sample_params& p, const exec_context& ctx) {
   if (p.rows < 0 || p.vocab <= 0 || p.logits == nullptr || p.options == nullptr ||
       p.request_ids == nullptr || p.positions == nullptr || p.tokens == nullptr) {

@@ -11,6 +11,11 @@
 // Shapes: logits [rows, vocab] (row stride logits_stride, 0 = vocab); options, request_ids and
 // positions [rows]; tokens [rows] (int32). workspace: caller-owned scratch of
 // sampling_workspace_bytes(vocab) bytes (used for top-k / top-p).
+//
+// Non-finite logits: a -inf logit masks its token (never drawn). A row holding NaN or +inf, or
+// only -inf, has no distribution to sample from, so it is refused (bad_logits_row) instead of
+// yielding an arbitrary token such as 0; the sharded sampler (kernels/sharded_sampling.hpp)
+// refuses the same rows with the same message.
 #pragma once
 
 #include <cstddef>
@@ -46,6 +51,19 @@ struct sample_params {
 
 [[nodiscard]] std::size_t sampling_workspace_bytes(std::int64_t vocab);
 
+/// Samples every row into tokens. invalid_argument for bad shapes or options (naming the field)
+/// and for a row that cannot be sampled (bad_logits_row, the first such row): then no token is
+/// written. failed_precondition for a workspace that is too small or the CUDA backend.
 [[nodiscard]] status sample(const sample_params& p, const exec_context& ctx);
+
+/// The status of a logits row that cannot be sampled: invalid_argument naming `row`, and either
+/// the lowest token id whose logit is NaN or +inf (`token` >= 0, `logit` its value) or, with
+/// `token` < 0, that every logit is -inf. Used by every sampler so that the reports agree.
+[[nodiscard]] status bad_logits_row(std::int64_t row, std::int64_t token, float logit);
+
+/// An upper bound of the Gumbel noise g = -log(-log(u)): random_uniform is at most 1 - 2^-24, so
+/// g <= 16.64, and 18.5 leaves room for rounding. Since f32 rounding is monotonic, a token with
+/// fl(z + gumbel_noise_bound) < v can neither reach nor tie the value v.
+inline constexpr float gumbel_noise_bound = 18.5f;
 
 }  // namespace helix::kernels

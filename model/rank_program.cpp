@@ -32,6 +32,10 @@ std::int64_t max_vocab_shard(const model_spec& s, std::int64_t n) {
   return (s.vocab + n - 1) / n;
 }
 
+// Rows whose sampling the shard summaries leave undecided are gathered in full this many at a
+// time, which bounds the second round's buffers to world * full_row_chunk * vmax floats.
+constexpr std::int64_t full_row_chunk = 8;
+
 }  // namespace
 
 expected<std::unique_ptr<rank_program>> rank_program::create(
@@ -187,9 +191,19 @@ void rank_program::allocate_workspace() {
     expert_in_.resize(sz(r * s.hidden));
     expert_tmp_.resize(sz(r * s.hidden));
   }
-  const std::int64_t vmax = max_vocab_shard(s, w_.layout.num_ranks);
+  const std::int64_t world = w_.layout.num_ranks;
+  const std::int64_t vmax = max_vocab_shard(s, world);
   shard_logits_.resize(sz(r * vmax));
-  gathered_.resize(sz(w_.layout.num_ranks * r * vmax));
+  gathered_.resize(sz(world * r * vmax));
+  summaries_.resize(sz(r));
+  gathered_summaries_.resize(sz(world * r));
+  per_rank_.resize(sz(world));
+  undecided_.resize(sz(r));
+  const std::int64_t chunk = std::min(r, full_row_chunk);
+  full_send_.resize(sz(chunk * vmax));
+  full_recv_.resize(sz(world * chunk * vmax));
+  full_row_.resize(sz(s.vocab));
+  sample_workspace_.resize(kernels::sampling_workspace_bytes(s.vocab));
   token_ids_.resize(sz(r));
   positions_.resize(sz(r));
   logit_positions_.resize(sz(r));
@@ -402,11 +416,10 @@ status rank_program::lm_head(std::span<const batch_item> items, const step_outpu
 }
 
 // Every rank reduces its shard of each row to a fixed-size summary; one all-gather of the
-// summaries; every rank merges the same summaries in the same order into the same token.
+// summaries; every rank merges the same summaries in the same order, so all ranks reach the same
+// outcome for every row: a token, a bad row, or undecided (then sample_full_rows).
 status rank_program::sample_sharded(std::int64_t rows, const step_output& out) {
   const std::int64_t world = w_.layout.num_ranks;
-  if (summaries_.size() < sz(rows)) summaries_.resize(sz(rows));
-  if (gathered_summaries_.size() < sz(world * rows)) gathered_summaries_.resize(sz(world * rows));
   kernels::shard_candidates_params p;
   p.logits = w_.vocab.count > 0 ? shard_logits_.data() : nullptr;
   p.logits_stride = max_vocab_shard(w_.spec, world);
@@ -425,16 +438,68 @@ status rank_program::sample_sharded(std::int64_t rows, const step_output& out) {
       world_->all_gather(transport::send_buf{summaries_.data(), bytes, transport::wire_type::bytes},
                          transport::recv_buf{gathered_summaries_.data(), bytes * sz(world),
                                              transport::wire_type::bytes}));
-  std::vector<kernels::shard_summary>& per_rank = summaries_;  // reused: [world] for one row
-  if (per_rank.size() < sz(world)) per_rank.resize(sz(world));
+  std::int64_t num_undecided = 0;
   for (std::int64_t i = 0; i < rows; ++i) {
     for (std::int64_t j = 0; j < world; ++j) {
-      per_rank[sz(j)] = gathered_summaries_[sz(j * rows + i)];
+      per_rank_[sz(j)] = gathered_summaries_[sz(j * rows + i)];
     }
     HELIX_ASSIGN_OR_RETURN(
-        out.tokens[sz(i)],
-        kernels::merge_shard_candidates(std::span(per_rank.data(), sz(world)), out.sampling[sz(i)],
-                                        out.request_ids[sz(i)], logit_positions_[sz(i)]));
+        const kernels::shard_merge m,
+        kernels::merge_shard_candidates(per_rank_, out.sampling[sz(i)], out.request_ids[sz(i)],
+                                        logit_positions_[sz(i)]));
+    out.tokens[sz(i)] = m.token;
+    if (!out.row_status.empty()) out.row_status[sz(i)] = ok_status();
+    if (m.outcome == kernels::merge_outcome::undecided) {
+      undecided_[sz(num_undecided++)] = i;
+    } else if (m.outcome == kernels::merge_outcome::bad_logits) {
+      // The same on every rank: either all report the row or all fail the step here.
+      status bad = kernels::bad_logits_row(i, m.token, m.bad_logit);
+      out.tokens[sz(i)] = -1;
+      if (out.row_status.empty()) return bad;
+      out.row_status[sz(i)] = std::move(bad);
+    }
+  }
+  full_row_samples_ = num_undecided;
+  return sample_full_rows(num_undecided, out);
+}
+
+// The undecided rows (undecided_[0, num_rows)), full_row_chunk at a time: every rank sends its
+// shard of each (padded to the largest shard, as the logits gather does), every rank rebuilds the
+// full rows and samples them with kernels::sample, the single-rank sampler, on the same logits.
+status rank_program::sample_full_rows(std::int64_t num_rows, const step_output& out) {
+  const model_spec& s = w_.spec;
+  const std::int64_t world = w_.layout.num_ranks;
+  const std::int64_t vmax = max_vocab_shard(s, world);
+  const auto chunk_cap = static_cast<std::int64_t>(full_send_.size()) / vmax;
+  for (std::int64_t first = 0; first < num_rows; first += chunk_cap) {
+    const std::int64_t chunk = std::min(chunk_cap, num_rows - first);
+    for (std::int64_t i = 0; i < chunk; ++i) {
+      std::copy_n(shard_logits_.data() + undecided_[sz(first + i)] * vmax, vmax,
+                  full_send_.data() + i * vmax);
+    }
+    HELIX_RETURN_IF_ERROR(world_->all_gather(
+        transport::as_send(std::span<const float>(full_send_.data(), sz(chunk * vmax))),
+        transport::as_recv(std::span<float>(full_recv_.data(), sz(world * chunk * vmax)))));
+    for (std::int64_t i = 0; i < chunk; ++i) {
+      for (std::int64_t j = 0; j < world; ++j) {
+        const index_range v = split_range(s.vocab, world, j);
+        std::copy_n(full_recv_.data() + (j * chunk + i) * vmax, v.count,
+                    full_row_.data() + v.first);
+      }
+      const std::int64_t row = undecided_[sz(first + i)];
+      kernels::sample_params p;
+      p.logits = full_row_.data();
+      p.rows = 1;
+      p.vocab = s.vocab;
+      p.options = &out.sampling[sz(row)];
+      p.request_ids = &out.request_ids[sz(row)];
+      p.positions = &logit_positions_[sz(row)];
+      p.tokens = &out.tokens[sz(row)];
+      p.workspace = sample_workspace_.data();
+      p.workspace_bytes = sample_workspace_.size();
+      HELIX_RETURN_IF_ERROR(
+          kernels::sample(p, ctx()).with_context(fmt::format("rank_program: logits row {}", row)));
+    }
   }
   return ok_status();
 }
@@ -462,6 +527,10 @@ status rank_program::forward(std::span<const batch_item> items,
           "{})",
           logit_rows, out.tokens.size(), out.sampling.size(), out.request_ids.size());
     }
+    if (!out.row_status.empty() && out.row_status.size() < logit_rows) {
+      return invalid_argument("rank_program: row_status has {} entries for {} logits rows",
+                              out.row_status.size(), logit_rows);
+    }
     if (out.k_max < 1 || out.k_max > kernels::shard_summary_capacity) {
       return invalid_argument("rank_program: k_max {} outside [1, {}]", out.k_max,
                               kernels::shard_summary_capacity);
@@ -472,6 +541,7 @@ status rank_program::forward(std::span<const batch_item> items,
   }
   HELIX_RETURN_IF_ERROR(reserve_kv(items, new_block_kvp));
   kv_bytes_read_ = 0;
+  full_row_samples_ = 0;
 
   HELIX_RETURN_IF_ERROR(embed_tokens(ctx(), w_.embed, token_ids_.data(), rows, x_.data()));
   for (std::int64_t l = 0; l < s.num_layers; ++l) {

@@ -25,7 +25,8 @@
 //      chose plus its slice of the shared expert (the router is replicated); all-reduce; residual.
 //   9. After the last layer: final norm and its LM-head rows [v0, v1); then, as the step asks,
 //      an all-gather of the vocabulary shards (full logits on every rank) and/or exact sampling
-//      from per-shard candidate summaries (kernels/sharded_sampling.hpp) without the gather.
+//      from per-shard candidate summaries (kernels/sharded_sampling.hpp), with a second
+//      all-gather of the full shards only for the rows the summaries leave undecided.
 //
 // Collectives are called in the same order on every rank, and every error a rank can detect on
 // its own (bad items, validation) is a pure function of the step's inputs, so all ranks fail
@@ -84,16 +85,27 @@ struct step_output {
   /// Full logits, decoder::logits_rows(items) * vocab floats, rows in item order, on every rank
   /// (an all-gather of the vocabulary shards). Empty: not gathered.
   std::span<float> logits;
-  /// Exact sampling over the sharded vocabulary without gathering it (kernels/sharded_sampling):
-  /// one options entry and one request id per logits row; the chosen token of every row lands in
-  /// `tokens` (identical on every rank). Empty `tokens`: no sampling. The row's position for the
-  /// counter-based noise is the position of the token being sampled (one past the token whose
-  /// logits the row holds), as model::generate does.
+  /// Exact sampling over the sharded vocabulary (kernels/sharded_sampling.hpp): one options entry
+  /// and one request id per logits row; the chosen token of every row lands in `tokens`
+  /// (identical on every rank, and equal to kernels::sample on the full row for every top_k and
+  /// top_p). Empty `tokens`: no sampling. The row's position for the counter-based noise is the
+  /// position of the token being sampled (one past the token whose logits the row holds), as
+  /// model::generate does.
   std::span<const kernels::sampling_options> sampling;
   std::span<const std::uint64_t> request_ids;
   std::span<std::int32_t> tokens;
-  /// Candidates each shard sends per row (kernels::shard_candidates_params::k_max).
-  std::int32_t k_max = 64;
+  /// Optional, one entry per logits row when not empty: each sampled row's own outcome. A row
+  /// whose logits hold NaN or +inf, or only -inf, gets kernels::bad_logits_row (invalid_argument
+  /// naming the row and the first bad token id) and token -1, while the other rows are sampled
+  /// and get ok: forward() returns ok. Empty: such a row fails forward() with that status.
+  std::span<status> row_status;
+  /// Candidates each shard sends per row in the one-round summaries
+  /// (kernels::shard_candidates_params::k_max, in [1, kernels::shard_summary_capacity]). Any value
+  /// is exact; it only decides how many rows finish in one round: rows the summaries cannot
+  /// decide (top_k > k_max, or a top-p nucleus with more than k_max tokens in one shard) take a
+  /// second all-gather of just their shards' logits. The summary's size does not depend on it,
+  /// so the largest value costs only the shards' selection time.
+  std::int32_t k_max = kernels::shard_summary_capacity;
 };
 
 class rank_program {
@@ -130,9 +142,10 @@ class rank_program {
   /// that member of this rank's column. `out` asks for full logits and/or sampled tokens (see
   /// step_output; neither, e.g. for a non-final prefill chunk, skips the LM head).
   /// Errors as decoder::forward, plus invalid_argument for owners of the wrong count or out of
-  /// [0, KVP), output spans of the wrong size or invalid sampling options: all identical on
-  /// every rank and leaving every sequence unchanged. A transport failure is returned as is and
-  /// leaves the step's tokens appended.
+  /// [0, KVP), output spans of the wrong size (row_status: empty or one per logits row) or
+  /// invalid sampling options: all identical on every rank and leaving every sequence unchanged.
+  /// A transport failure is returned as is and leaves the step's tokens appended; so does a row
+  /// with bad logits when row_status is empty (invalid_argument, identical on every rank).
   [[nodiscard]] status forward(std::span<const batch_item> items,
                                std::span<const std::int64_t> new_block_kvp, const step_output& out);
   /// forward() asking for full logits only.
@@ -162,6 +175,9 @@ class rank_program {
   /// KV bytes this rank's partial attention read in the last forward(), summed over layers
   /// (whole pages of the blocks it attended over).
   [[nodiscard]] std::int64_t kv_bytes_read_last_step() const { return kv_bytes_read_; }
+  /// Rows of the last forward() whose sampled token needed the second, full-row round (the shard
+  /// summaries left them undecided); the same on every rank.
+  [[nodiscard]] std::int64_t full_row_samples_last_step() const { return full_row_samples_; }
 
  private:
   struct passkey {};
@@ -215,6 +231,7 @@ class rank_program {
   // rank_program.cpp
   [[nodiscard]] status lm_head(std::span<const batch_item> items, const step_output& out);
   [[nodiscard]] status sample_sharded(std::int64_t rows, const step_output& out);
+  [[nodiscard]] status sample_full_rows(std::int64_t num_rows, const step_output& out);
   [[nodiscard]] status linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
                               std::int64_t y_stride, std::int64_t rows, bool accumulate = false);
   [[nodiscard]] status all_reduce_add(std::int64_t rows);
@@ -230,6 +247,7 @@ class rank_program {
   std::int64_t tpa_idx_ = 0;
   std::int64_t kvp_idx_ = 0;
   std::int64_t kv_bytes_read_ = 0;
+  std::int64_t full_row_samples_ = 0;
   std::unordered_map<std::uint64_t, sequence> seqs_;
   std::uint64_t next_seq_ = 1;
 
@@ -244,7 +262,12 @@ class rank_program {
   std::vector<transport::request> exchanges_;
   std::vector<kv_block_ref> local_blocks_;
   std::vector<std::uint8_t> attn_workspace_;
-  std::vector<kernels::shard_summary> summaries_, gathered_summaries_;
+  // Sharded sampling: summaries [rows], gathered [world, rows], one row's [world]; the rows the
+  // summaries leave undecided, and the full-row round's buffers (full_row_chunk rows at a time).
+  std::vector<kernels::shard_summary> summaries_, gathered_summaries_, per_rank_;
+  std::vector<std::int64_t> undecided_;
+  std::vector<float> full_send_, full_recv_, full_row_;
+  std::vector<std::uint8_t> sample_workspace_;
 };
 
 }  // namespace helix::model

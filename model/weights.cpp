@@ -1,9 +1,11 @@
 #include "model/weights.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
 
+#include "core/memory.hpp"
 #include "core/rng.hpp"
 
 namespace helix::model {
@@ -22,12 +24,54 @@ mlp_weights make_mlp(dtype t, std::int64_t hidden, std::int64_t ffn) {
 
 }  // namespace
 
+weights_size weights_bytes(const model_spec& spec, dtype weight_type) {
+  const auto d = [](std::int64_t v) { return static_cast<double>(v); };
+  const double w = static_cast<double>(dtype_bytes(weight_type));
+  const double h = d(spec.hidden);
+  const double nq = d(spec.num_q_heads);
+  weights_size out;
+  out.replicated = d(spec.vocab) * h * w + h * 4.0;                    // embedding, final norm
+  out.split = spec.tie_word_embeddings ? 0.0 : d(spec.vocab) * h * w;  // LM head
+  for (std::int64_t l = 0; l < spec.num_layers; ++l) {
+    out.replicated += 2.0 * h * 4.0;  // the layer's two norms
+    if (spec.is_mla()) {
+      const mla_spec& m = spec.mla;
+      const double qk = d(m.qk_head_dim());
+      out.replicated += (d(m.q_lora_rank) * h + d(m.kv_lora_rank + m.qk_rope_head_dim) * h) * w +
+                        (d(m.q_lora_rank) + d(m.kv_lora_rank)) * 4.0;
+      out.per_column += (m.q_lora_rank > 0 ? nq * qk * d(m.q_lora_rank) : nq * qk * h) * w +
+                        nq * d(m.qk_nope_head_dim + m.v_head_dim) * d(m.kv_lora_rank) * w;
+      out.split += h * nq * d(m.v_head_dim) * w;
+    } else {
+      out.per_column += (nq + 2.0 * d(spec.num_kv_heads)) * d(spec.head_dim) * h * w;
+      out.split += nq * d(spec.head_dim) * h * w;
+    }
+    if (spec.layer_is_moe(l)) {
+      const moe_spec& e = spec.moe;
+      out.replicated +=
+          (d(e.num_experts) * h + (e.score_correction_bias ? d(e.num_experts) : 0.0)) * 4.0;
+      out.split += d(e.num_experts + e.num_shared_experts) * 3.0 * h * d(e.expert_ffn) * w;
+    } else {
+      out.split += 3.0 * h * d(spec.ffn) * w;
+    }
+  }
+  return out;
+}
+
 expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_type) {
   HELIX_RETURN_IF_ERROR(spec.validate());
   if (weight_type == dtype::fp8_e4m3) {
     return invalid_argument(
         "weights: fp8_e4m3 is a KV storage type, not a weight type here "
         "(use f32, bf16 or f16)");
+  }
+  const double need = weights_bytes(spec, weight_type).total();
+  const memory_headroom avail = available_memory();
+  if (need > static_cast<double>(avail.bytes)) {
+    return resource_exhausted(
+        "weights: model '{}' needs {} as {}, more than the {} this process can allocate ({})",
+        spec.name, format_bytes(static_cast<std::uint64_t>(std::min(need, 1.8e19))),
+        dtype_name(weight_type), format_bytes(avail.bytes), avail.limited_by);
   }
   const dtype t = weight_type;
   const std::int64_t h = spec.hidden;

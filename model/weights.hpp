@@ -71,9 +71,27 @@ struct named_tensor {
 /// Every tensor the spec has, in a fixed order, with HF names. Pointers are into `w`.
 [[nodiscard]] std::vector<named_tensor> list_tensors(model_weights& w);
 
+/// The seed of built-in models' weights everywhere (CLI commands and the engine), so that one model
+/// name means the same weights in every command.
+inline constexpr std::uint64_t default_weight_seed = 1234;
+
+/// Bytes of the full weights of `spec` as `weight_type` (norms, router and biases in f32), by how
+/// a layout shards them (model/sharding.hpp): `replicated` on every rank (embedding, norms,
+/// router, MLA's down-projections), `per_column` split over the TPA columns and held by every
+/// KVP member of a column (attention input projections), `split` over all N ranks (o_proj, FFN,
+/// LM head). In double: a config's product of sizes may exceed int64.
+struct weights_size {
+  double replicated = 0;
+  double per_column = 0;
+  double split = 0;
+  [[nodiscard]] double total() const { return replicated + per_column + split; }
+};
+[[nodiscard]] weights_size weights_bytes(const model_spec& spec, dtype weight_type);
+
 /// Deterministic weights for a spec: every tensor is filled from the counter-based RNG keyed by
 /// (seed, tensor index), uniform in +-1/sqrt(fan_in) for linear weights, 1 +- 0.1 for norms,
-/// rounded to `weight_type`. invalid_argument for fp8_e4m3 (not a weight type) or a bad spec.
+/// rounded to `weight_type`. invalid_argument for fp8_e4m3 (not a weight type) or a bad spec;
+/// resource_exhausted (naming the bytes needed and available) when they do not fit in memory.
 [[nodiscard]] expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight_type,
                                                           std::uint64_t seed);
 

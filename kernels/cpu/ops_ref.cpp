@@ -194,6 +194,19 @@ float gumbel(const sampling_options& o, std::uint64_t request_id, std::int64_t p
 
 status sample(const sample_params& p) {
   const std::int64_t stride = p.logits_stride == 0 ? p.vocab : p.logits_stride;
+  // A row with NaN or +inf, or only -inf, has no distribution: refuse the batch before writing
+  // any token (-inf alone masks a token and is fine).
+  for (std::int64_t r = 0; r < p.rows; ++r) {
+    const float* logits = p.logits + r * stride;
+    bool any_finite = false;
+    for (std::int64_t t = 0; t < p.vocab; ++t) {
+      if (std::isnan(logits[t]) || logits[t] == std::numeric_limits<float>::infinity()) {
+        return bad_logits_row(r, t, logits[t]);
+      }
+      any_finite = any_finite || std::isfinite(logits[t]);
+    }
+    if (!any_finite) return bad_logits_row(r, -1, logits[0]);
+  }
   for (std::int64_t r = 0; r < p.rows; ++r) {
     const float* logits = p.logits + r * stride;
     const sampling_options& o = p.options[r];

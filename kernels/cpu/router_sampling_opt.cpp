@@ -7,6 +7,7 @@
 // noise of tokens that provably cannot win. Their outputs therefore equal the reference's exactly,
 // on any number of threads.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -109,9 +110,9 @@ void route_row(const router_params& p, std::int64_t r) {
 // Full-vocabulary scans (greedy, or Gumbel-max without top-k / top-p) run in chunks of this many
 // tokens; each chunk's winner goes to the workspace, and the winners are merged in chunk order.
 constexpr std::int64_t sample_chunk = 8192;
-// An upper bound of the Gumbel noise (at most 16.64, see gumbel()). A token with
-// fl(z + gumbel_bound) < v cannot reach v (nor tie), because rounding is monotonic.
-constexpr float gumbel_bound = 18.5f;
+// Rows are checked for NaN / +inf in blocks of this many logits, with a branch-free test per
+// block that the compiler can vectorise; only a bad block is searched for its first bad logit.
+constexpr std::int64_t check_block = 1024;
 // First guess of how many sorted candidates top-p needs; grows by 4x.
 constexpr std::int64_t top_p_first_guess = 256;
 
@@ -124,6 +125,39 @@ struct row_ctx {
   std::int32_t* ids = nullptr;  // workspace [vocab]
   float* values = nullptr;      // workspace [vocab]
 };
+
+/// What a row's check found: the lowest index whose logit is NaN or +inf (-1: none), and
+/// whether some logit is finite.
+struct logits_check {
+  std::int64_t bad = -1;
+  bool any_finite = false;
+};
+
+/// On the f32 bit pattern: exponent all ones is inf or NaN; with the sign bit clear it is +inf or
+/// NaN, with it set -inf (a mask, unless every logit is one) or NaN.
+logits_check check_logits(const float* logits, std::int64_t vocab) {
+  constexpr std::uint32_t exp_mask = 0x7f800000u;
+  logits_check c;
+  for (std::int64_t begin = 0; begin < vocab; begin += check_block) {
+    const std::int64_t end = std::min(vocab, begin + check_block);
+    std::uint32_t bad = 0;
+    std::uint32_t finite = 0;
+    for (std::int64_t t = begin; t < end; ++t) {
+      const auto bits = std::bit_cast<std::uint32_t>(logits[t]);
+      bad |= static_cast<std::uint32_t>((bits & 0x7fffffffu) > exp_mask || bits == exp_mask);
+      finite |= static_cast<std::uint32_t>((bits & exp_mask) != exp_mask);
+    }
+    c.any_finite = c.any_finite || finite != 0;
+    if (bad == 0) continue;
+    for (std::int64_t t = begin; t < end; ++t) {
+      if (std::isnan(logits[t]) || logits[t] == std::numeric_limits<float>::infinity()) {
+        c.bad = t;
+        return c;
+      }
+    }
+  }
+  return c;
+}
 
 /// As the reference. random_uniform is at most 1 - 2^-24, so the noise is finite and at most
 /// -log(-log(1 - 2^-24)) = 16.64.
@@ -162,8 +196,9 @@ std::int32_t argmax_full(const row_ctx& row, thread_pool* pool) {
 }
 
 /// Gumbel-max over the whole vocabulary. The value drawn for the top logit is a lower bound of the
-/// winning value, so tokens whose z + gumbel_bound is below the best value seen so far are pruned
-/// without drawing their noise; with real logits (a spread of tens) that is most of the vocabulary.
+/// winning value, so tokens whose z + gumbel_noise_bound is below the best value seen so far are
+/// pruned without drawing their noise; with real logits (a spread of tens) that is most of the
+/// vocabulary.
 std::int32_t gumbel_full(const row_ctx& row, thread_pool* pool) {
   const float temperature = row.o->temperature;
   const std::int32_t top = argmax_full(row, pool);  // argmax z too, as T > 0
@@ -176,7 +211,7 @@ std::int32_t gumbel_full(const row_ctx& row, thread_pool* pool) {
     float best_value = floor_value;
     for (std::int64_t t = begin; t < end; ++t) {
       const float z = row.logits[t] / temperature;
-      if (z + gumbel_bound < best_value) continue;  // cannot win, nor tie
+      if (z + gumbel_noise_bound < best_value) continue;  // cannot win, nor tie
       const float v = z + gumbel(row, t);
       if (best < 0 ? v >= best_value : v > best_value) {
         best = t;
@@ -252,13 +287,13 @@ std::int32_t sample_filtered(const row_ctx& row) {
     }
     kept = j;
   }
-  // Candidates come in descending z: once z + gumbel_bound is below the best value, no later
+  // Candidates come in descending z: once z + gumbel_noise_bound is below the best value, no later
   // candidate can win or tie.
   std::int64_t best = -1;
   float best_value = 0.0f;
   for (std::int64_t j = 0; j < kept; ++j) {
     const std::int64_t t = ids[j];
-    if (best >= 0 && z[t] + gumbel_bound < best_value) break;
+    if (best >= 0 && z[t] + gumbel_noise_bound < best_value) break;
     const float v = z[t] + gumbel(row, t);
     if (best < 0 || v > best_value || (v == best_value && t < best)) {
       best = t;
@@ -285,6 +320,13 @@ status route_experts(const router_params& p, thread_pool* pool) {
 
 status sample(const sample_params& p, thread_pool* pool) {
   const std::int64_t stride = p.logits_stride == 0 ? p.vocab : p.logits_stride;
+  // As the reference: refuse a row without a distribution before writing any token.
+  for (std::int64_t r = 0; r < p.rows; ++r) {
+    const float* logits = p.logits + r * stride;
+    const logits_check c = check_logits(logits, p.vocab);
+    if (c.bad >= 0) return bad_logits_row(r, c.bad, logits[c.bad]);
+    if (!c.any_finite) return bad_logits_row(r, -1, logits[0]);
+  }
   for (std::int64_t r = 0; r < p.rows; ++r) {
     row_ctx row;
     row.logits = p.logits + r * stride;

@@ -39,8 +39,10 @@ class scripted_compute final : public worker_compute {
     log_.push_back(fmt::format("close {}", seq));
     return ok_status();
   }
-  status step(const step_msg& m, std::vector<std::int32_t>& tokens) override {
+  status step(const step_msg& m, std::vector<std::int32_t>& tokens,
+              std::vector<status>& item_errors) override {
     tokens.clear();
+    item_errors.clear();
     std::string line = "step";
     for (const step_item& it : m.items) {
       auto len = lengths_.find(it.seq);

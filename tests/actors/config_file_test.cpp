@@ -1,11 +1,17 @@
 #include "actors/config_file.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <limits>
 #include <random>
 #include <string>
@@ -44,13 +50,13 @@ void expect_config_eq(const engine_config& a, const engine_config& b) {
   EXPECT_EQ(a.threads_per_worker, b.threads_per_worker);
   EXPECT_EQ(a.rebalance_threshold, b.rebalance_threshold);
   EXPECT_EQ(a.rebalance_min_blocks, b.rebalance_min_blocks);
+  EXPECT_EQ(a.log_level, b.log_level);
 }
 
 // A config with every field away from its default.
 engine_config unusual_config() {
   engine_config c;
-  c.model = "small-llama";
-  c.checkpoint = "/models/some checkpoint";
+  c.checkpoint = "/models/some checkpoint";  // model stays empty: the two are exclusive
   c.weight_type = dtype::bf16;
   c.kv_type = dtype::fp8_e4m3;
   c.weight_seed = std::numeric_limits<std::uint64_t>::max();
@@ -66,6 +72,7 @@ engine_config unusual_config() {
   c.threads_per_worker = 3;
   c.rebalance_threshold = 0.25;
   c.rebalance_min_blocks = 0;
+  c.log_level = "debug";
   return c;
 }
 
@@ -254,19 +261,19 @@ TEST(ConfigFileTest, EmptyConfigIsAllDefaults) {
 }
 
 TEST(ConfigFileTest, ExplicitZeroOverridesNonZeroDefault) {
-  auto text = parse_engine_config("weight_seed: 0 rebalance_threshold: 0 rebalance_min_blocks: 0",
-                                  /*json=*/false);
+  auto text = parse_engine_config("weight_seed: 0 rebalance_min_blocks: 0", /*json=*/false);
   ASSERT_TRUE(text.has_value()) << text.error().to_string();
   EXPECT_EQ(text->weight_seed, 0u);
-  EXPECT_EQ(text->rebalance_threshold, 0.0);
   EXPECT_EQ(text->rebalance_min_blocks, 0);
-  auto json = parse_engine_config(
-      R"({"weight_seed": 0, "rebalance_threshold": 0, "rebalance_min_blocks": "0"})",
-      /*json=*/true);
+  auto json = parse_engine_config(R"({"weight_seed": 0, "rebalance_min_blocks": "0"})",
+                                  /*json=*/true);
   ASSERT_TRUE(json.has_value()) << json.error().to_string();
   EXPECT_EQ(json->weight_seed, 0u);
-  EXPECT_EQ(json->rebalance_threshold, 0.0);
   EXPECT_EQ(json->rebalance_min_blocks, 0);
+  // An explicit zero threshold is read, and refused: rebalancing needs a positive tolerance.
+  auto zero = parse_engine_config("rebalance_threshold: 0", /*json=*/false);
+  ASSERT_FALSE(zero.has_value());
+  EXPECT_THAT(zero.error().message(), HasSubstr("rebalance_threshold"));
 }
 
 TEST(ConfigFileTest, BadDtypeNamesTheField) {
@@ -304,6 +311,21 @@ TEST(ConfigFileTest, NonPositiveSizesNameTheField) {
     auto c = parse_engine_config(std::string("rebalance_threshold: ") + threshold, false);
     ASSERT_FALSE(c.has_value()) << threshold;
     EXPECT_THAT(c.error().message(), HasSubstr("rebalance_threshold"));
+  }
+}
+
+// threads_per_worker: 100000 used to terminate with std::system_error; rebalance_threshold: 1e308
+// was accepted and then every request was refused; both model and checkpoint silently used the
+// checkpoint.
+TEST(ConfigFileTest, OutOfBoundsFieldsAreRefusedWhenLoaded) {
+  for (const char* text : {"threads_per_worker: 100000", "rebalance_threshold: 1e308",
+                           "max_batch_tokens: 9223372036854775807", "num_workers: 5000",
+                           "model: \"tiny-llama\" checkpoint: \"/x\"", "log_level: \"loud\""}) {
+    auto c = parse_engine_config(text, /*json=*/false);
+    ASSERT_FALSE(c.has_value()) << text;
+    EXPECT_EQ(c.error().code(), errc::invalid_argument) << text;
+    const std::string field(text, std::string_view(text).find(':'));
+    EXPECT_THAT(c.error().message(), HasSubstr(field)) << c.error().to_string();
   }
 }
 
@@ -476,6 +498,60 @@ TEST_F(ConfigFileLoadTest, FileErrorsNameThePathAndThePosition) {
   EXPECT_THAT(c.error().message(), HasSubstr("block_tokens"));
 }
 
+// Regression: a FIFO as the config path blocked in open() until some process wrote to it. The
+// load runs on another thread so that a regression fails the test instead of hanging it.
+TEST_F(ConfigFileLoadTest, FifoIsRefusedWithoutBlocking) {
+  const std::string path = (dir_ / "engine.textproto").string();
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+  auto pending = std::async(std::launch::async, [&] { return load_engine_config(path); });
+  if (pending.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    // Unblock the reader so that the test can end, then fail.
+    const int w = ::open(path.c_str(), O_WRONLY | O_NONBLOCK);
+    if (w >= 0) ::close(w);
+    pending.wait();
+    FAIL() << "load_engine_config blocked on a FIFO";
+  }
+  auto c = pending.get();
+  ASSERT_FALSE(c.has_value());
+  EXPECT_EQ(c.error().code(), errc::invalid_argument);
+  EXPECT_THAT(c.error().message(), HasSubstr(path));
+  EXPECT_THAT(c.error().message(), HasSubstr("not a regular file"));
+}
+
+// Regression: /dev/zero was read until memory ran out.
+TEST_F(ConfigFileLoadTest, DeviceIsRefusedWithoutReading) {
+  for (const char* dev : {"/dev/zero", "/dev/null"}) {
+    if (!fs::exists(dev)) continue;
+    auto c = load_engine_config(dev);
+    ASSERT_FALSE(c.has_value()) << dev;
+    EXPECT_EQ(c.error().code(), errc::invalid_argument) << dev;
+    EXPECT_THAT(c.error().message(), HasSubstr(dev));
+    EXPECT_THAT(c.error().message(), HasSubstr("not a regular file"));
+  }
+}
+
+TEST_F(ConfigFileLoadTest, FileAboveTheSizeLimitIsRefused) {
+  const std::string path = write("huge.textproto", "num_workers: 8\n");
+  fs::resize_file(path, (std::uintmax_t{16} << 20) + 1);  // sparse: cheap to make
+  auto c = load_engine_config(path);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_EQ(c.error().code(), errc::invalid_argument);
+  EXPECT_THAT(c.error().message(), HasSubstr(path));
+  EXPECT_THAT(c.error().message(), HasSubstr("16777217 bytes, more than the 16777216-byte limit"));
+  // Exactly at the limit is read (and then fails to parse: it is mostly NUL bytes).
+  fs::resize_file(path, std::uintmax_t{16} << 20);
+  c = load_engine_config(path);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_THAT(c.error().message(), HasSubstr("text format"));
+}
+
+TEST_F(ConfigFileLoadTest, MissingParentDirectoryIsNotFound) {
+  const std::string path = write("plain", "") + "/engine.textproto";  // a file as a directory
+  auto c = load_engine_config(path);
+  ASSERT_FALSE(c.has_value());
+  EXPECT_EQ(c.error().code(), errc::not_found);
+}
+
 TEST(ConfigFileExamplesTest, ExampleConfigsLoadAndAgree) {
   const std::string dir = std::string(HELIX_SOURCE_DIR) + "/examples/configs/";
   auto text = load_engine_config(dir + "engine.textproto");
@@ -487,9 +563,11 @@ TEST(ConfigFileExamplesTest, ExampleConfigsLoadAndAgree) {
   EXPECT_EQ(text->num_workers, 8);
   EXPECT_EQ(text->layout, "auto");
   EXPECT_EQ(text->model, "tiny-llama");
-  // Apart from the worker count, the examples spell out the defaults.
+  // Apart from the worker count and the model (empty by default, which means tiny-llama too),
+  // the examples spell out the defaults.
   engine_config want;
   want.num_workers = 8;
+  want.model = "tiny-llama";
   expect_config_eq(*text, want);
 }
 

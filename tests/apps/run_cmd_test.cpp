@@ -1,6 +1,9 @@
 #include "apps/run_cmd.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -95,15 +98,51 @@ TEST(RunCommand, HumanReportHasEverySection) {
   }
 }
 
-// A request that can never fit in the KV capacity is a failed request: exit 1, reported.
-TEST(RunCommand, RefusedRequestsFailTheRun) {
-  std::ostringstream out, err;
-  EXPECT_EQ(run_workload({"--workers", "2", "--requests", "2", "--rate", "50", "--context", "2K",
-                          "--kv-capacity", "256", "--max-tokens", "4"},
-                         out, err),
-            1);
-  EXPECT_NE(out.str().find("FAILED"), std::string::npos) << out.str();
-  EXPECT_NE(err.str().find("did not complete"), std::string::npos) << err.str();
+// A workload whose requests can never fit in the KV capacity fails at once, naming the flags,
+// before any prompt is built (--context 1G used to spend 20 s building prompts first).
+TEST(RunCommand, ContextThatCanNeverFitIsRefusedBeforeBuildingPrompts) {
+  for (const char* context : {"2K", "1G"}) {
+    std::ostringstream out, err;
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(run_workload({"--workers", "2", "--requests", "2", "--rate", "50", "--context",
+                            context, "--kv-capacity", "256", "--max-tokens", "4"},
+                           out, err),
+              1);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+    EXPECT_NE(err.str().find("lower --context or raise --kv-capacity"), std::string::npos)
+        << err.str();
+  }
+}
+
+// SIGINT during `helix run` used to end it with no report: the interrupt (set by run_workload's
+// SIGINT handler) stops arrivals and the report covers what ran.
+TEST(RunCommand, InterruptGivesAPartialReport) {
+  workload_options o;
+  o.engine.model = "tiny-llama";
+  o.engine.num_workers = 2;
+  o.engine.kv_capacity_tokens_per_worker = 4096;
+  o.duration_s = 60.0;
+  o.rate = 20.0;
+  o.context = 64;
+  o.max_tokens = 16;
+  std::atomic<bool> stop{false};
+  o.interrupt = &stop;
+  std::thread interrupter([&stop] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    stop = true;
+  });
+  std::ostringstream progress;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = run_agent_workload(o, progress);
+  interrupter.join();
+  ASSERT_TRUE(r.has_value()) << r.error().to_string();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
+  EXPECT_TRUE(r->interrupted);
+  EXPECT_GT(r->requests_completed, 0);
+  EXPECT_EQ(workload_report_json(o, *r)["interrupted"], true);
+  std::ostringstream human;
+  print_workload_report(human, o, *r, 4);
+  EXPECT_NE(human.str().find("INTERRUPTED"), std::string::npos) << human.str();
 }
 
 TEST(RunCommand, BadFlagsAreUsageErrors) {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <set>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -127,6 +128,63 @@ TEST(SamplingCpu, MaskedTokensAreNeverDrawn) {
   const std::vector<std::int32_t> ref = run(b, {.backend = backend::reference});
   EXPECT_EQ(run(b, {.backend = backend::cpu, .pool = &pool}), ref);
   for (std::int32_t t : ref) EXPECT_EQ(t % 3, 1) << "token " << t;
+}
+
+// A row holding NaN or +inf, or only -inf, has no distribution: both backends refuse the batch
+// with the same invalid_argument naming the first bad row and its first bad token, and write no
+// token (it used to come out as token 0, or whatever the NaN comparisons left).
+TEST(SamplingCpu, NonFiniteRowsAreRefused) {
+  thread_pool pool(2);
+  struct bad_case {
+    std::int64_t token;  // where the bad logit goes; -1: every logit is -inf
+    float value;
+    const char* names;  // expected in the message
+  };
+  const bad_case cases[] = {{3, NAN, "token 3"},
+                            {9000, INFINITY, "token 9000"},
+                            {0, -NAN, "token 0"},
+                            {-1, -INFINITY, "every logit is -inf"}};
+  for (const bad_case& bc : cases) {
+    for (const sampling_options& o : {opts(0.0f), opts(1.0f), opts(0.7f, 40, 0.9f)}) {
+      batch b;
+      b.vocab = 10000;  // several check blocks of the optimised kernel
+      const std::vector<float> good = random_logits(b.vocab, 70, 6.0f);
+      std::vector<float> bad = good;
+      if (bc.token < 0) {
+        bad.assign(bad.size(), -INFINITY);
+      } else {
+        bad[static_cast<std::size_t>(bc.token)] = bc.value;
+        bad[9999] = NAN;  // a later bad logit is not the one named
+      }
+      b.add(good, o, 1, 0);
+      b.add(good, o, 2, 0);
+      b.add(bad, o, 3, 0);
+      b.add(bad, o, 4, 0);
+      std::vector<std::string> messages;
+      for (const exec_context ctx : {exec_context{.backend = backend::reference},
+                                     exec_context{.backend = backend::cpu, .pool = &pool}}) {
+        std::vector<std::int32_t> tokens(4, -5);
+        std::vector<std::uint8_t> workspace(sampling_workspace_bytes(b.vocab));
+        sample_params p;
+        p.logits = b.logits.data();
+        p.rows = 4;
+        p.vocab = b.vocab;
+        p.options = b.options.data();
+        p.request_ids = b.request_ids.data();
+        p.positions = b.positions.data();
+        p.tokens = tokens.data();
+        p.workspace = workspace.data();
+        p.workspace_bytes = workspace.size();
+        const status s = sample(p, ctx);
+        EXPECT_EQ(s.code(), errc::invalid_argument) << s.to_string();
+        EXPECT_NE(s.message().find("row 2"), std::string::npos) << s.message();
+        EXPECT_NE(s.message().find(bc.names), std::string::npos) << s.message();
+        EXPECT_EQ(tokens, std::vector<std::int32_t>(4, -5)) << backend_name(ctx.backend);
+        messages.push_back(s.message());
+      }
+      EXPECT_EQ(messages[0], messages[1]);
+    }
+  }
 }
 
 // Regression: random_uniform rounds to exactly 1.0f for 2^-24 of its counters, where the Gumbel

@@ -1,12 +1,14 @@
-// Sharded sampling (kernels/sharded_sampling.hpp): the token merged from per-shard summaries must
-// equal helix::kernels::sample (reference backend) on the full row, token for token, for uneven
-// splits, every sampling mode, and tied logits; k_max too small for a top-p nucleus must be a
-// failed_precondition, never a different token; empty shards are handled.
+// Sharded sampling (kernels/sharded_sampling.hpp): the token from per-shard summaries, or for an
+// undecided row from kernels::sample on the full row (what rank_program does), must equal
+// helix::kernels::sample (reference backend) on the full row, token for token, for uneven splits
+// with empty shards, every top_k and top_p, any k_max, flat, tied and peaked logits; bad logits
+// (NaN, +inf, only -inf) are reported per row, naming the row and the first bad token.
 //
 // Tolerances: none. Tokens are compared exactly (same z, same noise, same rules).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -17,6 +19,10 @@
 
 namespace helix::kernels {
 namespace {
+
+std::size_t sz(std::int64_t n) {
+  return static_cast<std::size_t>(n);
+}
 
 sampling_options opts(float temperature, std::int32_t top_k = 0, float top_p = 1.0f,
                       std::uint64_t seed = 7) {
@@ -61,7 +67,7 @@ struct row_case {
   std::int64_t position = 0;
 };
 
-std::int32_t reference_token(const row_case& c) {
+std::int32_t full_row_token(const row_case& c, backend be) {
   const auto vocab = static_cast<std::int64_t>(c.logits.size());
   std::vector<std::uint8_t> workspace(sampling_workspace_bytes(vocab));
   std::int32_t token = -1;
@@ -75,14 +81,17 @@ std::int32_t reference_token(const row_case& c) {
   p.tokens = &token;
   p.workspace = workspace.data();
   p.workspace_bytes = workspace.size();
-  const status s = sample(p, exec_context{backend::reference, nullptr, nullptr});
+  const status s = sample(p, exec_context{be, nullptr, nullptr});
   EXPECT_TRUE(s.ok()) << s.to_string();
   return token;
 }
 
-/// Summaries of one row per shard (in a rotated rank order, to show order does not matter), then
-/// the merge.
-expected<std::int32_t> sharded_token(const row_case& c, const std::vector<std::int64_t>& cuts,
+std::int32_t reference_token(const row_case& c) {
+  return full_row_token(c, backend::reference);
+}
+
+/// Summaries of one row per shard, in a rotated rank order (to show order does not matter).
+std::vector<shard_summary> summarise(const row_case& c, const std::vector<std::int64_t>& cuts,
                                      std::int32_t k_max) {
   const std::size_t shards = cuts.size() - 1;
   std::vector<shard_summary> summaries(shards);
@@ -98,9 +107,32 @@ expected<std::int32_t> sharded_token(const row_case& c, const std::vector<std::i
     p.k_max = k_max;
     p.summaries = &summaries[(i + 1) % shards];
     const status s = shard_candidates(p);
-    if (!s.ok()) return s;
+    EXPECT_TRUE(s.ok()) << s.to_string();
   }
-  return merge_shard_candidates(summaries, c.options, c.request_id, c.position);
+  return summaries;
+}
+
+struct sharded_result {
+  std::int32_t token = -1;
+  bool full_row = false;  // the summaries left the row undecided
+};
+
+/// What rank_program does with one row: the merge, then for an undecided row kernels::sample (the
+/// optimised CPU backend, as rank_program runs it) on the full row; a bad row is its error.
+expected<sharded_result> sharded_token(const row_case& c, const std::vector<std::int64_t>& cuts,
+                                       std::int32_t k_max) {
+  const std::vector<shard_summary> summaries = summarise(c, cuts, k_max);
+  HELIX_ASSIGN_OR_RETURN(const shard_merge m,
+                         merge_shard_candidates(summaries, c.options, c.request_id, c.position));
+  switch (m.outcome) {
+    case merge_outcome::sampled:
+      return sharded_result{m.token, false};
+    case merge_outcome::undecided:
+      return sharded_result{full_row_token(c, backend::cpu), true};
+    case merge_outcome::bad_logits:
+      return bad_logits_row(0, m.token, m.bad_logit);
+  }
+  return internal_error("unknown merge outcome");
 }
 
 const std::vector<sampling_options>& all_options() {
@@ -118,8 +150,6 @@ TEST(ShardedSampling, MatchesSingleRankSamplerTokenForToken) {
         const auto cuts = split(vocab, shards, static_cast<std::uint64_t>(vocab * 10 + shards));
         for (std::uint64_t request = 0; request < 6; ++request) {
           row_case c;
-          // Spread 24 keeps the T = 1 top-p 0.9 nucleus of a 1000-token row (about 10% of it)
-          // within shard_summary_capacity.
           c.logits =
               random_logits(vocab, request * 1000 + static_cast<std::uint64_t>(vocab), 24.0f, step);
           c.request_id = request;
@@ -128,10 +158,10 @@ TEST(ShardedSampling, MatchesSingleRankSamplerTokenForToken) {
             for (const sampling_options& o : all_options()) {
               c.options = o;
               const std::int32_t want = reference_token(c);
-              const expected<std::int32_t> got = sharded_token(c, cuts, shard_summary_capacity);
+              const expected<sharded_result> got = sharded_token(c, cuts, shard_summary_capacity);
               ASSERT_TRUE(got.has_value())
                   << got.error().to_string() << " vocab " << vocab << " shards " << shards;
-              ASSERT_EQ(*got, want)
+              ASSERT_EQ(got->token, want)
                   << "vocab " << vocab << " shards " << shards << " request " << request
                   << " position " << c.position << " T " << o.temperature << " top_k " << o.top_k
                   << " top_p " << o.top_p << " step " << step;
@@ -151,84 +181,166 @@ TEST(ShardedSampling, MatchesSingleRankSamplerTokenForToken) {
   EXPECT_GT(differing_from_greedy, compared / 10);
 }
 
-TEST(ShardedSampling, SmallKMaxIsExactOrFailedPrecondition) {
-  // With k_max below the shard sizes the top lists are truncated: the merge must either give the
-  // single-rank token or say failed_precondition, and both outcomes must occur here.
-  std::int64_t exact = 0;
-  std::int64_t refused = 0;
-  const std::int64_t vocab = 1000;
-  for (const int shards : {1, 2, 3, 8}) {
-    const auto cuts = split(vocab, shards, static_cast<std::uint64_t>(shards) + 99);
-    for (std::uint64_t request = 0; request < 8; ++request) {
-      row_case c;
-      c.logits = random_logits(vocab, request + 500, 24.0f, 0.0f);
-      c.request_id = request;
-      c.position = static_cast<std::int64_t>(request) * 11;
-      for (const sampling_options& o : all_options()) {
-        c.options = o;
-        const expected<std::int32_t> got = sharded_token(c, cuts, 16);
-        if (got.has_value()) {
-          ASSERT_EQ(*got, reference_token(c)) << "shards " << shards << " request " << request;
-          ++exact;
-        } else {
-          ASSERT_EQ(got.error().code(), errc::failed_precondition) << got.error().to_string();
-          ++refused;
+/// Shard layouts of a vocabulary: one shard, two even ones, four uneven with an empty one, eight
+/// uneven with an empty one.
+std::vector<std::vector<std::int64_t>> layouts(std::int64_t vocab) {
+  std::vector<std::int64_t> eight = split(vocab, 7, static_cast<std::uint64_t>(vocab));
+  eight.insert(eight.begin() + 3, eight[3]);
+  return {{0, vocab},
+          {0, vocab / 2, vocab},
+          {0, vocab * 3 / 10, vocab * 3 / 10, vocab * 3 / 4, vocab},
+          eight};
+}
+
+// Regression (top_p 0.9 at T 0.7-1, or top_k 65-300, failed the whole step with
+// failed_precondition when a shard's share of the kept set exceeded k_max): every top_k from 1 to
+// past the vocabulary, every top_p up to 1, any temperature, any k_max, on flat (huge nuclei),
+// tied and peaked logits over uneven shards with empty ones, equals the single-rank sampler.
+TEST(ShardedSampling, ExactForEveryTopKAndTopP) {
+  const float top_ps[] = {0.1f, 0.5f, 0.9f, 0.95f, 0.99f, 0.999f, 1.0f};
+  const float temperatures[] = {0.5f, 0.7f, 1.0f, 2.0f};
+  struct shape {
+    float spread;
+    float step;
+  };
+  const shape shapes[] = {{2.0f, 0.0f}, {8.0f, 1.0f}, {60.0f, 0.0f}};  // flat, tied, peaked
+  std::int64_t compared = 0;
+  std::int64_t full_rows = 0;
+  std::int64_t sampled_not_greedy = 0;
+  for (const std::int64_t vocab : {300, 1000}) {
+    const std::int32_t v = static_cast<std::int32_t>(vocab);
+    const std::int32_t top_ks[] = {0, 1, 2, 63, 64, 65, 100, 255, 256, 257, 300, v - 1, v, 5000};
+    const auto all_cuts = layouts(vocab);
+    for (std::size_t layout_idx = 0; layout_idx < all_cuts.size(); ++layout_idx) {
+      const auto& cuts = all_cuts[layout_idx];
+      for (std::size_t shape_idx = 0; shape_idx < std::size(shapes); ++shape_idx) {
+        row_case c;
+        c.logits = random_logits(vocab, 40 + layout_idx * 3 + shape_idx, shapes[shape_idx].spread,
+                                 shapes[shape_idx].step);
+        c.request_id = 9 + layout_idx;
+        for (const std::int32_t k_max : {shard_summary_capacity, 64, 4}) {
+          std::int64_t combo = 0;
+          for (const std::int32_t top_k : top_ks) {
+            for (const float top_p : top_ps) {
+              for (std::int64_t position = 0; position < 2; ++position, ++combo) {
+                const float t = temperatures[static_cast<std::size_t>(combo) % 4];
+                c.options = opts(t, top_k, top_p, 11 + static_cast<std::uint64_t>(k_max));
+                c.position = 1000 * position + combo;
+                const std::int32_t want = reference_token(c);
+                const expected<sharded_result> got = sharded_token(c, cuts, k_max);
+                ASSERT_TRUE(got.has_value()) << got.error().to_string();
+                ASSERT_EQ(got->token, want)
+                    << "vocab " << vocab << " layout " << layout_idx << " shape " << shape_idx
+                    << " k_max " << k_max << " T " << t << " top_k " << top_k << " top_p " << top_p
+                    << " position " << c.position;
+                // top_k within k_max, or temperature alone, never needs the full row.
+                if ((top_k > 0 && top_k <= k_max) || (top_k == 0 && top_p == 1.0f)) {
+                  ASSERT_FALSE(got->full_row) << "top_k " << top_k << " top_p " << top_p;
+                }
+                ++compared;
+                full_rows += got->full_row ? 1 : 0;
+                row_case g = c;
+                g.options = opts(0.0f);
+                if (reference_token(g) != want) ++sampled_not_greedy;
+              }
+            }
+          }
         }
       }
     }
   }
-  EXPECT_GT(exact, 0);
-  EXPECT_GT(refused, 0);
+  EXPECT_EQ(compared, 2 * 4 * 3 * 3 * 14 * 7 * 2);
+  // Both rounds are exercised, and the sampled modes really sample.
+  EXPECT_GT(full_rows, compared / 10);
+  EXPECT_LT(full_rows, compared * 9 / 10);
+  EXPECT_GT(sampled_not_greedy, compared / 4);
 }
 
-TEST(ShardedSampling, FlatDistributionTopPNeedsLargerKMax) {
-  // All logits equal: the 0.9 nucleus is 90% of the vocabulary, far more than 8 candidates from
-  // each of 4 shards of 64.
-  row_case c;
-  c.logits.assign(256, 1.5f);
-  c.options = opts(1.0f, 0, 0.9f);
-  c.request_id = 3;
-  c.position = 9;
-  const std::vector<std::int64_t> cuts = {0, 64, 128, 192, 256};
-  const expected<std::int32_t> small = sharded_token(c, cuts, 8);
-  ASSERT_FALSE(small.has_value());
-  EXPECT_EQ(small.error().code(), errc::failed_precondition) << small.error().to_string();
-  // A k_max covering whole shards sends every token and is exact again.
-  const expected<std::int32_t> full = sharded_token(c, cuts, 64);
-  ASSERT_TRUE(full.has_value()) << full.error().to_string();
-  EXPECT_EQ(*full, reference_token(c));
-  // top_k within k_max is exact even when the flat top-p alone is not.
-  c.options = opts(1.0f, 8, 0.9f);
-  const expected<std::int32_t> with_k = sharded_token(c, cuts, 8);
-  ASSERT_TRUE(with_k.has_value()) << with_k.error().to_string();
-  EXPECT_EQ(*with_k, reference_token(c));
-  // top_k above k_max cannot be exact here.
-  c.options = opts(1.0f, 20);
-  const expected<std::int32_t> big_k = sharded_token(c, cuts, 8);
-  ASSERT_FALSE(big_k.has_value());
-  EXPECT_EQ(big_k.error().code(), errc::failed_precondition);
+TEST(ShardedSampling, TinyKMaxFallsBackToTheFullRowAndStaysExact) {
+  // All logits nearly equal: a 0.9 nucleus is most of the vocabulary, far beyond 4 candidates
+  // per shard, so nearly every row takes the full-row round; the tokens are still the sampler's.
+  std::int64_t full_rows = 0;
+  std::int64_t rows = 0;
+  const std::int64_t vocab = 512;
+  const std::vector<std::int64_t> cuts = {0, 100, 100, 300, 512};
+  for (std::uint64_t request = 0; request < 16; ++request) {
+    row_case c;
+    c.logits = random_logits(vocab, request + 900, 0.5f, 0.0f);
+    c.request_id = request;
+    c.position = static_cast<std::int64_t>(request) * 3;
+    for (const sampling_options& o :
+         {opts(1.0f, 0, 0.9f), opts(0.7f, 200), opts(2.0f, 300, 0.99f)}) {
+      c.options = o;
+      const expected<sharded_result> got = sharded_token(c, cuts, 4);
+      ASSERT_TRUE(got.has_value()) << got.error().to_string();
+      ASSERT_EQ(got->token, reference_token(c)) << "request " << request;
+      full_rows += got->full_row ? 1 : 0;
+      ++rows;
+    }
+  }
+  EXPECT_GT(full_rows, rows * 9 / 10);
+}
+
+TEST(ShardedSampling, SmallNucleiAreDecidedInOneRound) {
+  // Peaked logits: the top_p 0.9 nucleus holds a handful of tokens, well inside each shard's 64
+  // candidates, so the summaries decide almost every row, even with top_k above k_max.
+  std::int64_t full_rows = 0;
+  std::int64_t rows = 0;
+  const std::int64_t vocab = 2000;
+  const std::vector<std::int64_t> cuts = {0, 700, 1000, 1000, 2000};
+  for (std::uint64_t request = 0; request < 50; ++request) {
+    row_case c;
+    c.logits = random_logits(vocab, request + 4000, 200.0f, 0.0f);
+    c.request_id = request;
+    c.position = static_cast<std::int64_t>(request) + 17;
+    for (const sampling_options& o : {opts(1.0f, 0, 0.9f), opts(0.7f, 0, 0.95f),
+                                      opts(1.0f, 300, 0.9f), opts(1.0f, 1000, 0.99f)}) {
+      c.options = o;
+      const expected<sharded_result> got = sharded_token(c, cuts, 64);
+      ASSERT_TRUE(got.has_value()) << got.error().to_string();
+      ASSERT_EQ(got->token, reference_token(c));
+      full_rows += got->full_row ? 1 : 0;
+      ++rows;
+    }
+  }
+  EXPECT_LE(full_rows, rows / 20) << full_rows << " of " << rows << " rows needed the full row";
 }
 
 TEST(ShardedSampling, TopPBoundaryReachedExactlyIsKept) {
   // Eight equal logits, top_p 0.5: the mass of the first four candidates equals top_p * total
   // exactly, and the sampler keeps a prefix as soon as its mass is >= the target, so only ids 0..3
-  // may come out (lower id first on ties). Checked alone (top-p, so the whole set is known) and
-  // with truncated shards (mass from the shards' log-sum-exps).
+  // may come out (lower id first on ties). With k_max 8 every shard sends everything (the exact
+  // sum decides); with k_max 2 the kept set reaches past the candidates: the full row decides.
   row_case c;
   c.logits.assign(8, 0.25f);
   c.options = opts(1.0f, 0, 0.5f);
   std::vector<int> seen(8, 0);
-  for (const std::int32_t k_max : {8, 4}) {
+  for (const std::int32_t k_max : {8, 2}) {
     for (std::int64_t position = 0; position < 64; ++position) {
       c.position = position;
-      const expected<std::int32_t> got = sharded_token(c, {0, 3, 5, 8}, k_max);
+      const expected<sharded_result> got = sharded_token(c, {0, 3, 5, 8}, k_max);
       ASSERT_TRUE(got.has_value()) << got.error().to_string();
-      ASSERT_EQ(*got, reference_token(c));
-      ASSERT_LT(*got, 4);
-      ++seen[static_cast<std::size_t>(*got)];
+      ASSERT_EQ(got->token, reference_token(c));
+      EXPECT_EQ(got->full_row, k_max == 2);
+      ASSERT_LT(got->token, 4);
+      ++seen[static_cast<std::size_t>(got->token)];
     }
   }
   for (int t = 0; t < 4; ++t) EXPECT_GT(seen[static_cast<std::size_t>(t)], 0) << t;
+
+  // Sixteen equal logits in two truncated shards of 8 (6 candidates each), top_p 0.25: the
+  // boundary falls exactly on the 4th known candidate, within the margin of the shards' masses,
+  // so the summaries do not call it (rounding could flip it): the full row decides.
+  c.logits.assign(16, -1.5f);
+  c.options = opts(0.7f, 0, 0.25f);
+  for (std::int64_t position = 0; position < 16; ++position) {
+    c.position = position;
+    const expected<sharded_result> got = sharded_token(c, {0, 8, 16}, 6);
+    ASSERT_TRUE(got.has_value()) << got.error().to_string();
+    EXPECT_TRUE(got->full_row);
+    ASSERT_EQ(got->token, reference_token(c));
+    ASSERT_LT(got->token, 4);
+  }
 }
 
 TEST(ShardedSampling, EmptyShardsAreHandled) {
@@ -243,9 +355,9 @@ TEST(ShardedSampling, EmptyShardsAreHandled) {
       c.position = 5;
       for (const sampling_options& o : all_options()) {
         c.options = o;
-        const expected<std::int32_t> got = sharded_token(c, cuts, 64);
+        const expected<sharded_result> got = sharded_token(c, cuts, 64);
         ASSERT_TRUE(got.has_value()) << got.error().to_string();
-        ASSERT_EQ(*got, reference_token(c));
+        ASSERT_EQ(got->token, reference_token(c));
         ++checked;
       }
     }
@@ -269,17 +381,20 @@ TEST(ShardedSampling, EmptyShardsAreHandled) {
   EXPECT_EQ(s.argmax_id, -1);
   EXPECT_EQ(s.gumbel_id, -1);
   EXPECT_EQ(s.count, 0);
-  EXPECT_TRUE(std::isinf(s.lse) && s.lse < 0.0);
+  EXPECT_EQ(s.mass, 0.0);
+  EXPECT_EQ(s.bad_id, -1);
   // Only empty shards: nothing to sample from.
   const std::vector<shard_summary> only_empty = {s};
-  EXPECT_FALSE(merge_shard_candidates(only_empty, o, request, position).has_value());
+  const expected<shard_merge> m = merge_shard_candidates(only_empty, o, request, position);
+  ASSERT_FALSE(m.has_value());
+  EXPECT_EQ(m.error().code(), errc::invalid_argument);
 }
 
 TEST(ShardedSampling, SummaryContents) {
   // One shard [100, 106) of a larger vocabulary: global ids, descending order, lower id first on
-  // ties, lse of z.
+  // ties, the mass of z relative to its max.
   const std::vector<float> logits = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f, 2.0f};
-  const sampling_options o = opts(0.5f, 4);
+  const sampling_options o = opts(0.5f, 4, 0.9f);
   const std::uint64_t request = 0;
   const std::int64_t position = 0;
   shard_summary s;
@@ -302,19 +417,128 @@ TEST(ShardedSampling, SummaryContents) {
   EXPECT_FLOAT_EQ(s.values[3], 4.0f);
   EXPECT_EQ(s.argmax_id, 101);
   EXPECT_FLOAT_EQ(s.argmax_value, 6.0f);
+  EXPECT_EQ(s.has_finite, 1);
   double sum = 0.0;
-  for (const float l : logits) sum += std::exp(static_cast<double>(l) / 0.5);
-  EXPECT_NEAR(s.lse, std::log(sum), 1e-12);
+  for (const float l : logits) sum += std::exp(static_cast<double>(l) / 0.5 - 6.0);
+  EXPECT_NEAR(s.mass, sum, 1e-12);
+  // Without top-p: the Gumbel winner, and no mass.
+  const sampling_options hot = opts(0.5f);
+  p.options = &hot;
+  ASSERT_TRUE(shard_candidates(p).ok());
   EXPECT_GE(s.gumbel_id, 100);
   EXPECT_LT(s.gumbel_id, 106);
+  EXPECT_EQ(s.mass, 0.0);
 
   // Bad k_max and bad options are rejected.
+  p.options = &o;
   p.k_max = shard_summary_capacity + 1;
   EXPECT_EQ(shard_candidates(p).code(), errc::invalid_argument);
   p.k_max = 4;
   const sampling_options bad = opts(-1.0f);
   p.options = &bad;
   EXPECT_EQ(shard_candidates(p).code(), errc::invalid_argument);
+}
+
+TEST(ShardedSampling, BadLogitsAreReportedPerRow) {
+  // Three rows over shards [0, 100), [100, 100), [100, 230), [230, 300): row 1 holds a NaN in
+  // the last shard and +inf in the first, row 3 only -inf, row 4 -inf masks; rows 0, 2 and 4
+  // must sample as the full-row sampler does, rows 1 and 3 must be reported, naming the lowest
+  // bad id.
+  const std::int64_t vocab = 300;
+  const std::vector<std::int64_t> cuts = {0, 100, 100, 230, 300};
+  const std::int64_t rows = 5;
+  std::vector<float> logits;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::vector<float> row = random_logits(vocab, 60 + static_cast<std::uint64_t>(r), 10.0f, 0.0f);
+    if (r == 1) {
+      row[250] = NAN;
+      row[42] = INFINITY;
+      row[260] = INFINITY;
+    }
+    if (r == 3) row.assign(sz(vocab), -INFINITY);
+    if (r == 4) {
+      for (std::size_t t = 0; t < row.size(); ++t) {
+        if (t % 7 != 3) row[t] = -INFINITY;
+      }
+    }
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  for (const sampling_options& o : all_options()) {
+    std::vector<sampling_options> options(sz(rows), o);
+    std::vector<std::uint64_t> requests(sz(rows));
+    std::vector<std::int64_t> positions(sz(rows));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      requests[sz(r)] = 30 + static_cast<std::uint64_t>(r);
+      positions[sz(r)] = 4 * r + 1;
+    }
+    std::vector<shard_summary> summaries((cuts.size() - 1) * sz(rows));  // [shard, row]
+    for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
+      shard_candidates_params p;
+      p.logits = logits.data() + cuts[i];
+      p.logits_stride = vocab;
+      p.rows = rows;
+      p.vocab_begin = cuts[i];
+      p.vocab_end = cuts[i + 1];
+      p.options = options.data();
+      p.request_ids = requests.data();
+      p.positions = positions.data();
+      p.k_max = 8;
+      p.summaries = summaries.data() + i * sz(rows);
+      ASSERT_TRUE(shard_candidates(p).ok());
+    }
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::vector<shard_summary> per_rank;
+      for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
+        per_rank.push_back(summaries[i * sz(rows) + sz(r)]);
+      }
+      const expected<shard_merge> m =
+          merge_shard_candidates(per_rank, o, requests[sz(r)], positions[sz(r)]);
+      ASSERT_TRUE(m.has_value()) << m.error().to_string();
+      row_case c;
+      c.logits.assign(logits.begin() + r * vocab, logits.begin() + (r + 1) * vocab);
+      c.options = o;
+      c.request_id = requests[sz(r)];
+      c.position = positions[sz(r)];
+      if (r == 1 || r == 3) {
+        ASSERT_EQ(m->outcome, merge_outcome::bad_logits) << "row " << r;
+        EXPECT_EQ(m->token, r == 1 ? 42 : -1);
+        const status st = bad_logits_row(r, m->token, m->bad_logit);
+        EXPECT_EQ(st.code(), errc::invalid_argument);
+        EXPECT_NE(st.message().find(fmt::format("row {}", r)), std::string::npos) << st.message();
+        if (r == 1) {
+          EXPECT_NE(st.message().find("token 42"), std::string::npos) << st.message();
+        }
+        // The single-rank sampler refuses the same row with the same message.
+        std::vector<std::uint8_t> ws(sampling_workspace_bytes(vocab));
+        std::vector<std::int32_t> tokens(sz(rows), -7);
+        sample_params sp;
+        sp.logits = logits.data();
+        sp.rows = rows;
+        sp.vocab = vocab;
+        sp.options = options.data();
+        sp.request_ids = requests.data();
+        sp.positions = positions.data();
+        sp.tokens = tokens.data();
+        sp.workspace = ws.data();
+        sp.workspace_bytes = ws.size();
+        if (r == 1) {  // the first bad row of the batch; no token is written
+          for (const backend be : {backend::reference, backend::cpu}) {
+            const status whole = sample(sp, {.backend = be});
+            EXPECT_EQ(whole.message(), st.message()) << backend_name(be);
+            EXPECT_EQ(tokens, std::vector<std::int32_t>(sz(rows), -7));
+          }
+        }
+        continue;
+      }
+      ASSERT_NE(m->outcome, merge_outcome::bad_logits) << "row " << r;
+      const std::int32_t got =
+          m->outcome == merge_outcome::sampled ? m->token : full_row_token(c, backend::cpu);
+      EXPECT_EQ(got, reference_token(c)) << "row " << r;
+      if (r == 4) {
+        EXPECT_EQ(got % 7, 3) << "a masked token was drawn";
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -79,7 +79,16 @@ struct sharded_result {
   bool tables_agree = true;  // same block ranks and positions on every rank of the column
   std::vector<std::int64_t> used_slots;           // per rank at the end
   std::vector<std::vector<std::int32_t>> tokens;  // per step, sharded sampling (rank 0)
-  bool tokens_agree = true;                       // every rank sampled the same tokens
+  bool tokens_agree = true;  // every rank sampled the same tokens and reported the same rows
+  std::vector<std::vector<status>> row_status;  // per step (rank 0), when asked for
+  std::int64_t full_row_samples = 0;            // summed over the steps (rank 0)
+};
+
+// What run_sharded_forward asks every step to sample (every logits row the same way).
+struct sampling_request {
+  kernels::sampling_options options;
+  std::int32_t k_max = kernels::shard_summary_capacity;
+  bool row_status = false;  // ask for per-row status
 };
 
 // The owners of the blocks each step opens, decided up front by the engine's placement record (the
@@ -110,7 +119,7 @@ expected<std::vector<std::vector<std::int64_t>>> plan_script(const layout& l,
 expected<sharded_result> run_sharded_forward(const model_weights& w, std::string_view layout_text,
                                              const script& s,
                                              const rank_program_options& options = {},
-                                             const kernels::sampling_options* sampling = nullptr) {
+                                             const sampling_request* sampling = nullptr) {
   HELIX_ASSIGN_OR_RETURN(const layout l, layout::parse(layout_text));
   HELIX_ASSIGN_OR_RETURN(const auto plans, plan_script(l, options, s));
   const auto n = static_cast<int>(l.num_ranks);
@@ -118,6 +127,8 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
   std::vector<status> results(sz_of(n), ok_status());
   std::vector<std::vector<std::vector<float>>> logits(sz_of(n));
   std::vector<std::vector<std::vector<std::int32_t>>> tokens(sz_of(n));
+  std::vector<std::vector<std::vector<status>>> row_status(sz_of(n));
+  std::vector<std::int64_t> full_rows(sz_of(n), 0);
   std::vector<std::vector<std::vector<kv_block_ref>>> tables(sz_of(n));
   std::vector<std::int64_t> used(sz_of(n), 0);
   auto body = [&](int r) -> status {
@@ -141,16 +152,21 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
       step_output so;
       so.logits = out;
       std::vector<kernels::sampling_options> opts(
-          rows, sampling ? *sampling : kernels::sampling_options{});
+          rows, sampling ? sampling->options : kernels::sampling_options{});
       std::vector<std::uint64_t> ids(rows);
       for (std::size_t i = 0; i < rows; ++i) ids[i] = 100 + i;
       std::vector<std::int32_t> toks(sampling ? rows : 0);
+      std::vector<status> st(sampling && sampling->row_status ? rows : 0);
       so.sampling = opts;
       so.request_ids = ids;
       so.tokens = toks;
+      so.row_status = st;
+      if (sampling) so.k_max = sampling->k_max;
       HELIX_RETURN_IF_ERROR(prog->forward(items, plans[step_idx], so));
       logits[sz_of(r)].push_back(std::move(out));
       tokens[sz_of(r)].push_back(std::move(toks));
+      row_status[sz_of(r)].push_back(std::move(st));
+      full_rows[sz_of(r)] += prog->full_row_samples_last_step();
     }
     for (std::int64_t i = 0; i < s.num_seqs; ++i) {
       const auto t = prog->table(static_cast<std::uint64_t>(i + 1)).blocks();
@@ -172,10 +188,19 @@ expected<sharded_result> run_sharded_forward(const model_weights& w, std::string
   sharded_result res;
   res.logits = logits[0];
   res.tokens = tokens[0];
+  res.row_status = row_status[0];
+  res.full_row_samples = full_rows[0];
   res.used_slots = used;
   for (int r = 1; r < n; ++r) {
     res.ranks_agree = res.ranks_agree && logits[sz_of(r)] == logits[0];
-    res.tokens_agree = res.tokens_agree && tokens[sz_of(r)] == tokens[0];
+    res.tokens_agree =
+        res.tokens_agree && tokens[sz_of(r)] == tokens[0] && full_rows[sz_of(r)] == full_rows[0];
+    for (std::size_t step = 0; step < row_status[0].size(); ++step) {
+      for (std::size_t i = 0; i < row_status[0][step].size(); ++i) {
+        res.tokens_agree = res.tokens_agree && row_status[sz_of(r)][step][i].to_string() ==
+                                                   row_status[0][step][i].to_string();
+      }
+    }
   }
   for (const auto& t : tables[0]) {
     std::vector<std::int32_t> owners;
@@ -391,41 +416,132 @@ TEST(RankProgram, HopbIsBitIdentical) {
   }
 }
 
+/// kernels::sample (reference backend) on one row of gathered full logits.
+std::int32_t full_row_token(const std::vector<float>& logits, std::int64_t row, std::int64_t vocab,
+                            const kernels::sampling_options& o, std::uint64_t id,
+                            std::int64_t pos) {
+  std::int32_t want = -1;
+  std::vector<std::uint8_t> ws(kernels::sampling_workspace_bytes(vocab));
+  kernels::sample_params p;
+  p.logits = logits.data() + row * vocab;
+  p.rows = 1;
+  p.vocab = vocab;
+  p.options = &o;
+  p.request_ids = &id;
+  p.positions = &pos;
+  p.tokens = &want;
+  p.workspace = ws.data();
+  p.workspace_bytes = ws.size();
+  const status st = kernels::sample(p, {.backend = kernels::backend::reference});
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  return want;
+}
+
+// Every step of a one-sequence script sampled over the sharded vocabulary must pick what
+// kernels::sample picks on the gathered full logits of the same step. Returns the rows that took
+// the full-row round.
+std::int64_t expect_sampling_matches(const model_weights& w, const char* layout_text,
+                                     const script& s, const sampling_request& req) {
+  auto got = run_sharded_forward(w, layout_text, s, {}, &req);
+  EXPECT_TRUE(got.has_value()) << got.error().to_string();
+  if (!got.has_value()) return 0;
+  EXPECT_TRUE(got->tokens_agree) << layout_text;
+  EXPECT_EQ(got->tokens.size(), s.steps.size());
+  std::int64_t pos = 0;
+  for (std::size_t step = 0; step < s.steps.size() && step < got->tokens.size(); ++step) {
+    pos += static_cast<std::int64_t>(s.steps[step][0].tokens.size());
+    const std::int32_t want =
+        full_row_token(got->logits[step], 0, w.spec.vocab, req.options, 100, pos);
+    EXPECT_EQ(got->tokens[step], std::vector<std::int32_t>{want})
+        << layout_text << " step " << step << " k_max " << req.k_max << " top_k "
+        << req.options.top_k << " top_p " << req.options.top_p;
+  }
+  return got->full_row_samples;
+}
+
 // Sampling over the sharded vocabulary (8 and 2 shards) picks what kernels::sample picks on the
 // gathered full logits, greedy and with temperature, top-k and top-p.
 TEST(RankProgram, ShardedSamplingMatchesFullSampler) {
   const model_weights w = seeded("tiny-llama");
   const script s = prefill_then_decode(w.spec.vocab, 12, 12, 10);
-  kernels::sampling_options greedy;
-  kernels::sampling_options hot{.temperature = 0.9f, .top_k = 20, .top_p = 0.9f, .seed = 77};
-  for (const kernels::sampling_options& so : {greedy, hot}) {
+  sampling_request greedy;
+  sampling_request hot;
+  hot.options = {.temperature = 0.9f, .top_k = 20, .top_p = 0.9f, .seed = 77};
+  for (const sampling_request& req : {greedy, hot}) {
     for (const char* l : {"helix:kvp=4,tpa=2", "tp:tp=2"}) {
-      auto got = run_sharded_forward(w, l, s, {}, &so);
-      ASSERT_TRUE(got.has_value()) << got.error().to_string();
-      EXPECT_TRUE(got->tokens_agree) << l;
-      ASSERT_EQ(got->tokens.size(), s.steps.size());
-      std::int64_t pos = 0;
-      for (std::size_t step = 0; step < s.steps.size(); ++step) {
-        pos += static_cast<std::int64_t>(s.steps[step][0].tokens.size());
-        const std::uint64_t id = 100;
-        std::int32_t want = -1;
-        std::vector<std::uint8_t> ws(kernels::sampling_workspace_bytes(w.spec.vocab));
-        kernels::sample_params p;
-        p.logits = got->logits[step].data();
-        p.rows = 1;
-        p.vocab = w.spec.vocab;
-        p.options = &so;
-        p.request_ids = &id;
-        p.positions = &pos;
-        p.tokens = &want;
-        p.workspace = ws.data();
-        p.workspace_bytes = ws.size();
-        ASSERT_TRUE(kernels::sample(p, {}).ok());
-        ASSERT_EQ(got->tokens[step].size(), 1u);
-        EXPECT_EQ(got->tokens[step][0], want) << l << " step " << step;
+      EXPECT_EQ(expect_sampling_matches(w, l, s, req), 0) << l;
+    }
+  }
+}
+
+// Regression: top_p 0.9 at temperature 1 (no top_k), or top_k above the candidates a shard
+// sends, failed the whole step with failed_precondition. Every top_k and top_p is now exact over
+// 2, 4 and 8 ranks, with the vocabulary split evenly (256 tokens) and unevenly (250), and with a
+// k_max small enough that most rows take the full-row round.
+TEST(RankProgram, ShardedSamplingIsExactForAnyTopKAndTopP) {
+  model_spec spec = *builtin_model("tiny-llama");
+  std::int64_t full_rows = 0;
+  for (const std::int64_t vocab : {256, 250}) {
+    spec.vocab = vocab;
+    auto w = init_seeded_weights(spec, dtype::f32, 1234);
+    ASSERT_TRUE(w.has_value()) << w.error().to_string();
+    const script s = prefill_then_decode(vocab, 12, 12, 6);
+    for (const char* l : {"tp:tp=2", "helix:kvp=2,tpa=2", "helix:kvp=4,tpa=2"}) {
+      for (const kernels::sampling_options o :
+           {kernels::sampling_options{.temperature = 1.0f, .top_k = 0, .top_p = 0.9f, .seed = 5},
+            kernels::sampling_options{.temperature = 0.7f, .top_k = 100, .top_p = 1.0f, .seed = 6},
+            kernels::sampling_options{.temperature = 1.0f, .top_k = 300, .top_p = 1.0f, .seed = 7},
+            kernels::sampling_options{
+                .temperature = 2.0f, .top_k = 100, .top_p = 0.999f, .seed = 8},
+            kernels::sampling_options{
+                .temperature = 1.0f, .top_k = 300, .top_p = 0.9f, .seed = 9}}) {
+        for (const std::int32_t k_max : {kernels::shard_summary_capacity, 8}) {
+          sampling_request req;
+          req.options = o;
+          req.k_max = k_max;
+          full_rows += expect_sampling_matches(*w, l, s, req);
+        }
       }
     }
   }
+  EXPECT_GT(full_rows, 0);  // the second round ran
+}
+
+// A row whose logits are NaN is reported on its own when the step asks for row status: its token
+// is -1, the other row is sampled as usual and forward() succeeds; without row status the step
+// fails with the same invalid_argument on every rank.
+TEST(RankProgram, NonFiniteLogitsRowIsReportedPerRow) {
+  model_weights w = seeded("tiny-llama");
+  const std::int32_t poisoned = 7;  // its embedding row becomes NaN
+  for (std::int64_t i = 0; i < w.spec.hidden; ++i) {
+    store_from_f32(w.embed.data(), w.embed.type(), sz_of(poisoned * w.spec.hidden + i), NAN);
+  }
+  script s;
+  s.num_seqs = 2;
+  s.steps.push_back({{1, {1, 2, 3}, false}, {2, {4, 5}, false}});
+  s.steps.push_back({{1, {poisoned}, false}, {2, {6}, false}});
+  sampling_request req;
+  req.options = {.temperature = 1.0f, .top_k = 0, .top_p = 0.9f, .seed = 3};
+  req.row_status = true;
+  auto got = run_sharded_forward(w, "helix:kvp=2,tpa=2", s, {}, &req);
+  ASSERT_TRUE(got.has_value()) << got.error().to_string();
+  EXPECT_TRUE(got->tokens_agree);
+  ASSERT_EQ(got->row_status.size(), 2u);
+  for (const status& st : got->row_status[0]) EXPECT_TRUE(st.ok()) << st.to_string();
+  const status& bad = got->row_status[1][0];
+  EXPECT_EQ(bad.code(), errc::invalid_argument) << bad.to_string();
+  EXPECT_NE(bad.message().find("row 0"), std::string::npos) << bad.message();
+  EXPECT_NE(bad.message().find("token 0"), std::string::npos) << bad.message();
+  EXPECT_EQ(got->tokens[1][0], -1);
+  EXPECT_TRUE(got->row_status[1][1].ok()) << got->row_status[1][1].to_string();
+  EXPECT_EQ(got->tokens[1][1],
+            full_row_token(got->logits[1], 1, w.spec.vocab, req.options, 101, 3));
+
+  req.row_status = false;
+  auto failed = run_sharded_forward(w, "helix:kvp=2,tpa=2", s, {}, &req);
+  ASSERT_FALSE(failed.has_value());
+  EXPECT_EQ(failed.error().code(), errc::invalid_argument) << failed.error().to_string();
+  EXPECT_NE(failed.error().message().find("row 0"), std::string::npos);
 }
 
 // The owners come from the caller: a wrong count or a member outside the column is refused before

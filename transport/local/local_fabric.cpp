@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "core/log.hpp"
 #include "transport/local/local_communicator.hpp"
 
 namespace helix::transport::local {
@@ -65,6 +66,8 @@ void local_fabric::abort(status reason) {
       all.insert(all.end(), entry.instances.begin(), entry.instances.end());
     }
   }
+  module_logger("transport")
+      ->warn("local fabric: aborted, {} groups woken: {}", all.size(), reason);
   // Outside mu_: group locks are never taken while holding the fabric lock, and vice versa.
   for (auto& g : all) g->abort(reason);
 }
