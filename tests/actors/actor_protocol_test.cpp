@@ -43,12 +43,19 @@ class scripted_compute final : public worker_compute {
               std::vector<status>& item_errors) override {
     tokens.clear();
     item_errors.clear();
+    if (fail_step_) return internal_error("rank {}: the data plane broke", rank_);
     std::string line = "step";
     for (const step_item& it : m.items) {
       auto len = lengths_.find(it.seq);
       if (len == lengths_.end()) return invalid_argument("unknown sequence {}", it.seq);
       len->second += static_cast<std::int64_t>(it.tokens.size());
-      tokens.push_back(it.sample ? scripted_token(it.seq, len->second) : -1);
+      const bool poisoned =
+          it.sample && std::find(it.tokens.begin(), it.tokens.end(), poison) != it.tokens.end();
+      if (poisoned) {
+        item_errors.resize(m.items.size(), ok_status());
+        item_errors[tokens.size()] = invalid_argument("logits row is not finite");
+      }
+      tokens.push_back(it.sample && !poisoned ? scripted_token(it.seq, len->second) : -1);
       line += fmt::format(" {}:{}", it.seq, it.tokens.size());
     }
     log_.push_back(line);
@@ -64,12 +71,16 @@ class scripted_compute final : public worker_compute {
   std::int64_t kv_capacity_blocks() const override { return 1000; }
 
   const std::vector<std::string>& log() const { return log_; }
+  void fail_steps() { fail_step_ = true; }
+  /// A sampled item holding this token reports an error of its own (as non-finite logits do).
+  static constexpr std::int32_t poison = 96;
 
  private:
   std::int64_t rank_;
   std::uint64_t next_ = 1;
   std::map<std::uint64_t, std::int64_t> lengths_;
   std::vector<std::string> log_;
+  bool fail_step_ = false;
 };
 
 struct ActorProtocol : ::testing::Test {
@@ -251,6 +262,57 @@ TEST_F(ActorProtocol, StatsCountWhatHappened) {
     EXPECT_EQ(s.cancelled, 1);
     EXPECT_EQ(s.active, 0);
     EXPECT_EQ(s.queued, 0);
+  });
+}
+
+// A request's own failure (here a poisoned logits row) ends that request only; the others in the
+// same steps go on, and its KV is freed.
+TEST_F(ActorProtocol, AnItemErrorEndsOnlyThatRequest) {
+  start(2, 100);
+  auto good = submit(1, {1, 2, 3}, 4);
+  auto bad = submit(2, {4, scripted_compute::poison}, 4);
+  sched->run();
+  const auto eg = drain(*good);
+  const auto eb = drain(*bad);
+  ASSERT_EQ(eg.size(), 4u);
+  EXPECT_EQ(eg.back().reason, finish_reason::length);
+  ASSERT_EQ(eb.size(), 1u);
+  EXPECT_EQ(eb[0].reason, finish_reason::error);
+  EXPECT_EQ(eb[0].token, -1);
+  EXPECT_NE(eb[0].error.message().find("request 2"), std::string::npos) << eb[0].error.to_string();
+  EXPECT_NE(eb[0].error.message().find("not finite"), std::string::npos);
+  EXPECT_EQ(computes[0]->kv_used_blocks(), 0);  // both sequences closed
+  EXPECT_TRUE(registry->failure().ok());
+  auto later = submit(3, {5}, 2);
+  sched->run();
+  EXPECT_EQ(drain(*later).size(), 2u);
+}
+
+// A failed step is a worker failure: every request ends with it, the failure is recorded where
+// the API refuses new requests, and stats say which worker failed.
+TEST_F(ActorProtocol, AStepFailureFailsTheEngineAndSaysWhichWorker) {
+  start(2, 100);
+  computes[1]->fail_steps();
+  auto a = submit(1, {1, 2, 3}, 4);
+  sched->run();
+  const auto ea = drain(*a);
+  ASSERT_EQ(ea.size(), 1u);
+  EXPECT_EQ(ea[0].reason, finish_reason::error);
+  EXPECT_NE(ea[0].error.message().find("worker 1"), std::string::npos) << ea[0].error.to_string();
+  const status failure = registry->failure();
+  EXPECT_FALSE(failure.ok());
+  EXPECT_NE(failure.message().find("data plane broke"), std::string::npos);
+  auto b = submit(2, {1}, 2);  // reaches the actor despite the API's check: ends with the cause
+  sched->run();
+  const auto eb = drain(*b);
+  ASSERT_EQ(eb.size(), 1u);
+  EXPECT_EQ(eb[0].reason, finish_reason::error);
+  caf::scoped_actor self{*sys};
+  self->send(engine, stats_atom::value);
+  sched->run();
+  self->receive([&](engine_stats& st) {
+    EXPECT_EQ(st.health, engine_health::failed);
+    EXPECT_EQ(st.failed, 2);
   });
 }
 
