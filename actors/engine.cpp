@@ -35,9 +35,6 @@ constexpr auto stats_timeout = std::chrono::seconds(5);
 // Room kept free beside weights and KV for workspaces, the actor system and the host program.
 constexpr double memory_slack_bytes = 256.0 * (1 << 20);
 
-static_assert(engine_config{}.weight_seed == model::default_weight_seed,
-              "the engine and the CLI seed built-in weights alike");
-
 std::shared_ptr<spdlog::logger> logger() {
   static const auto l = module_logger("actors");
   return l;

@@ -49,7 +49,8 @@ struct engine_config {
   std::string checkpoint;          // HF checkpoint directory; its config.json gives the model
   dtype weight_type = dtype::f32;  // seeded weights' dtype (checkpoints are converted to it)
   dtype kv_type = dtype::f32;      // KV storage: f32, bf16, f16, fp8_e4m3
-  /// Seeded weights only; the default is the CLI's too (model::default_weight_seed).
+  /// Seeded weights only; the default is the CLI's too (model::default_weight_seed, checked by
+  /// tests/apps/default_seed_test.cpp).
   std::uint64_t weight_seed = 1234;
   /// "auto" (the planner's cost model picks the fastest runtime layout for this machine) or a
   /// layout string, e.g. "helix:kvp=4,tpa=2".

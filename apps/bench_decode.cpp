@@ -36,7 +36,7 @@ constexpr const char* bench_usage =
     "  --threads-per-rank N    kernel threads of every rank (default 1)\n"
     "  --json                  JSON on stdout instead of a table\n";
 
-constexpr std::uint64_t weight_seed = 7;
+constexpr std::uint64_t weight_seed = model::default_weight_seed;
 constexpr std::uint64_t kv_seed = 11;
 constexpr double max_memory_fraction = 0.7;
 

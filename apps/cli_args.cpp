@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <utility>
 
 namespace helix::apps {
 
@@ -71,14 +72,22 @@ expected<cli_args> cli_args::parse(const std::vector<std::string>& args,
     std::string name = a.substr(2);
     const std::size_t eq = name.find('=');
     if (eq != std::string::npos) {
-      out.values_[name.substr(0, eq)] = name.substr(eq + 1);
+      std::string key = name.substr(0, eq);
+      if (switches.count(key) != 0) {
+        return invalid_argument("switch --{} takes no value (got '{}')", key, a);
+      }
+      out.values_[std::move(key)] = name.substr(eq + 1);
       continue;
     }
     if (switches.count(name) != 0) {
       out.values_[name] = "true";
       continue;
     }
-    if (i + 1 >= args.size()) return invalid_argument("flag --{} needs a value", name);
+    if (i + 1 >= args.size()) {
+      // Unknown or missing its value: only check_known() can tell which (see the header).
+      out.missing_value_ = std::move(name);
+      break;
+    }
     out.values_[name] = args[++i];
   }
   return out;
@@ -132,6 +141,12 @@ expected<double> cli_args::get_double(const std::string& name, double fallback) 
 status cli_args::check_known(const std::set<std::string>& known) const {
   for (const auto& [name, value] : values_) {
     if (known.count(name) == 0) return invalid_argument("unknown flag --{}", name);
+  }
+  if (missing_value_) {
+    if (known.count(*missing_value_) == 0) {
+      return invalid_argument("unknown flag --{}", *missing_value_);
+    }
+    return invalid_argument("flag --{} needs a value", *missing_value_);
   }
   return ok_status();
 }

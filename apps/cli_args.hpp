@@ -22,8 +22,12 @@ namespace helix::apps {
 
 class cli_args {
  public:
-  /// `switches` are flags without a value (e.g. "json"); every other --flag takes one value.
-  /// invalid_argument for a positional argument or a flag without its value.
+  /// `switches` are flags without a value (e.g. "json"); every other --flag takes one value, the
+  /// next argument or `--flag=value`. invalid_argument for a positional argument or a value
+  /// given to a switch (`--json=false` would otherwise mean true). A last flag with no value
+  /// after it is not an error here, because parse() cannot tell an unknown flag (`--bogus`) from
+  /// a known one missing its value: check_known() reports it, so every command must call
+  /// check_known() before it reads values.
   [[nodiscard]] static expected<cli_args> parse(const std::vector<std::string>& args,
                                                 const std::set<std::string>& switches);
 
@@ -35,11 +39,13 @@ class cli_args {
   [[nodiscard]] expected<std::int64_t> get_size(const std::string& name,
                                                 std::int64_t fallback) const;
   [[nodiscard]] expected<double> get_double(const std::string& name, double fallback) const;
-  /// invalid_argument naming the first flag not in `known`.
+  /// invalid_argument "unknown flag --x" naming the first flag not in `known` (a last flag
+  /// given without a value included); then "flag --x needs a value" if that last flag is known.
   [[nodiscard]] status check_known(const std::set<std::string>& known) const;
 
  private:
   std::map<std::string, std::string> values_;
+  std::optional<std::string> missing_value_;  // a last non-switch flag with no value after it
 };
 
 }  // namespace helix::apps

@@ -38,7 +38,7 @@ struct exactness {
 expected<exactness> check_exactness(const std::string& name, std::int64_t steps) {
   HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(name));
   HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
-                         model::init_seeded_weights(spec, dtype::f32, 42));
+                         model::init_seeded_weights(spec, dtype::f32, model::default_weight_seed));
   HELIX_ASSIGN_OR_RETURN(auto dec, model::decoder::create(w, {.kv_capacity_tokens = 1024}));
   std::vector<std::int32_t> seq;
   for (std::uint64_t i = 0; i < 19; ++i) {
@@ -85,7 +85,7 @@ expected<sharded_exactness> check_sharded(const std::string& name, const std::st
   HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(name));
   HELIX_ASSIGN_OR_RETURN(const helix::layout grid, helix::layout::parse(layout_text));
   HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
-                         model::init_seeded_weights(spec, dtype::f32, 42));
+                         model::init_seeded_weights(spec, dtype::f32, model::default_weight_seed));
   HELIX_ASSIGN_OR_RETURN(auto single, model::decoder::create(w, {.kv_capacity_tokens = 1024}));
   sharded_decoder_options so;
   so.layout = grid;

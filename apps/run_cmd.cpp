@@ -514,7 +514,7 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     out << run_usage;
     return 0;
   }
-  const auto usage_error = [&err, run_usage](const std::string& what) {
+  const auto usage_error = [&err](const std::string& what) {
     err << "error: " << what << "\n" << run_usage;
     return 2;
   };

@@ -8,10 +8,10 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/cli_args.hpp"
+#include "apps/sharded_decoder.hpp"
 #include "core/layout.hpp"
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
-#include "apps/sharded_decoder.hpp"
 
 namespace helix::apps {
 namespace {
@@ -26,7 +26,7 @@ constexpr const char* usage =
     "  --prompt-len N      prompt of request i has N + 5*i tokens (default 24)\n"
     "  --dtype D           weights and KV: f32 or bf16 (default f32)\n"
     "  --hopb on|off       HOP-B micro-batch overlap on the sharded side (default off)\n"
-    "  --seed N            seed of the weights and prompts (default 0)\n"
+    "  --seed N            seed of the weights and prompts (default 1234, as every command)\n"
     "  --json              machine-readable output\n";
 
 constexpr std::int64_t max_batch = 256;
@@ -43,7 +43,7 @@ struct config {
   std::int64_t prompt_len = 24;
   dtype type = dtype::f32;
   bool hopb = false;
-  std::uint64_t seed = 0;
+  std::uint64_t seed = model::default_weight_seed;
   bool json = false;
 };
 
@@ -73,8 +73,10 @@ expected<config> parse(const std::vector<std::string>& argv) {
   HELIX_ASSIGN_OR_RETURN(c.batch, bounded_int(a, "batch", 4, 1, max_batch));
   HELIX_ASSIGN_OR_RETURN(c.steps, bounded_int(a, "steps", 64, 1, max_steps));
   HELIX_ASSIGN_OR_RETURN(c.prompt_len, bounded_int(a, "prompt-len", 24, 1, max_prompt));
-  HELIX_ASSIGN_OR_RETURN(const std::int64_t seed,
-                         bounded_int(a, "seed", 0, 0, std::numeric_limits<std::int64_t>::max()));
+  HELIX_ASSIGN_OR_RETURN(
+      const std::int64_t seed,
+      bounded_int(a, "seed", static_cast<std::int64_t>(model::default_weight_seed), 0,
+                  std::numeric_limits<std::int64_t>::max()));
   c.seed = static_cast<std::uint64_t>(seed);
   const std::string type = a.get_or("dtype", "f32");
   if (type != "f32" && type != "bf16") {

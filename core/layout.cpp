@@ -82,18 +82,26 @@ expected<layout> layout::parse(std::string_view text) {
   // Values by key index; nullopt = not given.
   std::array<std::optional<std::int64_t>, 4> values{};
 
+  // Items are split on every comma, so "a,", ",a" and "a,,b" each yield an empty item: a
+  // typo (or a truncated string) is refused instead of parsed as the shorter layout.
   std::string_view rest = text.substr(colon + 1);
-  while (!rest.empty()) {
+  bool more = !trim(rest).empty();
+  while (more) {
     const auto comma = rest.find(',');
     const std::string_view item = trim(rest.substr(0, comma));
-    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-    if (item.empty()) return invalid_argument("layout '{}': empty item", text);
+    more = comma != std::string_view::npos;
+    rest = more ? rest.substr(comma + 1) : std::string_view{};
+    if (item.empty()) {
+      return invalid_argument("layout '{}': empty item ({})", text,
+                              more ? "a leading or doubled comma" : "a trailing comma");
+    }
     const auto eq = item.find('=');
     if (eq == std::string_view::npos) {
       return invalid_argument("layout '{}': missing value for '{}' (want key=value)", text, item);
     }
     const std::string_view key = trim(item.substr(0, eq));
     const std::string_view value_text = trim(item.substr(eq + 1));
+    if (key.empty()) return invalid_argument("layout '{}': empty key in '{}'", text, item);
     const auto it = std::find(keys.begin(), keys.end(), key);
     if (it == keys.end()) {
       return invalid_argument("layout '{}': unknown key '{}' for family {} (allowed: {})", text,
@@ -132,7 +140,12 @@ expected<layout> layout::parse(std::string_view text) {
       }
       l.kvp = *values[0];
       l.tpa = *values[1];
-      l.num_ranks = l.kvp * l.tpa;
+      l.num_ranks = l.kvp * l.tpa;  // both <= 2^24: no overflow
+      // N bounds the derived tpf (N / ep) too, so that to_string() always parses back.
+      if (l.num_ranks > max_grid_size) {
+        return invalid_argument("layout '{}': kvp x tpa = {} ranks is out of range (max {})", text,
+                                l.num_ranks, max_grid_size);
+      }
       if (family == layout_family::helix) {
         l.ep = values[3].value_or(1);
         // Dense TPF = N; with experts the default splits whatever EP leaves. A non-divisible ep

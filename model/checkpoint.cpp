@@ -2,12 +2,16 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
+#include <span>
 #include <sstream>
 #include <string_view>
 #include <utility>
@@ -162,6 +166,139 @@ double spec_values(const model_spec& s) {
          dense_layers * 3 * h * d(s.ffn) + d(moe_layers) * moe_ffn;
 }
 
+// Where a tensor first holds a value that is not finite, and what it is.
+struct non_finite_at {
+  std::size_t idx = 0;
+  std::string_view what;  // "NaN", "+Inf", "-Inf"
+};
+
+// Bit layout of a floating-point storage type, enough to tell NaN and Inf from finite values.
+// `has_inf` false: E4M3FN, where every all-ones exponent is finite except S.1111.111 (NaN).
+template <class U>
+struct float_bits {
+  U exp_mask;
+  U man_mask;
+  U sign_mask;
+  bool has_inf;
+};
+
+template <class U>
+std::optional<non_finite_at> describe(std::size_t idx, U u, const float_bits<U>& f) {
+  if (!f.has_inf) {
+    if ((u & (f.exp_mask | f.man_mask)) != (f.exp_mask | f.man_mask)) return std::nullopt;
+    return non_finite_at{idx, "NaN"};
+  }
+  if ((u & f.exp_mask) != f.exp_mask) return std::nullopt;
+  if ((u & f.man_mask) != 0) return non_finite_at{idx, "NaN"};
+  return non_finite_at{idx, (u & f.sign_mask) != 0 ? "-Inf" : "+Inf"};
+}
+
+// The first non-finite element of `n` elements of U at `p` (any alignment). Blocks are scanned
+// branch-free first so that the common, all-finite case runs at memory speed on large tensors.
+template <class U>
+std::optional<non_finite_at> first_non_finite(const std::byte* p, std::size_t n,
+                                              const float_bits<U>& f) {
+  const U pattern = f.has_inf ? f.exp_mask : static_cast<U>(f.exp_mask | f.man_mask);
+  constexpr std::size_t block = 4096;
+  for (std::size_t b = 0; b < n; b += block) {
+    const std::size_t end = std::min(n, b + block);
+    bool any = false;
+    for (std::size_t i = b; i < end; ++i) {
+      U u;
+      std::memcpy(&u, p + i * sizeof(U), sizeof(U));
+      any |= (u & pattern) == pattern;
+    }
+    if (!any) continue;
+    for (std::size_t i = b; i < end; ++i) {
+      U u;
+      std::memcpy(&u, p + i * sizeof(U), sizeof(U));
+      if (auto at = describe(i, u, f)) return at;
+    }
+  }
+  return std::nullopt;
+}
+
+// The first NaN or Inf of a tensor's stored bytes, for every floating-point safetensors dtype
+// (integer and bool tensors have none).
+std::optional<non_finite_at> first_non_finite_stored(std::string_view stored_dtype,
+                                                     std::span<const std::byte> b) {
+  if (stored_dtype == "F64") {
+    return first_non_finite<std::uint64_t>(
+        b.data(), b.size() / 8,
+        {0x7ff0000000000000ull, 0x000fffffffffffffull, 0x8000000000000000ull, true});
+  }
+  if (stored_dtype == "F32") {
+    return first_non_finite<std::uint32_t>(b.data(), b.size() / 4,
+                                           {0x7f800000u, 0x007fffffu, 0x80000000u, true});
+  }
+  if (stored_dtype == "BF16") {
+    return first_non_finite<std::uint16_t>(b.data(), b.size() / 2, {0x7f80, 0x007f, 0x8000, true});
+  }
+  if (stored_dtype == "F16") {
+    return first_non_finite<std::uint16_t>(b.data(), b.size() / 2, {0x7c00, 0x03ff, 0x8000, true});
+  }
+  if (stored_dtype == "F8_E4M3") {
+    return first_non_finite<std::uint8_t>(b.data(), b.size(), {0x78, 0x07, 0x80, false});
+  }
+  if (stored_dtype == "F8_E5M2") {
+    return first_non_finite<std::uint8_t>(b.data(), b.size(), {0x7c, 0x03, 0x80, true});
+  }
+  return std::nullopt;
+}
+
+// The first non-finite element of a loaded (host, f32/bf16/f16) tensor.
+std::optional<non_finite_at> first_non_finite_loaded(const tensor& t) {
+  const auto n = static_cast<std::size_t>(t.numel());
+  const auto* p = static_cast<const std::byte*>(t.data());
+  switch (t.type()) {
+    case dtype::f32:
+      return first_non_finite_stored("F32", {p, n * 4});
+    case dtype::bf16:
+      return first_non_finite_stored("BF16", {p, n * 2});
+    case dtype::f16:
+      return first_non_finite_stored("F16", {p, n * 2});
+    case dtype::fp8_e4m3:
+      return first_non_finite_stored("F8_E4M3", {p, n});
+  }
+  return std::nullopt;
+}
+
+// A NaN or Inf weight poisons every token that touches it, far from its cause; refuse it at load,
+// naming the tensor and the element. Checked on the stored bytes (so that FP8 and other dtypes we
+// cannot load yet are checked too) and, after a narrowing conversion, on the loaded values: a
+// finite F32 value beyond f16's range would otherwise become Inf silently.
+status check_finite(const std::string& dir, const safetensors_file& file,
+                    const safetensors_entry& e) {
+  if (auto at = first_non_finite_stored(e.dtype_name, file.bytes(e))) {
+    return invalid_argument("checkpoint '{}': {}: element {} is {} (stored as {}, shape {}, in {})",
+                            dir, e.name, at->idx, at->what, e.dtype_name, e.shape_string(),
+                            file.path());
+  }
+  return ok_status();
+}
+
+// Whether converting `from` to `to` can turn a finite value into Inf: only into a type of smaller
+// range (f32 -> bf16 rounds FLT_MAX up; f32 and bf16 -> f16 beyond 65504). Widening is exact, so
+// the common bf16-file-as-f32 load skips a second pass over the weights.
+bool can_overflow(dtype from, dtype to) {
+  return (to == dtype::f16 && from != dtype::f16) || (to == dtype::bf16 && from == dtype::f32);
+}
+
+status check_converted_finite(const std::string& dir, const safetensors_file& file,
+                              const safetensors_entry& e, const tensor& loaded) {
+  if (!e.type || !can_overflow(*e.type, loaded.type())) return ok_status();
+  if (auto at = first_non_finite_loaded(loaded)) {
+    std::byte raw[4] = {};
+    const std::size_t elem = dtype_bytes(*e.type);
+    std::memcpy(raw, file.bytes(e).data() + at->idx * elem, elem);
+    const float v = load_as_f32(raw, *e.type, 0);
+    return invalid_argument(
+        "checkpoint '{}': {}: element {} ({} as {}) overflows to {} when converted to {} (in {})",
+        dir, e.name, at->idx, v, e.dtype_name, at->what, dtype_name(loaded.type()), file.path());
+  }
+  return ok_status();
+}
+
 bool same_shape(const safetensors_entry& e, const shape& s) {
   if (static_cast<int>(e.shape.size()) != s.rank) return false;
   for (int i = 0; i < s.rank; ++i) {
@@ -230,7 +367,10 @@ expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_typ
       return invalid_argument("checkpoint '{}': tensor '{}' has shape {}, expected {}", dir,
                               nt.name, e->shape_string(), nt.t->dims().to_string());
     }
-    HELIX_RETURN_IF_ERROR(src.files[file_idx].read_into(nt.name, *nt.t));
+    const safetensors_file& file = src.files[file_idx];
+    HELIX_RETURN_IF_ERROR(check_finite(dir, file, *e));
+    HELIX_RETURN_IF_ERROR(file.read_into(nt.name, *nt.t));
+    HELIX_RETURN_IF_ERROR(check_converted_finite(dir, file, *e, *nt.t));
     used.insert(nt.name);
   }
 

@@ -25,6 +25,9 @@ namespace helix::model {
 /// Errors: as load_hf_config() for config.json; not_found naming the directory if there are no
 /// weights files, naming the tensor if one is missing; invalid_argument naming the tensor with
 /// the expected and found shapes if a shape differs, or its dtype if it cannot be read (FP8);
+/// invalid_argument naming the tensor and the element index for a NaN or an Inf in the stored
+/// values of any floating-point dtype (F32, BF16, F16, F8_E4M3, F8_E5M2, F64), or for a finite
+/// value that overflows to Inf when converted to `weight_type` (F32 70000 as f16);
 /// as safetensors_file::open() for malformed files; invalid_argument for fp8_e4m3 weight_type.
 [[nodiscard]] expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_type);
 

@@ -4,9 +4,12 @@
 // with the defaults of DeepSeek-V3's configuration_deepseek.py.
 #include "model/hf_config.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <optional>
 #include <sstream>
 #include <string_view>
@@ -111,6 +114,167 @@ class config_reader {
   status error_;
 };
 
+// A value that is finite and above `min` (or at least `min` when `inclusive`); NaN fails both.
+bool finite_above(double v, double min, bool inclusive) {
+  return std::isfinite(v) && (inclusive ? v >= min : v > min);
+}
+
+// The rope_scaling values that feed the frequency table: a non-finite or non-positive one makes
+// every rotation angle NaN or Inf. HF only warns about some of these; we cannot run them.
+status check_rope_scaling(const rope_spec& rope, const std::string& context) {
+  if (rope.scaling == rope_scaling_kind::none) return ok_status();
+  const auto positive = [&](double v, std::string_view key) {
+    if (finite_above(v, 0.0, false)) return ok_status();
+    return invalid_argument("{}: rope_scaling {} must be finite and > 0, got {}", context, key, v);
+  };
+  const auto non_negative = [&](double v, std::string_view key) {
+    if (finite_above(v, 0.0, true)) return ok_status();
+    return invalid_argument("{}: rope_scaling {} must be finite and >= 0, got {}", context, key, v);
+  };
+  HELIX_RETURN_IF_ERROR(positive(rope.factor, "factor"));
+  if (rope.scaling == rope_scaling_kind::llama3) {
+    HELIX_RETURN_IF_ERROR(positive(rope.low_freq_factor, "low_freq_factor"));
+    HELIX_RETURN_IF_ERROR(positive(rope.high_freq_factor, "high_freq_factor"));
+  }
+  if (rope.scaling == rope_scaling_kind::llama3 || rope.scaling == rope_scaling_kind::yarn) {
+    if (rope.original_max_position_embeddings < 1) {
+      return invalid_argument("{}: rope_scaling original_max_position_embeddings must be >= 1",
+                              context);
+    }
+  }
+  if (rope.scaling == rope_scaling_kind::yarn) {
+    HELIX_RETURN_IF_ERROR(positive(rope.beta_fast, "beta_fast"));
+    HELIX_RETURN_IF_ERROR(positive(rope.beta_slow, "beta_slow"));
+    HELIX_RETURN_IF_ERROR(non_negative(rope.mscale, "mscale"));
+    HELIX_RETURN_IF_ERROR(non_negative(rope.mscale_all_dim, "mscale_all_dim"));
+    HELIX_RETURN_IF_ERROR(non_negative(rope.attention_factor, "attention_factor"));
+  }
+  return ok_status();
+}
+
+// Overflow-checked sums and products of config sizes. Every size is below 2^31 (config_reader's
+// cap), but products of three or four of them, and the parameter and KV totals, can pass 2^63:
+// the first one that would is reported with the fields that make it up, so that no caller
+// (num_params(), allocation, the planner) ever multiplies them into a wrapped-around value.
+class size_math {
+ public:
+  explicit size_math(const std::string& context) : context_(context) {}
+
+  std::int64_t mul(std::string_view what, std::initializer_list<std::int64_t> factors) {
+    std::int64_t r = 1;
+    for (const std::int64_t f : factors) {
+      if (__builtin_mul_overflow(r, f, &r)) return fail(what);
+    }
+    return r;
+  }
+  std::int64_t add(std::string_view what, std::initializer_list<std::int64_t> terms) {
+    std::int64_t r = 0;
+    for (const std::int64_t t : terms) {
+      if (__builtin_add_overflow(r, t, &r)) return fail(what);
+    }
+    return r;
+  }
+  [[nodiscard]] const status& error() const { return error_; }
+
+ private:
+  std::int64_t fail(std::string_view what) {
+    if (error_.ok()) {
+      error_ =
+          invalid_argument("{}: sizes too large: {} overflows 64-bit arithmetic", context_, what);
+    }
+    return 0;
+  }
+  const std::string& context_;
+  status error_;
+};
+
+// Every product of sizes the runtime forms from a spec (tensor sizes, parameter and byte totals,
+// the KV cache of a max_position_embeddings-long sequence), checked as model_spec::num_params()
+// adds them up.
+status check_size_products(const model_spec& s, const std::string& context) {
+  size_math m(context);
+  const std::int64_t h = s.hidden;
+  const std::int64_t nq = s.num_q_heads;
+  std::int64_t attn = 0;
+  std::int64_t kv_per_token = 0;
+  if (s.is_mla()) {
+    const mla_spec& a = s.mla;
+    const std::int64_t qk = a.qk_head_dim();
+    const std::int64_t q =
+        a.q_lora_rank > 0
+            ? m.add("q_a_proj + q_b_proj",
+                    {m.mul("q_lora_rank x hidden_size", {a.q_lora_rank, h}), a.q_lora_rank,
+                     m.mul("num_attention_heads x (qk_nope_head_dim + qk_rope_head_dim) x "
+                           "q_lora_rank",
+                           {nq, qk, a.q_lora_rank})})
+            : m.mul("num_attention_heads x (qk_nope_head_dim + qk_rope_head_dim) x hidden_size",
+                    {nq, qk, h});
+    attn = m.add("attention parameters per layer",
+                 {q,
+                  m.mul("(kv_lora_rank + qk_rope_head_dim) x hidden_size",
+                        {a.kv_lora_rank + a.qk_rope_head_dim, h}),
+                  a.kv_lora_rank,
+                  m.mul("num_attention_heads x (qk_nope_head_dim + v_head_dim) x kv_lora_rank",
+                        {nq, a.qk_nope_head_dim + a.v_head_dim, a.kv_lora_rank}),
+                  m.mul("hidden_size x num_attention_heads x v_head_dim", {h, nq, a.v_head_dim})});
+    kv_per_token = a.kv_lora_rank + a.qk_rope_head_dim;
+  } else {
+    attn = m.mul("hidden_size x head_dim x 2 x (num_attention_heads + num_key_value_heads)",
+                 {h, s.head_dim, 2, nq + s.num_kv_heads});
+    kv_per_token = m.mul("num_key_value_heads x head_dim x 2", {s.num_kv_heads, s.head_dim, 2});
+  }
+  const std::int64_t dense = m.mul("3 x intermediate_size x hidden_size", {3, s.ffn, h});
+  std::int64_t moe = 0;
+  if (s.is_moe()) {
+    const moe_spec& e = s.moe;
+    moe = m.add("MoE parameters per layer",
+                {m.mul("n_routed_experts x hidden_size", {e.num_experts, h}), e.num_experts,
+                 m.mul("(n_routed_experts + n_shared_experts) x 3 x moe_intermediate_size x "
+                       "hidden_size",
+                       {e.num_experts + e.num_shared_experts, 3, e.expert_ffn, h})});
+  }
+  const std::int64_t per_layer = m.add("parameters per layer", {attn, 2 * h, std::max(dense, moe)});
+  const std::int64_t total = m.add(
+      "parameters", {m.mul("vocab_size x hidden_size x 2", {s.vocab, h, 2}), h,
+                     m.mul("num_hidden_layers x parameters per layer", {s.num_layers, per_layer})});
+  (void)m.mul("parameter bytes (x 4)", {total, 4});
+  (void)m.mul("KV cache bytes of max_position_embeddings tokens (x 4)",
+              {kv_per_token, s.num_layers, s.max_position_embeddings, 4});
+  return m.error();
+}
+
+// Values that parse and pass model_spec::validate() but make no physical sense: with them the
+// model computes NaN or Inf (rope_theta 1e-300 turns every rotation angle into Inf), or sizes
+// overflow. Each is refused naming its config.json key.
+status check_physical(const model_spec& s, const std::string& context) {
+  // Per-layer loops (num_params(), allocation, the layer program) run num_hidden_layers times,
+  // so 2^31 layers of tiny size would pass the size products and hang them; the deepest real
+  // models have about 128.
+  constexpr std::int64_t max_layers = std::int64_t{1} << 16;
+  if (s.num_layers > max_layers) {
+    return invalid_argument("{}: num_hidden_layers must be <= {}, got {}", context, max_layers,
+                            s.num_layers);
+  }
+  if (!finite_above(s.rope.theta, 1.0, true)) {
+    return invalid_argument("{}: rope_theta must be finite and >= 1, got {}", context,
+                            s.rope.theta);
+  }
+  if (!finite_above(s.rms_norm_eps, 0.0, false) || !(s.rms_norm_eps < 1.0)) {
+    return invalid_argument("{}: rms_norm_eps must be finite and in (0, 1), got {}", context,
+                            s.rms_norm_eps);
+  }
+  if (s.max_position_embeddings < 1) {
+    return invalid_argument("{}: max_position_embeddings must be >= 1, got {}", context,
+                            s.max_position_embeddings);
+  }
+  HELIX_RETURN_IF_ERROR(check_rope_scaling(s.rope, context));
+  if (s.is_moe() && !finite_above(s.moe.routed_scaling_factor, 0.0, false)) {
+    return invalid_argument("{}: routed_scaling_factor must be finite and > 0, got {}", context,
+                            s.moe.routed_scaling_factor);
+  }
+  return check_size_products(s, context);
+}
+
 // HF rope_scaling (or 5.x rope_parameters): default, linear, llama3 and yarn, with the keys that
 // modeling_rope_utils requires for each.
 status parse_rope_scaling(const json& rs, const std::string& context,
@@ -173,10 +337,7 @@ status parse_rope_scaling(const json& rs, const std::string& context,
         context, type);
   }
   HELIX_RETURN_IF_ERROR(r.error());
-  if (rope.scaling != rope_scaling_kind::none && !(rope.factor > 0.0)) {
-    return invalid_argument("{}: rope_scaling factor must be > 0, got {}", context, rope.factor);
-  }
-  return ok_status();
+  return check_rope_scaling(rope, context);
 }
 
 // Keys both architectures share; HF defaults differ only in max_position_embeddings and
@@ -336,6 +497,9 @@ expected<model_spec> parse_json(const json& j, std::string name) {
     return invalid_argument("{}: unknown model_type '{}' (supported: llama, deepseek_v3)", context,
                             model_type);
   }
+  // Before validate(), so that these values are reported by their config.json key in the
+  // config's context; the checked products need no validated sizes (none is negative here).
+  HELIX_RETURN_IF_ERROR(check_physical(s, context));
   HELIX_RETURN_IF_ERROR(s.validate());
   return s;
 }

@@ -20,8 +20,13 @@ namespace helix::model {
 /// the key for: text that is not a JSON object, an unknown model_type, a missing required key
 /// (hidden_size, num_hidden_layers, num_attention_heads, vocab_size, intermediate_size), a value
 /// of the wrong JSON type, `quantization_config`, attention_bias / mlp_bias true, hidden_act
-/// other than silu, an unsupported rope_scaling type, scoring_func or topk_method; and whatever
-/// model_spec::validate() rejects.
+/// other than silu, an unsupported rope_scaling type, scoring_func or topk_method; values that
+/// make no physical sense: rope_theta not finite or < 1, rms_norm_eps not in (0, 1),
+/// max_position_embeddings < 1, rope_scaling factors (factor, low/high_freq_factor, beta_fast,
+/// beta_slow) not finite and > 0, yarn mscale / mscale_all_dim / attention_factor negative,
+/// original_max_position_embeddings < 1, routed_scaling_factor not finite and > 0; sizes (each
+/// below 2^31) whose products (tensor sizes, parameter and KV-cache byte totals) overflow int64,
+/// naming the fields of the product; and whatever model_spec::validate() rejects.
 [[nodiscard]] expected<model_spec> parse_hf_config(const std::string& json_text, std::string name);
 
 /// Reads `<dir>/config.json`; the spec is named after the directory. not_found if the file is

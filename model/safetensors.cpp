@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
-#include <numeric>
+#include <iterator>
 #include <set>
 #include <utility>
 
@@ -24,9 +24,12 @@ static_assert(std::endian::native == std::endian::little,
 
 using json = nlohmann::json;
 
-// The reference implementation refuses headers above 100 MB; so do we, so that a corrupt length
-// cannot make us parse gigabytes of tensor data as JSON.
-constexpr std::uint64_t max_header_bytes = 100ull << 20;
+// The reference implementation refuses headers above 100,000,000 bytes; so do we, so that a
+// corrupt length cannot make us parse gigabytes of tensor data as JSON.
+constexpr std::uint64_t max_header_bytes = 100'000'000;
+
+// The keys of a tensor entry; the reference refuses any other (serde deny_unknown_fields).
+constexpr std::string_view entry_keys[] = {"dtype", "shape", "data_offsets"};
 
 struct dtype_info {
   std::string_view name;
@@ -235,91 +238,86 @@ void safetensors_file::unmap() noexcept {
   }
 }
 
-expected<safetensors_file> safetensors_file::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return not_found("safetensors '{}': file not found", path);
-    return invalid_argument("safetensors '{}': cannot open: {}", path, std::strerror(errno));
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return invalid_argument("safetensors '{}': not a regular file", path);
-  }
-  const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
+expected<safetensors_header> parse_safetensors(std::span<const std::byte> file,
+                                               std::string_view name) {
+  const std::uint64_t file_bytes = file.size();
   if (file_bytes < 8) {
-    ::close(fd);
     return invalid_argument(
-        "safetensors '{}': file is {} bytes, shorter than the 8-byte header length", path,
+        "safetensors '{}': file is {} bytes, shorter than the 8-byte header length", name,
         file_bytes);
   }
-  void* m = ::mmap(nullptr, file_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);  // the mapping keeps the file alive
-  if (m == MAP_FAILED) {
-    return invalid_argument("safetensors '{}': mmap of {} bytes failed: {}", path, file_bytes,
-                            std::strerror(errno));
-  }
-  safetensors_file f;
-  f.path_ = path;
-  f.map_ = static_cast<const std::byte*>(m);
-  f.map_bytes_ = file_bytes;
-
   std::uint64_t header_bytes = 0;
   for (int i = 7; i >= 0; --i) {
-    header_bytes = (header_bytes << 8) | static_cast<std::uint8_t>(f.map_[i]);
+    header_bytes =
+        (header_bytes << 8) | static_cast<std::uint8_t>(file[static_cast<std::size_t>(i)]);
   }
   if (header_bytes > file_bytes - 8) {
     return invalid_argument("safetensors '{}': header length {} exceeds the file size ({} bytes)",
-                            path, header_bytes, file_bytes);
+                            name, header_bytes, file_bytes);
   }
   if (header_bytes > max_header_bytes) {
-    return invalid_argument("safetensors '{}': header length {} exceeds the {}-byte limit", path,
+    return invalid_argument("safetensors '{}': header length {} exceeds the {}-byte limit", name,
                             header_bytes, max_header_bytes);
   }
-  f.data_start_ = 8 + header_bytes;
-  const std::size_t data_bytes = file_bytes - f.data_start_;
-  const std::string_view text(reinterpret_cast<const char*>(f.map_ + 8), header_bytes);
+  safetensors_header out;
+  out.data_start = static_cast<std::size_t>(8 + header_bytes);
+  const std::uint64_t data_bytes = file_bytes - out.data_start;
+  const std::string_view text(reinterpret_cast<const char*>(file.data() + 8),
+                              static_cast<std::size_t>(header_bytes));
 
   // nlohmann may throw on allocation failure or internal errors; nothing escapes from here.
   try {
     header_parse parsed = parse_header(text);
     const json& header = parsed.header;
     if (header.is_discarded()) {
-      return invalid_argument("safetensors '{}': header ({} bytes) is not valid JSON", path,
+      return invalid_argument("safetensors '{}': header ({} bytes) is not valid JSON", name,
                               header_bytes);
     }
     if (!header.is_object()) {
-      return invalid_argument("safetensors '{}': header is a JSON {}, not an object", path,
+      return invalid_argument("safetensors '{}': header is a JSON {}, not an object", name,
                               header.type_name());
     }
     if (!parsed.duplicate.empty()) {
       if (parsed.nested_duplicate) {
-        return invalid_argument("safetensors '{}': duplicate key '{}' inside a tensor entry", path,
+        return invalid_argument("safetensors '{}': duplicate key '{}' inside a tensor entry", name,
                                 parsed.duplicate);
       }
-      return invalid_argument("safetensors '{}': duplicate tensor name '{}'", path,
+      return invalid_argument("safetensors '{}': duplicate tensor name '{}'", name,
                               parsed.duplicate);
     }
-    for (const auto& [name, v] : header.items()) {
-      if (name == "__metadata__") {
+    for (const auto& [key, v] : header.items()) {
+      if (key == "__metadata__") {
         if (!v.is_object() && !v.is_null()) {
           return invalid_argument("safetensors '{}': __metadata__ is a JSON {}, not an object",
-                                  path, v.type_name());
+                                  name, v.type_name());
         }
         if (v.is_object()) {
+          // The reference reads a map of strings to strings; anything else is a broken writer.
           for (const auto& [k, mv] : v.items()) {
-            if (mv.is_string()) f.metadata_[k] = mv.get<std::string>();
+            if (!mv.is_string()) {
+              return invalid_argument(
+                  "safetensors '{}': __metadata__ value of '{}' is a JSON {}, not a string", name,
+                  k, json_type(mv));
+            }
+            out.metadata[k] = mv.get<std::string>();
           }
         }
         continue;
       }
+      const std::string& tensor_name = key;  // clang 14 cannot capture a structured binding
       auto bad = [&](std::string_view what) {
-        return invalid_argument("safetensors '{}': tensor '{}': {}", path, name, what);
+        return invalid_argument("safetensors '{}': tensor '{}': {}", name, tensor_name, what);
       };
       if (!v.is_object())
         return bad(fmt::format("entry is a JSON {}, not an object", v.type_name()));
+      for (const auto& [field, fv] : v.items()) {
+        if (std::find(std::begin(entry_keys), std::end(entry_keys), field) ==
+            std::end(entry_keys)) {
+          return bad(fmt::format("unknown key '{}' (allowed: dtype, shape, data_offsets)", field));
+        }
+      }
       safetensors_entry e;
-      e.name = name;
+      e.name = tensor_name;
       const auto dt = v.find("dtype");
       if (dt == v.end()) return bad("missing \"dtype\"");
       if (!dt->is_string())
@@ -374,32 +372,93 @@ expected<safetensors_file> safetensors_file::open(const std::string& path) {
         return bad(fmt::format("byte size {} != numel of shape {} * {} bytes ({})", e.data_bytes,
                                e.shape_string(), elem_bytes, e.dtype_name));
       }
-      f.entries_.push_back(std::move(e));
+      out.entries.push_back(std::move(e));
     }
   } catch (const std::exception& ex) {
-    return invalid_argument("safetensors '{}': cannot parse header: {}", path, ex.what());
+    return invalid_argument("safetensors '{}': cannot parse header: {}", name, ex.what());
   }
 
-  // Overlap check on the entries sorted by offset; empty tensors overlap nothing.
-  std::vector<std::size_t> order(f.entries_.size());
-  std::iota(order.begin(), order.end(), std::size_t{0});
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return f.entries_[a].data_offset < f.entries_[b].data_offset;
+  // The reference implementation's coverage rule: sorted by (begin, end), the tensors tile the
+  // data section exactly. Without it a header length one byte short (or long) shifts every
+  // tensor by a byte and still loads, and bytes no tensor owns go unnoticed.
+  std::vector<const safetensors_entry*> order(out.entries.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = &out.entries[i];
+  std::sort(order.begin(), order.end(), [](const safetensors_entry* a, const safetensors_entry* b) {
+    return std::pair(a->data_offset, a->data_bytes) < std::pair(b->data_offset, b->data_bytes);
   });
+  std::size_t covered = 0;  // the end of the previous tensor
   const safetensors_entry* prev = nullptr;
-  for (std::size_t idx : order) {
-    const safetensors_entry& e = f.entries_[idx];
-    if (e.data_bytes == 0) continue;
-    if (prev != nullptr && e.data_offset < prev->data_offset + prev->data_bytes) {
-      return invalid_argument("safetensors '{}': tensors '{}' [{}, {}) and '{}' [{}, {}) overlap",
-                              path, prev->name, prev->data_offset,
-                              prev->data_offset + prev->data_bytes, e.name, e.data_offset,
-                              e.data_offset + e.data_bytes);
+  for (const safetensors_entry* e : order) {
+    if (e->data_offset > covered) {
+      if (prev == nullptr) {
+        return invalid_argument(
+            "safetensors '{}': tensor '{}' [{}, {}) is the first in the data section but does "
+            "not begin at 0: bytes [0, {}) belong to no tensor",
+            name, e->name, e->data_offset, e->data_offset + e->data_bytes, e->data_offset);
+      }
+      return invalid_argument(
+          "safetensors '{}': hole between tensors '{}' [{}, {}) and '{}' [{}, {}): bytes [{}, {}) "
+          "belong to no tensor",
+          name, prev->name, prev->data_offset, covered, e->name, e->data_offset,
+          e->data_offset + e->data_bytes, covered, e->data_offset);
     }
-    prev = &e;
+    if (e->data_offset < covered) {
+      return invalid_argument("safetensors '{}': tensors '{}' [{}, {}) and '{}' [{}, {}) overlap",
+                              name, prev->name, prev->data_offset, covered, e->name, e->data_offset,
+                              e->data_offset + e->data_bytes);
+    }
+    covered = e->data_offset + e->data_bytes;
+    prev = e;
   }
-  std::sort(f.entries_.begin(), f.entries_.end(),
+  if (covered != data_bytes && prev == nullptr) {
+    return invalid_argument(
+        "safetensors '{}': {} trailing bytes: the header lists no tensor but the data section is "
+        "{} bytes (a wrong header length, or data after the header)",
+        name, data_bytes, data_bytes);
+  }
+  if (covered != data_bytes) {
+    return invalid_argument(
+        "safetensors '{}': {} trailing bytes: the data section is {} bytes but the last tensor, "
+        "'{}', ends at {} (a wrong header length, or data after the tensors)",
+        name, data_bytes - covered, data_bytes, prev->name, covered);
+  }
+  std::sort(out.entries.begin(), out.entries.end(),
             [](const safetensors_entry& a, const safetensors_entry& b) { return a.name < b.name; });
+  return out;
+}
+
+expected<safetensors_file> safetensors_file::open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) return not_found("safetensors '{}': file not found", path);
+    return invalid_argument("safetensors '{}': cannot open: {}", path, std::strerror(errno));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return invalid_argument("safetensors '{}': not a regular file", path);
+  }
+  const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
+  if (file_bytes < 8) {
+    ::close(fd);
+    return invalid_argument(
+        "safetensors '{}': file is {} bytes, shorter than the 8-byte header length", path,
+        file_bytes);
+  }
+  void* m = ::mmap(nullptr, file_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);  // the mapping keeps the file alive
+  if (m == MAP_FAILED) {
+    return invalid_argument("safetensors '{}': mmap of {} bytes failed: {}", path, file_bytes,
+                            std::strerror(errno));
+  }
+  safetensors_file f;
+  f.path_ = path;
+  f.map_ = static_cast<const std::byte*>(m);
+  f.map_bytes_ = file_bytes;
+  HELIX_ASSIGN_OR_RETURN(safetensors_header h, parse_safetensors({f.map_, f.map_bytes_}, path));
+  f.data_start_ = h.data_start;
+  f.entries_ = std::move(h.entries);
+  f.metadata_ = std::move(h.metadata);
   return f;
 }
 

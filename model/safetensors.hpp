@@ -6,10 +6,13 @@
 // checkpoint.cpp reads HF checkpoints with this; tests and save_checkpoint() write with it.
 //
 // The reader maps the file read-only (POSIX mmap) so that a large checkpoint is not copied twice,
-// and validates the whole header at open: every malformed file is an error status naming the
-// file and the tensor, never a crash. All safetensors dtypes are accepted in the header (so that a
-// checkpoint with, say, an unused I64 buffer still opens); only F32, BF16 and F16 can be read as
-// tensors, the others are refused by name when a tensor is read.
+// and validates the whole header at open, with the reference implementation's rules: the tensors'
+// data_offsets, sorted, tile the data section exactly (no hole, no overlap, no trailing byte), so
+// that a header length that is off by one cannot shift every tensor unnoticed. Every malformed file
+// is an error status naming the file and the tensor, never a crash. parse_safetensors() is the
+// same validation on bytes in memory (the fuzz target uses it). All safetensors dtypes are accepted
+// in the header (so that a checkpoint with, say, an unused I64 buffer still opens); only F32, BF16
+// and F16 can be read as tensors, the others are refused by name when a tensor is read.
 #pragma once
 
 #include <cstddef>
@@ -45,11 +48,9 @@ struct safetensors_entry {
 /// write_safetensors() replaces files by rename, which is safe.
 class safetensors_file {
  public:
-  /// Maps and validates `path`. not_found if the file does not exist; invalid_argument naming
-  /// the file (and the tensor) for every malformed header: short file, header length beyond the
-  /// file, header not a JSON object, missing or mistyped dtype/shape/data_offsets, negative
-  /// shape, bad or out-of-range offsets, byte size != numel * element size, overlapping tensors,
-  /// duplicate names, unknown dtype strings.
+  /// Maps `path` and validates it as parse_safetensors() does. not_found if the file does not
+  /// exist; invalid_argument naming the file if it is not a regular file or cannot be mapped, and
+  /// for everything parse_safetensors() refuses.
   [[nodiscard]] static expected<safetensors_file> open(const std::string& path);
 
   safetensors_file() = default;
@@ -62,7 +63,7 @@ class safetensors_file {
   [[nodiscard]] const std::string& path() const { return path_; }
   /// All tensors, sorted by name.
   [[nodiscard]] const std::vector<safetensors_entry>& entries() const { return entries_; }
-  /// The "__metadata__" map (string values only; others are skipped).
+  /// The "__metadata__" map (empty when absent or null).
   [[nodiscard]] const std::map<std::string, std::string>& metadata() const { return metadata_; }
   /// The entry called `name`, or nullptr.
   [[nodiscard]] const safetensors_entry* find(std::string_view name) const;
@@ -84,6 +85,28 @@ class safetensors_file {
   std::vector<safetensors_entry> entries_;
   std::map<std::string, std::string> metadata_;
 };
+
+/// The validated header of a safetensors file: what parse_safetensors() returns.
+struct safetensors_header {
+  std::vector<safetensors_entry> entries;  // sorted by name
+  std::map<std::string, std::string> metadata;
+  std::size_t data_start = 0;  // 8 + header length: where the data section begins in the file
+};
+
+/// Validates the bytes of a whole safetensors file (`file`: length, header and data section);
+/// `name` (the path) is only used in messages. invalid_argument naming `name` (and the tensor)
+/// for: fewer than 8 bytes; a header length beyond the file or above 100,000,000 bytes (the
+/// reference implementation's bound); a header that is not a JSON object; a duplicate key; a
+/// tensor entry that is not an object, lacks or mistypes dtype/shape/data_offsets or has any
+/// other key; an unknown dtype string; a shape dim that is not a non-negative integer; offsets
+/// with begin > end or beyond the data section; byte size != numel * element size (overflow
+/// included); __metadata__ that is neither null nor an object of strings; and tensors that do
+/// not cover the data section exactly once: sorted by offset, the first must begin at 0, each
+/// must begin where the previous one ended (a hole or an overlap otherwise), and the last must
+/// end where the file ends (trailing bytes otherwise: typically a wrong header length).
+/// Pure; thread-safe; nothing returned points into `file`.
+[[nodiscard]] expected<safetensors_header> parse_safetensors(std::span<const std::byte> file,
+                                                             std::string_view name);
 
 /// One tensor to write. `data` points at numel(shape) contiguous elements of `type`; it is only
 /// read during the call.

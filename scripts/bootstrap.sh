@@ -9,6 +9,12 @@ packages=(
   libspdlog-dev libfmt-dev nlohmann-json3-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
 )
+# `scripts/bootstrap.sh fuzz` (what `make fuzz` runs) also needs clang 14 with its sanitizer
+# runtimes and libFuzzer; plain builds do not, so they are not installed otherwise.
+fuzz_packages=(clang-14 libclang-rt-14-dev libfuzzer-14-dev)
+if [ "${1:-}" = fuzz ]; then
+  packages+=("${fuzz_packages[@]}")
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -42,8 +42,8 @@ constexpr std::int64_t k_block = 1024;
 constexpr int avx512_cols = 4;
 
 bool have_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
+  static const bool yes =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && simd::cpu_has_f16c();
   return yes;
 }
 

@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <string_view>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 namespace helix::kernels::simd {
 
 /// Instruction sets the kernels choose between, in increasing order.
@@ -21,6 +25,17 @@ enum class isa : std::uint8_t { scalar, avx2, avx512 };
       return "avx512";
   }
   return "scalar";
+}
+
+/// Whether the CPU has F16C (half <-> float conversions). Through CPUID: clang 14 does not know
+/// "f16c" as a __builtin_cpu_supports feature.
+[[nodiscard]] inline bool cpu_has_f16c() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+#else
+  return false;
+#endif
 }
 
 /// The best instruction set this CPU supports (detected once).

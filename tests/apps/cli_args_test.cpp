@@ -28,11 +28,47 @@ TEST(CliArgs, FlagsSwitchesAndErrors) {
   EXPECT_EQ(*a->get_double("top-p", 1.0), 0.5);
   EXPECT_EQ(a->get_int("top-p", 0).error().code(), errc::invalid_argument);
   EXPECT_FALSE(a->check_known({"steps", "json"}).ok());
-  EXPECT_FALSE(cli_args::parse({"--steps"}, {}).has_value());
   EXPECT_FALSE(cli_args::parse({"positional"}, {}).has_value());
   EXPECT_EQ(parse_int_list("3,14,15")->size(), 3u);
   EXPECT_FALSE(parse_int_list("3,,4").has_value());
   EXPECT_FALSE(parse_int_list("3,").has_value());
+}
+
+// Regression: `helix run --workers 2 --bogus` said "flag --bogus needs a value"; an unknown
+// flag is reported as unknown wherever it stands.
+TEST(CliArgs, TrailingUnknownFlagIsReportedAsUnknown) {
+  auto a = cli_args::parse({"--workers", "2", "--bogus"}, {"json", "help"});
+  ASSERT_TRUE(a.has_value()) << a.error().to_string();
+  const status st = a->check_known({"workers", "json", "help"});
+  EXPECT_EQ(st.code(), errc::invalid_argument);
+  EXPECT_EQ(st.message(), "unknown flag --bogus");
+  // A known last flag without its value still says so.
+  auto b = cli_args::parse({"--json", "--workers"}, {"json"});
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->check_known({"workers", "json"}).message(), "flag --workers needs a value");
+  EXPECT_FALSE(b->has("workers"));
+  // An unknown flag earlier in the line is reported before the missing value.
+  auto c = cli_args::parse({"--colour", "red", "--workers"}, {});
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->check_known({"workers"}).message(), "unknown flag --colour");
+  EXPECT_EQ(cli_args::parse({"--steps"}, {})->check_known({"steps"}).message(),
+            "flag --steps needs a value");
+}
+
+TEST(CliArgs, TrailingUnknownFlagThroughACommand) {
+  std::ostringstream out, err;
+  EXPECT_EQ(run_generate({"--model", "tiny-llama", "--prompt", "1", "--bogus"}, out, err), 2);
+  EXPECT_NE(err.str().find("unknown flag --bogus"), std::string::npos) << err.str();
+  EXPECT_EQ(err.str().find("needs a value"), std::string::npos) << err.str();
+}
+
+// `--json=false` used to switch JSON on: a switch takes no value.
+TEST(CliArgs, SwitchWithAValueIsRefused) {
+  auto a = cli_args::parse({"--json=false"}, {"json"});
+  ASSERT_FALSE(a.has_value());
+  EXPECT_EQ(a.error().code(), errc::invalid_argument);
+  EXPECT_EQ(a.error().message(), "switch --json takes no value (got '--json=false')");
+  EXPECT_TRUE(cli_args::parse({"--json"}, {"json"})->has("json"));
 }
 
 TEST(GenerateCommand, JsonHasTokensAndTimings) {

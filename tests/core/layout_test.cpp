@@ -103,6 +103,40 @@ TEST(LayoutParse, RejectsMalformedStrings) {
   expect_parse_error("helix:kvp=99999999999,tpa=1", "out of range");
 }
 
+// Regression: "helix:kvp=2,tpa=2," parsed as "helix:kvp=2,tpa=2" (the loop stopped at the empty
+// rest after the last comma), so a truncated or mistyped layout string was silently accepted.
+TEST(LayoutParse, TrailingCommaIsRefused) {
+  expect_parse_error("helix:kvp=2,tpa=2,", "empty item (a trailing comma)");
+  expect_parse_error("helix:kvp=2,tpa=2, ", "empty item (a trailing comma)");
+  expect_parse_error("tp:tp=8,", "trailing comma");
+  expect_parse_error("medha:kvp=4,tpa=2 ,", "trailing comma");
+}
+
+TEST(LayoutParse, EmptyItemsAndKeysAreRefused) {
+  expect_parse_error("helix:,kvp=2,tpa=2", "empty item (a leading or doubled comma)");
+  expect_parse_error("helix:kvp=2,,tpa=2", "empty item (a leading or doubled comma)");
+  expect_parse_error("helix:kvp=2,=2,tpa=2", "empty key in '=2'");
+  expect_parse_error("helix:kvp=2, =2", "empty key");
+  expect_parse_error("helix:,", "empty item");
+  expect_parse_error("helix: ", "missing key 'kvp'");
+  // Duplicates are found whatever the spacing.
+  expect_parse_error("helix:kvp=2, kvp =4,tpa=2", "duplicate key 'kvp'");
+  expect_parse_error("tp:tp=2,tp=2", "duplicate key 'tp'");
+  // Spaces around the separators stay accepted (see DefaultsAndShortForms).
+  EXPECT_EQ(parsed("  helix :kvp= 2 ,tpa =2  ").num_ranks, 4);
+}
+
+// Found by fuzz_layout: each key was bounded but their product was not, so
+// "helix:kvp=4,tpa=5036409" parsed with the derived tpf = N = 20145636, above the per-key bound,
+// and its to_string() did not parse back.
+TEST(LayoutParse, RankCountAboveTheBoundIsRefused) {
+  expect_parse_error("helix:kvp=4,tpa=5036409", "kvp x tpa = 20145636 ranks is out of range");
+  expect_parse_error("medha:kvp=16777216,tpa=2", "out of range");
+  const layout max = parsed("helix:kvp=4096,tpa=4096");
+  EXPECT_EQ(max.num_ranks, 16777216);
+  EXPECT_EQ(*layout::parse(max.to_string()), max);
+}
+
 void expect_rule(const layout& l, const model_spec& spec, std::string_view rule,
                  const std::string& needle) {
   const status st = validate(l, spec);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <set>
 #include <string>
@@ -348,6 +349,100 @@ TEST_F(CheckpointTest, Fp8TensorIsRefusedByName) {
                         "block-scaled checkpoints are not supported yet"));
 }
 
+// Overwrites element `idx` of tensor `name` in dir/model.safetensors with the raw value `v`
+// (of the stored element size).
+template <class V>
+void poke(std::vector<safetensors_tensor>& ts, std::vector<std::vector<std::byte>>& storage,
+          const std::string& name, std::size_t idx, V v) {
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    if (ts[i].name != name) continue;
+    ASSERT_EQ(dtype_bytes(ts[i].type), sizeof(V)) << name;
+    ASSERT_LE((idx + 1) * sizeof(V), storage[i].size()) << name;
+    std::memcpy(storage[i].data() + idx * sizeof(V), &v, sizeof(V));
+    return;
+  }
+  FAIL() << "no tensor " << name;
+}
+
+void expect_load_refused(const std::string& dir, dtype t, const std::string& needle) {
+  auto w = load_checkpoint(dir, t);
+  ASSERT_FALSE(w.has_value()) << needle;
+  EXPECT_EQ(w.error().code(), errc::invalid_argument) << w.error().to_string();
+  EXPECT_THAT(w.error().message(), HasSubstr(needle));
+  EXPECT_THAT(w.error().message(), HasSubstr(dir));
+}
+
+// Regression: a NaN weight loaded silently and turned every logit into NaN many layers later.
+TEST_F(CheckpointTest, NanInNormWeightIsRefused) {
+  (void)save_seeded("ckpt", "tiny-llama", dtype::f32);
+  rewrite_tensors(sub("ckpt"), [&](std::vector<safetensors_tensor>& ts, auto& storage) {
+    poke(ts, storage, "model.layers.0.input_layernorm.weight", 3,
+         std::numeric_limits<float>::quiet_NaN());
+  });
+  expect_load_refused(sub("ckpt"), dtype::f32,
+                      "model.layers.0.input_layernorm.weight: element 3 is NaN");
+  expect_load_refused(sub("ckpt"), dtype::bf16, "(stored as F32, shape [64]");
+}
+
+TEST_F(CheckpointTest, InfInLmHeadIsRefused) {
+  // bf16 storage: lm_head is stored as BF16 (+Inf is 0x7f80), the norms as F32.
+  (void)save_seeded("ckpt", "tiny-llama", dtype::bf16);
+  rewrite_tensors(sub("ckpt"), [&](std::vector<safetensors_tensor>& ts, auto& storage) {
+    poke(ts, storage, "lm_head.weight", 64 * 3 + 1, bf16_t{0x7f80});
+  });
+  expect_load_refused(sub("ckpt"), dtype::bf16, "lm_head.weight: element 193 is +Inf");
+  expect_load_refused(sub("ckpt"), dtype::f32, "(stored as BF16, shape [256, 64]");
+
+  // f16 storage: -Inf (0xfc00) and a NaN (0x7e00) after it; the first one is reported.
+  (void)save_seeded("ckpt16", "tiny-llama", dtype::f16);
+  rewrite_tensors(sub("ckpt16"), [&](std::vector<safetensors_tensor>& ts, auto& storage) {
+    poke(ts, storage, "lm_head.weight", 10, f16_t{0xfc00});
+    poke(ts, storage, "lm_head.weight", 11, f16_t{0x7e00});
+  });
+  expect_load_refused(sub("ckpt16"), dtype::f16, "lm_head.weight: element 10 is -Inf");
+}
+
+// Stored FP8 cannot be loaded yet, but a NaN in it is still reported as what it is.
+TEST_F(CheckpointTest, NanInFp8TensorIsReportedBeforeItsDtype) {
+  (void)save_seeded("ckpt", "tiny-llama", dtype::f32);
+  std::vector<std::uint8_t> fp8(64 * 128, 0x38);
+  fp8[4100] = 0xff;  // S.1111.111: E4M3FN's only NaN (0x7e, 448, is finite)
+  fp8[4099] = 0x7e;
+  rewrite_tensors(sub("ckpt"), [&](std::vector<safetensors_tensor>& ts, auto&) {
+    for (safetensors_tensor& t : ts) {
+      if (t.name == "model.layers.0.self_attn.o_proj.weight") {
+        t.type = dtype::fp8_e4m3;
+        t.data = fp8.data();
+      }
+    }
+  });
+  expect_load_refused(sub("ckpt"), dtype::f32,
+                      "model.layers.0.self_attn.o_proj.weight: element 4100 is NaN (stored as "
+                      "F8_E4M3");
+}
+
+// A finite F32 value beyond f16's range becomes Inf when loaded as f16: refused as well.
+TEST_F(CheckpointTest, ValueOverflowingTheWeightTypeIsRefused) {
+  (void)save_seeded("ckpt", "tiny-llama", dtype::f32);
+  rewrite_tensors(sub("ckpt"), [&](std::vector<safetensors_tensor>& ts, auto& storage) {
+    poke(ts, storage, "model.layers.1.mlp.down_proj.weight", 7, -70000.0f);
+  });
+  expect_load_refused(sub("ckpt"), dtype::f16,
+                      "model.layers.1.mlp.down_proj.weight: element 7 (-70000 as F32) overflows "
+                      "to -Inf when converted to f16");
+  // bf16 and f32 hold it.
+  EXPECT_TRUE(load_checkpoint(sub("ckpt"), dtype::bf16).has_value());
+  EXPECT_TRUE(load_checkpoint(sub("ckpt"), dtype::f32).has_value());
+  // FLT_MAX rounds up to Inf in bf16.
+  (void)save_seeded("ckpt_max", "tiny-llama", dtype::f32);
+  rewrite_tensors(sub("ckpt_max"), [&](std::vector<safetensors_tensor>& ts, auto& storage) {
+    poke(ts, storage, "model.embed_tokens.weight", 0, std::numeric_limits<float>::max());
+  });
+  expect_load_refused(sub("ckpt_max"), dtype::bf16,
+                      "model.embed_tokens.weight: element 0 (3.4028235e+38 as F32) overflows to "
+                      "+Inf when converted to bf16");
+}
+
 TEST_F(CheckpointTest, ShardedCheckpointWithIndex) {
   model_weights w = save_seeded("ckpt", "tiny-deepseek", dtype::bf16);
   // Split the single file into two shards plus an index, as transformers' save_pretrained does.
@@ -451,7 +546,9 @@ TEST_F(CheckpointTest, AbsurdConfigIsRefusedBeforeAllocating) {
     json cfg = json::parse(in);
     in.close();
     json bad = cfg;
-    bad[key] = key == std::string("n_routed_experts") ? 1 << 30 : 0x7fffffff;
+    bad[key] = key == std::string("n_routed_experts")    ? 1 << 30
+               : key == std::string("num_hidden_layers") ? 1 << 16  // config.json's maximum
+                                                         : 0x7fffffff;
     if (key == std::string("n_routed_experts")) bad["n_group"] = 1, bad["topk_group"] = 1;
     std::ofstream(sub("ckpt/config.json"), std::ios::trunc) << bad.dump();
     auto w = load_checkpoint(sub("ckpt"), dtype::f32);

@@ -418,6 +418,142 @@ TEST(HfConfigTest, RefusesInconsistentSpec) {
   EXPECT_THAT(s.error().message(), HasSubstr("hidden_size must be positive"));
 }
 
+// Regression: rope_theta 1e-300 passed every check (it is > 0) and made every RoPE angle Inf.
+TEST(HfConfigTest, RopeTheta1em300IsRefused) {
+  json j = minimal_llama();
+  j["rope_theta"] = 1e-300;
+  expect_refused(j, {"rope_theta must be finite and >= 1, got 1e-300"});
+  j["rope_theta"] = 0.5;
+  expect_refused(j, {"rope_theta must be finite and >= 1"});
+  j.erase("rope_theta");
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e-300}};
+  expect_refused(j, {"rope_theta must be finite and >= 1"});
+  // A literal beyond double's range parses as Inf (or not at all): refused either way.
+  std::string text = minimal_llama().dump();
+  text.insert(1, "\"rope_theta\": 1e999, ");
+  auto s = parse_hf_config(text, "cfg");
+  ASSERT_FALSE(s.has_value());
+  EXPECT_EQ(s.error().code(), errc::invalid_argument);
+  j = minimal_llama();
+  j["rope_theta"] = 1;  // the smallest accepted
+  EXPECT_TRUE(parse(j).has_value());
+}
+
+TEST(HfConfigTest, RmsNormEpsOutsideZeroOneIsRefused) {
+  for (const double eps : {1.0, 2.5, 1e300}) {
+    json j = minimal_llama();
+    j["rms_norm_eps"] = eps;
+    expect_refused(j, {"rms_norm_eps must be finite and in (0, 1)"});
+  }
+  json j = minimal_llama();
+  j["rms_norm_eps"] = -1e-6;
+  expect_refused(j, {"rms_norm_eps"});
+  j["rms_norm_eps"] = 0.0;
+  expect_refused(j, {"rms_norm_eps"});
+  j["rms_norm_eps"] = 0.5;
+  EXPECT_TRUE(parse(j).has_value());
+}
+
+TEST(HfConfigTest, NonsensicalRopeScalingValuesAreRefused) {
+  const auto refused = [](json rs, const std::string& needle, bool deepseek = false) {
+    json j = deepseek ? minimal_deepseek() : minimal_llama();
+    j["rope_scaling"] = std::move(rs);
+    expect_refused(j, {needle});
+  };
+  refused({{"rope_type", "linear"}, {"factor", 0.0}}, "rope_scaling factor must be finite and > 0");
+  refused({{"rope_type", "linear"}, {"factor", -2.0}},
+          "rope_scaling factor must be finite and > 0");
+  const json llama3 = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  json l = llama3;
+  l["low_freq_factor"] = 0.0;
+  refused(l, "rope_scaling low_freq_factor must be finite and > 0");
+  l = llama3;
+  l["original_max_position_embeddings"] = 0;
+  refused(l, "original_max_position_embeddings must be >= 1");
+  const json yarn = {{"rope_type", "yarn"}, {"factor", 40.0}};
+  json y = yarn;
+  y["beta_fast"] = -32.0;
+  refused(y, "rope_scaling beta_fast must be finite and > 0", true);
+  y = yarn;
+  y["beta_slow"] = -1.0;
+  refused(y, "rope_scaling beta_slow must be finite and > 0", true);
+  y = yarn;
+  y["mscale"] = -1.0;
+  refused(y, "rope_scaling mscale must be finite and >= 0", true);
+  y = yarn;
+  y["mscale_all_dim"] = -0.5;
+  refused(y, "rope_scaling mscale_all_dim must be finite and >= 0", true);
+  y = yarn;
+  y["attention_factor"] = -0.1;
+  refused(y, "rope_scaling attention_factor must be finite and >= 0", true);
+  // Inf through a literal beyond double's range.
+  std::string text = minimal_llama().dump();
+  text.insert(1, R"("rope_scaling": {"rope_type": "linear", "factor": 1e999}, )");
+  EXPECT_FALSE(parse_hf_config(text, "cfg").has_value());
+}
+
+TEST(HfConfigTest, OtherNonsensicalValuesAreRefused) {
+  json j = minimal_llama();
+  // Tiny layers pass the size products, but per-layer loops would run 2^31 times.
+  j["num_hidden_layers"] = 0x7fffffff;
+  expect_refused(j, {"num_hidden_layers must be <= 65536, got 2147483647"});
+  j["num_hidden_layers"] = 1 << 16;
+  EXPECT_TRUE(parse(j).has_value());
+  j = minimal_llama();
+  j["max_position_embeddings"] = 0;
+  expect_refused(j, {"max_position_embeddings must be >= 1, got 0"});
+  j = minimal_deepseek();
+  j["routed_scaling_factor"] = 0.0;
+  expect_refused(j, {"routed_scaling_factor must be finite and > 0"});
+  j["routed_scaling_factor"] = -2.5;
+  expect_refused(j, {"routed_scaling_factor must be finite and > 0"});
+}
+
+// Every size is capped below 2^31, but their products were not checked: a 4-factor product
+// wrapped around in num_params() and allocation sizes.
+TEST(HfConfigTest, SizeProductsThatOverflowInt64AreRefused) {
+  json j = minimal_llama();
+  j["hidden_size"] = 0x7fffffff;
+  j["num_attention_heads"] = 1;  // head_dim defaults to hidden_size / heads
+  j["num_key_value_heads"] = 1;
+  j["head_dim"] = 0x7ffffffe;
+  expect_refused(j, {"sizes too large",
+                     "hidden_size x head_dim x 2 x (num_attention_heads + num_key_value_heads) "
+                     "overflows 64-bit arithmetic"});
+  j = minimal_llama();
+  j["num_hidden_layers"] = 1 << 16;
+  j["hidden_size"] = 1 << 24;
+  j["intermediate_size"] = 1 << 24;
+  j["num_attention_heads"] = 1 << 10;
+  expect_refused(j, {"num_hidden_layers x parameters per layer overflows"});
+  j = minimal_llama();
+  j["max_position_embeddings"] = 0x7fffffff;
+  j["num_hidden_layers"] = 1 << 16;
+  j["num_key_value_heads"] = 4;
+  j["head_dim"] = 1 << 16;
+  expect_refused(j, {"KV cache bytes of max_position_embeddings tokens"});
+  j = minimal_deepseek();
+  j["n_routed_experts"] = 1 << 30;
+  j["n_group"] = 1;
+  j["topk_group"] = 1;
+  j["moe_intermediate_size"] = 1 << 30;
+  j["hidden_size"] = 1 << 10;
+  expect_refused(j, {"(n_routed_experts + n_shared_experts) x 3 x moe_intermediate_size x "
+                     "hidden_size overflows"});
+  // The real shapes are far from the bounds.
+  for (const std::string& name : builtin_model_names()) {
+    auto spec = builtin_model(name);
+    ASSERT_TRUE(spec.has_value());
+    auto text = hf_config_json(*spec, dtype::bf16);
+    ASSERT_TRUE(text.has_value());
+    EXPECT_TRUE(parse_hf_config(*text, name).has_value()) << name;
+  }
+}
+
 TEST(HfConfigTest, RefusesNonJson) {
   auto s = parse_hf_config("{\"model_type\": \"llama\",", "cfg");
   ASSERT_FALSE(s.has_value());

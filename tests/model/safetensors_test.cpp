@@ -1,5 +1,6 @@
 #include "model/safetensors.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -7,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -293,6 +295,149 @@ TEST_F(SafetensorsTest, OverlappingTensors) {
       R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
           "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
       16, {"'a' [0, 8)", "'b' [4, 12)", "overlap"});
+}
+
+// Regression: the writer pads the header with spaces; a length one byte short kept the header
+// valid JSON and moved the data section one byte earlier, so every tensor was read shifted by a
+// byte and the file "loaded fine". The exact-coverage rule sees the extra byte.
+TEST_F(SafetensorsTest, HeaderLengthOneByteShortIsRefused) {
+  const std::string header = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}   )";
+  ASSERT_TRUE(safetensors_file::open(write_raw(header, 8)).has_value());
+  const std::string p = write_raw(header, 8, header.size() - 1);
+  auto f = safetensors_file::open(p);
+  ASSERT_FALSE(f.has_value());
+  EXPECT_EQ(f.error().code(), errc::invalid_argument);
+  EXPECT_THAT(f.error().message(), HasSubstr(p));
+  EXPECT_THAT(f.error().message(), HasSubstr("1 trailing bytes"));
+  EXPECT_THAT(f.error().message(), HasSubstr("'a'"));
+  EXPECT_THAT(f.error().message(), HasSubstr("header length"));
+  // One byte long swallows the first data byte: no longer JSON (and the data would be short).
+  auto g = safetensors_file::open(write_raw(header, 8, header.size() + 1));
+  ASSERT_FALSE(g.has_value());
+  EXPECT_EQ(g.error().code(), errc::invalid_argument);
+
+  // The same with a file from our writer, whatever its padding.
+  const float v[3] = {1.0f, 2.0f, 3.0f};
+  const std::string q = path("w.safetensors");
+  ASSERT_TRUE(
+      write_safetensors(q, std::vector<safetensors_tensor>{{"x", dtype::f32, {3}, v}}).ok());
+  std::vector<char> bytes = read_file(q);
+  bytes[0] = static_cast<char>(bytes[0] - 1);  // header lengths are small: no borrow
+  std::ofstream(q, std::ios::binary | std::ios::trunc)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  auto h = safetensors_file::open(q);
+  ASSERT_FALSE(h.has_value());
+  EXPECT_EQ(h.error().code(), errc::invalid_argument);
+}
+
+TEST_F(SafetensorsTest, TrailingBytesAreRefused) {
+  expect_invalid(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 12,
+                 {"4 trailing bytes", "data section is 12 bytes", "'a'", "ends at 8"});
+  // No tensor at all, but data.
+  expect_invalid("{}", 3, {"3 trailing bytes", "the header lists no tensor"});
+  expect_invalid(R"({"__metadata__": {"format": "pt"}})", 1, {"1 trailing bytes"});
+}
+
+TEST_F(SafetensorsTest, HoleBetweenTensorsIsRefused) {
+  expect_invalid(
+      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]}})",
+      20,
+      {"hole between tensors 'a' [0, 8) and 'b' [12, 20)", "bytes [8, 12) belong to no tensor"});
+  // A gap before the first tensor is a hole too.
+  expect_invalid(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})", 12,
+                 {"tensor 'a' [4, 12)", "does not begin at 0", "bytes [0, 4)"});
+  // An empty tensor placed past the end of the others leaves a hole as well.
+  expect_invalid(
+      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "e": {"dtype": "F32", "shape": [0], "data_offsets": [12, 12]}})",
+      12, {"hole between tensors 'a' [0, 8) and 'e' [12, 12)"});
+}
+
+TEST_F(SafetensorsTest, OverlappingTensorsAreRefused) {
+  expect_invalid(
+      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+      8, {"'a' [0, 8)", "'b' [0, 8)", "overlap"});
+  // An empty tensor inside another one was skipped by the old overlap check.
+  expect_invalid(
+      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "e": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}})",
+      8, {"'a' [0, 8)", "'e' [4, 4)", "overlap"});
+}
+
+TEST_F(SafetensorsTest, EmptyTensorsAtTheBoundariesAreValid) {
+  const std::string p = write_raw(
+      R"({"e0": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]},
+          "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "e1": {"dtype": "BF16", "shape": [3, 0], "data_offsets": [8, 8]},
+          "b": {"dtype": "BF16", "shape": [2], "data_offsets": [8, 12]},
+          "e2": {"dtype": "I64", "shape": [0], "data_offsets": [12, 12]}})",
+      12);
+  auto f = safetensors_file::open(p);
+  ASSERT_TRUE(f.has_value()) << f.error().to_string();
+  EXPECT_EQ(f->entries().size(), 5u);
+}
+
+TEST_F(SafetensorsTest, UnknownKeyInTensorEntryIsRefused) {
+  expect_invalid(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "strides": [1]}})",
+                 8, {"tensor 'w'", "unknown key 'strides'"});
+}
+
+TEST_F(SafetensorsTest, NonStringMetadataIsRefused) {
+  expect_invalid(
+      R"({"__metadata__": {"format": "pt", "step": 3},
+          "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+      8, {"__metadata__ value of 'step' is a JSON integer, not a string"});
+  // null means absent, as in the reference.
+  auto f = safetensors_file::open(write_raw(
+      R"({"__metadata__": null, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 8));
+  ASSERT_TRUE(f.has_value()) << f.error().to_string();
+  EXPECT_TRUE(f->metadata().empty());
+}
+
+TEST_F(SafetensorsTest, HeaderAboveTheReferenceLimitIsRefused) {
+  // A sparse file just large enough that the length fits in it: the limit, not the file size,
+  // must refuse it, before any of it is parsed.
+  const std::uint64_t len = 100'000'001;
+  const std::string p = write_raw("{}", 0, len);
+  fs::resize_file(p, 8 + len);
+  auto f = safetensors_file::open(p);
+  ASSERT_FALSE(f.has_value());
+  EXPECT_EQ(f.error().code(), errc::invalid_argument);
+  EXPECT_THAT(f.error().message(), HasSubstr("header length 100000001 exceeds the 100000000-byte"));
+}
+
+TEST_F(SafetensorsTest, ParseInMemoryAgreesWithOpen) {
+  const float a[4] = {1, 2, 3, 4};
+  const std::string p = path("m.safetensors");
+  ASSERT_TRUE(write_safetensors(p, std::vector<safetensors_tensor>{{"a", dtype::f32, {2, 2}, a},
+                                                                   {"b", dtype::f32, {1}, a}})
+                  .ok());
+  const std::vector<char> raw = read_file(p);
+  auto h = parse_safetensors(std::as_bytes(std::span(raw)), "in-memory");
+  ASSERT_TRUE(h.has_value()) << h.error().to_string();
+  auto f = safetensors_file::open(p);
+  ASSERT_TRUE(f.has_value());
+  ASSERT_EQ(h->entries.size(), f->entries().size());
+  for (std::size_t i = 0; i < h->entries.size(); ++i) {
+    EXPECT_EQ(h->entries[i].name, f->entries()[i].name);
+    EXPECT_EQ(h->entries[i].data_offset, f->entries()[i].data_offset);
+    EXPECT_EQ(h->entries[i].data_bytes, f->entries()[i].data_bytes);
+  }
+  EXPECT_EQ(h->metadata, f->metadata());
+  EXPECT_EQ(h->data_start + 20, raw.size());
+  auto bad = parse_safetensors(std::as_bytes(std::span(raw).first(raw.size() - 1)), "in-memory");
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_THAT(bad.error().message(), HasSubstr("safetensors 'in-memory'"));
+}
+
+TEST_F(SafetensorsTest, FifoIsRefusedWithoutBlocking) {
+  const std::string p = path("fifo.safetensors");
+  ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0);
+  auto f = safetensors_file::open(p);  // opening a FIFO for reading blocks without O_NONBLOCK
+  ASSERT_FALSE(f.has_value());
+  EXPECT_THAT(f.error().message(), HasSubstr("not a regular file"));
 }
 
 TEST_F(SafetensorsTest, DuplicateNames) {
