@@ -5,24 +5,6 @@
 
 namespace helix::transport::local {
 
-std::string_view op_kind_name(op_kind k) noexcept {
-  switch (k) {
-    case op_kind::all_to_all:
-      return "all_to_all";
-    case op_kind::all_to_all_v:
-      return "all_to_all_v";
-    case op_kind::all_reduce:
-      return "all_reduce";
-    case op_kind::all_gather:
-      return "all_gather";
-    case op_kind::broadcast:
-      return "broadcast";
-    case op_kind::barrier:
-      return "barrier";
-  }
-  return "?";
-}
-
 void group_state::abort(const status& reason) {
   std::lock_guard lk(mu);
   if (!aborted.ok()) return;
@@ -47,82 +29,11 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
-[[nodiscard]] bool overlaps(const void* a, std::size_t a_bytes, const void* b,
-                            std::size_t b_bytes) {
-  if (a_bytes == 0 || b_bytes == 0) return false;
-  const auto pa = reinterpret_cast<std::uintptr_t>(a);
-  const auto pb = reinterpret_cast<std::uintptr_t>(b);
-  return pa < pb + b_bytes && pb < pa + a_bytes;
-}
-
 [[nodiscard]] std::byte* at(void* base, std::size_t elems, std::size_t elem_bytes) {
   return static_cast<std::byte*>(base) + elems * elem_bytes;
 }
 [[nodiscard]] const std::byte* at(const void* base, std::size_t elems, std::size_t elem_bytes) {
   return static_cast<const std::byte*>(base) + elems * elem_bytes;
-}
-
-// Checks that every rank's arguments agree; runs on the last arriver before any byte moves.
-[[nodiscard]] status validate(const coll_slot& slot, const std::vector<int>& members) {
-  const auto n = slot.posts.size();
-  const coll_post& p0 = slot.posts[0];
-  const auto name = op_kind_name(p0.kind);
-  for (std::size_t r = 0; r < n; ++r) {
-    const coll_post& p = slot.posts[r];
-    if (!p.local_error.ok()) {
-      return status(p.local_error.code(),
-                    fmt::format("{} #{}: rank {} (global {}): {}", op_kind_name(p.kind), slot.seq,
-                                r, members[r], p.local_error.message()));
-    }
-  }
-  for (std::size_t r = 1; r < n; ++r) {
-    const coll_post& p = slot.posts[r];
-    if (p.kind != p0.kind) {
-      return invalid_argument("collective #{}: rank {} (global {}) called {} but rank 0 called {}",
-                              slot.seq, r, members[r], op_kind_name(p.kind), name);
-    }
-    if (p.send.type != p0.send.type || p.recv.type != p0.recv.type) {
-      return invalid_argument("{} #{}: rank {} uses type {} but rank 0 uses {}", name, slot.seq, r,
-                              wire_type_name(p.recv.type), wire_type_name(p0.recv.type));
-    }
-    switch (p0.kind) {
-      case op_kind::all_to_all:
-      case op_kind::all_reduce:
-      case op_kind::all_gather:
-        if (p.send.count != p0.send.count) {
-          return invalid_argument(
-              "{} #{}: rank {} (global {}) sends {} elements but rank 0 sends {}", name, slot.seq,
-              r, members[r], p.send.count, p0.send.count);
-        }
-        break;
-      case op_kind::broadcast:
-        if (p.root != p0.root || p.recv.count != p0.recv.count) {
-          return invalid_argument(
-              "broadcast #{}: rank {} (global {}) has root {} and {} elements, rank 0 has root {} "
-              "and {} elements",
-              slot.seq, r, members[r], p.root, p.recv.count, p0.root, p0.recv.count);
-        }
-        break;
-      case op_kind::all_to_all_v:
-      case op_kind::barrier:
-        break;
-    }
-  }
-  if (p0.kind == op_kind::all_to_all_v) {
-    for (std::size_t i = 0; i < n; ++i) {
-      for (std::size_t j = 0; j < n; ++j) {
-        const std::size_t sent = slot.posts[i].v.send_counts[j];
-        const std::size_t expected_count = slot.posts[j].v.recv_counts[i];
-        if (sent != expected_count) {
-          return invalid_argument(
-              "all_to_all_v #{}: rank {} (global {}) sends {} elements to peer {} (global {}), "
-              "which expects {}",
-              slot.seq, i, members[i], sent, j, members[j], expected_count);
-        }
-      }
-    }
-  }
-  return ok_status();
 }
 
 // Moves the data of a validated collective; runs on the last arriver, without the group lock
@@ -300,7 +211,7 @@ request local_communicator::post_collective(coll_post post, const call_options& 
   if (last && slot->phase == op_phase::pending) {
     slot->phase = op_phase::copying;
     lk.unlock();
-    status st = validate(*slot, group_->members);
+    status st = validate_collective(slot->posts, slot->seq, group_->members);
     if (st.ok()) execute(*slot);
     lk.lock();
     slot->result = std::move(st);
@@ -312,50 +223,13 @@ request local_communicator::post_collective(coll_post post, const call_options& 
 
 request local_communicator::iall_to_all(send_buf send, recv_buf recv, const call_options& opts) {
   coll_post p{.kind = op_kind::all_to_all, .send = send, .recv = recv};
-  const auto n = static_cast<std::size_t>(size());
-  if (send.count != recv.count || send.type != recv.type) {
-    p.local_error =
-        invalid_argument("send has {} {} elements but recv has {} {}", send.count,
-                         wire_type_name(send.type), recv.count, wire_type_name(recv.type));
-  } else if (send.count % n != 0) {
-    p.local_error =
-        invalid_argument("{} elements do not split evenly over {} ranks", send.count, n);
-  } else if (overlaps(send.data, send.bytes(), recv.data, recv.bytes())) {
-    p.local_error = invalid_argument("send and recv buffers overlap");
-  }
+  p.local_error = check_all_to_all(send, recv, static_cast<std::size_t>(size()));
   return post_collective(std::move(p), opts);
 }
 
 request local_communicator::iall_to_all_v(const all_to_all_v_args& args, const call_options& opts) {
   coll_post p{.kind = op_kind::all_to_all_v, .send = args.send, .recv = args.recv, .v = args};
-  const auto n = static_cast<std::size_t>(size());
-  auto check = [&]() -> status {
-    if (args.send.type != args.recv.type) {
-      return invalid_argument("send type {} != recv type {}", wire_type_name(args.send.type),
-                              wire_type_name(args.recv.type));
-    }
-    if (args.send_counts.size() != n || args.send_offsets.size() != n ||
-        args.recv_counts.size() != n || args.recv_offsets.size() != n) {
-      return invalid_argument("counts/offsets need {} entries, got {}/{}/{}/{}", n,
-                              args.send_counts.size(), args.send_offsets.size(),
-                              args.recv_counts.size(), args.recv_offsets.size());
-    }
-    for (std::size_t j = 0; j < n; ++j) {
-      if (args.send_offsets[j] + args.send_counts[j] > args.send.count) {
-        return invalid_argument("send slice for peer {} [{}, +{}) exceeds send buffer of {}", j,
-                                args.send_offsets[j], args.send_counts[j], args.send.count);
-      }
-      if (args.recv_offsets[j] + args.recv_counts[j] > args.recv.count) {
-        return invalid_argument("recv slice from peer {} [{}, +{}) exceeds recv buffer of {}", j,
-                                args.recv_offsets[j], args.recv_counts[j], args.recv.count);
-      }
-    }
-    if (overlaps(args.send.data, args.send.bytes(), args.recv.data, args.recv.bytes())) {
-      return invalid_argument("send and recv buffers overlap");
-    }
-    return ok_status();
-  };
-  p.local_error = check();
+  p.local_error = check_all_to_all_v(args, static_cast<std::size_t>(size()));
   if (!p.local_error.ok()) p.v = {};  // never read the caller's spans on the error path
   return post_collective(std::move(p), opts);
 }
@@ -363,30 +237,13 @@ request local_communicator::iall_to_all_v(const all_to_all_v_args& args, const c
 request local_communicator::iall_reduce(send_buf send, recv_buf recv, reduce_op op,
                                         const call_options& opts) {
   coll_post p{.kind = op_kind::all_reduce, .send = send, .recv = recv, .op = op};
-  if (send.type != wire_type::f32 || recv.type != wire_type::f32) {
-    p.local_error = failed_precondition("local all_reduce supports f32 only, got {} -> {}",
-                                        wire_type_name(send.type), wire_type_name(recv.type));
-  } else if (send.count != recv.count) {
-    p.local_error =
-        invalid_argument("send has {} elements but recv has {}", send.count, recv.count);
-  } else if (send.data != recv.data && overlaps(send.data, send.bytes(), recv.data, recv.bytes())) {
-    p.local_error = invalid_argument("send and recv overlap without being the same buffer");
-  }
+  p.local_error = check_all_reduce(send, recv);
   return post_collective(std::move(p), opts);
 }
 
 request local_communicator::iall_gather(send_buf send, recv_buf recv, const call_options& opts) {
   coll_post p{.kind = op_kind::all_gather, .send = send, .recv = recv};
-  const auto n = static_cast<std::size_t>(size());
-  if (send.type != recv.type || recv.count != n * send.count) {
-    p.local_error =
-        invalid_argument("recv needs {} x {} {} elements, has {} {}", n, send.count,
-                         wire_type_name(send.type), recv.count, wire_type_name(recv.type));
-  } else if (send.data != at(recv.data, static_cast<std::size_t>(rank_) * send.count,
-                             wire_type_bytes(send.type)) &&
-             overlaps(send.data, send.bytes(), recv.data, recv.bytes())) {
-    p.local_error = invalid_argument("send overlaps recv other than at this rank's slice");
-  }
+  p.local_error = check_all_gather(send, recv, static_cast<std::size_t>(size()), rank_);
   return post_collective(std::move(p), opts);
 }
 
@@ -395,9 +252,7 @@ request local_communicator::ibroadcast(recv_buf buf, int root, const call_option
               .send = {buf.data, buf.count, buf.type},
               .recv = buf,
               .root = root};
-  if (root < 0 || root >= size()) {
-    p.local_error = invalid_argument("root {} outside group of {}", root, size());
-  }
+  p.local_error = check_broadcast(root, size());
   return post_collective(std::move(p), opts);
 }
 

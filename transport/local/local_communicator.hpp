@@ -22,34 +22,14 @@
 #include <vector>
 
 #include "core/status.hpp"
+#include "transport/collective.hpp"
 #include "transport/communicator.hpp"
 
 namespace helix::transport::local {
 
-enum class op_kind : std::uint8_t {
-  all_to_all,
-  all_to_all_v,
-  all_reduce,
-  all_gather,
-  broadcast,
-  barrier
-};
-[[nodiscard]] std::string_view op_kind_name(op_kind k) noexcept;
-
 // pending -> copying -> done. Only a pending operation may be failed by a timeout or an abort:
 // once copying started, the copier owns the peers' buffers until it marks the op done.
 enum class op_phase : std::uint8_t { pending, copying, done };
-
-// One rank's arguments to one collective call.
-struct coll_post {
-  op_kind kind = op_kind::barrier;
-  send_buf send;
-  recv_buf recv;
-  all_to_all_v_args v;  // only for all_to_all_v; spans are the caller's (valid until completion)
-  int root = 0;
-  reduce_op op = reduce_op::sum;
-  status local_error;  // argument error found by this rank alone; fails the call on every rank
-};
 
 struct coll_slot {
   std::uint64_t seq = 0;

@@ -1,0 +1,158 @@
+// What only the UCX backend has: ranks that die, transports, and hosts in network namespaces.
+// The shared semantics (collectives, errors, timeouts) are in transport_test.cpp, run against
+// every backend.
+#include <chrono>
+#include <csignal>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "transport/netns.hpp"
+#include "transport/ucx_fabric.hpp"
+
+namespace helix::transport {
+namespace {
+
+using namespace std::chrono_literals;
+using clock = std::chrono::steady_clock;
+
+// Body result: ok unless an assertion failed in this (forked) rank.
+expected<std::string> verdict(std::string text = "ok") {
+  if (testing::Test::HasFailure()) return make_error(errc::internal, "assertions failed");
+  return text;
+}
+
+std::unique_ptr<communicator> world(fabric& f, int rank) {
+  auto c = f.make_world(rank);
+  HELIX_CHECK(c.has_value(), "{}", c.error().to_string());
+  return std::move(c).value();
+}
+
+void expect_survivors_ok(const std::vector<rank_outcome>& outcomes, int dead) {
+  for (const auto& o : outcomes) {
+    if (o.rank == dead) {
+      EXPECT_FALSE(o.result.ok());
+      EXPECT_NE(o.result.message().find("signal 9"), std::string::npos) << o.result.to_string();
+    } else {
+      EXPECT_TRUE(o.result.ok()) << "rank " << o.rank << ": " << o.result.to_string();
+    }
+  }
+}
+
+// A rank killed before a collective: every survivor's call fails with unavailable naming it,
+// within a few keepalive intervals, and the survivors can go on in a group without it.
+TEST(UcxTransport, DeadPeerFailsTheCallOnEverySurvivor) {
+  fork_ranks_options o;
+  o.fabric.world_size = 4;
+  o.timeout = 60s;
+  auto outcomes = fork_ranks(o, [](int rank, ucx_fabric& f) -> expected<std::string> {
+    auto comm = world(f, rank);
+    EXPECT_TRUE(comm->barrier().ok());
+    if (rank == 3) std::raise(SIGKILL);
+    const auto t0 = clock::now();
+    const status st = comm->barrier();
+    const double s = std::chrono::duration<double>(clock::now() - t0).count();
+    EXPECT_EQ(st.code(), errc::unavailable) << st.to_string();
+    EXPECT_NE(st.message().find("global 3"), std::string::npos) << st.message();
+    EXPECT_LT(s, 10.0) << "detection took " << s << " s";
+    const std::vector<int> rest = {0, 1, 2};
+    auto sub = f.make_communicator(rank, rest);
+    EXPECT_TRUE(sub.has_value());
+    if (sub) {
+      std::vector<float> v = {1.f};
+      EXPECT_TRUE((*sub)
+                      ->all_reduce(as_send(std::span<const float>(v)), as_recv(std::span<float>(v)))
+                      .ok());
+      EXPECT_EQ(v[0], 3.f);
+    }
+    // A new call that needs the dead rank fails at once.
+    EXPECT_EQ(comm->barrier().code(), errc::unavailable);
+    return verdict(fmt::format("{:.3f}", s));
+  });
+  ASSERT_TRUE(outcomes.has_value()) << outcomes.error().to_string();
+  expect_survivors_ok(*outcomes, 3);
+  for (const auto& oc : *outcomes) {
+    if (oc.rank != 3)
+      std::printf("rank %d saw the dead peer after %s s\n", oc.rank, oc.text.c_str());
+  }
+}
+
+// A rank killed while its large (rendezvous) all-to-all is in flight.
+TEST(UcxTransport, PeerKilledDuringLargeAllToAll) {
+  fork_ranks_options o;
+  o.fabric.world_size = 4;
+  o.timeout = 60s;
+  auto outcomes = fork_ranks(o, [](int rank, ucx_fabric& f) -> expected<std::string> {
+    auto comm = world(f, rank);
+    constexpr std::size_t n = 4 * (4u << 20);  // 4 MiB per peer
+    std::vector<std::byte> send(n, std::byte{1}), recv(n);
+    request req = comm->iall_to_all(send_buf{send.data(), n, wire_type::bytes},
+                                    recv_buf{recv.data(), n, wire_type::bytes});
+    if (rank == 3) {
+      std::this_thread::sleep_for(2ms);
+      std::raise(SIGKILL);
+    }
+    const status st = req.wait();
+    // Either the exchange completed before rank 3 died or it failed naming the dead peer.
+    if (!st.ok()) {
+      EXPECT_EQ(st.code(), errc::unavailable) << st.to_string();
+    }
+    EXPECT_EQ(comm->barrier().code(), errc::unavailable);
+    return verdict();
+  });
+  ASSERT_TRUE(outcomes.has_value()) << outcomes.error().to_string();
+  expect_survivors_ok(*outcomes, 3);
+}
+
+TEST(UcxTransport, ReportsSharedMemoryTransportsUnderPeerErrorHandling) {
+  fork_ranks_options o;
+  o.fabric.world_size = 2;
+  auto outcomes = fork_ranks(o, [](int rank, ucx_fabric& f) -> expected<std::string> {
+    auto comm = world(f, rank);
+    EXPECT_TRUE(comm->barrier().ok());
+    return verdict(f.transports_to(1 - rank));
+  });
+  ASSERT_TRUE(outcomes.has_value());
+  for (const auto& oc : *outcomes) {
+    ASSERT_TRUE(oc.result.ok()) << oc.result.to_string();
+    std::printf("rank %d -> peer: %s\n", oc.rank, oc.text.c_str());
+    // MM_ERROR_HANDLING keeps shared memory with error mode PEER (else UCX falls back to tcp).
+    EXPECT_TRUE(oc.text.find("posix") != std::string::npos ||
+                oc.text.find("sysv") != std::string::npos)
+        << oc.text;
+  }
+}
+
+// Two "hosts" (network namespaces joined by a veth pair): UCX runs over tcp between them, and a
+// killed host is seen by the other.
+TEST(UcxTransport, TcpBetweenNamespaces) {
+  auto hosts = netns_hosts::create(2);
+  if (!hosts) GTEST_SKIP() << "network namespaces unavailable: " << hosts.error().to_string();
+  fork_ranks_options o;
+  o.fabric.world_size = 2;
+  o.fabric.transports = "tcp";
+  o.fabric.net_devices = hosts->host(0).device;
+  o.netns = hosts->netns_names();
+  o.timeout = 60s;
+  auto outcomes = fork_ranks(o, [](int rank, ucx_fabric& f) -> expected<std::string> {
+    auto comm = world(f, rank);
+    std::vector<float> v(100000, static_cast<float>(rank + 1));
+    EXPECT_TRUE(
+        comm->all_reduce(as_send(std::span<const float>(v)), as_recv(std::span<float>(v))).ok());
+    EXPECT_EQ(v[99999], 3.f);
+    const std::string tls = f.transports_to(1 - rank);
+    EXPECT_NE(tls.find("tcp"), std::string::npos) << tls;
+    EXPECT_TRUE(comm->barrier().ok());
+    if (rank == 1) std::raise(SIGKILL);
+    const auto t0 = clock::now();
+    EXPECT_EQ(comm->barrier().code(), errc::unavailable);
+    EXPECT_LT(std::chrono::duration<double>(clock::now() - t0).count(), 10.0);
+    return verdict(tls);
+  });
+  ASSERT_TRUE(outcomes.has_value()) << outcomes.error().to_string();
+  expect_survivors_ok(*outcomes, 1);
+}
+
+}  // namespace
+}  // namespace helix::transport

@@ -1,0 +1,65 @@
+// What every backend checks about collective calls, written once: the kinds of collective, one
+// rank's arguments, the checks one rank makes alone, and the cross-rank check that refuses a call
+// whose ranks disagree. Internal to transport/ (backends include it; callers never do).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "core/status.hpp"
+#include "transport/communicator.hpp"
+
+namespace helix::transport {
+
+enum class op_kind : std::uint8_t {
+  all_to_all,
+  all_to_all_v,
+  all_reduce,
+  all_gather,
+  broadcast,
+  barrier
+};
+[[nodiscard]] std::string_view op_kind_name(op_kind k) noexcept;
+
+// One rank's arguments to one collective call.
+struct coll_post {
+  op_kind kind = op_kind::barrier;
+  send_buf send;
+  recv_buf recv;
+  all_to_all_v_args v;  // only for all_to_all_v; spans valid until the call completes
+  int root = 0;
+  reduce_op op = reduce_op::sum;
+  status local_error;  // argument error found by this rank alone; fails the call on every rank
+};
+
+// The checks one rank makes on its own arguments (`rank` of `size`); ok or invalid_argument /
+// failed_precondition. The call still takes part in the collective (so ranks stay in step) and
+// fails on every rank.
+[[nodiscard]] status check_all_to_all(send_buf send, recv_buf recv, std::size_t size);
+[[nodiscard]] status check_all_to_all_v(const all_to_all_v_args& args, std::size_t size);
+[[nodiscard]] status check_all_reduce(send_buf send, recv_buf recv);
+[[nodiscard]] status check_all_gather(send_buf send, recv_buf recv, std::size_t size, int rank);
+[[nodiscard]] status check_broadcast(int root, int size);
+
+// Checks that every rank's arguments agree (posts indexed by group rank; members are their
+// global ranks). Every rank that runs it on the same posts gets the same verdict.
+[[nodiscard]] status validate_collective(const std::vector<coll_post>& posts, std::uint64_t seq,
+                                         const std::vector<int>& members);
+
+// Elements [offset, offset + count) of chunk `j` when `total` elements split over `n` ranks as
+// evenly as possible (the first total % n chunks one longer).
+struct chunk {
+  std::size_t offset = 0;
+  std::size_t count = 0;
+};
+[[nodiscard]] constexpr chunk chunk_of(std::size_t total, std::size_t n, std::size_t j) noexcept {
+  const std::size_t base = total / n;
+  const std::size_t rem = total % n;
+  return {j * base + (j < rem ? j : rem), base + (j < rem ? 1 : 0)};
+}
+
+[[nodiscard]] bool buffers_overlap(const void* a, std::size_t a_bytes, const void* b,
+                                   std::size_t b_bytes) noexcept;
+
+}  // namespace helix::transport

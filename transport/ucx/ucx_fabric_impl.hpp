@@ -1,0 +1,296 @@
+// UCX backend, internal: the fabric of one process (one rank), its progress thread and the
+// protocol that runs every collective and point-to-point call over UCP active messages.
+//
+// Only transport/ucx/*.cpp include this. Threads: callers (communicators, connect, abort) only
+// queue commands and wait for their operation's `done`; everything that touches UCX or the
+// protocol state (groups, slots, held messages) runs on the progress thread. UCX callbacks only
+// queue events, handled by the same thread after ucp_worker_progress() returns.
+//
+// Protocol (one AM id; a fixed wire_header, then payload):
+// - Collective call #seq of a group: phase 0 sends one message from every rank to every other
+//   (the rank's arguments in the header, its slice of data, or its local argument error as
+//   text). Each rank validates all ranks' arguments with validate_collective(), so every rank
+//   reaches the same verdict. all_reduce adds phase 1: rank j sums chunk j in rank order
+//   (reduce-scatter in phase 0), then sends the sum to every rank, so all get identical bytes.
+// - A rank whose call times out fails it and sends coll_fail to every peer, which fail the same
+//   call (a late rank finds it failed on arrival).
+// - Point to point: p2p carries the data; the receiver answers p2p_ack with the outcome (a size
+//   mismatch fails both sides); a send that times out sends p2p_cancel so that an unmatched
+//   message is dropped.
+// - abort tells every peer the fabric aborted, with the status.
+// Messages that arrive before their group or call exists are held (their UCX descriptors kept,
+// rendezvous data not yet fetched) and consumed when it appears.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "transport/collective.hpp"
+#include "transport/ucx_fabric.hpp"
+
+namespace helix::transport::ucx {
+
+using clock = std::chrono::steady_clock;
+
+enum class msg_type : std::uint8_t { coll = 1, coll_fail, p2p, p2p_ack, p2p_cancel, abort };
+
+inline constexpr std::uint32_t wire_magic = 0x48585531;  // "HXU1"
+
+struct wire_header {
+  std::uint32_t magic = wire_magic;
+  msg_type type = msg_type::coll;
+  op_kind kind = op_kind::barrier;
+  wire_type send_type = wire_type::bytes;
+  wire_type recv_type = wire_type::bytes;
+  std::uint8_t phase = 0;
+  std::uint8_t error_code = 0;  // errc of a local error, failure or ack; payload is its text
+  std::uint16_t n_counts = 0;   // all_to_all_v: n send counts, then n recv counts, follow
+  std::int32_t src = 0;         // sender's rank in the group
+  std::int32_t root_or_tag = 0;
+  std::uint32_t reserved = 0;
+  std::uint64_t group_id = 0;
+  std::uint64_t seq = 0;  // collective number, or p2p send id
+  std::uint64_t send_count = 0;
+  std::uint64_t recv_count = 0;
+};
+static_assert(sizeof(wire_header) == 56);
+
+// A received message: header, the sender's counts, and where its payload is.
+struct held_msg {
+  wire_header hdr;
+  std::vector<std::uint64_t> counts;
+  void* data = nullptr;  // UCX's persistent eager data or rendezvous descriptor
+  std::size_t length = 0;
+  bool rndv = false;
+  bool ucx_owned = false;         // data must go back through ucp_am_data_release / recv_data
+  std::vector<std::byte> copied;  // payload copied out of a non-persistent eager message
+  [[nodiscard]] const std::byte* eager_bytes() const {
+    return copied.empty() ? static_cast<const std::byte*>(data) : copied.data();
+  }
+};
+
+struct group;
+
+// One call of a communicator, shared by its caller and the progress thread.
+struct op_state {
+  // Set by the caller before posting; read-only afterwards.
+  bool is_coll = true;
+  coll_post args;
+  bool is_send = false;
+  int peer = 0;
+  int tag = 0;
+  send_buf sbuf;
+  recv_buf rbuf;
+  std::uint64_t seq = 0;
+  std::optional<clock::time_point> deadline;
+  std::shared_ptr<group> g;
+  // Completion: result is written before done is set (under the fabric's done mutex).
+  std::atomic<bool> done{false};
+  status result;
+  // Progress thread only (point to point).
+  std::uint64_t send_id = 0;
+  int ucx_in_flight = 0;
+  bool decided = false;
+  status outcome;
+  bool matched = false;
+};
+
+// One collective call of one group as the progress thread tracks it.
+struct coll_slot {
+  std::uint64_t seq = 0;
+  std::shared_ptr<op_state> op;  // once posted here
+  std::vector<coll_post> posts;  // every rank's arguments, by group rank (phase 0 headers)
+  std::vector<std::vector<std::size_t>> counts;  // backing of remote all_to_all_v counts
+  std::vector<std::uint8_t> got[2];              // per rank: its phase-p message consumed
+  int got_count[2] = {0, 0};
+  std::vector<held_msg> held;      // arrived before they could be consumed
+  std::vector<std::byte> scratch;  // all_reduce: incoming chunks, then the sum
+  int phase = 0;
+  int recvs_in_flight = 0;
+  int sends_in_flight = 0;
+  bool decided = false;  // result known; finishes once nothing is in flight
+  status result;
+};
+
+class ucx_fabric_impl;
+
+// What a UCX completion belongs to. Owned by the progress thread from post to completion.
+struct send_token {
+  enum class kind : std::uint8_t { slot_send, slot_recv, op_send, op_recv, notice } what;
+  group* g = nullptr;
+  coll_slot* slot = nullptr;  // slots outlive their in-flight sends and receives
+  std::shared_ptr<op_state> op;
+  std::vector<std::byte> header;  // AM header, then any text payload: kept until the send completes
+  ucx_fabric_impl* fabric = nullptr;
+  int peer = -1;            // global rank at the other end
+  bool abandoned = false;   // already counted out: the completion, when it comes, is ignored
+  void* request = nullptr;  // UCX's request while it is in flight (for cancelling)
+  std::optional<std::chrono::steady_clock::time_point> stuck_since;  // its call is decided
+};
+
+// A UCX callback's outcome, handled after ucp_worker_progress() returns.
+struct event {
+  send_token* token = nullptr;  // null for an endpoint error
+  ucs_status_t st = UCS_OK;
+  int peer = -1;  // endpoint errors: the peer's global rank
+};
+
+struct group {
+  std::uint64_t id = 0;
+  std::vector<int> members;  // global ranks by group rank
+  int me = 0;                // this process's group rank
+  // Progress thread only:
+  std::map<std::uint64_t, std::unique_ptr<coll_slot>> slots;
+  std::uint64_t posted_end = 0;  // collectives posted here so far
+  std::map<std::pair<int, int>, std::deque<std::shared_ptr<op_state>>> posted_recvs;
+  std::map<std::pair<int, int>, std::deque<held_msg>> unexpected;  // by (src, tag)
+  std::map<std::uint64_t, std::shared_ptr<op_state>> sends;        // by send id
+  std::uint64_t next_send_id = 0;
+  std::vector<std::vector<std::byte>> scratch_pool;
+};
+
+class ucx_fabric_impl final : public ucx_fabric {
+ public:
+  static expected<std::unique_ptr<ucx_fabric_impl>> create(const ucx_fabric_options& opts);
+  ~ucx_fabric_impl() override;
+
+  int world_size() const override { return opts_.world_size; }
+  expected<std::unique_ptr<communicator>> make_communicator(int global_rank,
+                                                            std::span<const int> group) override;
+  expected<std::unique_ptr<communicator>> make_world(int global_rank) override;
+  void abort(status reason) override;
+  status abort_status() const override;
+  std::span<const std::byte> address() const override { return address_; }
+  status connect(std::span<const std::vector<std::byte>> addresses) override;
+  std::string transports_to(int peer) const override;
+
+  /// Queues an operation for the progress thread (the communicator's post path).
+  void post(std::shared_ptr<op_state> op);
+  /// Blocks until op is done (bounded: the progress thread enforces every deadline).
+  status wait(op_state& op);
+  /// The largest AM header this worker sends (bounds the group size of all_to_all_v).
+  [[nodiscard]] std::size_t max_am_header() const { return max_am_header_; }
+  [[nodiscard]] std::chrono::milliseconds default_timeout() const { return opts_.default_timeout; }
+
+ private:
+  explicit ucx_fabric_impl(const ucx_fabric_options& opts);
+  status start();
+  void run_command(std::function<void()> fn);  // queue, then wait until it ran
+  void enqueue(std::function<void()> fn);
+  void progress_loop();
+
+  // UCX callbacks (queue events only).
+  static ucs_status_t on_am(void* arg, const void* header, size_t header_length, void* data,
+                            size_t length, const ucp_am_recv_param_t* param);
+  static void on_send_done(void* request, ucs_status_t st, void* user_data);
+  static void on_recv_done(void* request, ucs_status_t st, size_t length, void* user_data);
+  static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t st);
+
+  // Progress thread.
+  void handle_events();
+  void dispatch(held_msg m);
+  void release(held_msg& m);
+  // Sends token->header's first header_bytes as the AM header and `data` (or, when data is
+  // null, the rest of token->header) as the payload; the token comes back as an event.
+  void send_msg(int global_peer, send_token* token, std::size_t header_bytes, const void* data,
+                std::size_t bytes);
+  // The header bytes (with all_to_all_v counts), then `text` as payload bytes.
+  static std::vector<std::byte> make_header(const wire_header& h,
+                                            std::span<const std::size_t> send_counts = {},
+                                            std::span<const std::size_t> recv_counts = {},
+                                            std::string_view text = {});
+  void send_notice(int global_peer, wire_header h, const status& st);
+  // A token for an operation with `peer`, tracked until its completion is handled.
+  send_token* new_token(send_token::kind what, group* g, coll_slot* slot,
+                        std::shared_ptr<op_state> op, int peer);
+  void finish(op_state& op, status st);
+
+  coll_slot& slot_for(group& g, std::uint64_t seq);
+  void start_coll(const std::shared_ptr<op_state>& op);
+  void on_coll(group& g, held_msg m);
+  void consume(group& g, coll_slot& s, held_msg m);
+  void receive(group& g, coll_slot& s, held_msg& m, void* dst);
+  void advance(group& g, coll_slot& s);
+  void fail_slot(group& g, coll_slot& s, status st);
+  void start_phase1(group& g, coll_slot& s);
+  void on_coll_fail(group& g, held_msg& m);
+
+  void start_p2p(const std::shared_ptr<op_state>& op);
+  void match(group& g, const std::shared_ptr<op_state>& recv, held_msg m);
+  void advance_p2p(group& g, op_state& op);
+  void on_p2p(group& g, held_msg m);
+  void on_ack(group& g, held_msg& m);
+  void on_cancel(group& g, held_msg& m);
+
+  void check_deadlines();
+  void fail_peer(int global_peer, const status& st);
+  // Counts `t` out of its call (cancelling a receive) and returns what to advance.
+  void abandon(send_token* t, std::vector<std::pair<group*, std::uint64_t>>& slots,
+               std::vector<std::pair<group*, std::shared_ptr<op_state>>>& ops);
+  void advance_abandoned(std::vector<std::pair<group*, std::uint64_t>>& slots,
+                         std::vector<std::pair<group*, std::shared_ptr<op_state>>>& ops,
+                         const status& why);
+  // Abandons the transfers of calls that were decided (failed) more than a grace period ago
+  // and still wait on UCX: a failed peer can leave a live pair's rendezvous stuck.
+  void abandon_stuck();
+  void peer_exited(int global_peer);
+  void fail_everything(const status& st);
+  status member_failure(const group& g) const;
+
+  const ucx_fabric_options opts_;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  std::vector<std::byte> address_;
+  std::size_t max_am_header_ = 0;
+  int event_fd_ = -1;
+  int epoll_fd_ = -1;
+  std::thread thread_;
+
+  // Caller side.
+  mutable std::mutex mu_;
+  status abort_reason_;
+  bool connected_ = false;
+  std::map<std::vector<int>, std::vector<int>> instances_;  // members -> per-member creations
+  std::vector<std::function<void()>> commands_;
+  bool stop_ = false;
+  std::mutex done_mu_;
+  std::condition_variable done_cv_;
+
+  // Progress thread only.
+  std::vector<ucp_ep_h> eps_;        // by global rank (null for self or closed)
+  std::vector<status> peer_failed_;  // by global rank
+  struct peer_ref {
+    ucx_fabric_impl* fabric;
+    int rank;
+  };
+  std::vector<std::unique_ptr<peer_ref>> peer_refs_;  // error-callback arguments
+  std::unordered_set<send_token*> inflight_;          // every token UCX still holds
+  std::map<std::uint64_t, std::shared_ptr<group>> groups_;
+  std::map<std::uint64_t, std::vector<held_msg>> orphans_;  // messages of unknown groups
+  std::multimap<clock::time_point, std::weak_ptr<op_state>> deadlines_;
+  std::vector<held_msg> incoming_;
+  std::vector<event> events_;
+  std::vector<ucs_status_ptr_t> closing_;
+  struct pid_watch {
+    int rank;
+    int pid;
+    int fd;  // pidfd, readable once the process exited
+  };
+  std::vector<pid_watch> pidfds_;  // peers on this machine
+  status aborted_pt_;
+  bool leak_worker_ = false;  // an endpoint close never completed (a failed peer)
+};
+
+}  // namespace helix::transport::ucx

@@ -1,0 +1,593 @@
+// UCX backend: the collective and point-to-point protocol, run on the progress thread (see the
+// protocol paragraph of ucx_fabric_impl.hpp).
+#include <algorithm>
+#include <cstring>
+
+#include "transport/ucx/ucx_fabric_impl.hpp"
+
+namespace helix::transport::ucx {
+namespace {
+
+struct target {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+std::byte* at(void* base, std::size_t elems, std::size_t elem_bytes) {
+  return static_cast<std::byte*>(base) + elems * elem_bytes;
+}
+const std::byte* at(const void* base, std::size_t elems, std::size_t elem_bytes) {
+  return static_cast<const std::byte*>(base) + elems * elem_bytes;
+}
+
+std::string text_of(const held_msg& m) {
+  if (m.rndv || m.length == 0) return {};
+  return std::string(reinterpret_cast<const char*>(m.eager_bytes()), m.length);
+}
+
+status status_of(const held_msg& m) {
+  const auto code = static_cast<errc>(m.hdr.error_code);
+  if (code == errc::ok) return ok_status();
+  return status(code, text_of(m));
+}
+
+// Where rank r's phase-p message lands in this rank's buffers (this rank's own arguments).
+target destination(const group& g, const coll_slot& s, int phase, int r) {
+  const coll_post& own = s.op->args;
+  const std::size_t n = g.members.size();
+  const auto ur = static_cast<std::size_t>(r);
+  const std::size_t es = wire_type_bytes(own.recv.type);
+  switch (own.kind) {
+    case op_kind::all_to_all: {
+      const std::size_t c = own.recv.count / n;
+      return {at(own.recv.data, ur * c, es), c * es};
+    }
+    case op_kind::all_to_all_v:
+      return {at(own.recv.data, own.v.recv_offsets[ur], es), own.v.recv_counts[ur] * es};
+    case op_kind::all_gather:
+      return {at(own.recv.data, ur * own.send.count, es), own.send.bytes()};
+    case op_kind::broadcast:
+      if (r == own.root) return {own.recv.data, own.recv.bytes()};
+      return {};
+    case op_kind::barrier:
+      return {};
+    case op_kind::all_reduce: {
+      if (phase == 0) {
+        const chunk mine = chunk_of(own.send.count, n, static_cast<std::size_t>(g.me));
+        return {at(const_cast<std::byte*>(s.scratch.data()), ur * mine.count, sizeof(float)),
+                mine.count * sizeof(float)};
+      }
+      const chunk theirs = chunk_of(own.send.count, n, ur);
+      return {at(own.recv.data, theirs.offset, sizeof(float)), theirs.count * sizeof(float)};
+    }
+  }
+  return {};
+}
+
+// What this rank sends to rank j in phase 0.
+target phase0_payload(const coll_post& own, std::size_t n, std::size_t j, int me) {
+  const std::size_t es = wire_type_bytes(own.send.type);
+  switch (own.kind) {
+    case op_kind::all_to_all: {
+      const std::size_t c = own.send.count / n;
+      return {const_cast<std::byte*>(at(own.send.data, j * c, es)), c * es};
+    }
+    case op_kind::all_to_all_v:
+      return {const_cast<std::byte*>(at(own.send.data, own.v.send_offsets[j], es)),
+              own.v.send_counts[j] * es};
+    case op_kind::all_gather:
+      return {const_cast<void*>(own.send.data), own.send.bytes()};
+    case op_kind::broadcast:
+      if (me == own.root) return {own.recv.data, own.recv.bytes()};
+      return {};
+    case op_kind::barrier:
+      return {};
+    case op_kind::all_reduce: {
+      const chunk c = chunk_of(own.send.count, n, j);
+      return {const_cast<std::byte*>(at(own.send.data, c.offset, sizeof(float))),
+              c.count * sizeof(float)};
+    }
+  }
+  return {};
+}
+
+// This rank's own slice, which never crosses the wire.
+void copy_own_slice(const coll_post& own, std::size_t n, int me) {
+  const auto um = static_cast<std::size_t>(me);
+  const std::size_t es = wire_type_bytes(own.send.type);
+  switch (own.kind) {
+    case op_kind::all_to_all: {
+      const std::size_t c = own.send.count / n;
+      std::memcpy(at(own.recv.data, um * c, es), at(own.send.data, um * c, es), c * es);
+      break;
+    }
+    case op_kind::all_to_all_v:
+      if (own.v.send_counts[um] == own.v.recv_counts[um] && own.v.send_counts[um] > 0) {
+        std::memcpy(at(own.recv.data, own.v.recv_offsets[um], es),
+                    at(own.send.data, own.v.send_offsets[um], es), own.v.send_counts[um] * es);
+      }
+      break;
+    case op_kind::all_gather: {
+      std::byte* dst = at(own.recv.data, um * own.send.count, es);
+      if (dst != own.send.data && own.send.count > 0) {
+        std::memcpy(dst, own.send.data, own.send.bytes());
+      }
+      break;
+    }
+    case op_kind::all_reduce:
+      if (n == 1 && own.send.data != own.recv.data && own.send.count > 0) {
+        std::memcpy(own.recv.data, own.send.data, own.send.bytes());
+      }
+      break;
+    case op_kind::broadcast:
+    case op_kind::barrier:
+      break;
+  }
+}
+
+}  // namespace
+
+void ucx_fabric_impl::dispatch(held_msg m) {
+  if (m.hdr.type == msg_type::abort) {
+    status st = status_of(m);
+    if (st.ok()) st = status(errc::aborted, "a peer aborted the transport");
+    release(m);
+    if (aborted_pt_.ok()) {
+      {
+        std::lock_guard lk(mu_);
+        if (abort_reason_.ok()) abort_reason_ = st;
+      }
+      fail_everything(st);
+    }
+    return;
+  }
+  const auto it = groups_.find(m.hdr.group_id);
+  if (it == groups_.end()) {
+    orphans_[m.hdr.group_id].push_back(std::move(m));
+    return;
+  }
+  group& g = *it->second;
+  if (m.hdr.src < 0 || static_cast<std::size_t>(m.hdr.src) >= g.members.size()) {
+    release(m);
+    return;
+  }
+  switch (m.hdr.type) {
+    case msg_type::coll:
+      on_coll(g, std::move(m));
+      return;
+    case msg_type::coll_fail:
+      on_coll_fail(g, m);
+      break;
+    case msg_type::p2p:
+      on_p2p(g, std::move(m));
+      return;
+    case msg_type::p2p_ack:
+      on_ack(g, m);
+      break;
+    case msg_type::p2p_cancel:
+      on_cancel(g, m);
+      break;
+    case msg_type::abort:
+      break;
+  }
+  release(m);
+}
+
+// ---- collectives ----
+
+coll_slot& ucx_fabric_impl::slot_for(group& g, std::uint64_t seq) {
+  auto& entry = g.slots[seq];
+  if (!entry) {
+    entry = std::make_unique<coll_slot>();
+    entry->seq = seq;
+    const std::size_t n = g.members.size();
+    entry->posts.resize(n);
+    entry->counts.resize(n);
+    entry->got[0].assign(n, 0);
+    entry->got[1].assign(n, 0);
+  }
+  return *entry;
+}
+
+void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
+  group& g = *op->g;
+  g.posted_end = op->seq + 1;
+  coll_slot& s = slot_for(g, op->seq);
+  s.op = op;
+  if (!s.decided) {
+    const status failure = member_failure(g);
+    if (!failure.ok()) {
+      fail_slot(g, s, failure);
+      return;
+    }
+  }
+  if (s.decided) {  // failed by a peer's notice before this rank posted
+    advance(g, s);
+    return;
+  }
+  const coll_post& own = op->args;
+  const std::size_t n = g.members.size();
+  const int me = g.me;
+  s.posts[static_cast<std::size_t>(me)] = own;
+  if (op->deadline) deadlines_.emplace(*op->deadline, op);
+  if (own.local_error.ok()) {
+    copy_own_slice(own, n, me);
+    if (own.kind == op_kind::all_reduce && n > 1) {
+      const chunk mine = chunk_of(own.send.count, n, static_cast<std::size_t>(me));
+      if (!g.scratch_pool.empty()) {
+        s.scratch = std::move(g.scratch_pool.back());
+        g.scratch_pool.pop_back();
+      }
+      s.scratch.resize((n + 1) * mine.count * sizeof(float));
+    }
+  }
+  for (std::size_t j = 0; j < n; ++j) {
+    if (static_cast<int>(j) == me) continue;
+    wire_header h;
+    h.type = msg_type::coll;
+    h.kind = own.kind;
+    h.send_type = own.send.type;
+    h.recv_type = own.recv.type;
+    h.src = me;
+    h.root_or_tag = own.root;
+    h.group_id = g.id;
+    h.seq = s.seq;
+    h.send_count = own.send.count;
+    h.recv_count = own.recv.count;
+    auto* token = new_token(send_token::kind::slot_send, &g, &s, nullptr, g.members[j]);
+    target payload;
+    if (!own.local_error.ok()) {
+      h.error_code = static_cast<std::uint8_t>(own.local_error.code());
+      token->header = make_header(h, {}, {}, own.local_error.message());
+    } else {
+      if (own.kind == op_kind::all_to_all_v) {
+        token->header = make_header(h, own.v.send_counts, own.v.recv_counts);
+      } else {
+        token->header = make_header(h);
+      }
+      payload = phase0_payload(own, n, j, me);
+    }
+    const std::size_t header_bytes =
+        own.local_error.ok() ? token->header.size() : sizeof(wire_header);
+    ++s.sends_in_flight;
+    if (payload.data == nullptr || payload.bytes == 0) {
+      // Header (and error text) only. With no text, send an empty payload from the header.
+      send_msg(g.members[j], token, header_bytes, nullptr, 0);
+    } else {
+      send_msg(g.members[j], token, header_bytes, payload.data, payload.bytes);
+    }
+  }
+  std::vector<held_msg> held;
+  held.swap(s.held);
+  for (auto& m : held) {
+    if (m.hdr.phase == 0) {
+      consume(g, s, std::move(m));
+    } else {
+      s.held.push_back(std::move(m));
+    }
+  }
+  advance(g, s);
+}
+
+void ucx_fabric_impl::on_coll(group& g, held_msg m) {
+  const std::uint64_t seq = m.hdr.seq;
+  if (g.slots.find(seq) == g.slots.end() && seq < g.posted_end) {
+    release(m);  // a call this rank already finished (a peer that timed out sent it late)
+    return;
+  }
+  coll_slot& s = slot_for(g, seq);
+  if (s.decided) {
+    release(m);
+    return;
+  }
+  if (!s.op || m.hdr.phase > s.phase) {
+    s.held.push_back(std::move(m));
+    return;
+  }
+  consume(g, s, std::move(m));
+  advance(g, s);
+}
+
+void ucx_fabric_impl::consume(group& g, coll_slot& s, held_msg m) {
+  const int r = m.hdr.src;
+  const int phase = m.hdr.phase;
+  const auto ur = static_cast<std::size_t>(r);
+  if (r == g.me || phase > 1 || s.got[phase][ur] != 0) {
+    release(m);
+    return;
+  }
+  s.got[phase][ur] = 1;
+  ++s.got_count[phase];
+  const coll_post& own = s.op->args;
+  if (phase == 0) {
+    coll_post& p = s.posts[ur];
+    p.kind = m.hdr.kind;
+    p.send = {nullptr, m.hdr.send_count, m.hdr.send_type};
+    p.recv = {nullptr, m.hdr.recv_count, m.hdr.recv_type};
+    p.root = m.hdr.root_or_tag;
+    if (m.hdr.error_code != 0) {
+      p.local_error = status_of(m);
+      release(m);
+      return;
+    }
+    if (p.kind == op_kind::all_to_all_v) {
+      const std::size_t n = g.members.size();
+      if (m.hdr.n_counts != n) {
+        p.local_error = invalid_argument("sent {} counts for a group of {}", m.hdr.n_counts, n);
+      } else {
+        s.counts[ur].assign(m.counts.begin(), m.counts.end());
+        p.v.send_counts = std::span<const std::size_t>(s.counts[ur]).first(n);
+        p.v.recv_counts = std::span<const std::size_t>(s.counts[ur]).subspan(n, n);
+      }
+    }
+  }
+  if (!own.local_error.ok() || m.length == 0) {
+    release(m);
+    return;
+  }
+  const target dst = destination(g, s, phase, r);
+  if (dst.data == nullptr || dst.bytes != m.length) {
+    release(m);  // disagreeing arguments: validation fails the call on every rank
+    return;
+  }
+  receive(g, s, m, dst.data);
+}
+
+void ucx_fabric_impl::receive(group& g, coll_slot& s, held_msg& m, void* dst) {
+  if (!m.rndv) {
+    std::memcpy(dst, m.eager_bytes(), m.length);
+    release(m);
+    return;
+  }
+  auto* token = new_token(send_token::kind::slot_recv, &g, &s, nullptr,
+                          g.members[static_cast<std::size_t>(m.hdr.src)]);
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.cb.recv_am = &ucx_fabric_impl::on_recv_done;
+  p.user_data = token;
+  ++s.recvs_in_flight;
+  ucs_status_ptr_t req = ucp_am_recv_data_nbx(worker_, m.data, dst, m.length, &p);
+  m.data = nullptr;  // UCP owns the descriptor now
+  m.ucx_owned = false;
+  if (UCS_PTR_IS_PTR(req)) token->request = req;
+  if (req == nullptr) {
+    events_.push_back({token, UCS_OK, -1});
+  } else if (UCS_PTR_IS_ERR(req)) {
+    events_.push_back({token, UCS_PTR_STATUS(req), -1});
+  }
+}
+
+void ucx_fabric_impl::advance(group& g, coll_slot& s) {
+  if (!s.op) return;
+  const std::size_t n = g.members.size();
+  const auto others = static_cast<int>(n) - 1;
+  if (!s.decided && s.phase == 0 && s.got_count[0] == others && s.recvs_in_flight == 0) {
+    status st = validate_collective(s.posts, s.seq, g.members);
+    if (!st.ok()) {
+      s.decided = true;
+      s.result = std::move(st);
+    } else if (s.op->args.kind == op_kind::all_reduce && n > 1) {
+      start_phase1(g, s);
+    } else {
+      s.decided = true;
+    }
+  }
+  if (!s.decided && s.phase == 1 && s.got_count[1] == others && s.recvs_in_flight == 0) {
+    s.decided = true;
+  }
+  if (!s.decided || s.sends_in_flight > 0 || s.recvs_in_flight > 0) return;
+  std::shared_ptr<op_state> op = s.op;
+  status result = s.result;
+  for (auto& m : s.held) release(m);
+  if (!s.scratch.empty()) g.scratch_pool.push_back(std::move(s.scratch));
+  g.slots.erase(s.seq);  // `s` is gone from here on
+  finish(*op, std::move(result));
+}
+
+void ucx_fabric_impl::start_phase1(group& g, coll_slot& s) {
+  s.phase = 1;
+  const coll_post& own = s.op->args;
+  const std::size_t n = g.members.size();
+  const auto me = static_cast<std::size_t>(g.me);
+  const chunk mine = chunk_of(own.send.count, n, me);
+  auto* scratch = reinterpret_cast<float*>(s.scratch.data());
+  const auto input = [&](std::size_t r) -> const float* {
+    if (r == me) return static_cast<const float*>(own.send.data) + mine.offset;
+    return scratch + r * mine.count;
+  };
+  // Rank order 0..n-1 for every element, as the local backend sums: identical bytes.
+  float* out = static_cast<float*>(own.recv.data) + mine.offset;
+  if (mine.count > 0) {
+    float* sum = scratch + n * mine.count;
+    const float* first = input(0);
+    std::copy(first, first + mine.count, sum);
+    for (std::size_t r = 1; r < n; ++r) {
+      const float* in = input(r);
+      for (std::size_t i = 0; i < mine.count; ++i) sum[i] += in[i];
+    }
+    std::memcpy(out, sum, mine.count * sizeof(float));
+  }
+  for (std::size_t j = 0; j < n; ++j) {
+    if (j == me) continue;
+    wire_header h;
+    h.type = msg_type::coll;
+    h.kind = own.kind;
+    h.send_type = own.send.type;
+    h.recv_type = own.recv.type;
+    h.phase = 1;
+    h.src = g.me;
+    h.group_id = g.id;
+    h.seq = s.seq;
+    h.send_count = own.send.count;
+    h.recv_count = own.recv.count;
+    auto* token = new_token(send_token::kind::slot_send, &g, &s, nullptr, g.members[j]);
+    token->header = make_header(h);
+    ++s.sends_in_flight;
+    if (mine.count == 0) {
+      send_msg(g.members[j], token, token->header.size(), nullptr, 0);
+    } else {
+      send_msg(g.members[j], token, token->header.size(), out, mine.count * sizeof(float));
+    }
+  }
+  std::vector<held_msg> held;
+  held.swap(s.held);
+  for (auto& m : held) consume(g, s, std::move(m));
+}
+
+void ucx_fabric_impl::fail_slot(group& g, coll_slot& s, status st) {
+  if (s.decided) return;
+  s.decided = true;
+  s.result = std::move(st);
+  for (auto& m : s.held) release(m);
+  s.held.clear();
+  advance(g, s);
+}
+
+void ucx_fabric_impl::on_coll_fail(group& g, held_msg& m) {
+  const std::uint64_t seq = m.hdr.seq;
+  if (g.slots.find(seq) == g.slots.end() && seq < g.posted_end) return;  // finished here
+  status st = status_of(m);
+  if (st.ok()) st = status(errc::aborted, "a peer failed the call");
+  fail_slot(g, slot_for(g, seq), std::move(st));
+}
+
+// ---- point to point ----
+
+void ucx_fabric_impl::start_p2p(const std::shared_ptr<op_state>& op) {
+  group& g = *op->g;
+  const int peer_global = g.members[static_cast<std::size_t>(op->peer)];
+  status failure = aborted_pt_;
+  if (failure.ok()) failure = peer_failed_[static_cast<std::size_t>(peer_global)];
+  if (!failure.ok()) {
+    op->decided = true;
+    op->outcome = std::move(failure);
+    finish(*op, op->outcome);
+    return;
+  }
+  if (op->deadline) deadlines_.emplace(*op->deadline, op);
+  if (op->is_send) {
+    op->send_id = g.next_send_id++;
+    g.sends[op->send_id] = op;
+    wire_header h;
+    h.type = msg_type::p2p;
+    h.send_type = op->sbuf.type;
+    h.src = g.me;
+    h.root_or_tag = op->tag;
+    h.group_id = g.id;
+    h.seq = op->send_id;
+    h.send_count = op->sbuf.count;
+    auto* token = new_token(send_token::kind::op_send, &g, nullptr, op, peer_global);
+    token->header = make_header(h);
+    ++op->ucx_in_flight;
+    if (op->sbuf.bytes() == 0) {
+      send_msg(peer_global, token, token->header.size(), nullptr, 0);
+    } else {
+      send_msg(peer_global, token, token->header.size(), op->sbuf.data, op->sbuf.bytes());
+    }
+    return;
+  }
+  auto& waiting = g.unexpected[{op->peer, op->tag}];
+  if (!waiting.empty()) {
+    held_msg m = std::move(waiting.front());
+    waiting.pop_front();
+    match(g, op, std::move(m));
+    return;
+  }
+  g.posted_recvs[{op->peer, op->tag}].push_back(op);
+}
+
+void ucx_fabric_impl::on_p2p(group& g, held_msg m) {
+  auto& posted = g.posted_recvs[{m.hdr.src, m.hdr.root_or_tag}];
+  if (posted.empty()) {
+    g.unexpected[{m.hdr.src, m.hdr.root_or_tag}].push_back(std::move(m));
+    return;
+  }
+  std::shared_ptr<op_state> op = std::move(posted.front());
+  posted.pop_front();
+  match(g, op, std::move(m));
+}
+
+void ucx_fabric_impl::match(group& g, const std::shared_ptr<op_state>& op, held_msg m) {
+  op->matched = true;
+  op->send_id = m.hdr.seq;
+  const int src_global = g.members[static_cast<std::size_t>(m.hdr.src)];
+  wire_header ack;
+  ack.type = msg_type::p2p_ack;
+  ack.group_id = g.id;
+  ack.src = g.me;
+  ack.seq = m.hdr.seq;
+  if (m.hdr.send_count != op->rbuf.count || m.hdr.send_type != op->rbuf.type) {
+    status st = invalid_argument(
+        "send rank {} (global {}) -> rank {} (global {}) tag {}: sends {} {} but recv expects {} "
+        "{}",
+        m.hdr.src, src_global, g.me, g.members[static_cast<std::size_t>(g.me)], op->tag,
+        m.hdr.send_count, wire_type_name(m.hdr.send_type), op->rbuf.count,
+        wire_type_name(op->rbuf.type));
+    release(m);
+    send_notice(src_global, ack, st);
+    op->decided = true;
+    op->outcome = std::move(st);
+    advance_p2p(g, *op);
+    return;
+  }
+  if (m.rndv && m.length > 0) {
+    auto* token = new_token(send_token::kind::op_recv, &g, nullptr, op, src_global);
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.recv_am = &ucx_fabric_impl::on_recv_done;
+    p.user_data = token;
+    ++op->ucx_in_flight;
+    ucs_status_ptr_t req = ucp_am_recv_data_nbx(worker_, m.data, op->rbuf.data, m.length, &p);
+    m.data = nullptr;
+    m.ucx_owned = false;
+    if (UCS_PTR_IS_PTR(req)) token->request = req;
+    if (req == nullptr) {
+      events_.push_back({token, UCS_OK, -1});
+    } else if (UCS_PTR_IS_ERR(req)) {
+      events_.push_back({token, UCS_PTR_STATUS(req), -1});
+    }
+    return;  // the ack goes out when the data is in (handle_events)
+  }
+  if (m.length > 0) std::memcpy(op->rbuf.data, m.eager_bytes(), m.length);
+  release(m);
+  send_notice(src_global, ack, ok_status());
+  op->decided = true;
+  op->outcome = ok_status();
+  advance_p2p(g, *op);
+}
+
+void ucx_fabric_impl::advance_p2p(group& g, op_state& op) {
+  if (!op.decided || op.ucx_in_flight > 0 || op.done.load(std::memory_order_acquire)) return;
+  if (op.is_send) {
+    const auto it = g.sends.find(op.send_id);
+    std::shared_ptr<op_state> keep;
+    if (it != g.sends.end() && it->second.get() == &op) {
+      keep = std::move(it->second);
+      g.sends.erase(it);
+    }
+    finish(op, op.outcome);
+    return;
+  }
+  finish(op, op.outcome);
+}
+
+void ucx_fabric_impl::on_ack(group& g, held_msg& m) {
+  const auto it = g.sends.find(m.hdr.seq);
+  if (it == g.sends.end()) return;
+  std::shared_ptr<op_state> op = it->second;
+  if (op->decided) return;
+  op->decided = true;
+  op->outcome = status_of(m);
+  advance_p2p(g, *op);
+}
+
+void ucx_fabric_impl::on_cancel(group& g, held_msg& m) {
+  auto& waiting = g.unexpected[{m.hdr.src, m.hdr.root_or_tag}];
+  const auto it = std::find_if(waiting.begin(), waiting.end(),
+                               [&](const held_msg& w) { return w.hdr.seq == m.hdr.seq; });
+  if (it == waiting.end()) return;
+  release(*it);
+  waiting.erase(it);
+}
+
+}  // namespace helix::transport::ucx
