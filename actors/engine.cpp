@@ -2,12 +2,15 @@
 // and the actors, and turns the API's calls into messages to the engine actor.
 #include "actors/engine.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
 
 #include "actors/runtime.hpp"
+#include "actors/worker_source.hpp"
 #include "core/checked_math.hpp"
 #include "core/log.hpp"
 #include "core/memory.hpp"
@@ -167,8 +170,8 @@ struct engine::impl {
   std::int64_t vocab = 0;
   std::int64_t capacity_blocks = 0;
   std::int64_t admission_blocks = 0;  // what admission may reserve per member (runtime.hpp)
-  // Declared first, destroyed last: the workers' communicators belong to it.
-  std::unique_ptr<transport::fabric> fab;
+  // Declared first, destroyed last: it owns what the workers use (data plane, processes).
+  std::unique_ptr<worker_source> source;
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
   std::vector<caf::actor> workers;
@@ -186,7 +189,7 @@ struct engine::impl {
       self->request(engine_actor, drain_timeout, drain_atom::value)
           .receive([&] { drained = true; }, [&](caf::error&) {});
       // A step that never finished (a worker stuck in a collective) is woken by the abort.
-      if (!drained && fab) fab->abort(status(errc::cancelled, "engine shutting down"));
+      if (!drained && source) source->abort(status(errc::cancelled, "engine shutting down"));
       self->send_exit(engine_actor, caf::exit_reason::user_shutdown);
       self->send_exit(planner, caf::exit_reason::user_shutdown);
       for (const caf::actor& w : workers) self->send_exit(w, caf::exit_reason::user_shutdown);
@@ -200,11 +203,16 @@ struct engine::impl {
 };
 
 expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
+  return create(config, nullptr);
+}
+
+expected<std::unique_ptr<engine>> engine::create(const engine_config& config,
+                                                 std::unique_ptr<worker_source> source) {
   // Allocation failures the checks in build() did not foresee (std::bad_alloc from a container)
   // end here as errors: the engine is a library inside someone else's process and never takes it
   // down.
   try {
-    HELIX_ASSIGN_OR_RETURN(auto p, build(config));
+    HELIX_ASSIGN_OR_RETURN(auto p, build(config, std::move(source)));
     return std::make_unique<engine>(passkey{}, std::move(p));
   } catch (const std::bad_alloc&) {
     return resource_exhausted("engine::create: out of memory while building the engine");
@@ -213,7 +221,8 @@ expected<std::unique_ptr<engine>> engine::create(const engine_config& config) {
   }
 }
 
-expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& config) {
+expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& config,
+                                                      std::unique_ptr<worker_source> source) {
   HELIX_RETURN_IF_ERROR(validate(config).with_context("engine config"));
   if (!config.log_level.empty()) HELIX_RETURN_IF_ERROR(set_log_level(config.log_level));
   // Everything that needs no weights is checked before any is built: the model's shape, the
@@ -238,48 +247,26 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
   const std::int64_t slots = ceil_div(config.kv_capacity_tokens_per_worker, config.block_tokens);
   HELIX_RETURN_IF_ERROR(check_memory(s, grid, config, slots));
 
-  model::model_weights weights;
-  if (!config.checkpoint.empty()) {
-    HELIX_ASSIGN_OR_RETURN(weights, model::load_checkpoint(config.checkpoint, config.weight_type));
-  } else {
-    HELIX_ASSIGN_OR_RETURN(weights,
-                           model::init_seeded_weights(s, config.weight_type, config.weight_seed));
-  }
-
   auto p = std::make_unique<impl>();
   p->config = config;
+  p->config.layout = grid.to_string();
+  p->config.num_workers = static_cast<int>(grid.num_ranks);
   p->grid = grid;
   p->vocab = s.vocab;
   p->capacity_blocks = slots;
   p->admission_blocks = admission_blocks(slots, config.rebalance_threshold);
-  HELIX_ASSIGN_OR_RETURN(p->fab, transport::make_local_fabric(static_cast<int>(grid.num_ranks)));
-  model::rank_program_options ro;
-  ro.kv_type = config.kv_type;
-  ro.block_tokens = config.block_tokens;
-  ro.kv_capacity_tokens = config.kv_capacity_tokens_per_worker;
-  ro.max_batch_tokens = config.max_batch_tokens;
-  ro.num_threads = config.threads_per_worker;
-  ro.hopb = config.hopb;
-  std::vector<std::shared_ptr<worker_compute>> computes;
-  for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
-    const int rank = static_cast<int>(r);
-    HELIX_ASSIGN_OR_RETURN(auto world, p->fab->make_world(rank));
-    std::vector<int> group;
-    for (std::int64_t g : grid.kvp_group(grid.attention_coords(r).tpa_idx)) {
-      group.push_back(static_cast<int>(g));
-    }
-    HELIX_ASSIGN_OR_RETURN(auto kvp, p->fab->make_communicator(rank, group));
-    HELIX_ASSIGN_OR_RETURN(
-        auto compute, rank_compute::create(weights, grid, r, std::move(world), std::move(kvp), ro));
-    computes.push_back(std::move(compute));
-  }
-
+  p->source = source ? std::move(source) : in_process_workers();
+  p->source->configure(p->cfg);
   p->cfg.add_message_types<caf::id_block::helix_actors>();
   p->cfg.set("scheduler.max-threads", 2);
   p->cfg.set("logger.verbosity", caf::atom("quiet"));
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
-  for (auto& c : computes) p->workers.push_back(p->sys->spawn<caf::detached>(worker_actor, c));
-  computes.clear();
+  auto workers = p->source->start(*p->sys, p->config, grid);
+  if (!workers) {
+    p->sys->await_all_actors_done();
+    return workers.error();
+  }
+  p->workers = std::move(*workers);
   p->planner = p->sys->spawn(planner_actor, grid, config.block_tokens, config.rebalance_threshold,
                              config.rebalance_min_blocks);
   engine_setup setup{config, grid, s.vocab, slots, p->admission_blocks};
@@ -417,6 +404,106 @@ engine_stats engine::stats() {
   out.health = out.failure.ok() ? engine_health::serving : engine_health::failed;
   out.refused = p_->refused.load();
   return out;
+}
+
+namespace {
+
+expected<model::model_weights> build_weights(const engine_config& config, const model_spec& s) {
+  if (!config.checkpoint.empty()) {
+    return model::load_checkpoint(config.checkpoint, config.weight_type);
+  }
+  return model::init_seeded_weights(s, config.weight_type, config.weight_seed);
+}
+
+model::rank_program_options program_options(const engine_config& config) {
+  model::rank_program_options ro;
+  ro.kv_type = config.kv_type;
+  ro.block_tokens = config.block_tokens;
+  ro.kv_capacity_tokens = config.kv_capacity_tokens_per_worker;
+  ro.max_batch_tokens = config.max_batch_tokens;
+  ro.num_threads = config.threads_per_worker;
+  ro.hopb = config.hopb;
+  return ro;
+}
+
+expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights& weights,
+                                                      const engine_config& config,
+                                                      const layout& grid, std::int64_t r,
+                                                      transport::fabric& fab) {
+  const int rank = static_cast<int>(r);
+  HELIX_ASSIGN_OR_RETURN(auto world, fab.make_world(rank));
+  std::vector<int> group;
+  for (std::int64_t g : grid.kvp_group(grid.attention_coords(r).tpa_idx)) {
+    group.push_back(static_cast<int>(g));
+  }
+  HELIX_ASSIGN_OR_RETURN(auto kvp, fab.make_communicator(rank, group));
+  HELIX_ASSIGN_OR_RETURN(auto compute,
+                         rank_compute::create(weights, grid, r, std::move(world), std::move(kvp),
+                                              program_options(config)));
+  return std::shared_ptr<worker_compute>(std::move(compute));
+}
+
+// Every worker a detached actor of the engine's own system; one local fabric for them all.
+class in_process_source final : public worker_source {
+ public:
+  expected<std::vector<caf::actor>> start(caf::actor_system& sys, const engine_config& config,
+                                          const layout& grid) override {
+    model_spec s;
+    if (!config.checkpoint.empty()) {
+      HELIX_ASSIGN_OR_RETURN(s, model::load_hf_config(config.checkpoint));
+    } else {
+      HELIX_ASSIGN_OR_RETURN(s, builtin_model(builtin_name(config)));
+    }
+    HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config, s));
+    HELIX_ASSIGN_OR_RETURN(fab_, transport::make_local_fabric(static_cast<int>(grid.num_ranks)));
+    std::vector<std::shared_ptr<worker_compute>> computes;
+    for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
+      HELIX_ASSIGN_OR_RETURN(auto c, compute_for(weights, config, grid, r, *fab_));
+      computes.push_back(std::move(c));
+    }
+    std::vector<caf::actor> out;
+    for (auto& c : computes) out.push_back(sys.spawn<caf::detached>(worker_actor, c));
+    count_ = grid.num_ranks;
+    return out;
+  }
+  void abort(const status& why) override {
+    if (fab_) fab_->abort(why);
+  }
+  std::vector<worker_info> workers() const override {
+    std::vector<worker_info> out;
+    for (std::int64_t r = 0; r < count_; ++r) {
+      out.push_back(
+          {r, static_cast<std::int64_t>(::getpid()), "localhost", fmt::format("thread-{}", r)});
+    }
+    return out;
+  }
+
+ private:
+  std::unique_ptr<transport::fabric> fab_;
+  std::int64_t count_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<worker_source> in_process_workers() {
+  return std::make_unique<in_process_source>();
+}
+
+expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config& config,
+                                                            const layout& grid, std::int64_t rank,
+                                                            transport::fabric& fab) {
+  model_spec s;
+  if (!config.checkpoint.empty()) {
+    HELIX_ASSIGN_OR_RETURN(s, model::load_hf_config(config.checkpoint));
+  } else {
+    HELIX_ASSIGN_OR_RETURN(s, builtin_model(builtin_name(config)));
+  }
+  HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config, s));
+  return compute_for(weights, config, grid, rank, fab);
+}
+
+std::vector<worker_info> engine::workers() const {
+  return p_->source->workers();
 }
 
 }  // namespace helix::actors

@@ -40,6 +40,16 @@
 
 namespace helix::actors {
 
+class worker_source;  // actors/worker_source.hpp
+
+/// Who a worker is, for reports.
+struct worker_info {
+  std::int64_t rank = 0;
+  std::int64_t pid = 0;
+  std::string host;
+  std::string name;
+};
+
 /// How to build an engine. Validated by validate() and engine::create (invalid_argument naming
 /// the field); every numeric field has bounds (below), so sizes derived from them cannot overflow.
 struct engine_config {
@@ -178,6 +188,10 @@ class engine {
   /// planner and the engine actor. invalid_argument for a bad config (naming the field or the
   /// layout rule), resource_exhausted when the KV stores do not fit in memory.
   [[nodiscard]] static expected<std::unique_ptr<engine>> create(const engine_config& config);
+  /// As above, with the workers from `source` (cluster/ has sources whose workers are
+  /// processes); null means in-process workers.
+  [[nodiscard]] static expected<std::unique_ptr<engine>> create(
+      const engine_config& config, std::unique_ptr<worker_source> source);
   /// Cancels every request still running or queued (their streams end with `cancelled`), stops
   /// the actors and joins their threads.
   ~engine();
@@ -207,11 +221,14 @@ class engine {
   /// The most tokens (prompt + max_tokens) one request may hold: the KV a request may reserve
   /// on each KVP worker. A longer request is refused by submit() with resource_exhausted.
   [[nodiscard]] std::int64_t max_request_tokens() const;
+  /// Who the workers are (rank, pid, host, name).
+  [[nodiscard]] std::vector<worker_info> workers() const;
 
  private:
   struct impl;
   struct passkey {};
-  [[nodiscard]] static expected<std::unique_ptr<impl>> build(const engine_config& config);
+  [[nodiscard]] static expected<std::unique_ptr<impl>> build(const engine_config& config,
+                                                             std::unique_ptr<worker_source> source);
   [[nodiscard]] expected<request_handle> try_submit(
       request_options request, std::function<void(const token_event&)> on_token);
 

@@ -505,6 +505,22 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
   s.registry = std::move(registry);
   s.kv_used.assign(s.workers.size(), 0);
   publish(s);
+  // A worker that ends while the engine serves (its process died, its host went away, its
+  // connection broke) fails the engine naming it; recovery is not implemented yet.
+  for (const caf::actor& w : s.workers) self->monitor(w);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    engine_state& st = self->state;
+    for (std::size_t r = 0; r < st.workers.size(); ++r) {
+      if (st.workers[r].address() != dm.source) continue;
+      if (st.draining || !st.broken.ok()) return;
+      st.busy = false;  // the step in flight can no longer complete
+      st.pending = 0;
+      fail_everything(
+          self, make_error(errc::unavailable, "worker {} lost: {}", r, caf::to_string(dm.reason)));
+      answer_drains(st);
+      return;
+    }
+  });
   return {
       [self](submit_msg& m) {
         engine_state& st = self->state;

@@ -12,6 +12,7 @@
 #include "apps/plan_cmd.hpp"
 #include "apps/run_cmd.hpp"
 #include "apps/verify_cmd.hpp"
+#include "cluster/cluster.hpp"
 #include "core/log.hpp"
 
 namespace {
@@ -25,6 +26,7 @@ constexpr const char* usage =
     "  bench decode      decode steps on N simulated workers, layouts side by side\n"
     "  bench transport   collectives per backend (local, UCX shm/tcp) against memcpy\n"
     "  run               a multi-agent workload on the embedded engine: latency, tokens/s, KV\n"
+    "  worker            one worker process of an engine: helix worker --join HOST:PORT\n"
     "  demo              the default job of `make run`: exactness, agents and a long decode\n"
     "  plan              layout search: Pareto frontiers, Helix's headline ratios, --ttl-ms query\n"
     "  calibrate         measure this machine for the planner's cpu preset\n"
@@ -61,6 +63,10 @@ int run(std::vector<std::string> args) {
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
   if (cmd == "plan") return helix::apps::run_plan(rest, std::cout, std::cerr);
   if (cmd == "calibrate") return helix::apps::run_calibrate(rest, std::cout, std::cerr);
+  if (cmd == "worker") {
+    return helix::cluster::run_worker(std::vector<std::string>(rest.begin(), rest.end()), std::cout,
+                                      std::cerr);
+  }
   if (cmd == "bench") {
     if (!rest.empty() && rest[0] == "attention") {
       return helix::apps::run_bench_attention(

@@ -1,5 +1,8 @@
 #include "apps/run_cmd.hpp"
 
+#include <openssl/evp.h>
+#include <unistd.h>
+
 #include <signal.h>
 
 #include <algorithm>
@@ -21,6 +24,7 @@
 
 #include "actors/config_file.hpp"
 #include "apps/cli_args.hpp"
+#include "cluster/cluster.hpp"
 #include "core/rng.hpp"
 
 namespace helix::apps {
@@ -160,12 +164,48 @@ status validate(const workload_options& o) {
 
 }  // namespace
 
+namespace {
+
+// SHA-256 over every ended turn's (session, turn, finish reason, tokens), sorted by session and
+// turn; integers as 8-byte little-endian values.
+std::string output_digest(std::vector<const turn_record*> turns) {
+  std::sort(turns.begin(), turns.end(), [](const turn_record* a, const turn_record* b) {
+    return std::pair(a->session_idx, a->turn_idx) < std::pair(b->session_idx, b->turn_idx);
+  });
+  std::vector<unsigned char> bytes;
+  const auto put = [&bytes](std::int64_t v) {
+    for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<unsigned char>(v >> (8 * i)));
+  };
+  for (const turn_record* t : turns) {
+    put(t->session_idx);
+    put(t->turn_idx);
+    put(static_cast<std::int64_t>(t->reason));
+    put(static_cast<std::int64_t>(t->tokens.size()));
+    for (std::int32_t tok : t->tokens) put(tok);
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr) != 1) return {};
+  std::string hex;
+  for (unsigned int i = 0; i < len; ++i) hex += fmt::format("{:02x}", md[i]);
+  return hex;
+}
+
+}  // namespace
+
 expected<workload_report> run_agent_workload(const workload_options& o, std::ostream& progress) {
   HELIX_RETURN_IF_ERROR(validate(o));
   // Declared before the engine: its destructor may still run callbacks that touch them.
   completion_queue queue;
   std::deque<turn_record> records;  // stable addresses
-  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng, actors::engine::create(o.engine));
+  std::unique_ptr<actors::worker_source> source;
+  if (o.processes > 0) {
+    cluster::spawned_workers_options so;
+    so.worker_binary = o.worker_binary;
+    source = cluster::spawned_workers(so);
+  }
+  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng,
+                         actors::engine::create(o.engine, std::move(source)));
   const std::int64_t vocab = eng->vocab();
   // The first turns' prompts reach 3/2 x --context tokens: refuse a workload whose requests can
   // never fit before building a single prompt (a huge --context would spend long building them).
@@ -260,7 +300,9 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
            (o.max_requests > 0 && turns_planned >= o.max_requests);
   };
   // A finished turn: account it, then the session's next turn or its departure.
+  std::vector<const turn_record*> ended;  // for the output digest
   const auto finish_turn = [&](turn_record& rec) {
+    ended.push_back(&rec);
     const bool ok = rec.reason == actors::finish_reason::length ||
                     rec.reason == actors::finish_reason::stop_token;
     r.generated_tokens += static_cast<std::int64_t>(rec.tokens.size());
@@ -384,6 +426,8 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
   }
   r.ttft_ms = summarize(std::move(ttft));
   r.tpot_ms = summarize(std::move(tpot));
+  r.worker_info = eng->workers();
+  r.output_digest = output_digest(ended);
   return r;
 }
 
@@ -392,6 +436,10 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
     return nlohmann::json{
         {"p50", l.p50}, {"p90", l.p90}, {"p99", l.p99}, {"mean", l.mean}, {"count", l.count}};
   };
+  nlohmann::json procs = nlohmann::json::array();
+  for (const actors::worker_info& w : r.worker_info) {
+    procs.push_back({{"rank", w.rank}, {"pid", w.pid}, {"host", w.host}, {"name", w.name}});
+  }
   nlohmann::json series = nlohmann::json::array();
   for (const kv_sample& k : r.kv_series) {
     series.push_back(
@@ -427,7 +475,9 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
           {"kv_series", std::move(series)},
           {"migrations", r.migrations},
           {"kv_imbalance_max", r.kv_imbalance_max},
-          {"interrupted", r.interrupted}};
+          {"interrupted", r.interrupted},
+          {"output_digest", r.output_digest},
+          {"worker_processes", std::move(procs)}};
 }
 
 void print_workload_report(std::ostream& out, const workload_options& o, const workload_report& r,
@@ -487,6 +537,7 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "                    flags below override it. Default: the built-in config, 8 workers\n"
       "  --model NAME      built-in model (default tiny-llama)\n"
       "  --workers N       workers (ranks) of the engine, threads of this process (default 8)\n"
+      "  --processes N     N workers as `helix worker` processes instead (UCX data plane)\n"
       "  --layout L        auto (helix's default for N workers) or a layout string\n"
       "  --agents N        sessions live at once (default 16)\n"
       "  --rate R          session arrivals per second (default 2)\n"
@@ -505,7 +556,7 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   }
   if (const status known = a->check_known({"config", "model", "workers", "layout", "agents", "rate",
                                            "duration", "requests", "context", "turns", "max-tokens",
-                                           "seed", "kv-capacity", "json", "help"});
+                                           "seed", "kv-capacity", "processes", "json", "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << run_usage;
     return 2;
@@ -548,6 +599,17 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   if (*kv < 1) return usage_error("--kv-capacity must be >= 1 token");
   if (*seed < 0) return usage_error("--seed must be >= 0");
   o.engine.num_workers = *workers;
+  if (a->has("processes")) {
+    const auto procs = a->get_int("processes", 0);
+    if (!procs) return usage_error(procs.error().message());
+    if (*procs < 1 || *procs > 64) return usage_error("--processes takes 1 to 64");
+    o.processes = *procs;
+    o.engine.num_workers = static_cast<int>(*procs);
+    char self_exe[4096] = {};
+    const ssize_t n = ::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+    if (n <= 0) return usage_error("--processes: cannot find this program's path");
+    o.worker_binary.assign(self_exe, static_cast<std::size_t>(n));
+  }
   o.engine.kv_capacity_tokens_per_worker = *kv;
   o.max_agents = *agents;
   o.rate = *rate;

@@ -56,6 +56,10 @@ struct workload_options {
   /// When set and it becomes true (e.g. from a SIGINT handler), arrivals stop, running requests
   /// are cancelled and the report covers what ran so far (workload_report::interrupted).
   const std::atomic<bool>* interrupt = nullptr;
+  /// > 0: the engine's workers are this many `helix worker` processes started from
+  /// `worker_binary` (cluster::spawned_workers) instead of threads of this process.
+  std::int64_t processes = 0;
+  std::string worker_binary;
 };
 
 /// Percentiles of a latency in milliseconds (linear interpolation between order statistics).
@@ -96,7 +100,12 @@ struct workload_report {
   std::vector<kv_sample> kv_series;
   std::int64_t migrations = 0;
   double kv_imbalance_max = 0.0;
-  bool interrupted = false;  // stopped early by workload_options::interrupt
+  bool interrupted = false;                      // stopped early by workload_options::interrupt
+  std::vector<actors::worker_info> worker_info;  // rank, pid, host of every worker
+  /// SHA-256 (hex) over (session, turn, finish reason, tokens) of every turn that ended, in
+  /// session and turn order: equal for two runs of the same workload and seed however their
+  /// workers ran (threads or processes), independent of engine request ids and timing.
+  std::string output_digest;
 };
 
 /// Runs the workload on a fresh engine built from `o.engine`. invalid_argument for bad options or
@@ -112,7 +121,8 @@ struct workload_report {
 /// requests_failed, failures, prompt_tokens, generated_tokens, wall_s, tokens_per_s,
 /// ttft_ms and tpot_ms ({p50, p90, p99, mean}), kv_capacity_blocks, kv_peak_blocks, kv_series
 /// ([{t_s, used_blocks: [...], kv_imbalance}]), migrations, kv_imbalance_max (a fraction), and the
-/// workload's parameters under "workload", and "interrupted" (true when SIGINT stopped the run).
+/// workload's parameters under "workload", "interrupted" (true when SIGINT stopped the run),
+/// "output_digest", and "worker_processes" ([{rank, pid, host, name}]).
 [[nodiscard]] nlohmann::json workload_report_json(const workload_options& o,
                                                   const workload_report& r);
 

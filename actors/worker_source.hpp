@@ -1,0 +1,50 @@
+// Where an engine's workers come from. The engine asks its worker source for one worker actor per
+// rank of the layout; every worker runs the same worker_actor behaviour over a rank_compute, be it
+// a thread of the engine's process (the default source, in_process_workers) or a process of its
+// own on this host or another (cluster/, which implements this interface so that the dependency
+// stays one way: cluster -> actors).
+//
+// Lifetime: the engine owns its source and destroys it after the actor system, so a source may
+// own what its workers use (the in-process data plane, child processes).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/fwd.hpp>
+
+#include "actors/engine.hpp"
+#include "actors/worker_compute.hpp"
+#include "core/layout.hpp"
+#include "transport/fabric.hpp"
+
+namespace helix::actors {
+
+class worker_source {
+ public:
+  virtual ~worker_source() = default;
+  /// Adds what the source needs to the engine's actor system (remote workers: the io
+  /// middleman). Called before the system starts.
+  virtual void configure(caf::actor_system_config& cfg) { (void)cfg; }
+  /// Starts one worker per rank of `grid` for `config` (whose layout is grid's) and returns their
+  /// actor handles in rank order. Errors name the workers that are missing and why.
+  [[nodiscard]] virtual expected<std::vector<caf::actor>> start(caf::actor_system& sys,
+                                                                const engine_config& config,
+                                                                const layout& grid) = 0;
+  /// Wakes workers blocked in a collective when the engine shuts down without draining.
+  virtual void abort(const status& why) { (void)why; }
+  /// The workers started, by rank.
+  [[nodiscard]] virtual std::vector<worker_info> workers() const = 0;
+};
+
+/// The default source: every worker a thread of this process, the data plane transport/local.
+[[nodiscard]] std::unique_ptr<worker_source> in_process_workers();
+
+/// Rank `rank`'s compute for `config` and `grid` over `fab` (the world and the rank's KVP group
+/// are made from it): the weights are seeded or loaded from the checkpoint, then sharded.
+[[nodiscard]] expected<std::shared_ptr<worker_compute>> make_rank_compute(
+    const engine_config& config, const layout& grid, std::int64_t rank, transport::fabric& fab);
+
+}  // namespace helix::actors

@@ -1,0 +1,419 @@
+// Workers as processes: the registrar and spawned_workers (engine side), run_worker (worker side).
+// One translation unit: CAF headers are slow to compile.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <caf/io/all.hpp>
+#include <cerrno>
+#include <cstring>
+#include <ostream>
+
+#include "actors/config_file.hpp"
+#include "actors/runtime.hpp"
+#include "cluster/cluster.hpp"
+#include "cluster/messages.hpp"
+#include "core/log.hpp"
+#include "proto/helix.pb.h"
+#include "transport/ucx_fabric.hpp"
+
+namespace helix::cluster {
+namespace {
+
+using actors::worker_info;
+
+std::shared_ptr<spdlog::logger> logger() {
+  static const auto l = module_logger("cluster");
+  return l;
+}
+
+caf::error refuse(std::string text) {
+  return caf::make_error(caf::sec::runtime_error, std::move(text));
+}
+
+// Registrar: hands out ranks in join order, relays UCX addresses once every worker sent its
+// own, collects the worker actors, and answers the engine's await_workers (or fails it after
+// its timeout, naming who is missing). It stops once it answered the engine.
+struct registrar_state {
+  std::int32_t expected = 0;
+  std::string config;
+  std::vector<worker_info> joined;
+  std::vector<std::string> addresses;
+  std::int32_t addresses_in = 0;
+  std::vector<caf::response_promise> address_waiters;
+  std::vector<caf::actor> workers;
+  std::int32_t ready = 0;
+  std::vector<caf::response_promise> engine;
+  bool answered = false;
+};
+
+using registrar_ptr = caf::stateful_actor<registrar_state>*;
+
+void answer_engine(registrar_ptr self) {
+  auto& st = self->state;
+  if (st.answered || st.ready < st.expected) return;
+  st.answered = true;
+  worker_set w{st.workers, {}, {}, {}};
+  for (const worker_info& j : st.joined) {
+    w.pids.push_back(j.pid);
+    w.hosts.push_back(j.host);
+    w.names.push_back(j.name);
+  }
+  for (auto& p : st.engine) p.deliver(w);
+  st.engine.clear();
+}
+
+caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::string config) {
+  auto& st = self->state;
+  st.expected = expected;
+  st.config = std::move(config);
+  st.addresses.resize(static_cast<std::size_t>(expected));
+  st.workers.resize(static_cast<std::size_t>(expected));
+  return {
+      [self](join_request& j) -> caf::result<assignment> {
+        auto& st = self->state;
+        if (j.protocol != protocol_version) {
+          logger()->warn("refused worker {} (pid {}, {}): protocol {}, engine speaks {}", j.name,
+                         j.pid, j.host, j.protocol, protocol_version);
+          return refuse(fmt::format("worker protocol {} but the engine speaks protocol {}",
+                                    j.protocol, protocol_version));
+        }
+        if (static_cast<std::int32_t>(st.joined.size()) >= st.expected) {
+          return refuse(fmt::format("the engine already has its {} workers", st.expected));
+        }
+        const auto rank = static_cast<std::int32_t>(st.joined.size());
+        st.joined.push_back({rank, j.pid, j.host, j.name});
+        logger()->info("worker {} joined as rank {} (pid {}, host {})", j.name, rank, j.pid,
+                       j.host);
+        return assignment{rank, st.expected, st.config};
+      },
+      [self](address_msg& a) -> caf::result<address_book> {
+        auto& st = self->state;
+        if (a.rank < 0 || a.rank >= st.expected) return refuse("address for an unknown rank");
+        auto& slot = st.addresses[static_cast<std::size_t>(a.rank)];
+        if (slot.empty()) ++st.addresses_in;
+        slot = std::move(a.address);
+        auto promise = self->make_response_promise<address_book>();
+        st.address_waiters.push_back(promise);
+        if (st.addresses_in == st.expected) {
+          for (auto& p : st.address_waiters) p.deliver(address_book{st.addresses});
+          st.address_waiters.clear();
+        }
+        return promise;
+      },
+      [self](ready_msg& r) {
+        auto& st = self->state;
+        if (r.rank < 0 || r.rank >= st.expected) return;
+        auto& slot = st.workers[static_cast<std::size_t>(r.rank)];
+        if (!slot) ++st.ready;
+        slot = std::move(r.worker);
+        answer_engine(self);
+      },
+      [self](await_workers& w) -> caf::result<worker_set> {
+        auto promise = self->make_response_promise<worker_set>();
+        self->state.engine.push_back(promise);
+        self->delayed_send(self, std::chrono::milliseconds(w.timeout_ms), join_timeout_atom::value);
+        answer_engine(self);
+        return promise;
+      },
+      [self](join_timeout_atom) {
+        auto& st = self->state;
+        if (st.answered) return;
+        std::string missing;
+        for (std::int32_t r = 0; r < st.expected; ++r) {
+          if (st.workers[static_cast<std::size_t>(r)]) continue;
+          const bool joined = r < static_cast<std::int32_t>(st.joined.size());
+          missing += fmt::format("{}rank {} ({})", missing.empty() ? "" : ", ", r,
+                                 joined ? fmt::format("{} pid {} joined but is not ready",
+                                                      st.joined[static_cast<std::size_t>(r)].name,
+                                                      st.joined[static_cast<std::size_t>(r)].pid)
+                                        : std::string("never joined"));
+        }
+        const std::string why =
+            fmt::format("{} of {} workers ready; missing: {}", st.ready, st.expected, missing);
+        for (auto& p : st.engine) p.deliver(refuse(why));
+        for (auto& p : st.address_waiters) p.deliver(refuse(why));
+        st.engine.clear();
+        st.address_waiters.clear();
+        st.answered = true;
+      },
+  };
+}
+
+void configure_system(caf::actor_system_config& cfg) {
+  cfg.add_message_types<caf::id_block::helix_cluster>();
+  cfg.load<caf::io::middleman>();
+}
+
+std::string hostname() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
+  return buf;
+}
+
+class spawned_source final : public actors::worker_source {
+ public:
+  explicit spawned_source(spawned_workers_options opts) : opts_(std::move(opts)) {}
+
+  ~spawned_source() override {
+    // The engine's actor system is gone: workers lost their connection or were told to exit.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (const pid_t pid : pids_) {
+      int wstatus = 0;
+      for (;;) {
+        const pid_t w = ::waitpid(pid, &wstatus, WNOHANG);
+        if (w == pid || (w < 0 && errno != EINTR)) break;
+        if (std::chrono::steady_clock::now() >= until) {
+          ::kill(pid, SIGKILL);
+          ::waitpid(pid, &wstatus, 0);
+          break;
+        }
+        ::usleep(5000);
+      }
+    }
+  }
+
+  void configure(caf::actor_system_config& cfg) override {
+    configure_system(cfg);
+    // Fast failure detection on the control links (CAF's defaults are tens of seconds).
+    cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
+  }
+
+  expected<std::vector<caf::actor>> start(caf::actor_system& sys,
+                                          const actors::engine_config& config,
+                                          const layout& grid) override {
+    if (opts_.worker_binary.empty()) {
+      return invalid_argument("spawned workers: no worker binary named");
+    }
+    if (::access(opts_.worker_binary.c_str(), X_OK) != 0) {
+      return invalid_argument("spawned workers: {} is not executable: {}", opts_.worker_binary,
+                              std::strerror(errno));
+    }
+    const auto n = static_cast<std::int32_t>(grid.num_ranks);
+    std::string cfg_bytes;
+    if (!actors::to_proto(config).SerializeToString(&cfg_bytes)) {
+      return internal_error("spawned workers: cannot serialise the engine config");
+    }
+    caf::actor reg = sys.spawn(registrar, n, std::move(cfg_bytes));
+    auto port = sys.middleman().publish(reg, 0, opts_.host.c_str());
+    if (!port) {
+      caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+      return make_error(errc::unavailable, "spawned workers: cannot listen on {}: {}", opts_.host,
+                        sys.render(port.error()));
+    }
+    const std::string join = fmt::format("{}:{}", opts_.host, *port);
+    for (std::int32_t r = 0; r < n; ++r) {
+      std::vector<std::string> args = {"helix", "worker", "--join",
+                                       join,    "--name", fmt::format("worker-{}", r)};
+      if (opts_.threads > 0) {
+        args.push_back("--threads");
+        args.push_back(std::to_string(opts_.threads));
+      }
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      const pid_t parent = ::getpid();
+      const pid_t pid = ::fork();
+      if (pid < 0) {
+        caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+        return resource_exhausted("spawned workers: fork: {}", std::strerror(errno));
+      }
+      if (pid == 0) {  // only async-signal-safe calls until exec
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(127);
+        ::execv(opts_.worker_binary.c_str(), argv.data());
+        ::_exit(127);
+      }
+      pids_.push_back(pid);
+    }
+    logger()->info("started {} worker processes, joining at {}", n, join);
+    expected<std::vector<caf::actor>> result = internal_error("spawned workers: no answer");
+    {
+      caf::scoped_actor self{sys};
+      self->request(reg, opts_.join_timeout + std::chrono::seconds(5),
+                    await_workers{opts_.join_timeout.count()})
+          .receive(
+              [&](worker_set& w) {
+                for (std::size_t r = 0; r < w.workers.size(); ++r) {
+                  info_.push_back(
+                      {static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
+                }
+                result = std::move(w.workers);
+              },
+              [&](caf::error& e) {
+                result = make_error(errc::unavailable, "spawned workers: {}{}", sys.render(e),
+                                    exited_children());
+              });
+    }
+    caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+    (void)sys.middleman().unpublish(reg, *port);
+    return result;
+  }
+
+  std::vector<worker_info> workers() const override { return info_; }
+
+ private:
+  // Children that already ended, for error messages.
+  std::string exited_children() {
+    std::string out;
+    for (const pid_t pid : pids_) {
+      int wstatus = 0;
+      if (::waitpid(pid, &wstatus, WNOHANG) != pid) continue;
+      out += fmt::format("; worker pid {} {}", pid,
+                         WIFEXITED(wstatus)
+                             ? fmt::format("exited with code {}", WEXITSTATUS(wstatus))
+                             : fmt::format("was killed by signal {}", WTERMSIG(wstatus)));
+    }
+    return out;
+  }
+
+  spawned_workers_options opts_;
+  std::vector<pid_t> pids_;
+  std::vector<worker_info> info_;
+};
+
+}  // namespace
+
+std::unique_ptr<actors::worker_source> spawned_workers(const spawned_workers_options& opts) {
+  return std::make_unique<spawned_source>(opts);
+}
+
+namespace {
+
+struct worker_args {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string name;
+  int threads = 0;
+  std::chrono::milliseconds timeout{60000};
+};
+
+constexpr const char* worker_usage =
+    "usage: helix worker --join HOST:PORT [--threads N] [--name NAME] [--timeout-ms MS]\n"
+    "  Runs one worker of an engine: joins it at HOST:PORT, receives its rank, layout and\n"
+    "  model, and serves until the engine stops it.\n";
+
+expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
+  worker_args w;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (i + 1 >= args.size()) return invalid_argument("flag {} needs a value", a);
+    const std::string& v = args[++i];
+    if (a == "--join") {
+      const auto colon = v.rfind(':');
+      if (colon == std::string::npos || colon == 0) {
+        return invalid_argument("--join takes HOST:PORT, got '{}'", v);
+      }
+      w.host = v.substr(0, colon);
+      char* end = nullptr;
+      const long port = std::strtol(v.c_str() + colon + 1, &end, 10);
+      if (*end != '\0' || port < 1 || port > 65535) {
+        return invalid_argument("--join: bad port in '{}'", v);
+      }
+      w.port = static_cast<std::uint16_t>(port);
+    } else if (a == "--name") {
+      w.name = v;
+    } else if (a == "--threads") {
+      char* end = nullptr;
+      const long t = std::strtol(v.c_str(), &end, 10);
+      if (*end != '\0' || t < 1 || t > 256) return invalid_argument("--threads takes 1 to 256");
+      w.threads = static_cast<int>(t);
+    } else if (a == "--timeout-ms") {
+      char* end = nullptr;
+      const long t = std::strtol(v.c_str(), &end, 10);
+      if (*end != '\0' || t < 1) return invalid_argument("--timeout-ms takes a positive count");
+      w.timeout = std::chrono::milliseconds(t);
+    } else {
+      return invalid_argument("unknown flag {}", a);
+    }
+  }
+  if (w.host.empty()) return invalid_argument("--join HOST:PORT is required");
+  if (w.name.empty()) w.name = fmt::format("worker-pid{}", ::getpid());
+  return w;
+}
+
+// Joins, builds the rank, and serves; returns once the worker actor ended.
+status serve(const worker_args& w) {
+  // Declared before the actor system: the worker's communicators belong to it.
+  std::unique_ptr<transport::ucx_fabric> fabric;
+  caf::actor_system_config cfg;
+  cfg.add_message_types<caf::id_block::helix_actors>();
+  configure_system(cfg);
+  cfg.set("scheduler.max-threads", 2);
+  cfg.set("logger.verbosity", caf::atom("quiet"));
+  cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
+  caf::actor_system sys{cfg};
+  auto reg = sys.middleman().remote_actor(w.host, w.port);
+  if (!reg) {
+    return make_error(errc::unavailable, "cannot reach the engine at {}:{}: {}", w.host, w.port,
+                      sys.render(reg.error()));
+  }
+  caf::scoped_actor self{sys};
+  status st;
+  assignment a;
+  self->request(
+          *reg, w.timeout,
+          join_request{protocol_version, static_cast<std::int64_t>(::getpid()), hostname(), w.name})
+      .receive([&](assignment& x) { a = std::move(x); },
+               [&](caf::error& e) {
+                 st = make_error(errc::unavailable, "join refused: {}", sys.render(e));
+               });
+  HELIX_RETURN_IF_ERROR(st);
+  proto_v1::EngineConfig pc;
+  if (!pc.ParseFromString(a.config)) return invalid_argument("join: the engine config is garbled");
+  HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(pc));
+  if (w.threads > 0) config.threads_per_worker = w.threads;
+  HELIX_ASSIGN_OR_RETURN(const layout grid, layout::parse(config.layout));
+  transport::ucx_fabric_options fo;
+  fo.world_size = a.world;
+  fo.rank = a.rank;
+  HELIX_ASSIGN_OR_RETURN(fabric, transport::make_ucx_fabric(fo));
+  const auto addr = fabric->address();
+  address_book book;
+  self->request(
+          *reg, w.timeout,
+          address_msg{a.rank, std::string(reinterpret_cast<const char*>(addr.data()), addr.size())})
+      .receive([&](address_book& b) { book = std::move(b); },
+               [&](caf::error& e) {
+                 st = make_error(errc::unavailable, "address exchange failed: {}", sys.render(e));
+               });
+  HELIX_RETURN_IF_ERROR(st);
+  std::vector<std::vector<std::byte>> addresses;
+  for (const std::string& s : book.addresses) {
+    const auto* b = reinterpret_cast<const std::byte*>(s.data());
+    addresses.emplace_back(b, b + s.size());
+  }
+  HELIX_RETURN_IF_ERROR(fabric->connect(addresses));
+  HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, a.rank, *fabric));
+  caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
+  self->monitor(worker);
+  self->send(*reg, ready_msg{a.rank, worker});
+  logger()->info("{}: rank {} of {} ({}) ready", w.name, a.rank, a.world, grid.to_string());
+  // Serve until the engine stops the worker actor (or its connection goes: the actor then
+  // has nobody to serve; the engine's exit message ends it).
+  self->receive([](caf::down_msg&) {});
+  return ok_status();
+}
+
+}  // namespace
+
+int run_worker(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  if (!args.empty() && (args[0] == "--help" || args[0] == "-h")) {
+    out << worker_usage;
+    return 0;
+  }
+  auto w = parse_worker_args(args);
+  if (!w) {
+    err << "error: " << w.error().message() << "\n" << worker_usage;
+    return 2;
+  }
+  const status st = serve(*w);
+  if (!st.ok()) {
+    err << "helix worker " << w->name << ": " << st.to_string() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace helix::cluster

@@ -1,0 +1,49 @@
+// Workers as processes (ARCHITECTURE.md: the cluster layer, above actors/). An engine whose
+// workers are processes takes them from spawned_workers(): it publishes a registrar actor through
+// CAF's io middleman, starts one `helix worker --join HOST:PORT` child per rank, and every worker
+// announces itself (protocol version, pid, host, name), receives its rank and the engine config,
+// makes its UCX fabric, exchanges UCX addresses with the others through the registrar, builds its
+// rank's weights and KV store, and hands back the handle of a worker actor running the same
+// behaviour as an in-process worker. From then on the engine drives it exactly as a thread.
+//
+// Failure: a worker that does not join or get ready within the join timeout fails engine::create
+// naming it; a worker that dies later fails the engine (the engine actor monitors every worker)
+// naming its rank. Children die with the engine (PR_SET_PDEATHSIG) and are reaped by the source.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/worker_source.hpp"
+
+namespace helix::cluster {
+
+/// Bumped whenever the join handshake or the control messages change; a worker of another
+/// protocol is refused with both versions named.
+inline constexpr std::int32_t protocol_version = 1;
+
+struct spawned_workers_options {
+  /// The `helix` binary whose `worker` subcommand runs a worker (e.g. /proc/self/exe).
+  std::string worker_binary;
+  /// Address the engine listens on for its workers.
+  std::string host = "127.0.0.1";
+  /// How long every worker has to join and get ready.
+  std::chrono::milliseconds join_timeout{60000};
+  /// Kernel threads per worker process (0: the engine config's threads_per_worker).
+  int threads = 0;
+};
+
+/// A worker source whose workers are child processes of this one.
+[[nodiscard]] std::unique_ptr<actors::worker_source> spawned_workers(
+    const spawned_workers_options& opts);
+
+/// `helix worker --join HOST:PORT [--threads N] [--name NAME]`: runs one worker until the engine
+/// stops it. Exit code 0 after a clean stop, 1 when joining failed (the reason on `err`), 2 for a
+/// usage error.
+int run_worker(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+}  // namespace helix::cluster

@@ -1,0 +1,185 @@
+// Workers as processes (label multiproc): engines whose workers are `helix worker` children give
+// the same tokens as in-process workers; a worker that never joins, or dies while serving, is an
+// error naming it, never a hang; no worker outlives its engine.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "actors/engine.hpp"
+#include "actors/worker_source.hpp"
+#include "apps/run_cmd.hpp"
+#include "cluster/cluster.hpp"
+#include "tests/support/model_fixtures.hpp"
+
+namespace helix::cluster {
+namespace {
+
+using namespace std::chrono_literals;
+using actors::engine;
+using actors::engine_config;
+using actors::finish_reason;
+using actors::request_options;
+
+engine_config config_for(const std::string& model, const std::string& layout, int workers) {
+  engine_config c;
+  c.model = model;
+  c.num_workers = workers;
+  c.layout = layout;
+  c.kv_capacity_tokens_per_worker = 1024;
+  c.max_batch_tokens = 64;
+  c.prefill_chunk_tokens = 16;
+  return c;
+}
+
+std::unique_ptr<actors::worker_source> processes(std::chrono::milliseconds join = 60s) {
+  spawned_workers_options o;
+  o.worker_binary = HELIX_CLI;
+  o.join_timeout = join;
+  return spawned_workers(o);
+}
+
+// Greedy and seeded-sampling requests; every request's tokens, in submission order.
+std::vector<std::vector<std::int32_t>> serve(engine& eng, std::int64_t vocab) {
+  std::vector<actors::request_handle> handles;
+  for (int i = 0; i < 4; ++i) {
+    request_options r;
+    r.prompt = test_support::random_tokens(5 + 7 * i, vocab, 100 + static_cast<std::uint64_t>(i));
+    r.max_tokens = 10;
+    if (i % 2 == 1) r.sampling = {0.9f, 40, 0.95f, 7 + static_cast<std::uint64_t>(i)};
+    auto h = eng.submit(r);
+    EXPECT_TRUE(h.has_value()) << h.error().to_string();
+    if (h) handles.push_back(*h);
+  }
+  std::vector<std::vector<std::int32_t>> out;
+  for (auto& h : handles) out.push_back(h.stream->wait_all());
+  return out;
+}
+
+bool alive(std::int64_t pid) {
+  return ::kill(static_cast<pid_t>(pid), 0) == 0;
+}
+
+void expect_same_tokens_as_threads(const std::string& model, const std::string& layout,
+                                   int workers) {
+  auto threads = engine::create(config_for(model, layout, workers));
+  ASSERT_TRUE(threads.has_value()) << threads.error().to_string();
+  const auto expected = serve(**threads, (*threads)->vocab());
+  threads->reset();
+  std::vector<actors::worker_info> info;
+  {
+    auto procs = engine::create(config_for(model, layout, workers), processes());
+    ASSERT_TRUE(procs.has_value()) << procs.error().to_string();
+    info = (*procs)->workers();
+    ASSERT_EQ(info.size(), static_cast<std::size_t>(workers));
+    for (const auto& w : info) {
+      EXPECT_NE(w.pid, static_cast<std::int64_t>(::getpid()));
+      EXPECT_TRUE(alive(w.pid));
+    }
+    EXPECT_EQ(serve(**procs, (*procs)->vocab()), expected) << model << " " << layout;
+  }
+  for (const auto& w : info) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+TEST(Processes, TinyLlamaHelixLayoutMatchesThreads) {
+  expect_same_tokens_as_threads("tiny-llama", "helix:kvp=2,tpa=2", 4);
+}
+
+TEST(Processes, TinyDeepseekMoeLayoutMatchesThreads) {
+  expect_same_tokens_as_threads("tiny-deepseek", "helix:kvp=4,tpa=1,tpf=2,ep=2", 4);
+}
+
+TEST(Processes, TensorParallelLayoutMatchesThreads) {
+  expect_same_tokens_as_threads("tiny-llama", "tp:tp=2", 2);
+}
+
+TEST(Processes, WorkerThatNeverJoinsIsATimeoutNamingIt) {
+  spawned_workers_options o;
+  o.worker_binary = "/bin/true";  // exits at once instead of joining
+  o.join_timeout = 1500ms;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), spawned_workers(o));
+  ASSERT_FALSE(eng.has_value());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s);
+  const std::string msg = eng.error().to_string();
+  EXPECT_NE(msg.find("0 of 2 workers ready"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rank 0 (never joined)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("exited with code 0"), std::string::npos) << msg;
+}
+
+TEST(Processes, KilledWorkerFailsTheEngineNamingItAndNothingHangs) {
+  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=2", 4), processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto info = (*eng)->workers();
+  request_options r;
+  r.prompt = test_support::random_tokens(20, (*eng)->vocab(), 5);
+  r.max_tokens = 400;  // still running when the worker dies
+  auto h = (*eng)->submit(r);
+  ASSERT_TRUE(h.has_value());
+  ASSERT_TRUE(h->stream->next_for(30s).has_value());  // decoding has started
+  ASSERT_EQ(::kill(static_cast<pid_t>(info[2].pid), SIGKILL), 0);
+  std::optional<actors::token_event> last;
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < until) {
+    auto e = h->stream->next_for(1s);
+    if (e && e->last) {
+      last = e;
+      break;
+    }
+    if (!e && h->stream->finished()) break;
+  }
+  ASSERT_TRUE(last.has_value()) << "the request never ended";
+  EXPECT_EQ(last->reason, finish_reason::error);
+  const auto s = (*eng)->stats();
+  EXPECT_EQ(s.health, actors::engine_health::failed);
+  EXPECT_NE(s.failure.message().find("worker 2"), std::string::npos) << s.failure.to_string();
+  EXPECT_EQ((*eng)->submit(r).error().code(), errc::unavailable);
+  eng->reset();  // shuts down without hanging
+  for (const auto& w : info) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+TEST(Processes, WorkerThatCannotReachItsEngineSaysSo) {
+  const std::string cmd =
+      std::string(HELIX_CLI) + " worker --join 127.0.0.1:1 --timeout-ms 500 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[512] = {};
+  std::string out;
+  while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  const int rc = ::pclose(p);
+  EXPECT_EQ(WEXITSTATUS(rc), 1) << out;
+  EXPECT_NE(out.find("cannot reach the engine at 127.0.0.1:1"), std::string::npos) << out;
+}
+
+// `helix run`'s output digest is the same whether the workers are threads or processes.
+TEST(Processes, AgentWorkloadDigestEqualsThreads) {
+  apps::workload_options o;
+  o.engine = config_for("tiny-llama", "auto", 4);
+  o.engine.kv_capacity_tokens_per_worker = 4096;
+  o.max_requests = 6;
+  o.duration_s = 0.0;
+  o.context = 64;
+  o.max_tokens = 6;
+  o.rate = 50.0;
+  std::ostringstream progress;
+  auto threads = apps::run_agent_workload(o, progress);
+  ASSERT_TRUE(threads.has_value()) << threads.error().to_string();
+  o.processes = 4;
+  o.worker_binary = HELIX_CLI;
+  auto procs = apps::run_agent_workload(o, progress);
+  ASSERT_TRUE(procs.has_value()) << procs.error().to_string();
+  EXPECT_EQ(procs->requests_completed, 6);
+  EXPECT_EQ(threads->requests_completed, 6);
+  EXPECT_EQ(procs->output_digest, threads->output_digest);
+  EXPECT_EQ(procs->output_digest.size(), 64u);
+  ASSERT_EQ(procs->worker_info.size(), 4u);
+  for (const auto& w : procs->worker_info) EXPECT_NE(w.pid, static_cast<std::int64_t>(::getpid()));
+}
+
+}  // namespace
+}  // namespace helix::cluster
