@@ -203,6 +203,11 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
     cluster::spawned_workers_options so;
     so.worker_binary = o.worker_binary;
     source = cluster::spawned_workers(so);
+  } else if (o.listen) {
+    cluster::listening_workers_options lo;
+    lo.host = o.listen_host;
+    lo.port = o.listen_port;
+    source = cluster::listening_workers(lo);
   }
   HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng,
                          actors::engine::create(o.engine, std::move(source)));
@@ -538,6 +543,8 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "  --model NAME      built-in model (default tiny-llama)\n"
       "  --workers N       workers (ranks) of the engine, threads of this process (default 8)\n"
       "  --processes N     N workers as `helix worker` processes instead (UCX data plane)\n"
+      "  --listen HOST:PORT --expect-workers N\n"
+      "                    N workers started elsewhere join here (helix worker --join HOST:PORT)\n"
       "  --layout L        auto (helix's default for N workers) or a layout string\n"
       "  --agents N        sessions live at once (default 16)\n"
       "  --rate R          session arrivals per second (default 2)\n"
@@ -554,9 +561,10 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     err << "error: " << a.error().message() << "\n" << run_usage;
     return 2;
   }
-  if (const status known = a->check_known({"config", "model", "workers", "layout", "agents", "rate",
-                                           "duration", "requests", "context", "turns", "max-tokens",
-                                           "seed", "kv-capacity", "processes", "json", "help"});
+  if (const status known =
+          a->check_known({"config", "model", "workers", "layout", "agents", "rate", "duration",
+                          "requests", "context", "turns", "max-tokens", "seed", "kv-capacity",
+                          "processes", "listen", "expect-workers", "json", "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << run_usage;
     return 2;
@@ -609,6 +617,25 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     const ssize_t n = ::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
     if (n <= 0) return usage_error("--processes: cannot find this program's path");
     o.worker_binary.assign(self_exe, static_cast<std::size_t>(n));
+  }
+  if (const auto listen = a->get("listen")) {
+    if (a->has("processes")) return usage_error("--listen and --processes exclude each other");
+    const auto colon = listen->rfind(':');
+    const auto expect = a->get_int("expect-workers", 0);
+    if (!expect) return usage_error(expect.error().message());
+    if (*expect < 1 || *expect > 64) return usage_error("--listen needs --expect-workers 1 to 64");
+    char* end = nullptr;
+    const long port =
+        colon == std::string::npos ? -1 : std::strtol(listen->c_str() + colon + 1, &end, 10);
+    if (colon == std::string::npos || colon == 0 || *end != '\0' || port < 1 || port > 65535) {
+      return usage_error(fmt::format("--listen takes HOST:PORT, got '{}'", *listen));
+    }
+    o.listen = true;
+    o.listen_host = listen->substr(0, colon);
+    o.listen_port = static_cast<std::uint16_t>(port);
+    o.engine.num_workers = static_cast<int>(*expect);
+  } else if (a->has("expect-workers")) {
+    return usage_error("--expect-workers goes with --listen");
   }
   o.engine.kv_capacity_tokens_per_worker = *kv;
   o.max_agents = *agents;

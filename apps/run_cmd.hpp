@@ -60,6 +60,11 @@ struct workload_options {
   /// `worker_binary` (cluster::spawned_workers) instead of threads of this process.
   std::int64_t processes = 0;
   std::string worker_binary;
+  /// Set: the workers are started by hand or a scheduler and join at listen_host:listen_port
+  /// (cluster::listening_workers); engine.num_workers of them.
+  bool listen = false;
+  std::string listen_host;
+  std::uint16_t listen_port = 0;
 };
 
 /// Percentiles of a latency in milliseconds (linear interpolation between order statistics).

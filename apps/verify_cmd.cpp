@@ -1,5 +1,7 @@
 #include "apps/verify_cmd.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -7,8 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/engine.hpp"
 #include "apps/cli_args.hpp"
 #include "apps/sharded_decoder.hpp"
+#include "cluster/cluster.hpp"
 #include "core/layout.hpp"
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
@@ -27,6 +31,8 @@ constexpr const char* usage =
     "  --dtype D           weights and KV: f32 or bf16 (default f32)\n"
     "  --hopb on|off       HOP-B micro-batch overlap on the sharded side (default off)\n"
     "  --seed N            seed of the weights and prompts (default 1234, as every command)\n"
+    "  --processes N       the sharded side is the engine with N `helix worker` processes\n"
+    "                      (N = the layout's ranks; compares tokens, not logits)\n"
     "  --json              machine-readable output\n";
 
 constexpr std::int64_t max_batch = 256;
@@ -45,6 +51,10 @@ struct config {
   bool hopb = false;
   std::uint64_t seed = model::default_weight_seed;
   bool json = false;
+  // > 0: the sharded side is the engine with this many `helix worker` processes (tokens only:
+  // the engine does not hand out logits, so max_abs_logit_diff is not measured).
+  std::int64_t processes = 0;
+  std::string worker_binary;
 };
 
 expected<std::int64_t> bounded_int(const cli_args& a, const std::string& name,
@@ -56,8 +66,8 @@ expected<std::int64_t> bounded_int(const cli_args& a, const std::string& name,
 
 expected<config> parse(const std::vector<std::string>& argv) {
   HELIX_ASSIGN_OR_RETURN(const cli_args a, cli_args::parse(argv, {"json"}));
-  HELIX_RETURN_IF_ERROR(a.check_known(
-      {"model", "layout", "batch", "steps", "prompt-len", "dtype", "hopb", "seed", "json"}));
+  HELIX_RETURN_IF_ERROR(a.check_known({"model", "layout", "batch", "steps", "prompt-len", "dtype",
+                                       "hopb", "seed", "json", "processes"}));
   config c;
   HELIX_ASSIGN_OR_RETURN(c.spec, builtin_model(a.get_or("model", "tiny-llama")));
   const double weight_bytes = static_cast<double>(c.spec.num_params()) * 4.0;
@@ -88,6 +98,17 @@ expected<config> parse(const std::vector<std::string>& argv) {
     return invalid_argument("--hopb '{}' (expected on or off)", hopb);
   c.hopb = hopb == "on";
   c.json = a.has("json");
+  HELIX_ASSIGN_OR_RETURN(c.processes, bounded_int(a, "processes", 0, 0, 64));
+  if (c.processes > 0) {
+    if (c.processes != c.grid.num_ranks) {
+      return invalid_argument("--processes {} but layout {} has {} ranks", c.processes,
+                              c.grid.to_string(), c.grid.num_ranks);
+    }
+    char self_exe[4096] = {};
+    const ssize_t n = ::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+    if (n <= 0) return internal_error("--processes: cannot find this program's path");
+    c.worker_binary.assign(self_exe, static_cast<std::size_t>(n));
+  }
   return c;
 }
 
@@ -148,6 +169,70 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// The sharded side as the engine with worker processes: every request's greedy tokens from the
+// engine against the single worker's, request by request.
+expected<report> run_processes(const config& c, model::decoder& ref,
+                               const std::vector<std::vector<std::int32_t>>& prompts,
+                               std::int64_t capacity, std::int64_t rows, report r) {
+  const auto n = prompts.size();
+  std::vector<std::vector<std::int32_t>> expected_tokens(n);
+  std::vector<model::decoder::batch_item> items(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    items[i].seq = ref.open_sequence();
+    items[i].tokens = prompts[i];
+  }
+  const auto vocab = static_cast<std::size_t>(c.spec.vocab);
+  std::vector<float> logits(n * vocab);
+  std::vector<std::int32_t> next(n);
+  for (std::int64_t step = 0; step < c.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    HELIX_RETURN_IF_ERROR(ref.forward(items, logits));
+    r.reference.add(step, ms_since(t0));
+    for (std::size_t i = 0; i < n; ++i) {
+      next[i] = argmax(std::span<const float>(logits).subspan(i * vocab, vocab));
+      expected_tokens[i].push_back(next[i]);
+      items[i].tokens = std::span<const std::int32_t>(&next[i], 1);
+    }
+  }
+  actors::engine_config ec;
+  ec.model = c.spec.name;
+  ec.weight_type = c.type;
+  ec.kv_type = c.type;
+  ec.weight_seed = c.seed;
+  ec.layout = c.grid.to_string();
+  ec.num_workers = static_cast<int>(c.grid.num_ranks);
+  ec.kv_capacity_tokens_per_worker = capacity;
+  ec.max_batch_tokens = rows;
+  ec.prefill_chunk_tokens = rows;
+  ec.hopb = c.hopb;
+  cluster::spawned_workers_options so;
+  so.worker_binary = c.worker_binary;
+  const auto t0 = std::chrono::steady_clock::now();
+  HELIX_ASSIGN_OR_RETURN(auto eng, actors::engine::create(ec, cluster::spawned_workers(so)));
+  std::vector<std::shared_ptr<actors::token_stream>> streams;
+  for (std::size_t i = 0; i < n; ++i) {
+    actors::request_options ro;
+    ro.prompt = prompts[i];
+    ro.max_tokens = c.steps;
+    HELIX_ASSIGN_OR_RETURN(auto h, eng->submit(ro));
+    streams.push_back(h.stream);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::vector<std::int32_t> got = streams[i]->wait_all();
+    for (std::size_t t = 0; t < expected_tokens[i].size(); ++t) {
+      const std::int32_t g = t < got.size() ? got[t] : -1;
+      ++r.tokens_checked;
+      if (g != expected_tokens[i][t]) {
+        r.diverged.push_back(
+            {static_cast<std::int64_t>(i), static_cast<std::int64_t>(t), expected_tokens[i][t], g});
+        break;
+      }
+    }
+  }
+  r.sharded.add(0, ms_since(t0));  // engine start included: one figure, not per step
+  return r;
+}
+
 expected<report> run(const config& c) {
   const model_spec& s = c.spec;
   HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
@@ -171,6 +256,10 @@ expected<report> run(const config& c) {
   ro.max_batch_tokens = rows;
   ro.num_threads = 1;
   HELIX_ASSIGN_OR_RETURN(auto ref, model::decoder::create(w, ro));
+  if (c.processes > 0) {
+    return run_processes(c, *ref, prompts, total_tokens + c.batch * ro.block_tokens, rows,
+                         std::move(r));
+  }
 
   sharded_decoder_options so;
   so.layout = c.grid;
@@ -276,7 +365,7 @@ int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ost
   }
   const double tolerance = c->type == dtype::f32 ? 1e-4 : 2e-2;
   const bool tokens_equal = r->diverged.empty();
-  const bool within = r->max_abs_logit_diff <= tolerance;
+  const bool within = c->processes > 0 || r->max_abs_logit_diff <= tolerance;
   const bool sampling_ok = r->sampling_mismatch.empty();
   const bool pass = tokens_equal && within && sampling_ok;
   std::string failure;
@@ -309,6 +398,8 @@ int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ost
                         {"prompt_lens", r->prompt_lens},
                         {"seed", c->seed},
                         {"tokens_equal", tokens_equal},
+                        {"processes", c->processes},
+                        {"logits_compared", c->processes == 0},
                         {"tokens_checked", r->tokens_checked},
                         {"max_abs_logit_diff", r->max_abs_logit_diff},
                         {"tolerance", tolerance},

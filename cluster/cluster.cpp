@@ -155,6 +155,12 @@ std::string hostname() {
 class spawned_source final : public actors::worker_source {
  public:
   explicit spawned_source(spawned_workers_options opts) : opts_(std::move(opts)) {}
+  // Listening: workers started by hand or by a scheduler join at host:port.
+  explicit spawned_source(const listening_workers_options& l)
+      : listening_(true), listen_port_(l.port) {
+    opts_.host = l.host;
+    opts_.join_timeout = l.join_timeout;
+  }
 
   ~spawned_source() override {
     // The engine's actor system is gone: workers lost their connection or were told to exit.
@@ -183,10 +189,11 @@ class spawned_source final : public actors::worker_source {
   expected<std::vector<caf::actor>> start(caf::actor_system& sys,
                                           const actors::engine_config& config,
                                           const layout& grid) override {
-    if (opts_.worker_binary.empty()) {
+    const bool spawn = !listening_;
+    if (spawn && opts_.worker_binary.empty()) {
       return invalid_argument("spawned workers: no worker binary named");
     }
-    if (::access(opts_.worker_binary.c_str(), X_OK) != 0) {
+    if (spawn && ::access(opts_.worker_binary.c_str(), X_OK) != 0) {
       return invalid_argument("spawned workers: {} is not executable: {}", opts_.worker_binary,
                               std::strerror(errno));
     }
@@ -196,14 +203,18 @@ class spawned_source final : public actors::worker_source {
       return internal_error("spawned workers: cannot serialise the engine config");
     }
     caf::actor reg = sys.spawn(registrar, n, std::move(cfg_bytes));
-    auto port = sys.middleman().publish(reg, 0, opts_.host.c_str());
+    auto port = sys.middleman().publish(reg, listen_port_, opts_.host.c_str());
     if (!port) {
       caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
       return make_error(errc::unavailable, "spawned workers: cannot listen on {}: {}", opts_.host,
                         sys.render(port.error()));
     }
     const std::string join = fmt::format("{}:{}", opts_.host, *port);
-    for (std::int32_t r = 0; r < n; ++r) {
+    if (listening_) {
+      logger()->info("waiting up to {} ms for {} workers: helix worker --join {}",
+                     opts_.join_timeout.count(), n, join);
+    }
+    for (std::int32_t r = 0; spawn && r < n; ++r) {
       std::vector<std::string> args = {"helix", "worker", "--join",
                                        join,    "--name", fmt::format("worker-{}", r)};
       if (opts_.threads > 0) {
@@ -242,7 +253,7 @@ class spawned_source final : public actors::worker_source {
                 result = std::move(w.workers);
               },
               [&](caf::error& e) {
-                result = make_error(errc::unavailable, "spawned workers: {}{}", sys.render(e),
+                result = make_error(errc::unavailable, "workers: {}{}", sys.render(e),
                                     exited_children());
               });
     }
@@ -269,6 +280,8 @@ class spawned_source final : public actors::worker_source {
   }
 
   spawned_workers_options opts_;
+  bool listening_ = false;
+  std::uint16_t listen_port_ = 0;
   std::vector<pid_t> pids_;
   std::vector<worker_info> info_;
 };
@@ -276,6 +289,10 @@ class spawned_source final : public actors::worker_source {
 }  // namespace
 
 std::unique_ptr<actors::worker_source> spawned_workers(const spawned_workers_options& opts) {
+  return std::make_unique<spawned_source>(opts);
+}
+
+std::unique_ptr<actors::worker_source> listening_workers(const listening_workers_options& opts) {
   return std::make_unique<spawned_source>(opts);
 }
 

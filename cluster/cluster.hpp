@@ -41,6 +41,18 @@ struct spawned_workers_options {
 [[nodiscard]] std::unique_ptr<actors::worker_source> spawned_workers(
     const spawned_workers_options& opts);
 
+struct listening_workers_options {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;  // 0: any free port (logged)
+  std::chrono::milliseconds join_timeout{60000};
+};
+
+/// A worker source whose workers are started by hand or by a cluster scheduler
+/// (`helix worker --join HOST:PORT`) and join at opts.host:opts.port; engine::create waits for
+/// all of them (one per rank) up to the join timeout, then fails naming the missing ranks.
+[[nodiscard]] std::unique_ptr<actors::worker_source> listening_workers(
+    const listening_workers_options& opts);
+
 /// `helix worker --join HOST:PORT [--threads N] [--name NAME]`: runs one worker until the engine
 /// stops it. Exit code 0 after a clean stop, 1 when joining failed (the reason on `err`), 2 for a
 /// usage error.

@@ -1,20 +1,26 @@
 // Workers as processes (label multiproc): engines whose workers are `helix worker` children give
 // the same tokens as in-process workers; a worker that never joins, or dies while serving, is an
 // error naming it, never a hang; no worker outlives its engine.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <caf/io/all.hpp>
+#include <nlohmann/json.hpp>
 
 #include "actors/engine.hpp"
 #include "actors/worker_source.hpp"
 #include "apps/run_cmd.hpp"
 #include "cluster/cluster.hpp"
+#include "cluster/messages.hpp"
 #include "tests/support/model_fixtures.hpp"
 
 namespace helix::cluster {
@@ -179,6 +185,132 @@ TEST(Processes, AgentWorkloadDigestEqualsThreads) {
   EXPECT_EQ(procs->output_digest.size(), 64u);
   ASSERT_EQ(procs->worker_info.size(), 4u);
   for (const auto& w : procs->worker_info) EXPECT_NE(w.pid, static_cast<std::int64_t>(::getpid()));
+}
+
+// The two HF checkpoints written outside the project, served by 2 worker processes that each
+// load the checkpoint themselves, reproduce their recorded greedy tokens.
+TEST(Processes, HfFixturesServedByTwoProcessesReproduceTheirTokens) {
+  for (const std::string name : {"llama-bf16", "deepseek-v3-f32"}) {
+    const std::string dir = std::string(HELIX_FIXTURES_DIR) + "/hf-tiny/" + name;
+    std::ifstream f(dir + "/expected.json");
+    ASSERT_TRUE(f.good()) << dir;
+    const nlohmann::json expected = nlohmann::json::parse(f);
+    engine_config c;
+    c.model = "";
+    c.checkpoint = dir;
+    c.num_workers = 2;
+    c.layout = "auto";
+    c.kv_capacity_tokens_per_worker = 256;
+    c.max_batch_tokens = 8;
+    c.prefill_chunk_tokens = 8;
+    auto eng = engine::create(c, processes());
+    ASSERT_TRUE(eng.has_value()) << name << ": " << eng.error().to_string();
+    request_options r;
+    r.prompt = expected["prompt"].get<std::vector<std::int32_t>>();
+    r.max_tokens = expected["steps"].get<std::int64_t>();
+    auto h = (*eng)->submit(r);
+    ASSERT_TRUE(h.has_value()) << h.error().to_string();
+    EXPECT_EQ(h->stream->wait_all(), expected["greedy_tokens"].get<std::vector<std::int32_t>>())
+        << name << " on " << (*eng)->stats().layout;
+  }
+}
+
+std::string run_cli(const std::string& args, int& rc) {
+  FILE* p = ::popen((std::string(HELIX_CLI) + " " + args + " 2>&1").c_str(), "r");
+  std::string out;
+  if (p == nullptr) return out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  rc = WEXITSTATUS(::pclose(p));
+  return out;
+}
+
+// The issue's own checks: helix verify with worker processes on both model families.
+TEST(Processes, VerifyWithProcessesGivesEqualTokens) {
+  for (const std::string args :
+       {"verify --processes 4 --model tiny-llama --layout helix:kvp=2,tpa=2 --batch 4 --steps 32 "
+        "--json",
+        "verify --processes 4 --model tiny-deepseek --layout helix:kvp=4,tpa=1,tpf=2,ep=2 "
+        "--batch 4 --steps 32 --json"}) {
+    int rc = -1;
+    const std::string out = run_cli(args, rc);
+    EXPECT_EQ(rc, 0) << out;
+    const auto j = nlohmann::json::parse(out.substr(out.find('{')), nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << out;
+    EXPECT_TRUE(j["tokens_equal"].get<bool>()) << out;
+    EXPECT_EQ(j["tokens_checked"].get<int>(), 128) << out;
+  }
+}
+
+std::uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  (void)::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  (void)::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+pid_t start_worker(std::uint16_t port, const std::string& name) {
+  const std::string join = fmt::format("127.0.0.1:{}", port);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(HELIX_CLI, "helix", "worker", "--join", join.c_str(), "--name", name.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Workers started by hand join a listening engine; one speaking another protocol is refused with
+// both versions named, and the engine still takes the right ones.
+TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesAnotherProtocol) {
+  const std::uint16_t port = free_port();
+  listening_workers_options lo;
+  lo.port = port;
+  lo.join_timeout = 30s;
+  expected<std::unique_ptr<engine>> eng = internal_error("not built");
+  std::thread builder([&] {
+    eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), listening_workers(lo));
+  });
+  std::string refusal;
+  {
+    caf::actor_system_config cfg;
+    cfg.add_message_types<caf::id_block::helix_actors>();
+    cfg.add_message_types<caf::id_block::helix_cluster>();
+    cfg.load<caf::io::middleman>();
+    cfg.set("logger.verbosity", caf::atom("quiet"));
+    caf::actor_system sys{cfg};
+    caf::expected<caf::actor> reg = caf::sec::runtime_error;
+    for (int i = 0; i < 250 && !reg; ++i) {  // until the engine listens
+      reg = sys.middleman().remote_actor("127.0.0.1", port);
+      if (!reg) std::this_thread::sleep_for(20ms);
+    }
+    if (reg) {
+      caf::scoped_actor self{sys};
+      self->request(*reg, std::chrono::seconds(5), join_request{99, 1, "elsewhere", "stranger"})
+          .receive([&](assignment&) { refusal = "accepted"; },
+                   [&](caf::error& e) { refusal = sys.render(e); });
+    }
+  }
+  EXPECT_NE(refusal.find("worker protocol 99"), std::string::npos) << refusal;
+  const pid_t a = start_worker(port, "by-hand-0");
+  const pid_t b = start_worker(port, "by-hand-1");
+  builder.join();
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  ASSERT_EQ((*eng)->workers().size(), 2u);
+  auto threads = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2));
+  ASSERT_TRUE(threads.has_value());
+  EXPECT_EQ(serve(**eng, (*eng)->vocab()), serve(**threads, (*threads)->vocab()));
+  eng->reset();
+  for (const pid_t pid : {a, b}) {
+    int wstatus = 0;
+    ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+    EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << wstatus;
+  }
 }
 
 }  // namespace
