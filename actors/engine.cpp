@@ -271,6 +271,7 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
                              config.rebalance_min_blocks);
   engine_setup setup{config, grid, s.vocab, slots, p->admission_blocks};
   p->engine_actor = spawn_engine(*p->sys, setup, p->workers, p->planner, p->registry);
+  p->source->watch(*p->sys, p->engine_actor);
   logger()->info("engine: {} on {} workers, layout {}, {} KV blocks of {} tokens per worker",
                  s.name, grid.num_ranks, grid.to_string(), slots, config.block_tokens);
   return p;

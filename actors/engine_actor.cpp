@@ -495,6 +495,16 @@ bool end_or_mark(self_ptr self, std::uint64_t id, Ending&& end_queued, bool requ
   return false;
 }
 
+// Worker `rank` ended or stopped answering while the engine serves.
+void worker_lost(self_ptr self, std::int64_t rank, const std::string& why) {
+  engine_state& st = self->state;
+  if (st.draining || !st.broken.ok()) return;
+  st.busy = false;  // the step in flight can no longer complete
+  st.pending = 0;
+  fail_everything(self, make_error(errc::unavailable, "worker {} lost: {}", rank, why));
+  answer_drains(st);
+}
+
 caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::actor> workers,
                            caf::actor planner, std::shared_ptr<stream_registry> registry) {
   engine_state& s = self->state;
@@ -512,12 +522,7 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
     engine_state& st = self->state;
     for (std::size_t r = 0; r < st.workers.size(); ++r) {
       if (st.workers[r].address() != dm.source) continue;
-      if (st.draining || !st.broken.ok()) return;
-      st.busy = false;  // the step in flight can no longer complete
-      st.pending = 0;
-      fail_everything(
-          self, make_error(errc::unavailable, "worker {} lost: {}", r, caf::to_string(dm.reason)));
-      answer_drains(st);
+      worker_lost(self, static_cast<std::int64_t>(r), caf::to_string(dm.reason));
       return;
     }
   });
@@ -605,6 +610,7 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
             &request_state::expired);
       },
       [self](stats_atom) { return current_stats(self->state); },
+      [self](lost_atom, std::int64_t rank, std::string& why) { worker_lost(self, rank, why); },
       [self](drain_atom) -> caf::result<void> {
         engine_state& st = self->state;
         st.draining = true;

@@ -128,6 +128,8 @@ struct engine_setup {
 ///                                sequence is closed (used before shutdown)
 ///   (deadline_atom, id)       -> ends request `id` with deadline_exceeded if it still runs
 ///                                (sent by the engine to itself at a request's deadline)
+///   (lost_atom, rank, why)    -> worker `rank` stopped answering (a worker source's heartbeat
+///                                monitor): the engine fails naming it
 [[nodiscard]] caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup,
                                       std::vector<caf::actor> workers, caf::actor planner,
                                       std::shared_ptr<stream_registry> registry);

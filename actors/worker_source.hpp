@@ -33,6 +33,13 @@ class worker_source {
   [[nodiscard]] virtual expected<std::vector<caf::actor>> start(caf::actor_system& sys,
                                                                 const engine_config& config,
                                                                 const layout& grid) = 0;
+  /// Called once the engine actor runs: a source whose workers can stop answering without
+  /// their actor ending (a stopped process, a partitioned host) watches them and sends the
+  /// engine (lost_atom, rank, why). Whatever it spawns must end with the engine actor.
+  virtual void watch(caf::actor_system& sys, const caf::actor& engine) {
+    (void)sys;
+    (void)engine;
+  }
   /// Wakes workers blocked in a collective when the engine shuts down without draining.
   virtual void abort(const status& why) { (void)why; }
   /// The workers started, by rank.

@@ -28,6 +28,11 @@ std::shared_ptr<spdlog::logger> logger() {
   return l;
 }
 
+// A worker whose heartbeat actor does not answer within the deadline is lost (a stopped
+// process, a partitioned host): its actor never ends, so only this notices.
+constexpr std::chrono::milliseconds heartbeat_period{500};
+constexpr std::chrono::milliseconds heartbeat_deadline{2000};
+
 caf::error refuse(std::string text) {
   return caf::make_error(caf::sec::runtime_error, std::move(text));
 }
@@ -43,6 +48,7 @@ struct registrar_state {
   std::int32_t addresses_in = 0;
   std::vector<caf::response_promise> address_waiters;
   std::vector<caf::actor> workers;
+  std::vector<caf::actor> heartbeats;
   std::int32_t ready = 0;
   std::vector<caf::response_promise> engine;
   bool answered = false;
@@ -54,7 +60,7 @@ void answer_engine(registrar_ptr self) {
   auto& st = self->state;
   if (st.answered || st.ready < st.expected) return;
   st.answered = true;
-  worker_set w{st.workers, {}, {}, {}};
+  worker_set w{st.workers, st.heartbeats, {}, {}, {}};
   for (const worker_info& j : st.joined) {
     w.pids.push_back(j.pid);
     w.hosts.push_back(j.host);
@@ -70,6 +76,7 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::string c
   st.config = std::move(config);
   st.addresses.resize(static_cast<std::size_t>(expected));
   st.workers.resize(static_cast<std::size_t>(expected));
+  st.heartbeats.resize(static_cast<std::size_t>(expected));
   return {
       [self](join_request& j) -> caf::result<assignment> {
         auto& st = self->state;
@@ -108,6 +115,7 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::string c
         auto& slot = st.workers[static_cast<std::size_t>(r.rank)];
         if (!slot) ++st.ready;
         slot = std::move(r.worker);
+        st.heartbeats[static_cast<std::size_t>(r.rank)] = std::move(r.heartbeat);
         answer_engine(self);
       },
       [self](await_workers& w) -> caf::result<worker_set> {
@@ -139,6 +147,38 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::string c
         st.answered = true;
       },
   };
+}
+
+// Engine side: pings every worker's heartbeat actor each `period`; the first one that does not
+// answer within `deadline` is reported to the engine (lost_atom). Linked to the engine actor, so
+// it ends with it.
+caf::behavior heartbeat_monitor(caf::event_based_actor* self, caf::actor engine,
+                                std::vector<caf::actor> beats, std::chrono::milliseconds period,
+                                std::chrono::milliseconds deadline) {
+  self->link_to(engine);
+  auto reported = std::make_shared<bool>(false);
+  self->send(self, tick_atom::value);
+  return {
+      [=](tick_atom) {
+        for (std::size_t r = 0; r < beats.size(); ++r) {
+          self->request(beats[r], deadline, ping_atom::value)
+              .then([](ping_atom) {},
+                    [=](caf::error& e) {
+                      if (*reported) return;
+                      *reported = true;
+                      self->send(engine, actors::lost_atom::value, static_cast<std::int64_t>(r),
+                                 fmt::format("no heartbeat answer within {} ms ({})",
+                                             deadline.count(), self->system().render(e)));
+                    });
+        }
+        self->delayed_send(self, period, tick_atom::value);
+      },
+  };
+}
+
+// Worker side: answers pings at once (runs on CAF's scheduler, not the worker's thread).
+caf::behavior heartbeat() {
+  return {[](ping_atom) { return ping_atom::value; }};
 }
 
 void configure_system(caf::actor_system_config& cfg) {
@@ -246,6 +286,7 @@ class spawned_source final : public actors::worker_source {
                     await_workers{opts_.join_timeout.count()})
           .receive(
               [&](worker_set& w) {
+                heartbeats_ = w.heartbeats;
                 for (std::size_t r = 0; r < w.workers.size(); ++r) {
                   info_.push_back(
                       {static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
@@ -263,6 +304,11 @@ class spawned_source final : public actors::worker_source {
   }
 
   std::vector<worker_info> workers() const override { return info_; }
+
+  void watch(caf::actor_system& sys, const caf::actor& engine) override {
+    if (heartbeats_.empty()) return;
+    sys.spawn(heartbeat_monitor, engine, heartbeats_, heartbeat_period, heartbeat_deadline);
+  }
 
  private:
   // Children that already ended, for error messages.
@@ -284,6 +330,7 @@ class spawned_source final : public actors::worker_source {
   std::uint16_t listen_port_ = 0;
   std::vector<pid_t> pids_;
   std::vector<worker_info> info_;
+  std::vector<caf::actor> heartbeats_;
 };
 
 }  // namespace
@@ -404,12 +451,14 @@ status serve(const worker_args& w) {
   HELIX_RETURN_IF_ERROR(fabric->connect(addresses));
   HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, a.rank, *fabric));
   caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
+  caf::actor beat = sys.spawn(heartbeat);
   self->monitor(worker);
-  self->send(*reg, ready_msg{a.rank, worker});
+  self->send(*reg, ready_msg{a.rank, worker, beat});
   logger()->info("{}: rank {} of {} ({}) ready", w.name, a.rank, a.world, grid.to_string());
   // Serve until the engine stops the worker actor (or its connection goes: the actor then
   // has nobody to serve; the engine's exit message ends it).
   self->receive([](caf::down_msg&) {});
+  self->send_exit(beat, caf::exit_reason::user_shutdown);
   return ok_status();
 }
 

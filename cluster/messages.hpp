@@ -37,6 +37,7 @@ struct address_book {
 struct ready_msg {
   std::int32_t rank = 0;
   caf::actor worker;
+  caf::actor heartbeat;  // answers ping_atom at once, even while the worker computes
 };
 /// Engine -> registrar: answer with every worker, in rank order, or an error after timeout_ms.
 struct await_workers {
@@ -44,6 +45,7 @@ struct await_workers {
 };
 struct worker_set {
   std::vector<caf::actor> workers;  // by rank
+  std::vector<caf::actor> heartbeats;
   std::vector<std::int64_t> pids;
   std::vector<std::string> hosts;
   std::vector<std::string> names;
@@ -67,7 +69,7 @@ typename Inspector::result_type inspect(Inspector& f, address_book& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_msg& x) {
-  return f(caf::meta::type_name("ready_msg"), x.rank, x.worker);
+  return f(caf::meta::type_name("ready_msg"), x.rank, x.worker, x.heartbeat);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, await_workers& x) {
@@ -75,7 +77,7 @@ typename Inspector::result_type inspect(Inspector& f, await_workers& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_set& x) {
-  return f(caf::meta::type_name("worker_set"), x.workers, x.pids, x.hosts, x.names);
+  return f(caf::meta::type_name("worker_set"), x.workers, x.heartbeats, x.pids, x.hosts, x.names);
 }
 
 }  // namespace helix::cluster
@@ -89,4 +91,6 @@ CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::ready_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::await_workers))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::worker_set))
 CAF_ADD_ATOM(helix_cluster, helix::cluster, join_timeout_atom, "jointimeo")
+CAF_ADD_ATOM(helix_cluster, helix::cluster, ping_atom, "hxping")
+CAF_ADD_ATOM(helix_cluster, helix::cluster, tick_atom, "hxtick")
 CAF_END_TYPE_ID_BLOCK(helix_cluster)

@@ -149,6 +149,40 @@ TEST(Processes, KilledWorkerFailsTheEngineNamingItAndNothingHangs) {
   for (const auto& w : info) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
 }
 
+// A stopped worker (SIGSTOP: its connection stays up, its actor never ends) is noticed by the
+// heartbeats within a few seconds and fails the engine naming it.
+TEST(Processes, StoppedWorkerIsLostByHeartbeat) {
+  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto info = (*eng)->workers();
+  request_options r;
+  r.prompt = test_support::random_tokens(20, (*eng)->vocab(), 5);
+  r.max_tokens = 400;
+  auto h = (*eng)->submit(r);
+  ASSERT_TRUE(h.has_value());
+  ASSERT_TRUE(h->stream->next_for(30s).has_value());
+  ASSERT_EQ(::kill(static_cast<pid_t>(info[1].pid), SIGSTOP), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::optional<actors::token_event> last;
+  while (std::chrono::steady_clock::now() - t0 < 30s) {
+    auto e = h->stream->next_for(1s);
+    if (e && e->last) {
+      last = e;
+      break;
+    }
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(last.has_value()) << "the request never ended";
+  EXPECT_EQ(last->reason, finish_reason::error);
+  EXPECT_LT(s, 10.0);
+  const auto st = (*eng)->stats();
+  EXPECT_EQ(st.health, actors::engine_health::failed);
+  EXPECT_NE(st.failure.message().find("worker 1 lost: no heartbeat"), std::string::npos)
+      << st.failure.to_string();
+  eng->reset();  // the stopped worker is killed by the source after its grace period
+  for (const auto& w : info) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
 TEST(Processes, WorkerThatCannotReachItsEngineSaysSo) {
   const std::string cmd =
       std::string(HELIX_CLI) + " worker --join 127.0.0.1:1 --timeout-ms 500 2>&1";
