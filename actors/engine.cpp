@@ -409,10 +409,12 @@ engine_stats engine::stats() {
 
 namespace {
 
-expected<model::model_weights> build_weights(const engine_config& config, const model_spec& s) {
+// The full model of `config`: loaded from its checkpoint, or seeded for a built-in model.
+expected<model::model_weights> build_weights(const engine_config& config) {
   if (!config.checkpoint.empty()) {
     return model::load_checkpoint(config.checkpoint, config.weight_type);
   }
+  HELIX_ASSIGN_OR_RETURN(const model_spec s, builtin_model(builtin_name(config)));
   return model::init_seeded_weights(s, config.weight_type, config.weight_seed);
 }
 
@@ -449,13 +451,7 @@ class in_process_source final : public worker_source {
  public:
   expected<std::vector<caf::actor>> start(caf::actor_system& sys, const engine_config& config,
                                           const layout& grid) override {
-    model_spec s;
-    if (!config.checkpoint.empty()) {
-      HELIX_ASSIGN_OR_RETURN(s, model::load_hf_config(config.checkpoint));
-    } else {
-      HELIX_ASSIGN_OR_RETURN(s, builtin_model(builtin_name(config)));
-    }
-    HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config, s));
+    HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
     HELIX_ASSIGN_OR_RETURN(fab_, transport::make_local_fabric(static_cast<int>(grid.num_ranks)));
     std::vector<std::shared_ptr<worker_compute>> computes;
     for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
@@ -493,13 +489,7 @@ std::unique_ptr<worker_source> in_process_workers() {
 expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config& config,
                                                             const layout& grid, std::int64_t rank,
                                                             transport::fabric& fab) {
-  model_spec s;
-  if (!config.checkpoint.empty()) {
-    HELIX_ASSIGN_OR_RETURN(s, model::load_hf_config(config.checkpoint));
-  } else {
-    HELIX_ASSIGN_OR_RETURN(s, builtin_model(builtin_name(config)));
-  }
-  HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config, s));
+  HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
   return compute_for(weights, config, grid, rank, fab);
 }
 

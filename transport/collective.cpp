@@ -1,5 +1,6 @@
 #include "transport/collective.hpp"
 
+#include <algorithm>
 #include <cstdint>
 
 namespace helix::transport {
@@ -97,6 +98,28 @@ status check_broadcast(int root, int size) {
   return ok_status();
 }
 
+expected<int> group_rank_of(std::string_view who, int global_rank, std::span<const int> group,
+                            int world_size) {
+  if (group.empty()) return invalid_argument("{}: empty group (caller rank {})", who, global_rank);
+  std::vector<int> sorted(group.begin(), group.end());
+  std::sort(sorted.begin(), sorted.end());
+  if (sorted.front() < 0 || sorted.back() >= world_size) {
+    return invalid_argument("{}: group has rank {} outside world of {} (caller rank {})", who,
+                            sorted.front() < 0 ? sorted.front() : sorted.back(), world_size,
+                            global_rank);
+  }
+  if (const auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end()) {
+    return invalid_argument("{}: group lists rank {} twice (caller rank {})", who, *dup,
+                            global_rank);
+  }
+  const auto it = std::find(group.begin(), group.end(), global_rank);
+  if (it == group.end()) {
+    return invalid_argument("{}: rank {} is not a member of its group of {} ranks", who,
+                            global_rank, group.size());
+  }
+  return static_cast<int>(it - group.begin());
+}
+
 bool buffers_overlap(const void* a, std::size_t a_bytes, const void* b,
                      std::size_t b_bytes) noexcept {
   if (a_bytes == 0 || b_bytes == 0) return false;
@@ -166,6 +189,53 @@ status validate_collective(const std::vector<coll_post>& posts, std::uint64_t se
     }
   }
   return ok_status();
+}
+
+request collective_communicator::post_checked(coll_post post, const call_options& opts) {
+  if (post.local_error.ok()) post.local_error = backend_check(post);
+  if (!post.local_error.ok()) post.v = {};  // never read the caller's spans on the error path
+  return post_collective(std::move(post), opts);
+}
+
+request collective_communicator::iall_to_all(send_buf send, recv_buf recv,
+                                             const call_options& opts) {
+  coll_post p{.kind = op_kind::all_to_all, .send = send, .recv = recv};
+  p.local_error = check_all_to_all(send, recv, static_cast<std::size_t>(size()));
+  return post_checked(std::move(p), opts);
+}
+
+request collective_communicator::iall_to_all_v(const all_to_all_v_args& args,
+                                               const call_options& opts) {
+  coll_post p{.kind = op_kind::all_to_all_v, .send = args.send, .recv = args.recv, .v = args};
+  p.local_error = check_all_to_all_v(args, static_cast<std::size_t>(size()));
+  return post_checked(std::move(p), opts);
+}
+
+request collective_communicator::iall_reduce(send_buf send, recv_buf recv, reduce_op op,
+                                             const call_options& opts) {
+  coll_post p{.kind = op_kind::all_reduce, .send = send, .recv = recv, .op = op};
+  p.local_error = check_all_reduce(send, recv);
+  return post_checked(std::move(p), opts);
+}
+
+request collective_communicator::iall_gather(send_buf send, recv_buf recv,
+                                             const call_options& opts) {
+  coll_post p{.kind = op_kind::all_gather, .send = send, .recv = recv};
+  p.local_error = check_all_gather(send, recv, static_cast<std::size_t>(size()), rank());
+  return post_checked(std::move(p), opts);
+}
+
+request collective_communicator::ibroadcast(recv_buf buf, int root, const call_options& opts) {
+  coll_post p{.kind = op_kind::broadcast,
+              .send = {buf.data, buf.count, buf.type},
+              .recv = buf,
+              .root = root};
+  p.local_error = check_broadcast(root, size());
+  return post_checked(std::move(p), opts);
+}
+
+request collective_communicator::ibarrier(const call_options& opts) {
+  return post_checked(coll_post{.kind = op_kind::barrier}, opts);
 }
 
 }  // namespace helix::transport

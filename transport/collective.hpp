@@ -59,7 +59,38 @@ struct chunk {
   return {j * base + (j < rem ? j : rem), base + (j < rem ? 1 : 0)};
 }
 
+// Checks a group's list of global ranks as every fabric does (non-empty, inside the world, no
+// duplicates, the caller a member) and returns the caller's rank in it; invalid_argument naming
+// the problem, prefixed with `who` (e.g. "local_fabric").
+[[nodiscard]] expected<int> group_rank_of(std::string_view who, int global_rank,
+                                          std::span<const int> group, int world_size);
+
 [[nodiscard]] bool buffers_overlap(const void* a, std::size_t a_bytes, const void* b,
                                    std::size_t b_bytes) noexcept;
+
+// The collective calls of every backend: each checks this rank's arguments, records them in a
+// coll_post (local_error set when they are bad: the call still runs, so ranks stay in step, and
+// fails on every rank) and hands it to the backend's post_collective.
+class collective_communicator : public communicator {
+ public:
+  request iall_to_all(send_buf send, recv_buf recv, const call_options& opts) override;
+  request iall_to_all_v(const all_to_all_v_args& args, const call_options& opts) override;
+  request iall_reduce(send_buf send, recv_buf recv, reduce_op op,
+                      const call_options& opts) override;
+  request iall_gather(send_buf send, recv_buf recv, const call_options& opts) override;
+  request ibroadcast(recv_buf buf, int root, const call_options& opts) override;
+  request ibarrier(const call_options& opts) override;
+
+ protected:
+  [[nodiscard]] virtual request post_collective(coll_post post, const call_options& opts) = 0;
+  /// A backend's own limits on arguments that passed the common checks (default: none).
+  [[nodiscard]] virtual status backend_check(const coll_post& post) const {
+    (void)post;
+    return ok_status();
+  }
+
+ private:
+  [[nodiscard]] request post_checked(coll_post post, const call_options& opts);
+};
 
 }  // namespace helix::transport

@@ -221,45 +221,6 @@ request local_communicator::post_collective(coll_post post, const call_options& 
   return request(std::make_unique<local_request>(group_, std::move(slot), dl, rank_));
 }
 
-request local_communicator::iall_to_all(send_buf send, recv_buf recv, const call_options& opts) {
-  coll_post p{.kind = op_kind::all_to_all, .send = send, .recv = recv};
-  p.local_error = check_all_to_all(send, recv, static_cast<std::size_t>(size()));
-  return post_collective(std::move(p), opts);
-}
-
-request local_communicator::iall_to_all_v(const all_to_all_v_args& args, const call_options& opts) {
-  coll_post p{.kind = op_kind::all_to_all_v, .send = args.send, .recv = args.recv, .v = args};
-  p.local_error = check_all_to_all_v(args, static_cast<std::size_t>(size()));
-  if (!p.local_error.ok()) p.v = {};  // never read the caller's spans on the error path
-  return post_collective(std::move(p), opts);
-}
-
-request local_communicator::iall_reduce(send_buf send, recv_buf recv, reduce_op op,
-                                        const call_options& opts) {
-  coll_post p{.kind = op_kind::all_reduce, .send = send, .recv = recv, .op = op};
-  p.local_error = check_all_reduce(send, recv);
-  return post_collective(std::move(p), opts);
-}
-
-request local_communicator::iall_gather(send_buf send, recv_buf recv, const call_options& opts) {
-  coll_post p{.kind = op_kind::all_gather, .send = send, .recv = recv};
-  p.local_error = check_all_gather(send, recv, static_cast<std::size_t>(size()), rank_);
-  return post_collective(std::move(p), opts);
-}
-
-request local_communicator::ibroadcast(recv_buf buf, int root, const call_options& opts) {
-  coll_post p{.kind = op_kind::broadcast,
-              .send = {buf.data, buf.count, buf.type},
-              .recv = buf,
-              .root = root};
-  p.local_error = check_broadcast(root, size());
-  return post_collective(std::move(p), opts);
-}
-
-request local_communicator::ibarrier(const call_options& opts) {
-  return post_collective(coll_post{.kind = op_kind::barrier}, opts);
-}
-
 request local_communicator::post_p2p(std::shared_ptr<p2p_op> op, const call_options& opts) {
   const int peer = op->is_send ? op->dst : op->src;
   if (peer < 0 || peer >= size()) {

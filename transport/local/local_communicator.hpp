@@ -67,7 +67,7 @@ struct group_state {
   status aborted;                                             // ok unless the fabric aborted
 };
 
-class local_communicator final : public communicator {
+class local_communicator final : public collective_communicator {
  public:
   local_communicator(std::shared_ptr<group_state> group, int rank,
                      std::chrono::milliseconds default_timeout);
@@ -76,20 +76,16 @@ class local_communicator final : public communicator {
   int size() const override { return static_cast<int>(group_->members.size()); }
   std::span<const int> global_ranks() const override { return group_->members; }
 
-  request iall_to_all(send_buf send, recv_buf recv, const call_options& opts) override;
-  request iall_to_all_v(const all_to_all_v_args& args, const call_options& opts) override;
-  request iall_reduce(send_buf send, recv_buf recv, reduce_op op,
-                      const call_options& opts) override;
-  request iall_gather(send_buf send, recv_buf recv, const call_options& opts) override;
-  request ibroadcast(recv_buf buf, int root, const call_options& opts) override;
-  request ibarrier(const call_options& opts) override;
   request isend(send_buf buf, int peer, int tag, const call_options& opts) override;
   request irecv(recv_buf buf, int peer, int tag, const call_options& opts) override;
+
+ protected:
+  [[nodiscard]] request post_collective(coll_post post, const call_options& opts) override;
 
  private:
   [[nodiscard]] std::optional<std::chrono::steady_clock::time_point> deadline(
       const call_options& opts) const;
-  [[nodiscard]] request post_collective(coll_post post, const call_options& opts);
+
   [[nodiscard]] request post_p2p(std::shared_ptr<p2p_op> op, const call_options& opts);
 
   std::shared_ptr<group_state> group_;

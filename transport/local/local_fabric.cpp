@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "core/log.hpp"
+#include "transport/collective.hpp"
 #include "transport/local/local_communicator.hpp"
 
 namespace helix::transport::local {
@@ -15,26 +16,9 @@ local_fabric::~local_fabric() = default;
 
 expected<std::unique_ptr<communicator>> local_fabric::make_communicator(
     int global_rank, std::span<const int> group) {
-  if (group.empty())
-    return invalid_argument("local_fabric: empty group (caller rank {})", global_rank);
+  HELIX_ASSIGN_OR_RETURN(const int group_rank,
+                         group_rank_of("local_fabric", global_rank, group, world_size_));
   std::vector<int> members(group.begin(), group.end());
-  std::vector<int> sorted = members;
-  std::sort(sorted.begin(), sorted.end());
-  if (sorted.front() < 0 || sorted.back() >= world_size_) {
-    return invalid_argument("local_fabric: group has rank {} outside world of {} (caller rank {})",
-                            sorted.front() < 0 ? sorted.front() : sorted.back(), world_size_,
-                            global_rank);
-  }
-  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-    return invalid_argument("local_fabric: group lists rank {} twice (caller rank {})",
-                            *std::adjacent_find(sorted.begin(), sorted.end()), global_rank);
-  }
-  const auto it = std::find(members.begin(), members.end(), global_rank);
-  if (it == members.end()) {
-    return invalid_argument("local_fabric: rank {} is not a member of its group of {} ranks",
-                            global_rank, members.size());
-  }
-  const int group_rank = static_cast<int>(it - members.begin());
 
   std::lock_guard lk(mu_);
   if (!abort_reason_.ok()) return abort_reason_;

@@ -34,51 +34,14 @@ request ucx_communicator::post_collective(coll_post post, const call_options& op
   return request(std::make_unique<ucx_request>(fabric_, std::move(op)));
 }
 
-request ucx_communicator::iall_to_all(send_buf send, recv_buf recv, const call_options& opts) {
-  coll_post p{.kind = op_kind::all_to_all, .send = send, .recv = recv};
-  p.local_error = check_all_to_all(send, recv, static_cast<std::size_t>(size()));
-  return post_collective(std::move(p), opts);
-}
-
-request ucx_communicator::iall_to_all_v(const all_to_all_v_args& args, const call_options& opts) {
-  coll_post p{.kind = op_kind::all_to_all_v, .send = args.send, .recv = args.recv, .v = args};
-  p.local_error = check_all_to_all_v(args, static_cast<std::size_t>(size()));
-  // Every rank's counts travel in the message header (so that all ranks validate all of them).
+status ucx_communicator::backend_check(const coll_post& post) const {
+  if (post.kind != op_kind::all_to_all_v) return ok_status();
   const std::size_t header =
-      sizeof(wire_header) + 2 * args.send_counts.size() * sizeof(std::uint64_t);
-  if (p.local_error.ok() && header > fabric_->max_am_header()) {
-    p.local_error = failed_precondition(
-        "all_to_all_v over ucx: a group of {} needs a {}-byte message header, UCX allows {}",
-        size(), header, fabric_->max_am_header());
-  }
-  if (!p.local_error.ok()) p.v = {};  // never read the caller's spans on the error path
-  return post_collective(std::move(p), opts);
-}
-
-request ucx_communicator::iall_reduce(send_buf send, recv_buf recv, reduce_op op,
-                                      const call_options& opts) {
-  coll_post p{.kind = op_kind::all_reduce, .send = send, .recv = recv, .op = op};
-  p.local_error = check_all_reduce(send, recv);
-  return post_collective(std::move(p), opts);
-}
-
-request ucx_communicator::iall_gather(send_buf send, recv_buf recv, const call_options& opts) {
-  coll_post p{.kind = op_kind::all_gather, .send = send, .recv = recv};
-  p.local_error = check_all_gather(send, recv, static_cast<std::size_t>(size()), rank());
-  return post_collective(std::move(p), opts);
-}
-
-request ucx_communicator::ibroadcast(recv_buf buf, int root, const call_options& opts) {
-  coll_post p{.kind = op_kind::broadcast,
-              .send = {buf.data, buf.count, buf.type},
-              .recv = buf,
-              .root = root};
-  p.local_error = check_broadcast(root, size());
-  return post_collective(std::move(p), opts);
-}
-
-request ucx_communicator::ibarrier(const call_options& opts) {
-  return post_collective(coll_post{.kind = op_kind::barrier}, opts);
+      sizeof(wire_header) + 2 * post.v.send_counts.size() * sizeof(std::uint64_t);
+  if (header <= fabric_->max_am_header()) return ok_status();
+  return failed_precondition(
+      "all_to_all_v over ucx: a group of {} needs a {}-byte message header, UCX allows {}", size(),
+      header, fabric_->max_am_header());
 }
 
 request ucx_communicator::post_p2p(std::shared_ptr<op_state> op, const call_options& opts) {

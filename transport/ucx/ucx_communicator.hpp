@@ -9,7 +9,7 @@
 
 namespace helix::transport::ucx {
 
-class ucx_communicator final : public communicator {
+class ucx_communicator final : public collective_communicator {
  public:
   ucx_communicator(ucx_fabric_impl* fabric, std::shared_ptr<group> g)
       : fabric_(fabric), group_(std::move(g)) {}
@@ -18,19 +18,18 @@ class ucx_communicator final : public communicator {
   int size() const override { return static_cast<int>(group_->members.size()); }
   std::span<const int> global_ranks() const override { return group_->members; }
 
-  request iall_to_all(send_buf send, recv_buf recv, const call_options& opts) override;
-  request iall_to_all_v(const all_to_all_v_args& args, const call_options& opts) override;
-  request iall_reduce(send_buf send, recv_buf recv, reduce_op op,
-                      const call_options& opts) override;
-  request iall_gather(send_buf send, recv_buf recv, const call_options& opts) override;
-  request ibroadcast(recv_buf buf, int root, const call_options& opts) override;
-  request ibarrier(const call_options& opts) override;
   request isend(send_buf buf, int peer, int tag, const call_options& opts) override;
   request irecv(recv_buf buf, int peer, int tag, const call_options& opts) override;
 
+ protected:
+  [[nodiscard]] request post_collective(coll_post post, const call_options& opts) override;
+  // Every rank's all_to_all_v counts travel in the message header (so that all ranks validate
+  // all of them): the group must fit UCX's largest AM header.
+  [[nodiscard]] status backend_check(const coll_post& post) const override;
+
  private:
   [[nodiscard]] std::optional<clock::time_point> deadline(const call_options& opts) const;
-  [[nodiscard]] request post_collective(coll_post post, const call_options& opts);
+
   [[nodiscard]] request post_p2p(std::shared_ptr<op_state> op, const call_options& opts);
 
   ucx_fabric_impl* fabric_;

@@ -374,26 +374,11 @@ expected<std::unique_ptr<communicator>> ucx_fabric_impl::make_communicator(
     return invalid_argument("ucx fabric of rank {}: cannot make a communicator for rank {}",
                             opts_.rank, global_rank);
   }
-  if (members_span.empty()) return invalid_argument("ucx fabric: empty group");
+  HELIX_ASSIGN_OR_RETURN(const int group_rank,
+                         group_rank_of("ucx fabric", global_rank, members_span, opts_.world_size));
   std::vector<int> members(members_span.begin(), members_span.end());
-  std::vector<int> sorted = members;
-  std::sort(sorted.begin(), sorted.end());
-  if (sorted.front() < 0 || sorted.back() >= opts_.world_size) {
-    return invalid_argument("ucx fabric: group has rank {} outside world of {} (caller rank {})",
-                            sorted.front() < 0 ? sorted.front() : sorted.back(), opts_.world_size,
-                            global_rank);
-  }
-  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-    return invalid_argument("ucx fabric: group lists rank {} twice (caller rank {})",
-                            *std::adjacent_find(sorted.begin(), sorted.end()), global_rank);
-  }
-  const auto it = std::find(members.begin(), members.end(), global_rank);
-  if (it == members.end()) {
-    return invalid_argument("ucx fabric: rank {} is not a member of its group of {} ranks",
-                            global_rank, members.size());
-  }
   auto g = std::make_shared<group>();
-  g->me = static_cast<int>(it - members.begin());
+  g->me = group_rank;
   {
     std::lock_guard lk(mu_);
     if (!abort_reason_.ok()) return abort_reason_;
