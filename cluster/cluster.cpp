@@ -13,6 +13,7 @@
 #include "actors/config_file.hpp"
 #include "actors/runtime.hpp"
 #include "cluster/cluster.hpp"
+#include "cluster/front_door.hpp"
 #include "cluster/messages.hpp"
 #include "core/log.hpp"
 #include "proto/helix.pb.h"
@@ -30,6 +31,8 @@ std::shared_ptr<spdlog::logger> logger() {
 
 // A worker whose heartbeat actor does not answer within the deadline is lost (a stopped
 // process, a partitioned host): its actor never ends, so only this notices.
+// The largest control message a worker may send the engine (step replies are a few KiB).
+constexpr std::uint32_t max_control_frame_bytes = 64u << 20;
 constexpr std::chrono::milliseconds heartbeat_period{500};
 constexpr std::chrono::milliseconds heartbeat_deadline{2000};
 
@@ -243,13 +246,21 @@ class spawned_source final : public actors::worker_source {
       return internal_error("spawned workers: cannot serialise the engine config");
     }
     caf::actor reg = sys.spawn(registrar, n, std::move(cfg_bytes));
-    auto port = sys.middleman().publish(reg, listen_port_, opts_.host.c_str());
+    // The middleman listens on loopback only; workers reach it through the front door, which
+    // checks the framing before CAF allocates anything (front_door.hpp).
+    auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
     if (!port) {
       caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
-      return make_error(errc::unavailable, "spawned workers: cannot listen on {}: {}", opts_.host,
+      return make_error(errc::unavailable, "workers: the middleman cannot listen: {}",
                         sys.render(port.error()));
     }
-    const std::string join = fmt::format("{}:{}", opts_.host, *port);
+    auto door = front_door::open(opts_.host, listen_port_, *port, max_control_frame_bytes);
+    if (!door) {
+      caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+      return door.error();
+    }
+    door_ = std::move(*door);
+    const std::string join = fmt::format("{}:{}", opts_.host, door_->port());
     if (listening_) {
       logger()->info("waiting up to {} ms for {} workers: helix worker --join {}",
                      opts_.join_timeout.count(), n, join);
@@ -299,6 +310,7 @@ class spawned_source final : public actors::worker_source {
               });
     }
     caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+    door_->stop_accepting();  // joined workers keep their relayed connections
     (void)sys.middleman().unpublish(reg, *port);
     return result;
   }
@@ -331,6 +343,7 @@ class spawned_source final : public actors::worker_source {
   std::vector<pid_t> pids_;
   std::vector<worker_info> info_;
   std::vector<caf::actor> heartbeats_;
+  std::unique_ptr<front_door> door_;  // relays the workers' control connections
 };
 
 }  // namespace

@@ -347,5 +347,88 @@ TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesAnotherProtoco
   }
 }
 
+std::int64_t vm_size_kib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmSize:", 0) == 0) return std::stoll(line.substr(7));
+  }
+  return 0;
+}
+
+// Garbage on the port workers join, and a handshake header announcing a 4 GiB payload, are
+// dropped without a large allocation; the engine still takes its real workers and serves.
+TEST(Processes, GarbageOnTheJoinPortIsDroppedAndTheEngineStillServes) {
+  const std::uint16_t port = free_port();
+  listening_workers_options lo;
+  lo.port = port;
+  lo.join_timeout = 30s;
+  expected<std::unique_ptr<engine>> eng = internal_error("not built");
+  std::thread builder([&] {
+    eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), listening_workers(lo));
+  });
+  const std::int64_t vm0 = vm_size_kib();
+  std::vector<int> socks;
+  for (int attempt = 0; attempt < 250 && socks.size() < 2; ++attempt) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+      ::close(fd);
+      std::this_thread::sleep_for(20ms);
+      continue;
+    }
+    // First connection: 4 KiB of 0xff. Second: a well-formed BASP handshake header (CAF 0.17:
+    // operation, 3 padding/flag bytes, payload length, operation data = protocol version 3,
+    // source and destination actor ids; network byte order) announcing a 4 GiB - 1 payload.
+    std::vector<unsigned char> junk(4096, 0xff);
+    if (!socks.empty()) {
+      junk.assign(32, 0);
+      junk[0] = 0x00;  // server_handshake
+      junk[4] = junk[5] = junk[6] = junk[7] = 0xff;
+      junk[15] = 3;
+    }
+    (void)!::write(fd, junk.data(), junk.size());
+    socks.push_back(fd);
+  }
+  ASSERT_EQ(socks.size(), 2u) << "the engine never listened";
+  std::this_thread::sleep_for(500ms);
+  EXPECT_LT(vm_size_kib() - vm0, 1024 * 1024) << "a large allocation followed the garbage";
+  const pid_t a = start_worker(port, "after-garbage-0");
+  const pid_t b = start_worker(port, "after-garbage-1");
+  builder.join();
+  for (int fd : socks) ::close(fd);
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  auto threads = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2));
+  ASSERT_TRUE(threads.has_value());
+  EXPECT_EQ(serve(**eng, (*eng)->vocab()), serve(**threads, (*threads)->vocab()));
+  eng->reset();
+  for (const pid_t pid : {a, b}) ::waitpid(pid, nullptr, 0);
+}
+
+// A worker killed right after the engine started (before any step) fails the engine naming it;
+// a request submitted then is refused, not accepted and lost.
+TEST(Processes, WorkerKilledBeforeAnyStepIsReportedBeforeRequestsArrive) {
+  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=2", 4), processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto info = (*eng)->workers();
+  ASSERT_EQ(::kill(static_cast<pid_t>(info[0].pid), SIGKILL), 0);
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while ((*eng)->stats().health == actors::engine_health::serving &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(20ms);
+  }
+  const auto st = (*eng)->stats();
+  ASSERT_EQ(st.health, actors::engine_health::failed);
+  EXPECT_NE(st.failure.message().find("worker 0 lost"), std::string::npos)
+      << st.failure.to_string();
+  request_options r;
+  r.prompt = {1, 2, 3};
+  r.max_tokens = 4;
+  EXPECT_EQ((*eng)->submit(r).error().code(), errc::unavailable);
+}
+
 }  // namespace
 }  // namespace helix::cluster
