@@ -3,6 +3,7 @@
 // error naming it, never a hang; no worker outlives its engine.
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "cluster/cluster.hpp"
 #include "cluster/messages.hpp"
 #include "tests/support/model_fixtures.hpp"
+#include "transport/netns.hpp"
 
 namespace helix::cluster {
 namespace {
@@ -428,6 +430,74 @@ TEST(Processes, WorkerKilledBeforeAnyStepIsReportedBeforeRequestsArrive) {
   r.prompt = {1, 2, 3};
   r.max_tokens = 4;
   EXPECT_EQ((*eng)->submit(r).error().code(), errc::unavailable);
+}
+
+// Forks a child that enters network namespace `ns`, sets `env` and runs the CLI with `args`;
+// its stdout goes to `out_fd` when >= 0.
+pid_t spawn_in(const std::string& ns, const std::vector<std::string>& env,
+               std::vector<std::string> args, int out_fd = -1) {
+  std::vector<char*> argv;
+  args.insert(args.begin(), "helix");
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (!transport::enter_netns(ns).ok()) ::_exit(126);
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    if (out_fd >= 0) ::dup2(out_fd, 1);
+    ::execv(HELIX_CLI, argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Hosts on one machine: the engine in one network namespace, two workers in two others (UCX over
+// tcp between them, CAF control over the veth links). The run's output digest equals the same
+// workload on in-process workers.
+TEST(Processes, EngineAndWorkersOnThreeHostsMatchThreads) {
+  auto hosts = transport::netns_hosts::create(3);
+  if (!hosts) GTEST_SKIP() << "network namespaces unavailable: " << hosts.error().to_string();
+  const std::string engine_ip = hosts->host(0).address;
+  const std::string port = "7411";
+  const std::vector<std::string> common = {
+      "--model", "tiny-llama", "--layout", "helix:kvp=2,tpa=1", "--requests",
+      "4",       "--context",  "32",       "--max-tokens",      "6",
+      "--rate",  "50",         "--json"};
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  std::vector<std::string> run_args = {"run", "--listen", engine_ip + ":" + port,
+                                       "--expect-workers", "2"};
+  run_args.insert(run_args.end(), common.begin(), common.end());
+  const pid_t eng = spawn_in(hosts->host(0).netns, {}, run_args, pipefd[1]);
+  ::close(pipefd[1]);
+  std::this_thread::sleep_for(500ms);  // the engine listens before the workers dial
+  const std::vector<std::string> ucx_env = {"UCX_TLS=tcp,self", "UCX_NET_DEVICES=helix0"};
+  const pid_t w1 = spawn_in(hosts->host(1).netns, ucx_env,
+                            {"worker", "--join", engine_ip + ":" + port, "--name", "host1"});
+  const pid_t w2 = spawn_in(hosts->host(2).netns, ucx_env,
+                            {"worker", "--join", engine_ip + ":" + port, "--name", "host2"});
+  std::string out;
+  char buf[4096];
+  for (ssize_t k; (k = ::read(pipefd[0], buf, sizeof(buf))) > 0;) out.append(buf, k);
+  ::close(pipefd[0]);
+  int st = 0;
+  ::waitpid(eng, &st, 0);
+  ::waitpid(w1, nullptr, 0);
+  ::waitpid(w2, nullptr, 0);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "engine exit " << st << "\n" << out;
+  const auto j = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  EXPECT_EQ(j["requests_completed"].get<int>(), 4);
+  ASSERT_EQ(j["worker_processes"].size(), 2u);
+  // The same workload with in-process workers, in this process.
+  int rc = -1;
+  std::string args = "run --workers 2";
+  for (const auto& a : common) args += " " + a;
+  const std::string local = run_cli(args, rc);
+  const auto k = nlohmann::json::parse(local.substr(local.find('{')), nullptr, false);
+  ASSERT_FALSE(k.is_discarded()) << local;
+  EXPECT_EQ(j["output_digest"], k["output_digest"]);
 }
 
 }  // namespace
