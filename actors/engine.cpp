@@ -17,6 +17,7 @@
 #include "kernels/sampling.hpp"
 #include "model/checkpoint.hpp"
 #include "model/hf_config.hpp"
+#include "model/sharding.hpp"
 #include "model/weights.hpp"
 #include "planner/cost_model.hpp"
 #include "transport/transport.hpp"
@@ -429,10 +430,10 @@ model::rank_program_options program_options(const engine_config& config) {
   return ro;
 }
 
-expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights& weights,
-                                                      const engine_config& config,
-                                                      const layout& grid, std::int64_t r,
-                                                      transport::fabric& fab) {
+// Rank r's world and KVP-group communicators.
+expected<
+    std::pair<std::unique_ptr<transport::communicator>, std::unique_ptr<transport::communicator>>>
+communicators_for(const layout& grid, std::int64_t r, transport::fabric& fab) {
   const int rank = static_cast<int>(r);
   HELIX_ASSIGN_OR_RETURN(auto world, fab.make_world(rank));
   std::vector<int> group;
@@ -440,9 +441,17 @@ expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights
     group.push_back(static_cast<int>(g));
   }
   HELIX_ASSIGN_OR_RETURN(auto kvp, fab.make_communicator(rank, group));
+  return std::pair{std::move(world), std::move(kvp)};
+}
+
+expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights& weights,
+                                                      const engine_config& config,
+                                                      const layout& grid, std::int64_t r,
+                                                      transport::fabric& fab) {
+  HELIX_ASSIGN_OR_RETURN(auto comms, communicators_for(grid, r, fab));
   HELIX_ASSIGN_OR_RETURN(auto compute,
-                         rank_compute::create(weights, grid, r, std::move(world), std::move(kvp),
-                                              program_options(config)));
+                         rank_compute::create(weights, grid, r, std::move(comms.first),
+                                              std::move(comms.second), program_options(config)));
   return std::shared_ptr<worker_compute>(std::move(compute));
 }
 
@@ -489,8 +498,20 @@ std::unique_ptr<worker_source> in_process_workers() {
 expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config& config,
                                                             const layout& grid, std::int64_t rank,
                                                             transport::fabric& fab) {
-  HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
-  return compute_for(weights, config, grid, rank, fab);
+  if (!config.checkpoint.empty()) {  // loaded whole, then sharded (slicing on load: to do)
+    HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
+    return compute_for(weights, config, grid, rank, fab);
+  }
+  // Seeded: only this rank's shards (plus one full layer at a time) are ever built.
+  HELIX_ASSIGN_OR_RETURN(const model_spec s, builtin_model(builtin_name(config)));
+  HELIX_ASSIGN_OR_RETURN(
+      model::rank_weights w,
+      model::seeded_rank_weights(s, config.weight_type, config.weight_seed, grid, rank));
+  HELIX_ASSIGN_OR_RETURN(auto comms, communicators_for(grid, rank, fab));
+  HELIX_ASSIGN_OR_RETURN(auto compute,
+                         rank_compute::create(std::move(w), std::move(comms.first),
+                                              std::move(comms.second), program_options(config)));
+  return std::shared_ptr<worker_compute>(std::move(compute));
 }
 
 std::vector<worker_info> engine::workers() const {

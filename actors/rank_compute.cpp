@@ -12,6 +12,15 @@ expected<std::unique_ptr<rank_compute>> rank_compute::create(
   return std::make_unique<rank_compute>(std::move(program));
 }
 
+expected<std::unique_ptr<rank_compute>> rank_compute::create(
+    model::rank_weights w, std::unique_ptr<transport::communicator> world,
+    std::unique_ptr<transport::communicator> kvp_group,
+    const model::rank_program_options& options) {
+  HELIX_ASSIGN_OR_RETURN(auto program, model::rank_program::create(std::move(w), std::move(world),
+                                                                   std::move(kvp_group), options));
+  return std::make_unique<rank_compute>(std::move(program));
+}
+
 rank_compute::rank_compute(std::unique_ptr<model::rank_program> program)
     : program_(std::move(program)) {}
 

@@ -57,6 +57,12 @@ class rank_compute final : public worker_compute {
   [[nodiscard]] std::int64_t kv_used_blocks() const override;
   [[nodiscard]] std::int64_t kv_capacity_blocks() const override;
 
+  /// The same from weights already sharded for `rank` (model::seeded_rank_weights).
+  [[nodiscard]] static expected<std::unique_ptr<rank_compute>> create(
+      model::rank_weights w, std::unique_ptr<transport::communicator> world,
+      std::unique_ptr<transport::communicator> kvp_group,
+      const model::rank_program_options& options);
+
   explicit rank_compute(std::unique_ptr<model::rank_program> program);
 
  private:

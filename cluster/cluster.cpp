@@ -200,7 +200,7 @@ class spawned_source final : public actors::worker_source {
   explicit spawned_source(spawned_workers_options opts) : opts_(std::move(opts)) {}
   // Listening: workers started by hand or by a scheduler join at host:port.
   explicit spawned_source(const listening_workers_options& l)
-      : listening_(true), listen_port_(l.port) {
+      : listening_(true), listen_port_(l.port), on_listening_(l.on_listening) {
     opts_.host = l.host;
     opts_.join_timeout = l.join_timeout;
   }
@@ -264,6 +264,7 @@ class spawned_source final : public actors::worker_source {
     if (listening_) {
       logger()->info("waiting up to {} ms for {} workers: helix worker --join {}",
                      opts_.join_timeout.count(), n, join);
+      if (on_listening_) on_listening_(door_->port());
     }
     for (std::int32_t r = 0; spawn && r < n; ++r) {
       std::vector<std::string> args = {"helix", "worker", "--join",
@@ -340,6 +341,7 @@ class spawned_source final : public actors::worker_source {
   spawned_workers_options opts_;
   bool listening_ = false;
   std::uint16_t listen_port_ = 0;
+  std::function<void(std::uint16_t)> on_listening_;
   std::vector<pid_t> pids_;
   std::vector<worker_info> info_;
   std::vector<caf::actor> heartbeats_;

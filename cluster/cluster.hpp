@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <string>
@@ -43,8 +44,10 @@ struct spawned_workers_options {
 
 struct listening_workers_options {
   std::string host = "127.0.0.1";
-  std::uint16_t port = 0;  // 0: any free port (logged)
+  std::uint16_t port = 0;  // 0: any free port (logged, and given to on_listening)
   std::chrono::milliseconds join_timeout{60000};
+  /// Called (on the engine's creating thread) once the port listens, with its number.
+  std::function<void(std::uint16_t)> on_listening;
 };
 
 /// A worker source whose workers are started by hand or by a cluster scheduler

@@ -38,12 +38,9 @@ constexpr std::int64_t full_row_chunk = 8;
 
 }  // namespace
 
-expected<std::unique_ptr<rank_program>> rank_program::create(
-    const model_weights& full, const helix::layout& l, std::int64_t rank,
-    std::unique_ptr<transport::communicator> world,
-    std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options) {
-  const model_spec& s = full.spec;
-  HELIX_RETURN_IF_ERROR(s.validate());
+namespace {
+
+status check_options(const rank_program_options& options) {
   const dtype kt = options.kv_type;
   if (kt != dtype::f32 && kt != dtype::bf16 && kt != dtype::f16 && kt != dtype::fp8_e4m3) {
     return invalid_argument("rank_program: kv_type {} is not a KV storage dtype", dtype_name(kt));
@@ -58,8 +55,29 @@ expected<std::unique_ptr<rank_program>> rank_program::create(
         options.block_tokens, max_block_tokens, options.kv_capacity_tokens, max_capacity_tokens,
         options.max_batch_tokens, max_step_tokens, options.num_threads);
   }
+  return ok_status();
+}
+
+}  // namespace
+
+expected<std::unique_ptr<rank_program>> rank_program::create(
+    const model_weights& full, const helix::layout& l, std::int64_t rank,
+    std::unique_ptr<transport::communicator> world,
+    std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options) {
+  HELIX_RETURN_IF_ERROR(full.spec.validate());
+  HELIX_RETURN_IF_ERROR(check_options(options));
   // shard_weights validates the layout against the model and the rank range.
   HELIX_ASSIGN_OR_RETURN(rank_weights w, shard_weights(full, l, rank));
+  return create(std::move(w), std::move(world), std::move(kvp_group), options);
+}
+
+expected<std::unique_ptr<rank_program>> rank_program::create(
+    rank_weights w, std::unique_ptr<transport::communicator> world,
+    std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options) {
+  const model_spec s = w.spec;
+  const helix::layout l = w.layout;
+  const std::int64_t rank = w.rank;
+  HELIX_RETURN_IF_ERROR(check_options(options));
   if (world == nullptr || kvp_group == nullptr) {
     return invalid_argument("rank_program: rank {} needs a world and a KVP-group communicator",
                             rank);

@@ -121,6 +121,11 @@ class rank_program {
       const model_weights& full, const helix::layout& l, std::int64_t rank,
       std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options);
+  /// The same from weights already sharded for their rank (w.layout, w.rank), e.g. by
+  /// seeded_rank_weights, so that the full model need never exist in this process.
+  [[nodiscard]] static expected<std::unique_ptr<rank_program>> create(
+      rank_weights w, std::unique_ptr<transport::communicator> world,
+      std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options);
 
   [[nodiscard]] std::int64_t rank() const { return w_.rank; }
   [[nodiscard]] const helix::layout& grid() const { return w_.layout; }

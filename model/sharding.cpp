@@ -163,22 +163,48 @@ index_range split_range(std::int64_t total, std::int64_t num_parts, std::int64_t
           .count = base + (part_idx < extra ? 1 : 0)};
 }
 
+namespace {
+
+// One layer of `rank`'s weights, copied out of the full layer.
+rank_layer_weights shard_layer(const layer_weights& fl, const model_spec& spec, const layout& l,
+                               std::int64_t i, std::int64_t rank) {
+  rank_layer_weights rl;
+  rl.input_norm = copy_full(fl.input_norm);
+  rl.post_attn_norm = copy_full(fl.post_attn_norm);
+  rl.o_heads = l.rank_q_heads(rank, spec);
+  rl.o_proj = copy_cols(fl.o_proj, scaled(rl.o_heads, spec.attn_out_head_dim()));
+  if (spec.is_mla()) {
+    shard_mla(fl, spec, l, rank, rl);
+  } else {
+    shard_gqa(fl, spec, l, rank, rl);
+  }
+  shard_ffn(fl, spec, l, i, rank, rl);
+  return rl;
+}
+
+status check_shard_args(const model_spec& spec, const layout& l, std::int64_t rank,
+                        std::string_view who) {
+  if (status st = validate(l, spec); !st.ok()) {
+    return st.with_context(
+        fmt::format("{}: layout {} for model '{}'", who, l.to_string(), spec.name));
+  }
+  if (rank < 0 || rank >= l.num_ranks) {
+    return invalid_argument("{}: rank {} out of range [0, {}) for layout {}", who, rank,
+                            l.num_ranks, l.to_string());
+  }
+  return ok_status();
+}
+
+}  // namespace
+
 expected<rank_weights> shard_weights(const model_weights& full, const layout& l,
                                      std::int64_t rank) {
   const model_spec& spec = full.spec;
-  if (status st = validate(l, spec); !st.ok()) {
-    return st.with_context(
-        fmt::format("shard_weights: layout {} for model '{}'", l.to_string(), spec.name));
-  }
-  if (rank < 0 || rank >= l.num_ranks) {
-    return invalid_argument("shard_weights: rank {} out of range [0, {}) for layout {}", rank,
-                            l.num_ranks, l.to_string());
-  }
+  HELIX_RETURN_IF_ERROR(check_shard_args(spec, l, rank, "shard_weights"));
   if (static_cast<std::int64_t>(full.layers.size()) != spec.num_layers) {
     return invalid_argument("shard_weights: model '{}' has {} layers of weights, spec says {}",
                             spec.name, full.layers.size(), spec.num_layers);
   }
-
   rank_weights out;
   out.rank = rank;
   out.layout = l;
@@ -188,24 +214,57 @@ expected<rank_weights> shard_weights(const model_weights& full, const layout& l,
   out.final_norm = copy_full(full.final_norm);
   out.vocab = split_range(spec.vocab, l.num_ranks, rank);
   out.lm_head = copy_rows(full.lm_head_or_embed(), out.vocab);
-
-  const std::int64_t dv = spec.attn_out_head_dim();
   out.layers.reserve(full.layers.size());
   for (std::int64_t i = 0; i < spec.num_layers; ++i) {
-    const layer_weights& fl = full.layers[static_cast<std::size_t>(i)];
-    rank_layer_weights rl;
-    rl.input_norm = copy_full(fl.input_norm);
-    rl.post_attn_norm = copy_full(fl.post_attn_norm);
-    rl.o_heads = l.rank_q_heads(rank, spec);
-    rl.o_proj = copy_cols(fl.o_proj, scaled(rl.o_heads, dv));
-    if (spec.is_mla()) {
-      shard_mla(fl, spec, l, rank, rl);
-    } else {
-      shard_gqa(fl, spec, l, rank, rl);
-    }
-    shard_ffn(fl, spec, l, i, rank, rl);
-    out.layers.push_back(std::move(rl));
+    out.layers.push_back(shard_layer(full.layers[static_cast<std::size_t>(i)], spec, l, i, rank));
   }
+  return out;
+}
+
+expected<rank_weights> seeded_rank_weights(const model_spec& spec, dtype weight_type,
+                                           std::uint64_t seed, const layout& l, std::int64_t rank) {
+  HELIX_RETURN_IF_ERROR(spec.validate());
+  HELIX_RETURN_IF_ERROR(check_shard_args(spec, l, rank, "seeded_rank_weights"));
+  if (weight_type == dtype::fp8_e4m3) {
+    return invalid_argument("seeded_rank_weights: fp8_e4m3 is not a weight type here");
+  }
+  // The model's tensors in list_tensors order, one layer at a time: the embedding is tensor 1,
+  // then every layer's, then the final norm and the LM head.
+  model_weights globals;
+  globals.spec = spec;
+  globals.weight_type = weight_type;
+  globals.embed = tensor(weight_type, {spec.vocab, spec.hidden});
+  std::uint64_t next = 1;
+  {
+    const std::vector<named_tensor> embed = {
+        {"model.embed_tokens.weight", &globals.embed, tensor_role::embedding, spec.hidden}};
+    seed_tensors(embed, seed, next++);
+  }
+  rank_weights out;
+  out.rank = rank;
+  out.layout = l;
+  out.spec = spec;
+  out.weight_type = weight_type;
+  out.layers.reserve(static_cast<std::size_t>(spec.num_layers));
+  for (std::int64_t i = 0; i < spec.num_layers; ++i) {
+    layer_weights layer = allocate_layer(spec, weight_type, i);
+    const std::vector<named_tensor> tensors = list_layer_tensors(layer, i);
+    seed_tensors(tensors, seed, next);
+    next += tensors.size();
+    out.layers.push_back(shard_layer(layer, spec, l, i, rank));
+  }  // each full layer is freed as the next one is made
+  globals.final_norm = tensor(dtype::f32, {spec.hidden});
+  std::vector<named_tensor> tail = {
+      {"model.norm.weight", &globals.final_norm, tensor_role::norm, 0}};
+  if (!spec.tie_word_embeddings) {
+    globals.lm_head = tensor(weight_type, {spec.vocab, spec.hidden});
+    tail.push_back({"lm_head.weight", &globals.lm_head, tensor_role::linear, spec.hidden});
+  }
+  seed_tensors(tail, seed, next);
+  out.embed = std::move(globals.embed);
+  out.final_norm = std::move(globals.final_norm);
+  out.vocab = split_range(spec.vocab, l.num_ranks, rank);
+  out.lm_head = copy_rows(globals.lm_head_or_embed(), out.vocab);
   return out;
 }
 

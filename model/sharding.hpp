@@ -129,4 +129,12 @@ struct rank_weights {
 [[nodiscard]] expected<rank_weights> shard_weights(const model_weights& full,
                                                    const helix::layout& l, std::int64_t rank);
 
+/// What shard_weights(init_seeded_weights(spec, weight_type, seed), l, rank) gives, bit for bit,
+/// without ever holding the full model: the layers are seeded and sliced one at a time, so a
+/// worker process holds its shards plus one full layer (and the embedding, which every rank
+/// keeps in full). Errors as shard_weights and init_seeded_weights.
+[[nodiscard]] expected<rank_weights> seeded_rank_weights(const model_spec& spec, dtype weight_type,
+                                                         std::uint64_t seed, const helix::layout& l,
+                                                         std::int64_t rank);
+
 }  // namespace helix::model

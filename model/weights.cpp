@@ -58,6 +58,45 @@ weights_size weights_bytes(const model_spec& spec, dtype weight_type) {
   return out;
 }
 
+// Layer l's tensors of a `spec` model in `t` (norms and routers in f32), allocated.
+layer_weights make_layer(const model_spec& spec, dtype t, std::int64_t l) {
+  const std::int64_t h = spec.hidden;
+  const std::int64_t nq = spec.num_q_heads;
+  layer_weights L;
+  L.input_norm = make_vec(h);
+  L.post_attn_norm = make_vec(h);
+  if (spec.is_mla()) {
+    const mla_spec& m = spec.mla;
+    if (m.q_lora_rank > 0) {
+      L.q_a_proj = make(t, m.q_lora_rank, h);
+      L.q_a_norm = make_vec(m.q_lora_rank);
+      L.q_b_proj = make(t, nq * m.qk_head_dim(), m.q_lora_rank);
+    } else {
+      L.q_proj = make(t, nq * m.qk_head_dim(), h);
+    }
+    L.kv_a_proj = make(t, m.kv_lora_rank + m.qk_rope_head_dim, h);
+    L.kv_a_norm = make_vec(m.kv_lora_rank);
+    L.kv_b_proj = make(t, nq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank);
+    L.o_proj = make(t, h, nq * m.v_head_dim);
+  } else {
+    L.q_proj = make(t, nq * spec.head_dim, h);
+    L.k_proj = make(t, spec.num_kv_heads * spec.head_dim, h);
+    L.v_proj = make(t, spec.num_kv_heads * spec.head_dim, h);
+    L.o_proj = make(t, h, nq * spec.head_dim);
+  }
+  if (spec.layer_is_moe(l)) {
+    const moe_spec& e = spec.moe;
+    L.router = make(dtype::f32, e.num_experts, h);
+    if (e.score_correction_bias) L.router_bias = make_vec(e.num_experts);
+    for (std::int64_t x = 0; x < e.num_experts; ++x)
+      L.experts.push_back(make_mlp(t, h, e.expert_ffn));
+    if (e.num_shared_experts > 0) L.shared = make_mlp(t, h, e.num_shared_experts * e.expert_ffn);
+  } else {
+    L.mlp = make_mlp(t, h, spec.ffn);
+  }
+  return L;
+}
+
 expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_type) {
   HELIX_RETURN_IF_ERROR(spec.validate());
   if (weight_type == dtype::fp8_e4m3) {
@@ -75,98 +114,78 @@ expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_ty
   }
   const dtype t = weight_type;
   const std::int64_t h = spec.hidden;
-  const std::int64_t nq = spec.num_q_heads;
   model_weights w;
   w.spec = spec;
   w.weight_type = t;
   w.embed = make(t, spec.vocab, h);
   w.final_norm = make_vec(h);
   if (!spec.tie_word_embeddings) w.lm_head = make(t, spec.vocab, h);
-  w.layers.resize(static_cast<std::size_t>(spec.num_layers));
-  for (std::int64_t l = 0; l < spec.num_layers; ++l) {
-    layer_weights& L = w.layers[static_cast<std::size_t>(l)];
-    L.input_norm = make_vec(h);
-    L.post_attn_norm = make_vec(h);
-    if (spec.is_mla()) {
-      const mla_spec& m = spec.mla;
-      if (m.q_lora_rank > 0) {
-        L.q_a_proj = make(t, m.q_lora_rank, h);
-        L.q_a_norm = make_vec(m.q_lora_rank);
-        L.q_b_proj = make(t, nq * m.qk_head_dim(), m.q_lora_rank);
-      } else {
-        L.q_proj = make(t, nq * m.qk_head_dim(), h);
-      }
-      L.kv_a_proj = make(t, m.kv_lora_rank + m.qk_rope_head_dim, h);
-      L.kv_a_norm = make_vec(m.kv_lora_rank);
-      L.kv_b_proj = make(t, nq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank);
-      L.o_proj = make(t, h, nq * m.v_head_dim);
-    } else {
-      L.q_proj = make(t, nq * spec.head_dim, h);
-      L.k_proj = make(t, spec.num_kv_heads * spec.head_dim, h);
-      L.v_proj = make(t, spec.num_kv_heads * spec.head_dim, h);
-      L.o_proj = make(t, h, nq * spec.head_dim);
-    }
-    if (spec.layer_is_moe(l)) {
-      const moe_spec& e = spec.moe;
-      L.router = make(dtype::f32, e.num_experts, h);
-      if (e.score_correction_bias) L.router_bias = make_vec(e.num_experts);
-      for (std::int64_t x = 0; x < e.num_experts; ++x)
-        L.experts.push_back(make_mlp(t, h, e.expert_ffn));
-      if (e.num_shared_experts > 0) L.shared = make_mlp(t, h, e.num_shared_experts * e.expert_ffn);
-    } else {
-      L.mlp = make_mlp(t, h, spec.ffn);
-    }
-  }
+  w.layers.reserve(static_cast<std::size_t>(spec.num_layers));
+  for (std::int64_t l = 0; l < spec.num_layers; ++l) w.layers.push_back(make_layer(spec, t, l));
   return w;
+}
+
+namespace {
+
+void add_tensor(std::vector<named_tensor>& out, std::string name, tensor& t, tensor_role role) {
+  if (t.numel() == 0) return;
+  const std::int64_t fan_in = t.dims().rank == 2 ? t.dims()[1] : 0;
+  out.push_back({std::move(name), &t, role, fan_in});
+}
+
+void add_mlp(std::vector<named_tensor>& out, const std::string& prefix, mlp_weights& m) {
+  add_tensor(out, prefix + ".gate_proj.weight", m.gate_proj, tensor_role::linear);
+  add_tensor(out, prefix + ".up_proj.weight", m.up_proj, tensor_role::linear);
+  add_tensor(out, prefix + ".down_proj.weight", m.down_proj, tensor_role::linear);
+}
+
+}  // namespace
+
+std::vector<named_tensor> list_layer_tensors(layer_weights& L, std::int64_t l) {
+  std::vector<named_tensor> out;
+  const std::string p = fmt::format("model.layers.{}", l);
+  add_tensor(out, p + ".input_layernorm.weight", L.input_norm, tensor_role::norm);
+  add_tensor(out, p + ".self_attn.q_proj.weight", L.q_proj, tensor_role::linear);
+  add_tensor(out, p + ".self_attn.k_proj.weight", L.k_proj, tensor_role::linear);
+  add_tensor(out, p + ".self_attn.v_proj.weight", L.v_proj, tensor_role::linear);
+  add_tensor(out, p + ".self_attn.q_a_proj.weight", L.q_a_proj, tensor_role::linear);
+  add_tensor(out, p + ".self_attn.q_a_layernorm.weight", L.q_a_norm, tensor_role::norm);
+  add_tensor(out, p + ".self_attn.q_b_proj.weight", L.q_b_proj, tensor_role::linear);
+  add_tensor(out, p + ".self_attn.kv_a_proj_with_mqa.weight", L.kv_a_proj, tensor_role::linear);
+  add_tensor(out, p + ".self_attn.kv_a_layernorm.weight", L.kv_a_norm, tensor_role::norm);
+  add_tensor(out, p + ".self_attn.kv_b_proj.weight", L.kv_b_proj, tensor_role::linear);
+  add_tensor(out, p + ".self_attn.o_proj.weight", L.o_proj, tensor_role::linear);
+  add_tensor(out, p + ".post_attention_layernorm.weight", L.post_attn_norm, tensor_role::norm);
+  add_mlp(out, p + ".mlp", L.mlp);
+  add_tensor(out, p + ".mlp.gate.weight", L.router, tensor_role::router);
+  add_tensor(out, p + ".mlp.gate.e_score_correction_bias", L.router_bias, tensor_role::router_bias);
+  for (std::size_t x = 0; x < L.experts.size(); ++x) {
+    add_mlp(out, fmt::format("{}.mlp.experts.{}", p, x), L.experts[x]);
+  }
+  add_mlp(out, p + ".mlp.shared_experts", L.shared);
+  return out;
 }
 
 std::vector<named_tensor> list_tensors(model_weights& w) {
   std::vector<named_tensor> out;
-  auto add = [&](std::string name, tensor& t, tensor_role role) {
-    if (t.numel() == 0) return;
-    const std::int64_t fan_in = t.dims().rank == 2 ? t.dims()[1] : 0;
-    out.push_back({std::move(name), &t, role, fan_in});
-  };
-  auto add_mlp = [&](const std::string& prefix, mlp_weights& m) {
-    add(prefix + ".gate_proj.weight", m.gate_proj, tensor_role::linear);
-    add(prefix + ".up_proj.weight", m.up_proj, tensor_role::linear);
-    add(prefix + ".down_proj.weight", m.down_proj, tensor_role::linear);
-  };
-  add("model.embed_tokens.weight", w.embed, tensor_role::embedding);
+  add_tensor(out, "model.embed_tokens.weight", w.embed, tensor_role::embedding);
   for (std::size_t l = 0; l < w.layers.size(); ++l) {
-    layer_weights& L = w.layers[l];
-    const std::string p = fmt::format("model.layers.{}", l);
-    add(p + ".input_layernorm.weight", L.input_norm, tensor_role::norm);
-    add(p + ".self_attn.q_proj.weight", L.q_proj, tensor_role::linear);
-    add(p + ".self_attn.k_proj.weight", L.k_proj, tensor_role::linear);
-    add(p + ".self_attn.v_proj.weight", L.v_proj, tensor_role::linear);
-    add(p + ".self_attn.q_a_proj.weight", L.q_a_proj, tensor_role::linear);
-    add(p + ".self_attn.q_a_layernorm.weight", L.q_a_norm, tensor_role::norm);
-    add(p + ".self_attn.q_b_proj.weight", L.q_b_proj, tensor_role::linear);
-    add(p + ".self_attn.kv_a_proj_with_mqa.weight", L.kv_a_proj, tensor_role::linear);
-    add(p + ".self_attn.kv_a_layernorm.weight", L.kv_a_norm, tensor_role::norm);
-    add(p + ".self_attn.kv_b_proj.weight", L.kv_b_proj, tensor_role::linear);
-    add(p + ".self_attn.o_proj.weight", L.o_proj, tensor_role::linear);
-    add(p + ".post_attention_layernorm.weight", L.post_attn_norm, tensor_role::norm);
-    add_mlp(p + ".mlp", L.mlp);
-    add(p + ".mlp.gate.weight", L.router, tensor_role::router);
-    add(p + ".mlp.gate.e_score_correction_bias", L.router_bias, tensor_role::router_bias);
-    for (std::size_t x = 0; x < L.experts.size(); ++x) {
-      add_mlp(fmt::format("{}.mlp.experts.{}", p, x), L.experts[x]);
-    }
-    add_mlp(p + ".mlp.shared_experts", L.shared);
+    auto layer = list_layer_tensors(w.layers[l], static_cast<std::int64_t>(l));
+    out.insert(out.end(), layer.begin(), layer.end());
   }
-  add("model.norm.weight", w.final_norm, tensor_role::norm);
-  add("lm_head.weight", w.lm_head, tensor_role::linear);
+  add_tensor(out, "model.norm.weight", w.final_norm, tensor_role::norm);
+  add_tensor(out, "lm_head.weight", w.lm_head, tensor_role::linear);
   return out;
 }
 
-expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight_type,
-                                            std::uint64_t seed) {
-  HELIX_ASSIGN_OR_RETURN(model_weights w, allocate_weights(spec, weight_type));
-  std::uint64_t tensor_idx = 0;
-  for (named_tensor& nt : list_tensors(w)) {
-    ++tensor_idx;
+layer_weights allocate_layer(const model_spec& spec, dtype weight_type, std::int64_t l) {
+  return make_layer(spec, weight_type, l);
+}
+
+void seed_tensors(std::span<const named_tensor> tensors, std::uint64_t seed,
+                  std::uint64_t first_index) {
+  std::uint64_t tensor_idx = first_index;
+  for (const named_tensor& nt : tensors) {
     tensor& t = *nt.t;
     const auto n = static_cast<std::uint64_t>(t.numel());
     for (std::uint64_t i = 0; i < n; ++i) {
@@ -190,7 +209,15 @@ expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight
       }
       store_from_f32(t.data(), t.type(), i, v);
     }
+    ++tensor_idx;
   }
+}
+
+expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight_type,
+                                            std::uint64_t seed) {
+  HELIX_ASSIGN_OR_RETURN(model_weights w, allocate_weights(spec, weight_type));
+  const std::vector<named_tensor> all = list_tensors(w);
+  seed_tensors(all, seed, 1);
   return w;
 }
 

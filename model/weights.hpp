@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,16 @@ struct named_tensor {
 
 /// Every tensor the spec has, in a fixed order, with HF names. Pointers are into `w`.
 [[nodiscard]] std::vector<named_tensor> list_tensors(model_weights& w);
+/// Layer l's tensors, in the order and with the names list_tensors gives them.
+[[nodiscard]] std::vector<named_tensor> list_layer_tensors(layer_weights& layer, std::int64_t l);
+/// Layer l of a `spec` model in `weight_type`, allocated as allocate_weights allocates it (no
+/// memory check: the caller holds one layer at a time).
+[[nodiscard]] layer_weights allocate_layer(const model_spec& spec, dtype weight_type,
+                                           std::int64_t l);
+/// Gives `tensors` the values init_seeded_weights gives them when the first is list_tensors'
+/// tensor number `first_index` (1-based) and the others follow it in that list.
+void seed_tensors(std::span<const named_tensor> tensors, std::uint64_t seed,
+                  std::uint64_t first_index);
 
 /// The seed of built-in models' weights everywhere (CLI commands and the engine), so that one model
 /// name means the same weights in every command.

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <thread>
 
@@ -278,17 +279,46 @@ TEST(Processes, VerifyWithProcessesGivesEqualTokens) {
   }
 }
 
-std::uint16_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  (void)::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  (void)::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+// Waits for a child up to `limit`, then kills it: a test never hangs on a worker.
+void reap(pid_t pid, std::chrono::seconds limit = 20s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (::waitpid(pid, nullptr, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() >= until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      ADD_FAILURE() << "pid " << pid << " did not exit in time";
+      return;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
 }
+
+// A listening engine built on another thread on a port the engine picks itself (a port chosen
+// beforehand could be taken meanwhile by a test running beside this one).
+struct listening_engine {
+  std::promise<std::uint16_t> listening;
+  expected<std::unique_ptr<engine>> eng = internal_error("not built");
+  std::thread builder;
+
+  explicit listening_engine(int workers) {
+    listening_workers_options lo;
+    lo.join_timeout = 30s;
+    lo.on_listening = [this](std::uint16_t p) { listening.set_value(p); };
+    builder = std::thread([this, workers, lo] {
+      eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", workers),
+                           listening_workers(lo));
+      if (!eng) {
+        try {
+          listening.set_value(0);  // never listened
+        } catch (const std::future_error&) {
+        }
+      }
+    });
+  }
+  ~listening_engine() {
+    if (builder.joinable()) builder.join();
+  }
+};
 
 pid_t start_worker(std::uint16_t port, const std::string& name) {
   const std::string join = fmt::format("127.0.0.1:{}", port);
@@ -304,14 +334,9 @@ pid_t start_worker(std::uint16_t port, const std::string& name) {
 // Workers started by hand join a listening engine; one speaking another protocol is refused with
 // both versions named, and the engine still takes the right ones.
 TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesAnotherProtocol) {
-  const std::uint16_t port = free_port();
-  listening_workers_options lo;
-  lo.port = port;
-  lo.join_timeout = 30s;
-  expected<std::unique_ptr<engine>> eng = internal_error("not built");
-  std::thread builder([&] {
-    eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), listening_workers(lo));
-  });
+  listening_engine le(2);
+  const std::uint16_t port = le.listening.get_future().get();
+  ASSERT_NE(port, 0) << "the engine never listened";
   std::string refusal;
   {
     caf::actor_system_config cfg;
@@ -320,11 +345,7 @@ TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesAnotherProtoco
     cfg.load<caf::io::middleman>();
     cfg.set("logger.verbosity", caf::atom("quiet"));
     caf::actor_system sys{cfg};
-    caf::expected<caf::actor> reg = caf::sec::runtime_error;
-    for (int i = 0; i < 250 && !reg; ++i) {  // until the engine listens
-      reg = sys.middleman().remote_actor("127.0.0.1", port);
-      if (!reg) std::this_thread::sleep_for(20ms);
-    }
+    auto reg = sys.middleman().remote_actor("127.0.0.1", port);
     if (reg) {
       caf::scoped_actor self{sys};
       self->request(*reg, std::chrono::seconds(5), join_request{99, 1, "elsewhere", "stranger"})
@@ -335,18 +356,18 @@ TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesAnotherProtoco
   EXPECT_NE(refusal.find("worker protocol 99"), std::string::npos) << refusal;
   const pid_t a = start_worker(port, "by-hand-0");
   const pid_t b = start_worker(port, "by-hand-1");
-  builder.join();
-  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
-  ASSERT_EQ((*eng)->workers().size(), 2u);
-  auto threads = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2));
-  ASSERT_TRUE(threads.has_value());
-  EXPECT_EQ(serve(**eng, (*eng)->vocab()), serve(**threads, (*threads)->vocab()));
-  eng->reset();
-  for (const pid_t pid : {a, b}) {
-    int wstatus = 0;
-    ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
-    EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << wstatus;
+  le.builder.join();
+  if (le.eng) {
+    EXPECT_EQ((*le.eng)->workers().size(), 2u);
+    auto threads = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2));
+    ASSERT_TRUE(threads.has_value());
+    EXPECT_EQ(serve(**le.eng, (*le.eng)->vocab()), serve(**threads, (*threads)->vocab()));
+  } else {
+    ADD_FAILURE() << le.eng.error().to_string();
   }
+  le.eng = internal_error("shut down");  // the engine stops its workers
+  reap(a);
+  reap(b);
 }
 
 std::int64_t vm_size_kib() {
@@ -361,14 +382,9 @@ std::int64_t vm_size_kib() {
 // Garbage on the port workers join, and a handshake header announcing a 4 GiB payload, are
 // dropped without a large allocation; the engine still takes its real workers and serves.
 TEST(Processes, GarbageOnTheJoinPortIsDroppedAndTheEngineStillServes) {
-  const std::uint16_t port = free_port();
-  listening_workers_options lo;
-  lo.port = port;
-  lo.join_timeout = 30s;
-  expected<std::unique_ptr<engine>> eng = internal_error("not built");
-  std::thread builder([&] {
-    eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), listening_workers(lo));
-  });
+  listening_engine le(2);
+  const std::uint16_t port = le.listening.get_future().get();
+  ASSERT_NE(port, 0) << "the engine never listened";
   const std::int64_t vm0 = vm_size_kib();
   std::vector<int> socks;
   for (int attempt = 0; attempt < 250 && socks.size() < 2; ++attempt) {
@@ -400,14 +416,18 @@ TEST(Processes, GarbageOnTheJoinPortIsDroppedAndTheEngineStillServes) {
   EXPECT_LT(vm_size_kib() - vm0, 1024 * 1024) << "a large allocation followed the garbage";
   const pid_t a = start_worker(port, "after-garbage-0");
   const pid_t b = start_worker(port, "after-garbage-1");
-  builder.join();
+  le.builder.join();
   for (int fd : socks) ::close(fd);
-  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
-  auto threads = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2));
-  ASSERT_TRUE(threads.has_value());
-  EXPECT_EQ(serve(**eng, (*eng)->vocab()), serve(**threads, (*threads)->vocab()));
-  eng->reset();
-  for (const pid_t pid : {a, b}) ::waitpid(pid, nullptr, 0);
+  if (le.eng) {
+    auto threads = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2));
+    ASSERT_TRUE(threads.has_value());
+    EXPECT_EQ(serve(**le.eng, (*le.eng)->vocab()), serve(**threads, (*threads)->vocab()));
+  } else {
+    ADD_FAILURE() << le.eng.error().to_string();
+  }
+  le.eng = internal_error("shut down");
+  reap(a);
+  reap(b);
 }
 
 // A worker killed right after the engine started (before any step) fails the engine naming it;
