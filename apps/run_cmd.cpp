@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <deque>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <memory>
@@ -432,6 +433,18 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
   r.ttft_ms = summarize(std::move(ttft));
   r.tpot_ms = summarize(std::move(tpot));
   r.worker_info = eng->workers();
+  char host[256] = {};
+  (void)::gethostname(host, sizeof(host) - 1);
+  for (const actors::worker_info& w : r.worker_info) {
+    std::int64_t rss = -1;
+    if (w.host == host || w.host == "localhost") {
+      std::ifstream status(fmt::format("/proc/{}/status", w.pid));
+      for (std::string line; std::getline(status, line);) {
+        if (line.rfind("VmRSS:", 0) == 0) rss = std::stoll(line.substr(6)) * 1024;
+      }
+    }
+    r.worker_rss_bytes.push_back(rss);
+  }
   r.output_digest = output_digest(ended);
   return r;
 }
@@ -442,8 +455,12 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
         {"p50", l.p50}, {"p90", l.p90}, {"p99", l.p99}, {"mean", l.mean}, {"count", l.count}};
   };
   nlohmann::json procs = nlohmann::json::array();
-  for (const actors::worker_info& w : r.worker_info) {
-    procs.push_back({{"rank", w.rank}, {"pid", w.pid}, {"host", w.host}, {"name", w.name}});
+  for (std::size_t i = 0; i < r.worker_info.size(); ++i) {
+    const actors::worker_info& w = r.worker_info[i];
+    nlohmann::json rss = nullptr;
+    if (i < r.worker_rss_bytes.size() && r.worker_rss_bytes[i] >= 0) rss = r.worker_rss_bytes[i];
+    procs.push_back(
+        {{"rank", w.rank}, {"pid", w.pid}, {"host", w.host}, {"name", w.name}, {"rss_bytes", rss}});
   }
   nlohmann::json series = nlohmann::json::array();
   for (const kv_sample& k : r.kv_series) {

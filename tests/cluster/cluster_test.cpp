@@ -222,6 +222,8 @@ TEST(Processes, AgentWorkloadDigestEqualsThreads) {
   EXPECT_EQ(procs->output_digest.size(), 64u);
   ASSERT_EQ(procs->worker_info.size(), 4u);
   for (const auto& w : procs->worker_info) EXPECT_NE(w.pid, static_cast<std::int64_t>(::getpid()));
+  ASSERT_EQ(procs->worker_rss_bytes.size(), 4u);
+  for (const std::int64_t rss : procs->worker_rss_bytes) EXPECT_GT(rss, 0);
 }
 
 // The two HF checkpoints written outside the project, served by 2 worker processes that each
