@@ -34,7 +34,7 @@ bool write_all(int fd, const unsigned char* p, std::size_t n) {
 expected<std::unique_ptr<front_door>> front_door::open(const std::string& host, std::uint16_t port,
                                                        std::uint16_t inner_port,
                                                        std::uint32_t max_frame_bytes) {
-  std::unique_ptr<front_door> d(new front_door());
+  auto d = std::make_unique<front_door>(passkey{});
   d->inner_port_ = inner_port;
   d->max_frame_ = max_frame_bytes;
   addrinfo hints{};

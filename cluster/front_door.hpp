@@ -27,12 +27,15 @@
 namespace helix::cluster {
 
 class front_door {
+  struct passkey {};  // constructed through open() only
+
  public:
   /// Listens on host:port (0: any free port) and relays to 127.0.0.1:inner_port.
   [[nodiscard]] static expected<std::unique_ptr<front_door>> open(const std::string& host,
                                                                   std::uint16_t port,
                                                                   std::uint16_t inner_port,
                                                                   std::uint32_t max_frame_bytes);
+  explicit front_door(passkey) {}
   ~front_door();
   front_door(const front_door&) = delete;
   front_door& operator=(const front_door&) = delete;
@@ -44,7 +47,6 @@ class front_door {
   [[nodiscard]] std::int64_t refused() const { return refused_.load(); }
 
  private:
-  front_door() = default;
   void accept_loop();
   void relay(int from, int to, bool inbound);
 

@@ -36,8 +36,6 @@ namespace {
 constexpr unsigned am_id = 0;
 // How long the destructor lets endpoint closes flush before forcing them.
 constexpr auto close_grace = std::chrono::seconds(2);
-// How long a failed call waits for UCX to give back its buffers before they are abandoned.
-constexpr auto stuck_grace = std::chrono::seconds(1);
 
 status ucx_error(std::string_view what, ucs_status_t st) {
   return make_error(errc::unavailable, "ucx: {}: {}", what, ucs_status_string(st));
@@ -94,7 +92,7 @@ expected<std::unique_ptr<ucx_fabric_impl>> ucx_fabric_impl::create(const ucx_fab
     return invalid_argument("make_ucx_fabric: keepalive_interval {} ms must be > 0",
                             opts.keepalive_interval.count());
   }
-  std::unique_ptr<ucx_fabric_impl> f(new ucx_fabric_impl(opts));
+  auto f = std::make_unique<ucx_fabric_impl>(opts);
   HELIX_RETURN_IF_ERROR(f->start());
   return f;
 }
@@ -634,8 +632,10 @@ void ucx_fabric_impl::handle_events() {
                                      ucs_status_string(e.st)));
         continue;
       }
-      inflight_.erase(e.token);
-      std::unique_ptr<send_token> t(e.token);
+      const auto owned = inflight_.find(e.token);
+      if (owned == inflight_.end()) continue;
+      std::unique_ptr<send_token> t = std::move(owned->second);
+      inflight_.erase(owned);
       if (t->abandoned) continue;
       const bool failed = e.st != UCS_OK;
       switch (t->what) {
@@ -693,9 +693,16 @@ void ucx_fabric_impl::release(held_msg& m) {
 
 send_token* ucx_fabric_impl::new_token(send_token::kind what, group* g, coll_slot* slot,
                                        std::shared_ptr<op_state> op, int peer) {
-  auto* t = new send_token{what, g, slot, std::move(op), {}, this, peer, false};
-  inflight_.insert(t);
-  return t;
+  auto t = std::make_unique<send_token>();
+  t->what = what;
+  t->g = g;
+  t->slot = slot;
+  t->op = std::move(op);
+  t->fabric = this;
+  t->peer = peer;
+  send_token* raw = t.get();
+  inflight_.emplace(raw, std::move(t));
+  return raw;
 }
 
 std::vector<std::byte> ucx_fabric_impl::make_header(const wire_header& h,
@@ -750,246 +757,6 @@ void ucx_fabric_impl::send_notice(int global_peer, wire_header h, const status& 
   auto* token = new_token(send_token::kind::notice, nullptr, nullptr, nullptr, global_peer);
   token->header = make_header(h, {}, {}, st.message());
   send_msg(global_peer, token, sizeof(wire_header), nullptr, 0);
-}
-
-void ucx_fabric_impl::check_deadlines() {
-  const auto now = clock::now();
-  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-    std::shared_ptr<op_state> op = deadlines_.begin()->second.lock();
-    deadlines_.erase(deadlines_.begin());
-    if (!op || op->done.load(std::memory_order_acquire)) continue;
-    group& g = *op->g;
-    if (op->is_coll) {
-      auto it = g.slots.find(op->seq);
-      if (it == g.slots.end() || it->second->decided) continue;
-      coll_slot& s = *it->second;
-      std::string missing;
-      for (std::size_t r = 0; r < s.got[s.phase].size(); ++r) {
-        if (static_cast<int>(r) != g.me && s.got[s.phase][r] == 0) {
-          missing += fmt::format("{}{}", missing.empty() ? "" : ",", r);
-        }
-      }
-      const status st = make_error(errc::deadline_exceeded,
-                                   "{} #{}: rank {} (global {}) timed out waiting for ranks [{}]",
-                                   op_kind_name(op->args.kind), s.seq, g.me,
-                                   g.members[static_cast<std::size_t>(g.me)], missing);
-      wire_header h;
-      h.type = msg_type::coll_fail;
-      h.group_id = g.id;
-      h.src = g.me;
-      h.seq = s.seq;
-      for (std::size_t r = 0; r < g.members.size(); ++r) {
-        if (static_cast<int>(r) != g.me) send_notice(g.members[r], h, st);
-      }
-      fail_slot(g, s, st);
-      continue;
-    }
-    if (op->decided) continue;
-    const int peer_global = g.members[static_cast<std::size_t>(op->peer)];
-    const status st = make_error(
-        errc::deadline_exceeded, "{} rank {} (global {}) -> peer {} (global {}) tag {}: timed out",
-        op->is_send ? "send" : "recv", g.me, g.members[static_cast<std::size_t>(g.me)], op->peer,
-        peer_global, op->tag);
-    if (op->is_send) {
-      wire_header h;
-      h.type = msg_type::p2p_cancel;
-      h.group_id = g.id;
-      h.src = g.me;
-      h.root_or_tag = op->tag;
-      h.seq = op->send_id;
-      send_notice(peer_global, h, st);
-    } else {
-      if (op->matched) continue;  // its data is arriving: completes soon
-      auto& q = g.posted_recvs[{op->peer, op->tag}];
-      std::erase(q, op);
-    }
-    op->decided = true;
-    op->outcome = st;
-    advance_p2p(g, *op);
-  }
-}
-
-status ucx_fabric_impl::member_failure(const group& g) const {
-  if (!aborted_pt_.ok()) return aborted_pt_;
-  for (int m : g.members) {
-    if (!peer_failed_[static_cast<std::size_t>(m)].ok()) {
-      return peer_failed_[static_cast<std::size_t>(m)];
-    }
-  }
-  return ok_status();
-}
-
-void ucx_fabric_impl::peer_exited(int global_peer) {
-  const auto it = std::find_if(pidfds_.begin(), pidfds_.end(),
-                               [&](const pid_watch& w) { return w.rank == global_peer; });
-  if (it == pidfds_.end()) return;
-  const int pid = it->pid;
-  (void)epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->fd, nullptr);
-  ::close(it->fd);
-  pidfds_.erase(it);
-  fail_peer(global_peer,
-            make_error(errc::unavailable, "peer rank {} (pid {}) exited", global_peer, pid));
-}
-
-void ucx_fabric_impl::fail_peer(int global_peer, const status& st) {
-  if (global_peer < 0 || global_peer >= opts_.world_size) return;
-  auto& slot = peer_failed_[static_cast<std::size_t>(global_peer)];
-  if (!slot.ok()) return;
-  slot = st;
-  module_logger("transport")->warn("ucx fabric rank {}: {}", opts_.rank, st);
-  ucp_ep_h& ep = eps_[static_cast<std::size_t>(global_peer)];
-  if (ep != nullptr) {
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &p);
-    if (req != nullptr && UCS_PTR_IS_PTR(req)) closing_.push_back(req);
-    ep = nullptr;
-  }
-  // UCX may never complete what it still holds for the dead peer: count it out now (the
-  // completions, if they come, are ignored) so that the calls waiting on it can end.
-  std::vector<std::pair<group*, std::uint64_t>> touched;
-  std::vector<std::pair<group*, std::shared_ptr<op_state>>> touched_ops;
-  std::vector<send_token*> to_abandon;
-  for (send_token* t : inflight_) {
-    if (t->peer == global_peer && !t->abandoned && t->what != send_token::kind::notice) {
-      to_abandon.push_back(t);
-    }
-  }
-  for (send_token* t : to_abandon) abandon(t, touched, touched_ops);
-  for (auto& [id, gp] : groups_) {
-    group& g = *gp;
-    const auto it = std::find(g.members.begin(), g.members.end(), global_peer);
-    if (it == g.members.end()) continue;
-    const int grank = static_cast<int>(it - g.members.begin());
-    std::vector<coll_slot*> open;
-    for (auto& [seq, s] : g.slots) {
-      if (!s->decided) open.push_back(s.get());
-    }
-    for (coll_slot* s : open) {
-      fail_slot(g, *s,
-                make_error(errc::unavailable, "{} #{}: peer rank {} (global {}) failed: {}",
-                           op_kind_name(s->op ? s->op->args.kind : op_kind::barrier), s->seq, grank,
-                           global_peer, st.message()));
-    }
-    std::vector<std::shared_ptr<op_state>> p2p;
-    for (auto& [key, q] : g.posted_recvs) {
-      if (key.first != grank) continue;
-      p2p.insert(p2p.end(), q.begin(), q.end());
-      q.clear();
-    }
-    for (auto& [sid, op] : g.sends) {
-      if (op->peer == grank) p2p.push_back(op);
-    }
-    for (auto& op : p2p) {
-      if (op->decided) continue;
-      op->decided = true;
-      op->outcome =
-          make_error(errc::unavailable, "{} rank {} -> peer {} (global {}): {}",
-                     op->is_send ? "send" : "recv", g.me, grank, global_peer, st.message());
-      advance_p2p(g, *op);
-    }
-  }
-  advance_abandoned(touched, touched_ops, st);
-}
-
-void ucx_fabric_impl::abandon(send_token* t, std::vector<std::pair<group*, std::uint64_t>>& slots,
-                              std::vector<std::pair<group*, std::shared_ptr<op_state>>>& ops) {
-  t->abandoned = true;
-  const bool is_recv =
-      t->what == send_token::kind::slot_recv || t->what == send_token::kind::op_recv;
-  if (is_recv && t->request != nullptr) ucp_request_cancel(worker_, t->request);
-  switch (t->what) {
-    case send_token::kind::slot_send:
-      --t->slot->sends_in_flight;
-      slots.emplace_back(t->g, t->slot->seq);
-      break;
-    case send_token::kind::slot_recv:
-      --t->slot->recvs_in_flight;
-      slots.emplace_back(t->g, t->slot->seq);
-      break;
-    case send_token::kind::op_send:
-    case send_token::kind::op_recv:
-      --t->op->ucx_in_flight;
-      ops.emplace_back(t->g, t->op);
-      break;
-    case send_token::kind::notice:
-      break;
-  }
-}
-
-void ucx_fabric_impl::advance_abandoned(
-    std::vector<std::pair<group*, std::uint64_t>>& slots,
-    std::vector<std::pair<group*, std::shared_ptr<op_state>>>& ops, const status& why) {
-  for (auto& [g, seq] : slots) {
-    const auto it = g->slots.find(seq);
-    if (it == g->slots.end()) continue;
-    coll_slot& s = *it->second;
-    if (!s.decided) {
-      fail_slot(*g, s, why);
-    } else {
-      advance(*g, s);
-    }
-  }
-  for (auto& [g, op] : ops) {
-    if (!op->decided) {
-      op->decided = true;
-      op->outcome = why;
-    }
-    advance_p2p(*g, *op);
-  }
-}
-
-void ucx_fabric_impl::abandon_stuck() {
-  const auto now = clock::now();
-  std::vector<send_token*> stuck;
-  for (send_token* t : inflight_) {
-    if (t->abandoned || t->what == send_token::kind::notice) continue;
-    const bool decided = t->slot != nullptr ? t->slot->decided : t->op->decided;
-    const bool failed = t->slot != nullptr ? !t->slot->result.ok() : !t->op->outcome.ok();
-    if (!decided || !failed) {
-      t->stuck_since.reset();
-      continue;
-    }
-    if (!t->stuck_since) t->stuck_since = now;
-    if (now - *t->stuck_since >= stuck_grace) stuck.push_back(t);
-  }
-  if (stuck.empty()) return;
-  module_logger("transport")
-      ->warn("ucx fabric rank {}: abandoning {} transfers of failed calls", opts_.rank,
-             stuck.size());
-  std::vector<std::pair<group*, std::uint64_t>> slots;
-  std::vector<std::pair<group*, std::shared_ptr<op_state>>> ops;
-  for (send_token* t : stuck) abandon(t, slots, ops);
-  advance_abandoned(slots, ops, make_error(errc::aborted, "transfer abandoned"));
-}
-
-void ucx_fabric_impl::fail_everything(const status& st) {
-  if (aborted_pt_.ok()) aborted_pt_ = st;
-  for (auto& [id, gp] : groups_) {
-    group& g = *gp;
-    std::vector<coll_slot*> open;
-    for (auto& [seq, s] : g.slots) {
-      if (!s->decided) open.push_back(s.get());
-    }
-    for (coll_slot* s : open) fail_slot(g, *s, aborted_pt_);
-    std::vector<std::shared_ptr<op_state>> p2p;
-    for (auto& [key, q] : g.posted_recvs) {
-      p2p.insert(p2p.end(), q.begin(), q.end());
-      q.clear();
-    }
-    for (auto& [sid, op] : g.sends) p2p.push_back(op);
-    for (auto& op : p2p) {
-      if (op->decided) continue;
-      op->decided = true;
-      op->outcome = aborted_pt_;
-      advance_p2p(g, *op);
-    }
-    for (auto& [key, q] : g.unexpected) {
-      for (auto& m : q) release(m);
-      q.clear();
-    }
-  }
 }
 
 }  // namespace helix::transport::ucx

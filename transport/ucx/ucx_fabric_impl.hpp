@@ -34,7 +34,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
-#include <unordered_set>
+#include <unordered_map>
 #include <vector>
 
 #include "transport/collective.hpp"
@@ -128,7 +128,8 @@ class ucx_fabric_impl;
 
 // What a UCX completion belongs to. Owned by the progress thread from post to completion.
 struct send_token {
-  enum class kind : std::uint8_t { slot_send, slot_recv, op_send, op_recv, notice } what;
+  enum class kind : std::uint8_t { slot_send, slot_recv, op_send, op_recv, notice };
+  kind what = kind::notice;
   group* g = nullptr;
   coll_slot* slot = nullptr;  // slots outlive their in-flight sends and receives
   std::shared_ptr<op_state> op;
@@ -164,6 +165,8 @@ struct group {
 class ucx_fabric_impl final : public ucx_fabric {
  public:
   static expected<std::unique_ptr<ucx_fabric_impl>> create(const ucx_fabric_options& opts);
+  /// Use create(): the fabric is usable only once start() succeeded.
+  explicit ucx_fabric_impl(const ucx_fabric_options& opts);
   ~ucx_fabric_impl() override;
 
   int world_size() const override { return opts_.world_size; }
@@ -185,7 +188,6 @@ class ucx_fabric_impl final : public ucx_fabric {
   [[nodiscard]] std::chrono::milliseconds default_timeout() const { return opts_.default_timeout; }
 
  private:
-  explicit ucx_fabric_impl(const ucx_fabric_options& opts);
   status start();
   void run_command(std::function<void()> fn);  // queue, then wait until it ran
   void enqueue(std::function<void()> fn);
@@ -276,7 +278,9 @@ class ucx_fabric_impl final : public ucx_fabric {
     int rank;
   };
   std::vector<std::unique_ptr<peer_ref>> peer_refs_;  // error-callback arguments
-  std::unordered_set<send_token*> inflight_;          // every token UCX still holds
+  // Every token UCX still holds, owned here until its completion is handled (or the fabric
+  // goes). Keyed by address: UCX hands the raw pointer back as user data.
+  std::unordered_map<send_token*, std::unique_ptr<send_token>> inflight_;
   std::map<std::uint64_t, std::shared_ptr<group>> groups_;
   std::map<std::uint64_t, std::vector<held_msg>> orphans_;  // messages of unknown groups
   std::multimap<clock::time_point, std::weak_ptr<op_state>> deadlines_;
