@@ -344,14 +344,21 @@ expected<request_handle> engine::try_submit(request_options request,
         std::chrono::duration_cast<std::chrono::nanoseconds>(request.deadline->time_since_epoch())
             .count();
   }
-  const auto prompt_len = static_cast<std::int64_t>(request.prompt.size());
+  constexpr std::int64_t max_synthetic = std::int64_t{1} << 40;
+  if (request.synthetic_context_tokens < 0 || request.synthetic_context_tokens > max_synthetic) {
+    return invalid_argument("submit: synthetic_context_tokens = {} is outside [0, 2^40]",
+                            request.synthetic_context_tokens);
+  }
+  // Both terms are at most 2^40 here (the prompt is a vector in memory), so the sum is exact.
+  const auto prompt_len =
+      static_cast<std::int64_t>(request.prompt.size()) + request.synthetic_context_tokens;
   const std::int64_t need = blocks_reserved_per_member(prompt_len, request.max_tokens,
                                                        p_->config.block_tokens, p_->grid.kvp);
   if (need > p_->admission_blocks) {
     return resource_exhausted(
-        "submit: {} prompt tokens + max_tokens = {} need {} KV blocks on each of the {} KVP "
-        "workers; each holds {}, of which {} can be reserved (the rest is room for "
-        "rebalancing): this request can never fit",
+        "submit: {} prompt tokens (synthetic context included) + max_tokens = {} need {} KV "
+        "blocks on each of the {} KVP workers; each holds {}, of which {} can be reserved (the "
+        "rest is room for rebalancing): this request can never fit",
         prompt_len, request.max_tokens,
         need == std::numeric_limits<std::int64_t>::max() ? std::string("more than INT64_MAX")
                                                          : std::to_string(need),
@@ -375,6 +382,9 @@ expected<request_handle> engine::try_submit(request_options request,
   m.max_tokens = request.max_tokens;
   m.stop_tokens = std::move(request.stop_tokens);
   m.deadline_ns = deadline_ns;
+  m.synthetic_tokens = request.synthetic_context_tokens;
+  m.synthetic_seed = request.synthetic_seed;
+  m.return_logits = request.return_logits;
   caf::anon_send(p_->engine_actor, std::move(m));
   return h;
 }
@@ -498,15 +508,17 @@ std::unique_ptr<worker_source> in_process_workers() {
 expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config& config,
                                                             const layout& grid, std::int64_t rank,
                                                             transport::fabric& fab) {
-  if (!config.checkpoint.empty()) {  // loaded whole, then sharded (slicing on load: to do)
-    HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
-    return compute_for(weights, config, grid, rank, fab);
+  // Only this rank's shards are ever built: read from the checkpoint's mapped files, or seeded
+  // one full tensor at a time.
+  model::rank_weights w;
+  if (!config.checkpoint.empty()) {
+    HELIX_ASSIGN_OR_RETURN(w, model::checkpoint_rank_weights(config.checkpoint, config.weight_type,
+                                                             grid, rank));
+  } else {
+    HELIX_ASSIGN_OR_RETURN(const model_spec s, builtin_model(builtin_name(config)));
+    HELIX_ASSIGN_OR_RETURN(
+        w, model::seeded_rank_weights(s, config.weight_type, config.weight_seed, grid, rank));
   }
-  // Seeded: only this rank's shards (plus one full layer at a time) are ever built.
-  HELIX_ASSIGN_OR_RETURN(const model_spec s, builtin_model(builtin_name(config)));
-  HELIX_ASSIGN_OR_RETURN(
-      model::rank_weights w,
-      model::seeded_rank_weights(s, config.weight_type, config.weight_seed, grid, rank));
   HELIX_ASSIGN_OR_RETURN(auto comms, communicators_for(grid, rank, fab));
   HELIX_ASSIGN_OR_RETURN(auto compute,
                          rank_compute::create(std::move(w), std::move(comms.first),

@@ -106,6 +106,16 @@ struct request_options {
   /// When set: past this time the request ends with `error` and status deadline_exceeded (queued
   /// or running; its KV is freed at the next step boundary).
   std::optional<std::chrono::steady_clock::time_point> deadline;
+  /// Benchmark seam: the sequence starts with this many positions (in [0, 2^40]) of seeded
+  /// synthetic KV (every layer, uniform in [-1, 1), keyed by `synthetic_seed`), placed on the
+  /// workers by the normal placement rule, and the prompt follows at the next positions. A long
+  /// context without a prefill that would take hours; tokens generated over it mean nothing and
+  /// are reported as synthetic. Counted in the request's KV reservation.
+  std::int64_t synthetic_context_tokens = 0;
+  std::uint64_t synthetic_seed = 0;
+  /// Every token event carries the full logits row its token was sampled from (vocab floats,
+  /// gathered from the workers each step): for verification (`helix verify`), not for serving.
+  bool return_logits = false;
 };
 
 enum class finish_reason : std::uint8_t { none, length, stop_token, cancelled, error };
@@ -120,6 +130,7 @@ struct token_event {
   bool last = false;
   finish_reason reason = finish_reason::none;  // set on the last event
   status error;                                // reason == error: what went wrong
+  std::vector<float> logits;  // request_options::return_logits: the row `token` came from
 };
 
 /// The pull side of a request's tokens. Thread-safe; any number of readers.
@@ -218,7 +229,7 @@ class engine {
   [[nodiscard]] engine_stats stats();
   /// The vocabulary size of the model served.
   [[nodiscard]] std::int64_t vocab() const;
-  /// The most tokens (prompt + max_tokens) one request may hold: the KV a request may reserve
+  /// The most tokens (synthetic context + prompt + max_tokens) one request may hold: the KV a request may reserve
   /// on each KVP worker. A longer request is refused by submit() with resource_exhausted.
   [[nodiscard]] std::int64_t max_request_tokens() const;
   /// Who the workers are (rank, pid, host, name).

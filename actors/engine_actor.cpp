@@ -139,6 +139,7 @@ struct request_state {
   std::int64_t generated = 0;
   std::int32_t last_token = -1;
   std::int64_t reserved = 0;  // blocks per KVP member
+  bool synthetic_pending = false;  // its synthetic context is not appended yet
   bool cancelled = false;
   bool expired = false;  // its deadline passed
 };
@@ -169,6 +170,9 @@ struct engine_state {
   std::vector<std::size_t> step_members;  // index into `active` of each item
   std::vector<std::int64_t> step_counts;
   std::vector<std::uint64_t> step_seqs;
+  std::vector<bool> step_synthetic;    // per item: a synthetic-KV fill
+  std::vector<bool> step_wants_logits;  // per item: sampled, and its request returns logits
+  std::vector<float> step_logits;       // rank 0's rows for those items
 
   status broken;  // a failed step: nothing runs any more
   bool draining = false;
@@ -208,18 +212,20 @@ void publish(const engine_state& s) {
 
 // A token that does not end the request. Not ok when the client's callback threw: the caller
 // ends the request.
-status emit_token(engine_state& s, const request_state& r, std::int32_t token) {
+status emit_token(engine_state& s, const request_state& r, std::int32_t token,
+                  std::vector<float> logits) {
   token_event e;
   e.request_id = r.req.request_id;
   e.token = token;
   e.index = r.generated - 1;
+  e.logits = std::move(logits);
   return s.registry->deliver(e);
 }
 
 // The request's last event (with `token`, or -1 for none) and its counters. A cancel the API
 // accepted earlier turns any other ending into `cancelled` (stream_registry::close).
 void end_request(engine_state& s, const request_state& r, std::int32_t token, finish_reason reason,
-                 status error = ok_status()) {
+                 status error = ok_status(), std::vector<float> logits = {}) {
   const finish_reason final_reason = s.registry->close(r.req.request_id, reason);
   if (final_reason != reason) {
     token = -1;  // cancelled before this step's token was due: it is not delivered
@@ -232,6 +238,7 @@ void end_request(engine_state& s, const request_state& r, std::int32_t token, fi
   e.last = true;
   e.reason = final_reason;
   e.error = error;
+  if (token >= 0) e.logits = std::move(logits);
   switch (final_reason) {
     case finish_reason::length:
     case finish_reason::stop_token:
@@ -333,8 +340,22 @@ void finish_step(self_ptr self) {
   }
   ++s.stats.steps;
   self->send(s.planner, commit_atom::value, s.step_seqs, s.step_counts);
+  const auto vocab = static_cast<std::size_t>(s.setup.vocab);
+  std::size_t logits_row = 0;  // rank 0's rows, one per item that wants them
   for (std::size_t i = 0; i < s.step_members.size(); ++i) {
     request_state& r = s.active[s.step_members[i]];
+    if (s.step_synthetic[i]) {
+      r.synthetic_pending = false;
+      continue;
+    }
+    std::vector<float> logits;
+    if (s.step_wants_logits[i]) {
+      if ((logits_row + 1) * vocab <= s.step_logits.size()) {
+        const auto at = s.step_logits.begin() + static_cast<std::ptrdiff_t>(logits_row * vocab);
+        logits.assign(at, at + static_cast<std::ptrdiff_t>(vocab));
+      }
+      ++logits_row;
+    }
     r.prefilled = std::min<std::int64_t>(r.prefilled + s.step_counts[i],
                                          static_cast<std::int64_t>(r.req.prompt.size()));
     if (i < s.step_item_errors.size() && s.step_item_errors[i].code != 0) {
@@ -358,11 +379,12 @@ void finish_step(self_ptr self) {
     const bool stop = std::find(r.req.stop_tokens.begin(), r.req.stop_tokens.end(), token) !=
                       r.req.stop_tokens.end();
     if (stop || r.generated >= r.req.max_tokens) {
-      end_request(s, r, token, stop ? finish_reason::stop_token : finish_reason::length);
+      end_request(s, r, token, stop ? finish_reason::stop_token : finish_reason::length,
+                  ok_status(), std::move(logits));
       leave(self, r);
       continue;
     }
-    const status cb = emit_token(s, r, token);
+    const status cb = emit_token(s, r, token, std::move(logits));
     if (!cb.ok()) {
       end_request(s, r, -1, finish_reason::error,
                   cb.with_context(fmt::format("request {}", r.req.request_id)));
@@ -420,10 +442,30 @@ void start_step(self_ptr self) {
   s.step_members.clear();
   s.step_counts.clear();
   s.step_seqs.clear();
+  s.step_synthetic.clear();
+  s.step_wants_logits.clear();
+  // Synthetic contexts first (no model runs for them, so they take no batch budget); such a
+  // request's prompt follows in a later step.
+  for (std::size_t i = 0; i < s.active.size(); ++i) {
+    request_state& r = s.active[i];
+    if (!r.synthetic_pending) continue;
+    step_item it;
+    it.seq = r.seq;
+    it.synthetic_tokens = r.req.synthetic_tokens;
+    it.synthetic_seed = r.req.synthetic_seed;
+    it.request_id = r.req.request_id;
+    s.step_members.push_back(i);
+    s.step_counts.push_back(it.synthetic_tokens);
+    s.step_seqs.push_back(it.seq);
+    s.step_synthetic.push_back(true);
+    s.step_wants_logits.push_back(false);
+    m.items.push_back(std::move(it));
+  }
   std::int64_t budget = c.max_batch_tokens;
   for (int pass = 0; pass < 2 && budget > 0; ++pass) {
     for (std::size_t i = 0; i < s.active.size() && budget > 0; ++i) {
       request_state& r = s.active[i];
+      if (r.synthetic_pending) continue;
       const auto prompt_len = static_cast<std::int64_t>(r.req.prompt.size());
       const bool decoding = r.prefilled == prompt_len;
       if (decoding != (pass == 0)) continue;
@@ -443,10 +485,13 @@ void start_step(self_ptr self) {
       it.top_p = r.req.top_p;
       it.seed = r.req.seed;
       it.request_id = r.req.request_id;
+      it.want_logits = it.sample && r.req.return_logits;
       budget -= static_cast<std::int64_t>(it.tokens.size());
       s.step_members.push_back(i);
       s.step_counts.push_back(static_cast<std::int64_t>(it.tokens.size()));
       s.step_seqs.push_back(it.seq);
+      s.step_synthetic.push_back(false);
+      s.step_wants_logits.push_back(it.want_logits);
       m.items.push_back(std::move(it));
     }
   }
@@ -461,6 +506,7 @@ void start_step(self_ptr self) {
   s.replies_agree = true;
   s.step_tokens.clear();
   s.step_item_errors.clear();
+  s.step_logits.clear();
   self->request(s.planner, caf::infinite, plan_atom::value, s.step_seqs, s.step_counts)
       .then(
           [self, m](std::vector<std::int64_t>& owners) mutable {
@@ -530,9 +576,10 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
       [self](submit_msg& m) {
         engine_state& st = self->state;
         request_state r;
-        r.reserved =
-            blocks_reserved_per_member(static_cast<std::int64_t>(m.prompt.size()), m.max_tokens,
-                                       st.setup.config.block_tokens, st.setup.grid.kvp);
+        r.reserved = blocks_reserved_per_member(
+            static_cast<std::int64_t>(m.prompt.size()) + m.synthetic_tokens, m.max_tokens,
+            st.setup.config.block_tokens, st.setup.grid.kvp);
+        r.synthetic_pending = m.synthetic_tokens > 0;
         r.req = std::move(m);
         ++st.stats.submitted;
         if (!st.broken.ok() || st.draining) {
@@ -563,6 +610,7 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size())) {
           st.kv_used[static_cast<std::size_t>(m.rank)] = m.kv_used_blocks;
         }
+        if (m.rank == 0) st.step_logits = std::move(m.logits);
         const status r = from_wire(m.result);
         if (!r.ok() && st.step_error.ok()) {
           st.step_error = r.with_context(fmt::format("worker {}", m.rank));

@@ -17,7 +17,7 @@ typename Inspector::result_type inspect(Inspector& f, wire_status& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_item& x) {
   return f(caf::meta::type_name("step_item"), x.seq, x.tokens, x.sample, x.temperature, x.top_k,
-           x.top_p, x.seed, x.request_id);
+           x.top_p, x.seed, x.request_id, x.want_logits, x.synthetic_tokens, x.synthetic_seed);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_msg& x) {
@@ -26,7 +26,7 @@ typename Inspector::result_type inspect(Inspector& f, step_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_done_msg& x) {
   return f(caf::meta::type_name("step_done_msg"), x.epoch, x.step_id, x.rank, x.result, x.tokens,
-           x.item_errors, x.kv_used_blocks);
+           x.item_errors, x.kv_used_blocks, x.logits);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, open_seq_msg& x) {
@@ -53,7 +53,8 @@ typename Inspector::result_type inspect(Inspector& f, op_done_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, submit_msg& x) {
   return f(caf::meta::type_name("submit_msg"), x.request_id, x.prompt, x.temperature, x.top_k,
-           x.top_p, x.seed, x.max_tokens, x.stop_tokens, x.deadline_ns);
+           x.top_p, x.seed, x.max_tokens, x.stop_tokens, x.deadline_ns, x.synthetic_tokens,
+           x.synthetic_seed, x.return_logits);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {

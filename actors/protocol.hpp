@@ -24,11 +24,17 @@ struct wire_status {
 [[nodiscard]] status from_wire(const wire_status& w);
 
 /// One request's part of a step: tokens appended at the sequence's next positions; whether its
-/// logits row is sampled (last prefill chunk or a decode token).
+/// logits row is sampled (last prefill chunk or a decode token). An item with
+/// `synthetic_tokens` > 0 (the benchmark seam, request_options::synthetic_context_tokens) has no
+/// tokens: it appends that many positions of seeded synthetic KV instead of running the model;
+/// such items come first in a step.
 struct step_item {
   std::uint64_t seq = 0;
   std::vector<std::int32_t> tokens;
   bool sample = false;
+  bool want_logits = false;  // rank 0 returns the sampled row's full logits (step_done_msg)
+  std::int64_t synthetic_tokens = 0;
+  std::uint64_t synthetic_seed = 0;
   // Sampling of the row (used when `sample`): kernels::sampling_options fields.
   float temperature = 0.0f;
   std::int32_t top_k = 0;
@@ -59,6 +65,9 @@ struct step_done_msg {
   std::vector<std::int32_t> tokens;
   std::vector<wire_status> item_errors;
   std::int64_t kv_used_blocks = 0;
+  /// Rank 0 only: the full logits row (vocab floats) of every sampled item with want_logits, in
+  /// item order. A debugging and verification output (helix verify), not the decode path.
+  std::vector<float> logits;
 };
 
 /// Engine -> every worker: open (the next id, checked) or close a sequence. Replies with
@@ -111,6 +120,9 @@ struct submit_msg {
   /// deadline_exceeded; 0: none. Meaningful in the submitting process only (the engine actor
   /// lives there).
   std::int64_t deadline_ns = 0;
+  std::int64_t synthetic_tokens = 0;  // request_options::synthetic_context_tokens
+  std::uint64_t synthetic_seed = 0;
+  bool return_logits = false;
 };
 
 }  // namespace helix::actors

@@ -36,39 +36,71 @@ status rank_compute::close_sequence(std::uint64_t seq) {
   return program_->close_sequence(seq);
 }
 
-status rank_compute::step(const step_msg& m, std::vector<std::int32_t>& tokens,
-                          std::vector<status>& item_errors) {
+status rank_compute::step(const step_msg& m, step_outcome& result) {
+  // Synthetic-KV items first (the engine puts them there), each consuming the owners of the
+  // blocks it opens; then one forward pass over the rest with the remaining owners.
+  std::size_t first = 0;
+  std::size_t owners_used = 0;
+  for (; first < m.items.size() && m.items[first].synthetic_tokens > 0; ++first) {
+    const step_item& it = m.items[first];
+    HELIX_RETURN_IF_ERROR(program_->sequence_length(it.seq).error());  // table() would abort
+    const auto opened = static_cast<std::size_t>(
+        program_->table(it.seq).blocks_opened_by(it.synthetic_tokens));
+    if (owners_used + opened > m.new_block_kvp.size()) {
+      return invalid_argument("rank {}: step {} names {} block owners, its synthetic KV opens more",
+                              program_->rank(), m.step_id, m.new_block_kvp.size());
+    }
+    HELIX_RETURN_IF_ERROR(program_->append_synthetic(
+        it.seq, it.synthetic_tokens, it.synthetic_seed,
+        std::span<const std::int64_t>(m.new_block_kvp).subspan(owners_used, opened)));
+    owners_used += opened;
+  }
+  const std::size_t n = m.items.size() - first;
+  result.tokens.assign(m.items.size(), -1);
+  result.item_errors.clear();
+  result.logits.clear();
+  if (n == 0) return ok_status();
   // Every item has one logits row (decode tokens and prefill chunks alike); rows of items that
   // are not sampled are sampled greedily and ignored.
-  const std::size_t n = m.items.size();
   items_.resize(n);
   sampling_.resize(n);
   request_ids_.resize(n);
   sampled_.resize(n);
   row_status_.assign(n, ok_status());
+  bool want_logits = false;
   for (std::size_t i = 0; i < n; ++i) {
-    const step_item& it = m.items[i];
+    const step_item& it = m.items[first + i];
     items_[i] = {it.seq, it.tokens, false};
     sampling_[i] = it.sample
                        ? kernels::sampling_options{it.temperature, it.top_k, it.top_p, it.seed}
                        : kernels::sampling_options{};
     request_ids_[i] = it.request_id;
+    want_logits = want_logits || (it.sample && it.want_logits);
   }
+  const auto vocab = static_cast<std::size_t>(program_->spec().vocab);
   model::step_output out;
+  if (want_logits) {  // the same on every rank: the all-gather is collective
+    logits_.resize(n * vocab);
+    out.logits = logits_;
+  }
   out.sampling = sampling_;
   out.request_ids = request_ids_;
   out.tokens = sampled_;
   out.row_status = row_status_;
-  HELIX_RETURN_IF_ERROR(program_->forward(items_, m.new_block_kvp, out));
-  tokens.resize(n);
-  item_errors.clear();
+  HELIX_RETURN_IF_ERROR(program_->forward(
+      items_, std::span<const std::int64_t>(m.new_block_kvp).subspan(owners_used), out));
   for (std::size_t i = 0; i < n; ++i) {
+    const step_item& it = m.items[first + i];
     // A row that is not sampled has no result to fail: its status is ignored.
-    const bool failed = m.items[i].sample && !row_status_[i].ok();
-    tokens[i] = m.items[i].sample && !failed ? sampled_[i] : -1;
+    const bool failed = it.sample && !row_status_[i].ok();
+    result.tokens[first + i] = it.sample && !failed ? sampled_[i] : -1;
     if (failed) {
-      item_errors.resize(n, ok_status());
-      item_errors[i] = row_status_[i];
+      result.item_errors.resize(m.items.size(), ok_status());
+      result.item_errors[first + i] = row_status_[i];
+    }
+    if (want_logits && it.sample && it.want_logits && program_->rank() == 0) {
+      result.logits.insert(result.logits.end(), logits_.begin() + static_cast<std::ptrdiff_t>(i * vocab),
+                           logits_.begin() + static_cast<std::ptrdiff_t>((i + 1) * vocab));
     }
   }
   return ok_status();

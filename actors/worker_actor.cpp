@@ -10,8 +10,7 @@ namespace {
 struct worker_state {
   std::int64_t epoch = 0;
   std::int64_t dropped = 0;  // messages of an older epoch
-  std::vector<std::int32_t> tokens;
-  std::vector<status> item_errors;
+  step_outcome outcome;
 };
 
 // The compute's calls may throw only what the standard library throws (std::bad_alloc from a
@@ -53,15 +52,15 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
         done.step_id = m.step_id;
         done.rank = compute->rank();
         const status result =
-            guarded(compute->rank(), [&] { return compute->step(m, st->tokens, st->item_errors); });
+            guarded(compute->rank(), [&] { return compute->step(m, st->outcome); });
         if (!result.ok()) {
           module_logger("actors")->error("worker {}: step {} failed: {}", compute->rank(),
                                          m.step_id, result.to_string());
         }
         done.result = to_wire(result);
-        done.tokens = st->tokens;
-        done.item_errors.clear();
-        for (const status& e : st->item_errors) done.item_errors.push_back(to_wire(e));
+        done.tokens = st->outcome.tokens;
+        for (const status& e : st->outcome.item_errors) done.item_errors.push_back(to_wire(e));
+        done.logits = std::move(st->outcome.logits);
         done.kv_used_blocks = compute->kv_used_blocks();
         self->send(reply_to(), std::move(done));
       },

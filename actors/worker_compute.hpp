@@ -20,6 +20,18 @@
 
 namespace helix::actors {
 
+/// What one step gives back (see worker_compute::step).
+struct step_outcome {
+  /// One entry per item: the sampled token, or -1 when the item is not sampled or failed.
+  std::vector<std::int32_t> tokens;
+  /// Empty when every item went well, else one entry per item (ok, or why that item alone
+  /// failed, e.g. non-finite logits).
+  std::vector<status> item_errors;
+  /// Rank 0: the full logits row of every sampled item with want_logits, in item order; other
+  /// ranks leave it empty.
+  std::vector<float> logits;
+};
+
 class worker_compute {
  public:
   virtual ~worker_compute() = default;
@@ -27,12 +39,10 @@ class worker_compute {
   /// Opens the next sequence; its id (1, 2, ... in open order on every rank).
   [[nodiscard]] virtual expected<std::uint64_t> open_sequence() = 0;
   [[nodiscard]] virtual status close_sequence(std::uint64_t seq) = 0;
-  /// Runs one step; tokens gets one entry per item (the sampled token, or -1 when the item is not
-  /// sampled or failed). item_errors is left empty when every item went well, else it gets one
-  /// entry per item (ok, or why that item alone failed, e.g. non-finite logits). A non-ok return
-  /// is a failure of the step itself (the rank or the data plane).
-  [[nodiscard]] virtual status step(const step_msg& m, std::vector<std::int32_t>& tokens,
-                                    std::vector<status>& item_errors) = 0;
+  /// Runs one step: its synthetic-KV items first (step_item::synthetic_tokens), then one forward
+  /// pass over the others; fills `out` (reused across steps). A non-ok return is a failure of the
+  /// step itself (the rank or the data plane).
+  [[nodiscard]] virtual status step(const step_msg& m, step_outcome& out) = 0;
   [[nodiscard]] virtual status migrate(std::span<const move_item> moves) = 0;
   [[nodiscard]] virtual std::int64_t kv_used_blocks() const = 0;
   [[nodiscard]] virtual std::int64_t kv_capacity_blocks() const = 0;
@@ -51,8 +61,7 @@ class rank_compute final : public worker_compute {
   [[nodiscard]] std::int64_t rank() const override;
   [[nodiscard]] expected<std::uint64_t> open_sequence() override;
   [[nodiscard]] status close_sequence(std::uint64_t seq) override;
-  [[nodiscard]] status step(const step_msg& m, std::vector<std::int32_t>& tokens,
-                            std::vector<status>& item_errors) override;
+  [[nodiscard]] status step(const step_msg& m, step_outcome& out) override;
   [[nodiscard]] status migrate(std::span<const move_item> moves) override;
   [[nodiscard]] std::int64_t kv_used_blocks() const override;
   [[nodiscard]] std::int64_t kv_capacity_blocks() const override;
@@ -74,6 +83,7 @@ class rank_compute final : public worker_compute {
   std::vector<std::int32_t> sampled_;
   std::vector<status> row_status_;
   std::vector<model::block_move> moves_;
+  std::vector<float> logits_;  // full rows, gathered only for steps that ask for them
 };
 
 }  // namespace helix::actors

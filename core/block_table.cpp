@@ -1,9 +1,16 @@
 #include "core/block_table.hpp"
 
+#include <algorithm>
+
 namespace helix {
 
 bool block_table::needs_block() const {
   return blocks_.empty() || blocks_.back().num_tokens >= block_tokens_;
+}
+
+std::int64_t block_table::blocks_opened_by(std::int64_t num_tokens) const {
+  const std::int64_t room = needs_block() ? 0 : block_tokens_ - blocks_.back().num_tokens;
+  return std::max<std::int64_t>(0, (num_tokens - room + block_tokens_ - 1) / block_tokens_);
 }
 
 status block_table::open_block(std::int32_t rank, std::int32_t slot) {

@@ -34,6 +34,8 @@ class block_table {
   [[nodiscard]] std::int64_t next_pos() const { return num_tokens_; }
   /// Whether the next token needs a new block (the last block is full or there is none).
   [[nodiscard]] bool needs_block() const;
+  /// Blocks that appending `num_tokens` more tokens opens.
+  [[nodiscard]] std::int64_t blocks_opened_by(std::int64_t num_tokens) const;
 
   /// Opens a new block on (rank, slot) starting at next_pos(). failed_precondition if the last
   /// block still has room (blocks fill in order).

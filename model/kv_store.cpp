@@ -101,13 +101,23 @@ void kv_store::write_token(std::int64_t layer_idx, std::int32_t slot, std::int64
 }
 
 void fill_synthetic_page(void* page, const kv_page_layout& layout, std::uint64_t seed,
-                         std::uint64_t stream) {
-  const auto page_elems = static_cast<std::uint64_t>(layout.page_elems());
-  // Four values per Philox call.
-  for (std::uint64_t i = 0; i < page_elems; i += 4) {
-    const auto w = random_words(seed, stream, 0, rng_purpose::synthetic_kv, i / 4);
-    for (std::uint64_t j = 0; j < 4 && i + j < page_elems; ++j) {
-      store_from_f32(page, layout.type, i + j, 2.0f * uniform_open01(w[j]) - 1.0f);
+                         std::uint64_t stream, std::int64_t first_head) {
+  // One run per (head, keys or values), keyed by the global head; four values per Philox call.
+  auto fill_run = [&](std::int64_t offset, std::int64_t elems, std::uint64_t position) {
+    const auto n = static_cast<std::uint64_t>(elems);
+    for (std::uint64_t i = 0; i < n; i += 4) {
+      const auto w = random_words(seed, stream, position, rng_purpose::synthetic_kv, i / 4);
+      for (std::uint64_t j = 0; j < 4 && i + j < n; ++j) {
+        store_from_f32(page, layout.type, static_cast<std::size_t>(offset) + i + j,
+                       2.0f * uniform_open01(w[j]) - 1.0f);
+      }
+    }
+  };
+  for (std::int64_t h = 0; h < layout.num_kv_heads; ++h) {
+    const auto head = static_cast<std::uint64_t>(first_head + h);
+    fill_run(layout.key_offset(h, 0), layout.block_tokens * layout.key_dim, 2 * head);
+    if (!layout.value_in_key) {
+      fill_run(layout.value_offset(h, 0), layout.block_tokens * layout.value_dim, 2 * head + 1);
     }
   }
 }

@@ -58,9 +58,12 @@ class kv_store {
 };
 
 /// Fills one page with seeded synthetic values, uniform in [-1, 1) and rounded to the layout's
-/// dtype; `stream` tells pages apart (e.g. layer and slot). For long-context benchmarks and
-/// demos, whose KV is labelled synthetic wherever it is reported.
+/// dtype; `stream` tells pages apart (e.g. layer, sequence and block). Each KV head's keys and
+/// values are drawn by the head's global index (`first_head` + its index in the page), so a
+/// block's values do not depend on how the heads are split over ranks: every layout of a model
+/// sees the same synthetic context. For long-context benchmarks and demos, whose KV is labelled
+/// synthetic wherever it is reported.
 void fill_synthetic_page(void* page, const kv_page_layout& layout, std::uint64_t seed,
-                         std::uint64_t stream);
+                         std::uint64_t stream, std::int64_t first_head = 0);
 
 }  // namespace helix::model

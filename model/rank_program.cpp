@@ -262,15 +262,6 @@ expected<std::int64_t> rank_program::sequence_length(std::uint64_t seq) const {
   return it->second.table.num_tokens();
 }
 
-namespace {
-// Blocks that appending `num_tokens` to `t` opens.
-std::int64_t blocks_opened(const block_table& t, std::int64_t num_tokens) {
-  const std::int64_t bt = t.block_tokens();
-  const std::int64_t room = t.needs_block() ? 0 : bt - t.last().num_tokens;
-  return std::max<std::int64_t>(0, (num_tokens - room + bt - 1) / bt);
-}
-}  // namespace
-
 // The owners handed in must name exactly the `opened` new blocks, each a member of the column.
 status rank_program::check_owners(std::int64_t opened,
                                   std::span<const std::int64_t> new_block_kvp) const {
@@ -320,7 +311,7 @@ status rank_program::reserve_kv(std::span<const batch_item> items,
                                 std::span<const std::int64_t> new_block_kvp) {
   std::int64_t opened = 0;
   for (const batch_item& it : items) {
-    opened += blocks_opened(seqs_.at(it.seq).table, static_cast<std::int64_t>(it.tokens.size()));
+    opened += seqs_.at(it.seq).table.blocks_opened_by(static_cast<std::int64_t>(it.tokens.size()));
   }
   HELIX_RETURN_IF_ERROR(check_owners(opened, new_block_kvp));
   const auto mine = std::count(new_block_kvp.begin(), new_block_kvp.end(), kvp_idx_);
@@ -348,7 +339,7 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
   if (it == seqs_.end()) return not_found("rank_program: unknown sequence {}", seq);
   if (num_tokens < 0) return invalid_argument("rank_program: {} synthetic tokens", num_tokens);
   block_table& t = it->second.table;
-  HELIX_RETURN_IF_ERROR(check_owners(blocks_opened(t, num_tokens), new_block_kvp));
+  HELIX_RETURN_IF_ERROR(check_owners(t.blocks_opened_by(num_tokens), new_block_kvp));
   const auto mine = std::count(new_block_kvp.begin(), new_block_kvp.end(), kvp_idx_);
   HELIX_RETURN_IF_ERROR(agree_on_slots(mine, "synthetic KV"));
   std::size_t next_owner = 0;
@@ -364,17 +355,18 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
     HELIX_RETURN_IF_ERROR(t.append_tokens(n));
     left -= n;
   }
-  // Whole pages (entries past a block's tokens are never read), keyed by layer, sequence, block
-  // and the column's first KV head so the fill does not depend on which rank holds the block.
+  // Whole pages (entries past a block's tokens are never read), keyed by layer, sequence and
+  // block, each head by its global index: the fill depends neither on which rank holds the block
+  // nor on how the heads are split (every layout sees the same context).
   const std::int64_t layers = kv_.num_layers();
-  const std::uint64_t head0 = static_cast<std::uint64_t>(w_.layers.front().kv_heads.first);
+  const std::int64_t head0 = w_.spec.is_mla() ? 0 : w_.layers.front().kv_heads.first;
   parallel_for(
       pool_.get(), static_cast<std::int64_t>(pages.size()) * layers, [&](std::int64_t task) {
         const std::int64_t layer_idx = task % layers;
         const auto& [slot, block_idx] = pages[sz(task / layers)];
         const std::uint64_t stream = (static_cast<std::uint64_t>(layer_idx) << 56) ^ (seq << 40) ^
-                                     (head0 << 32) ^ static_cast<std::uint64_t>(block_idx);
-        fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream);
+                                     static_cast<std::uint64_t>(block_idx);
+        fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream, head0);
       });
   return ok_status();
 }

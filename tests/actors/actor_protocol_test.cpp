@@ -39,8 +39,9 @@ class scripted_compute final : public worker_compute {
     log_.push_back(fmt::format("close {}", seq));
     return ok_status();
   }
-  status step(const step_msg& m, std::vector<std::int32_t>& tokens,
-              std::vector<status>& item_errors) override {
+  status step(const step_msg& m, step_outcome& out) override {
+    std::vector<std::int32_t>& tokens = out.tokens;
+    std::vector<status>& item_errors = out.item_errors;
     tokens.clear();
     item_errors.clear();
     if (fail_step_) return internal_error("rank {}: the data plane broke", rank_);
@@ -48,7 +49,7 @@ class scripted_compute final : public worker_compute {
     for (const step_item& it : m.items) {
       auto len = lengths_.find(it.seq);
       if (len == lengths_.end()) return invalid_argument("unknown sequence {}", it.seq);
-      len->second += static_cast<std::int64_t>(it.tokens.size());
+      len->second += static_cast<std::int64_t>(it.tokens.size()) + it.synthetic_tokens;
       const bool poisoned =
           it.sample && std::find(it.tokens.begin(), it.tokens.end(), poison) != it.tokens.end();
       if (poisoned) {

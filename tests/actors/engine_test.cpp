@@ -309,6 +309,103 @@ TEST(Engine, TemperatureSamplingIsReproducible) {
   EXPECT_EQ(runs[0], runs[1]);
 }
 
+// The benchmark seam: a synthetic context placed by the normal rule. Every layout sees the same
+// synthetic values (each head drawn by its global index), so the greedy tokens generated over it
+// agree across layouts and with one worker; the KV it occupies shows in the workers' stats.
+TEST(Engine, SyntheticContextIsTheSameOnEveryLayout) {
+  std::vector<std::vector<std::int32_t>> runs;
+  for (const auto& [workers, layout] : {std::pair<std::int64_t, std::string>{1, "auto"},
+                                        {2, "helix:kvp=2,tpa=1"},
+                                        {4, "helix:kvp=2,tpa=2"},
+                                        {2, "tp:tp=2"}}) {
+    auto eng = engine::create(small_config(workers, layout));
+    ASSERT_TRUE(eng.has_value()) << layout << ": " << eng.error().to_string();
+    request_options r;
+    r.prompt = {5, 6, 7};
+    r.max_tokens = 6;
+    r.synthetic_context_tokens = 300;
+    r.synthetic_seed = 99;
+    std::int64_t kv_blocks_seen = 0;
+    auto h = (*eng)->submit(r, [&](const token_event& e) {
+      if (e.index == 0) {
+        for (const worker_stats& w : (*eng)->stats().workers) kv_blocks_seen += w.kv_used_blocks;
+      }
+    });
+    ASSERT_TRUE(h.has_value()) << h.error().to_string();
+    runs.push_back(h->stream->wait_all());
+    EXPECT_EQ(runs.back().size(), 6u) << layout;
+    // 304 tokens in 16-token blocks: 19 blocks per column of KV heads.
+    const std::int64_t columns = layout == "helix:kvp=2,tpa=2" || layout == "tp:tp=2" ? 2 : 1;
+    EXPECT_GE(kv_blocks_seen, 19 * columns) << layout;
+  }
+  for (std::size_t i = 1; i < runs.size(); ++i) EXPECT_EQ(runs[i], runs[0]) << "layout " << i;
+  // A different seed is a different context.
+  auto eng = engine::create(small_config(1));
+  ASSERT_TRUE(eng.has_value());
+  request_options r;
+  r.prompt = {5, 6, 7};
+  r.max_tokens = 6;
+  r.synthetic_context_tokens = 300;
+  r.synthetic_seed = 100;
+  auto h = (*eng)->submit(r);
+  ASSERT_TRUE(h.has_value());
+  EXPECT_NE(h->stream->wait_all(), runs[0]);
+}
+
+TEST(Engine, SyntheticContextCountsInAdmission) {
+  auto eng = engine::create(small_config(2, "helix:kvp=2,tpa=1"));
+  ASSERT_TRUE(eng.has_value());
+  request_options r;
+  r.prompt = {1};
+  r.synthetic_context_tokens = (*eng)->max_request_tokens();
+  auto h = (*eng)->submit(r);
+  ASSERT_FALSE(h.has_value());
+  EXPECT_EQ(h.error().code(), errc::resource_exhausted);
+  EXPECT_NE(h.error().message().find("synthetic"), std::string::npos) << h.error().message();
+  r.synthetic_context_tokens = -1;
+  h = (*eng)->submit(r);
+  ASSERT_FALSE(h.has_value());
+  EXPECT_NE(h.error().message().find("synthetic_context_tokens"), std::string::npos);
+}
+
+// return_logits: every event carries the row its token came from, equal to the single worker's
+// logits, and the token is that row's argmax (greedy).
+TEST(Engine, ReturnedLogitsAreTheSingleWorkersRows) {
+  const model::model_weights w = test_support::seeded_weights("tiny-llama");
+  const auto prompt = random_tokens(9, w.spec.vocab, 5);
+  model::decoder_options o;
+  o.num_threads = 1;
+  o.kv_capacity_tokens = 1024;
+  auto dec = model::decoder::create(w, o);
+  ASSERT_TRUE(dec.has_value());
+  auto eng = engine::create(small_config(4, "helix:kvp=2,tpa=2"));
+  ASSERT_TRUE(eng.has_value());
+  request_options r;
+  r.prompt = prompt;
+  r.max_tokens = 5;
+  r.return_logits = true;
+  auto h = (*eng)->submit(r);
+  ASSERT_TRUE(h.has_value());
+  const std::uint64_t seq = (*dec)->open_sequence();
+  std::vector<std::int32_t> feed = prompt;
+  std::vector<float> want(static_cast<std::size_t>(w.spec.vocab));
+  std::int64_t events = 0;
+  while (auto e = h->stream->next()) {
+    ASSERT_EQ(e->logits.size(), want.size()) << "event " << e->index;
+    const model::decoder::batch_item item{seq, feed, false};
+    ASSERT_TRUE((*dec)->forward({&item, 1}, want).ok());
+    float worst = 0.0f;
+    for (std::size_t v = 0; v < want.size(); ++v) {
+      worst = std::max(worst, std::abs(want[v] - e->logits[v]));
+    }
+    EXPECT_LT(worst, 1e-4f) << "event " << e->index;
+    EXPECT_EQ(e->token, std::max_element(e->logits.begin(), e->logits.end()) - e->logits.begin());
+    feed = {e->token};
+    ++events;
+  }
+  EXPECT_EQ(events, 5);
+}
+
 TEST(Engine, DestructorCancelsWhatIsStillRunning) {
   std::shared_ptr<token_stream> stream;
   {
