@@ -7,6 +7,7 @@
 
 #include <caf/io/all.hpp>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ostream>
 
@@ -14,6 +15,7 @@
 #include "actors/runtime.hpp"
 #include "cluster/cluster.hpp"
 #include "cluster/front_door.hpp"
+#include "cluster/handshake.hpp"
 #include "cluster/messages.hpp"
 #include "core/log.hpp"
 #include "proto/helix.pb.h"
@@ -40,12 +42,14 @@ caf::error refuse(std::string text) {
   return caf::make_error(caf::sec::runtime_error, std::move(text));
 }
 
-// Registrar: hands out ranks in join order, relays UCX addresses once every worker sent its
-// own, collects the worker actors, and answers the engine's await_workers (or fails it after
-// its timeout, naming who is missing). It stops once it answered the engine.
+// Registrar: hands out ranks in join order (refusing, with a reply that says why, a worker of
+// another protocol or build and bytes that are no join request: it logs them and waits on),
+// sends every worker the membership once all sent their UCX address, collects the worker
+// actors, and answers the engine's await_workers (or fails it after its timeout, naming who is
+// missing). It stops once it answered the engine.
 struct registrar_state {
   std::int32_t expected = 0;
-  std::string config;
+  proto_v1::ClusterConfig config;
   std::vector<worker_info> joined;
   std::vector<std::string> addresses;
   std::int32_t addresses_in = 0;
@@ -73,7 +77,34 @@ void answer_engine(registrar_ptr self) {
   st.engine.clear();
 }
 
-caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::string config) {
+join_reply_msg refuse_join_msg(registrar_ptr self, const status& why) {
+  logger()->warn("refused a worker ({}): {}", caf::to_string(self->current_sender()),
+                 why.message());
+  return join_reply_msg{to_bytes(refuse_join(why.message()))};
+}
+
+std::string describe(const proto_v1::WorkerCapabilities& c) {
+  std::string tls;
+  for (const auto& t : c.ucx_transports()) tls += (tls.empty() ? "" : ",") + t;
+  return fmt::format("{}, {} cpus, {} MiB available, UCX transports {}", c.device(), c.cpus(),
+                     c.memory_available_bytes() >> 20, tls.empty() ? "any" : tls);
+}
+
+membership_msg make_membership(const registrar_state& st) {
+  proto_v1::Membership m;
+  m.set_world_size(st.expected);
+  for (const worker_info& j : st.joined) {
+    proto_v1::Member& w = *m.add_members();
+    w.set_rank(static_cast<std::int32_t>(j.rank));
+    w.set_name(j.name);
+    w.set_pid(j.pid);
+    w.set_host(j.host);
+    w.set_ucx_address(st.addresses[static_cast<std::size_t>(j.rank)]);
+  }
+  return membership_msg{to_bytes(m)};
+}
+
+caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::ClusterConfig config) {
   auto& st = self->state;
   st.expected = expected;
   st.config = std::move(config);
@@ -81,33 +112,39 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::string c
   st.workers.resize(static_cast<std::size_t>(expected));
   st.heartbeats.resize(static_cast<std::size_t>(expected));
   return {
-      [self](join_request& j) -> caf::result<assignment> {
+      [self](join_msg& m) -> join_reply_msg {
         auto& st = self->state;
-        if (j.protocol != protocol_version) {
-          logger()->warn("refused worker {} (pid {}, {}): protocol {}, engine speaks {}", j.name,
-                         j.pid, j.host, j.protocol, protocol_version);
-          return refuse(fmt::format("worker protocol {} but the engine speaks protocol {}",
-                                    j.protocol, protocol_version));
-        }
+        auto j = read_join_request(m.request);
+        if (!j) return refuse_join_msg(self, j.error());
         if (static_cast<std::int32_t>(st.joined.size()) >= st.expected) {
-          return refuse(fmt::format("the engine already has its {} workers", st.expected));
+          return refuse_join_msg(
+              self, failed_precondition("worker '{}' (pid {} on {}): the engine already has its "
+                                        "{} workers",
+                                        j->name(), j->pid(), j->host(), st.expected));
         }
         const auto rank = static_cast<std::int32_t>(st.joined.size());
-        st.joined.push_back({rank, j.pid, j.host, j.name});
-        logger()->info("worker {} joined as rank {} (pid {}, host {})", j.name, rank, j.pid,
-                       j.host);
-        return assignment{rank, st.expected, st.config};
+        st.joined.push_back({rank, j->pid(), j->host(), j->name()});
+        logger()->info("worker {} joined as rank {} (pid {}, host {}; {})", j->name(), rank,
+                       j->pid(), j->host(), describe(j->capabilities()));
+        return join_reply_msg{to_bytes(accept_join(rank, st.expected, st.config))};
       },
-      [self](address_msg& a) -> caf::result<address_book> {
+      [self](address_msg& a) -> caf::result<membership_msg> {
         auto& st = self->state;
-        if (a.rank < 0 || a.rank >= st.expected) return refuse("address for an unknown rank");
+        if (a.rank < 0 || a.rank >= static_cast<std::int32_t>(st.joined.size())) {
+          return refuse(fmt::format("address for rank {}, which never joined", a.rank));
+        }
+        if (a.address.empty() || a.address.size() > max_ucx_address_bytes) {
+          return refuse(fmt::format("rank {} sent a {}-byte UCX address (1 to {} bytes allowed)",
+                                    a.rank, a.address.size(), max_ucx_address_bytes));
+        }
         auto& slot = st.addresses[static_cast<std::size_t>(a.rank)];
         if (slot.empty()) ++st.addresses_in;
         slot = std::move(a.address);
-        auto promise = self->make_response_promise<address_book>();
+        auto promise = self->make_response_promise<membership_msg>();
         st.address_waiters.push_back(promise);
         if (st.addresses_in == st.expected) {
-          for (auto& p : st.address_waiters) p.deliver(address_book{st.addresses});
+          const membership_msg m = make_membership(st);
+          for (auto& p : st.address_waiters) p.deliver(m);
           st.address_waiters.clear();
         }
         return promise;
@@ -241,11 +278,13 @@ class spawned_source final : public actors::worker_source {
                               std::strerror(errno));
     }
     const auto n = static_cast<std::int32_t>(grid.num_ranks);
-    std::string cfg_bytes;
-    if (!actors::to_proto(config).SerializeToString(&cfg_bytes)) {
-      return internal_error("spawned workers: cannot serialise the engine config");
-    }
-    caf::actor reg = sys.spawn(registrar, n, std::move(cfg_bytes));
+    proto_v1::ClusterConfig cc;
+    *cc.mutable_engine() = actors::to_proto(config);
+    cc.set_layout(grid.to_string());
+    cc.set_heartbeat_interval_ms(heartbeat_period.count());
+    cc.set_heartbeat_deadline_ms(heartbeat_deadline.count());
+    cc.set_kv_capacity_tokens_per_worker(config.kv_capacity_tokens_per_worker);
+    caf::actor reg = sys.spawn(registrar, n, std::move(cc));
     // The middleman listens on loopback only; workers reach it through the front door, which
     // checks the framing before CAF allocates anything (front_door.hpp).
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
@@ -366,6 +405,7 @@ struct worker_args {
   std::string name;
   int threads = 0;
   std::chrono::milliseconds timeout{60000};
+  std::string ucx_tls;  // the UCX transports this process's UCX is limited to, for the join
 };
 
 constexpr const char* worker_usage =
@@ -429,47 +469,61 @@ status serve(const worker_args& w) {
                       sys.render(reg.error()));
   }
   caf::scoped_actor self{sys};
+  const std::string engine_at = fmt::format("the engine at {}:{}", w.host, w.port);
   status st;
-  assignment a;
-  self->request(
-          *reg, w.timeout,
-          join_request{protocol_version, static_cast<std::int64_t>(::getpid()), hostname(), w.name})
-      .receive([&](assignment& x) { a = std::move(x); },
+  std::string reply_bytes;
+  const worker_identity id{static_cast<std::int64_t>(::getpid()), hostname(), w.name, w.threads,
+                           w.ucx_tls};
+  self->request(*reg, w.timeout, join_msg{to_bytes(make_join_request(id))})
+      .receive([&](join_reply_msg& r) { reply_bytes = std::move(r.reply); },
                [&](caf::error& e) {
-                 st = make_error(errc::unavailable, "join refused: {}", sys.render(e));
+                 // An engine before protocol 2 knows no join_msg: it fails or never answers.
+                 st = unavailable("joining {} failed: {}", engine_at, sys.render(e));
                });
   HELIX_RETURN_IF_ERROR(st);
-  proto_v1::EngineConfig pc;
-  if (!pc.ParseFromString(a.config)) return invalid_argument("join: the engine config is garbled");
-  HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(pc));
+  auto reply = read_join_reply(reply_bytes);
+  if (!reply) return reply.error().with_context(fmt::format("join refused by {}", engine_at));
+  const std::int32_t rank = reply->rank();
+  const std::int32_t world = reply->world_size();
+  const proto_v1::ClusterConfig& cc = reply->config();
+  HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(cc.engine()));
+  config.layout = cc.layout();
+  config.kv_capacity_tokens_per_worker = cc.kv_capacity_tokens_per_worker();
   if (w.threads > 0) config.threads_per_worker = w.threads;
   HELIX_ASSIGN_OR_RETURN(const layout grid, layout::parse(config.layout));
+  if (grid.num_ranks != world) {
+    return invalid_argument("join: layout {} has {} ranks but the engine's world has {}",
+                            grid.to_string(), grid.num_ranks, world);
+  }
   transport::ucx_fabric_options fo;
-  fo.world_size = a.world;
-  fo.rank = a.rank;
+  fo.world_size = world;
+  fo.rank = rank;
   HELIX_ASSIGN_OR_RETURN(fabric, transport::make_ucx_fabric(fo));
   const auto addr = fabric->address();
-  address_book book;
+  std::string membership_bytes;
   self->request(
           *reg, w.timeout,
-          address_msg{a.rank, std::string(reinterpret_cast<const char*>(addr.data()), addr.size())})
-      .receive([&](address_book& b) { book = std::move(b); },
-               [&](caf::error& e) {
-                 st = make_error(errc::unavailable, "address exchange failed: {}", sys.render(e));
-               });
+          address_msg{rank, std::string(reinterpret_cast<const char*>(addr.data()), addr.size())})
+      .receive(
+          [&](membership_msg& m) { membership_bytes = std::move(m.membership); },
+          [&](caf::error& e) { st = unavailable("address exchange failed: {}", sys.render(e)); });
   HELIX_RETURN_IF_ERROR(st);
+  HELIX_ASSIGN_OR_RETURN(const proto_v1::Membership members,
+                         read_membership(membership_bytes, world));
   std::vector<std::vector<std::byte>> addresses;
-  for (const std::string& s : book.addresses) {
-    const auto* b = reinterpret_cast<const std::byte*>(s.data());
-    addresses.emplace_back(b, b + s.size());
+  for (const proto_v1::Member& m : members.members()) {
+    const auto* b = reinterpret_cast<const std::byte*>(m.ucx_address().data());
+    addresses.emplace_back(b, b + m.ucx_address().size());
+    logger()->debug("{}: rank {} is {} (pid {} on {})", w.name, m.rank(), m.name(), m.pid(),
+                    m.host());
   }
   HELIX_RETURN_IF_ERROR(fabric->connect(addresses));
-  HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, a.rank, *fabric));
+  HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, rank, *fabric));
   caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
   caf::actor beat = sys.spawn(heartbeat);
   self->monitor(worker);
-  self->send(*reg, ready_msg{a.rank, worker, beat});
-  logger()->info("{}: rank {} of {} ({}) ready", w.name, a.rank, a.world, grid.to_string());
+  self->send(*reg, ready_msg{rank, worker, beat});
+  logger()->info("{}: rank {} of {} ({}) ready", w.name, rank, world, grid.to_string());
   // Serve until the engine stops the worker actor (or its connection goes: the actor then
   // has nobody to serve; the engine's exit message ends it).
   self->receive([](caf::down_msg&) {});
@@ -489,6 +543,8 @@ int run_worker(const std::vector<std::string>& args, std::ostream& out, std::ost
     err << "error: " << w.error().message() << "\n" << worker_usage;
     return 2;
   }
+  // UCX reads its own environment; the join only reports what it will be limited to.
+  if (const char* tls = std::getenv("UCX_TLS")) w->ucx_tls = tls;
   const status st = serve(*w);
   if (!st.ok()) {
     err << "helix worker " << w->name << ": " << st.to_string() << "\n";

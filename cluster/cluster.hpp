@@ -1,10 +1,12 @@
 // Workers as processes (ARCHITECTURE.md: the cluster layer, above actors/). An engine whose
 // workers are processes takes them from spawned_workers(): it publishes a registrar actor through
 // CAF's io middleman, starts one `helix worker --join HOST:PORT` child per rank, and every worker
-// announces itself (protocol version, pid, host, name), receives its rank and the engine config,
-// makes its UCX fabric, exchanges UCX addresses with the others through the registrar, builds its
-// rank's weights and KV store, and hands back the handle of a worker actor running the same
-// behaviour as an in-process worker. From then on the engine drives it exactly as a thread.
+// announces itself (protocol and helix versions, pid, host, name, capabilities), receives its
+// rank and the cluster config, makes its UCX fabric, exchanges UCX addresses with the others
+// through the registrar, builds its rank's weights and KV store, and hands back the handle of a
+// worker actor running the same behaviour as an in-process worker. From then on the engine drives
+// it exactly as a thread. messages.hpp has the handshake step by step; proto/cluster.proto its
+// wire form.
 //
 // Failure: a worker that does not join or get ready within the join timeout fails engine::create
 // naming it; a worker that dies later fails the engine (the engine actor monitors every worker)
@@ -24,8 +26,8 @@
 namespace helix::cluster {
 
 /// Bumped whenever the join handshake or the control messages change; a worker of another
-/// protocol is refused with both versions named.
-inline constexpr std::int32_t protocol_version = 1;
+/// protocol is refused with both versions named, on both sides. 2: protobuf handshake.
+inline constexpr std::int32_t protocol_version = 2;
 
 struct spawned_workers_options {
   /// The `helix` binary whose `worker` subcommand runs a worker (e.g. /proc/self/exe).

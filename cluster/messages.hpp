@@ -1,5 +1,23 @@
-// The join handshake between an engine's registrar and its worker processes, as CAF messages
-// (both ends register the helix_cluster type block after helix_actors').
+// The join handshake between an engine's registrar and its worker processes (both ends register
+// the helix_cluster type block after helix_actors'). What a worker and the engine say about
+// themselves crosses the process boundary as protobuf bytes (proto/cluster.proto, parsed with
+// size limits by handshake.hpp); CAF carries those bytes and the actor handles.
+//
+//   worker    -> registrar  join_msg{JoinRequest: protocol and helix versions, pid, host, name,
+//                           capabilities}
+//   registrar -> worker     join_reply_msg{JoinReply: accepted with rank, world size and
+//                           ClusterConfig (EngineConfig, layout, heartbeats, KV capacity), or
+//                           refused with a reason; always the engine's versions}. A refused
+//                           worker exits 1 naming both versions; the engine logs it and waits on.
+//   worker    -> registrar  address_msg{rank, UCX address}
+//   registrar -> workers    membership_msg{Membership: every rank's name, pid, host and UCX
+//                           address}, once all addresses are in; workers connect UCX from it.
+//   worker    -> registrar  ready_msg{rank, worker actor, heartbeat actor}
+//   engine    -> registrar  await_workers -> worker_set (in the engine's process only)
+//
+// join_msg and join_reply_msg never change (CAF 0.17 finds a message type by its name, and each
+// holds one string), so that a worker of any other protocol can still be told why it is refused;
+// everything else may change with protocol_version (cluster.hpp).
 #pragma once
 
 #include <cstdint>
@@ -12,26 +30,23 @@
 
 namespace helix::cluster {
 
-/// Worker -> registrar: who is joining.
-struct join_request {
-  std::int32_t protocol = 0;
-  std::int64_t pid = 0;
-  std::string host;
-  std::string name;
+/// Worker -> registrar: a serialized proto_v1::JoinRequest; answered with join_reply_msg.
+struct join_msg {
+  std::string request;
 };
-/// Registrar -> worker: its rank, the world size and the engine config (EngineConfig protobuf).
-struct assignment {
-  std::int32_t rank = 0;
-  std::int32_t world = 0;
-  std::string config;
+/// Registrar -> worker: a serialized proto_v1::JoinReply.
+struct join_reply_msg {
+  std::string reply;
 };
-/// Worker -> registrar: its UCX address; answered with every rank's once all have arrived.
+/// Worker -> registrar: its UCX address (at most max_ucx_address_bytes); answered with
+/// membership_msg once every rank's has arrived.
 struct address_msg {
   std::int32_t rank = 0;
   std::string address;
 };
-struct address_book {
-  std::vector<std::string> addresses;
+/// Registrar -> worker: a serialized proto_v1::Membership.
+struct membership_msg {
+  std::string membership;
 };
 /// Worker -> registrar: its worker actor is up.
 struct ready_msg {
@@ -52,20 +67,20 @@ struct worker_set {
 };
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, join_request& x) {
-  return f(caf::meta::type_name("join_request"), x.protocol, x.pid, x.host, x.name);
+typename Inspector::result_type inspect(Inspector& f, join_msg& x) {
+  return f(caf::meta::type_name("join_msg"), x.request);
 }
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, assignment& x) {
-  return f(caf::meta::type_name("assignment"), x.rank, x.world, x.config);
+typename Inspector::result_type inspect(Inspector& f, join_reply_msg& x) {
+  return f(caf::meta::type_name("join_reply_msg"), x.reply);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, address_msg& x) {
   return f(caf::meta::type_name("address_msg"), x.rank, x.address);
 }
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, address_book& x) {
-  return f(caf::meta::type_name("address_book"), x.addresses);
+typename Inspector::result_type inspect(Inspector& f, membership_msg& x) {
+  return f(caf::meta::type_name("membership_msg"), x.membership);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_msg& x) {
@@ -83,10 +98,10 @@ typename Inspector::result_type inspect(Inspector& f, worker_set& x) {
 }  // namespace helix::cluster
 
 CAF_BEGIN_TYPE_ID_BLOCK(helix_cluster, caf::id_block::helix_actors::end)
-CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::join_request))
-CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::assignment))
+CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::join_msg))
+CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::join_reply_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::address_msg))
-CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::address_book))
+CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::membership_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::ready_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::await_workers))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::worker_set))

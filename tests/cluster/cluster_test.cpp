@@ -11,6 +11,7 @@
 #include <chrono>
 #include <fstream>
 #include <future>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -22,6 +23,7 @@
 #include "actors/worker_source.hpp"
 #include "apps/run_cmd.hpp"
 #include "cluster/cluster.hpp"
+#include "cluster/handshake.hpp"
 #include "cluster/messages.hpp"
 #include "tests/support/model_fixtures.hpp"
 #include "transport/netns.hpp"
@@ -333,34 +335,82 @@ pid_t start_worker(std::uint16_t port, const std::string& name) {
   return pid;
 }
 
-// Workers started by hand join a listening engine; one speaking another protocol is refused with
-// both versions named, and the engine still takes the right ones.
-TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesAnotherProtocol) {
-  listening_engine le(2);
-  const std::uint16_t port = le.listening.get_future().get();
-  ASSERT_NE(port, 0) << "the engine never listened";
-  std::string refusal;
-  {
-    caf::actor_system_config cfg;
+// A CAF actor system of this process that speaks the cluster's messages, for talking to an
+// engine or a worker as the other side of a handshake.
+struct cluster_system {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  cluster_system() {
     cfg.add_message_types<caf::id_block::helix_actors>();
     cfg.add_message_types<caf::id_block::helix_cluster>();
     cfg.load<caf::io::middleman>();
     cfg.set("logger.verbosity", caf::atom("quiet"));
-    caf::actor_system sys{cfg};
-    auto reg = sys.middleman().remote_actor("127.0.0.1", port);
-    if (reg) {
-      caf::scoped_actor self{sys};
-      self->request(*reg, std::chrono::seconds(5), join_request{99, 1, "elsewhere", "stranger"})
-          .receive([&](assignment&) { refusal = "accepted"; },
-                   [&](caf::error& e) { refusal = sys.render(e); });
-    }
+    sys = std::make_unique<caf::actor_system>(cfg);
   }
-  EXPECT_NE(refusal.find("worker protocol 99"), std::string::npos) << refusal;
+};
+
+// Sends `request` as a join to the engine at `port`; the engine's verdict, or how the exchange
+// failed.
+std::string join_verdict(caf::actor_system& sys, std::uint16_t port, std::string request) {
+  auto reg = sys.middleman().remote_actor("127.0.0.1", port);
+  if (!reg) return "unreachable: " + sys.render(reg.error());
+  std::string verdict = "no answer";
+  caf::scoped_actor self{sys};
+  self->request(*reg, std::chrono::seconds(5), join_msg{std::move(request)})
+      .receive(
+          [&](join_reply_msg& r) {
+            proto_v1::JoinReply reply;
+            if (!reply.ParseFromString(r.reply)) {
+              verdict = "an unparseable reply";
+            } else if (reply.accepted()) {
+              verdict = "accepted";
+            } else {
+              verdict = fmt::format("refused by protocol {}: {}", reply.protocol_version(),
+                                    reply.reason());
+            }
+          },
+          [&](caf::error& e) { verdict = "error: " + sys.render(e); });
+  return verdict;
+}
+
+// Workers started by hand join a listening engine. A join speaking another protocol, bytes that
+// are no JoinRequest, and an oversize JoinRequest are each refused with a reply that says why,
+// and the engine still takes the right workers and serves.
+TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesBadJoins) {
+  listening_engine le(2);
+  const std::uint16_t port = le.listening.get_future().get();
+  ASSERT_NE(port, 0) << "the engine never listened";
+  {
+    cluster_system cs;
+    proto_v1::JoinRequest stranger = make_join_request({1, "elsewhere", "stranger", 0, ""});
+    stranger.set_protocol_version(99);
+    const std::string wrong = join_verdict(*cs.sys, port, to_bytes(stranger));
+    EXPECT_NE(wrong.find(fmt::format("refused by protocol {}: worker 'stranger' (pid 1 on "
+                                     "elsewhere) speaks protocol 99 but the engine speaks "
+                                     "protocol {}",
+                                     protocol_version, protocol_version)),
+              std::string::npos)
+        << wrong;
+    const std::string garbage = join_verdict(*cs.sys, port, std::string(4096, '\xff'));
+    EXPECT_NE(garbage.find("(4096 bytes) does not parse as helix.proto_v1.JoinRequest"),
+              std::string::npos)
+        << garbage;
+    const std::string huge =
+        join_verdict(*cs.sys, port, std::string(2 * max_join_request_bytes, 'x'));
+    EXPECT_NE(huge.find(fmt::format("join_msg.request (JoinRequest) is {} bytes, over its limit",
+                                    2 * max_join_request_bytes)),
+              std::string::npos)
+        << huge;
+  }
   const pid_t a = start_worker(port, "by-hand-0");
   const pid_t b = start_worker(port, "by-hand-1");
   le.builder.join();
   if (le.eng) {
-    EXPECT_EQ((*le.eng)->workers().size(), 2u);
+    const auto info = (*le.eng)->workers();
+    ASSERT_EQ(info.size(), 2u);
+    // The refused joins took no rank.
+    EXPECT_EQ(std::set<std::string>({info[0].name, info[1].name}),
+              std::set<std::string>({"by-hand-0", "by-hand-1"}));
     auto threads = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2));
     ASSERT_TRUE(threads.has_value());
     EXPECT_EQ(serve(**le.eng, (*le.eng)->vocab()), serve(**threads, (*threads)->vocab()));
@@ -370,6 +420,37 @@ TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesAnotherProtoco
   le.eng = internal_error("shut down");  // the engine stops its workers
   reap(a);
   reap(b);
+}
+
+// A worker told by its engine that the engine speaks another protocol exits 1 naming both.
+TEST(Processes, WorkerRefusedByAnEngineOfAnotherProtocolExitsNamingBoth) {
+  cluster_system cs;
+  caf::actor engine_of_another_protocol = cs.sys->spawn([]() -> caf::behavior {
+    return {[](join_msg& m) {
+      proto_v1::JoinRequest req;
+      const bool parsed = req.ParseFromString(m.request);
+      proto_v1::JoinReply r;
+      r.set_protocol_version(99);
+      r.set_helix_version("99.0.0");
+      r.set_accepted(false);
+      r.set_reason(fmt::format("worker '{}' speaks protocol {} but the engine speaks protocol 99",
+                               parsed ? req.name() : "?", req.protocol_version()));
+      return join_reply_msg{to_bytes(r)};
+    }};
+  });
+  auto port = cs.sys->middleman().publish(engine_of_another_protocol, 0, "127.0.0.1");
+  ASSERT_TRUE(static_cast<bool>(port)) << cs.sys->render(port.error());
+  int rc = -1;
+  const std::string out = run_cli(
+      fmt::format("worker --join 127.0.0.1:{} --name old-timer --timeout-ms 10000", *port), rc);
+  caf::anon_send_exit(engine_of_another_protocol, caf::exit_reason::user_shutdown);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find(fmt::format("join refused by the engine at 127.0.0.1:{}: engine protocol 99 "
+                                 "vs worker {}: worker 'old-timer' speaks protocol {} but the "
+                                 "engine speaks protocol 99",
+                                 *port, protocol_version, protocol_version)),
+            std::string::npos)
+      << out;
 }
 
 std::int64_t vm_size_kib() {
