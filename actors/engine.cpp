@@ -512,8 +512,8 @@ expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config&
   // one full tensor at a time.
   model::rank_weights w;
   if (!config.checkpoint.empty()) {
-    HELIX_ASSIGN_OR_RETURN(w, model::checkpoint_rank_weights(config.checkpoint, config.weight_type,
-                                                             grid, rank));
+    HELIX_ASSIGN_OR_RETURN(
+        w, model::checkpoint_rank_weights(config.checkpoint, config.weight_type, grid, rank));
   } else {
     HELIX_ASSIGN_OR_RETURN(const model_spec s, builtin_model(builtin_name(config)));
     HELIX_ASSIGN_OR_RETURN(

@@ -85,6 +85,14 @@ struct engine_config {
   std::string log_level;
 };
 
+/// The KV capacity per worker, in tokens (whole blocks), that lets an engine admit `requests`
+/// requests of `tokens_per_request` tokens each (synthetic context + prompt + max_tokens) at
+/// once on a layout with `kvp` KVP ranks, by the engine's admission rule (per-member
+/// reservations plus rebalancing's reserve of `rebalance_threshold`). INT64_MAX when it overflows.
+[[nodiscard]] std::int64_t kv_capacity_for(std::int64_t requests, std::int64_t tokens_per_request,
+                                           std::int64_t kvp, std::int64_t block_tokens,
+                                           double rebalance_threshold);
+
 /// Checks every field of `c` that needs no model: bounds, names, exclusive fields.
 /// invalid_argument naming the field and its bounds.
 [[nodiscard]] status validate(const engine_config& c);
@@ -229,8 +237,9 @@ class engine {
   [[nodiscard]] engine_stats stats();
   /// The vocabulary size of the model served.
   [[nodiscard]] std::int64_t vocab() const;
-  /// The most tokens (synthetic context + prompt + max_tokens) one request may hold: the KV a request may reserve
-  /// on each KVP worker. A longer request is refused by submit() with resource_exhausted.
+  /// The most tokens (synthetic context + prompt + max_tokens) one request may hold: the KV a
+  /// request may reserve on each KVP worker. A longer request is refused by submit() with
+  /// resource_exhausted.
   [[nodiscard]] std::int64_t max_request_tokens() const;
   /// Who the workers are (rank, pid, host, name).
   [[nodiscard]] std::vector<worker_info> workers() const;

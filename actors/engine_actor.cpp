@@ -13,6 +13,7 @@
 // fit next to the running ones waits in the queue (FIFO).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <limits>
 #include <optional>
@@ -35,6 +36,19 @@ std::int64_t blocks_reserved_per_member(std::int64_t prompt_len, std::int64_t ma
 std::int64_t admission_blocks(std::int64_t capacity_blocks, double threshold) {
   return std::max<std::int64_t>(
       0, static_cast<std::int64_t>(static_cast<double>(capacity_blocks - 1) / (1.0 + threshold)));
+}
+
+std::int64_t kv_capacity_for(std::int64_t requests, std::int64_t tokens_per_request,
+                             std::int64_t kvp, std::int64_t block_tokens,
+                             double rebalance_threshold) {
+  constexpr auto too_many = std::numeric_limits<std::int64_t>::max();
+  const std::int64_t one = blocks_reserved_per_member(tokens_per_request, 0, block_tokens, kvp);
+  const std::optional<std::int64_t> all = checked_mul(one, requests);
+  if (one == too_many || !all || requests < 0 || !(rebalance_threshold >= 0.0)) return too_many;
+  // admission_blocks(capacity) = floor((capacity - 1) / (1 + threshold)) >= all.
+  const double blocks = std::ceil(static_cast<double>(*all) * (1.0 + rebalance_threshold)) + 2.0;
+  if (blocks * static_cast<double>(block_tokens) >= 9.0e18) return too_many;
+  return static_cast<std::int64_t>(blocks) * block_tokens;
 }
 
 namespace {
@@ -138,7 +152,7 @@ struct request_state {
   std::int64_t prefilled = 0;
   std::int64_t generated = 0;
   std::int32_t last_token = -1;
-  std::int64_t reserved = 0;  // blocks per KVP member
+  std::int64_t reserved = 0;       // blocks per KVP member
   bool synthetic_pending = false;  // its synthetic context is not appended yet
   bool cancelled = false;
   bool expired = false;  // its deadline passed
@@ -170,7 +184,7 @@ struct engine_state {
   std::vector<std::size_t> step_members;  // index into `active` of each item
   std::vector<std::int64_t> step_counts;
   std::vector<std::uint64_t> step_seqs;
-  std::vector<bool> step_synthetic;    // per item: a synthetic-KV fill
+  std::vector<bool> step_synthetic;     // per item: a synthetic-KV fill
   std::vector<bool> step_wants_logits;  // per item: sampled, and its request returns logits
   std::vector<float> step_logits;       // rank 0's rows for those items
 

@@ -44,8 +44,8 @@ status rank_compute::step(const step_msg& m, step_outcome& result) {
   for (; first < m.items.size() && m.items[first].synthetic_tokens > 0; ++first) {
     const step_item& it = m.items[first];
     HELIX_RETURN_IF_ERROR(program_->sequence_length(it.seq).error());  // table() would abort
-    const auto opened = static_cast<std::size_t>(
-        program_->table(it.seq).blocks_opened_by(it.synthetic_tokens));
+    const auto opened =
+        static_cast<std::size_t>(program_->table(it.seq).blocks_opened_by(it.synthetic_tokens));
     if (owners_used + opened > m.new_block_kvp.size()) {
       return invalid_argument("rank {}: step {} names {} block owners, its synthetic KV opens more",
                               program_->rank(), m.step_id, m.new_block_kvp.size());
@@ -99,7 +99,8 @@ status rank_compute::step(const step_msg& m, step_outcome& result) {
       result.item_errors[first + i] = row_status_[i];
     }
     if (want_logits && it.sample && it.want_logits && program_->rank() == 0) {
-      result.logits.insert(result.logits.end(), logits_.begin() + static_cast<std::ptrdiff_t>(i * vocab),
+      result.logits.insert(result.logits.end(),
+                           logits_.begin() + static_cast<std::ptrdiff_t>(i * vocab),
                            logits_.begin() + static_cast<std::ptrdiff_t>((i + 1) * vocab));
     }
   }

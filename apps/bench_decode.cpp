@@ -4,13 +4,16 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <span>
 
 #include <fmt/format.h>
 
+#include "actors/engine.hpp"
 #include "apps/cli_args.hpp"
 #include "apps/measure.hpp"
-#include "apps/sharded_decoder.hpp"
+#include "cluster/cluster.hpp"
 #include "core/kv_layout.hpp"
 #include "core/model_spec.hpp"
 #include "kernels/sampling.hpp"
@@ -24,7 +27,7 @@ constexpr const char* bench_usage =
     "  --model NAME            built-in model spec (default small-llama)\n"
     "  --context N             synthetic KV tokens per sequence, K/M suffixes (default 128K)\n"
     "  --batch N               sequences, one decode token each per step (default 2)\n"
-    "  --workers N             simulated workers (ranks) of every layout (default 8)\n"
+    "  --workers N             workers (ranks) of every layout (default 8)\n"
     "  --layouts LIST          layout families helix,tp,medha, each with its default grid for\n"
     "                          --workers (default helix,tp unless --layout is given)\n"
     "  --layout STRING         a canonical layout, e.g. helix:kvp=4,tpa=2; repeat the flag or\n"
@@ -33,12 +36,15 @@ constexpr const char* bench_usage =
     "  --kv-dtype T            KV storage dtype bf16|f32|fp8_e4m3 (default bf16; weights bf16)\n"
     "  --steps N               timed decode steps per case, median reported (default 8)\n"
     "  --warmup N              untimed decode steps before them (default 1)\n"
-    "  --threads-per-rank N    kernel threads of every rank (default 1)\n"
+    "  --threads-per-rank N    kernel threads of every worker (default 1)\n"
+    "  --processes N           workers as N `helix worker` processes (UCX data plane)\n"
     "  --json                  JSON on stdout instead of a table\n";
 
 constexpr std::uint64_t weight_seed = model::default_weight_seed;
 constexpr std::uint64_t kv_seed = 11;
 constexpr double max_memory_fraction = 0.7;
+// Tokens every request but the timed (last) one generates beyond it (see run_case).
+constexpr std::int64_t lead_tokens = 4;
 
 std::string format_bytes(double bytes) {
   if (bytes >= double(1 << 30)) return fmt::format("{:.2f} GiB", bytes / double(1 << 30));
@@ -57,10 +63,10 @@ std::vector<std::string> split(const std::string& text, char sep) {
   return out;
 }
 
-// Tokens every sequence holds at the end of a case: the synthetic context, one prefill token and
-// every decode step (warm-up and timed).
+// Tokens a request reserves: the synthetic context, one prompt token and every generated token
+// (the first, warm-up and timed decode steps, and the lead of the untimed requests).
 std::int64_t tokens_per_sequence(const bench_decode_options& o) {
-  return o.context + 1 + o.warmup + o.steps;
+  return o.context + 1 + 1 + o.warmup + o.steps + lead_tokens;
 }
 
 // The KV page of rank `rank` of `l` (its KV heads).
@@ -97,11 +103,8 @@ void add_cases(bench_decode_options& o, const helix::layout& l, const std::vecto
 
 std::int64_t kv_tokens_per_rank(const helix::layout& l, std::int64_t tokens_per_seq,
                                 std::int64_t batch, std::int64_t block_tokens) {
-  const std::int64_t blocks = (tokens_per_seq + block_tokens - 1) / block_tokens;
-  // Round-robin placement keeps a sequence's blocks within one of even; the second spare block
-  // covers the step clock's rotation of the few decode blocks appended after the fill.
-  const std::int64_t per_rank_blocks = (blocks + l.kvp - 1) / l.kvp + 2;
-  return batch * per_rank_blocks * block_tokens;
+  return actors::kv_capacity_for(batch, tokens_per_seq, l.kvp, block_tokens,
+                                 actors::engine_config{}.rebalance_threshold);
 }
 
 expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::string>& args) {
@@ -121,7 +124,7 @@ expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::st
   HELIX_ASSIGN_OR_RETURN(const cli_args cli, cli_args::parse(rest, {"json", "help"}));
   HELIX_RETURN_IF_ERROR(
       cli.check_known({"model", "context", "batch", "workers", "layouts", "hopb", "kv-dtype",
-                       "steps", "warmup", "threads-per-rank", "json", "help"}));
+                       "steps", "warmup", "threads-per-rank", "processes", "json", "help"}));
   bench_decode_options o;
   o.model = cli.get_or("model", o.model);
   HELIX_ASSIGN_OR_RETURN(o.context, cli.get_size("context", o.context));
@@ -130,6 +133,17 @@ expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::st
   HELIX_ASSIGN_OR_RETURN(o.steps, cli.get_size("steps", o.steps));
   HELIX_ASSIGN_OR_RETURN(o.warmup, cli.get_int("warmup", o.warmup));
   HELIX_ASSIGN_OR_RETURN(const std::int64_t threads, cli.get_int("threads-per-rank", 1));
+  if (cli.has("processes")) {
+    HELIX_ASSIGN_OR_RETURN(o.processes, cli.get_int("processes", 0));
+    if (o.processes < 1 || o.processes > 64) {
+      return invalid_argument("--processes must be in [1, 64], got {}", o.processes);
+    }
+    if (!cli.has("workers")) o.workers = o.processes;
+    if (o.workers != o.processes) {
+      return invalid_argument("--processes {} but --workers {}", o.processes, o.workers);
+    }
+    HELIX_ASSIGN_OR_RETURN(o.worker_binary, this_program_path());
+  }
   if (o.context < 1) return invalid_argument("--context must be at least 1, got {}", o.context);
   if (o.batch < 1 || o.batch > 4096) {
     return invalid_argument("--batch must be in [1, 4096], got {}", o.batch);
@@ -217,73 +231,113 @@ status check_decode_memory(const bench_decode_options& o) {
 
 namespace {
 
-expected<decode_case_result> run_case(const bench_decode_options& o,
-                                      const model::model_weights& weights, const decode_case& c,
+// The engine for one case: its layout, KV sized for the batch, seeded bf16 weights; workers as
+// threads of this process or as `helix worker` processes.
+expected<std::unique_ptr<actors::engine>> make_engine(const bench_decode_options& o,
+                                                      const decode_case& c) {
+  actors::engine_config ec;
+  ec.model = o.model;
+  ec.weight_type = dtype::bf16;
+  ec.kv_type = o.kv_dtype;
+  ec.weight_seed = weight_seed;
+  ec.layout = c.layout.to_string();
+  ec.num_workers = c.layout.num_ranks;
+  ec.hopb = c.hopb;
+  ec.threads_per_worker = o.threads_per_rank;
+  ec.block_tokens = default_block_tokens;
+  ec.kv_capacity_tokens_per_worker =
+      kv_tokens_per_rank(c.layout, tokens_per_sequence(o), o.batch, default_block_tokens);
+  ec.max_batch_tokens = std::max<std::int64_t>(o.batch, 16);
+  std::unique_ptr<actors::worker_source> source;
+  if (o.processes > 0) {
+    cluster::spawned_workers_options so;
+    so.worker_binary = o.worker_binary;
+    source = cluster::spawned_workers(so);
+  }
+  return actors::engine::create(ec, std::move(source));
+}
+
+// Per request: when each of its tokens arrived.
+struct arrival_log {
+  std::mutex mu;
+  std::vector<std::vector<std::chrono::steady_clock::time_point>> at;
+};
+
+expected<decode_case_result> run_case(const bench_decode_options& o, const decode_case& c,
                                       std::ostream& progress) {
   decode_case_result res;
   res.name = c.layout.to_string();
   res.family = c.layout.family;
   res.hopb = c.hopb;
-  sharded_decoder_options so;
-  so.layout = c.layout;
-  so.rank.kv_type = o.kv_dtype;
-  so.rank.block_tokens = default_block_tokens;
-  so.rank.kv_capacity_tokens =
-      kv_tokens_per_rank(c.layout, tokens_per_sequence(o), o.batch, default_block_tokens);
-  so.rank.max_batch_tokens = o.batch;
-  so.rank.num_threads = o.threads_per_rank;
-  so.rank.hopb = c.hopb;
-  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<sharded_decoder> dec,
-                         sharded_decoder::create(weights, so));
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(o.model));
+  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng, make_engine(o, c));
+  for (const actors::worker_info& w : eng->workers()) res.worker_pids.push_back(w.pid);
 
+  // Every request: the synthetic context, one prompt token, then one decode token per step. The
+  // last request is timed; the others run lead_tokens longer, so every timed step holds the
+  // whole batch even though the first request may have started a step or two earlier.
   const auto n = static_cast<std::size_t>(o.batch);
-  std::vector<std::uint64_t> seqs;
-  for (std::size_t i = 0; i < n; ++i) {
-    HELIX_ASSIGN_OR_RETURN(const std::uint64_t id, dec->open_sequence());
-    seqs.push_back(id);
-  }
-  progress << fmt::format("  filling {} x {} tokens of synthetic {} KV...\n", o.batch, o.context,
-                          dtype_name(o.kv_dtype));
+  arrival_log log;
+  log.at.resize(n);
+  progress << fmt::format("  filling {} x {} tokens of synthetic {} KV and decoding...\n", o.batch,
+                          o.context, dtype_name(o.kv_dtype));
   progress.flush();
   const auto t0 = std::chrono::steady_clock::now();
+  actors::engine_stats kv_seen;  // while the whole batch holds its KV (first timed token)
+  std::vector<std::shared_ptr<actors::token_stream>> streams;
   for (std::size_t i = 0; i < n; ++i) {
-    HELIX_RETURN_IF_ERROR(dec->append_synthetic(seqs[i], o.context, kv_seed + i));
+    actors::request_options r;
+    r.prompt = {static_cast<std::int32_t>((i * 7919 + 1) % static_cast<std::size_t>(spec.vocab))};
+    r.max_tokens = 1 + o.warmup + o.steps + (i + 1 < n ? lead_tokens : 0);
+    r.synthetic_context_tokens = o.context;
+    r.synthetic_seed = kv_seed + i;
+    actors::engine* e_ptr = eng.get();
+    auto h = eng->submit(std::move(r), [&, i, e_ptr](const actors::token_event& e) {
+      if (e.token < 0) return;
+      std::lock_guard lk(log.mu);
+      log.at[i].push_back(std::chrono::steady_clock::now());
+      if (i + 1 == n && e.index == 1 + o.warmup) kv_seen = e_ptr->stats();
+    });
+    if (!h) return h.error();
+    streams.push_back(h->stream);
   }
-  res.fill_s = seconds_since(t0);
-
-  // Greedy sharded sampling: the ranks agree on the next tokens without gathering the logits.
-  std::vector<kernels::sampling_options> sampling(n);
-  std::vector<std::int32_t> tokens(n);
-  std::vector<std::int32_t> next(n);
-  std::vector<sharded_decoder::batch_item> items(n);
   for (std::size_t i = 0; i < n; ++i) {
-    tokens[i] =
-        static_cast<std::int32_t>((i * 7919 + 1) % static_cast<std::size_t>(dec->spec().vocab));
-    items[i].seq = seqs[i];
-    items[i].tokens = std::span<const std::int32_t>(&tokens[i], 1);
+    std::optional<actors::token_event> last;
+    while (auto e = streams[i]->next()) last = std::move(e);
+    if (!last) return internal_error("request {} ended without a last event", i);
+    if (last->reason == actors::finish_reason::error) return last->error;
+    if (last->reason != actors::finish_reason::length) {
+      return internal_error("request {} ended early after {} tokens", i, last->index + 1);
+    }
   }
-  const model::step_output out{
-      .logits = {}, .sampling = sampling, .request_ids = seqs, .tokens = next};
-  progress << fmt::format("  timing {} decode steps (after 1 prefill token and {} warm-up)...\n",
-                          o.steps, o.warmup);
-  progress.flush();
+  std::lock_guard lk(log.mu);
+  const auto& timed = log.at[n - 1];
+  if (timed.size() != static_cast<std::size_t>(1 + o.warmup + o.steps)) {
+    return internal_error("the timed request got {} tokens", timed.size());
+  }
+  res.fill_s = std::chrono::duration<double>(timed[0] - t0).count();
   std::vector<double> step_ms;
-  for (std::int64_t s = -1; s < o.warmup + o.steps; ++s) {  // s = -1: the prefill token
-    const auto t1 = std::chrono::steady_clock::now();
-    HELIX_RETURN_IF_ERROR(dec->forward(items, out));
-    const double ms = seconds_since(t1) * 1e3;
-    if (s >= o.warmup) step_ms.push_back(ms);
-    tokens = next;
+  for (std::size_t k = static_cast<std::size_t>(1 + o.warmup); k < timed.size(); ++k) {
+    // Every request's token of this step arrived in (timed[k-1], timed[k]].
+    for (std::size_t i = 0; i + 1 < n; ++i) {
+      const bool in_step = std::any_of(log.at[i].begin(), log.at[i].end(),
+                                       [&](auto t) { return t > timed[k - 1] && t <= timed[k]; });
+      if (!in_step) return internal_error("step {} did not hold request {}", k, i);
+    }
+    step_ms.push_back(std::chrono::duration<double, std::milli>(timed[k] - timed[k - 1]).count());
   }
   res.step_ms = median(step_ms);
   res.tokens_per_s = static_cast<double>(o.batch) / (res.step_ms / 1e3);
-  for (const rank_stats& r : dec->stats()) {
-    res.kv_bytes_per_worker = std::max(res.kv_bytes_per_worker, r.kv_bytes_used);
-    res.kv_bytes_read_per_step_per_worker =
-        std::max(res.kv_bytes_read_per_step_per_worker, r.kv_bytes_read_last_step);
+  // A decode step reads every KV block a worker holds (all of them belong to the batch).
+  for (const actors::worker_stats& w : kv_seen.workers) {
+    const kv_page_layout p = rank_page_layout(c.layout, w.rank, spec, o.kv_dtype);
+    const std::int64_t bytes =
+        w.kv_used_blocks * static_cast<std::int64_t>(p.page_bytes()) * spec.num_layers;
+    res.kv_bytes_per_worker = std::max(res.kv_bytes_per_worker, bytes);
   }
-  progress << fmt::format("  {:.2f} ms/step ({:.2f} tokens/s), fill {:.1f} s\n", res.step_ms,
-                          res.tokens_per_s, res.fill_s);
+  res.kv_bytes_read_per_step_per_worker = res.kv_bytes_per_worker;
+  progress << fmt::format("  {:.2f} ms/step ({:.2f} tokens/s), fill + first token {:.1f} s\n",
+                          res.step_ms, res.tokens_per_s, res.fill_s);
   progress.flush();
   return res;
 }
@@ -292,19 +346,15 @@ expected<decode_case_result> run_case(const bench_decode_options& o,
 
 expected<std::vector<decode_case_result>> run_decode_cases(const bench_decode_options& o,
                                                            std::ostream& progress) {
-  HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(o.model));
-  progress << fmt::format("seeding {} weights (bf16)...\n", spec.name);
-  progress.flush();
-  HELIX_ASSIGN_OR_RETURN(const model::model_weights weights,
-                         model::init_seeded_weights(spec, dtype::bf16, weight_seed));
   std::vector<decode_case_result> results;
   for (std::size_t i = 0; i < o.cases.size(); ++i) {
     const decode_case& c = o.cases[i];
-    progress << fmt::format("case {}/{}: {} hopb={} on {} ranks\n", i + 1, o.cases.size(),
-                            c.layout.to_string(), c.hopb ? "on" : "off", c.layout.num_ranks);
+    progress << fmt::format("case {}/{}: {} hopb={} on {} {}\n", i + 1, o.cases.size(),
+                            c.layout.to_string(), c.hopb ? "on" : "off", c.layout.num_ranks,
+                            o.processes > 0 ? "worker processes" : "worker threads");
     progress.flush();
-    // The decoder (its KV stores and weight shards) is released before the next case.
-    auto r = run_case(o, weights, c, progress);
+    // The engine (its workers, KV stores and weight shards) is gone before the next case.
+    auto r = run_case(o, c, progress);
     if (!r) return r.error().with_context(c.layout.to_string());
     results.push_back(std::move(*r));
   }
@@ -323,6 +373,7 @@ nlohmann::json decode_report_json(const bench_decode_options& o,
                       {"context", o.context},
                       {"batch", o.batch},
                       {"workers", o.workers},
+                      {"processes", o.processes},
                       {"kv_dtype", std::string(dtype_name(o.kv_dtype))},
                       {"weight_dtype", "bf16"},
                       {"kv_fill", "synthetic"},
@@ -340,7 +391,8 @@ nlohmann::json decode_report_json(const bench_decode_options& o,
          {"tokens_per_s", r.tokens_per_s},
          {"speedup_vs_tp",
           r.speedup_vs_tp ? nlohmann::json(*r.speedup_vs_tp) : nlohmann::json(nullptr)},
-         {"fill_s", r.fill_s}});
+         {"fill_s", r.fill_s},
+         {"worker_pids", r.worker_pids}});
   }
   return j;
 }
@@ -348,9 +400,10 @@ nlohmann::json decode_report_json(const bench_decode_options& o,
 void print_decode_table(std::ostream& out, const bench_decode_options& o,
                         const std::vector<decode_case_result>& results) {
   out << fmt::format(
-      "decode: {} on {} workers, batch {}, {} tokens of synthetic {} KV per sequence, bf16 "
-      "weights, median of {} steps, {} thread(s) per rank\n",
-      o.model, o.workers, o.batch, o.context, dtype_name(o.kv_dtype), o.steps, o.threads_per_rank);
+      "decode through the engine: {} on {} worker {}, batch {}, {} tokens of synthetic {} KV per "
+      "sequence, bf16 weights, median of {} steps, {} thread(s) per worker\n",
+      o.model, o.workers, o.processes > 0 ? "processes" : "threads", o.batch, o.context,
+      dtype_name(o.kv_dtype), o.steps, o.threads_per_rank);
   out << fmt::format("{:<32} {:>4} {:>12} {:>14} {:>10} {:>10} {:>7}\n", "layout", "hopb",
                      "KV/worker", "KV read/step", "ms/step", "tokens/s", "vs tp");
   for (const decode_case_result& r : results) {

@@ -1,13 +1,17 @@
-// `helix bench decode`: end-to-end decode steps of a model sharded over N simulated workers (one
-// apps::sharded_decoder, one thread per rank, in this process), for several layouts side by side.
+// `helix bench decode`: end-to-end decode steps of the engine (actors/engine.hpp: the engine,
+// planner and worker actors, the rank programs and the data plane that serve requests), for
+// several layouts side by side; workers are threads of this process or, with --processes,
+// `helix worker` processes joined over UCX.
 //
-// Per case (layout x HOP-B setting): create the sharded decoder with seeded bf16 weights, open
-// --batch sequences, append --context tokens of seeded synthetic KV to each (reported as
-// "kv_fill": "synthetic"), prefill one real token per sequence, run --warmup untimed
-// decode steps, then time --steps decode steps (one token per sequence, greedy sharded sampling)
-// and report the median step. The decoder is destroyed before the next case starts. Every rank
-// runs its kernels on --threads-per-rank threads (default 1: the host has few cores and all N
-// ranks share them, so absolute times are those of N workers time-sharing the host's cores).
+// Per case (layout x HOP-B setting): create an engine with seeded bf16 weights and KV sized for
+// the batch, submit --batch requests whose sequences start with --context tokens of seeded
+// synthetic KV (the engine's benchmark seam, placed by the planner's normal rule; reported as
+// "kv_fill": "synthetic") and one prompt token, and let each generate greedily. Step times are
+// the intervals between the timed request's consecutive tokens (engine overhead included), after
+// --warmup untimed decode steps; the median of --steps is reported, and every timed step is
+// checked to hold the whole batch. The engine is destroyed before the next case starts. Every
+// worker runs its kernels on --threads-per-rank threads (default 1: the host has few cores and
+// all N workers share them, so absolute times are those of N workers time-sharing its cores).
 //
 // Flags: --model NAME (default small-llama), --context N (K/M/G suffixes, default 128K),
 // --batch N (default 2), --workers N (default 8), --layouts LIST (families helix,tp,medha, each
@@ -15,7 +19,8 @@
 // --layout STRING (a canonical layout; repeat the flag or separate several with ';'; its rank
 // count must equal --workers), --hopb on|off|both (default off; both runs every layout twice),
 // --kv-dtype bf16|f32|fp8_e4m3 (default bf16), --steps N (default 8), --warmup N (default 1),
-// --threads-per-rank N (default 1), --json, --help.
+// --threads-per-rank N (default 1), --processes N (workers as N processes; N = --workers, which
+// it sets when absent), --json, --help.
 //
 // KV capacity per rank is sized from the layout: a rank holds ~1/KVP of every sequence's blocks
 // (tp: KVP = 1, so every rank holds the whole context of its duplicated KV heads). The run is
@@ -23,12 +28,16 @@
 // exceed 70% of the host's physical memory.
 //
 // JSON shape:
-//   {"model","context","batch","workers","kv_dtype","weight_dtype","kv_fill":"synthetic","steps",
+//   {"model","context","batch","workers","processes","kv_dtype","weight_dtype",
+//    "kv_fill":"synthetic","steps","threads_per_rank",
 //    "layouts":[{"name","family","hopb","kv_bytes_per_worker","kv_bytes_read_per_step_per_worker",
-//                "step_ms","tokens_per_s","speedup_vs_tp","fill_s"}, ...]}
-// kv_bytes_per_worker and kv_bytes_read_per_step_per_worker are maxima over ranks (the busiest
-// worker bounds the step); speedup_vs_tp is tp's step_ms / this step_ms with the same hopb
-// setting (null when no tp case with that setting ran).
+//                "step_ms","tokens_per_s","speedup_vs_tp","fill_s","worker_pids"}, ...]}
+// kv_bytes_per_worker is the maximum over workers of the KV they hold while the batch decodes
+// (the busiest worker bounds the step); a decode step reads all of it, so
+// kv_bytes_read_per_step_per_worker is the same figure. speedup_vs_tp is tp's step_ms / this
+// step_ms with the same hopb setting (null when no tp case with that setting ran). fill_s is the
+// time from the first submit to the timed request's first token (synthetic fill and prompt).
+// processes is 0 for worker threads.
 #pragma once
 
 #include <cstdint>
@@ -60,6 +69,8 @@ struct bench_decode_options {
   std::int64_t steps = 8;   // timed decode steps
   std::int64_t warmup = 1;  // untimed decode steps before them
   int threads_per_rank = 1;
+  std::int64_t processes = 0;      // > 0: workers as `helix worker` processes
+  std::string worker_binary;       // with processes: the `helix` binary
   bool json = false;               // report format (run_bench_decode only)
   std::vector<decode_case> cases;  // run in this order
 };
@@ -73,12 +84,14 @@ struct decode_case_result {
   double step_ms = 0.0;                                // median timed step
   double tokens_per_s = 0.0;                           // batch / step
   std::optional<double> speedup_vs_tp;
-  double fill_s = 0.0;  // synthetic KV fill of all sequences
+  double fill_s = 0.0;  // first submit to the timed request's first token
+  std::vector<std::int64_t> worker_pids;
 };
 
-/// KV tokens one rank of `l` must hold for `batch` sequences of `tokens_per_seq` tokens each in
-/// blocks of `block_tokens`: its share of every sequence's blocks (1/KVP, rounded up) plus one
-/// block of placement imbalance, times the batch.
+/// KV tokens one worker of `l` must hold for the engine to admit `batch` requests of
+/// `tokens_per_seq` tokens each at once in blocks of `block_tokens` (actors::kv_capacity_for
+/// with the default rebalance threshold): about 1/KVP of every sequence's blocks, plus the
+/// engine's per-request slack and rebalancing reserve.
 [[nodiscard]] std::int64_t kv_tokens_per_rank(const helix::layout& l, std::int64_t tokens_per_seq,
                                               std::int64_t batch, std::int64_t block_tokens);
 
@@ -93,7 +106,7 @@ struct decode_case_result {
 [[nodiscard]] status check_decode_memory(const bench_decode_options& o);
 
 /// Runs every case in order (progress lines on `progress`) and fills in speedup_vs_tp. Errors of
-/// the sharded decoder are returned as they are, with the case's layout as context.
+/// the engine are returned as they are, with the case's layout as context.
 [[nodiscard]] expected<std::vector<decode_case_result>> run_decode_cases(
     const bench_decode_options& o, std::ostream& progress);
 

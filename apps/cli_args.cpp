@@ -7,6 +7,8 @@
 #include <limits>
 #include <utility>
 
+#include <unistd.h>
+
 namespace helix::apps {
 
 expected<std::int64_t> parse_size(std::string_view text) {
@@ -149,6 +151,13 @@ status cli_args::check_known(const std::set<std::string>& known) const {
     return invalid_argument("flag --{} needs a value", *missing_value_);
   }
   return ok_status();
+}
+
+expected<std::string> this_program_path() {
+  char path[4096] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", path, sizeof(path) - 1);
+  if (n <= 0) return internal_error("cannot find this program's path (/proc/self/exe)");
+  return std::string(path, static_cast<std::size_t>(n));
 }
 
 }  // namespace helix::apps

@@ -17,6 +17,8 @@ namespace helix::apps {
 
 /// Parses "131072", "128K", "1M", "2G" (binary multiples). invalid_argument otherwise.
 [[nodiscard]] expected<std::int64_t> parse_size(std::string_view text);
+/// This program's own path (/proc/self/exe), for spawning `helix worker` processes.
+[[nodiscard]] expected<std::string> this_program_path();
 /// Parses a comma-separated list of integers ("3,14,15").
 [[nodiscard]] expected<std::vector<std::int64_t>> parse_int_list(std::string_view text);
 

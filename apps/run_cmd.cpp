@@ -630,10 +630,9 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     if (*procs < 1 || *procs > 64) return usage_error("--processes takes 1 to 64");
     o.processes = *procs;
     o.engine.num_workers = static_cast<int>(*procs);
-    char self_exe[4096] = {};
-    const ssize_t n = ::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
-    if (n <= 0) return usage_error("--processes: cannot find this program's path");
-    o.worker_binary.assign(self_exe, static_cast<std::size_t>(n));
+    auto self_exe = this_program_path();
+    if (!self_exe) return usage_error(self_exe.error().message());
+    o.worker_binary = std::move(*self_exe);
   }
   if (const auto listen = a->get("listen")) {
     if (a->has("processes")) return usage_error("--listen and --processes exclude each other");

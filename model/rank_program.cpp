@@ -360,14 +360,14 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
   // nor on how the heads are split (every layout sees the same context).
   const std::int64_t layers = kv_.num_layers();
   const std::int64_t head0 = w_.spec.is_mla() ? 0 : w_.layers.front().kv_heads.first;
-  parallel_for(
-      pool_.get(), static_cast<std::int64_t>(pages.size()) * layers, [&](std::int64_t task) {
-        const std::int64_t layer_idx = task % layers;
-        const auto& [slot, block_idx] = pages[sz(task / layers)];
-        const std::uint64_t stream = (static_cast<std::uint64_t>(layer_idx) << 56) ^ (seq << 40) ^
-                                     static_cast<std::uint64_t>(block_idx);
-        fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream, head0);
-      });
+  parallel_for(pool_.get(), static_cast<std::int64_t>(pages.size()) * layers,
+               [&](std::int64_t task) {
+                 const std::int64_t layer_idx = task % layers;
+                 const auto& [slot, block_idx] = pages[sz(task / layers)];
+                 const std::uint64_t stream = (static_cast<std::uint64_t>(layer_idx) << 56) ^
+                                              (seq << 40) ^ static_cast<std::uint64_t>(block_idx);
+                 fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream, head0);
+               });
   return ok_status();
 }
 

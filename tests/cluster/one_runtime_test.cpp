@@ -1,0 +1,40 @@
+// The CLI's benchmarks and tools drive the engine with workers as processes (`--processes N`):
+// the same engine, actors and layer program as with threads.
+#include <set>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "tests/support/cli.hpp"
+
+namespace helix {
+namespace {
+
+using test_support::last_json;
+using test_support::run_cli;
+
+TEST(OneRuntime, BenchDecodeWithWorkerProcesses) {
+  int rc = -1;
+  const std::string out =
+      run_cli(HELIX_CLI,
+              "bench decode --processes 2 --model tiny-llama --context 512 "
+              "--layout 'helix:kvp=2,tpa=1;tp:tp=2' --hopb both --steps 2 --json",
+              rc);
+  ASSERT_EQ(rc, 0) << out;
+  const nlohmann::json j = last_json(out);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  EXPECT_EQ(j["processes"], 2);
+  EXPECT_EQ(j["workers"], 2);
+  ASSERT_EQ(j["layouts"].size(), 4u) << j.dump();
+  for (const auto& l : j["layouts"]) {
+    EXPECT_GT(l["step_ms"].get<double>(), 0.0) << l.dump();
+    const auto pids = l["worker_pids"].get<std::vector<std::int64_t>>();
+    ASSERT_EQ(pids.size(), 2u) << l.dump();
+    EXPECT_NE(pids[0], pids[1]);
+    EXPECT_GT(pids[0], 0);
+  }
+  EXPECT_EQ(j["layouts"][0]["name"], "helix:kvp=2,tpa=1,tpf=2,ep=1");
+}
+
+}  // namespace
+}  // namespace helix
