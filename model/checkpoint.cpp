@@ -1,5 +1,6 @@
 #include "model/checkpoint.hpp"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -246,11 +247,10 @@ std::optional<non_finite_at> first_non_finite_stored(std::string_view stored_dty
   return std::nullopt;
 }
 
-// The first non-finite element of a loaded (host, f32/bf16/f16) tensor.
-std::optional<non_finite_at> first_non_finite_loaded(const tensor& t) {
-  const auto n = static_cast<std::size_t>(t.numel());
-  const auto* p = static_cast<const std::byte*>(t.data());
-  switch (t.type()) {
+// The first non-finite of `n` loaded (host, f32/bf16/f16) values of type `type` at `data`.
+std::optional<non_finite_at> first_non_finite_loaded(dtype type, const void* data, std::size_t n) {
+  const auto* p = static_cast<const std::byte*>(data);
+  switch (type) {
     case dtype::f32:
       return first_non_finite_stored("F32", {p, n * 4});
     case dtype::bf16:
@@ -266,13 +266,16 @@ std::optional<non_finite_at> first_non_finite_loaded(const tensor& t) {
 // A NaN or Inf weight poisons every token that touches it, far from its cause; refuse it at load,
 // naming the tensor and the element. Checked on the stored bytes (so that FP8 and other dtypes we
 // cannot load yet are checked too) and, after a narrowing conversion, on the loaded values: a
-// finite F32 value beyond f16's range would otherwise become Inf silently.
+// finite F32 value beyond f16's range would otherwise become Inf silently. `stored`: the stored
+// bytes of e's elements from `first_elem` on (all of them for a whole tensor); messages give
+// indices in the whole tensor.
 status check_finite(const std::string& dir, const safetensors_file& file,
-                    const safetensors_entry& e) {
-  if (auto at = first_non_finite_stored(e.dtype_name, file.bytes(e))) {
+                    const safetensors_entry& e, std::size_t first_elem,
+                    std::span<const std::byte> stored) {
+  if (auto at = first_non_finite_stored(e.dtype_name, stored)) {
     return invalid_argument("checkpoint '{}': {}: element {} is {} (stored as {}, shape {}, in {})",
-                            dir, e.name, at->idx, at->what, e.dtype_name, e.shape_string(),
-                            file.path());
+                            dir, e.name, first_elem + at->idx, at->what, e.dtype_name,
+                            e.shape_string(), file.path());
   }
   return ok_status();
 }
@@ -284,17 +287,20 @@ bool can_overflow(dtype from, dtype to) {
   return (to == dtype::f16 && from != dtype::f16) || (to == dtype::bf16 && from == dtype::f32);
 }
 
+// `n` values of type `to` at `loaded`, converted from e's elements from `first_elem` on.
 status check_converted_finite(const std::string& dir, const safetensors_file& file,
-                              const safetensors_entry& e, const tensor& loaded) {
-  if (!e.type || !can_overflow(*e.type, loaded.type())) return ok_status();
-  if (auto at = first_non_finite_loaded(loaded)) {
+                              const safetensors_entry& e, std::size_t first_elem, dtype to,
+                              const void* loaded, std::size_t n) {
+  if (!e.type || !can_overflow(*e.type, to)) return ok_status();
+  if (auto at = first_non_finite_loaded(to, loaded, n)) {
+    const std::size_t idx = first_elem + at->idx;
     std::byte raw[4] = {};
     const std::size_t elem = dtype_bytes(*e.type);
-    std::memcpy(raw, file.bytes(e).data() + at->idx * elem, elem);
+    std::memcpy(raw, file.bytes(e).data() + idx * elem, elem);
     const float v = load_as_f32(raw, *e.type, 0);
     return invalid_argument(
         "checkpoint '{}': {}: element {} ({} as {}) overflows to {} when converted to {} (in {})",
-        dir, e.name, at->idx, v, e.dtype_name, at->what, dtype_name(loaded.type()), file.path());
+        dir, e.name, idx, v, e.dtype_name, at->what, dtype_name(to), file.path());
   }
   return ok_status();
 }
@@ -329,51 +335,37 @@ status write_text_atomic(const fs::path& path, const std::string& text) {
   return ok_status();
 }
 
-}  // namespace
-
-expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_type) {
+status check_weight_type(const std::string& dir, dtype weight_type) {
   if (weight_type == dtype::fp8_e4m3) {
     return invalid_argument(
         "checkpoint '{}': weight type fp8_e4m3 is not supported (f32, bf16, "
         "f16)",
         dir);
   }
-  HELIX_ASSIGN_OR_RETURN(const model_spec spec, load_hf_config(dir));
-  HELIX_ASSIGN_OR_RETURN(const tensor_source src, open_source(dir));
+  return ok_status();
+}
+
+// Refuses a config.json that describes far more values than the files hold before anything is
+// sized from it. Slack so that only absurd configs are caught here; a merely inconsistent one
+// gets the precise per-tensor error afterwards.
+status check_spec_fits(const std::string& dir, const model_spec& spec, const tensor_source& src) {
   double stored = 0;
   for (const auto& [name, file_idx] : src.where) {
     stored += static_cast<double>(src.files[file_idx].find(name)->numel());
   }
-  // Slack so that only absurd configs are caught here; a merely inconsistent one gets the
-  // precise per-tensor error below.
   if (const double want = spec_values(spec); want > 1.25 * stored + 4096) {
     return invalid_argument(
         "checkpoint '{}': config.json describes {:.4g} parameters but the "
         "weights files hold only {:.4g} values",
         dir, want, stored);
   }
-  HELIX_ASSIGN_OR_RETURN(model_weights w, allocate_weights(spec, weight_type));
+  return ok_status();
+}
 
-  std::set<std::string, std::less<>> used;
-  for (named_tensor& nt : list_tensors(w)) {
-    if (nt.t->data() == nullptr) continue;  // a slot this spec does not allocate
-    std::size_t file_idx = 0;
-    const safetensors_entry* e = src.find(nt.name, file_idx);
-    if (e == nullptr) {
-      return not_found("checkpoint '{}': tensor '{}' not found (expected shape {})", dir, nt.name,
-                       nt.t->dims().to_string());
-    }
-    if (!same_shape(*e, nt.t->dims())) {
-      return invalid_argument("checkpoint '{}': tensor '{}' has shape {}, expected {}", dir,
-                              nt.name, e->shape_string(), nt.t->dims().to_string());
-    }
-    const safetensors_file& file = src.files[file_idx];
-    HELIX_RETURN_IF_ERROR(check_finite(dir, file, *e));
-    HELIX_RETURN_IF_ERROR(file.read_into(nt.name, *nt.t));
-    HELIX_RETURN_IF_ERROR(check_converted_finite(dir, file, *e, *nt.t));
-    used.insert(nt.name);
-  }
-
+// Tensors of the files that the model does not use are ignored, and said so at debug.
+void log_ignored(const std::string& dir, const model_spec& spec, const tensor_source& src,
+                 const std::set<std::string, std::less<>>& used, dtype weight_type,
+                 std::string_view what) {
   auto log = module_logger("model");
   std::size_t ignored = 0;
   for (const auto& [name, file_idx] : src.where) {
@@ -382,9 +374,148 @@ expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_typ
     log->debug("checkpoint '{}': ignoring tensor '{}' (not used by {})", dir, name,
                spec.architecture);
   }
-  log->debug("checkpoint '{}': loaded {} tensors as {} ({} unused tensors ignored)", dir,
-             used.size(), dtype_name(weight_type), ignored);
+  log->debug("checkpoint '{}': loaded {} {} as {} ({} unused tensors ignored)", dir, used.size(),
+             what, dtype_name(weight_type), ignored);
+}
+
+// The entry of a tensor the model needs, with the shape it needs: not_found or invalid_argument
+// naming it otherwise.
+expected<const safetensors_entry*> find_tensor(const std::string& dir, const tensor_source& src,
+                                               const std::string& name, const shape& dims,
+                                               std::size_t& file_idx) {
+  const safetensors_entry* e = src.find(name, file_idx);
+  if (e == nullptr) {
+    return not_found("checkpoint '{}': tensor '{}' not found (expected shape {})", dir, name,
+                     dims.to_string());
+  }
+  if (!same_shape(*e, dims)) {
+    return invalid_argument("checkpoint '{}': tensor '{}' has shape {}, expected {}", dir, name,
+                            e->shape_string(), dims.to_string());
+  }
+  return e;
+}
+
+// Converts `n` stored elements of type `from` (any alignment) to `to` at `dst`, rounding to
+// nearest even as safetensors_file::read_into does.
+void convert_stored(const std::byte* src, dtype from, std::size_t n, void* dst, dtype to) {
+  if (from == to) {
+    std::memcpy(dst, src, n * dtype_bytes(from));
+    return;
+  }
+  const std::size_t elem = dtype_bytes(from);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::byte raw[4] = {};
+    std::memcpy(raw, src + i * elem, elem);  // the mapping gives no alignment guarantee
+    store_from_f32(dst, to, i, load_as_f32(raw, from, 0));
+  }
+}
+
+// The piece `cut` of plan entry `p`, read straight from the mapping of its entry `e`: only the
+// piece's elements are touched, checked for NaN/Inf as stored and for overflow as converted.
+expected<tensor> read_piece(const std::string& dir, const safetensors_file& file,
+                            const safetensors_entry& e, const full_tensor_plan& p,
+                            const tensor_cut& cut) {
+  tensor out(p.type, cut_shape(p.dims, cut));
+  const std::span<const std::byte> stored = file.bytes(e);
+  const std::size_t src_elem = dtype_bytes(*e.type);
+  const std::size_t dst_elem = dtype_bytes(p.type);
+  auto* dst = static_cast<std::byte*>(out.data());
+  for (const cut_run& r : cut_runs(p.dims, cut)) {
+    const auto first = static_cast<std::size_t>(r.full_offset);
+    const auto n = static_cast<std::size_t>(r.count);
+    const std::span<const std::byte> run = stored.subspan(first * src_elem, n * src_elem);
+    HELIX_RETURN_IF_ERROR(check_finite(dir, file, e, first, run));
+    std::byte* to = dst + static_cast<std::size_t>(r.piece_offset) * dst_elem;
+    convert_stored(run.data(), *e.type, n, to, p.type);
+    HELIX_RETURN_IF_ERROR(check_converted_finite(dir, file, e, first, p.type, to, n));
+  }
+  return out;
+}
+
+// Drops the mapped pages of `bytes` from this process's resident set once they have been read:
+// they stay in the page cache (a later read faults them back in), so a rank's memory is its
+// pieces plus the pages of one tensor at a time rather than of everything it read. Advice only.
+void release_pages(std::span<const std::byte> bytes) {
+  if (bytes.empty()) return;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  // The mapping starts on a page boundary, so rounding the start down stays inside it.
+  const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(bytes.data()) / page * page;
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size());
+  (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+}  // namespace
+
+expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_type) {
+  HELIX_RETURN_IF_ERROR(check_weight_type(dir, weight_type));
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, load_hf_config(dir));
+  HELIX_ASSIGN_OR_RETURN(const tensor_source src, open_source(dir));
+  HELIX_RETURN_IF_ERROR(check_spec_fits(dir, spec, src));
+  HELIX_ASSIGN_OR_RETURN(model_weights w, allocate_weights(spec, weight_type));
+
+  std::set<std::string, std::less<>> used;
+  for (named_tensor& nt : list_tensors(w)) {
+    if (nt.t->data() == nullptr) continue;  // a slot this spec does not allocate
+    std::size_t file_idx = 0;
+    HELIX_ASSIGN_OR_RETURN(const safetensors_entry* e,
+                           find_tensor(dir, src, nt.name, nt.t->dims(), file_idx));
+    const safetensors_file& file = src.files[file_idx];
+    HELIX_RETURN_IF_ERROR(check_finite(dir, file, *e, 0, file.bytes(*e)));
+    HELIX_RETURN_IF_ERROR(file.read_into(nt.name, *nt.t));
+    HELIX_RETURN_IF_ERROR(check_converted_finite(dir, file, *e, 0, nt.t->type(), nt.t->data(),
+                                                 static_cast<std::size_t>(nt.t->numel())));
+    used.insert(nt.name);
+  }
+  log_ignored(dir, spec, src, used, weight_type, "tensors");
   return w;
+}
+
+expected<rank_weights> checkpoint_rank_weights(const std::string& dir, dtype weight_type,
+                                               const layout& l, std::int64_t rank) {
+  HELIX_RETURN_IF_ERROR(check_weight_type(dir, weight_type));
+  HELIX_ASSIGN_OR_RETURN(const model_spec spec, load_hf_config(dir));
+  HELIX_ASSIGN_OR_RETURN(const tensor_source src, open_source(dir));
+  HELIX_RETURN_IF_ERROR(check_spec_fits(dir, spec, src));
+  rank_weights out;
+  auto planned = plan_rank_weights(spec, weight_type, l, rank, out);
+  if (!planned.has_value()) {
+    return planned.error().with_context(fmt::format("checkpoint '{}'", dir));
+  }
+  const std::vector<full_tensor_plan>& plan = *planned;
+
+  // Every tensor first, so that a broken checkpoint fails alike on every rank and before any
+  // piece is read.
+  std::vector<std::pair<std::size_t, const safetensors_entry*>> entries;
+  entries.reserve(plan.size());
+  std::set<std::string, std::less<>> used;
+  for (const full_tensor_plan& p : plan) {
+    std::size_t file_idx = 0;
+    HELIX_ASSIGN_OR_RETURN(const safetensors_entry* e,
+                           find_tensor(dir, src, p.name, p.dims, file_idx));
+    if (!e->type) {
+      return invalid_argument(
+          "checkpoint '{}': tensor '{}' has dtype {}, which cannot be loaded (supported: F32, "
+          "BF16, F16{}) (in {})",
+          dir, p.name, e->dtype_name,
+          e->dtype_name.starts_with("F8_") ? "; FP8 block-scaled checkpoints are not supported yet"
+                                           : "",
+          src.files[file_idx].path());
+    }
+    entries.emplace_back(file_idx, e);
+    used.insert(p.name);
+  }
+  std::size_t pieces = 0;
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    const auto [file_idx, e] = entries[i];
+    for (const tensor_cut& c : plan[i].cuts) {
+      HELIX_ASSIGN_OR_RETURN(*c.dst, read_piece(dir, src.files[file_idx], *e, plan[i], c));
+      ++pieces;
+    }
+    if (!plan[i].cuts.empty()) release_pages(src.files[file_idx].bytes(*e));
+  }
+  log_ignored(dir, spec, src, used, weight_type,
+              fmt::format("tensors ({} pieces for rank {} of {})", pieces, rank, l.to_string()));
+  return out;  // closing `src` unmaps the files
 }
 
 status save_checkpoint(const std::string& dir, const model_weights& w) {

@@ -21,10 +21,16 @@
 //   - LM head: vocabulary rows [v0, v1), split over N (uneven allowed).
 // Uneven splits give the first `total % parts` parts one extra element.
 //
+// The rules above are written once, as a plan (plan_rank_weights): every full tensor of the model
+// with the pieces of it the rank holds. shard_weights() cuts the pieces out of full weights in
+// memory, seeded_rank_weights() out of one seeded full tensor at a time, and
+// checkpoint_rank_weights() (checkpoint.hpp) straight out of a checkpoint's memory mapping.
+//
 // Plain data, move-only (tensors own their memory). shard_weights() is pure and thread-compatible.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/layout.hpp"
@@ -130,11 +136,61 @@ struct rank_weights {
                                                    const helix::layout& l, std::int64_t rank);
 
 /// What shard_weights(init_seeded_weights(spec, weight_type, seed), l, rank) gives, bit for bit,
-/// without ever holding the full model: the layers are seeded and sliced one at a time, so a
-/// worker process holds its shards plus one full layer (and the embedding, which every rank
-/// keeps in full). Errors as shard_weights and init_seeded_weights.
+/// without ever holding the full model: the tensors the rank holds a piece of are seeded and cut
+/// one at a time (the others are skipped), so a worker process holds its shards plus one full
+/// tensor. Errors as shard_weights and init_seeded_weights.
 [[nodiscard]] expected<rank_weights> seeded_rank_weights(const model_spec& spec, dtype weight_type,
                                                          std::uint64_t seed, const helix::layout& l,
                                                          std::int64_t rank);
+
+/// A piece of a full tensor that a rank holds, and the rank_weights tensor it becomes.
+struct tensor_cut {
+  enum class kind : std::uint8_t {
+    whole,  // the full tensor, any rank
+    rows,   // rows `ranges` of a 2-D [R, C], concatenated in order: [sum of counts, C]
+    cols,   // columns ranges[0] of a 2-D [R, C]: [R, count]
+  };
+  kind how = kind::whole;
+  std::vector<index_range> ranges;
+  tensor* dst = nullptr;  // into the rank_weights passed to plan_rank_weights
+};
+
+/// One contiguous run of a piece: `count` elements from element `full_offset` of the full tensor
+/// (row-major) to element `piece_offset` of the piece.
+struct cut_run {
+  std::int64_t full_offset = 0;
+  std::int64_t piece_offset = 0;
+  std::int64_t count = 0;
+};
+
+/// The shape of `cut`'s piece of a full tensor of shape `full`, and its runs in piece order
+/// (they tile the piece). HELIX_CHECK that rows/cols cuts are of 2-D tensors and within range.
+[[nodiscard]] shape cut_shape(const shape& full, const tensor_cut& cut);
+[[nodiscard]] std::vector<cut_run> cut_runs(const shape& full, const tensor_cut& cut);
+
+/// One full tensor of a model and the pieces of it one rank holds.
+struct full_tensor_plan {
+  std::string name;         // as list_tensors() names it (the HF checkpoint name)
+  shape dims;               // as allocate_weights() shapes it
+  dtype type = dtype::f32;  // in-memory dtype: the weight type, or f32 (norms, router, bias)
+  tensor_role role = tensor_role::linear;
+  /// Empty when the rank holds none of it (another EP group's expert; the FFN of a medha rank
+  /// outside it). Several for a tensor cut twice (kv_b_proj: W_UK and W_UV; a tied embedding:
+  /// the LM head rows, then the whole).
+  std::vector<tensor_cut> cuts;
+};
+
+/// Every tensor of a `spec` model in `weight_type`, in list_tensors() order (which is the seed
+/// order of init_seeded_weights), with the pieces `rank` holds under `l`; fills `out`'s fields
+/// other than the tensors (rank, layout, spec, weight_type, vocab, layer and expert index
+/// ranges, has_ffn, is_moe) and points the cuts at its tensors, which stay empty until the
+/// caller fills them. `out` must stay where it is while the plan is used. Only metadata: no
+/// tensor is allocated. Errors as shard_weights for the layout and rank, as spec.validate(), and
+/// invalid_argument for fp8_e4m3 (not a weight type).
+[[nodiscard]] expected<std::vector<full_tensor_plan>> plan_rank_weights(const model_spec& spec,
+                                                                        dtype weight_type,
+                                                                        const helix::layout& l,
+                                                                        std::int64_t rank,
+                                                                        rank_weights& out);
 
 }  // namespace helix::model
