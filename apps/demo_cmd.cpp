@@ -7,10 +7,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "actors/engine.hpp"
 #include "apps/bench_decode.hpp"
 #include "apps/cli_args.hpp"
 #include "apps/run_cmd.hpp"
-#include "apps/sharded_decoder.hpp"
+#include "cluster/cluster.hpp"
 #include "core/layout.hpp"
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
@@ -21,7 +22,8 @@ namespace {
 
 constexpr double exact_tolerance = 1e-4;
 
-// Sharded decoders checked against the single worker: (model, layout).
+// The engine checked against the single worker: (model, layout) on 8 worker threads; with
+// --processes N, each model's default helix layout for N.
 constexpr std::pair<const char*, const char*> sharded_checks[] = {
     {"tiny-llama", "helix:kvp=4,tpa=2"},
     {"tiny-deepseek", "helix:kvp=8,tpa=1,tpf=2,ep=4"},  // MLA, MoE with expert parallelism
@@ -77,44 +79,54 @@ struct sharded_exactness {
   double max_abs_diff = 0;
 };
 
-// The same prompt and greedy continuation on the single-worker decoder and on a sharded decoder
-// of `layout_text` (f32 weights and KV): every step's full logits compared. The continuation
-// follows the single worker's argmax, so both decode exactly the same tokens.
-expected<sharded_exactness> check_sharded(const std::string& name, const std::string& layout_text,
-                                          std::int64_t steps) {
+// The engine on `grid` (f32 weights and KV; its workers threads, or processes when
+// `worker_binary` is set) decodes a prompt greedily, returning every token's logits row; the
+// single-worker decoder is fed the same tokens and every row is compared.
+expected<sharded_exactness> check_sharded(const std::string& name, const helix::layout& grid,
+                                          std::int64_t steps, const std::string& worker_binary) {
   HELIX_ASSIGN_OR_RETURN(const model_spec spec, builtin_model(name));
-  HELIX_ASSIGN_OR_RETURN(const helix::layout grid, helix::layout::parse(layout_text));
   HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
                          model::init_seeded_weights(spec, dtype::f32, model::default_weight_seed));
   HELIX_ASSIGN_OR_RETURN(auto single, model::decoder::create(w, {.kv_capacity_tokens = 1024}));
-  sharded_decoder_options so;
-  so.layout = grid;
-  so.rank.kv_type = dtype::f32;
-  so.rank.kv_capacity_tokens = 1024;
-  so.rank.max_batch_tokens = 64;
-  HELIX_ASSIGN_OR_RETURN(auto sharded, sharded_decoder::create(w, so));
-  std::vector<std::int32_t> seq;
+  std::vector<std::int32_t> prompt;
   for (std::uint64_t i = 0; i < 19; ++i) {
-    seq.push_back(static_cast<std::int32_t>(random_words(42, 1, i, rng_purpose::test_data, 0)[0] %
-                                            static_cast<std::uint32_t>(spec.vocab)));
+    prompt.push_back(
+        static_cast<std::int32_t>(random_words(42, 1, i, rng_purpose::test_data, 0)[0] %
+                                  static_cast<std::uint32_t>(spec.vocab)));
   }
-  const std::uint64_t a = single->open_sequence();
-  HELIX_ASSIGN_OR_RETURN(const std::uint64_t b, sharded->open_sequence());
+  actors::engine_config ec;
+  ec.model = name;
+  ec.layout = grid.to_string();
+  ec.num_workers = grid.num_ranks;
+  ec.kv_capacity_tokens_per_worker = 1024;
+  ec.max_batch_tokens = 64;
+  std::unique_ptr<actors::worker_source> source;
+  if (!worker_binary.empty()) {
+    cluster::spawned_workers_options so;
+    so.worker_binary = worker_binary;
+    source = cluster::spawned_workers(so);
+  }
+  HELIX_ASSIGN_OR_RETURN(auto eng, actors::engine::create(ec, std::move(source)));
+  actors::request_options ro;
+  ro.prompt = prompt;
+  ro.max_tokens = steps + 1;
+  ro.return_logits = true;
+  HELIX_ASSIGN_OR_RETURN(const actors::request_handle h, eng->submit(ro));
+  const std::uint64_t seq = single->open_sequence();
   std::vector<float> ref(static_cast<std::size_t>(spec.vocab));
-  std::vector<float> got(ref.size());
-  sharded_exactness e{name, grid.to_string(), steps, 0.0};
-  std::span<const std::int32_t> feed(seq);
-  for (std::int64_t s = 0; s <= steps; ++s) {
-    const model::decoder::batch_item ia{a, feed, false};
-    const model::decoder::batch_item ib{b, feed, false};
-    HELIX_RETURN_IF_ERROR(single->forward({&ia, 1}, ref));
-    HELIX_RETURN_IF_ERROR(sharded->forward({&ib, 1}, got));
+  sharded_exactness e{name, grid.to_string(), 0, 0.0};
+  std::vector<std::int32_t> feed = prompt;
+  while (auto ev = h.stream->next()) {
+    if (ev->reason == actors::finish_reason::error) return ev->error;
+    if (ev->token < 0) continue;
+    if (ev->logits.size() != ref.size()) return internal_error("engine returned no logits row");
+    const model::decoder::batch_item item{seq, feed, false};
+    HELIX_RETURN_IF_ERROR(single->forward({&item, 1}, ref));
     for (std::size_t v = 0; v < ref.size(); ++v) {
-      e.max_abs_diff = std::max(e.max_abs_diff, double{std::fabs(ref[v] - got[v])});
+      e.max_abs_diff = std::max(e.max_abs_diff, double{std::fabs(ref[v] - ev->logits[v])});
     }
-    seq.push_back(
-        static_cast<std::int32_t>(std::max_element(ref.begin(), ref.end()) - ref.begin()));
-    feed = std::span<const std::int32_t>(seq).last(1);
+    e.steps = ev->index;
+    feed = {ev->token};
   }
   return e;
 }
@@ -173,17 +185,18 @@ std::string format_gib(std::int64_t bytes) {
 int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   constexpr const char* demo_usage =
       "usage: helix demo [--context 64K] [--decode-model small-llama] [--batch 2] [--steps 8]\n"
-      "                  [--workers 8]\n"
+      "                  [--workers 8 | --processes N]\n"
       "                  [--agent-requests 32] [--agent-context 4K] [--json]\n"
       "  --context N          synthetic KV tokens per request of the long decode (K/M suffixes)\n"
       "  --decode-model NAME  model of the long decode (default small-llama)\n"
       "  --batch N            requests decoded together\n"
       "  --steps N            timed decode steps per layout (median reported)\n"
-      "  --workers N          simulated workers (ranks), all on this host\n"
+      "  --workers N          workers (ranks) as threads of this process\n"
+      "  --processes N        N workers as `helix worker` processes instead (UCX data plane)\n"
       "  --agent-requests N   requests of the multi-agent workload (`helix run`)\n"
       "  --agent-context N    its mean first-turn context (K/M suffixes)\n";
   auto a = cli_args::parse(args, {"json", "help"});
-  if (!a || !a->check_known({"context", "decode-model", "batch", "steps", "workers",
+  if (!a || !a->check_known({"context", "decode-model", "batch", "steps", "workers", "processes",
                              "agent-requests", "agent-context", "json", "help"})
                  .ok()) {
     err << demo_usage;
@@ -197,9 +210,25 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
   const auto context = a->get_size("context", std::int64_t{64} << 10);
   const auto batch = a->get_size("batch", 2);
   const auto steps = a->get_size("steps", 8);
-  const auto workers = a->get_size("workers", 8);
+  const auto processes = a->get_size("processes", 0);
+  const auto workers = a->get_size("workers", processes && *processes > 0 ? *processes : 8);
   const auto agent_requests = a->get_size("agent-requests", 32);
   const auto agent_context = a->get_size("agent-context", 4096);
+  if (!processes || *processes < 0 || *processes > 64 ||
+      (*processes > 0 && workers && *workers != *processes)) {
+    err << "error: --processes takes 1 to 64 and sets the workers (--workers must match)\n"
+        << demo_usage;
+    return 2;
+  }
+  std::string worker_binary;
+  if (*processes > 0) {
+    auto self = this_program_path();
+    if (!self) {
+      err << "error: " << self.error().to_string() << "\n";
+      return 1;
+    }
+    worker_binary = std::move(*self);
+  }
   if (!context || !batch || !steps || !workers || !agent_requests || !agent_context ||
       *context < 1 || *batch < 1 || *batch > 64 || *steps < 1 || *steps > 4096 || *workers < 1 ||
       *workers > 64 || *agent_requests < 1 || *agent_context < 2) {
@@ -210,6 +239,8 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
   }
   bench_decode_options dopt =
       decode_options(a->get_or("decode-model", "small-llama"), *context, *batch, *steps, *workers);
+  dopt.processes = *processes;
+  dopt.worker_binary = worker_binary;
   const status planned = plan_decode(dopt);
   if (!planned.ok()) {
     err << "error: " << planned.to_string() << "\n";
@@ -218,10 +249,13 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
   nlohmann::json report;
   bool exact = true;
   if (!json) {
-    out << fmt::format(
-        "Helix demo: {} simulated workers in this process (one thread per rank, sharing this "
-        "host's cores)\n\n",
-        *workers);
+    out << (*processes > 0
+                ? fmt::format("Helix demo: {} workers as `helix worker` processes on this host "
+                              "(UCX data plane), driven by one engine\n\n",
+                              *workers)
+                : fmt::format("Helix demo: {} workers as threads of this process (sharing this "
+                              "host's cores), driven by one engine\n\n",
+                              *workers));
   }
   for (const char* name : {"tiny-llama", "tiny-deepseek"}) {
     err << "checking exactness of " << name << "...\n";
@@ -241,8 +275,15 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
     }
   }
   for (const auto& [name, layout_text] : sharded_checks) {
-    err << "checking " << name << " on " << layout_text << " against one worker...\n";
-    auto e = check_sharded(name, layout_text, 16);
+    auto grid = layout::parse(layout_text);
+    if (*processes > 0)
+      grid = default_layout(layout_family::helix, *processes, *builtin_model(name));
+    if (!grid) {
+      err << "error: " << grid.error().with_context(name).to_string() << "\n";
+      return 2;
+    }
+    err << "checking " << name << " on " << grid->to_string() << " against one worker...\n";
+    auto e = check_sharded(name, *grid, 16, worker_binary);
     if (!e) {
       err << "error: " << e.error().to_string() << "\n";
       return 1;
@@ -255,12 +296,14 @@ int run_demo(const std::vector<std::string>& args, std::ostream& out, std::ostre
                                            {"max_abs_logit_diff", e->max_abs_diff}});
     if (!json) {
       out << fmt::format(
-          "sharded    {:<14} {} vs one worker, {} greedy steps: max |logit diff| {:.2e} {}\n",
+          "engine     {:<14} {} vs one worker, {} greedy steps: max |logit diff| {:.2e} {}\n",
           e->model, e->layout, e->steps, e->max_abs_diff,
           e->max_abs_diff <= exact_tolerance ? "ok" : "FAIL");
     }
   }
-  const workload_options agents = agent_options(*agent_requests, *agent_context, *workers);
+  workload_options agents = agent_options(*agent_requests, *agent_context, *workers);
+  agents.processes = *processes;
+  agents.worker_binary = worker_binary;
   err << fmt::format("running the multi-agent workload: {} requests on {} workers...\n",
                      agents.max_requests, agents.engine.num_workers);
   auto agent_report = run_agent_workload(agents, err);

@@ -1,7 +1,5 @@
 #include "apps/verify_cmd.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,8 +9,8 @@
 
 #include "actors/engine.hpp"
 #include "apps/cli_args.hpp"
-#include "apps/sharded_decoder.hpp"
 #include "cluster/cluster.hpp"
+#include "core/kv_layout.hpp"
 #include "core/layout.hpp"
 #include "core/rng.hpp"
 #include "model/decoder.hpp"
@@ -29,10 +27,10 @@ constexpr const char* usage =
     "  --steps N           greedy steps per request, the prefill included (default 64)\n"
     "  --prompt-len N      prompt of request i has N + 5*i tokens (default 24)\n"
     "  --dtype D           weights and KV: f32 or bf16 (default f32)\n"
-    "  --hopb on|off       HOP-B micro-batch overlap on the sharded side (default off)\n"
+    "  --hopb on|off       HOP-B micro-batch overlap on the engine's side (default off)\n"
     "  --seed N            seed of the weights and prompts (default 1234, as every command)\n"
-    "  --processes N       the sharded side is the engine with N `helix worker` processes\n"
-    "                      (N = the layout's ranks; compares tokens, not logits)\n"
+    "  --processes N       the engine's workers are N `helix worker` processes (N = the\n"
+    "                      layout's ranks) instead of threads of this process\n"
     "  --json              machine-readable output\n";
 
 constexpr std::int64_t max_batch = 256;
@@ -40,6 +38,8 @@ constexpr std::int64_t max_steps = 1 << 16;
 constexpr std::int64_t max_prompt = 1 << 16;
 // verify holds the full weights and every rank's shard (about twice the model) in one process.
 constexpr double max_weight_bytes = 8.0 * (1ull << 30);
+constexpr double max_logits_bytes = 2.0 * (1ull << 30);
+constexpr std::int64_t max_step_rows = 4096;  // the engine's batch; longer prefills are chunked
 
 struct config {
   model_spec spec;
@@ -51,8 +51,7 @@ struct config {
   bool hopb = false;
   std::uint64_t seed = model::default_weight_seed;
   bool json = false;
-  // > 0: the sharded side is the engine with this many `helix worker` processes (tokens only:
-  // the engine does not hand out logits, so max_abs_logit_diff is not measured).
+  // > 0: the engine's workers are this many `helix worker` processes, else threads.
   std::int64_t processes = 0;
   std::string worker_binary;
 };
@@ -104,10 +103,7 @@ expected<config> parse(const std::vector<std::string>& argv) {
       return invalid_argument("--processes {} but layout {} has {} ranks", c.processes,
                               c.grid.to_string(), c.grid.num_ranks);
     }
-    char self_exe[4096] = {};
-    const ssize_t n = ::readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
-    if (n <= 0) return internal_error("--processes: cannot find this program's path");
-    c.worker_binary.assign(self_exe, static_cast<std::size_t>(n));
+    HELIX_ASSIGN_OR_RETURN(c.worker_binary, this_program_path());
   }
   return c;
 }
@@ -169,33 +165,91 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// The sharded side as the engine with worker processes: every request's greedy tokens from the
-// engine against the single worker's, request by request.
-expected<report> run_processes(const config& c, model::decoder& ref,
-                               const std::vector<std::vector<std::int32_t>>& prompts,
-                               std::int64_t capacity, std::int64_t rows, report r) {
+// Reference logits of one request: one row (vocab floats) per step, the step's token its argmax.
+struct reference_run {
+  std::vector<std::vector<float>> rows;  // [request][step * vocab + v]
+  std::vector<std::vector<std::int32_t>> tokens;
+};
+
+// The single worker: every request decoded greedily, batched, each feeding its own tokens back.
+expected<reference_run> run_reference(const config& c, const model::model_weights& w,
+                                      const std::vector<std::vector<std::int32_t>>& prompts,
+                                      std::int64_t capacity, std::int64_t rows, report& r) {
   const auto n = prompts.size();
-  std::vector<std::vector<std::int32_t>> expected_tokens(n);
+  const auto vocab = static_cast<std::size_t>(c.spec.vocab);
+  model::decoder_options ro;
+  ro.kv_type = c.type;
+  ro.kv_capacity_tokens = capacity;
+  ro.max_batch_tokens = rows;
+  ro.num_threads = 1;
+  HELIX_ASSIGN_OR_RETURN(auto ref, model::decoder::create(w, ro));
   std::vector<model::decoder::batch_item> items(n);
   for (std::size_t i = 0; i < n; ++i) {
-    items[i].seq = ref.open_sequence();
+    items[i].seq = ref->open_sequence();
     items[i].tokens = prompts[i];
   }
-  const auto vocab = static_cast<std::size_t>(c.spec.vocab);
+  reference_run out;
+  out.rows.assign(n, {});
+  out.tokens.assign(n, {});
   std::vector<float> logits(n * vocab);
   std::vector<std::int32_t> next(n);
   for (std::int64_t step = 0; step < c.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    HELIX_RETURN_IF_ERROR(ref.forward(items, logits));
+    HELIX_RETURN_IF_ERROR(
+        ref->forward(items, logits).with_context(fmt::format("single worker, step {}", step)));
     r.reference.add(step, ms_since(t0));
     for (std::size_t i = 0; i < n; ++i) {
-      next[i] = argmax(std::span<const float>(logits).subspan(i * vocab, vocab));
-      expected_tokens[i].push_back(next[i]);
+      const auto row = std::span<const float>(logits).subspan(i * vocab, vocab);
+      out.rows[i].insert(out.rows[i].end(), row.begin(), row.end());
+      next[i] = argmax(row);
+      out.tokens[i].push_back(next[i]);
       items[i].tokens = std::span<const std::int32_t>(&next[i], 1);
     }
   }
+  return out;
+}
+
+// The sharded side is the engine (worker threads, or `helix worker` processes), every request
+// returning the logits row of each token; compared request by request with the single worker.
+expected<report> run(const config& c) {
+  const model_spec& s = c.spec;
+  const auto n = static_cast<std::size_t>(c.batch);
+  const auto vocab = static_cast<std::size_t>(s.vocab);
+  // Both sides keep every step's logits row of every request.
+  const double logits_bytes = 2.0 * static_cast<double>(c.batch) * static_cast<double>(c.steps) *
+                              static_cast<double>(vocab) * 4.0;
+  if (logits_bytes > max_logits_bytes) {
+    return resource_exhausted(
+        "--batch {} x --steps {} keep {:.1f} GiB of logits rows (at most {:.0f} GiB)", c.batch,
+        c.steps, logits_bytes / (1ull << 30), max_logits_bytes / (1ull << 30));
+  }
+  report r;
+  std::vector<std::vector<std::int32_t>> prompts(n);
+  std::int64_t prefill_rows = 0;
+  std::int64_t longest = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t len = c.prompt_len + 5 * static_cast<std::int64_t>(i);
+    prompts[i] = prompt_tokens(c.seed, static_cast<std::int64_t>(i), len, s.vocab);
+    r.prompt_lens.push_back(len);
+    prefill_rows += len;
+    longest = std::max(longest, len);
+  }
+  const std::int64_t rows = std::min(std::max(prefill_rows, c.batch), max_step_rows);
+  const std::int64_t capacity =
+      actors::kv_capacity_for(c.batch, longest + c.steps, c.grid.kvp, default_block_tokens,
+                              actors::engine_config{}.rebalance_threshold);
+
+  reference_run ref;
+  {
+    HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
+                           model::init_seeded_weights(s, c.type, c.seed));
+    HELIX_ASSIGN_OR_RETURN(
+        ref, run_reference(c, w, prompts, prefill_rows + c.batch * (c.steps + default_block_tokens),
+                           std::max(prefill_rows, c.batch), r));
+  }
+
   actors::engine_config ec;
-  ec.model = c.spec.name;
+  ec.model = s.name;
   ec.weight_type = c.type;
   ec.kv_type = c.type;
   ec.weight_seed = c.seed;
@@ -205,128 +259,64 @@ expected<report> run_processes(const config& c, model::decoder& ref,
   ec.max_batch_tokens = rows;
   ec.prefill_chunk_tokens = rows;
   ec.hopb = c.hopb;
-  cluster::spawned_workers_options so;
-  so.worker_binary = c.worker_binary;
-  const auto t0 = std::chrono::steady_clock::now();
-  HELIX_ASSIGN_OR_RETURN(auto eng, actors::engine::create(ec, cluster::spawned_workers(so)));
+  std::unique_ptr<actors::worker_source> source;
+  if (c.processes > 0) {
+    cluster::spawned_workers_options so;
+    so.worker_binary = c.worker_binary;
+    source = cluster::spawned_workers(so);
+  }
+  HELIX_ASSIGN_OR_RETURN(auto eng, actors::engine::create(ec, std::move(source)));
   std::vector<std::shared_ptr<actors::token_stream>> streams;
+  const auto t0 = std::chrono::steady_clock::now();
   for (std::size_t i = 0; i < n; ++i) {
     actors::request_options ro;
     ro.prompt = prompts[i];
     ro.max_tokens = c.steps;
+    ro.return_logits = true;
     HELIX_ASSIGN_OR_RETURN(auto h, eng->submit(ro));
     streams.push_back(h.stream);
   }
+  std::chrono::steady_clock::time_point first_token, last_token;
   for (std::size_t i = 0; i < n; ++i) {
-    const std::vector<std::int32_t> got = streams[i]->wait_all();
-    for (std::size_t t = 0; t < expected_tokens[i].size(); ++t) {
-      const std::int32_t g = t < got.size() ? got[t] : -1;
-      ++r.tokens_checked;
-      if (g != expected_tokens[i][t]) {
-        r.diverged.push_back(
-            {static_cast<std::int64_t>(i), static_cast<std::int64_t>(t), expected_tokens[i][t], g});
-        break;
+    bool diverged = false;
+    while (auto e = streams[i]->next()) {
+      if (e->reason == actors::finish_reason::error) {
+        return e->error.with_context(fmt::format("engine, request {}", i));
       }
-    }
-  }
-  r.sharded.add(0, ms_since(t0));  // engine start included: one figure, not per step
-  return r;
-}
-
-expected<report> run(const config& c) {
-  const model_spec& s = c.spec;
-  HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
-                         model::init_seeded_weights(s, c.type, c.seed));
-  const auto n = static_cast<std::size_t>(c.batch);
-  report r;
-  std::vector<std::vector<std::int32_t>> prompts(n);
-  std::int64_t prefill_rows = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::int64_t len = c.prompt_len + 5 * static_cast<std::int64_t>(i);
-    prompts[i] = prompt_tokens(c.seed, static_cast<std::int64_t>(i), len, s.vocab);
-    r.prompt_lens.push_back(len);
-    prefill_rows += len;
-  }
-  const std::int64_t total_tokens = prefill_rows + c.batch * c.steps;
-  const std::int64_t rows = std::max(prefill_rows, c.batch);
-
-  model::decoder_options ro;
-  ro.kv_type = c.type;
-  ro.kv_capacity_tokens = total_tokens + c.batch * ro.block_tokens;
-  ro.max_batch_tokens = rows;
-  ro.num_threads = 1;
-  HELIX_ASSIGN_OR_RETURN(auto ref, model::decoder::create(w, ro));
-  if (c.processes > 0) {
-    return run_processes(c, *ref, prompts, total_tokens + c.batch * ro.block_tokens, rows,
-                         std::move(r));
-  }
-
-  sharded_decoder_options so;
-  so.layout = c.grid;
-  so.rank.kv_type = c.type;
-  // Blocks go round-robin over the KVP members, so a rank holds about 1/KVP of them; sizing each
-  // rank for all of them (plus a partial block per request) keeps verify independent of placement.
-  so.rank.kv_capacity_tokens = total_tokens + c.batch * so.rank.block_tokens;
-  so.rank.max_batch_tokens = rows;
-  so.rank.num_threads = 1;  // N ranks share the machine's cores
-  so.rank.hopb = c.hopb;
-  HELIX_ASSIGN_OR_RETURN(auto sharded, sharded_decoder::create(w, so));
-
-  std::vector<model::decoder::batch_item> ref_items(n), sh_items(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    ref_items[i].seq = ref->open_sequence();
-    HELIX_ASSIGN_OR_RETURN(sh_items[i].seq, sharded->open_sequence());
-    ref_items[i].tokens = prompts[i];
-    sh_items[i].tokens = prompts[i];
-  }
-  const auto vocab = static_cast<std::size_t>(s.vocab);
-  std::vector<float> ref_logits(n * vocab), sh_logits(n * vocab);
-  std::vector<std::int32_t> ref_tokens(n), sh_tokens(n);
-  const std::vector<kernels::sampling_options> greedy(n);  // temperature 0
-  std::vector<std::uint64_t> request_ids(n);
-  for (std::size_t i = 0; i < n; ++i) request_ids[i] = i;
-  model::step_output out;
-  out.logits = sh_logits;
-  out.sampling = greedy;
-  out.request_ids = request_ids;
-  out.tokens = sh_tokens;
-  std::vector<bool> diverged(n, false);
-
-  for (std::int64_t step = 0; step < c.steps; ++step) {
-    auto t0 = std::chrono::steady_clock::now();
-    HELIX_RETURN_IF_ERROR(ref->forward(ref_items, ref_logits)
-                              .with_context(fmt::format("single worker, step {}", step)));
-    r.reference.add(step, ms_since(t0));
-    t0 = std::chrono::steady_clock::now();
-    HELIX_RETURN_IF_ERROR(
-        sharded->forward(sh_items, out).with_context(fmt::format("sharded, step {}", step)));
-    r.sharded.add(step, ms_since(t0));
-
-    for (std::size_t i = 0; i < n; ++i) {
-      const auto ref_row = std::span<const float>(ref_logits).subspan(i * vocab, vocab);
-      const auto sh_row = std::span<const float>(sh_logits).subspan(i * vocab, vocab);
-      ref_tokens[i] = argmax(ref_row);
-      if (argmax(sh_row) != sh_tokens[i]) {
-        r.sampling_mismatch.emplace_back(step, static_cast<std::int64_t>(i));
+      if (e->token < 0) continue;
+      const auto now = std::chrono::steady_clock::now();
+      if (i == 0 && e->index == 0) first_token = now;
+      last_token = std::max(last_token, now);
+      const auto step = static_cast<std::size_t>(e->index);
+      if (step >= ref.tokens[i].size()) return internal_error("request {}: extra token", i);
+      if (e->logits.size() != vocab) {
+        return internal_error("request {}: step {} came with {} logits, not {}", i, step,
+                              e->logits.size(), vocab);
+      }
+      if (argmax(e->logits) != e->token) {
+        r.sampling_mismatch.emplace_back(e->index, static_cast<std::int64_t>(i));
       }
       // Each side feeds its own token back, so once they differ the inputs differ and nothing
       // later of that request is comparable.
-      if (diverged[i]) continue;
+      if (diverged) continue;
+      const float* want = ref.rows[i].data() + step * vocab;
       for (std::size_t v = 0; v < vocab; ++v) {
         r.max_abs_logit_diff =
-            std::max(r.max_abs_logit_diff, static_cast<double>(std::fabs(ref_row[v] - sh_row[v])));
+            std::max(r.max_abs_logit_diff, static_cast<double>(std::fabs(want[v] - e->logits[v])));
       }
       ++r.tokens_checked;
-      if (ref_tokens[i] != sh_tokens[i]) {
-        diverged[i] = true;
-        r.diverged.push_back({static_cast<std::int64_t>(i), step, ref_tokens[i], sh_tokens[i]});
+      if (ref.tokens[i][step] != e->token) {
+        diverged = true;
+        r.diverged.push_back(
+            {static_cast<std::int64_t>(i), e->index, ref.tokens[i][step], e->token});
       }
     }
-    for (std::size_t i = 0; i < n; ++i) {
-      ref_items[i].tokens = std::span<const std::int32_t>(&ref_tokens[i], 1);
-      sh_items[i].tokens = std::span<const std::int32_t>(&sh_tokens[i], 1);
-    }
   }
+  // The engine's steps are not visible one by one here: the prefill is the first token's wait
+  // (engine start excluded), the decode steps share the rest.
+  r.sharded.prefill_ms = std::chrono::duration<double, std::milli>(first_token - t0).count();
+  r.sharded.decode_ms = std::chrono::duration<double, std::milli>(last_token - first_token).count();
+  r.sharded.decode_steps = c.steps - 1;
   return r;
 }
 
@@ -365,7 +355,7 @@ int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ost
   }
   const double tolerance = c->type == dtype::f32 ? 1e-4 : 2e-2;
   const bool tokens_equal = r->diverged.empty();
-  const bool within = c->processes > 0 || r->max_abs_logit_diff <= tolerance;
+  const bool within = r->max_abs_logit_diff <= tolerance;
   const bool sampling_ok = r->sampling_mismatch.empty();
   const bool pass = tokens_equal && within && sampling_ok;
   std::string failure;
@@ -399,7 +389,6 @@ int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ost
                         {"seed", c->seed},
                         {"tokens_equal", tokens_equal},
                         {"processes", c->processes},
-                        {"logits_compared", c->processes == 0},
                         {"tokens_checked", r->tokens_checked},
                         {"max_abs_logit_diff", r->max_abs_logit_diff},
                         {"tolerance", tolerance},
@@ -434,14 +423,14 @@ int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ost
     out << fmt::format("  max |logit diff| {:.3e} (tolerance {:.0e}, over the steps compared)\n",
                        r->max_abs_logit_diff, tolerance);
     for (const auto& [name, t] :
-         {std::pair{"single worker", &r->reference}, std::pair{"sharded      ", &r->sharded}}) {
+         {std::pair{"single worker", &r->reference}, std::pair{"engine       ", &r->sharded}}) {
       out << fmt::format("  {}   prefill {:.2f} ms, decode {:.3f} ms/step over {} steps\n", name,
                          t->prefill_ms, t->ms_per_decode_step(), t->decode_steps);
     }
     out << (pass ? "PASS\n" : "FAIL: " + failure + "\n");
   }
   if (!pass) {
-    err << "error: the sharded decoder does not match the single worker: " << failure << "\n";
+    err << "error: the engine does not match the single worker: " << failure << "\n";
     return 1;
   }
   return 0;

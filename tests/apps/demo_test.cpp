@@ -65,8 +65,8 @@ TEST(DemoCommand, HumanReportHasEverySection) {
             0)
       << err.str();
   for (const char* s :
-       {"exactness  tiny-llama", "exactness  tiny-deepseek", "sharded    tiny-llama",
-        "sharded    tiny-deepseek", "agents     tiny-llama on 8 workers", "4/4 requests completed",
+       {"exactness  tiny-llama", "exactness  tiny-deepseek", "engine     tiny-llama",
+        "engine     tiny-deepseek", "agents     tiny-llama on 8 workers", "4/4 requests completed",
         "TTFT ms", "TPOT ms", "rebalancing:", "helix:kvp=4,tpa=2,tpf=8,ep=1", "tp:tp=8",
         "helix vs tp:"}) {
     EXPECT_NE(out.str().find(s), std::string::npos) << s << " in\n" << out.str();

@@ -36,5 +36,23 @@ TEST(OneRuntime, BenchDecodeWithWorkerProcesses) {
   EXPECT_EQ(j["layouts"][0]["name"], "helix:kvp=2,tpa=1,tpf=2,ep=1");
 }
 
+TEST(OneRuntime, DemoWithWorkerProcesses) {
+  int rc = -1;
+  const std::string out = run_cli(HELIX_CLI,
+                                  "demo --processes 2 --context 1K --decode-model tiny-llama "
+                                  "--agent-requests 4 --agent-context 128 --steps 2 --json",
+                                  rc);
+  ASSERT_EQ(rc, 0) << out;
+  const nlohmann::json j = last_json(out);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  ASSERT_EQ(j["sharded_exactness"].size(), 2u) << j.dump();
+  for (const auto& e : j["sharded_exactness"]) {
+    EXPECT_LE(e["max_abs_logit_diff"].get<double>(), 1e-4) << e.dump();
+    EXPECT_EQ(e["steps"], 16) << e.dump();
+  }
+  EXPECT_EQ(j["decode"]["processes"], 2);
+  EXPECT_EQ(j["agents"]["worker_processes"].size(), 2u) << j["agents"].dump();
+}
+
 }  // namespace
 }  // namespace helix
