@@ -77,7 +77,7 @@ class rank_compute final : public worker_compute {
  private:
   std::unique_ptr<model::rank_program> program_;
   // Reused across steps (steady-state steps do not allocate once they have grown).
-  std::vector<model::decoder::batch_item> items_;
+  std::vector<model::batch_item> items_;
   std::vector<kernels::sampling_options> sampling_;
   std::vector<std::uint64_t> request_ids_;
   std::vector<std::int32_t> sampled_;

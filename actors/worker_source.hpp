@@ -50,7 +50,8 @@ class worker_source {
 [[nodiscard]] std::unique_ptr<worker_source> in_process_workers();
 
 /// Rank `rank`'s compute for `config` and `grid` over `fab` (the world and the rank's KVP group
-/// are made from it): the weights are seeded or loaded from the checkpoint, then sharded.
+/// are made from it): only the rank's shards are built, seeded (model::seeded_rank_weights) or
+/// read from the checkpoint's files (model::checkpoint_rank_weights).
 [[nodiscard]] expected<std::shared_ptr<worker_compute>> make_rank_compute(
     const engine_config& config, const layout& grid, std::int64_t rank, transport::fabric& fab);
 

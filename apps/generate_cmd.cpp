@@ -132,7 +132,7 @@ int run_generate(const std::vector<std::string>& args, std::ostream& out, std::o
     err << "error: " << weights.error().to_string() << "\n";
     return 2;
   }
-  auto dec = model::decoder::create(*weights, p->options);
+  auto dec = model::decoder::create(std::move(*weights), p->options);  // the only copy
   if (!dec) {
     err << "error: " << dec.error().to_string() << "\n";
     return 2;

@@ -1,5 +1,6 @@
-// Single-worker decoder: the layer program of ARCHITECTURE.md section 2 on one rank (KVP = TPA =
-// TPF = 1), over a paged KV cache with block tables.
+// Single-worker decoder: the rank program (model/rank_program.hpp) on a layout of one rank, over
+// a one-rank in-process fabric, driven like a plain decoder. There is one layer program: this is
+// it with KVP = TPA = TPF = EP = 1; model::reference_forward stays the independent oracle.
 //
 // Sequences are opened, fed tokens (a prefill chunk of many tokens, or one decode token) and
 // closed. forward() runs one batched step over several sequences: every item's tokens are
@@ -8,58 +9,60 @@
 // position), and logits come back for the last token of each item (or all its tokens). Results
 // of an item do not depend on the other items of the batch (every kernel is batch-invariant).
 //
-// The weights are borrowed and must outlive the decoder. Not thread-safe: one caller at a time.
+// The decoder holds its own copy of the weights (create() from an rvalue moves them instead).
+// Not thread-safe: one caller at a time.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 #include "core/block_table.hpp"
-#include "core/thread_pool.hpp"
 #include "kernels/exec.hpp"
-#include "kernels/rope.hpp"
+#include "model/batch.hpp"
 #include "model/kv_store.hpp"
+#include "model/rank_program.hpp"
 #include "model/weights.hpp"
+#include "transport/fabric.hpp"
 
 namespace helix::model {
 
 struct decoder_options {
   dtype kv_type = dtype::f32;  // KV storage dtype
   std::int64_t block_tokens = default_block_tokens;
-  std::int64_t kv_capacity_tokens = 1 << 16;  // store size, rounded up to whole blocks
-  std::int64_t max_batch_tokens = 256;        // rows per forward(); sizes the workspaces
-  kernels::backend backend = kernels::backend::cpu;
-  int num_threads = 0;  // cpu backend; 0 = all hardware threads
+  std::int64_t kv_capacity_tokens = 1 << 16;         // store size, rounded up to whole blocks
+  std::int64_t max_batch_tokens = 256;               // rows per forward(); sizes the workspaces
+  kernels::backend backend = kernels::backend::cpu;  // cpu or reference
+  int num_threads = 0;                               // cpu backend; 0 = all hardware threads
 };
 
 class decoder {
  public:
-  struct batch_item {
-    std::uint64_t seq = 0;
-    std::span<const std::int32_t> tokens;
-    bool all_logits = false;  // logits for every token instead of the last only
-  };
+  using batch_item = model::batch_item;
 
   /// invalid_argument for bad options (kv_type must be f32/bf16/f16/fp8_e4m3, positive sizes);
-  /// failed_precondition for a backend this build lacks.
+  /// failed_precondition for a backend this build lacks. Copies `weights`.
   [[nodiscard]] static expected<std::unique_ptr<decoder>> create(const model_weights& weights,
                                                                  const decoder_options& options);
+  /// As above, taking the weights over (no copy).
+  [[nodiscard]] static expected<std::unique_ptr<decoder>> create(model_weights&& weights,
+                                                                 const decoder_options& options);
 
-  [[nodiscard]] const model_spec& spec() const { return w_.spec; }
+  [[nodiscard]] const model_spec& spec() const { return program_->spec(); }
   [[nodiscard]] const decoder_options& options() const { return opt_; }
-  [[nodiscard]] const kv_store& kv() const { return kv_; }
+  [[nodiscard]] const kv_store& kv() const { return program_->kv(); }
 
   /// A new, empty sequence.
-  [[nodiscard]] std::uint64_t open_sequence();
+  [[nodiscard]] std::uint64_t open_sequence() { return program_->open_sequence(); }
   /// Frees the sequence's KV blocks; not_found for an unknown id.
-  [[nodiscard]] status close_sequence(std::uint64_t seq);
+  [[nodiscard]] status close_sequence(std::uint64_t seq) { return program_->close_sequence(seq); }
   /// Tokens cached for the sequence; not_found for an unknown id.
-  [[nodiscard]] expected<std::int64_t> sequence_length(std::uint64_t seq) const;
+  [[nodiscard]] expected<std::int64_t> sequence_length(std::uint64_t seq) const {
+    return program_->sequence_length(seq);
+  }
   /// The sequence's block table (for inspection); HELIX_CHECKs that it exists.
-  [[nodiscard]] const block_table& table(std::uint64_t seq) const;
+  [[nodiscard]] const block_table& table(std::uint64_t seq) const { return program_->table(seq); }
 
   /// Appends `num_tokens` positions of seeded synthetic KV (uniform in [-1, 1), every layer) to
   /// the sequence without running the model: a long context for benchmarks and demos, labelled
@@ -69,7 +72,9 @@ class decoder {
                                         std::uint64_t seed);
 
   /// Rows of logits forward() writes for these items.
-  [[nodiscard]] static std::int64_t logits_rows(std::span<const batch_item> items);
+  [[nodiscard]] static std::int64_t logits_rows(std::span<const batch_item> items) {
+    return model::logits_rows(items);
+  }
 
   /// One step. `logits` must hold logits_rows(items) * vocab floats; rows in item order.
   /// invalid_argument for an unknown or repeated sequence, an empty item, a token id outside
@@ -80,55 +85,20 @@ class decoder {
 
  private:
   struct passkey {};
+  template <class Weights>
+  [[nodiscard]] static expected<std::unique_ptr<decoder>> build(Weights&& weights,
+                                                                const decoder_options& options);
 
  public:
   /// Use create(); public only for std::make_unique.
-  decoder(passkey, const model_weights& weights, const decoder_options& options, kv_store kv);
+  decoder(passkey, const decoder_options& options, std::unique_ptr<transport::fabric> fabric,
+          std::unique_ptr<rank_program> program);
 
  private:
-  struct sequence {
-    block_table table;
-  };
-  // Per-row bookkeeping of the current step.
-  struct row_info {
-    std::int64_t pos = 0;
-    std::int32_t slot = 0;
-    std::int32_t slot_offset = 0;
-  };
-
-  [[nodiscard]] kernels::exec_context ctx() const;
-  void allocate_workspace();
-  [[nodiscard]] status reserve_kv(std::span<const batch_item> items);
-  [[nodiscard]] status attention_gqa(std::int64_t layer_idx, std::span<const batch_item> items,
-                                     std::int64_t rows);
-  [[nodiscard]] status attention_mla(std::int64_t layer_idx, std::span<const batch_item> items,
-                                     std::int64_t rows);
-  [[nodiscard]] status attend(std::int64_t layer_idx, std::span<const batch_item> items,
-                              const float* q, float* out);
-  [[nodiscard]] status ffn_dense(const mlp_weights& mlp, const float* in, float* out,
-                                 std::int64_t rows, bool accumulate);
-  [[nodiscard]] status ffn_moe(std::int64_t layer_idx, std::int64_t rows);
-  [[nodiscard]] status linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
-                              std::int64_t y_stride, std::int64_t rows, bool accumulate = false);
-  [[nodiscard]] status lm_head(std::span<const batch_item> items, std::span<float> logits);
-
-  const model_weights& w_;
   decoder_options opt_;
-  kv_store kv_;
-  std::unique_ptr<thread_pool> pool_;
-  kernels::rope_table rope_;
-  std::vector<tensor> w_uk_t_;  // MLA: per layer [Q * kv_lora_rank, qk_nope] (W_UK transposed)
-  std::unordered_map<std::uint64_t, sequence> seqs_;
-  std::uint64_t next_seq_ = 1;
-
-  // Workspaces, sized once for max_batch_tokens rows (attention scratch grows with context).
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, attn_v_, gate_, up_, lat_, kva_, qa_;
-  std::vector<float> lse_, router_logits_, expert_w_, expert_out_, expert_in_, expert_tmp_;
-  std::vector<std::int32_t> expert_ids_, token_ids_;
-  std::vector<std::int64_t> positions_;
-  std::vector<row_info> rows_;
-  std::vector<std::uint8_t> attn_workspace_;
-  std::vector<std::int64_t> expert_rows_;
+  std::unique_ptr<transport::fabric> fabric_;  // one rank; outlives the program's communicators
+  std::unique_ptr<rank_program> program_;
+  std::vector<std::int64_t> owners_;  // every new block on the one KVP member (0)
 };
 
 }  // namespace helix::model

@@ -55,6 +55,9 @@ status check_options(const rank_program_options& options) {
         options.block_tokens, max_block_tokens, options.kv_capacity_tokens, max_capacity_tokens,
         options.max_batch_tokens, max_step_tokens, options.num_threads);
   }
+  if (options.backend == kernels::backend::cuda) {
+    return failed_precondition("rank_program: runs on the CPU backends (reference, cpu)");
+  }
   return ok_status();
 }
 
@@ -231,7 +234,7 @@ void rank_program::allocate_workspace() {
 }
 
 kernels::exec_context rank_program::ctx() const {
-  return {kernels::backend::cpu, pool_.get(), nullptr};
+  return {opt_.backend, opt_.backend == kernels::backend::cpu ? pool_.get() : nullptr, nullptr};
 }
 
 std::uint64_t rank_program::open_sequence() {
@@ -254,6 +257,16 @@ const block_table& rank_program::table(std::uint64_t seq) const {
   auto it = seqs_.find(seq);
   HELIX_CHECK(it != seqs_.end(), "unknown sequence {}", seq);
   return it->second.table;
+}
+
+std::int64_t rank_program::blocks_opened(std::span<const batch_item> items) const {
+  std::int64_t opened = 0;
+  for (const batch_item& it : items) {
+    auto s = seqs_.find(it.seq);
+    if (s == seqs_.end()) continue;
+    opened += s->second.table.blocks_opened_by(static_cast<std::int64_t>(it.tokens.size()));
+  }
+  return opened;
 }
 
 expected<std::int64_t> rank_program::sequence_length(std::uint64_t seq) const {
@@ -528,7 +541,7 @@ status rank_program::forward(std::span<const batch_item> items,
       const std::int64_t rows,
       validate_step("rank_program", items, seqs_, s.vocab, opt_.max_batch_tokens, out.logits.size(),
                     /*logits_optional=*/true));
-  const auto logit_rows = sz(decoder::logits_rows(items));
+  const auto logit_rows = sz(logits_rows(items));
   if (!out.tokens.empty()) {
     if (out.tokens.size() < logit_rows || out.sampling.size() < logit_rows ||
         out.request_ids.size() < logit_rows) {

@@ -52,7 +52,7 @@
 #include "kernels/rope.hpp"
 #include "kernels/sampling.hpp"
 #include "kernels/sharded_sampling.hpp"
-#include "model/decoder.hpp"
+#include "model/batch.hpp"
 #include "model/kv_store.hpp"
 #include "model/sharding.hpp"
 #include "model/weights.hpp"
@@ -69,6 +69,8 @@ struct rank_program_options {
   /// HOP-B: each item of a step is its own micro-batch; its all-to-all is in flight while the
   /// next item's partial attention runs. Results are bit-identical either way.
   bool hopb = false;
+  /// cpu (the optimised kernels) or reference (the plain ones, the oracle); not cuda.
+  kernels::backend backend = kernels::backend::cpu;
 };
 
 /// One KV block to move (rebalancing): block `block_idx` of sequence `seq` goes to member
@@ -82,7 +84,7 @@ struct block_move {
 /// What one step returns. Both parts are optional; the collectives each needs run only when it
 /// is asked for, and every rank must ask for the same parts.
 struct step_output {
-  /// Full logits, decoder::logits_rows(items) * vocab floats, rows in item order, on every rank
+  /// Full logits, logits_rows(items) * vocab floats, rows in item order, on every rank
   /// (an all-gather of the vocabulary shards). Empty: not gathered.
   std::span<float> logits;
   /// Exact sampling over the sharded vocabulary (kernels/sharded_sampling.hpp): one options entry
@@ -110,13 +112,13 @@ struct step_output {
 
 class rank_program {
  public:
-  using batch_item = decoder::batch_item;
+  using batch_item = model::batch_item;
 
   /// `world`: this rank's communicator over all N ranks (group rank == global rank).
   /// `kvp_group`: its communicator over layout.kvp_group(tpa_idx), in kvp_idx order.
   /// invalid_argument for a layout that breaks a rule for the model, a rank outside [0, N),
   /// communicators whose size or members do not match the layout, or bad options;
-  /// failed_precondition for MLA or MoE models (not in this slice).
+  /// failed_precondition for the cuda backend.
   [[nodiscard]] static expected<std::unique_ptr<rank_program>> create(
       const model_weights& full, const helix::layout& l, std::int64_t rank,
       std::unique_ptr<transport::communicator> world,
@@ -146,7 +148,9 @@ class rank_program {
   /// order then position order (what planner::placement_book::plan returns); a block lives on
   /// that member of this rank's column. `out` asks for full logits and/or sampled tokens (see
   /// step_output; neither, e.g. for a non-final prefill chunk, skips the LM head).
-  /// Errors as decoder::forward, plus invalid_argument for owners of the wrong count or out of
+  /// invalid_argument for an unknown or repeated sequence, an empty item, a token id outside
+  /// [0, vocab), more than max_batch_tokens rows or a short logits span; resource_exhausted when
+  /// the KV stores lack the blocks; invalid_argument for owners of the wrong count or out of
   /// [0, KVP), output spans of the wrong size (row_status: empty or one per logits row) or
   /// invalid sampling options: all identical on every rank and leaving every sequence unchanged.
   /// A transport failure is returned as is and leaves the step's tokens appended; so does a row
@@ -175,6 +179,8 @@ class rank_program {
   /// member that already holds the block is a no-op. Output after migration stays exact.
   [[nodiscard]] status migrate_blocks(std::span<const block_move> moves);
 
+  /// KV blocks a step of `items` opens (what new_block_kvp must name); unknown sequences count 0.
+  [[nodiscard]] std::int64_t blocks_opened(std::span<const batch_item> items) const;
   /// Tokens cached for the sequence (same on every rank); not_found for an unknown id.
   [[nodiscard]] expected<std::int64_t> sequence_length(std::uint64_t seq) const;
   /// KV bytes this rank's partial attention read in the last forward(), summed over layers

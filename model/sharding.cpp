@@ -335,17 +335,32 @@ expected<std::vector<full_tensor_plan>> plan_rank_weights(const model_spec& spec
   return make_plan(spec, weight_type, l, rank, out);
 }
 
-expected<rank_weights> shard_weights(const model_weights& full, const layout& l,
-                                     std::int64_t rank) {
+namespace {
+
+// Whether `cut` of a tensor of `dims` is the whole tensor, in order.
+bool covers_whole(const tensor_cut& cut, const shape& dims) {
+  switch (cut.how) {
+    case tensor_cut::kind::whole:
+      return true;
+    case tensor_cut::kind::rows:
+      return cut.ranges.size() == 1 && cut.ranges[0].first == 0 && cut.ranges[0].count == dims[0];
+    case tensor_cut::kind::cols:
+      return cut.ranges.size() == 1 && cut.ranges[0].first == 0 && cut.ranges[0].count == dims[1];
+  }
+  return false;
+}
+
+// Cuts (or, with `take`, moves whole pieces out of) the full tensors into the rank's shards.
+expected<rank_weights> shard_from(model_weights& full, const layout& l, std::int64_t rank,
+                                  bool take) {
   const model_spec& spec = full.spec;
   HELIX_RETURN_IF_ERROR(check_shard_args(spec, l, rank, "shard_weights"));
   if (static_cast<std::int64_t>(full.layers.size()) != spec.num_layers) {
     return invalid_argument("shard_weights: model '{}' has {} layers of weights, spec says {}",
                             spec.name, full.layers.size(), spec.num_layers);
   }
-  // list_tensors() hands out mutable pointers; they are only read here.
-  const std::vector<named_tensor> tensors = list_tensors(const_cast<model_weights&>(full));
-  std::unordered_map<std::string_view, const tensor*> by_name;
+  const std::vector<named_tensor> tensors = list_tensors(full);
+  std::unordered_map<std::string_view, tensor*> by_name;
   for (const named_tensor& nt : tensors) by_name.emplace(nt.name, nt.t);
   rank_weights out;
   for (const full_tensor_plan& p : make_plan(spec, full.weight_type, l, rank, out)) {
@@ -355,9 +370,26 @@ expected<rank_weights> shard_weights(const model_weights& full, const layout& l,
       return invalid_argument("shard_weights: model '{}' has no tensor '{}' of shape {}", spec.name,
                               p.name, p.dims.to_string());
     }
-    for (const tensor_cut& c : p.cuts) *c.dst = cut_tensor(*it->second, c);
+    tensor& src = *it->second;
+    if (take && p.cuts.size() == 1 && src.dims().rank > 0 && covers_whole(p.cuts[0], p.dims)) {
+      *p.cuts[0].dst = std::move(src);
+      continue;
+    }
+    for (const tensor_cut& c : p.cuts) *c.dst = cut_tensor(src, c);
   }
   return out;
+}
+
+}  // namespace
+
+expected<rank_weights> shard_weights(const model_weights& full, const layout& l,
+                                     std::int64_t rank) {
+  // list_tensors() hands out mutable pointers; without `take` they are only read.
+  return shard_from(const_cast<model_weights&>(full), l, rank, /*take=*/false);
+}
+
+expected<rank_weights> shard_weights(model_weights&& full, const layout& l, std::int64_t rank) {
+  return shard_from(full, l, rank, /*take=*/true);
 }
 
 expected<rank_weights> seeded_rank_weights(const model_spec& spec, dtype weight_type,

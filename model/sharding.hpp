@@ -134,6 +134,10 @@ struct rank_weights {
 /// its spec promises (layer count).
 [[nodiscard]] expected<rank_weights> shard_weights(const model_weights& full,
                                                    const helix::layout& l, std::int64_t rank);
+/// The same, consuming `full`: a piece that is its whole tensor (every piece of a one-rank
+/// layout) is moved instead of copied, so the single worker never holds the model twice.
+[[nodiscard]] expected<rank_weights> shard_weights(model_weights&& full, const helix::layout& l,
+                                                   std::int64_t rank);
 
 /// What shard_weights(init_seeded_weights(spec, weight_type, seed), l, rank) gives, bit for bit,
 /// without ever holding the full model: the tensors the rank holds a piece of are seeded and cut

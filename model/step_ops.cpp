@@ -238,12 +238,11 @@ status mla_values(const kernels::exec_context& ctx, const model_spec& spec, cons
   return ok_status();
 }
 
-std::int64_t gather_logit_rows(std::span<const decoder::batch_item> items, float* x,
-                               std::int64_t hidden) {
+std::int64_t gather_logit_rows(std::span<const batch_item> items, float* x, std::int64_t hidden) {
   // In place: rows only move towards the front.
   std::int64_t src = 0;
   std::int64_t dst = 0;
-  for (const decoder::batch_item& it : items) {
+  for (const batch_item& it : items) {
     const auto n = static_cast<std::int64_t>(it.tokens.size());
     const std::int64_t first = it.all_logits ? src : src + n - 1;
     for (std::int64_t r = first; r < src + n; ++r, ++dst) {

@@ -11,7 +11,7 @@
 #include "core/tensor.hpp"
 #include "kernels/exec.hpp"
 #include "kernels/rope.hpp"
-#include "model/decoder.hpp"
+#include "model/batch.hpp"
 
 namespace helix::model {
 
@@ -101,7 +101,7 @@ struct mla_projection {
 
 /// Moves the hidden rows [rows, hidden] of `x` that need logits (the last token of each item, or
 /// all its tokens with all_logits) to the front, in order, and returns how many there are.
-[[nodiscard]] std::int64_t gather_logit_rows(std::span<const decoder::batch_item> items, float* x,
+[[nodiscard]] std::int64_t gather_logit_rows(std::span<const batch_item> items, float* x,
                                              std::int64_t hidden);
 
 /// Checks one step's items: a non-empty batch of known sequences (`seqs` maps sequence id to
@@ -110,16 +110,13 @@ struct mla_projection {
 /// invalid_argument prefixed by `who` otherwise. Allocates nothing (the duplicate check is
 /// quadratic; steps hold few items).
 template <class SeqMap>
-[[nodiscard]] expected<std::int64_t> validate_step(std::string_view who,
-                                                   std::span<const decoder::batch_item> items,
-                                                   const SeqMap& seqs, std::int64_t vocab,
-                                                   std::int64_t max_batch_tokens,
-                                                   std::size_t logits_size,
-                                                   bool logits_optional = false) {
+[[nodiscard]] expected<std::int64_t> validate_step(
+    std::string_view who, std::span<const batch_item> items, const SeqMap& seqs, std::int64_t vocab,
+    std::int64_t max_batch_tokens, std::size_t logits_size, bool logits_optional = false) {
   if (items.empty()) return invalid_argument("{}: empty batch", who);
   std::int64_t rows = 0;
   for (std::size_t i = 0; i < items.size(); ++i) {
-    const decoder::batch_item& it = items[i];
+    const batch_item& it = items[i];
     if (seqs.count(it.seq) == 0) return invalid_argument("{}: unknown sequence {}", who, it.seq);
     for (std::size_t j = 0; j < i; ++j) {
       if (items[j].seq == it.seq) {
@@ -138,7 +135,7 @@ template <class SeqMap>
     return invalid_argument("{}: step has {} tokens, max_batch_tokens is {}", who, rows,
                             max_batch_tokens);
   }
-  const std::int64_t need = decoder::logits_rows(items) * vocab;
+  const std::int64_t need = logits_rows(items) * vocab;
   if (static_cast<std::int64_t>(logits_size) < need && !(logits_optional && logits_size == 0)) {
     return invalid_argument("{}: logits span holds {} floats, {} needed", who, logits_size, need);
   }

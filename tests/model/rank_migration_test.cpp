@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include "model/decoder.hpp"
 #include "model/rank_program.hpp"
 #include "planner/kv_placement.hpp"
 #include "planner/placement_book.hpp"
