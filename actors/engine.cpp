@@ -260,6 +260,9 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
   p->source->configure(p->cfg);
   p->cfg.add_message_types<caf::id_block::helix_actors>();
   p->cfg.set("scheduler.max-threads", 2);
+  // Work sharing wakes an idle scheduler thread at once; work stealing's idle threads poll with
+  // sleeps of up to 10 ms, which put ~10 ms on every control message between processes.
+  p->cfg.set("scheduler.policy", caf::atom("sharing"));
   p->cfg.set("logger.verbosity", caf::atom("quiet"));
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
   auto workers = p->source->start(*p->sys, p->config, grid);

@@ -460,6 +460,7 @@ status serve(const worker_args& w) {
   cfg.add_message_types<caf::id_block::helix_actors>();
   configure_system(cfg);
   cfg.set("scheduler.max-threads", 2);
+  cfg.set("scheduler.policy", caf::atom("sharing"));  // as the engine's (actors/engine.cpp)
   cfg.set("logger.verbosity", caf::atom("quiet"));
   cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
   caf::actor_system sys{cfg};
