@@ -26,11 +26,13 @@
 #include "model/hf_config.hpp"
 #include "model/safetensors.hpp"
 #include "model/sharding.hpp"
+#include "tests/support/rank_weights.hpp"
 
 namespace helix::model {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::expect_same_rank_weights;
 using ::testing::HasSubstr;
 
 std::string hf_fixture(const std::string& name) {
@@ -48,70 +50,6 @@ const std::vector<std::string> mla_layouts = {"helix:kvp=4,tpa=1,tpf=2,ep=2",
 
 const std::vector<std::string>& layouts_for(const model_spec& spec) {
   return spec.is_mla() ? mla_layouts : gqa_layouts;
-}
-
-bool same_tensor(const tensor& a, const tensor& b) {
-  return a.type() == b.type() && a.dims() == b.dims() && a.bytes() == b.bytes() &&
-         (a.bytes() == 0 || std::memcmp(a.data(), b.data(), a.bytes()) == 0);
-}
-
-#define HELIX_EXPECT_SAME(a, b, what) EXPECT_TRUE(same_tensor(a, b)) << what
-
-void expect_same_mlp(const mlp_shard& a, const mlp_shard& b, const std::string& what) {
-  EXPECT_EQ(a.ffn, b.ffn) << what;
-  HELIX_EXPECT_SAME(a.gate_proj, b.gate_proj, what + " gate_proj");
-  HELIX_EXPECT_SAME(a.up_proj, b.up_proj, what + " up_proj");
-  HELIX_EXPECT_SAME(a.down_proj, b.down_proj, what + " down_proj");
-}
-
-// Every field of two ranks' weights, tensors byte for byte (dtype and shape included).
-void expect_same_rank_weights(const rank_weights& got, const rank_weights& want,
-                              const std::string& what) {
-  EXPECT_EQ(got.rank, want.rank) << what;
-  EXPECT_EQ(got.layout, want.layout) << what;
-  EXPECT_EQ(got.spec.name, want.spec.name) << what;
-  EXPECT_EQ(got.weight_type, want.weight_type) << what;
-  EXPECT_EQ(got.vocab, want.vocab) << what;
-  HELIX_EXPECT_SAME(got.embed, want.embed, what + " embed");
-  HELIX_EXPECT_SAME(got.final_norm, want.final_norm, what + " final_norm");
-  HELIX_EXPECT_SAME(got.lm_head, want.lm_head, what + " lm_head");
-  ASSERT_EQ(got.layers.size(), want.layers.size()) << what;
-  for (std::size_t i = 0; i < want.layers.size(); ++i) {
-    const rank_layer_weights& g = got.layers[i];
-    const rank_layer_weights& w = want.layers[i];
-    const std::string at = fmt::format("{} layer {}", what, i);
-    EXPECT_EQ(g.q_heads, w.q_heads) << at;
-    EXPECT_EQ(g.kv_heads, w.kv_heads) << at;
-    EXPECT_EQ(g.o_heads, w.o_heads) << at;
-    EXPECT_EQ(g.has_ffn, w.has_ffn) << at;
-    EXPECT_EQ(g.is_moe, w.is_moe) << at;
-    for (const auto& [member, name] :
-         std::vector<std::pair<tensor rank_layer_weights::*, const char*>>{
-             {&rank_layer_weights::input_norm, "input_norm"},
-             {&rank_layer_weights::post_attn_norm, "post_attn_norm"},
-             {&rank_layer_weights::q_proj, "q_proj"},
-             {&rank_layer_weights::k_proj, "k_proj"},
-             {&rank_layer_weights::v_proj, "v_proj"},
-             {&rank_layer_weights::o_proj, "o_proj"},
-             {&rank_layer_weights::q_a_proj, "q_a_proj"},
-             {&rank_layer_weights::q_a_norm, "q_a_norm"},
-             {&rank_layer_weights::q_b_proj, "q_b_proj"},
-             {&rank_layer_weights::kv_a_proj, "kv_a_proj"},
-             {&rank_layer_weights::kv_a_norm, "kv_a_norm"},
-             {&rank_layer_weights::w_uk, "w_uk"},
-             {&rank_layer_weights::w_uv, "w_uv"},
-             {&rank_layer_weights::router, "router"},
-             {&rank_layer_weights::router_bias, "router_bias"}}) {
-      HELIX_EXPECT_SAME(g.*member, w.*member, at + " " + name);
-    }
-    expect_same_mlp(g.mlp, w.mlp, at + " mlp");
-    expect_same_mlp(g.shared, w.shared, at + " shared");
-    ASSERT_EQ(g.experts.size(), w.experts.size()) << at;
-    for (std::size_t x = 0; x < w.experts.size(); ++x) {
-      EXPECT_EQ(g.experts[x].expert_idx, w.experts[x].expert_idx) << at;
-      expect_same_mlp(g.experts[x].mlp, w.experts[x].mlp, fmt::format("{} expert {}", at, x));
-    }
-  }
 }
 
 // Every rank of every layout of `layouts` (those valid for the checkpoint's model; at least one

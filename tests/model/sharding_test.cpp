@@ -3,6 +3,7 @@
 // and give the full results when the partial products are summed. The o_proj reassembly in rank
 // order pins the post-all-to-all head mapping (the wrong-o_proj-shards bug).
 #include "model/sharding.hpp"
+#include "tests/support/rank_weights.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -510,7 +511,6 @@ TEST(Sharding, RankOutOfRangeIsInvalidArgument) {
 namespace helix::model {
 namespace {
 
-
 // A worker that never holds the full model builds exactly the shards slicing the full model
 // gives: every rank of dense and MoE/MLA layouts, bit for bit.
 TEST(SeededRankWeights, EqualShardingTheFullSeededModel) {
@@ -531,33 +531,35 @@ TEST(SeededRankWeights, EqualShardingTheFullSeededModel) {
         const rank_weights& want = *sharded;
         auto got = seeded_rank_weights(spec, t, 1234, l, r);
         ASSERT_TRUE(got.has_value()) << got.error().to_string();
-        EXPECT_TRUE(same_bytes(got->embed, want.embed)) << name << " " << text << " " << r;
-        EXPECT_TRUE(same_bytes(got->final_norm, want.final_norm));
-        EXPECT_TRUE(same_bytes(got->lm_head, want.lm_head));
-        ASSERT_EQ(got->layers.size(), want.layers.size());
-        for (std::size_t i = 0; i < want.layers.size(); ++i) {
-          const auto& g = got->layers[i];
-          const auto& w = want.layers[i];
-          for (const auto member :
-               {&rank_layer_weights::input_norm, &rank_layer_weights::post_attn_norm,
-                &rank_layer_weights::q_proj, &rank_layer_weights::k_proj,
-                &rank_layer_weights::v_proj, &rank_layer_weights::o_proj,
-                &rank_layer_weights::q_a_proj, &rank_layer_weights::q_b_proj,
-                &rank_layer_weights::kv_a_proj, &rank_layer_weights::w_uk,
-                &rank_layer_weights::w_uv, &rank_layer_weights::router}) {
-            EXPECT_TRUE(same_bytes(g.*member, w.*member)) << name << " layer " << i;
-          }
-          const auto same_mlp = [](const mlp_shard& a, const mlp_shard& b) {
-            return same_bytes(a.gate_proj, b.gate_proj) && same_bytes(a.up_proj, b.up_proj) &&
-                   same_bytes(a.down_proj, b.down_proj);
-          };
-          EXPECT_TRUE(same_mlp(g.mlp, w.mlp)) << i;
-          EXPECT_TRUE(same_mlp(g.shared, w.shared)) << i;
-          ASSERT_EQ(g.experts.size(), w.experts.size());
-          for (std::size_t x = 0; x < w.experts.size(); ++x) {
-            EXPECT_TRUE(same_mlp(g.experts[x].mlp, w.experts[x].mlp)) << i << " " << x;
-          }
-        }
+        test_support::expect_same_rank_weights(*got, want,
+                                               fmt::format("{} {} rank {}", name, text, r));
+      }
+    }
+  }
+}
+
+// Sharding from an rvalue moves whole pieces instead of copying them and gives the same weights:
+// every piece of a one-rank layout, and the whole-tensor pieces of larger ones.
+TEST(Sharding, FromAnRvalueEqualsFromACopy) {
+  for (const auto& [name, text] : std::vector<std::pair<std::string, std::string>>{
+           {"tiny-llama", "helix:kvp=1,tpa=1"},
+           {"tiny-deepseek", "helix:kvp=1,tpa=1"},
+           {"tiny-llama", "helix:kvp=2,tpa=2"},
+           {"tiny-deepseek", "helix:kvp=4,tpa=1,tpf=2,ep=2"}}) {
+    const model_spec spec = *builtin_model(name);
+    const layout l = *layout::parse(text);
+    for (std::int64_t r = 0; r < l.num_ranks; ++r) {
+      auto full = init_seeded_weights(spec, dtype::bf16, 1234);
+      ASSERT_TRUE(full.has_value());
+      auto copied = shard_weights(*full, l, r);
+      ASSERT_TRUE(copied.has_value());
+      const void* embed_before = full->embed.data();
+      auto moved = shard_weights(std::move(*full), l, r);
+      ASSERT_TRUE(moved.has_value()) << moved.error().to_string();
+      test_support::expect_same_rank_weights(*moved, *copied,
+                                             fmt::format("{} {} rank {}", name, text, r));
+      if (l.num_ranks == 1) {
+        EXPECT_EQ(moved->embed.data(), embed_before) << "embed was copied";
       }
     }
   }
