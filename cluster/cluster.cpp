@@ -37,6 +37,8 @@ std::shared_ptr<spdlog::logger> logger() {
 constexpr std::uint32_t max_control_frame_bytes = 64u << 20;
 constexpr std::chrono::milliseconds heartbeat_period{500};
 constexpr std::chrono::milliseconds heartbeat_deadline{2000};
+// A worker gives up on an engine whose control connection has been silent this long.
+constexpr std::chrono::milliseconds engine_silence_limit{4000};
 
 caf::error refuse(std::string text) {
   return caf::make_error(caf::sec::runtime_error, std::move(text));
@@ -463,6 +465,9 @@ status serve(const worker_args& w) {
   cfg.set("scheduler.policy", caf::atom("sharing"));  // as the engine's (actors/engine.cpp)
   cfg.set("logger.verbosity", caf::atom("quiet"));
   cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
+  // An engine host that vanishes without closing the connection (powered off, partitioned) is
+  // noticed when its heartbeats stop for this long.
+  cfg.set("middleman.connection-timeout", caf::timespan{engine_silence_limit});
   caf::actor_system sys{cfg};
   auto reg = sys.middleman().remote_actor(w.host, w.port);
   if (!reg) {
@@ -523,13 +528,29 @@ status serve(const worker_args& w) {
   caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
   caf::actor beat = sys.spawn(heartbeat);
   self->monitor(worker);
+  self->monitor(*reg);
   self->send(*reg, ready_msg{rank, worker, beat});
   logger()->info("{}: rank {} of {} ({}) ready", w.name, rank, world, grid.to_string());
-  // Serve until the engine stops the worker actor (or its connection goes: the actor then
-  // has nobody to serve; the engine's exit message ends it).
-  self->receive([](caf::down_msg&) {});
+  // Serve until the engine stops the worker actor, or until the engine goes away (its process
+  // ended, its host vanished or its connection broke: the registrar's down message): then
+  // nobody is left to serve, so wake the compute from any collective and end with an error.
+  caf::actor_addr gone;
+  std::string why;
+  self->receive([&](caf::down_msg& dm) {
+    gone = dm.source;
+    why = sys.render(dm.reason);
+  });
   self->send_exit(beat, caf::exit_reason::user_shutdown);
-  return ok_status();
+  if (gone == worker.address()) return ok_status();
+  const status lost = unavailable("{} went away ({}); rank {} stops", engine_at, why, rank);
+  logger()->error("{}: {}", w.name, lost);
+  fabric->abort(lost);
+  self->send_exit(worker, caf::exit_reason::user_shutdown);
+  bool ended = false;
+  self->receive([&](caf::down_msg&) { ended = true; },
+                caf::after(std::chrono::seconds(5)) >> [] {});
+  if (!ended) logger()->warn("{}: the worker actor did not end within 5 s", w.name);
+  return lost;
 }
 
 }  // namespace
