@@ -18,6 +18,7 @@
 #include "core/model_spec.hpp"
 #include "kernels/sampling.hpp"
 #include "model/weights.hpp"
+#include "transport/netns.hpp"
 
 namespace helix::apps {
 namespace {
@@ -38,6 +39,8 @@ constexpr const char* bench_usage =
     "  --warmup N              untimed decode steps before them (default 1)\n"
     "  --threads-per-rank N    kernel threads of every worker (default 1)\n"
     "  --processes N           workers as N `helix worker` processes (UCX data plane)\n"
+    "  --netns                 with --processes: each worker a network namespace of its own\n"
+    "                          (UCX over TCP between them; needs root)\n"
     "  --json                  JSON on stdout instead of a table\n";
 
 constexpr std::uint64_t weight_seed = model::default_weight_seed;
@@ -121,10 +124,10 @@ expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::st
       rest.push_back(args[i]);
     }
   }
-  HELIX_ASSIGN_OR_RETURN(const cli_args cli, cli_args::parse(rest, {"json", "help"}));
-  HELIX_RETURN_IF_ERROR(
-      cli.check_known({"model", "context", "batch", "workers", "layouts", "hopb", "kv-dtype",
-                       "steps", "warmup", "threads-per-rank", "processes", "json", "help"}));
+  HELIX_ASSIGN_OR_RETURN(const cli_args cli, cli_args::parse(rest, {"json", "help", "netns"}));
+  HELIX_RETURN_IF_ERROR(cli.check_known({"model", "context", "batch", "workers", "layouts", "hopb",
+                                         "kv-dtype", "steps", "warmup", "threads-per-rank",
+                                         "processes", "netns", "json", "help"}));
   bench_decode_options o;
   o.model = cli.get_or("model", o.model);
   HELIX_ASSIGN_OR_RETURN(o.context, cli.get_size("context", o.context));
@@ -144,6 +147,8 @@ expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::st
     }
     HELIX_ASSIGN_OR_RETURN(o.worker_binary, this_program_path());
   }
+  o.netns = cli.has("netns");
+  if (o.netns && o.processes == 0) return invalid_argument("--netns needs --processes N");
   if (o.context < 1) return invalid_argument("--context must be at least 1, got {}", o.context);
   if (o.batch < 1 || o.batch > 4096) {
     return invalid_argument("--batch must be in [1, 4096], got {}", o.batch);
@@ -252,6 +257,12 @@ expected<std::unique_ptr<actors::engine>> make_engine(const bench_decode_options
   if (o.processes > 0) {
     cluster::spawned_workers_options so;
     so.worker_binary = o.worker_binary;
+    if (!o.engine_host.empty()) so.host = o.engine_host;
+    so.netns = o.worker_netns;
+    if (!o.worker_netns.empty()) {
+      so.transports = "tcp";
+      so.net_devices = o.net_devices;
+    }
     source = cluster::spawned_workers(so);
   }
   return actors::engine::create(ec, std::move(source));
@@ -374,6 +385,9 @@ nlohmann::json decode_report_json(const bench_decode_options& o,
                       {"batch", o.batch},
                       {"workers", o.workers},
                       {"processes", o.processes},
+                      {"data_plane", o.processes == 0 ? "local"
+                                     : o.netns        ? "ucx-tcp-netns"
+                                                      : "ucx"},
                       {"kv_dtype", std::string(dtype_name(o.kv_dtype))},
                       {"weight_dtype", "bf16"},
                       {"kv_fill", "synthetic"},
@@ -402,8 +416,11 @@ void print_decode_table(std::ostream& out, const bench_decode_options& o,
   out << fmt::format(
       "decode through the engine: {} on {} worker {}, batch {}, {} tokens of synthetic {} KV per "
       "sequence, bf16 weights, median of {} steps, {} thread(s) per worker\n",
-      o.model, o.workers, o.processes > 0 ? "processes" : "threads", o.batch, o.context,
-      dtype_name(o.kv_dtype), o.steps, o.threads_per_rank);
+      o.model, o.workers,
+      o.processes == 0 ? "threads"
+      : o.netns        ? "processes, each in a network namespace (UCX over TCP)"
+                       : "processes",
+      o.batch, o.context, dtype_name(o.kv_dtype), o.steps, o.threads_per_rank);
   out << fmt::format("{:<32} {:>4} {:>12} {:>14} {:>10} {:>10} {:>7}\n", "layout", "hopb",
                      "KV/worker", "KV read/step", "ms/step", "tokens/s", "vs tp");
   for (const decode_case_result& r : results) {
@@ -429,6 +446,26 @@ int run_bench_decode(const std::vector<std::string>& args, std::ostream& out, st
   if (!fits.ok()) {
     err << "error: " << fits.to_string() << "\n";
     return 2;
+  }
+  // Hosts as network namespaces: made now, while this process has one thread, and entered (the
+  // engine lives in the first host; worker r in host r).
+  std::optional<transport::netns_hosts> hosts;
+  if (opts->netns) {
+    auto made = transport::netns_hosts::create(
+        static_cast<int>(std::max<std::int64_t>(2, opts->processes)));
+    if (!made) {
+      err << "error: --netns: " << made.error().to_string() << "\n";
+      return 2;
+    }
+    hosts = std::move(*made);
+    const status entered = transport::enter_netns(hosts->host(0).netns);
+    if (!entered.ok()) {
+      err << "error: --netns: " << entered.to_string() << "\n";
+      return 2;
+    }
+    opts->worker_netns = hosts->netns_names();
+    opts->engine_host = hosts->host(0).address;
+    opts->net_devices = hosts->host(0).device;
   }
   auto results = run_decode_cases(*opts, err);
   if (!results) {

@@ -20,7 +20,8 @@
 // count must equal --workers), --hopb on|off|both (default off; both runs every layout twice),
 // --kv-dtype bf16|f32|fp8_e4m3 (default bf16), --steps N (default 8), --warmup N (default 1),
 // --threads-per-rank N (default 1), --processes N (workers as N processes; N = --workers, which
-// it sets when absent), --json, --help.
+// it sets when absent), --netns (with --processes, root: each worker a network namespace of its
+// own, UCX over TCP between them, the engine in the first), --json, --help.
 //
 // KV capacity per rank is sized from the layout: a rank holds ~1/KVP of every sequence's blocks
 // (tp: KVP = 1, so every rank holds the whole context of its duplicated KV heads). The run is
@@ -29,7 +30,7 @@
 //
 // JSON shape:
 //   {"model","context","batch","workers","processes","kv_dtype","weight_dtype",
-//    "kv_fill":"synthetic","steps","threads_per_rank",
+//    "kv_fill":"synthetic","steps","threads_per_rank","data_plane",
 //    "layouts":[{"name","family","hopb","kv_bytes_per_worker","kv_bytes_read_per_step_per_worker",
 //                "step_ms","tokens_per_s","speedup_vs_tp","fill_s","worker_pids"}, ...]}
 // kv_bytes_per_worker is the maximum over workers of the KV they hold while the batch decodes
@@ -37,7 +38,8 @@
 // kv_bytes_read_per_step_per_worker is the same figure. speedup_vs_tp is tp's step_ms / this
 // step_ms with the same hopb setting (null when no tp case with that setting ran). fill_s is the
 // time from the first submit to the timed request's first token (synthetic fill and prompt).
-// processes is 0 for worker threads.
+// processes is 0 for worker threads; data_plane is "local" (threads), "ucx" (processes) or
+// "ucx-tcp-netns" (--netns).
 #pragma once
 
 #include <cstdint>
@@ -69,10 +71,16 @@ struct bench_decode_options {
   std::int64_t steps = 8;   // timed decode steps
   std::int64_t warmup = 1;  // untimed decode steps before them
   int threads_per_rank = 1;
-  std::int64_t processes = 0;      // > 0: workers as `helix worker` processes
-  std::string worker_binary;       // with processes: the `helix` binary
-  bool json = false;               // report format (run_bench_decode only)
-  std::vector<decode_case> cases;  // run in this order
+  std::int64_t processes = 0;  // > 0: workers as `helix worker` processes
+  std::string worker_binary;   // with processes: the `helix` binary
+  /// With processes: every worker a host of its own (a network namespace), UCX over TCP between
+  /// them; run_bench_decode makes the namespaces and moves this process into the first.
+  bool netns = false;
+  std::vector<std::string> worker_netns;  // filled by run_bench_decode
+  std::string engine_host;                // where the workers reach the engine; empty: loopback
+  std::string net_devices;                // the workers' UCX device with netns
+  bool json = false;                      // report format (run_bench_decode only)
+  std::vector<decode_case> cases;         // run in this order
 };
 
 struct decode_case_result {

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <caf/io/all.hpp>
 #include <cerrno>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 #include "cluster/messages.hpp"
 #include "core/log.hpp"
 #include "proto/helix.pb.h"
+#include "transport/netns.hpp"
 #include "transport/ucx_fabric.hpp"
 
 namespace helix::cluster {
@@ -219,8 +221,13 @@ caf::behavior heartbeat_monitor(caf::event_based_actor* self, caf::actor engine,
 }
 
 // Worker side: answers pings at once (runs on CAF's scheduler, not the worker's thread).
-caf::behavior heartbeat() {
-  return {[](ping_atom) { return ping_atom::value; }};
+// Answers the engine's pings at once, even while the worker computes, and records when the last
+// one came (steady-clock nanoseconds), so the worker notices an engine that went silent.
+caf::behavior heartbeat(caf::event_based_actor*, std::shared_ptr<std::atomic<std::int64_t>> last) {
+  return {[last](ping_atom) {
+    last->store(std::chrono::steady_clock::now().time_since_epoch().count());
+    return ping_atom::value;
+  }};
 }
 
 void configure_system(caf::actor_system_config& cfg) {
@@ -313,6 +320,17 @@ class spawned_source final : public actors::worker_source {
       if (opts_.threads > 0) {
         args.push_back("--threads");
         args.push_back(std::to_string(opts_.threads));
+      }
+      for (const auto& [flag, value] :
+           {std::pair<const char*, std::string>{
+                "--netns", opts_.netns.empty()
+                               ? std::string()
+                               : opts_.netns[static_cast<std::size_t>(r) % opts_.netns.size()]},
+            {"--transports", opts_.transports},
+            {"--net-devices", opts_.net_devices}}) {
+        if (value.empty()) continue;
+        args.push_back(flag);
+        args.push_back(value);
       }
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
@@ -407,13 +425,19 @@ struct worker_args {
   std::string name;
   int threads = 0;
   std::chrono::milliseconds timeout{60000};
-  std::string ucx_tls;  // the UCX transports this process's UCX is limited to, for the join
+  std::string ucx_tls;      // the UCX transports this process's UCX is limited to, for the join
+  std::string netns;        // entered before anything else
+  std::string transports;   // ucx_fabric_options::transports
+  std::string net_devices;  // ucx_fabric_options::net_devices
 };
 
 constexpr const char* worker_usage =
     "usage: helix worker --join HOST:PORT [--threads N] [--name NAME] [--timeout-ms MS]\n"
+    "                    [--netns NAME] [--transports TLS] [--net-devices DEVS]\n"
     "  Runs one worker of an engine: joins it at HOST:PORT, receives its rank, layout and\n"
-    "  model, and serves until the engine stops it.\n";
+    "  model, and serves until the engine stops it (or goes away: then it exits 1).\n"
+    "  --netns enters a network namespace first (root); --transports and --net-devices limit\n"
+    "  the UCX data plane (UCX_TLS and UCX_NET_DEVICES syntax).\n";
 
 expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
   worker_args w;
@@ -435,6 +459,12 @@ expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
       w.port = static_cast<std::uint16_t>(port);
     } else if (a == "--name") {
       w.name = v;
+    } else if (a == "--netns") {
+      w.netns = v;
+    } else if (a == "--transports") {
+      w.transports = v;
+    } else if (a == "--net-devices") {
+      w.net_devices = v;
     } else if (a == "--threads") {
       char* end = nullptr;
       const long t = std::strtol(v.c_str(), &end, 10);
@@ -465,9 +495,6 @@ status serve(const worker_args& w) {
   cfg.set("scheduler.policy", caf::atom("sharing"));  // as the engine's (actors/engine.cpp)
   cfg.set("logger.verbosity", caf::atom("quiet"));
   cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
-  // An engine host that vanishes without closing the connection (powered off, partitioned) is
-  // noticed when its heartbeats stop for this long.
-  cfg.set("middleman.connection-timeout", caf::timespan{engine_silence_limit});
   caf::actor_system sys{cfg};
   auto reg = sys.middleman().remote_actor(w.host, w.port);
   if (!reg) {
@@ -504,6 +531,8 @@ status serve(const worker_args& w) {
   transport::ucx_fabric_options fo;
   fo.world_size = world;
   fo.rank = rank;
+  fo.transports = w.transports;
+  fo.net_devices = w.net_devices;
   HELIX_ASSIGN_OR_RETURN(fabric, transport::make_ucx_fabric(fo));
   const auto addr = fabric->address();
   std::string membership_bytes;
@@ -526,23 +555,42 @@ status serve(const worker_args& w) {
   HELIX_RETURN_IF_ERROR(fabric->connect(addresses));
   HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, rank, *fabric));
   caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
-  caf::actor beat = sys.spawn(heartbeat);
+  auto last_ping = std::make_shared<std::atomic<std::int64_t>>(0);
+  caf::actor beat = sys.spawn(heartbeat, last_ping);
   self->monitor(worker);
-  self->monitor(*reg);
   self->send(*reg, ready_msg{rank, worker, beat});
   logger()->info("{}: rank {} of {} ({}) ready", w.name, rank, world, grid.to_string());
-  // Serve until the engine stops the worker actor, or until the engine goes away (its process
-  // ended, its host vanished or its connection broke: the registrar's down message): then
-  // nobody is left to serve, so wake the compute from any collective and end with an error.
-  caf::actor_addr gone;
-  std::string why;
-  self->receive([&](caf::down_msg& dm) {
-    gone = dm.source;
-    why = sys.render(dm.reason);
-  });
+  // Serve until the engine stops the worker actor. An engine that went away (its process ended,
+  // its host vanished, the connection broke) stops pinging: once it has been silent for
+  // engine_silence_limit (or never pinged within the join timeout), nobody is left to serve, so
+  // wake the compute from any collective and end with an error.
+  const auto ready_at = std::chrono::steady_clock::now();
+  bool worker_ended = false;
+  std::string silence;
+  while (!worker_ended && silence.empty()) {
+    self->receive([&](caf::down_msg&) { worker_ended = true; },
+                  caf::after(heartbeat_period) >>
+                      [&] {
+                        const auto now = std::chrono::steady_clock::now();
+                        const std::int64_t last = last_ping->load();
+                        if (last == 0) {
+                          if (now - ready_at > w.timeout) {
+                            silence = fmt::format("no heartbeat within {} ms of joining",
+                                                  w.timeout.count());
+                          }
+                          return;
+                        }
+                        const auto quiet = now.time_since_epoch() - std::chrono::nanoseconds(last);
+                        if (quiet > engine_silence_limit) {
+                          silence = fmt::format(
+                              "no heartbeat for {} ms",
+                              std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count());
+                        }
+                      });
+  }
   self->send_exit(beat, caf::exit_reason::user_shutdown);
-  if (gone == worker.address()) return ok_status();
-  const status lost = unavailable("{} went away ({}); rank {} stops", engine_at, why, rank);
+  if (worker_ended) return ok_status();
+  const status lost = unavailable("{} went away ({}); rank {} stops", engine_at, silence, rank);
   logger()->error("{}: {}", w.name, lost);
   fabric->abort(lost);
   self->send_exit(worker, caf::exit_reason::user_shutdown);
@@ -565,8 +613,18 @@ int run_worker(const std::vector<std::string>& args, std::ostream& out, std::ost
     err << "error: " << w.error().message() << "\n" << worker_usage;
     return 2;
   }
+  // First, while this process has one thread (setns moves only the calling thread).
+  if (!w->netns.empty()) {
+    const status entered = transport::enter_netns(w->netns);
+    if (!entered.ok()) {
+      err << "helix worker " << w->name << ": --netns " << w->netns << ": " << entered.to_string()
+          << "\n";
+      return 1;
+    }
+  }
   // UCX reads its own environment; the join only reports what it will be limited to.
   if (const char* tls = std::getenv("UCX_TLS")) w->ucx_tls = tls;
+  if (!w->transports.empty()) w->ucx_tls = w->transports;
   const status st = serve(*w);
   if (!st.ok()) {
     err << "helix worker " << w->name << ": " << st.to_string() << "\n";

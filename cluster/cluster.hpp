@@ -38,6 +38,14 @@ struct spawned_workers_options {
   std::chrono::milliseconds join_timeout{60000};
   /// Kernel threads per worker process (0: the engine config's threads_per_worker).
   int threads = 0;
+  /// Empty, or one network namespace per rank (a name under /var/run/netns, e.g. from
+  /// transport::netns_hosts) that worker enters first: workers as hosts on one machine. `host`
+  /// must then be reachable from every one of them.
+  std::vector<std::string> netns;
+  /// The workers' UCX transports (UCX_TLS syntax, e.g. "tcp") and network devices (e.g.
+  /// "helix0"); empty lets UCX choose.
+  std::string transports;
+  std::string net_devices;
 };
 
 /// A worker source whose workers are child processes of this one.

@@ -36,6 +36,26 @@ TEST(OneRuntime, BenchDecodeWithWorkerProcesses) {
   EXPECT_EQ(j["layouts"][0]["name"], "helix:kvp=2,tpa=1,tpf=2,ep=1");
 }
 
+// Workers as hosts: each worker process in a network namespace of its own, UCX over TCP between
+// them, the engine in the first (root only; skipped where namespaces cannot be made).
+TEST(OneRuntime, BenchDecodeWithWorkersInNetworkNamespaces) {
+  int rc = -1;
+  const std::string out = run_cli(HELIX_CLI,
+                                  "bench decode --processes 2 --netns --model tiny-llama "
+                                  "--context 256 --layout helix:kvp=2,tpa=1 --hopb both "
+                                  "--steps 2 --json",
+                                  rc);
+  if (rc == 2 && out.find("--netns") != std::string::npos) {
+    GTEST_SKIP() << "no network namespaces here: " << out;
+  }
+  ASSERT_EQ(rc, 0) << out;
+  const nlohmann::json j = last_json(out);
+  ASSERT_FALSE(j.is_discarded()) << out;
+  EXPECT_EQ(j["data_plane"], "ucx-tcp-netns");
+  ASSERT_EQ(j["layouts"].size(), 2u) << j.dump();
+  for (const auto& l : j["layouts"]) EXPECT_GT(l["step_ms"].get<double>(), 0.0) << l.dump();
+}
+
 TEST(OneRuntime, DemoWithWorkerProcesses) {
   int rc = -1;
   const std::string out = run_cli(HELIX_CLI,

@@ -96,6 +96,10 @@ TEST(WorkerLifecycle, HandStartedWorkerEndsWhenItsEngineDies) {
       << "engine:\n"
       << read_file(engine_log) << "\nworker:\n"
       << read_file(worker_log);
+  // Both still serve: the engine has not failed and the worker runs.
+  EXPECT_EQ(read_file(engine_log).find("error"), std::string::npos) << read_file(engine_log);
+  ASSERT_EQ(::waitpid(worker, nullptr, WNOHANG), 0) << read_file(worker_log);
+  const auto killed_at = std::chrono::steady_clock::now();
   ::kill(engine, SIGKILL);
   ::waitpid(engine, nullptr, 0);
   const int st = wait_for(worker, 20s);
@@ -103,6 +107,8 @@ TEST(WorkerLifecycle, HandStartedWorkerEndsWhenItsEngineDies) {
   ASSERT_TRUE(WIFEXITED(st)) << read_file(worker_log);
   EXPECT_EQ(WEXITSTATUS(st), 1) << read_file(worker_log);
   EXPECT_NE(read_file(worker_log).find("went away"), std::string::npos) << read_file(worker_log);
+  // The worker waits out the engine's silence (4 s without heartbeats) before it gives up.
+  EXPECT_GE(std::chrono::steady_clock::now() - killed_at, 3s);
 }
 
 }  // namespace
