@@ -109,6 +109,19 @@ TEST(Processes, TensorParallelLayoutMatchesThreads) {
   expect_same_tokens_as_threads("tiny-llama", "tp:tp=2", 2);
 }
 
+// Every layout family on both tiny models: the remaining combinations.
+TEST(Processes, MedhaLayoutMatchesThreads) {
+  expect_same_tokens_as_threads("tiny-llama", "medha:kvp=2,tpa=2", 4);
+}
+
+TEST(Processes, TinyDeepseekTensorParallelMatchesThreads) {
+  expect_same_tokens_as_threads("tiny-deepseek", "tp:tp=2", 2);
+}
+
+TEST(Processes, TinyDeepseekMedhaMatchesThreads) {
+  expect_same_tokens_as_threads("tiny-deepseek", "medha:kvp=2,tpa=1", 2);
+}
+
 TEST(Processes, WorkerThatNeverJoinsIsATimeoutNamingIt) {
   spawned_workers_options o;
   o.worker_binary = "/bin/true";  // exits at once instead of joining
