@@ -19,6 +19,7 @@ enum class rng_purpose : std::uint32_t {
   synthetic_kv = 3,  // synthetic KV fill for benchmarks
   test_data = 4,     // test inputs
   workload = 5,      // arrival times, prompt lengths
+  faults = 6,        // seeded fault schedules (transport/fault/schedule.hpp)
 };
 
 HELIX_HD std::array<std::uint32_t, 4> philox4x32_10(std::array<std::uint32_t, 4> ctr,
