@@ -31,14 +31,15 @@ constexpr const char* bench_usage =
     "usage: helix bench transport [options]\n"
     "  --iterations N   timed iterations per decode-sized case (default 200; --quick 20)\n"
     "  --quick          20 iterations and 16 MiB as the only large size\n"
-    "  --backends LIST  any of local,memcpy,ucx-shm,ucx-shm-no-mm-eh,ucx-tcp (default all;\n"
-    "                   ucx-tcp needs root for its network namespaces, else it is skipped)\n"
+    "  --backends LIST  any of local,memcpy,ucx-shm,ucx-shm-no-mm-eh,ucx-tcp,ucx-shm-no-one-copy\n"
+    "                   (default all but ucx-shm-no-one-copy; ucx-tcp needs root for its\n"
+    "                   network namespaces, else it is skipped)\n"
     "  --json           JSON on stdout instead of a table\n";
 
 constexpr int world_size = 2;
 // The order backends run in: every fork_ranks before this process starts a thread of its own.
-constexpr const char* backend_order[] = {"ucx-shm", "ucx-shm-no-mm-eh", "ucx-tcp", "local",
-                                         "memcpy"};
+constexpr const char* backend_order[] = {"ucx-shm", "ucx-shm-no-one-copy", "ucx-shm-no-mm-eh",
+                                         "ucx-tcp", "local", "memcpy"};
 // A collective that takes this long is broken, not slow: fail it instead of hanging the bench.
 constexpr std::chrono::milliseconds call_timeout{60000};
 constexpr std::chrono::milliseconds fork_timeout{600000};
@@ -394,7 +395,9 @@ void run_backend(const std::string& name, const bench_transport_options& o,
   } else {
     tr::ucx_fabric_options fabric;
     fabric.shm_error_handling = name != "ucx-shm-no-mm-eh";
+    fabric.one_copy = name != "ucx-shm-no-one-copy";
     br.shm_error_handling = fabric.shm_error_handling;
+    br.one_copy = fabric.one_copy;
     std::optional<tr::netns_hosts> hosts;
     if (name == "ucx-tcp") {
       auto made = tr::netns_hosts::create(world_size);
@@ -415,10 +418,10 @@ void run_backend(const std::string& name, const bench_transport_options& o,
     br.net_devices = fabric.net_devices;
     progress << fmt::format(
         "{}: 2 ranks as processes (fork_ranks){}, UCX transports {}, error handling mode PEER, "
-        "shm_error_handling {}\n",
+        "shm_error_handling {}, one copy {}\n",
         name, hosts ? fmt::format(" in namespaces {} and {}", br.netns[0], br.netns[1]) : "",
         fabric.transports.empty() ? "chosen by UCX" : fabric.transports,
-        fabric.shm_error_handling ? "on" : "off");
+        fabric.shm_error_handling ? "on" : "off", fabric.one_copy ? "on" : "off");
     progress.flush();
     times = run_ucx(fabric, br.netns, cases, br);
     for (const auto& l : br.transports) {
@@ -493,7 +496,9 @@ expected<bench_transport_options> parse_bench_transport_args(const std::vector<s
     if (std::find(std::begin(backend_order), std::end(backend_order), name) ==
         std::end(backend_order)) {
       return invalid_argument(
-          "--backends: '{}' is not one of local, memcpy, ucx-shm, ucx-shm-no-mm-eh, ucx-tcp", name);
+          "--backends: '{}' is not one of local, memcpy, ucx-shm, ucx-shm-no-mm-eh, ucx-tcp, "
+          "ucx-shm-no-one-copy",
+          name);
     }
     named.push_back(std::move(name));
     start = comma + 1;
@@ -553,6 +558,7 @@ nlohmann::json transport_report_json(const bench_transport_options& o,
     nlohmann::json jb = {{"name", b.name}, {"status", b.status}, {"reason", b.reason}};
     if (b.shm_error_handling) {
       jb["shm_error_handling"] = *b.shm_error_handling;
+      jb["one_copy"] = b.one_copy.value_or(false);
       jb["ucx_tls"] = b.ucx_tls;
       jb["net_devices"] = b.net_devices;
       jb["netns"] = b.netns;
@@ -590,7 +596,8 @@ void print_transport_table(std::ostream& out, const bench_transport_options& o,
       "slowest rank per iteration.\nRates: all_to_all = bytes received from peers per second, "
       "summed over ranks; memcpy = bytes copied per second, summed over {} threads.\n"
       "UCX fabrics run with error handling mode PEER; shm_error_handling on unless named "
-      "no-mm-eh.\n\n",
+      "no-mm-eh; one copy (process_vm_readv) for large messages on one host unless named "
+      "no-one-copy.\n\n",
       world_size, o.iterations, o.large_iterations, world_size);
   out << fmt::format("{:<18} {:<8} {}\n", "backend", "status", "UCX transports / reason");
   for (const transport_backend_result& b : r.backends) {

@@ -5,7 +5,11 @@
 // What it measures, on a world of 2 ranks:
 //   local            ranks as threads of this process (make_local_fabric)
 //   ucx-shm          ranks as 2 child processes (fork_ranks), UCX choosing its transports
-//                    (shared memory on one host), shm_error_handling on
+//                    (shared memory on one host), shm_error_handling on, and the fabric's one
+//                    copy for large messages: the receiver reads the sender's buffer with
+//                    process_vm_readv (transport/ucx_fabric.hpp)
+//   ucx-shm-no-one-copy  the same with one copy off: large messages go through UCX's
+//                    shared-memory pipeline (two copies). Only when named in --backends.
 //   ucx-shm-no-mm-eh the same with shm_error_handling off, to show what UCX 1.13 gives up when
 //                    error handling mode PEER drops its shared-memory transports
 //   ucx-tcp          2 child processes in 2 network namespaces joined by a veth pair
@@ -39,10 +43,10 @@
 // this process's stderr, because UCX logs on stdout and would break the --json report.
 //
 // Flags: --json, --quick, --iterations N, --backends LIST (default
-// local,memcpy,ucx-shm,ucx-shm-no-mm-eh,ucx-tcp), --help. Table on stdout by default, JSON with
+// local,memcpy,ucx-shm,ucx-shm-no-mm-eh,ucx-tcp; ucx-shm-no-one-copy on request), --help. Table on stdout by default, JSON with
 // --json, progress lines on stderr. JSON shape:
 //   {"world_size":2,"iterations","large_iterations","ucx_error_handling":"peer",
-//    "backends":[{"name","status":"ok"|"skipped"|"failed","reason","shm_error_handling"?,
+//    "backends":[{"name","status":"ok"|"skipped"|"failed","reason","shm_error_handling"?,"one_copy"?,
 //                 "ucx_tls"?,"net_devices"?,"netns"?,"transports":[{"rank","peer","transports"}]}],
 //    "results":[{"backend","op":"all_to_all"|"all_reduce"|"memcpy","bytes","iterations",
 //                "p50_us","p99_us","bytes_per_s"(null for all_reduce),"vs_memcpy"(null or a
@@ -94,6 +98,7 @@ struct transport_backend_result {
   std::string status = "ok";
   std::string reason;
   std::optional<bool> shm_error_handling;  // UCX backends
+  std::optional<bool> one_copy;            // UCX backends: ucx_fabric_options::one_copy
   std::string ucx_tls;                     // UCX backends: the transports asked for ("" = any)
   std::string net_devices;                 // ucx-tcp
   std::vector<std::string> netns;          // ucx-tcp: the ranks' namespaces

@@ -13,6 +13,14 @@
 // - make_communicator() accepts only this process's own rank.
 // - A failed collective may leave its receive buffer partly written.
 //
+// Data between processes on one machine (same boot, pid and network namespaces): a payload of at
+// least one_copy_min_bytes is copied once, by the receiver's progress thread straight from the
+// sender's buffer into its own (process_vm_readv), when a probe read at connect() showed that the
+// receiver may read the sender. Everything else goes through UCX (shared memory within a machine,
+// tcp between namespaces and hosts). UCX 1.13 has its own zero-copy lane for this (cma), but
+// selects no such lane under error mode PEER (its memory domain cannot invalidate memory), so
+// without ours large messages are copied twice, through UCX's shared-memory bounce buffers.
+//
 // Progress: one thread per fabric owns the UCP worker. It sleeps in epoll on the worker's event
 // fd (UCP_FEATURE_WAKEUP + ucp_worker_arm) and on an eventfd that callers signal when they post,
 // so a posted i... call advances while its caller computes and an idle rank costs no CPU.
@@ -47,6 +55,12 @@ struct ucx_fabric_options {
   /// How often UCX checks that peers are alive (UCX_KEEPALIVE_INTERVAL); bounds how long a
   /// peer that died without closing its connections goes unnoticed.
   std::chrono::milliseconds keepalive_interval{500};
+  /// Payloads of at least one_copy_min_bytes to a peer on this machine are read by the peer
+  /// straight from the sender's buffer (process_vm_readv) where it may; off: always UCX. The
+  /// default is about where UCX leaves its eager protocol for rendezvous on shared memory, and
+  /// where one copy starts to win (measurements in transport/ucx/ucx_one_copy.cpp).
+  bool one_copy = true;
+  std::size_t one_copy_min_bytes = std::size_t{16} << 10;
 };
 
 class ucx_fabric : public fabric {
@@ -56,8 +70,9 @@ class ucx_fabric : public fabric {
   /// Creates the endpoints to every other rank: addresses[r] is rank r's address() (this
   /// rank's own entry is ignored). Call once, before any communicator is used.
   [[nodiscard]] virtual status connect(std::span<const std::vector<std::byte>> addresses) = 0;
-  /// The UCX transports the endpoint to `peer` uses, e.g. "posix/memory cma/memory", for
-  /// reports; empty before connect().
+  /// The transports to `peer`, for reports: UCX's lanes, e.g. "sysv/memory", then
+  /// "one-copy/process_vm_readv" when this rank reads large messages from the peer's memory;
+  /// empty before connect().
   [[nodiscard]] virtual std::string transports_to(int peer) const = 0;
 };
 

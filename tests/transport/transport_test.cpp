@@ -1,14 +1,19 @@
 // The transport test suite, run against every host backend: `local` (8 ranks as 8 threads of
-// this process, one fabric) and `ucx` (8 ranks as 8 forked processes, one UCX fabric each,
-// connected through fork_ranks). Rank bodies use GoogleTest assertions; a forked rank reports
-// its failures by its exit status, which the parent checks. State the ranks share lives in
-// MAP_SHARED memory so it is shared by threads and processes alike.
+// this process, one fabric), `ucx` (8 ranks as 8 forked processes, one UCX fabric each,
+// connected through fork_ranks; messages of 16 KiB and more are read by the receiver from the
+// sender's memory, one copy) and `ucx_two_copy` (the same with one copy off: every byte through
+// UCX, as between hosts or where process_vm_readv is not permitted). Rank bodies use GoogleTest
+// assertions; a forked rank reports its failures by its exit status, which the parent checks.
+// State the ranks share lives in MAP_SHARED memory so it is shared by threads and processes
+// alike.
 #include <sys/mman.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <new>
@@ -26,10 +31,18 @@ namespace {
 using namespace std::chrono_literals;
 constexpr int num_ranks = 8;
 
-enum class backend { local, ucx };
+enum class backend { local, ucx, ucx_two_copy };
 
 std::string backend_name(const testing::TestParamInfo<backend>& info) {
-  return info.param == backend::local ? "local" : "ucx";
+  switch (info.param) {
+    case backend::local:
+      return "local";
+    case backend::ucx:
+      return "ucx";
+    case backend::ucx_two_copy:
+      return "ucx_two_copy";
+  }
+  return "?";
 }
 
 // An object in memory shared with forked ranks (placement-new in an anonymous shared mapping).
@@ -81,6 +94,7 @@ class Transport : public testing::TestWithParam<backend> {
     fork_ranks_options o;
     o.fabric.world_size = n;
     o.fabric.default_timeout = default_timeout;
+    o.fabric.one_copy = GetParam() == backend::ucx;
     o.timeout = 60s;
     auto outcomes = fork_ranks(o, [&](int rank, ucx_fabric& f) -> expected<std::string> {
       body(rank, f);
@@ -123,21 +137,35 @@ TEST_P(Transport, AllToAllEqualSplits) {
   });
 }
 
+// One rank's all_to_all_v arguments when rank i sends count(i, j) elements to rank j, packed
+// from `first_send` and `first_recv`; send_end and recv_end are the buffer sizes they need.
+struct v_layout {
+  std::vector<std::size_t> sc, so, rc, ro;
+  std::size_t send_end = 0, recv_end = 0;
+};
+
+v_layout layout_of(int rank, const std::function<std::size_t(int, int)>& count,
+                   std::size_t first_send = 0, std::size_t first_recv = 0) {
+  v_layout l{std::vector<std::size_t>(num_ranks), std::vector<std::size_t>(num_ranks),
+             std::vector<std::size_t>(num_ranks), std::vector<std::size_t>(num_ranks),
+             first_send, first_recv};
+  for (int j = 0; j < num_ranks; ++j) {
+    l.sc[j] = count(rank, j);
+    l.so[j] = l.send_end;
+    l.send_end += l.sc[j];
+    l.rc[j] = count(j, rank);
+    l.ro[j] = l.recv_end;
+    l.recv_end += l.rc[j];
+  }
+  return l;
+}
+
 TEST_P(Transport, AllToAllVariableSplitsWithZeroSizePeers) {
   // Rank i sends (2i + j) % 4 elements to rank j: zero for some pairs, and not symmetric.
   auto count = [](int from, int to) { return static_cast<std::size_t>((2 * from + to) % 4); };
   run_ranks(num_ranks, [&](int rank, fabric& fab) {
     auto comm = world_comm(fab, rank);
-    std::vector<std::size_t> sc(num_ranks), so(num_ranks), rc(num_ranks), ro(num_ranks);
-    std::size_t st = 0, rt = 0;
-    for (int j = 0; j < num_ranks; ++j) {
-      sc[j] = count(rank, j);
-      so[j] = st;
-      st += sc[j];
-      rc[j] = count(j, rank);
-      ro[j] = rt;
-      rt += rc[j];
-    }
+    const auto [sc, so, rc, ro, st, rt] = layout_of(rank, count);
     std::vector<std::int32_t> send(st), recv(rt, -1);
     for (int j = 0; j < num_ranks; ++j)
       for (std::size_t k = 0; k < sc[j]; ++k)
@@ -197,6 +225,47 @@ TEST_P(Transport, LargeAllToAllMovesEveryByte) {
         ASSERT_EQ(recv[j * per_peer + k],
                   static_cast<std::int32_t>(j * 100000000 + rank * 1000000 + k))
             << rank;
+  });
+}
+
+// Uneven splits from nothing to 1.3 MiB per pair, at odd offsets: below and above the one-copy
+// threshold (ucx), so descriptors and UCX messages mix in one call. Every byte is checked.
+TEST_P(Transport, LargeAllToAllVWithUnevenSizesMovesEveryByte) {
+  const auto count = [](int from, int to) -> std::size_t {
+    const auto f = static_cast<std::size_t>(from);
+    const auto t = static_cast<std::size_t>(to);
+    return (f * 5 + t * 3) % 7 * 200003 + (f + t) % 3 * 4099;
+  };
+  const auto byte_at = [](int from, int to, std::size_t k) {
+    return static_cast<std::uint8_t>(from * 131 + to * 71 + k * 13 + (k >> 12));
+  };
+  run_ranks(num_ranks, [&](int rank, fabric& fab) {
+    auto comm = world_comm(fab, rank);
+    // Odd starts: nothing is page- or word-aligned.
+    const auto [sc, so, rc, ro, st, rt] = layout_of(rank, count, 1, 3);
+    std::vector<std::uint8_t> send(st), recv(rt, 0xee);
+    for (int j = 0; j < num_ranks; ++j)
+      for (std::size_t k = 0; k < sc[j]; ++k) send[so[j] + k] = byte_at(rank, j, k);
+    for (int round = 0; round < 2; ++round) {  // twice: buffers and slots are reused cleanly
+      std::fill(recv.begin(), recv.end(), std::uint8_t{0xee});
+      all_to_all_v_args args{send_buf{send.data(), send.size(), wire_type::bytes}, sc, so,
+                             recv_buf{recv.data(), recv.size(), wire_type::bytes}, rc, ro};
+      ASSERT_OK(comm->all_to_all_v(args));
+      std::size_t wrong = 0;
+      for (int j = 0; j < num_ranks; ++j)
+        for (std::size_t k = 0; k < rc[j]; ++k) wrong += recv[ro[j] + k] != byte_at(j, rank, k);
+      EXPECT_EQ(wrong, 0u) << "rank " << rank << " round " << round;
+      EXPECT_EQ(recv.front(), 0xee);  // nothing written outside the slices
+      EXPECT_EQ(recv[1], 0xee);
+    }
+    // A large message whose sizes disagree: both sides fail, and stay in step.
+    const int to = (rank + 1) % num_ranks;
+    const int from = (rank + num_ranks - 1) % num_ranks;
+    std::vector<float> big(300000, 1.f), small(299999);
+    request bad = comm->isend(as_send(cf32(big)), to, 21);
+    EXPECT_EQ(comm->recv(as_recv(f32(small)), from, 21).code(), errc::invalid_argument);
+    EXPECT_EQ(bad.wait().code(), errc::invalid_argument);
+    ASSERT_OK(comm->barrier());
   });
 }
 
@@ -512,7 +581,8 @@ TEST_P(Transport, BlockedWaitsDoNotSpin) {
   });
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, Transport, testing::Values(backend::local, backend::ucx),
+INSTANTIATE_TEST_SUITE_P(Backends, Transport,
+                         testing::Values(backend::local, backend::ucx, backend::ucx_two_copy),
                          backend_name);
 
 }  // namespace

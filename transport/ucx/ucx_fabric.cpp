@@ -42,24 +42,35 @@ status ucx_error(std::string_view what, ucs_status_t st) {
 }
 
 // What address() puts before the UCP worker address: who this rank is on its machine, so that a
-// peer on the same machine (same boot, same pid namespace) can watch the process itself.
+// peer on the same machine (same boot, same pid namespace) can watch the process itself, and one
+// in the same network namespace too can read its memory (one copy), which it first probes.
 struct address_prefix {
-  std::uint32_t magic = 0x48584131;  // "HXA1"
+  std::uint32_t magic = 0x48584132;  // "HXA2"
   std::uint32_t pid = 0;
   std::uint64_t boot = 0;   // hash of /proc/sys/kernel/random/boot_id
   std::uint64_t pidns = 0;  // inode of /proc/self/ns/pid
+  std::uint64_t netns = 0;  // inode of /proc/self/ns/net
+  std::uint64_t probe_address = 0;  // a word of this process's memory that holds probe_value
+  std::uint64_t probe_value = 0;
 };
-static_assert(sizeof(address_prefix) == 24);
+static_assert(sizeof(address_prefix) == 48);
 
-address_prefix this_process() {
+std::uint64_t ns_inode(const char* path) {
+  struct stat st {};
+  return ::stat(path, &st) == 0 ? static_cast<std::uint64_t>(st.st_ino) : 0;
+}
+
+address_prefix this_process(const std::uint64_t& probe_word) {
   address_prefix p;
   p.pid = static_cast<std::uint32_t>(::getpid());
   std::ifstream in("/proc/sys/kernel/random/boot_id");
   std::string boot;
   std::getline(in, boot);
   p.boot = std::hash<std::string>{}(boot);
-  struct stat st {};
-  if (::stat("/proc/self/ns/pid", &st) == 0) p.pidns = static_cast<std::uint64_t>(st.st_ino);
+  p.pidns = ns_inode("/proc/self/ns/pid");
+  p.netns = ns_inode("/proc/self/ns/net");
+  p.probe_address = reinterpret_cast<std::uintptr_t>(&probe_word);
+  p.probe_value = probe_word;
   return p;
 }
 
@@ -74,7 +85,10 @@ std::string format_ms(std::chrono::milliseconds ms) {
 
 }  // namespace
 
-ucx_fabric_impl::ucx_fabric_impl(const ucx_fabric_options& opts) : opts_(opts) {}
+ucx_fabric_impl::ucx_fabric_impl(const ucx_fabric_options& opts)
+    : opts_(opts),
+      probe_word_(static_cast<std::uint64_t>(clock::now().time_since_epoch().count()) ^
+                  (std::uint64_t{0x9e3779b97f4a7c15} * static_cast<std::uint64_t>(::getpid()))) {}
 
 expected<std::unique_ptr<ucx_fabric_impl>> ucx_fabric_impl::create(const ucx_fabric_options& opts) {
   if (opts.world_size < 1 || opts.world_size > (1 << 20)) {
@@ -168,7 +182,7 @@ status ucx_fabric_impl::start() {
   st = ucp_worker_get_address(worker_, &addr, &addr_len);
   if (st != UCS_OK) return ucx_error("ucp_worker_get_address", st);
   const auto* bytes = reinterpret_cast<const std::byte*>(addr);
-  const address_prefix me = this_process();
+  const address_prefix me = this_process(probe_word_);
   address_.resize(sizeof(me));
   std::memcpy(address_.data(), &me, sizeof(me));
   address_.insert(address_.end(), bytes, bytes + addr_len);
@@ -200,8 +214,12 @@ status ucx_fabric_impl::start() {
       return make_error(errc::unavailable, "ucx fabric: epoll_ctl: {}", std::strerror(errno));
     }
   }
-  eps_.assign(static_cast<std::size_t>(opts_.world_size), nullptr);
-  peer_failed_.assign(static_cast<std::size_t>(opts_.world_size), ok_status());
+  const auto world = static_cast<std::size_t>(opts_.world_size);
+  eps_.assign(world, nullptr);
+  peer_failed_.assign(world, ok_status());
+  same_host_pid_.assign(world, 0);
+  can_pull_from_.assign(world, 0);
+  pull_ready_.assign(world, 0);
   // An endpoint to this rank itself, for point-to-point calls to self.
   ucp_ep_params_t self{};
   self.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
@@ -281,9 +299,12 @@ status ucx_fabric_impl::connect(std::span<const std::vector<std::byte>> addresse
   }
   status result;
   run_command([&] {
+    const address_prefix me = this_process(probe_word_);
+    std::string refused;  // why one copy is off for a peer on this machine
     for (int r = 0; r < opts_.world_size; ++r) {
       if (r == opts_.rank) continue;
-      const auto& a = addresses[static_cast<std::size_t>(r)];
+      const auto ur = static_cast<std::size_t>(r);
+      const auto& a = addresses[ur];
       address_prefix peer;
       if (a.size() <= sizeof(peer)) {
         result = invalid_argument("ucx connect: rank {}'s address has {} bytes", r, a.size());
@@ -296,7 +317,6 @@ status ucx_fabric_impl::connect(std::span<const std::vector<std::byte>> addresse
       }
       // A peer on this machine: watch its process, so that its death is seen at once (UCX's
       // own keepalive does not cover shared memory here).
-      const address_prefix me = this_process();
       if (peer.boot == me.boot && peer.pidns == me.pidns) {
         const int fd = static_cast<int>(::syscall(SYS_pidfd_open, peer.pid, 0));
         if (fd < 0) {
@@ -309,6 +329,12 @@ status ucx_fabric_impl::connect(std::span<const std::vector<std::byte>> addresse
         ev.data.u64 = first_peer_tag + static_cast<std::uint64_t>(r);
         (void)epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
         pidfds_.push_back({r, static_cast<int>(peer.pid), fd});
+        // Ranks in other network namespaces stand for other hosts: they keep to UCX (tcp).
+        if (opts_.one_copy && peer.netns == me.netns) {
+          const status can = enable_one_copy(r, static_cast<int>(peer.pid), peer.probe_address,
+                                             peer.probe_value);
+          if (!can.ok()) refused += fmt::format(" rank {}: {};", r, can.message());
+        }
       }
       peer_refs_.push_back(std::make_unique<peer_ref>(peer_ref{this, r}));
       ucp_ep_params_t ep{};
@@ -318,14 +344,15 @@ status ucx_fabric_impl::connect(std::span<const std::vector<std::byte>> addresse
       ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
       ep.err_handler.cb = &ucx_fabric_impl::on_ep_error;
       ep.err_handler.arg = peer_refs_.back().get();
-      const ucs_status_t st = ucp_ep_create(worker_, &ep, &eps_[static_cast<std::size_t>(r)]);
+      const ucs_status_t st = ucp_ep_create(worker_, &ep, &eps_[ur]);
       if (st != UCS_OK) {
         result = ucx_error(fmt::format("endpoint to rank {}", r), st);
-        eps_[static_cast<std::size_t>(r)] = nullptr;
-        peer_failed_[static_cast<std::size_t>(r)] = result;
+        eps_[ur] = nullptr;
+        peer_failed_[ur] = result;
         return;
       }
     }
+    announce_one_copy(refused);
   });
   return result;
 }
@@ -362,6 +389,8 @@ std::string ucx_fabric_impl::transports_to(int peer) const {
       }
     }
     for (const auto& s : seen) out += (out.empty() ? "" : " ") + s;
+    // Large messages from the peer: read from its memory (see ucx_one_copy.cpp).
+    if (can_pull_from_[static_cast<std::size_t>(peer)] != 0) out += " one-copy/process_vm_readv";
   });
   return out;
 }
@@ -483,6 +512,10 @@ ucs_status_t ucx_fabric_impl::on_am(void* arg, const void* header, size_t header
   }
   m.length = length;
   m.rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  if ((m.hdr.flags & wire_flag_pull) != 0) {  // the data stays with the sender: only copy this
+    if (self->read_pull_desc(m, data)) self->incoming_.push_back(std::move(m));
+    return UCS_OK;
+  }
   const bool persistent = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) != 0;
   ucs_status_t ret = UCS_OK;
   if (m.rndv || persistent) {
@@ -536,11 +569,13 @@ void ucx_fabric_impl::progress_loop() {
     check_deadlines();
     abandon_stuck();
     if (stopping) break;
+    // A round of one-copy reads; while any remain the loop does not sleep (copying is work).
+    const bool pulling = run_pulls();
     {
       std::lock_guard lk(mu_);
       if (!commands_.empty() || stop_) continue;
     }
-    if (!incoming_.empty() || !events_.empty()) continue;
+    if (pulling || !incoming_.empty() || !events_.empty()) continue;
     // UCS_ERR_BUSY: UCX has work it could not finish yet. Poll without blocking (so peer
     // exits are still seen), and if that persists, nap 1 ms per round instead of spinning (an
     // endpoint to a dead peer can keep the worker busy until it is closed).
@@ -579,6 +614,12 @@ void ucx_fabric_impl::progress_loop() {
   // Shutdown: fail what is left, then close every endpoint (flushing, then forcing).
   fail_everything(make_error(errc::aborted, "ucx fabric of rank {} destroyed", opts_.rank));
   handle_events();
+  while (run_pulls()) {  // drops the reads of failed calls, answering their senders
+  }
+  handle_events();
+  // Pull tokens hold nothing of UCX's: descriptors no peer answered are simply forgotten.
+  std::erase_if(inflight_, [](const auto& kv) { return kv.first->pull_id != 0; });
+  pulls_out_.clear();
   for (ucp_ep_h& ep : eps_) {
     if (ep == nullptr) continue;
     ucp_request_param_t p{};
@@ -686,6 +727,10 @@ void ucx_fabric_impl::handle_events() {
 }
 
 void ucx_fabric_impl::release(held_msg& m) {
+  if (m.pull) {  // never read: its sender may let go of the buffer
+    send_pulled(static_cast<int>(m.pull->sender), m.pull->pull_id);
+    m.pull.reset();
+  }
   if (m.ucx_owned && m.data != nullptr) ucp_am_data_release(worker_, m.data);
   m.data = nullptr;
   m.ucx_owned = false;

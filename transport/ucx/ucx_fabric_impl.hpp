@@ -18,6 +18,14 @@
 //   mismatch fails both sides); a send that times out sends p2p_cancel so that an unmatched
 //   message is dropped.
 // - abort tells every peer the fabric aborted, with the status.
+// - One copy on one machine (ucx_one_copy.cpp): a payload of at least one_copy_min_bytes to a peer
+//   that can read this process's memory travels as a pull descriptor (flag in the header,
+//   payload {address, bytes, pull id, sender}) instead of through UCX, whose shared-memory
+//   transports copy twice. The receiver's progress thread copies it straight into place with
+//   process_vm_readv, a few MiB per round of its loop, then answers `pulled` with the id; the
+//   sender's call holds its buffer (a pull token counts as a transfer in flight) until then. Every
+//   descriptor is answered exactly once, read or dropped, so a live receiver always lets go of its
+//   sender. A receiver announces at connect (pull_ready) that its probe read of the sender worked.
 // Messages that arrive before their group or call exists are held (their UCX descriptors kept,
 // rendezvous data not yet fetched) and consumed when it appears.
 #pragma once
@@ -44,9 +52,18 @@ namespace helix::transport::ucx {
 
 using clock = std::chrono::steady_clock;
 
-enum class msg_type : std::uint8_t { coll = 1, coll_fail, p2p, p2p_ack, p2p_cancel, abort };
+enum class msg_type : std::uint8_t {
+  coll = 1,
+  coll_fail,
+  p2p,
+  p2p_ack,
+  p2p_cancel,
+  abort,
+  pull_ready,  // src: the sender's global rank, which can read this process's memory
+  pulled,      // seq: the pull id of a descriptor that was read or dropped
+};
 
-inline constexpr std::uint32_t wire_magic = 0x48585531;  // "HXU1"
+inline constexpr std::uint32_t wire_magic = 0x48585532;  // "HXU2"
 
 struct wire_header {
   std::uint32_t magic = wire_magic;
@@ -59,7 +76,7 @@ struct wire_header {
   std::uint16_t n_counts = 0;   // all_to_all_v: n send counts, then n recv counts, follow
   std::int32_t src = 0;         // sender's rank in the group
   std::int32_t root_or_tag = 0;
-  std::uint32_t reserved = 0;
+  std::uint32_t flags = 0;  // wire_flag_*
   std::uint64_t group_id = 0;
   std::uint64_t seq = 0;  // collective number, or p2p send id
   std::uint64_t send_count = 0;
@@ -67,13 +84,25 @@ struct wire_header {
 };
 static_assert(sizeof(wire_header) == 56);
 
+// The payload is a pull_desc: the data stays in the sender's memory for the receiver to read.
+inline constexpr std::uint32_t wire_flag_pull = 1;
+
+struct pull_desc {
+  std::uint64_t address = 0;  // in the sender's address space
+  std::uint64_t bytes = 0;
+  std::uint64_t pull_id = 0;  // echoed by `pulled`
+  std::int64_t sender = 0;    // the sender's global rank
+};
+static_assert(sizeof(pull_desc) == 32);
+
 // A received message: header, the sender's counts, and where its payload is.
 struct held_msg {
   wire_header hdr;
   std::vector<std::uint64_t> counts;
   void* data = nullptr;  // UCX's persistent eager data or rendezvous descriptor
-  std::size_t length = 0;
+  std::size_t length = 0;  // payload bytes (for a pull descriptor, the bytes it describes)
   bool rndv = false;
+  std::optional<pull_desc> pull;  // unanswered pull descriptor: release() answers it
   bool ucx_owned = false;         // data must go back through ucp_am_data_release / recv_data
   std::vector<std::byte> copied;  // payload copied out of a non-persistent eager message
   [[nodiscard]] const std::byte* eager_bytes() const {
@@ -138,6 +167,7 @@ struct send_token {
   int peer = -1;            // global rank at the other end
   bool abandoned = false;   // already counted out: the completion, when it comes, is ignored
   void* request = nullptr;  // UCX's request while it is in flight (for cancelling)
+  std::uint64_t pull_id = 0;  // a pull token: no UCX request, completed by the peer's `pulled`
   std::optional<std::chrono::steady_clock::time_point> stuck_since;  // its call is decided
 };
 
@@ -146,6 +176,17 @@ struct event {
   send_token* token = nullptr;  // null for an endpoint error
   ucs_status_t st = UCS_OK;
   int peer = -1;  // endpoint errors: the peer's global rank
+};
+
+// A descriptor this rank is reading, a chunk per round of the progress loop. Its call counts it
+// as a receive in flight (slot recvs_in_flight or op ucx_in_flight).
+struct pull_job {
+  group* g = nullptr;
+  coll_slot* slot = nullptr;      // a collective's message, or
+  std::shared_ptr<op_state> op;   // a point-to-point receive
+  pull_desc desc;
+  std::byte* dst = nullptr;
+  std::size_t done = 0;
 };
 
 struct group {
@@ -226,6 +267,8 @@ class ucx_fabric_impl final : public ucx_fabric {
   void receive(group& g, coll_slot& s, held_msg& m, void* dst);
   void advance(group& g, coll_slot& s);
   void fail_slot(group& g, coll_slot& s, status st);
+  // fail_slot, after telling every other member (coll_fail) so that all fail the same call.
+  void fail_slot_everywhere(group& g, coll_slot& s, const status& st);
   void start_phase1(group& g, coll_slot& s);
   void on_coll_fail(group& g, held_msg& m);
 
@@ -236,9 +279,32 @@ class ucx_fabric_impl final : public ucx_fabric {
   void on_ack(group& g, held_msg& m);
   void on_cancel(group& g, held_msg& m);
 
+  // One copy (ucx_one_copy.cpp).
+  // Sends a payload of `token`'s call: as a pull descriptor when one copy applies, else as UCX
+  // data (send_msg). The caller counted `token` in its call; a pull token is counted here.
+  void send_payload(int global_peer, send_token* token, std::size_t header_bytes,
+                    const void* data, std::size_t bytes);
+  // Reads m's descriptor into dst for a slot or a point-to-point receive.
+  void start_pull(group& g, coll_slot* slot, std::shared_ptr<op_state> op, held_msg& m,
+                  void* dst);
+  // Copies up to a round's budget; true while jobs remain.
+  bool run_pulls();
+  void finish_pull(pull_job job, const status& st, bool tell_group);
+  void send_pulled(int global_peer, std::uint64_t pull_id);
+  void on_pulled(const held_msg& m);
+  // On arrival (a UCX callback): m.pull from the AM payload; false when it is malformed.
+  bool read_pull_desc(held_msg& m, const void* data) const;
+  // At connect, for a peer on this machine: one copy from `peer` when this process can read its
+  // memory (the word at probe_address must hold probe_value); else why not.
+  status enable_one_copy(int peer, int pid, std::uint64_t probe_address,
+                         std::uint64_t probe_value);
+  // Tells the peers this rank can read that they may send it pull descriptors; logs the paths.
+  void announce_one_copy(const std::string& refused);
+
   void check_deadlines();
   void fail_peer(int global_peer, const status& st);
-  // Counts `t` out of its call (cancelling a receive) and returns what to advance.
+  // Counts `t` out of its call (cancelling a receive; a pull token is destroyed at once) and
+  // returns what to advance.
   void abandon(send_token* t, std::vector<std::pair<group*, std::uint64_t>>& slots,
                std::vector<std::pair<group*, std::shared_ptr<op_state>>>& ops);
   void advance_abandoned(std::vector<std::pair<group*, std::uint64_t>>& slots,
@@ -294,6 +360,16 @@ class ucx_fabric_impl final : public ucx_fabric {
   };
   std::vector<pid_watch> pidfds_;  // peers on this machine
   status aborted_pt_;
+  // One copy. A word peers read to probe access; by global rank: the peer's pid when it is on
+  // this machine (same boot, pid and network namespaces), whether this rank can read it, and
+  // whether it announced that it can read this rank (pull_ready).
+  const std::uint64_t probe_word_;
+  std::vector<int> same_host_pid_;
+  std::vector<std::uint8_t> can_pull_from_;
+  std::vector<std::uint8_t> pull_ready_;
+  std::deque<pull_job> pulls_;
+  std::unordered_map<std::uint64_t, send_token*> pulls_out_;  // by pull id
+  std::uint64_t next_pull_id_ = 1;
   bool leak_worker_ = false;  // an endpoint close never completed (a failed peer)
 };
 

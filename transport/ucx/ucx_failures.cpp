@@ -38,15 +38,7 @@ void ucx_fabric_impl::check_deadlines() {
                                    "{} #{}: rank {} (global {}) timed out waiting for ranks [{}]",
                                    op_kind_name(op->args.kind), s.seq, g.me,
                                    g.members[static_cast<std::size_t>(g.me)], missing);
-      wire_header h;
-      h.type = msg_type::coll_fail;
-      h.group_id = g.id;
-      h.src = g.me;
-      h.seq = s.seq;
-      for (std::size_t r = 0; r < g.members.size(); ++r) {
-        if (static_cast<int>(r) != g.me) send_notice(g.members[r], h, st);
-      }
-      fail_slot(g, s, st);
+      fail_slot_everywhere(g, s, st);
       continue;
     }
     if (op->decided) continue;
@@ -72,6 +64,18 @@ void ucx_fabric_impl::check_deadlines() {
     op->outcome = st;
     advance_p2p(g, *op);
   }
+}
+
+void ucx_fabric_impl::fail_slot_everywhere(group& g, coll_slot& s, const status& st) {
+  wire_header h;
+  h.type = msg_type::coll_fail;
+  h.group_id = g.id;
+  h.src = g.me;
+  h.seq = s.seq;
+  for (std::size_t r = 0; r < g.members.size(); ++r) {
+    if (static_cast<int>(r) != g.me) send_notice(g.members[r], h, st);
+  }
+  fail_slot(g, s, st);
 }
 
 status ucx_fabric_impl::member_failure(const group& g) const {
@@ -132,10 +136,11 @@ void ucx_fabric_impl::fail_peer(int global_peer, const status& st) {
       if (!s->decided) open.push_back(s.get());
     }
     for (coll_slot* s : open) {
+      // A slot that only peers' messages made yet: this rank's call is still to come.
+      const std::string_view what = s->op ? op_kind_name(s->op->args.kind) : "collective";
       fail_slot(g, *s,
-                make_error(errc::unavailable, "{} #{}: peer rank {} (global {}) failed: {}",
-                           op_kind_name(s->op ? s->op->args.kind : op_kind::barrier), s->seq, grank,
-                           global_peer, st.message()));
+                make_error(errc::unavailable, "{} #{}: peer rank {} (global {}) failed: {}", what,
+                           s->seq, grank, global_peer, st.message()));
     }
     std::vector<std::shared_ptr<op_state>> p2p;
     for (auto& [key, q] : g.posted_recvs) {
@@ -180,6 +185,10 @@ void ucx_fabric_impl::abandon(send_token* t, std::vector<std::pair<group*, std::
       break;
     case send_token::kind::notice:
       break;
+  }
+  if (t->pull_id != 0) {  // no UCX request holds a pull token: it goes now
+    pulls_out_.erase(t->pull_id);
+    inflight_.erase(t);
   }
 }
 

@@ -141,6 +141,18 @@ void ucx_fabric_impl::dispatch(held_msg m) {
     }
     return;
   }
+  if (m.hdr.type == msg_type::pull_ready) {
+    if (m.hdr.src >= 0 && m.hdr.src < opts_.world_size && opts_.one_copy) {
+      pull_ready_[static_cast<std::size_t>(m.hdr.src)] = 1;
+    }
+    release(m);
+    return;
+  }
+  if (m.hdr.type == msg_type::pulled) {
+    on_pulled(m);
+    release(m);
+    return;
+  }
   const auto it = groups_.find(m.hdr.group_id);
   if (it == groups_.end()) {
     orphans_[m.hdr.group_id].push_back(std::move(m));
@@ -168,6 +180,8 @@ void ucx_fabric_impl::dispatch(held_msg m) {
       on_cancel(g, m);
       break;
     case msg_type::abort:
+    case msg_type::pull_ready:
+    case msg_type::pulled:
       break;
   }
   release(m);
@@ -211,7 +225,6 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
   s.posts[static_cast<std::size_t>(me)] = own;
   if (op->deadline) deadlines_.emplace(*op->deadline, op);
   if (own.local_error.ok()) {
-    copy_own_slice(own, n, me);
     if (own.kind == op_kind::all_reduce && n > 1) {
       const chunk mine = chunk_of(own.send.count, n, static_cast<std::size_t>(me));
       if (!g.scratch_pool.empty()) {
@@ -254,9 +267,11 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
       // Header (and error text) only. With no text, send an empty payload from the header.
       send_msg(g.members[j], token, header_bytes, nullptr, 0);
     } else {
-      send_msg(g.members[j], token, header_bytes, payload.data, payload.bytes);
+      send_payload(g.members[j], token, header_bytes, payload.data, payload.bytes);
     }
   }
+  // After the sends, so that peers (reading this rank's memory, one copy) start meanwhile.
+  if (own.local_error.ok()) copy_own_slice(own, n, me);
   std::vector<held_msg> held;
   held.swap(s.held);
   for (auto& m : held) {
@@ -334,6 +349,10 @@ void ucx_fabric_impl::consume(group& g, coll_slot& s, held_msg m) {
 }
 
 void ucx_fabric_impl::receive(group& g, coll_slot& s, held_msg& m, void* dst) {
+  if (m.pull) {
+    start_pull(g, &s, nullptr, m, dst);
+    return;
+  }
   if (!m.rndv) {
     std::memcpy(dst, m.eager_bytes(), m.length);
     release(m);
@@ -426,7 +445,7 @@ void ucx_fabric_impl::start_phase1(group& g, coll_slot& s) {
     if (mine.count == 0) {
       send_msg(g.members[j], token, token->header.size(), nullptr, 0);
     } else {
-      send_msg(g.members[j], token, token->header.size(), out, mine.count * sizeof(float));
+      send_payload(g.members[j], token, token->header.size(), out, mine.count * sizeof(float));
     }
   }
   std::vector<held_msg> held;
@@ -482,7 +501,7 @@ void ucx_fabric_impl::start_p2p(const std::shared_ptr<op_state>& op) {
     if (op->sbuf.bytes() == 0) {
       send_msg(peer_global, token, token->header.size(), nullptr, 0);
     } else {
-      send_msg(peer_global, token, token->header.size(), op->sbuf.data, op->sbuf.bytes());
+      send_payload(peer_global, token, token->header.size(), op->sbuf.data, op->sbuf.bytes());
     }
     return;
   }
@@ -529,6 +548,10 @@ void ucx_fabric_impl::match(group& g, const std::shared_ptr<op_state>& op, held_
     op->outcome = std::move(st);
     advance_p2p(g, *op);
     return;
+  }
+  if (m.pull) {
+    start_pull(g, nullptr, op, m, op->rbuf.data);
+    return;  // the ack goes out when the data is in (finish_pull)
   }
   if (m.rndv && m.length > 0) {
     auto* token = new_token(send_token::kind::op_recv, &g, nullptr, op, src_global);
