@@ -162,6 +162,9 @@ status validate(const engine_config& c) {
       return bad("log_level", c.log_level, "must be trace, debug, info, warn, error or off");
     }
   }
+  if (c.recovery != "off" && c.recovery != "full_replay") {
+    return bad("recovery", c.recovery, "must be off or full_replay");
+  }
   return ok_status();
 }
 
@@ -175,7 +178,8 @@ struct engine::impl {
   std::unique_ptr<worker_source> source;
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
-  std::vector<caf::actor> workers;
+  // The current workers (recovery replaces them) and the KVP size admission checks against.
+  std::shared_ptr<worker_roster> roster = std::make_shared<worker_roster>();
   caf::actor planner;
   caf::actor engine_actor;
   std::shared_ptr<stream_registry> registry = std::make_shared<stream_registry>();
@@ -193,11 +197,17 @@ struct engine::impl {
       if (!drained && source) source->abort(status(errc::cancelled, "engine shutting down"));
       self->send_exit(engine_actor, caf::exit_reason::user_shutdown);
       self->send_exit(planner, caf::exit_reason::user_shutdown);
-      for (const caf::actor& w : workers) self->send_exit(w, caf::exit_reason::user_shutdown);
+      std::lock_guard lk(roster->mu);
+      for (const caf::actor& w : roster->workers) {
+        self->send_exit(w, caf::exit_reason::user_shutdown);
+      }
     }
     engine_actor = nullptr;
     planner = nullptr;
-    workers.clear();
+    {
+      std::lock_guard lk(roster->mu);
+      roster->workers.clear();
+    }
     sys->await_all_actors_done();
     sys.reset();
   }
@@ -270,11 +280,35 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
     p->sys->await_all_actors_done();
     return workers.error();
   }
-  p->workers = std::move(*workers);
+  {
+    std::lock_guard lk(p->roster->mu);
+    p->roster->workers = *workers;
+    p->roster->kvp = grid.kvp;
+  }
   p->planner = p->sys->spawn(planner_actor, grid, config.block_tokens, config.rebalance_threshold,
                              config.rebalance_min_blocks);
-  engine_setup setup{config, grid, s.vocab, slots, p->admission_blocks};
-  p->engine_actor = spawn_engine(*p->sys, setup, p->workers, p->planner, p->registry);
+  engine_setup setup;
+  setup.config = p->config;
+  setup.grid = grid;
+  setup.spec = s;
+  setup.vocab = s.vocab;
+  setup.capacity_blocks_per_worker = slots;
+  setup.admission_blocks_per_worker = p->admission_blocks;
+  setup.roster = p->roster;
+  worker_source* source_ptr = p->source.get();  // outlives the actor system (impl's order)
+  caf::actor_system* sys_ptr = p->sys.get();
+  setup.workers_info = [source_ptr] { return source_ptr->workers(); };
+  setup.abort_data_plane = [source_ptr](const status& why) { source_ptr->abort(why); };
+  if (config.recovery != "off") {
+    setup.relayout = [source_ptr, sys_ptr, cfg = p->config](
+                         const layout& g, const std::vector<std::int64_t>& survivors) {
+      engine_config c = cfg;
+      c.layout = g.to_string();
+      c.num_workers = static_cast<int>(g.num_ranks);
+      return source_ptr->relayout(*sys_ptr, c, g, survivors);
+    };
+  }
+  p->engine_actor = spawn_engine(*p->sys, setup, std::move(*workers), p->planner, p->registry);
   p->source->watch(*p->sys, p->engine_actor);
   logger()->info("engine: {} on {} workers, layout {}, {} KV blocks of {} tokens per worker",
                  s.name, grid.num_ranks, grid.to_string(), slots, config.block_tokens);
@@ -290,7 +324,7 @@ std::int64_t engine::vocab() const {
 
 std::int64_t engine::max_request_tokens() const {
   // blocks_reserved_per_member(t) = ceil(ceil(t / block) / kvp) + 1 <= admission_blocks.
-  return std::max<std::int64_t>(0, (p_->admission_blocks - 1) * p_->grid.kvp) *
+  return std::max<std::int64_t>(0, (p_->admission_blocks - 1) * p_->roster->kvp.load()) *
          p_->config.block_tokens;
 }
 
@@ -355,8 +389,9 @@ expected<request_handle> engine::try_submit(request_options request,
   // Both terms are at most 2^40 here (the prompt is a vector in memory), so the sum is exact.
   const auto prompt_len =
       static_cast<std::int64_t>(request.prompt.size()) + request.synthetic_context_tokens;
-  const std::int64_t need = blocks_reserved_per_member(prompt_len, request.max_tokens,
-                                                       p_->config.block_tokens, p_->grid.kvp);
+  const std::int64_t kvp = p_->roster->kvp.load();  // recovery may change it
+  const std::int64_t need =
+      blocks_reserved_per_member(prompt_len, request.max_tokens, p_->config.block_tokens, kvp);
   if (need > p_->admission_blocks) {
     return resource_exhausted(
         "submit: {} prompt tokens (synthetic context included) + max_tokens = {} need {} KV "
@@ -365,7 +400,7 @@ expected<request_handle> engine::try_submit(request_options request,
         prompt_len, request.max_tokens,
         need == std::numeric_limits<std::int64_t>::max() ? std::string("more than INT64_MAX")
                                                          : std::to_string(need),
-        p_->grid.kvp, p_->capacity_blocks, p_->admission_blocks);
+        kvp, p_->capacity_blocks, p_->admission_blocks);
   }
   if (static_cast<std::int64_t>(p_->registry->size()) >= p_->config.max_queued_requests) {
     return resource_exhausted("submit: {} requests in flight, the configured maximum",
@@ -471,19 +506,20 @@ expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights
 // Every worker a detached actor of the engine's own system; one local fabric for them all.
 class in_process_source final : public worker_source {
  public:
+  explicit in_process_source(in_process_options o) : opt_(std::move(o)) {}
+
   expected<std::vector<caf::actor>> start(caf::actor_system& sys, const engine_config& config,
                                           const layout& grid) override {
-    HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
-    HELIX_ASSIGN_OR_RETURN(fab_, transport::make_local_fabric(static_cast<int>(grid.num_ranks)));
-    std::vector<std::shared_ptr<worker_compute>> computes;
-    for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
-      HELIX_ASSIGN_OR_RETURN(auto c, compute_for(weights, config, grid, r, *fab_));
-      computes.push_back(std::move(c));
-    }
-    std::vector<caf::actor> out;
-    for (auto& c : computes) out.push_back(sys.spawn<caf::detached>(worker_actor, c));
-    count_ = grid.num_ranks;
-    return out;
+    return make_workers(sys, config, grid);
+  }
+  // Every thread is still usable after a failure: the workers are rebuilt on the new layout
+  // with a new data plane; the old fabric stays alive for the old workers until the end.
+  expected<std::vector<caf::actor>> relayout(caf::actor_system& sys, const engine_config& config,
+                                             const layout& grid,
+                                             const std::vector<std::int64_t>& survivors) override {
+    (void)survivors;
+    if (fab_) retired_.push_back(std::move(fab_));
+    return make_workers(sys, config, grid);
   }
   void abort(const status& why) override {
     if (fab_) fab_->abort(why);
@@ -498,14 +534,42 @@ class in_process_source final : public worker_source {
   }
 
  private:
+  expected<std::vector<caf::actor>> make_workers(caf::actor_system& sys,
+                                                 const engine_config& config, const layout& grid) {
+    HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
+    HELIX_ASSIGN_OR_RETURN(fab_, transport::make_local_fabric(static_cast<int>(grid.num_ranks)));
+    if (opt_.wrap_fabric) fab_ = opt_.wrap_fabric(std::move(fab_));
+    std::vector<std::shared_ptr<worker_compute>> computes;
+    for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
+      HELIX_ASSIGN_OR_RETURN(auto c, compute_for(weights, config, grid, r, *fab_));
+      computes.push_back(std::move(c));
+    }
+    std::vector<caf::actor> out;
+    for (auto& c : computes) out.push_back(sys.spawn<caf::detached>(worker_actor, c));
+    count_ = grid.num_ranks;
+    return out;
+  }
+
+  in_process_options opt_;
   std::unique_ptr<transport::fabric> fab_;
+  std::vector<std::unique_ptr<transport::fabric>> retired_;  // used by stopped workers
   std::int64_t count_ = 0;
 };
 
 }  // namespace
 
+expected<std::vector<caf::actor>> worker_source::relayout(caf::actor_system&, const engine_config&,
+                                                          const layout&,
+                                                          const std::vector<std::int64_t>&) {
+  return failed_precondition("this worker source cannot rebuild its workers after a failure");
+}
+
 std::unique_ptr<worker_source> in_process_workers() {
-  return std::make_unique<in_process_source>();
+  return in_process_workers(in_process_options{});
+}
+
+std::unique_ptr<worker_source> in_process_workers(in_process_options options) {
+  return std::make_unique<in_process_source>(std::move(options));
 }
 
 expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config& config,

@@ -80,6 +80,15 @@ struct engine_config {
   /// whenever at least `rebalance_min_blocks` (in [0, 2^40]) blocks per rank are resident.
   double rebalance_threshold = 0.10;
   std::int64_t rebalance_min_blocks = 64;
+  /// What a worker or data-plane failure does. "off": the engine fails (health = failed), every
+  /// request ends with the cause. "full_replay": the engine aborts the step, rebuilds its workers
+  /// on a layout of the members that remain (the failed worker's rank dropped; the planner picks
+  /// the largest member count with a valid layout of the same family), and replays every running
+  /// request's prompt and generated tokens as a prefill: no accepted request is lost, no token is
+  /// emitted twice, and every request's tokens equal the fault-free run's. Needs a worker source
+  /// that can rebuild its workers (in-process workers can; worker processes cannot yet, and fail
+  /// as with "off").
+  std::string recovery = "off";
   /// Level of every module's logger ("trace", "debug", "info", "warn", "error", "off"); empty
   /// leaves the process's level as it is. Logs go to stderr.
   std::string log_level;
@@ -170,6 +179,21 @@ struct request_handle {
   std::shared_ptr<token_stream> stream;
 };
 
+/// One recovery from a worker failure (engine_config::recovery). Times in milliseconds.
+struct recovery_stats {
+  std::int64_t rank = 0;  // the failed worker's rank in the layout before
+  std::int64_t pid = 0;
+  std::string why;
+  std::string layout_before;
+  std::string layout_after;
+  double detect_ms = 0.0;   // from the failing step's start to the failure reaching the engine
+  double replan_ms = 0.0;   // aborting the step and choosing the layout
+  double reload_ms = 0.0;   // rebuilding the workers (weights resharded, new data plane)
+  double rebuild_ms = 0.0;  // until every running request's KV was rebuilt (replayed)
+  std::int64_t requests_replayed = 0;
+  std::int64_t tokens_replayed = 0;  // prefill tokens the replays ran (synthetic context too)
+};
+
 /// serving: steps run. failed: a worker or the data plane failed (engine_stats::failure says
 /// which and why); nothing runs any more and submit() refuses new requests.
 enum class engine_health : std::uint8_t { serving, failed };
@@ -197,7 +221,8 @@ struct engine_stats {
   std::int64_t epoch = 0;         // layout epoch (advances when blocks move)
   std::vector<worker_stats> workers;
   engine_health health = engine_health::serving;
-  status failure;  // health == failed: the worker and the cause
+  status failure;                          // health == failed: the worker and the cause
+  std::vector<recovery_stats> recoveries;  // in order
 };
 
 class engine {

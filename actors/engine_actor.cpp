@@ -148,15 +148,25 @@ namespace {
 
 struct request_state {
   submit_msg req;
-  std::uint64_t seq = 0;  // 0 while queued
-  std::int64_t prefilled = 0;
+  std::uint64_t seq = 0;       // 0 while queued
+  std::int64_t prefilled = 0;  // tokens of feed() in the KV
   std::int64_t generated = 0;
   std::int32_t last_token = -1;
+  std::vector<std::int32_t> outputs;  // every token delivered, in order
+  /// After a recovery: the prompt and every generated token but the last, prefilled again
+  /// without sampling (the last generated token is the next decode input, as before).
+  std::vector<std::int32_t> replay;
+  bool rebuilding = false;         // its KV is being rebuilt after a recovery
   std::int64_t reserved = 0;       // blocks per KVP member
   bool synthetic_pending = false;  // its synthetic context is not appended yet
   bool cancelled = false;
   bool expired = false;  // its deadline passed
 };
+
+// The tokens a request prefills: its prompt, or its replay after a recovery.
+const std::vector<std::int32_t>& feed(const request_state& r) {
+  return r.replay.empty() ? r.req.prompt : r.replay;
+}
 
 }  // namespace
 
@@ -194,6 +204,11 @@ struct engine_state {
 
   engine_stats stats;
   std::vector<std::int64_t> kv_used;  // per worker, from the last step
+
+  // Recovery (engine_config::recovery).
+  std::chrono::steady_clock::time_point step_started;
+  bool rebuilding = false;  // some request's KV is still being replayed
+  std::chrono::steady_clock::time_point rebuild_started;
 };
 
 namespace {
@@ -310,6 +325,142 @@ void answer_drains(engine_state& s) {
 
 void start_step(self_ptr self);
 
+double ms_between(std::chrono::steady_clock::time_point a,
+                  std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// The largest member count up to `members` with a valid layout of `family` for the model.
+expected<layout> layout_for_members(layout_family family, std::int64_t members,
+                                    const model_spec& spec) {
+  status last = failed_precondition("no members remain");
+  for (std::int64_t m = members; m >= 1; --m) {
+    auto g = default_layout(family, m, spec);
+    if (g) return *g;
+    last = g.error();
+  }
+  return last;
+}
+
+// Worker `rank` failed (`why`): with recovery on, the step in flight is abandoned, the workers are
+// rebuilt on a layout of the members that remain, and every running request goes back to the
+// front of the queue to replay its prompt and generated tokens (full replay); nothing accepted is
+// lost and no token is emitted twice. Without recovery, or when it fails, the engine fails.
+void recover(self_ptr self, std::int64_t rank, const status& why) {
+  engine_state& s = self->state;
+  if (!s.broken.ok() || s.draining) return;
+  if (!s.setup.relayout) {
+    s.busy = false;
+    s.pending = 0;
+    fail_everything(self, why);
+    answer_drains(s);
+    return;
+  }
+  const auto noticed = std::chrono::steady_clock::now();
+  recovery_stats rec;
+  rec.rank = rank;
+  rec.why = why.to_string();
+  rec.layout_before = s.setup.grid.to_string();
+  rec.detect_ms = s.busy ? ms_between(s.step_started, noticed) : 0.0;
+  if (s.setup.workers_info) {
+    for (const worker_info& w : s.setup.workers_info()) {
+      if (w.rank == rank) rec.pid = w.pid;
+    }
+  }
+  logger()->warn("engine: worker {} failed ({}); recovering by full replay", rank, why);
+  // The old step and workers: woken from any collective, their replies from now on ignored.
+  if (s.setup.abort_data_plane) s.setup.abort_data_plane(why);
+  ++s.epoch;
+  s.busy = false;
+  s.pending = 0;
+  for (const caf::actor& w : s.workers) {
+    self->demonitor(w);
+    self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+  const auto members = static_cast<std::int64_t>(s.workers.size()) - 1;
+  auto grid = layout_for_members(s.setup.grid.family, members, s.setup.spec);
+  if (!grid) {
+    fail_everything(self, why.with_context(fmt::format(
+                              "recovery: no {} layout for {} remaining workers: {}",
+                              layout_family_name(s.setup.grid.family), members, grid.error())));
+    answer_drains(s);
+    return;
+  }
+  std::vector<std::int64_t> survivors;
+  for (std::int64_t r = 0; r < static_cast<std::int64_t>(s.workers.size()); ++r) {
+    if (r != rank && static_cast<std::int64_t>(survivors.size()) < grid->num_ranks) {
+      survivors.push_back(r);
+    }
+  }
+  const auto planned = std::chrono::steady_clock::now();
+  rec.replan_ms = ms_between(noticed, planned);
+  auto fresh = s.setup.relayout(*grid, survivors);
+  if (!fresh) {
+    fail_everything(self, why.with_context(fmt::format("recovery: {}", fresh.error())));
+    answer_drains(s);
+    return;
+  }
+  const auto reloaded = std::chrono::steady_clock::now();
+  rec.reload_ms = ms_between(planned, reloaded);
+  rec.layout_after = grid->to_string();
+  s.workers = std::move(*fresh);
+  for (const caf::actor& w : s.workers) self->monitor(w);
+  s.kv_used.assign(s.workers.size(), 0);
+  if (s.setup.roster) {
+    std::lock_guard lk(s.setup.roster->mu);
+    s.setup.roster->workers = s.workers;
+    s.setup.roster->kvp = grid->kvp;
+  }
+  // A fresh placement record for the new layout; sequence ids start again with the new workers.
+  self->send_exit(s.planner, caf::exit_reason::user_shutdown);
+  const engine_config& c = s.setup.config;
+  s.planner = self->spawn(planner_actor, *grid, c.block_tokens, c.rebalance_threshold,
+                          c.rebalance_min_blocks);
+  s.setup.grid = *grid;
+  s.stats.layout = grid->to_string();
+  s.next_seq = 1;
+  s.reserved_per_member = 0;
+  // Every running request replays, ahead of the queue, in admission order.
+  for (auto it = s.active.rbegin(); it != s.active.rend(); ++it) {
+    request_state& r = *it;
+    r.seq = 0;
+    r.prefilled = 0;
+    r.replay.clear();
+    if (r.generated > 0) {
+      r.replay = r.req.prompt;
+      r.replay.insert(r.replay.end(), r.outputs.begin(), r.outputs.end() - 1);
+    }
+    r.synthetic_pending = r.req.synthetic_tokens > 0;
+    r.rebuilding = true;
+    ++rec.requests_replayed;
+    rec.tokens_replayed += static_cast<std::int64_t>(feed(r).size()) + r.req.synthetic_tokens;
+    s.queue.push_front(std::move(r));
+  }
+  s.active.clear();
+  for (request_state& r : s.queue) {
+    r.reserved = blocks_reserved_per_member(
+        static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
+        c.block_tokens, grid->kvp);
+  }
+  s.rebuilding = rec.requests_replayed > 0;
+  s.rebuild_started = reloaded;
+  logger()->warn("engine: recovered from worker {}: {} -> {}, {} requests replay {} tokens", rank,
+                 rec.layout_before, rec.layout_after, rec.requests_replayed, rec.tokens_replayed);
+  s.stats.recoveries.push_back(std::move(rec));
+  publish(s);
+  start_step(self);
+}
+
+// Whether the message being handled comes from one of the current workers (not one that a
+// recovery replaced).
+bool from_current_worker(self_ptr self) {
+  const caf::actor_addr from = caf::actor_cast<caf::actor_addr>(self->current_sender());
+  for (const caf::actor& w : self->state.workers) {
+    if (w.address() == from) return true;
+  }
+  return false;
+}
+
 // After requests left: the planner decides block migrations (recording them in its placement);
 // the workers apply them in a new epoch before the next step.
 void rebalance_then_step(self_ptr self) {
@@ -371,7 +522,10 @@ void finish_step(self_ptr self) {
       ++logits_row;
     }
     r.prefilled = std::min<std::int64_t>(r.prefilled + s.step_counts[i],
-                                         static_cast<std::int64_t>(r.req.prompt.size()));
+                                         static_cast<std::int64_t>(feed(r).size()));
+    if (r.rebuilding && r.prefilled == static_cast<std::int64_t>(feed(r).size())) {
+      r.rebuilding = false;
+    }
     if (i < s.step_item_errors.size() && s.step_item_errors[i].code != 0) {
       // This request's own failure (its logits): it ends alone, the step and the others go on.
       end_request(s, r, -1, finish_reason::error,
@@ -390,6 +544,7 @@ void finish_step(self_ptr self) {
     ++r.generated;
     ++s.stats.tokens_generated;
     r.last_token = token;
+    r.outputs.push_back(token);
     const bool stop = std::find(r.req.stop_tokens.begin(), r.req.stop_tokens.end(), token) !=
                       r.req.stop_tokens.end();
     if (stop || r.generated >= r.req.max_tokens) {
@@ -408,6 +563,17 @@ void finish_step(self_ptr self) {
   const bool someone_left = std::any_of(s.active.begin(), s.active.end(),
                                         [](const request_state& r) { return r.seq == 0; });
   remove_left(s);
+  if (s.rebuilding) {
+    const auto replaying = [](const request_state& r) { return r.rebuilding; };
+    if (std::none_of(s.active.begin(), s.active.end(), replaying) &&
+        std::none_of(s.queue.begin(), s.queue.end(), replaying)) {
+      s.rebuilding = false;
+      if (!s.stats.recoveries.empty()) {
+        s.stats.recoveries.back().rebuild_ms =
+            ms_between(s.rebuild_started, std::chrono::steady_clock::now());
+      }
+    }
+  }
   if (someone_left) {
     rebalance_then_step(self);
   } else {
@@ -435,10 +601,22 @@ void start_step(self_ptr self) {
   }
   remove_left(s);
 
+  const std::int64_t admission = s.setup.admission_blocks_per_worker > 0
+                                     ? s.setup.admission_blocks_per_worker
+                                     : s.setup.capacity_blocks_per_worker;
+  // After a recovery to fewer KVP members a request may need more blocks per member than any
+  // member has: it can never run again.
+  while (!s.queue.empty() && s.queue.front().reserved > admission) {
+    request_state& r = s.queue.front();
+    end_request(
+        s, r, -1, finish_reason::error,
+        resource_exhausted("request {}: needs {} KV blocks per worker on layout {}, more "
+                           "than a worker can hold ({})",
+                           r.req.request_id, r.reserved, s.setup.grid.to_string(), admission));
+    s.queue.pop_front();
+  }
   while (!s.draining && !s.queue.empty() &&
-         s.reserved_per_member + s.queue.front().reserved <=
-             (s.setup.admission_blocks_per_worker > 0 ? s.setup.admission_blocks_per_worker
-                                                      : s.setup.capacity_blocks_per_worker)) {
+         s.reserved_per_member + s.queue.front().reserved <= admission) {
     request_state r = std::move(s.queue.front());
     s.queue.pop_front();
     r.seq = s.next_seq++;
@@ -480,7 +658,8 @@ void start_step(self_ptr self) {
     for (std::size_t i = 0; i < s.active.size() && budget > 0; ++i) {
       request_state& r = s.active[i];
       if (r.synthetic_pending) continue;
-      const auto prompt_len = static_cast<std::int64_t>(r.req.prompt.size());
+      const std::vector<std::int32_t>& tokens = feed(r);
+      const auto prompt_len = static_cast<std::int64_t>(tokens.size());
       const bool decoding = r.prefilled == prompt_len;
       if (decoding != (pass == 0)) continue;
       step_item it;
@@ -490,9 +669,9 @@ void start_step(self_ptr self) {
         it.sample = true;
       } else {
         const std::int64_t n = std::min({c.prefill_chunk_tokens, prompt_len - r.prefilled, budget});
-        it.tokens.assign(r.req.prompt.begin() + r.prefilled,
-                         r.req.prompt.begin() + r.prefilled + n);
-        it.sample = r.prefilled + n == prompt_len;
+        it.tokens.assign(tokens.begin() + r.prefilled, tokens.begin() + r.prefilled + n);
+        // A replay after a recovery samples nothing: its next token is already known.
+        it.sample = r.prefilled + n == prompt_len && r.generated == 0;
       }
       it.temperature = r.req.temperature;
       it.top_k = r.req.top_k;
@@ -515,6 +694,7 @@ void start_step(self_ptr self) {
     return;
   }
   s.busy = true;
+  s.step_started = std::chrono::steady_clock::now();
   s.pending = s.workers.size();
   s.step_error = ok_status();
   s.replies_agree = true;
@@ -559,9 +739,14 @@ bool end_or_mark(self_ptr self, std::uint64_t id, Ending&& end_queued, bool requ
 void worker_lost(self_ptr self, std::int64_t rank, const std::string& why) {
   engine_state& st = self->state;
   if (st.draining || !st.broken.ok()) return;
+  const status lost = make_error(errc::unavailable, "worker {} lost: {}", rank, why);
+  if (st.setup.relayout) {
+    recover(self, rank, lost);
+    return;
+  }
   st.busy = false;  // the step in flight can no longer complete
   st.pending = 0;
-  fail_everything(self, make_error(errc::unavailable, "worker {} lost: {}", rank, why));
+  fail_everything(self, lost);
   answer_drains(st);
 }
 
@@ -621,6 +806,13 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
       [self](step_done_msg& m) {
         engine_state& st = self->state;
         if (!st.busy || m.step_id != st.step_id) return;  // stale: an older step's reply
+        if (!from_current_worker(self)) return;           // a worker a recovery replaced
+        if (m.result.code != 0 && st.setup.relayout) {
+          // The first failure decides: the step is abandoned and the workers rebuilt (the others
+          // may be blocked in a collective with the failed one; recovery wakes them).
+          recover(self, m.rank, from_wire(m.result).with_context(fmt::format("worker {}", m.rank)));
+          return;
+        }
         if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size())) {
           st.kv_used[static_cast<std::size_t>(m.rank)] = m.kv_used_blocks;
         }
@@ -628,6 +820,9 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         const status r = from_wire(m.result);
         if (!r.ok() && st.step_error.ok()) {
           st.step_error = r.with_context(fmt::format("worker {}", m.rank));
+          // The others may wait for the failed rank in a collective: wake them, so that every
+          // reply arrives and the engine fails now rather than never.
+          if (st.setup.abort_data_plane) st.setup.abort_data_plane(st.step_error);
         }
         if (r.ok()) {
           // Every rank samples the same tokens and sees the same rows fail; a difference means
@@ -644,6 +839,11 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
       },
       [self](op_done_msg& m) {
         engine_state& st = self->state;
+        if (!from_current_worker(self)) return;  // a worker a recovery replaced
+        if (m.result.code != 0 && st.setup.relayout) {
+          recover(self, m.rank, from_wire(m.result).with_context(fmt::format("worker {}", m.rank)));
+          return;
+        }
         if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size())) {
           st.kv_used[static_cast<std::size_t>(m.rank)] = m.kv_used_blocks;
         }

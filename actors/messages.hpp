@@ -60,13 +60,19 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {
   return f(caf::meta::type_name("worker_stats"), x.rank, x.kv_used_blocks, x.kv_capacity_blocks);
 }
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, recovery_stats& x) {
+  return f(caf::meta::type_name("recovery_stats"), x.rank, x.pid, x.why, x.layout_before,
+           x.layout_after, x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms, x.requests_replayed,
+           x.tokens_replayed);
+}
 // health and failure stay out: engine::stats() takes them from the registry the API shares with
 // the engine actor (stream_registry::failure), never from a remote peer.
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, engine_stats& x) {
   return f(caf::meta::type_name("engine_stats"), x.layout, x.submitted, x.completed, x.cancelled,
            x.failed, x.refused, x.queued, x.active, x.steps, x.tokens_generated, x.migrations,
-           x.kv_imbalance, x.kv_imbalance_max, x.epoch, x.workers);
+           x.kv_imbalance, x.kv_imbalance_max, x.epoch, x.workers, x.recoveries);
 }
 
 }  // namespace helix::actors
@@ -87,6 +93,8 @@ CAF_ADD_TYPE_ID(helix_actors, (helix::actors::op_done_msg))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::submit_msg))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::worker_stats))
 CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::worker_stats>))
+CAF_ADD_TYPE_ID(helix_actors, (helix::actors::recovery_stats))
+CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::recovery_stats>))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::engine_stats))
 CAF_ADD_ATOM(helix_actors, helix::actors, plan_atom, "plan")
 CAF_ADD_ATOM(helix_actors, helix::actors, commit_atom, "commit")

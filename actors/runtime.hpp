@@ -14,6 +14,7 @@
 // per-layer collectives run inside the workers over the data plane.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -28,6 +29,7 @@
 #include "actors/messages.hpp"
 #include "actors/worker_compute.hpp"
 #include "core/layout.hpp"
+#include "core/model_spec.hpp"
 
 namespace helix::actors {
 
@@ -93,15 +95,34 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
 caf::behavior planner_actor(caf::event_based_actor* self, layout l, std::int64_t block_tokens,
                             double rebalance_threshold, std::int64_t rebalance_min_blocks);
 
+/// What the API side and the engine actor share about the workers, which recovery changes: the
+/// current worker actors (stopped at shutdown) and the KVP size admission checks against.
+struct worker_roster {
+  std::mutex mu;
+  std::vector<caf::actor> workers;  // under mu
+  std::atomic<std::int64_t> kvp{1};
+};
+
 /// What the engine actor needs to know about the model and the workers.
 struct engine_setup {
   engine_config config;
   layout grid;
+  model_spec spec;
   std::int64_t vocab = 0;
   std::int64_t capacity_blocks_per_worker = 0;  // KV slots of each worker
   /// Blocks per KVP member that admission may reserve; 0: all of capacity_blocks_per_worker.
   /// engine::create keeps room for rebalancing (admission_blocks()).
   std::int64_t admission_blocks_per_worker = 0;
+  std::shared_ptr<worker_roster> roster;  // null in actor tests
+  /// Wakes the workers from a failed step (worker_source::abort): a rank that failed leaves its
+  /// peers waiting in a collective. May be null (actor tests).
+  std::function<void(const status&)> abort_data_plane;
+  /// Recovery (engine_config::recovery): rebuilds the workers on a layout
+  /// (worker_source::relayout); null: recovery is off.
+  std::function<expected<std::vector<caf::actor>>(const layout&, const std::vector<std::int64_t>&)>
+      relayout;
+  /// The worker pids by rank, for reports (worker_source::workers); may be null.
+  std::function<std::vector<worker_info>()> workers_info;
 };
 
 /// Blocks a request of `prompt_len` + `max_tokens` tokens may occupy on any one KVP member

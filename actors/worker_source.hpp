@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,14 +41,30 @@ class worker_source {
     (void)sys;
     (void)engine;
   }
-  /// Wakes workers blocked in a collective when the engine shuts down without draining.
+  /// Wakes workers blocked in a collective when the engine shuts down without draining, or when
+  /// a step failed and the engine recovers.
   virtual void abort(const status& why) { (void)why; }
+  /// Recovery (engine_config::recovery): after a failure, rebuilds the workers as the ranks of
+  /// `grid`, the member at old rank survivors[i] becoming rank i (its weights resharded for the
+  /// new rank, a new data plane among them), and returns their actors by new rank. The old
+  /// workers' actors are the engine's to stop; what they use stays valid until the source is
+  /// destroyed. Default: unimplemented (the engine then fails as without recovery).
+  [[nodiscard]] virtual expected<std::vector<caf::actor>> relayout(
+      caf::actor_system& sys, const engine_config& config, const layout& grid,
+      const std::vector<std::int64_t>& survivors);
   /// The workers started, by rank.
   [[nodiscard]] virtual std::vector<worker_info> workers() const = 0;
 };
 
 /// The default source: every worker a thread of this process, the data plane transport/local.
 [[nodiscard]] std::unique_ptr<worker_source> in_process_workers();
+
+struct in_process_options {
+  /// Applied to every data plane the source makes (at start and at each relayout), e.g. a
+  /// transport::fault_fabric for fault-injection tests; null: the plain local fabric.
+  std::function<std::unique_ptr<transport::fabric>(std::unique_ptr<transport::fabric>)> wrap_fabric;
+};
+[[nodiscard]] std::unique_ptr<worker_source> in_process_workers(in_process_options options);
 
 /// Rank `rank`'s compute for `config` and `grid` over `fab` (the world and the rank's KVP group
 /// are made from it): only the rank's shards are built, seeded (model::seeded_rank_weights) or

@@ -419,6 +419,7 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
   r.layout = s.layout;
   r.migrations = s.migrations;
   r.kv_imbalance_max = s.kv_imbalance_max;
+  r.recoveries = s.recoveries;
   if (!s.workers.empty()) r.kv_capacity_blocks = s.workers.front().kv_capacity_blocks;
   r.kv_peak_blocks.assign(s.workers.size(), 0);
   for (const kv_sample& k : r.kv_series) {
@@ -462,6 +463,20 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
     procs.push_back(
         {{"rank", w.rank}, {"pid", w.pid}, {"host", w.host}, {"name", w.name}, {"rss_bytes", rss}});
   }
+  nlohmann::json recoveries = nlohmann::json::array();
+  for (const actors::recovery_stats& x : r.recoveries) {
+    recoveries.push_back({{"rank", x.rank},
+                          {"pid", x.pid},
+                          {"why", x.why},
+                          {"layout_before", x.layout_before},
+                          {"layout_after", x.layout_after},
+                          {"detect_ms", x.detect_ms},
+                          {"replan_ms", x.replan_ms},
+                          {"reload_ms", x.reload_ms},
+                          {"rebuild_ms", x.rebuild_ms},
+                          {"requests_replayed", x.requests_replayed},
+                          {"tokens_replayed", x.tokens_replayed}});
+  }
   nlohmann::json series = nlohmann::json::array();
   for (const kv_sample& k : r.kv_series) {
     series.push_back(
@@ -499,7 +514,8 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
           {"kv_imbalance_max", r.kv_imbalance_max},
           {"interrupted", r.interrupted},
           {"output_digest", r.output_digest},
-          {"worker_processes", std::move(procs)}};
+          {"worker_processes", std::move(procs)},
+          {"recoveries", std::move(recoveries)}};
 }
 
 void print_workload_report(std::ostream& out, const workload_options& o, const workload_report& r,
@@ -572,6 +588,8 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "  --max-tokens N    tokens generated per turn (default 32)\n"
       "  --seed N          seed of arrivals, lengths and token ids (default 2)\n"
       "  --kv-capacity N   KV tokens per worker (K/M suffixes; default the config's)\n"
+      "  --recovery MODE   off (a failed worker fails the engine) or full_replay (rebuild the\n"
+      "                    workers on the members that remain and replay every request)\n"
       "  --json            the report as JSON\n";
   auto a = cli_args::parse(args, {"json", "help"});
   if (!a) {
@@ -581,7 +599,7 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   if (const status known =
           a->check_known({"config", "model", "workers", "layout", "agents", "rate", "duration",
                           "requests", "context", "turns", "max-tokens", "seed", "kv-capacity",
-                          "processes", "listen", "expect-workers", "json", "help"});
+                          "processes", "listen", "expect-workers", "recovery", "json", "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << run_usage;
     return 2;
@@ -624,6 +642,7 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   if (*kv < 1) return usage_error("--kv-capacity must be >= 1 token");
   if (*seed < 0) return usage_error("--seed must be >= 0");
   o.engine.num_workers = *workers;
+  if (const auto mode = a->get("recovery")) o.engine.recovery = *mode;  // engine::create checks
   if (a->has("processes")) {
     const auto procs = a->get_int("processes", 0);
     if (!procs) return usage_error(procs.error().message());

@@ -105,8 +105,9 @@ struct workload_report {
   std::vector<kv_sample> kv_series;
   std::int64_t migrations = 0;
   double kv_imbalance_max = 0.0;
-  bool interrupted = false;                      // stopped early by workload_options::interrupt
-  std::vector<actors::worker_info> worker_info;  // rank, pid, host of every worker
+  std::vector<actors::recovery_stats> recoveries;  // engine_config::recovery
+  bool interrupted = false;                        // stopped early by workload_options::interrupt
+  std::vector<actors::worker_info> worker_info;    // rank, pid, host of every worker
   /// Resident memory of each worker's process at the end of the run (-1: not on this host).
   std::vector<std::int64_t> worker_rss_bytes;
   /// SHA-256 (hex) over (session, turn, finish reason, tokens) of every turn that ended, in
@@ -129,8 +130,10 @@ struct workload_report {
 /// ttft_ms and tpot_ms ({p50, p90, p99, mean}), kv_capacity_blocks, kv_peak_blocks, kv_series
 /// ([{t_s, used_blocks: [...], kv_imbalance}]), migrations, kv_imbalance_max (a fraction), and the
 /// workload's parameters under "workload", "interrupted" (true when SIGINT stopped the run),
-/// "output_digest", and "worker_processes" ([{rank, pid, host, name, rss_bytes}]; rss_bytes null
-/// for a worker on another host).
+/// "output_digest", "worker_processes" ([{rank, pid, host, name, rss_bytes}]; rss_bytes null
+/// for a worker on another host), and "recoveries" ([{rank, pid, why, layout_before,
+/// layout_after, detect_ms, replan_ms, reload_ms, rebuild_ms, requests_replayed,
+/// tokens_replayed}], one per recovery from a worker failure).
 [[nodiscard]] nlohmann::json workload_report_json(const workload_options& o,
                                                   const workload_report& r);
 

@@ -368,9 +368,10 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
     HELIX_RETURN_IF_ERROR(t.append_tokens(n));
     left -= n;
   }
-  // Whole pages (entries past a block's tokens are never read), keyed by layer, sequence and
-  // block, each head by its global index: the fill depends neither on which rank holds the block
-  // nor on how the heads are split (every layout sees the same context).
+  // Whole pages (entries past a block's tokens are never read), keyed by the seed, layer and
+  // block, each head by its global index: the fill depends neither on which rank holds the block,
+  // nor on how the heads are split, nor on the sequence's id (every layout, and a sequence rebuilt
+  // after a recovery, sees the same context; the caller's seed tells contexts apart).
   const std::int64_t layers = kv_.num_layers();
   const std::int64_t head0 = w_.spec.is_mla() ? 0 : w_.layers.front().kv_heads.first;
   parallel_for(pool_.get(), static_cast<std::int64_t>(pages.size()) * layers,
@@ -378,7 +379,7 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
                  const std::int64_t layer_idx = task % layers;
                  const auto& [slot, block_idx] = pages[sz(task / layers)];
                  const std::uint64_t stream = (static_cast<std::uint64_t>(layer_idx) << 56) ^
-                                              (seq << 40) ^ static_cast<std::uint64_t>(block_idx);
+                                              static_cast<std::uint64_t>(block_idx);
                  fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream, head0);
                });
   return ok_status();

@@ -164,7 +164,8 @@ class rank_program {
 
   /// Appends `num_tokens` positions of seeded synthetic KV to the sequence on every rank (each
   /// fills only the blocks it owns; owners as in forward()); for benchmarks, labelled synthetic
-  /// wherever reported. Collective (agrees on capacity like forward()).
+  /// wherever reported. The values depend on `seed` and the block's position only (not on the
+  /// sequence id, the layout or the owner). Collective (agrees on capacity like forward()).
   [[nodiscard]] status append_synthetic(std::uint64_t seq, std::int64_t num_tokens,
                                         std::uint64_t seed,
                                         std::span<const std::int64_t> new_block_kvp);
