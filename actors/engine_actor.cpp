@@ -206,6 +206,7 @@ struct engine_state {
   std::vector<std::int64_t> kv_used;  // per worker, from the last step
 
   // Recovery (engine_config::recovery).
+  std::int64_t generation = 0;  // of the worker set and planner; each recovery makes a new one
   std::chrono::steady_clock::time_point step_started;
   bool rebuilding = false;  // some request's KV is still being replayed
   std::chrono::steady_clock::time_point rebuild_started;
@@ -368,9 +369,11 @@ void recover(self_ptr self, std::int64_t rank, const status& why) {
     }
   }
   logger()->warn("engine: worker {} failed ({}); recovering by full replay", rank, why);
-  // The old step and workers: woken from any collective, their replies from now on ignored.
+  // The old step and workers: woken from any collective, their replies (and the old planner's
+  // answers) from now on ignored.
   if (s.setup.abort_data_plane) s.setup.abort_data_plane(why);
   ++s.epoch;
+  ++s.generation;
   s.busy = false;
   s.pending = 0;
   for (const caf::actor& w : s.workers) {
@@ -468,8 +471,10 @@ void rebalance_then_step(self_ptr self) {
   s.busy = true;
   self->request(s.planner, caf::infinite, rebal_atom::value)
       .then(
-          [self](std::vector<move_item>& moves, double imbalance, double mean_blocks) {
+          [self, gen = s.generation](std::vector<move_item>& moves, double imbalance,
+                                     double mean_blocks) {
             engine_state& st = self->state;
+            if (st.generation != gen) return;  // a recovery replaced planner and workers
             if (!moves.empty()) {
               ++st.epoch;
               logger()->info("engine: rebalancing moves {} KV blocks, epoch {}, imbalance {:.3f}",
@@ -485,7 +490,8 @@ void rebalance_then_step(self_ptr self) {
             st.busy = false;
             start_step(self);
           },
-          [self](caf::error& err) {
+          [self, gen = s.generation](caf::error& err) {
+            if (self->state.generation != gen) return;
             self->state.busy = false;
             fail_everything(self, internal_error("engine: planner: {}", caf::to_string(err)));
             answer_drains(self->state);
@@ -703,12 +709,14 @@ void start_step(self_ptr self) {
   s.step_logits.clear();
   self->request(s.planner, caf::infinite, plan_atom::value, s.step_seqs, s.step_counts)
       .then(
-          [self, m](std::vector<std::int64_t>& owners) mutable {
+          [self, m, gen = s.generation](std::vector<std::int64_t>& owners) mutable {
             engine_state& st = self->state;
+            if (st.generation != gen) return;  // a recovery replaced planner and workers
             m.new_block_kvp = std::move(owners);
             for (const caf::actor& w : st.workers) self->send(w, m);
           },
-          [self](caf::error& err) {
+          [self, gen = s.generation](caf::error& err) {
+            if (self->state.generation != gen) return;
             self->state.pending = 0;
             self->state.step_error = internal_error("engine: planner: {}", caf::to_string(err));
             finish_step(self);
