@@ -12,9 +12,11 @@
 // over the data plane (the transport's communicators), never through actor mailboxes.
 //
 // Errors: a request's own failure (a callback that throws, non-finite logits, its deadline) ends
-// that request only, with the cause. Only a worker or data-plane failure fails a step; until
-// recovery exists the engine then reports `health = failed` with the cause in stats(), ends every
-// request with it, and refuses new ones (submit returns `unavailable` naming the failure).
+// that request only, with the cause. Only a worker or data-plane failure fails a step. With
+// engine_config::recovery = "full_replay" (and a worker source that can rebuild its workers) the
+// engine then recovers and every request goes on; otherwise it reports `health = failed` with the
+// cause in stats(), ends every request with it, and refuses new ones (submit returns
+// `unavailable` naming the failure).
 //
 // Thread-safety: every member function of `engine` may be called concurrently from any thread.
 // Callbacks run on the engine's internal thread, one at a time per engine; they should return

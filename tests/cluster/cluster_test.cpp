@@ -25,6 +25,7 @@
 #include "cluster/cluster.hpp"
 #include "cluster/handshake.hpp"
 #include "cluster/messages.hpp"
+#include "tests/support/cli.hpp"
 #include "tests/support/model_fixtures.hpp"
 #include "transport/netns.hpp"
 
@@ -270,13 +271,7 @@ TEST(Processes, HfFixturesServedByTwoProcessesReproduceTheirTokens) {
 }
 
 std::string run_cli(const std::string& args, int& rc) {
-  FILE* p = ::popen((std::string(HELIX_CLI) + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  if (p == nullptr) return out;
-  char buf[4096];
-  while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
-  rc = WEXITSTATUS(::pclose(p));
-  return out;
+  return test_support::run_cli(HELIX_CLI, args, rc);
 }
 
 // The issue's own checks: helix verify with worker processes on both model families.
