@@ -137,8 +137,12 @@ TEST(Processes, WorkerThatNeverJoinsIsATimeoutNamingIt) {
   EXPECT_NE(msg.find("exited with code 0"), std::string::npos) << msg;
 }
 
-TEST(Processes, KilledWorkerFailsTheEngineNamingItAndNothingHangs) {
-  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=2", 4), processes());
+// `recovery`: the engine's mode; worker processes cannot be rebuilt yet, so either way the engine
+// fails naming the worker (with recovery on, saying why it could not recover).
+void expect_killed_worker_fails_the_engine(const std::string& recovery) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
+  c.recovery = recovery;
+  auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
   const auto info = (*eng)->workers();
   request_options r;
@@ -163,9 +167,21 @@ TEST(Processes, KilledWorkerFailsTheEngineNamingItAndNothingHangs) {
   const auto s = (*eng)->stats();
   EXPECT_EQ(s.health, actors::engine_health::failed);
   EXPECT_NE(s.failure.message().find("worker 2"), std::string::npos) << s.failure.to_string();
+  if (recovery != "off") {
+    EXPECT_NE(s.failure.message().find("cannot rebuild"), std::string::npos)
+        << s.failure.to_string();
+  }
   EXPECT_EQ((*eng)->submit(r).error().code(), errc::unavailable);
   eng->reset();  // shuts down without hanging
   for (const auto& w : info) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+TEST(Processes, KilledWorkerFailsTheEngineNamingItAndNothingHangs) {
+  expect_killed_worker_fails_the_engine("off");
+}
+
+TEST(Processes, KilledWorkerWithRecoveryOnSaysProcessesCannotBeRebuiltYet) {
+  expect_killed_worker_fails_the_engine("full_replay");
 }
 
 // A stopped worker (SIGSTOP: its connection stays up, its actor never ends) is noticed by the
