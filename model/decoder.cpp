@@ -6,28 +6,15 @@
 namespace helix::model {
 namespace {
 
-// Bounds that keep every size computation far from overflow (block offsets are int32, slots are
-// int32); memory itself is checked when the KV pool is allocated.
-constexpr std::int64_t max_block_tokens = 1 << 16;
-constexpr std::int64_t max_capacity_tokens = std::int64_t{1} << 40;
-constexpr std::int64_t max_step_tokens = 1 << 20;
-
-status check_options(const decoder_options& options) {
-  if (options.block_tokens <= 0 || options.block_tokens > max_block_tokens ||
-      options.kv_capacity_tokens <= 0 || options.kv_capacity_tokens > max_capacity_tokens ||
-      options.max_batch_tokens <= 0 || options.max_batch_tokens > max_step_tokens) {
-    return invalid_argument(
-        "decoder: block_tokens {} must be in [1, {}], kv_capacity_tokens {} in "
-        "[1, {}] and max_batch_tokens {} in [1, {}]",
-        options.block_tokens, max_block_tokens, options.kv_capacity_tokens, max_capacity_tokens,
-        options.max_batch_tokens, max_step_tokens);
-  }
-  if (options.backend == kernels::backend::cuda) {
-    return failed_precondition(
-        "decoder: the single-worker decoder runs on the CPU backends "
-        "(reference, cpu); CUDA covers attention and merge kernels only");
-  }
-  return ok_status();
+rank_program_options program_options(const decoder_options& options) {
+  rank_program_options ro;
+  ro.kv_type = options.kv_type;
+  ro.block_tokens = options.block_tokens;
+  ro.kv_capacity_tokens = options.kv_capacity_tokens;
+  ro.max_batch_tokens = options.max_batch_tokens;
+  ro.num_threads = options.num_threads;
+  ro.backend = options.backend;
+  return ro;
 }
 
 }  // namespace
@@ -37,20 +24,15 @@ template <class Weights>
 expected<std::unique_ptr<decoder>> decoder::build(Weights&& weights,
                                                   const decoder_options& options) {
   HELIX_RETURN_IF_ERROR(weights.spec.validate());
-  HELIX_RETURN_IF_ERROR(check_options(options));
+  const rank_program_options ro = program_options(options);
+  // Checked before the weights are copied.
+  HELIX_RETURN_IF_ERROR(rank_program::check_options(ro).with_context("decoder"));
   HELIX_ASSIGN_OR_RETURN(const layout one, layout::parse("helix:kvp=1,tpa=1"));
   HELIX_ASSIGN_OR_RETURN(rank_weights w,
                          shard_weights(std::forward<Weights>(weights), one, /*rank=*/0));
   HELIX_ASSIGN_OR_RETURN(std::unique_ptr<transport::fabric> fab, transport::make_local_fabric(1));
   HELIX_ASSIGN_OR_RETURN(auto world, fab->make_world(0));
   HELIX_ASSIGN_OR_RETURN(auto kvp, fab->make_world(0));
-  rank_program_options ro;
-  ro.kv_type = options.kv_type;
-  ro.block_tokens = options.block_tokens;
-  ro.kv_capacity_tokens = options.kv_capacity_tokens;
-  ro.max_batch_tokens = options.max_batch_tokens;
-  ro.num_threads = options.num_threads;
-  ro.backend = options.backend;
   HELIX_ASSIGN_OR_RETURN(auto program,
                          rank_program::create(std::move(w), std::move(world), std::move(kvp), ro));
   return std::make_unique<decoder>(passkey{}, options, std::move(fab), std::move(program));

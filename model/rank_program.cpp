@@ -38,9 +38,7 @@ constexpr std::int64_t full_row_chunk = 8;
 
 }  // namespace
 
-namespace {
-
-status check_options(const rank_program_options& options) {
+status rank_program::check_options(const rank_program_options& options) {
   const dtype kt = options.kv_type;
   if (kt != dtype::f32 && kt != dtype::bf16 && kt != dtype::f16 && kt != dtype::fp8_e4m3) {
     return invalid_argument("rank_program: kv_type {} is not a KV storage dtype", dtype_name(kt));
@@ -60,8 +58,6 @@ status check_options(const rank_program_options& options) {
   }
   return ok_status();
 }
-
-}  // namespace
 
 expected<std::unique_ptr<rank_program>> rank_program::create(
     const model_weights& full, const helix::layout& l, std::int64_t rank,
@@ -374,14 +370,14 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
   // after a recovery, sees the same context; the caller's seed tells contexts apart).
   const std::int64_t layers = kv_.num_layers();
   const std::int64_t head0 = w_.spec.is_mla() ? 0 : w_.layers.front().kv_heads.first;
-  parallel_for(pool_.get(), static_cast<std::int64_t>(pages.size()) * layers,
-               [&](std::int64_t task) {
-                 const std::int64_t layer_idx = task % layers;
-                 const auto& [slot, block_idx] = pages[sz(task / layers)];
-                 const std::uint64_t stream = (static_cast<std::uint64_t>(layer_idx) << 56) ^
-                                              static_cast<std::uint64_t>(block_idx);
-                 fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream, head0);
-               });
+  parallel_for(
+      pool_.get(), static_cast<std::int64_t>(pages.size()) * layers, [&](std::int64_t task) {
+        const std::int64_t layer_idx = task % layers;
+        const auto& [slot, block_idx] = pages[sz(task / layers)];
+        const std::uint64_t stream =
+            (static_cast<std::uint64_t>(layer_idx) << 56) ^ static_cast<std::uint64_t>(block_idx);
+        fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream, head0);
+      });
   return ok_status();
 }
 

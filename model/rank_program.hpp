@@ -129,6 +129,10 @@ class rank_program {
       rank_weights w, std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options);
 
+  /// The checks create() makes on `options` (bounds, KV dtype, backend), for callers that want
+  /// them before building weights. invalid_argument or failed_precondition as create().
+  [[nodiscard]] static status check_options(const rank_program_options& options);
+
   [[nodiscard]] std::int64_t rank() const { return w_.rank; }
   [[nodiscard]] const helix::layout& grid() const { return w_.layout; }
   [[nodiscard]] const model_spec& spec() const { return w_.spec; }

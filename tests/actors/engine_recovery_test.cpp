@@ -117,14 +117,14 @@ void expect_recovery_matches_fault_free(std::int64_t workers, const std::string&
   const recovery_stats& rec = got.stats.recoveries[0];
   EXPECT_EQ(rec.rank, rank);
   EXPECT_NE(rec.why.find("injected fault"), std::string::npos) << rec.why;
-  EXPECT_EQ(rec.layout_before, (*faulty)->stats().recoveries[0].layout_before);
+  EXPECT_EQ(rec.layout_before, layout::parse(layout)->to_string());
   auto after = layout::parse(rec.layout_after);
   ASSERT_TRUE(after.has_value()) << rec.layout_after;
   EXPECT_EQ(after->num_ranks, ranks_after) << rec.layout_after;
   EXPECT_EQ(got.stats.layout, rec.layout_after);
   EXPECT_GT(rec.requests_replayed, 0);
   EXPECT_GT(rec.tokens_replayed, 0);
-  EXPECT_GE(rec.reload_ms, 0.0);
+  EXPECT_GT(rec.reload_ms, 0.0) << "the workers were rebuilt (weights seeded again)";
   EXPECT_GT(rec.rebuild_ms, 0.0) << "every replay finished, so the rebuild time is known";
   // Every sequence closed: no KV left behind on the rebuilt workers (the closes of the last
   // requests reach the workers just after their last tokens).
