@@ -210,6 +210,7 @@ expected<engine_config> config_from_proto(const proto_v1::EngineConfig& m) {
   if (m.has_rebalance_min_blocks()) c.rebalance_min_blocks = m.rebalance_min_blocks();
   if (m.has_log_level()) c.log_level = m.log_level();
   if (m.has_recovery()) c.recovery = m.recovery();
+  if (m.has_peer_timeout_ms()) c.peer_timeout_ms = m.peer_timeout_ms();
   HELIX_RETURN_IF_ERROR(actors::validate(c));
   return c;
 }
@@ -393,6 +394,7 @@ proto_v1::EngineConfig to_proto(const engine_config& c) {
   m.set_rebalance_min_blocks(c.rebalance_min_blocks);
   m.set_log_level(c.log_level);
   m.set_recovery(c.recovery);
+  m.set_peer_timeout_ms(c.peer_timeout_ms);
   return m;
 }
 

@@ -162,6 +162,7 @@ status validate(const engine_config& c) {
       return bad("log_level", c.log_level, "must be trace, debug, info, warn, error or off");
     }
   }
+  HELIX_RETURN_IF_ERROR(in_range("peer_timeout_ms", c.peer_timeout_ms, 1, 3600000));
   if (c.recovery != "off" && c.recovery != "full_replay") {
     return bad("recovery", c.recovery, "must be off or full_replay");
   }
@@ -301,12 +302,14 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
   setup.abort_data_plane = [source_ptr](const status& why) { source_ptr->abort(why); };
   if (config.recovery != "off") {
     setup.relayout = [source_ptr, sys_ptr, cfg = p->config](
-                         const layout& g, const std::vector<std::int64_t>& survivors) {
+                         const layout& g, const std::vector<std::int64_t>& survivors,
+                         const std::vector<std::int64_t>& standby) {
       engine_config c = cfg;
       c.layout = g.to_string();
       c.num_workers = static_cast<int>(g.num_ranks);
-      return source_ptr->relayout(*sys_ptr, c, g, survivors);
+      return source_ptr->relayout(*sys_ptr, c, g, survivors, standby);
     };
+    setup.standbys = [source_ptr] { return source_ptr->standbys(); };
   }
   p->engine_actor = spawn_engine(*p->sys, setup, std::move(*workers), p->planner, p->registry);
   p->source->watch(*p->sys, p->engine_actor);
@@ -516,8 +519,10 @@ class in_process_source final : public worker_source {
   // with a new data plane; the old fabric stays alive for the old workers until the end.
   expected<std::vector<caf::actor>> relayout(caf::actor_system& sys, const engine_config& config,
                                              const layout& grid,
-                                             const std::vector<std::int64_t>& survivors) override {
+                                             const std::vector<std::int64_t>& survivors,
+                                             const std::vector<std::int64_t>& standby) override {
     (void)survivors;
+    (void)standby;
     if (fab_) retired_.push_back(std::move(fab_));
     return make_workers(sys, config, grid);
   }
@@ -537,7 +542,9 @@ class in_process_source final : public worker_source {
   expected<std::vector<caf::actor>> make_workers(caf::actor_system& sys,
                                                  const engine_config& config, const layout& grid) {
     HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
-    HELIX_ASSIGN_OR_RETURN(fab_, transport::make_local_fabric(static_cast<int>(grid.num_ranks)));
+    HELIX_ASSIGN_OR_RETURN(fab_, transport::make_local_fabric(
+                                     {static_cast<int>(grid.num_ranks),
+                                      std::chrono::milliseconds(config.peer_timeout_ms)}));
     if (opt_.wrap_fabric) fab_ = opt_.wrap_fabric(std::move(fab_));
     std::vector<std::shared_ptr<worker_compute>> computes;
     for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
@@ -560,6 +567,7 @@ class in_process_source final : public worker_source {
 
 expected<std::vector<caf::actor>> worker_source::relayout(caf::actor_system&, const engine_config&,
                                                           const layout&,
+                                                          const std::vector<std::int64_t>&,
                                                           const std::vector<std::int64_t>&) {
   return failed_precondition("this worker source cannot rebuild its workers after a failure");
 }

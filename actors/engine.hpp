@@ -88,9 +88,14 @@ struct engine_config {
   /// the largest member count with a valid layout of the same family), and replays every running
   /// request's prompt and generated tokens as a prefill: no accepted request is lost, no token is
   /// emitted twice, and every request's tokens equal the fault-free run's. Needs a worker source
-  /// that can rebuild its workers (in-process workers can; worker processes cannot yet, and fail
-  /// as with "off").
+  /// that can rebuild its workers (in-process threads, and worker processes: the surviving
+  /// processes take the new ranks, members left without one stand by for the next recovery).
   std::string recovery = "off";
+  /// How long (ms, in [1, 3600000]) a worker waits in a collective for its peers before the call
+  /// fails with deadline_exceeded (a hung or partitioned peer), and how long the engine waits,
+  /// after a step's first worker answered, for the others (a lost reply): either is a worker
+  /// failure, with recovery as above. Process deaths are noticed sooner (heartbeats, at most 2 s).
+  std::int64_t peer_timeout_ms = 30000;
   /// Level of every module's logger ("trace", "debug", "info", "warn", "error", "off"); empty
   /// leaves the process's level as it is. Logs go to stderr.
   std::string log_level;

@@ -104,6 +104,7 @@ struct engine_state {
   std::vector<bool> step_synthetic;     // per item: a synthetic-KV fill
   std::vector<bool> step_wants_logits;  // per item: sampled, and its request returns logits
   std::vector<float> step_logits;       // rank 0's rows for those items
+  std::vector<bool> step_replied;       // per rank: its reply to the step in flight arrived
 
   status broken;  // a failed step: nothing runs any more
   bool draining = false;
@@ -277,34 +278,43 @@ void recover(self_ptr self, std::int64_t rank, const status& why) {
   }
   logger()->warn("engine: worker {} failed ({}); recovering by full replay", rank, why);
   // The old step and workers: woken from any collective, their replies (and the old planner's
-  // answers) from now on ignored.
+  // answers) from now on ignored; stopped once the source rebuilt its members (a worker process
+  // that survives stops its old worker itself when told its new rank).
   if (s.setup.abort_data_plane) s.setup.abort_data_plane(why);
   ++s.epoch;
   ++s.generation;
   s.busy = false;
   s.pending = 0;
-  for (const caf::actor& w : s.workers) {
-    self->demonitor(w);
-    self->send_exit(w, caf::exit_reason::user_shutdown);
-  }
-  const auto members = static_cast<std::int64_t>(s.workers.size()) - 1;
+  const std::vector<caf::actor> old_workers = s.workers;
+  const auto stop_old = [&] {
+    for (const caf::actor& w : old_workers) {
+      self->demonitor(w);
+      self->send_exit(w, caf::exit_reason::user_shutdown);
+    }
+  };
+  const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
+  const auto members = static_cast<std::int64_t>(s.workers.size()) - 1 + standbys;
   auto grid = layout_for_members(s.setup.grid.family, members, s.setup.spec);
   if (!grid) {
+    stop_old();
     fail_everything(self, why.with_context(fmt::format(
                               "recovery: no {} layout for {} remaining workers: {}",
                               layout_family_name(s.setup.grid.family), members, grid.error())));
     answer_drains(s);
     return;
   }
+  // The lowest surviving ranks keep serving, standbys fill what they leave, the rest stand by.
   std::vector<std::int64_t> survivors;
+  std::vector<std::int64_t> standby;
   for (std::int64_t r = 0; r < static_cast<std::int64_t>(s.workers.size()); ++r) {
-    if (r != rank && static_cast<std::int64_t>(survivors.size()) < grid->num_ranks) {
-      survivors.push_back(r);
-    }
+    if (r == rank) continue;
+    (static_cast<std::int64_t>(survivors.size()) < grid->num_ranks ? survivors : standby)
+        .push_back(r);
   }
   const auto planned = std::chrono::steady_clock::now();
   rec.replan_ms = ms_between(noticed, planned);
-  auto fresh = s.setup.relayout(*grid, survivors);
+  auto fresh = s.setup.relayout(*grid, survivors, standby);
+  stop_old();
   if (!fresh) {
     fail_everything(self, why.with_context(fmt::format("recovery: {}", fresh.error())));
     answer_drains(s);
@@ -614,6 +624,7 @@ void start_step(self_ptr self) {
   s.step_tokens.clear();
   s.step_item_errors.clear();
   s.step_logits.clear();
+  s.step_replied.assign(s.workers.size(), false);
   self->request(s.planner, caf::infinite, plan_atom::value, s.step_seqs, s.step_counts)
       .then(
           [self, m, gen = s.generation](std::vector<std::int64_t>& owners) mutable {
@@ -722,6 +733,17 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         engine_state& st = self->state;
         if (!st.busy || m.step_id != st.step_id) return;  // stale: an older step's reply
         if (!from_current_worker(self)) return;           // a worker a recovery replaced
+        if (m.rank < 0 || m.rank >= static_cast<std::int64_t>(st.step_replied.size()) ||
+            st.step_replied[static_cast<std::size_t>(m.rank)]) {
+          return;  // not a rank of this step, or a duplicate
+        }
+        if (st.pending == st.workers.size()) {
+          // The ranks of a step finish within a collective's reach of each other: once one
+          // answered, a rank silent for peer_timeout_ms has lost its step or its reply.
+          self->delayed_send(self, std::chrono::milliseconds(st.setup.config.peer_timeout_ms),
+                             step_watch_atom::value, st.step_id, st.generation);
+        }
+        st.step_replied[static_cast<std::size_t>(m.rank)] = true;
         if (m.result.code != 0 && st.setup.relayout) {
           // The first failure decides: the step is abandoned and the workers rebuilt (the others
           // may be blocked in a collective with the failed one; recovery wakes them).
@@ -787,7 +809,23 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
             &request_state::expired);
       },
       [self](stats_atom) { return current_stats(self->state); },
-      [self](lost_atom, std::int64_t rank, std::string& why) { worker_lost(self, rank, why); },
+      [self](lost_atom, caf::actor& worker, std::string& why) {
+        engine_state& st = self->state;
+        for (std::size_t r = 0; r < st.workers.size(); ++r) {
+          if (st.workers[r] == worker) worker_lost(self, static_cast<std::int64_t>(r), why);
+        }
+      },
+      [self](step_watch_atom, std::int64_t step_id, std::int64_t generation) {
+        engine_state& st = self->state;
+        if (!st.busy || st.step_id != step_id || st.generation != generation || st.pending == 0) {
+          return;
+        }
+        const auto silent = std::find(st.step_replied.begin(), st.step_replied.end(), false);
+        const auto rank = static_cast<std::int64_t>(silent - st.step_replied.begin());
+        worker_lost(self, rank,
+                    fmt::format("no answer to step {} within {} ms of the first worker's", step_id,
+                                st.setup.config.peer_timeout_ms));
+      },
       [self](drain_atom) -> caf::result<void> {
         engine_state& st = self->state;
         st.draining = true;

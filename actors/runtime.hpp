@@ -119,8 +119,11 @@ struct engine_setup {
   std::function<void(const status&)> abort_data_plane;
   /// Recovery (engine_config::recovery): rebuilds the workers on a layout
   /// (worker_source::relayout); null: recovery is off.
-  std::function<expected<std::vector<caf::actor>>(const layout&, const std::vector<std::int64_t>&)>
+  std::function<expected<std::vector<caf::actor>>(const layout&, const std::vector<std::int64_t>&,
+                                                  const std::vector<std::int64_t>&)>
       relayout;
+  /// Members without a rank that a relayout can use (worker_source::standbys); may be null.
+  std::function<std::int64_t()> standbys;
   /// The worker pids by rank, for reports (worker_source::workers); may be null.
   std::function<std::vector<worker_info>()> workers_info;
 };
@@ -149,8 +152,9 @@ struct engine_setup {
 ///                                sequence is closed (used before shutdown)
 ///   (deadline_atom, id)       -> ends request `id` with deadline_exceeded if it still runs
 ///                                (sent by the engine to itself at a request's deadline)
-///   (lost_atom, rank, why)    -> worker `rank` stopped answering (a worker source's heartbeat
-///                                monitor): the engine fails naming it
+///   (lost_atom, worker, why)  -> that worker stopped answering (a worker source's heartbeat
+///                                monitor): the engine recovers or fails, naming its rank; a
+///                                worker a recovery already replaced is ignored
 [[nodiscard]] caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup,
                                       std::vector<caf::actor> workers, caf::actor planner,
                                       std::shared_ptr<stream_registry> registry);

@@ -36,7 +36,7 @@ class worker_source {
                                                                 const layout& grid) = 0;
   /// Called once the engine actor runs: a source whose workers can stop answering without
   /// their actor ending (a stopped process, a partitioned host) watches them and sends the
-  /// engine (lost_atom, rank, why). Whatever it spawns must end with the engine actor.
+  /// engine (lost_atom, worker actor, why). Whatever it spawns must end with the engine actor.
   virtual void watch(caf::actor_system& sys, const caf::actor& engine) {
     (void)sys;
     (void)engine;
@@ -45,13 +45,17 @@ class worker_source {
   /// a step failed and the engine recovers.
   virtual void abort(const status& why) { (void)why; }
   /// Recovery (engine_config::recovery): after a failure, rebuilds the workers as the ranks of
-  /// `grid`, the member at old rank survivors[i] becoming rank i (its weights resharded for the
-  /// new rank, a new data plane among them), and returns their actors by new rank. The old
-  /// workers' actors are the engine's to stop; what they use stays valid until the source is
+  /// `grid`: the member at old rank survivors[i] becomes rank i (its weights resharded for the
+  /// new rank, a new data plane among them); ranks past survivors.size() are taken by standbys
+  /// (standbys() of them are available); the members at the old ranks in `standby` live on
+  /// without a rank and become standbys. Returns the new ranks' actors. The old workers' actors
+  /// are the engine's to stop once this returned; what they use stays valid until the source is
   /// destroyed. Default: unimplemented (the engine then fails as without recovery).
   [[nodiscard]] virtual expected<std::vector<caf::actor>> relayout(
       caf::actor_system& sys, const engine_config& config, const layout& grid,
-      const std::vector<std::int64_t>& survivors);
+      const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby);
+  /// Members alive without a rank, that a relayout can give one.
+  [[nodiscard]] virtual std::int64_t standbys() const { return 0; }
   /// The workers started, by rank.
   [[nodiscard]] virtual std::vector<worker_info> workers() const = 0;
 };

@@ -60,6 +60,7 @@ struct registrar_state {
   std::vector<caf::response_promise> address_waiters;
   std::vector<caf::actor> workers;
   std::vector<caf::actor> heartbeats;
+  std::vector<caf::actor> agents;
   std::int32_t ready = 0;
   std::vector<caf::response_promise> engine;
   bool answered = false;
@@ -71,7 +72,7 @@ void answer_engine(registrar_ptr self) {
   auto& st = self->state;
   if (st.answered || st.ready < st.expected) return;
   st.answered = true;
-  worker_set w{st.workers, st.heartbeats, {}, {}, {}};
+  worker_set w{st.workers, st.heartbeats, st.agents, {}, {}, {}};
   for (const worker_info& j : st.joined) {
     w.pids.push_back(j.pid);
     w.hosts.push_back(j.host);
@@ -108,13 +109,18 @@ membership_msg make_membership(const registrar_state& st) {
   return membership_msg{to_bytes(m)};
 }
 
-caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::ClusterConfig config) {
+// `members`: empty at the start (workers join); after a failure, the processes that take the
+// new ranks (they joined before; each is told its rank by relayout_msg).
+caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::ClusterConfig config,
+                        std::vector<worker_info> members) {
   auto& st = self->state;
   st.expected = expected;
   st.config = std::move(config);
+  st.joined = std::move(members);
   st.addresses.resize(static_cast<std::size_t>(expected));
   st.workers.resize(static_cast<std::size_t>(expected));
   st.heartbeats.resize(static_cast<std::size_t>(expected));
+  st.agents.resize(static_cast<std::size_t>(expected));
   return {
       [self](join_msg& m) -> join_reply_msg {
         auto& st = self->state;
@@ -160,6 +166,7 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::Clu
         if (!slot) ++st.ready;
         slot = std::move(r.worker);
         st.heartbeats[static_cast<std::size_t>(r.rank)] = std::move(r.heartbeat);
+        st.agents[static_cast<std::size_t>(r.rank)] = std::move(r.agent);
         answer_engine(self);
       },
       [self](await_workers& w) -> caf::result<worker_set> {
@@ -194,12 +201,14 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::Clu
 }
 
 // Engine side: pings every worker's heartbeat actor each `period`; the first one that does not
-// answer within `deadline` is reported to the engine (lost_atom). Linked to the engine actor, so
-// it ends with it.
+// answer within `deadline` is reported to the engine (lost_atom, naming the worker actor).
 caf::behavior heartbeat_monitor(caf::event_based_actor* self, caf::actor engine,
-                                std::vector<caf::actor> beats, std::chrono::milliseconds period,
+                                std::vector<caf::actor> workers, std::vector<caf::actor> beats,
+                                std::chrono::milliseconds period,
                                 std::chrono::milliseconds deadline) {
-  self->link_to(engine);
+  // Ends with the engine; not linked to it, since a recovery stops it and starts another.
+  self->monitor(engine);
+  self->set_down_handler([self](caf::down_msg&) { self->quit(); });
   auto reported = std::make_shared<bool>(false);
   self->send(self, tick_atom::value);
   return {
@@ -210,7 +219,7 @@ caf::behavior heartbeat_monitor(caf::event_based_actor* self, caf::actor engine,
                     [=](caf::error& e) {
                       if (*reported) return;
                       *reported = true;
-                      self->send(engine, actors::lost_atom::value, static_cast<std::int64_t>(r),
+                      self->send(engine, actors::lost_atom::value, workers[r],
                                  fmt::format("no heartbeat answer within {} ms ({})",
                                              deadline.count(), self->system().render(e)));
                     });
@@ -287,13 +296,7 @@ class spawned_source final : public actors::worker_source {
                               std::strerror(errno));
     }
     const auto n = static_cast<std::int32_t>(grid.num_ranks);
-    proto_v1::ClusterConfig cc;
-    *cc.mutable_engine() = actors::to_proto(config);
-    cc.set_layout(grid.to_string());
-    cc.set_heartbeat_interval_ms(heartbeat_period.count());
-    cc.set_heartbeat_deadline_ms(heartbeat_deadline.count());
-    cc.set_kv_capacity_tokens_per_worker(config.kv_capacity_tokens_per_worker);
-    caf::actor reg = sys.spawn(registrar, n, std::move(cc));
+    caf::actor reg = sys.spawn(registrar, n, cluster_config(config, grid), std::vector<worker_info>{});
     // The middleman listens on loopback only; workers reach it through the front door, which
     // checks the framing before CAF allocates anything (front_door.hpp).
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
@@ -357,12 +360,12 @@ class spawned_source final : public actors::worker_source {
                     await_workers{opts_.join_timeout.count()})
           .receive(
               [&](worker_set& w) {
-                heartbeats_ = w.heartbeats;
                 for (std::size_t r = 0; r < w.workers.size(); ++r) {
                   info_.push_back(
                       {static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
                 }
-                result = std::move(w.workers);
+                take(w);
+                result = w.workers;
               },
               [&](caf::error& e) {
                 result = make_error(errc::unavailable, "workers: {}{}", sys.render(e),
@@ -378,11 +381,119 @@ class spawned_source final : public actors::worker_source {
   std::vector<worker_info> workers() const override { return info_; }
 
   void watch(caf::actor_system& sys, const caf::actor& engine) override {
-    if (heartbeats_.empty()) return;
-    sys.spawn(heartbeat_monitor, engine, heartbeats_, heartbeat_period, heartbeat_deadline);
+    engine_ = engine;
+    restart_monitor(sys);
   }
 
+  // Survivors (and standbys) become the new ranks: each is sent its rank through its agent, stops
+  // its old worker, and joins a new data plane through a registrar of this epoch, which hands
+  // back the new workers as at the start.
+  expected<std::vector<caf::actor>> relayout(caf::actor_system& sys,
+                                             const actors::engine_config& config,
+                                             const layout& grid,
+                                             const std::vector<std::int64_t>& survivors,
+                                             const std::vector<std::int64_t>& standby) override {
+    // The old monitor's reports would name old workers: a new one starts with the new ranks.
+    if (monitor_) caf::anon_send_exit(monitor_, caf::exit_reason::user_shutdown);
+    monitor_ = nullptr;
+    const auto n = static_cast<std::int32_t>(grid.num_ranks);
+    const auto known = [&](std::int64_t r) {
+      return r >= 0 && r < static_cast<std::int64_t>(agents_.size()) &&
+             agents_[static_cast<std::size_t>(r)];
+    };
+    std::vector<member> ranks;
+    for (const std::int64_t r : survivors) {
+      if (!known(r)) return internal_error("relayout: no worker process at rank {}", r);
+      ranks.push_back(member_at(r));
+    }
+    while (static_cast<std::int32_t>(ranks.size()) < n && !standbys_.empty()) {
+      ranks.push_back(std::move(standbys_.front()));
+      standbys_.erase(standbys_.begin());
+    }
+    if (static_cast<std::int32_t>(ranks.size()) != n) {
+      return failed_precondition("relayout: {} ranks for layout {}, only {} workers remain", n,
+                                 grid.to_string(), ranks.size());
+    }
+    std::vector<member> idle;
+    for (const std::int64_t r : standby) {
+      if (known(r)) idle.push_back(member_at(r));
+    }
+    const proto_v1::ClusterConfig cc = cluster_config(config, grid);
+    std::vector<worker_info> infos;
+    for (std::int32_t r = 0; r < n; ++r) {
+      infos.push_back(ranks[static_cast<std::size_t>(r)].info);
+      infos.back().rank = r;
+    }
+    caf::actor reg = sys.spawn(registrar, n, cc, infos);
+    const std::string bytes = to_bytes(cc);
+    for (std::int32_t r = 0; r < n; ++r) {
+      caf::anon_send(ranks[static_cast<std::size_t>(r)].agent,
+                     relayout_msg{r, n, bytes, reg, engine_});
+    }
+    for (member& m : idle) {
+      caf::anon_send(m.agent, relayout_msg{-1, 0, {}, nullptr, engine_});
+      logger()->info("{} (pid {}) stands by", m.info.name, m.info.pid);
+      standbys_.push_back(std::move(m));
+    }
+    expected<std::vector<caf::actor>> result = internal_error("relayout: no answer");
+    {
+      caf::scoped_actor self{sys};
+      self->request(reg, opts_.join_timeout + std::chrono::seconds(5),
+                    await_workers{opts_.join_timeout.count()})
+          .receive(
+              [&](worker_set& w) {
+                info_ = infos;
+                take(w);
+                result = w.workers;
+              },
+              [&](caf::error& e) {
+                result = make_error(errc::unavailable, "relayout to {}: {}{}", grid.to_string(),
+                                    sys.render(e), exited_children());
+              });
+    }
+    caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+    if (result) restart_monitor(sys);
+    return result;
+  }
+
+  std::int64_t standbys() const override { return static_cast<std::int64_t>(standbys_.size()); }
+
  private:
+  // A worker process as the engine knows it.
+  struct member {
+    worker_info info;
+    caf::actor agent;
+    caf::actor heartbeat;
+  };
+
+  member member_at(std::int64_t rank) const {
+    const auto r = static_cast<std::size_t>(rank);
+    return {info_[r], agents_[r], heartbeats_[r]};
+  }
+
+  void take(const worker_set& w) {
+    workers_ = w.workers;
+    heartbeats_ = w.heartbeats;
+    agents_ = w.agents;
+  }
+
+  void restart_monitor(caf::actor_system& sys) {
+    if (heartbeats_.empty() || !engine_) return;
+    monitor_ = sys.spawn(heartbeat_monitor, engine_, workers_, heartbeats_, heartbeat_period,
+                         heartbeat_deadline);
+  }
+
+  static proto_v1::ClusterConfig cluster_config(const actors::engine_config& config,
+                                                const layout& grid) {
+    proto_v1::ClusterConfig cc;
+    *cc.mutable_engine() = actors::to_proto(config);
+    cc.set_layout(grid.to_string());
+    cc.set_heartbeat_interval_ms(heartbeat_period.count());
+    cc.set_heartbeat_deadline_ms(heartbeat_deadline.count());
+    cc.set_kv_capacity_tokens_per_worker(config.kv_capacity_tokens_per_worker);
+    return cc;
+  }
+
   // Children that already ended, for error messages.
   std::string exited_children() {
     std::string out;
@@ -402,8 +513,13 @@ class spawned_source final : public actors::worker_source {
   std::uint16_t listen_port_ = 0;
   std::function<void(std::uint16_t)> on_listening_;
   std::vector<pid_t> pids_;
-  std::vector<worker_info> info_;
-  std::vector<caf::actor> heartbeats_;
+  std::vector<worker_info> info_;      // by rank
+  std::vector<caf::actor> workers_;    // by rank
+  std::vector<caf::actor> heartbeats_;  // by rank
+  std::vector<caf::actor> agents_;      // by rank
+  std::vector<member> standbys_;        // alive, without a rank
+  caf::actor engine_;
+  caf::actor monitor_;
   std::unique_ptr<front_door> door_;  // relays the workers' control connections
 };
 
@@ -484,10 +600,83 @@ expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
   return w;
 }
 
-// Joins, builds the rank, and serves; returns once the worker actor ended.
+// One rank of a worker process: makes its UCX fabric (kept in `fabrics`, which outlive every
+// worker that used one), exchanges addresses through `reg`, builds the rank's compute and starts
+// its worker actor, monitored by `self`, and tells `reg` it is ready.
+expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
+                                const worker_args& w, const caf::actor& reg, std::int32_t rank,
+                                std::int32_t world, const proto_v1::ClusterConfig& cc,
+                                const caf::actor& beat,
+                                std::vector<std::unique_ptr<transport::ucx_fabric>>& fabrics) {
+  HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(cc.engine()));
+  config.layout = cc.layout();
+  config.kv_capacity_tokens_per_worker = cc.kv_capacity_tokens_per_worker();
+  if (w.threads > 0) config.threads_per_worker = w.threads;
+  HELIX_ASSIGN_OR_RETURN(const layout grid, layout::parse(config.layout));
+  if (grid.num_ranks != world || rank < 0 || rank >= world) {
+    return invalid_argument("join: rank {} of layout {} ({} ranks) in a world of {}", rank,
+                            grid.to_string(), grid.num_ranks, world);
+  }
+  transport::ucx_fabric_options fo;
+  fo.world_size = world;
+  fo.rank = rank;
+  fo.transports = w.transports;
+  fo.net_devices = w.net_devices;
+  fo.default_timeout = std::chrono::milliseconds(config.peer_timeout_ms);
+  HELIX_ASSIGN_OR_RETURN(auto made, transport::make_ucx_fabric(fo));
+  fabrics.push_back(std::move(made));
+  transport::ucx_fabric& fabric = *fabrics.back();
+  const auto addr = fabric.address();
+  status st;
+  std::string membership_bytes;
+  self->request(
+          reg, w.timeout,
+          address_msg{rank, std::string(reinterpret_cast<const char*>(addr.data()), addr.size())})
+      .receive(
+          [&](membership_msg& m) { membership_bytes = std::move(m.membership); },
+          [&](caf::error& e) { st = unavailable("address exchange failed: {}", sys.render(e)); });
+  HELIX_RETURN_IF_ERROR(st);
+  HELIX_ASSIGN_OR_RETURN(const proto_v1::Membership members,
+                         read_membership(membership_bytes, world));
+  std::vector<std::vector<std::byte>> addresses;
+  for (const proto_v1::Member& m : members.members()) {
+    const auto* b = reinterpret_cast<const std::byte*>(m.ucx_address().data());
+    addresses.emplace_back(b, b + m.ucx_address().size());
+    logger()->debug("{}: rank {} is {} (pid {} on {})", w.name, m.rank(), m.name(), m.pid(),
+                    m.host());
+  }
+  HELIX_RETURN_IF_ERROR(fabric.connect(addresses));
+  HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, rank, fabric));
+  caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
+  self->monitor(worker);
+  self->send(reg, ready_msg{rank, worker, beat, caf::actor_cast<caf::actor>(self)});
+  logger()->info("{}: rank {} of {} ({}) ready", w.name, rank, world, grid.to_string());
+  return worker;
+}
+
+// Stops `worker` (monitored by self) and waits up to `limit` for its end; whether it ended.
+bool stop_worker(caf::scoped_actor& self, const caf::actor& worker,
+                 std::chrono::milliseconds limit) {
+  self->send_exit(worker, caf::exit_reason::user_shutdown);
+  const auto until = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    bool ended = false;
+    bool timed_out = false;
+    self->receive([&](caf::down_msg& dm) { ended = dm.source == worker.address(); },
+                  caf::after(left) >> [&] { timed_out = true; });
+    if (ended) return true;
+    if (timed_out) return false;
+  }
+}
+
+// Joins, builds the rank, and serves: until the engine stops the worker actor, or, after a
+// failure elsewhere, takes the rank a relayout_msg gives it (or stands by).
 status serve(const worker_args& w) {
-  // Declared before the actor system: the worker's communicators belong to it.
-  std::unique_ptr<transport::ucx_fabric> fabric;
+  // Declared before the actor system: the workers' communicators belong to them.
+  std::vector<std::unique_ptr<transport::ucx_fabric>> fabrics;
   caf::actor_system_config cfg;
   cfg.add_message_types<caf::id_block::helix_actors>();
   configure_system(cfg);
@@ -516,89 +705,101 @@ status serve(const worker_args& w) {
   HELIX_RETURN_IF_ERROR(st);
   auto reply = read_join_reply(reply_bytes);
   if (!reply) return reply.error().with_context(fmt::format("join refused by {}", engine_at));
-  const std::int32_t rank = reply->rank();
-  const std::int32_t world = reply->world_size();
-  const proto_v1::ClusterConfig& cc = reply->config();
-  HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(cc.engine()));
-  config.layout = cc.layout();
-  config.kv_capacity_tokens_per_worker = cc.kv_capacity_tokens_per_worker();
-  if (w.threads > 0) config.threads_per_worker = w.threads;
-  HELIX_ASSIGN_OR_RETURN(const layout grid, layout::parse(config.layout));
-  if (grid.num_ranks != world) {
-    return invalid_argument("join: layout {} has {} ranks but the engine's world has {}",
-                            grid.to_string(), grid.num_ranks, world);
-  }
-  transport::ucx_fabric_options fo;
-  fo.world_size = world;
-  fo.rank = rank;
-  fo.transports = w.transports;
-  fo.net_devices = w.net_devices;
-  HELIX_ASSIGN_OR_RETURN(fabric, transport::make_ucx_fabric(fo));
-  const auto addr = fabric->address();
-  std::string membership_bytes;
-  self->request(
-          *reg, w.timeout,
-          address_msg{rank, std::string(reinterpret_cast<const char*>(addr.data()), addr.size())})
-      .receive(
-          [&](membership_msg& m) { membership_bytes = std::move(m.membership); },
-          [&](caf::error& e) { st = unavailable("address exchange failed: {}", sys.render(e)); });
-  HELIX_RETURN_IF_ERROR(st);
-  HELIX_ASSIGN_OR_RETURN(const proto_v1::Membership members,
-                         read_membership(membership_bytes, world));
-  std::vector<std::vector<std::byte>> addresses;
-  for (const proto_v1::Member& m : members.members()) {
-    const auto* b = reinterpret_cast<const std::byte*>(m.ucx_address().data());
-    addresses.emplace_back(b, b + m.ucx_address().size());
-    logger()->debug("{}: rank {} is {} (pid {} on {})", w.name, m.rank(), m.name(), m.pid(),
-                    m.host());
-  }
-  HELIX_RETURN_IF_ERROR(fabric->connect(addresses));
-  HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, rank, *fabric));
-  caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
   auto last_ping = std::make_shared<std::atomic<std::int64_t>>(0);
   caf::actor beat = sys.spawn(heartbeat, last_ping);
-  self->monitor(worker);
-  self->send(*reg, ready_msg{rank, worker, beat});
-  logger()->info("{}: rank {} of {} ({}) ready", w.name, rank, world, grid.to_string());
+  std::int32_t rank = reply->rank();
+  auto first = build_rank(self, sys, w, *reg, rank, reply->world_size(), reply->config(), beat,
+                          fabrics);
+  if (!first) {
+    self->send_exit(beat, caf::exit_reason::user_shutdown);
+    return first.error();
+  }
+  caf::actor worker = std::move(*first);
+  caf::actor engine;  // known once a relayout_msg named it; a standby ends with it
   // Serve until the engine stops the worker actor. An engine that went away (its process ended,
   // its host vanished, the connection broke) stops pinging: once it has been silent for
   // engine_silence_limit (or never pinged within the join timeout), nobody is left to serve, so
-  // wake the compute from any collective and end with an error.
-  const auto ready_at = std::chrono::steady_clock::now();
-  bool worker_ended = false;
-  std::string silence;
-  while (!worker_ended && silence.empty()) {
-    self->receive([&](caf::down_msg&) { worker_ended = true; },
-                  caf::after(heartbeat_period) >>
-                      [&] {
-                        const auto now = std::chrono::steady_clock::now();
-                        const std::int64_t last = last_ping->load();
-                        if (last == 0) {
-                          if (now - ready_at > w.timeout) {
-                            silence = fmt::format("no heartbeat within {} ms of joining",
-                                                  w.timeout.count());
-                          }
-                          return;
-                        }
-                        const auto quiet = now.time_since_epoch() - std::chrono::nanoseconds(last);
-                        if (quiet > engine_silence_limit) {
-                          silence = fmt::format(
-                              "no heartbeat for {} ms",
-                              std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count());
-                        }
-                      });
+  // wake the compute from any collective and end with an error. A standby is not pinged: it
+  // watches the engine actor instead.
+  auto ready_at = std::chrono::steady_clock::now();
+  bool done = false;
+  status outcome;
+  while (!done) {
+    self->receive(
+        [&](caf::down_msg& dm) {
+          if ((worker && dm.source == worker.address()) ||
+              (engine && dm.source == engine.address())) {
+            done = true;  // the engine stopped this rank (or, standing by, ended)
+
+          }
+        },
+        [&](relayout_msg& m) {
+          // Wake the old worker from any collective with the lost peer and wait for it to end;
+          // its fabric stays alive for its compute's last moments.
+          if (worker) {
+            fabrics.back()->abort(
+                make_error(errc::aborted, "{}: rank {} gives way to a new layout", w.name, rank));
+            if (!stop_worker(self, worker, std::chrono::seconds(10))) {
+              logger()->warn("{}: the old worker did not end within 10 s", w.name);
+            }
+            worker = nullptr;
+          }
+          if (m.engine && !engine) {
+            engine = m.engine;
+            self->monitor(engine);
+          }
+          rank = m.rank;
+          if (rank < 0) {
+            logger()->info("{}: standing by", w.name);
+            return;
+          }
+          proto_v1::ClusterConfig cc;
+          auto built = cc.ParseFromString(m.config)
+                           ? build_rank(self, sys, w, m.registrar, rank, m.world, cc, beat, fabrics)
+                           : expected<caf::actor>(invalid_argument("relayout: config unreadable"));
+          if (!built) {
+            outcome = built.error().with_context(fmt::format("{}: relayout to rank {}", w.name, rank));
+            logger()->error("{}", outcome);
+            done = true;
+            return;
+          }
+          worker = std::move(*built);
+          last_ping->store(0);  // the new epoch's monitor starts now
+          ready_at = std::chrono::steady_clock::now();
+        },
+        caf::after(heartbeat_period) >>
+            [&] {
+              if (!worker) return;  // standing by
+              const auto now = std::chrono::steady_clock::now();
+              const std::int64_t last = last_ping->load();
+              std::string silence;
+              if (last == 0) {
+                if (now - ready_at > w.timeout) {
+                  silence = fmt::format("no heartbeat within {} ms of joining", w.timeout.count());
+                }
+              } else {
+                const auto quiet = now.time_since_epoch() - std::chrono::nanoseconds(last);
+                if (quiet > engine_silence_limit) {
+                  silence = fmt::format(
+                      "no heartbeat for {} ms",
+                      std::chrono::duration_cast<std::chrono::milliseconds>(quiet).count());
+                }
+              }
+              if (silence.empty()) return;
+              outcome = unavailable("{} went away ({}); rank {} stops", engine_at, silence, rank);
+              done = true;
+            });
   }
   self->send_exit(beat, caf::exit_reason::user_shutdown);
-  if (worker_ended) return ok_status();
-  const status lost = unavailable("{} went away ({}); rank {} stops", engine_at, silence, rank);
-  logger()->error("{}: {}", w.name, lost);
-  fabric->abort(lost);
-  self->send_exit(worker, caf::exit_reason::user_shutdown);
-  bool ended = false;
-  self->receive([&](caf::down_msg&) { ended = true; },
-                caf::after(std::chrono::seconds(5)) >> [] {});
-  if (!ended) logger()->warn("{}: the worker actor did not end within 5 s", w.name);
-  return lost;
+  if (outcome.ok()) return ok_status();
+  logger()->error("{}: {}", w.name, outcome);
+  if (worker) {
+    fabrics.back()->abort(outcome);
+    if (!stop_worker(self, worker, std::chrono::seconds(5))) {
+      logger()->warn("{}: the worker actor did not end within 5 s", w.name);
+    }
+  }
+  return outcome;
 }
 
 }  // namespace

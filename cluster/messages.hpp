@@ -12,7 +12,10 @@
 //   worker    -> registrar  address_msg{rank, UCX address}
 //   registrar -> workers    membership_msg{Membership: every rank's name, pid, host and UCX
 //                           address}, once all addresses are in; workers connect UCX from it.
-//   worker    -> registrar  ready_msg{rank, worker actor, heartbeat actor}
+//   worker    -> registrar  ready_msg{rank, worker actor, heartbeat actor, agent}
+//   source    -> agents     relayout_msg{new rank, world, ClusterConfig, a new registrar, engine}
+//                           after a failure (recovery): each survivor repeats address_msg and
+//                           ready_msg with the new registrar; rank -1 stands by
 //   engine    -> registrar  await_workers -> worker_set (in the engine's process only)
 //
 // join_msg and join_reply_msg never change (CAF 0.17 finds a message type by its name, and each
@@ -53,6 +56,19 @@ struct ready_msg {
   std::int32_t rank = 0;
   caf::actor worker;
   caf::actor heartbeat;  // answers ping_atom at once, even while the worker computes
+  caf::actor agent;      // the process's agent: takes relayout_msg
+};
+/// Engine (its worker source) -> a worker process's agent, after a failure elsewhere: the process
+/// is now rank `rank` of `world` under `config` (a serialized proto_v1::ClusterConfig with the new
+/// layout). It stops its old worker, makes a new data plane, and joins through `registrar` as at
+/// the start (address_msg, membership_msg, ready_msg). rank -1: it stands by without a rank until
+/// the next relayout_msg, or exits when `engine` ends.
+struct relayout_msg {
+  std::int32_t rank = -1;
+  std::int32_t world = 0;
+  std::string config;
+  caf::actor registrar;
+  caf::actor engine;
 };
 /// Engine -> registrar: answer with every worker, in rank order, or an error after timeout_ms.
 struct await_workers {
@@ -61,6 +77,7 @@ struct await_workers {
 struct worker_set {
   std::vector<caf::actor> workers;  // by rank
   std::vector<caf::actor> heartbeats;
+  std::vector<caf::actor> agents;
   std::vector<std::int64_t> pids;
   std::vector<std::string> hosts;
   std::vector<std::string> names;
@@ -84,7 +101,11 @@ typename Inspector::result_type inspect(Inspector& f, membership_msg& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_msg& x) {
-  return f(caf::meta::type_name("ready_msg"), x.rank, x.worker, x.heartbeat);
+  return f(caf::meta::type_name("ready_msg"), x.rank, x.worker, x.heartbeat, x.agent);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, relayout_msg& x) {
+  return f(caf::meta::type_name("relayout_msg"), x.rank, x.world, x.config, x.registrar, x.engine);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, await_workers& x) {
@@ -92,7 +113,8 @@ typename Inspector::result_type inspect(Inspector& f, await_workers& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_set& x) {
-  return f(caf::meta::type_name("worker_set"), x.workers, x.heartbeats, x.pids, x.hosts, x.names);
+  return f(caf::meta::type_name("worker_set"), x.workers, x.heartbeats, x.agents, x.pids, x.hosts,
+           x.names);
 }
 
 }  // namespace helix::cluster
@@ -103,6 +125,7 @@ CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::join_reply_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::address_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::membership_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::ready_msg))
+CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::relayout_msg))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::await_workers))
 CAF_ADD_TYPE_ID(helix_cluster, (helix::cluster::worker_set))
 CAF_ADD_ATOM(helix_cluster, helix::cluster, join_timeout_atom, "jointimeo")

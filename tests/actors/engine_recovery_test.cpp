@@ -34,13 +34,14 @@ engine_config recovery_config(std::int64_t workers, const std::string& layout) {
 
 // In-process workers whose first data plane fails rank `rank` at its nth all_reduce (the fault
 // fires once: the rebuilt workers get a plain fabric).
-std::unique_ptr<worker_source> failing_workers(int rank, std::uint64_t nth) {
+std::unique_ptr<worker_source> failing_workers(int rank, std::uint64_t nth,
+                                               fault::fault_action action = fault::fault_action::fail) {
   in_process_options o;
   auto first = std::make_shared<std::atomic<bool>>(true);
   o.wrap_fabric = [=](std::unique_ptr<transport::fabric> f) -> std::unique_ptr<transport::fabric> {
     if (!first->exchange(false)) return f;
     fault::fault_schedule s;
-    s.faults.push_back({.action = fault::fault_action::fail,
+    s.faults.push_back({.action = action,
                         .rank = rank,
                         .kind = fault::call_kind::all_reduce,
                         .nth = nth});
@@ -150,6 +151,33 @@ TEST(EngineRecovery, FailedWorkerWhilePrefillingIsReplayed) {
 
 TEST(EngineRecovery, TensorParallelLayoutRecoversToo) {
   expect_recovery_matches_fault_free(2, "tp:tp=2", 0, 25, 1);
+}
+
+// A rank that hangs in a collective (it never makes the call) holds its peers only until the
+// peer timeout; the engine then recovers as from any failure.
+TEST(EngineRecovery, HungWorkerIsNoticedAtThePeerTimeoutAndReplayed) {
+  engine_config c = recovery_config(4, "helix:kvp=2,tpa=2");
+  auto clean = engine::create(c);
+  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
+  const run_result want = serve(**clean);
+  c.peer_timeout_ms = 200;
+  auto eng = engine::create(c, failing_workers(2, 40, fault::fault_action::hang));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const run_result got = serve(**eng);
+  EXPECT_EQ(got.tokens, want.tokens);
+  ASSERT_EQ(got.stats.recoveries.size(), 1u);
+  EXPECT_NE(got.stats.recoveries[0].why.find("deadline_exceeded"), std::string::npos)
+      << got.stats.recoveries[0].why;
+  EXPECT_EQ(got.stats.completed, 5);
+}
+
+TEST(EngineRecovery, PeerTimeoutOutOfRangeIsRefusedNamingIt) {
+  engine_config c = recovery_config(2, "helix:kvp=2,tpa=1");
+  c.peer_timeout_ms = 0;
+  auto eng = engine::create(c);
+  ASSERT_FALSE(eng.has_value());
+  EXPECT_NE(eng.error().message().find("peer_timeout_ms"), std::string::npos)
+      << eng.error().message();
 }
 
 // Without recovery (the default) the same fault fails the engine, naming the worker.

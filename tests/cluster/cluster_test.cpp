@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <set>
 #include <sstream>
@@ -137,11 +138,8 @@ TEST(Processes, WorkerThatNeverJoinsIsATimeoutNamingIt) {
   EXPECT_NE(msg.find("exited with code 0"), std::string::npos) << msg;
 }
 
-// `recovery`: the engine's mode; worker processes cannot be rebuilt yet, so either way the engine
-// fails naming the worker (with recovery on, saying why it could not recover).
-void expect_killed_worker_fails_the_engine(const std::string& recovery) {
+void expect_killed_worker_fails_the_engine() {
   engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
-  c.recovery = recovery;
   auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
   const auto info = (*eng)->workers();
@@ -167,21 +165,94 @@ void expect_killed_worker_fails_the_engine(const std::string& recovery) {
   const auto s = (*eng)->stats();
   EXPECT_EQ(s.health, actors::engine_health::failed);
   EXPECT_NE(s.failure.message().find("worker 2"), std::string::npos) << s.failure.to_string();
-  if (recovery != "off") {
-    EXPECT_NE(s.failure.message().find("cannot rebuild"), std::string::npos)
-        << s.failure.to_string();
-  }
   EXPECT_EQ((*eng)->submit(r).error().code(), errc::unavailable);
   eng->reset();  // shuts down without hanging
   for (const auto& w : info) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
 }
 
 TEST(Processes, KilledWorkerFailsTheEngineNamingItAndNothingHangs) {
-  expect_killed_worker_fails_the_engine("off");
+  expect_killed_worker_fails_the_engine();
 }
 
-TEST(Processes, KilledWorkerWithRecoveryOnSaysProcessesCannotBeRebuiltYet) {
-  expect_killed_worker_fails_the_engine("full_replay");
+// Greedy and seeded-sampling requests long enough to be decoding when `during` runs (after the
+// first token of the first request); every request's tokens and last event.
+struct long_run {
+  std::vector<std::vector<std::int32_t>> tokens;
+  std::vector<actors::token_event> last;
+};
+long_run serve_long(engine& eng, const std::function<void()>& during = {}) {
+  std::vector<actors::request_handle> handles;
+  for (int i = 0; i < 4; ++i) {
+    request_options r;
+    r.prompt = test_support::random_tokens(9 + 11 * i, eng.vocab(), 40 + static_cast<std::uint64_t>(i));
+    r.max_tokens = 48;
+    if (i % 2 == 1) r.sampling = {0.9f, 40, 0.95f, 3 + static_cast<std::uint64_t>(i)};
+    auto h = eng.submit(r);
+    EXPECT_TRUE(h.has_value()) << h.error().to_string();
+    if (h) handles.push_back(*h);
+  }
+  long_run out;
+  for (std::size_t i = 0; i < handles.size(); ++i) {
+    std::vector<std::int32_t> tokens;
+    actors::token_event last;
+    while (auto e = handles[i].stream->next_for(60s)) {
+      if (e->token >= 0) {
+        EXPECT_EQ(e->index, static_cast<std::int64_t>(tokens.size())) << "a token came twice";
+        tokens.push_back(e->token);
+      }
+      if (i == 0 && tokens.size() == 1 && during) during();
+      if (e->last) {
+        last = *e;
+        break;
+      }
+    }
+    out.tokens.push_back(std::move(tokens));
+    out.last.push_back(std::move(last));
+  }
+  return out;
+}
+
+// kill -9 of a worker process mid-decode with recovery on: the survivors take the ranks of a new
+// layout (weights resharded, a new UCX world among them), the one without a rank stands by, and
+// every request ends as in a run without the kill; nothing outlives the engine.
+TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
+  c.recovery = "full_replay";
+  auto clean = engine::create(c);
+  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
+  const long_run want = serve_long(**clean);
+  clean->reset();
+
+  auto eng = engine::create(c, processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  const long_run got = serve_long(**eng, [&] {
+    ASSERT_EQ(::kill(static_cast<pid_t>(before[1].pid), SIGKILL), 0);
+  });
+  EXPECT_EQ(got.tokens, want.tokens);
+  for (const auto& e : got.last) {
+    EXPECT_EQ(e.reason, finish_reason::length) << e.error.to_string();
+  }
+  const auto s = (*eng)->stats();
+  EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
+  ASSERT_EQ(s.recoveries.size(), 1u);
+  EXPECT_EQ(s.recoveries[0].rank, 1);
+  EXPECT_EQ(s.recoveries[0].pid, before[1].pid);
+  EXPECT_EQ(s.recoveries[0].layout_before, layout::parse("helix:kvp=2,tpa=2")->to_string());
+  const auto after = (*eng)->workers();
+  ASSERT_EQ(after.size(), 2u);  // tiny-llama has no 3-rank helix layout: one stands by
+  EXPECT_EQ(after[0].pid, before[0].pid);
+  EXPECT_EQ(after[1].pid, before[2].pid);
+  EXPECT_TRUE(alive(before[3].pid)) << "the standby lives on";
+  // The engine still serves new requests on the new layout.
+  request_options r;
+  r.prompt = test_support::random_tokens(7, (*eng)->vocab(), 9);
+  r.max_tokens = 4;
+  auto h = (*eng)->submit(r);
+  ASSERT_TRUE(h.has_value()) << h.error().to_string();
+  EXPECT_EQ(h->stream->wait_all().size(), 4u);
+  eng->reset();
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
 }
 
 // A stopped worker (SIGSTOP: its connection stays up, its actor never ends) is noticed by the
