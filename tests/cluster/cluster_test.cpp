@@ -8,7 +8,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <future>
@@ -253,6 +255,91 @@ TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
   EXPECT_EQ(h->stream->wait_all().size(), 4u);
   eng->reset();
   for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+// The pids of the processes whose parent is `parent` and whose command line contains `part`.
+std::vector<pid_t> children_of(pid_t parent, const std::string& part) {
+  std::vector<pid_t> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state = 0;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != parent) continue;
+    std::ifstream cmd(entry.path() / "cmdline");
+    std::string args((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    std::replace(args.begin(), args.end(), '\0', ' ');
+    if (args.find(part) != std::string::npos) out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return out;
+}
+
+// The check: `helix run --processes 4` with one worker process killed by kill -9
+// mid-run completes every request with the output_digest of the run without the kill, and its
+// JSON lists the recovery with the dead worker's pid.
+TEST(Processes, RunWithAWorkerKilledMidRunKeepsTheDigest) {
+  const std::string workload =
+      "run --requests 24 --context 256 --max-tokens 48 --seed 5 --recovery full_replay --json";
+  int rc = -1;
+  const nlohmann::json clean =
+      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 4", rc));
+  ASSERT_EQ(rc, 0);
+  ASSERT_TRUE(clean.contains("output_digest"));
+
+  // Started directly (no shell), so that its worker children are found by their parent.
+  int out_pipe[2];
+  ASSERT_EQ(::pipe(out_pipe), 0);
+  const pid_t run = ::fork();
+  ASSERT_GE(run, 0);
+  if (run == 0) {
+    ::dup2(out_pipe[1], 1);
+    ::close(out_pipe[0]);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    std::vector<std::string> args = {HELIX_CLI};
+    std::istringstream words(workload + " --processes 4");
+    for (std::string w; words >> w;) args.push_back(w);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(HELIX_CLI, argv.data());
+    ::_exit(127);
+  }
+  ::close(out_pipe[1]);
+  auto output = std::async(std::launch::async, [fd = out_pipe[0]] {
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) text.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    return text;
+  });
+  std::vector<pid_t> workers;
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (workers.size() < 4 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(50ms);
+    workers = children_of(run, "worker --join");
+  }
+  ASSERT_EQ(workers.size(), 4u);
+  std::this_thread::sleep_for(1500ms);  // joined, weights built, decoding
+  const pid_t victim = workers[2];
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(run, &wstatus, 0), run);
+  const std::string text = output.get();
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << text;
+  const nlohmann::json got = test_support::last_json(text);
+  ASSERT_TRUE(got.contains("output_digest")) << text;
+  EXPECT_EQ(got["requests_completed"], 24) << text;
+  EXPECT_EQ(got["output_digest"], clean["output_digest"]);
+  ASSERT_EQ(got["recoveries"].size(), 1u) << "the kill came after the run ended? " << text;
+  EXPECT_EQ(got["recoveries"][0]["pid"], victim);
+  for (const pid_t w : workers) EXPECT_FALSE(alive(w)) << "worker pid " << w << " outlived";
 }
 
 // A stopped worker (SIGSTOP: its connection stays up, its actor never ends) is noticed by the
