@@ -310,6 +310,7 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
       return source_ptr->relayout(*sys_ptr, c, g, survivors, standby);
     };
     setup.standbys = [source_ptr] { return source_ptr->standbys(); };
+    setup.dead = [source_ptr] { return source_ptr->dead(); };
   }
   p->engine_actor = spawn_engine(*p->sys, setup, std::move(*workers), p->planner, p->registry);
   p->source->watch(*p->sys, p->engine_actor);

@@ -266,6 +266,11 @@ void recover(self_ptr self, std::int64_t rank, const status& why) {
     return;
   }
   const auto noticed = std::chrono::steady_clock::now();
+  // Who is gone: the members the source knows to be dead (a process that ended), when there are
+  // any, since the rank that reported the failure may only have seen a dead peer; else `rank`.
+  std::vector<std::int64_t> lost = s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{};
+  if (lost.empty()) lost = {rank};
+  rank = lost.front();
   recovery_stats rec;
   rec.rank = rank;
   rec.why = why.to_string();
@@ -292,34 +297,49 @@ void recover(self_ptr self, std::int64_t rank, const status& why) {
       self->send_exit(w, caf::exit_reason::user_shutdown);
     }
   };
-  const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
-  const auto members = static_cast<std::int64_t>(s.workers.size()) - 1 + standbys;
-  auto grid = layout_for_members(s.setup.grid.family, members, s.setup.spec);
-  if (!grid) {
+  const auto give_up = [&](const std::string& what) {
     stop_old();
-    fail_everything(self, why.with_context(fmt::format(
-                              "recovery: no {} layout for {} remaining workers: {}",
-                              layout_family_name(s.setup.grid.family), members, grid.error())));
+    fail_everything(self, why.with_context(fmt::format("recovery: {}", what)));
     answer_drains(s);
-    return;
+  };
+  auto planned = noticed;
+  expected<layout> grid = failed_precondition("no layout yet");
+  expected<std::vector<caf::actor>> fresh = failed_precondition("no relayout yet");
+  // A member that dies while the others rebuild makes the relayout fail: try again without it.
+  for (int attempt = 0;; ++attempt) {
+    const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
+    const auto members = static_cast<std::int64_t>(s.workers.size() - lost.size()) + standbys;
+    grid = layout_for_members(s.setup.grid.family, members, s.setup.spec);
+    if (!grid) {
+      give_up(fmt::format("no {} layout for {} remaining workers: {}",
+                          layout_family_name(s.setup.grid.family), members, grid.error()));
+      return;
+    }
+    // The lowest surviving ranks keep serving, standbys fill what they leave, the rest stand by.
+    std::vector<std::int64_t> survivors;
+    std::vector<std::int64_t> standby;
+    for (std::int64_t r = 0; r < static_cast<std::int64_t>(s.workers.size()); ++r) {
+      if (std::find(lost.begin(), lost.end(), r) != lost.end()) continue;
+      (static_cast<std::int64_t>(survivors.size()) < grid->num_ranks ? survivors : standby)
+          .push_back(r);
+    }
+    planned = std::chrono::steady_clock::now();
+    if (attempt == 0) rec.replan_ms = ms_between(noticed, planned);
+    fresh = s.setup.relayout(*grid, survivors, standby);
+    if (fresh) break;
+    std::vector<std::int64_t> more;
+    for (std::int64_t d : s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{}) {
+      if (std::find(lost.begin(), lost.end(), d) == lost.end()) more.push_back(d);
+    }
+    if (more.empty() || attempt >= 3) {
+      give_up(fresh.error().to_string());
+      return;
+    }
+    logger()->warn("engine: workers {} died during the recovery; trying without them",
+                   fmt::join(more, ", "));
+    lost.insert(lost.end(), more.begin(), more.end());
   }
-  // The lowest surviving ranks keep serving, standbys fill what they leave, the rest stand by.
-  std::vector<std::int64_t> survivors;
-  std::vector<std::int64_t> standby;
-  for (std::int64_t r = 0; r < static_cast<std::int64_t>(s.workers.size()); ++r) {
-    if (r == rank) continue;
-    (static_cast<std::int64_t>(survivors.size()) < grid->num_ranks ? survivors : standby)
-        .push_back(r);
-  }
-  const auto planned = std::chrono::steady_clock::now();
-  rec.replan_ms = ms_between(noticed, planned);
-  auto fresh = s.setup.relayout(*grid, survivors, standby);
   stop_old();
-  if (!fresh) {
-    fail_everything(self, why.with_context(fmt::format("recovery: {}", fresh.error())));
-    answer_drains(s);
-    return;
-  }
   const auto reloaded = std::chrono::steady_clock::now();
   rec.reload_ms = ms_between(planned, reloaded);
   rec.layout_after = grid->to_string();

@@ -124,6 +124,8 @@ struct engine_setup {
       relayout;
   /// Members without a rank that a relayout can use (worker_source::standbys); may be null.
   std::function<std::int64_t()> standbys;
+  /// Ranks whose member is known to be dead (worker_source::dead); may be null.
+  std::function<std::vector<std::int64_t>()> dead;
   /// The worker pids by rank, for reports (worker_source::workers); may be null.
   std::function<std::vector<worker_info>()> workers_info;
 };

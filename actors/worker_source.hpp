@@ -56,6 +56,9 @@ class worker_source {
       const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby);
   /// Members alive without a rank, that a relayout can give one.
   [[nodiscard]] virtual std::int64_t standbys() const { return 0; }
+  /// The ranks whose member is known to have died (a worker process that ended), so that
+  /// recovery drops them rather than a rank that only saw them fail. Default: none known.
+  [[nodiscard]] virtual std::vector<std::int64_t> dead() { return {}; }
   /// The workers started, by rank.
   [[nodiscard]] virtual std::vector<worker_info> workers() const = 0;
 };

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <map>
 #include <caf/io/all.hpp>
 #include <cerrno>
 #include <cstdlib>
@@ -20,6 +21,7 @@
 #include "cluster/messages.hpp"
 #include "core/log.hpp"
 #include "proto/helix.pb.h"
+#include "transport/fault/fault_fabric.hpp"
 #include "transport/netns.hpp"
 #include "transport/ucx_fabric.hpp"
 
@@ -296,7 +298,14 @@ class spawned_source final : public actors::worker_source {
                               std::strerror(errno));
     }
     const auto n = static_cast<std::int32_t>(grid.num_ranks);
-    caf::actor reg = sys.spawn(registrar, n, cluster_config(config, grid), std::vector<worker_info>{});
+    proto_v1::ClusterConfig cc = cluster_config(config, grid);
+    if (!opts_.faults.faults.empty()) {
+      HELIX_RETURN_IF_ERROR(transport::fault::validate(opts_.faults, n));
+      if (!cc.mutable_fault_schedule()->ParseFromString(transport::fault::to_bytes(opts_.faults))) {
+        return internal_error("spawned workers: the fault schedule does not serialize");
+      }
+    }
+    caf::actor reg = sys.spawn(registrar, n, std::move(cc), std::vector<worker_info>{});
     // The middleman listens on loopback only; workers reach it through the front door, which
     // checks the framing before CAF allocates anything (front_door.hpp).
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
@@ -406,15 +415,17 @@ class spawned_source final : public actors::worker_source {
       if (!known(r)) return internal_error("relayout: no worker process at rank {}", r);
       ranks.push_back(member_at(r));
     }
-    while (static_cast<std::int32_t>(ranks.size()) < n && !standbys_.empty()) {
-      ranks.push_back(std::move(standbys_.front()));
-      standbys_.erase(standbys_.begin());
+    // Standbys fill the ranks the survivors leave; the source's lists change only on success.
+    std::vector<member> idle(standbys_.begin(), standbys_.end());
+    while (static_cast<std::int32_t>(ranks.size()) < n && !idle.empty()) {
+      ranks.push_back(std::move(idle.front()));
+      idle.erase(idle.begin());
     }
     if (static_cast<std::int32_t>(ranks.size()) != n) {
       return failed_precondition("relayout: {} ranks for layout {}, only {} workers remain", n,
                                  grid.to_string(), ranks.size());
     }
-    std::vector<member> idle;
+    const std::size_t old_idle = idle.size();
     for (const std::int64_t r : standby) {
       if (known(r)) idle.push_back(member_at(r));
     }
@@ -430,26 +441,49 @@ class spawned_source final : public actors::worker_source {
       caf::anon_send(ranks[static_cast<std::size_t>(r)].agent,
                      relayout_msg{r, n, bytes, reg, engine_});
     }
-    for (member& m : idle) {
-      caf::anon_send(m.agent, relayout_msg{-1, 0, {}, nullptr, engine_});
-      logger()->info("{} (pid {}) stands by", m.info.name, m.info.pid);
-      standbys_.push_back(std::move(m));
+    for (std::size_t i = old_idle; i < idle.size(); ++i) {
+      caf::anon_send(idle[i].agent, relayout_msg{-1, 0, {}, nullptr, engine_});
+      logger()->info("{} (pid {}) stands by", idle[i].info.name, idle[i].info.pid);
     }
     expected<std::vector<caf::actor>> result = internal_error("relayout: no answer");
     {
+      // A member that dies meanwhile fails the relayout at once (its agent ends), not at the
+      // join timeout.
       caf::scoped_actor self{sys};
-      self->request(reg, opts_.join_timeout + std::chrono::seconds(5),
-                    await_workers{opts_.join_timeout.count()})
-          .receive(
-              [&](worker_set& w) {
-                info_ = infos;
-                take(w);
-                result = w.workers;
-              },
-              [&](caf::error& e) {
-                result = make_error(errc::unavailable, "relayout to {}: {}{}", grid.to_string(),
-                                    sys.render(e), exited_children());
-              });
+      for (const member& m : ranks) self->monitor(m.agent);
+      // Sent, not requested: the registrar's answer (or error) comes back as a plain message,
+      // which the loop below takes beside the members' down messages.
+      self->send(reg, await_workers{opts_.join_timeout.count()});
+      bool answered = false;
+      while (!answered) {
+        self->receive(
+            [&](worker_set& w) {
+              answered = true;
+              info_ = infos;
+              standbys_ = idle;
+              take(w);
+              result = w.workers;
+            },
+            [&](caf::error& e) {
+              answered = true;
+              result = make_error(errc::unavailable, "relayout to {}: {}{}", grid.to_string(),
+                                  sys.render(e), exited_children());
+            },
+            [&](caf::down_msg& dm) {
+              for (const member& m : ranks) {
+                if (m.agent.address() != dm.source) continue;
+                answered = true;
+                result = make_error(errc::unavailable,
+                                    "relayout to {}: {} (pid {}) died meanwhile{}",
+                                    grid.to_string(), m.info.name, m.info.pid, exited_children());
+              }
+            },
+            caf::after(opts_.join_timeout + std::chrono::seconds(5)) >> [&] {
+              answered = true;
+              result = make_error(errc::unavailable, "relayout to {}: the registrar never answered",
+                                  grid.to_string());
+            });
+      }
     }
     caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
     if (result) restart_monitor(sys);
@@ -457,6 +491,22 @@ class spawned_source final : public actors::worker_source {
   }
 
   std::int64_t standbys() const override { return static_cast<std::int64_t>(standbys_.size()); }
+
+  // Ranks whose process ended: spawned children are reaped here (waitpid), so a dead one is known
+  // as soon as the kernel says so.
+  std::vector<std::int64_t> dead() override {
+    std::vector<std::int64_t> out;
+    for (const worker_info& w : info_) {
+      if (std::find(pids_.begin(), pids_.end(), static_cast<pid_t>(w.pid)) == pids_.end()) continue;
+      if (reaped_.count(static_cast<pid_t>(w.pid)) == 0) {
+        int wstatus = 0;
+        if (::waitpid(static_cast<pid_t>(w.pid), &wstatus, WNOHANG) != w.pid) continue;
+        reaped_[static_cast<pid_t>(w.pid)] = wstatus;
+      }
+      out.push_back(w.rank);
+    }
+    return out;
+  }
 
  private:
   // A worker process as the engine knows it.
@@ -499,7 +549,13 @@ class spawned_source final : public actors::worker_source {
     std::string out;
     for (const pid_t pid : pids_) {
       int wstatus = 0;
-      if (::waitpid(pid, &wstatus, WNOHANG) != pid) continue;
+      if (const auto it = reaped_.find(pid); it != reaped_.end()) {
+        wstatus = it->second;
+      } else if (::waitpid(pid, &wstatus, WNOHANG) == pid) {
+        reaped_[pid] = wstatus;
+      } else {
+        continue;
+      }
       out += fmt::format("; worker pid {} {}", pid,
                          WIFEXITED(wstatus)
                              ? fmt::format("exited with code {}", WEXITSTATUS(wstatus))
@@ -513,6 +569,7 @@ class spawned_source final : public actors::worker_source {
   std::uint16_t listen_port_ = 0;
   std::function<void(std::uint16_t)> on_listening_;
   std::vector<pid_t> pids_;
+  std::map<pid_t, int> reaped_;  // children already waited for, with their wait status
   std::vector<worker_info> info_;      // by rank
   std::vector<caf::actor> workers_;    // by rank
   std::vector<caf::actor> heartbeats_;  // by rank
@@ -607,7 +664,7 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
                                 const worker_args& w, const caf::actor& reg, std::int32_t rank,
                                 std::int32_t world, const proto_v1::ClusterConfig& cc,
                                 const caf::actor& beat,
-                                std::vector<std::unique_ptr<transport::ucx_fabric>>& fabrics) {
+                                std::vector<std::unique_ptr<transport::fabric>>& fabrics) {
   HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(cc.engine()));
   config.layout = cc.layout();
   config.kv_capacity_tokens_per_worker = cc.kv_capacity_tokens_per_worker();
@@ -623,10 +680,9 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
   fo.transports = w.transports;
   fo.net_devices = w.net_devices;
   fo.default_timeout = std::chrono::milliseconds(config.peer_timeout_ms);
-  HELIX_ASSIGN_OR_RETURN(auto made, transport::make_ucx_fabric(fo));
-  fabrics.push_back(std::move(made));
-  transport::ucx_fabric& fabric = *fabrics.back();
-  const auto addr = fabric.address();
+  HELIX_ASSIGN_OR_RETURN(std::unique_ptr<transport::ucx_fabric> fabric,
+                         transport::make_ucx_fabric(fo));
+  const auto addr = fabric->address();
   status st;
   std::string membership_bytes;
   self->request(
@@ -645,8 +701,18 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
     logger()->debug("{}: rank {} is {} (pid {} on {})", w.name, m.rank(), m.name(), m.pid(),
                     m.host());
   }
-  HELIX_RETURN_IF_ERROR(fabric.connect(addresses));
-  HELIX_ASSIGN_OR_RETURN(auto compute, actors::make_rank_compute(config, grid, rank, fabric));
+  HELIX_RETURN_IF_ERROR(fabric->connect(addresses));
+  if (cc.has_fault_schedule()) {
+    HELIX_ASSIGN_OR_RETURN(auto schedule, transport::fault::parse_schedule(
+                                              cc.fault_schedule().SerializeAsString()));
+    HELIX_ASSIGN_OR_RETURN(auto faulty,
+                           transport::fault::make_fault_fabric(std::move(fabric), schedule));
+    fabrics.push_back(std::move(faulty));
+  } else {
+    fabrics.push_back(std::move(fabric));
+  }
+  HELIX_ASSIGN_OR_RETURN(auto compute,
+                         actors::make_rank_compute(config, grid, rank, *fabrics.back()));
   caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
   self->monitor(worker);
   self->send(reg, ready_msg{rank, worker, beat, caf::actor_cast<caf::actor>(self)});
@@ -676,7 +742,7 @@ bool stop_worker(caf::scoped_actor& self, const caf::actor& worker,
 // failure elsewhere, takes the rank a relayout_msg gives it (or stands by).
 status serve(const worker_args& w) {
   // Declared before the actor system: the workers' communicators belong to them.
-  std::vector<std::unique_ptr<transport::ucx_fabric>> fabrics;
+  std::vector<std::unique_ptr<transport::fabric>> fabrics;
   caf::actor_system_config cfg;
   cfg.add_message_types<caf::id_block::helix_actors>();
   configure_system(cfg);

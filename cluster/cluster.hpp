@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "actors/worker_source.hpp"
+#include "transport/fault/schedule.hpp"
 
 namespace helix::cluster {
 
@@ -47,6 +48,10 @@ struct spawned_workers_options {
   /// "helix0"); empty lets UCX choose.
   std::string transports;
   std::string net_devices;
+  /// Fault injection (the chaos harness): each worker wraps the data plane of its first rank in
+  /// a transport::fault::fault_fabric with this schedule (its own rank's faults fire in it,
+  /// CRASH included); later ranks after a recovery run without faults. Empty: none.
+  transport::fault::fault_schedule faults;
 };
 
 /// A worker source whose workers are child processes of this one.
