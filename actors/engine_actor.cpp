@@ -239,9 +239,12 @@ double ms_between(std::chrono::steady_clock::time_point a,
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// The largest member count up to `members` with a valid layout of `family` for the model.
-expected<layout> layout_for_members(layout_family family, std::int64_t members,
+// The layout in use when enough members remain (standbys took the free ranks); else the largest
+// member count up to `members` with a valid layout of the same family for the model.
+expected<layout> layout_for_members(const layout& current, std::int64_t members,
                                     const model_spec& spec) {
+  if (members >= current.num_ranks) return current;
+  const layout_family family = current.family;
   status last = failed_precondition("no members remain");
   for (std::int64_t m = members; m >= 1; --m) {
     auto g = default_layout(family, m, spec);
@@ -309,7 +312,7 @@ void recover(self_ptr self, std::int64_t rank, const status& why) {
   for (int attempt = 0;; ++attempt) {
     const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
     const auto members = static_cast<std::int64_t>(s.workers.size() - lost.size()) + standbys;
-    grid = layout_for_members(s.setup.grid.family, members, s.setup.spec);
+    grid = layout_for_members(s.setup.grid, members, s.setup.spec);
     if (!grid) {
       give_up(fmt::format("no {} layout for {} remaining workers: {}",
                           layout_family_name(s.setup.grid.family), members, grid.error()));

@@ -203,11 +203,13 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
   if (o.processes > 0) {
     cluster::spawned_workers_options so;
     so.worker_binary = o.worker_binary;
+    so.standbys = static_cast<int>(o.standbys);
     source = cluster::spawned_workers(so);
   } else if (o.listen) {
     cluster::listening_workers_options lo;
     lo.host = o.listen_host;
     lo.port = o.listen_port;
+    lo.standbys = static_cast<int>(o.standbys);
     source = cluster::listening_workers(lo);
   }
   HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng,
@@ -588,6 +590,8 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "  --max-tokens N    tokens generated per turn (default 32)\n"
       "  --seed N          seed of arrivals, lengths and token ids (default 2)\n"
       "  --kv-capacity N   KV tokens per worker (K/M suffixes; default the config's)\n"
+      "  --standby K       with --processes or --listen: K more workers join as standbys,\n"
+      "                    which take a dead worker's rank at a recovery\n"
       "  --recovery MODE   off (a failed worker fails the engine) or full_replay (rebuild the\n"
       "                    workers on the members that remain and replay every request)\n"
       "  --json            the report as JSON\n";
@@ -599,7 +603,8 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   if (const status known =
           a->check_known({"config", "model", "workers", "layout", "agents", "rate", "duration",
                           "requests", "context", "turns", "max-tokens", "seed", "kv-capacity",
-                          "processes", "listen", "expect-workers", "recovery", "json", "help"});
+                          "processes", "listen", "expect-workers", "standby", "recovery", "json",
+                          "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << run_usage;
     return 2;
@@ -671,6 +676,15 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     o.engine.num_workers = static_cast<int>(*expect);
   } else if (a->has("expect-workers")) {
     return usage_error("--expect-workers goes with --listen");
+  }
+  if (a->has("standby")) {
+    const auto k = a->get_int("standby", 0);
+    if (!k) return usage_error(k.error().message());
+    if (*k < 0 || *k > 64) return usage_error("--standby takes 0 to 64");
+    if (!o.listen && o.processes == 0) {
+      return usage_error("--standby goes with --processes or --listen (threads need none)");
+    }
+    o.standbys = *k;
   }
   o.engine.kv_capacity_tokens_per_worker = *kv;
   o.max_agents = *agents;

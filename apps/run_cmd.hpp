@@ -60,6 +60,9 @@ struct workload_options {
   /// `worker_binary` (cluster::spawned_workers) instead of threads of this process.
   std::int64_t processes = 0;
   std::string worker_binary;
+  /// With processes or listen: this many more workers join as standbys (a recovery gives them
+  /// the ranks of dead workers).
+  std::int64_t standbys = 0;
   /// Set: the workers are started by hand or a scheduler and join at listen_host:listen_port
   /// (cluster::listening_workers); engine.num_workers of them.
   bool listen = false;

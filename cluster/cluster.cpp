@@ -64,6 +64,12 @@ struct registrar_state {
   std::vector<caf::actor> heartbeats;
   std::vector<caf::actor> agents;
   std::int32_t ready = 0;
+  // Standbys: joined past the ranks, up to standbys_expected; ready once their agent is known.
+  std::int32_t standbys_expected = 0;
+  std::vector<worker_info> standby_joined;
+  std::vector<caf::actor> standby_agents;
+  std::vector<caf::actor> standby_heartbeats;
+  std::int32_t standbys_ready = 0;
   std::vector<caf::response_promise> engine;
   bool answered = false;
 };
@@ -72,13 +78,19 @@ using registrar_ptr = caf::stateful_actor<registrar_state>*;
 
 void answer_engine(registrar_ptr self) {
   auto& st = self->state;
-  if (st.answered || st.ready < st.expected) return;
+  if (st.answered || st.ready < st.expected || st.standbys_ready < st.standbys_expected) return;
   st.answered = true;
-  worker_set w{st.workers, st.heartbeats, st.agents, {}, {}, {}};
+  worker_set w{st.workers, st.heartbeats, st.agents, {}, {}, {}, st.standby_agents,
+               st.standby_heartbeats, {}, {}, {}};
   for (const worker_info& j : st.joined) {
     w.pids.push_back(j.pid);
     w.hosts.push_back(j.host);
     w.names.push_back(j.name);
+  }
+  for (const worker_info& j : st.standby_joined) {
+    w.standby_pids.push_back(j.pid);
+    w.standby_hosts.push_back(j.host);
+    w.standby_names.push_back(j.name);
   }
   for (auto& p : st.engine) p.deliver(w);
   st.engine.clear();
@@ -113,10 +125,13 @@ membership_msg make_membership(const registrar_state& st) {
 
 // `members`: empty at the start (workers join); after a failure, the processes that take the
 // new ranks (they joined before; each is told its rank by relayout_msg).
-caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::ClusterConfig config,
-                        std::vector<worker_info> members) {
+caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::int32_t standbys,
+                        proto_v1::ClusterConfig config, std::vector<worker_info> members) {
   auto& st = self->state;
   st.expected = expected;
+  st.standbys_expected = standbys;
+  st.standby_agents.resize(static_cast<std::size_t>(standbys));
+  st.standby_heartbeats.resize(static_cast<std::size_t>(standbys));
   st.config = std::move(config);
   st.joined = std::move(members);
   st.addresses.resize(static_cast<std::size_t>(expected));
@@ -128,6 +143,21 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::Clu
         auto& st = self->state;
         auto j = read_join_request(m.request);
         if (!j) return refuse_join_msg(self, j.error());
+        const bool standby_free =
+            static_cast<std::int32_t>(st.standby_joined.size()) < st.standbys_expected;
+        if (j->standby() && !standby_free) {
+          return refuse_join_msg(
+              self, failed_precondition("worker '{}' (pid {} on {}) asks to stand by, but the "
+                                        "engine expects {} standbys and has them",
+                                        j->name(), j->pid(), j->host(), st.standbys_expected));
+        }
+        if ((j->standby() || static_cast<std::int32_t>(st.joined.size()) >= st.expected) &&
+            standby_free) {
+          st.standby_joined.push_back({-1, j->pid(), j->host(), j->name()});
+          logger()->info("worker {} joined as a standby (pid {}, host {}; {})", j->name(),
+                         j->pid(), j->host(), describe(j->capabilities()));
+          return join_reply_msg{to_bytes(accept_join(-1, st.expected, st.config))};
+        }
         if (static_cast<std::int32_t>(st.joined.size()) >= st.expected) {
           return refuse_join_msg(
               self, failed_precondition("worker '{}' (pid {} on {}): the engine already has its "
@@ -163,6 +193,17 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::Clu
       },
       [self](ready_msg& r) {
         auto& st = self->state;
+        if (r.rank == -1) {
+          for (std::size_t i = 0; i < st.standby_joined.size(); ++i) {
+            if (st.standby_joined[i].pid != r.pid || st.standby_agents[i]) continue;
+            st.standby_agents[i] = std::move(r.agent);
+            st.standby_heartbeats[i] = std::move(r.heartbeat);
+            ++st.standbys_ready;
+            answer_engine(self);
+            return;
+          }
+          return;
+        }
         if (r.rank < 0 || r.rank >= st.expected) return;
         auto& slot = st.workers[static_cast<std::size_t>(r.rank)];
         if (!slot) ++st.ready;
@@ -190,6 +231,9 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, proto_v1::Clu
                                                       st.joined[static_cast<std::size_t>(r)].name,
                                                       st.joined[static_cast<std::size_t>(r)].pid)
                                         : std::string("never joined"));
+        }
+        for (std::int32_t i = st.standbys_ready; i < st.standbys_expected; ++i) {
+          missing += fmt::format("{}a standby", missing.empty() ? "" : ", ");
         }
         const std::string why =
             fmt::format("{} of {} workers ready; missing: {}", st.ready, st.expected, missing);
@@ -260,6 +304,7 @@ class spawned_source final : public actors::worker_source {
       : listening_(true), listen_port_(l.port), on_listening_(l.on_listening) {
     opts_.host = l.host;
     opts_.join_timeout = l.join_timeout;
+    opts_.standbys = l.standbys;
   }
 
   ~spawned_source() override {
@@ -271,6 +316,8 @@ class spawned_source final : public actors::worker_source {
         const pid_t w = ::waitpid(pid, &wstatus, WNOHANG);
         if (w == pid || (w < 0 && errno != EINTR)) break;
         if (std::chrono::steady_clock::now() >= until) {
+          logger()->warn("worker pid {} did not exit within 5 s of the engine's end; killing it",
+                         pid);
           ::kill(pid, SIGKILL);
           ::waitpid(pid, &wstatus, 0);
           break;
@@ -305,7 +352,7 @@ class spawned_source final : public actors::worker_source {
         return internal_error("spawned workers: the fault schedule does not serialize");
       }
     }
-    caf::actor reg = sys.spawn(registrar, n, std::move(cc), std::vector<worker_info>{});
+    caf::actor reg = sys.spawn(registrar, n, opts_.standbys, std::move(cc), std::vector<worker_info>{});
     // The middleman listens on loopback only; workers reach it through the front door, which
     // checks the framing before CAF allocates anything (front_door.hpp).
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
@@ -322,11 +369,11 @@ class spawned_source final : public actors::worker_source {
     door_ = std::move(*door);
     const std::string join = fmt::format("{}:{}", opts_.host, door_->port());
     if (listening_) {
-      logger()->info("waiting up to {} ms for {} workers: helix worker --join {}",
-                     opts_.join_timeout.count(), n, join);
+      logger()->info("waiting up to {} ms for {} workers and {} standbys: helix worker --join {}",
+                     opts_.join_timeout.count(), n, opts_.standbys, join);
       if (on_listening_) on_listening_(door_->port());
     }
-    for (std::int32_t r = 0; spawn && r < n; ++r) {
+    for (std::int32_t r = 0; spawn && r < n + opts_.standbys; ++r) {
       std::vector<std::string> args = {"helix", "worker", "--join",
                                        join,    "--name", fmt::format("worker-{}", r)};
       if (opts_.threads > 0) {
@@ -373,6 +420,12 @@ class spawned_source final : public actors::worker_source {
                   info_.push_back(
                       {static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
                 }
+                for (std::size_t i = 0; i < w.standby_agents.size(); ++i) {
+                  standbys_.push_back({{-1, w.standby_pids[i], w.standby_hosts[i],
+                                        w.standby_names[i]},
+                                       w.standby_agents[i],
+                                       w.standby_heartbeats[i]});
+                }
                 take(w);
                 result = w.workers;
               },
@@ -392,6 +445,10 @@ class spawned_source final : public actors::worker_source {
   void watch(caf::actor_system& sys, const caf::actor& engine) override {
     engine_ = engine;
     restart_monitor(sys);
+    // Standbys learn the engine actor now, and end with it.
+    for (const member& m : standbys_) {
+      caf::anon_send(m.agent, relayout_msg{-1, 0, {}, nullptr, engine_});
+    }
   }
 
   // Survivors (and standbys) become the new ranks: each is sent its rank through its agent, stops
@@ -435,7 +492,7 @@ class spawned_source final : public actors::worker_source {
       infos.push_back(ranks[static_cast<std::size_t>(r)].info);
       infos.back().rank = r;
     }
-    caf::actor reg = sys.spawn(registrar, n, cc, infos);
+    caf::actor reg = sys.spawn(registrar, n, 0, cc, infos);
     const std::string bytes = to_bytes(cc);
     for (std::int32_t r = 0; r < n; ++r) {
       caf::anon_send(ranks[static_cast<std::size_t>(r)].agent,
@@ -602,20 +659,27 @@ struct worker_args {
   std::string netns;        // entered before anything else
   std::string transports;   // ucx_fabric_options::transports
   std::string net_devices;  // ucx_fabric_options::net_devices
+  bool standby = false;     // join as a standby
 };
 
 constexpr const char* worker_usage =
     "usage: helix worker --join HOST:PORT [--threads N] [--name NAME] [--timeout-ms MS]\n"
-    "                    [--netns NAME] [--transports TLS] [--net-devices DEVS]\n"
+    "                    [--netns NAME] [--transports TLS] [--net-devices DEVS] [--standby]\n"
     "  Runs one worker of an engine: joins it at HOST:PORT, receives its rank, layout and\n"
     "  model, and serves until the engine stops it (or goes away: then it exits 1).\n"
     "  --netns enters a network namespace first (root); --transports and --net-devices limit\n"
-    "  the UCX data plane (UCX_TLS and UCX_NET_DEVICES syntax).\n";
+    "  the UCX data plane (UCX_TLS and UCX_NET_DEVICES syntax). --standby joins without a\n"
+    "  rank (the engine must expect standbys: helix run --standby K) and takes a dead worker's\n"
+    "  rank at a recovery.\n";
 
 expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
   worker_args w;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
+    if (a == "--standby") {
+      w.standby = true;
+      continue;
+    }
     if (i + 1 >= args.size()) return invalid_argument("flag {} needs a value", a);
     const std::string& v = args[++i];
     if (a == "--join") {
@@ -715,7 +779,8 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
                          actors::make_rank_compute(config, grid, rank, *fabrics.back()));
   caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
   self->monitor(worker);
-  self->send(reg, ready_msg{rank, worker, beat, caf::actor_cast<caf::actor>(self)});
+  self->send(reg, ready_msg{rank, worker, beat, caf::actor_cast<caf::actor>(self),
+                            static_cast<std::int64_t>(::getpid())});
   logger()->info("{}: rank {} of {} ({}) ready", w.name, rank, world, grid.to_string());
   return worker;
 }
@@ -761,7 +826,7 @@ status serve(const worker_args& w) {
   status st;
   std::string reply_bytes;
   const worker_identity id{static_cast<std::int64_t>(::getpid()), hostname(), w.name, w.threads,
-                           w.ucx_tls};
+                           w.ucx_tls, w.standby};
   self->request(*reg, w.timeout, join_msg{to_bytes(make_join_request(id))})
       .receive([&](join_reply_msg& r) { reply_bytes = std::move(r.reply); },
                [&](caf::error& e) {
@@ -774,13 +839,20 @@ status serve(const worker_args& w) {
   auto last_ping = std::make_shared<std::atomic<std::int64_t>>(0);
   caf::actor beat = sys.spawn(heartbeat, last_ping);
   std::int32_t rank = reply->rank();
-  auto first = build_rank(self, sys, w, *reg, rank, reply->world_size(), reply->config(), beat,
-                          fabrics);
-  if (!first) {
-    self->send_exit(beat, caf::exit_reason::user_shutdown);
-    return first.error();
+  caf::actor worker;  // none while standing by
+  if (reply->standby()) {
+    self->send(*reg, ready_msg{-1, nullptr, beat, caf::actor_cast<caf::actor>(self),
+                               static_cast<std::int64_t>(::getpid())});
+    logger()->info("{}: joined {} as a standby", w.name, engine_at);
+  } else {
+    auto first = build_rank(self, sys, w, *reg, rank, reply->world_size(), reply->config(), beat,
+                            fabrics);
+    if (!first) {
+      self->send_exit(beat, caf::exit_reason::user_shutdown);
+      return first.error();
+    }
+    worker = std::move(*first);
   }
-  caf::actor worker = std::move(*first);
   caf::actor engine;  // known once a relayout_msg named it; a standby ends with it
   // Serve until the engine stops the worker actor. An engine that went away (its process ended,
   // its host vanished, the connection broke) stops pinging: once it has been silent for
@@ -835,8 +907,15 @@ status serve(const worker_args& w) {
         },
         caf::after(heartbeat_period) >>
             [&] {
-              if (!worker) return;  // standing by
               const auto now = std::chrono::steady_clock::now();
+              if (!worker) {  // standing by: ends with the engine actor, once it knows it
+                if (!engine && now - ready_at > w.timeout) {
+                  outcome = unavailable("{}: standing by for {} ms, never told the engine",
+                                        engine_at, w.timeout.count());
+                  done = true;
+                }
+                return;
+              }
               const std::int64_t last = last_ping->load();
               std::string silence;
               if (last == 0) {

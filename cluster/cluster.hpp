@@ -40,6 +40,9 @@ struct spawned_workers_options {
   std::chrono::milliseconds join_timeout{60000};
   /// Kernel threads per worker process (0: the engine config's threads_per_worker).
   int threads = 0;
+  /// Worker processes started beyond the layout's ranks: they join as standbys, hold nothing,
+  /// and take a dead worker's rank at a recovery (engine_config::recovery).
+  int standbys = 0;
   /// Empty, or one network namespace per rank (a name under /var/run/netns, e.g. from
   /// transport::netns_hosts) that worker enters first: workers as hosts on one machine. `host`
   /// must then be reachable from every one of them.
@@ -62,6 +65,9 @@ struct listening_workers_options {
   std::string host = "127.0.0.1";
   std::uint16_t port = 0;  // 0: any free port (logged, and given to on_listening)
   std::chrono::milliseconds join_timeout{60000};
+  /// Standbys expected beyond the layout's ranks (joining workers past the ranks become
+  /// standbys until this many have joined).
+  int standbys = 0;
   /// Called (on the engine's creating thread) once the port listens, with its number.
   std::function<void(std::uint16_t)> on_listening;
 };

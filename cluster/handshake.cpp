@@ -67,6 +67,7 @@ proto_v1::JoinRequest make_join_request(const worker_identity& id) {
   r.set_pid(id.pid);
   r.set_host(id.host);
   r.set_name(id.name);
+  r.set_standby(id.standby);
   auto& c = *r.mutable_capabilities();
   for (auto& t : split_commas(id.ucx_tls)) c.add_ucx_transports(std::move(t));
   c.set_device("cpu");
@@ -112,6 +113,7 @@ proto_v1::JoinReply accept_join(std::int32_t rank, std::int32_t world_size,
   r.set_accepted(true);
   r.set_rank(rank);
   r.set_world_size(world_size);
+  r.set_standby(rank < 0);
   *r.mutable_config() = std::move(config);
   return r;
 }
@@ -130,7 +132,8 @@ expected<proto_v1::JoinReply> read_join_reply(std::string_view bytes) {
                                helix_version(), why);
   }
   if (!r.accepted()) return failed_precondition("refused by the engine{}", why);
-  if (r.world_size() < 1 || r.rank() < 0 || r.rank() >= r.world_size() || !r.has_config()) {
+  const bool rank_ok = r.standby() ? r.rank() == -1 : r.rank() >= 0 && r.rank() < r.world_size();
+  if (r.world_size() < 1 || !rank_ok || !r.has_config()) {
     return invalid_argument("the engine accepted us as rank {} of {}{}", r.rank(), r.world_size(),
                             r.has_config() ? "" : " without a cluster config");
   }

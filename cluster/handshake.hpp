@@ -41,6 +41,7 @@ struct worker_identity {
   int threads = 0;  // --threads; 0: the engine config's
   /// The UCX transports the worker is restricted to (UCX_TLS syntax); empty: any.
   std::string ucx_tls;
+  bool standby = false;  // --standby: join without a rank
 };
 
 /// The JoinRequest a worker of this build sends: our protocol and helix versions, `id`, and the
@@ -56,7 +57,8 @@ struct worker_identity {
 
 /// Engine side: a reply refusing the join for `reason`; it carries the engine's versions.
 [[nodiscard]] proto_v1::JoinReply refuse_join(std::string_view reason);
-/// Engine side: a reply giving the worker `rank` of `world_size` in a cluster run by `config`.
+/// Engine side: a reply giving the worker `rank` of `world_size` in a cluster run by `config`;
+/// rank -1 accepts it as a standby (JoinReply.standby), without a rank until a recovery.
 [[nodiscard]] proto_v1::JoinReply accept_join(std::int32_t rank, std::int32_t world_size,
                                               proto_v1::ClusterConfig config);
 

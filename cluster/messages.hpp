@@ -12,7 +12,8 @@
 //   worker    -> registrar  address_msg{rank, UCX address}
 //   registrar -> workers    membership_msg{Membership: every rank's name, pid, host and UCX
 //                           address}, once all addresses are in; workers connect UCX from it.
-//   worker    -> registrar  ready_msg{rank, worker actor, heartbeat actor, agent}
+//   worker    -> registrar  ready_msg{rank, worker actor, heartbeat actor, agent, pid}; a
+//                           standby (JoinReply.standby) sends rank -1 and no worker at once
 //   source    -> agents     relayout_msg{new rank, world, ClusterConfig, a new registrar, engine}
 //                           after a failure (recovery): each survivor repeats address_msg and
 //                           ready_msg with the new registrar; rank -1 stands by
@@ -57,6 +58,7 @@ struct ready_msg {
   caf::actor worker;
   caf::actor heartbeat;  // answers ping_atom at once, even while the worker computes
   caf::actor agent;      // the process's agent: takes relayout_msg
+  std::int64_t pid = 0;  // names a standby (rank -1, no worker) among those that joined
 };
 /// Engine (its worker source) -> a worker process's agent, after a failure elsewhere: the process
 /// is now rank `rank` of `world` under `config` (a serialized proto_v1::ClusterConfig with the new
@@ -81,6 +83,12 @@ struct worker_set {
   std::vector<std::int64_t> pids;
   std::vector<std::string> hosts;
   std::vector<std::string> names;
+  // Standbys (joined without a rank), in join order.
+  std::vector<caf::actor> standby_agents;
+  std::vector<caf::actor> standby_heartbeats;
+  std::vector<std::int64_t> standby_pids;
+  std::vector<std::string> standby_hosts;
+  std::vector<std::string> standby_names;
 };
 
 template <class Inspector>
@@ -101,7 +109,7 @@ typename Inspector::result_type inspect(Inspector& f, membership_msg& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_msg& x) {
-  return f(caf::meta::type_name("ready_msg"), x.rank, x.worker, x.heartbeat, x.agent);
+  return f(caf::meta::type_name("ready_msg"), x.rank, x.worker, x.heartbeat, x.agent, x.pid);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, relayout_msg& x) {
@@ -114,7 +122,8 @@ typename Inspector::result_type inspect(Inspector& f, await_workers& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_set& x) {
   return f(caf::meta::type_name("worker_set"), x.workers, x.heartbeats, x.agents, x.pids, x.hosts,
-           x.names);
+           x.names, x.standby_agents, x.standby_heartbeats, x.standby_pids, x.standby_hosts,
+           x.standby_names);
 }
 
 }  // namespace helix::cluster

@@ -322,6 +322,41 @@ TEST(Processes, TwoWorkersKilledOneAfterTheOtherAreBothRecovered) {
   for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
 }
 
+// A standby started with the engine takes the dead worker's rank: the layout stays the same.
+TEST(Processes, StandbyTakesTheDeadWorkersRankAndTheLayoutStays) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  c.recovery = "full_replay";
+  auto clean = engine::create(c);
+  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
+  const long_run want = serve_long(**clean);
+  clean->reset();
+  spawned_workers_options o;
+  o.worker_binary = HELIX_CLI;
+  o.standbys = 1;
+  auto eng = engine::create(c, spawned_workers(o));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  ASSERT_EQ(before.size(), 4u);
+  const long_run got = serve_long(**eng, [&](std::size_t tokens) {
+    if (tokens == 3) {
+      ASSERT_EQ(::kill(static_cast<pid_t>(before[1].pid), SIGKILL), 0);
+    }
+  });
+  EXPECT_EQ(got.tokens, want.tokens);
+  const auto s = (*eng)->stats();
+  ASSERT_EQ(s.recoveries.size(), 1u);
+  EXPECT_EQ(s.recoveries[0].layout_after, s.recoveries[0].layout_before);
+  const auto after = (*eng)->workers();
+  ASSERT_EQ(after.size(), 4u);
+  std::set<std::int64_t> old_pids;
+  for (const auto& w : before) old_pids.insert(w.pid);
+  EXPECT_EQ(old_pids.count(after[3].pid), 0u) << "the standby is rank 3 now";
+  const std::int64_t standby_pid = after[3].pid;
+  eng->reset();
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+  EXPECT_FALSE(alive(standby_pid));
+}
+
 // The pids of the processes whose parent is `parent` and whose command line contains `part`.
 std::vector<pid_t> children_of(pid_t parent, const std::string& part) {
   std::vector<pid_t> out;
@@ -638,6 +673,13 @@ TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesBadJoins) {
                                      protocol_version, protocol_version)),
               std::string::npos)
         << wrong;
+    const std::string spare =
+        join_verdict(*cs.sys, port, to_bytes(make_join_request({1, "elsewhere", "spare", 0, "",
+                                                                /*standby=*/true})));
+    EXPECT_NE(spare.find("worker 'spare' (pid 1 on elsewhere) asks to stand by, but the engine "
+                         "expects 0 standbys"),
+              std::string::npos)
+        << spare;
     const std::string garbage = join_verdict(*cs.sys, port, std::string(4096, '\xff'));
     EXPECT_NE(garbage.find("(4096 bytes) does not parse as helix.proto_v1.JoinRequest"),
               std::string::npos)
