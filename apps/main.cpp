@@ -7,6 +7,7 @@
 #include "apps/bench_attention.hpp"
 #include "apps/bench_decode.hpp"
 #include "apps/bench_transport.hpp"
+#include "apps/chaos_cmd.hpp"
 #include "apps/demo_cmd.hpp"
 #include "apps/generate_cmd.hpp"
 #include "apps/plan_cmd.hpp"
@@ -27,6 +28,7 @@ constexpr const char* usage =
     "  bench transport   collectives per backend (local, UCX shm/tcp) against memcpy\n"
     "  run               a multi-agent workload on the embedded engine: latency, tokens/s, KV\n"
     "  worker            one worker process of an engine: helix worker --join HOST:PORT\n"
+    "  chaos             seeded fault schedules on the engine: recovery, exactness, no hang\n"
     "  demo              the default job of `make run`: exactness, agents and a long decode\n"
     "  plan              layout search: Pareto frontiers, Helix's headline ratios, --ttl-ms query\n"
     "  calibrate         measure this machine for the planner's cpu preset\n"
@@ -60,6 +62,7 @@ int run(std::vector<std::string> args) {
   if (cmd == "generate") return helix::apps::run_generate(rest, std::cout, std::cerr);
   if (cmd == "verify") return helix::apps::run_verify(rest, std::cout, std::cerr);
   if (cmd == "run") return helix::apps::run_workload(rest, std::cout, std::cerr);
+  if (cmd == "chaos") return helix::apps::run_chaos_cmd(rest, std::cout, std::cerr);
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
   if (cmd == "plan") return helix::apps::run_plan(rest, std::cout, std::cerr);
   if (cmd == "calibrate") return helix::apps::run_calibrate(rest, std::cout, std::cerr);

@@ -249,6 +249,25 @@ TEST(FaultInjection, NthCallCountsPerKindAcrossTheRanksGroups) {
   EXPECT_EQ(fab->injected(), want);
 }
 
+// calls() counts every call a rank made, per kind and in all, the faulty ones included; ranks
+// that made none count 0.
+TEST(FaultInjection, CallsAreCountedPerRankAndKind) {
+  auto fab = local_faults(1, {spec(fault_action::fail, 0, call_kind::barrier, 2)});
+  auto c = world(*fab, 0);
+  float x = 1.f;
+  EXPECT_TRUE(one_all_reduce(*c, x).ok());
+  EXPECT_TRUE(c->barrier().ok());
+  EXPECT_EQ(c->barrier().code(), errc::unavailable);
+  EXPECT_TRUE(one_all_reduce(*c, x).ok());
+  EXPECT_TRUE(one_all_reduce(*c, x).ok());
+  EXPECT_EQ(fab->calls(0, call_kind::all_reduce), 3u);
+  EXPECT_EQ(fab->calls(0, call_kind::barrier), 2u);
+  EXPECT_EQ(fab->calls(0, call_kind::any), 5u);
+  EXPECT_EQ(fab->calls(0, call_kind::all_gather), 0u);
+  EXPECT_EQ(fab->calls(1, call_kind::any), 0u);
+  EXPECT_EQ(fab->calls(-1, call_kind::any), 0u);
+}
+
 TEST(FaultInjection, AFaultForEveryRankHitsEachAtItsOwnNthCall) {
   auto fab = local_faults(3, {spec(fault_action::fail, std::nullopt, call_kind::barrier, 2)});
   run_threads(*fab, [&](int, communicator& c) {

@@ -73,6 +73,13 @@ std::vector<injected_fault> fault_injector::injected() const {
   return injected_;
 }
 
+std::uint64_t fault_injector::calls(int rank, call_kind kind) const {
+  std::lock_guard lk(mu_);
+  const auto idx = static_cast<std::size_t>(rank);
+  if (rank < 0 || idx >= ranks_.size() || ranks_[idx].calls.empty()) return 0;
+  return ranks_[idx].calls[static_cast<std::size_t>(kind)];
+}
+
 void fault_injector::abort(status reason) {
   if (reason.ok()) reason = status(errc::aborted, "transport aborted");
   {

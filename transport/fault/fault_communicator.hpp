@@ -101,6 +101,10 @@ class fault_injector {
 
   /// Every fault injected so far, in injection order (across ranks: the order the calls came).
   [[nodiscard]] std::vector<injected_fault> injected() const;
+  /// How many calls of `kind` global rank `rank` has made so far (`any`: all its calls), faulty
+  /// or not; 0 for a rank that made none. For a chaos harness that sizes nth from a fault-free
+  /// run.
+  [[nodiscard]] std::uint64_t calls(int rank, call_kind kind) const;
 
   /// Ends every HANG now and later with `reason` (aborted when ok). Idempotent: the first reason
   /// wins. fault_fabric::abort calls it.

@@ -44,6 +44,10 @@ class fault_fabric final : public fabric {
   void set_tag(int rank, call_tag tag) { injector_->set_tag(rank, tag); }
   /// Every fault injected so far (by this process's ranks), in injection order.
   [[nodiscard]] std::vector<injected_fault> injected() const { return injector_->injected(); }
+  /// Calls of `kind` made by global rank `rank` through this fabric's communicators so far.
+  [[nodiscard]] std::uint64_t calls(int rank, call_kind kind) const {
+    return injector_->calls(rank, kind);
+  }
   [[nodiscard]] const fault_schedule& schedule() const { return injector_->schedule(); }
   [[nodiscard]] fabric& inner() { return inner_; }
 
