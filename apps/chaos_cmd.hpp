@@ -2,7 +2,8 @@
 // (workers as threads of this process, engine_config::recovery = "full_replay", a short
 // engine_config::peer_timeout_ms) once without faults, then under N fault schedules injected
 // into the workers' data plane (transport/fault/), and checks after each schedule that the
-// engine kept its promises. Called by apps/main.cpp and the tests.
+// engine kept its promises. Called by apps/main.cpp and the tests. The harness is in
+// chaos_run.cpp, the command line and the reports in chaos_cmd.cpp.
 //
 // The workload: --requests requests (default 5), all submitted at once; request i has a prompt of
 // 6 + 9 * (i % 5) seeded tokens, prefilled in chunks of 16 (so some faults hit prefill and some
@@ -106,8 +107,9 @@ struct chaos_report {
   std::vector<std::int64_t> prompt_tokens;  // per request
   std::vector<std::int64_t> decode_tokens;  // per request: its max_tokens
   std::int64_t synthetic_context_tokens = 0;
-  std::int64_t schedules = 0;         // schedules run
-  std::int64_t faults_scheduled = 0;  // faults in the schedules run
+  std::int64_t synthetic_request = 0;  // the request that starts over the synthetic context
+  std::int64_t schedules = 0;          // schedules run
+  std::int64_t faults_scheduled = 0;   // faults in the schedules run
   /// Faults that fired: a call of a faulty rank was delayed, failed or hung (counted by the fault
   /// fabrics' records over every data plane of the schedule; a fault that never came to its nth
   /// call, e.g. because the requests ended first, is scheduled but not injected).
@@ -134,6 +136,10 @@ struct chaos_report {
   double wall_s = 0.0;
   double fault_free_s = 0.0;  // the fault-free run's wall time (engine build included)
 };
+
+/// invalid_argument, naming the flag, for options out of their bounds (run_chaos checks them
+/// too; the engine config's own checks come at engine::create).
+[[nodiscard]] status validate(const chaos_options& o);
 
 /// The seed of schedule `index` of a run seeded `seed`: a Philox hash of both (core/rng.hpp,
 /// rng_purpose::faults), so runs with nearby seeds share no schedules.
