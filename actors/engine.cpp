@@ -169,6 +169,14 @@ status validate(const engine_config& c) {
   return ok_status();
 }
 
+// CAF 0.17 keeps the actor system's logger in a thread-local of every thread that built the
+// system or a scoped actor, and ~actor_system waits until each such reference is gone: a
+// caller's thread that ever called stats() and lives on would block the engine's destructor
+// forever. Every API call that touched CAF on a caller's thread drops that reference after.
+void forget_system_on_this_thread() {
+  caf::logger::set_current_actor_system(nullptr);
+}
+
 struct engine::impl {
   engine_config config;
   layout grid;
@@ -203,6 +211,7 @@ struct engine::impl {
         self->send_exit(w, caf::exit_reason::user_shutdown);
       }
     }
+    forget_system_on_this_thread();
     engine_actor = nullptr;
     planner = nullptr;
     {
@@ -316,6 +325,7 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
   p->source->watch(*p->sys, p->engine_actor);
   logger()->info("engine: {} on {} workers, layout {}, {} KV blocks of {} tokens per worker",
                  s.name, grid.num_ranks, grid.to_string(), slots, config.block_tokens);
+  forget_system_on_this_thread();
   return p;
 }
 
@@ -451,6 +461,7 @@ engine_stats engine::stats() {
               answered = true;
             },
             [](caf::error&) {});
+    forget_system_on_this_thread();
   }
   if (!answered) out = p_->registry->snapshot();
   // Health, failure and refusals live on this side (see messages.hpp).

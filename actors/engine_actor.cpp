@@ -260,8 +260,10 @@ expected<layout> layout_for_members(const layout& current, std::int64_t members,
 // lost and no token is emitted twice. Without recovery, or when it fails, the engine fails.
 void recover(self_ptr self, std::int64_t rank, const status& why) {
   engine_state& s = self->state;
-  if (!s.broken.ok() || s.draining) return;
-  if (!s.setup.relayout) {
+  if (!s.broken.ok() || (s.draining && !s.busy)) return;  // idle at shutdown: workers end
+  // Shutting down (draining) or recovery off: the step in flight can never complete; every
+  // request ends with the cause and a drain is answered now.
+  if (!s.setup.relayout || s.draining) {
     s.busy = false;
     s.pending = 0;
     fail_everything(self, why);
@@ -686,17 +688,7 @@ bool end_or_mark(self_ptr self, std::uint64_t id, Ending&& end_queued, bool requ
 
 // Worker `rank` ended or stopped answering while the engine serves.
 void worker_lost(self_ptr self, std::int64_t rank, const std::string& why) {
-  engine_state& st = self->state;
-  if (st.draining || !st.broken.ok()) return;
-  const status lost = make_error(errc::unavailable, "worker {} lost: {}", rank, why);
-  if (st.setup.relayout) {
-    recover(self, rank, lost);
-    return;
-  }
-  st.busy = false;  // the step in flight can no longer complete
-  st.pending = 0;
-  fail_everything(self, lost);
-  answer_drains(st);
+  recover(self, rank, make_error(errc::unavailable, "worker {} lost: {}", rank, why));
 }
 
 caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::actor> workers,

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <limits>
@@ -87,6 +88,47 @@ TEST(EngineRobustness, NucleusSamplingOnALargeVocabularyDoesNotBreakTheEngine) {
 }
 
 // prompt_len + max_tokens + block_tokens - 1 used to overflow into a small number and pass.
+// A thread that called stats() and lives on, and an engine built on another thread than the
+// one that destroys it: the destructor still returns at once (CAF keeps a reference to its
+// logger in every thread that used it; the engine drops it after each call).
+TEST(EngineRobustness, DestructorDoesNotWaitForOtherThreadsThatUsedTheEngine) {
+  engine_config c;
+  c.model = "tiny-llama";
+  c.num_workers = 2;
+  std::unique_ptr<engine> eng;
+  std::thread([&] {
+    auto made = engine::create(c);
+    ASSERT_TRUE(made.has_value()) << made.error().to_string();
+    eng = std::move(*made);
+  }).join();
+  ASSERT_NE(eng, nullptr);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool asked = false;
+  bool release = false;
+  std::thread bystander([&] {
+    (void)eng->stats();
+    std::unique_lock lk(mu);
+    asked = true;
+    cv.notify_all();
+    // Alive until the engine is gone (bounded: a regression fails the time check, not hangs).
+    cv.wait_for(lk, std::chrono::seconds(15), [&] { return release; });
+  });
+  {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return asked; });
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  eng.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  {
+    std::lock_guard lk(mu);
+    release = true;
+  }
+  cv.notify_all();
+  bystander.join();
+}
+
 TEST(EngineRobustness, MaxTokensNearInt64MaxIsRefusedAtSubmit) {
   auto eng = engine::create(config(2, "helix:kvp=2,tpa=1"));
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
@@ -143,7 +185,7 @@ TEST(EngineRobustness, CancelSubmitAndStatsFromACallbackDoNotDeadlock) {
     stats_steps = e->stats().steps;
     auto child = e->submit({{9, 9}, {}, 3, {}});
     if (child) spawned = child->stream;
-    EXPECT_TRUE(e->cancel(self_id.load()).ok());
+    EXPECT_TRUE(e->cancel(ev.request_id).ok());  // self_id may not be stored yet
   });
   ASSERT_TRUE(h.has_value());
   self_id = h->id;

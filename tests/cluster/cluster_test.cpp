@@ -357,6 +357,36 @@ TEST(Processes, StandbyTakesTheDeadWorkersRankAndTheLayoutStays) {
   EXPECT_FALSE(alive(standby_pid));
 }
 
+// The engine's destructor right after a worker died mid-step (the drain meets the failure): it
+// returns at once, every request ended, and no worker process outlives it.
+TEST(Processes, EngineDestroyedRightAfterAWorkerDiedEndsEverythingWithoutHanging) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  c.recovery = "full_replay";
+  auto eng = engine::create(c, processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  std::vector<actors::request_handle> handles;
+  for (int i = 0; i < 3; ++i) {
+    request_options r;
+    r.prompt = test_support::random_tokens(12, (*eng)->vocab(), 60 + static_cast<std::uint64_t>(i));
+    r.max_tokens = 400;
+    auto h = (*eng)->submit(r);
+    ASSERT_TRUE(h.has_value()) << h.error().to_string();
+    handles.push_back(*h);
+  }
+  ASSERT_TRUE(handles[0].stream->next_for(30s).has_value());
+  ASSERT_EQ(::kill(static_cast<pid_t>(before[2].pid), SIGKILL), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  eng->reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s);
+  for (auto& h : handles) {
+    bool ended = false;
+    while (auto e = h.stream->next_for(1s)) ended = ended || e->last;
+    EXPECT_TRUE(ended || h.stream->finished()) << "a request never ended";
+  }
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
 // The pids of the processes whose parent is `parent` and whose command line contains `part`.
 std::vector<pid_t> children_of(pid_t parent, const std::string& part) {
   std::vector<pid_t> out;
