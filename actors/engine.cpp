@@ -564,7 +564,8 @@ class in_process_source final : public worker_source {
       computes.push_back(std::move(c));
     }
     std::vector<caf::actor> out;
-    for (auto& c : computes) out.push_back(sys.spawn<caf::detached>(worker_actor, c));
+    const suspects_fn suspects = [f = fab_.get()] { return f->suspects(); };
+    for (auto& c : computes) out.push_back(sys.spawn<caf::detached>(worker_actor, c, suspects));
     count_ = grid.num_ranks;
     return out;
   }

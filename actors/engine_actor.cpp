@@ -258,7 +258,8 @@ expected<layout> layout_for_members(const layout& current, std::int64_t members,
 // rebuilt on a layout of the members that remain, and every running request goes back to the
 // front of the queue to replay its prompt and generated tokens (full replay); nothing accepted is
 // lost and no token is emitted twice. Without recovery, or when it fails, the engine fails.
-void recover(self_ptr self, std::int64_t rank, const status& why) {
+void recover(self_ptr self, std::int64_t rank, const status& why,
+             const std::vector<std::int32_t>& suspects = {}) {
   engine_state& s = self->state;
   if (!s.broken.ok() || (s.draining && !s.busy)) return;  // idle at shutdown: workers end
   // Shutting down (draining) or recovery off: the step in flight can never complete; every
@@ -272,8 +273,14 @@ void recover(self_ptr self, std::int64_t rank, const status& why) {
   }
   const auto noticed = std::chrono::steady_clock::now();
   // Who is gone: the members the source knows to be dead (a process that ended), when there are
-  // any, since the rank that reported the failure may only have seen a dead peer; else `rank`.
+  // any, since the rank that reported the failure may only have seen a dead peer; else the rank
+  // its data plane waited for in vain most often (a hung rank: its peers time out first); else
+  // `rank` itself.
   std::vector<std::int64_t> lost = s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{};
+  if (lost.empty() && !suspects.empty() && suspects.front() >= 0 &&
+      suspects.front() < static_cast<std::int32_t>(s.workers.size())) {
+    lost = {suspects.front()};
+  }
   if (lost.empty()) lost = {rank};
   rank = lost.front();
   recovery_stats rec;
@@ -762,7 +769,8 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         if (m.result.code != 0 && st.setup.relayout) {
           // The first failure decides: the step is abandoned and the workers rebuilt (the others
           // may be blocked in a collective with the failed one; recovery wakes them).
-          recover(self, m.rank, from_wire(m.result).with_context(fmt::format("worker {}", m.rank)));
+          recover(self, m.rank, from_wire(m.result).with_context(fmt::format("worker {}", m.rank)),
+                  m.suspects);
           return;
         }
         if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size())) {

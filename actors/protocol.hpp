@@ -68,6 +68,9 @@ struct step_done_msg {
   /// Rank 0 only: the full logits row (vocab floats) of every sampled item with want_logits, in
   /// item order. A debugging and verification output (helix verify), not the decode path.
   std::vector<float> logits;
+  /// On failure: the global ranks this worker's data plane waited for in vain or saw fail, most
+  /// named first (transport::fabric::suspects); recovery drops these.
+  std::vector<std::int32_t> suspects;
 };
 
 /// Engine -> every worker: open (the next id, checked) or close a sequence. Replies with

@@ -83,7 +83,11 @@ class stream_registry {
 
 /// Worker behaviour. Replies (step_done_msg, op_done_msg) go to the message's sender;
 /// `wstate_atom` answers (epoch, dropped stale messages, KV blocks used).
-caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_compute> compute);
+/// `suspects` (may be null) reads the worker's data plane's suspects (transport::fabric) for a
+/// failed step's reply.
+using suspects_fn = std::function<std::vector<int>()>;
+caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_compute> compute,
+                           suspects_fn suspects);
 
 /// Planner behaviour over a placement record for layout `l`.
 ///   (join_atom, seq) / (leave_atom, seq)               -> ok

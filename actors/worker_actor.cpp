@@ -38,7 +38,8 @@ status from_wire(const wire_status& w) {
   return status(static_cast<errc>(w.code), w.message);
 }
 
-caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_compute> compute) {
+caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_compute> compute,
+                           suspects_fn suspects) {
   auto st = std::make_shared<worker_state>();
   auto reply_to = [self] { return caf::actor_cast<caf::actor>(self->current_sender()); };
   return {
@@ -56,6 +57,9 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
         if (!result.ok()) {
           module_logger("actors")->error("worker {}: step {} failed: {}", compute->rank(),
                                          m.step_id, result.to_string());
+          if (suspects) {
+            for (const int r : suspects()) done.suspects.push_back(r);
+          }
         }
         done.result = to_wire(result);
         done.tokens = st->outcome.tokens;

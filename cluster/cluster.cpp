@@ -777,7 +777,9 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
   }
   HELIX_ASSIGN_OR_RETURN(auto compute,
                          actors::make_rank_compute(config, grid, rank, *fabrics.back()));
-  caf::actor worker = sys.spawn<caf::detached>(actors::worker_actor, std::move(compute));
+  caf::actor worker = sys.spawn<caf::detached>(
+      actors::worker_actor, std::move(compute),
+      actors::suspects_fn([f = fabrics.back().get()] { return f->suspects(); }));
   self->monitor(worker);
   self->send(reg, ready_msg{rank, worker, beat, caf::actor_cast<caf::actor>(self),
                             static_cast<std::int64_t>(::getpid())});

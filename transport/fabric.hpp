@@ -11,9 +11,14 @@
 // member); aborted after abort().
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "core/status.hpp"
 #include "transport/communicator.hpp"
@@ -40,6 +45,37 @@ class fabric {
 
   /// ok until abort() was called, then the abort reason.
   [[nodiscard]] virtual status abort_status() const = 0;
+
+  /// Who a failure points at: the global ranks that calls through this fabric (in this process)
+  /// timed out waiting for, or saw fail, most often named first. Recovery drops these rather
+  /// than the rank that happened to report first. Default: none known.
+  [[nodiscard]] virtual std::vector<int> suspects() const { return {}; }
+};
+
+/// The record behind fabric::suspects(). Thread-safe.
+class suspect_book {
+ public:
+  /// Counts one more call that waited in vain for `global_rank`.
+  void name(int global_rank) {
+    std::lock_guard lk(mu_);
+    ++counts_[global_rank];
+  }
+  /// Every rank named, most often first (ties: lower rank first).
+  [[nodiscard]] std::vector<int> ranked() const {
+    std::vector<std::pair<int, int>> v;
+    {
+      std::lock_guard lk(mu_);
+      v.assign(counts_.begin(), counts_.end());
+    }
+    std::stable_sort(v.begin(), v.end(), [](auto& a, auto& b) { return a.second > b.second; });
+    std::vector<int> out;
+    for (const auto& [rank, count] : v) out.push_back(rank);
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<int, int> counts_;
 };
 
 }  // namespace helix::transport

@@ -107,7 +107,8 @@ struct ActorProtocol : ::testing::Test {
     l.num_ranks = kvp;
     for (std::int64_t r = 0; r < kvp; ++r) {
       computes.push_back(std::make_shared<scripted_compute>(r));
-      workers.push_back(sys->spawn(worker_actor, std::shared_ptr<worker_compute>(computes.back())));
+      workers.push_back(sys->spawn(worker_actor, std::shared_ptr<worker_compute>(computes.back()),
+                                   suspects_fn{}));
     }
     planner = sys->spawn(planner_actor, l, std::int64_t{4}, 0.1, std::int64_t{64});
     engine_setup setup;

@@ -168,6 +168,8 @@ TEST(EngineRecovery, HungWorkerIsNoticedAtThePeerTimeoutAndReplayed) {
   ASSERT_EQ(got.stats.recoveries.size(), 1u);
   EXPECT_NE(got.stats.recoveries[0].why.find("deadline_exceeded"), std::string::npos)
       << got.stats.recoveries[0].why;
+  // Its peers time out waiting for it: the hung rank is the one dropped, whoever reported first.
+  EXPECT_EQ(got.stats.recoveries[0].rank, 2) << got.stats.recoveries[0].why;
   EXPECT_EQ(got.stats.completed, 5);
 }
 

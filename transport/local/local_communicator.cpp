@@ -150,7 +150,9 @@ class local_request final : public request_impl {
     if (slot_) {
       std::string missing;
       for (std::size_t r = 0; r < slot_->arrived.size(); ++r) {
-        if (!slot_->arrived[r]) missing += fmt::format("{}{}", missing.empty() ? "" : ",", r);
+        if (slot_->arrived[r]) continue;
+        missing += fmt::format("{}{}", missing.empty() ? "" : ",", r);
+        group_->suspects->name(group_->members[r]);
       }
       slot_->phase = op_phase::done;
       slot_->result = make_error(

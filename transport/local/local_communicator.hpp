@@ -24,6 +24,7 @@
 #include "core/status.hpp"
 #include "transport/collective.hpp"
 #include "transport/communicator.hpp"
+#include "transport/fabric.hpp"
 
 namespace helix::transport::local {
 
@@ -52,8 +53,10 @@ struct p2p_op {
 };
 
 struct group_state {
-  explicit group_state(std::vector<int> global_ranks, status abort_reason)
-      : members(std::move(global_ranks)), aborted(std::move(abort_reason)) {}
+  group_state(std::vector<int> global_ranks, status abort_reason,
+              std::shared_ptr<suspect_book> book)
+      : members(std::move(global_ranks)), aborted(std::move(abort_reason)),
+        suspects(std::move(book)) {}
 
   /// Fails every pending operation with `reason` and wakes all waiters.
   void abort(const status& reason);
@@ -65,6 +68,7 @@ struct group_state {
   std::vector<std::shared_ptr<p2p_op>> unmatched_sends;       // in post order
   std::vector<std::shared_ptr<p2p_op>> unmatched_recvs;       // in post order
   status aborted;                                             // ok unless the fabric aborted
+  const std::shared_ptr<suspect_book> suspects;               // the fabric's (never null)
 };
 
 class local_communicator final : public collective_communicator {

@@ -27,7 +27,7 @@ expected<std::unique_ptr<communicator>> local_fabric::make_communicator(
   const auto instance =
       static_cast<std::size_t>(entry.next_instance[static_cast<std::size_t>(group_rank)]++);
   if (instance == entry.instances.size()) {
-    entry.instances.push_back(std::make_shared<group_state>(members, abort_reason_));
+    entry.instances.push_back(std::make_shared<group_state>(members, abort_reason_, suspects_));
   }
   return std::unique_ptr<communicator>(std::make_unique<local_communicator>(
       entry.instances[instance], group_rank, default_timeout_));

@@ -29,6 +29,7 @@ class local_fabric final : public fabric {
   expected<std::unique_ptr<communicator>> make_world(int global_rank) override;
   void abort(status reason) override;
   status abort_status() const override;
+  std::vector<int> suspects() const override { return suspects_->ranked(); }
 
  private:
   struct group_entry {
@@ -41,6 +42,7 @@ class local_fabric final : public fabric {
   mutable std::mutex mu_;
   status abort_reason_;
   std::map<std::vector<int>, group_entry> groups_;
+  std::shared_ptr<suspect_book> suspects_ = std::make_shared<suspect_book>();
 };
 
 }  // namespace helix::transport::local

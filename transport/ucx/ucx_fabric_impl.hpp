@@ -216,6 +216,7 @@ class ucx_fabric_impl final : public ucx_fabric {
   expected<std::unique_ptr<communicator>> make_world(int global_rank) override;
   void abort(status reason) override;
   status abort_status() const override;
+  std::vector<int> suspects() const override { return suspects_.ranked(); }
   std::span<const std::byte> address() const override { return address_; }
   status connect(std::span<const std::vector<std::byte>> addresses) override;
   std::string transports_to(int peer) const override;
@@ -339,6 +340,7 @@ class ucx_fabric_impl final : public ucx_fabric {
   // Progress thread only.
   std::vector<ucp_ep_h> eps_;        // by global rank (null for self or closed)
   std::vector<status> peer_failed_;  // by global rank
+  suspect_book suspects_;  // peers that calls timed out waiting for, or saw fail
   struct peer_ref {
     ucx_fabric_impl* fabric;
     int rank;

@@ -32,6 +32,7 @@ void ucx_fabric_impl::check_deadlines() {
       for (std::size_t r = 0; r < s.got[s.phase].size(); ++r) {
         if (static_cast<int>(r) != g.me && s.got[s.phase][r] == 0) {
           missing += fmt::format("{}{}", missing.empty() ? "" : ",", r);
+          suspects_.name(g.members[r]);
         }
       }
       const status st = make_error(errc::deadline_exceeded,
@@ -105,6 +106,7 @@ void ucx_fabric_impl::fail_peer(int global_peer, const status& st) {
   auto& slot = peer_failed_[static_cast<std::size_t>(global_peer)];
   if (!slot.ok()) return;
   slot = st;
+  suspects_.name(global_peer);
   module_logger("transport")->warn("ucx fabric rank {}: {}", opts_.rank, st);
   ucp_ep_h& ep = eps_[static_cast<std::size_t>(global_peer)];
   if (ep != nullptr) {
