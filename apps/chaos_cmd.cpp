@@ -52,10 +52,17 @@ nlohmann::json chaos_report_json(const chaos_options& o, const chaos_report& r) 
                        {"schedule_hex", v.schedule_hex},
                        {"what", v.what}});
   }
+  const bool procs = o.processes > 0;
+  nlohmann::json by_action =
+      procs ? nlohmann::json{{"CRASH", r.crashes}, {"FAIL_OR_HANG", r.fail_or_hang}}
+            : nlohmann::json{
+                  {"DELAY", r.delays}, {"FAIL", r.fails}, {"HANG", r.hangs}, {"CRASH", r.crashes}};
+  nlohmann::json actions = {"DELAY", "FAIL", "HANG"};
+  if (procs) actions.push_back("CRASH");
   return {{"schedules", r.schedules},
           {"faults_scheduled", r.faults_scheduled},
           {"faults_injected", r.faults_injected},
-          {"faults_by_action", {{"DELAY", r.delays}, {"FAIL", r.fails}, {"HANG", r.hangs}}},
+          {"faults_by_action", std::move(by_action)},
           {"crashes", r.crashes},
           {"recoveries", r.recoveries},
           {"recoveries_dropping_another_rank", r.recoveries_dropping_another_rank},
@@ -68,13 +75,21 @@ nlohmann::json chaos_report_json(const chaos_options& o, const chaos_report& r) 
           {"abandoned", r.abandoned},
           {"wall_s", r.wall_s},
           {"fault_free_s", r.fault_free_s},
+          {"slowest_schedule", {{"index", r.slowest_schedule}, {"s", r.slowest_schedule_s}}},
+          {"slowest_destructor",
+           {{"index", r.slowest_destructor_schedule}, {"s", r.slowest_destructor_s}}},
+          {"slow_destructors", r.slow_destructors},
           {"workload",
            {{"seed", o.seed},
             {"model", o.model},
             {"layout", r.layout},
-            {"workers", o.workers},
+            {"workers", procs ? o.processes : o.workers},
             {"world", r.world},
-            {"threads", true},
+            {"threads", !procs},
+            {"processes", o.processes},
+            {"standbys", o.standbys},
+            {"fault_counts", procs ? "observed" : "fired"},
+            {"faults_first_epoch_only", procs},
             {"requests", o.requests},
             {"prompt_tokens", r.prompt_tokens},
             {"max_tokens", o.max_tokens},
@@ -82,10 +97,10 @@ nlohmann::json chaos_report_json(const chaos_options& o, const chaos_report& r) 
             {"synthetic_context_tokens", r.synthetic_context_tokens},
             {"faults_per_schedule", o.faults_per_schedule},
             {"max_nth", r.max_nth},
-            {"actions", {"DELAY", "FAIL", "HANG"}},
+            {"actions", std::move(actions)},
             {"recovery", o.recovery},
             {"peer_timeout_ms", o.peer_timeout_ms},
-            {"schedule_timeout_ms", o.schedule_timeout_ms},
+            {"schedule_timeout_ms", chaos_schedule_timeout_ms(o)},
             {"replay", o.replay.has_value()}}}};
 }
 
@@ -99,8 +114,13 @@ std::int64_t range_max(const std::vector<std::int64_t>& v) {
 }  // namespace
 
 void print_chaos_report(std::ostream& out, const chaos_options& o, const chaos_report& r) {
-  out << fmt::format("chaos       {} on {} workers (threads), layout {}, recovery {}\n", o.model,
-                     o.workers, r.layout, o.recovery);
+  const bool procs = o.processes > 0;
+  const std::string kind =
+      procs ? fmt::format("{} worker processes{}", o.processes,
+                          o.standbys > 0 ? fmt::format(" + {} standbys", o.standbys) : "")
+            : fmt::format("{} workers (threads)", o.workers);
+  out << fmt::format("chaos       {} on {}, layout {}, recovery {}\n", o.model, kind, r.layout,
+                     o.recovery);
   out << fmt::format(
       "  workload  {} requests at once (prompts of {}..{} tokens, request {} over a synthetic "
       "context of {}), {}..{} tokens generated each, greedy and seeded sampling; seed {}\n",
@@ -110,14 +130,22 @@ void print_chaos_report(std::ostream& out, const chaos_options& o, const chaos_r
     out << fmt::format("  schedule  replayed: {}\n", fault::describe(*o.replay));
   } else {
     out << fmt::format(
-        "  schedules {} from seed {}: {} faults each (DELAY, FAIL or HANG at a rank's call "
-        "#1..#{}), peer timeout {} ms, {} ms per schedule at most\n",
-        r.schedules, o.seed, o.faults_per_schedule, r.max_nth, o.peer_timeout_ms,
-        o.schedule_timeout_ms);
+        "  schedules {} from seed {}: {} faults each ({} at a rank's call #1..#{}{}), peer "
+        "timeout {} ms, {} ms per schedule at most\n",
+        r.schedules, o.seed, o.faults_per_schedule,
+        procs ? "DELAY, FAIL, HANG or CRASH" : "DELAY, FAIL or HANG", r.max_nth,
+        procs ? "; first epoch only" : "", o.peer_timeout_ms, chaos_schedule_timeout_ms(o));
   }
-  out << fmt::format(
-      "  faults    {} scheduled, {} fired (DELAY {}, FAIL {}, HANG {}); crashes {}\n",
-      r.faults_scheduled, r.faults_injected, r.delays, r.fails, r.hangs, r.crashes);
+  if (procs) {
+    out << fmt::format(
+        "  faults    {} scheduled, {} seen to take effect: {} crashes (worker processes killed), "
+        "{} recoveries from a FAIL or HANG (DELAYs are not seen from outside)\n",
+        r.faults_scheduled, r.faults_injected, r.crashes, r.fail_or_hang);
+  } else {
+    out << fmt::format(
+        "  faults    {} scheduled, {} fired (DELAY {}, FAIL {}, HANG {}); crashes {}\n",
+        r.faults_scheduled, r.faults_injected, r.delays, r.fails, r.hangs, r.crashes);
+  }
   out << fmt::format("  migrations {} KV blocks moved by rebalancing (fault-free run: {})\n",
                      r.migrations, r.fault_free_migrations);
   out << fmt::format(
@@ -129,9 +157,17 @@ void print_chaos_report(std::ostream& out, const chaos_options& o, const chaos_r
                      r.schedules_with_violations,
                      r.abandoned ? " (STOPPED: an engine's destructor hung)" : "");
   out << fmt::format(
-      "  wall      {:.1f} s ({:.2f} s per schedule; fault-free run {:.2f} s)\n", r.wall_s,
+      "  wall      {:.1f} s ({:.2f} s per schedule, slowest {:.2f} s (schedule {}); fault-free "
+      "runs {:.2f} s)\n",
+      r.wall_s,
       r.schedules > 0 ? (r.wall_s - r.fault_free_s) / static_cast<double>(r.schedules) : 0.0,
-      r.fault_free_s);
+      r.slowest_schedule_s, r.slowest_schedule, r.fault_free_s);
+  out << fmt::format(
+      "  shutdown  slowest engine destructor {:.2f} s (schedule {}); {} took over 2 s{}\n",
+      r.slowest_destructor_s, r.slowest_destructor_schedule, r.slow_destructors,
+      r.slow_destructors > 0 && procs
+          ? " (worker processes that did not end with the engine: the source kills them after 5 s)"
+          : "");
   // Details come grouped by schedule (in run order): its schedule and replay line once.
   const chaos_violation* last = nullptr;
   for (const chaos_violation& v : r.violation_details) {
@@ -140,10 +176,13 @@ void print_chaos_report(std::ostream& out, const chaos_options& o, const chaos_r
       out << fmt::format("  schedule  {}\n", v.description);
       if (!v.schedule_hex.empty()) {
         out << fmt::format(
-            "  replay    helix chaos --seed {} --model {} --workers {} --layout {} --requests {} "
+            "  replay    helix chaos --seed {} --model {} {} --layout {} --requests {} "
             "--max-tokens {} --peer-timeout-ms {} --recovery {} --schedule-hex {}\n",
-            o.seed, o.model, o.workers, r.layout, o.requests, o.max_tokens, o.peer_timeout_ms,
-            o.recovery, v.schedule_hex);
+            o.seed, o.model,
+            procs ? fmt::format("--processes {}{}", o.processes,
+                                o.standbys > 0 ? fmt::format(" --standby {}", o.standbys) : "")
+                  : fmt::format("--workers {}", o.workers),
+            r.layout, o.requests, o.max_tokens, o.peer_timeout_ms, o.recovery, v.schedule_hex);
       }
     } else {
       out << fmt::format("  and       {}\n", v.what);
@@ -159,26 +198,34 @@ void print_chaos_report(std::ostream& out, const chaos_options& o, const chaos_r
 int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   constexpr const char* chaos_usage =
       "usage: helix chaos [--seed 1] [--schedules 100] [--faults-per-schedule 2]\n"
-      "                   [--model tiny-llama] [--layout auto] [--workers 4] [--json]\n"
+      "                   [--model tiny-llama] [--layout auto] [--workers 4 | --processes P]\n"
+      "                   [--standby K] [--json]\n"
       "  The seeded fault harness: a small workload (greedy and sampled requests, one over a\n"
-      "  synthetic context, all at once) on the engine with workers as threads and recovery by\n"
-      "  full replay, once without faults and then under N seeded fault schedules (DELAY, FAIL,\n"
-      "  HANG on the data plane); after each: every request ended once, no token repeated or\n"
-      "  skipped, tokens equal to the fault-free run's, KV back to zero, no hang. Prints the\n"
-      "  seed and schedule of every violation. Exit code 1 when there is one.\n"
+      "  synthetic context, all at once) on the engine with workers as threads (or processes)\n"
+      "  and recovery by full replay, once without faults and then under N seeded fault\n"
+      "  schedules (DELAY, FAIL, HANG on the data plane; CRASH with processes); after each:\n"
+      "  every request ended once, no token repeated or skipped, tokens equal to the fault-free\n"
+      "  run's, KV back to zero, no hang, no worker process left. Prints the seed and schedule\n"
+      "  of every violation. Exit code 1 when there is one.\n"
       "  --seed S                 seed of the workload and of every schedule (default 1)\n"
       "  --schedules N            fault schedules to run (default 100)\n"
       "  --faults-per-schedule K  faults per schedule (default 2); a fault that has not fired\n"
       "                           when the engine recovers carries over to the new workers\n"
       "  --model NAME             built-in model (default tiny-llama)\n"
-      "  --workers W              workers (ranks) of the engine (default 4)\n"
+      "  --workers W              workers (ranks) of the engine, as threads (default 4)\n"
+      "  --processes P            the workers are P `helix worker` processes; CRASH joins the\n"
+      "                           actions; faults hit only the first layout's ranks (a recovery's\n"
+      "                           rebuilt workers run without); checks no worker process outlives\n"
+      "                           the engine\n"
+      "  --standby K              with --processes: K more worker processes join as standbys\n"
       "  --layout L               auto (helix's default for W workers) or a layout string\n"
       "  --requests N             requests of the workload (default 5)\n"
       "  --max-tokens N           tokens request i generates: N + 4 * (i % 3) (default 12)\n"
       "  --max-nth N              faults hit a rank's call #1..#N (default: the fewest calls a\n"
       "                           rank makes in the fault-free run)\n"
       "  --peer-timeout-ms MS     the engine's peer timeout; a HANG lasts that long (default 200)\n"
-      "  --schedule-timeout-ms MS a schedule's wall-clock limit: past it, a hang (default 5000)\n"
+      "  --schedule-timeout-ms MS a schedule's wall-clock limit: past it, a hang (default 5000;\n"
+      "                           with --processes 10000)\n"
       "  --recovery MODE          full_replay (default) or off (every failure is a violation)\n"
       "  --schedule-hex HEX       run only this schedule (the hex a violation prints)\n"
       "  --replay FILE            run only the schedule stored in FILE (FaultSchedule bytes)\n"
@@ -188,10 +235,10 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
     err << "error: " << a.error().message() << "\n" << chaos_usage;
     return 2;
   }
-  if (const status known = a->check_known({"seed", "schedules", "faults-per-schedule", "model",
-                                           "layout", "workers", "requests", "max-tokens", "max-nth",
-                                           "peer-timeout-ms", "schedule-timeout-ms", "recovery",
-                                           "schedule-hex", "replay", "json", "help"});
+  if (const status known = a->check_known(
+          {"seed", "schedules", "faults-per-schedule", "model", "layout", "workers", "requests",
+           "max-tokens", "max-nth", "peer-timeout-ms", "schedule-timeout-ms", "recovery",
+           "schedule-hex", "replay", "processes", "standby", "json", "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << chaos_usage;
     return 2;
@@ -214,19 +261,35 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
   const auto max_nth = a->get_int("max-nth", 0);
   const auto peer = a->get_int("peer-timeout-ms", o.peer_timeout_ms);
   const auto limit = a->get_int("schedule-timeout-ms", o.schedule_timeout_ms);
-  for (const auto* e :
-       {&seed, &schedules, &faults, &workers, &requests, &max_tokens, &max_nth, &peer, &limit}) {
+  const auto processes = a->get_int("processes", 0);
+  const auto standbys = a->get_int("standby", 0);
+  for (const auto* e : {&seed, &schedules, &faults, &workers, &requests, &max_tokens, &max_nth,
+                        &peer, &limit, &processes, &standbys}) {
     if (!*e) return usage_error(e->error().message());
   }
   if (*seed < 0) return usage_error("--seed must be >= 0");
   if (*max_nth < 0) return usage_error("--max-nth must be >= 1");
   if (*faults < 0 || *faults > 64) return usage_error("--faults-per-schedule takes 0 to 64");
+  if (*limit < 1 && a->has("schedule-timeout-ms")) {
+    return usage_error("--schedule-timeout-ms must be >= 1");
+  }
+  if (a->has("processes")) {
+    if (*processes < 1 || *processes > 64) return usage_error("--processes takes 1 to 64");
+    if (a->has("workers") && *workers != *processes) {
+      return usage_error("--workers and --processes name the same count: give one");
+    }
+    auto self_exe = this_program_path();
+    if (!self_exe) return usage_error(self_exe.error().message());
+    o.worker_binary = std::move(*self_exe);
+    o.processes = *processes;
+  }
+  o.standbys = *standbys;
   o.seed = static_cast<std::uint64_t>(*seed);
   o.schedules = *schedules;
   o.faults_per_schedule = static_cast<int>(*faults);
   o.model = a->get_or("model", o.model);
   o.layout = a->get_or("layout", o.layout);
-  o.workers = *workers;
+  o.workers = o.processes > 0 ? o.processes : *workers;
   o.requests = *requests;
   o.max_tokens = *max_tokens;
   o.max_nth = static_cast<std::uint64_t>(*max_nth);

@@ -1,9 +1,17 @@
-// `helix chaos` (apps/chaos_cmd.hpp): seeded fault schedules on the engine with in-process
-// workers and recovery by full replay. The 200-schedule run is what `ctest -L chaos` is for; the
-// others check that what the harness reports can fail: a wrong reference, a failure the engine
-// does not recover from, and an engine left without a layout (allowed, but it must end, not hang).
+// `helix chaos` (apps/chaos_cmd.hpp): seeded fault schedules on the engine with recovery by full
+// replay, its workers as threads or as `helix worker` processes. The 200-schedule run on threads
+// and the 20-schedule run on processes are what `ctest -L chaos` is for; the others check that
+// what the harness reports can fail: a wrong reference, a failure the engine does not recover
+// from, an engine left without a layout (allowed, but it must end, not hang), crashes and other
+// failures told apart from outside the worker processes, and a process left behind.
 #include "apps/chaos_cmd.hpp"
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -11,6 +19,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "apps/cli_args.hpp"
+#include "tests/support/cli.hpp"
 #include "transport/fault/schedule.hpp"
 
 namespace helix::apps {
@@ -35,13 +45,44 @@ std::string hex_to_bytes(const std::string& hex) {
   return out;
 }
 
-fault::fault_spec fail_at(int rank, std::uint64_t nth) {
+fault::fault_spec fault_at(fault::fault_action action, int rank, std::uint64_t nth) {
   fault::fault_spec f;
-  f.action = fault::fault_action::fail;
+  f.action = action;
   f.rank = rank;
   f.kind = fault::call_kind::any;
   f.nth = nth;
+  if (action == fault::fault_action::delay) f.delay = std::chrono::milliseconds(5);
   return f;
+}
+
+fault::fault_spec fail_at(int rank, std::uint64_t nth) {
+  return fault_at(fault::fault_action::fail, rank, nth);
+}
+
+// The `helix` binary the worker processes run: the one beside this test binary (build/bin).
+std::string helix_cli() {
+  auto self = this_program_path();
+  if (!self) return {};
+  return (std::filesystem::path(*self).parent_path() / "helix").string();
+}
+
+// Options for a run on 4 worker processes, or a failure naming the missing binary.
+::testing::AssertionResult processes_options(chaos_options& o) {
+  o.processes = 4;
+  o.worker_binary = helix_cli();
+  if (::access(o.worker_binary.c_str(), X_OK) != 0) {
+    return ::testing::AssertionFailure()
+           << "no helix binary at '" << o.worker_binary << "' (build the helix target)";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+fault::fault_schedule one_fault(fault::fault_action action, int rank, std::uint64_t nth) {
+  fault::fault_schedule s;
+  s.seed = 100 + static_cast<std::uint64_t>(action);
+  s.world_size = 4;
+  s.faults.push_back(fault_at(action, rank, nth));
+  return s;
 }
 
 // The acceptance run: 200 schedules of the default workload with threads.
@@ -189,6 +230,10 @@ TEST(ChaosCommand, JsonReportAndReplayByHex) {
   }
   EXPECT_EQ(j["workload"]["faults_per_schedule"], 2);
   EXPECT_EQ(j["workload"]["threads"], true);
+  EXPECT_EQ(j["workload"]["processes"], 0);
+  EXPECT_EQ(j["workload"]["fault_counts"], "fired");
+  EXPECT_EQ(j["workload"]["schedule_timeout_ms"], 5000);
+  EXPECT_EQ(j["faults_by_action"]["CRASH"], 0);
 
   // Replay: one schedule, as given.
   const int world = j["workload"]["world"].get<int>();
@@ -218,11 +263,138 @@ TEST(ChaosCommand, JsonReportAndReplayByHex) {
                                               {"--schedule-hex", "zz"},
                                               {"--bogus"},
                                               {"--faults-per-schedule", "-1"},
-                                              {"--workers", "3", "--layout", "tp:tp=2"}}) {
+                                              {"--workers", "3", "--layout", "tp:tp=2"},
+                                              {"--standby", "1"},
+                                              {"--processes", "0"},
+                                              {"--processes", "4", "--workers", "2"}}) {
     std::ostringstream o3, e3;
     EXPECT_EQ(run_chaos_cmd(bad, o3, e3), 2) << bad[0] << ": " << e3.str();
     EXPECT_NE(e3.str().find("error: "), std::string::npos) << e3.str();
   }
+}
+
+// The acceptance run with processes: 20 schedules on 4 `helix worker` processes, CRASH among
+// the actions, faults on the first epoch only; some schedules must kill a worker process.
+TEST(ChaosCommand, TwentySchedulesOnFourProcessesHaveNoViolationAndKillWorkers) {
+  chaos_options o;
+  ASSERT_TRUE(processes_options(o));
+  o.seed = 1;
+  o.schedules = 20;
+  std::ostringstream progress;
+  auto r = run_chaos(o, progress);
+  ASSERT_TRUE(r.has_value()) << r.error().to_string();
+  EXPECT_EQ(r->schedules, 20);
+  EXPECT_EQ(r->violations, 0) << details(*r);
+  EXPECT_GT(r->crashes, 0);
+  EXPECT_GT(r->fail_or_hang, 0);
+  EXPECT_GT(r->recoveries, 0);
+  EXPECT_EQ(r->faults_injected, r->crashes + r->fail_or_hang);
+  EXPECT_LE(r->faults_injected, r->faults_scheduled);
+  EXPECT_EQ(r->delays + r->fails + r->hangs, 0) << "not seen from outside the workers";
+  EXPECT_FALSE(r->abandoned);
+  EXPECT_EQ(r->layout.rfind("helix:", 0), 0u) << r->layout;
+  std::printf(
+      "chaos: 20 schedules on 4 processes in %.1f s (fault-free runs %.2f s, slowest schedule "
+      "%.2f s), %lld crashes, %lld recoveries\n",
+      r->wall_s, r->fault_free_s, r->slowest_schedule_s, static_cast<long long>(r->crashes),
+      static_cast<long long>(r->recoveries));
+}
+
+// From outside the worker processes, a CRASH (its process died, dropped by the recovery) and a
+// FAIL (the rank reported it, then its dropped process exited) are counted apart.
+TEST(ChaosCommand, ProcessesTellACrashFromAFail) {
+  chaos_options o;
+  ASSERT_TRUE(processes_options(o));
+  std::ostringstream progress;
+  o.replay = one_fault(fault::fault_action::crash, 2, 50);
+  auto crash = run_chaos(o, progress);
+  ASSERT_TRUE(crash.has_value()) << crash.error().to_string();
+  EXPECT_EQ(crash->violations, 0) << details(*crash);
+  EXPECT_EQ(crash->recoveries, 1);
+  EXPECT_EQ(crash->crashes, 1);
+  EXPECT_EQ(crash->fail_or_hang, 0);
+  EXPECT_EQ(crash->faults_injected, 1);
+  EXPECT_EQ(crash->recoveries_dropping_another_rank, 0);
+
+  o.replay = one_fault(fault::fault_action::fail, 2, 50);
+  auto fail = run_chaos(o, progress);
+  ASSERT_TRUE(fail.has_value()) << fail.error().to_string();
+  EXPECT_EQ(fail->violations, 0) << details(*fail);
+  EXPECT_EQ(fail->recoveries, 1);
+  EXPECT_EQ(fail->crashes, 0);
+  EXPECT_EQ(fail->fail_or_hang, 1);
+  EXPECT_EQ(fail->recoveries_dropping_another_rank, 0);
+
+  // A HANG before a CRASH on the same rank: the HANG ends the faulty epoch, so the rank's process
+  // (dropped, then exited) is not a crash.
+  fault::fault_schedule hang_first = one_fault(fault::fault_action::hang, 2, 40);
+  hang_first.faults.push_back(fault_at(fault::fault_action::crash, 2, 90));
+  o.replay = hang_first;
+  auto hang = run_chaos(o, progress);
+  ASSERT_TRUE(hang.has_value()) << hang.error().to_string();
+  EXPECT_EQ(hang->violations, 0) << details(*hang);
+  EXPECT_EQ(hang->recoveries, 1);
+  EXPECT_EQ(hang->crashes, 0);
+  EXPECT_EQ(hang->fail_or_hang, 1);
+}
+
+// A process still running after the engine's destructor is an orphan: reported, then killed.
+// (The seam hands the harness a `sleep` child of this test as one more worker process.)
+TEST(ChaosCommand, ProcessLeftAfterTheEngineIsAnOrphan) {
+  chaos_options o;
+  ASSERT_TRUE(processes_options(o));
+  const pid_t sleeper = ::fork();
+  ASSERT_GE(sleeper, 0);
+  if (sleeper == 0) {
+    ::execl("/bin/sleep", "sleep", "60", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  o.extra_worker_pids = [sleeper] { return std::vector<std::int64_t>{sleeper}; };
+  o.replay = one_fault(fault::fault_action::delay, 1, 20);
+  std::ostringstream progress;
+  auto r = run_chaos(o, progress);
+  const bool gone = ::kill(sleeper, 0) != 0 && errno == ESRCH;
+  if (!gone) {
+    ::kill(sleeper, SIGKILL);
+    ::waitpid(sleeper, nullptr, 0);
+  }
+  ASSERT_TRUE(r.has_value()) << r.error().to_string();
+  EXPECT_EQ(r->violations, 1) << details(*r);
+  ASSERT_EQ(r->violation_details.size(), 1u);
+  EXPECT_NE(
+      r->violation_details[0].what.find("orphan: worker process pid " + std::to_string(sleeper)),
+      std::string::npos)
+      << details(*r);
+  EXPECT_TRUE(gone) << "the orphan was killed and reaped";
+}
+
+// The CLI with --processes and --standby: the JSON says what was counted and how.
+TEST(ChaosCommand, ProcessesJsonReportFromTheCli) {
+  const std::string cli = helix_cli();
+  ASSERT_EQ(::access(cli.c_str(), X_OK), 0) << "no helix binary at " << cli;
+  int rc = -1;
+  const std::string out = test_support::run_cli(
+      cli, "chaos --seed 4 --schedules 3 --processes 4 --standby 1 --json", rc);
+  ASSERT_EQ(rc, 0) << out;
+  const auto j = test_support::last_json(out);
+  ASSERT_TRUE(j.is_object()) << out;
+  EXPECT_EQ(j["schedules"], 3);
+  EXPECT_EQ(j["violations"], 0) << j["violation_details"].dump();
+  EXPECT_TRUE(j["faults_by_action"].contains("CRASH")) << j.dump();
+  EXPECT_TRUE(j["faults_by_action"].contains("FAIL_OR_HANG")) << j.dump();
+  EXPECT_EQ(j["faults_injected"], j["faults_by_action"]["CRASH"].get<int>() +
+                                      j["faults_by_action"]["FAIL_OR_HANG"].get<int>());
+  EXPECT_TRUE(j["slowest_destructor"].contains("s")) << j.dump();
+  EXPECT_TRUE(j["slow_destructors"].is_number_integer()) << j.dump();
+  const auto& w = j["workload"];
+  EXPECT_EQ(w["processes"], 4);
+  EXPECT_EQ(w["standbys"], 1);
+  EXPECT_EQ(w["workers"], 4);
+  EXPECT_EQ(w["threads"], false);
+  EXPECT_EQ(w["fault_counts"], "observed");
+  EXPECT_EQ(w["faults_first_epoch_only"], true);
+  EXPECT_EQ(w["schedule_timeout_ms"], 10000);
+  EXPECT_NE(w["actions"].dump().find("CRASH"), std::string::npos) << w.dump();
 }
 
 // 10,000 schedules (label slow).
@@ -236,6 +408,20 @@ TEST(ChaosCommand, SlowTenThousandSchedules) {
   EXPECT_EQ(r->schedules, 10000);
   EXPECT_EQ(r->violations, 0) << details(*r);
   EXPECT_GT(r->recoveries, 0);
+}
+
+// 1,000 schedules on 4 worker processes (label slow).
+TEST(ChaosCommand, SlowThousandSchedulesOnFourProcesses) {
+  chaos_options o;
+  ASSERT_TRUE(processes_options(o));
+  o.seed = 3;
+  o.schedules = 1000;
+  std::ostringstream progress;
+  auto r = run_chaos(o, progress);
+  ASSERT_TRUE(r.has_value()) << r.error().to_string();
+  EXPECT_EQ(r->schedules, 1000);
+  EXPECT_EQ(r->violations, 0) << details(*r);
+  EXPECT_GT(r->crashes, 0);
 }
 
 }  // namespace
