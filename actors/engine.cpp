@@ -565,7 +565,11 @@ class in_process_source final : public worker_source {
     }
     std::vector<caf::actor> out;
     const suspects_fn suspects = [f = fab_.get()] { return f->suspects(); };
-    for (auto& c : computes) out.push_back(sys.spawn<caf::detached>(worker_actor, c, suspects));
+    for (auto& c : computes) {
+      caf::actor w = sys.spawn<caf::detached>(worker_actor, c, suspects);
+      if (opt_.wrap_worker) w = opt_.wrap_worker(sys, c->rank(), std::move(w));
+      out.push_back(std::move(w));
+    }
     count_ = grid.num_ranks;
     return out;
   }

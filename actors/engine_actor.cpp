@@ -16,6 +16,7 @@
 #include <cmath>
 #include <deque>
 #include <limits>
+#include <map>
 #include <optional>
 
 #include "actors/runtime.hpp"
@@ -105,6 +106,9 @@ struct engine_state {
   std::vector<bool> step_wants_logits;  // per item: sampled, and its request returns logits
   std::vector<float> step_logits;       // rank 0's rows for those items
   std::vector<bool> step_replied;       // per rank: its reply to the step in flight arrived
+  // Operations (opens, closes, migrations) sent to every worker and not yet answered by all:
+  // op id -> per rank, whether it answered. A rank silent for peer_timeout_ms lost the message.
+  std::map<std::int64_t, std::vector<bool>> ops_pending;
 
   status broken;  // a failed step: nothing runs any more
   bool draining = false;
@@ -194,6 +198,8 @@ void end_request(engine_state& s, const request_state& r, std::int32_t token, fi
   if (!cb.ok()) logger()->warn("engine: request {}: last event: {}", r.req.request_id, cb);
 }
 
+void op_sent(self_ptr self, std::int64_t op);
+
 // Sends the close of a running request's sequence to every worker and the planner, and frees its
 // reservation.
 void leave(self_ptr self, request_state& r) {
@@ -201,7 +207,7 @@ void leave(self_ptr self, request_state& r) {
   for (const caf::actor& w : s.workers) {
     self->send(w, close_seq_msg{s.epoch, s.next_op, r.seq});
   }
-  ++s.next_op;
+  op_sent(self, s.next_op++);
   self->send(s.planner, leave_atom::value, r.seq);
   s.reserved_per_member -= r.reserved;
   r.seq = 0;  // marks it for removal from `active`
@@ -302,6 +308,7 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   ++s.generation;
   s.busy = false;
   s.pending = 0;
+  s.ops_pending.clear();
   const std::vector<caf::actor> old_workers = s.workers;
   const auto stop_old = [&] {
     for (const caf::actor& w : old_workers) {
@@ -431,6 +438,7 @@ void rebalance_then_step(self_ptr self) {
               migrate_msg m{st.epoch, st.next_op++, std::move(moves)};
               st.stats.migrations += static_cast<std::int64_t>(m.moves.size());
               for (const caf::actor& w : st.workers) self->send(w, m);
+              op_sent(self, m.op_id);
             }
             st.stats.kv_imbalance = imbalance;
             if (mean_blocks >= static_cast<double>(st.setup.config.rebalance_min_blocks)) {
@@ -577,7 +585,7 @@ void start_step(self_ptr self) {
     r.seq = s.next_seq++;
     s.reserved_per_member += r.reserved;
     for (const caf::actor& w : s.workers) self->send(w, open_seq_msg{s.epoch, s.next_op, r.seq});
-    ++s.next_op;
+    op_sent(self, s.next_op++);
     self->send(s.planner, join_atom::value, r.seq);
     s.active.push_back(std::move(r));
   }
@@ -693,6 +701,14 @@ bool end_or_mark(self_ptr self, std::uint64_t id, Ending&& end_queued, bool requ
   return false;
 }
 
+// Operation `op` went to every worker: each must answer within peer_timeout_ms.
+void op_sent(self_ptr self, std::int64_t op) {
+  engine_state& s = self->state;
+  s.ops_pending[op].assign(s.workers.size(), false);
+  self->delayed_send(self, std::chrono::milliseconds(s.setup.config.peer_timeout_ms),
+                     op_watch_atom::value, op, s.generation);
+}
+
 // Worker `rank` ended or stopped answering while the engine serves.
 void worker_lost(self_ptr self, std::int64_t rank, const std::string& why) {
   recover(self, rank, make_error(errc::unavailable, "worker {} lost: {}", rank, why));
@@ -800,6 +816,13 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
       [self](op_done_msg& m) {
         engine_state& st = self->state;
         if (!from_current_worker(self)) return;  // a worker a recovery replaced
+        if (auto it = st.ops_pending.find(m.op_id); it != st.ops_pending.end() && m.rank >= 0 &&
+                                                    m.rank < static_cast<std::int64_t>(it->second.size())) {
+          it->second[static_cast<std::size_t>(m.rank)] = true;
+          if (std::all_of(it->second.begin(), it->second.end(), [](bool b) { return b; })) {
+            st.ops_pending.erase(it);
+          }
+        }
         if (m.result.code != 0 && st.setup.relayout) {
           recover(self, m.rank, from_wire(m.result).with_context(fmt::format("worker {}", m.rank)));
           return;
@@ -837,6 +860,17 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         for (std::size_t r = 0; r < st.workers.size(); ++r) {
           if (st.workers[r] == worker) worker_lost(self, static_cast<std::int64_t>(r), why);
         }
+      },
+      [self](op_watch_atom, std::int64_t op, std::int64_t generation) {
+        engine_state& st = self->state;
+        const auto it = st.ops_pending.find(op);
+        if (it == st.ops_pending.end() || st.generation != generation) return;
+        const auto silent = std::find(it->second.begin(), it->second.end(), false);
+        const auto rank = static_cast<std::int64_t>(silent - it->second.begin());
+        st.ops_pending.erase(it);
+        worker_lost(self, rank,
+                    fmt::format("no answer to operation {} within {} ms", op,
+                                st.setup.config.peer_timeout_ms));
       },
       [self](step_watch_atom, std::int64_t step_id, std::int64_t generation) {
         engine_state& st = self->state;

@@ -9,7 +9,11 @@ namespace {
 
 struct worker_state {
   std::int64_t epoch = 0;
-  std::int64_t dropped = 0;  // messages of an older epoch
+  std::int64_t dropped = 0;  // messages of an older epoch, and repeats
+  // The engine numbers steps and operations in increasing order: one not above the last seen
+  // is a duplicate (or came after a later one) and is not run again.
+  std::int64_t last_step = 0;
+  std::int64_t last_op = 0;
   step_outcome outcome;
 };
 
@@ -44,10 +48,11 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
   auto reply_to = [self] { return caf::actor_cast<caf::actor>(self->current_sender()); };
   return {
       [=](step_msg& m) {
-        if (m.epoch < st->epoch) {
+        if (m.epoch < st->epoch || m.step_id <= st->last_step) {
           ++st->dropped;
           return;
         }
+        st->last_step = m.step_id;
         step_done_msg done;
         done.epoch = m.epoch;
         done.step_id = m.step_id;
@@ -69,10 +74,11 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
         self->send(reply_to(), std::move(done));
       },
       [=](open_seq_msg& m) {
-        if (m.epoch < st->epoch) {
+        if (m.epoch < st->epoch || m.op_id <= st->last_op) {
           ++st->dropped;
           return;
         }
+        st->last_op = m.op_id;
         const status result = guarded(compute->rank(), [&]() -> status {
           auto id = compute->open_sequence();
           if (!id) return id.error();
@@ -86,10 +92,11 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
                                            compute->kv_used_blocks()});
       },
       [=](close_seq_msg& m) {
-        if (m.epoch < st->epoch) {
+        if (m.epoch < st->epoch || m.op_id <= st->last_op) {
           ++st->dropped;
           return;
         }
+        st->last_op = m.op_id;
         const status result =
             guarded(compute->rank(), [&] { return compute->close_sequence(m.seq); });
         self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
@@ -97,11 +104,12 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
       },
       [=](migrate_msg& m) {
         // A migration starts a new epoch: anything older is stale from now on.
-        if (m.epoch <= st->epoch) {
+        if (m.epoch <= st->epoch || m.op_id <= st->last_op) {
           ++st->dropped;
           return;
         }
         st->epoch = m.epoch;
+        st->last_op = m.op_id;
         const status result = guarded(compute->rank(), [&] { return compute->migrate(m.moves); });
         self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
                                            compute->kv_used_blocks()});

@@ -70,6 +70,9 @@ struct in_process_options {
   /// Applied to every data plane the source makes (at start and at each relayout), e.g. a
   /// transport::fault_fabric for fault-injection tests; null: the plain local fabric.
   std::function<std::unique_ptr<transport::fabric>(std::unique_ptr<transport::fabric>)> wrap_fabric;
+  /// Applied to every worker actor the source starts (rank, actor) before the engine sees it,
+  /// e.g. a control-plane fault proxy (control_faults.hpp); null: the workers themselves.
+  std::function<caf::actor(caf::actor_system&, std::int64_t, caf::actor)> wrap_worker;
 };
 [[nodiscard]] std::unique_ptr<worker_source> in_process_workers(in_process_options options);
 

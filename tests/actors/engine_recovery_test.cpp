@@ -8,8 +8,10 @@
 #include <thread>
 #include <vector>
 
+#include <caf/all.hpp>
 #include <gtest/gtest.h>
 
+#include "actors/control_faults.hpp"
 #include "actors/engine.hpp"
 #include "actors/worker_source.hpp"
 #include "tests/support/model_fixtures.hpp"
@@ -171,6 +173,62 @@ TEST(EngineRecovery, HungWorkerIsNoticedAtThePeerTimeoutAndReplayed) {
   // Its peers time out waiting for it: the hung rank is the one dropped, whoever reported first.
   EXPECT_EQ(got.stats.recoveries[0].rank, 2) << got.stats.recoveries[0].why;
   EXPECT_EQ(got.stats.completed, 5);
+}
+
+// Control-plane faults (control_faults.hpp): a message to one worker delayed, dropped, sent
+// twice or held back, or the worker actor killed. Duplicates are run once; a lost or reordered
+// message becomes a recovery through the peer timeout; every request's tokens stay those of the
+// fault-free run, and nothing is left in the KV.
+TEST(EngineRecovery, ControlPlaneFaultsNeverChangeTheOutputs) {
+  engine_config c = recovery_config(4, "helix:kvp=2,tpa=2");
+  auto clean = engine::create(c);
+  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
+  const run_result want = serve(**clean);
+  c.peer_timeout_ms = 200;
+  control_fault_counts counts;
+  std::int64_t recoveries = 0;
+  for (std::uint64_t seed = 1; seed <= 12; ++seed) {
+    in_process_options o;
+    // The first workers only: those a recovery rebuilds run without faults.
+    auto started = std::make_shared<int>(0);
+    o.wrap_worker = [&, seed, started](caf::actor_system& sys, std::int64_t rank, caf::actor w) {
+      if ((*started)++ >= 4) return w;
+      control_fault_options f;
+      f.seed = seed;
+      f.delay = 0.02;
+      f.drop = 0.01;
+      f.duplicate = 0.02;
+      f.reorder = 0.01;
+      f.kill = 0.005;
+      return spawn_control_fault_proxy(sys, std::move(w), rank, f, &counts);
+    };
+    auto eng = engine::create(c, in_process_workers(std::move(o)));
+    ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+    const run_result got = serve(**eng);
+    EXPECT_EQ(got.tokens, want.tokens) << "seed " << seed;
+    EXPECT_EQ(got.stats.completed, 5) << "seed " << seed;
+    recoveries += static_cast<std::int64_t>(got.stats.recoveries.size());
+    std::int64_t used = -1;
+    for (int tries = 0; tries < 200 && used != 0; ++tries) {
+      used = 0;
+      for (const worker_stats& w : (*eng)->stats().workers) used += w.kv_used_blocks;
+      if (used != 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(used, 0) << "seed " << seed;
+  }
+  EXPECT_GT(counts.delayed + counts.dropped + counts.duplicated + counts.reordered + counts.killed,
+            0);
+  EXPECT_GT(counts.duplicated, 0);
+  EXPECT_GT(recoveries, 0) << "no lost message or killed worker in 12 seeds";
+}
+
+TEST(EngineRecovery, ControlFaultOptionsAreChecked) {
+  control_fault_options f;
+  f.drop = 1.5;
+  EXPECT_NE(validate(f).message().find("drop"), std::string::npos);
+  f.drop = 0.6;
+  f.delay = 0.6;
+  EXPECT_NE(validate(f).message().find("sum"), std::string::npos);
 }
 
 TEST(EngineRecovery, PeerTimeoutOutOfRangeIsRefusedNamingIt) {
