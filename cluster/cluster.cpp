@@ -730,6 +730,7 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
                                 const caf::actor& beat,
                                 std::vector<std::unique_ptr<transport::fabric>>& fabrics) {
   HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(cc.engine()));
+  if (!config.log_level.empty()) HELIX_RETURN_IF_ERROR(set_log_level(config.log_level));
   config.layout = cc.layout();
   config.kv_capacity_tokens_per_worker = cc.kv_capacity_tokens_per_worker();
   if (w.threads > 0) config.threads_per_worker = w.threads;

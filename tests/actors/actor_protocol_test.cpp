@@ -232,11 +232,13 @@ TEST_F(ActorProtocol, StaleEpochsAreDropped) {
   start(2, 100);
   migrate_msg mig;
   mig.epoch = 3;
+  mig.op_id = 1;  // the engine numbers operations from 1
   caf::anon_send(workers[0], mig);
   step_msg old;
   old.epoch = 2;
+  old.step_id = 1;
   caf::anon_send(workers[0], old);
-  caf::anon_send(workers[0], open_seq_msg{1, 0, 1});
+  caf::anon_send(workers[0], open_seq_msg{1, 2, 1});
   sched->run();
   caf::scoped_actor self{*sys};
   self->send(workers[0], wstate_atom::value);
@@ -247,6 +249,22 @@ TEST_F(ActorProtocol, StaleEpochsAreDropped) {
     EXPECT_EQ(used, 0);
   });
   EXPECT_EQ(computes[0]->log(), (std::vector<std::string>{"migrate 0"}));
+}
+
+// A control message delivered twice (or after a later one) runs once: the engine numbers steps
+// and operations in increasing order.
+TEST_F(ActorProtocol, RepeatedStepsAndOperationsRunOnce) {
+  start(2, 100);
+  caf::anon_send(workers[0], open_seq_msg{0, 1, 1});
+  caf::anon_send(workers[0], open_seq_msg{0, 1, 1});
+  caf::anon_send(workers[0], close_seq_msg{0, 2, 1});
+  caf::anon_send(workers[0], open_seq_msg{0, 1, 1});  // older than the close: late
+  sched->run();
+  caf::scoped_actor self{*sys};
+  self->send(workers[0], wstate_atom::value);
+  sched->run();
+  self->receive([&](std::int64_t, std::int64_t dropped, std::int64_t) { EXPECT_EQ(dropped, 2); });
+  EXPECT_EQ(computes[0]->log(), (std::vector<std::string>{"open 1", "close 1"}));
 }
 
 TEST_F(ActorProtocol, StatsCountWhatHappened) {

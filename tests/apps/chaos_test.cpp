@@ -59,11 +59,9 @@ fault::fault_spec fail_at(int rank, std::uint64_t nth) {
   return fault_at(fault::fault_action::fail, rank, nth);
 }
 
-// The `helix` binary the worker processes run: the one beside this test binary (build/bin).
+// The `helix` binary the worker processes run (built before this test binary).
 std::string helix_cli() {
-  auto self = this_program_path();
-  if (!self) return {};
-  return (std::filesystem::path(*self).parent_path() / "helix").string();
+  return HELIX_CLI;
 }
 
 // Options for a run on 4 worker processes, or a failure naming the missing binary.
