@@ -411,28 +411,46 @@ class spawned_source final : public actors::worker_source {
     logger()->info("started {} worker processes, joining at {}", n, join);
     expected<std::vector<caf::actor>> result = internal_error("spawned workers: no answer");
     {
+      // Sent, not requested: the answer comes back as a plain message, and the loop also
+      // notices a child that died before it was ready (at once, not at the join timeout).
       caf::scoped_actor self{sys};
-      self->request(reg, opts_.join_timeout + std::chrono::seconds(5),
-                    await_workers{opts_.join_timeout.count()})
-          .receive(
-              [&](worker_set& w) {
-                for (std::size_t r = 0; r < w.workers.size(); ++r) {
-                  info_.push_back(
-                      {static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
-                }
-                for (std::size_t i = 0; i < w.standby_agents.size(); ++i) {
-                  standbys_.push_back({{-1, w.standby_pids[i], w.standby_hosts[i],
-                                        w.standby_names[i]},
-                                       w.standby_agents[i],
-                                       w.standby_heartbeats[i]});
-                }
-                take(w);
-                result = w.workers;
-              },
-              [&](caf::error& e) {
-                result = make_error(errc::unavailable, "workers: {}{}", sys.render(e),
-                                    exited_children());
-              });
+      self->send(reg, await_workers{opts_.join_timeout.count()});
+      const auto until = std::chrono::steady_clock::now() + opts_.join_timeout +
+                         std::chrono::seconds(5);
+      bool answered = false;
+      while (!answered) {
+        self->receive(
+            [&](worker_set& w) {
+              answered = true;
+              for (std::size_t r = 0; r < w.workers.size(); ++r) {
+                info_.push_back({static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
+              }
+              for (std::size_t i = 0; i < w.standby_agents.size(); ++i) {
+                standbys_.push_back(
+                    {{-1, w.standby_pids[i], w.standby_hosts[i], w.standby_names[i]},
+                     w.standby_agents[i],
+                     w.standby_heartbeats[i]});
+              }
+              take(w);
+              result = w.workers;
+            },
+            [&](caf::error& e) {
+              answered = true;
+              result = make_error(errc::unavailable, "workers: {}{}", sys.render(e),
+                                  exited_children());
+            },
+            caf::after(std::chrono::milliseconds(100)) >> [&] {
+              const std::string gone = exited_children();
+              if (!gone.empty()) {
+                answered = true;
+                result = make_error(errc::unavailable, "workers: a worker ended before the "
+                                    "engine started{}", gone);
+              } else if (std::chrono::steady_clock::now() > until) {
+                answered = true;
+                result = make_error(errc::unavailable, "workers: the registrar never answered");
+              }
+            });
+      }
     }
     caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
     door_->stop_accepting();  // joined workers keep their relayed connections

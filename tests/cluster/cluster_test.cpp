@@ -5,10 +5,12 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -127,8 +129,15 @@ TEST(Processes, TinyDeepseekMedhaMatchesThreads) {
 }
 
 TEST(Processes, WorkerThatNeverJoinsIsATimeoutNamingIt) {
+  // A "worker" that stays alive without ever joining.
+  const std::string script = ::testing::TempDir() + "/helix-silent-worker.sh";
+  {
+    std::ofstream f(script);
+    f << "#!/bin/sh\nexec sleep 3\n";
+  }
+  ASSERT_EQ(::chmod(script.c_str(), 0755), 0);
   spawned_workers_options o;
-  o.worker_binary = "/bin/true";  // exits at once instead of joining
+  o.worker_binary = script;
   o.join_timeout = 1500ms;
   const auto t0 = std::chrono::steady_clock::now();
   auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), spawned_workers(o));
@@ -137,6 +146,20 @@ TEST(Processes, WorkerThatNeverJoinsIsATimeoutNamingIt) {
   const std::string msg = eng.error().to_string();
   EXPECT_NE(msg.find("0 of 2 workers ready"), std::string::npos) << msg;
   EXPECT_NE(msg.find("rank 0 (never joined)"), std::string::npos) << msg;
+}
+
+// A worker that ends before the engine started fails engine::create at once, naming its exit,
+// not at the join timeout.
+TEST(Processes, WorkerThatEndsBeforeJoiningFailsCreateAtOnce) {
+  spawned_workers_options o;
+  o.worker_binary = "/bin/true";  // exits at once instead of joining
+  o.join_timeout = 30s;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), spawned_workers(o));
+  ASSERT_FALSE(eng.has_value());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  const std::string msg = eng.error().to_string();
+  EXPECT_NE(msg.find("a worker ended before the engine started"), std::string::npos) << msg;
   EXPECT_NE(msg.find("exited with code 0"), std::string::npos) << msg;
 }
 
@@ -424,14 +447,19 @@ TEST(Processes, RunWithAWorkerKilledMidRunKeepsTheDigest) {
   ASSERT_EQ(rc, 0);
   ASSERT_TRUE(clean.contains("output_digest"));
 
-  // Started directly (no shell), so that its worker children are found by their parent.
+  // Started directly (no shell), so that its worker children are found by their parent; its
+  // stderr is watched for the first progress line (the engine runs requests).
   int out_pipe[2];
+  int err_pipe[2];
   ASSERT_EQ(::pipe(out_pipe), 0);
+  ASSERT_EQ(::pipe(err_pipe), 0);
   const pid_t run = ::fork();
   ASSERT_GE(run, 0);
   if (run == 0) {
     ::dup2(out_pipe[1], 1);
+    ::dup2(err_pipe[1], 2);
     ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     std::vector<std::string> args = {HELIX_CLI};
     std::istringstream words(workload + " --processes 4");
@@ -443,27 +471,32 @@ TEST(Processes, RunWithAWorkerKilledMidRunKeepsTheDigest) {
     ::_exit(127);
   }
   ::close(out_pipe[1]);
-  auto output = std::async(std::launch::async, [fd = out_pipe[0]] {
+  ::close(err_pipe[1]);
+  const auto drain = [](int fd, std::atomic<bool>* running) {
     std::string text;
     char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) text.append(buf, static_cast<std::size_t>(n));
+    for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) {
+      text.append(buf, static_cast<std::size_t>(n));
+      if (running != nullptr && text.find("[run]") != std::string::npos) *running = true;
+    }
     ::close(fd);
     return text;
-  });
-  std::vector<pid_t> workers;
-  const auto until = std::chrono::steady_clock::now() + 60s;
-  while (workers.size() < 4 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(50ms);
-    workers = children_of(run, "worker --join");
-  }
+  };
+  std::atomic<bool> running{false};
+  auto output = std::async(std::launch::async, drain, out_pipe[0], nullptr);
+  auto log = std::async(std::launch::async, drain, err_pipe[0], &running);
+  const auto until = std::chrono::steady_clock::now() + 120s;
+  while (!running && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(running) << "the run never started serving";
+  const std::vector<pid_t> workers = children_of(run, "worker --join");
   ASSERT_EQ(workers.size(), 4u);
-  std::this_thread::sleep_for(1500ms);  // joined, weights built, decoding
   const pid_t victim = workers[2];
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
   int wstatus = 0;
   ASSERT_EQ(::waitpid(run, &wstatus, 0), run);
   const std::string text = output.get();
-  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << text;
+  const std::string stderr_text = log.get();
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << text << stderr_text;
   const nlohmann::json got = test_support::last_json(text);
   ASSERT_TRUE(got.contains("output_digest")) << text;
   EXPECT_EQ(got["requests_completed"], 24) << text;
