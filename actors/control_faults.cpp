@@ -56,8 +56,8 @@ using proxy_ptr = caf::stateful_actor<proxy_state>*;
 fate draw(proxy_state& st) {
   const std::uint64_t k = st.next_message++;
   if (st.opt.max_faults > 0 && st.faults >= st.opt.max_faults) return fate::pass;
-  const double u = uniform_open01(random_words(st.opt.seed, static_cast<std::uint64_t>(st.rank),
-                                               k, rng_purpose::faults, 1)[0]);
+  const double u = uniform_open01(
+      random_words(st.opt.seed, static_cast<std::uint64_t>(st.rank), k, rng_purpose::faults, 1)[0]);
   double edge = 0.0;
   const std::pair<double, fate> table[] = {{st.opt.delay, fate::delay},
                                            {st.opt.drop, fate::drop},
@@ -80,8 +80,8 @@ std::chrono::milliseconds delay_of(const proxy_state& st) {
   return std::chrono::milliseconds(1 + static_cast<std::int64_t>(w % st.opt.max_delay.count()));
 }
 
-caf::behavior proxy(proxy_ptr self, caf::actor worker, std::int64_t rank,
-                    control_fault_options opt, control_fault_counts* counts) {
+caf::behavior proxy(proxy_ptr self, caf::actor worker, std::int64_t rank, control_fault_options opt,
+                    control_fault_counts* counts) {
   auto& st = self->state;
   st.worker = std::move(worker);
   st.rank = rank;
@@ -107,7 +107,9 @@ caf::behavior proxy(proxy_ptr self, caf::actor worker, std::int64_t rank,
       return caf::delegated<caf::message>{};
     }
     if (!st.engine) st.engine = caf::actor_cast<caf::actor>(self->current_sender());
-    const auto forward = [self](caf::message msg) { self->send(self->state.worker, std::move(msg)); };
+    const auto forward = [self](caf::message msg) {
+      self->send(self->state.worker, std::move(msg));
+    };
     const auto release_held = [&] {
       if (st.held) {
         forward(std::move(*st.held));

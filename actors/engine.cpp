@@ -554,9 +554,9 @@ class in_process_source final : public worker_source {
   expected<std::vector<caf::actor>> make_workers(caf::actor_system& sys,
                                                  const engine_config& config, const layout& grid) {
     HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
-    HELIX_ASSIGN_OR_RETURN(fab_, transport::make_local_fabric(
-                                     {static_cast<int>(grid.num_ranks),
-                                      std::chrono::milliseconds(config.peer_timeout_ms)}));
+    HELIX_ASSIGN_OR_RETURN(
+        fab_, transport::make_local_fabric({static_cast<int>(grid.num_ranks),
+                                            std::chrono::milliseconds(config.peer_timeout_ms)}));
     if (opt_.wrap_fabric) fab_ = opt_.wrap_fabric(std::move(fab_));
     std::vector<std::shared_ptr<worker_compute>> computes;
     for (std::int64_t r = 0; r < grid.num_ranks; ++r) {

@@ -143,6 +143,8 @@ struct request_options {
 };
 
 enum class finish_reason : std::uint8_t { none, length, stop_token, cancelled, error };
+/// "none", "length", "stop_token", "cancelled", "error" (reports and JSON).
+[[nodiscard]] const char* finish_reason_name(finish_reason r) noexcept;
 
 /// One event of a request's stream: a generated token, and with the last one why it ended.
 /// A request that ends without a token (cancelled in the queue, or failed) gets one event with

@@ -816,8 +816,9 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
       [self](op_done_msg& m) {
         engine_state& st = self->state;
         if (!from_current_worker(self)) return;  // a worker a recovery replaced
-        if (auto it = st.ops_pending.find(m.op_id); it != st.ops_pending.end() && m.rank >= 0 &&
-                                                    m.rank < static_cast<std::int64_t>(it->second.size())) {
+        if (auto it = st.ops_pending.find(m.op_id);
+            it != st.ops_pending.end() && m.rank >= 0 &&
+            m.rank < static_cast<std::int64_t>(it->second.size())) {
           it->second[static_cast<std::size_t>(m.rank)] = true;
           if (std::all_of(it->second.begin(), it->second.end(), [](bool b) { return b; })) {
             st.ops_pending.erase(it);

@@ -3,6 +3,22 @@
 
 namespace helix::actors {
 
+const char* finish_reason_name(finish_reason r) noexcept {
+  switch (r) {
+    case finish_reason::none:
+      return "none";
+    case finish_reason::length:
+      return "length";
+    case finish_reason::stop_token:
+      return "stop_token";
+    case finish_reason::cancelled:
+      return "cancelled";
+    case finish_reason::error:
+      return "error";
+  }
+  return "unknown";
+}
+
 void token_stream::push(token_event e) {
   {
     std::lock_guard lk(mu_);

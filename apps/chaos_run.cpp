@@ -44,22 +44,6 @@ double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
-const char* reason_name(actors::finish_reason r) {
-  switch (r) {
-    case actors::finish_reason::none:
-      return "none";
-    case actors::finish_reason::length:
-      return "length";
-    case actors::finish_reason::stop_token:
-      return "stop_token";
-    case actors::finish_reason::cancelled:
-      return "cancelled";
-    case actors::finish_reason::error:
-      return "error";
-  }
-  return "unknown";
-}
-
 std::string to_hex(std::string_view bytes) {
   std::string out;
   out.reserve(bytes.size() * 2);
@@ -614,7 +598,7 @@ void check_requests(pass_result& p, const std::vector<std::vector<std::int32_t>>
         ++ok_count;
         if (r.tokens != w) {
           p.violations.push_back(fmt::format("request {}: ended with {} but {}", i,
-                                             reason_name(r.reason), token_diff()));
+                                             actors::finish_reason_name(r.reason), token_diff()));
         }
         break;
       case actors::finish_reason::error:
@@ -632,7 +616,7 @@ void check_requests(pass_result& p, const std::vector<std::vector<std::int32_t>>
       case actors::finish_reason::none:
         if (r.ends > 0) {
           p.violations.push_back(
-              fmt::format("request {}: ended with {}", i, reason_name(r.reason)));
+              fmt::format("request {}: ended with {}", i, actors::finish_reason_name(r.reason)));
         }
         break;
     }
@@ -747,7 +731,8 @@ expected<chaos_report> run_chaos(const chaos_options& o, std::ostream& progress)
       if (rec.reason != actors::finish_reason::length &&
           rec.reason != actors::finish_reason::stop_token) {
         clean.violations.push_back(fmt::format("a request ended with {}: {}",
-                                               reason_name(rec.reason), rec.error.to_string()));
+                                               actors::finish_reason_name(rec.reason),
+                                               rec.error.to_string()));
       }
     }
     if (!clean.violations.empty() || clean.recoveries > 0) {

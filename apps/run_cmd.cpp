@@ -88,22 +88,6 @@ double ms_between(clock_type::time_point a, clock_type::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-const char* reason_name(actors::finish_reason r) {
-  switch (r) {
-    case actors::finish_reason::none:
-      return "none";
-    case actors::finish_reason::length:
-      return "length";
-    case actors::finish_reason::stop_token:
-      return "stop_token";
-    case actors::finish_reason::cancelled:
-      return "cancelled";
-    case actors::finish_reason::error:
-      return "error";
-  }
-  return "unknown";
-}
-
 // One turn of one session. The engine's thread writes the token fields from the callback; the
 // driver reads them only after the record came through the completion queue (under its mutex).
 struct turn_record {
@@ -326,7 +310,7 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
       ++r.requests_completed;
     } else {
       fail(fmt::format("session {} turn {}: ended with {}{}", rec.session_idx, rec.turn_idx,
-                       reason_name(rec.reason),
+                       actors::finish_reason_name(rec.reason),
                        rec.error.ok() ? "" : ": " + rec.error.to_string()));
     }
     auto it = live.find(rec.session_idx);
@@ -601,10 +585,10 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     return 2;
   }
   if (const status known =
-          a->check_known({"config", "model", "workers", "layout", "agents", "rate", "duration",
-                          "requests", "context", "turns", "max-tokens", "seed", "kv-capacity",
-                          "processes", "listen", "expect-workers", "standby", "recovery", "json",
-                          "help"});
+          a->check_known({"config",         "model",    "workers",     "layout",    "agents",
+                          "rate",           "duration", "requests",    "context",   "turns",
+                          "max-tokens",     "seed",     "kv-capacity", "processes", "listen",
+                          "expect-workers", "standby",  "recovery",    "json",      "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << run_usage;
     return 2;

@@ -6,11 +6,11 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <map>
 #include <caf/io/all.hpp>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <ostream>
 
 #include "actors/config_file.hpp"
@@ -80,8 +80,8 @@ void answer_engine(registrar_ptr self) {
   auto& st = self->state;
   if (st.answered || st.ready < st.expected || st.standbys_ready < st.standbys_expected) return;
   st.answered = true;
-  worker_set w{st.workers, st.heartbeats, st.agents, {}, {}, {}, st.standby_agents,
-               st.standby_heartbeats, {}, {}, {}};
+  worker_set w{st.workers,        st.heartbeats,         st.agents, {}, {}, {},
+               st.standby_agents, st.standby_heartbeats, {},        {}, {}};
   for (const worker_info& j : st.joined) {
     w.pids.push_back(j.pid);
     w.hosts.push_back(j.host);
@@ -154,8 +154,8 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::int32_t 
         if ((j->standby() || static_cast<std::int32_t>(st.joined.size()) >= st.expected) &&
             standby_free) {
           st.standby_joined.push_back({-1, j->pid(), j->host(), j->name()});
-          logger()->info("worker {} joined as a standby (pid {}, host {}; {})", j->name(),
-                         j->pid(), j->host(), describe(j->capabilities()));
+          logger()->info("worker {} joined as a standby (pid {}, host {}; {})", j->name(), j->pid(),
+                         j->host(), describe(j->capabilities()));
           return join_reply_msg{to_bytes(accept_join(-1, st.expected, st.config))};
         }
         if (static_cast<std::int32_t>(st.joined.size()) >= st.expected) {
@@ -352,7 +352,8 @@ class spawned_source final : public actors::worker_source {
         return internal_error("spawned workers: the fault schedule does not serialize");
       }
     }
-    caf::actor reg = sys.spawn(registrar, n, opts_.standbys, std::move(cc), std::vector<worker_info>{});
+    caf::actor reg =
+        sys.spawn(registrar, n, opts_.standbys, std::move(cc), std::vector<worker_info>{});
     // The middleman listens on loopback only; workers reach it through the front door, which
     // checks the framing before CAF allocates anything (front_door.hpp).
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
@@ -415,8 +416,8 @@ class spawned_source final : public actors::worker_source {
       // notices a child that died before it was ready (at once, not at the join timeout).
       caf::scoped_actor self{sys};
       self->send(reg, await_workers{opts_.join_timeout.count()});
-      const auto until = std::chrono::steady_clock::now() + opts_.join_timeout +
-                         std::chrono::seconds(5);
+      const auto until =
+          std::chrono::steady_clock::now() + opts_.join_timeout + std::chrono::seconds(5);
       bool answered = false;
       while (!answered) {
         self->receive(
@@ -436,20 +437,23 @@ class spawned_source final : public actors::worker_source {
             },
             [&](caf::error& e) {
               answered = true;
-              result = make_error(errc::unavailable, "workers: {}{}", sys.render(e),
-                                  exited_children());
+              result =
+                  make_error(errc::unavailable, "workers: {}{}", sys.render(e), exited_children());
             },
-            caf::after(std::chrono::milliseconds(100)) >> [&] {
-              const std::string gone = exited_children();
-              if (!gone.empty()) {
-                answered = true;
-                result = make_error(errc::unavailable, "workers: a worker ended before the "
-                                    "engine started{}", gone);
-              } else if (std::chrono::steady_clock::now() > until) {
-                answered = true;
-                result = make_error(errc::unavailable, "workers: the registrar never answered");
-              }
-            });
+            caf::after(std::chrono::milliseconds(100)) >>
+                [&] {
+                  const std::string gone = exited_children();
+                  if (!gone.empty()) {
+                    answered = true;
+                    result = make_error(errc::unavailable,
+                                        "workers: a worker ended before the "
+                                        "engine started{}",
+                                        gone);
+                  } else if (std::chrono::steady_clock::now() > until) {
+                    answered = true;
+                    result = make_error(errc::unavailable, "workers: the registrar never answered");
+                  }
+                });
       }
     }
     caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
@@ -548,16 +552,18 @@ class spawned_source final : public actors::worker_source {
               for (const member& m : ranks) {
                 if (m.agent.address() != dm.source) continue;
                 answered = true;
-                result = make_error(errc::unavailable,
-                                    "relayout to {}: {} (pid {}) died meanwhile{}",
-                                    grid.to_string(), m.info.name, m.info.pid, exited_children());
+                result =
+                    make_error(errc::unavailable, "relayout to {}: {} (pid {}) died meanwhile{}",
+                               grid.to_string(), m.info.name, m.info.pid, exited_children());
               }
             },
-            caf::after(opts_.join_timeout + std::chrono::seconds(5)) >> [&] {
-              answered = true;
-              result = make_error(errc::unavailable, "relayout to {}: the registrar never answered",
-                                  grid.to_string());
-            });
+            caf::after(opts_.join_timeout + std::chrono::seconds(5)) >>
+                [&] {
+                  answered = true;
+                  result =
+                      make_error(errc::unavailable, "relayout to {}: the registrar never answered",
+                                 grid.to_string());
+                });
       }
     }
     caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
@@ -644,9 +650,9 @@ class spawned_source final : public actors::worker_source {
   std::uint16_t listen_port_ = 0;
   std::function<void(std::uint16_t)> on_listening_;
   std::vector<pid_t> pids_;
-  std::map<pid_t, int> reaped_;  // children already waited for, with their wait status
-  std::vector<worker_info> info_;      // by rank
-  std::vector<caf::actor> workers_;    // by rank
+  std::map<pid_t, int> reaped_;         // children already waited for, with their wait status
+  std::vector<worker_info> info_;       // by rank
+  std::vector<caf::actor> workers_;     // by rank
   std::vector<caf::actor> heartbeats_;  // by rank
   std::vector<caf::actor> agents_;      // by rank
   std::vector<member> standbys_;        // alive, without a rank
@@ -786,8 +792,8 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
   }
   HELIX_RETURN_IF_ERROR(fabric->connect(addresses));
   if (cc.has_fault_schedule()) {
-    HELIX_ASSIGN_OR_RETURN(auto schedule, transport::fault::parse_schedule(
-                                              cc.fault_schedule().SerializeAsString()));
+    HELIX_ASSIGN_OR_RETURN(
+        auto schedule, transport::fault::parse_schedule(cc.fault_schedule().SerializeAsString()));
     HELIX_ASSIGN_OR_RETURN(auto faulty,
                            transport::fault::make_fault_fabric(std::move(fabric), schedule));
     fabrics.push_back(std::move(faulty));
@@ -846,8 +852,8 @@ status serve(const worker_args& w) {
   const std::string engine_at = fmt::format("the engine at {}:{}", w.host, w.port);
   status st;
   std::string reply_bytes;
-  const worker_identity id{static_cast<std::int64_t>(::getpid()), hostname(), w.name, w.threads,
-                           w.ucx_tls, w.standby};
+  const worker_identity id{
+      static_cast<std::int64_t>(::getpid()), hostname(), w.name, w.threads, w.ucx_tls, w.standby};
   self->request(*reg, w.timeout, join_msg{to_bytes(make_join_request(id))})
       .receive([&](join_reply_msg& r) { reply_bytes = std::move(r.reply); },
                [&](caf::error& e) {
@@ -866,8 +872,8 @@ status serve(const worker_args& w) {
                                static_cast<std::int64_t>(::getpid())});
     logger()->info("{}: joined {} as a standby", w.name, engine_at);
   } else {
-    auto first = build_rank(self, sys, w, *reg, rank, reply->world_size(), reply->config(), beat,
-                            fabrics);
+    auto first =
+        build_rank(self, sys, w, *reg, rank, reply->world_size(), reply->config(), beat, fabrics);
     if (!first) {
       self->send_exit(beat, caf::exit_reason::user_shutdown);
       return first.error();
@@ -889,7 +895,6 @@ status serve(const worker_args& w) {
           if ((worker && dm.source == worker.address()) ||
               (engine && dm.source == engine.address())) {
             done = true;  // the engine stopped this rank (or, standing by, ended)
-
           }
         },
         [&](relayout_msg& m) {
@@ -917,7 +922,8 @@ status serve(const worker_args& w) {
                            ? build_rank(self, sys, w, m.registrar, rank, m.world, cc, beat, fabrics)
                            : expected<caf::actor>(invalid_argument("relayout: config unreadable"));
           if (!built) {
-            outcome = built.error().with_context(fmt::format("{}: relayout to rank {}", w.name, rank));
+            outcome =
+                built.error().with_context(fmt::format("{}: relayout to rank {}", w.name, rank));
             logger()->error("{}", outcome);
             done = true;
             return;

@@ -8,8 +8,8 @@
 #include <thread>
 #include <vector>
 
-#include <caf/all.hpp>
 #include <gtest/gtest.h>
+#include <caf/all.hpp>
 
 #include "actors/control_faults.hpp"
 #include "actors/engine.hpp"
@@ -36,17 +36,15 @@ engine_config recovery_config(std::int64_t workers, const std::string& layout) {
 
 // In-process workers whose first data plane fails rank `rank` at its nth all_reduce (the fault
 // fires once: the rebuilt workers get a plain fabric).
-std::unique_ptr<worker_source> failing_workers(int rank, std::uint64_t nth,
-                                               fault::fault_action action = fault::fault_action::fail) {
+std::unique_ptr<worker_source> failing_workers(
+    int rank, std::uint64_t nth, fault::fault_action action = fault::fault_action::fail) {
   in_process_options o;
   auto first = std::make_shared<std::atomic<bool>>(true);
   o.wrap_fabric = [=](std::unique_ptr<transport::fabric> f) -> std::unique_ptr<transport::fabric> {
     if (!first->exchange(false)) return f;
     fault::fault_schedule s;
-    s.faults.push_back({.action = action,
-                        .rank = rank,
-                        .kind = fault::call_kind::all_reduce,
-                        .nth = nth});
+    s.faults.push_back(
+        {.action = action, .rank = rank, .kind = fault::call_kind::all_reduce, .nth = nth});
     auto wrapped = fault::make_fault_fabric(std::move(f), s);
     EXPECT_TRUE(wrapped.has_value()) << wrapped.error().to_string();
     return std::move(*wrapped);

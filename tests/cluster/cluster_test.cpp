@@ -209,7 +209,8 @@ long_run serve_long(engine& eng, const std::function<void(std::size_t)>& during 
   std::vector<actors::request_handle> handles;
   for (int i = 0; i < 4; ++i) {
     request_options r;
-    r.prompt = test_support::random_tokens(9 + 11 * i, eng.vocab(), 40 + static_cast<std::uint64_t>(i));
+    r.prompt =
+        test_support::random_tokens(9 + 11 * i, eng.vocab(), 40 + static_cast<std::uint64_t>(i));
     r.max_tokens = 48;
     if (i % 2 == 1) r.sampling = {0.9f, 40, 0.95f, 3 + static_cast<std::uint64_t>(i)};
     auto h = eng.submit(r);
@@ -738,8 +739,9 @@ TEST(Processes, ListeningEngineTakesWorkersStartedByHandAndRefusesBadJoins) {
               std::string::npos)
         << wrong;
     const std::string spare =
-        join_verdict(*cs.sys, port, to_bytes(make_join_request({1, "elsewhere", "spare", 0, "",
-                                                                /*standby=*/true})));
+        join_verdict(*cs.sys, port,
+                     to_bytes(make_join_request({1, "elsewhere", "spare", 0, "",
+                                                 /*standby=*/true})));
     EXPECT_NE(spare.find("worker 'spare' (pid 1 on elsewhere) asks to stand by, but the engine "
                          "expects 0 standbys"),
               std::string::npos)

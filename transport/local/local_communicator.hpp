@@ -55,7 +55,8 @@ struct p2p_op {
 struct group_state {
   group_state(std::vector<int> global_ranks, status abort_reason,
               std::shared_ptr<suspect_book> book)
-      : members(std::move(global_ranks)), aborted(std::move(abort_reason)),
+      : members(std::move(global_ranks)),
+        aborted(std::move(abort_reason)),
         suspects(std::move(book)) {}
 
   /// Fails every pending operation with `reason` and wakes all waiters.

@@ -99,7 +99,7 @@ static_assert(sizeof(pull_desc) == 32);
 struct held_msg {
   wire_header hdr;
   std::vector<std::uint64_t> counts;
-  void* data = nullptr;  // UCX's persistent eager data or rendezvous descriptor
+  void* data = nullptr;    // UCX's persistent eager data or rendezvous descriptor
   std::size_t length = 0;  // payload bytes (for a pull descriptor, the bytes it describes)
   bool rndv = false;
   std::optional<pull_desc> pull;  // unanswered pull descriptor: release() answers it
@@ -164,9 +164,9 @@ struct send_token {
   std::shared_ptr<op_state> op;
   std::vector<std::byte> header;  // AM header, then any text payload: kept until the send completes
   ucx_fabric_impl* fabric = nullptr;
-  int peer = -1;            // global rank at the other end
-  bool abandoned = false;   // already counted out: the completion, when it comes, is ignored
-  void* request = nullptr;  // UCX's request while it is in flight (for cancelling)
+  int peer = -1;              // global rank at the other end
+  bool abandoned = false;     // already counted out: the completion, when it comes, is ignored
+  void* request = nullptr;    // UCX's request while it is in flight (for cancelling)
   std::uint64_t pull_id = 0;  // a pull token: no UCX request, completed by the peer's `pulled`
   std::optional<std::chrono::steady_clock::time_point> stuck_since;  // its call is decided
 };
@@ -182,8 +182,8 @@ struct event {
 // as a receive in flight (slot recvs_in_flight or op ucx_in_flight).
 struct pull_job {
   group* g = nullptr;
-  coll_slot* slot = nullptr;      // a collective's message, or
-  std::shared_ptr<op_state> op;   // a point-to-point receive
+  coll_slot* slot = nullptr;     // a collective's message, or
+  std::shared_ptr<op_state> op;  // a point-to-point receive
   pull_desc desc;
   std::byte* dst = nullptr;
   std::size_t done = 0;
@@ -283,11 +283,10 @@ class ucx_fabric_impl final : public ucx_fabric {
   // One copy (ucx_one_copy.cpp).
   // Sends a payload of `token`'s call: as a pull descriptor when one copy applies, else as UCX
   // data (send_msg). The caller counted `token` in its call; a pull token is counted here.
-  void send_payload(int global_peer, send_token* token, std::size_t header_bytes,
-                    const void* data, std::size_t bytes);
+  void send_payload(int global_peer, send_token* token, std::size_t header_bytes, const void* data,
+                    std::size_t bytes);
   // Reads m's descriptor into dst for a slot or a point-to-point receive.
-  void start_pull(group& g, coll_slot* slot, std::shared_ptr<op_state> op, held_msg& m,
-                  void* dst);
+  void start_pull(group& g, coll_slot* slot, std::shared_ptr<op_state> op, held_msg& m, void* dst);
   // Copies up to a round's budget; true while jobs remain.
   bool run_pulls();
   void finish_pull(pull_job job, const status& st, bool tell_group);
@@ -297,8 +296,7 @@ class ucx_fabric_impl final : public ucx_fabric {
   bool read_pull_desc(held_msg& m, const void* data) const;
   // At connect, for a peer on this machine: one copy from `peer` when this process can read its
   // memory (the word at probe_address must hold probe_value); else why not.
-  status enable_one_copy(int peer, int pid, std::uint64_t probe_address,
-                         std::uint64_t probe_value);
+  status enable_one_copy(int peer, int pid, std::uint64_t probe_address, std::uint64_t probe_value);
   // Tells the peers this rank can read that they may send it pull descriptors; logs the paths.
   void announce_one_copy(const std::string& refused);
 
@@ -340,7 +338,7 @@ class ucx_fabric_impl final : public ucx_fabric {
   // Progress thread only.
   std::vector<ucp_ep_h> eps_;        // by global rank (null for self or closed)
   std::vector<status> peer_failed_;  // by global rank
-  suspect_book suspects_;  // peers that calls timed out waiting for, or saw fail
+  suspect_book suspects_;            // peers that calls timed out waiting for, or saw fail
   struct peer_ref {
     ucx_fabric_impl* fabric;
     int rank;
