@@ -238,16 +238,23 @@ long_run serve_long(engine& eng, const std::function<void(std::size_t)>& during 
   return out;
 }
 
+// serve_long on in-process workers of `c`, for the tokens a run with faults must reproduce; empty
+// (with a test failure) when the engine cannot be built.
+long_run fault_free_run(const engine_config& c) {
+  auto clean = engine::create(c);
+  EXPECT_TRUE(clean.has_value()) << clean.error().to_string();
+  if (!clean) return {};
+  return serve_long(**clean);
+}
+
 // kill -9 of a worker process mid-decode with recovery on: the survivors take the ranks of a new
 // layout (weights resharded, a new UCX world among them), the one without a rank stands by, and
 // every request ends as in a run without the kill; nothing outlives the engine.
 TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
   engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
   c.recovery = "full_replay";
-  auto clean = engine::create(c);
-  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
-  const long_run want = serve_long(**clean);
-  clean->reset();
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
 
   auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
@@ -288,10 +295,8 @@ TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
 TEST(Processes, ScheduledCrashIsRecovered) {
   engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
   c.recovery = "full_replay";
-  auto clean = engine::create(c);
-  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
-  const long_run want = serve_long(**clean);
-  clean->reset();
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
   spawned_workers_options o;
   o.worker_binary = HELIX_CLI;
   o.faults.faults.push_back({.action = transport::fault::fault_action::crash,
@@ -316,10 +321,8 @@ TEST(Processes, ScheduledCrashIsRecovered) {
 TEST(Processes, TwoWorkersKilledOneAfterTheOtherAreBothRecovered) {
   engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
   c.recovery = "full_replay";
-  auto clean = engine::create(c);
-  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
-  const long_run want = serve_long(**clean);
-  clean->reset();
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
   auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
   const auto before = (*eng)->workers();
@@ -351,10 +354,8 @@ TEST(Processes, TwoWorkersKilledOneAfterTheOtherAreBothRecovered) {
 TEST(Processes, StandbyTakesTheDeadWorkersRankAndTheLayoutStays) {
   engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
   c.recovery = "full_replay";
-  auto clean = engine::create(c);
-  ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
-  const long_run want = serve_long(**clean);
-  clean->reset();
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
   spawned_workers_options o;
   o.worker_binary = HELIX_CLI;
   o.standbys = 1;
