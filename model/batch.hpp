@@ -11,6 +11,11 @@ struct batch_item {
   std::uint64_t seq = 0;
   std::span<const std::int32_t> tokens;
   bool all_logits = false;  // logits for every token instead of the last only
+  /// -1: the tokens are appended at the end of the sequence. Otherwise recovery's rebuild
+  /// (rank_program::restore): the tokens are the sequence's tokens at positions [rewrite_from,
+  /// rewrite_from + tokens.size()), already in its block table, whose KV is computed again and
+  /// written over those positions; their queries attend over every position up to their own.
+  std::int64_t rewrite_from = -1;
 };
 
 /// Rows of logits a step of these items produces: one per item, or one per token with all_logits.

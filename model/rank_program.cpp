@@ -73,6 +73,13 @@ expected<std::unique_ptr<rank_program>> rank_program::create(
 expected<std::unique_ptr<rank_program>> rank_program::create(
     rank_weights w, std::unique_ptr<transport::communicator> world,
     std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options) {
+  return create(std::move(w), std::move(world), std::move(kvp_group), options, nullptr);
+}
+
+expected<std::unique_ptr<rank_program>> rank_program::create(
+    rank_weights w, std::unique_ptr<transport::communicator> world,
+    std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options,
+    std::unique_ptr<carried_kv> carried) {
   const model_spec s = w.spec;
   const helix::layout l = w.layout;
   const std::int64_t rank = w.rank;
@@ -112,9 +119,30 @@ expected<std::unique_ptr<rank_program>> rank_program::create(
   }
   const std::int64_t slots =
       (options.kv_capacity_tokens + options.block_tokens - 1) / options.block_tokens;
-  HELIX_ASSIGN_OR_RETURN(kv_store kv, kv_store::create(page, s.num_layers, slots));
-  return std::make_unique<rank_program>(passkey{}, std::move(w), std::move(world),
-                                        std::move(kvp_group), options, std::move(kv));
+  // A carried store is taken over when it holds the same heads in the same pages (the rank keeps
+  // its TPA column) and as many slots; else it goes before the new one is allocated.
+  if (carried != nullptr) {
+    const kv_page_layout& had = carried->store.layout();
+    const bool same_pages =
+        had.num_kv_heads == page.num_kv_heads && had.key_dim == page.key_dim &&
+        had.value_dim == page.value_dim && had.block_tokens == page.block_tokens &&
+        had.type == page.type && had.value_in_key == page.value_in_key &&
+        carried->store.num_layers() == s.num_layers && carried->store.num_slots() == slots;
+    const bool same_column = carried->grid.tpa == l.tpa && carried->rank >= 0 &&
+                             carried->rank < carried->grid.num_ranks &&
+                             carried->grid.attention_coords(carried->rank).tpa_idx == c.tpa_idx;
+    if (!same_pages || !same_column) carried.reset();
+  }
+  kv_store kv;
+  if (carried != nullptr) {
+    kv = std::move(carried->store);
+  } else {
+    HELIX_ASSIGN_OR_RETURN(kv, kv_store::create(page, s.num_layers, slots));
+  }
+  auto program = std::make_unique<rank_program>(passkey{}, std::move(w), std::move(world),
+                                                std::move(kvp_group), options, std::move(kv));
+  program->carried_ = std::move(carried);
+  return program;
 }
 
 rank_program::rank_program(passkey, rank_weights w, std::unique_ptr<transport::communicator> world,
@@ -259,7 +287,7 @@ std::int64_t rank_program::blocks_opened(std::span<const batch_item> items) cons
   std::int64_t opened = 0;
   for (const batch_item& it : items) {
     auto s = seqs_.find(it.seq);
-    if (s == seqs_.end()) continue;
+    if (s == seqs_.end() || it.rewrite_from >= 0) continue;
     opened += s->second.table.blocks_opened_by(static_cast<std::int64_t>(it.tokens.size()));
   }
   return opened;
@@ -318,10 +346,7 @@ status rank_program::open_block(block_table& t, std::int64_t owner_kvp) {
 // Records the step's new blocks where the caller placed them and reserves this rank's share.
 status rank_program::reserve_kv(std::span<const batch_item> items,
                                 std::span<const std::int64_t> new_block_kvp) {
-  std::int64_t opened = 0;
-  for (const batch_item& it : items) {
-    opened += seqs_.at(it.seq).table.blocks_opened_by(static_cast<std::int64_t>(it.tokens.size()));
-  }
+  const std::int64_t opened = blocks_opened(items);
   HELIX_RETURN_IF_ERROR(check_owners(opened, new_block_kvp));
   const auto mine = std::count(new_block_kvp.begin(), new_block_kvp.end(), kvp_idx_);
   HELIX_RETURN_IF_ERROR(agree_on_slots(mine, "step"));
@@ -329,6 +354,17 @@ status rank_program::reserve_kv(std::span<const batch_item> items,
   std::int64_t row = 0;
   for (const batch_item& it : items) {
     block_table& t = seqs_.at(it.seq).table;
+    if (it.rewrite_from >= 0) {  // positions already in the table (check_rewrites)
+      for (std::size_t i = 0; i < it.tokens.size(); ++i, ++row) {
+        const std::int64_t pos = it.rewrite_from + static_cast<std::int64_t>(i);
+        const kv_block_ref& b = t.blocks()[sz(pos / opt_.block_tokens)];
+        rows_[sz(row)] = {b.rank == w_.rank ? b.slot : -1,
+                          static_cast<std::int32_t>(pos - b.first_pos)};
+        positions_[sz(row)] = pos;
+        token_ids_[sz(row)] = it.tokens[i];
+      }
+      continue;
+    }
     for (std::size_t i = 0; i < it.tokens.size(); ++i, ++row) {
       if (t.needs_block()) HELIX_RETURN_IF_ERROR(open_block(t, new_block_kvp[next_owner++]));
       const kv_block_ref& b = t.last();
@@ -368,6 +404,12 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
   // block, each head by its global index: the fill depends neither on which rank holds the block,
   // nor on how the heads are split, nor on the sequence's id (every layout, and a sequence rebuilt
   // after a recovery, sees the same context; the caller's seed tells contexts apart).
+  fill_synthetic(pages, seed);
+  return ok_status();
+}
+
+void rank_program::fill_synthetic(std::span<const std::pair<std::int32_t, std::int64_t>> pages,
+                                  std::uint64_t seed) {
   const std::int64_t layers = kv_.num_layers();
   const std::int64_t head0 = w_.spec.is_mla() ? 0 : w_.layers.front().kv_heads.first;
   parallel_for(
@@ -378,7 +420,6 @@ status rank_program::append_synthetic(std::uint64_t seq, std::int64_t num_tokens
             (static_cast<std::uint64_t>(layer_idx) << 56) ^ static_cast<std::uint64_t>(block_idx);
         fill_synthetic_page(kv_.page(layer_idx, slot), kv_.layout(), seed, stream, head0);
       });
-  return ok_status();
 }
 
 status rank_program::linear(const float* x, std::int64_t x_stride, const tensor& w, float* y,
@@ -559,6 +600,7 @@ status rank_program::forward(std::span<const batch_item> items,
       HELIX_RETURN_IF_ERROR(kernels::validate(out.sampling[i]));
     }
   }
+  HELIX_RETURN_IF_ERROR(check_rewrites(items));
   HELIX_RETURN_IF_ERROR(reserve_kv(items, new_block_kvp));
   kv_bytes_read_ = 0;
   full_row_samples_ = 0;

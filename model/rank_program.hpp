@@ -81,6 +81,30 @@ struct block_move {
   std::int64_t to_kvp = 0;
 };
 
+/// A rank's KV outliving its program (recovery, lost blocks only): the store and the block tables
+/// it was written under, handed to the rank's next program (create(..., carried)) so that the
+/// blocks survive a change of layout without being copied. Tables name global ranks of `grid`.
+struct carried_kv {
+  helix::layout grid;     // the layout the KV was written under
+  std::int64_t rank = 0;  // the rank that held it
+  kv_store store;
+  std::unordered_map<std::uint64_t, block_table> tables;
+};
+
+/// One sequence as it is after a recovery (rank_program::restore), the same on every rank.
+struct restored_sequence {
+  std::uint64_t seq = 0;
+  std::int64_t num_tokens = 0;  // positions in the KV (committed before the failure)
+  /// Per block, in position order: the KVP member (kvp_idx, new layout) that holds it now.
+  std::vector<std::int64_t> owner_kvp;
+  /// Per block: the KVP member of the old layout whose members kept it (they stay its holders,
+  /// as owner_kvp of the new layout, column for column), or -1: lost, its owner gets a fresh slot
+  /// and the block is rebuilt (synthetic positions refilled here, the others by rewrite steps).
+  std::vector<std::int64_t> kept_kvp;
+  std::int64_t synthetic_tokens = 0;  // leading positions of seeded synthetic KV
+  std::uint64_t synthetic_seed = 0;
+};
+
 /// What one step returns. Both parts are optional; the collectives each needs run only when it
 /// is asked for, and every rank must ask for the same parts.
 struct step_output {
@@ -128,6 +152,13 @@ class rank_program {
   [[nodiscard]] static expected<std::unique_ptr<rank_program>> create(
       rank_weights w, std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options);
+  /// The same, keeping `carried` (a previous program's KV, release_kv()) until restore(): its
+  /// store is taken over when its page layout and slot count are this program's, else it is
+  /// dropped (restore() then finds nothing kept here). Null: as above.
+  [[nodiscard]] static expected<std::unique_ptr<rank_program>> create(
+      rank_weights w, std::unique_ptr<transport::communicator> world,
+      std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options,
+      std::unique_ptr<carried_kv> carried);
 
   /// The checks create() makes on `options` (bounds, KV dtype, backend), for callers that want
   /// them before building weights. invalid_argument or failed_precondition as create().
@@ -184,6 +215,20 @@ class rank_program {
   /// member that already holds the block is a no-op. Output after migration stays exact.
   [[nodiscard]] status migrate_blocks(std::span<const block_move> moves);
 
+  /// Recovery, lost blocks only. Takes this program's KV (store and tables) for its successor;
+  /// the program keeps an empty store and no sequences (usable only to be destroyed).
+  [[nodiscard]] std::unique_ptr<carried_kv> release_kv();
+  /// Recovery, lost blocks only: replaces every sequence by `seqs` (block tables rebuilt from the
+  /// owners given), keeping the carried blocks that stay on this rank, giving each lost block
+  /// that this rank now owns a fresh slot (synthetic positions refilled from their seed), and
+  /// freeing every other carried slot; the next opened sequence gets id `next_seq`. Lost
+  /// positions past the synthetic ones are then computed again by forward() items with
+  /// rewrite_from, in position order. Collective (one all-reduce): either every rank restores or
+  /// every rank fails with failed_precondition (a block to keep that this rank did not carry) or
+  /// resource_exhausted (slots), its sequences then all closed. invalid_argument (identical
+  /// everywhere) for inconsistent entries.
+  [[nodiscard]] status restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq);
+
   /// KV blocks a step of `items` opens (what new_block_kvp must name); unknown sequences count 0.
   [[nodiscard]] std::int64_t blocks_opened(std::span<const batch_item> items) const;
   /// Tokens cached for the sequence (same on every rank); not_found for an unknown id.
@@ -229,6 +274,11 @@ class rank_program {
   [[nodiscard]] status open_block(block_table& t, std::int64_t owner_kvp);
   [[nodiscard]] status reserve_kv(std::span<const batch_item> items,
                                   std::span<const std::int64_t> new_block_kvp);
+  [[nodiscard]] status check_rewrites(std::span<const batch_item> items) const;
+  [[nodiscard]] status restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
+                                      bool carried_here);
+  void fill_synthetic(std::span<const std::pair<std::int32_t, std::int64_t>> pages,
+                      std::uint64_t seed);
   // rank_attention.cpp
   [[nodiscard]] status attention_gqa(std::int64_t layer_idx, std::span<const batch_item> items,
                                      std::int64_t rows);
@@ -266,6 +316,7 @@ class rank_program {
   std::int64_t full_row_samples_ = 0;
   std::unordered_map<std::uint64_t, sequence> seqs_;
   std::uint64_t next_seq_ = 1;
+  std::unique_ptr<carried_kv> carried_;  // tables of a previous program's KV, until restore()
 
   // Workspaces, sized once for max_batch_tokens rows (attention scratch grows with context).
   std::vector<float> x_, xn_, q_, k_, v_, qa_, kva_, part_out_, part_lse_, send_, recv_, merge_out_,

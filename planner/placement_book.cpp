@@ -34,6 +34,23 @@ status placement_book::join(std::uint64_t id) {
   return ok_status();
 }
 
+status placement_book::restore(std::uint64_t id, std::int64_t offset, block_table table) {
+  if (requests_.count(id) > 0) return invalid_argument("placement_book: request {} is live", id);
+  if (offset < 0 || offset >= grid_.kvp || table.block_tokens() != block_tokens_) {
+    return invalid_argument(
+        "placement_book: restore of request {}: offset {} of {}, {} tokens a block", id, offset,
+        grid_.kvp, table.block_tokens());
+  }
+  for (const kv_block_ref& b : table.blocks()) {
+    if (b.rank < 0 || b.rank >= grid_.kvp) {
+      return invalid_argument("placement_book: restore of request {}: a block on member {} of {}",
+                              id, b.rank, grid_.kvp);
+    }
+  }
+  requests_.emplace(id, request{offset, std::move(table)});
+  return ok_status();
+}
+
 status placement_book::leave(std::uint64_t id) {
   if (requests_.erase(id) == 0) return not_found("placement_book: unknown request {}", id);
   return ok_status();

@@ -47,8 +47,14 @@ class placement_book {
   /// the open block, wherever it lives, keeps receiving its appends. not_found for an unknown id,
   /// invalid_argument for a block index out of range or to_kvp outside [0, KVP).
   [[nodiscard]] status relocate(std::uint64_t id, std::int64_t block_idx, std::int64_t to_kvp);
+  /// Registers request `id` with a given offset and table (block ranks are kvp indices): the
+  /// record after a recovery (recovery_plan.hpp). invalid_argument if the id is live, the offset
+  /// is outside [0, KVP) or a block's member is.
+  [[nodiscard]] status restore(std::uint64_t id, std::int64_t offset, block_table table);
   /// Advances the global step clock (once per forward step).
   void tick() { ++step_; }
+  /// Sets the step clock (a record rebuilt after a recovery goes on from the old one's).
+  void set_step(std::int64_t step) { step_ = step; }
 
   [[nodiscard]] std::int64_t step() const { return step_; }
   [[nodiscard]] bool contains(std::uint64_t id) const { return requests_.count(id) > 0; }

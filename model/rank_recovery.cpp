@@ -1,0 +1,173 @@
+// Recovery of the per-rank layer program, lost blocks only (ARCHITECTURE.md, recovery): a rank's
+// KV outlives its program when the layout changes after a failure (release_kv, then create with
+// it), the new programs agree on every sequence's table (restore), and the lost positions are
+// computed again by forward() items that rewrite positions already in the table.
+#include <algorithm>
+#include <set>
+
+#include "model/rank_program.hpp"
+
+namespace helix::model {
+
+std::unique_ptr<carried_kv> rank_program::release_kv() {
+  auto out = std::make_unique<carried_kv>();
+  if (carried_ != nullptr) {  // released again before any restore(): the tables still carried
+    out->grid = carried_->grid;
+    out->rank = carried_->rank;
+    out->tables = std::move(carried_->tables);
+    carried_.reset();
+  } else {
+    out->grid = w_.layout;
+    out->rank = w_.rank;
+    for (auto& [id, s] : seqs_) out->tables.emplace(id, std::move(s.table));
+  }
+  out->store = std::move(kv_);
+  kv_ = kv_store{};
+  seqs_.clear();
+  return out;
+}
+
+// Rewrite items name positions already in their sequence (validated identically on every rank,
+// before any collective).
+status rank_program::check_rewrites(std::span<const batch_item> items) const {
+  for (const batch_item& it : items) {
+    if (it.rewrite_from < 0) continue;
+    const std::int64_t have = seqs_.at(it.seq).table.num_tokens();
+    const auto n = static_cast<std::int64_t>(it.tokens.size());
+    if (it.rewrite_from > have - n) {
+      return invalid_argument(
+          "rank_program: sequence {} rewrites positions [{}, {}) but holds {} positions", it.seq,
+          it.rewrite_from, it.rewrite_from + n, have);
+    }
+  }
+  return ok_status();
+}
+
+status rank_program::restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq) {
+  const std::int64_t bt = opt_.block_tokens;
+  const std::int64_t kvp = w_.layout.kvp;
+  // Identical on every rank: the entries alone decide.
+  std::set<std::uint64_t> ids;
+  for (const restored_sequence& r : seqs) {
+    const std::int64_t blocks = (r.num_tokens + bt - 1) / bt;
+    if (r.seq == 0 || r.seq >= next_seq || !ids.insert(r.seq).second || r.num_tokens < 0 ||
+        static_cast<std::int64_t>(r.owner_kvp.size()) != blocks ||
+        r.kept_kvp.size() != r.owner_kvp.size() || r.synthetic_tokens < 0 ||
+        r.synthetic_tokens > r.num_tokens) {
+      return invalid_argument(
+          "rank_program: restore of sequence {} ({} positions, {} owners, {} kept, {} synthetic, "
+          "next id {}) is inconsistent",
+          r.seq, r.num_tokens, r.owner_kvp.size(), r.kept_kvp.size(), r.synthetic_tokens, next_seq);
+    }
+    for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {
+      if (r.owner_kvp[b] < 0 || r.owner_kvp[b] >= kvp || r.kept_kvp[b] < -1) {
+        return invalid_argument("rank_program: restore of sequence {}: block {} owner {} kept {}",
+                                r.seq, b, r.owner_kvp[b], r.kept_kvp[b]);
+      }
+    }
+  }
+  // Whatever this program held itself goes first (a restore replaces every sequence).
+  for (const auto& [id, s] : seqs_) {
+    for (const kv_block_ref& b : s.table.blocks()) {
+      if (b.rank == w_.rank) HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
+    }
+  }
+  seqs_.clear();
+  next_seq_ = next_seq;
+  // The member of the old layout this rank was, and which of its carried slots stay.
+  const bool carried_here = carried_ != nullptr;
+  const std::int64_t old_kvp =
+      carried_here ? carried_->grid.attention_coords(carried_->rank).kvp_idx : -1;
+  std::int64_t missing = 0;  // blocks to keep here that this rank did not carry
+  std::int64_t fresh = 0;    // lost blocks this rank now owns
+  std::set<std::int32_t> kept_slots;
+  for (const restored_sequence& r : seqs) {
+    const block_table* had = nullptr;
+    if (carried_here) {
+      auto it = carried_->tables.find(r.seq);
+      if (it != carried_->tables.end()) had = &it->second;
+    }
+    for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {
+      if (r.owner_kvp[b] != kvp_idx_) continue;
+      if (r.kept_kvp[b] < 0) {
+        ++fresh;
+        continue;
+      }
+      const bool held = r.kept_kvp[b] == old_kvp && had != nullptr && b < had->blocks().size() &&
+                        had->blocks()[b].rank == carried_->rank &&
+                        had->blocks()[b].first_pos == static_cast<std::int64_t>(b) * bt;
+      if (held) {
+        kept_slots.insert(had->blocks()[b].slot);
+      } else {
+        ++missing;
+      }
+    }
+  }
+  if (carried_here) {
+    for (const auto& [id, t] : carried_->tables) {
+      for (const kv_block_ref& b : t.blocks()) {
+        if (b.rank == carried_->rank && kept_slots.count(b.slot) == 0) {
+          HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
+        }
+      }
+    }
+  }
+  // One all-reduce: every rank goes on, or every rank fails (and holds nothing).
+  float trouble[2] = {fresh > kv_.free_slots() ? 1.0f : 0.0f, missing > 0 ? 1.0f : 0.0f};
+  HELIX_RETURN_IF_ERROR(world_->all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
+                                           transport::as_recv(std::span<float>(trouble, 2))));
+  if (trouble[0] > 0.0f || trouble[1] > 0.0f) {
+    for (const std::int32_t slot : kept_slots) HELIX_RETURN_IF_ERROR(kv_.release(slot));
+    carried_.reset();
+    if (trouble[1] > 0.0f) {
+      return failed_precondition(
+          "rank_program: restore: {} rank(s) lack KV blocks they were to keep (rank {}: {})",
+          trouble[1], w_.rank, missing);
+    }
+    return resource_exhausted(
+        "rank_program: restore needs KV blocks that {} rank(s) lack (rank {}: {} needed, {} of {} "
+        "free)",
+        trouble[0], w_.rank, fresh, kv_.free_slots(), kv_.num_slots());
+  }
+  return restore_tables(seqs, old_kvp, carried_here);
+}
+
+// The tables of restore(), once every rank agreed: kept blocks keep their slots, lost blocks this
+// rank owns get fresh ones (synthetic positions refilled), other ranks' blocks are slot 0.
+status rank_program::restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
+                                    bool carried_here) {
+  const std::int64_t bt = opt_.block_tokens;
+  for (const restored_sequence& r : seqs) {
+    const block_table* had = nullptr;
+    if (carried_here) {
+      auto it = carried_->tables.find(r.seq);
+      if (it != carried_->tables.end()) had = &it->second;
+    }
+    block_table t(bt);
+    std::vector<std::pair<std::int32_t, std::int64_t>> refill;  // (slot, block idx)
+    for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {
+      const auto owner =
+          static_cast<std::int32_t>(w_.layout.attention_rank(tpa_idx_, r.owner_kvp[b]));
+      std::int32_t slot = 0;
+      if (owner == w_.rank) {
+        if (r.kept_kvp[b] >= 0 && r.kept_kvp[b] == old_kvp && had != nullptr) {
+          slot = had->blocks()[b].slot;
+        } else {
+          HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
+          if (static_cast<std::int64_t>(b) * bt < r.synthetic_tokens) {
+            refill.emplace_back(slot, static_cast<std::int64_t>(b));
+          }
+        }
+      }
+      HELIX_RETURN_IF_ERROR(t.open_block(owner, slot));
+      HELIX_RETURN_IF_ERROR(
+          t.append_tokens(std::min(bt, r.num_tokens - static_cast<std::int64_t>(b) * bt)));
+    }
+    fill_synthetic(refill, r.synthetic_seed);
+    seqs_.emplace(r.seq, sequence{std::move(t)});
+  }
+  carried_.reset();
+  return ok_status();
+}
+
+}  // namespace helix::model

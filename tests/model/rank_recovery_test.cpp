@@ -1,0 +1,392 @@
+// Recovery by rebuilding lost KV blocks only (rank_program::release_kv / restore / rewrite items,
+// planner/recovery_plan.hpp): ranks as threads over the local fabric run a synthetic context,
+// prefill and decode on one layout; one rank dies; the survivors carry their KV into the programs
+// of the layout that follows, the lost blocks are refilled (synthetic) or computed again (rewrite
+// chunks in position order), and decoding goes on. Every logit after the recovery must equal the
+// single-worker decoder's that never failed (f32, max abs diff <= 1e-4), on GQA with one and two
+// TPA columns and on MLA + MoE, to the same layout (a fresh rank taking the lost one's place) and
+// to a smaller one (a survivor left without a rank). Every rank must hold exactly the slots of its
+// blocks afterwards. A survivor that lost its carried KV fails the restore on every rank.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "model/decoder.hpp"
+#include "model/rank_program.hpp"
+#include "planner/placement_book.hpp"
+#include "planner/recovery_plan.hpp"
+#include "tests/support/model_fixtures.hpp"
+#include "transport/transport.hpp"
+
+namespace helix::model {
+namespace {
+
+using test_support::random_tokens;
+
+constexpr float tolerance = 1e-4f;
+constexpr std::int64_t synthetic_tokens = 40;  // seq 1 only; 2.5 blocks, so one block straddles
+constexpr std::uint64_t synthetic_seed = 77;
+
+std::size_t sz_of(std::int64_t n) {
+  return static_cast<std::size_t>(n);
+}
+
+struct item {
+  std::uint64_t seq = 0;
+  std::vector<std::int32_t> tokens;
+  std::int64_t rewrite_from = -1;
+};
+using step = std::vector<item>;
+
+std::vector<batch_item> to_items(const step& s) {
+  std::vector<batch_item> out;
+  for (const item& it : s) out.push_back({it.seq, it.tokens, false, it.rewrite_from});
+  return out;
+}
+
+// Two sequences: seq 1 a synthetic context, a 20-token prompt and decode; seq 2 a 37-token prompt
+// and decode. `tokens[seq]` is everything each sequence was fed after its synthetic context.
+struct workload {
+  std::vector<step> before;  // before the failure
+  std::vector<step> after;   // decode after the recovery
+  std::map<std::uint64_t, std::vector<std::int32_t>> fed;
+};
+
+workload make_workload(std::int64_t vocab) {
+  workload w;
+  const auto p1 = random_tokens(20, vocab, 11);
+  const auto p2 = random_tokens(37, vocab, 12);
+  const auto d1 = random_tokens(10, vocab, 13);
+  const auto d2 = random_tokens(10, vocab, 14);
+  w.before.push_back({{1, p1}, {2, p2}});
+  for (std::size_t i = 0; i < 6; ++i) w.before.push_back({{1, {d1[i]}}, {2, {d2[i]}}});
+  for (std::size_t i = 6; i < 10; ++i) w.after.push_back({{1, {d1[i]}}, {2, {d2[i]}}});
+  w.fed[1] = p1;
+  w.fed[2] = p2;
+  for (std::size_t i = 0; i < 6; ++i) {
+    w.fed[1].push_back(d1[i]);
+    w.fed[2].push_back(d2[i]);
+  }
+  return w;
+}
+
+// The decoder's logits for every step after the recovery (it never fails).
+std::vector<std::vector<float>> reference_after(const model_weights& w, const workload& wl) {
+  decoder_options o;
+  o.num_threads = 1;
+  auto dec = decoder::create(w, o);
+  EXPECT_TRUE(dec.has_value());
+  (void)(*dec)->open_sequence();
+  (void)(*dec)->open_sequence();
+  EXPECT_TRUE((*dec)->append_synthetic(1, synthetic_tokens, synthetic_seed).ok());
+  std::vector<std::vector<float>> out;
+  for (const step& s : wl.before) {
+    const auto items = to_items(s);
+    std::vector<float> logits(sz_of(logits_rows(items) * w.spec.vocab));
+    EXPECT_TRUE((*dec)->forward(items, logits).ok());
+  }
+  for (const step& s : wl.after) {
+    const auto items = to_items(s);
+    std::vector<float> logits(sz_of(logits_rows(items) * w.spec.vocab));
+    EXPECT_TRUE((*dec)->forward(items, logits).ok());
+    out.push_back(std::move(logits));
+  }
+  return out;
+}
+
+// Runs `body(rank)` on one thread per rank of a fresh local fabric; the first failure aborts it.
+template <class Body>
+std::vector<status> on_ranks(std::int64_t n, Body body) {
+  auto fab = transport::make_local_fabric(static_cast<int>(n));
+  EXPECT_TRUE(fab.has_value());
+  std::vector<status> results(sz_of(n), ok_status());
+  std::vector<std::thread> threads;
+  for (std::int64_t r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      results[sz_of(r)] = body(**fab, r);
+      if (!results[sz_of(r)].ok() && results[sz_of(r)].code() != errc::failed_precondition) {
+        (*fab)->abort(results[sz_of(r)]);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return results;
+}
+
+expected<std::unique_ptr<rank_program>> make_program(const model_weights& w, const layout& l,
+                                                     std::int64_t r, transport::fabric& fab,
+                                                     std::unique_ptr<carried_kv> carried) {
+  const int rank = static_cast<int>(r);
+  HELIX_ASSIGN_OR_RETURN(auto world, fab.make_world(rank));
+  std::vector<int> group;
+  for (std::int64_t g : l.kvp_group(l.attention_coords(r).tpa_idx)) {
+    group.push_back(static_cast<int>(g));
+  }
+  HELIX_ASSIGN_OR_RETURN(auto kvp, fab.make_communicator(rank, group));
+  rank_program_options o;
+  o.kv_capacity_tokens = 1024;
+  HELIX_ASSIGN_OR_RETURN(rank_weights rw, shard_weights(w, l, r));
+  return rank_program::create(std::move(rw), std::move(world), std::move(kvp), o,
+                              std::move(carried));
+}
+
+// Lost positions past the synthetic context, as rewrite chunks of at most `chunk` tokens, in
+// position order per sequence; one chunk per sequence per step.
+std::vector<step> rewrite_steps(const std::vector<planner::recovered_request>& plan,
+                                const workload& wl, std::int64_t block_tokens, std::int64_t chunk) {
+  std::map<std::uint64_t, std::vector<std::pair<std::int64_t, std::int64_t>>> runs;  // [from, to)
+  for (const planner::recovered_request& r : plan) {
+    const std::int64_t synth = r.id == 1 ? synthetic_tokens : 0;
+    for (std::size_t b = 0; b < r.kept_kvp.size(); ++b) {
+      if (r.kept_kvp[b] >= 0) continue;
+      const std::int64_t from =
+          std::max<std::int64_t>(static_cast<std::int64_t>(b) * block_tokens, synth);
+      const std::int64_t to =
+          std::min<std::int64_t>(static_cast<std::int64_t>(b + 1) * block_tokens, r.num_tokens);
+      if (from >= to) continue;
+      auto& v = runs[r.id];
+      if (!v.empty() && v.back().second == from) {
+        v.back().second = to;
+      } else {
+        v.emplace_back(from, to);
+      }
+    }
+  }
+  std::vector<step> steps;
+  for (bool more = true; more;) {
+    more = false;
+    step s;
+    for (auto& [id, v] : runs) {
+      if (v.empty()) continue;
+      auto& [from, to] = v.front();
+      const std::int64_t n = std::min(chunk, to - from);
+      const std::int64_t synth = id == 1 ? synthetic_tokens : 0;
+      const auto& fed = wl.fed.at(id);
+      item it{
+          id,
+          std::vector<std::int32_t>(fed.begin() + (from - synth), fed.begin() + (from - synth + n)),
+          from};
+      s.push_back(std::move(it));
+      from += n;
+      if (from == to) v.erase(v.begin());
+      more = true;
+    }
+    if (!s.empty()) steps.push_back(std::move(s));
+  }
+  return steps;
+}
+
+struct recovery_case {
+  std::string model;
+  std::string before;
+  std::string after;
+  std::int64_t lost = 0;    // the old rank that dies
+  bool drop_carry = false;  // survivor 0 loses its carried KV (restore must fail everywhere)
+};
+
+struct recovery_outcome {
+  std::int64_t lost_blocks = 0;
+  std::int64_t kept_blocks = 0;
+  std::int64_t rewrite_steps = 0;
+};
+
+recovery_outcome expect_recovers_exactly(const recovery_case& c) {
+  recovery_outcome outcome;
+  const model_weights w = test_support::seeded_weights(c.model);
+  const workload wl = make_workload(w.spec.vocab);
+  const auto before = layout::parse(c.before);
+  const auto after = layout::parse(c.after);
+  EXPECT_TRUE(before.has_value() && after.has_value());
+  const std::int64_t bt = rank_program_options{}.block_tokens;
+
+  // The old layout: plan every step with the engine's record, run it, keep the programs.
+  planner::placement_book book(*before, bt);
+  EXPECT_TRUE(book.join(1).ok());
+  EXPECT_TRUE(book.join(2).ok());
+  std::vector<std::int64_t> synthetic_owners;
+  EXPECT_TRUE(book.plan(1, synthetic_tokens, synthetic_owners).ok());
+  EXPECT_TRUE(book.commit(1, synthetic_tokens).ok());
+  std::vector<std::vector<std::int64_t>> owners;
+  for (const step& s : wl.before) {
+    owners.emplace_back();
+    for (const item& it : s) {
+      const auto n = static_cast<std::int64_t>(it.tokens.size());
+      EXPECT_TRUE(book.plan(it.seq, n, owners.back()).ok());
+      EXPECT_TRUE(book.commit(it.seq, n).ok());
+    }
+    book.tick();
+  }
+  std::vector<std::unique_ptr<rank_program>> old(sz_of(before->num_ranks));
+  for (const status& st : on_ranks(before->num_ranks, [&](transport::fabric&fab, std::int64_t r) {
+         HELIX_ASSIGN_OR_RETURN(auto prog, make_program(w, *before, r, fab, nullptr));
+         (void)prog->open_sequence();
+         (void)prog->open_sequence();
+         HELIX_RETURN_IF_ERROR(
+             prog->append_synthetic(1, synthetic_tokens, synthetic_seed, synthetic_owners));
+         for (std::size_t i = 0; i < wl.before.size(); ++i) {
+           const auto items = to_items(wl.before[i]);
+           std::vector<float> logits(sz_of(logits_rows(items) * w.spec.vocab));
+           HELIX_RETURN_IF_ERROR(prog->forward(items, owners[i], logits));
+         }
+         old[sz_of(r)] = std::move(prog);
+         return ok_status();
+       })) {
+    EXPECT_TRUE(st.ok()) << st.to_string();
+  }
+
+  // Rank `lost` dies; the others carry their KV into the new layout.
+  std::vector<std::int64_t> alive;
+  for (std::int64_t r = 0; r < before->num_ranks; ++r) {
+    if (r != c.lost) alive.push_back(r);
+  }
+  const std::vector<std::int64_t> survivors = planner::order_survivors(*before, *after, alive);
+  const auto kept = planner::kept_members(*before, *after, survivors);
+  EXPECT_TRUE(kept.has_value());
+  const auto plan = planner::plan_recovery(book, *after, *kept);
+  for (const auto& r : plan) {
+    outcome.lost_blocks += r.lost_blocks();
+    outcome.kept_blocks += static_cast<std::int64_t>(r.kept_kvp.size()) - r.lost_blocks();
+  }
+  auto book2 = planner::recovered_book(*after, bt, plan, book.step());
+  EXPECT_TRUE(book2.has_value());
+  std::vector<restored_sequence> restored;
+  for (const auto& r : plan) {
+    restored.push_back({r.id, r.num_tokens, r.owner_kvp, r.kept_kvp,
+                        r.id == 1 ? synthetic_tokens : 0, synthetic_seed});
+  }
+  std::vector<std::unique_ptr<carried_kv>> carried(sz_of(after->num_ranks));
+  for (std::size_t i = 0; i < survivors.size(); ++i) {
+    carried[i] = old[sz_of(survivors[i])]->release_kv();
+  }
+  if (c.drop_carry) carried[0].reset();
+  old.clear();
+
+  const std::vector<step> rewrites = rewrite_steps(plan, wl, bt, 8);
+  outcome.rewrite_steps = static_cast<std::int64_t>(rewrites.size());
+  std::vector<std::vector<std::int64_t>> owners2;
+  for (const step& s : wl.after) {
+    owners2.emplace_back();
+    for (const item& it : s) {
+      EXPECT_TRUE(book2->plan(it.seq, 1, owners2.back()).ok());
+      EXPECT_TRUE(book2->commit(it.seq, 1).ok());
+    }
+  }
+  std::vector<std::vector<std::vector<float>>> logits(sz_of(after->num_ranks));
+  std::vector<std::int64_t> used(sz_of(after->num_ranks), -1);
+  std::vector<std::int64_t> held(sz_of(after->num_ranks), -2);
+  const auto results = on_ranks(after->num_ranks, [&](transport::fabric& fab, std::int64_t r) {
+    HELIX_ASSIGN_OR_RETURN(auto prog,
+                           make_program(w, *after, r, fab, std::move(carried[sz_of(r)])));
+    const status restored_st = prog->restore(restored, 3);
+    used[sz_of(r)] = prog->kv().used_slots();
+    HELIX_RETURN_IF_ERROR(restored_st);
+    for (const step& s : rewrites) {
+      const auto items = to_items(s);
+      HELIX_RETURN_IF_ERROR(prog->forward(items, {}, step_output{}));
+    }
+    for (std::size_t i = 0; i < wl.after.size(); ++i) {
+      const auto items = to_items(wl.after[i]);
+      std::vector<float> out(sz_of(logits_rows(items) * w.spec.vocab));
+      HELIX_RETURN_IF_ERROR(prog->forward(items, owners2[i], out));
+      logits[sz_of(r)].push_back(std::move(out));
+    }
+    std::set<std::int32_t> slots;
+    for (std::uint64_t id : {1, 2}) {
+      for (const kv_block_ref& b : prog->table(id).blocks()) {
+        if (b.rank == r) slots.insert(b.slot);
+      }
+    }
+    held[sz_of(r)] = static_cast<std::int64_t>(slots.size());
+    used[sz_of(r)] = prog->kv().used_slots();
+    return ok_status();
+  });
+  if (c.drop_carry) {
+    for (std::size_t r = 0; r < results.size(); ++r) {
+      EXPECT_EQ(results[r].code(), errc::failed_precondition) << "rank " << r << ": " << results[r].to_string();
+      EXPECT_EQ(used[r], 0) << "rank " << r << " kept slots after a failed restore";
+    }
+    return outcome;
+  }
+  for (const status& st : results) EXPECT_TRUE(st.ok()) << st.to_string();
+  const auto ref = reference_after(w, wl);
+  for (std::int64_t r = 0; r < after->num_ranks; ++r) {
+    EXPECT_EQ(used[sz_of(r)], held[sz_of(r)]) << "rank " << r << ": slots not freed";
+    EXPECT_EQ(logits[sz_of(r)].size(), ref.size()) << "rank " << r;
+    if (logits[sz_of(r)].size() != ref.size()) continue;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      float diff = 0.0f;
+      for (std::size_t j = 0; j < ref[i].size(); ++j) {
+        diff = std::max(diff, std::fabs(logits[sz_of(r)][i][j] - ref[i][j]));
+      }
+      EXPECT_LE(diff, tolerance) << c.before << " -> " << c.after << " rank " << r << " step " << i;
+    }
+  }
+  return outcome;
+}
+
+TEST(RankRecovery, FreshRankRebuildsTheLostBlocksOfTheSameLayout) {
+  const auto o =
+      expect_recovers_exactly({"tiny-llama", "helix:kvp=4,tpa=1", "helix:kvp=4,tpa=1", 2});
+  EXPECT_GT(o.lost_blocks, 0);
+  EXPECT_GT(o.kept_blocks, 2 * o.lost_blocks);  // about a quarter lost
+  EXPECT_GT(o.rewrite_steps, 0);
+}
+
+TEST(RankRecovery, SmallerLayoutRebuildsWhatTheDeadAndTheRanklessHeld) {
+  const auto o =
+      expect_recovers_exactly({"tiny-llama", "helix:kvp=4,tpa=1", "helix:kvp=2,tpa=1", 3});
+  EXPECT_GT(o.lost_blocks, 0);
+  EXPECT_GT(o.kept_blocks, 0);
+}
+
+TEST(RankRecovery, TwoColumnsKeepTheMemberWhoseColumnsAllSurvived) {
+  const auto o =
+      expect_recovers_exactly({"tiny-llama", "helix:kvp=2,tpa=2", "helix:kvp=1,tpa=2", 3});
+  EXPECT_GT(o.lost_blocks, 0);
+  EXPECT_GT(o.kept_blocks, 0);
+}
+
+TEST(RankRecovery, MlaMoeRebuildsExactly) {
+  const auto o =
+      expect_recovers_exactly({"tiny-deepseek", "helix:kvp=4,tpa=1", "helix:kvp=2,tpa=1", 0});
+  EXPECT_GT(o.lost_blocks, 0);
+  EXPECT_GT(o.kept_blocks, 0);
+}
+
+TEST(RankRecovery, ASurvivorWithoutItsKvFailsTheRestoreEverywhere) {
+  expect_recovers_exactly({"tiny-llama", "helix:kvp=4,tpa=1", "helix:kvp=4,tpa=1", 2, true});
+}
+
+TEST(RankRecovery, KeptMembersFollowTheColumns) {
+  const auto l4 = layout::parse("helix:kvp=4,tpa=1");
+  const auto l2 = layout::parse("helix:kvp=2,tpa=1");
+  ASSERT_TRUE(l4.has_value() && l2.has_value());
+  // 4 -> 4 with rank 2 dead: 0, 1 stay, 3 becomes member 2, member 3 is fresh.
+  const std::vector<std::int64_t> alive{0, 1, 3};
+  const auto s = planner::order_survivors(*l4, *l4, alive);
+  EXPECT_EQ(s, (std::vector<std::int64_t>{0, 1, 3}));
+  EXPECT_EQ(*planner::kept_members(*l4, *l4, s), (std::vector<std::int64_t>{0, 1, -1, 2}));
+  // 4 -> 2: only two survivors keep a rank.
+  const auto s2 = planner::order_survivors(*l4, *l2, alive);
+  EXPECT_EQ(s2, (std::vector<std::int64_t>{0, 1}));
+  EXPECT_EQ(*planner::kept_members(*l4, *l2, s2), (std::vector<std::int64_t>{0, 1, -1, -1}));
+  // Different TPA: nothing is kept.
+  const auto t2 = layout::parse("helix:kvp=2,tpa=2");
+  ASSERT_TRUE(t2.has_value());
+  EXPECT_EQ(*planner::kept_members(*t2, *l2, std::vector<std::int64_t>{0, 1}),
+            (std::vector<std::int64_t>{-1, -1}));
+  // Two columns, rank 3 (column 1, member 1) dead: 0 and 2 hold member 0 in both columns.
+  const auto t1 = layout::parse("helix:kvp=1,tpa=2");
+  ASSERT_TRUE(t1.has_value());
+  const auto s3 = planner::order_survivors(*t2, *t1, std::vector<std::int64_t>{0, 1, 2});
+  EXPECT_EQ(s3, (std::vector<std::int64_t>{0, 2}));
+  EXPECT_EQ(*planner::kept_members(*t2, *t1, s3), (std::vector<std::int64_t>{0, -1}));
+}
+
+}  // namespace
+}  // namespace helix::model
