@@ -163,8 +163,8 @@ status validate(const engine_config& c) {
     }
   }
   HELIX_RETURN_IF_ERROR(in_range("peer_timeout_ms", c.peer_timeout_ms, 1, 3600000));
-  if (c.recovery != "off" && c.recovery != "full_replay") {
-    return bad("recovery", c.recovery, "must be off or full_replay");
+  if (c.recovery != "off" && c.recovery != "lost_blocks" && c.recovery != "full_replay") {
+    return bad("recovery", c.recovery, "must be off, lost_blocks or full_replay");
   }
   return ok_status();
 }
@@ -510,12 +510,52 @@ communicators_for(const layout& grid, std::int64_t r, transport::fabric& fab) {
 expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights& weights,
                                                       const engine_config& config,
                                                       const layout& grid, std::int64_t r,
-                                                      transport::fabric& fab) {
+                                                      transport::fabric& fab,
+                                                      std::unique_ptr<model::carried_kv> carried) {
   HELIX_ASSIGN_OR_RETURN(auto comms, communicators_for(grid, r, fab));
-  HELIX_ASSIGN_OR_RETURN(auto compute,
-                         rank_compute::create(weights, grid, r, std::move(comms.first),
-                                              std::move(comms.second), program_options(config)));
+  HELIX_ASSIGN_OR_RETURN(model::rank_weights w, model::shard_weights(weights, grid, r));
+  HELIX_ASSIGN_OR_RETURN(
+      auto compute,
+      rank_compute::create(std::move(w), std::move(comms.first), std::move(comms.second),
+                           program_options(config), std::move(carried)));
   return std::shared_ptr<worker_compute>(std::move(compute));
+}
+
+// Stops `workers` and waits, at most `limit` in all, for each to end; which ones did.
+std::vector<bool> stop_and_wait(caf::actor_system& sys, const std::vector<caf::actor_addr>& workers,
+                                std::chrono::milliseconds limit) {
+  std::vector<bool> ended(workers.size(), false);
+  caf::scoped_actor self{sys};
+  std::size_t left = workers.size();
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    const auto w = caf::actor_cast<caf::actor>(workers[i]);
+    if (!w) {  // already gone
+      ended[i] = true;
+      --left;
+      continue;
+    }
+    self->monitor(w);
+    self->send_exit(w, caf::exit_reason::user_shutdown);
+  }
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (left > 0) {
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
+    if (wait.count() <= 0) break;
+    bool timed_out = false;
+    self->receive(
+        [&](caf::down_msg& dm) {
+          for (std::size_t i = 0; i < workers.size(); ++i) {
+            if (workers[i] == dm.source && !ended[i]) {
+              ended[i] = true;
+              --left;
+            }
+          }
+        },
+        caf::after(wait) >> [&] { timed_out = true; });
+    if (timed_out) break;
+  }
+  return ended;
 }
 
 // Every worker a detached actor of the engine's own system; one local fabric for them all.
@@ -525,7 +565,7 @@ class in_process_source final : public worker_source {
 
   expected<std::vector<caf::actor>> start(caf::actor_system& sys, const engine_config& config,
                                           const layout& grid) override {
-    return make_workers(sys, config, grid);
+    return make_workers(sys, config, grid, {});
   }
   // Every thread is still usable after a failure: the workers are rebuilt on the new layout
   // with a new data plane; the old fabric stays alive for the old workers until the end.
@@ -533,10 +573,18 @@ class in_process_source final : public worker_source {
                                              const layout& grid,
                                              const std::vector<std::int64_t>& survivors,
                                              const std::vector<std::int64_t>& standby) override {
-    (void)survivors;
     (void)standby;
+    // The old workers end first (one may still be finishing the step the abort woke), so that
+    // the survivors' KV can pass to their next computes (recovery, lost blocks only).
+    const std::vector<bool> ended = stop_and_wait(sys, raw_, std::chrono::seconds(10));
+    std::vector<std::unique_ptr<model::carried_kv>> carried(
+        static_cast<std::size_t>(grid.num_ranks));
+    for (std::size_t i = 0; i < survivors.size() && i < carried.size(); ++i) {
+      const auto old = static_cast<std::size_t>(survivors[i]);
+      if (old < computes_.size() && ended[old]) carried[i] = computes_[old]->release_kv();
+    }
     if (fab_) retired_.push_back(std::move(fab_));
-    return make_workers(sys, config, grid);
+    return make_workers(sys, config, grid, std::move(carried));
   }
   void abort(const status& why) override {
     if (fab_) fab_->abort(why);
@@ -551,8 +599,10 @@ class in_process_source final : public worker_source {
   }
 
  private:
-  expected<std::vector<caf::actor>> make_workers(caf::actor_system& sys,
-                                                 const engine_config& config, const layout& grid) {
+  expected<std::vector<caf::actor>> make_workers(
+      caf::actor_system& sys, const engine_config& config, const layout& grid,
+      std::vector<std::unique_ptr<model::carried_kv>> carried) {
+    carried.resize(static_cast<std::size_t>(grid.num_ranks));
     HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
     HELIX_ASSIGN_OR_RETURN(
         fab_, transport::make_local_fabric({static_cast<int>(grid.num_ranks),
@@ -560,16 +610,20 @@ class in_process_source final : public worker_source {
     if (opt_.wrap_fabric) fab_ = opt_.wrap_fabric(std::move(fab_));
     std::vector<std::shared_ptr<worker_compute>> computes;
     for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
-      HELIX_ASSIGN_OR_RETURN(auto c, compute_for(weights, config, grid, r, *fab_));
+      HELIX_ASSIGN_OR_RETURN(auto c, compute_for(weights, config, grid, r, *fab_,
+                                                 std::move(carried[static_cast<std::size_t>(r)])));
       computes.push_back(std::move(c));
     }
     std::vector<caf::actor> out;
+    raw_.clear();
     const suspects_fn suspects = [f = fab_.get()] { return f->suspects(); };
     for (auto& c : computes) {
       caf::actor w = sys.spawn<caf::detached>(worker_actor, c, suspects);
+      raw_.push_back(w.address());
       if (opt_.wrap_worker) w = opt_.wrap_worker(sys, c->rank(), std::move(w));
       out.push_back(std::move(w));
     }
+    computes_ = std::move(computes);
     count_ = grid.num_ranks;
     return out;
   }
@@ -577,6 +631,10 @@ class in_process_source final : public worker_source {
   in_process_options opt_;
   std::unique_ptr<transport::fabric> fab_;
   std::vector<std::unique_ptr<transport::fabric>> retired_;  // used by stopped workers
+  // The workers by rank, weakly: a strong handle here would keep a stopped detached worker's
+  // thread waiting, and the actor system's shutdown with it.
+  std::vector<caf::actor_addr> raw_;
+  std::vector<std::shared_ptr<worker_compute>> computes_;  // theirs, by rank
   std::int64_t count_ = 0;
 };
 
@@ -597,9 +655,9 @@ std::unique_ptr<worker_source> in_process_workers(in_process_options options) {
   return std::make_unique<in_process_source>(std::move(options));
 }
 
-expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config& config,
-                                                            const layout& grid, std::int64_t rank,
-                                                            transport::fabric& fab) {
+expected<std::shared_ptr<worker_compute>> make_rank_compute(
+    const engine_config& config, const layout& grid, std::int64_t rank, transport::fabric& fab,
+    std::unique_ptr<model::carried_kv> carried) {
   // Only this rank's shards are ever built: read from the checkpoint's mapped files, or seeded
   // one full tensor at a time.
   model::rank_weights w;
@@ -612,9 +670,10 @@ expected<std::shared_ptr<worker_compute>> make_rank_compute(const engine_config&
         w, model::seeded_rank_weights(s, config.weight_type, config.weight_seed, grid, rank));
   }
   HELIX_ASSIGN_OR_RETURN(auto comms, communicators_for(grid, rank, fab));
-  HELIX_ASSIGN_OR_RETURN(auto compute,
-                         rank_compute::create(std::move(w), std::move(comms.first),
-                                              std::move(comms.second), program_options(config)));
+  HELIX_ASSIGN_OR_RETURN(
+      auto compute,
+      rank_compute::create(std::move(w), std::move(comms.first), std::move(comms.second),
+                           program_options(config), std::move(carried)));
   return std::shared_ptr<worker_compute>(std::move(compute));
 }
 

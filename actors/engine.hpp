@@ -83,7 +83,12 @@ struct engine_config {
   double rebalance_threshold = 0.10;
   std::int64_t rebalance_min_blocks = 64;
   /// What a worker or data-plane failure does. "off": the engine fails (health = failed), every
-  /// request ends with the cause. "full_replay": the engine aborts the step, rebuilds its workers
+  /// request ends with the cause. "lost_blocks": as full_replay below, but the survivors keep
+  /// their KV blocks and only the blocks that are gone (the dead worker's, and those of members
+  /// the new layout leaves without a rank) are rebuilt: synthetic positions refilled, the others
+  /// computed again as prefill chunks in position order over all earlier KV. Falls back to a
+  /// full replay when nothing survives (a different TPA size, a migration in flight) or a
+  /// survivor lost its KV. "full_replay": the engine aborts the step, rebuilds its workers
   /// on a layout of the members that remain (the failed worker's rank dropped; the planner picks
   /// the largest member count with a valid layout of the same family), and replays every running
   /// request's prompt and generated tokens as a prefill: no accepted request is lost, no token is
@@ -195,12 +200,17 @@ struct recovery_stats {
   std::string why;
   std::string layout_before;
   std::string layout_after;
+  /// How the KV was rebuilt: "lost_blocks" (only what the dead held, and what members left
+  /// without a rank held) or "full_replay" (every running request's prompt and generated tokens).
+  std::string mode;
   double detect_ms = 0.0;   // from the failing step's start to the failure reaching the engine
   double replan_ms = 0.0;   // aborting the step and choosing the layout
   double reload_ms = 0.0;   // rebuilding the workers (weights resharded, new data plane)
-  double rebuild_ms = 0.0;  // until every running request's KV was rebuilt (replayed)
+  double rebuild_ms = 0.0;  // until every running request's KV was rebuilt
   std::int64_t requests_replayed = 0;
-  std::int64_t tokens_replayed = 0;  // prefill tokens the replays ran (synthetic context too)
+  std::int64_t tokens_replayed = 0;  // prefill tokens the rebuild ran (synthetic context too)
+  std::int64_t blocks_kept = 0;      // KV blocks that stayed on their survivors (lost_blocks)
+  std::int64_t blocks_rebuilt = 0;   // KV blocks written again (full_replay: every block)
 };
 
 /// serving: steps run. failed: a worker or the data plane failed (engine_stats::failure says

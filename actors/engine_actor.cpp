@@ -19,7 +19,7 @@
 #include <map>
 #include <optional>
 
-#include "actors/runtime.hpp"
+#include "actors/engine_state.hpp"
 #include "core/checked_math.hpp"
 #include "core/log.hpp"
 
@@ -52,81 +52,7 @@ std::int64_t kv_capacity_for(std::int64_t requests, std::int64_t tokens_per_requ
   return static_cast<std::int64_t>(blocks) * block_tokens;
 }
 
-namespace {
-
-struct request_state {
-  submit_msg req;
-  std::uint64_t seq = 0;       // 0 while queued
-  std::int64_t prefilled = 0;  // tokens of feed() in the KV
-  std::int64_t generated = 0;
-  std::int32_t last_token = -1;
-  std::vector<std::int32_t> outputs;  // every token delivered, in order
-  /// After a recovery: the prompt and every generated token but the last, prefilled again
-  /// without sampling (the last generated token is the next decode input, as before).
-  std::vector<std::int32_t> replay;
-  bool rebuilding = false;         // its KV is being rebuilt after a recovery
-  std::int64_t reserved = 0;       // blocks per KVP member
-  bool synthetic_pending = false;  // its synthetic context is not appended yet
-  bool cancelled = false;
-  bool expired = false;  // its deadline passed
-};
-
-// The tokens a request prefills: its prompt, or its replay after a recovery.
-const std::vector<std::int32_t>& feed(const request_state& r) {
-  return r.replay.empty() ? r.req.prompt : r.replay;
-}
-
-}  // namespace
-
-struct engine_state {
-  engine_setup setup;
-  std::vector<caf::actor> workers;
-  caf::actor planner;
-  std::shared_ptr<stream_registry> registry;
-
-  std::deque<request_state> queue;
-  std::vector<request_state> active;  // admission order
-  std::int64_t reserved_per_member = 0;
-  std::uint64_t next_seq = 1;
-  std::int64_t epoch = 0;
-  std::int64_t next_op = 1;
-
-  // The step in flight.
-  bool busy = false;
-  std::int64_t step_id = 0;
-  std::size_t pending = 0;
-  status step_error;
-  std::vector<std::int32_t> step_tokens;
-  std::vector<wire_status> step_item_errors;
-  bool replies_agree = true;
-  std::vector<std::size_t> step_members;  // index into `active` of each item
-  std::vector<std::int64_t> step_counts;
-  std::vector<std::uint64_t> step_seqs;
-  std::vector<bool> step_synthetic;     // per item: a synthetic-KV fill
-  std::vector<bool> step_wants_logits;  // per item: sampled, and its request returns logits
-  std::vector<float> step_logits;       // rank 0's rows for those items
-  std::vector<bool> step_replied;       // per rank: its reply to the step in flight arrived
-  // Operations (opens, closes, migrations) sent to every worker and not yet answered by all:
-  // op id -> per rank, whether it answered. A rank silent for peer_timeout_ms lost the message.
-  std::map<std::int64_t, std::vector<bool>> ops_pending;
-
-  status broken;  // a failed step: nothing runs any more
-  bool draining = false;
-  std::vector<caf::response_promise> drain_waiters;
-
-  engine_stats stats;
-  std::vector<std::int64_t> kv_used;  // per worker, from the last step
-
-  // Recovery (engine_config::recovery).
-  std::int64_t generation = 0;  // of the worker set and planner; each recovery makes a new one
-  std::chrono::steady_clock::time_point step_started;
-  bool rebuilding = false;  // some request's KV is still being replayed
-  std::chrono::steady_clock::time_point rebuild_started;
-};
-
-namespace {
-
-using self_ptr = caf::stateful_actor<engine_state>*;
+namespace engine_impl {
 
 std::shared_ptr<spdlog::logger> logger() {
   static const auto l = module_logger("actors");
@@ -167,7 +93,7 @@ status emit_token(engine_state& s, const request_state& r, std::int32_t token,
 // The request's last event (with `token`, or -1 for none) and its counters. A cancel the API
 // accepted earlier turns any other ending into `cancelled` (stream_registry::close).
 void end_request(engine_state& s, const request_state& r, std::int32_t token, finish_reason reason,
-                 status error = ok_status(), std::vector<float> logits = {}) {
+                 status error, std::vector<float> logits) {
   const finish_reason final_reason = s.registry->close(r.req.request_id, reason);
   if (final_reason != reason) {
     token = -1;  // cancelled before this step's token was due: it is not delivered
@@ -197,8 +123,6 @@ void end_request(engine_state& s, const request_state& r, std::int32_t token, fi
   const status cb = s.registry->deliver(e);
   if (!cb.ok()) logger()->warn("engine: request {}: last event: {}", r.req.request_id, cb);
 }
-
-void op_sent(self_ptr self, std::int64_t op);
 
 // Sends the close of a running request's sequence to every worker and the planner, and frees its
 // reservation.
@@ -238,176 +162,9 @@ void answer_drains(engine_state& s) {
   s.drain_waiters.clear();
 }
 
-void start_step(self_ptr self);
-
 double ms_between(std::chrono::steady_clock::time_point a,
                   std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-// The layout in use when enough members remain (standbys took the free ranks); else the largest
-// member count up to `members` with a valid layout of the same family for the model.
-expected<layout> layout_for_members(const layout& current, std::int64_t members,
-                                    const model_spec& spec) {
-  if (members >= current.num_ranks) return current;
-  const layout_family family = current.family;
-  status last = failed_precondition("no members remain");
-  for (std::int64_t m = members; m >= 1; --m) {
-    auto g = default_layout(family, m, spec);
-    if (g) return *g;
-    last = g.error();
-  }
-  return last;
-}
-
-// Worker `rank` failed (`why`): with recovery on, the step in flight is abandoned, the workers are
-// rebuilt on a layout of the members that remain, and every running request goes back to the
-// front of the queue to replay its prompt and generated tokens (full replay); nothing accepted is
-// lost and no token is emitted twice. Without recovery, or when it fails, the engine fails.
-void recover(self_ptr self, std::int64_t rank, const status& why,
-             const std::vector<std::int32_t>& suspects = {}) {
-  engine_state& s = self->state;
-  if (!s.broken.ok() || (s.draining && !s.busy)) return;  // idle at shutdown: workers end
-  // Shutting down (draining) or recovery off: the step in flight can never complete; every
-  // request ends with the cause and a drain is answered now.
-  if (!s.setup.relayout || s.draining) {
-    s.busy = false;
-    s.pending = 0;
-    fail_everything(self, why);
-    answer_drains(s);
-    return;
-  }
-  const auto noticed = std::chrono::steady_clock::now();
-  // Who is gone: the members the source knows to be dead (a process that ended), when there are
-  // any, since the rank that reported the failure may only have seen a dead peer; else the rank
-  // its data plane waited for in vain most often (a hung rank: its peers time out first); else
-  // `rank` itself.
-  std::vector<std::int64_t> lost = s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{};
-  if (lost.empty() && !suspects.empty() && suspects.front() >= 0 &&
-      suspects.front() < static_cast<std::int32_t>(s.workers.size())) {
-    lost = {suspects.front()};
-  }
-  if (lost.empty()) lost = {rank};
-  rank = lost.front();
-  recovery_stats rec;
-  rec.rank = rank;
-  rec.why = why.to_string();
-  rec.layout_before = s.setup.grid.to_string();
-  rec.detect_ms = s.busy ? ms_between(s.step_started, noticed) : 0.0;
-  if (s.setup.workers_info) {
-    for (const worker_info& w : s.setup.workers_info()) {
-      if (w.rank == rank) rec.pid = w.pid;
-    }
-  }
-  logger()->warn("engine: worker {} failed ({}); recovering by full replay", rank, why);
-  // The old step and workers: woken from any collective, their replies (and the old planner's
-  // answers) from now on ignored; stopped once the source rebuilt its members (a worker process
-  // that survives stops its old worker itself when told its new rank).
-  if (s.setup.abort_data_plane) s.setup.abort_data_plane(why);
-  ++s.epoch;
-  ++s.generation;
-  s.busy = false;
-  s.pending = 0;
-  s.ops_pending.clear();
-  const std::vector<caf::actor> old_workers = s.workers;
-  const auto stop_old = [&] {
-    for (const caf::actor& w : old_workers) {
-      self->demonitor(w);
-      self->send_exit(w, caf::exit_reason::user_shutdown);
-    }
-  };
-  const auto give_up = [&](const std::string& what) {
-    stop_old();
-    fail_everything(self, why.with_context(fmt::format("recovery: {}", what)));
-    answer_drains(s);
-  };
-  auto planned = noticed;
-  expected<layout> grid = failed_precondition("no layout yet");
-  expected<std::vector<caf::actor>> fresh = failed_precondition("no relayout yet");
-  // A member that dies while the others rebuild makes the relayout fail: try again without it.
-  for (int attempt = 0;; ++attempt) {
-    const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
-    const auto members = static_cast<std::int64_t>(s.workers.size() - lost.size()) + standbys;
-    grid = layout_for_members(s.setup.grid, members, s.setup.spec);
-    if (!grid) {
-      give_up(fmt::format("no {} layout for {} remaining workers: {}",
-                          layout_family_name(s.setup.grid.family), members, grid.error()));
-      return;
-    }
-    // The lowest surviving ranks keep serving, standbys fill what they leave, the rest stand by.
-    std::vector<std::int64_t> survivors;
-    std::vector<std::int64_t> standby;
-    for (std::int64_t r = 0; r < static_cast<std::int64_t>(s.workers.size()); ++r) {
-      if (std::find(lost.begin(), lost.end(), r) != lost.end()) continue;
-      (static_cast<std::int64_t>(survivors.size()) < grid->num_ranks ? survivors : standby)
-          .push_back(r);
-    }
-    planned = std::chrono::steady_clock::now();
-    if (attempt == 0) rec.replan_ms = ms_between(noticed, planned);
-    fresh = s.setup.relayout(*grid, survivors, standby);
-    if (fresh) break;
-    std::vector<std::int64_t> more;
-    for (std::int64_t d : s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{}) {
-      if (std::find(lost.begin(), lost.end(), d) == lost.end()) more.push_back(d);
-    }
-    if (more.empty() || attempt >= 3) {
-      give_up(fresh.error().to_string());
-      return;
-    }
-    logger()->warn("engine: workers {} died during the recovery; trying without them",
-                   fmt::join(more, ", "));
-    lost.insert(lost.end(), more.begin(), more.end());
-  }
-  stop_old();
-  const auto reloaded = std::chrono::steady_clock::now();
-  rec.reload_ms = ms_between(planned, reloaded);
-  rec.layout_after = grid->to_string();
-  s.workers = std::move(*fresh);
-  for (const caf::actor& w : s.workers) self->monitor(w);
-  s.kv_used.assign(s.workers.size(), 0);
-  if (s.setup.roster) {
-    std::lock_guard lk(s.setup.roster->mu);
-    s.setup.roster->workers = s.workers;
-    s.setup.roster->kvp = grid->kvp;
-  }
-  // A fresh placement record for the new layout; sequence ids start again with the new workers.
-  self->send_exit(s.planner, caf::exit_reason::user_shutdown);
-  const engine_config& c = s.setup.config;
-  s.planner = self->spawn(planner_actor, *grid, c.block_tokens, c.rebalance_threshold,
-                          c.rebalance_min_blocks);
-  s.setup.grid = *grid;
-  s.stats.layout = grid->to_string();
-  s.next_seq = 1;
-  s.reserved_per_member = 0;
-  // Every running request replays, ahead of the queue, in admission order.
-  for (auto it = s.active.rbegin(); it != s.active.rend(); ++it) {
-    request_state& r = *it;
-    r.seq = 0;
-    r.prefilled = 0;
-    r.replay.clear();
-    if (r.generated > 0) {
-      r.replay = r.req.prompt;
-      r.replay.insert(r.replay.end(), r.outputs.begin(), r.outputs.end() - 1);
-    }
-    r.synthetic_pending = r.req.synthetic_tokens > 0;
-    r.rebuilding = true;
-    ++rec.requests_replayed;
-    rec.tokens_replayed += static_cast<std::int64_t>(feed(r).size()) + r.req.synthetic_tokens;
-    s.queue.push_front(std::move(r));
-  }
-  s.active.clear();
-  for (request_state& r : s.queue) {
-    r.reserved = blocks_reserved_per_member(
-        static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
-        c.block_tokens, grid->kvp);
-  }
-  s.rebuilding = rec.requests_replayed > 0;
-  s.rebuild_started = reloaded;
-  logger()->warn("engine: recovered from worker {}: {} -> {}, {} requests replay {} tokens", rank,
-                 rec.layout_before, rec.layout_after, rec.requests_replayed, rec.tokens_replayed);
-  s.stats.recoveries.push_back(std::move(rec));
-  publish(s);
-  start_step(self);
 }
 
 // Whether the message being handled comes from one of the current workers (not one that a
@@ -439,6 +196,7 @@ void rebalance_then_step(self_ptr self) {
               st.stats.migrations += static_cast<std::int64_t>(m.moves.size());
               for (const caf::actor& w : st.workers) self->send(w, m);
               op_sent(self, m.op_id);
+              st.migrations_pending.insert(m.op_id);
             }
             st.stats.kv_imbalance = imbalance;
             if (mean_blocks >= static_cast<double>(st.setup.config.rebalance_min_blocks)) {
@@ -474,6 +232,13 @@ void finish_step(self_ptr self) {
     request_state& r = s.active[s.step_members[i]];
     if (s.step_synthetic[i]) {
       r.synthetic_pending = false;
+      continue;
+    }
+    if (s.step_rewrites[i] > 0) {  // lost positions computed again after a recovery
+      auto& run = r.lost_runs.front();
+      run.first += s.step_rewrites[i];
+      if (run.first >= run.second) r.lost_runs.pop_front();
+      r.rebuilding = !r.lost_runs.empty();
       continue;
     }
     std::vector<float> logits;
@@ -544,11 +309,18 @@ void finish_step(self_ptr self) {
   }
 }
 
+// The token a request fed at KV position `pos` (past its synthetic context): its prompt, then its
+// generated tokens (each fed as the next decode input).
+std::int32_t token_at(const request_state& r, std::int64_t pos) {
+  const auto i = static_cast<std::size_t>(pos - r.req.synthetic_tokens);
+  return i < r.req.prompt.size() ? r.req.prompt[i] : r.outputs[i - r.req.prompt.size()];
+}
+
 // Cancellations, expired deadlines and admissions (between steps), then the next step if there
 // is work.
 void start_step(self_ptr self) {
   engine_state& s = self->state;
-  if (s.busy || !s.broken.ok()) return;
+  if (s.busy || s.restore_op != 0 || !s.broken.ok()) return;
   const engine_config& c = s.setup.config;
 
   for (request_state& r : s.active) {
@@ -598,6 +370,7 @@ void start_step(self_ptr self) {
   s.step_counts.clear();
   s.step_seqs.clear();
   s.step_synthetic.clear();
+  s.step_rewrites.clear();
   s.step_wants_logits.clear();
   // Synthetic contexts first (no model runs for them, so they take no batch budget); such a
   // request's prompt follows in a later step.
@@ -613,6 +386,7 @@ void start_step(self_ptr self) {
     s.step_counts.push_back(it.synthetic_tokens);
     s.step_seqs.push_back(it.seq);
     s.step_synthetic.push_back(true);
+    s.step_rewrites.push_back(0);
     s.step_wants_logits.push_back(false);
     m.items.push_back(std::move(it));
   }
@@ -621,6 +395,27 @@ void start_step(self_ptr self) {
     for (std::size_t i = 0; i < s.active.size() && budget > 0; ++i) {
       request_state& r = s.active[i];
       if (r.synthetic_pending) continue;
+      if (!r.lost_runs.empty()) {
+        // Lost positions first, in order, as prefill chunks over everything before them;
+        // nothing else of the request runs until they are back.
+        if (pass == 0) continue;
+        const auto [from, to] = r.lost_runs.front();
+        const std::int64_t n = std::min({c.prefill_chunk_tokens, to - from, budget});
+        step_item it;
+        it.seq = r.seq;
+        it.request_id = r.req.request_id;
+        it.rewrite_from = from;
+        for (std::int64_t p = from; p < from + n; ++p) it.tokens.push_back(token_at(r, p));
+        budget -= n;
+        s.step_members.push_back(i);
+        s.step_counts.push_back(0);  // opens no block
+        s.step_seqs.push_back(it.seq);
+        s.step_synthetic.push_back(false);
+        s.step_rewrites.push_back(n);
+        s.step_wants_logits.push_back(false);
+        m.items.push_back(std::move(it));
+        continue;
+      }
       const std::vector<std::int32_t>& tokens = feed(r);
       const auto prompt_len = static_cast<std::int64_t>(tokens.size());
       const bool decoding = r.prefilled == prompt_len;
@@ -647,6 +442,7 @@ void start_step(self_ptr self) {
       s.step_counts.push_back(static_cast<std::int64_t>(it.tokens.size()));
       s.step_seqs.push_back(it.seq);
       s.step_synthetic.push_back(false);
+      s.step_rewrites.push_back(0);
       s.step_wants_logits.push_back(it.want_logits);
       m.items.push_back(std::move(it));
     }
@@ -822,8 +618,14 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
           it->second[static_cast<std::size_t>(m.rank)] = true;
           if (std::all_of(it->second.begin(), it->second.end(), [](bool b) { return b; })) {
             st.ops_pending.erase(it);
+            st.migrations_pending.erase(m.op_id);
           }
         }
+        if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size()) &&
+            m.result.code == 0) {
+          st.kv_used[static_cast<std::size_t>(m.rank)] = m.kv_used_blocks;
+        }
+        if (restore_answered(self, m)) return;
         if (m.result.code != 0 && st.setup.relayout) {
           recover(self, m.rank, from_wire(m.result).with_context(fmt::format("worker {}", m.rank)));
           return;
@@ -899,12 +701,12 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
   };
 }
 
-}  // namespace
+}  // namespace engine_impl
 
 caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup, std::vector<caf::actor> workers,
                         caf::actor planner, std::shared_ptr<stream_registry> registry) {
-  return sys.spawn(engine_actor, std::move(setup), std::move(workers), std::move(planner),
-                   std::move(registry));
+  return sys.spawn(engine_impl::engine_actor, std::move(setup), std::move(workers),
+                   std::move(planner), std::move(registry));
 }
 
 }  // namespace helix::actors

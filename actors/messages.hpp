@@ -17,7 +17,8 @@ typename Inspector::result_type inspect(Inspector& f, wire_status& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_item& x) {
   return f(caf::meta::type_name("step_item"), x.seq, x.tokens, x.sample, x.temperature, x.top_k,
-           x.top_p, x.seed, x.request_id, x.want_logits, x.synthetic_tokens, x.synthetic_seed);
+           x.top_p, x.seed, x.request_id, x.want_logits, x.synthetic_tokens, x.synthetic_seed,
+           x.rewrite_from);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_msg& x) {
@@ -45,6 +46,15 @@ typename Inspector::result_type inspect(Inspector& f, migrate_msg& x) {
   return f(caf::meta::type_name("migrate_msg"), x.epoch, x.op_id, x.moves);
 }
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, restore_seq& x) {
+  return f(caf::meta::type_name("restore_seq"), x.seq, x.offset, x.num_tokens, x.owner_kvp,
+           x.kept_kvp, x.synthetic_tokens, x.synthetic_seed);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, restore_msg& x) {
+  return f(caf::meta::type_name("restore_msg"), x.epoch, x.op_id, x.seqs, x.next_seq);
+}
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_done_msg& x) {
   return f(caf::meta::type_name("op_done_msg"), x.epoch, x.op_id, x.rank, x.result,
            x.kv_used_blocks);
@@ -63,8 +73,8 @@ typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, recovery_stats& x) {
   return f(caf::meta::type_name("recovery_stats"), x.rank, x.pid, x.why, x.layout_before,
-           x.layout_after, x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms, x.requests_replayed,
-           x.tokens_replayed);
+           x.layout_after, x.mode, x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms,
+           x.requests_replayed, x.tokens_replayed, x.blocks_kept, x.blocks_rebuilt);
 }
 // health and failure stay out: engine::stats() takes them from the registry the API shares with
 // the engine actor (stream_registry::failure), never from a remote peer.
@@ -90,6 +100,9 @@ CAF_ADD_TYPE_ID(helix_actors, (helix::actors::move_item))
 CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::move_item>))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::migrate_msg))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::op_done_msg))
+CAF_ADD_TYPE_ID(helix_actors, (helix::actors::restore_seq))
+CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::restore_seq>))
+CAF_ADD_TYPE_ID(helix_actors, (helix::actors::restore_msg))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::submit_msg))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::worker_stats))
 CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::worker_stats>))
@@ -109,4 +122,5 @@ CAF_ADD_ATOM(helix_actors, helix::actors, deadline_atom, "deadline")
 CAF_ADD_ATOM(helix_actors, helix::actors, lost_atom, "lost")
 CAF_ADD_ATOM(helix_actors, helix::actors, step_watch_atom, "stepwatch")
 CAF_ADD_ATOM(helix_actors, helix::actors, op_watch_atom, "opwatch")
+CAF_ADD_ATOM(helix_actors, helix::actors, placement_atom, "placement")
 CAF_END_TYPE_ID_BLOCK(helix_actors)

@@ -5,6 +5,7 @@
 #include "actors/runtime.hpp"
 #include "planner/placement_book.hpp"
 #include "planner/rebalance.hpp"
+#include "planner/recovery_plan.hpp"
 
 namespace helix::actors {
 namespace {
@@ -45,16 +46,7 @@ double imbalance(const std::vector<std::int64_t>& counts) {
   return (static_cast<double>(max) - mean) / mean;
 }
 
-}  // namespace
-
-caf::behavior planner_actor(caf::event_based_actor* self, layout l, std::int64_t block_tokens,
-                            double rebalance_threshold, std::int64_t rebalance_min_blocks) {
-  (void)self;
-  auto st = std::make_shared<planner_state>(planner_state{planner::placement_book(l, block_tokens),
-                                                          {},
-                                                          rebalance_threshold,
-                                                          rebalance_min_blocks,
-                                                          l.kvp});
+caf::behavior planner_behavior(std::shared_ptr<planner_state> st) {
   return {
       [=](join_atom, std::uint64_t seq) -> caf::result<void> {
         const status s = st->book.join(seq);
@@ -106,7 +98,56 @@ caf::behavior planner_actor(caf::event_based_actor* self, layout l, std::int64_t
         const double mean = static_cast<double>(total) / static_cast<double>(counts.size());
         return caf::make_message(std::move(moves), imbalance(counts), mean);
       },
+      [=](placement_atom, const std::string& after_text,
+          const std::vector<std::int64_t>& kept) -> caf::result<caf::message> {
+        auto after = layout::parse(after_text);
+        if (!after) return to_caf(after.error());
+        std::vector<restore_seq> out;
+        for (planner::recovered_request& r : planner::plan_recovery(st->book, *after, kept)) {
+          restore_seq e;
+          e.seq = r.id;
+          e.offset = r.offset;
+          e.num_tokens = r.num_tokens;
+          e.owner_kvp = std::move(r.owner_kvp);
+          e.kept_kvp = std::move(r.kept_kvp);
+          out.push_back(std::move(e));
+        }
+        return caf::make_message(std::move(out), st->book.step());
+      },
   };
+}
+
+}  // namespace
+
+caf::behavior planner_actor(caf::event_based_actor* self, layout l, std::int64_t block_tokens,
+                            double rebalance_threshold, std::int64_t rebalance_min_blocks) {
+  (void)self;
+  return planner_behavior(
+      std::make_shared<planner_state>(planner_state{planner::placement_book(l, block_tokens),
+                                                    {},
+                                                    rebalance_threshold,
+                                                    rebalance_min_blocks,
+                                                    l.kvp}));
+}
+
+caf::behavior planner_actor_recovered(caf::event_based_actor* self, layout l,
+                                      std::int64_t block_tokens, double rebalance_threshold,
+                                      std::int64_t rebalance_min_blocks,
+                                      std::vector<restore_seq> restored, std::int64_t step) {
+  std::vector<planner::recovered_request> requests;
+  for (restore_seq& e : restored) {
+    requests.push_back({e.seq, e.offset, e.num_tokens, std::move(e.owner_kvp), {}});
+  }
+  auto book = planner::recovered_book(l, block_tokens, requests, step);
+  if (!book) {
+    // The engine computed these from a record of the same shape: a bug, reported on every call.
+    self->quit(caf::make_error(caf::sec::runtime_error, book.error().to_string()));
+    return {};
+  }
+  auto st = std::make_shared<planner_state>(
+      planner_state{std::move(*book), {}, rebalance_threshold, rebalance_min_blocks, l.kvp});
+  for (const planner::recovered_request& r : requests) st->live.insert(r.id);
+  return planner_behavior(st);
 }
 
 }  // namespace helix::actors

@@ -41,6 +41,10 @@ struct step_item {
   float top_p = 1.0f;
   std::uint64_t seed = 0;
   std::uint64_t request_id = 0;  // keys the counter-based noise
+  /// -1: the tokens are appended. Else a rebuild after a recovery (lost blocks only): the tokens
+  /// at positions [rewrite_from, +tokens.size()), already in the table, computed again
+  /// (model::batch_item::rewrite_from); never sampled.
+  std::int64_t rewrite_from = -1;
 };
 
 /// Engine -> every worker: run one step. `new_block_kvp` is the planner's placement of every
@@ -100,7 +104,29 @@ struct migrate_msg {
   std::vector<move_item> moves;
 };
 
-/// Worker -> engine: an open, close or migrate finished.
+/// One sequence after a recovery, as model::restored_sequence (plus its placement offset, which
+/// the engine's record keeps and workers ignore).
+struct restore_seq {
+  std::uint64_t seq = 0;
+  std::int64_t offset = 0;
+  std::int64_t num_tokens = 0;
+  std::vector<std::int64_t> owner_kvp;
+  std::vector<std::int64_t> kept_kvp;
+  std::int64_t synthetic_tokens = 0;
+  std::uint64_t synthetic_seed = 0;
+};
+
+/// Engine -> every worker, first thing after a relayout: the sequences as they are now (lost
+/// blocks only; empty for a full replay, which frees whatever KV the rank carried over) and the
+/// id the next opened sequence gets. Enters `epoch`. Collective (rank_program::restore).
+struct restore_msg {
+  std::int64_t epoch = 0;
+  std::int64_t op_id = 0;
+  std::vector<restore_seq> seqs;
+  std::uint64_t next_seq = 1;
+};
+
+/// Worker -> engine: an open, close, migrate or restore finished.
 struct op_done_msg {
   std::int64_t epoch = 0;
   std::int64_t op_id = 0;

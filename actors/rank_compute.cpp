@@ -14,10 +14,11 @@ expected<std::unique_ptr<rank_compute>> rank_compute::create(
 
 expected<std::unique_ptr<rank_compute>> rank_compute::create(
     model::rank_weights w, std::unique_ptr<transport::communicator> world,
-    std::unique_ptr<transport::communicator> kvp_group,
-    const model::rank_program_options& options) {
-  HELIX_ASSIGN_OR_RETURN(auto program, model::rank_program::create(std::move(w), std::move(world),
-                                                                   std::move(kvp_group), options));
+    std::unique_ptr<transport::communicator> kvp_group, const model::rank_program_options& options,
+    std::unique_ptr<model::carried_kv> carried) {
+  HELIX_ASSIGN_OR_RETURN(
+      auto program, model::rank_program::create(std::move(w), std::move(world),
+                                                std::move(kvp_group), options, std::move(carried)));
   return std::make_unique<rank_compute>(std::move(program));
 }
 
@@ -70,7 +71,7 @@ status rank_compute::step(const step_msg& m, step_outcome& result) {
   bool want_logits = false;
   for (std::size_t i = 0; i < n; ++i) {
     const step_item& it = m.items[first + i];
-    items_[i] = {it.seq, it.tokens, false};
+    items_[i] = {it.seq, it.tokens, false, it.rewrite_from};
     sampling_[i] = it.sample
                        ? kernels::sampling_options{it.temperature, it.top_k, it.top_p, it.seed}
                        : kernels::sampling_options{};
@@ -111,6 +112,20 @@ status rank_compute::migrate(std::span<const move_item> moves) {
   moves_.clear();
   for (const move_item& mv : moves) moves_.push_back({mv.seq, mv.block_idx, mv.to_kvp});
   return program_->migrate_blocks(moves_);
+}
+
+status rank_compute::restore(const restore_msg& m) {
+  std::vector<model::restored_sequence> seqs;
+  seqs.reserve(m.seqs.size());
+  for (const restore_seq& r : m.seqs) {
+    seqs.push_back(
+        {r.seq, r.num_tokens, r.owner_kvp, r.kept_kvp, r.synthetic_tokens, r.synthetic_seed});
+  }
+  return program_->restore(seqs, m.next_seq);
+}
+
+std::unique_ptr<model::carried_kv> rank_compute::release_kv() {
+  return program_->release_kv();
 }
 
 std::int64_t rank_compute::kv_used_blocks() const {

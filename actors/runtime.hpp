@@ -96,8 +96,16 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
 ///   (rebal_atom)                                        -> moves (std::vector<move_item>),
 ///       already recorded in the placement, then the column's kv_imbalance and its mean blocks
 ///       per member after them (double, double)
+///   (placement_atom, layout text, kept)                 -> every live sequence under that
+///       layout (std::vector<restore_seq>, planner/recovery_plan.hpp; kept: per old KVP member,
+///       the new member that keeps its blocks, or -1) and the step clock (std::int64_t)
 caf::behavior planner_actor(caf::event_based_actor* self, layout l, std::int64_t block_tokens,
                             double rebalance_threshold, std::int64_t rebalance_min_blocks);
+/// The same, its record holding the sequences a recovery restored and its clock at `step`.
+caf::behavior planner_actor_recovered(caf::event_based_actor* self, layout l,
+                                      std::int64_t block_tokens, double rebalance_threshold,
+                                      std::int64_t rebalance_min_blocks,
+                                      std::vector<restore_seq> restored, std::int64_t step);
 
 /// What the API side and the engine actor share about the workers, which recovery changes: the
 /// current worker actors (stopped at shutdown) and the KVP size admission checks against.

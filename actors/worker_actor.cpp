@@ -114,6 +114,18 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
         self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
                                            compute->kv_used_blocks()});
       },
+      [=](restore_msg& m) {
+        // The first message after a relayout; it starts the new layout's epoch.
+        if (m.epoch <= st->epoch || m.op_id <= st->last_op) {
+          ++st->dropped;
+          return;
+        }
+        st->epoch = m.epoch;
+        st->last_op = m.op_id;
+        const status result = guarded(compute->rank(), [&] { return compute->restore(m); });
+        self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
+                                           compute->kv_used_blocks()});
+      },
       [=](wstate_atom) {
         return caf::make_message(st->epoch, st->dropped, compute->kv_used_blocks());
       },

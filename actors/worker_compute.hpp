@@ -44,6 +44,15 @@ class worker_compute {
   /// step itself (the rank or the data plane).
   [[nodiscard]] virtual status step(const step_msg& m, step_outcome& out) = 0;
   [[nodiscard]] virtual status migrate(std::span<const move_item> moves) = 0;
+  /// After a relayout: the sequences as they are now (restore_msg; model::rank_program::restore).
+  /// Default: failed_precondition unless there is nothing to restore.
+  [[nodiscard]] virtual status restore(const restore_msg& m) {
+    return m.seqs.empty() ? ok_status()
+                          : failed_precondition("worker {}: cannot restore sequences", rank());
+  }
+  /// The KV this compute holds, for the compute of the next layout (recovery, lost blocks only);
+  /// null when it has none to hand over. Called once its worker actor ended.
+  [[nodiscard]] virtual std::unique_ptr<model::carried_kv> release_kv() { return nullptr; }
   [[nodiscard]] virtual std::int64_t kv_used_blocks() const = 0;
   [[nodiscard]] virtual std::int64_t kv_capacity_blocks() const = 0;
 };
@@ -63,14 +72,18 @@ class rank_compute final : public worker_compute {
   [[nodiscard]] status close_sequence(std::uint64_t seq) override;
   [[nodiscard]] status step(const step_msg& m, step_outcome& out) override;
   [[nodiscard]] status migrate(std::span<const move_item> moves) override;
+  [[nodiscard]] status restore(const restore_msg& m) override;
+  [[nodiscard]] std::unique_ptr<model::carried_kv> release_kv() override;
   [[nodiscard]] std::int64_t kv_used_blocks() const override;
   [[nodiscard]] std::int64_t kv_capacity_blocks() const override;
 
-  /// The same from weights already sharded for `rank` (model::seeded_rank_weights).
+  /// The same from weights already sharded for `rank` (model::seeded_rank_weights), keeping the
+  /// previous compute's KV when `carried` is not null (model::rank_program::create).
   [[nodiscard]] static expected<std::unique_ptr<rank_compute>> create(
       model::rank_weights w, std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group,
-      const model::rank_program_options& options);
+      const model::rank_program_options& options,
+      std::unique_ptr<model::carried_kv> carried = nullptr);
 
   explicit rank_compute(std::unique_ptr<model::rank_program> program);
 

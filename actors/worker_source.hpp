@@ -78,8 +78,10 @@ struct in_process_options {
 
 /// Rank `rank`'s compute for `config` and `grid` over `fab` (the world and the rank's KVP group
 /// are made from it): only the rank's shards are built, seeded (model::seeded_rank_weights) or
-/// read from the checkpoint's files (model::checkpoint_rank_weights).
+/// read from the checkpoint's files (model::checkpoint_rank_weights). `carried`: the KV of this
+/// member's previous compute (worker_compute::release_kv), kept until the engine's restore_msg.
 [[nodiscard]] expected<std::shared_ptr<worker_compute>> make_rank_compute(
-    const engine_config& config, const layout& grid, std::int64_t rank, transport::fabric& fab);
+    const engine_config& config, const layout& grid, std::int64_t rank, transport::fabric& fab,
+    std::unique_ptr<model::carried_kv> carried = nullptr);
 
 }  // namespace helix::actors

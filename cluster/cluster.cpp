@@ -752,7 +752,9 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
                                 const worker_args& w, const caf::actor& reg, std::int32_t rank,
                                 std::int32_t world, const proto_v1::ClusterConfig& cc,
                                 const caf::actor& beat,
-                                std::vector<std::unique_ptr<transport::fabric>>& fabrics) {
+                                std::vector<std::unique_ptr<transport::fabric>>& fabrics,
+                                std::shared_ptr<actors::worker_compute>& compute_out,
+                                std::unique_ptr<model::carried_kv> carried) {
   HELIX_ASSIGN_OR_RETURN(actors::engine_config config, actors::from_proto(cc.engine()));
   if (!config.log_level.empty()) HELIX_RETURN_IF_ERROR(set_log_level(config.log_level));
   config.layout = cc.layout();
@@ -800,8 +802,10 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
   } else {
     fabrics.push_back(std::move(fabric));
   }
-  HELIX_ASSIGN_OR_RETURN(auto compute,
-                         actors::make_rank_compute(config, grid, rank, *fabrics.back()));
+  HELIX_ASSIGN_OR_RETURN(
+      auto compute,
+      actors::make_rank_compute(config, grid, rank, *fabrics.back(), std::move(carried)));
+  compute_out = compute;
   caf::actor worker = sys.spawn<caf::detached>(
       actors::worker_actor, std::move(compute),
       actors::suspects_fn([f = fabrics.back().get()] { return f->suspects(); }));
@@ -866,14 +870,15 @@ status serve(const worker_args& w) {
   auto last_ping = std::make_shared<std::atomic<std::int64_t>>(0);
   caf::actor beat = sys.spawn(heartbeat, last_ping);
   std::int32_t rank = reply->rank();
-  caf::actor worker;  // none while standing by
+  caf::actor worker;                                // none while standing by
+  std::shared_ptr<actors::worker_compute> compute;  // the worker's
   if (reply->standby()) {
     self->send(*reg, ready_msg{-1, nullptr, beat, caf::actor_cast<caf::actor>(self),
                                static_cast<std::int64_t>(::getpid())});
     logger()->info("{}: joined {} as a standby", w.name, engine_at);
   } else {
-    auto first =
-        build_rank(self, sys, w, *reg, rank, reply->world_size(), reply->config(), beat, fabrics);
+    auto first = build_rank(self, sys, w, *reg, rank, reply->world_size(), reply->config(), beat,
+                            fabrics, compute, nullptr);
     if (!first) {
       self->send_exit(beat, caf::exit_reason::user_shutdown);
       return first.error();
@@ -899,14 +904,20 @@ status serve(const worker_args& w) {
         },
         [&](relayout_msg& m) {
           // Wake the old worker from any collective with the lost peer and wait for it to end;
-          // its fabric stays alive for its compute's last moments.
+          // its fabric stays alive for its compute's last moments. Once it ended, its KV passes
+          // to the next rank's compute (the engine's restore_msg says which blocks stay).
+          std::unique_ptr<model::carried_kv> carried;
           if (worker) {
             fabrics.back()->abort(
                 make_error(errc::aborted, "{}: rank {} gives way to a new layout", w.name, rank));
-            if (!stop_worker(self, worker, std::chrono::seconds(10))) {
-              logger()->warn("{}: the old worker did not end within 10 s", w.name);
+            if (stop_worker(self, worker, std::chrono::seconds(10))) {
+              if (compute) carried = compute->release_kv();
+            } else {
+              logger()->warn("{}: the old worker did not end within 10 s; its KV is not kept",
+                             w.name);
             }
             worker = nullptr;
+            compute = nullptr;
           }
           if (m.engine && !engine) {
             engine = m.engine;
@@ -919,7 +930,8 @@ status serve(const worker_args& w) {
           }
           proto_v1::ClusterConfig cc;
           auto built = cc.ParseFromString(m.config)
-                           ? build_rank(self, sys, w, m.registrar, rank, m.world, cc, beat, fabrics)
+                           ? build_rank(self, sys, w, m.registrar, rank, m.world, cc, beat, fabrics,
+                                        compute, std::move(carried))
                            : expected<caf::actor>(invalid_argument("relayout: config unreadable"));
           if (!built) {
             outcome =

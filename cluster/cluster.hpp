@@ -29,7 +29,8 @@ namespace helix::cluster {
 /// Bumped whenever the join handshake or the control messages change; a worker of another
 /// protocol is refused with both versions named, on both sides. 2: protobuf handshake.
 /// 3: relayout after a failure (relayout_msg, agents).
-inline constexpr std::int32_t protocol_version = 3;
+/// 4: lost-blocks recovery (restore_msg, step_item::rewrite_from, recovery_stats fields).
+inline constexpr std::int32_t protocol_version = 4;
 
 struct spawned_workers_options {
   /// The `helix` binary whose `worker` subcommand runs a worker (e.g. /proc/self/exe).

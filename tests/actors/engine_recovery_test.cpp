@@ -1,7 +1,8 @@
-// Recovery from a worker failure by full replay (engine_config::recovery = "full_replay"): a
-// data-plane fault injected on one rank mid-run (transport/fault) makes the engine rebuild its
-// workers on a layout of the members that remain and replay every running request; every
-// request's tokens equal the fault-free run's, none is lost and no token comes twice.
+// Recovery from a worker failure (engine_config::recovery): a data-plane fault injected on one
+// rank mid-run (transport/fault) makes the engine rebuild its workers on a layout of the members
+// that remain and rebuild the KV that is gone, either every running request's by full replay or
+// only the lost blocks (survivors keep theirs); every request's tokens equal the fault-free run's,
+// none is lost and no token comes twice.
 #include <atomic>
 #include <memory>
 #include <string>
@@ -22,7 +23,8 @@ namespace {
 
 namespace fault = transport::fault;
 
-engine_config recovery_config(std::int64_t workers, const std::string& layout) {
+engine_config recovery_config(std::int64_t workers, const std::string& layout,
+                              const std::string& mode = "full_replay") {
   engine_config c;
   c.model = "tiny-llama";
   c.num_workers = workers;
@@ -30,7 +32,7 @@ engine_config recovery_config(std::int64_t workers, const std::string& layout) {
   c.kv_capacity_tokens_per_worker = 4096;
   c.max_batch_tokens = 128;
   c.prefill_chunk_tokens = 16;
-  c.recovery = "full_replay";
+  c.recovery = mode;
   return c;
 }
 
@@ -99,14 +101,18 @@ run_result serve(engine& eng, bool expect_ok = true) {
   return out;
 }
 
+// `mode` asked for; `used` the rebuild the engine chose (lost_blocks falls back to full_replay
+// when no KVP member keeps its blocks).
 void expect_recovery_matches_fault_free(std::int64_t workers, const std::string& layout, int rank,
-                                        std::uint64_t nth, std::int64_t ranks_after) {
+                                        std::uint64_t nth, std::int64_t ranks_after,
+                                        const std::string& mode = "full_replay",
+                                        const std::string& used = "full_replay") {
   auto clean = engine::create(recovery_config(workers, layout));
   ASSERT_TRUE(clean.has_value()) << clean.error().to_string();
   const run_result want = serve(**clean);
   ASSERT_TRUE(want.stats.recoveries.empty());
 
-  auto faulty = engine::create(recovery_config(workers, layout), failing_workers(rank, nth));
+  auto faulty = engine::create(recovery_config(workers, layout, mode), failing_workers(rank, nth));
   ASSERT_TRUE(faulty.has_value()) << faulty.error().to_string();
   const run_result got = serve(**faulty);
   EXPECT_EQ(got.tokens, want.tokens) << layout << " rank " << rank << " call " << nth;
@@ -123,8 +129,15 @@ void expect_recovery_matches_fault_free(std::int64_t workers, const std::string&
   ASSERT_TRUE(after.has_value()) << rec.layout_after;
   EXPECT_EQ(after->num_ranks, ranks_after) << rec.layout_after;
   EXPECT_EQ(got.stats.layout, rec.layout_after);
+  EXPECT_EQ(rec.mode, used);
   EXPECT_GT(rec.requests_replayed, 0);
   EXPECT_GT(rec.tokens_replayed, 0);
+  EXPECT_GT(rec.blocks_rebuilt, 0);
+  if (used == "lost_blocks") {
+    EXPECT_GT(rec.blocks_kept, 0) << "survivors keep their blocks";
+  } else {
+    EXPECT_EQ(rec.blocks_kept, 0);
+  }
   EXPECT_GT(rec.reload_ms, 0.0) << "the workers were rebuilt (weights seeded again)";
   EXPECT_GT(rec.rebuild_ms, 0.0) << "every replay finished, so the rebuild time is known";
   // Every sequence closed: no KV left behind on the rebuilt workers (the closes of the last
@@ -151,6 +164,29 @@ TEST(EngineRecovery, FailedWorkerWhilePrefillingIsReplayed) {
 
 TEST(EngineRecovery, TensorParallelLayoutRecoversToo) {
   expect_recovery_matches_fault_free(2, "tp:tp=2", 0, 25, 1);
+}
+
+// Lost blocks only: the survivors keep their KV and only what the dead rank (and the rank the
+// smaller layout leaves without a place) held is computed again.
+TEST(EngineRecovery, LostBlocksMidDecodeKeepTheSurvivorsKv) {
+  expect_recovery_matches_fault_free(4, "helix:kvp=4,tpa=1", 2, 60, 2, "lost_blocks",
+                                     "lost_blocks");
+}
+
+// Two TPA columns: the survivors are ordered so that member 0 keeps its blocks in both columns.
+TEST(EngineRecovery, LostBlocksKeepAMemberWhoseColumnsAllSurvived) {
+  expect_recovery_matches_fault_free(4, "helix:kvp=2,tpa=2", 1, 60, 2, "lost_blocks",
+                                     "lost_blocks");
+}
+
+TEST(EngineRecovery, LostBlocksWhilePrefilling) {
+  expect_recovery_matches_fault_free(4, "helix:kvp=4,tpa=1", 3, 14, 2, "lost_blocks",
+                                     "lost_blocks");
+}
+
+// tp=2 -> tp=1 changes the head slices: nothing survives, the engine replays in full.
+TEST(EngineRecovery, LostBlocksFallBackToFullReplayWhenNothingIsKept) {
+  expect_recovery_matches_fault_free(2, "tp:tp=2", 0, 25, 1, "lost_blocks", "full_replay");
 }
 
 // A rank that hangs in a collective (it never makes the call) holds its peers only until the

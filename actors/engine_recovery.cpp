@@ -1,0 +1,379 @@
+// Recovery from a worker failure (engine_config::recovery): who is gone, the layout of the members
+// that remain, the workers rebuilt on it (worker_source::relayout), then the KV that is gone:
+//   * lost blocks only: the old placement record says where every block lived; survivors keep
+//     theirs (their computes carried the KV over), every other block gets an owner by the
+//     placement rule, each worker restores its tables (restore_msg), synthetic positions are
+//     refilled there and the other lost positions are computed again by rewrite items, in
+//     position order, before the requests go on;
+//   * full replay: every running request prefills its prompt and generated tokens again.
+// No step runs until every worker answered the restore_msg; a lost-blocks restore that fails
+// (a survivor lost its KV, no room) falls back to the full replay.
+#include <algorithm>
+
+#include "actors/engine_state.hpp"
+#include "core/checked_math.hpp"
+#include "core/log.hpp"
+#include "planner/recovery_plan.hpp"
+
+namespace helix::actors::engine_impl {
+namespace {
+
+// The layout in use when enough members remain (standbys took the free ranks); else the largest
+// member count up to `members` with a valid layout of the same family for the model. With
+// `keep_tpa` (lost blocks only) a layout with the current TPA size is preferred, since only then
+// can KVP members keep their blocks.
+expected<layout> layout_for_members(const layout& current, std::int64_t members,
+                                    const model_spec& spec, bool keep_tpa) {
+  if (members >= current.num_ranks) return current;
+  const layout_family family = current.family;
+  status last = failed_precondition("no members remain");
+  for (std::int64_t m = members; m >= 1; --m) {
+    auto g = default_layout(family, m, spec);
+    if (g && keep_tpa && g->tpa != current.tpa && m % current.tpa == 0 &&
+        family != layout_family::tp) {
+      layout same = *g;
+      same.tpa = current.tpa;
+      same.kvp = m / current.tpa;
+      if (family == layout_family::medha) same.tpf = same.tpa;
+      if (validate(same, spec).ok()) return same;
+    }
+    if (g) return *g;
+    last = g.error();
+  }
+  return last;
+}
+
+// Sends every worker the sequences as they are now (empty: a full replay, which frees whatever
+// KV the workers carried over); no step runs until all answered.
+void send_restore(self_ptr self, std::vector<restore_seq> seqs, std::uint64_t next_seq) {
+  engine_state& s = self->state;
+  ++s.epoch;
+  restore_msg m{s.epoch, s.next_op++, std::move(seqs), next_seq};
+  s.restore_op = m.op_id;
+  s.restore_has_seqs = !m.seqs.empty();
+  for (const caf::actor& w : s.workers) self->send(w, m);
+  op_sent(self, m.op_id);
+}
+
+// Full replay: a fresh placement record, and every running request replays its prompt and
+// generated tokens ahead of the queue, in admission order.
+void replay_everything(self_ptr self, const std::string& reason) {
+  engine_state& s = self->state;
+  recovery_stats& rec = s.stats.recoveries.back();
+  rec.mode = "full_replay";
+  rec.requests_replayed = 0;
+  rec.tokens_replayed = 0;
+  rec.blocks_kept = 0;
+  rec.blocks_rebuilt = 0;
+  if (s.setup.config.recovery == "lost_blocks") {
+    logger()->warn("engine: full replay instead of rebuilding lost blocks: {}", reason);
+  }
+  const engine_config& c = s.setup.config;
+  s.planner = self->spawn(planner_actor, s.setup.grid, c.block_tokens, c.rebalance_threshold,
+                          c.rebalance_min_blocks);
+  s.next_seq = 1;
+  s.reserved_per_member = 0;
+  send_restore(self, {}, s.next_seq);
+  for (auto it = s.active.rbegin(); it != s.active.rend(); ++it) {
+    request_state& r = *it;
+    r.seq = 0;
+    r.prefilled = 0;
+    r.replay.clear();
+    r.lost_runs.clear();
+    if (r.generated > 0) {
+      r.replay = r.req.prompt;
+      r.replay.insert(r.replay.end(), r.outputs.begin(), r.outputs.end() - 1);
+    }
+    r.synthetic_pending = r.req.synthetic_tokens > 0;
+    r.rebuilding = true;
+    ++rec.requests_replayed;
+    const std::int64_t positions =
+        static_cast<std::int64_t>(feed(r).size()) + r.req.synthetic_tokens;
+    rec.tokens_replayed += positions;
+    rec.blocks_rebuilt += ceil_div(positions, c.block_tokens);
+    s.queue.push_front(std::move(r));
+  }
+  s.active.clear();
+  for (request_state& r : s.queue) {
+    r.reserved = blocks_reserved_per_member(
+        static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
+        c.block_tokens, s.setup.grid.kvp);
+  }
+  s.rebuilding = rec.requests_replayed > 0;
+  s.rebuild_started = std::chrono::steady_clock::now();
+  logger()->warn("engine: recovered from worker {}: {} -> {}, {} requests replay {} tokens",
+                 rec.rank, rec.layout_before, rec.layout_after, rec.requests_replayed,
+                 rec.tokens_replayed);
+  publish(s);
+}
+
+// Lost blocks only, once the old placement record described every live sequence under the new
+// layout (`seqs`, its step clock `step`): the new record, the workers' restore, and each request's
+// lost positions to compute again. Falls back to a full replay when the running requests no
+// longer fit the new layout's KV.
+void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int64_t step) {
+  engine_state& s = self->state;
+  const engine_config& c = s.setup.config;
+  const std::int64_t bt = c.block_tokens;
+  const std::int64_t admission = s.setup.admission_blocks_per_worker > 0
+                                     ? s.setup.admission_blocks_per_worker
+                                     : s.setup.capacity_blocks_per_worker;
+  std::int64_t reserved = 0;
+  for (const request_state& r : s.active) {
+    reserved += blocks_reserved_per_member(
+        static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
+        bt, s.setup.grid.kvp);
+  }
+  if (reserved > admission) {
+    replay_everything(self, fmt::format("the running requests need {} KV blocks per worker on {}, "
+                                        "more than admission allows ({})",
+                                        reserved, s.setup.grid.to_string(), admission));
+    return;
+  }
+  std::map<std::uint64_t, restore_seq*> by_seq;
+  for (restore_seq& e : seqs) by_seq[e.seq] = &e;
+  for (const request_state& r : s.active) {
+    if (by_seq.count(r.seq) == 0) {
+      replay_everything(self,
+                        fmt::format("request {} is not in the placement record", r.req.request_id));
+      return;
+    }
+  }
+  recovery_stats& rec = s.stats.recoveries.back();
+  rec.mode = "lost_blocks";
+  std::vector<restore_seq> kept_seqs;
+  for (request_state& r : s.active) {
+    restore_seq& e = *by_seq[r.seq];
+    const std::int64_t synth = r.synthetic_pending ? 0 : r.req.synthetic_tokens;
+    e.synthetic_tokens = std::min(synth, e.num_tokens);
+    e.synthetic_seed = r.req.synthetic_seed;
+    r.lost_runs.clear();
+    for (std::size_t b = 0; b < e.kept_kvp.size(); ++b) {
+      const std::int64_t first = static_cast<std::int64_t>(b) * bt;
+      const std::int64_t end = std::min(first + bt, e.num_tokens);
+      if (e.kept_kvp[b] >= 0) {
+        ++rec.blocks_kept;
+        continue;
+      }
+      ++rec.blocks_rebuilt;
+      rec.tokens_replayed += end - first;
+      const std::int64_t from = std::max(first, synth);
+      if (from >= end) continue;
+      if (!r.lost_runs.empty() && r.lost_runs.back().second == from) {
+        r.lost_runs.back().second = end;
+      } else {
+        r.lost_runs.emplace_back(from, end);
+      }
+    }
+    r.reserved = blocks_reserved_per_member(
+        static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
+        bt, s.setup.grid.kvp);
+    r.rebuilding = !r.lost_runs.empty();
+    if (r.rebuilding || e.kept_kvp.end() != std::find(e.kept_kvp.begin(), e.kept_kvp.end(), -1)) {
+      ++rec.requests_replayed;
+    }
+    kept_seqs.push_back(std::move(e));
+  }
+  s.reserved_per_member = reserved;
+  s.planner = self->spawn(planner_actor_recovered, s.setup.grid, bt, c.rebalance_threshold,
+                          c.rebalance_min_blocks, kept_seqs, step);
+  send_restore(self, std::move(kept_seqs), s.next_seq);
+  s.rebuilding = std::any_of(s.active.begin(), s.active.end(),
+                             [](const request_state& r) { return r.rebuilding; });
+  s.rebuild_started = std::chrono::steady_clock::now();
+  logger()->warn(
+      "engine: recovered from worker {}: {} -> {}, {} KV blocks kept, {} rebuilt ({} positions)",
+      rec.rank, rec.layout_before, rec.layout_after, rec.blocks_kept, rec.blocks_rebuilt,
+      rec.tokens_replayed);
+  publish(s);
+}
+
+}  // namespace
+
+// Worker `rank` failed (`why`): with recovery on, the step in flight is abandoned and the workers
+// are rebuilt on a layout of the members that remain; then the KV that is gone is rebuilt (lost
+// blocks only, or a full replay of every running request). Nothing accepted is lost and no token
+// is emitted twice. Without recovery, or when it fails, the engine fails.
+void recover(self_ptr self, std::int64_t rank, const status& why,
+             const std::vector<std::int32_t>& suspects) {
+  engine_state& s = self->state;
+  // Idle at shutdown: the workers end anyway.
+  if (!s.broken.ok() || (s.draining && !s.busy && s.restore_op == 0)) return;
+  // Shutting down (draining) or recovery off: the step in flight can never complete; every
+  // request ends with the cause and a drain is answered now.
+  if (!s.setup.relayout || s.draining) {
+    s.busy = false;
+    s.pending = 0;
+    s.restore_op = 0;
+    fail_everything(self, why);
+    answer_drains(s);
+    return;
+  }
+  const auto noticed = std::chrono::steady_clock::now();
+  // Who is gone: the members the source knows to be dead (a process that ended), when there are
+  // any, since the rank that reported the failure may only have seen a dead peer; else the rank
+  // its data plane waited for in vain most often (a hung rank: its peers time out first); else
+  // `rank` itself.
+  std::vector<std::int64_t> lost = s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{};
+  if (lost.empty() && !suspects.empty() && suspects.front() >= 0 &&
+      suspects.front() < static_cast<std::int32_t>(s.workers.size())) {
+    lost = {suspects.front()};
+  }
+  if (lost.empty()) lost = {rank};
+  rank = lost.front();
+  recovery_stats rec;
+  rec.rank = rank;
+  rec.why = why.to_string();
+  rec.layout_before = s.setup.grid.to_string();
+  rec.detect_ms = s.busy ? ms_between(s.step_started, noticed) : 0.0;
+  if (s.setup.workers_info) {
+    for (const worker_info& w : s.setup.workers_info()) {
+      if (w.rank == rank) rec.pid = w.pid;
+    }
+  }
+  logger()->warn("engine: worker {} failed ({}); recovering ({})", rank, why,
+                 s.setup.config.recovery);
+  // The old step and workers: woken from any collective, their replies (and the old planner's
+  // answers) from now on ignored; stopped once the source rebuilt its members (a worker process
+  // that survives stops its old worker itself when told its new rank).
+  if (s.setup.abort_data_plane) s.setup.abort_data_plane(why);
+  ++s.epoch;
+  ++s.generation;
+  s.busy = false;
+  s.pending = 0;
+  s.ops_pending.clear();
+  // A migration in flight leaves the ranks' tables and the record apart: nothing kept is trusted.
+  const bool moving = !s.migrations_pending.empty();
+  s.migrations_pending.clear();
+  s.restore_op = -1;  // no step until the workers are restored
+  const layout before = s.setup.grid;
+  std::vector<std::int64_t> survivors;
+  const std::vector<caf::actor> old_workers = s.workers;
+  const auto stop_old = [&] {
+    for (const caf::actor& w : old_workers) {
+      self->demonitor(w);
+      self->send_exit(w, caf::exit_reason::user_shutdown);
+    }
+  };
+  const auto give_up = [&](const std::string& what) {
+    stop_old();
+    fail_everything(self, why.with_context(fmt::format("recovery: {}", what)));
+    answer_drains(s);
+  };
+  auto planned = noticed;
+  expected<layout> grid = failed_precondition("no layout yet");
+  expected<std::vector<caf::actor>> fresh = failed_precondition("no relayout yet");
+  // A member that dies while the others rebuild makes the relayout fail: try again without it.
+  for (int attempt = 0;; ++attempt) {
+    const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
+    const auto members = static_cast<std::int64_t>(s.workers.size() - lost.size()) + standbys;
+    grid = layout_for_members(s.setup.grid, members, s.setup.spec,
+                              s.setup.config.recovery == "lost_blocks");
+    if (!grid) {
+      give_up(fmt::format("no {} layout for {} remaining workers: {}",
+                          layout_family_name(s.setup.grid.family), members, grid.error()));
+      return;
+    }
+    // Survivors keep serving (ordered so that as many KVP members as possible keep their
+    // blocks), standbys fill the ranks they leave, the rest stand by.
+    std::vector<std::int64_t> alive;
+    for (std::int64_t r = 0; r < static_cast<std::int64_t>(s.workers.size()); ++r) {
+      if (std::find(lost.begin(), lost.end(), r) == lost.end()) alive.push_back(r);
+    }
+    survivors = planner::order_survivors(before, *grid, alive);
+    std::vector<std::int64_t> standby;
+    for (std::int64_t r : alive) {
+      if (std::find(survivors.begin(), survivors.end(), r) == survivors.end()) standby.push_back(r);
+    }
+    planned = std::chrono::steady_clock::now();
+    if (attempt == 0) rec.replan_ms = ms_between(noticed, planned);
+    fresh = s.setup.relayout(*grid, survivors, standby);
+    if (fresh) break;
+    std::vector<std::int64_t> more;
+    for (std::int64_t d : s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{}) {
+      if (std::find(lost.begin(), lost.end(), d) == lost.end()) more.push_back(d);
+    }
+    if (more.empty() || attempt >= 3) {
+      give_up(fresh.error().to_string());
+      return;
+    }
+    logger()->warn("engine: workers {} died during the recovery; trying without them",
+                   fmt::join(more, ", "));
+    lost.insert(lost.end(), more.begin(), more.end());
+  }
+  stop_old();
+  const auto reloaded = std::chrono::steady_clock::now();
+  rec.reload_ms = ms_between(planned, reloaded);
+  rec.layout_after = grid->to_string();
+  s.workers = std::move(*fresh);
+  for (const caf::actor& w : s.workers) self->monitor(w);
+  s.kv_used.assign(s.workers.size(), 0);
+  if (s.setup.roster) {
+    std::lock_guard lk(s.setup.roster->mu);
+    s.setup.roster->workers = s.workers;
+    s.setup.roster->kvp = grid->kvp;
+  }
+  s.setup.grid = *grid;
+  s.stats.layout = grid->to_string();
+  rec.mode = s.setup.config.recovery;
+  s.stats.recoveries.push_back(std::move(rec));
+  const caf::actor old_planner = s.planner;
+  // Lost blocks only: which old members keep their blocks; the old record then says, request by
+  // request, where every block lived.
+  std::vector<std::int64_t> kept;
+  if (s.setup.config.recovery == "lost_blocks" && !moving) {
+    if (auto k = planner::kept_members(before, *grid, survivors)) kept = std::move(*k);
+  }
+  if (std::none_of(kept.begin(), kept.end(), [](std::int64_t k) { return k >= 0; })) {
+    self->send_exit(old_planner, caf::exit_reason::user_shutdown);
+    replay_everything(self, moving ? "a KV migration was in flight"
+                                   : "no KVP member kept its blocks under the new layout");
+    return;
+  }
+  self->request(old_planner, std::chrono::milliseconds(s.setup.config.peer_timeout_ms),
+                placement_atom::value, grid->to_string(), kept)
+      .then(
+          [self, gen = s.generation, old_planner](std::vector<restore_seq>& seqs,
+                                                  std::int64_t step) {
+            if (self->state.generation != gen) return;  // a later recovery took over
+            self->send_exit(old_planner, caf::exit_reason::user_shutdown);
+            rebuild_lost_blocks(self, std::move(seqs), step);
+          },
+          [self, gen = s.generation, old_planner](caf::error& err) {
+            if (self->state.generation != gen) return;
+            self->send_exit(old_planner, caf::exit_reason::user_shutdown);
+            replay_everything(
+                self, fmt::format("the placement record did not answer: {}", caf::to_string(err)));
+          });
+}
+
+bool restore_answered(self_ptr self, const op_done_msg& m) {
+  engine_state& s = self->state;
+  if (m.op_id == s.failed_restore_op) return true;  // the fallback below answered it already
+  if (m.op_id != s.restore_op) return false;
+  if (m.result.code != 0) {
+    const status st = from_wire(m.result);
+    const bool refused = st.code() == errc::failed_precondition ||
+                         st.code() == errc::resource_exhausted ||
+                         st.code() == errc::invalid_argument;
+    // Every rank refuses a restore together (one all-reduce decides): not a worker failure.
+    if (!s.restore_has_seqs || !refused) return false;
+    s.failed_restore_op = s.restore_op;
+    s.ops_pending.erase(s.restore_op);
+    self->send_exit(s.planner, caf::exit_reason::user_shutdown);
+    replay_everything(self, fmt::format("worker {}: {}", m.rank, st));
+    return true;
+  }
+  if (s.ops_pending.count(s.restore_op) == 0) {  // every worker answered
+    s.restore_op = 0;
+    // Nothing to compute again: the restore (synthetic refills) was the whole rebuild.
+    if (!s.rebuilding && !s.stats.recoveries.empty()) {
+      s.stats.recoveries.back().rebuild_ms =
+          ms_between(s.rebuild_started, std::chrono::steady_clock::now());
+    }
+    start_step(self);
+  }
+  return true;
+}
+
+}  // namespace helix::actors::engine_impl
