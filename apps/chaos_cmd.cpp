@@ -65,6 +65,7 @@ nlohmann::json chaos_report_json(const chaos_options& o, const chaos_report& r) 
           {"faults_by_action", std::move(by_action)},
           {"crashes", r.crashes},
           {"recoveries", r.recoveries},
+          {"recoveries_lost_blocks", r.recoveries_lost_blocks},
           {"recoveries_dropping_another_rank", r.recoveries_dropping_another_rank},
           {"migrations", r.migrations},
           {"fault_free_migrations", r.fault_free_migrations},
@@ -149,10 +150,11 @@ void print_chaos_report(std::ostream& out, const chaos_options& o, const chaos_r
   out << fmt::format("  migrations {} KV blocks moved by rebalancing (fault-free run: {})\n",
                      r.migrations, r.fault_free_migrations);
   out << fmt::format(
-      "  recovery  {} recoveries ({} dropped a rank other than the one the fault hit); {} "
-      "schedules left no layout for the workers remaining (requests ended with that error, "
-      "allowed)\n",
-      r.recoveries, r.recoveries_dropping_another_rank, r.engines_exhausted);
+      "  recovery  {} recoveries ({} rebuilt only the lost KV blocks, {} dropped a rank other "
+      "than the one the fault hit); {} schedules left no layout for the workers remaining "
+      "(requests ended with that error, allowed)\n",
+      r.recoveries, r.recoveries_lost_blocks, r.recoveries_dropping_another_rank,
+      r.engines_exhausted);
   out << fmt::format("  violations {} in {} schedules{}\n", r.violations,
                      r.schedules_with_violations,
                      r.abandoned ? " (STOPPED: an engine's destructor hung)" : "");
@@ -202,10 +204,11 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
       "                   [--standby K] [--json]\n"
       "  The seeded fault harness: a small workload (greedy and sampled requests, one over a\n"
       "  synthetic context, all at once) on the engine with workers as threads (or processes)\n"
-      "  and recovery by full replay, once without faults and then under N seeded fault\n"
-      "  schedules (DELAY, FAIL, HANG on the data plane; CRASH with processes); after each:\n"
-      "  every request ended once, no token repeated or skipped, tokens equal to the fault-free\n"
-      "  run's, KV back to zero, no hang, no worker process left. Prints the seed and schedule\n"
+      "  and recovery (lost blocks only by default), once without faults and then under N\n"
+      "  seeded fault schedules (DELAY, FAIL, HANG on the data plane; CRASH with processes);\n"
+      "  after each: every request ended once, no token repeated or skipped, tokens equal to the\n"
+      "  fault-free run's, KV back to zero, no hang, no worker process left. Prints the seed and "
+      "schedule\n"
       "  of every violation. Exit code 1 when there is one.\n"
       "  --seed S                 seed of the workload and of every schedule (default 1)\n"
       "  --schedules N            fault schedules to run (default 100)\n"
@@ -226,7 +229,8 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
       "  --peer-timeout-ms MS     the engine's peer timeout; a HANG lasts that long (default 200)\n"
       "  --schedule-timeout-ms MS a schedule's wall-clock limit: past it, a hang (default 5000;\n"
       "                           with --processes 10000)\n"
-      "  --recovery MODE          full_replay (default) or off (every failure is a violation)\n"
+      "  --recovery MODE          lost_blocks (default), full_replay or off (every failure is a\n"
+      "                           violation)\n"
       "  --schedule-hex HEX       run only this schedule (the hex a violation prints)\n"
       "  --replay FILE            run only the schedule stored in FILE (FaultSchedule bytes)\n"
       "  --json                   the report as JSON\n";
@@ -296,8 +300,8 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
   o.peer_timeout_ms = *peer;
   o.schedule_timeout_ms = *limit;
   o.recovery = a->get_or("recovery", o.recovery);
-  if (o.recovery != "off" && o.recovery != "full_replay") {
-    return usage_error("--recovery takes off or full_replay");
+  if (o.recovery != "off" && o.recovery != "lost_blocks" && o.recovery != "full_replay") {
+    return usage_error("--recovery takes off, lost_blocks or full_replay");
   }
   if (a->has("schedule-hex") && a->has("replay")) {
     return usage_error("--schedule-hex and --replay exclude each other");

@@ -1,10 +1,10 @@
 // `helix chaos`: the seeded fault harness. Runs a small seeded workload on the embedded engine
-// (engine_config::recovery = "full_replay", a short engine_config::peer_timeout_ms) once without
-// faults, then under N fault schedules injected into the workers' data plane (transport/fault/),
-// and checks after each schedule that the engine kept its promises. The workers are threads of
-// this process, or with --processes P `helix worker` processes (cluster::spawned_workers).
-// Called by apps/main.cpp and the tests. The harness is in chaos_run.cpp, the command line and
-// the reports in chaos_cmd.cpp.
+// (engine_config::recovery = "lost_blocks" by default, a short engine_config::peer_timeout_ms) once
+// without faults, then under N fault schedules injected into the workers' data plane
+// (transport/fault/), and checks after each schedule that the engine kept its promises. The workers
+// are threads of this process, or with --processes P `helix worker` processes
+// (cluster::spawned_workers). Called by apps/main.cpp and the tests. The harness is in
+// chaos_run.cpp, the command line and the reports in chaos_cmd.cpp.
 //
 // The workload: --requests requests (default 5), all submitted at once; request i has a prompt of
 // 6 + 9 * (i % 5) seeded tokens, prefilled in chunks of 16 (so some faults hit prefill and some
@@ -98,7 +98,7 @@ struct chaos_options {
   std::int64_t workers = 4;
   std::int64_t requests = 5;
   std::int64_t max_tokens = 12;
-  std::string recovery = "full_replay";  // engine_config::recovery ("off": every fault fails)
+  std::string recovery = "lost_blocks";  // engine_config::recovery ("off": every fault fails)
   std::int64_t peer_timeout_ms = 200;    // engine_config::peer_timeout_ms, and HANG's deadline
   /// A schedule's wall-clock limit (hang detection); 0: 5000 ms with threads, 10000 ms with
   /// processes (chaos_schedule_timeout_ms).
@@ -164,6 +164,9 @@ struct chaos_report {
   /// schedules with a FAIL or HANG: a FAIL or HANG fired and failed the step there.
   std::int64_t fail_or_hang = 0;
   std::int64_t recoveries = 0;  // engine recoveries over every schedule
+  /// Of those, recoveries that rebuilt only the lost KV blocks (recovery_stats::mode); the others
+  /// replayed in full (asked for, or the fallback).
+  std::int64_t recoveries_lost_blocks = 0;
   /// Of those, recoveries that dropped a rank that no FAIL or HANG had hit on that data plane
   /// (a HANG's peers time out waiting for it, and the engine drops whichever rank reported
   /// first). Processes: the first recovery of a schedule, when its rank is none of the ranks
@@ -216,8 +219,8 @@ struct chaos_report {
 /// processes: faults seen to take effect, crashes + FAIL_OR_HANG, a lower bound; see
 /// chaos_report), faults_by_action (threads: {DELAY, FAIL, HANG, CRASH: 0}; processes: {CRASH,
 /// FAIL_OR_HANG}), crashes (worker processes killed by a scheduled CRASH), recoveries,
-/// recoveries_dropping_another_rank, migrations (KV blocks moved by rebalancing),
-/// fault_free_migrations, engines_exhausted, violations, schedules_with_violations,
+/// recoveries_lost_blocks, recoveries_dropping_another_rank, migrations (KV blocks moved by
+/// rebalancing), fault_free_migrations, engines_exhausted, violations, schedules_with_violations,
 /// violation_details ([{schedule, seed, description, schedule_hex, what}]), abandoned, wall_s,
 /// fault_free_s, slowest_schedule {index, s}, slowest_destructor {index, s}, slow_destructors,
 /// and the workload under

@@ -207,6 +207,7 @@ struct pass_result {
   bool abandoned = false;  // the pass's thread is stuck in the engine and was left running
   bool all_ended = false;  // every accepted request ended within the schedule's limit
   std::int64_t recoveries = 0;
+  std::int64_t recoveries_lost_blocks = 0;
   std::int64_t misattributed = 0;  // recoveries that dropped a rank no fault had hit
   std::int64_t migrations = 0;
   std::vector<fault::injected_fault> injected;  // threads
@@ -440,6 +441,9 @@ expected<pass_result> run_requests(const chaos_options& o, const actors::engine_
     }
   }
   out.recoveries = static_cast<std::int64_t>(out.stats.recoveries.size());
+  out.recoveries_lost_blocks =
+      std::count_if(out.stats.recoveries.begin(), out.stats.recoveries.end(),
+                    [](const actors::recovery_stats& x) { return x.mode == "lost_blocks"; });
   out.migrations = out.stats.migrations;
   out.exhausted = engine_exhausted(out.stats);
   if (processes) {
@@ -828,6 +832,7 @@ expected<chaos_report> run_chaos(const chaos_options& o, std::ostream& progress)
     r.fail_or_hang += p.fail_or_hang;
     if (o.processes > 0) r.faults_injected += p.crashes + p.fail_or_hang;
     r.recoveries += p.recoveries;
+    r.recoveries_lost_blocks += p.recoveries_lost_blocks;
     r.recoveries_dropping_another_rank += p.misattributed;
     r.migrations += p.migrations;
     if (p.exhausted) ++r.engines_exhausted;

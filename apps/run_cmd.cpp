@@ -460,8 +460,11 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
                           {"replan_ms", x.replan_ms},
                           {"reload_ms", x.reload_ms},
                           {"rebuild_ms", x.rebuild_ms},
+                          {"mode", x.mode},
                           {"requests_replayed", x.requests_replayed},
-                          {"tokens_replayed", x.tokens_replayed}});
+                          {"tokens_replayed", x.tokens_replayed},
+                          {"blocks_kept", x.blocks_kept},
+                          {"blocks_rebuilt", x.blocks_rebuilt}});
   }
   nlohmann::json series = nlohmann::json::array();
   for (const kv_sample& k : r.kv_series) {
@@ -546,6 +549,13 @@ void print_workload_report(std::ostream& out, const workload_options& o, const w
   out << peak << "\n";
   out << fmt::format("  rebalancing: {} KV block migrations, kv_imbalance_max {:.3f}\n",
                      r.migrations, r.kv_imbalance_max);
+  for (const actors::recovery_stats& x : r.recoveries) {
+    out << fmt::format(
+        "  recovery: worker {} (pid {}) lost, {} -> {} by {}: {} KV blocks kept, {} rebuilt; "
+        "detect {:.0f} ms, re-plan {:.0f} ms, weight reload {:.0f} ms, KV rebuild {:.0f} ms\n",
+        x.rank, x.pid, x.layout_before, x.layout_after, x.mode, x.blocks_kept, x.blocks_rebuilt,
+        x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms);
+  }
 }
 
 int run_workload(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -576,8 +586,9 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "  --kv-capacity N   KV tokens per worker (K/M suffixes; default the config's)\n"
       "  --standby K       with --processes or --listen: K more workers join as standbys,\n"
       "                    which take a dead worker's rank at a recovery\n"
-      "  --recovery MODE   off (a failed worker fails the engine) or full_replay (rebuild the\n"
-      "                    workers on the members that remain and replay every request)\n"
+      "  --recovery MODE   off (a failed worker fails the engine), lost_blocks (rebuild the\n"
+      "                    workers on the members that remain, which keep their KV; only the\n"
+      "                    lost blocks are computed again) or full_replay (replay every request)\n"
       "  --json            the report as JSON\n";
   auto a = cli_args::parse(args, {"json", "help"});
   if (!a) {

@@ -1,0 +1,306 @@
+// Recovery of worker processes (label multiproc): kill -9 of a worker mid-decode, a scheduled
+// CRASH, two deaths one after the other, a standby taking the dead rank, the engine's destructor
+// right after a death, `helix run --processes 4` with a worker killed; every request ends as in a
+// run without the failure, by full replay or by rebuilding only the lost KV blocks, and no worker
+// outlives its engine.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/cli.hpp"
+#include "tests/support/cluster_fixtures.hpp"
+#include "transport/fault/schedule.hpp"
+
+namespace helix::cluster {
+namespace {
+
+using namespace fixtures;
+
+// kill -9 of a worker process mid-decode with recovery on: the survivors take the ranks of a new
+// layout (weights resharded, a new UCX world among them), the one without a rank stands by, and
+// every request ends as in a run without the kill; nothing outlives the engine.
+TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
+  c.recovery = "full_replay";
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
+
+  auto eng = engine::create(c, processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  const long_run got = serve_long(**eng, [&](std::size_t tokens) {
+    if (tokens == 1) {
+      ASSERT_EQ(::kill(static_cast<pid_t>(before[1].pid), SIGKILL), 0);
+    }
+  });
+  EXPECT_EQ(got.tokens, want.tokens);
+  for (const auto& e : got.last) {
+    EXPECT_EQ(e.reason, finish_reason::length) << e.error.to_string();
+  }
+  const auto s = (*eng)->stats();
+  EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
+  ASSERT_EQ(s.recoveries.size(), 1u);
+  EXPECT_EQ(s.recoveries[0].rank, 1);
+  EXPECT_EQ(s.recoveries[0].pid, before[1].pid);
+  EXPECT_EQ(s.recoveries[0].layout_before, layout::parse("helix:kvp=2,tpa=2")->to_string());
+  const auto after = (*eng)->workers();
+  ASSERT_EQ(after.size(), 2u);  // tiny-llama has no 3-rank helix layout: one stands by
+  EXPECT_EQ(after[0].pid, before[0].pid);
+  EXPECT_EQ(after[1].pid, before[2].pid);
+  EXPECT_TRUE(alive(before[3].pid)) << "the standby lives on";
+  // The engine still serves new requests on the new layout.
+  request_options r;
+  r.prompt = test_support::random_tokens(7, (*eng)->vocab(), 9);
+  r.max_tokens = 4;
+  auto h = (*eng)->submit(r);
+  ASSERT_TRUE(h.has_value()) << h.error().to_string();
+  EXPECT_EQ(h->stream->wait_all().size(), 4u);
+  eng->reset();
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+// Lost blocks only, with worker processes: kill -9 of rank 2 of helix:kvp=4 mid-decode; the
+// survivors carry their KV into the new layout (kvp=2; the third survivor stands by), only what
+// the dead and the standby held is computed again, and every request matches the fault-free run.
+TEST(Processes, KilledWorkerLostBlocksAreRebuiltAndEveryRequestMatches) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  c.recovery = "lost_blocks";
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
+  auto eng = engine::create(c, processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  const long_run got = serve_long(**eng, [&](std::size_t tokens) {
+    if (tokens == 3) {
+      ASSERT_EQ(::kill(static_cast<pid_t>(before[2].pid), SIGKILL), 0);
+    }
+  });
+  EXPECT_EQ(got.tokens, want.tokens);
+  for (const auto& e : got.last) {
+    EXPECT_EQ(e.reason, finish_reason::length) << e.error.to_string();
+  }
+  const auto s = (*eng)->stats();
+  EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
+  ASSERT_EQ(s.recoveries.size(), 1u);
+  const actors::recovery_stats& rec = s.recoveries[0];
+  EXPECT_EQ(rec.rank, 2);
+  EXPECT_EQ(rec.mode, "lost_blocks");
+  EXPECT_GT(rec.blocks_kept, 0);
+  EXPECT_GT(rec.blocks_rebuilt, 0);
+  EXPECT_EQ(rec.layout_after, layout::parse("helix:kvp=2,tpa=1")->to_string());
+  // Every sequence closed on the new workers: no KV left behind.
+  std::int64_t used = -1;
+  for (int tries = 0; tries < 200 && used != 0; ++tries) {
+    used = 0;
+    for (const auto& w : (*eng)->stats().workers) used += w.kv_used_blocks;
+    if (used != 0) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(used, 0);
+  eng->reset();
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+// A CRASH fault from a schedule (the chaos harness's way): worker process 3 kills itself at its
+// 40th all_reduce; the engine recovers as from kill -9, and every request matches.
+TEST(Processes, ScheduledCrashIsRecovered) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  c.recovery = "full_replay";
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
+  spawned_workers_options o;
+  o.worker_binary = HELIX_CLI;
+  o.faults.faults.push_back({.action = transport::fault::fault_action::crash,
+                             .rank = 3,
+                             .kind = transport::fault::call_kind::all_reduce,
+                             .nth = 40});
+  auto eng = engine::create(c, spawned_workers(o));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  const long_run got = serve_long(**eng);
+  EXPECT_EQ(got.tokens, want.tokens);
+  const auto s = (*eng)->stats();
+  ASSERT_EQ(s.recoveries.size(), 1u);
+  EXPECT_EQ(s.recoveries[0].rank, 3);
+  EXPECT_EQ(s.recoveries[0].pid, before[3].pid);
+  // Reported by rank 3 itself (its connection dropped) or by a peer that saw it go.
+  EXPECT_NE(s.recoveries[0].why.find(" 3"), std::string::npos) << s.recoveries[0].why;
+}
+
+// Two workers killed one after the other: the first recovery leaves a standby, which takes the
+// second dead worker's rank in the next.
+TEST(Processes, TwoWorkersKilledOneAfterTheOtherAreBothRecovered) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  c.recovery = "full_replay";
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
+  auto eng = engine::create(c, processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  std::vector<actors::worker_info> middle;
+  const long_run got = serve_long(**eng, [&](std::size_t tokens) {
+    if (tokens == 2) {
+      ASSERT_EQ(::kill(static_cast<pid_t>(before[0].pid), SIGKILL), 0);
+    }
+    if (tokens == 12) {
+      middle = (*eng)->workers();
+      ASSERT_EQ(middle.size(), 2u);
+      ASSERT_EQ(::kill(static_cast<pid_t>(middle[1].pid), SIGKILL), 0);
+    }
+  });
+  EXPECT_EQ(got.tokens, want.tokens);
+  const auto s = (*eng)->stats();
+  ASSERT_EQ(s.recoveries.size(), 2u);
+  EXPECT_EQ(s.recoveries[0].pid, before[0].pid);
+  ASSERT_EQ(middle.size(), 2u);
+  EXPECT_EQ(s.recoveries[1].pid, middle[1].pid);
+  const auto after = (*eng)->workers();
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_EQ(after[1].pid, before[3].pid) << "the standby took the free rank";
+  eng->reset();
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+// A standby started with the engine takes the dead worker's rank: the layout stays the same.
+TEST(Processes, StandbyTakesTheDeadWorkersRankAndTheLayoutStays) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  c.recovery = "full_replay";
+  const long_run want = fault_free_run(c);
+  ASSERT_FALSE(want.tokens.empty());
+  spawned_workers_options o;
+  o.worker_binary = HELIX_CLI;
+  o.standbys = 1;
+  auto eng = engine::create(c, spawned_workers(o));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  ASSERT_EQ(before.size(), 4u);
+  const long_run got = serve_long(**eng, [&](std::size_t tokens) {
+    if (tokens == 3) {
+      ASSERT_EQ(::kill(static_cast<pid_t>(before[1].pid), SIGKILL), 0);
+    }
+  });
+  EXPECT_EQ(got.tokens, want.tokens);
+  const auto s = (*eng)->stats();
+  ASSERT_EQ(s.recoveries.size(), 1u);
+  EXPECT_EQ(s.recoveries[0].layout_after, s.recoveries[0].layout_before);
+  const auto after = (*eng)->workers();
+  ASSERT_EQ(after.size(), 4u);
+  std::set<std::int64_t> old_pids;
+  for (const auto& w : before) old_pids.insert(w.pid);
+  EXPECT_EQ(old_pids.count(after[3].pid), 0u) << "the standby is rank 3 now";
+  const std::int64_t standby_pid = after[3].pid;
+  eng->reset();
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+  EXPECT_FALSE(alive(standby_pid));
+}
+
+// The engine's destructor right after a worker died mid-step (the drain meets the failure): it
+// returns at once, every request ended, and no worker process outlives it.
+TEST(Processes, EngineDestroyedRightAfterAWorkerDiedEndsEverythingWithoutHanging) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  c.recovery = "full_replay";
+  auto eng = engine::create(c, processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  std::vector<actors::request_handle> handles;
+  for (int i = 0; i < 3; ++i) {
+    request_options r;
+    r.prompt = test_support::random_tokens(12, (*eng)->vocab(), 60 + static_cast<std::uint64_t>(i));
+    r.max_tokens = 400;
+    auto h = (*eng)->submit(r);
+    ASSERT_TRUE(h.has_value()) << h.error().to_string();
+    handles.push_back(*h);
+  }
+  ASSERT_TRUE(handles[0].stream->next_for(30s).has_value());
+  ASSERT_EQ(::kill(static_cast<pid_t>(before[2].pid), SIGKILL), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  eng->reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s);
+  for (auto& h : handles) {
+    bool ended = false;
+    while (auto e = h.stream->next_for(1s)) ended = ended || e->last;
+    EXPECT_TRUE(ended || h.stream->finished()) << "a request never ended";
+  }
+  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+// The check: `helix run --processes 4` with one worker process killed by kill -9
+// mid-run completes every request with the output_digest of the run without the kill, and its
+// JSON lists the recovery with the dead worker's pid.
+TEST(Processes, RunWithAWorkerKilledMidRunKeepsTheDigest) {
+  const std::string workload =
+      "run --requests 24 --context 256 --max-tokens 48 --seed 5 --recovery full_replay --json";
+  int rc = -1;
+  const nlohmann::json clean =
+      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 4", rc));
+  ASSERT_EQ(rc, 0);
+  ASSERT_TRUE(clean.contains("output_digest"));
+
+  // Started directly (no shell), so that its worker children are found by their parent; its
+  // stderr is watched for the first progress line (the engine runs requests).
+  int out_pipe[2];
+  int err_pipe[2];
+  ASSERT_EQ(::pipe(out_pipe), 0);
+  ASSERT_EQ(::pipe(err_pipe), 0);
+  const pid_t run = ::fork();
+  ASSERT_GE(run, 0);
+  if (run == 0) {
+    ::dup2(out_pipe[1], 1);
+    ::dup2(err_pipe[1], 2);
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    std::vector<std::string> args = {HELIX_CLI};
+    std::istringstream words(workload + " --processes 4");
+    for (std::string w; words >> w;) args.push_back(w);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(HELIX_CLI, argv.data());
+    ::_exit(127);
+  }
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  const auto drain = [](int fd, std::atomic<bool>* running) {
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) {
+      text.append(buf, static_cast<std::size_t>(n));
+      if (running != nullptr && text.find("[run]") != std::string::npos) *running = true;
+    }
+    ::close(fd);
+    return text;
+  };
+  std::atomic<bool> running{false};
+  auto output = std::async(std::launch::async, drain, out_pipe[0], nullptr);
+  auto log = std::async(std::launch::async, drain, err_pipe[0], &running);
+  const auto until = std::chrono::steady_clock::now() + 120s;
+  while (!running && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(running) << "the run never started serving";
+  const std::vector<pid_t> workers = children_of(run, "worker --join");
+  ASSERT_EQ(workers.size(), 4u);
+  const pid_t victim = workers[2];
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(run, &wstatus, 0), run);
+  const std::string text = output.get();
+  const std::string stderr_text = log.get();
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0) << text << stderr_text;
+  const nlohmann::json got = test_support::last_json(text);
+  ASSERT_TRUE(got.contains("output_digest")) << text;
+  EXPECT_EQ(got["requests_completed"], 24) << text;
+  EXPECT_EQ(got["output_digest"], clean["output_digest"]);
+  ASSERT_EQ(got["recoveries"].size(), 1u) << "the kill came after the run ended? " << text;
+  EXPECT_EQ(got["recoveries"][0]["pid"], victim);
+  for (const pid_t w : workers) EXPECT_FALSE(alive(w)) << "worker pid " << w << " outlived";
+}
+
+}  // namespace
+}  // namespace helix::cluster

@@ -1,0 +1,127 @@
+// Shared by the worker-process tests (label multiproc): engine configs, spawned workers, a
+// long greedy and sampled workload, process checks. HELIX_CLI is the helix binary (the tests'
+// compile definition).
+#pragma once
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "actors/engine.hpp"
+#include "actors/worker_source.hpp"
+#include "cluster/cluster.hpp"
+#include "tests/support/model_fixtures.hpp"
+
+namespace helix::cluster::fixtures {
+
+using namespace std::chrono_literals;
+using actors::engine;
+using actors::engine_config;
+using actors::finish_reason;
+using actors::request_options;
+
+inline engine_config config_for(const std::string& model, const std::string& layout, int workers) {
+  engine_config c;
+  c.model = model;
+  c.num_workers = workers;
+  c.layout = layout;
+  c.kv_capacity_tokens_per_worker = 1024;
+  c.max_batch_tokens = 64;
+  c.prefill_chunk_tokens = 16;
+  return c;
+}
+
+inline std::unique_ptr<actors::worker_source> processes(std::chrono::milliseconds join = 60s) {
+  spawned_workers_options o;
+  o.worker_binary = HELIX_CLI;
+  o.join_timeout = join;
+  return spawned_workers(o);
+}
+
+inline bool alive(std::int64_t pid) {
+  return ::kill(static_cast<pid_t>(pid), 0) == 0;
+}
+
+// Greedy and seeded-sampling requests long enough to be decoding when `during` runs (after the
+// first token of the first request); every request's tokens and last event.
+struct long_run {
+  std::vector<std::vector<std::int32_t>> tokens;
+  std::vector<actors::token_event> last;
+};
+inline long_run serve_long(engine& eng, const std::function<void(std::size_t)>& during = {}) {
+  std::vector<actors::request_handle> handles;
+  for (int i = 0; i < 4; ++i) {
+    request_options r;
+    r.prompt =
+        test_support::random_tokens(9 + 11 * i, eng.vocab(), 40 + static_cast<std::uint64_t>(i));
+    r.max_tokens = 48;
+    if (i % 2 == 1) r.sampling = {0.9f, 40, 0.95f, 3 + static_cast<std::uint64_t>(i)};
+    auto h = eng.submit(r);
+    EXPECT_TRUE(h.has_value()) << h.error().to_string();
+    if (h) handles.push_back(*h);
+  }
+  long_run out;
+  for (std::size_t i = 0; i < handles.size(); ++i) {
+    std::vector<std::int32_t> tokens;
+    actors::token_event last;
+    while (auto e = handles[i].stream->next_for(60s)) {
+      if (e->token >= 0) {
+        EXPECT_EQ(e->index, static_cast<std::int64_t>(tokens.size())) << "a token came twice";
+        tokens.push_back(e->token);
+      }
+      if (i == 0 && e->token >= 0 && during) during(tokens.size());
+      if (e->last) {
+        last = *e;
+        break;
+      }
+    }
+    out.tokens.push_back(std::move(tokens));
+    out.last.push_back(std::move(last));
+  }
+  return out;
+}
+
+// serve_long on in-process workers of `c`, for the tokens a run with faults must reproduce; empty
+// (with a test failure) when the engine cannot be built.
+inline long_run fault_free_run(const engine_config& c) {
+  auto clean = engine::create(c);
+  EXPECT_TRUE(clean.has_value()) << clean.error().to_string();
+  if (!clean) return {};
+  return serve_long(**clean);
+}
+
+// The pids of the processes whose parent is `parent` and whose command line contains `part`.
+inline std::vector<pid_t> children_of(pid_t parent, const std::string& part) {
+  std::vector<pid_t> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state = 0;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != parent) continue;
+    std::ifstream cmd(entry.path() / "cmdline");
+    std::string args((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    std::replace(args.begin(), args.end(), '\0', ' ');
+    if (args.find(part) != std::string::npos) out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return out;
+}
+
+}  // namespace helix::cluster::fixtures
