@@ -103,7 +103,20 @@ struct restored_sequence {
   std::vector<std::int64_t> kept_kvp;
   std::int64_t synthetic_tokens = 0;  // leading positions of seeded synthetic KV
   std::uint64_t synthetic_seed = 0;
+  /// Per block (or empty: none): the donor that sends it, or -1. A donor is a member of the old
+  /// layout left without a rank that still holds its blocks (carried_kv); donor j is rank
+  /// N + j of the handoff communicator (N = the new layout's ranks). Its blocks move over the
+  /// data plane to their new owner, not rebuilt (their kept_kvp is -1).
+  std::vector<std::int64_t> donor;
 };
+
+/// The donor's half of rank_program::restore: sends every block whose donor is `donor_idx` from
+/// `kv` (the KV this member carried) to its new owner over `handoff` (new ranks 0..N-1, donors
+/// from N on), one message per block and layer, after the same agreement as restore() (a block
+/// this donor does not hold fails the restore on every rank). `after` is the new layout.
+[[nodiscard]] status donate_kv(carried_kv& kv, transport::communicator& handoff,
+                               const helix::layout& after, std::int64_t donor_idx,
+                               std::span<const restored_sequence> seqs);
 
 /// What one step returns. Both parts are optional; the collectives each needs run only when it
 /// is asked for, and every rank must ask for the same parts.
@@ -227,7 +240,11 @@ class rank_program {
   /// every rank fails with failed_precondition (a block to keep that this rank did not carry) or
   /// resource_exhausted (slots), its sequences then all closed. invalid_argument (identical
   /// everywhere) for inconsistent entries.
-  [[nodiscard]] status restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq);
+  /// `handoff`: the communicator over the new ranks and the donors (rank i is new rank i), used
+  /// for the agreement and the donated blocks instead of the world when not null; needed when
+  /// any block has a donor (invalid_argument otherwise).
+  [[nodiscard]] status restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq,
+                               transport::communicator* handoff = nullptr);
 
   /// KV blocks a step of `items` opens (what new_block_kvp must name); unknown sequences count 0.
   [[nodiscard]] std::int64_t blocks_opened(std::span<const batch_item> items) const;
@@ -276,7 +293,7 @@ class rank_program {
                                   std::span<const std::int64_t> new_block_kvp);
   [[nodiscard]] status check_rewrites(std::span<const batch_item> items) const;
   [[nodiscard]] status restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
-                                      bool carried_here);
+                                      bool carried_here, transport::communicator* handoff);
   void fill_synthetic(std::span<const std::pair<std::int32_t, std::int64_t>> pages,
                       std::uint64_t seed);
   // rank_attention.cpp

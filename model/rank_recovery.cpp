@@ -1,13 +1,28 @@
 // Recovery of the per-rank layer program, lost blocks only (ARCHITECTURE.md, recovery): a rank's
 // KV outlives its program when the layout changes after a failure (release_kv, then create with
-// it), the new programs agree on every sequence's table (restore), and the lost positions are
-// computed again by forward() items that rewrite positions already in the table.
+// it), the new programs agree on every sequence's table (restore), members left without a rank
+// send the blocks they held to their new owners (donate_kv), and the lost positions are computed
+// again by forward() items that rewrite positions already in the table.
+//
+// Donated blocks travel over the handoff communicator (new ranks, then donors), one message per
+// (block, layer), straight from the donor's pages into the owner's fresh slot. All share one tag:
+// between a donor and an owner they match in post order, and both walk the sequences in the
+// order given, blocks in position order, layers in order.
 #include <algorithm>
 #include <set>
 
 #include "model/rank_program.hpp"
 
 namespace helix::model {
+namespace {
+
+constexpr int handoff_tag = 0x4b48;  // "KH"
+
+std::int64_t donor_of(const restored_sequence& r, std::size_t b) {
+  return r.donor.empty() ? -1 : r.donor[b];
+}
+
+}  // namespace
 
 std::unique_ptr<carried_kv> rank_program::release_kv() {
   auto out = std::make_unique<carried_kv>();
@@ -43,8 +58,13 @@ status rank_program::check_rewrites(std::span<const batch_item> items) const {
   return ok_status();
 }
 
-status rank_program::restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq) {
+status rank_program::restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq,
+                             transport::communicator* handoff) {
   const std::int64_t bt = opt_.block_tokens;
+  if (handoff != nullptr && (handoff->size() < w_.layout.num_ranks || handoff->rank() != w_.rank)) {
+    return invalid_argument("rank_program: rank {}'s handoff communicator is rank {} of {}",
+                            w_.rank, handoff->rank(), handoff->size());
+  }
   const std::int64_t kvp = w_.layout.kvp;
   // Identical on every rank: the entries alone decide.
   std::set<std::uint64_t> ids;
@@ -59,10 +79,19 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
           "next id {}) is inconsistent",
           r.seq, r.num_tokens, r.owner_kvp.size(), r.kept_kvp.size(), r.synthetic_tokens, next_seq);
     }
+    if (!r.donor.empty() && r.donor.size() != r.owner_kvp.size()) {
+      return invalid_argument("rank_program: restore of sequence {}: {} donors for {} blocks",
+                              r.seq, r.donor.size(), r.owner_kvp.size());
+    }
     for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {
-      if (r.owner_kvp[b] < 0 || r.owner_kvp[b] >= kvp || r.kept_kvp[b] < -1) {
-        return invalid_argument("rank_program: restore of sequence {}: block {} owner {} kept {}",
-                                r.seq, b, r.owner_kvp[b], r.kept_kvp[b]);
+      const std::int64_t d = donor_of(r, b);
+      const std::int64_t donors =
+          handoff != nullptr ? handoff->size() - w_.layout.num_ranks : std::int64_t{0};
+      if (r.owner_kvp[b] < 0 || r.owner_kvp[b] >= kvp || r.kept_kvp[b] < -1 || d < -1 ||
+          d >= donors || (d >= 0 && r.kept_kvp[b] >= 0)) {
+        return invalid_argument(
+            "rank_program: restore of sequence {}: block {} owner {} kept {} donor {} ({} donors)",
+            r.seq, b, r.owner_kvp[b], r.kept_kvp[b], d, donors);
       }
     }
   }
@@ -114,8 +143,9 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
   }
   // One all-reduce: every rank goes on, or every rank fails (and holds nothing).
   float trouble[2] = {fresh > kv_.free_slots() ? 1.0f : 0.0f, missing > 0 ? 1.0f : 0.0f};
-  HELIX_RETURN_IF_ERROR(world_->all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
-                                           transport::as_recv(std::span<float>(trouble, 2))));
+  transport::communicator& agree = handoff != nullptr ? *handoff : *world_;
+  HELIX_RETURN_IF_ERROR(agree.all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
+                                         transport::as_recv(std::span<float>(trouble, 2))));
   if (trouble[0] > 0.0f || trouble[1] > 0.0f) {
     for (const std::int32_t slot : kept_slots) HELIX_RETURN_IF_ERROR(kv_.release(slot));
     carried_.reset();
@@ -129,14 +159,15 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
         "free)",
         trouble[0], w_.rank, fresh, kv_.free_slots(), kv_.num_slots());
   }
-  return restore_tables(seqs, old_kvp, carried_here);
+  return restore_tables(seqs, old_kvp, carried_here, handoff);
 }
 
 // The tables of restore(), once every rank agreed: kept blocks keep their slots, lost blocks this
 // rank owns get fresh ones (synthetic positions refilled), other ranks' blocks are slot 0.
 status rank_program::restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
-                                    bool carried_here) {
+                                    bool carried_here, transport::communicator* handoff) {
   const std::int64_t bt = opt_.block_tokens;
+  std::vector<std::pair<std::int32_t, std::int64_t>> incoming;  // (slot, donor) in walk order
   for (const restored_sequence& r : seqs) {
     const block_table* had = nullptr;
     if (carried_here) {
@@ -154,7 +185,9 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
           slot = had->blocks()[b].slot;
         } else {
           HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
-          if (static_cast<std::int64_t>(b) * bt < r.synthetic_tokens) {
+          if (donor_of(r, b) >= 0) {
+            incoming.emplace_back(slot, donor_of(r, b));
+          } else if (static_cast<std::int64_t>(b) * bt < r.synthetic_tokens) {
             refill.emplace_back(slot, static_cast<std::int64_t>(b));
           }
         }
@@ -167,7 +200,76 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
     seqs_.emplace(r.seq, sequence{std::move(t)});
   }
   carried_.reset();
-  return ok_status();
+  if (incoming.empty()) return ok_status();
+  // The donated pages, straight into their slots (a failure leaves the slots allocated; the
+  // engine then replays in full, whose restore frees them).
+  const std::int64_t layers = kv_.num_layers();
+  const std::size_t page_bytes = kv_.layout().page_bytes();
+  std::vector<transport::request> pending;
+  pending.reserve(incoming.size() * static_cast<std::size_t>(layers));
+  for (const auto& [slot, donor] : incoming) {
+    for (std::int64_t l = 0; l < layers; ++l) {
+      pending.push_back(handoff->irecv(
+          transport::recv_buf{kv_.page(l, slot), page_bytes, transport::wire_type::bytes},
+          static_cast<int>(w_.layout.num_ranks + donor), handoff_tag));
+    }
+  }
+  status failed = ok_status();
+  for (transport::request& q : pending) {
+    status st = q.wait();
+    if (failed.ok() && !st.ok()) failed = std::move(st);
+  }
+  return failed.ok() ? failed : failed.with_context(fmt::format("rank {} KV handoff", w_.rank));
+}
+
+status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::layout& after,
+                 std::int64_t donor_idx, std::span<const restored_sequence> seqs) {
+  // The same agreement as restore(): slots are the owners' business; a block this donor was to
+  // send but does not hold fails the restore everywhere.
+  const std::int64_t bt = kv.store.layout().block_tokens;
+  const std::int64_t column = kv.grid.attention_coords(kv.rank).tpa_idx;
+  std::int64_t missing = 0;
+  std::vector<std::pair<std::int32_t, int>> outgoing;  // (slot, new owner's rank) in walk order
+  for (const restored_sequence& r : seqs) {
+    auto it = kv.tables.find(r.seq);
+    for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {
+      if (donor_of(r, b) != donor_idx) continue;
+      const bool held = it != kv.tables.end() && b < it->second.blocks().size() &&
+                        it->second.blocks()[b].rank == kv.rank &&
+                        it->second.blocks()[b].first_pos == static_cast<std::int64_t>(b) * bt;
+      if (!held) {
+        ++missing;
+        continue;
+      }
+      outgoing.emplace_back(it->second.blocks()[b].slot,
+                            static_cast<int>(after.attention_rank(column, r.owner_kvp[b])));
+    }
+  }
+  float trouble[2] = {0.0f, missing > 0 ? 1.0f : 0.0f};
+  HELIX_RETURN_IF_ERROR(handoff.all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
+                                           transport::as_recv(std::span<float>(trouble, 2))));
+  if (trouble[0] > 0.0f || trouble[1] > 0.0f) {
+    return failed_precondition("donor {}: the restore was refused ({} of its blocks missing here)",
+                               donor_idx, missing);
+  }
+  const std::int64_t layers = kv.store.num_layers();
+  const std::size_t page_bytes = kv.store.layout().page_bytes();
+  kv_store& store = kv.store;
+  std::vector<transport::request> pending;
+  pending.reserve(outgoing.size() * static_cast<std::size_t>(layers));
+  for (const auto& [slot, to] : outgoing) {
+    for (std::int64_t l = 0; l < layers; ++l) {
+      pending.push_back(handoff.isend(
+          transport::send_buf{store.page(l, slot), page_bytes, transport::wire_type::bytes}, to,
+          handoff_tag));
+    }
+  }
+  status failed = ok_status();
+  for (transport::request& q : pending) {
+    status st = q.wait();
+    if (failed.ok() && !st.ok()) failed = std::move(st);
+  }
+  return failed.ok() ? failed : failed.with_context(fmt::format("donor {} KV handoff", donor_idx));
 }
 
 }  // namespace helix::model

@@ -61,11 +61,21 @@ expected<std::vector<std::int64_t>> kept_members(const layout& before, const lay
 }
 
 std::int64_t recovered_request::lost_blocks() const {
-  return static_cast<std::int64_t>(std::count(kept_kvp.begin(), kept_kvp.end(), -1));
+  std::int64_t n = 0;
+  for (std::size_t b = 0; b < kept_kvp.size(); ++b) {
+    n += kept_kvp[b] < 0 && (b >= donor.size() || donor[b] < 0) ? 1 : 0;
+  }
+  return n;
+}
+
+std::int64_t recovered_request::donated_blocks() const {
+  return static_cast<std::int64_t>(
+      std::count_if(donor.begin(), donor.end(), [](std::int64_t d) { return d >= 0; }));
 }
 
 std::vector<recovered_request> plan_recovery(const placement_book& book, const layout& after,
-                                             std::span<const std::int64_t> kept) {
+                                             std::span<const std::int64_t> kept,
+                                             std::span<const std::int64_t> donated) {
   std::vector<recovered_request> out;
   for (const std::uint64_t id : book.live_ids()) {
     const block_table& t = book.table(id);
@@ -74,14 +84,31 @@ std::vector<recovered_request> plan_recovery(const placement_book& book, const l
     r.offset = book.offset(id) % after.kvp;
     r.num_tokens = t.num_tokens();
     const auto blocks = t.blocks();
+    // Kept blocks stay; each lost one goes to the member holding the fewest of the request's
+    // blocks so far (ties: the placement rule's owner first, then the members after it).
+    std::vector<std::int64_t> held(static_cast<std::size_t>(after.kvp), 0);
     for (std::size_t b = 0; b < blocks.size(); ++b) {
       const std::int64_t old = blocks[b].rank;
       const std::int64_t to = old >= 0 && old < static_cast<std::int64_t>(kept.size())
                                   ? kept[static_cast<std::size_t>(old)]
                                   : -1;
       r.kept_kvp.push_back(to >= 0 ? old : -1);
-      r.owner_kvp.push_back(
-          to >= 0 ? to : kv_block_owner(r.offset, static_cast<std::int64_t>(b), after.kvp));
+      r.donor.push_back(to < 0 && old >= 0 && old < static_cast<std::int64_t>(donated.size())
+                            ? donated[static_cast<std::size_t>(old)]
+                            : -1);
+      r.owner_kvp.push_back(to);
+      if (to >= 0) ++held[static_cast<std::size_t>(to)];
+    }
+    for (std::size_t b = 0; b < blocks.size(); ++b) {
+      if (r.owner_kvp[b] >= 0) continue;
+      const std::int64_t rule = kv_block_owner(r.offset, static_cast<std::int64_t>(b), after.kvp);
+      std::int64_t best = rule;
+      for (std::int64_t i = 1; i < after.kvp; ++i) {
+        const std::int64_t m = (rule + i) % after.kvp;
+        if (held[static_cast<std::size_t>(m)] < held[static_cast<std::size_t>(best)]) best = m;
+      }
+      r.owner_kvp[b] = best;
+      ++held[static_cast<std::size_t>(best)];
     }
     out.push_back(std::move(r));
   }

@@ -5,9 +5,12 @@
 // layout are the survivors (new rank i is old rank survivors[i]) and fresh members (standbys).
 // An old member k is *kept* when every column's holder of k survived, keeps its column and sits
 // on the same new member k' in every column: k's blocks then stay where they are, now as member
-// k'. Every other block is lost: the placement rule (kv_placement.hpp) gives it an owner in the
-// new layout, whose rank rebuilds it. Survivors are ordered so that as many members as possible
-// are kept (order_survivors).
+// k'. Every other block is lost and gets an owner in the new layout, whose rank rebuilds it: the
+// member holding the fewest of the request's blocks at that point (kept ones counted first), the
+// placement rule's owner (kv_placement.hpp) among equals. Plain round-robin would not do: when
+// the lost members share a residue (members 1 and 3 of 4 going to 2), every lost block would land
+// on one member, and so would all of the rebuild's work. Survivors are ordered so that as many
+// members as possible are kept (order_survivors).
 //
 // Pure, deterministic functions; thread-safe.
 #pragma once
@@ -40,16 +43,21 @@ struct recovered_request {
   std::int64_t offset = 0;              // its placement offset in the new layout
   std::int64_t num_tokens = 0;          // positions in its table
   std::vector<std::int64_t> owner_kvp;  // per block: the member of `after` that holds it
-  std::vector<std::int64_t> kept_kvp;   // per block: the old member that kept it, or -1 (lost)
+  std::vector<std::int64_t> kept_kvp;   // per block: the old member that kept it, or -1
+  std::vector<std::int64_t> donor;      // per block: the donor that sends it, or -1
+  /// Blocks neither kept nor donated: rebuilt.
   [[nodiscard]] std::int64_t lost_blocks() const;
+  [[nodiscard]] std::int64_t donated_blocks() const;
 };
 
 /// Every live request of `book` (the old layout's record) under `after`: kept blocks on their
-/// keeping member, lost ones placed by the rule from the request's offset (taken modulo the new
-/// KVP size). `kept` as kept_members() returns it.
-[[nodiscard]] std::vector<recovered_request> plan_recovery(const placement_book& book,
-                                                           const layout& after,
-                                                           std::span<const std::int64_t> kept);
+/// keeping member, lost ones on the least-loaded member as above (the request's offset taken
+/// modulo the new KVP size). `kept` as kept_members() returns it.
+/// `donated` (per old member, may be empty): the donor index of a member left without a rank
+/// whose blocks move to their new owners instead of being rebuilt, or -1.
+[[nodiscard]] std::vector<recovered_request> plan_recovery(
+    const placement_book& book, const layout& after, std::span<const std::int64_t> kept,
+    std::span<const std::int64_t> donated = {});
 
 /// The record of the new layout holding `requests` (as plan_recovery returns them), its step
 /// clock at `step`.

@@ -118,11 +118,14 @@ std::vector<status> on_ranks(std::int64_t n, Body body) {
   return results;
 }
 
+// Rank r of `l` on `fab`, whose first l.num_ranks ranks are the layout's (donors follow).
 expected<std::unique_ptr<rank_program>> make_program(const model_weights& w, const layout& l,
                                                      std::int64_t r, transport::fabric& fab,
                                                      std::unique_ptr<carried_kv> carried) {
   const int rank = static_cast<int>(r);
-  HELIX_ASSIGN_OR_RETURN(auto world, fab.make_world(rank));
+  std::vector<int> everyone;
+  for (int i = 0; i < static_cast<int>(l.num_ranks); ++i) everyone.push_back(i);
+  HELIX_ASSIGN_OR_RETURN(auto world, fab.make_communicator(rank, everyone));
   std::vector<int> group;
   for (std::int64_t g : l.kvp_group(l.attention_coords(r).tpa_idx)) {
     group.push_back(static_cast<int>(g));
@@ -143,7 +146,7 @@ std::vector<step> rewrite_steps(const std::vector<planner::recovered_request>& p
   for (const planner::recovered_request& r : plan) {
     const std::int64_t synth = r.id == 1 ? synthetic_tokens : 0;
     for (std::size_t b = 0; b < r.kept_kvp.size(); ++b) {
-      if (r.kept_kvp[b] >= 0) continue;
+      if (r.kept_kvp[b] >= 0 || r.donor[b] >= 0) continue;
       const std::int64_t from =
           std::max<std::int64_t>(static_cast<std::int64_t>(b) * block_tokens, synth);
       const std::int64_t to =
@@ -187,9 +190,11 @@ struct recovery_case {
   std::string after;
   std::int64_t lost = 0;    // the old rank that dies
   bool drop_carry = false;  // survivor 0 loses its carried KV (restore must fail everywhere)
+  bool donate = false;      // survivors left without a rank send their blocks (tpa = 1)
 };
 
 struct recovery_outcome {
+  std::int64_t donated_blocks = 0;
   std::int64_t lost_blocks = 0;
   std::int64_t kept_blocks = 0;
   std::int64_t rewrite_steps = 0;
@@ -247,23 +252,38 @@ recovery_outcome expect_recovers_exactly(const recovery_case& c) {
   const std::vector<std::int64_t> survivors = planner::order_survivors(*before, *after, alive);
   const auto kept = planner::kept_members(*before, *after, survivors);
   EXPECT_TRUE(kept.has_value());
-  const auto plan = planner::plan_recovery(book, *after, *kept);
+  std::vector<std::int64_t> rankless;  // alive, without a new rank: donors when c.donate
+  for (std::int64_t r : alive) {
+    if (std::find(survivors.begin(), survivors.end(), r) == survivors.end()) rankless.push_back(r);
+  }
+  std::vector<std::int64_t> donated(sz_of(before->kvp), -1);
+  const auto donors = c.donate ? static_cast<std::int64_t>(rankless.size()) : 0;
+  for (std::int64_t j = 0; j < donors; ++j) {
+    donated[sz_of(before->attention_coords(rankless[sz_of(j)]).kvp_idx)] = j;
+  }
+  const auto plan = planner::plan_recovery(book, *after, *kept, donated);
   for (const auto& r : plan) {
     outcome.lost_blocks += r.lost_blocks();
-    outcome.kept_blocks += static_cast<std::int64_t>(r.kept_kvp.size()) - r.lost_blocks();
+    outcome.donated_blocks += r.donated_blocks();
+    outcome.kept_blocks +=
+        static_cast<std::int64_t>(r.kept_kvp.size()) - r.lost_blocks() - r.donated_blocks();
   }
   auto book2 = planner::recovered_book(*after, bt, plan, book.step());
   EXPECT_TRUE(book2.has_value());
   std::vector<restored_sequence> restored;
   for (const auto& r : plan) {
     restored.push_back({r.id, r.num_tokens, r.owner_kvp, r.kept_kvp,
-                        r.id == 1 ? synthetic_tokens : 0, synthetic_seed});
+                        r.id == 1 ? synthetic_tokens : 0, synthetic_seed, r.donor});
   }
   std::vector<std::unique_ptr<carried_kv>> carried(sz_of(after->num_ranks));
   for (std::size_t i = 0; i < survivors.size(); ++i) {
     carried[i] = old[sz_of(survivors[i])]->release_kv();
   }
   if (c.drop_carry) carried[0].reset();
+  std::vector<std::unique_ptr<carried_kv>> donor_kv;
+  for (std::int64_t j = 0; j < donors; ++j) {
+    donor_kv.push_back(old[sz_of(rankless[sz_of(j)])]->release_kv());
+  }
   old.clear();
 
   const std::vector<step> rewrites = rewrite_steps(plan, wl, bt, 8);
@@ -277,37 +297,47 @@ recovery_outcome expect_recovers_exactly(const recovery_case& c) {
     }
   }
   std::vector<std::vector<std::vector<float>>> logits(sz_of(after->num_ranks));
-  std::vector<std::int64_t> used(sz_of(after->num_ranks), -1);
-  std::vector<std::int64_t> held(sz_of(after->num_ranks), -2);
-  const auto results = on_ranks(after->num_ranks, [&](transport::fabric& fab, std::int64_t r) {
-    HELIX_ASSIGN_OR_RETURN(auto prog,
-                           make_program(w, *after, r, fab, std::move(carried[sz_of(r)])));
-    const status restored_st = prog->restore(restored, 3);
-    used[sz_of(r)] = prog->kv().used_slots();
-    HELIX_RETURN_IF_ERROR(restored_st);
-    for (const step& s : rewrites) {
-      const auto items = to_items(s);
-      HELIX_RETURN_IF_ERROR(prog->forward(items, {}, step_output{}));
+  std::vector<std::int64_t> used(sz_of(after->num_ranks + donors), -1);
+  std::vector<std::int64_t> held(sz_of(after->num_ranks + donors), -2);
+  const auto results =
+      on_ranks(after->num_ranks + donors, [&](transport::fabric& fab, std::int64_t r) -> status {
+        std::unique_ptr<transport::communicator> handoff;
+        if (donors > 0) {
+      HELIX_ASSIGN_OR_RETURN(handoff, fab.make_world(static_cast<int>(r)));
     }
-    for (std::size_t i = 0; i < wl.after.size(); ++i) {
-      const auto items = to_items(wl.after[i]);
-      std::vector<float> out(sz_of(logits_rows(items) * w.spec.vocab));
-      HELIX_RETURN_IF_ERROR(prog->forward(items, owners2[i], out));
-      logits[sz_of(r)].push_back(std::move(out));
-    }
-    std::set<std::int32_t> slots;
-    for (std::uint64_t id : {1, 2}) {
-      for (const kv_block_ref& b : prog->table(id).blocks()) {
-        if (b.rank == r) slots.insert(b.slot);
-      }
-    }
-    held[sz_of(r)] = static_cast<std::int64_t>(slots.size());
-    used[sz_of(r)] = prog->kv().used_slots();
-    return ok_status();
-  });
+        if (r >= after->num_ranks) {  // a donor: its blocks to their new owners, then it is done
+          const std::int64_t j = r - after->num_ranks;
+          return donate_kv(*donor_kv[sz_of(j)], *handoff, *after, j, restored);
+        }
+        HELIX_ASSIGN_OR_RETURN(auto prog,
+                               make_program(w, *after, r, fab, std::move(carried[sz_of(r)])));
+        const status restored_st = prog->restore(restored, 3, handoff.get());
+        used[sz_of(r)] = prog->kv().used_slots();
+        HELIX_RETURN_IF_ERROR(restored_st);
+        for (const step& s : rewrites) {
+          const auto items = to_items(s);
+          HELIX_RETURN_IF_ERROR(prog->forward(items, {}, step_output{}));
+        }
+        for (std::size_t i = 0; i < wl.after.size(); ++i) {
+          const auto items = to_items(wl.after[i]);
+          std::vector<float> out(sz_of(logits_rows(items) * w.spec.vocab));
+          HELIX_RETURN_IF_ERROR(prog->forward(items, owners2[i], out));
+          logits[sz_of(r)].push_back(std::move(out));
+        }
+        std::set<std::int32_t> slots;
+        for (std::uint64_t id : {1, 2}) {
+          for (const kv_block_ref& b : prog->table(id).blocks()) {
+            if (b.rank == r) slots.insert(b.slot);
+          }
+        }
+        held[sz_of(r)] = static_cast<std::int64_t>(slots.size());
+        used[sz_of(r)] = prog->kv().used_slots();
+        return ok_status();
+      });
   if (c.drop_carry) {
-    for (std::size_t r = 0; r < results.size(); ++r) {
-      EXPECT_EQ(results[r].code(), errc::failed_precondition) << "rank " << r << ": " << results[r].to_string();
+    for (std::size_t r = 0; r < sz_of(after->num_ranks); ++r) {
+      EXPECT_EQ(results[r].code(), errc::failed_precondition)
+          << "rank " << r << ": " << results[r].to_string();
       EXPECT_EQ(used[r], 0) << "rank " << r << " kept slots after a failed restore";
     }
     return outcome;
@@ -344,6 +374,22 @@ TEST(RankRecovery, SmallerLayoutRebuildsWhatTheDeadAndTheRanklessHeld) {
   EXPECT_GT(o.kept_blocks, 0);
 }
 
+// The survivor left without a rank sends its blocks to their new owners: only the dead
+// member's blocks are rebuilt.
+TEST(RankRecovery, RanklessSurvivorDonatesItsBlocks) {
+  const auto o = expect_recovers_exactly(
+      {"tiny-llama", "helix:kvp=4,tpa=1", "helix:kvp=2,tpa=1", 3, false, true});
+  EXPECT_GT(o.donated_blocks, 0);
+  EXPECT_GT(o.lost_blocks, 0);
+  EXPECT_GT(o.kept_blocks, o.lost_blocks);
+}
+
+TEST(RankRecovery, MlaMoeDonatesExactly) {
+  const auto o = expect_recovers_exactly(
+      {"tiny-deepseek", "helix:kvp=4,tpa=1", "helix:kvp=2,tpa=1", 1, false, true});
+  EXPECT_GT(o.donated_blocks, 0);
+}
+
 TEST(RankRecovery, TwoColumnsKeepTheMemberWhoseColumnsAllSurvived) {
   const auto o =
       expect_recovers_exactly({"tiny-llama", "helix:kvp=2,tpa=2", "helix:kvp=1,tpa=2", 3});
@@ -360,6 +406,26 @@ TEST(RankRecovery, MlaMoeRebuildsExactly) {
 
 TEST(RankRecovery, ASurvivorWithoutItsKvFailsTheRestoreEverywhere) {
   expect_recovers_exactly({"tiny-llama", "helix:kvp=4,tpa=1", "helix:kvp=4,tpa=1", 2, true});
+}
+
+// Lost blocks are spread over the members: 4 -> 2 with members 1 and 3 gone, every lost block
+// has an odd index (offset 0), and plain round-robin would put all of them on member 1.
+TEST(RankRecovery, LostBlocksAreSpreadOverTheNewMembers) {
+  const auto l4 = layout::parse("helix:kvp=4,tpa=1");
+  const auto l2 = layout::parse("helix:kvp=2,tpa=1");
+  ASSERT_TRUE(l4.has_value() && l2.has_value());
+  planner::placement_book book(*l4, 16);
+  ASSERT_TRUE(book.join(1).ok());
+  ASSERT_TRUE(book.commit(1, 16 * 40).ok());
+  const auto kept = planner::kept_members(*l4, *l2, std::vector<std::int64_t>{0, 2});
+  ASSERT_TRUE(kept.has_value());
+  const auto plan = planner::plan_recovery(book, *l2, *kept);
+  ASSERT_EQ(plan.size(), 1u);
+  std::int64_t on[2] = {0, 0};
+  for (std::int64_t o : plan[0].owner_kvp) ++on[o];
+  EXPECT_EQ(on[0], 20);
+  EXPECT_EQ(on[1], 20);
+  EXPECT_EQ(plan[0].lost_blocks(), 20);
 }
 
 TEST(RankRecovery, KeptMembersFollowTheColumns) {
