@@ -312,11 +312,12 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
   if (config.recovery != "off") {
     setup.relayout = [source_ptr, sys_ptr, cfg = p->config](
                          const layout& g, const std::vector<std::int64_t>& survivors,
-                         const std::vector<std::int64_t>& standby) {
+                         const std::vector<std::int64_t>& standby,
+                         const std::vector<std::int64_t>& donors) {
       engine_config c = cfg;
       c.layout = g.to_string();
       c.num_workers = static_cast<int>(g.num_ranks);
-      return source_ptr->relayout(*sys_ptr, c, g, survivors, standby);
+      return source_ptr->relayout(*sys_ptr, c, g, survivors, standby, donors);
     };
     setup.standbys = [source_ptr] { return source_ptr->standbys(); };
     setup.dead = [source_ptr] { return source_ptr->dead(); };
@@ -493,18 +494,41 @@ model::rank_program_options program_options(const engine_config& config) {
   return ro;
 }
 
-// Rank r's world and KVP-group communicators.
-expected<
-    std::pair<std::unique_ptr<transport::communicator>, std::unique_ptr<transport::communicator>>>
-communicators_for(const layout& grid, std::int64_t r, transport::fabric& fab) {
+// Rank r's world and KVP-group communicators, and its handoff communicator when the fabric holds
+// donors after the layout's ranks (null otherwise).
+struct rank_communicators {
+  std::unique_ptr<transport::communicator> world;
+  std::unique_ptr<transport::communicator> kvp;
+  std::unique_ptr<transport::communicator> handoff;
+};
+
+expected<rank_communicators> communicators_for(const layout& grid, std::int64_t r,
+                                               transport::fabric& fab) {
   const int rank = static_cast<int>(r);
-  HELIX_ASSIGN_OR_RETURN(auto world, fab.make_world(rank));
+  rank_communicators out;
+  if (fab.world_size() > grid.num_ranks) {
+    std::vector<int> ranks;
+    for (int i = 0; i < static_cast<int>(grid.num_ranks); ++i) ranks.push_back(i);
+    HELIX_ASSIGN_OR_RETURN(out.world, fab.make_communicator(rank, ranks));
+    HELIX_ASSIGN_OR_RETURN(out.handoff, fab.make_world(rank));
+  } else {
+    HELIX_ASSIGN_OR_RETURN(out.world, fab.make_world(rank));
+  }
   std::vector<int> group;
   for (std::int64_t g : grid.kvp_group(grid.attention_coords(r).tpa_idx)) {
     group.push_back(static_cast<int>(g));
   }
-  HELIX_ASSIGN_OR_RETURN(auto kvp, fab.make_communicator(rank, group));
-  return std::pair{std::move(world), std::move(kvp)};
+  HELIX_ASSIGN_OR_RETURN(out.kvp, fab.make_communicator(rank, group));
+  return out;
+}
+
+// Donor `rank` (>= grid.num_ranks) of a fabric that holds donors after the layout's ranks.
+expected<std::shared_ptr<worker_compute>> donor_for(const layout& grid, std::int64_t rank,
+                                                    transport::fabric& fab,
+                                                    std::unique_ptr<model::carried_kv> carried) {
+  HELIX_ASSIGN_OR_RETURN(auto handoff, fab.make_world(static_cast<int>(rank)));
+  return std::shared_ptr<worker_compute>(
+      std::make_shared<donor_compute>(std::move(carried), std::move(handoff), grid, rank));
 }
 
 expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights& weights,
@@ -512,12 +536,13 @@ expected<std::shared_ptr<worker_compute>> compute_for(const model::model_weights
                                                       const layout& grid, std::int64_t r,
                                                       transport::fabric& fab,
                                                       std::unique_ptr<model::carried_kv> carried) {
-  HELIX_ASSIGN_OR_RETURN(auto comms, communicators_for(grid, r, fab));
+  if (r >= grid.num_ranks) return donor_for(grid, r, fab, std::move(carried));
+  HELIX_ASSIGN_OR_RETURN(rank_communicators comms, communicators_for(grid, r, fab));
   HELIX_ASSIGN_OR_RETURN(model::rank_weights w, model::shard_weights(weights, grid, r));
   HELIX_ASSIGN_OR_RETURN(
-      auto compute,
-      rank_compute::create(std::move(w), std::move(comms.first), std::move(comms.second),
-                           program_options(config), std::move(carried)));
+      auto compute, rank_compute::create(std::move(w), std::move(comms.world), std::move(comms.kvp),
+                                         program_options(config), std::move(carried)));
+  compute->set_handoff(std::move(comms.handoff));
   return std::shared_ptr<worker_compute>(std::move(compute));
 }
 
@@ -572,16 +597,24 @@ class in_process_source final : public worker_source {
   expected<std::vector<caf::actor>> relayout(caf::actor_system& sys, const engine_config& config,
                                              const layout& grid,
                                              const std::vector<std::int64_t>& survivors,
-                                             const std::vector<std::int64_t>& standby) override {
+                                             const std::vector<std::int64_t>& standby,
+                                             const std::vector<std::int64_t>& donors) override {
     (void)standby;
     // The old workers end first (one may still be finishing the step the abort woke), so that
     // the survivors' KV can pass to their next computes (recovery, lost blocks only).
     const std::vector<bool> ended = stop_and_wait(sys, raw_, std::chrono::seconds(10));
+    // Survivors' KV to their new ranks, donors' to the donor computes after them.
     std::vector<std::unique_ptr<model::carried_kv>> carried(
-        static_cast<std::size_t>(grid.num_ranks));
-    for (std::size_t i = 0; i < survivors.size() && i < carried.size(); ++i) {
-      const auto old = static_cast<std::size_t>(survivors[i]);
-      if (old < computes_.size() && ended[old]) carried[i] = computes_[old]->release_kv();
+        static_cast<std::size_t>(grid.num_ranks) + donors.size());
+    for (std::size_t i = 0; i < carried.size(); ++i) {
+      const std::int64_t from = i < survivors.size() ? survivors[i]
+                                : i >= static_cast<std::size_t>(grid.num_ranks)
+                                    ? donors[i - static_cast<std::size_t>(grid.num_ranks)]
+                                    : -1;
+      const auto old = static_cast<std::size_t>(from);
+      if (from >= 0 && old < computes_.size() && ended[old]) {
+        carried[i] = computes_[old]->release_kv();
+      }
     }
     if (fab_) retired_.push_back(std::move(fab_));
     return make_workers(sys, config, grid, std::move(carried));
@@ -602,14 +635,17 @@ class in_process_source final : public worker_source {
   expected<std::vector<caf::actor>> make_workers(
       caf::actor_system& sys, const engine_config& config, const layout& grid,
       std::vector<std::unique_ptr<model::carried_kv>> carried) {
-    carried.resize(static_cast<std::size_t>(grid.num_ranks));
+    // Ranks of the layout, then donors (recovery): the fabric spans them all.
+    const auto members =
+        std::max<std::int64_t>(grid.num_ranks, static_cast<std::int64_t>(carried.size()));
+    carried.resize(static_cast<std::size_t>(members));
     HELIX_ASSIGN_OR_RETURN(const model::model_weights weights, build_weights(config));
     HELIX_ASSIGN_OR_RETURN(
-        fab_, transport::make_local_fabric({static_cast<int>(grid.num_ranks),
-                                            std::chrono::milliseconds(config.peer_timeout_ms)}));
+        fab_, transport::make_local_fabric(
+                  {static_cast<int>(members), std::chrono::milliseconds(config.peer_timeout_ms)}));
     if (opt_.wrap_fabric) fab_ = opt_.wrap_fabric(std::move(fab_));
     std::vector<std::shared_ptr<worker_compute>> computes;
-    for (std::int64_t r = 0; r < grid.num_ranks; ++r) {
+    for (std::int64_t r = 0; r < members; ++r) {
       HELIX_ASSIGN_OR_RETURN(auto c, compute_for(weights, config, grid, r, *fab_,
                                                  std::move(carried[static_cast<std::size_t>(r)])));
       computes.push_back(std::move(c));
@@ -619,10 +655,13 @@ class in_process_source final : public worker_source {
     const suspects_fn suspects = [f = fab_.get()] { return f->suspects(); };
     for (auto& c : computes) {
       caf::actor w = sys.spawn<caf::detached>(worker_actor, c, suspects);
-      raw_.push_back(w.address());
-      if (opt_.wrap_worker) w = opt_.wrap_worker(sys, c->rank(), std::move(w));
+      if (c->rank() < grid.num_ranks) raw_.push_back(w.address());  // donors end on their own
+      if (opt_.wrap_worker && c->rank() < grid.num_ranks) {
+        w = opt_.wrap_worker(sys, c->rank(), std::move(w));
+      }
       out.push_back(std::move(w));
     }
+    computes.resize(static_cast<std::size_t>(grid.num_ranks));
     computes_ = std::move(computes);
     count_ = grid.num_ranks;
     return out;
@@ -643,6 +682,7 @@ class in_process_source final : public worker_source {
 expected<std::vector<caf::actor>> worker_source::relayout(caf::actor_system&, const engine_config&,
                                                           const layout&,
                                                           const std::vector<std::int64_t>&,
+                                                          const std::vector<std::int64_t>&,
                                                           const std::vector<std::int64_t>&) {
   return failed_precondition("this worker source cannot rebuild its workers after a failure");
 }
@@ -658,6 +698,7 @@ std::unique_ptr<worker_source> in_process_workers(in_process_options options) {
 expected<std::shared_ptr<worker_compute>> make_rank_compute(
     const engine_config& config, const layout& grid, std::int64_t rank, transport::fabric& fab,
     std::unique_ptr<model::carried_kv> carried) {
+  if (rank >= grid.num_ranks) return donor_for(grid, rank, fab, std::move(carried));
   // Only this rank's shards are ever built: read from the checkpoint's mapped files, or seeded
   // one full tensor at a time.
   model::rank_weights w;
@@ -669,11 +710,11 @@ expected<std::shared_ptr<worker_compute>> make_rank_compute(
     HELIX_ASSIGN_OR_RETURN(
         w, model::seeded_rank_weights(s, config.weight_type, config.weight_seed, grid, rank));
   }
-  HELIX_ASSIGN_OR_RETURN(auto comms, communicators_for(grid, rank, fab));
+  HELIX_ASSIGN_OR_RETURN(rank_communicators comms, communicators_for(grid, rank, fab));
   HELIX_ASSIGN_OR_RETURN(
-      auto compute,
-      rank_compute::create(std::move(w), std::move(comms.first), std::move(comms.second),
-                           program_options(config), std::move(carried)));
+      auto compute, rank_compute::create(std::move(w), std::move(comms.world), std::move(comms.kvp),
+                                         program_options(config), std::move(carried)));
+  compute->set_handoff(std::move(comms.handoff));
   return std::shared_ptr<worker_compute>(std::move(compute));
 }
 

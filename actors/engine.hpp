@@ -210,7 +210,9 @@ struct recovery_stats {
   std::int64_t requests_replayed = 0;
   std::int64_t tokens_replayed = 0;  // prefill tokens the rebuild ran (synthetic context too)
   std::int64_t blocks_kept = 0;      // KV blocks that stayed on their survivors (lost_blocks)
-  std::int64_t blocks_rebuilt = 0;   // KV blocks written again (full_replay: every block)
+  /// KV blocks that members left without a rank sent to their new owners (lost_blocks)
+  std::int64_t blocks_moved = 0;
+  std::int64_t blocks_rebuilt = 0;  // KV blocks written again (full_replay: every block)
 };
 
 /// serving: steps run. failed: a worker or the data plane failed (engine_stats::failure says

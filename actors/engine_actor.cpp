@@ -174,6 +174,9 @@ bool from_current_worker(self_ptr self) {
   for (const caf::actor& w : self->state.workers) {
     if (w.address() == from) return true;
   }
+  for (const caf::actor& w : self->state.donors) {
+    if (w.address() == from) return true;
+  }
   return false;
 }
 
@@ -498,9 +501,9 @@ bool end_or_mark(self_ptr self, std::uint64_t id, Ending&& end_queued, bool requ
 }
 
 // Operation `op` went to every worker: each must answer within peer_timeout_ms.
-void op_sent(self_ptr self, std::int64_t op) {
+void op_sent(self_ptr self, std::int64_t op, std::size_t extra) {
   engine_state& s = self->state;
-  s.ops_pending[op].assign(s.workers.size(), false);
+  s.ops_pending[op].assign(s.workers.size() + extra, false);
   self->delayed_send(self, std::chrono::milliseconds(s.setup.config.peer_timeout_ms),
                      op_watch_atom::value, op, s.generation);
 }
@@ -671,6 +674,7 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         const auto silent = std::find(it->second.begin(), it->second.end(), false);
         const auto rank = static_cast<std::int64_t>(silent - it->second.begin());
         st.ops_pending.erase(it);
+        if (restore_timed_out(self, op, rank)) return;
         worker_lost(self, rank,
                     fmt::format("no answer to operation {} within {} ms", op,
                                 st.setup.config.peer_timeout_ms));

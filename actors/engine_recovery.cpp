@@ -45,14 +45,27 @@ expected<layout> layout_for_members(const layout& current, std::int64_t members,
 
 // Sends every worker the sequences as they are now (empty: a full replay, which frees whatever
 // KV the workers carried over); no step runs until all answered.
+// Stops the donors (they stand by from then on).
+void stop_donors(self_ptr self) {
+  for (const caf::actor& d : self->state.donors)
+    self->send_exit(d, caf::exit_reason::user_shutdown);
+  self->state.donors.clear();
+}
+
+// Sends every worker the sequences as they are now (empty: a full replay, which frees whatever
+// KV the workers carried over), and the donors when they hand blocks over; no step runs until
+// all answered.
 void send_restore(self_ptr self, std::vector<restore_seq> seqs, std::uint64_t next_seq) {
   engine_state& s = self->state;
+  const bool handoff = !s.donors.empty() && !seqs.empty();
+  if (!handoff) stop_donors(self);
   ++s.epoch;
-  restore_msg m{s.epoch, s.next_op++, std::move(seqs), next_seq};
+  restore_msg m{s.epoch, s.next_op++, std::move(seqs), next_seq, handoff};
   s.restore_op = m.op_id;
   s.restore_has_seqs = !m.seqs.empty();
   for (const caf::actor& w : s.workers) self->send(w, m);
-  op_sent(self, m.op_id);
+  for (const caf::actor& d : s.donors) self->send(d, m);
+  op_sent(self, m.op_id, s.donors.size());
 }
 
 // Full replay: a fresh placement record, and every running request replays its prompt and
@@ -64,6 +77,7 @@ void replay_everything(self_ptr self, const std::string& reason) {
   rec.requests_replayed = 0;
   rec.tokens_replayed = 0;
   rec.blocks_kept = 0;
+  rec.blocks_moved = 0;
   rec.blocks_rebuilt = 0;
   if (s.setup.config.recovery == "lost_blocks") {
     logger()->warn("engine: full replay instead of rebuilding lost blocks: {}", reason);
@@ -155,6 +169,10 @@ void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int6
         ++rec.blocks_kept;
         continue;
       }
+      if (!e.donor.empty() && e.donor[b] >= 0) {
+        ++rec.blocks_moved;
+        continue;
+      }
       ++rec.blocks_rebuilt;
       rec.tokens_replayed += end - first;
       const std::int64_t from = std::max(first, synth);
@@ -169,7 +187,8 @@ void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int6
         static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
         bt, s.setup.grid.kvp);
     r.rebuilding = !r.lost_runs.empty();
-    if (r.rebuilding || e.kept_kvp.end() != std::find(e.kept_kvp.begin(), e.kept_kvp.end(), -1)) {
+    if (r.rebuilding ||
+        std::any_of(e.kept_kvp.begin(), e.kept_kvp.end(), [](std::int64_t k) { return k < 0; })) {
       ++rec.requests_replayed;
     }
     kept_seqs.push_back(std::move(e));
@@ -182,9 +201,10 @@ void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int6
                              [](const request_state& r) { return r.rebuilding; });
   s.rebuild_started = std::chrono::steady_clock::now();
   logger()->warn(
-      "engine: recovered from worker {}: {} -> {}, {} KV blocks kept, {} rebuilt ({} positions)",
-      rec.rank, rec.layout_before, rec.layout_after, rec.blocks_kept, rec.blocks_rebuilt,
-      rec.tokens_replayed);
+      "engine: recovered from worker {}: {} -> {}, {} KV blocks kept, {} moved, {} rebuilt ({} "
+      "positions)",
+      rec.rank, rec.layout_before, rec.layout_after, rec.blocks_kept, rec.blocks_moved,
+      rec.blocks_rebuilt, rec.tokens_replayed);
   publish(s);
 }
 
@@ -248,6 +268,8 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   s.restore_op = -1;  // no step until the workers are restored
   const layout before = s.setup.grid;
   std::vector<std::int64_t> survivors;
+  std::vector<std::int64_t> donors;  // old ranks left without a rank that hand their KV over
+  stop_donors(self);                 // of an earlier recovery's restore
   const std::vector<caf::actor> old_workers = s.workers;
   const auto stop_old = [&] {
     for (const caf::actor& w : old_workers) {
@@ -285,9 +307,14 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
     for (std::int64_t r : alive) {
       if (std::find(survivors.begin(), survivors.end(), r) == survivors.end()) standby.push_back(r);
     }
+    // Lost blocks only, one TPA column: members left without a rank send their blocks on.
+    donors.clear();
+    if (s.setup.config.recovery == "lost_blocks" && !moving && before.tpa == 1 && grid->tpa == 1) {
+      donors = standby;
+    }
     planned = std::chrono::steady_clock::now();
     if (attempt == 0) rec.replan_ms = ms_between(noticed, planned);
-    fresh = s.setup.relayout(*grid, survivors, standby);
+    fresh = s.setup.relayout(*grid, survivors, standby, donors);
     if (fresh) break;
     std::vector<std::int64_t> more;
     for (std::int64_t d : s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{}) {
@@ -305,7 +332,8 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   const auto reloaded = std::chrono::steady_clock::now();
   rec.reload_ms = ms_between(planned, reloaded);
   rec.layout_after = grid->to_string();
-  s.workers = std::move(*fresh);
+  s.workers.assign(fresh->begin(), fresh->begin() + grid->num_ranks);
+  s.donors.assign(fresh->begin() + grid->num_ranks, fresh->end());
   for (const caf::actor& w : s.workers) self->monitor(w);
   s.kv_used.assign(s.workers.size(), 0);
   if (s.setup.roster) {
@@ -321,8 +349,12 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   // Lost blocks only: which old members keep their blocks; the old record then says, request by
   // request, where every block lived.
   std::vector<std::int64_t> kept;
+  std::vector<std::int64_t> donated(static_cast<std::size_t>(before.kvp), -1);
   if (s.setup.config.recovery == "lost_blocks" && !moving) {
     if (auto k = planner::kept_members(before, *grid, survivors)) kept = std::move(*k);
+    for (std::size_t j = 0; j < donors.size(); ++j) {  // one column: rank = kvp index
+      donated[static_cast<std::size_t>(donors[j])] = static_cast<std::int64_t>(j);
+    }
   }
   if (std::none_of(kept.begin(), kept.end(), [](std::int64_t k) { return k >= 0; })) {
     self->send_exit(old_planner, caf::exit_reason::user_shutdown);
@@ -331,7 +363,7 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
     return;
   }
   self->request(old_planner, std::chrono::milliseconds(s.setup.config.peer_timeout_ms),
-                placement_atom::value, grid->to_string(), kept)
+                placement_atom::value, grid->to_string(), kept, donated)
       .then(
           [self, gen = s.generation, old_planner](std::vector<restore_seq>& seqs,
                                                   std::int64_t step) {
@@ -356,8 +388,11 @@ bool restore_answered(self_ptr self, const op_done_msg& m) {
     const bool refused = st.code() == errc::failed_precondition ||
                          st.code() == errc::resource_exhausted ||
                          st.code() == errc::invalid_argument;
-    // Every rank refuses a restore together (one all-reduce decides): not a worker failure.
-    if (!s.restore_has_seqs || !refused) return false;
+    // Every rank refuses a restore together (one all-reduce decides): not a worker failure. With
+    // donors any failure may be a donor's (a dead donor times the handoff out): replay in full;
+    // if a rank was the cause, that replay's restore fails and recovery takes it from there.
+    const bool handoff = !s.donors.empty();
+    if (!s.restore_has_seqs || (!refused && !handoff)) return false;
     s.failed_restore_op = s.restore_op;
     s.ops_pending.erase(s.restore_op);
     self->send_exit(s.planner, caf::exit_reason::user_shutdown);
@@ -365,6 +400,7 @@ bool restore_answered(self_ptr self, const op_done_msg& m) {
     return true;
   }
   if (s.ops_pending.count(s.restore_op) == 0) {  // every worker answered
+    stop_donors(self);
     s.restore_op = 0;
     // Nothing to compute again: the restore (synthetic refills) was the whole rebuild.
     if (!s.rebuilding && !s.stats.recoveries.empty()) {
@@ -373,6 +409,15 @@ bool restore_answered(self_ptr self, const op_done_msg& m) {
     }
     start_step(self);
   }
+  return true;
+}
+
+bool restore_timed_out(self_ptr self, std::int64_t op, std::int64_t rank) {
+  engine_state& s = self->state;
+  if (op != s.restore_op || rank < static_cast<std::int64_t>(s.workers.size())) return false;
+  s.failed_restore_op = s.restore_op;
+  self->send_exit(s.planner, caf::exit_reason::user_shutdown);
+  replay_everything(self, fmt::format("donor {} did not answer the restore", rank));
   return true;
 }
 

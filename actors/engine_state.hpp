@@ -96,6 +96,9 @@ struct engine_state {
   std::int64_t restore_op = 0;
   bool restore_has_seqs = false;
   std::int64_t failed_restore_op = 0;  // its other ranks' replies are ignored
+  /// Members of the old layout left without a rank that hand their KV over in the restore
+  /// (rank N + j); stopped once it is answered (they stand by then).
+  std::vector<caf::actor> donors;
 };
 
 using self_ptr = caf::stateful_actor<engine_state>*;
@@ -111,8 +114,9 @@ void fail_everything(self_ptr self, const status& error);
 void answer_drains(engine_state& s);
 /// Cancellations, expired deadlines and admissions (between steps), then the next step.
 void start_step(self_ptr self);
-/// Operation `op` went to every worker: each must answer within peer_timeout_ms.
-void op_sent(self_ptr self, std::int64_t op);
+/// Operation `op` went to every worker (and to `extra` donors after them): each must answer
+/// within peer_timeout_ms.
+void op_sent(self_ptr self, std::int64_t op, std::size_t extra = 0);
 double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b);
 
 // engine_recovery.cpp
@@ -123,5 +127,8 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
 /// A worker answered the restore_msg after a relayout: once all did, steps run again; a failed
 /// lost-blocks restore falls back to a full replay. Returns false when `m` is no such answer.
 bool restore_answered(self_ptr self, const op_done_msg& m);
+/// Operation `op` went unanswered by `rank` past the peer timeout: true when it was the restore
+/// and the silent one a donor (the engine then replays in full); false for a worker failure.
+bool restore_timed_out(self_ptr self, std::int64_t op, std::int64_t rank);
 
 }  // namespace helix::actors::engine_impl

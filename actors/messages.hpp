@@ -48,11 +48,11 @@ typename Inspector::result_type inspect(Inspector& f, migrate_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, restore_seq& x) {
   return f(caf::meta::type_name("restore_seq"), x.seq, x.offset, x.num_tokens, x.owner_kvp,
-           x.kept_kvp, x.synthetic_tokens, x.synthetic_seed);
+           x.kept_kvp, x.synthetic_tokens, x.synthetic_seed, x.donor);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, restore_msg& x) {
-  return f(caf::meta::type_name("restore_msg"), x.epoch, x.op_id, x.seqs, x.next_seq);
+  return f(caf::meta::type_name("restore_msg"), x.epoch, x.op_id, x.seqs, x.next_seq, x.handoff);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_done_msg& x) {
@@ -74,7 +74,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, recovery_stats& x) {
   return f(caf::meta::type_name("recovery_stats"), x.rank, x.pid, x.why, x.layout_before,
            x.layout_after, x.mode, x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms,
-           x.requests_replayed, x.tokens_replayed, x.blocks_kept, x.blocks_rebuilt);
+           x.requests_replayed, x.tokens_replayed, x.blocks_kept, x.blocks_moved, x.blocks_rebuilt);
 }
 // health and failure stay out: engine::stats() takes them from the registry the API shares with
 // the engine actor (stream_registry::failure), never from a remote peer.

@@ -98,18 +98,20 @@ caf::behavior planner_behavior(std::shared_ptr<planner_state> st) {
         const double mean = static_cast<double>(total) / static_cast<double>(counts.size());
         return caf::make_message(std::move(moves), imbalance(counts), mean);
       },
-      [=](placement_atom, const std::string& after_text,
-          const std::vector<std::int64_t>& kept) -> caf::result<caf::message> {
+      [=](placement_atom, const std::string& after_text, const std::vector<std::int64_t>& kept,
+          const std::vector<std::int64_t>& donated) -> caf::result<caf::message> {
         auto after = layout::parse(after_text);
         if (!after) return to_caf(after.error());
         std::vector<restore_seq> out;
-        for (planner::recovered_request& r : planner::plan_recovery(st->book, *after, kept)) {
+        for (planner::recovered_request& r :
+             planner::plan_recovery(st->book, *after, kept, donated)) {
           restore_seq e;
           e.seq = r.id;
           e.offset = r.offset;
           e.num_tokens = r.num_tokens;
           e.owner_kvp = std::move(r.owner_kvp);
           e.kept_kvp = std::move(r.kept_kvp);
+          e.donor = std::move(r.donor);
           out.push_back(std::move(e));
         }
         return caf::make_message(std::move(out), st->book.step());

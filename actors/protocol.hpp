@@ -114,6 +114,7 @@ struct restore_seq {
   std::vector<std::int64_t> kept_kvp;
   std::int64_t synthetic_tokens = 0;
   std::uint64_t synthetic_seed = 0;
+  std::vector<std::int64_t> donor;  // per block (or empty): the donor that sends it, or -1
 };
 
 /// Engine -> every worker, first thing after a relayout: the sequences as they are now (lost
@@ -124,6 +125,9 @@ struct restore_msg {
   std::int64_t op_id = 0;
   std::vector<restore_seq> seqs;
   std::uint64_t next_seq = 1;
+  /// Donors take part (members of the old layout left without a rank, which send their blocks):
+  /// the ranks agree and receive over the handoff communicator, which the donors share.
+  bool handoff = false;
 };
 
 /// Worker -> engine: an open, close, migrate or restore finished.

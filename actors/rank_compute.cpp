@@ -114,14 +114,26 @@ status rank_compute::migrate(std::span<const move_item> moves) {
   return program_->migrate_blocks(moves_);
 }
 
-status rank_compute::restore(const restore_msg& m) {
+namespace {
+
+std::vector<model::restored_sequence> restored(const restore_msg& m) {
   std::vector<model::restored_sequence> seqs;
   seqs.reserve(m.seqs.size());
   for (const restore_seq& r : m.seqs) {
-    seqs.push_back(
-        {r.seq, r.num_tokens, r.owner_kvp, r.kept_kvp, r.synthetic_tokens, r.synthetic_seed});
+    seqs.push_back({r.seq, r.num_tokens, r.owner_kvp, r.kept_kvp, r.synthetic_tokens,
+                    r.synthetic_seed, r.donor});
   }
-  return program_->restore(seqs, m.next_seq);
+  return seqs;
+}
+
+}  // namespace
+
+status rank_compute::restore(const restore_msg& m) {
+  if (m.handoff && handoff_ == nullptr) {
+    return failed_precondition("worker {}: a restore with donors, but no handoff communicator",
+                               program_->rank());
+  }
+  return program_->restore(restored(m), m.next_seq, m.handoff ? handoff_.get() : nullptr);
 }
 
 std::unique_ptr<model::carried_kv> rank_compute::release_kv() {
@@ -134,6 +146,51 @@ std::int64_t rank_compute::kv_used_blocks() const {
 
 std::int64_t rank_compute::kv_capacity_blocks() const {
   return program_->kv().num_slots();
+}
+
+donor_compute::donor_compute(std::unique_ptr<model::carried_kv> kv,
+                             std::unique_ptr<transport::communicator> handoff, layout after,
+                             std::int64_t rank)
+    : kv_(std::move(kv)), handoff_(std::move(handoff)), after_(std::move(after)), rank_(rank) {}
+
+status donor_compute::refuse(std::string_view what) const {
+  return failed_precondition("worker {} is a donor: it only hands its KV over ({})", rank_, what);
+}
+
+expected<std::uint64_t> donor_compute::open_sequence() {
+  return refuse("open");
+}
+
+status donor_compute::close_sequence(std::uint64_t) {
+  return refuse("close");
+}
+
+status donor_compute::step(const step_msg&, step_outcome&) {
+  return refuse("step");
+}
+
+status donor_compute::migrate(std::span<const move_item>) {
+  return refuse("migrate");
+}
+
+status donor_compute::restore(const restore_msg& m) {
+  if (!m.handoff || handoff_ == nullptr) return refuse("restore without handoff");
+  const std::int64_t donor_idx = rank_ - after_.num_ranks;
+  // Nothing carried (its old worker never ended): an empty store holds none of its blocks, so
+  // the agreement fails the restore everywhere and the engine replays in full.
+  model::carried_kv none;
+  none.grid = after_;
+  const status st = model::donate_kv(kv_ ? *kv_ : none, *handoff_, after_, donor_idx, restored(m));
+  kv_.reset();  // donated (or refused): the memory goes back now
+  return st;
+}
+
+std::int64_t donor_compute::kv_used_blocks() const {
+  return kv_ ? kv_->store.used_slots() : 0;
+}
+
+std::int64_t donor_compute::kv_capacity_blocks() const {
+  return kv_ ? kv_->store.num_slots() : 0;
 }
 
 }  // namespace helix::actors

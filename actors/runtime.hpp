@@ -96,9 +96,10 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
 ///   (rebal_atom)                                        -> moves (std::vector<move_item>),
 ///       already recorded in the placement, then the column's kv_imbalance and its mean blocks
 ///       per member after them (double, double)
-///   (placement_atom, layout text, kept)                 -> every live sequence under that
+///   (placement_atom, layout text, kept, donated)        -> every live sequence under that
 ///       layout (std::vector<restore_seq>, planner/recovery_plan.hpp; kept: per old KVP member,
-///       the new member that keeps its blocks, or -1) and the step clock (std::int64_t)
+///       the new member that keeps its blocks, or -1; donated: its donor index, or -1) and the
+///       step clock (std::int64_t)
 caf::behavior planner_actor(caf::event_based_actor* self, layout l, std::int64_t block_tokens,
                             double rebalance_threshold, std::int64_t rebalance_min_blocks);
 /// The same, its record holding the sequences a recovery restored and its clock at `step`.
@@ -132,6 +133,7 @@ struct engine_setup {
   /// Recovery (engine_config::recovery): rebuilds the workers on a layout
   /// (worker_source::relayout); null: recovery is off.
   std::function<expected<std::vector<caf::actor>>(const layout&, const std::vector<std::int64_t>&,
+                                                  const std::vector<std::int64_t>&,
                                                   const std::vector<std::int64_t>&)>
       relayout;
   /// Members without a rank that a relayout can use (worker_source::standbys); may be null.

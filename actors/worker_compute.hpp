@@ -77,6 +77,12 @@ class rank_compute final : public worker_compute {
   [[nodiscard]] std::int64_t kv_used_blocks() const override;
   [[nodiscard]] std::int64_t kv_capacity_blocks() const override;
 
+  /// Recovery with donors: the communicator over the new ranks and the donors (restore_msg::
+  /// handoff), which restore() uses when the message asks for it.
+  void set_handoff(std::unique_ptr<transport::communicator> handoff) {
+    handoff_ = std::move(handoff);
+  }
+
   /// The same from weights already sharded for `rank` (model::seeded_rank_weights), keeping the
   /// previous compute's KV when `carried` is not null (model::rank_program::create).
   [[nodiscard]] static expected<std::unique_ptr<rank_compute>> create(
@@ -89,6 +95,7 @@ class rank_compute final : public worker_compute {
 
  private:
   std::unique_ptr<model::rank_program> program_;
+  std::unique_ptr<transport::communicator> handoff_;  // recovery with donors only
   // Reused across steps (steady-state steps do not allocate once they have grown).
   std::vector<model::batch_item> items_;
   std::vector<kernels::sampling_options> sampling_;
@@ -97,6 +104,31 @@ class rank_compute final : public worker_compute {
   std::vector<status> row_status_;
   std::vector<model::block_move> moves_;
   std::vector<float> logits_;  // full rows, gathered only for steps that ask for them
+};
+
+/// A member of the old layout left without a rank after a failure, for the one thing it still
+/// does: send the KV blocks it carried to their new owners (restore_msg with handoff;
+/// model::donate_kv), then hold nothing. Its rank is N + its donor index (N: the new layout's
+/// ranks); every other call fails.
+class donor_compute final : public worker_compute {
+ public:
+  donor_compute(std::unique_ptr<model::carried_kv> kv,
+                std::unique_ptr<transport::communicator> handoff, layout after, std::int64_t rank);
+  [[nodiscard]] std::int64_t rank() const override { return rank_; }
+  [[nodiscard]] expected<std::uint64_t> open_sequence() override;
+  [[nodiscard]] status close_sequence(std::uint64_t seq) override;
+  [[nodiscard]] status step(const step_msg& m, step_outcome& out) override;
+  [[nodiscard]] status migrate(std::span<const move_item> moves) override;
+  [[nodiscard]] status restore(const restore_msg& m) override;
+  [[nodiscard]] std::int64_t kv_used_blocks() const override;
+  [[nodiscard]] std::int64_t kv_capacity_blocks() const override;
+
+ private:
+  [[nodiscard]] status refuse(std::string_view what) const;
+  std::unique_ptr<model::carried_kv> kv_;  // null: nothing carried (or donated already)
+  std::unique_ptr<transport::communicator> handoff_;
+  layout after_;
+  std::int64_t rank_;
 };
 
 }  // namespace helix::actors

@@ -48,12 +48,16 @@ class worker_source {
   /// `grid`: the member at old rank survivors[i] becomes rank i (its weights resharded for the
   /// new rank, a new data plane among them); ranks past survivors.size() are taken by standbys
   /// (standbys() of them are available); the members at the old ranks in `standby` live on
-  /// without a rank and become standbys. Returns the new ranks' actors. The old workers' actors
-  /// are the engine's to stop once this returned; what they use stays valid until the source is
+  /// without a rank and become standbys. `donors` (a subset of `standby`, in order) first hand
+  /// their KV over: donor j joins the new data plane as rank N + j (N = grid.num_ranks) with a
+  /// donor_compute over the KV its old worker held, and stands by once the engine stops that
+  /// worker. Returns the new ranks' actors, then the donors'. The old workers' actors are the
+  /// engine's to stop once this returned; what they use stays valid until the source is
   /// destroyed. Default: unimplemented (the engine then fails as without recovery).
   [[nodiscard]] virtual expected<std::vector<caf::actor>> relayout(
       caf::actor_system& sys, const engine_config& config, const layout& grid,
-      const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby);
+      const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby,
+      const std::vector<std::int64_t>& donors);
   /// Members alive without a rank, that a relayout can give one.
   [[nodiscard]] virtual std::int64_t standbys() const { return 0; }
   /// The ranks whose member is known to have died (a worker process that ended), so that
@@ -80,6 +84,9 @@ struct in_process_options {
 /// are made from it): only the rank's shards are built, seeded (model::seeded_rank_weights) or
 /// read from the checkpoint's files (model::checkpoint_rank_weights). `carried`: the KV of this
 /// member's previous compute (worker_compute::release_kv), kept until the engine's restore_msg.
+/// A fabric wider than the layout holds donors after its ranks: ranks get the whole fabric as
+/// their handoff communicator, and a rank past the layout's is a donor (donor_compute over
+/// `carried`).
 [[nodiscard]] expected<std::shared_ptr<worker_compute>> make_rank_compute(
     const engine_config& config, const layout& grid, std::int64_t rank, transport::fabric& fab,
     std::unique_ptr<model::carried_kv> carried = nullptr);

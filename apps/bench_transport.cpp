@@ -38,8 +38,8 @@ constexpr const char* bench_usage =
 
 constexpr int world_size = 2;
 // The order backends run in: every fork_ranks before this process starts a thread of its own.
-constexpr const char* backend_order[] = {"ucx-shm", "ucx-shm-no-one-copy", "ucx-shm-no-mm-eh",
-                                         "ucx-tcp", "local", "memcpy"};
+constexpr const char* backend_order[] = {
+    "ucx-shm", "ucx-shm-no-one-copy", "ucx-shm-no-mm-eh", "ucx-tcp", "local", "memcpy"};
 // A collective that takes this long is broken, not slow: fail it instead of hanging the bench.
 constexpr std::chrono::milliseconds call_timeout{60000};
 constexpr std::chrono::milliseconds fork_timeout{600000};

@@ -43,7 +43,8 @@
 // this process's stderr, because UCX logs on stdout and would break the --json report.
 //
 // Flags: --json, --quick, --iterations N, --backends LIST (default
-// local,memcpy,ucx-shm,ucx-shm-no-mm-eh,ucx-tcp; ucx-shm-no-one-copy on request), --help. Table on stdout by default, JSON with
+// local,memcpy,ucx-shm,ucx-shm-no-mm-eh,ucx-tcp; ucx-shm-no-one-copy on request), --help. Table on
+// stdout by default, JSON with
 // --json, progress lines on stderr. JSON shape:
 //   {"world_size":2,"iterations","large_iterations","ucx_error_handling":"peer",
 //    "backends":[{"name","status":"ok"|"skipped"|"failed","reason","shm_error_handling"?,"one_copy"?,

@@ -464,6 +464,7 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
                           {"requests_replayed", x.requests_replayed},
                           {"tokens_replayed", x.tokens_replayed},
                           {"blocks_kept", x.blocks_kept},
+                          {"blocks_moved", x.blocks_moved},
                           {"blocks_rebuilt", x.blocks_rebuilt}});
   }
   nlohmann::json series = nlohmann::json::array();
@@ -551,10 +552,11 @@ void print_workload_report(std::ostream& out, const workload_options& o, const w
                      r.migrations, r.kv_imbalance_max);
   for (const actors::recovery_stats& x : r.recoveries) {
     out << fmt::format(
-        "  recovery: worker {} (pid {}) lost, {} -> {} by {}: {} KV blocks kept, {} rebuilt; "
-        "detect {:.0f} ms, re-plan {:.0f} ms, weight reload {:.0f} ms, KV rebuild {:.0f} ms\n",
-        x.rank, x.pid, x.layout_before, x.layout_after, x.mode, x.blocks_kept, x.blocks_rebuilt,
-        x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms);
+        "  recovery: worker {} (pid {}) lost, {} -> {} by {}: {} KV blocks kept, {} moved, {} "
+        "rebuilt; detect {:.0f} ms, re-plan {:.0f} ms, weight reload {:.0f} ms, KV rebuild "
+        "{:.0f} ms\n",
+        x.rank, x.pid, x.layout_before, x.layout_after, x.mode, x.blocks_kept, x.blocks_moved,
+        x.blocks_rebuilt, x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms);
   }
 }
 

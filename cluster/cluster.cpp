@@ -475,12 +475,14 @@ class spawned_source final : public actors::worker_source {
 
   // Survivors (and standbys) become the new ranks: each is sent its rank through its agent, stops
   // its old worker, and joins a new data plane through a registrar of this epoch, which hands
-  // back the new workers as at the start.
+  // back the new workers as at the start. Donors join it too, after the ranks, for the restore
+  // only: their agents stand by again once the engine stopped their donor workers.
   expected<std::vector<caf::actor>> relayout(caf::actor_system& sys,
                                              const actors::engine_config& config,
                                              const layout& grid,
                                              const std::vector<std::int64_t>& survivors,
-                                             const std::vector<std::int64_t>& standby) override {
+                                             const std::vector<std::int64_t>& standby,
+                                             const std::vector<std::int64_t>& donors) override {
     // The old monitor's reports would name old workers: a new one starts with the new ranks.
     if (monitor_) caf::anon_send_exit(monitor_, caf::exit_reason::user_shutdown);
     monitor_ = nullptr;
@@ -505,22 +507,38 @@ class spawned_source final : public actors::worker_source {
                                  grid.to_string(), ranks.size());
     }
     const std::size_t old_idle = idle.size();
+    std::vector<member> giving;  // donors, in order: ranks n, n + 1, ... of the new data plane
     for (const std::int64_t r : standby) {
-      if (known(r)) idle.push_back(member_at(r));
+      if (!known(r)) continue;
+      idle.push_back(member_at(r));
+      if (std::find(donors.begin(), donors.end(), r) != donors.end()) giving.push_back(idle.back());
     }
+    if (giving.size() != donors.size()) {
+      return internal_error("relayout: {} donors named, {} known", donors.size(), giving.size());
+    }
+    const auto world = static_cast<std::int32_t>(n + static_cast<std::int32_t>(giving.size()));
     const proto_v1::ClusterConfig cc = cluster_config(config, grid);
     std::vector<worker_info> infos;
-    for (std::int32_t r = 0; r < n; ++r) {
-      infos.push_back(ranks[static_cast<std::size_t>(r)].info);
+    for (std::int32_t r = 0; r < world; ++r) {
+      infos.push_back(r < n ? ranks[static_cast<std::size_t>(r)].info
+                            : giving[static_cast<std::size_t>(r - n)].info);
       infos.back().rank = r;
     }
-    caf::actor reg = sys.spawn(registrar, n, 0, cc, infos);
+    caf::actor reg = sys.spawn(registrar, world, 0, cc, infos);
     const std::string bytes = to_bytes(cc);
-    for (std::int32_t r = 0; r < n; ++r) {
-      caf::anon_send(ranks[static_cast<std::size_t>(r)].agent,
-                     relayout_msg{r, n, bytes, reg, engine_});
+    for (std::int32_t r = 0; r < world; ++r) {
+      const member& m =
+          r < n ? ranks[static_cast<std::size_t>(r)] : giving[static_cast<std::size_t>(r - n)];
+      caf::anon_send(m.agent, relayout_msg{r, world, bytes, reg, engine_});
     }
     for (std::size_t i = old_idle; i < idle.size(); ++i) {
+      const bool donor = std::any_of(giving.begin(), giving.end(),
+                                     [&](const member& g) { return g.agent == idle[i].agent; });
+      if (donor) {
+        logger()->info("{} (pid {}) hands its KV over, then stands by", idle[i].info.name,
+                       idle[i].info.pid);
+        continue;
+      }
       caf::anon_send(idle[i].agent, relayout_msg{-1, 0, {}, nullptr, engine_});
       logger()->info("{} (pid {}) stands by", idle[i].info.name, idle[i].info.pid);
     }
@@ -530,6 +548,7 @@ class spawned_source final : public actors::worker_source {
       // join timeout.
       caf::scoped_actor self{sys};
       for (const member& m : ranks) self->monitor(m.agent);
+      for (const member& m : giving) self->monitor(m.agent);
       // Sent, not requested: the registrar's answer (or error) comes back as a plain message,
       // which the loop below takes beside the members' down messages.
       self->send(reg, await_workers{opts_.join_timeout.count()});
@@ -538,10 +557,13 @@ class spawned_source final : public actors::worker_source {
         self->receive(
             [&](worker_set& w) {
               answered = true;
-              info_ = infos;
+              info_.assign(infos.begin(), infos.begin() + n);
               standbys_ = idle;
+              result = w.workers;  // the ranks', then the donors'
+              w.workers.resize(static_cast<std::size_t>(n));
+              w.heartbeats.resize(static_cast<std::size_t>(n));
+              w.agents.resize(static_cast<std::size_t>(n));
               take(w);
-              result = w.workers;
             },
             [&](caf::error& e) {
               answered = true;
@@ -549,7 +571,9 @@ class spawned_source final : public actors::worker_source {
                                   sys.render(e), exited_children());
             },
             [&](caf::down_msg& dm) {
-              for (const member& m : ranks) {
+              std::vector<member> watched = ranks;
+              watched.insert(watched.end(), giving.begin(), giving.end());
+              for (const member& m : watched) {
                 if (m.agent.address() != dm.source) continue;
                 answered = true;
                 result =
@@ -761,7 +785,8 @@ expected<caf::actor> build_rank(caf::scoped_actor& self, caf::actor_system& sys,
   config.kv_capacity_tokens_per_worker = cc.kv_capacity_tokens_per_worker();
   if (w.threads > 0) config.threads_per_worker = w.threads;
   HELIX_ASSIGN_OR_RETURN(const layout grid, layout::parse(config.layout));
-  if (grid.num_ranks != world || rank < 0 || rank >= world) {
+  // Ranks past the layout's are donors of a recovery (actors::donor_compute).
+  if (grid.num_ranks > world || rank < 0 || rank >= world) {
     return invalid_argument("join: rank {} of layout {} ({} ranks) in a world of {}", rank,
                             grid.to_string(), grid.num_ranks, world);
   }
@@ -885,7 +910,8 @@ status serve(const worker_args& w) {
     }
     worker = std::move(*first);
   }
-  caf::actor engine;  // known once a relayout_msg named it; a standby ends with it
+  caf::actor engine;      // known once a relayout_msg named it; a standby ends with it
+  bool donating = false;  // `worker` is a donor: once the engine stopped it, stand by again
   // Serve until the engine stops the worker actor. An engine that went away (its process ended,
   // its host vanished, the connection broke) stops pinging: once it has been silent for
   // engine_silence_limit (or never pinged within the join timeout), nobody is left to serve, so
@@ -897,6 +923,13 @@ status serve(const worker_args& w) {
   while (!done) {
     self->receive(
         [&](caf::down_msg& dm) {
+          if (donating && worker && dm.source == worker.address()) {
+            logger()->info("{}: handed its KV over; standing by", w.name);
+            worker = nullptr;
+            compute = nullptr;
+            donating = false;
+            return;
+          }
           if ((worker && dm.source == worker.address()) ||
               (engine && dm.source == engine.address())) {
             done = true;  // the engine stopped this rank (or, standing by, ended)
@@ -941,13 +974,15 @@ status serve(const worker_args& w) {
             return;
           }
           worker = std::move(*built);
+          auto grid = layout::parse(cc.layout());
+          donating = grid && rank >= grid->num_ranks;
           last_ping->store(0);  // the new epoch's monitor starts now
           ready_at = std::chrono::steady_clock::now();
         },
         caf::after(heartbeat_period) >>
             [&] {
               const auto now = std::chrono::steady_clock::now();
-              if (!worker) {  // standing by: ends with the engine actor, once it knows it
+              if (!worker || donating) {  // standing by: ends with the engine actor, once known
                 if (!engine && now - ready_at > w.timeout) {
                   outcome = unavailable("{}: standing by for {} ms, never told the engine",
                                         engine_at, w.timeout.count());

@@ -99,16 +99,20 @@ std::vector<recovered_request> plan_recovery(const placement_book& book, const l
       r.owner_kvp.push_back(to);
       if (to >= 0) ++held[static_cast<std::size_t>(to)];
     }
-    for (std::size_t b = 0; b < blocks.size(); ++b) {
-      if (r.owner_kvp[b] >= 0) continue;
-      const std::int64_t rule = kv_block_owner(r.offset, static_cast<std::int64_t>(b), after.kvp);
-      std::int64_t best = rule;
-      for (std::int64_t i = 1; i < after.kvp; ++i) {
-        const std::int64_t m = (rule + i) % after.kvp;
-        if (held[static_cast<std::size_t>(m)] < held[static_cast<std::size_t>(best)]) best = m;
+    // Lost blocks first, then donated ones: each kind spread on its own (their work differs:
+    // rebuilding and receiving), the totals even.
+    for (const bool donated_pass : {false, true}) {
+      for (std::size_t b = 0; b < blocks.size(); ++b) {
+        if (r.owner_kvp[b] >= 0 || (r.donor[b] >= 0) != donated_pass) continue;
+        const std::int64_t rule = kv_block_owner(r.offset, static_cast<std::int64_t>(b), after.kvp);
+        std::int64_t best = rule;
+        for (std::int64_t i = 1; i < after.kvp; ++i) {
+          const std::int64_t m = (rule + i) % after.kvp;
+          if (held[static_cast<std::size_t>(m)] < held[static_cast<std::size_t>(best)]) best = m;
+        }
+        r.owner_kvp[b] = best;
+        ++held[static_cast<std::size_t>(best)];
       }
-      r.owner_kvp[b] = best;
-      ++held[static_cast<std::size_t>(best)];
     }
     out.push_back(std::move(r));
   }

@@ -5,8 +5,9 @@
 // layout are the survivors (new rank i is old rank survivors[i]) and fresh members (standbys).
 // An old member k is *kept* when every column's holder of k survived, keeps its column and sits
 // on the same new member k' in every column: k's blocks then stay where they are, now as member
-// k'. Every other block is lost and gets an owner in the new layout, whose rank rebuilds it: the
-// member holding the fewest of the request's blocks at that point (kept ones counted first), the
+// k'. Every other block is lost (its owner in the new layout rebuilds it) or donated (a member
+// left without a rank sends it): it goes to the member holding the fewest of the request's blocks
+// at that point (kept ones counted first, then lost ones placed, then donated ones), the
 // placement rule's owner (kv_placement.hpp) among equals. Plain round-robin would not do: when
 // the lost members share a residue (members 1 and 3 of 4 going to 2), every lost block would land
 // on one member, and so would all of the rebuild's work. Survivors are ordered so that as many

@@ -68,8 +68,9 @@ TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
 }
 
 // Lost blocks only, with worker processes: kill -9 of rank 2 of helix:kvp=4 mid-decode; the
-// survivors carry their KV into the new layout (kvp=2; the third survivor stands by), only what
-// the dead and the standby held is computed again, and every request matches the fault-free run.
+// survivors carry their KV into the new layout (kvp=2), the third survivor sends its blocks to
+// their new owners over UCX and stands by, only what the dead one held is computed again, and
+// every request matches the fault-free run.
 TEST(Processes, KilledWorkerLostBlocksAreRebuiltAndEveryRequestMatches) {
   engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
   c.recovery = "lost_blocks";
@@ -94,8 +95,10 @@ TEST(Processes, KilledWorkerLostBlocksAreRebuiltAndEveryRequestMatches) {
   EXPECT_EQ(rec.rank, 2);
   EXPECT_EQ(rec.mode, "lost_blocks");
   EXPECT_GT(rec.blocks_kept, 0);
+  EXPECT_GT(rec.blocks_moved, 0) << "the survivor left without a rank hands its blocks over";
   EXPECT_GT(rec.blocks_rebuilt, 0);
   EXPECT_EQ(rec.layout_after, layout::parse("helix:kvp=2,tpa=1")->to_string());
+  EXPECT_TRUE(alive(before[3].pid)) << "the donor stands by after the handoff";
   // Every sequence closed on the new workers: no KV left behind.
   std::int64_t used = -1;
   for (int tries = 0; tries < 200 && used != 0; ++tries) {
