@@ -276,15 +276,15 @@ int run_bench_recovery(const std::vector<std::string>& args, std::ostream& out, 
         "recovery   {} on {} processes, {} x {} tokens of synthetic KV, rank {} "
         "killed after {} tokens\n",
         o->model, o->processes, o->batch, o->context, o->victim, o->kill_after);
-    out << fmt::format("  {:<12} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>8}  {}\n", "mode",
-                       "detect", "re-plan", "reload", "KV rebuild", "total", "kept", "rebuilt",
-                       "layout after");
+    out << fmt::format("  {:<12} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>7} {:>8}  {}\n", "mode",
+                       "detect", "re-plan", "reload", "KV rebuild", "total", "kept", "moved",
+                       "rebuilt", "layout after");
     for (const actors::recovery_stats* x : {&lost, &full}) {
       out << fmt::format(
           "  {:<12} {:>6.0f} ms {:>6.0f} ms {:>6.0f} ms {:>7.0f} ms {:>6.0f} ms "
-          "{:>7} {:>8}  {}\n",
+          "{:>7} {:>7} {:>8}  {}\n",
           x->mode, x->detect_ms, x->replan_ms, x->reload_ms, x->rebuild_ms, total_ms(*x),
-          x->blocks_kept, x->blocks_rebuilt, x->layout_after);
+          x->blocks_kept, x->blocks_moved, x->blocks_rebuilt, x->layout_after);
     }
     out << fmt::format(
         "  KV rebuild: lost blocks {:.1f}x faster than full replay ({:.1f}x for "
