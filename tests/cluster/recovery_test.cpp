@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
 #include <thread>
 
@@ -24,21 +25,23 @@ namespace {
 
 using namespace fixtures;
 
-// kill -9 of a worker process mid-decode with recovery on: the survivors take the ranks of a new
-// layout (weights resharded, a new UCX world among them), the one without a rank stands by, and
-// every request ends as in a run without the kill; nothing outlives the engine.
-TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
-  engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
-  c.recovery = "full_replay";
+// Worker processes of `c` serve the long workload; rank `victim` is killed with SIGKILL once the
+// first request has `at` tokens. Every request must end as in a run without the kill (in-process
+// workers), the engine keep serving after exactly one recovery, which names the victim; then
+// `more` checks the rest on the running engine, and no worker process outlives it.
+void expect_kill_recovered(
+    const engine_config& c, std::size_t victim, std::size_t at,
+    const std::function<void(engine&, const actors::recovery_stats&,
+                             const std::vector<actors::worker_info>&)>& more) {
   const long_run want = fault_free_run(c);
   ASSERT_FALSE(want.tokens.empty());
-
   auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
   const auto before = (*eng)->workers();
+  ASSERT_GT(before.size(), victim);
   const long_run got = serve_long(**eng, [&](std::size_t tokens) {
-    if (tokens == 1) {
-      ASSERT_EQ(::kill(static_cast<pid_t>(before[1].pid), SIGKILL), 0);
+    if (tokens == at) {
+      ASSERT_EQ(::kill(static_cast<pid_t>(before[victim].pid), SIGKILL), 0);
     }
   });
   EXPECT_EQ(got.tokens, want.tokens);
@@ -48,23 +51,37 @@ TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
   const auto s = (*eng)->stats();
   EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
   ASSERT_EQ(s.recoveries.size(), 1u);
-  EXPECT_EQ(s.recoveries[0].rank, 1);
-  EXPECT_EQ(s.recoveries[0].pid, before[1].pid);
-  EXPECT_EQ(s.recoveries[0].layout_before, layout::parse("helix:kvp=2,tpa=2")->to_string());
-  const auto after = (*eng)->workers();
-  ASSERT_EQ(after.size(), 2u);  // tiny-llama has no 3-rank helix layout: one stands by
-  EXPECT_EQ(after[0].pid, before[0].pid);
-  EXPECT_EQ(after[1].pid, before[2].pid);
-  EXPECT_TRUE(alive(before[3].pid)) << "the standby lives on";
-  // The engine still serves new requests on the new layout.
-  request_options r;
-  r.prompt = test_support::random_tokens(7, (*eng)->vocab(), 9);
-  r.max_tokens = 4;
-  auto h = (*eng)->submit(r);
-  ASSERT_TRUE(h.has_value()) << h.error().to_string();
-  EXPECT_EQ(h->stream->wait_all().size(), 4u);
+  EXPECT_EQ(s.recoveries[0].rank, static_cast<std::int64_t>(victim));
+  EXPECT_EQ(s.recoveries[0].pid, before[victim].pid);
+  EXPECT_EQ(s.recoveries[0].layout_before, layout::parse(c.layout)->to_string());
+  more(**eng, s.recoveries[0], before);
   eng->reset();
   for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+// kill -9 of a worker process mid-decode with recovery on: the survivors take the ranks of a new
+// layout (weights resharded, a new UCX world among them), the one without a rank stands by, and
+// every request ends as in a run without the kill; nothing outlives the engine.
+TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
+  engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
+  c.recovery = "full_replay";
+  expect_kill_recovered(c, 1, 1,
+                        [](engine& eng, const actors::recovery_stats&,
+                           const std::vector<actors::worker_info>& before) {
+                          const auto after = eng.workers();
+                          ASSERT_EQ(after.size(),
+                                    2u);  // tiny-llama has no 3-rank helix layout: one stands by
+                          EXPECT_EQ(after[0].pid, before[0].pid);
+                          EXPECT_EQ(after[1].pid, before[2].pid);
+                          EXPECT_TRUE(alive(before[3].pid)) << "the standby lives on";
+                          // The engine still serves new requests on the new layout.
+                          request_options r;
+                          r.prompt = test_support::random_tokens(7, eng.vocab(), 9);
+                          r.max_tokens = 4;
+                          auto h = eng.submit(r);
+                          ASSERT_TRUE(h.has_value()) << h.error().to_string();
+                          EXPECT_EQ(h->stream->wait_all().size(), 4u);
+                        });
 }
 
 // Lost blocks only, with worker processes: kill -9 of rank 2 of helix:kvp=4 mid-decode; the
@@ -74,41 +91,25 @@ TEST(Processes, KilledWorkerIsRecoveredAndEveryRequestMatchesTheFaultFreeRun) {
 TEST(Processes, KilledWorkerLostBlocksAreRebuiltAndEveryRequestMatches) {
   engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
   c.recovery = "lost_blocks";
-  const long_run want = fault_free_run(c);
-  ASSERT_FALSE(want.tokens.empty());
-  auto eng = engine::create(c, processes());
-  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
-  const auto before = (*eng)->workers();
-  const long_run got = serve_long(**eng, [&](std::size_t tokens) {
-    if (tokens == 3) {
-      ASSERT_EQ(::kill(static_cast<pid_t>(before[2].pid), SIGKILL), 0);
-    }
-  });
-  EXPECT_EQ(got.tokens, want.tokens);
-  for (const auto& e : got.last) {
-    EXPECT_EQ(e.reason, finish_reason::length) << e.error.to_string();
-  }
-  const auto s = (*eng)->stats();
-  EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
-  ASSERT_EQ(s.recoveries.size(), 1u);
-  const actors::recovery_stats& rec = s.recoveries[0];
-  EXPECT_EQ(rec.rank, 2);
-  EXPECT_EQ(rec.mode, "lost_blocks");
-  EXPECT_GT(rec.blocks_kept, 0);
-  EXPECT_GT(rec.blocks_moved, 0) << "the survivor left without a rank hands its blocks over";
-  EXPECT_GT(rec.blocks_rebuilt, 0);
-  EXPECT_EQ(rec.layout_after, layout::parse("helix:kvp=2,tpa=1")->to_string());
-  EXPECT_TRUE(alive(before[3].pid)) << "the donor stands by after the handoff";
-  // Every sequence closed on the new workers: no KV left behind.
-  std::int64_t used = -1;
-  for (int tries = 0; tries < 200 && used != 0; ++tries) {
-    used = 0;
-    for (const auto& w : (*eng)->stats().workers) used += w.kv_used_blocks;
-    if (used != 0) std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_EQ(used, 0);
-  eng->reset();
-  for (const auto& w : before) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+  expect_kill_recovered(
+      c, 2, 3,
+      [](engine& eng, const actors::recovery_stats& rec,
+         const std::vector<actors::worker_info>& before) {
+        EXPECT_EQ(rec.mode, "lost_blocks");
+        EXPECT_GT(rec.blocks_kept, 0);
+        EXPECT_GT(rec.blocks_moved, 0) << "the survivor left without a rank hands its blocks over";
+        EXPECT_GT(rec.blocks_rebuilt, 0);
+        EXPECT_EQ(rec.layout_after, layout::parse("helix:kvp=2,tpa=1")->to_string());
+        EXPECT_TRUE(alive(before[3].pid)) << "the donor stands by after the handoff";
+        // Every sequence closed on the new workers: no KV left behind.
+        std::int64_t used = -1;
+        for (int tries = 0; tries < 200 && used != 0; ++tries) {
+          used = 0;
+          for (const auto& w : eng.stats().workers) used += w.kv_used_blocks;
+          if (used != 0) std::this_thread::sleep_for(10ms);
+        }
+        EXPECT_EQ(used, 0);
+      });
 }
 
 // A CRASH fault from a schedule (the chaos harness's way): worker process 3 kills itself at its
