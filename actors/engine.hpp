@@ -84,11 +84,13 @@ struct engine_config {
   std::int64_t rebalance_min_blocks = 64;
   /// What a worker or data-plane failure does. "off": the engine fails (health = failed), every
   /// request ends with the cause. "lost_blocks": as full_replay below, but the survivors keep
-  /// their KV blocks and only the blocks that are gone (the dead worker's, and those of members
-  /// the new layout leaves without a rank) are rebuilt: synthetic positions refilled, the others
-  /// computed again as prefill chunks in position order over all earlier KV. Falls back to a
-  /// full replay when nothing survives (a different TPA size, a migration in flight) or a
-  /// survivor lost its KV. "full_replay": the engine aborts the step, rebuilds its workers
+  /// their KV blocks, members the new layout leaves without a rank hand theirs to the new owners
+  /// over the data plane (one TPA column), and only the dead worker's blocks are rebuilt:
+  /// synthetic positions refilled, the others computed again as prefill chunks in position order
+  /// over all earlier KV (a smaller layout keeps the TPA size where one is valid). Falls back to
+  /// a full replay when nothing can be kept (a different TPA size, a migration in flight), the
+  /// running requests no longer fit, or a survivor or donor lost its KV. "full_replay": the
+  /// engine aborts the step, rebuilds its workers
   /// on a layout of the members that remain (the failed worker's rank dropped; the planner picks
   /// the largest member count with a valid layout of the same family), and replays every running
   /// request's prompt and generated tokens as a prefill: no accepted request is lost, no token is
