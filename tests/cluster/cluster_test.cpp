@@ -303,20 +303,6 @@ TEST(Processes, VerifyWithProcessesGivesEqualTokens) {
   }
 }
 
-// Waits for a child up to `limit`, then kills it: a test never hangs on a worker.
-void reap(pid_t pid, std::chrono::seconds limit = 20s) {
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (::waitpid(pid, nullptr, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() >= until) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      ADD_FAILURE() << "pid " << pid << " did not exit in time";
-      return;
-    }
-    std::this_thread::sleep_for(10ms);
-  }
-}
-
 // A listening engine built on another thread on a port the engine picks itself (a port chosen
 // beforehand could be taken meanwhile by a test running beside this one).
 struct listening_engine {
@@ -561,26 +547,6 @@ TEST(Processes, WorkerKilledBeforeAnyStepIsReportedBeforeRequestsArrive) {
   r.prompt = {1, 2, 3};
   r.max_tokens = 4;
   EXPECT_EQ((*eng)->submit(r).error().code(), errc::unavailable);
-}
-
-// Forks a child that enters network namespace `ns`, sets `env` and runs the CLI with `args`;
-// its stdout goes to `out_fd` when >= 0.
-pid_t spawn_in(const std::string& ns, const std::vector<std::string>& env,
-               std::vector<std::string> args, int out_fd = -1) {
-  std::vector<char*> argv;
-  args.insert(args.begin(), "helix");
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (!transport::enter_netns(ns).ok()) ::_exit(126);
-    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
-    if (out_fd >= 0) ::dup2(out_fd, 1);
-    ::execv(HELIX_CLI, argv.data());
-    ::_exit(127);
-  }
-  return pid;
 }
 
 // Hosts on one machine: the engine in one network namespace, two workers in two others (UCX over

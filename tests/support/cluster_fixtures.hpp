@@ -4,6 +4,8 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -21,6 +24,7 @@
 #include "actors/worker_source.hpp"
 #include "cluster/cluster.hpp"
 #include "tests/support/model_fixtures.hpp"
+#include "transport/netns.hpp"
 
 namespace helix::cluster::fixtures {
 
@@ -122,6 +126,41 @@ inline std::vector<pid_t> children_of(pid_t parent, const std::string& part) {
     if (args.find(part) != std::string::npos) out.push_back(static_cast<pid_t>(std::stol(name)));
   }
   return out;
+}
+
+// Forks a child that enters network namespace `ns`, sets `env` and runs the CLI with `args`;
+// its stdout goes to `out_fd` and its stderr to `err_fd` when >= 0.
+inline pid_t spawn_in(const std::string& ns, const std::vector<std::string>& env,
+                      std::vector<std::string> args, int out_fd = -1, int err_fd = -1) {
+  std::vector<char*> argv;
+  args.insert(args.begin(), "helix");
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (!transport::enter_netns(ns).ok()) ::_exit(126);
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    if (out_fd >= 0) ::dup2(out_fd, 1);
+    if (err_fd >= 0) ::dup2(err_fd, 2);
+    ::execv(HELIX_CLI, argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Waits for a child up to `limit`, then kills it: a test never hangs on a worker.
+inline void reap(pid_t pid, std::chrono::seconds limit = 20s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (::waitpid(pid, nullptr, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() >= until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+      ADD_FAILURE() << "pid " << pid << " did not exit in time";
+      return;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
 }
 
 }  // namespace helix::cluster::fixtures
