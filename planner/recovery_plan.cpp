@@ -11,17 +11,41 @@ std::vector<std::int64_t> order_survivors(const layout& before, const layout& af
                                           std::span<const std::int64_t> alive) {
   std::vector<std::int64_t> left(alive.begin(), alive.end());
   std::sort(left.begin(), left.end());
-  std::vector<std::int64_t> out;
+  const auto valid = [&](std::int64_t r) { return r >= 0 && r < before.num_ranks; };
+  std::vector<std::int64_t> out(static_cast<std::size_t>(after.num_ranks), -1);
+  // Whole members first (same TPA size, enough members for every rank): an old member whose
+  // holder survived in every column moves, column for column, onto the next free new member.
+  if (before.tpa == after.tpa && static_cast<std::int64_t>(left.size()) >= after.num_ranks &&
+      std::all_of(left.begin(), left.end(), valid)) {
+    std::int64_t next = 0;
+    for (std::int64_t k = 0; k < before.kvp && next < after.kvp; ++k) {
+      bool whole = true;
+      for (std::int64_t t = 0; t < before.tpa && whole; ++t) {
+        whole = std::binary_search(left.begin(), left.end(), before.attention_rank(t, k));
+      }
+      if (!whole) continue;
+      for (std::int64_t t = 0; t < before.tpa; ++t) {
+        const std::int64_t r = before.attention_rank(t, k);
+        out[static_cast<std::size_t>(after.attention_rank(t, next))] = r;
+        left.erase(std::find(left.begin(), left.end(), r));
+      }
+      ++next;
+    }
+  }
+  // The rest: new rank i takes an alive old rank of its own TPA column (the lowest), else the
+  // lowest left.
   for (std::int64_t i = 0; i < after.num_ranks && !left.empty(); ++i) {
+    if (out[static_cast<std::size_t>(i)] >= 0) continue;
     const std::int64_t column = after.attention_coords(i).tpa_idx;
     auto pick = std::find_if(left.begin(), left.end(), [&](std::int64_t r) {
-      return before.tpa == after.tpa && r >= 0 && r < before.num_ranks &&
-             before.attention_coords(r).tpa_idx == column;
+      return before.tpa == after.tpa && valid(r) && before.attention_coords(r).tpa_idx == column;
     });
     if (pick == left.end()) pick = left.begin();
-    out.push_back(*pick);
+    out[static_cast<std::size_t>(i)] = *pick;
     left.erase(pick);
   }
+  // Survivors are a prefix of the ranks (standbys take the rest).
+  while (!out.empty() && out.back() < 0) out.pop_back();
   return out;
 }
 

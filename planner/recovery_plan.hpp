@@ -26,9 +26,12 @@
 
 namespace helix::planner {
 
-/// The surviving old ranks `alive` in the order that keeps most members: new rank i takes an
-/// alive old rank of its own TPA column (the lowest), else the lowest alive rank left; at most
-/// after.num_ranks of them (the others stand by), the rest of the new ranks are fresh.
+/// The surviving old ranks `alive` in the order that keeps most members: with the same TPA size
+/// and at least as many survivors as new ranks, every old member whose holders all survived
+/// moves whole onto the next new member (column for column); then each remaining new rank i
+/// takes an alive old rank of its own TPA column (the lowest), else the lowest left. At most
+/// after.num_ranks of them (the others stand by); with fewer, the rest of the new ranks are
+/// fresh (standbys).
 [[nodiscard]] std::vector<std::int64_t> order_survivors(const layout& before, const layout& after,
                                                         std::span<const std::int64_t> alive);
 

@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/rng.hpp"
 #include "tests/support/cli.hpp"
 #include "tests/support/cluster_fixtures.hpp"
 #include "transport/fault/schedule.hpp"
@@ -136,6 +137,44 @@ TEST(Processes, ScheduledCrashIsRecovered) {
   EXPECT_EQ(s.recoveries[0].pid, before[3].pid);
   // Reported by rank 3 itself (its connection dropped) or by a peer that saw it go.
   EXPECT_NE(s.recoveries[0].why.find(" 3"), std::string::npos) << s.recoveries[0].why;
+}
+
+// Every layout family, each worker in turn: worker process r of 4 kills itself (a scheduled
+// CRASH, SIGKILL) at a seeded all_reduce of the run, recovery rebuilds the lost blocks, and every
+// request's tokens equal the run without the kill.
+TEST(Processes, EachWorkerKilledInTurnUnderEveryLayoutFamilyKeepsEveryToken) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"tiny-llama", "helix:kvp=4,tpa=1"},
+      {"tiny-llama", "helix:kvp=2,tpa=2"},
+      {"tiny-llama", "tp:tp=4"},
+      {"tiny-llama", "medha:kvp=2,tpa=2"},
+      {"tiny-deepseek", "helix:kvp=4,tpa=1"}};
+  for (std::size_t k = 0; k < cases.size(); ++k) {
+    engine_config c = config_for(cases[k].first, cases[k].second, 4);
+    c.recovery = "lost_blocks";
+    const long_run want = fault_free_run(c);
+    ASSERT_FALSE(want.tokens.empty());
+    for (int rank = 0; rank < 4; ++rank) {
+      SCOPED_TRACE(cases[k].first + " " + cases[k].second + " rank " + std::to_string(rank));
+      const std::uint64_t nth =
+          8 +
+          random_words(11, k, static_cast<std::uint64_t>(rank), rng_purpose::test_data, 0)[0] % 64;
+      spawned_workers_options o;
+      o.worker_binary = HELIX_CLI;
+      o.faults.faults.push_back({.action = transport::fault::fault_action::crash,
+                                 .rank = rank,
+                                 .kind = transport::fault::call_kind::all_reduce,
+                                 .nth = nth});
+      auto eng = engine::create(c, spawned_workers(o));
+      ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+      const long_run got = serve_long(**eng);
+      EXPECT_EQ(got.tokens, want.tokens) << "crash at all_reduce #" << nth;
+      const auto s = (*eng)->stats();
+      EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
+      ASSERT_EQ(s.recoveries.size(), 1u) << "crash at all_reduce #" << nth;
+      EXPECT_EQ(s.recoveries[0].rank, rank);
+    }
+  }
 }
 
 // Two workers killed one after the other: the first recovery leaves a standby, which takes the

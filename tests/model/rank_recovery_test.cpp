@@ -452,6 +452,11 @@ TEST(RankRecovery, KeptMembersFollowTheColumns) {
   const auto s3 = planner::order_survivors(*t2, *t1, std::vector<std::int64_t>{0, 1, 2});
   EXPECT_EQ(s3, (std::vector<std::int64_t>{0, 2}));
   EXPECT_EQ(*planner::kept_members(*t2, *t1, s3), (std::vector<std::int64_t>{0, -1}));
+  // Rank 0 (column 0, member 0) dead: member 1 survived whole (ranks 1 and 3) and moves onto
+  // new member 0; the lowest rank of each column (1 and 2) would keep nothing.
+  const auto s4 = planner::order_survivors(*t2, *t1, std::vector<std::int64_t>{1, 2, 3});
+  EXPECT_EQ(s4, (std::vector<std::int64_t>{1, 3}));
+  EXPECT_EQ(*planner::kept_members(*t2, *t1, s4), (std::vector<std::int64_t>{-1, 0}));
 }
 
 }  // namespace
