@@ -471,6 +471,10 @@ void start_step(self_ptr self) {
             if (st.generation != gen) return;  // a recovery replaced planner and workers
             m.new_block_kvp = std::move(owners);
             for (const caf::actor& w : st.workers) self->send(w, m);
+            // A step no worker answers (lost on its way to every worker, or to the only one)
+            // starts no reply watch: probe for it after the peer timeout (step_probe_atom).
+            self->delayed_send(self, std::chrono::milliseconds(st.setup.config.peer_timeout_ms),
+                               step_probe_atom::value, m.step_id, gen);
           },
           [self, gen = s.generation](caf::error& err) {
             if (self->state.generation != gen) return;
@@ -678,6 +682,26 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         worker_lost(self, rank,
                     fmt::format("no answer to operation {} within {} ms", op,
                                 st.setup.config.peer_timeout_ms));
+      },
+      [self](step_probe_atom, std::int64_t step_id, std::int64_t generation) {
+        // Each worker that has not answered the step gets a probe behind it in its mailbox: a
+        // worker handles messages in order, so its acknowledgement before its reply to the step
+        // means the step never reached it (or was dropped as a repeat) and can never complete.
+        // A worker still computing acknowledges later, after its reply.
+        engine_state& st = self->state;
+        if (!st.busy || st.step_id != step_id || st.generation != generation) return;
+        for (std::size_t r = 0; r < st.workers.size(); ++r) {
+          if (!st.step_replied[r]) self->send(st.workers[r], step_probe_atom::value, step_id);
+        }
+      },
+      [self](probe_ack_atom, std::int64_t step_id, std::int64_t rank) {
+        engine_state& st = self->state;
+        if (!from_current_worker(self) || !st.busy || st.step_id != step_id || rank < 0 ||
+            rank >= static_cast<std::int64_t>(st.step_replied.size()) ||
+            st.step_replied[static_cast<std::size_t>(rank)]) {
+          return;
+        }
+        worker_lost(self, rank, fmt::format("step {} never reached it", step_id));
       },
       [self](step_watch_atom, std::int64_t step_id, std::int64_t generation) {
         engine_state& st = self->state;

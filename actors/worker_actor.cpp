@@ -126,6 +126,11 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
         self->send(reply_to(), op_done_msg{m.epoch, m.op_id, compute->rank(), to_wire(result),
                                            compute->kv_used_blocks()});
       },
+      [=](step_probe_atom, std::int64_t step_id) {
+        // Behind any step still in the mailbox: the engine learns the step never came if this
+        // arrives before the step's reply.
+        self->send(reply_to(), probe_ack_atom::value, step_id, compute->rank());
+      },
       [=](wstate_atom) {
         return caf::make_message(st->epoch, st->dropped, compute->kv_used_blocks());
       },

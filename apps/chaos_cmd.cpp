@@ -64,6 +64,11 @@ nlohmann::json chaos_report_json(const chaos_options& o, const chaos_report& r) 
           {"faults_injected", r.faults_injected},
           {"faults_by_action", std::move(by_action)},
           {"crashes", r.crashes},
+          {"control_faults",
+           {{"delayed", r.control_delayed},
+            {"dropped", r.control_dropped},
+            {"duplicated", r.control_duplicated},
+            {"reordered", r.control_reordered}}},
           {"recoveries", r.recoveries},
           {"recoveries_lost_blocks", r.recoveries_lost_blocks},
           {"recoveries_dropping_another_rank", r.recoveries_dropping_another_rank},
@@ -231,6 +236,9 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
       "                           with --processes 10000)\n"
       "  --recovery MODE          lost_blocks (default), full_replay or off (every failure is a\n"
       "                           violation)\n"
+      "  --control-faults P       threads: each control message to a worker is delayed, dropped,\n"
+      "                           duplicated or reordered with probability P (at most one per\n"
+      "                           worker and schedule, from the schedule's seed; default 0)\n"
       "  --schedule-hex HEX       run only this schedule (the hex a violation prints)\n"
       "  --replay FILE            run only the schedule stored in FILE (FaultSchedule bytes)\n"
       "  --json                   the report as JSON\n";
@@ -242,7 +250,7 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
   if (const status known = a->check_known(
           {"seed", "schedules", "faults-per-schedule", "model", "layout", "workers", "requests",
            "max-tokens", "max-nth", "peer-timeout-ms", "schedule-timeout-ms", "recovery",
-           "schedule-hex", "replay", "processes", "standby", "json", "help"});
+           "schedule-hex", "replay", "processes", "standby", "control-faults", "json", "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << chaos_usage;
     return 2;
@@ -298,6 +306,15 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
   o.max_tokens = *max_tokens;
   o.max_nth = static_cast<std::uint64_t>(*max_nth);
   o.peer_timeout_ms = *peer;
+  if (const auto cf = a->get("control-faults")) {
+    char* end = nullptr;
+    const double p = std::strtod(cf->c_str(), &end);
+    if (end == cf->c_str() || *end != '\0' || !(p >= 0.0 && p <= 1.0)) {
+      return usage_error("--control-faults takes a probability in [0, 1]");
+    }
+    if (p > 0.0 && o.processes > 0) return usage_error("--control-faults: threads only");
+    o.control_faults = p;
+  }
   o.schedule_timeout_ms = *limit;
   o.recovery = a->get_or("recovery", o.recovery);
   if (o.recovery != "off" && o.recovery != "lost_blocks" && o.recovery != "full_replay") {

@@ -99,7 +99,11 @@ struct chaos_options {
   std::int64_t requests = 5;
   std::int64_t max_tokens = 12;
   std::string recovery = "lost_blocks";  // engine_config::recovery ("off": every fault fails)
-  std::int64_t peer_timeout_ms = 200;    // engine_config::peer_timeout_ms, and HANG's deadline
+  /// Threads only: per control message to a worker, the probability of a control-plane fault
+  /// (delay, drop, duplicate or reorder, equally likely; actors/control_faults.hpp), at most one
+  /// per worker and schedule, drawn from the schedule's seed. 0: none.
+  double control_faults = 0.0;
+  std::int64_t peer_timeout_ms = 200;  // engine_config::peer_timeout_ms, and HANG's deadline
   /// A schedule's wall-clock limit (hang detection); 0: 5000 ms with threads, 10000 ms with
   /// processes (chaos_schedule_timeout_ms).
   std::int64_t schedule_timeout_ms = 0;
@@ -149,6 +153,11 @@ struct chaos_report {
   /// faults seen to take effect from outside: crashes, plus fail_or_hang; a lower bound (DELAYs
   /// and faults that fired without failing a step are not seen).
   std::int64_t faults_injected = 0;
+  /// Control-plane faults the proxies injected (--control-faults), by kind.
+  std::int64_t control_delayed = 0;
+  std::int64_t control_dropped = 0;
+  std::int64_t control_duplicated = 0;
+  std::int64_t control_reordered = 0;
   std::int64_t delays = 0;  // of faults_injected, by action (threads only)
   std::int64_t fails = 0;
   std::int64_t hangs = 0;

@@ -18,6 +18,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include "actors/control_faults.hpp"
 #include "actors/engine.hpp"
 #include "actors/worker_source.hpp"
 #include "apps/chaos_cmd.hpp"
@@ -214,9 +218,15 @@ struct pass_result {
   std::int64_t crashes = 0;                     // processes: see chaos_report
   std::int64_t fail_or_hang = 0;
   std::vector<worker_process> processes;  // processes: every worker process of the engine
-  double destructor_s = 0.0;              // how long the engine's destructor took
-  std::uint64_t min_calls = 0;            // fewest calls of any rank on the first data plane
-  std::string layout;                     // the layout the engine started with
+  // Control-plane fault proxies' records (--control-faults), read once the engine is gone.
+  struct control_records {
+    std::mutex mu;
+    std::vector<std::unique_ptr<actors::control_fault_counts>> counts;
+  };
+  std::shared_ptr<control_records> control = std::make_shared<control_records>();
+  double destructor_s = 0.0;    // how long the engine's destructor took
+  std::uint64_t min_calls = 0;  // fewest calls of any rank on the first data plane
+  std::string layout;           // the layout the engine started with
 };
 
 // An engine failure that full replay cannot avoid: more workers failed than the family can lose.
@@ -338,6 +348,21 @@ expected<pass_result> run_requests(const chaos_options& o, const actors::engine_
     io.wrap_fabric = [fs](std::unique_ptr<transport::fabric> f) {
       return wrap_with_faults(fs, std::move(f));
     };
+    if (o.control_faults > 0.0 && !schedule.faults.empty()) {
+      // Control-plane faults from the schedule's seed: each worker's proxy injects at most one.
+      const double each = o.control_faults / 4.0;
+      io.wrap_worker = [st = out.control, each, seed = schedule.seed](
+                           caf::actor_system& sys, std::int64_t rank, caf::actor w) {
+        actors::control_fault_options cf;
+        cf.seed = seed ^ (0x636f6e74726f6cULL + static_cast<std::uint64_t>(rank));
+        cf.delay = cf.drop = cf.duplicate = cf.reorder = each;
+        cf.max_faults = 1;
+        std::lock_guard lk(st->mu);
+        st->counts.push_back(std::make_unique<actors::control_fault_counts>());
+        return actors::spawn_control_fault_proxy(sys, std::move(w), rank, cf,
+                                                 st->counts.back().get());
+      };
+    }
     source = actors::in_process_workers(std::move(io));
   }
   const std::int64_t limit_ms = chaos_schedule_timeout_ms(o);
@@ -430,11 +455,15 @@ expected<pass_result> run_requests(const chaos_options& o, const actors::engine_
   out.layout =
       out.stats.recoveries.empty() ? out.stats.layout : out.stats.recoveries.front().layout_before;
   if (all_ended && out.stats.health == actors::engine_health::serving) {
-    for (int tries = 0; tries < kv_poll_tries && kv_used(out.stats) != 0; ++tries) {
+    for (int tries = 0; tries < kv_poll_tries && kv_used(out.stats) != 0 &&
+                        out.stats.health == actors::engine_health::serving;
+         ++tries) {
       std::this_thread::sleep_for(kv_poll_interval);
       out.stats = eng->stats();
     }
-    if (kv_used(out.stats) != 0) {
+    // An engine that failed meanwhile (a lost close or open made it lose its last worker) holds
+    // no accounting to check: its workers end with it (the exhausted case, allowed).
+    if (kv_used(out.stats) != 0 && out.stats.health == actors::engine_health::serving) {
       out.violations.push_back(
           fmt::format("KV accounting: {} blocks still used after the last request (per worker {})",
                       kv_used(out.stats), kv_per_worker(out.stats)));
@@ -832,6 +861,15 @@ expected<chaos_report> run_chaos(const chaos_options& o, std::ostream& progress)
     r.fail_or_hang += p.fail_or_hang;
     if (o.processes > 0) r.faults_injected += p.crashes + p.fail_or_hang;
     r.recoveries += p.recoveries;
+    if (!p.abandoned) {  // the proxies are gone with the engine
+      std::lock_guard lk(p.control->mu);
+      for (const auto& c : p.control->counts) {
+        r.control_delayed += c->delayed;
+        r.control_dropped += c->dropped;
+        r.control_duplicated += c->duplicated;
+        r.control_reordered += c->reordered;
+      }
+    }
     r.recoveries_lost_blocks += p.recoveries_lost_blocks;
     r.recoveries_dropping_another_rank += p.misattributed;
     r.migrations += p.migrations;

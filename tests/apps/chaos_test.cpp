@@ -107,6 +107,24 @@ TEST(ChaosCommand, TwoHundredSchedulesOnThreadsHaveNoViolation) {
       static_cast<long long>(r->recoveries));
 }
 
+// Control-plane faults on top (--control-faults): delayed, dropped, duplicated and reordered
+// control messages to the workers. A lost or out-of-order message is a lost worker (recovered
+// from, or the engine runs out of workers, which ends the requests with that error); nothing
+// may hang, repeat a token or change an output.
+TEST(ChaosCommand, ControlPlaneFaultsOnThreadsHaveNoViolation) {
+  chaos_options o;
+  o.seed = 4;
+  o.schedules = 40;
+  o.control_faults = 0.05;
+  std::ostringstream progress;
+  auto r = run_chaos(o, progress);
+  ASSERT_TRUE(r.has_value()) << r.error().to_string();
+  EXPECT_EQ(r->violations, 0) << details(*r);
+  EXPECT_GT(r->control_dropped + r->control_delayed + r->control_duplicated + r->control_reordered,
+            0);
+  EXPECT_FALSE(r->abandoned);
+}
+
 // A reference that is wrong for request 1 makes every schedule report it, with the schedule's
 // seed and bytes: the report names what a user needs to replay it.
 TEST(ChaosCommand, WrongTokensAreReportedWithTheSeedAndSchedule) {
