@@ -359,7 +359,7 @@ TEST(Processes, PartitionedWorkerIsRecoveredAndFencesItself) {
   const std::vector<std::string> common = {
       "--model",      "tiny-llama", "--layout",  "helix:kvp=2,tpa=1",
       "--requests",   "24",         "--context", "256",
-      "--max-tokens", "64",         "--rate",    "100",
+      "--max-tokens", "64",         "--rate",    "6",
       "--seed",       "3",          "--json"};
   int out_pipe[2];
   int err_pipe[2];
@@ -395,8 +395,8 @@ TEST(Processes, PartitionedWorkerIsRecoveredAndFencesItself) {
     std::this_thread::sleep_for(300ms);  // join in order: host1 rank 0, host2 rank 1
   }
   const auto until = std::chrono::steady_clock::now() + 90s;
-  // Serving shows in the first progress line, which comes once a second or so: the run lasts
-  // several seconds. An engine that ends first fails the test at once.
+  // Serving shows in the first progress line, which comes once a second or so: arrivals at 6 per
+  // second keep the run going for several seconds. An engine that ends first fails the test.
   while (!running && std::chrono::steady_clock::now() < until &&
          log.wait_for(0s) != std::future_status::ready) {
     std::this_thread::sleep_for(20ms);
