@@ -1,13 +1,15 @@
 // Recovery from a worker failure (engine_config::recovery): who is gone, the layout of the members
 // that remain, the workers rebuilt on it (worker_source::relayout), then the KV that is gone:
 //   * lost blocks only: the old placement record says where every block lived; survivors keep
-//     theirs (their computes carried the KV over), every other block gets an owner by the
-//     placement rule, each worker restores its tables (restore_msg), synthetic positions are
-//     refilled there and the other lost positions are computed again by rewrite items, in
-//     position order, before the requests go on;
+//     theirs (their computes carried the KV over), members left without a rank donate theirs
+//     (one TPA column), every other block gets an owner on the least-loaded member
+//     (planner/recovery_plan.hpp); each worker restores its tables (restore_msg), receiving the
+//     donated blocks and refilling synthetic positions, and the other lost positions are
+//     computed again by rewrite items, in position order, before the requests go on;
 //   * full replay: every running request prefills its prompt and generated tokens again.
-// No step runs until every worker answered the restore_msg; a lost-blocks restore that fails
-// (a survivor lost its KV, no room) falls back to the full replay.
+// No step runs until every worker (and donor) answered the restore_msg; a lost-blocks restore
+// that fails (a survivor or donor lost its KV, no room, a donor silent) falls back to the full
+// replay.
 #include <algorithm>
 
 #include "actors/engine_state.hpp"
@@ -43,8 +45,6 @@ expected<layout> layout_for_members(const layout& current, std::int64_t members,
   return last;
 }
 
-// Sends every worker the sequences as they are now (empty: a full replay, which frees whatever
-// KV the workers carried over); no step runs until all answered.
 // Stops the donors (they stand by from then on).
 void stop_donors(self_ptr self) {
   for (const caf::actor& d : self->state.donors)
