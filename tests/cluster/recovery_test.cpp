@@ -311,19 +311,9 @@ TEST(Processes, RunWithAWorkerKilledMidRunKeepsTheDigest) {
   }
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
-  const auto drain = [](int fd, std::atomic<bool>* running) {
-    std::string text;
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) {
-      text.append(buf, static_cast<std::size_t>(n));
-      if (running != nullptr && text.find("[run]") != std::string::npos) *running = true;
-    }
-    ::close(fd);
-    return text;
-  };
   std::atomic<bool> running{false};
-  auto output = std::async(std::launch::async, drain, out_pipe[0], nullptr);
-  auto log = std::async(std::launch::async, drain, err_pipe[0], &running);
+  auto output = std::async(std::launch::async, drain_run_output, out_pipe[0], nullptr);
+  auto log = std::async(std::launch::async, drain_run_output, err_pipe[0], &running);
   const auto until = std::chrono::steady_clock::now() + 120s;
   while (!running && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
   ASSERT_TRUE(running) << "the run never started serving";
@@ -372,19 +362,9 @@ TEST(Processes, PartitionedWorkerIsRecoveredAndFencesItself) {
   const pid_t eng = spawn_in(hosts->host(0).netns, {}, run_args, out_pipe[1], err_pipe[1]);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
-  const auto drain = [](int fd, std::atomic<bool>* running) {
-    std::string text;
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) {
-      text.append(buf, static_cast<std::size_t>(n));
-      if (running != nullptr && text.find("[run]") != std::string::npos) *running = true;
-    }
-    ::close(fd);
-    return text;
-  };
   std::atomic<bool> running{false};
-  auto output = std::async(std::launch::async, drain, out_pipe[0], nullptr);
-  auto log = std::async(std::launch::async, drain, err_pipe[0], &running);
+  auto output = std::async(std::launch::async, drain_run_output, out_pipe[0], nullptr);
+  auto log = std::async(std::launch::async, drain_run_output, err_pipe[0], &running);
   std::this_thread::sleep_for(500ms);  // the engine listens before the workers dial
   const std::vector<std::string> ucx_env = {"UCX_TLS=tcp,self", "UCX_NET_DEVICES=helix0"};
   std::vector<pid_t> workers;

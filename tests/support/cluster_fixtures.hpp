@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -161,6 +162,19 @@ inline void reap(pid_t pid, std::chrono::seconds limit = 20s) {
     }
     std::this_thread::sleep_for(10ms);
   }
+}
+
+// Reads `fd` to its end (a `helix run` child's stdout or stderr) and closes it; sets `running`
+// (may be null) once a progress line shows the run serving.
+inline std::string drain_run_output(int fd, std::atomic<bool>* running) {
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) {
+    text.append(buf, static_cast<std::size_t>(n));
+    if (running != nullptr && text.find("[run]") != std::string::npos) *running = true;
+  }
+  ::close(fd);
+  return text;
 }
 
 }  // namespace helix::cluster::fixtures
