@@ -9,9 +9,8 @@
 // buffer, the owner unpacks them into its fresh slots. One message per (block, layer) would be
 // thousands of small messages, each waiting for the transport's progress thread to wake. Both
 // sides walk the sequences in the order given, blocks in position order; a donor serves its
-// owners in rank order, one chunk at a time, an owner posts its donors' chunks in donor order
-// (a bounded window of them ahead), so the pairs match in post order (one tag) and no cycle of
-// waits can form.
+// owners in rank order and an owner its donors in donor order, one chunk at a time (by_peer), so
+// the pairs match in post order (one tag) and no cycle of waits can form.
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -23,11 +22,29 @@ namespace {
 
 constexpr int handoff_tag = 0x4b48;  // "KH"
 constexpr std::size_t handoff_chunk_bytes = std::size_t{1} << 20;
-constexpr std::size_t handoff_window_bytes = std::size_t{1} << 20;  // receives posted at once
 
 // Blocks per chunk: whole blocks (every layer), at least one.
 std::size_t blocks_per_chunk(std::size_t block_bytes) {
   return std::max<std::size_t>(1, handoff_chunk_bytes / std::max<std::size_t>(1, block_bytes));
+}
+
+// (slot, peer) pairs grouped by peer, peers ascending, each peer's slots in walk order: the order
+// in which a donor and an owner both walk their chunks.
+template <class Peer>
+std::vector<std::pair<Peer, std::vector<std::int32_t>>> by_peer(
+    const std::vector<std::pair<std::int32_t, Peer>>& items) {
+  std::vector<Peer> peers;
+  for (const auto& item : items) peers.push_back(item.second);
+  std::sort(peers.begin(), peers.end());
+  peers.erase(std::unique(peers.begin(), peers.end()), peers.end());
+  std::vector<std::pair<Peer, std::vector<std::int32_t>>> out;
+  for (const Peer p : peers) {
+    out.emplace_back(p, std::vector<std::int32_t>{});
+    for (const auto& [slot, peer] : items) {
+      if (peer == p) out.back().second.push_back(slot);
+    }
+  }
+  return out;
 }
 
 std::int64_t donor_of(const restored_sequence& r, std::size_t b) {
@@ -216,70 +233,35 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
     seqs_.emplace(r.seq, sequence{std::move(t)});
   }
   carried_.reset();
-  // The donated blocks arrive in chunks, donor by donor: up to handoff_window_bytes of receives
-  // are posted at once, each completed chunk is unpacked and its buffer posted again. Measured
-  // with `helix bench recovery` (4 processes on 2 cores, UCX shared memory): 1 MiB chunks one at
-  // a time restored in 130 ms where 16 MiB chunks took 245 ms and 64 MiB of 4 MiB receives in
-  // flight 300 ms. A failure leaves the slots allocated; the engine then replays in full, whose
-  // restore frees them.
-  const auto layers = static_cast<std::size_t>(kv_.num_layers());
-  const std::size_t block_bytes = layers * kv_.layout().page_bytes();
-  const std::size_t per_chunk = blocks_per_chunk(block_bytes);
-  struct chunk {
-    std::int64_t donor = 0;
-    std::vector<std::int32_t> slots;
-  };
-  std::vector<chunk> chunks;
-  std::vector<std::int64_t> donors;
-  for (const auto& in : incoming) donors.push_back(in.second);
-  std::sort(donors.begin(), donors.end());
-  donors.erase(std::unique(donors.begin(), donors.end()), donors.end());
-  for (const std::int64_t d : donors) {
-    for (const auto& [slot, donor] : incoming) {
-      if (donor != d) continue;
-      if (chunks.empty() || chunks.back().donor != d || chunks.back().slots.size() == per_chunk) {
-        chunks.push_back({d, {}});
-      }
-      chunks.back().slots.push_back(slot);
-    }
-  }
-  const std::size_t window = std::min(
-      chunks.size(), std::max<std::size_t>(1, handoff_window_bytes / (per_chunk * block_bytes)));
-  std::vector<std::vector<std::byte>> buffers(window);
-  std::vector<transport::request> posted(window);
-  const auto post = [&](std::size_t c) {
-    std::vector<std::byte>& buf = buffers[c % window];
-    buf.resize(chunks[c].slots.size() * block_bytes);
-    posted[c % window] =
-        handoff->irecv(transport::recv_buf{buf.data(), buf.size(), transport::wire_type::bytes},
-                       static_cast<int>(w_.layout.num_ranks + chunks[c].donor), handoff_tag);
-  };
   // Refilling first and receiving after measured faster than overlapping them on a host whose
-  // cores the ranks, the donors and their progress threads share.
+  // cores the ranks, the donors and their progress threads share. Then the donated blocks, donor
+  // by donor, one chunk at a time. Measured with `helix bench recovery` (4 processes on 2 cores,
+  // UCX shared memory): 1 MiB chunks one at a time restored in 130 ms where 16 MiB chunks took
+  // 245 ms and 64 MiB of 4 MiB receives in flight 300 ms. A failure leaves the slots allocated;
+  // the engine then replays in full, whose restore frees them.
   for (const refill_set& r : refills) fill_synthetic(r.pages, r.seed);
-  for (std::size_t c = 0; c < window; ++c) post(c);
-  status failed = ok_status();
-  for (std::size_t c = 0; c < chunks.size(); ++c) {
-    status st = posted[c % window].wait();
-    if (!st.ok()) {
-      if (failed.ok()) {
-        failed = st.with_context(
-            fmt::format("rank {} KV handoff from donor {}", w_.rank, chunks[c].donor));
+  const auto layers = static_cast<std::size_t>(kv_.num_layers());
+  const std::size_t page_bytes = kv_.layout().page_bytes();
+  const std::size_t per_chunk = blocks_per_chunk(layers * page_bytes);
+  std::vector<std::byte> staging(std::min(per_chunk, incoming.size()) * layers * page_bytes);
+  for (const auto& [donor, slots] : by_peer(incoming)) {
+    for (std::size_t first = 0; first < slots.size(); first += per_chunk) {
+      const std::size_t n = std::min(per_chunk, slots.size() - first);
+      const status st = handoff->recv(
+          transport::recv_buf{staging.data(), n * layers * page_bytes, transport::wire_type::bytes},
+          static_cast<int>(w_.layout.num_ranks + donor), handoff_tag);
+      if (!st.ok()) {
+        return st.with_context(fmt::format("rank {} KV handoff from donor {}", w_.rank, donor));
       }
-      continue;
-    }
-    if (!failed.ok()) continue;
-    const std::vector<std::byte>& buf = buffers[c % window];
-    const std::size_t page_bytes = kv_.layout().page_bytes();
-    for (std::size_t i = 0; i < chunks[c].slots.size(); ++i) {
-      for (std::size_t l = 0; l < layers; ++l) {
-        std::memcpy(kv_.page(static_cast<std::int64_t>(l), chunks[c].slots[i]),
-                    buf.data() + (i * layers + l) * page_bytes, page_bytes);
+      for (std::size_t b = 0; b < n; ++b) {
+        for (std::size_t l = 0; l < layers; ++l) {
+          std::memcpy(kv_.page(static_cast<std::int64_t>(l), slots[first + b]),
+                      staging.data() + (b * layers + l) * page_bytes, page_bytes);
+        }
       }
     }
-    if (c + window < chunks.size()) post(c + window);
   }
-  return failed;
+  return ok_status();
 }
 
 status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::layout& after,
@@ -316,15 +298,7 @@ status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::
   const std::size_t page_bytes = kv.store.layout().page_bytes();
   const std::size_t per_chunk = blocks_per_chunk(layers * page_bytes);
   std::vector<std::byte> staging(std::min(per_chunk, outgoing.size()) * layers * page_bytes);
-  std::vector<int> owners;
-  for (const auto& out : outgoing) owners.push_back(out.second);
-  std::sort(owners.begin(), owners.end());
-  owners.erase(std::unique(owners.begin(), owners.end()), owners.end());
-  for (const int to : owners) {
-    std::vector<std::int32_t> slots;
-    for (const auto& [slot, owner] : outgoing) {
-      if (owner == to) slots.push_back(slot);
-    }
+  for (const auto& [to, slots] : by_peer(outgoing)) {
     for (std::size_t first = 0; first < slots.size(); first += per_chunk) {
       const std::size_t n = std::min(per_chunk, slots.size() - first);
       for (std::size_t i = 0; i < n; ++i) {
@@ -336,8 +310,9 @@ status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::
       const status st = handoff.send(
           transport::send_buf{staging.data(), n * layers * page_bytes, transport::wire_type::bytes},
           to, handoff_tag);
-      if (!st.ok())
+      if (!st.ok()) {
         return st.with_context(fmt::format("donor {} KV handoff to rank {}", donor_idx, to));
+      }
     }
   }
   return ok_status();

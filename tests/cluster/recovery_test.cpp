@@ -25,6 +25,7 @@ namespace helix::cluster {
 namespace {
 
 using namespace fixtures;
+using namespace std::chrono_literals;
 
 // Worker processes of `c` serve the long workload; rank `victim` is killed with SIGKILL once the
 // first request has `at` tokens. Every request must end as in a run without the kill (in-process

@@ -29,7 +29,6 @@
 
 namespace helix::cluster::fixtures {
 
-using namespace std::chrono_literals;
 using actors::engine;
 using actors::engine_config;
 using actors::finish_reason;
@@ -46,7 +45,8 @@ inline engine_config config_for(const std::string& model, const std::string& lay
   return c;
 }
 
-inline std::unique_ptr<actors::worker_source> processes(std::chrono::milliseconds join = 60s) {
+inline std::unique_ptr<actors::worker_source> processes(
+    std::chrono::milliseconds join = std::chrono::seconds(60)) {
   spawned_workers_options o;
   o.worker_binary = HELIX_CLI;
   o.join_timeout = join;
@@ -79,7 +79,7 @@ inline long_run serve_long(engine& eng, const std::function<void(std::size_t)>& 
   for (std::size_t i = 0; i < handles.size(); ++i) {
     std::vector<std::int32_t> tokens;
     actors::token_event last;
-    while (auto e = handles[i].stream->next_for(60s)) {
+    while (auto e = handles[i].stream->next_for(std::chrono::seconds(60))) {
       if (e->token >= 0) {
         EXPECT_EQ(e->index, static_cast<std::int64_t>(tokens.size())) << "a token came twice";
         tokens.push_back(e->token);
@@ -151,7 +151,7 @@ inline pid_t spawn_in(const std::string& ns, const std::vector<std::string>& env
 }
 
 // Waits for a child up to `limit`, then kills it: a test never hangs on a worker.
-inline void reap(pid_t pid, std::chrono::seconds limit = 20s) {
+inline void reap(pid_t pid, std::chrono::seconds limit = std::chrono::seconds(20)) {
   const auto until = std::chrono::steady_clock::now() + limit;
   while (::waitpid(pid, nullptr, WNOHANG) == 0) {
     if (std::chrono::steady_clock::now() >= until) {
@@ -160,7 +160,7 @@ inline void reap(pid_t pid, std::chrono::seconds limit = 20s) {
       ADD_FAILURE() << "pid " << pid << " did not exit in time";
       return;
     }
-    std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
 
