@@ -13,6 +13,7 @@
 #include <cstring>
 #include <map>
 #include <ostream>
+#include <thread>
 #include "actors/config_file.hpp"
 #include "actors/runtime.hpp"
 #include "cluster/cluster.hpp"
@@ -193,6 +194,24 @@ bool stop_worker(caf::scoped_actor& self, const caf::actor& worker,
   }
 }
 
+// Once serving ended, the process has `shutdown_limit` to take its actor system down; past it,
+// it ends with `code` anyway. CAF's actor_system destructor waits for every detached actor to be
+// destroyed, and after an engine that went away (seen in the partition test under load, about 1 run
+// in 10) some reference to the ended worker actor is never released: the destructor then waits
+// forever and the process never exits. A worker process owns nothing that outlives it (its KV
+// and shards are memory, UCX's shared memory goes with the process), so ending it is safe.
+constexpr std::chrono::seconds shutdown_limit{20};
+
+void bound_shutdown(const std::string& name, int code) {
+  std::thread([name, code] {
+    std::this_thread::sleep_for(shutdown_limit);
+    logger()->warn("{}: the actor system did not shut down within {} s; exiting", name,
+                   shutdown_limit.count());
+    logger()->flush();
+    std::_Exit(code);
+  }).detach();
+}
+
 // Joins, builds the rank, and serves: until the engine stops the worker actor, or, after a
 // failure elsewhere, takes the rank a relayout_msg gives it (or stands by).
 status serve(const worker_args& w) {
@@ -344,6 +363,7 @@ status serve(const worker_args& w) {
             });
   }
   self->send_exit(beat, caf::exit_reason::user_shutdown);
+  bound_shutdown(w.name, outcome.ok() ? 0 : 1);
   if (outcome.ok()) return ok_status();
   logger()->error("{}: {}", w.name, outcome);
   if (worker) {

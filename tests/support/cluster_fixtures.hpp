@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -150,11 +151,19 @@ inline pid_t spawn_in(const std::string& ns, const std::vector<std::string>& env
   return pid;
 }
 
-// Waits for a child up to `limit`, then kills it: a test never hangs on a worker.
+// Waits for a child up to `limit`, then kills it: a test never hangs on a worker. With
+// HELIX_DEBUG_REAP set, a child that overran is first dumped (every thread's stack, by gdb) to
+// /tmp/reap_PID.txt: how a hang at exit is diagnosed.
 inline void reap(pid_t pid, std::chrono::seconds limit = std::chrono::seconds(20)) {
   const auto until = std::chrono::steady_clock::now() + limit;
   while (::waitpid(pid, nullptr, WNOHANG) == 0) {
     if (std::chrono::steady_clock::now() >= until) {
+      if (std::getenv("HELIX_DEBUG_REAP") != nullptr) {
+        const std::string id = std::to_string(pid);
+        const std::string dump =
+            "gdb -batch -p " + id + " -ex 'thread apply all bt' > /tmp/reap_" + id + ".txt 2>&1";
+        [[maybe_unused]] const int rc = std::system(dump.c_str());
+      }
       ::kill(pid, SIGKILL);
       ::waitpid(pid, nullptr, 0);
       ADD_FAILURE() << "pid " << pid << " did not exit in time";
