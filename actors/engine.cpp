@@ -166,6 +166,9 @@ status validate(const engine_config& c) {
   if (c.recovery != "off" && c.recovery != "lost_blocks" && c.recovery != "full_replay") {
     return bad("recovery", c.recovery, "must be off, lost_blocks or full_replay");
   }
+  if (c.elastic_leave != "refuse" && c.elastic_leave != "wait") {
+    return bad("elastic_leave", c.elastic_leave, "must be refuse or wait");
+  }
   return ok_status();
 }
 
@@ -309,19 +312,35 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
   caf::actor_system* sys_ptr = p->sys.get();
   setup.workers_info = [source_ptr] { return source_ptr->workers(); };
   setup.abort_data_plane = [source_ptr](const status& why) { source_ptr->abort(why); };
-  if (config.recovery != "off") {
-    setup.relayout = [source_ptr, sys_ptr, cfg = p->config](
-                         const layout& g, const std::vector<std::int64_t>& survivors,
-                         const std::vector<std::int64_t>& standby,
-                         const std::vector<std::int64_t>& donors) {
-      engine_config c = cfg;
-      c.layout = g.to_string();
-      c.num_workers = static_cast<int>(g.num_ranks);
-      return source_ptr->relayout(*sys_ptr, c, g, survivors, standby, donors);
-    };
-    setup.standbys = [source_ptr] { return source_ptr->standbys(); };
-    setup.dead = [source_ptr] { return source_ptr->dead(); };
-  }
+  // Recoveries (engine_config::recovery) and planned joins and leaves rebuild the workers.
+  setup.relayout = [source_ptr, sys_ptr, cfg = p->config](
+                       const layout& g, const std::vector<std::int64_t>& survivors,
+                       const std::vector<std::int64_t>& standby,
+                       const std::vector<std::int64_t>& donors,
+                       const std::vector<std::int64_t>& leaving) {
+    engine_config c = cfg;
+    c.layout = g.to_string();
+    c.num_workers = static_cast<int>(g.num_ranks);
+    return source_ptr->relayout(*sys_ptr, c, g, survivors, standby, donors, leaving);
+  };
+  setup.standbys = [source_ptr] { return source_ptr->standbys(); };
+  setup.dead = [source_ptr] { return source_ptr->dead(); };
+  // A join adds ranks: their shards and KV stores must fit (checked as at create, for the
+  // largest layout the members could take).
+  setup.add_members = [source_ptr, sys_ptr, cfg = p->config, s, slots](const layout& g,
+                                                                       std::int64_t count) {
+    const std::int64_t members = g.num_ranks + source_ptr->standbys() + count;
+    if (auto bigger = default_layout(g.family, members, s)) {
+      HELIX_RETURN_IF_ERROR(check_memory(s, *bigger, cfg, slots));
+    }
+    engine_config c = cfg;
+    c.layout = g.to_string();
+    c.num_workers = static_cast<int>(g.num_ranks);
+    return source_ptr->add_members(*sys_ptr, c, g, count);
+  };
+  setup.block_bytes = [s, bt = config.block_tokens, kv = config.kv_type](const layout& g) {
+    return bt * kv_bytes_per_token(s, g, kv) * g.tpa;
+  };
   p->engine_actor = spawn_engine(*p->sys, setup, std::move(*workers), p->planner, p->registry);
   p->source->watch(*p->sys, p->engine_actor);
   logger()->info("engine: {} on {} workers, layout {}, {} KV blocks of {} tokens per worker",
@@ -448,6 +467,50 @@ status engine::cancel(std::uint64_t request_id) {
   HELIX_RETURN_IF_ERROR(p_->registry->request_cancel(request_id));
   caf::anon_send(p_->engine_actor, cancel_atom::value, request_id);
   return ok_status();
+}
+
+namespace {
+
+// More workers than one engine ever runs (each is a thread or a process with its KV store).
+constexpr std::int64_t max_added_workers = 1024;
+
+// Sends a planned change to the engine actor and waits for its end (or `timeout`).
+template <class Atom>
+status await_change(caf::actor_system& sys, const caf::actor& engine, const char* what, Atom atom,
+                    std::int64_t arg, std::chrono::milliseconds timeout) {
+  if (stream_registry::in_callback()) {
+    return failed_precondition("{} cannot be called from a token callback", what);
+  }
+  if (timeout.count() <= 0) return invalid_argument("{}: timeout must be positive", what);
+  status out = deadline_exceeded("{}: not done within {} ms", what, timeout.count());
+  {
+    caf::scoped_actor self{sys};
+    self->request(engine, caf::timespan{timeout} + std::chrono::seconds(1), atom, arg,
+                  static_cast<std::int64_t>(timeout.count()))
+        .receive([&](wire_status& w) { out = from_wire(w); },
+                 [&](caf::error& e) {
+                   if (e != caf::sec::request_timeout) {
+                     out = unavailable("{}: {}", what, caf::to_string(e));
+                   }
+                 });
+  }
+  forget_system_on_this_thread();
+  return out;
+}
+
+}  // namespace
+
+status engine::add_workers(std::int64_t count, std::chrono::milliseconds timeout) {
+  if (count < 1 || count > max_added_workers) {
+    return invalid_argument("add_workers: count = {} must be in [1, {}]", count, max_added_workers);
+  }
+  return await_change(*p_->sys, p_->engine_actor, "add_workers", grow_atom::value, count, timeout);
+}
+
+status engine::drain_worker(std::int64_t rank, std::chrono::milliseconds timeout) {
+  if (rank < -1) return invalid_argument("drain_worker: rank = {} must be -1 or a rank", rank);
+  return await_change(*p_->sys, p_->engine_actor, "drain_worker", shrink_atom::value, rank,
+                      timeout);
 }
 
 engine_stats engine::stats() {
@@ -598,8 +661,8 @@ class in_process_source final : public worker_source {
                                              const layout& grid,
                                              const std::vector<std::int64_t>& survivors,
                                              const std::vector<std::int64_t>& standby,
-                                             const std::vector<std::int64_t>& donors) override {
-    (void)standby;
+                                             const std::vector<std::int64_t>& donors,
+                                             const std::vector<std::int64_t>& leaving) override {
     // The old workers end first (one may still be finishing the step the abort woke), so that
     // the survivors' KV can pass to their next computes (recovery, lost blocks only).
     const std::vector<bool> ended = stop_and_wait(sys, raw_, std::chrono::seconds(10));
@@ -617,8 +680,23 @@ class in_process_source final : public worker_source {
       }
     }
     if (fab_) retired_.push_back(std::move(fab_));
-    return make_workers(sys, config, grid, std::move(carried));
+    const std::int64_t fresh = grid.num_ranks - static_cast<std::int64_t>(std::count_if(
+                                                    survivors.begin(), survivors.end(),
+                                                    [](std::int64_t r) { return r >= 0; }));
+    auto out = make_workers(sys, config, grid, std::move(carried));
+    if (!out) return out;
+    // Threads without a rank: the standbys a relayout used up leave, the old members left
+    // without one stand by, a leaver's thread ends.
+    spare_ = std::max<std::int64_t>(0, spare_ - std::max<std::int64_t>(0, fresh)) +
+             static_cast<std::int64_t>(standby.size() - leaving.size());
+    return out;
   }
+  status add_members(caf::actor_system&, const engine_config&, const layout&,
+                     std::int64_t count) override {
+    spare_ += count;
+    return ok_status();
+  }
+  std::int64_t standbys() const override { return spare_; }
   void abort(const status& why) override {
     if (fab_) fab_->abort(why);
   }
@@ -675,6 +753,7 @@ class in_process_source final : public worker_source {
   std::vector<caf::actor_addr> raw_;
   std::vector<std::shared_ptr<worker_compute>> computes_;  // theirs, by rank
   std::int64_t count_ = 0;
+  std::int64_t spare_ = 0;  // members without a rank: a thread each once a relayout uses them
 };
 
 }  // namespace
@@ -683,8 +762,14 @@ expected<std::vector<caf::actor>> worker_source::relayout(caf::actor_system&, co
                                                           const layout&,
                                                           const std::vector<std::int64_t>&,
                                                           const std::vector<std::int64_t>&,
+                                                          const std::vector<std::int64_t>&,
                                                           const std::vector<std::int64_t>&) {
-  return failed_precondition("this worker source cannot rebuild its workers after a failure");
+  return failed_precondition("this worker source cannot rebuild its workers");
+}
+
+status worker_source::add_members(caf::actor_system&, const engine_config&, const layout&,
+                                  std::int64_t) {
+  return failed_precondition("this worker source cannot add workers");
 }
 
 std::unique_ptr<worker_source> in_process_workers() {

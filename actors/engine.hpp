@@ -103,6 +103,11 @@ struct engine_config {
   /// after a step's first worker answered, for the others (a lost reply): either is a worker
   /// failure, with recovery as above. Process deaths are noticed sooner (heartbeats, at most 2 s).
   std::int64_t peer_timeout_ms = 30000;
+  /// A worker leave (engine::drain_worker) after which the running requests would need more KV
+  /// per worker than admission allows: "refuse" fails the leave at once (resource_exhausted);
+  /// "wait" stops admitting new requests and carries the leave out once the running ones fit
+  /// (or refuses it when the caller's deadline passes first).
+  std::string elastic_leave = "refuse";
   /// Level of every module's logger ("trace", "debug", "info", "warn", "error", "off"); empty
   /// leaves the process's level as it is. Logs go to stderr.
   std::string log_level;
@@ -217,6 +222,22 @@ struct recovery_stats {
   std::int64_t blocks_rebuilt = 0;  // KV blocks written again (full_replay: every block)
 };
 
+/// One layout epoch in which the workers changed: the initial layout, a planned join or leave
+/// (engine::add_workers, engine::drain_worker), a recovery from a failure, or a rebalancing that
+/// moved KV blocks between members. Times in milliseconds.
+struct epoch_stats {
+  std::string reason;         // "initial", "join", "leave", "recovery" or "rebalance"
+  std::string layout_before;  // empty for the initial epoch
+  std::string layout_after;
+  std::int64_t kv_bytes_moved = 0;  // KV moved between members over the data plane, every rank
+  std::int64_t blocks_moved = 0;
+  std::int64_t blocks_rebuilt = 0;  // KV blocks computed again (0 unless no layout kept them)
+  /// How long no step ran: from the change's start to the first step after it, migrations
+  /// included (0 for the initial epoch; for a rebalance, the migration's part of the next step).
+  double pause_ms = 0.0;
+  std::string note;  // why the layout is what it is (e.g. members kept as standbys)
+};
+
 /// serving: steps run. failed: a worker or the data plane failed (engine_stats::failure says
 /// which and why); nothing runs any more and submit() refuses new requests.
 enum class engine_health : std::uint8_t { serving, failed };
@@ -246,6 +267,8 @@ struct engine_stats {
   engine_health health = engine_health::serving;
   status failure;                          // health == failed: the worker and the cause
   std::vector<recovery_stats> recoveries;  // in order
+  std::vector<epoch_stats> epochs;         // in order, the initial one first
+  std::int64_t standbys = 0;               // members alive without a rank
 };
 
 class engine {
@@ -291,6 +314,28 @@ class engine {
   [[nodiscard]] std::int64_t max_request_tokens() const;
   /// Who the workers are (rank, pid, host, name).
   [[nodiscard]] std::vector<worker_info> workers() const;
+
+  /// Scale out: `count` more workers join (threads, or processes for a source that spawns
+  /// them) and, at the next step boundary, the engine moves to the largest layout of its family
+  /// that the members allow (the same TPA size where one is valid): a new epoch in which
+  /// weights are resharded and KV blocks move to the new members over the data plane, never
+  /// recomputed (a TPA change, such as a tp layout's, replays the running requests instead).
+  /// Members no layout uses stand by. Returns once the change is done (its epoch in stats());
+  /// requests keep their tokens and only pause. invalid_argument for count outside [1, 1024];
+  /// resource_exhausted when the new ranks' shards and KV stores would not fit in memory;
+  /// failed_precondition when the source cannot add workers or the engine has failed;
+  /// deadline_exceeded past `timeout` (the change may still complete; stats() tells). Not from
+  /// a callback.
+  [[nodiscard]] status add_workers(std::int64_t count,
+                                   std::chrono::milliseconds timeout = std::chrono::minutes(2));
+  /// Graceful leave: worker `rank` (-1: the highest) hands its KV blocks over to the others and
+  /// leaves (its process exits); the engine moves to a layout of the remaining members at the
+  /// next step boundary. resource_exhausted when the running requests would no longer fit (or,
+  /// with engine_config::elastic_leave = "wait", when they still do not at `timeout`);
+  /// invalid_argument for a rank outside the layout; failed_precondition for the last worker.
+  /// Graceful leave of a worker process is also SIGTERM to it (cluster/).
+  [[nodiscard]] status drain_worker(std::int64_t rank = -1,
+                                    std::chrono::milliseconds timeout = std::chrono::minutes(2));
 
  private:
   struct impl;

@@ -71,6 +71,7 @@ engine_stats current_stats(const engine_state& s) {
   }
   out.health = s.broken.ok() ? engine_health::serving : engine_health::failed;
   out.failure = s.broken;
+  out.standbys = s.setup.standbys ? s.setup.standbys() : 0;
   return out;
 }
 
@@ -154,6 +155,12 @@ void fail_everything(self_ptr self, const status& error) {
   for (request_state& r : s.queue) end_request(s, r, -1, finish_reason::error, error);
   s.active.clear();
   s.queue.clear();
+  abandon_change(self, error);
+  while (!s.changes.empty()) {
+    planned_change& c = s.changes.front();
+    if (c.promise.pending()) c.promise.deliver(to_wire(error));
+    s.changes.pop_front();
+  }
   publish(s);
 }
 
@@ -196,7 +203,19 @@ void rebalance_then_step(self_ptr self) {
               logger()->info("engine: rebalancing moves {} KV blocks, epoch {}, imbalance {:.3f}",
                              moves.size(), st.epoch, imbalance);
               migrate_msg m{st.epoch, st.next_op++, std::move(moves)};
-              st.stats.migrations += static_cast<std::int64_t>(m.moves.size());
+              const auto moved = static_cast<std::int64_t>(m.moves.size());
+              st.stats.migrations += moved;
+              epoch_stats e;
+              e.reason = "rebalance";
+              e.layout_before = st.setup.grid.to_string();
+              e.layout_after = e.layout_before;
+              e.blocks_moved = moved;
+              e.kv_bytes_moved =
+                  st.setup.block_bytes ? moved * st.setup.block_bytes(st.setup.grid) : 0;
+              e.note = fmt::format("kv_imbalance {:.3f} after", imbalance);
+              st.migration_epochs[m.op_id] = {st.stats.epochs.size(),
+                                              std::chrono::steady_clock::now()};
+              st.stats.epochs.push_back(std::move(e));
               for (const caf::actor& w : st.workers) self->send(w, m);
               op_sent(self, m.op_id);
               st.migrations_pending.insert(m.op_id);
@@ -324,6 +343,7 @@ std::int32_t token_at(const request_state& r, std::int64_t pos) {
 void start_step(self_ptr self) {
   engine_state& s = self->state;
   if (s.busy || s.restore_op != 0 || !s.broken.ok()) return;
+  if (run_change(self)) return;  // a planned join or leave runs first
   const engine_config& c = s.setup.config;
 
   for (request_state& r : s.active) {
@@ -353,7 +373,7 @@ void start_step(self_ptr self) {
                            r.req.request_id, r.reserved, s.setup.grid.to_string(), admission));
     s.queue.pop_front();
   }
-  while (!s.draining && !s.queue.empty() &&
+  while (!s.draining && !s.admission_paused && !s.queue.empty() &&
          s.reserved_per_member + s.queue.front().reserved <= admission) {
     request_state r = std::move(s.queue.front());
     s.queue.pop_front();
@@ -526,6 +546,7 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
   s.planner = std::move(planner);
   s.registry = std::move(registry);
   s.kv_used.assign(s.workers.size(), 0);
+  s.stats.epochs.push_back({"initial", "", s.stats.layout, 0, 0, 0, 0.0, ""});
   publish(s);
   // A worker that ends while the engine serves (its process died, its host went away, its
   // connection broke) fails the engine naming it; recovery is not implemented yet.
@@ -625,7 +646,9 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
           it->second[static_cast<std::size_t>(m.rank)] = true;
           if (std::all_of(it->second.begin(), it->second.end(), [](bool b) { return b; })) {
             st.ops_pending.erase(it);
-            st.migrations_pending.erase(m.op_id);
+            if (st.migrations_pending.erase(m.op_id) > 0 && m.result.code == 0) {
+              migration_done(self, m.op_id);
+            }
           }
         }
         if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size()) &&
@@ -714,9 +737,41 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
                     fmt::format("no answer to step {} within {} ms of the first worker's", step_id,
                                 st.setup.config.peer_timeout_ms));
       },
+      [self](grow_atom, std::int64_t count, std::int64_t timeout_ms) -> caf::result<wire_status> {
+        planned_change c;
+        c.join = true;
+        c.count = count;
+        c.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        c.promise = self->make_response_promise();
+        queue_change(self, std::move(c));
+        return caf::delegated<wire_status>();
+      },
+      [self](shrink_atom, caf::actor& worker) -> caf::result<wire_status> {
+        planned_change c;
+        c.leaver = worker.address();
+        c.deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        c.promise = self->make_response_promise();
+        queue_change(self, std::move(c));
+        return caf::delegated<wire_status>();
+      },
+      [self](shrink_atom, std::int64_t rank, std::int64_t timeout_ms) -> caf::result<wire_status> {
+        planned_change c;
+        c.rank = rank;
+        c.deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        c.promise = self->make_response_promise();
+        queue_change(self, std::move(c));
+        return caf::delegated<wire_status>();
+      },
       [self](drain_atom) -> caf::result<void> {
         engine_state& st = self->state;
         st.draining = true;
+        while (!st.changes.empty()) {
+          planned_change& c = st.changes.front();
+          if (c.promise.pending()) {
+            c.promise.deliver(to_wire(unavailable("the engine is shutting down")));
+          }
+          st.changes.pop_front();
+        }
         for (request_state& r : st.queue) end_request(st, r, -1, finish_reason::cancelled);
         st.queue.clear();
         for (request_state& r : st.active) r.cancelled = true;

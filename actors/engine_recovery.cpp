@@ -1,15 +1,16 @@
 // Recovery from a worker failure (engine_config::recovery): who is gone, the layout of the members
 // that remain, the workers rebuilt on it (worker_source::relayout), then the KV that is gone:
 //   * lost blocks only: the old placement record says where every block lived; survivors keep
-//     theirs (their computes carried the KV over), members left without a rank donate theirs
-//     (one TPA column), every other block gets an owner on the least-loaded member
+//     theirs (their computes carried the KV over), KVP members whose holders were all left
+//     without a rank donate theirs (column for column), every other block gets an owner on the
+//     least-loaded member
 //     (planner/recovery_plan.hpp); each worker restores its tables (restore_msg), receiving the
 //     donated blocks and refilling synthetic positions, and the other lost positions are
 //     computed again by rewrite items, in position order, before the requests go on;
 //   * full replay: every running request prefills its prompt and generated tokens again.
 // No step runs until every worker (and donor) answered the restore_msg; a lost-blocks restore
 // that fails (a survivor or donor lost its KV, no room, a donor silent) falls back to the full
-// replay.
+// replay. Planned joins and leaves (engine_elastic.cpp) share install_and_restore and the restore.
 #include <algorithm>
 
 #include "actors/engine_state.hpp"
@@ -18,31 +19,65 @@
 #include "planner/recovery_plan.hpp"
 
 namespace helix::actors::engine_impl {
-namespace {
+
+expected<layout> layout_of(const layout& current, std::int64_t members, const model_spec& spec,
+                           bool keep_tpa) {
+  const layout_family family = current.family;
+  auto g = default_layout(family, members, spec);
+  if (g && keep_tpa && g->tpa != current.tpa && members % current.tpa == 0 &&
+      family != layout_family::tp) {
+    layout same = *g;
+    same.tpa = current.tpa;
+    same.kvp = members / current.tpa;
+    if (family == layout_family::medha) same.tpf = same.tpa;
+    if (validate(same, spec).ok()) return same;
+  }
+  return g;
+}
 
 // The layout in use when enough members remain (standbys took the free ranks); else the largest
 // member count up to `members` with a valid layout of the same family for the model. With
-// `keep_tpa` (lost blocks only) a layout with the current TPA size is preferred, since only then
-// can KVP members keep their blocks.
+// `keep_tpa` a layout with the current TPA size is preferred, since only then can KVP members
+// keep their blocks.
 expected<layout> layout_for_members(const layout& current, std::int64_t members,
                                     const model_spec& spec, bool keep_tpa) {
   if (members >= current.num_ranks) return current;
-  const layout_family family = current.family;
   status last = failed_precondition("no members remain");
   for (std::int64_t m = members; m >= 1; --m) {
-    auto g = default_layout(family, m, spec);
-    if (g && keep_tpa && g->tpa != current.tpa && m % current.tpa == 0 &&
-        family != layout_family::tp) {
-      layout same = *g;
-      same.tpa = current.tpa;
-      same.kvp = m / current.tpa;
-      if (family == layout_family::medha) same.tpf = same.tpa;
-      if (validate(same, spec).ok()) return same;
-    }
+    auto g = layout_of(current, m, spec, keep_tpa);
     if (g) return *g;
     last = g.error();
   }
   return last;
+}
+
+std::vector<std::int64_t> donor_ranks(const layout& before, const layout& after,
+                                      const std::vector<std::int64_t>& standby) {
+  std::vector<std::int64_t> out;
+  if (before.family == layout_family::tp || before.tpa != after.tpa) return out;
+  const auto idle = [&](std::int64_t r) {
+    return std::find(standby.begin(), standby.end(), r) != standby.end();
+  };
+  for (std::int64_t k = 0; k < before.kvp; ++k) {
+    std::vector<std::int64_t> holders;
+    for (std::int64_t c = 0; c < before.tpa; ++c) holders.push_back(before.attention_rank(c, k));
+    if (std::all_of(holders.begin(), holders.end(), idle)) {
+      out.insert(out.end(), holders.begin(), holders.end());
+    }
+  }
+  return out;
+}
+
+recovery_stats& kv_record(engine_state& s) {
+  return s.changing ? s.change_kv : s.stats.recoveries.back();
+}
+
+namespace {
+
+// What the running relayout is, for the log.
+std::string relayout_name(const engine_state& s) {
+  if (s.changing) return s.change.join ? "join" : "leave";
+  return fmt::format("recovery from worker {}", s.stats.recoveries.back().rank);
 }
 
 // Stops the donors (they stand by from then on).
@@ -72,7 +107,7 @@ void send_restore(self_ptr self, std::vector<restore_seq> seqs, std::uint64_t ne
 // generated tokens ahead of the queue, in admission order.
 void replay_everything(self_ptr self, const std::string& reason) {
   engine_state& s = self->state;
-  recovery_stats& rec = s.stats.recoveries.back();
+  recovery_stats& rec = kv_record(s);
   rec.mode = "full_replay";
   rec.requests_replayed = 0;
   rec.tokens_replayed = 0;
@@ -115,9 +150,9 @@ void replay_everything(self_ptr self, const std::string& reason) {
   }
   s.rebuilding = rec.requests_replayed > 0;
   s.rebuild_started = std::chrono::steady_clock::now();
-  logger()->warn("engine: recovered from worker {}: {} -> {}, {} requests replay {} tokens",
-                 rec.rank, rec.layout_before, rec.layout_after, rec.requests_replayed,
-                 rec.tokens_replayed);
+  logger()->log(s.changing ? spdlog::level::info : spdlog::level::warn,
+                "engine: {}: {} -> {}, {} requests replay {} tokens", relayout_name(s),
+                rec.layout_before, rec.layout_after, rec.requests_replayed, rec.tokens_replayed);
   publish(s);
 }
 
@@ -153,7 +188,7 @@ void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int6
       return;
     }
   }
-  recovery_stats& rec = s.stats.recoveries.back();
+  recovery_stats& rec = kv_record(s);
   rec.mode = "lost_blocks";
   std::vector<restore_seq> kept_seqs;
   for (request_state& r : s.active) {
@@ -194,17 +229,21 @@ void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int6
     kept_seqs.push_back(std::move(e));
   }
   s.reserved_per_member = reserved;
+  for (request_state& r : s.queue) {  // admission checks them against the new KVP size
+    r.reserved = blocks_reserved_per_member(
+        static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
+        bt, s.setup.grid.kvp);
+  }
   s.planner = self->spawn(planner_actor_recovered, s.setup.grid, bt, c.rebalance_threshold,
                           c.rebalance_min_blocks, kept_seqs, step);
   send_restore(self, std::move(kept_seqs), s.next_seq);
   s.rebuilding = std::any_of(s.active.begin(), s.active.end(),
                              [](const request_state& r) { return r.rebuilding; });
   s.rebuild_started = std::chrono::steady_clock::now();
-  logger()->warn(
-      "engine: recovered from worker {}: {} -> {}, {} KV blocks kept, {} moved, {} rebuilt ({} "
-      "positions)",
-      rec.rank, rec.layout_before, rec.layout_after, rec.blocks_kept, rec.blocks_moved,
-      rec.blocks_rebuilt, rec.tokens_replayed);
+  logger()->log(s.changing ? spdlog::level::info : spdlog::level::warn,
+                "engine: {}: {} -> {}, {} KV blocks kept, {} moved, {} rebuilt ({} positions)",
+                relayout_name(s), rec.layout_before, rec.layout_after, rec.blocks_kept,
+                rec.blocks_moved, rec.blocks_rebuilt, rec.tokens_replayed);
   publish(s);
 }
 
@@ -219,9 +258,11 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   engine_state& s = self->state;
   // Idle at shutdown: the workers end anyway.
   if (!s.broken.ok() || (s.draining && !s.busy && s.restore_op == 0)) return;
+  // A planned change in progress is over: its caller learns why.
+  if (s.changing) abandon_change(self, why.with_context("a worker failed during the change"));
   // Shutting down (draining) or recovery off: the step in flight can never complete; every
   // request ends with the cause and a drain is answered now.
-  if (!s.setup.relayout || s.draining) {
+  if (!s.setup.relayout || s.setup.config.recovery == "off" || s.draining) {
     s.busy = false;
     s.pending = 0;
     s.restore_op = 0;
@@ -230,6 +271,7 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
     return;
   }
   const auto noticed = std::chrono::steady_clock::now();
+  s.recovery_started = noticed;
   // Who is gone: the members the source knows to be dead (a process that ended), when there are
   // any, since the rank that reported the failure may only have seen a dead peer; else the rank
   // its data plane waited for in vain most often (a hung rank: its peers time out first); else
@@ -307,14 +349,14 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
     for (std::int64_t r : alive) {
       if (std::find(survivors.begin(), survivors.end(), r) == survivors.end()) standby.push_back(r);
     }
-    // Lost blocks only, one TPA column: members left without a rank send their blocks on.
+    // Lost blocks only: members left without a rank (every column's holder) send their blocks on.
     donors.clear();
-    if (s.setup.config.recovery == "lost_blocks" && !moving && before.tpa == 1 && grid->tpa == 1) {
-      donors = standby;
+    if (s.setup.config.recovery == "lost_blocks" && !moving) {
+      donors = donor_ranks(before, *grid, standby);
     }
     planned = std::chrono::steady_clock::now();
     if (attempt == 0) rec.replan_ms = ms_between(noticed, planned);
-    fresh = s.setup.relayout(*grid, survivors, standby, donors);
+    fresh = s.setup.relayout(*grid, survivors, standby, donors, {});
     if (fresh) break;
     std::vector<std::int64_t> more;
     for (std::int64_t d : s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{}) {
@@ -332,38 +374,49 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   const auto reloaded = std::chrono::steady_clock::now();
   rec.reload_ms = ms_between(planned, reloaded);
   rec.layout_after = grid->to_string();
-  s.workers.assign(fresh->begin(), fresh->begin() + grid->num_ranks);
-  s.donors.assign(fresh->begin() + grid->num_ranks, fresh->end());
+  rec.mode = s.setup.config.recovery;
+  s.stats.recoveries.push_back(std::move(rec));
+  install_and_restore(self, before, *grid, std::move(*fresh), survivors, donors,
+                      moving                                     ? "a KV migration was in flight"
+                      : s.setup.config.recovery != "lost_blocks" ? "recovery = full_replay"
+                                                                 : "");
+}
+
+void install_and_restore(self_ptr self, const layout& before, const layout& grid,
+                         std::vector<caf::actor> fresh, const std::vector<std::int64_t>& survivors,
+                         const std::vector<std::int64_t>& donors, const std::string& replay) {
+  engine_state& s = self->state;
+  s.workers.assign(fresh.begin(), fresh.begin() + grid.num_ranks);
+  s.donors.assign(fresh.begin() + grid.num_ranks, fresh.end());
   for (const caf::actor& w : s.workers) self->monitor(w);
   s.kv_used.assign(s.workers.size(), 0);
   if (s.setup.roster) {
     std::lock_guard lk(s.setup.roster->mu);
     s.setup.roster->workers = s.workers;
-    s.setup.roster->kvp = grid->kvp;
+    s.setup.roster->kvp = grid.kvp;
   }
-  s.setup.grid = *grid;
-  s.stats.layout = grid->to_string();
-  rec.mode = s.setup.config.recovery;
-  s.stats.recoveries.push_back(std::move(rec));
+  s.setup.grid = grid;
+  s.stats.layout = grid.to_string();
   const caf::actor old_planner = s.planner;
-  // Lost blocks only: which old members keep their blocks; the old record then says, request by
-  // request, where every block lived.
+  // Which old members keep their blocks; the old record then says, request by request, where
+  // every block lived.
   std::vector<std::int64_t> kept;
   std::vector<std::int64_t> donated(static_cast<std::size_t>(before.kvp), -1);
-  if (s.setup.config.recovery == "lost_blocks" && !moving) {
-    if (auto k = planner::kept_members(before, *grid, survivors)) kept = std::move(*k);
-    for (std::size_t j = 0; j < donors.size(); ++j) {  // one column: rank = kvp index
-      donated[static_cast<std::size_t>(donors[j])] = static_cast<std::int64_t>(j);
+  if (replay.empty()) {
+    if (auto k = planner::kept_members(before, grid, survivors)) kept = std::move(*k);
+    for (std::size_t j = 0; j < donors.size(); j += static_cast<std::size_t>(before.tpa)) {
+      const std::int64_t k = before.attention_coords(donors[j]).kvp_idx;
+      donated[static_cast<std::size_t>(k)] = static_cast<std::int64_t>(j) / before.tpa;
     }
   }
   if (std::none_of(kept.begin(), kept.end(), [](std::int64_t k) { return k >= 0; })) {
     self->send_exit(old_planner, caf::exit_reason::user_shutdown);
-    replay_everything(self, moving ? "a KV migration was in flight"
-                                   : "no KVP member kept its blocks under the new layout");
+    replay_everything(
+        self, !replay.empty() ? replay : "no KVP member kept its blocks under the new layout");
     return;
   }
   self->request(old_planner, std::chrono::milliseconds(s.setup.config.peer_timeout_ms),
-                placement_atom::value, grid->to_string(), kept, donated)
+                placement_atom::value, grid.to_string(), kept, donated)
       .then(
           [self, gen = s.generation, old_planner](std::vector<restore_seq>& seqs,
                                                   std::int64_t step) {
@@ -402,6 +455,24 @@ bool restore_answered(self_ptr self, const op_done_msg& m) {
   if (s.ops_pending.count(s.restore_op) == 0) {  // every worker answered
     stop_donors(self);
     s.restore_op = 0;
+    if (s.changing) {
+      change_restored(self);
+      return true;
+    }
+    if (!s.stats.recoveries.empty()) {
+      const recovery_stats& rec = s.stats.recoveries.back();
+      epoch_stats e;
+      e.reason = "recovery";
+      e.layout_before = rec.layout_before;
+      e.layout_after = rec.layout_after;
+      e.blocks_moved = rec.blocks_moved;
+      e.blocks_rebuilt = rec.blocks_rebuilt;
+      e.kv_bytes_moved =
+          s.setup.block_bytes ? rec.blocks_moved * s.setup.block_bytes(s.setup.grid) : 0;
+      e.pause_ms = ms_between(s.recovery_started, std::chrono::steady_clock::now());
+      e.note = fmt::format("worker {} failed: {}; {}", rec.rank, rec.why, rec.mode);
+      s.stats.epochs.push_back(std::move(e));
+    }
     // Nothing to compute again: the restore (synthetic refills) was the whole rebuild.
     if (!s.rebuilding && !s.stats.recoveries.empty()) {
       s.stats.recoveries.back().rebuild_ms =

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -44,6 +45,17 @@ struct request_state {
 inline const std::vector<std::int32_t>& feed(const request_state& r) {
   return r.replay.empty() ? r.req.prompt : r.replay;
 }
+
+// A planned change of the workers (engine::add_workers, engine::drain_worker), carried out at a
+// step boundary.
+struct planned_change {
+  bool join = false;       // else a leave
+  std::int64_t count = 0;  // join: members to add
+  std::int64_t rank = -1;  // leave: the rank that leaves (-1: the highest)
+  caf::actor_addr leaver;  // leave: else this worker (its process asked to leave), if current
+  std::chrono::steady_clock::time_point deadline;
+  caf::response_promise promise;
+};
 
 struct engine_state {
   engine_setup setup;
@@ -99,6 +111,21 @@ struct engine_state {
   /// Members of the old layout left without a rank that hand their KV over in the restore
   /// (rank N + j); stopped once it is answered (they stand by then).
   std::vector<caf::actor> donors;
+
+  // Planned changes (engine_elastic.cpp): queued, then one at a time at a step boundary.
+  std::deque<planned_change> changes;
+  bool changing = false;  // a change runs: no step until it is done
+  planned_change change;  // the one running
+  epoch_stats change_epoch;
+  recovery_stats change_kv;  // how its KV moved (the recovery's fields, filled the same way)
+  std::chrono::steady_clock::time_point change_started;
+  std::int64_t change_migration = 0;  // a join's spreading migration (op id), 0: none
+  /// A leave that waits for room (elastic_leave = "wait"): no admission meanwhile.
+  bool admission_paused = false;
+  /// Rebalancing migrations in flight: op id -> (index in stats.epochs, when sent).
+  std::map<std::int64_t, std::pair<std::size_t, std::chrono::steady_clock::time_point>>
+      migration_epochs;
+  std::chrono::steady_clock::time_point recovery_started;  // the last recovery's failure
 };
 
 using self_ptr = caf::stateful_actor<engine_state>*;
@@ -130,5 +157,43 @@ bool restore_answered(self_ptr self, const op_done_msg& m);
 /// Operation `op` went unanswered by `rank` past the peer timeout: true when it was the restore
 /// and the silent one a donor (the engine then replays in full); false for a worker failure.
 bool restore_timed_out(self_ptr self, std::int64_t op, std::int64_t rank);
+/// Where the KV of the running relayout is accounted: the planned change's, or the last
+/// recovery's.
+recovery_stats& kv_record(engine_state& s);
+/// The layout of `members` ranks of `current`'s family (default_layout), with the current TPA
+/// size instead where `keep_tpa` and that is valid.
+expected<layout> layout_of(const layout& current, std::int64_t members, const model_spec& spec,
+                           bool keep_tpa);
+/// The largest member count up to `members` with a valid layout of `current`'s family, the TPA
+/// size kept where possible (then KVP members keep their blocks); `current` itself when no
+/// smaller count helps.
+expected<layout> layout_for_members(const layout& current, std::int64_t members,
+                                    const model_spec& spec, bool keep_tpa);
+/// The members of `before` that can hand their blocks over under `after` (same TPA size): each
+/// KVP member whose holders are all in `standby`, its holders in column order (donor d's holder
+/// in column c is donor d * TPA + c, model::restored_sequence::donor).
+std::vector<std::int64_t> donor_ranks(const layout& before, const layout& after,
+                                      const std::vector<std::int64_t>& standby);
+/// The new workers `fresh` (ranks of `grid`, then donors) replace the old ones: installed, and
+/// the KV restored (kept and donated blocks, lost ones rebuilt; a full replay when nothing can
+/// be kept, or `replay` names why none may be). `survivors[i]`: the old rank of new rank i.
+void install_and_restore(self_ptr self, const layout& before, const layout& grid,
+                         std::vector<caf::actor> fresh, const std::vector<std::int64_t>& survivors,
+                         const std::vector<std::int64_t>& donors, const std::string& replay);
+
+// engine_elastic.cpp
+/// Queues a planned change and starts it when the engine is between steps.
+void queue_change(self_ptr self, planned_change c);
+/// Starts the next planned change if the engine is between steps (no step, restore, migration
+/// or rebuild in flight); true when one runs (no step may start).
+bool run_change(self_ptr self);
+/// The restore of a planned change was answered by every worker: a join spreads the blocks
+/// over its new members, then the change ends.
+void change_restored(self_ptr self);
+/// A migration was answered by every worker: a join's spreading ends its change; a
+/// rebalancing's epoch gets its pause.
+void migration_done(self_ptr self, std::int64_t op);
+/// Ends the running change with `error` (a recovery took over, the engine failed).
+void abandon_change(self_ptr self, const status& error);
 
 }  // namespace helix::actors::engine_impl

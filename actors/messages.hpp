@@ -76,13 +76,19 @@ typename Inspector::result_type inspect(Inspector& f, recovery_stats& x) {
            x.layout_after, x.mode, x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms,
            x.requests_replayed, x.tokens_replayed, x.blocks_kept, x.blocks_moved, x.blocks_rebuilt);
 }
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, epoch_stats& x) {
+  return f(caf::meta::type_name("epoch_stats"), x.reason, x.layout_before, x.layout_after,
+           x.kv_bytes_moved, x.blocks_moved, x.blocks_rebuilt, x.pause_ms, x.note);
+}
 // health and failure stay out: engine::stats() takes them from the registry the API shares with
 // the engine actor (stream_registry::failure), never from a remote peer.
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, engine_stats& x) {
   return f(caf::meta::type_name("engine_stats"), x.layout, x.submitted, x.completed, x.cancelled,
            x.failed, x.refused, x.queued, x.active, x.steps, x.tokens_generated, x.migrations,
-           x.kv_imbalance, x.kv_imbalance_max, x.epoch, x.workers, x.recoveries);
+           x.kv_imbalance, x.kv_imbalance_max, x.epoch, x.workers, x.recoveries, x.epochs,
+           x.standbys);
 }
 
 }  // namespace helix::actors
@@ -108,6 +114,8 @@ CAF_ADD_TYPE_ID(helix_actors, (helix::actors::worker_stats))
 CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::worker_stats>))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::recovery_stats))
 CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::recovery_stats>))
+CAF_ADD_TYPE_ID(helix_actors, (helix::actors::epoch_stats))
+CAF_ADD_TYPE_ID(helix_actors, (std::vector<helix::actors::epoch_stats>))
 CAF_ADD_TYPE_ID(helix_actors, (helix::actors::engine_stats))
 CAF_ADD_ATOM(helix_actors, helix::actors, plan_atom, "plan")
 CAF_ADD_ATOM(helix_actors, helix::actors, commit_atom, "commit")
@@ -125,4 +133,6 @@ CAF_ADD_ATOM(helix_actors, helix::actors, op_watch_atom, "opwatch")
 CAF_ADD_ATOM(helix_actors, helix::actors, placement_atom, "placement")
 CAF_ADD_ATOM(helix_actors, helix::actors, step_probe_atom, "stepprobe")
 CAF_ADD_ATOM(helix_actors, helix::actors, probe_ack_atom, "probeack")
+CAF_ADD_ATOM(helix_actors, helix::actors, grow_atom, "grow")
+CAF_ADD_ATOM(helix_actors, helix::actors, shrink_atom, "shrink")
 CAF_END_TYPE_ID_BLOCK(helix_actors)

@@ -46,6 +46,28 @@ double imbalance(const std::vector<std::int64_t>& counts) {
   return (static_cast<double>(max) - mean) / mean;
 }
 
+// Decides, records in the placement (the workers apply the same moves before the next step:
+// their mailboxes keep the order), and reports the column's state afterwards.
+caf::message rebalance(const std::shared_ptr<planner_state>& st, double threshold,
+                       std::int64_t min_blocks) {
+  planner::rebalance_options o;
+  o.threshold = threshold;
+  o.min_blocks_per_rank = min_blocks;
+  std::vector<move_item> moves;
+  auto plan = planner::plan_rebalance(st->book, o);
+  if (plan) {
+    for (const planner::planned_move& mv : *plan) {
+      if (!st->book.relocate(mv.request_id, mv.block_idx, mv.to_kvp).ok()) break;
+      moves.push_back({mv.request_id, mv.block_idx, mv.to_kvp});
+    }
+  }
+  const std::vector<std::int64_t> counts = member_blocks(*st);
+  std::int64_t total = 0;
+  for (std::int64_t c : counts) total += c;
+  const double mean = static_cast<double>(total) / static_cast<double>(counts.size());
+  return caf::make_message(std::move(moves), imbalance(counts), mean);
+}
+
 caf::behavior planner_behavior(std::shared_ptr<planner_state> st) {
   return {
       [=](join_atom, std::uint64_t seq) -> caf::result<void> {
@@ -78,25 +100,9 @@ caf::behavior planner_behavior(std::shared_ptr<planner_state> st) {
         st->book.tick();
         return caf::unit;
       },
-      [=](rebal_atom) -> caf::message {
-        // Decide, record in the placement (the workers apply the same moves before the next
-        // step: their mailboxes keep the order), and report the column's state afterwards.
-        planner::rebalance_options o;
-        o.threshold = st->threshold;
-        o.min_blocks_per_rank = st->min_blocks;
-        std::vector<move_item> moves;
-        auto plan = planner::plan_rebalance(st->book, o);
-        if (plan) {
-          for (const planner::planned_move& mv : *plan) {
-            if (!st->book.relocate(mv.request_id, mv.block_idx, mv.to_kvp).ok()) break;
-            moves.push_back({mv.request_id, mv.block_idx, mv.to_kvp});
-          }
-        }
-        const std::vector<std::int64_t> counts = member_blocks(*st);
-        std::int64_t total = 0;
-        for (std::int64_t c : counts) total += c;
-        const double mean = static_cast<double>(total) / static_cast<double>(counts.size());
-        return caf::make_message(std::move(moves), imbalance(counts), mean);
+      [=](rebal_atom) -> caf::message { return rebalance(st, st->threshold, st->min_blocks); },
+      [=](rebal_atom, double threshold, std::int64_t min_blocks) -> caf::message {
+        return rebalance(st, threshold, min_blocks);
       },
       [=](placement_atom, const std::string& after_text, const std::vector<std::int64_t>& kept,
           const std::vector<std::int64_t>& donated) -> caf::result<caf::message> {

@@ -96,6 +96,8 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
 ///   (rebal_atom)                                        -> moves (std::vector<move_item>),
 ///       already recorded in the placement, then the column's kv_imbalance and its mean blocks
 ///       per member after them (double, double)
+///   (rebal_atom, threshold, min_blocks)                 -> the same with these options (a join
+///       spreads the blocks over the new members whatever the configured minimum)
 ///   (placement_atom, layout text, kept, donated)        -> every live sequence under that
 ///       layout (std::vector<restore_seq>, planner/recovery_plan.hpp; kept: per old KVP member,
 ///       the new member that keeps its blocks, or -1; donated: its donor index, or -1) and the
@@ -130,12 +132,17 @@ struct engine_setup {
   /// Wakes the workers from a failed step (worker_source::abort): a rank that failed leaves its
   /// peers waiting in a collective. May be null (actor tests).
   std::function<void(const status&)> abort_data_plane;
-  /// Recovery (engine_config::recovery): rebuilds the workers on a layout
-  /// (worker_source::relayout); null: recovery is off.
-  std::function<expected<std::vector<caf::actor>>(const layout&, const std::vector<std::int64_t>&,
-                                                  const std::vector<std::int64_t>&,
-                                                  const std::vector<std::int64_t>&)>
+  /// Rebuilds the workers on a layout (worker_source::relayout: survivors, standby, donors,
+  /// leaving), for a recovery (engine_config::recovery) or a planned join or leave; null: the
+  /// workers can never change (actor tests).
+  std::function<expected<std::vector<caf::actor>>(
+      const layout&, const std::vector<std::int64_t>&, const std::vector<std::int64_t>&,
+      const std::vector<std::int64_t>&, const std::vector<std::int64_t>&)>
       relayout;
+  /// Scale out: more members join as standbys (worker_source::add_members); may be null.
+  std::function<status(const layout&, std::int64_t)> add_members;
+  /// Bytes of one KV block on one rank (every layer, K and V) under a layout, for epoch_stats.
+  std::function<std::int64_t(const layout&)> block_bytes;
   /// Members without a rank that a relayout can use (worker_source::standbys); may be null.
   std::function<std::int64_t()> standbys;
   /// Ranks whose member is known to be dead (worker_source::dead); may be null.
@@ -171,6 +178,13 @@ struct engine_setup {
 ///   (lost_atom, worker, why)  -> that worker stopped answering (a worker source's heartbeat
 ///                                monitor): the engine recovers or fails, naming its rank; a
 ///                                worker a recovery already replaced is ignored
+///   (grow_atom, count, timeout_ms)  -> wire_status: ok once `count` more members joined and the
+///                                engine moved to the larger layout (engine::add_workers)
+///   (shrink_atom, rank, timeout_ms) -> wire_status: ok once worker `rank` (-1: the highest)
+///                                handed its KV over and left (engine::drain_worker); a leave
+///                                that waits for room gives up at the timeout
+///   (shrink_atom, worker)     -> the same for that worker actor (its process asked to leave);
+///                                ok at once when a relayout replaced it already
 [[nodiscard]] caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup,
                                       std::vector<caf::actor> workers, caf::actor planner,
                                       std::shared_ptr<stream_registry> registry);

@@ -46,18 +46,27 @@ class worker_source {
   virtual void abort(const status& why) { (void)why; }
   /// Recovery (engine_config::recovery): after a failure, rebuilds the workers as the ranks of
   /// `grid`: the member at old rank survivors[i] becomes rank i (its weights resharded for the
-  /// new rank, a new data plane among them); ranks past survivors.size() are taken by standbys
+  /// new rank, a new data plane among them); ranks past survivors.size(), and those whose
+  /// survivors[i] is -1, are taken by standbys
   /// (standbys() of them are available); the members at the old ranks in `standby` live on
   /// without a rank and become standbys. `donors` (a subset of `standby`, in order) first hand
   /// their KV over: donor j joins the new data plane as rank N + j (N = grid.num_ranks) with a
   /// donor_compute over the KV its old worker held, and stands by once the engine stops that
-  /// worker. Returns the new ranks' actors, then the donors'. The old workers' actors are the
-  /// engine's to stop once this returned; what they use stays valid until the source is
-  /// destroyed. Default: unimplemented (the engine then fails as without recovery).
+  /// worker. `leaving` (a subset of `standby`): members that leave the engine instead of
+  /// standing by (a graceful leave, engine::drain_worker): once the engine stopped their donor
+  /// worker (or at once, when they donate nothing) they end, a process exits. Returns the new
+  /// ranks' actors, then the donors'. The old workers' actors are the engine's to stop once this
+  /// returned; what they use stays valid until the source is destroyed. Default: unimplemented
+  /// (the engine then fails as without recovery).
   [[nodiscard]] virtual expected<std::vector<caf::actor>> relayout(
       caf::actor_system& sys, const engine_config& config, const layout& grid,
       const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby,
-      const std::vector<std::int64_t>& donors);
+      const std::vector<std::int64_t>& donors, const std::vector<std::int64_t>& leaving);
+  /// Scale out (engine::add_workers): `count` more members join as standbys (threads; spawned
+  /// processes that join through a new registrar), for the relayout that follows to give them
+  /// ranks. Blocks until they are ready or failed. Default: failed_precondition.
+  [[nodiscard]] virtual status add_members(caf::actor_system& sys, const engine_config& config,
+                                           const layout& grid, std::int64_t count);
   /// Members alive without a rank, that a relayout can give one.
   [[nodiscard]] virtual std::int64_t standbys() const { return 0; }
   /// The ranks whose member is known to have died (a worker process that ended), so that

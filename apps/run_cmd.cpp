@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include <fmt/format.h>
@@ -26,6 +27,7 @@
 #include "actors/config_file.hpp"
 #include "apps/cli_args.hpp"
 #include "cluster/cluster.hpp"
+#include "core/memory.hpp"
 #include "core/rng.hpp"
 
 namespace helix::apps {
@@ -125,6 +127,63 @@ kv_sample sample_of(const actors::engine_stats& s, double t_s) {
   return k;
 }
 
+}  // namespace
+
+expected<std::vector<elastic_event>> parse_elastic(std::string_view text) {
+  std::vector<elastic_event> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', start), text.size());
+    const std::string item(text.substr(start, comma - start));
+    start = comma + 1;
+    const auto bad = [&](std::string_view why) {
+      return invalid_argument(
+          "--elastic: '{}': {} (expected join|leave:COUNT@WHEN, WHEN as 3s, "
+          "500ms or step20)",
+          item, why);
+    };
+    elastic_event e;
+    e.text = item;
+    const std::size_t colon = item.find(':');
+    const std::size_t at = item.find('@');
+    if (colon == std::string::npos || at == std::string::npos || at < colon) {
+      return bad("not of the form join|leave:COUNT@WHEN");
+    }
+    const std::string kind = item.substr(0, colon);
+    if (kind != "join" && kind != "leave") return bad("the kind must be join or leave");
+    e.join = kind == "join";
+    const std::string count = item.substr(colon + 1, at - colon - 1);
+    char* end = nullptr;
+    const long n = count.empty() ? 0 : std::strtol(count.c_str(), &end, 10);
+    if (count.empty() || *end != '\0' || n < 1 || n > 64) return bad("COUNT must be 1 to 64");
+    e.count = n;
+    const std::string when = item.substr(at + 1);
+    if (when.rfind("step", 0) == 0) {
+      const std::string digits = when.substr(4);
+      const long long step = digits.empty() ? -1 : std::strtoll(digits.c_str(), &end, 10);
+      if (digits.empty() || *end != '\0' || step < 0) return bad("stepN needs N >= 0");
+      e.by_step = true;
+      e.step = step;
+    } else {
+      const bool ms = when.size() > 2 && when.compare(when.size() - 2, 2, "ms") == 0;
+      const bool sec = !ms && when.size() > 1 && when.back() == 's';
+      if (!ms && !sec) return bad("WHEN needs a unit: s, ms or the step prefix");
+      const std::string number = when.substr(0, when.size() - (ms ? 2 : 1));
+      const double v = number.empty() ? -1.0 : std::strtod(number.c_str(), &end);
+      if (number.empty() || *end != '\0' || !(v >= 0.0) || v > 1e6) {
+        return bad("the time must be a number >= 0");
+      }
+      e.at_s = ms ? v / 1000.0 : v;
+    }
+    out.push_back(std::move(e));
+    if (comma == text.size()) break;
+  }
+  if (out.empty()) return invalid_argument("--elastic: no events");
+  return out;
+}
+
+namespace {
+
 status validate(const workload_options& o) {
   if (o.max_agents < 1) return invalid_argument("--agents = {} must be >= 1", o.max_agents);
   if (!(o.rate > 0.0) || !std::isfinite(o.rate)) {
@@ -199,6 +258,55 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
   HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng,
                          actors::engine::create(o.engine, std::move(source)));
   const std::int64_t vocab = eng->vocab();
+  // --elastic: a thread carries the events out as the steps pass, until the workload ends.
+  std::atomic<bool> workload_over{false};
+  std::mutex elastic_mu;
+  std::vector<std::string> elastic_failures;  // under elastic_mu
+  std::thread elastic_driver;
+  const auto stop_elastic = [&] {
+    workload_over = true;
+    if (elastic_driver.joinable()) elastic_driver.join();
+  };
+  if (!o.elastic.empty()) {
+    elastic_driver = std::thread([&] {
+      std::optional<clock_type::time_point> first_step;
+      std::size_t next = 0;
+      for (; next < o.elastic.size(); ++next) {
+        const elastic_event& e = o.elastic[next];
+        bool due = false;
+        while (!due && !workload_over) {
+          const actors::engine_stats st = eng->stats();
+          if (!first_step && st.steps > 0) first_step = clock_type::now();
+          due = e.by_step
+                    ? st.steps >= e.step
+                    : first_step &&
+                          std::chrono::duration<double>(clock_type::now() - *first_step).count() >=
+                              e.at_s;
+          if (!due) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+        if (!due) break;
+        const auto t = clock_type::now();
+        status done = ok_status();
+        if (e.join) {
+          done = eng->add_workers(e.count);
+        } else {
+          for (std::int64_t i = 0; i < e.count && done.ok(); ++i) done = eng->drain_worker(-1);
+        }
+        progress << fmt::format("[run] elastic {}: {} in {:.0f} ms\n", e.text,
+                                done.ok() ? "done" : done.to_string(),
+                                ms_between(t, clock_type::now()));
+        if (!done.ok()) {
+          std::lock_guard lk(elastic_mu);
+          elastic_failures.push_back(fmt::format("--elastic {}: {}", e.text, done.to_string()));
+        }
+      }
+      std::lock_guard lk(elastic_mu);
+      for (; next < o.elastic.size(); ++next) {
+        elastic_failures.push_back(fmt::format(
+            "--elastic {}: still pending when the workload ended", o.elastic[next].text));
+      }
+    });
+  }
   // The first turns' prompts reach 3/2 x --context tokens: refuse a workload whose requests can
   // never fit before building a single prompt (a huge --context would spend long building them).
   const std::int64_t longest_first = o.context + o.context / 2;
@@ -386,6 +494,7 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
       last_activity_s = now_s;
     }
     if (!live.empty() && now_s - last_activity_s > o.stall_timeout_s) {
+      stop_elastic();
       return make_error(errc::deadline_exceeded,
                         "helix run: no token for {:.0f} s with {} sessions live", o.stall_timeout_s,
                         live.size());
@@ -400,8 +509,11 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
     queue.cv.wait_until(lk, wake, [&queue] { return !queue.done.empty(); });
   }
 
+  stop_elastic();
+  r.elastic_failures = std::move(elastic_failures);
   const actors::engine_stats s = eng->stats();
   r.kv_series.push_back(sample_of(s, elapsed_s()));
+  r.epochs = s.epochs;
   r.layout = s.layout;
   r.migrations = s.migrations;
   r.kv_imbalance_max = s.kv_imbalance_max;
@@ -467,6 +579,17 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
                           {"blocks_moved", x.blocks_moved},
                           {"blocks_rebuilt", x.blocks_rebuilt}});
   }
+  nlohmann::json epochs = nlohmann::json::array();
+  for (const actors::epoch_stats& e : r.epochs) {
+    epochs.push_back({{"reason", e.reason},
+                      {"layout_before", e.layout_before},
+                      {"layout_after", e.layout_after},
+                      {"kv_bytes_moved", e.kv_bytes_moved},
+                      {"blocks_moved", e.blocks_moved},
+                      {"blocks_rebuilt", e.blocks_rebuilt},
+                      {"pause_ms", e.pause_ms},
+                      {"note", e.note}});
+  }
   nlohmann::json series = nlohmann::json::array();
   for (const kv_sample& k : r.kv_series) {
     series.push_back(
@@ -505,7 +628,9 @@ nlohmann::json workload_report_json(const workload_options& o, const workload_re
           {"interrupted", r.interrupted},
           {"output_digest", r.output_digest},
           {"worker_processes", std::move(procs)},
-          {"recoveries", std::move(recoveries)}};
+          {"recoveries", std::move(recoveries)},
+          {"epochs", std::move(epochs)},
+          {"elastic_failures", r.elastic_failures}};
 }
 
 void print_workload_report(std::ostream& out, const workload_options& o, const workload_report& r,
@@ -558,6 +683,15 @@ void print_workload_report(std::ostream& out, const workload_options& o, const w
         x.rank, x.pid, x.layout_before, x.layout_after, x.mode, x.blocks_kept, x.blocks_moved,
         x.blocks_rebuilt, x.detect_ms, x.replan_ms, x.reload_ms, x.rebuild_ms);
   }
+  for (const actors::epoch_stats& e : r.epochs) {
+    if (e.reason != "join" && e.reason != "leave") continue;
+    out << fmt::format(
+        "  {}: {} -> {}, {} KV blocks moved ({}), {} rebuilt, paused {:.0f} ms{}{}\n", e.reason,
+        e.layout_before, e.layout_after, e.blocks_moved,
+        format_bytes(static_cast<std::uint64_t>(e.kv_bytes_moved)), e.blocks_rebuilt, e.pause_ms,
+        e.note.empty() ? "" : "; ", e.note);
+  }
+  for (const std::string& f : r.elastic_failures) out << "  FAILED " << f << "\n";
 }
 
 int run_workload(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -591,17 +725,21 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "  --recovery MODE   off (a failed worker fails the engine), lost_blocks (rebuild the\n"
       "                    workers on the members that remain, which keep their KV; only the\n"
       "                    lost blocks are computed again) or full_replay (replay every request)\n"
+      "  --elastic EVENTS  workers join and leave while the workload runs, e.g.\n"
+      "                    join:2@3s,leave:1@6s (times from the first decode step; @step20\n"
+      "                    counts engine steps; a leave removes the highest rank); an event\n"
+      "                    still pending when the workload ends fails the run\n"
       "  --json            the report as JSON\n";
   auto a = cli_args::parse(args, {"json", "help"});
   if (!a) {
     err << "error: " << a.error().message() << "\n" << run_usage;
     return 2;
   }
-  if (const status known =
-          a->check_known({"config",         "model",    "workers",     "layout",    "agents",
-                          "rate",           "duration", "requests",    "context",   "turns",
-                          "max-tokens",     "seed",     "kv-capacity", "processes", "listen",
-                          "expect-workers", "standby",  "recovery",    "json",      "help"});
+  if (const status known = a->check_known(
+          {"config",      "model",     "workers", "layout",         "agents",     "rate",
+           "duration",    "requests",  "context", "turns",          "max-tokens", "seed",
+           "kv-capacity", "processes", "listen",  "expect-workers", "standby",    "recovery",
+           "elastic",     "json",      "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << run_usage;
     return 2;
@@ -683,6 +821,11 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
     }
     o.standbys = *k;
   }
+  if (const auto events = a->get("elastic")) {
+    auto parsed = parse_elastic(*events);
+    if (!parsed) return usage_error(parsed.error().message());
+    o.elastic = std::move(*parsed);
+  }
   o.engine.kv_capacity_tokens_per_worker = *kv;
   o.max_agents = *agents;
   o.rate = *rate;
@@ -721,6 +864,10 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   if (r->interrupted) {
     err << "error: interrupted (SIGINT); the report covers the run so far\n";
     return 130;
+  }
+  if (!r->elastic_failures.empty()) {
+    for (const std::string& f : r->elastic_failures) err << "error: " << f << "\n";
+    return 1;
   }
   if (r->requests_failed > 0 || r->requests_completed != r->requests_planned) {
     err << fmt::format("error: {} of {} requests did not complete\n",

@@ -40,6 +40,22 @@
 
 namespace helix::apps {
 
+/// One planned change of `helix run --elastic`: `count` workers join, or `count` leave (the
+/// highest rank each time), once the engine ran `step` steps or `at_s` seconds passed since the
+/// first decode step.
+struct elastic_event {
+  bool join = true;
+  std::int64_t count = 1;
+  bool by_step = false;
+  std::int64_t step = 0;
+  double at_s = 0.0;
+  std::string text;  // as given, for messages
+};
+
+/// Parses "join:2@3s,leave:1@6s" (also "@500ms" and "@step20"): comma-separated events
+/// `join|leave:COUNT@WHEN`, COUNT in [1, 64]. invalid_argument naming the event and what is wrong.
+[[nodiscard]] expected<std::vector<elastic_event>> parse_elastic(std::string_view text);
+
 struct workload_options {
   actors::engine_config engine;      // the engine the agents share
   std::int64_t max_agents = 16;      // sessions live at once
@@ -68,6 +84,8 @@ struct workload_options {
   bool listen = false;
   std::string listen_host;
   std::uint16_t listen_port = 0;
+  /// Workers that join and leave while the workload runs (engine::add_workers, drain_worker).
+  std::vector<elastic_event> elastic;
 };
 
 /// Percentiles of a latency in milliseconds (linear interpolation between order statistics).
@@ -109,8 +127,12 @@ struct workload_report {
   std::int64_t migrations = 0;
   double kv_imbalance_max = 0.0;
   std::vector<actors::recovery_stats> recoveries;  // engine_config::recovery
-  bool interrupted = false;                        // stopped early by workload_options::interrupt
-  std::vector<actors::worker_info> worker_info;    // rank, pid, host of every worker
+  /// The layout epochs (initial, joins, leaves, recoveries, rebalancing), in order.
+  std::vector<actors::epoch_stats> epochs;
+  /// --elastic events that failed or never ran (the workload ended first): the run fails.
+  std::vector<std::string> elastic_failures;
+  bool interrupted = false;                      // stopped early by workload_options::interrupt
+  std::vector<actors::worker_info> worker_info;  // rank, pid, host of every worker
   /// Resident memory of each worker's process at the end of the run (-1: not on this host).
   std::vector<std::int64_t> worker_rss_bytes;
   /// SHA-256 (hex) over (session, turn, finish reason, tokens) of every turn that ended, in
@@ -136,7 +158,9 @@ struct workload_report {
 /// "output_digest", "worker_processes" ([{rank, pid, host, name, rss_bytes}]; rss_bytes null
 /// for a worker on another host), and "recoveries" ([{rank, pid, why, layout_before,
 /// layout_after, detect_ms, replan_ms, reload_ms, rebuild_ms, requests_replayed,
-/// tokens_replayed}], one per recovery from a worker failure).
+/// tokens_replayed}], one per recovery from a worker failure), "epochs" ([{reason, layout_before,
+/// layout_after, kv_bytes_moved, blocks_moved, blocks_rebuilt, pause_ms, note}]) and
+/// "elastic_failures".
 [[nodiscard]] nlohmann::json workload_report_json(const workload_options& o,
                                                   const workload_report& r);
 

@@ -44,6 +44,7 @@ caf::error refuse(std::string text) {
 // missing). It stops once it answered the engine.
 struct registrar_state {
   std::int32_t expected = 0;
+  std::int32_t world = 0;  // the engine's ranks, told to standbys (workers added later: expected 0)
   proto_v1::ClusterConfig config;
   std::vector<worker_info> joined;
   std::vector<std::string> addresses;
@@ -115,9 +116,11 @@ membership_msg make_membership(const registrar_state& st) {
 // `members`: empty at the start (workers join); after a failure, the processes that take the
 // new ranks (they joined before; each is told its rank by relayout_msg).
 caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::int32_t standbys,
-                        proto_v1::ClusterConfig config, std::vector<worker_info> members) {
+                        proto_v1::ClusterConfig config, std::vector<worker_info> members,
+                        std::int32_t world) {
   auto& st = self->state;
   st.expected = expected;
+  st.world = world;
   st.standbys_expected = standbys;
   st.standby_agents.resize(static_cast<std::size_t>(standbys));
   st.standby_heartbeats.resize(static_cast<std::size_t>(standbys));
@@ -145,7 +148,7 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::int32_t 
           st.standby_joined.push_back({-1, j->pid(), j->host(), j->name()});
           logger()->info("worker {} joined as a standby (pid {}, host {}; {})", j->name(), j->pid(),
                          j->host(), describe(j->capabilities()));
-          return join_reply_msg{to_bytes(accept_join(-1, st.expected, st.config))};
+          return join_reply_msg{to_bytes(accept_join(-1, st.world, st.config))};
         }
         if (static_cast<std::int32_t>(st.joined.size()) >= st.expected) {
           return refuse_join_msg(
@@ -245,19 +248,36 @@ caf::behavior heartbeat_monitor(caf::event_based_actor* self, caf::actor engine,
   self->monitor(engine);
   self->set_down_handler([self](caf::down_msg&) { self->quit(); });
   auto reported = std::make_shared<bool>(false);
+  auto asked = std::make_shared<std::vector<bool>>(beats.size(), false);  // to leave (SIGTERM)
   self->send(self, tick_atom::value);
   return {
       [=](tick_atom) {
         for (std::size_t r = 0; r < beats.size(); ++r) {
           self->request(beats[r], deadline, ping_atom::value)
-              .then([](ping_atom) {},
-                    [=](caf::error& e) {
-                      if (*reported) return;
-                      *reported = true;
-                      self->send(engine, actors::lost_atom::value, workers[r],
-                                 fmt::format("no heartbeat answer within {} ms ({})",
-                                             deadline.count(), self->system().render(e)));
-                    });
+              .then(
+                  [=](ping_atom, bool leaving) {
+                    // A worker process told to terminate leaves gracefully: the engine moves
+                    // its KV and duties to the others first (engine::drain_worker).
+                    if (!leaving || (*asked)[r]) return;
+                    (*asked)[r] = true;
+                    logger()->info("worker {} asks to leave (SIGTERM)", r);
+                    self->request(engine, caf::infinite, actors::shrink_atom::value, workers[r])
+                        .then(
+                            [r](actors::wire_status& w) {
+                              const status st = actors::from_wire(w);
+                              if (!st.ok()) logger()->error("leave of worker {}: {}", r, st);
+                            },
+                            [r](caf::error& e) {
+                              logger()->error("leave of worker {}: {}", r, caf::to_string(e));
+                            });
+                  },
+                  [=](caf::error& e) {
+                    if (*reported) return;
+                    *reported = true;
+                    self->send(engine, actors::lost_atom::value, workers[r],
+                               fmt::format("no heartbeat answer within {} ms ({})",
+                                           deadline.count(), self->system().render(e)));
+                  });
         }
         self->delayed_send(self, period, tick_atom::value);
       },
@@ -324,7 +344,7 @@ class spawned_source final : public actors::worker_source {
       }
     }
     caf::actor reg =
-        sys.spawn(registrar, n, opts_.standbys, std::move(cc), std::vector<worker_info>{});
+        sys.spawn(registrar, n, opts_.standbys, std::move(cc), std::vector<worker_info>{}, n);
     // The middleman listens on loopback only; workers reach it through the front door, which
     // checks the framing before CAF allocates anything (front_door.hpp).
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
@@ -346,39 +366,10 @@ class spawned_source final : public actors::worker_source {
       if (on_listening_) on_listening_(door_->port());
     }
     for (std::int32_t r = 0; spawn && r < n + opts_.standbys; ++r) {
-      std::vector<std::string> args = {"helix", "worker", "--join",
-                                       join,    "--name", fmt::format("worker-{}", r)};
-      if (opts_.threads > 0) {
-        args.push_back("--threads");
-        args.push_back(std::to_string(opts_.threads));
-      }
-      for (const auto& [flag, value] :
-           {std::pair<const char*, std::string>{
-                "--netns", opts_.netns.empty()
-                               ? std::string()
-                               : opts_.netns[static_cast<std::size_t>(r) % opts_.netns.size()]},
-            {"--transports", opts_.transports},
-            {"--net-devices", opts_.net_devices}}) {
-        if (value.empty()) continue;
-        args.push_back(flag);
-        args.push_back(value);
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      const pid_t parent = ::getpid();
-      const pid_t pid = ::fork();
-      if (pid < 0) {
+      if (status st = spawn_worker(join, false); !st.ok()) {
         caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
-        return resource_exhausted("spawned workers: fork: {}", std::strerror(errno));
+        return st;
       }
-      if (pid == 0) {  // only async-signal-safe calls until exec
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != parent) ::_exit(127);
-        ::execv(opts_.worker_binary.c_str(), argv.data());
-        ::_exit(127);
-      }
-      pids_.push_back(pid);
     }
     logger()->info("started {} worker processes, joining at {}", n, join);
     expected<std::vector<caf::actor>> result = internal_error("spawned workers: no answer");
@@ -448,12 +439,10 @@ class spawned_source final : public actors::worker_source {
   // its old worker, and joins a new data plane through a registrar of this epoch, which hands
   // back the new workers as at the start. Donors join it too, after the ranks, for the restore
   // only: their agents stand by again once the engine stopped their donor workers.
-  expected<std::vector<caf::actor>> relayout(caf::actor_system& sys,
-                                             const actors::engine_config& config,
-                                             const layout& grid,
-                                             const std::vector<std::int64_t>& survivors,
-                                             const std::vector<std::int64_t>& standby,
-                                             const std::vector<std::int64_t>& donors) override {
+  expected<std::vector<caf::actor>> relayout(
+      caf::actor_system& sys, const actors::engine_config& config, const layout& grid,
+      const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby,
+      const std::vector<std::int64_t>& donors, const std::vector<std::int64_t>& leaving) override {
     // The old monitor's reports would name old workers: a new one starts with the new ranks.
     if (monitor_) caf::anon_send_exit(monitor_, caf::exit_reason::user_shutdown);
     monitor_ = nullptr;
@@ -462,16 +451,23 @@ class spawned_source final : public actors::worker_source {
       return r >= 0 && r < static_cast<std::int64_t>(agents_.size()) &&
              agents_[static_cast<std::size_t>(r)];
     };
-    std::vector<member> ranks;
-    for (const std::int64_t r : survivors) {
-      if (!known(r)) return internal_error("relayout: no worker process at rank {}", r);
-      ranks.push_back(member_at(r));
-    }
-    // Standbys fill the ranks the survivors leave; the source's lists change only on success.
+    // Standbys fill the ranks the survivors leave (-1 or past the survivors); the source's
+    // lists change only on success.
     std::vector<member> idle(standbys_.begin(), standbys_.end());
-    while (static_cast<std::int32_t>(ranks.size()) < n && !idle.empty()) {
-      ranks.push_back(std::move(idle.front()));
-      idle.erase(idle.begin());
+    std::vector<member> ranks;
+    for (std::int32_t i = 0; i < n; ++i) {
+      const std::int64_t r = static_cast<std::size_t>(i) < survivors.size()
+                                 ? survivors[static_cast<std::size_t>(i)]
+                                 : -1;
+      if (r >= 0) {
+        if (!known(r)) return internal_error("relayout: no worker process at rank {}", r);
+        ranks.push_back(member_at(r));
+      } else if (!idle.empty()) {
+        ranks.push_back(std::move(idle.front()));
+        idle.erase(idle.begin());
+      } else {
+        break;
+      }
     }
     if (static_cast<std::int32_t>(ranks.size()) != n) {
       return failed_precondition("relayout: {} ranks for layout {}, only {} workers remain", n,
@@ -479,11 +475,19 @@ class spawned_source final : public actors::worker_source {
     }
     const std::size_t old_idle = idle.size();
     std::vector<member> giving;  // donors, in order: ranks n, n + 1, ... of the new data plane
+    std::vector<member> gone;    // leaving: they exit (after donating) instead of standing by
     for (const std::int64_t r : standby) {
       if (!known(r)) continue;
-      idle.push_back(member_at(r));
-      if (std::find(donors.begin(), donors.end(), r) != donors.end()) giving.push_back(idle.back());
+      const bool leaves = std::find(leaving.begin(), leaving.end(), r) != leaving.end();
+      (leaves ? gone : idle).push_back(member_at(r));
+      if (std::find(donors.begin(), donors.end(), r) != donors.end()) {
+        giving.push_back(leaves ? gone.back() : idle.back());
+      }
     }
+    const auto is_gone = [&](const member& m) {
+      return std::any_of(gone.begin(), gone.end(),
+                         [&](const member& g) { return g.agent == m.agent; });
+    };
     if (giving.size() != donors.size()) {
       return internal_error("relayout: {} donors named, {} known", donors.size(), giving.size());
     }
@@ -495,12 +499,19 @@ class spawned_source final : public actors::worker_source {
                             : giving[static_cast<std::size_t>(r - n)].info);
       infos.back().rank = r;
     }
-    caf::actor reg = sys.spawn(registrar, world, 0, cc, infos);
+    caf::actor reg = sys.spawn(registrar, world, 0, cc, infos, world);
     const std::string bytes = to_bytes(cc);
     for (std::int32_t r = 0; r < world; ++r) {
       const member& m =
           r < n ? ranks[static_cast<std::size_t>(r)] : giving[static_cast<std::size_t>(r - n)];
-      caf::anon_send(m.agent, relayout_msg{r, world, bytes, reg, engine_});
+      caf::anon_send(m.agent, relayout_msg{r, world, bytes, reg, engine_, is_gone(m)});
+    }
+    for (const member& m : gone) {
+      const bool donor = std::any_of(giving.begin(), giving.end(),
+                                     [&](const member& g) { return g.agent == m.agent; });
+      logger()->info("{} (pid {}) leaves{}", m.info.name, m.info.pid,
+                     donor ? " once it handed its KV over" : "");
+      if (!donor) caf::anon_send(m.agent, relayout_msg{-1, 0, {}, nullptr, engine_, true});
     }
     for (std::size_t i = old_idle; i < idle.size(); ++i) {
       const bool donor = std::any_of(giving.begin(), giving.end(),
@@ -568,6 +579,80 @@ class spawned_source final : public actors::worker_source {
 
   std::int64_t standbys() const override { return static_cast<std::int64_t>(standbys_.size()); }
 
+  // Scale out: `count` new worker processes join as standbys through a registrar of their own,
+  // behind a front door of its own (the first one stopped accepting once the engine started);
+  // the relayout that follows gives them ranks.
+  status add_members(caf::actor_system& sys, const actors::engine_config& config,
+                     const layout& grid, std::int64_t count) override {
+    if (listening_) {
+      return failed_precondition(
+          "listening workers: adding workers to a running engine needs spawned workers");
+    }
+    if (count < 1 || count > 1024) {
+      return invalid_argument("add_workers: count = {} must be in [1, 1024]", count);
+    }
+    const auto n = static_cast<std::int32_t>(count);
+    caf::actor reg =
+        sys.spawn(registrar, 0, n, cluster_config(config, grid), std::vector<worker_info>{},
+                  static_cast<std::int32_t>(grid.num_ranks));
+    const auto stop_reg = [&] { caf::anon_send_exit(reg, caf::exit_reason::user_shutdown); };
+    auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
+    if (!port) {
+      stop_reg();
+      return make_error(errc::unavailable, "add_workers: the middleman cannot listen: {}",
+                        sys.render(port.error()));
+    }
+    auto door = front_door::open(opts_.host, 0, *port, max_control_frame_bytes);
+    if (!door) {
+      stop_reg();
+      return door.error();
+    }
+    const std::string join = fmt::format("{}:{}", opts_.host, (*door)->port());
+    status st;
+    for (std::int32_t i = 0; i < n && st.ok(); ++i) st = spawn_worker(join, true);
+    if (st.ok()) {
+      logger()->info("started {} worker processes to join, at {}", n, join);
+      caf::scoped_actor self{sys};
+      self->send(reg, await_workers{opts_.join_timeout.count()});
+      const auto until =
+          std::chrono::steady_clock::now() + opts_.join_timeout + std::chrono::seconds(5);
+      bool answered = false;
+      while (!answered) {
+        self->receive(
+            [&](worker_set& w) {
+              answered = true;
+              for (std::size_t i = 0; i < w.standby_agents.size(); ++i) {
+                standbys_.push_back(
+                    {{-1, w.standby_pids[i], w.standby_hosts[i], w.standby_names[i]},
+                     w.standby_agents[i],
+                     w.standby_heartbeats[i]});
+                // It learns the engine now, and ends with it.
+                caf::anon_send(w.standby_agents[i], relayout_msg{-1, 0, {}, nullptr, engine_});
+              }
+            },
+            [&](caf::error& e) {
+              answered = true;
+              st = make_error(errc::unavailable, "add_workers: {}{}", sys.render(e),
+                              exited_children());
+            },
+            caf::after(std::chrono::milliseconds(100)) >>
+                [&] {
+                  if (std::chrono::steady_clock::now() > until) {
+                    answered = true;
+                    st =
+                        make_error(errc::unavailable, "add_workers: the registrar never answered{}",
+                                   exited_children());
+                  }
+                });
+      }
+    }
+    stop_reg();
+    (*door)->stop_accepting();  // joined workers keep their relayed connections
+    doors_.push_back(std::move(*door));
+    (void)sys.middleman().unpublish(reg, *port);
+    return st;
+  }
+
   // Ranks whose process ended: spawned children are reaped here (waitpid), so a dead one is known
   // as soon as the kernel says so.
   std::vector<std::int64_t> dead() override {
@@ -585,6 +670,44 @@ class spawned_source final : public actors::worker_source {
   }
 
  private:
+  // Starts one `helix worker` process joining at `join` (host:port), named worker-K in start
+  // order; `standby`: it asks to stand by.
+  status spawn_worker(const std::string& join, bool standby) {
+    const std::int32_t r = spawned_++;
+    std::vector<std::string> args = {"helix", "worker", "--join",
+                                     join,    "--name", fmt::format("worker-{}", r)};
+    if (standby) args.push_back("--standby");
+    if (opts_.threads > 0) {
+      args.push_back("--threads");
+      args.push_back(std::to_string(opts_.threads));
+    }
+    for (const auto& [flag, value] :
+         {std::pair<const char*, std::string>{
+              "--netns", opts_.netns.empty()
+                             ? std::string()
+                             : opts_.netns[static_cast<std::size_t>(r) % opts_.netns.size()]},
+          {"--transports", opts_.transports},
+          {"--net-devices", opts_.net_devices}}) {
+      if (value.empty()) continue;
+      args.push_back(flag);
+      args.push_back(value);
+    }
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) return resource_exhausted("spawned workers: fork: {}", std::strerror(errno));
+    if (pid == 0) {  // only async-signal-safe calls until exec
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      ::execv(opts_.worker_binary.c_str(), argv.data());
+      ::_exit(127);
+    }
+    pids_.push_back(pid);
+    return ok_status();
+  }
+
   // A worker process as the engine knows it.
   struct member {
     worker_info info;
@@ -645,6 +768,7 @@ class spawned_source final : public actors::worker_source {
   std::uint16_t listen_port_ = 0;
   std::function<void(std::uint16_t)> on_listening_;
   std::vector<pid_t> pids_;
+  std::int32_t spawned_ = 0;            // worker processes started, for their names
   std::map<pid_t, int> reaped_;         // children already waited for, with their wait status
   std::vector<worker_info> info_;       // by rank
   std::vector<caf::actor> workers_;     // by rank
@@ -653,7 +777,8 @@ class spawned_source final : public actors::worker_source {
   std::vector<member> standbys_;        // alive, without a rank
   caf::actor engine_;
   caf::actor monitor_;
-  std::unique_ptr<front_door> door_;  // relays the workers' control connections
+  std::unique_ptr<front_door> door_;                // relays the workers' control connections
+  std::vector<std::unique_ptr<front_door>> doors_;  // those of workers added later
 };
 
 }  // namespace

@@ -30,7 +30,8 @@ namespace helix::cluster {
 /// protocol is refused with both versions named, on both sides. 2: protobuf handshake.
 /// 3: relayout after a failure (relayout_msg, agents).
 /// 4: lost-blocks recovery (restore_msg, step_item::rewrite_from, recovery_stats fields).
-inline constexpr std::int32_t protocol_version = 4;
+/// 5: elastic workers (relayout_msg::leave, engine_stats::epochs).
+inline constexpr std::int32_t protocol_version = 5;
 
 struct spawned_workers_options {
   /// The `helix` binary whose `worker` subcommand runs a worker (e.g. /proc/self/exe).

@@ -31,11 +31,14 @@ inline constexpr std::chrono::milliseconds heartbeat_deadline{2000};
 // A worker gives up on an engine whose control connection has been silent this long.
 inline constexpr std::chrono::milliseconds engine_silence_limit{4000};
 
+// Answers (ping_atom, whether the process asks to leave: SIGTERM) and records when the engine
+// last pinged.
 inline caf::behavior heartbeat(caf::event_based_actor*,
-                               std::shared_ptr<std::atomic<std::int64_t>> last) {
-  return {[last](ping_atom) {
+                               std::shared_ptr<std::atomic<std::int64_t>> last,
+                               std::shared_ptr<std::atomic<bool>> leaving) {
+  return {[last, leaving](ping_atom) {
     last->store(std::chrono::steady_clock::now().time_since_epoch().count());
-    return ping_atom::value;
+    return caf::make_message(ping_atom::value, leaving->load());
   }};
 }
 

@@ -64,13 +64,15 @@ struct ready_msg {
 /// is now rank `rank` of `world` under `config` (a serialized proto_v1::ClusterConfig with the new
 /// layout). It stops its old worker, makes a new data plane, and joins through `registrar` as at
 /// the start (address_msg, membership_msg, ready_msg). rank -1: it stands by without a rank until
-/// the next relayout_msg, or exits when `engine` ends.
+/// the next relayout_msg, or exits when `engine` ends. `leave` (a graceful leave): instead of
+/// standing by, the process exits, once its donor worker (rank >= the layout's) was stopped.
 struct relayout_msg {
   std::int32_t rank = -1;
   std::int32_t world = 0;
   std::string config;
   caf::actor registrar;
   caf::actor engine;
+  bool leave = false;
 };
 /// Engine -> registrar: answer with every worker, in rank order, or an error after timeout_ms.
 struct await_workers {
@@ -113,7 +115,8 @@ typename Inspector::result_type inspect(Inspector& f, ready_msg& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, relayout_msg& x) {
-  return f(caf::meta::type_name("relayout_msg"), x.rank, x.world, x.config, x.registrar, x.engine);
+  return f(caf::meta::type_name("relayout_msg"), x.rank, x.world, x.config, x.registrar, x.engine,
+           x.leave);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, await_workers& x) {

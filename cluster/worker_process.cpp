@@ -9,6 +9,7 @@
 #include <atomic>
 #include <caf/io/all.hpp>
 #include <cerrno>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -194,6 +195,16 @@ bool stop_worker(caf::scoped_actor& self, const caf::actor& worker,
   }
 }
 
+// SIGTERM: leave gracefully. A serving worker asks the engine (through its heartbeat answers)
+// to move its KV and duties to the others, then exits once the engine let it go; a standby exits
+// at once. A second SIGTERM terminates as usual.
+std::atomic<bool> terminate_requested{false};
+
+void on_sigterm(int) {
+  terminate_requested.store(true);
+  std::signal(SIGTERM, SIG_DFL);
+}
+
 // Once serving ended, the process has `shutdown_limit` to take its actor system down; past it,
 // it ends with `code` anyway. CAF's actor_system destructor waits for every detached actor to be
 // destroyed, and after an engine that went away (seen in the partition test under load, about 1 run
@@ -246,7 +257,8 @@ status serve(const worker_args& w) {
   auto reply = read_join_reply(reply_bytes);
   if (!reply) return reply.error().with_context(fmt::format("join refused by {}", engine_at));
   auto last_ping = std::make_shared<std::atomic<std::int64_t>>(0);
-  caf::actor beat = sys.spawn(heartbeat, last_ping);
+  auto asks_to_leave = std::make_shared<std::atomic<bool>>(false);  // SIGTERM, told the engine
+  caf::actor beat = sys.spawn(heartbeat, last_ping, asks_to_leave);
   std::int32_t rank = reply->rank();
   caf::actor worker;                                // none while standing by
   std::shared_ptr<actors::worker_compute> compute;  // the worker's
@@ -265,6 +277,7 @@ status serve(const worker_args& w) {
   }
   caf::actor engine;      // known once a relayout_msg named it; a standby ends with it
   bool donating = false;  // `worker` is a donor: once the engine stopped it, stand by again
+  bool leaving = false;   // a graceful leave: exit instead of standing by
   // Serve until the engine stops the worker actor. An engine that went away (its process ended,
   // its host vanished, the connection broke) stops pinging: once it has been silent for
   // engine_silence_limit (or never pinged within the join timeout), nobody is left to serve, so
@@ -276,6 +289,13 @@ status serve(const worker_args& w) {
   while (!done) {
     self->receive(
         [&](caf::down_msg& dm) {
+          if (donating && worker && dm.source == worker.address() && leaving) {
+            logger()->info("{}: handed its KV over; leaving", w.name);
+            worker = nullptr;
+            compute = nullptr;
+            done = true;
+            return;
+          }
           if (donating && worker && dm.source == worker.address()) {
             logger()->info("{}: handed its KV over; standing by", w.name);
             worker = nullptr;
@@ -310,6 +330,12 @@ status serve(const worker_args& w) {
             self->monitor(engine);
           }
           rank = m.rank;
+          leaving = m.leave;
+          if (rank < 0 && leaving) {
+            logger()->info("{}: leaving the engine", w.name);
+            done = true;
+            return;
+          }
           if (rank < 0) {
             logger()->info("{}: standing by", w.name);
             return;
@@ -335,6 +361,18 @@ status serve(const worker_args& w) {
         caf::after(heartbeat_period) >>
             [&] {
               const auto now = std::chrono::steady_clock::now();
+              if (terminate_requested.load() && !asks_to_leave->load()) {
+                if (!worker || donating) {
+                  logger()->info("{}: SIGTERM while standing by: leaving", w.name);
+                  done = true;
+                  return;
+                }
+                logger()->info(
+                    "{}: SIGTERM: asking the engine to move rank {}'s KV and duties "
+                    "to the others",
+                    w.name, rank);
+                asks_to_leave->store(true);
+              }
               if (!worker || donating) {  // standing by: ends with the engine actor, once known
                 if (!engine && now - ready_at > w.timeout) {
                   outcome = unavailable("{}: standing by for {} ms, never told the engine",
@@ -387,6 +425,7 @@ int run_worker(const std::vector<std::string>& args, std::ostream& out, std::ost
     err << "error: " << w.error().message() << "\n" << worker_usage;
     return 2;
   }
+  std::signal(SIGTERM, on_sigterm);
   // First, while this process has one thread (setns moves only the calling thread).
   if (!w->netns.empty()) {
     const status entered = transport::enter_netns(w->netns);

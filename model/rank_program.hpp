@@ -103,14 +103,17 @@ struct restored_sequence {
   std::vector<std::int64_t> kept_kvp;
   std::int64_t synthetic_tokens = 0;  // leading positions of seeded synthetic KV
   std::uint64_t synthetic_seed = 0;
-  /// Per block (or empty: none): the donor that sends it, or -1. A donor is a member of the old
-  /// layout left without a rank that still holds its blocks (carried_kv); donor j is rank
-  /// N + j of the handoff communicator (N = the new layout's ranks). Its blocks move over the
-  /// data plane to their new owner, not rebuilt (their kept_kvp is -1).
+  /// Per block (or empty: none): the donor that sends it, or -1. A donor is a KVP member of the
+  /// old layout left without a rank whose holders still hold its blocks (carried_kv), one per
+  /// TPA column (the new layout has the same TPA size): donor d's holder in column c is rank
+  /// N + d * TPA + c of the handoff communicator (N = the new layout's ranks) and sends that
+  /// column's pages to the new owner's holder in the same column. The blocks move over the
+  /// data plane, not rebuilt (their kept_kvp is -1).
   std::vector<std::int64_t> donor;
 };
 
-/// The donor's half of rank_program::restore: sends every block whose donor is `donor_idx` from
+/// The donor's half of rank_program::restore: sends every block whose donor holder is
+/// `donor_idx` (d * TPA + this member's column, as above) from
 /// `kv` (the KV this member carried) to its new owner over `handoff` (new ranks 0..N-1, donors
 /// from N on), one message per block and layer, after the same agreement as restore() (a block
 /// this donor does not hold fails the restore on every rank). `after` is the new layout.

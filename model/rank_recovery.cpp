@@ -117,7 +117,7 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
       const std::int64_t donors =
           handoff != nullptr ? handoff->size() - w_.layout.num_ranks : std::int64_t{0};
       if (r.owner_kvp[b] < 0 || r.owner_kvp[b] >= kvp || r.kept_kvp[b] < -1 || d < -1 ||
-          d >= donors || (d >= 0 && r.kept_kvp[b] >= 0)) {
+          (d >= 0 && (d + 1) * w_.layout.tpa > donors) || (d >= 0 && r.kept_kvp[b] >= 0)) {
         return invalid_argument(
             "rank_program: restore of sequence {}: block {} owner {} kept {} donor {} ({} donors)",
             r.seq, b, r.owner_kvp[b], r.kept_kvp[b], d, donors);
@@ -219,8 +219,8 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
           slot = had->blocks()[b].slot;
         } else {
           HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
-          if (donor_of(r, b) >= 0) {
-            incoming.emplace_back(slot, donor_of(r, b));
+          if (donor_of(r, b) >= 0) {  // the donor's member, this column's holder of it
+            incoming.emplace_back(slot, donor_of(r, b) * w_.layout.tpa + tpa_idx_);
           } else if (static_cast<std::int64_t>(b) * bt < r.synthetic_tokens) {
             refills.back().pages.emplace_back(slot, static_cast<std::int64_t>(b));
           }
@@ -275,7 +275,7 @@ status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::
   for (const restored_sequence& r : seqs) {
     auto it = kv.tables.find(r.seq);
     for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {
-      if (donor_of(r, b) != donor_idx) continue;
+      if (donor_of(r, b) < 0 || donor_of(r, b) * after.tpa + column != donor_idx) continue;
       const bool held = it != kv.tables.end() && b < it->second.blocks().size() &&
                         it->second.blocks()[b].rank == kv.rank &&
                         it->second.blocks()[b].first_pos == static_cast<std::int64_t>(b) * bt;

@@ -58,6 +58,7 @@ expected<std::vector<std::int64_t>> kept_members(const layout& before, const lay
   std::vector<std::int64_t> new_rank(static_cast<std::size_t>(before.num_ranks), -1);
   for (std::size_t i = 0; i < survivors.size(); ++i) {
     const std::int64_t r = survivors[i];
+    if (r == -1) continue;  // a fresh member takes new rank i
     if (r < 0 || r >= before.num_ranks) {
       return invalid_argument("kept_members: survivor {} outside the {} ranks of {}", r,
                               before.num_ranks, before.to_string());

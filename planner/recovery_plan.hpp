@@ -36,8 +36,9 @@ namespace helix::planner {
                                                         std::span<const std::int64_t> alive);
 
 /// Per old KVP member (kvp_idx of `before`): the member of `after` that keeps its blocks, or -1.
-/// `survivors[i]` is the old rank that becomes new rank i. Nothing is kept when the TPA sizes
-/// differ. invalid_argument for a survivor outside `before` or more survivors than new ranks.
+/// `survivors[i]` is the old rank that becomes new rank i, or -1 where a fresh member (a standby,
+/// a joining worker) takes it. Nothing is kept when the TPA sizes differ. invalid_argument for a
+/// survivor outside `before` or more survivors than new ranks.
 [[nodiscard]] expected<std::vector<std::int64_t>> kept_members(
     const layout& before, const layout& after, std::span<const std::int64_t> survivors);
 

@@ -1,5 +1,6 @@
 #include "apps/run_cmd.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <sstream>
@@ -145,6 +146,76 @@ TEST(RunCommand, InterruptGivesAPartialReport) {
   EXPECT_NE(human.str().find("INTERRUPTED"), std::string::npos) << human.str();
 }
 
+// --elastic on threads: workers join and leave mid-run, every request completes, the epochs are
+// listed, and the tokens are those of the run without the changes.
+TEST(RunCommand, ElasticJoinAndLeaveKeepTheDigest) {
+  const std::vector<std::string> workload = {
+      "--workers", "2",         "--layout", "helix:kvp=2,tpa=1", "--requests", "16",     "--rate",
+      "50",        "--context", "256",      "--max-tokens",      "24",         "--seed", "3",
+      "--json"};
+  std::ostringstream out1, err1;
+  ASSERT_EQ(run_workload(workload, out1, err1), 0) << err1.str();
+  const auto fixed = nlohmann::json::parse(out1.str());
+  std::vector<std::string> elastic = workload;
+  elastic.insert(elastic.end(), {"--elastic", "join:2@step10,leave:1@step40"});
+  std::ostringstream out2, err2;
+  ASSERT_EQ(run_workload(elastic, out2, err2), 0) << err2.str();
+  const auto got = nlohmann::json::parse(out2.str());
+  EXPECT_EQ(got["requests_completed"], 16);
+  EXPECT_EQ(got["output_digest"], fixed["output_digest"]);
+  ASSERT_TRUE(got.contains("epochs"));
+  std::vector<std::string> reasons;
+  for (const auto& e : got["epochs"]) {
+    for (const char* f :
+         {"reason", "layout_before", "layout_after", "kv_bytes_moved", "pause_ms"}) {
+      EXPECT_TRUE(e.contains(f)) << f << " in " << e.dump();
+    }
+    reasons.push_back(e["reason"]);
+    if (e["reason"] == "join") {
+      EXPECT_EQ(e["layout_after"], "helix:kvp=4,tpa=1,tpf=4,ep=1");
+      EXPECT_GT(e["kv_bytes_moved"].get<std::int64_t>(), 0);
+    }
+  }
+  EXPECT_EQ(reasons.front(), "initial");
+  EXPECT_EQ(std::count(reasons.begin(), reasons.end(), "join"), 1);
+  EXPECT_EQ(std::count(reasons.begin(), reasons.end(), "leave"), 1);
+  EXPECT_TRUE(got["elastic_failures"].empty()) << got["elastic_failures"].dump();
+  EXPECT_NE(err2.str().find("[run] elastic join:2@step10: done"), std::string::npos) << err2.str();
+}
+
+// An event the workload never reaches fails the run (after the report), naming it.
+TEST(RunCommand, ElasticEventStillPendingFailsTheRun) {
+  std::ostringstream out, err;
+  EXPECT_EQ(run_workload({"--workers", "2", "--requests", "2", "--context", "64", "--max-tokens",
+                          "4", "--elastic", "join:1@step100000", "--json"},
+                         out, err),
+            1);
+  EXPECT_NE(err.str().find("join:1@step100000: still pending"), std::string::npos) << err.str();
+  const auto j = nlohmann::json::parse(out.str());
+  EXPECT_EQ(j["requests_completed"], 2);
+  EXPECT_EQ(j["elastic_failures"].size(), 1u);
+}
+
+TEST(RunCommand, ElasticEventsParse) {
+  auto e = parse_elastic("join:2@3s,leave:1@500ms,join:1@step20");
+  ASSERT_TRUE(e.has_value()) << e.error().to_string();
+  ASSERT_EQ(e->size(), 3u);
+  EXPECT_TRUE((*e)[0].join);
+  EXPECT_EQ((*e)[0].count, 2);
+  EXPECT_DOUBLE_EQ((*e)[0].at_s, 3.0);
+  EXPECT_FALSE((*e)[1].join);
+  EXPECT_DOUBLE_EQ((*e)[1].at_s, 0.5);
+  EXPECT_TRUE((*e)[2].by_step);
+  EXPECT_EQ((*e)[2].step, 20);
+  for (const char* bad : {"", "join", "grow:1@1s", "join:0@1s", "join:65@1s", "join:1@", "join:1@3",
+                          "join:1@steps", "leave:1@-1s", "join:1@1s,"}) {
+    const auto r = parse_elastic(bad);
+    ASSERT_FALSE(r.has_value()) << bad;
+    EXPECT_EQ(r.error().code(), errc::invalid_argument) << bad;
+    EXPECT_NE(r.error().message().find("--elastic"), std::string::npos) << r.error().message();
+  }
+}
+
 TEST(RunCommand, BadFlagsAreUsageErrors) {
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
            {"--colour", "red"},
@@ -161,6 +232,7 @@ TEST(RunCommand, BadFlagsAreUsageErrors) {
            {"--workers", "3", "--requests", "1"},  // 8 query heads: no layout for 3 workers
            {"--layout", "helix:kvp=nine", "--requests", "1"},
            {"positional"},
+           {"--elastic", "join:two@1s"},
        }) {
     std::ostringstream out, err;
     EXPECT_EQ(run_workload(args, out, err), 2) << args[0] << ": " << err.str();

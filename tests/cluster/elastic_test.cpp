@@ -1,0 +1,132 @@
+// Elastic workers as processes: `helix run --processes 2 --elastic ...` spawns joining worker
+// processes mid-run (a registrar and front door of their own) and lets the highest rank leave;
+// KV blocks move over UCX and the run's output digest is that of the run without the changes.
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/cli.hpp"
+#include "tests/support/cluster_fixtures.hpp"
+
+namespace helix::cluster {
+namespace {
+
+using namespace fixtures;
+
+// SIGTERM to a worker process mid-decode is a graceful leave: the engine moves its KV to the
+// others (nothing recomputed, no recovery), the process exits, and every request ends as in a
+// run on a fixed engine. Then add_workers brings the engine back to 4 processes.
+TEST(Processes, SigtermIsAGracefulLeaveAndAddWorkersSpawnsNewOnes) {
+  const engine_config c = config_for("tiny-llama", "helix:kvp=4,tpa=1", 4);
+  // A fixed engine serves the workload twice (a sampled request's noise follows its request id).
+  auto fixed = engine::create(c);
+  ASSERT_TRUE(fixed.has_value()) << fixed.error().to_string();
+  const long_run want = serve_long(**fixed);
+  const long_run want_again = serve_long(**fixed);
+  ASSERT_FALSE(want.tokens.empty());
+  auto eng = engine::create(c, processes());
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const auto before = (*eng)->workers();
+  ASSERT_EQ(before.size(), 4u);
+  const pid_t victim = static_cast<pid_t>(before[3].pid);
+  const long_run got = serve_long(**eng, [&](std::size_t tokens) {
+    if (tokens == 4) {
+      ASSERT_EQ(::kill(victim, SIGTERM), 0);
+    }
+  });
+  EXPECT_EQ(got.tokens, want.tokens);
+  for (const auto& e : got.last) {
+    EXPECT_EQ(e.reason, actors::finish_reason::length) << e.error.to_string();
+  }
+  // The leave runs at a step boundary after the next heartbeat (500 ms): wait for its epoch.
+  actors::engine_stats s;
+  for (int i = 0; i < 200; ++i) {
+    s = (*eng)->stats();
+    if (std::any_of(s.epochs.begin(), s.epochs.end(),
+                    [](const actors::epoch_stats& e) { return e.reason == "leave"; })) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(s.recoveries.empty()) << s.recoveries.front().why;
+  ASSERT_EQ(s.epochs.back().reason, "leave");
+  EXPECT_EQ(s.epochs.back().layout_before, "helix:kvp=4,tpa=1,tpf=4,ep=1");
+  EXPECT_EQ(s.epochs.back().blocks_rebuilt, 0);
+  // The source reaps its children only at the end: an exited worker is a zombie until then.
+  const auto running = [](pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) return false;
+    const auto close = line.rfind(')');
+    return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+  };
+  for (int i = 0; i < 200 && running(victim); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_FALSE(running(victim)) << "the worker that got SIGTERM did not exit";
+
+  const status grown = (*eng)->add_workers(2);
+  ASSERT_TRUE(grown.ok()) << grown.to_string();
+  s = (*eng)->stats();
+  EXPECT_EQ(s.layout, "helix:kvp=4,tpa=1,tpf=4,ep=1") << "2 served, 1 stood by, 2 joined";
+  EXPECT_EQ(s.standbys, 1);
+  const auto after = (*eng)->workers();
+  ASSERT_EQ(after.size(), 4u);
+  const long_run again = serve_long(**eng);
+  EXPECT_EQ(again.tokens, want_again.tokens);
+  eng->reset();
+  for (const auto& w : after) EXPECT_FALSE(alive(w.pid)) << "worker pid " << w.pid << " outlived";
+}
+
+// The check, on a smaller context: every request completes, `epochs` has a join and a
+// leave entry that moved KV and rebuilt none, and output_digest equals the static run's.
+TEST(Processes, ElasticJoinAndLeaveKeepTheDigest) {
+  const std::string workload = "run --requests 48 --max-tokens 64 --context 256 --seed 5 --json";
+  int rc = -1;
+  const std::string fixed_text = test_support::run_cli(HELIX_CLI, workload + " --workers 2", rc);
+  ASSERT_EQ(rc, 0) << fixed_text;
+  const nlohmann::json fixed = test_support::last_json(fixed_text);
+  ASSERT_TRUE(fixed.contains("output_digest")) << fixed_text;
+
+  const std::string text = test_support::run_cli(
+      HELIX_CLI, workload + " --processes 2 --elastic join:2@step20,leave:1@step60", rc);
+  ASSERT_EQ(rc, 0) << text;
+  const nlohmann::json got = test_support::last_json(text);
+  ASSERT_TRUE(got.contains("epochs")) << text;
+  EXPECT_EQ(got["requests_completed"], 48) << text;
+  EXPECT_EQ(got["output_digest"], fixed["output_digest"]) << text;
+  int joins = 0;
+  int leaves = 0;
+  for (const auto& e : got["epochs"]) {
+    if (e["reason"] == "join") {
+      ++joins;
+      // tiny-llama on 2 workers is helix:kvp=1,tpa=2; 4 keep the TPA size.
+      EXPECT_EQ(e["layout_before"], "helix:kvp=1,tpa=2,tpf=2,ep=1") << e.dump();
+      EXPECT_EQ(e["layout_after"], "helix:kvp=2,tpa=2,tpf=4,ep=1") << e.dump();
+      EXPECT_GT(e["kv_bytes_moved"].get<std::int64_t>(), 0) << e.dump();
+      EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
+    }
+    if (e["reason"] == "leave") {
+      ++leaves;
+      // 3 members have no layout: 2 serve, the third stands by; the leaver's member donates.
+      EXPECT_EQ(e["layout_after"], "helix:kvp=1,tpa=2,tpf=2,ep=1") << e.dump();
+      EXPECT_GT(e["blocks_moved"].get<std::int64_t>(), 0) << e.dump();
+      EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
+      EXPECT_GT(e["pause_ms"].get<double>(), 0.0) << e.dump();
+    }
+  }
+  EXPECT_EQ(joins, 1) << got["epochs"].dump();
+  EXPECT_EQ(leaves, 1) << got["epochs"].dump();
+  EXPECT_TRUE(got["elastic_failures"].empty()) << text;
+  EXPECT_EQ(got["worker_processes"].size(), 2u) << "rank order after the leave: " << text;
+}
+
+}  // namespace
+}  // namespace helix::cluster
