@@ -39,7 +39,8 @@ static_assert(static_cast<int>(errc::deadline_exceeded) == proto_v1::STATUS_CODE
 static_assert(static_cast<int>(errc::aborted) == proto_v1::STATUS_CODE_ABORTED);
 static_assert(static_cast<int>(errc::cancelled) == proto_v1::STATUS_CODE_CANCELLED);
 static_assert(static_cast<int>(errc::internal) == proto_v1::STATUS_CODE_INTERNAL);
-static_assert(proto_v1::StatusCode_MAX == static_cast<int>(errc::internal));
+static_assert(static_cast<int>(errc::unauthenticated) == proto_v1::STATUS_CODE_UNAUTHENTICATED);
+static_assert(proto_v1::StatusCode_MAX == static_cast<int>(errc::unauthenticated));
 
 proto_v1::FinishReason reason_to_proto(finish_reason r) {
   switch (r) {

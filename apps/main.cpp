@@ -30,6 +30,7 @@ constexpr const char* usage =
     "  bench transport   collectives per backend (local, UCX shm/tcp) against memcpy\n"
     "  run               a multi-agent workload on the embedded engine: latency, tokens/s, KV\n"
     "  worker            one worker process of an engine: helix worker --join HOST:PORT\n"
+    "  cluster certs     a CA and node certificates for mutual TLS (--tls-dir)\n"
     "  chaos             seeded fault schedules on the engine: recovery, exactness, no hang\n"
     "  demo              the default job of `make run`: exactness, agents and a long decode\n"
     "  plan              layout search: Pareto frontiers, Helix's headline ratios, --ttl-ms query\n"
@@ -68,6 +69,7 @@ int run(std::vector<std::string> args) {
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
   if (cmd == "plan") return helix::apps::run_plan(rest, std::cout, std::cerr);
   if (cmd == "calibrate") return helix::apps::run_calibrate(rest, std::cout, std::cerr);
+  if (cmd == "cluster") return helix::cluster::run_cluster_cmd(rest, std::cout, std::cerr);
   if (cmd == "worker") {
     return helix::cluster::run_worker(std::vector<std::string>(rest.begin(), rest.end()), std::cout,
                                       std::cerr);

@@ -247,12 +247,14 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
     cluster::spawned_workers_options so;
     so.worker_binary = o.worker_binary;
     so.standbys = static_cast<int>(o.standbys);
+    so.tls_dir = o.tls_dir;
     source = cluster::spawned_workers(so);
   } else if (o.listen) {
     cluster::listening_workers_options lo;
     lo.host = o.listen_host;
     lo.port = o.listen_port;
     lo.standbys = static_cast<int>(o.standbys);
+    lo.tls_dir = o.tls_dir;
     source = cluster::listening_workers(lo);
   }
   HELIX_ASSIGN_OR_RETURN(std::unique_ptr<actors::engine> eng,
@@ -729,17 +731,21 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "                    join:2@3s,leave:1@6s (times from the first decode step; @step20\n"
       "                    counts engine steps; a leave removes the highest rank); an event\n"
       "                    still pending when the workload ends fails the run\n"
+      "  --tls-dir DIR     with --processes or --listen: mutual TLS with the workers (ca.pem,\n"
+      "                    cert.pem, key.pem; helix cluster certs --out DIR makes them); only\n"
+      "                    workers whose certificate the CA signed may join\n"
       "  --json            the report as JSON\n";
   auto a = cli_args::parse(args, {"json", "help"});
   if (!a) {
     err << "error: " << a.error().message() << "\n" << run_usage;
     return 2;
   }
-  if (const status known = a->check_known(
-          {"config",      "model",     "workers", "layout",         "agents",     "rate",
-           "duration",    "requests",  "context", "turns",          "max-tokens", "seed",
-           "kv-capacity", "processes", "listen",  "expect-workers", "standby",    "recovery",
-           "elastic",     "json",      "help"});
+  if (const status known =
+          a->check_known({"config",         "model",    "workers",     "layout",    "agents",
+                          "rate",           "duration", "requests",    "context",   "turns",
+                          "max-tokens",     "seed",     "kv-capacity", "processes", "listen",
+                          "expect-workers", "standby",  "recovery",    "elastic",   "tls-dir",
+                          "json",           "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << run_usage;
     return 2;
@@ -820,6 +826,12 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       return usage_error("--standby goes with --processes or --listen (threads need none)");
     }
     o.standbys = *k;
+  }
+  if (const auto dir = a->get("tls-dir")) {
+    if (!o.listen && o.processes == 0) {
+      return usage_error("--tls-dir goes with --processes or --listen (threads need none)");
+    }
+    o.tls_dir = *dir;
   }
   if (const auto events = a->get("elastic")) {
     auto parsed = parse_elastic(*events);

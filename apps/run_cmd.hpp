@@ -84,6 +84,8 @@ struct workload_options {
   bool listen = false;
   std::string listen_host;
   std::uint16_t listen_port = 0;
+  /// Mutual TLS for worker processes (cluster/tls.hpp): ca.pem, cert.pem, key.pem; empty: none.
+  std::string tls_dir;
   /// Workers that join and leave while the workload runs (engine::add_workers, drain_worker).
   std::vector<elastic_event> elastic;
 };

@@ -20,6 +20,7 @@
 #include "cluster/front_door.hpp"
 #include "cluster/handshake.hpp"
 #include "cluster/messages.hpp"
+#include "cluster/tls.hpp"
 #include "core/log.hpp"
 #include "proto/helix.pb.h"
 #include "transport/fault/fault_fabric.hpp"
@@ -294,6 +295,7 @@ class spawned_source final : public actors::worker_source {
   explicit spawned_source(const listening_workers_options& l)
       : listening_(true), listen_port_(l.port), on_listening_(l.on_listening) {
     opts_.host = l.host;
+    opts_.tls_dir = l.tls_dir;
     opts_.join_timeout = l.join_timeout;
     opts_.standbys = l.standbys;
   }
@@ -336,6 +338,9 @@ class spawned_source final : public actors::worker_source {
                               std::strerror(errno));
     }
     const auto n = static_cast<std::int32_t>(grid.num_ranks);
+    if (!opts_.tls_dir.empty() && !tls_) {
+      HELIX_ASSIGN_OR_RETURN(tls_, tls_context::load(opts_.tls_dir, tls_context::role::server));
+    }
     proto_v1::ClusterConfig cc = cluster_config(config, grid);
     if (!opts_.faults.faults.empty()) {
       HELIX_RETURN_IF_ERROR(transport::fault::validate(opts_.faults, n));
@@ -353,7 +358,7 @@ class spawned_source final : public actors::worker_source {
       return make_error(errc::unavailable, "workers: the middleman cannot listen: {}",
                         sys.render(port.error()));
     }
-    auto door = front_door::open(opts_.host, listen_port_, *port, max_control_frame_bytes);
+    auto door = front_door::open(opts_.host, listen_port_, *port, max_control_frame_bytes, tls_);
     if (!door) {
       caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
       return door.error();
@@ -602,7 +607,7 @@ class spawned_source final : public actors::worker_source {
       return make_error(errc::unavailable, "add_workers: the middleman cannot listen: {}",
                         sys.render(port.error()));
     }
-    auto door = front_door::open(opts_.host, 0, *port, max_control_frame_bytes);
+    auto door = front_door::open(opts_.host, 0, *port, max_control_frame_bytes, tls_);
     if (!door) {
       stop_reg();
       return door.error();
@@ -677,6 +682,10 @@ class spawned_source final : public actors::worker_source {
     std::vector<std::string> args = {"helix", "worker", "--join",
                                      join,    "--name", fmt::format("worker-{}", r)};
     if (standby) args.push_back("--standby");
+    if (!opts_.tls_dir.empty()) {
+      args.push_back("--tls-dir");
+      args.push_back(opts_.tls_dir);
+    }
     if (opts_.threads > 0) {
       args.push_back("--threads");
       args.push_back(std::to_string(opts_.threads));
@@ -777,6 +786,7 @@ class spawned_source final : public actors::worker_source {
   std::vector<member> standbys_;        // alive, without a rank
   caf::actor engine_;
   caf::actor monitor_;
+  std::shared_ptr<const tls_context> tls_;          // opts_.tls_dir's, loaded at start
   std::unique_ptr<front_door> door_;                // relays the workers' control connections
   std::vector<std::unique_ptr<front_door>> doors_;  // those of workers added later
 };

@@ -57,6 +57,9 @@ struct spawned_workers_options {
   /// a transport::fault::fault_fabric with this schedule (its own rank's faults fire in it,
   /// CRASH included); later ranks after a recovery run without faults. Empty: none.
   transport::fault::fault_schedule faults;
+  /// Mutual TLS (tls.hpp): a directory with the cluster CA (ca.pem) and this node's certificate
+  /// and key (cert.pem, key.pem); the workers are started with the same --tls-dir. Empty: none.
+  std::string tls_dir;
 };
 
 /// A worker source whose workers are child processes of this one.
@@ -72,6 +75,8 @@ struct listening_workers_options {
   int standbys = 0;
   /// Called (on the engine's creating thread) once the port listens, with its number.
   std::function<void(std::uint16_t)> on_listening;
+  /// Mutual TLS as above: only workers with a certificate of this CA may join.
+  std::string tls_dir;
 };
 
 /// A worker source whose workers are started by hand or by a cluster scheduler
@@ -84,5 +89,8 @@ struct listening_workers_options {
 /// stops it. Exit code 0 after a clean stop, 1 when joining failed (the reason on `err`), 2 for a
 /// usage error.
 int run_worker(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+/// `helix cluster certs --out DIR [--ca DIR] [--days N]`: credentials for mutual TLS (tls.hpp).
+int run_cluster_cmd(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 
 }  // namespace helix::cluster

@@ -22,6 +22,7 @@
 #include "cluster/front_door.hpp"
 #include "cluster/handshake.hpp"
 #include "cluster/messages.hpp"
+#include "cluster/tls.hpp"
 #include "core/log.hpp"
 #include "proto/helix.pb.h"
 #include "transport/fault/fault_fabric.hpp"
@@ -44,17 +45,22 @@ struct worker_args {
   std::string transports;   // ucx_fabric_options::transports
   std::string net_devices;  // ucx_fabric_options::net_devices
   bool standby = false;     // join as a standby
+  std::string tls_dir;      // mutual TLS credentials (tls.hpp); empty: none
 };
 
 constexpr const char* worker_usage =
     "usage: helix worker --join HOST:PORT [--threads N] [--name NAME] [--timeout-ms MS]\n"
     "                    [--netns NAME] [--transports TLS] [--net-devices DEVS] [--standby]\n"
+    "                    [--tls-dir DIR]\n"
     "  Runs one worker of an engine: joins it at HOST:PORT, receives its rank, layout and\n"
     "  model, and serves until the engine stops it (or goes away: then it exits 1).\n"
     "  --netns enters a network namespace first (root); --transports and --net-devices limit\n"
     "  the UCX data plane (UCX_TLS and UCX_NET_DEVICES syntax). --standby joins without a\n"
     "  rank (the engine must expect standbys: helix run --standby K) and takes a dead worker's\n"
-    "  rank at a recovery.\n";
+    "  rank at a recovery. --tls-dir DIR (ca.pem, cert.pem, key.pem: helix cluster certs)\n"
+    "  authenticates both ends with mutual TLS; an engine with --tls-dir admits only workers\n"
+    "  whose certificate its CA signed. SIGTERM leaves gracefully: the engine moves this\n"
+    "  worker's KV to the others first.\n";
 
 expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
   worker_args w;
@@ -86,6 +92,8 @@ expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
       w.transports = v;
     } else if (a == "--net-devices") {
       w.net_devices = v;
+    } else if (a == "--tls-dir") {
+      w.tls_dir = v;
     } else if (a == "--threads") {
       char* end = nullptr;
       const long t = std::strtol(v.c_str(), &end, 10);
@@ -199,10 +207,15 @@ bool stop_worker(caf::scoped_actor& self, const caf::actor& worker,
 // to move its KV and duties to the others, then exits once the engine let it go; a standby exits
 // at once. A second SIGTERM terminates as usual.
 std::atomic<bool> terminate_requested{false};
+std::atomic<bool> serving{false};  // before, while joining, SIGTERM terminates at once
 
 void on_sigterm(int) {
-  terminate_requested.store(true);
   std::signal(SIGTERM, SIG_DFL);
+  if (!serving.load()) {
+    std::raise(SIGTERM);
+    return;
+  }
+  terminate_requested.store(true);
 }
 
 // Once serving ended, the process has `shutdown_limit` to take its actor system down; past it,
@@ -223,11 +236,25 @@ void bound_shutdown(const std::string& name, int code) {
   }).detach();
 }
 
+// Declared right after the actor system: whichever way serve() returns, its destructor (which
+// runs before the actor system's) starts the bound.
+struct shutdown_bound {
+  const std::string& name;
+  const int& code;
+  ~shutdown_bound() { bound_shutdown(name, code); }
+};
+
 // Joins, builds the rank, and serves: until the engine stops the worker actor, or, after a
 // failure elsewhere, takes the rank a relayout_msg gives it (or stands by).
 status serve(const worker_args& w) {
-  // Declared before the actor system: the workers' communicators belong to them.
+  // Declared before the actor system: the workers' communicators belong to them, and the TLS
+  // tunnel carries the middleman's connection to the engine.
   std::vector<std::unique_ptr<transport::fabric>> fabrics;
+  std::unique_ptr<tls_tunnel> tunnel;
+  if (!w.tls_dir.empty()) {
+    HELIX_ASSIGN_OR_RETURN(auto ctx, tls_context::load(w.tls_dir, tls_context::role::client));
+    HELIX_ASSIGN_OR_RETURN(tunnel, tls_tunnel::open(w.host, w.port, *ctx, w.timeout));
+  }
   caf::actor_system_config cfg;
   cfg.add_message_types<caf::id_block::helix_actors>();
   configure_system(cfg);
@@ -236,10 +263,16 @@ status serve(const worker_args& w) {
   cfg.set("logger.verbosity", caf::atom("quiet"));
   cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
   caf::actor_system sys{cfg};
-  auto reg = sys.middleman().remote_actor(w.host, w.port);
+  int exit_code = 1;  // what the process ends with should the actor system not go down
+  const shutdown_bound bound{w.name, exit_code};
+  auto reg = tunnel ? sys.middleman().remote_actor("127.0.0.1", tunnel->local_port())
+                    : sys.middleman().remote_actor(w.host, w.port);
   if (!reg) {
-    return make_error(errc::unavailable, "cannot reach the engine at {}:{}: {}", w.host, w.port,
-                      sys.render(reg.error()));
+    return make_error(errc::unavailable, "cannot reach the engine at {}:{}: {}{}", w.host, w.port,
+                      sys.render(reg.error()),
+                      tunnel ? ""
+                             : " (an engine that requires authentication admits only "
+                               "workers with --tls-dir)");
   }
   caf::scoped_actor self{sys};
   const std::string engine_at = fmt::format("the engine at {}:{}", w.host, w.port);
@@ -285,6 +318,7 @@ status serve(const worker_args& w) {
   // watches the engine actor instead.
   auto ready_at = std::chrono::steady_clock::now();
   bool done = false;
+  serving.store(true);
   status outcome;
   while (!done) {
     self->receive(
@@ -401,8 +435,10 @@ status serve(const worker_args& w) {
             });
   }
   self->send_exit(beat, caf::exit_reason::user_shutdown);
-  bound_shutdown(w.name, outcome.ok() ? 0 : 1);
-  if (outcome.ok()) return ok_status();
+  if (outcome.ok()) {
+    exit_code = 0;
+    return ok_status();
+  }
   logger()->error("{}: {}", w.name, outcome);
   if (worker) {
     fabrics.back()->abort(outcome);

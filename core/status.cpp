@@ -24,6 +24,8 @@ std::string_view errc_name(errc code) noexcept {
       return "cancelled";
     case errc::internal:
       return "internal";
+    case errc::unauthenticated:
+      return "unauthenticated";
   }
   return "unknown";
 }

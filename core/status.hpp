@@ -28,6 +28,7 @@ enum class errc : int {
   aborted,
   cancelled,
   internal,
+  unauthenticated,  // a peer that could not prove membership (mutual TLS)
 };
 
 /// Stable lower-case name of a code ("invalid_argument"), used in logs and JSON.

@@ -186,6 +186,36 @@ TEST(EngineElastic, JoinAndLeaveKeepTwoTpaColumns) {
   EXPECT_EQ(s.standbys, 3);
 }
 
+// Rebalancing migrates blocks after every request that leaves; joins and leaves queued meanwhile
+// wait for the migration in flight and the tokens still match.
+TEST(EngineElastic, ChangesWaitForMigrationsInFlight) {
+  auto tuned = [] {
+    engine_config c = elastic_config(4, "helix:kvp=4,tpa=1");
+    c.rebalance_min_blocks = 1;
+    c.rebalance_threshold = 0.05;
+    return c;
+  };
+  auto fixed = engine::create(tuned());
+  ASSERT_TRUE(fixed.has_value()) << fixed.error().to_string();
+  const run_result want = serve(**fixed, {}, 8, 40);
+  auto elastic = engine::create(tuned());
+  ASSERT_TRUE(elastic.has_value()) << elastic.error().to_string();
+  const run_result got = serve(
+      **elastic,
+      {{.at_step = 20, .join = false}, {.at_step = 30, .count = 2}, {.at_step = 45, .join = false}},
+      8, 40);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_GT(got.stats.migrations, 0);
+  EXPECT_FALSE(epochs_of(got.stats, "rebalance").empty());
+  EXPECT_EQ(epochs_of(got.stats, "leave").size(), 2u);
+  EXPECT_EQ(epochs_of(got.stats, "join").size(), 1u);
+  for (const epoch_stats& e : got.stats.epochs) {
+    if (e.reason != "initial") {
+      EXPECT_EQ(e.blocks_rebuilt, 0) << e.reason << " " << e.note;
+    }
+  }
+}
+
 TEST(EngineElastic, MedhaLayoutsJoinAndLeave) {
   const engine_stats s = expect_same_tokens(
       2, "medha:kvp=2,tpa=1", {{.at_step = 6, .count = 2}, {.at_step = 14, .join = false}});

@@ -17,7 +17,7 @@ static_assert(static_cast<int>(call_kind::any) == pb::CALL_KIND_ANY);
 static_assert(static_cast<int>(call_kind::all_to_all_v) == pb::CALL_KIND_ALL_TO_ALL_V);
 static_assert(static_cast<int>(call_kind::recv) == pb::CALL_KIND_RECV);
 static_assert(pb::CallKind_MAX + 1 == num_call_kinds);
-static_assert(pb::StatusCode_MAX == static_cast<int>(errc::internal));
+static_assert(pb::StatusCode_MAX == static_cast<int>(errc::unauthenticated));
 
 std::string_view fault_action_name(fault_action a) noexcept {
   switch (a) {
