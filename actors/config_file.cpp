@@ -213,6 +213,7 @@ expected<engine_config> config_from_proto(const proto_v1::EngineConfig& m) {
   if (m.has_recovery()) c.recovery = m.recovery();
   if (m.has_peer_timeout_ms()) c.peer_timeout_ms = m.peer_timeout_ms();
   if (m.has_elastic_leave()) c.elastic_leave = m.elastic_leave();
+  if (m.has_elastic_policy()) c.elastic_policy = m.elastic_policy();
   HELIX_RETURN_IF_ERROR(actors::validate(c));
   return c;
 }
@@ -398,6 +399,7 @@ proto_v1::EngineConfig to_proto(const engine_config& c) {
   m.set_recovery(c.recovery);
   m.set_peer_timeout_ms(c.peer_timeout_ms);
   m.set_elastic_leave(c.elastic_leave);
+  m.set_elastic_policy(c.elastic_policy);
   return m;
 }
 

@@ -169,6 +169,9 @@ status validate(const engine_config& c) {
   if (c.elastic_leave != "refuse" && c.elastic_leave != "wait") {
     return bad("elastic_leave", c.elastic_leave, "must be refuse or wait");
   }
+  if (c.elastic_policy != "auto" && c.elastic_policy != "off") {
+    return bad("elastic_policy", c.elastic_policy, "must be auto or off");
+  }
   return ok_status();
 }
 
@@ -340,6 +343,31 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
   };
   setup.block_bytes = [s, bt = config.block_tokens, kv = config.kv_type](const layout& g) {
     return bt * kv_bytes_per_token(s, g, kv) * g.tpa;
+  };
+  // The elastic policy's prediction: the planner's step time on this machine's preset.
+  setup.predict_step_s = [s, w = to_precision(config.weight_type),
+                          kv = to_precision(config.kv_type)](const layout& g, std::int64_t batch,
+                                                             std::int64_t context) {
+    static const auto hw = planner::hardware_preset("cpu");
+    if (!hw || batch < 1 || context < 1) return -1.0;
+    planner::plan_workload wl;
+    wl.context = context;
+    wl.weights = w;
+    wl.kv = kv;
+    wl.compute = std::max(w, kv);
+    wl.activations = planner::precision::bf16;
+    planner::plan_config c;
+    c.family = g.family == layout_family::tp      ? planner::plan_family::tp
+               : g.family == layout_family::medha ? planner::plan_family::medha
+                                                  : planner::plan_family::helix;
+    c.num_devices = g.num_ranks;
+    c.kvp = g.kvp;
+    c.tpa = g.tpa;
+    c.tpf = g.tpf;
+    c.ep = g.ep;
+    c.batch = batch;
+    const auto cost = planner::estimate_step(s, *hw, wl, c);
+    return cost ? cost->step_s : -1.0;
   };
   p->engine_actor = spawn_engine(*p->sys, setup, std::move(*workers), p->planner, p->registry);
   p->source->watch(*p->sys, p->engine_actor);

@@ -108,6 +108,12 @@ struct engine_config {
   /// "wait" stops admitting new requests and carries the leave out once the running ones fit
   /// (or refuses it when the caller's deadline passes first).
   std::string elastic_leave = "refuse";
+  /// Members that join a running engine on their own (a worker started with helix worker --join
+  /// against a listening engine): "auto" lets the planner give them ranks when the cost model
+  /// predicts a faster step for the current load (at least 5%, held for 2 s, and 5 s after the
+  /// previous change: it does not flap), explaining each decision in the log and in
+  /// engine_stats::epochs; "off" keeps them as standbys (for recoveries) until add_workers.
+  std::string elastic_policy = "auto";
   /// Level of every module's logger ("trace", "debug", "info", "warn", "error", "off"); empty
   /// leaves the process's level as it is. Logs go to stderr.
   std::string log_level;

@@ -343,6 +343,7 @@ std::int32_t token_at(const request_state& r, std::int64_t pos) {
 void start_step(self_ptr self) {
   engine_state& s = self->state;
   if (s.busy || s.restore_op != 0 || !s.broken.ok()) return;
+  consider_growth(self);
   if (run_change(self)) return;  // a planned join or leave runs first
   const engine_config& c = s.setup.config;
 
@@ -761,6 +762,10 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         c.promise = self->make_response_promise();
         queue_change(self, std::move(c));
         return caf::delegated<wire_status>();
+      },
+      [self](member_atom) {
+        self->state.unasked_join = true;
+        start_step(self);
       },
       [self](drain_atom) -> caf::result<void> {
         engine_state& st = self->state;

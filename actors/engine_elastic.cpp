@@ -132,8 +132,9 @@ bool start_change(self_ptr self, planned_change& c) {
   e.layout_before = before.to_string();
   if (c.join) {
     e.reason = "join";
-    const status added = s.setup.add_members ? s.setup.add_members(before, c.count)
-                                             : failed_precondition("the workers cannot grow");
+    const status added = c.count == 0          ? ok_status()  // the policy: members joined
+                         : s.setup.add_members ? s.setup.add_members(before, c.count)
+                                               : failed_precondition("the workers cannot grow");
     if (!added.ok()) {
       answer(c, added.with_context(fmt::format("adding {} workers", c.count)));
       return false;
@@ -147,7 +148,7 @@ bool start_change(self_ptr self, planned_change& c) {
       return false;
     }
     for (std::int64_t r = 0; r < n; ++r) alive.push_back(r);
-    e.note = fmt::format("{} workers joined", c.count);
+    e.note = c.count > 0 ? fmt::format("{} workers joined", c.count) : c.note;
     if (members > grid->num_ranks) {
       e.note +=
           fmt::format("; {} stand by (no valid layout for {})", members - grid->num_ranks, members);
@@ -228,6 +229,7 @@ bool start_change(self_ptr self, planned_change& c) {
   logger()->info("engine: {}: {} -> {} ({} survivors, {} donors)", e.reason, before.to_string(),
                  grid->to_string(), survivors.size(), donors.size());
   s.changing = true;
+  s.last_change = std::chrono::steady_clock::now();
   s.change = std::move(c);
   s.change_epoch = std::move(e);
   s.change_started = std::chrono::steady_clock::now();
@@ -320,6 +322,61 @@ void migration_done(self_ptr self, std::int64_t op) {
     s.migration_epochs.erase(it);
   }
   if (!s.busy && (!s.changes.empty())) start_step(self);
+}
+
+void consider_growth(self_ptr self) {
+  engine_state& s = self->state;
+  constexpr double min_gain = 0.05;
+  constexpr auto hold = std::chrono::seconds(2);
+  constexpr auto cooldown = std::chrono::seconds(5);
+  if (s.setup.config.elastic_policy != "auto" || !s.unasked_join || s.changing ||
+      !s.changes.empty() || !s.setup.standbys || !s.setup.predict_step_s) {
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (now - s.policy_checked < std::chrono::milliseconds(100)) return;
+  s.policy_checked = now;
+  const layout before = s.setup.grid;
+  const std::int64_t members = before.num_ranks + s.setup.standbys();
+  const layout after = layout_for_growth(before, members, s.setup.spec);
+  // The load: the running requests and their mean length so far.
+  std::int64_t tokens = 0;
+  for (const request_state& r : s.active) {
+    tokens += static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens + r.generated;
+  }
+  const auto batch = static_cast<std::int64_t>(s.active.size());
+  if (after == before || batch == 0) {
+    s.policy_since = {};
+    return;
+  }
+  const std::int64_t context = tokens / batch;
+  const double now_s = s.setup.predict_step_s(before, batch, context);
+  const double then_s = s.setup.predict_step_s(after, batch, context);
+  const double gain = now_s > 0.0 && then_s > 0.0 ? now_s / then_s - 1.0 : 0.0;
+  if (gain < min_gain) {
+    if (s.policy_since != std::chrono::steady_clock::time_point{}) {
+      logger()->info(
+          "engine: policy: {} -> {} would gain {:.1f}% for {} requests of ~{} tokens "
+          "(below {:.0f}%): the members stand by",
+          before.to_string(), after.to_string(), 100.0 * gain, batch, context, 100.0 * min_gain);
+    }
+    s.policy_since = {};
+    return;
+  }
+  if (s.policy_since == std::chrono::steady_clock::time_point{}) s.policy_since = now;
+  if (now - s.policy_since < hold || now - s.last_change < cooldown) return;
+  planned_change c;
+  c.join = true;
+  c.count = 0;
+  c.deadline = now + std::chrono::minutes(2);
+  c.note = fmt::format(
+      "policy: {} members joined unasked; the cost model predicts {:.3f} -> {:.3f} ms per step "
+      "({:+.0f}%) for {} requests of ~{} tokens",
+      members - before.num_ranks, 1e3 * now_s, 1e3 * then_s, 100.0 * gain, batch, context);
+  logger()->info("engine: {} -> {}: {}", before.to_string(), after.to_string(), c.note);
+  s.unasked_join = false;
+  s.policy_since = {};
+  s.changes.push_back(std::move(c));
 }
 
 void abandon_change(self_ptr self, const status& error) {

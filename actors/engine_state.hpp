@@ -53,6 +53,7 @@ struct planned_change {
   std::int64_t count = 0;  // join: members to add
   std::int64_t rank = -1;  // leave: the rank that leaves (-1: the highest)
   caf::actor_addr leaver;  // leave: else this worker (its process asked to leave), if current
+  std::string note;        // the policy's explanation, for the epoch
   std::chrono::steady_clock::time_point deadline;
   caf::response_promise promise;
 };
@@ -126,6 +127,11 @@ struct engine_state {
   std::map<std::int64_t, std::pair<std::size_t, std::chrono::steady_clock::time_point>>
       migration_epochs;
   std::chrono::steady_clock::time_point recovery_started;  // the last recovery's failure
+  // The elastic policy (engine_config::elastic_policy).
+  bool unasked_join = false;  // a member joined on its own since the last change
+  std::chrono::steady_clock::time_point policy_since;  // gain predicted since; epoch: none
+  std::chrono::steady_clock::time_point policy_checked;
+  std::chrono::steady_clock::time_point last_change;
 };
 
 using self_ptr = caf::stateful_actor<engine_state>*;
@@ -195,5 +201,8 @@ void change_restored(self_ptr self);
 void migration_done(self_ptr self, std::int64_t op);
 /// Ends the running change with `error` (a recovery took over, the engine failed).
 void abandon_change(self_ptr self, const status& error);
+/// The elastic policy, between steps: after a member joined on its own, queues a join onto the
+/// larger layout once the cost model's gain for the current load held long enough.
+void consider_growth(self_ptr self);
 
 }  // namespace helix::actors::engine_impl

@@ -141,8 +141,12 @@ struct engine_setup {
       relayout;
   /// Scale out: more members join as standbys (worker_source::add_members); may be null.
   std::function<status(const layout&, std::int64_t)> add_members;
-  /// Bytes of one KV block on one rank (every layer, K and V) under a layout, for epoch_stats.
+  /// Bytes of one KV block over its holders (every layer, K and V) under a layout, for
+  /// epoch_stats.
   std::function<std::int64_t(const layout&)> block_bytes;
+  /// The cost model's decode step time (seconds) on a layout for `batch` requests of `context`
+  /// tokens, or < 0 when it has none; the elastic policy compares layouts with it. May be null.
+  std::function<double(const layout&, std::int64_t batch, std::int64_t context)> predict_step_s;
   /// Members without a rank that a relayout can use (worker_source::standbys); may be null.
   std::function<std::int64_t()> standbys;
   /// Ranks whose member is known to be dead (worker_source::dead); may be null.
@@ -185,6 +189,8 @@ struct engine_setup {
 ///                                that waits for room gives up at the timeout
 ///   (shrink_atom, worker)     -> the same for that worker actor (its process asked to leave);
 ///                                ok at once when a relayout replaced it already
+///   (member_atom)             -> a member joined on its own (a worker source's late join): the
+///                                elastic policy considers a larger layout
 [[nodiscard]] caf::actor spawn_engine(caf::actor_system& sys, engine_setup setup,
                                       std::vector<caf::actor> workers, caf::actor planner,
                                       std::shared_ptr<stream_registry> registry);

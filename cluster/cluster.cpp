@@ -10,7 +10,9 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <ostream>
 
 #include "actors/config_file.hpp"
@@ -63,6 +65,8 @@ struct registrar_state {
   std::int32_t standbys_ready = 0;
   std::vector<caf::response_promise> engine;
   bool answered = false;
+  /// A registrar of late joins (listening workers): called with each standby once it is ready.
+  std::function<void(const worker_info&, caf::actor agent, caf::actor heartbeat)> on_standby;
 };
 
 using registrar_ptr = caf::stateful_actor<registrar_state>*;
@@ -192,6 +196,9 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::int32_t 
             st.standby_agents[i] = std::move(r.agent);
             st.standby_heartbeats[i] = std::move(r.heartbeat);
             ++st.standbys_ready;
+            if (st.on_standby) {
+              st.on_standby(st.standby_joined[i], st.standby_agents[i], st.standby_heartbeats[i]);
+            }
             answer_engine(self);
             return;
           }
@@ -237,6 +244,18 @@ caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::int32_t 
         st.answered = true;
       },
   };
+}
+
+// The registrar of a running engine's late joins (listening workers started by hand): up to
+// `room` standbys join, each handed to `on_standby` once ready; it ends with `engine`.
+caf::behavior late_registrar(
+    registrar_ptr self, std::int32_t room, proto_v1::ClusterConfig config, std::int32_t world,
+    caf::actor engine,
+    std::function<void(const worker_info&, caf::actor agent, caf::actor heartbeat)> on_standby) {
+  self->monitor(engine);
+  self->set_down_handler([self](caf::down_msg&) { self->quit(); });
+  self->state.on_standby = std::move(on_standby);
+  return registrar(self, 0, room, std::move(config), {}, world);
 }
 
 // Engine side: pings every worker's heartbeat actor each `period`; the first one that does not
@@ -424,8 +443,11 @@ class spawned_source final : public actors::worker_source {
       }
     }
     caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
-    door_->stop_accepting();  // joined workers keep their relayed connections
+    // Joined workers keep their relayed connections; listening, the door stays open for late
+    // joins (watch() starts their registrar).
+    if (!listening_) door_->stop_accepting();
     (void)sys.middleman().unpublish(reg, *port);
+    if (result) late_world_ = n, late_config_ = cluster_config(config, grid);
     return result;
   }
 
@@ -438,6 +460,7 @@ class spawned_source final : public actors::worker_source {
     for (const member& m : standbys_) {
       caf::anon_send(m.agent, relayout_msg{-1, 0, {}, nullptr, engine_});
     }
+    if (listening_ && door_) open_late_joins(sys);
   }
 
   // Survivors (and standbys) become the new ranks: each is sent its rank through its agent, stops
@@ -448,6 +471,7 @@ class spawned_source final : public actors::worker_source {
       caf::actor_system& sys, const actors::engine_config& config, const layout& grid,
       const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby,
       const std::vector<std::int64_t>& donors, const std::vector<std::int64_t>& leaving) override {
+    absorb_late_joins();
     // The old monitor's reports would name old workers: a new one starts with the new ranks.
     if (monitor_) caf::anon_send_exit(monitor_, caf::exit_reason::user_shutdown);
     monitor_ = nullptr;
@@ -582,7 +606,10 @@ class spawned_source final : public actors::worker_source {
     return result;
   }
 
-  std::int64_t standbys() const override { return static_cast<std::int64_t>(standbys_.size()); }
+  std::int64_t standbys() const override {
+    std::lock_guard lk(late_->mu);
+    return static_cast<std::int64_t>(standbys_.size() + late_->ready.size());
+  }
 
   // Scale out: `count` new worker processes join as standbys through a registrar of their own,
   // behind a front door of its own (the first one stopped accepting once the engine started);
@@ -591,7 +618,9 @@ class spawned_source final : public actors::worker_source {
                      const layout& grid, std::int64_t count) override {
     if (listening_) {
       return failed_precondition(
-          "listening workers: adding workers to a running engine needs spawned workers");
+          "listening workers: start more with helix worker --join {}:{} (the engine takes them "
+          "in as they join)",
+          opts_.host, door_ ? door_->port() : listen_port_);
     }
     if (count < 1 || count > 1024) {
       return invalid_argument("add_workers: count = {} must be in [1, 1024]", count);
@@ -717,6 +746,41 @@ class spawned_source final : public actors::worker_source {
     return ok_status();
   }
 
+  // Listening: workers started by hand join the running engine as standbys through a registrar
+  // of late joins behind the same door; each ready one learns the engine actor and wakes it
+  // (actors::member_atom), whose policy may then give it a rank.
+  void open_late_joins(caf::actor_system& sys) {
+    auto late = late_;
+    caf::actor engine = engine_;
+    caf::actor reg = sys.spawn(
+        late_registrar, max_late_joins, late_config_, late_world_, engine,
+        [late, engine](const worker_info& info, caf::actor agent, caf::actor heartbeat) {
+          logger()->info("worker {} (pid {} on {}) joined the running engine as a standby",
+                         info.name, info.pid, info.host);
+          caf::anon_send(agent, relayout_msg{-1, 0, {}, nullptr, engine});
+          {
+            std::lock_guard lk(late->mu);
+            late->ready.push_back({info, std::move(agent), std::move(heartbeat)});
+          }
+          caf::anon_send(engine, actors::member_atom::value);
+        });
+    auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
+    if (!port) {
+      logger()->warn("late joins: the middleman cannot listen: {}", sys.render(port.error()));
+      caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
+      door_->stop_accepting();
+      return;
+    }
+    door_->set_inner_port(*port);
+  }
+
+  // Late joins that became ready are standbys like the others (on the engine's thread).
+  void absorb_late_joins() {
+    std::lock_guard lk(late_->mu);
+    for (member& m : late_->ready) standbys_.push_back(std::move(m));
+    late_->ready.clear();
+  }
+
   // A worker process as the engine knows it.
   struct member {
     worker_info info;
@@ -784,6 +848,15 @@ class spawned_source final : public actors::worker_source {
   std::vector<caf::actor> heartbeats_;  // by rank
   std::vector<caf::actor> agents_;      // by rank
   std::vector<member> standbys_;        // alive, without a rank
+  // Late joins ready since the last relayout: filled by their registrar's thread.
+  struct late_joins {
+    std::mutex mu;
+    std::vector<member> ready;
+  };
+  static constexpr std::int32_t max_late_joins = 64;
+  std::shared_ptr<late_joins> late_ = std::make_shared<late_joins>();
+  std::int32_t late_world_ = 0;
+  proto_v1::ClusterConfig late_config_;
   caf::actor engine_;
   caf::actor monitor_;
   std::shared_ptr<const tls_context> tls_;          // opts_.tls_dir's, loaded at start

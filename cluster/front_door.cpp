@@ -159,7 +159,7 @@ void front_door::accept_loop() {
     const int inner = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
-    a.sin_port = htons(inner_port_);
+    a.sin_port = htons(inner_port_.load());
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (inner < 0 || ::connect(inner, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
       module_logger("cluster")->warn("front door: cannot reach the middleman: {}",
@@ -188,7 +188,7 @@ int front_door::connect_inner() const {
   const int inner = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_port = htons(inner_port_);
+  a.sin_port = htons(inner_port_.load());
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (inner < 0 || ::connect(inner, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
     module_logger("cluster")->warn("front door: cannot reach the middleman: {}",

@@ -52,6 +52,8 @@ class front_door {
   [[nodiscard]] std::uint16_t port() const { return port_; }
   /// Closes the listening socket; relayed connections stay.
   void stop_accepting();
+  /// New connections go to 127.0.0.1:port from now on (another published actor).
+  void set_inner_port(std::uint16_t port) { inner_port_ = port; }
   /// Connections closed for a frame over the limit or a bad first header, or refused by TLS.
   [[nodiscard]] std::int64_t refused() const { return refused_.load(); }
 
@@ -63,7 +65,7 @@ class front_door {
 
   int listen_fd_ = -1;
   std::uint16_t port_ = 0;
-  std::uint16_t inner_port_ = 0;
+  std::atomic<std::uint16_t> inner_port_{0};
   std::uint32_t max_frame_ = 0;
   std::shared_ptr<const tls_context> tls_;
   std::atomic<bool> stopping_{false};

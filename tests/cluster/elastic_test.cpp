@@ -6,9 +6,11 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <string>
 #include <thread>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -126,6 +128,55 @@ TEST(Processes, ElasticJoinAndLeaveKeepTheDigest) {
   EXPECT_EQ(leaves, 1) << got["epochs"].dump();
   EXPECT_TRUE(got["elastic_failures"].empty()) << text;
   EXPECT_EQ(got["worker_processes"].size(), 2u) << "rank order after the leave: " << text;
+}
+
+// Workers started by hand join a running engine (listening): they stand by, and the planner's
+// policy gives them ranks once the cost model predicts a faster step for the load, explaining
+// the decision in the epoch; the tokens are those of the run on a fixed layout.
+TEST(Processes, WorkersThatJoinARunningEngineAreTakenInByThePolicy) {
+  const std::string workload =
+      "run --layout helix:kvp=2,tpa=1 --requests 64 --rate 8 --context 2K --max-tokens 48 "
+      "--seed 6 --json";
+  int rc = -1;
+  const auto fixed =
+      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 2", rc));
+  ASSERT_EQ(rc, 0);
+  const auto port = static_cast<std::uint16_t>(20000 + ((::getpid() + 7919) % 20000));
+  const std::string join = fmt::format("127.0.0.1:{}", port);
+  auto engine = std::async(std::launch::async, [&] {
+    int code = -1;
+    std::string out = test_support::run_cli(
+        HELIX_CLI, workload + " --listen " + join + " --expect-workers 2 --log-level info", code);
+    return std::make_pair(code, out);
+  });
+  const auto worker = [&](const std::string& name) {
+    return std::async(std::launch::async, [&join, name] {
+      int code = -1;
+      return test_support::run_cli(HELIX_CLI, "worker --join " + join + " --name " + name, code);
+    });
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto w1 = worker("first-1");
+  auto w2 = worker("first-2");
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // serving by then
+  auto w3 = worker("late-1");
+  auto w4 = worker("late-2");
+  const auto [code, out] = engine.get();
+  for (auto* w : {&w1, &w2, &w3, &w4}) w->get();
+  ASSERT_EQ(code, 0) << out;
+  const auto got = test_support::last_json(out);
+  EXPECT_EQ(got["requests_completed"], 64) << out;
+  EXPECT_EQ(got["output_digest"], fixed["output_digest"]);
+  bool taken = false;
+  for (const auto& e : got["epochs"]) {
+    if (e["reason"] != "join") continue;
+    taken = true;
+    EXPECT_EQ(e["layout_after"], "helix:kvp=4,tpa=1,tpf=4,ep=1") << e.dump();
+    EXPECT_NE(e["note"].get<std::string>().find("cost model predicts"), std::string::npos)
+        << e.dump();
+    EXPECT_EQ(e["blocks_rebuilt"], 0);
+  }
+  EXPECT_TRUE(taken) << "the late workers were never taken in: " << out;
 }
 
 }  // namespace
