@@ -412,12 +412,7 @@ class spawned_source final : public actors::worker_source {
               for (std::size_t r = 0; r < w.workers.size(); ++r) {
                 info_.push_back({static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
               }
-              for (std::size_t i = 0; i < w.standby_agents.size(); ++i) {
-                standbys_.push_back(
-                    {{-1, w.standby_pids[i], w.standby_hosts[i], w.standby_names[i]},
-                     w.standby_agents[i],
-                     w.standby_heartbeats[i]});
-              }
+              take_standbys(w);
               take(w);
               result = w.workers;
             },
@@ -655,13 +650,10 @@ class spawned_source final : public actors::worker_source {
         self->receive(
             [&](worker_set& w) {
               answered = true;
-              for (std::size_t i = 0; i < w.standby_agents.size(); ++i) {
-                standbys_.push_back(
-                    {{-1, w.standby_pids[i], w.standby_hosts[i], w.standby_names[i]},
-                     w.standby_agents[i],
-                     w.standby_heartbeats[i]});
-                // It learns the engine now, and ends with it.
-                caf::anon_send(w.standby_agents[i], relayout_msg{-1, 0, {}, nullptr, engine_});
+              take_standbys(w);
+              // They learn the engine now, and end with it.
+              for (const caf::actor& agent : w.standby_agents) {
+                caf::anon_send(agent, relayout_msg{-1, 0, {}, nullptr, engine_});
               }
             },
             [&](caf::error& e) {
@@ -791,6 +783,14 @@ class spawned_source final : public actors::worker_source {
   member member_at(std::int64_t rank) const {
     const auto r = static_cast<std::size_t>(rank);
     return {info_[r], agents_[r], heartbeats_[r]};
+  }
+
+  void take_standbys(const worker_set& w) {
+    for (std::size_t i = 0; i < w.standby_agents.size(); ++i) {
+      standbys_.push_back({{-1, w.standby_pids[i], w.standby_hosts[i], w.standby_names[i]},
+                           w.standby_agents[i],
+                           w.standby_heartbeats[i]});
+    }
   }
 
   void take(const worker_set& w) {

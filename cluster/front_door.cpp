@@ -156,21 +156,13 @@ void front_door::accept_loop() {
       relays_.emplace_back([this, client] { serve_tls(client); });
       continue;
     }
-    const int inner = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(inner_port_.load());
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (inner < 0 || ::connect(inner, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-      module_logger("cluster")->warn("front door: cannot reach the middleman: {}",
-                                     std::strerror(errno));
+    const int inner = connect_inner();
+    if (inner < 0) {
       ::close(client);
-      if (inner >= 0) ::close(inner);
       continue;
     }
     const int one = 1;
     ::setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    ::setsockopt(inner, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     std::lock_guard lk(mu_);
     if (stopping_) {
       ::close(client);

@@ -137,21 +137,32 @@ tls_context::~tls_context() {
   SSL_CTX_free(ctx_);
 }
 
-expected<std::unique_ptr<tls_stream>> tls_stream::accept(int fd, const tls_context& ctx,
-                                                         std::chrono::milliseconds timeout) {
+expected<std::unique_ptr<tls_stream>> tls_stream::handshake(
+    int fd, const tls_context& ctx, std::chrono::steady_clock::time_point until, bool server) {
   if (!set_nonblocking(fd)) return internal_error("TLS: fcntl: {}", std::strerror(errno));
   SSL* ssl = SSL_new(ctx.native());
   if (ssl == nullptr) return internal_error("TLS: {}", ssl_errors("SSL_new failed"));
   auto s = std::make_unique<tls_stream>(passkey{}, fd, ssl);
   SSL_set_fd(ssl, fd);
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  const int rc = drive(ssl, fd, until, [&] { return SSL_accept(ssl); });
+  const int rc = drive(ssl, fd, until, [&] { return server ? SSL_accept(ssl) : SSL_connect(ssl); });
   if (rc <= 0) {
-    return make_error(errc::unauthenticated, "authentication failed: {}",
+    return make_error(errc::unauthenticated, "{}",
                       rc == 0 && std::chrono::steady_clock::now() >= until
-                          ? fmt::format("no TLS handshake within {} ms", timeout.count())
+                          ? std::string("no TLS handshake in time")
                           : handshake_error(ssl, rc));
   }
+  return s;
+}
+
+expected<std::unique_ptr<tls_stream>> tls_stream::accept(int fd, const tls_context& ctx,
+                                                         std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  auto made = handshake(fd, ctx, until, true);
+  if (!made) {
+    return status(made.error().code(),
+                  fmt::format("authentication failed: {}", made.error().message()));
+  }
+  std::unique_ptr<tls_stream> s = std::move(*made);
   if (!s->write_all(&admitted_byte, 1)) {
     return make_error(errc::unauthenticated, "authentication failed: the peer left");
   }
@@ -161,19 +172,14 @@ expected<std::unique_ptr<tls_stream>> tls_stream::accept(int fd, const tls_conte
 expected<std::unique_ptr<tls_stream>> tls_stream::connect(int fd, const tls_context& ctx,
                                                           std::chrono::milliseconds timeout,
                                                           const std::string& peer) {
-  if (!set_nonblocking(fd)) return internal_error("TLS: fcntl: {}", std::strerror(errno));
-  SSL* ssl = SSL_new(ctx.native());
-  if (ssl == nullptr) return internal_error("TLS: {}", ssl_errors("SSL_new failed"));
-  auto s = std::make_unique<tls_stream>(passkey{}, fd, ssl);
-  SSL_set_fd(ssl, fd);
   const auto until = std::chrono::steady_clock::now() + timeout;
-  const int rc = drive(ssl, fd, until, [&] { return SSL_connect(ssl); });
-  if (rc <= 0) {
-    return make_error(errc::unauthenticated, "authentication with {} failed: {}", peer,
-                      rc == 0 && std::chrono::steady_clock::now() >= until
-                          ? fmt::format("no TLS handshake within {} ms", timeout.count())
-                          : handshake_error(ssl, rc));
+  auto made = handshake(fd, ctx, until, false);
+  if (!made) {
+    return status(made.error().code(),
+                  fmt::format("authentication with {} failed: {}", peer, made.error().message()));
   }
+  std::unique_ptr<tls_stream> s = std::move(*made);
+  SSL* ssl = s->ssl_;
   // TLS 1.3: the engine checks our certificate after our side of the handshake finished; its
   // verdict is the admission byte or an alert.
   unsigned char b = 0;

@@ -83,6 +83,9 @@ class tls_stream {
   void shutdown();
 
  private:
+  // The handshake of either side, without the admission byte.
+  [[nodiscard]] static expected<std::unique_ptr<tls_stream>> handshake(
+      int fd, const tls_context& ctx, std::chrono::steady_clock::time_point until, bool server);
   int fd_;
   ssl_st* ssl_;
 };
