@@ -4,10 +4,12 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "actors/engine.hpp"
@@ -213,6 +215,34 @@ TEST(EngineElastic, ChangesWaitForMigrationsInFlight) {
     if (e.reason != "initial") {
       EXPECT_EQ(e.blocks_rebuilt, 0) << e.reason << " " << e.note;
     }
+  }
+}
+
+// Joins and leaves at seeded random steps, over every layout family: the tokens never change.
+TEST(EngineElastic, RandomStepsOverEveryFamilyKeepTheTokens) {
+  struct family_case {
+    std::int64_t workers;
+    const char* layout;
+    const char* model;
+  };
+  const family_case cases[] = {{2, "helix:kvp=2,tpa=1", "tiny-llama"},
+                               {4, "helix:kvp=2,tpa=2", "tiny-llama"},
+                               {2, "medha:kvp=2,tpa=1", "tiny-llama"},
+                               {2, "tp:tp=2", "tiny-llama"},
+                               {2, "helix:kvp=2,tpa=1", "tiny-deepseek"}};
+  std::mt19937 rng(12);
+  for (const family_case& f : cases) {
+    // Within the workload's ~30 steps (5 requests, 24 tokens each, prefill chunks before).
+    const std::int64_t join_at = 1 + static_cast<std::int64_t>(rng() % 14);
+    const std::int64_t leave_at = join_at + 1 + static_cast<std::int64_t>(rng() % 12);
+    const std::int64_t count = f.workers;  // doubles the members: every family has that layout
+    SCOPED_TRACE(fmt::format("{} {}: join {} at step {}, leave at step {}", f.model, f.layout,
+                             count, join_at, leave_at));
+    const engine_stats s = expect_same_tokens(
+        f.workers, f.layout,
+        {{.at_step = join_at, .count = count}, {.at_step = leave_at, .join = false}}, f.model);
+    EXPECT_EQ(epochs_of(s, "join").size(), 1u);
+    EXPECT_EQ(epochs_of(s, "leave").size(), 1u);
   }
 }
 
