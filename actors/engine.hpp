@@ -238,8 +238,11 @@ struct epoch_stats {
   std::int64_t kv_bytes_moved = 0;  // KV moved between members over the data plane, every rank
   std::int64_t blocks_moved = 0;
   std::int64_t blocks_rebuilt = 0;  // KV blocks computed again (0 unless no layout kept them)
-  /// How long no step ran: from the change's start to the first step after it, migrations
-  /// included (0 for the initial epoch; for a rebalance, the migration's part of the next step).
+  /// How long no step could run: a join or leave from its start at a step boundary (a join's
+  /// new members added, spawned processes included) until the workers restored their KV and
+  /// (join) took their blocks over; a recovery from the failure's notice until the restore was
+  /// answered (its KV rebuild follows as steps). A rebalance: from the migration's sending until
+  /// every worker answered it (the next step waits behind it on each worker). 0: initial.
   double pause_ms = 0.0;
   std::string note;  // why the layout is what it is (e.g. members kept as standbys)
 };

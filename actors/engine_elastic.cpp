@@ -118,6 +118,8 @@ void relayout_for_change(self_ptr self, const layout& before, const layout& grid
 // waits (a leave waiting for room, put back at the front).
 bool start_change(self_ptr self, planned_change& c) {
   engine_state& s = self->state;
+  // No step runs from here (adding members blocks too: spawned processes join meanwhile).
+  const auto started = std::chrono::steady_clock::now();
   const layout before = s.setup.grid;
   const std::int64_t n = before.num_ranks;
   const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
@@ -232,7 +234,7 @@ bool start_change(self_ptr self, planned_change& c) {
   s.last_change = std::chrono::steady_clock::now();
   s.change = std::move(c);
   s.change_epoch = std::move(e);
-  s.change_started = std::chrono::steady_clock::now();
+  s.change_started = started;
   s.change_migration = 0;
   relayout_for_change(self, before, *grid, survivors, standby, donors, leaving);
   return true;
