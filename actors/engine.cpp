@@ -300,6 +300,7 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
     std::lock_guard lk(p->roster->mu);
     p->roster->workers = *workers;
     p->roster->kvp = grid.kvp;
+    p->roster->info = p->source->workers();
   }
   p->planner = p->sys->spawn(planner_actor, grid, config.block_tokens, config.rebalance_threshold,
                              config.rebalance_min_blocks);
@@ -832,7 +833,9 @@ expected<std::shared_ptr<worker_compute>> make_rank_compute(
 }
 
 std::vector<worker_info> engine::workers() const {
-  return p_->source->workers();
+  // The engine actor updates the roster at every relayout; the source is its to touch.
+  std::lock_guard lk(p_->roster->mu);
+  return p_->roster->info;
 }
 
 }  // namespace helix::actors

@@ -394,6 +394,7 @@ void install_and_restore(self_ptr self, const layout& before, const layout& grid
     std::lock_guard lk(s.setup.roster->mu);
     s.setup.roster->workers = s.workers;
     s.setup.roster->kvp = grid.kvp;
+    if (s.setup.workers_info) s.setup.roster->info = s.setup.workers_info();
   }
   s.setup.grid = grid;
   s.stats.layout = grid.to_string();

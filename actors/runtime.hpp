@@ -115,6 +115,7 @@ caf::behavior planner_actor_recovered(caf::event_based_actor* self, layout l,
 struct worker_roster {
   std::mutex mu;
   std::vector<caf::actor> workers;  // under mu
+  std::vector<worker_info> info;    // under mu: who they are (engine::workers)
   std::atomic<std::int64_t> kvp{1};
 };
 
