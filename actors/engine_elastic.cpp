@@ -2,9 +2,9 @@
 // is queued and carried out at a step boundary (no step, restore, migration or rebuild in
 // flight), with the machinery of recovery (engine_recovery.cpp) but nothing lost:
 //   * join: the source adds members as standbys; the layout grows to the largest member count
-//     of its family with the same TPA size; every old member keeps its rank and its blocks
-//     (order_survivors), the new ranks start empty; once restored, one rebalancing pass (no
-//     minimum load) moves blocks onto the new members over the data plane;
+//     of its family with the same TPA size; every old KVP member keeps its index and its blocks,
+//     column for column, and the new indices' ranks start empty; once restored, one rebalancing
+//     pass (no minimum load) moves blocks onto the new members over the data plane;
 //   * leave: the layout shrinks to the remaining members (the same TPA size where one is valid);
 //     the leaver and any member left without a rank donate their blocks to the least-loaded new
 //     owners (column for column), then the leaver ends; with several TPA columns, a member
@@ -13,6 +13,8 @@
 //     (engine_config::elastic_leave).
 // A change that needs another TPA size (the tp family) replays the running requests. Each
 // change is an epoch in engine_stats::epochs, with the KV it moved and the pause it caused.
+// The policy (consider_growth) queues joins of members that joined on their own (a listening
+// source's late joins) when the cost model predicts a faster step for the load.
 #include <algorithm>
 
 #include "actors/engine_state.hpp"
