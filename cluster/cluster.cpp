@@ -498,14 +498,17 @@ class spawned_source final : public actors::worker_source {
                                  grid.to_string(), ranks.size());
     }
     const std::size_t old_idle = idle.size();
-    std::vector<member> giving;  // donors, in order: ranks n, n + 1, ... of the new data plane
-    std::vector<member> gone;    // leaving: they exit (after donating) instead of standing by
+    std::vector<member> gone;  // leaving: they exit (after donating) instead of standing by
     for (const std::int64_t r : standby) {
       if (!known(r)) continue;
       const bool leaves = std::find(leaving.begin(), leaving.end(), r) != leaving.end();
       (leaves ? gone : idle).push_back(member_at(r));
-      if (std::find(donors.begin(), donors.end(), r) != donors.end()) {
-        giving.push_back(leaves ? gone.back() : idle.back());
+    }
+    // Donors in the engine's order (donor j is rank n + j of the new data plane).
+    std::vector<member> giving;
+    for (const std::int64_t r : donors) {
+      if (known(r) && std::find(standby.begin(), standby.end(), r) != standby.end()) {
+        giving.push_back(member_at(r));
       }
     }
     const auto is_gone = [&](const member& m) {

@@ -130,6 +130,32 @@ TEST(Processes, ElasticJoinAndLeaveKeepTheDigest) {
   EXPECT_EQ(got["worker_processes"].size(), 2u) << "rank order after the leave: " << text;
 }
 
+// A leave on two TPA columns with worker processes: the members left without a rank donate,
+// each column's holder to the same column (donor order member-major), so nothing is rebuilt.
+TEST(Processes, LeaveOnTwoColumnsMovesEveryColumnsBlocks) {
+  const std::string workload =
+      "run --layout helix:kvp=4,tpa=2 --requests 16 --context 128 --max-tokens 24 --seed 2 "
+      "--json";
+  int rc = -1;
+  const auto fixed =
+      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 8", rc));
+  ASSERT_EQ(rc, 0);
+  const std::string text =
+      test_support::run_cli(HELIX_CLI, workload + " --processes 8 --elastic leave:1@step10", rc);
+  ASSERT_EQ(rc, 0) << text;
+  const auto got = test_support::last_json(text);
+  EXPECT_EQ(got["requests_completed"], 16) << text;
+  EXPECT_EQ(got["output_digest"], fixed["output_digest"]);
+  int leaves = 0;
+  for (const auto& e : got["epochs"]) {
+    if (e["reason"] != "leave") continue;
+    ++leaves;
+    EXPECT_EQ(e["layout_after"], "helix:kvp=2,tpa=2,tpf=4,ep=1") << e.dump();
+    EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
+  }
+  EXPECT_EQ(leaves, 1) << text;
+}
+
 // Workers started by hand join a running engine (listening): they stand by, and the planner's
 // policy gives them ranks once the cost model predicts a faster step for the load, explaining
 // the decision in the epoch; the tokens are those of the run on a fixed layout.
