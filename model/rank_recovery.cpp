@@ -287,12 +287,17 @@ status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::
                             static_cast<int>(after.attention_rank(column, r.owner_kvp[b])));
     }
   }
-  float trouble[2] = {0.0f, missing > 0 ? 1.0f : 0.0f};
+  // Donor d's holder in column c is donor d * TPA + c: one in another column would leave its
+  // owners waiting for pages it never sends, so it refuses (everyone then refuses together).
+  const bool misplaced = donor_idx % after.tpa != column;
+  float trouble[2] = {0.0f, missing > 0 || misplaced ? 1.0f : 0.0f};
   HELIX_RETURN_IF_ERROR(handoff.all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
                                            transport::as_recv(std::span<float>(trouble, 2))));
   if (trouble[0] > 0.0f || trouble[1] > 0.0f) {
-    return failed_precondition("donor {}: the restore was refused ({} of its blocks missing here)",
-                               donor_idx, missing);
+    return failed_precondition(
+        "donor {}: the restore was refused ({} of its blocks missing here{})", donor_idx, missing,
+        misplaced ? fmt::format("; it holds column {}, not {}", column, donor_idx % after.tpa)
+                  : "");
   }
   const auto layers = static_cast<std::size_t>(kv.store.num_layers());
   const std::size_t page_bytes = kv.store.layout().page_bytes();
