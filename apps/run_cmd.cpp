@@ -269,6 +269,11 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
     workload_over = true;
     if (elastic_driver.joinable()) elastic_driver.join();
   };
+  // Whichever way this returns (an early refusal, a stall), the driver ends before the engine.
+  struct joins_driver {
+    const decltype(stop_elastic)& stop;
+    ~joins_driver() { stop(); }
+  } const driver_guard{stop_elastic};
   if (!o.elastic.empty()) {
     elastic_driver = std::thread([&] {
       std::optional<clock_type::time_point> first_step;
@@ -496,7 +501,6 @@ expected<workload_report> run_agent_workload(const workload_options& o, std::ost
       last_activity_s = now_s;
     }
     if (!live.empty() && now_s - last_activity_s > o.stall_timeout_s) {
-      stop_elastic();
       return make_error(errc::deadline_exceeded,
                         "helix run: no token for {:.0f} s with {} sessions live", o.stall_timeout_s,
                         live.size());

@@ -194,6 +194,13 @@ TEST(RunCommand, ElasticEventStillPendingFailsTheRun) {
   const auto j = nlohmann::json::parse(out.str());
   EXPECT_EQ(j["requests_completed"], 2);
   EXPECT_EQ(j["elastic_failures"].size(), 1u);
+  // A workload refused before it starts ends the events' thread too (no abort).
+  std::ostringstream out2, err2;
+  EXPECT_EQ(run_workload({"--workers", "2", "--requests", "2", "--context", "1M", "--elastic",
+                          "join:1@step1"},
+                         out2, err2),
+            1);
+  EXPECT_NE(err2.str().find("resource_exhausted"), std::string::npos) << err2.str();
 }
 
 TEST(RunCommand, ElasticEventsParse) {
