@@ -467,6 +467,7 @@ class spawned_source final : public actors::worker_source {
       const std::vector<std::int64_t>& survivors, const std::vector<std::int64_t>& standby,
       const std::vector<std::int64_t>& donors, const std::vector<std::int64_t>& leaving) override {
     absorb_late_joins();
+    std::erase_if(standbys_, [&](const member& m) { return exited(m.info.pid); });
     // The old monitor's reports would name old workers: a new one starts with the new ranks.
     if (monitor_) caf::anon_send_exit(monitor_, caf::exit_reason::user_shutdown);
     monitor_ = nullptr;
@@ -604,9 +605,12 @@ class spawned_source final : public actors::worker_source {
     return result;
   }
 
+  // A standby child that exited (SIGTERM while standing by, a crash) no longer counts.
   std::int64_t standbys() const override {
     std::lock_guard lk(late_->mu);
-    return static_cast<std::int64_t>(standbys_.size() + late_->ready.size());
+    const auto alive = std::count_if(standbys_.begin(), standbys_.end(),
+                                     [&](const member& m) { return !exited(m.info.pid); });
+    return static_cast<std::int64_t>(alive) + static_cast<std::int64_t>(late_->ready.size());
   }
 
   // Scale out: `count` new worker processes join as standbys through a registrar of their own,
@@ -769,6 +773,18 @@ class spawned_source final : public actors::worker_source {
     door_->set_inner_port(*port);
   }
 
+  // Whether `pid`, a child of this source, has ended (reaped here, so known from then on). A
+  // worker started elsewhere is never known to have ended.
+  bool exited(std::int64_t pid) const {
+    const auto p = static_cast<pid_t>(pid);
+    if (std::find(pids_.begin(), pids_.end(), p) == pids_.end()) return false;
+    if (reaped_.count(p) != 0) return true;
+    int wstatus = 0;
+    if (::waitpid(p, &wstatus, WNOHANG) != p) return false;
+    reaped_[p] = wstatus;
+    return true;
+  }
+
   // Late joins that became ready are standbys like the others (on the engine's thread).
   void absorb_late_joins() {
     std::lock_guard lk(late_->mu);
@@ -844,13 +860,13 @@ class spawned_source final : public actors::worker_source {
   std::uint16_t listen_port_ = 0;
   std::function<void(std::uint16_t)> on_listening_;
   std::vector<pid_t> pids_;
-  std::int32_t spawned_ = 0;            // worker processes started, for their names
-  std::map<pid_t, int> reaped_;         // children already waited for, with their wait status
-  std::vector<worker_info> info_;       // by rank
-  std::vector<caf::actor> workers_;     // by rank
-  std::vector<caf::actor> heartbeats_;  // by rank
-  std::vector<caf::actor> agents_;      // by rank
-  std::vector<member> standbys_;        // alive, without a rank
+  std::int32_t spawned_ = 0;             // worker processes started, for their names
+  mutable std::map<pid_t, int> reaped_;  // children already waited for, with their wait status
+  std::vector<worker_info> info_;        // by rank
+  std::vector<caf::actor> workers_;      // by rank
+  std::vector<caf::actor> heartbeats_;   // by rank
+  std::vector<caf::actor> agents_;       // by rank
+  std::vector<member> standbys_;         // alive, without a rank
   // Late joins ready since the last relayout: filled by their registrar's thread.
   struct late_joins {
     std::mutex mu;

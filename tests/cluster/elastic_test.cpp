@@ -130,6 +130,38 @@ TEST(Processes, ElasticJoinAndLeaveKeepTheDigest) {
   EXPECT_EQ(got["worker_processes"].size(), 2u) << "rank order after the leave: " << text;
 }
 
+// A standby process that exits (SIGTERM while standing by) no longer counts: a later leave
+// shrinks the layout instead of handing the rank to the dead standby (which failed the engine).
+TEST(Processes, AStandbyThatExitedIsNotGivenARank) {
+  const engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=1", 2);
+  spawned_workers_options o;
+  o.worker_binary = HELIX_CLI;
+  o.standbys = 1;
+  auto eng = engine::create(c, spawned_workers(o));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  std::vector<pid_t> ranks;
+  for (const auto& w : (*eng)->workers()) ranks.push_back(static_cast<pid_t>(w.pid));
+  pid_t standby = -1;
+  for (const pid_t p : children_of(::getpid(), "worker --join")) {
+    if (std::find(ranks.begin(), ranks.end(), p) == ranks.end()) standby = p;
+  }
+  ASSERT_GT(standby, 0);
+  ASSERT_EQ(::kill(standby, SIGTERM), 0);
+  for (int i = 0; i < 200 && (*eng)->stats().standbys > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ((*eng)->stats().standbys, 0);
+  const status left = (*eng)->drain_worker(-1);
+  ASSERT_TRUE(left.ok()) << left.to_string();
+  const auto s = (*eng)->stats();
+  EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
+  EXPECT_EQ(s.layout, "helix:kvp=1,tpa=1,tpf=1,ep=1");
+  const long_run after = serve_long(**eng);
+  for (const auto& e : after.last) {
+    EXPECT_EQ(e.reason, actors::finish_reason::length) << e.error.to_string();
+  }
+}
+
 // A leave on two TPA columns with worker processes: the members left without a rank donate,
 // each column's holder to the same column (donor order member-major), so nothing is rebuilt.
 TEST(Processes, LeaveOnTwoColumnsMovesEveryColumnsBlocks) {
