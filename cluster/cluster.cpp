@@ -1,5 +1,6 @@
-// Workers as processes, the engine side: the registrar, the heartbeat monitor and the worker
-// sources (spawned and listening workers). The worker side, `helix worker`, is worker_process.cpp.
+// Workers as processes, the engine side: the worker sources (spawned and listening workers). The
+// registrar and the heartbeat monitor are registrar.cpp; the worker side, `helix worker`, is
+// worker_process.cpp.
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -22,6 +23,7 @@
 #include "cluster/front_door.hpp"
 #include "cluster/handshake.hpp"
 #include "cluster/messages.hpp"
+#include "cluster/registrar.hpp"
 #include "cluster/tls.hpp"
 #include "core/log.hpp"
 #include "proto/helix.pb.h"
@@ -36,277 +38,8 @@ using namespace detail;
 
 using actors::worker_info;
 
-caf::error refuse(std::string text) {
-  return caf::make_error(caf::sec::runtime_error, std::move(text));
-}
-
-// Registrar: hands out ranks in join order (refusing, with a reply that says why, a worker of
-// another protocol or build and bytes that are no join request: it logs them and waits on),
-// sends every worker the membership once all sent their UCX address, collects the worker
-// actors, and answers the engine's await_workers (or fails it after its timeout, naming who is
-// missing). It stops once it answered the engine.
-struct registrar_state {
-  std::int32_t expected = 0;
-  std::int32_t world = 0;  // the engine's ranks, told to standbys (workers added later: expected 0)
-  proto_v1::ClusterConfig config;
-  std::vector<worker_info> joined;
-  std::vector<std::string> addresses;
-  std::int32_t addresses_in = 0;
-  std::vector<caf::response_promise> address_waiters;
-  std::vector<caf::actor> workers;
-  std::vector<caf::actor> heartbeats;
-  std::vector<caf::actor> agents;
-  std::int32_t ready = 0;
-  // Standbys: joined past the ranks, up to standbys_expected; ready once their agent is known.
-  std::int32_t standbys_expected = 0;
-  std::vector<worker_info> standby_joined;
-  std::vector<caf::actor> standby_agents;
-  std::vector<caf::actor> standby_heartbeats;
-  std::int32_t standbys_ready = 0;
-  std::vector<caf::response_promise> engine;
-  bool answered = false;
-  /// A registrar of late joins (listening workers): called with each standby once it is ready.
-  std::function<void(const worker_info&, caf::actor agent, caf::actor heartbeat)> on_standby;
-};
-
-using registrar_ptr = caf::stateful_actor<registrar_state>*;
-
-void answer_engine(registrar_ptr self) {
-  auto& st = self->state;
-  if (st.answered || st.ready < st.expected || st.standbys_ready < st.standbys_expected) return;
-  st.answered = true;
-  worker_set w{st.workers,        st.heartbeats,         st.agents, {}, {}, {},
-               st.standby_agents, st.standby_heartbeats, {},        {}, {}};
-  for (const worker_info& j : st.joined) {
-    w.pids.push_back(j.pid);
-    w.hosts.push_back(j.host);
-    w.names.push_back(j.name);
-  }
-  for (const worker_info& j : st.standby_joined) {
-    w.standby_pids.push_back(j.pid);
-    w.standby_hosts.push_back(j.host);
-    w.standby_names.push_back(j.name);
-  }
-  for (auto& p : st.engine) p.deliver(w);
-  st.engine.clear();
-}
-
-join_reply_msg refuse_join_msg(registrar_ptr self, const status& why) {
-  logger()->warn("refused a worker ({}): {}", caf::to_string(self->current_sender()),
-                 why.message());
-  return join_reply_msg{to_bytes(refuse_join(why.message()))};
-}
-
-std::string describe(const proto_v1::WorkerCapabilities& c) {
-  std::string tls;
-  for (const auto& t : c.ucx_transports()) tls += (tls.empty() ? "" : ",") + t;
-  return fmt::format("{}, {} cpus, {} MiB available, UCX transports {}", c.device(), c.cpus(),
-                     c.memory_available_bytes() >> 20, tls.empty() ? "any" : tls);
-}
-
-membership_msg make_membership(const registrar_state& st) {
-  proto_v1::Membership m;
-  m.set_world_size(st.expected);
-  for (const worker_info& j : st.joined) {
-    proto_v1::Member& w = *m.add_members();
-    w.set_rank(static_cast<std::int32_t>(j.rank));
-    w.set_name(j.name);
-    w.set_pid(j.pid);
-    w.set_host(j.host);
-    w.set_ucx_address(st.addresses[static_cast<std::size_t>(j.rank)]);
-  }
-  return membership_msg{to_bytes(m)};
-}
-
-// `members`: empty at the start (workers join); after a failure, the processes that take the
-// new ranks (they joined before; each is told its rank by relayout_msg).
-caf::behavior registrar(registrar_ptr self, std::int32_t expected, std::int32_t standbys,
-                        proto_v1::ClusterConfig config, std::vector<worker_info> members,
-                        std::int32_t world) {
-  auto& st = self->state;
-  st.expected = expected;
-  st.world = world;
-  st.standbys_expected = standbys;
-  st.standby_agents.resize(static_cast<std::size_t>(standbys));
-  st.standby_heartbeats.resize(static_cast<std::size_t>(standbys));
-  st.config = std::move(config);
-  st.joined = std::move(members);
-  st.addresses.resize(static_cast<std::size_t>(expected));
-  st.workers.resize(static_cast<std::size_t>(expected));
-  st.heartbeats.resize(static_cast<std::size_t>(expected));
-  st.agents.resize(static_cast<std::size_t>(expected));
-  return {
-      [self](join_msg& m) -> join_reply_msg {
-        auto& st = self->state;
-        auto j = read_join_request(m.request);
-        if (!j) return refuse_join_msg(self, j.error());
-        const bool standby_free =
-            static_cast<std::int32_t>(st.standby_joined.size()) < st.standbys_expected;
-        if (j->standby() && !standby_free) {
-          return refuse_join_msg(
-              self, failed_precondition("worker '{}' (pid {} on {}) asks to stand by, but the "
-                                        "engine expects {} standbys and has them",
-                                        j->name(), j->pid(), j->host(), st.standbys_expected));
-        }
-        if ((j->standby() || static_cast<std::int32_t>(st.joined.size()) >= st.expected) &&
-            standby_free) {
-          st.standby_joined.push_back({-1, j->pid(), j->host(), j->name()});
-          logger()->info("worker {} joined as a standby (pid {}, host {}; {})", j->name(), j->pid(),
-                         j->host(), describe(j->capabilities()));
-          return join_reply_msg{to_bytes(accept_join(-1, st.world, st.config))};
-        }
-        if (static_cast<std::int32_t>(st.joined.size()) >= st.expected) {
-          return refuse_join_msg(
-              self, failed_precondition("worker '{}' (pid {} on {}): the engine already has its "
-                                        "{} workers",
-                                        j->name(), j->pid(), j->host(), st.expected));
-        }
-        const auto rank = static_cast<std::int32_t>(st.joined.size());
-        st.joined.push_back({rank, j->pid(), j->host(), j->name()});
-        logger()->info("worker {} joined as rank {} (pid {}, host {}; {})", j->name(), rank,
-                       j->pid(), j->host(), describe(j->capabilities()));
-        return join_reply_msg{to_bytes(accept_join(rank, st.expected, st.config))};
-      },
-      [self](address_msg& a) -> caf::result<membership_msg> {
-        auto& st = self->state;
-        if (a.rank < 0 || a.rank >= static_cast<std::int32_t>(st.joined.size())) {
-          return refuse(fmt::format("address for rank {}, which never joined", a.rank));
-        }
-        if (a.address.empty() || a.address.size() > max_ucx_address_bytes) {
-          return refuse(fmt::format("rank {} sent a {}-byte UCX address (1 to {} bytes allowed)",
-                                    a.rank, a.address.size(), max_ucx_address_bytes));
-        }
-        auto& slot = st.addresses[static_cast<std::size_t>(a.rank)];
-        if (slot.empty()) ++st.addresses_in;
-        slot = std::move(a.address);
-        auto promise = self->make_response_promise<membership_msg>();
-        st.address_waiters.push_back(promise);
-        if (st.addresses_in == st.expected) {
-          const membership_msg m = make_membership(st);
-          for (auto& p : st.address_waiters) p.deliver(m);
-          st.address_waiters.clear();
-        }
-        return promise;
-      },
-      [self](ready_msg& r) {
-        auto& st = self->state;
-        if (r.rank == -1) {
-          for (std::size_t i = 0; i < st.standby_joined.size(); ++i) {
-            if (st.standby_joined[i].pid != r.pid || st.standby_agents[i]) continue;
-            st.standby_agents[i] = std::move(r.agent);
-            st.standby_heartbeats[i] = std::move(r.heartbeat);
-            ++st.standbys_ready;
-            if (st.on_standby) {
-              st.on_standby(st.standby_joined[i], st.standby_agents[i], st.standby_heartbeats[i]);
-            }
-            answer_engine(self);
-            return;
-          }
-          return;
-        }
-        if (r.rank < 0 || r.rank >= st.expected) return;
-        auto& slot = st.workers[static_cast<std::size_t>(r.rank)];
-        if (!slot) ++st.ready;
-        slot = std::move(r.worker);
-        st.heartbeats[static_cast<std::size_t>(r.rank)] = std::move(r.heartbeat);
-        st.agents[static_cast<std::size_t>(r.rank)] = std::move(r.agent);
-        answer_engine(self);
-      },
-      [self](await_workers& w) -> caf::result<worker_set> {
-        auto promise = self->make_response_promise<worker_set>();
-        self->state.engine.push_back(promise);
-        self->delayed_send(self, std::chrono::milliseconds(w.timeout_ms), join_timeout_atom::value);
-        answer_engine(self);
-        return promise;
-      },
-      [self](join_timeout_atom) {
-        auto& st = self->state;
-        if (st.answered) return;
-        std::string missing;
-        for (std::int32_t r = 0; r < st.expected; ++r) {
-          if (st.workers[static_cast<std::size_t>(r)]) continue;
-          const bool joined = r < static_cast<std::int32_t>(st.joined.size());
-          missing += fmt::format("{}rank {} ({})", missing.empty() ? "" : ", ", r,
-                                 joined ? fmt::format("{} pid {} joined but is not ready",
-                                                      st.joined[static_cast<std::size_t>(r)].name,
-                                                      st.joined[static_cast<std::size_t>(r)].pid)
-                                        : std::string("never joined"));
-        }
-        for (std::int32_t i = st.standbys_ready; i < st.standbys_expected; ++i) {
-          missing += fmt::format("{}a standby", missing.empty() ? "" : ", ");
-        }
-        const std::string why =
-            fmt::format("{} of {} workers ready; missing: {}", st.ready, st.expected, missing);
-        for (auto& p : st.engine) p.deliver(refuse(why));
-        for (auto& p : st.address_waiters) p.deliver(refuse(why));
-        st.engine.clear();
-        st.address_waiters.clear();
-        st.answered = true;
-      },
-  };
-}
-
-// The registrar of a running engine's late joins (listening workers started by hand): up to
-// `room` standbys join, each handed to `on_standby` once ready; it ends with `engine`.
-caf::behavior late_registrar(
-    registrar_ptr self, std::int32_t room, proto_v1::ClusterConfig config, std::int32_t world,
-    caf::actor engine,
-    std::function<void(const worker_info&, caf::actor agent, caf::actor heartbeat)> on_standby) {
-  self->monitor(engine);
-  self->set_down_handler([self](caf::down_msg&) { self->quit(); });
-  self->state.on_standby = std::move(on_standby);
-  return registrar(self, 0, room, std::move(config), {}, world);
-}
-
-// Engine side: pings every worker's heartbeat actor each `period`; the first one that does not
-// answer within `deadline` is reported to the engine (lost_atom, naming the worker actor).
-caf::behavior heartbeat_monitor(caf::event_based_actor* self, caf::actor engine,
-                                std::vector<caf::actor> workers, std::vector<caf::actor> beats,
-                                std::chrono::milliseconds period,
-                                std::chrono::milliseconds deadline) {
-  // Ends with the engine; not linked to it, since a recovery stops it and starts another.
-  self->monitor(engine);
-  self->set_down_handler([self](caf::down_msg&) { self->quit(); });
-  auto reported = std::make_shared<bool>(false);
-  auto asked = std::make_shared<std::vector<bool>>(beats.size(), false);  // to leave (SIGTERM)
-  self->send(self, tick_atom::value);
-  return {
-      [=](tick_atom) {
-        for (std::size_t r = 0; r < beats.size(); ++r) {
-          self->request(beats[r], deadline, ping_atom::value)
-              .then(
-                  [=](ping_atom, bool leaving) {
-                    // A worker process told to terminate leaves gracefully: the engine moves
-                    // its KV and duties to the others first (engine::drain_worker).
-                    if (!leaving || (*asked)[r]) return;
-                    (*asked)[r] = true;
-                    logger()->info("worker {} asks to leave (SIGTERM)", r);
-                    self->request(engine, caf::infinite, actors::shrink_atom::value, workers[r])
-                        .then(
-                            [r](actors::wire_status& w) {
-                              const status st = actors::from_wire(w);
-                              if (!st.ok()) logger()->error("leave of worker {}: {}", r, st);
-                            },
-                            [r](caf::error& e) {
-                              logger()->error("leave of worker {}: {}", r, caf::to_string(e));
-                            });
-                  },
-                  [=](caf::error& e) {
-                    if (*reported) return;
-                    *reported = true;
-                    self->send(engine, actors::lost_atom::value, workers[r],
-                               fmt::format("no heartbeat answer within {} ms ({})",
-                                           deadline.count(), self->system().render(e)));
-                  });
-        }
-        self->delayed_send(self, period, tick_atom::value);
-      },
-  };
-}
-
-// Worker side: answers pings at once (runs on CAF's scheduler, not the worker's thread).
-// Answers the engine's pings at once, even while the worker computes, and records when the last
-// one came (steady-clock nanoseconds), so the worker notices an engine that went silent.
+// The worker source of worker processes: spawned children of this process, or workers started
+// elsewhere that join at a listening port.
 class spawned_source final : public actors::worker_source {
  public:
   explicit spawned_source(spawned_workers_options opts) : opts_(std::move(opts)) {}
@@ -368,7 +101,7 @@ class spawned_source final : public actors::worker_source {
       }
     }
     caf::actor reg =
-        sys.spawn(registrar, n, opts_.standbys, std::move(cc), std::vector<worker_info>{}, n);
+        spawn_registrar(sys, n, opts_.standbys, std::move(cc), std::vector<worker_info>{}, n);
     // The middleman listens on loopback only; workers reach it through the front door, which
     // checks the framing before CAF allocates anything (front_door.hpp).
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
@@ -397,45 +130,15 @@ class spawned_source final : public actors::worker_source {
     }
     logger()->info("started {} worker processes, joining at {}", n, join);
     expected<std::vector<caf::actor>> result = internal_error("spawned workers: no answer");
-    {
-      // Sent, not requested: the answer comes back as a plain message, and the loop also
-      // notices a child that died before it was ready (at once, not at the join timeout).
-      caf::scoped_actor self{sys};
-      self->send(reg, await_workers{opts_.join_timeout.count()});
-      const auto until =
-          std::chrono::steady_clock::now() + opts_.join_timeout + std::chrono::seconds(5);
-      bool answered = false;
-      while (!answered) {
-        self->receive(
-            [&](worker_set& w) {
-              answered = true;
-              for (std::size_t r = 0; r < w.workers.size(); ++r) {
-                info_.push_back({static_cast<std::int64_t>(r), w.pids[r], w.hosts[r], w.names[r]});
-              }
-              take_standbys(w);
-              take(w);
-              result = w.workers;
-            },
-            [&](caf::error& e) {
-              answered = true;
-              result =
-                  make_error(errc::unavailable, "workers: {}{}", sys.render(e), exited_children());
-            },
-            caf::after(std::chrono::milliseconds(100)) >>
-                [&] {
-                  const std::string gone = exited_children();
-                  if (!gone.empty()) {
-                    answered = true;
-                    result = make_error(errc::unavailable,
-                                        "workers: a worker ended before the "
-                                        "engine started{}",
-                                        gone);
-                  } else if (std::chrono::steady_clock::now() > until) {
-                    answered = true;
-                    result = make_error(errc::unavailable, "workers: the registrar never answered");
-                  }
-                });
+    if (auto w = await_registrar(sys, reg, "workers", 0)) {
+      for (std::size_t r = 0; r < w->workers.size(); ++r) {
+        info_.push_back({static_cast<std::int64_t>(r), w->pids[r], w->hosts[r], w->names[r]});
       }
+      take_standbys(*w);
+      take(*w);
+      result = w->workers;
+    } else {
+      result = w.error();
     }
     caf::anon_send_exit(reg, caf::exit_reason::user_shutdown);
     // Joined workers keep their relayed connections; listening, the door stays open for late
@@ -527,7 +230,7 @@ class spawned_source final : public actors::worker_source {
                             : giving[static_cast<std::size_t>(r - n)].info);
       infos.back().rank = r;
     }
-    caf::actor reg = sys.spawn(registrar, world, 0, cc, infos, world);
+    caf::actor reg = spawn_registrar(sys, world, 0, cc, infos, world);
     const std::string bytes = to_bytes(cc);
     for (std::int32_t r = 0; r < world; ++r) {
       const member& m =
@@ -629,8 +332,8 @@ class spawned_source final : public actors::worker_source {
     }
     const auto n = static_cast<std::int32_t>(count);
     caf::actor reg =
-        sys.spawn(registrar, 0, n, cluster_config(config, grid), std::vector<worker_info>{},
-                  static_cast<std::int32_t>(grid.num_ranks));
+        spawn_registrar(sys, 0, n, cluster_config(config, grid), std::vector<worker_info>{},
+                        static_cast<std::int32_t>(grid.num_ranks));
     const auto stop_reg = [&] { caf::anon_send_exit(reg, caf::exit_reason::user_shutdown); };
     auto port = sys.middleman().publish(reg, 0, "127.0.0.1");
     if (!port) {
@@ -645,38 +348,18 @@ class spawned_source final : public actors::worker_source {
     }
     const std::string join = fmt::format("{}:{}", opts_.host, (*door)->port());
     status st;
+    const std::size_t first_child = pids_.size();
     for (std::int32_t i = 0; i < n && st.ok(); ++i) st = spawn_worker(join, true);
     if (st.ok()) {
       logger()->info("started {} worker processes to join, at {}", n, join);
-      caf::scoped_actor self{sys};
-      self->send(reg, await_workers{opts_.join_timeout.count()});
-      const auto until =
-          std::chrono::steady_clock::now() + opts_.join_timeout + std::chrono::seconds(5);
-      bool answered = false;
-      while (!answered) {
-        self->receive(
-            [&](worker_set& w) {
-              answered = true;
-              take_standbys(w);
-              // They learn the engine now, and end with it.
-              for (const caf::actor& agent : w.standby_agents) {
-                caf::anon_send(agent, relayout_msg{-1, 0, {}, nullptr, engine_});
-              }
-            },
-            [&](caf::error& e) {
-              answered = true;
-              st = make_error(errc::unavailable, "add_workers: {}{}", sys.render(e),
-                              exited_children());
-            },
-            caf::after(std::chrono::milliseconds(100)) >>
-                [&] {
-                  if (std::chrono::steady_clock::now() > until) {
-                    answered = true;
-                    st =
-                        make_error(errc::unavailable, "add_workers: the registrar never answered{}",
-                                   exited_children());
-                  }
-                });
+      if (auto w = await_registrar(sys, reg, "add_workers", first_child)) {
+        take_standbys(*w);
+        // They learn the engine now, and end with it.
+        for (const caf::actor& agent : w->standby_agents) {
+          caf::anon_send(agent, relayout_msg{-1, 0, {}, nullptr, engine_});
+        }
+      } else {
+        st = w.error();
       }
     }
     stop_reg();
@@ -751,8 +434,8 @@ class spawned_source final : public actors::worker_source {
   void open_late_joins(caf::actor_system& sys) {
     auto late = late_;
     caf::actor engine = engine_;
-    caf::actor reg = sys.spawn(
-        late_registrar, max_late_joins, late_config_, late_world_, engine,
+    caf::actor reg = spawn_late_registrar(
+        sys, max_late_joins, late_config_, late_world_, engine,
         [late, engine](const worker_info& info, caf::actor agent, caf::actor heartbeat) {
           logger()->info("worker {} (pid {} on {}) joined the running engine as a standby",
                          info.name, info.pid, info.host);
@@ -771,6 +454,44 @@ class spawned_source final : public actors::worker_source {
       return;
     }
     door_->set_inner_port(*port);
+  }
+
+  // Asks `reg` for its worker set and waits for it (or its error) up to the join timeout; a
+  // child started for it (the `first_child`-th on) that ended meanwhile fails it at once rather
+  // than at the timeout. Sent, not requested: the answer comes back as a plain message beside
+  // the polling. `what` prefixes the errors.
+  expected<worker_set> await_registrar(caf::actor_system& sys, const caf::actor& reg,
+                                       const char* what, std::size_t first_child) {
+    caf::scoped_actor self{sys};
+    self->send(reg, await_workers{opts_.join_timeout.count()});
+    const auto until =
+        std::chrono::steady_clock::now() + opts_.join_timeout + std::chrono::seconds(5);
+    expected<worker_set> out = internal_error("{}: no answer", what);
+    for (bool answered = false; !answered;) {
+      self->receive(
+          [&](worker_set& w) {
+            answered = true;
+            out = std::move(w);
+          },
+          [&](caf::error& e) {
+            answered = true;
+            out = make_error(errc::unavailable, "{}: {}{}", what, sys.render(e),
+                             exited_children(first_child));
+          },
+          caf::after(std::chrono::milliseconds(100)) >>
+              [&] {
+                const std::string gone = exited_children(first_child);
+                if (!gone.empty()) {
+                  answered = true;
+                  out = make_error(errc::unavailable, "{}: a worker ended before it was ready{}",
+                                   what, gone);
+                } else if (std::chrono::steady_clock::now() > until) {
+                  answered = true;
+                  out = make_error(errc::unavailable, "{}: the registrar never answered", what);
+                }
+              });
+    }
+    return out;
   }
 
   // Whether `pid`, a child of this source, has ended (reaped here, so known from then on). A
@@ -820,8 +541,8 @@ class spawned_source final : public actors::worker_source {
 
   void restart_monitor(caf::actor_system& sys) {
     if (heartbeats_.empty() || !engine_) return;
-    monitor_ = sys.spawn(heartbeat_monitor, engine_, workers_, heartbeats_, heartbeat_period,
-                         heartbeat_deadline);
+    monitor_ = spawn_heartbeat_monitor(sys, engine_, workers_, heartbeats_, heartbeat_period,
+                                       heartbeat_deadline);
   }
 
   static proto_v1::ClusterConfig cluster_config(const actors::engine_config& config,
@@ -835,10 +556,11 @@ class spawned_source final : public actors::worker_source {
     return cc;
   }
 
-  // Children that already ended, for error messages.
-  std::string exited_children() {
+  // Children that already ended (from the `from`-th started on), for error messages.
+  std::string exited_children(std::size_t from = 0) {
     std::string out;
-    for (const pid_t pid : pids_) {
+    for (std::size_t i = from; i < pids_.size(); ++i) {
+      const pid_t pid = pids_[i];
       int wstatus = 0;
       if (const auto it = reaped_.find(pid); it != reaped_.end()) {
         wstatus = it->second;
