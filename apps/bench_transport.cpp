@@ -46,12 +46,14 @@ constexpr std::chrono::milliseconds fork_timeout{600000};
 constexpr std::size_t kib = std::size_t{1} << 10;
 constexpr std::size_t mib = std::size_t{1} << 20;
 
-enum class bench_op { all_to_all, all_reduce, memcpy };
+enum class bench_op { all_to_all, all_to_all_in_place, all_reduce, memcpy };
 
 std::string_view op_name(bench_op op) {
   switch (op) {
     case bench_op::all_to_all:
       return "all_to_all";
+    case bench_op::all_to_all_in_place:
+      return "all_to_all_in_place";
     case bench_op::all_reduce:
       return "all_reduce";
     case bench_op::memcpy:
@@ -81,10 +83,12 @@ std::int64_t elapsed_ns(std::chrono::steady_clock::time_point t0,
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();
 }
 
-// What rank `rank` of `size` must hold after the last iteration (see measure_rank's fill).
-status check_received(const case_spec& c, int rank, int size, const buffer& recv) {
+// What rank `rank` of `size` must hold after the last iteration (see measure_rank's fill). In
+// place, each call swaps the slices back: after an even number of calls the buffer holds its
+// own fill again.
+status check_received(const case_spec& c, int rank, int size, const unsigned char* recv) {
   if (c.op == bench_op::all_reduce) {
-    const auto* v = recv.as<const float>();
+    const auto* v = reinterpret_cast<const float*>(recv);
     const std::size_t n = c.bytes / sizeof(float);
     const auto want = static_cast<float>(size * (size + 1) / 2);
     if (v[0] != want || v[n - 1] != want) {
@@ -94,10 +98,12 @@ status check_received(const case_spec& c, int rank, int size, const buffer& recv
     return ok_status();
   }
   const std::size_t slice = c.bytes / static_cast<std::size_t>(size);
-  const auto* b = recv.as<const unsigned char>();
+  const unsigned char* b = recv;
+  const bool swapped_back =
+      c.op == bench_op::all_to_all_in_place && (c.warmup + c.iterations) % 2 == 0;
   for (int peer = 0; peer < size; ++peer) {
     const std::size_t first = static_cast<std::size_t>(peer) * slice;
-    const auto want = static_cast<unsigned char>(peer + 1);
+    const auto want = static_cast<unsigned char>((swapped_back ? rank : peer) + 1);
     if (b[first] != want || b[first + slice - 1] != want) {
       return internal_error("rank {}: all_to_all of {}: slice from rank {} holds {}, expected {}",
                             rank, size_label(c.bytes), peer, b[first], want);
@@ -107,17 +113,25 @@ status check_received(const case_spec& c, int rank, int size, const buffer& recv
 }
 
 // Runs every case on one rank: each iteration is a barrier, then the timed call. Send buffers
-// hold rank + 1 (bytes, or f32 for all_reduce) so that the result can be checked.
-expected<rank_times> measure_rank(tr::communicator& comm, std::span<const case_spec> cases) {
+// hold rank + 1 (bytes, or f32 for all_reduce) so that the result can be checked. In place: one
+// buffer from the fabric (fabric::allocate), send and receive at once.
+expected<rank_times> measure_rank(tr::fabric& fab, tr::communicator& comm,
+                                  std::span<const case_spec> cases) {
   const int rank = comm.rank();
   const int size = comm.size();
   rank_times out;
   for (const case_spec& c : cases) {
-    HELIX_ASSIGN_OR_RETURN(buffer send, buffer::try_host(c.bytes));
-    HELIX_ASSIGN_OR_RETURN(buffer recv, buffer::try_host(c.bytes));
+    const bool in_place = c.op == bench_op::all_to_all_in_place;
+    HELIX_ASSIGN_OR_RETURN(buffer send, buffer::try_host(in_place ? 0 : c.bytes));
+    HELIX_ASSIGN_OR_RETURN(buffer recv, buffer::try_host(in_place ? 0 : c.bytes));
+    HELIX_ASSIGN_OR_RETURN(tr::fabric_buffer shared, fab.allocate(in_place ? c.bytes : 0));
     tr::send_buf sb{send.data(), c.bytes, tr::wire_type::bytes};
     tr::recv_buf rb{recv.data(), c.bytes, tr::wire_type::bytes};
-    if (c.op == bench_op::all_reduce) {
+    if (in_place) {
+      sb.data = shared.data();
+      rb.data = shared.data();
+      std::memset(shared.data(), rank + 1, c.bytes);
+    } else if (c.op == bench_op::all_reduce) {
       std::fill_n(send.as<float>(), c.bytes / sizeof(float), static_cast<float>(rank + 1));
       sb = {send.data(), c.bytes / sizeof(float), tr::wire_type::f32};
       rb = {recv.data(), c.bytes / sizeof(float), tr::wire_type::f32};
@@ -138,7 +152,10 @@ expected<rank_times> measure_rank(tr::communicator& comm, std::span<const case_s
       }
       if (i >= c.warmup) ns.push_back(elapsed_ns(t0, t1));
     }
-    HELIX_RETURN_IF_ERROR(check_received(c, rank, size, recv));
+    HELIX_RETURN_IF_ERROR(check_received(
+        c, rank, size,
+        static_cast<const unsigned char*>(in_place ? static_cast<void*>(shared.data())
+                                                   : recv.data())));
     out.push_back(std::move(ns));
   }
   return out;
@@ -166,7 +183,7 @@ transport_case_result summarize(const std::string& backend, const case_spec& c,
   const double p50_s = res.p50_us / 1e6;
   const auto w = static_cast<double>(world_size);
   const auto bytes = static_cast<double>(c.bytes);
-  if (p50_s > 0.0 && c.op == bench_op::all_to_all) {
+  if (p50_s > 0.0 && (c.op == bench_op::all_to_all || c.op == bench_op::all_to_all_in_place)) {
     res.bytes_per_s = w * bytes * (w - 1) / w / p50_s;
   } else if (p50_s > 0.0 && c.op == bench_op::memcpy) {
     res.bytes_per_s = w * bytes / p50_s;
@@ -196,7 +213,7 @@ expected<std::vector<rank_times>> run_local(std::span<const case_spec> cases) {
         fab->abort(comm.error());
         return;
       }
-      auto t = measure_rank(**comm, cases);
+      auto t = measure_rank(*fab, **comm, cases);
       if (!t) {
         results[static_cast<std::size_t>(r)] = t.error();
         fab->abort(t.error());  // the other rank must not wait for this one
@@ -262,7 +279,7 @@ expected<std::string> ucx_rank_body(int rank, tr::ucx_fabric& fab,
     if (peer != rank) j["transports"][std::to_string(peer)] = fab.transports_to(peer);
   }
   HELIX_ASSIGN_OR_RETURN(std::unique_ptr<tr::communicator> comm, fab.make_world(rank));
-  HELIX_ASSIGN_OR_RETURN(rank_times t, measure_rank(*comm, cases));
+  HELIX_ASSIGN_OR_RETURN(rank_times t, measure_rank(fab, *comm, cases));
   HELIX_RETURN_IF_ERROR(comm->barrier());
   j["ns"] = std::move(t);
   return j.dump();
@@ -366,12 +383,17 @@ std::vector<case_spec> backend_cases(const bench_transport_options& o, bool memc
       cases.push_back({bench_op::memcpy, s, o.iterations, warmup});
     } else {
       cases.push_back({bench_op::all_to_all, s, o.iterations, warmup});
+      cases.push_back({bench_op::all_to_all_in_place, s, o.iterations, warmup});
       cases.push_back({bench_op::all_reduce, s, o.iterations, warmup});
     }
   }
   for (const std::size_t s : large) {
-    cases.push_back(
-        {memcpy_op ? bench_op::memcpy : bench_op::all_to_all, s, o.large_iterations, 1});
+    if (memcpy_op) {
+      cases.push_back({bench_op::memcpy, s, o.large_iterations, 1});
+    } else {
+      cases.push_back({bench_op::all_to_all, s, o.large_iterations, 1});
+      cases.push_back({bench_op::all_to_all_in_place, s, o.large_iterations, 1});
+    }
   }
   return cases;
 }
@@ -526,7 +548,7 @@ expected<bench_transport_report> run_bench_transport_cases(const bench_transport
 
   // Large all_to_all against memcpy at the same size, per backend; the headline for ucx-shm.
   for (transport_case_result& r : report.results) {
-    if (r.op != "all_to_all" || !r.bytes_per_s ||
+    if (r.op.rfind("all_to_all", 0) != 0 || r.op == "all_to_all_v" || !r.bytes_per_s ||
         std::find(large.begin(), large.end(), r.bytes) == large.end()) {
       continue;
     }
@@ -539,8 +561,12 @@ expected<bench_transport_report> run_bench_transport_cases(const bench_transport
     if (r.backend != "ucx-shm" || !r.vs_memcpy) continue;
     if (!report.large_all_to_all_bytes || r.bytes > *report.large_all_to_all_bytes) {
       report.large_all_to_all_bytes = r.bytes;
-      report.large_all_to_all_vs_memcpy = r.vs_memcpy;
+      report.large_all_to_all_vs_memcpy.reset();
+      report.large_all_to_all_out_of_place_vs_memcpy.reset();
     }
+    if (r.bytes != *report.large_all_to_all_bytes) continue;
+    (r.op == "all_to_all_in_place" ? report.large_all_to_all_vs_memcpy
+                                   : report.large_all_to_all_out_of_place_vs_memcpy) = r.vs_memcpy;
   }
   return report;
 }
@@ -586,6 +612,8 @@ nlohmann::json transport_report_json(const bench_transport_options& o,
   j["large_all_to_all_bytes"] = r.large_all_to_all_bytes ? nlohmann::json(*r.large_all_to_all_bytes)
                                                          : nlohmann::json(nullptr);
   j["large_all_to_all_vs_memcpy"] = optional_json(r.large_all_to_all_vs_memcpy);
+  j["large_all_to_all_out_of_place_vs_memcpy"] =
+      optional_json(r.large_all_to_all_out_of_place_vs_memcpy);
   return j;
 }
 
@@ -608,10 +636,10 @@ void print_transport_table(std::ostream& out, const bench_transport_options& o,
     }
     out << fmt::format("{:<18} {:<8} {}\n", b.name, b.status, detail.empty() ? "-" : detail);
   }
-  out << fmt::format("\n{:<18} {:<10} {:>8} {:>10} {:>10} {:>9} {:>9}\n", "backend", "op", "size",
+  out << fmt::format("\n{:<18} {:<19} {:>8} {:>10} {:>10} {:>9} {:>9}\n", "backend", "op", "size",
                      "p50 us", "p99 us", "GB/s", "vs memcpy");
   for (const transport_case_result& c : r.results) {
-    out << fmt::format("{:<18} {:<10} {:>8} {:>10.1f} {:>10.1f} {:>9} {:>9}\n", c.backend, c.op,
+    out << fmt::format("{:<18} {:<19} {:>8} {:>10.1f} {:>10.1f} {:>9} {:>9}\n", c.backend, c.op,
                        size_label(c.bytes), c.p50_us, c.p99_us,
                        c.bytes_per_s ? fmt::format("{:.2f}", *c.bytes_per_s / 1e9) : "-",
                        c.vs_memcpy ? fmt::format("{:.2f}", *c.vs_memcpy) : "-");
@@ -620,8 +648,13 @@ void print_transport_table(std::ostream& out, const bench_transport_options& o,
     out << fmt::format("skipped {}: {}\n", size_label(s.bytes), s.reason);
   }
   if (r.large_all_to_all_vs_memcpy) {
-    out << fmt::format("\nlarge all_to_all vs memcpy ({}): ucx-shm reaches {:.2f}x memcpy\n",
-                       size_label(*r.large_all_to_all_bytes), *r.large_all_to_all_vs_memcpy);
+    out << fmt::format(
+        "\nlarge all_to_all vs memcpy ({}): ucx-shm reaches {:.2f}x memcpy in place on fabric "
+        "buffers, {} out of place\n",
+        size_label(*r.large_all_to_all_bytes), *r.large_all_to_all_vs_memcpy,
+        r.large_all_to_all_out_of_place_vs_memcpy
+            ? fmt::format("{:.2f}x", *r.large_all_to_all_out_of_place_vs_memcpy)
+            : std::string("-"));
   } else {
     out << "\nlarge all_to_all vs memcpy: not measured (needs ucx-shm and memcpy)\n";
   }

@@ -19,19 +19,23 @@
 // Every UCX fabric runs with UCP error handling mode PEER (dead peers are detected, never a hang).
 //
 // Cases. "Size" is one rank's buffer: all_to_all sends and receives `size` bytes per rank (its
-// own slice of size / 2 stays local), all_reduce sums size / 4 f32 values. Decode-sized
-// messages (1, 4, 16, 64 KiB): all_to_all and all_reduce latency, p50 and p99 over --iterations
+// own slice of size / 2 stays local), all_reduce sums size / 4 f32 values; all_to_all_in_place
+// is the same exchange on one buffer from fabric::allocate (send == recv; between processes on
+// one host the pair swaps its slices in shared memory). Decode-sized messages (1, 4, 16,
+// 64 KiB): all_to_all (both forms) and all_reduce latency, p50 and p99 over --iterations
 // (default 200; --quick 20) after a warm-up of a tenth of that (at least 2). Large messages (16,
-// 64, 256 MiB; --quick 16 MiB only): all_to_all bandwidth over max(3, iterations / 20)
-// iterations after one warm-up. Each iteration starts with a barrier; its time is the slowest
-// rank's (thread's) time for the call alone, and the percentiles are over iterations. Every rank
-// checks the data it received after the last iteration.
+// 64, 256 MiB; --quick 16 MiB only): all_to_all bandwidth, both forms, over max(3, iterations /
+// 20) iterations after one warm-up. Each iteration starts with a barrier; its time is the
+// slowest rank's (thread's) time for the call alone, and the percentiles are over iterations.
+// Every rank checks the data it received after the last iteration.
 //
-// Rates. all_to_all: bytes received from peers per second, summed over ranks (each rank's own
-// slice excluded): world_size * size * (world_size - 1) / world_size / p50. memcpy: bytes copied
-// per second summed over the 2 threads: 2 * size / p50. large_all_to_all_vs_memcpy is ucx-shm's
-// all_to_all rate over memcpy's at the largest size both measured. These are ratios measured on
-// a shared machine: reported, never asserted by tests.
+// Rates. all_to_all (both forms): bytes received from peers per second, summed over ranks (each
+// rank's own slice excluded): world_size * size * (world_size - 1) / world_size / p50. memcpy:
+// bytes copied per second summed over the 2 threads: 2 * size / p50. large_all_to_all_vs_memcpy
+// is ucx-shm's in-place all_to_all rate over memcpy's at the largest size both measured;
+// large_all_to_all_out_of_place_vs_memcpy the same for the out-of-place form (at 2 ranks each
+// rank also copies its own half there, which the rate excludes: at most about 0.5). These are
+// ratios measured on a shared machine: reported, never asserted by tests.
 //
 // Memory: before a large size runs, the 4 buffers of that size (2 ranks x send + recv, or 2
 // threads x source + destination) plus a quarter must fit in available_memory(); sizes that do
@@ -49,11 +53,12 @@
 //   {"world_size":2,"iterations","large_iterations","ucx_error_handling":"peer",
 //    "backends":[{"name","status":"ok"|"skipped"|"failed","reason","shm_error_handling"?,"one_copy"?,
 //                 "ucx_tls"?,"net_devices"?,"netns"?,"transports":[{"rank","peer","transports"}]}],
-//    "results":[{"backend","op":"all_to_all"|"all_reduce"|"memcpy","bytes","iterations",
+//    "results":[{"backend","op":"all_to_all"|"all_to_all_in_place"|"all_reduce"|"memcpy","bytes","iterations",
 //                "p50_us","p99_us","bytes_per_s"(null for all_reduce),"vs_memcpy"(null or a
 //                ratio, large all_to_all only)}],
 //    "skipped_sizes":[{"bytes","reason"}],
-//    "large_all_to_all_bytes": N or null, "large_all_to_all_vs_memcpy": ratio or null}
+//    "large_all_to_all_bytes": N or null, "large_all_to_all_vs_memcpy": ratio or null,
+//    "large_all_to_all_out_of_place_vs_memcpy": ratio or null}
 #pragma once
 
 #include <cstddef>
@@ -84,7 +89,7 @@ struct bench_transport_options {
 /// One (backend, op, size) measurement.
 struct transport_case_result {
   std::string backend;
-  std::string op;  // "all_to_all", "all_reduce" or "memcpy"
+  std::string op;  // "all_to_all", "all_to_all_in_place", "all_reduce" or "memcpy"
   std::size_t bytes = 0;
   int iterations = 0;
   double p50_us = 0.0;
@@ -120,7 +125,8 @@ struct bench_transport_report {
   };
   std::vector<skipped_size> skipped_sizes;
   std::optional<std::size_t> large_all_to_all_bytes;
-  std::optional<double> large_all_to_all_vs_memcpy;
+  std::optional<double> large_all_to_all_vs_memcpy;  // in place, on fabric buffers
+  std::optional<double> large_all_to_all_out_of_place_vs_memcpy;
 };
 
 /// Parses the flags (after "bench transport"). invalid_argument naming the flag.

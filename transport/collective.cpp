@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 namespace helix::transport {
 
@@ -31,8 +32,8 @@ status check_all_to_all(send_buf send, recv_buf recv, std::size_t n) {
   if (send.count % n != 0) {
     return invalid_argument("{} elements do not split evenly over {} ranks", send.count, n);
   }
-  if (buffers_overlap(send.data, send.bytes(), recv.data, recv.bytes())) {
-    return invalid_argument("send and recv buffers overlap");
+  if (send.data != recv.data && buffers_overlap(send.data, send.bytes(), recv.data, recv.bytes())) {
+    return invalid_argument("send and recv overlap without being the same buffer");
   }
   return ok_status();
 }
@@ -120,6 +121,19 @@ expected<int> group_rank_of(std::string_view who, int global_rank, std::span<con
   return static_cast<int>(it - group.begin());
 }
 
+void swap_bytes(void* a, void* b, std::size_t n) noexcept {
+  constexpr std::size_t block = 4096;
+  alignas(64) std::byte tmp[block];
+  auto* pa = static_cast<std::byte*>(a);
+  auto* pb = static_cast<std::byte*>(b);
+  for (std::size_t i = 0; i < n; i += block) {
+    const std::size_t k = std::min(block, n - i);
+    std::memcpy(tmp, pa + i, k);
+    std::memcpy(pa + i, pb + i, k);
+    std::memcpy(pb + i, tmp, k);
+  }
+}
+
 bool buffers_overlap(const void* a, std::size_t a_bytes, const void* b,
                      std::size_t b_bytes) noexcept {
   if (a_bytes == 0 || b_bytes == 0) return false;
@@ -153,6 +167,12 @@ status validate_collective(const std::vector<coll_post>& posts, std::uint64_t se
     }
     switch (p0.kind) {
       case op_kind::all_to_all:
+        if (p.in_place != p0.in_place) {
+          return invalid_argument("all_to_all #{}: rank {} (global {}) calls it {} but rank 0 {}",
+                                  seq, r, members[r], p.in_place ? "in place" : "out of place",
+                                  p0.in_place ? "in place" : "out of place");
+        }
+        [[fallthrough]];
       case op_kind::all_reduce:
       case op_kind::all_gather:
         if (p.send.count != p0.send.count) {
@@ -200,6 +220,7 @@ request collective_communicator::post_checked(coll_post post, const call_options
 request collective_communicator::iall_to_all(send_buf send, recv_buf recv,
                                              const call_options& opts) {
   coll_post p{.kind = op_kind::all_to_all, .send = send, .recv = recv};
+  p.in_place = send.data == recv.data && send.count > 0;
   p.local_error = check_all_to_all(send, recv, static_cast<std::size_t>(size()));
   return post_checked(std::move(p), opts);
 }

@@ -30,7 +30,8 @@ struct coll_post {
   all_to_all_v_args v;  // only for all_to_all_v; spans valid until the call completes
   int root = 0;
   reduce_op op = reduce_op::sum;
-  status local_error;  // argument error found by this rank alone; fails the call on every rank
+  bool in_place = false;  // all_to_all with send.data == recv.data (every rank must agree)
+  status local_error;     // argument error found by this rank alone; fails the call on every rank
 };
 
 // The checks one rank makes on its own arguments (`rank` of `size`); ok or invalid_argument /
@@ -64,6 +65,10 @@ struct chunk {
 // the problem, prefixed with `who` (e.g. "local_fabric").
 [[nodiscard]] expected<int> group_rank_of(std::string_view who, int global_rank,
                                           std::span<const int> group, int world_size);
+
+// Exchanges the n bytes at a and b (which must not overlap), through a small stack block: each
+// byte is read once and written once, as fast as a copy of the same bytes.
+void swap_bytes(void* a, void* b, std::size_t n) noexcept;
 
 [[nodiscard]] bool buffers_overlap(const void* a, std::size_t a_bytes, const void* b,
                                    std::size_t b_bytes) noexcept;

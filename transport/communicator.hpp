@@ -181,7 +181,11 @@ class communicator {
   [[nodiscard]] virtual std::span<const int> global_ranks() const = 0;
 
   /// Equal-split all-to-all: send [size][count] -> recv [size][count]; recv slice j comes from
-  /// rank j's send slice rank(). send.count == recv.count, divisible by size(); no overlap.
+  /// rank j's send slice rank(). send.count == recv.count, divisible by size(). In place allowed
+  /// (send.data == recv.data, then on every rank of the call): the rank's own slice stays where
+  /// it is and slice j is exchanged with rank j's slice rank(); on buffers from
+  /// fabric::allocate, peers on one machine swap those slices directly. Other overlaps are
+  /// refused. After a failure the receive buffer's contents are unspecified.
   [[nodiscard]] virtual request iall_to_all(send_buf send, recv_buf recv,
                                             const call_options& opts = {}) = 0;
   /// Variable-split all-to-all (see all_to_all_v_args).

@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,6 +26,55 @@
 #include "transport/communicator.hpp"
 
 namespace helix::transport {
+
+/// Memory from fabric::allocate: move-only, freed on destruction. It must not outlive the fabric
+/// that made it. Aligned to 64 bytes; contents start zeroed.
+class fabric_buffer {
+ public:
+  using releaser = std::function<void(std::byte* data, std::size_t bytes)>;
+  fabric_buffer() = default;
+  fabric_buffer(std::byte* data, std::size_t bytes, releaser release)
+      : data_(data), bytes_(bytes), release_(std::move(release)) {}
+  fabric_buffer(fabric_buffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)),
+        bytes_(std::exchange(o.bytes_, 0)),
+        release_(std::move(o.release_)) {}
+  fabric_buffer& operator=(fabric_buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      data_ = std::exchange(o.data_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+      release_ = std::move(o.release_);
+    }
+    return *this;
+  }
+  fabric_buffer(const fabric_buffer&) = delete;
+  fabric_buffer& operator=(const fabric_buffer&) = delete;
+  ~fabric_buffer() { reset(); }
+
+  [[nodiscard]] std::byte* data() const { return data_; }
+  [[nodiscard]] std::size_t size() const { return bytes_; }
+  /// The buffer as `count` elements of T (count * sizeof(T) <= size()).
+  template <class T>
+  [[nodiscard]] std::span<T> as(std::size_t count) const {
+    return {reinterpret_cast<T*>(data_), count};
+  }
+  void reset() {
+    if (data_ != nullptr && release_) release_(data_, bytes_);
+    data_ = nullptr;
+    bytes_ = 0;
+    release_ = nullptr;
+  }
+
+ private:
+  std::byte* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  releaser release_;
+};
+
+/// Plain process memory as a fabric_buffer (what fabric::allocate gives by default):
+/// resource_exhausted when `bytes` does not fit in available_memory() or the allocation fails.
+[[nodiscard]] expected<fabric_buffer> allocate_host_buffer(std::size_t bytes);
 
 class fabric {
  public:
@@ -50,6 +101,16 @@ class fabric {
   /// timed out waiting for, or saw fail, most often named first. Recovery drops these rather
   /// than the rank that happened to report first. Default: none known.
   [[nodiscard]] virtual std::vector<int> suspects() const { return {}; }
+
+  /// Memory for the buffers of large collective calls of this process's ranks. Where peers on
+  /// this machine can reach it directly (UCX backend: a shared-memory mapping), an in-place
+  /// all_to_all on it moves every byte once: each pair of ranks swaps its two slices in place,
+  /// each rank doing half (see communicator::iall_to_all). Any memory works in every call; this
+  /// is only faster. Default: plain process memory (allocate_host_buffer). resource_exhausted
+  /// when it does not fit.
+  [[nodiscard]] virtual expected<fabric_buffer> allocate(std::size_t bytes) {
+    return allocate_host_buffer(bytes);
+  }
 };
 
 /// The record behind fabric::suspects(). Thread-safe.

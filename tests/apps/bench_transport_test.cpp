@@ -90,13 +90,13 @@ TEST(BenchTransport, QuickJsonHasEveryFieldForEveryBackend) {
   EXPECT_EQ(names, (std::vector<std::string>{"ucx-shm", "ucx-shm-no-mm-eh", "ucx-tcp", "local",
                                              "memcpy"}));
 
-  // Every backend that ran: 4 decode sizes x 2 ops (memcpy: 1 op) plus 16 MiB.
+  // Every backend that ran: 4 decode sizes x 3 ops plus 16 MiB x 2 ops (memcpy: 4 + 1).
   const auto& results = j["results"];
   for (const auto& b : j["backends"]) {
     if (b["status"] != "ok") continue;
     const auto n = std::count_if(results.begin(), results.end(),
                                  [&](const auto& r) { return r["backend"] == b["name"]; });
-    EXPECT_EQ(n, b["name"] == "memcpy" ? 5 : 9) << b["name"];
+    EXPECT_EQ(n, b["name"] == "memcpy" ? 5 : 14) << b["name"];
   }
   for (const auto& r : results) {
     for (const char* key :
@@ -108,11 +108,13 @@ TEST(BenchTransport, QuickJsonHasEveryFieldForEveryBackend) {
     EXPECT_EQ(r["bytes_per_s"].is_null(), r["op"] == "all_reduce") << r.dump();
     const bool large = r["bytes"] == (16 << 20);
     EXPECT_EQ(r["iterations"], large ? 3 : 20) << r.dump();
-    EXPECT_EQ(r["vs_memcpy"].is_null(), !(large && r["op"] == "all_to_all")) << r.dump();
+    const bool exchange = r["op"] == "all_to_all" || r["op"] == "all_to_all_in_place";
+    EXPECT_EQ(r["vs_memcpy"].is_null(), !(large && exchange)) << r.dump();
   }
   EXPECT_EQ(j["large_all_to_all_bytes"], 16 << 20);
   ASSERT_TRUE(j["large_all_to_all_vs_memcpy"].is_number()) << j.dump();
   EXPECT_GT(j["large_all_to_all_vs_memcpy"].get<double>(), 0.0);
+  ASSERT_TRUE(j["large_all_to_all_out_of_place_vs_memcpy"].is_number()) << j.dump();
   EXPECT_NE(err.str().find("error handling mode PEER"), std::string::npos) << err.str();
 }
 
@@ -130,7 +132,7 @@ TEST(BenchTransport, SizesThatDoNotFitAreSkippedWithANote) {
   EXPECT_NE(r->skipped_sizes[0].reason.find("100.0 MiB available"), std::string::npos)
       << r->skipped_sizes[0].reason;
   for (const auto& c : r->results) EXPECT_LE(c.bytes, std::size_t{16} << 20) << c.backend;
-  EXPECT_EQ(r->results.size(), 9u + 5u);  // local: 4 x 2 + 1, memcpy: 4 + 1
+  EXPECT_EQ(r->results.size(), 14u + 5u);  // local: 4 x 3 + 2, memcpy: 4 + 1
   EXPECT_NE(progress.str().find("skipping 64 MiB"), std::string::npos) << progress.str();
 
   o->memory_limit_bytes = 1 << 10;  // not even the decode-sized buffers

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <new>
@@ -146,9 +147,12 @@ struct v_layout {
 
 v_layout layout_of(int rank, const std::function<std::size_t(int, int)>& count,
                    std::size_t first_send = 0, std::size_t first_recv = 0) {
-  v_layout l{std::vector<std::size_t>(num_ranks), std::vector<std::size_t>(num_ranks),
-             std::vector<std::size_t>(num_ranks), std::vector<std::size_t>(num_ranks),
-             first_send, first_recv};
+  v_layout l{std::vector<std::size_t>(num_ranks),
+             std::vector<std::size_t>(num_ranks),
+             std::vector<std::size_t>(num_ranks),
+             std::vector<std::size_t>(num_ranks),
+             first_send,
+             first_recv};
   for (int j = 0; j < num_ranks; ++j) {
     l.sc[j] = count(rank, j);
     l.so[j] = l.send_end;
@@ -266,6 +270,99 @@ TEST_P(Transport, LargeAllToAllVWithUnevenSizesMovesEveryByte) {
     EXPECT_EQ(comm->recv(as_recv(f32(small)), from, 21).code(), errc::invalid_argument);
     EXPECT_EQ(bad.wait().code(), errc::invalid_argument);
     ASSERT_OK(comm->barrier());
+  });
+}
+
+// Fabric buffers mapped in this process (own and peers'), from /proc/self/maps.
+int fabric_mappings() {
+  FILE* f = std::fopen("/proc/self/maps", "r");
+  if (f == nullptr) return -1;
+  int n = 0;
+  char line[512];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    n += std::strstr(line, "memfd:helix-fabric-") != nullptr;
+  }
+  std::fclose(f);
+  return n;
+}
+
+// In place (send == recv): every rank's slice j ends up as rank j's slice `rank`, its own
+// slice untouched. On fabric buffers (ucx: shared memory, the pairs swap directly: this process
+// maps its peers' buffers), on plain memory (ucx: staged and sent), for slices that are not a
+// whole number of cache lines, small and large (1 MiB per peer), the same buffer twice, and a
+// buffer freed and another allocated (peers unmap the old one: nothing stays mapped at the end).
+// Nothing outside the buffer is written.
+TEST_P(Transport, InPlaceAllToAllMovesEveryByte) {
+  const auto value = [](int from, std::size_t slot, std::size_t k) {
+    return static_cast<std::int32_t>(from * 100000000 + slot * 1000000 + k);
+  };
+  run_ranks(num_ranks, [&](int rank, fabric& fab) {
+    auto comm = world_comm(fab, rank);
+    const auto n = static_cast<std::size_t>(num_ranks);
+    for (const std::size_t per_peer : {std::size_t{5}, std::size_t{4099}, std::size_t{262144}}) {
+      for (const bool shared_buffer : {true, false}) {
+        const std::size_t count = n * per_peer;
+        std::vector<std::int32_t> plain;
+        fabric_buffer fb;
+        std::int32_t* buf = nullptr;
+        if (shared_buffer) {
+          auto got = fab.allocate((count + 1) * sizeof(std::int32_t));
+          ASSERT_TRUE(got.has_value()) << got.error().to_string();
+          fb = std::move(*got);
+          buf = fb.as<std::int32_t>(count + 1).data();
+        } else {
+          plain.resize(count + 1);
+          buf = plain.data();
+        }
+        for (int round = 0; round < 2; ++round) {
+          for (std::size_t j = 0; j < n; ++j)
+            for (std::size_t k = 0; k < per_peer; ++k)
+              buf[j * per_peer + k] = value(rank, j, k) + static_cast<std::int32_t>(round);
+          buf[count] = 0x7eedface;
+          const std::span<std::int32_t> all(buf, count);
+          ASSERT_OK(comm->all_to_all(as_send(std::span<const std::int32_t>(all)), as_recv(all)));
+          std::size_t wrong = 0;
+          for (std::size_t j = 0; j < n; ++j)
+            for (std::size_t k = 0; k < per_peer; ++k)
+              wrong += buf[j * per_peer + k] !=
+                       value(static_cast<int>(j), static_cast<std::size_t>(rank), k) +
+                           static_cast<std::int32_t>(round);
+          EXPECT_EQ(wrong, 0u) << "rank " << rank << " per_peer " << per_peer << " shared "
+                               << shared_buffer << " round " << round;
+          EXPECT_EQ(buf[count], 0x7eedface);
+        }
+        if (shared_buffer) {  // own buffer, plus the peers' where the pairs swap
+          const int expected = GetParam() == backend::local ? 0
+                               : GetParam() == backend::ucx ? num_ranks
+                                                            : 1;
+          EXPECT_EQ(fabric_mappings(), expected) << "rank " << rank;
+        }
+        ASSERT_OK(comm->barrier());  // every peer is done with this buffer before it goes
+      }
+    }
+    // Every buffer is gone: peers' mappings go as their region_freed notices arrive.
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (fabric_mappings() > 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(5ms);
+    }
+    EXPECT_EQ(fabric_mappings(), 0) << "rank " << rank;
+  });
+}
+
+// In place on some ranks and out of place on others: refused on every rank, which stay in step.
+TEST_P(Transport, InPlaceOnSomeRanksOnlyFailsOnEveryRank) {
+  run_ranks(4, [&](int rank, fabric& fab) {
+    auto comm = world_comm(fab, rank);
+    std::vector<float> a(4 * 1024, 1.f), b(4 * 1024);
+    const status st = rank == 1 ? comm->all_to_all(as_send(cf32(a)), as_recv(f32(a)))
+                                : comm->all_to_all(as_send(cf32(a)), as_recv(f32(b)));
+    EXPECT_EQ(st.code(), errc::invalid_argument) << st.to_string();
+    EXPECT_NE(st.message().find("in place"), std::string::npos) << st.message();
+    // Partly overlapping buffers are refused too; then a good call goes through.
+    const status overlap = comm->all_to_all(as_send(std::span<const float>(a).first(2048)),
+                                            as_recv(std::span<float>(a).subspan(1024, 2048)));
+    EXPECT_EQ(overlap.code(), errc::invalid_argument) << overlap.to_string();
+    ASSERT_OK(comm->all_to_all(as_send(cf32(a)), as_recv(f32(b))));
   });
 }
 

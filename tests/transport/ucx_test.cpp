@@ -4,6 +4,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -110,6 +111,63 @@ TEST(UcxTransport, PeerKilledDuringLargeAllToAll) {
   expect_survivors_ok(*outcomes, 3);
 }
 
+// A rank killed while the pairs swap their slices in shared memory (in-place all_to_all on
+// fabric buffers): the survivors' call completes or fails naming the dead peer (its mapping stays
+// valid, so no survivor faults), no survivor hangs, and the survivors still swap among themselves.
+TEST(UcxTransport, PeerKilledDuringInPlaceSwap) {
+  const fork_ranks_options o = ranks(3);
+  auto outcomes = fork_ranks(o, [](int rank, ucx_fabric& f) -> expected<std::string> {
+    auto comm = world(f, rank);
+    constexpr std::size_t per_peer = 32u << 20;  // milliseconds of swapping per pair
+    auto buf = f.allocate(3 * per_peer);
+    EXPECT_TRUE(buf.has_value());
+    if (!buf) return verdict();
+    std::memset(buf->data(), rank + 1, buf->size());
+    EXPECT_TRUE(comm->barrier().ok());
+    const auto t0 = clock::now();
+    request req = comm->iall_to_all(send_buf{buf->data(), buf->size(), wire_type::bytes},
+                                    recv_buf{buf->data(), buf->size(), wire_type::bytes});
+    if (rank == 2) {
+      std::this_thread::sleep_for(3ms);  // the pairs are swapping
+      std::raise(SIGKILL);
+    }
+    const status st = req.wait();
+    const double s = std::chrono::duration<double>(clock::now() - t0).count();
+    if (!st.ok()) {
+      EXPECT_EQ(st.code(), errc::unavailable) << st.to_string();
+      EXPECT_NE(st.message().find("2"), std::string::npos) << st.message();
+    }
+    EXPECT_LT(s, 10.0);
+    EXPECT_EQ(comm->barrier().code(), errc::unavailable);
+    const std::vector<int> rest = {0, 1};
+    auto sub = f.make_communicator(rank, rest);
+    EXPECT_TRUE(sub.has_value());
+    if (sub) {
+      auto small = f.allocate(2 * per_peer);
+      EXPECT_TRUE(small.has_value());
+      if (!small) return verdict();
+      std::memset(small->data(), rank + 1, small->size());
+      EXPECT_TRUE((*sub)
+                      ->all_to_all(send_buf{small->data(), small->size(), wire_type::bytes},
+                                   recv_buf{small->data(), small->size(), wire_type::bytes})
+                      .ok());
+      const auto* b = reinterpret_cast<const unsigned char*>(small->data());
+      const std::size_t other = 1 - static_cast<std::size_t>(rank);
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < 2 * per_peer; ++i) {
+        wrong += b[i] != (i / per_peer == other ? other + 1 : static_cast<std::size_t>(rank) + 1);
+      }
+      EXPECT_EQ(wrong, 0u);
+    }
+    return verdict(st.ok() ? "completed before the kill" : st.message());
+  });
+  ASSERT_TRUE(outcomes.has_value()) << outcomes.error().to_string();
+  expect_survivors_ok(*outcomes, 2);
+  for (const auto& oc : *outcomes) {
+    if (oc.rank != 2) std::printf("rank %d: %s\n", oc.rank, oc.text.c_str());
+  }
+}
+
 TEST(UcxTransport, ReportsSharedMemoryTransportsUnderPeerErrorHandling) {
   for (const bool one_copy : {true, false}) {
     fork_ranks_options o = ranks(2);
@@ -214,9 +272,9 @@ TEST(UcxTransport, OneCopySenderThatTimesOutIsReleasedAtOnce) {
       EXPECT_EQ(sent.code(), errc::deadline_exceeded) << sent.to_string();
       EXPECT_LT(std::chrono::duration<double>(clock::now() - t0).count(), 0.9);
       t0 = clock::now();
-      const status a2a = comm->all_to_all(send_buf{send.data(), send.size(), wire_type::bytes},
-                                          recv_buf{recv.data(), recv.size(), wire_type::bytes},
-                                          opts);
+      const status a2a =
+          comm->all_to_all(send_buf{send.data(), send.size(), wire_type::bytes},
+                           recv_buf{recv.data(), recv.size(), wire_type::bytes}, opts);
       EXPECT_EQ(a2a.code(), errc::deadline_exceeded) << a2a.to_string();
       EXPECT_LT(std::chrono::duration<double>(clock::now() - t0).count(), 0.9);
     } else {

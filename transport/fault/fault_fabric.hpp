@@ -40,6 +40,7 @@ class fault_fabric final : public fabric {
   void abort(status reason) override;
   status abort_status() const override { return inner_.abort_status(); }
   std::vector<int> suspects() const override { return inner_.suspects(); }
+  expected<fabric_buffer> allocate(std::size_t bytes) override { return inner_.allocate(bytes); }
 
   /// Tags global rank `rank`'s calls from now on (faults tied to a step or layer).
   void set_tag(int rank, call_tag tag) { injector_->set_tag(rank, tag); }

@@ -45,6 +45,15 @@ void execute(const coll_slot& slot) {
     case op_kind::all_to_all: {
       const std::size_t es = wire_type_bytes(p0.send.type);
       const std::size_t c = p0.send.count / n;
+      if (p0.in_place) {  // every rank in place: swap each pair's two slices once
+        for (std::size_t r = 0; r < n; ++r) {
+          for (std::size_t j = r + 1; j < n; ++j) {
+            swap_bytes(at(slot.posts[r].recv.data, j * c, es),
+                       at(slot.posts[j].recv.data, r * c, es), c * es);
+          }
+        }
+        break;
+      }
       for (std::size_t r = 0; r < n; ++r) {
         for (std::size_t j = 0; j < n; ++j) {
           std::memcpy(at(slot.posts[r].recv.data, j * c, es),

@@ -47,9 +47,9 @@ status ucx_error(std::string_view what, ucs_status_t st) {
 struct address_prefix {
   std::uint32_t magic = 0x48584132;  // "HXA2"
   std::uint32_t pid = 0;
-  std::uint64_t boot = 0;   // hash of /proc/sys/kernel/random/boot_id
-  std::uint64_t pidns = 0;  // inode of /proc/self/ns/pid
-  std::uint64_t netns = 0;  // inode of /proc/self/ns/net
+  std::uint64_t boot = 0;           // hash of /proc/sys/kernel/random/boot_id
+  std::uint64_t pidns = 0;          // inode of /proc/self/ns/pid
+  std::uint64_t netns = 0;          // inode of /proc/self/ns/net
   std::uint64_t probe_address = 0;  // a word of this process's memory that holds probe_value
   std::uint64_t probe_value = 0;
 };
@@ -135,6 +135,12 @@ ucs_log_func_rc_t log_to_spdlog(const char* file, unsigned line, const char* /*f
 }
 
 status ucx_fabric_impl::start() {
+  {
+    std::lock_guard lk(regions_->mu);
+    regions_->announce = [this](std::uint64_t serial) {
+      enqueue([this, serial] { announce_region_freed(serial); });
+    };
+  }
   static std::once_flag log_once;
   std::call_once(log_once, [] { ucs_log_push_handler(&log_to_spdlog); });
   ucp_config_t* config = nullptr;
@@ -235,6 +241,10 @@ status ucx_fabric_impl::start() {
 }
 
 ucx_fabric_impl::~ucx_fabric_impl() {
+  {
+    std::lock_guard lk(regions_->mu);
+    regions_->announce = nullptr;  // buffers freed from now on only unmap
+  }
   if (thread_.joinable()) {
     {
       std::lock_guard lk(mu_);
@@ -259,6 +269,7 @@ ucx_fabric_impl::~ucx_fabric_impl() {
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   events_.clear();
   if (context_ != nullptr) ucp_cleanup(context_);
+  unmap_peer_regions();
   for (const auto& w : pidfds_) ::close(w.fd);
   if (event_fd_ >= 0) ::close(event_fd_);
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
@@ -331,8 +342,8 @@ status ucx_fabric_impl::connect(std::span<const std::vector<std::byte>> addresse
         pidfds_.push_back({r, static_cast<int>(peer.pid), fd});
         // Ranks in other network namespaces stand for other hosts: they keep to UCX (tcp).
         if (opts_.one_copy && peer.netns == me.netns) {
-          const status can = enable_one_copy(r, static_cast<int>(peer.pid), peer.probe_address,
-                                             peer.probe_value);
+          const status can =
+              enable_one_copy(r, static_cast<int>(peer.pid), peer.probe_address, peer.probe_value);
           if (!can.ok()) refused += fmt::format(" rank {}: {};", r, can.message());
         }
       }
@@ -570,7 +581,7 @@ void ucx_fabric_impl::progress_loop() {
     abandon_stuck();
     if (stopping) break;
     // A round of one-copy reads; while any remain the loop does not sleep (copying is work).
-    const bool pulling = run_pulls();
+    const bool pulling = run_pulls() | run_swaps();
     {
       std::lock_guard lk(mu_);
       if (!commands_.empty() || stop_) continue;
@@ -615,6 +626,8 @@ void ucx_fabric_impl::progress_loop() {
   fail_everything(make_error(errc::aborted, "ucx fabric of rank {} destroyed", opts_.rank));
   handle_events();
   while (run_pulls()) {  // drops the reads of failed calls, answering their senders
+  }
+  while (run_swaps()) {  // drops the swaps of failed calls
   }
   handle_events();
   // Pull tokens hold nothing of UCX's: descriptors no peer answered are simply forgotten.

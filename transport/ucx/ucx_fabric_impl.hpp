@@ -26,6 +26,17 @@
 //   sender's call holds its buffer (a pull token counts as a transfer in flight) until then. Every
 //   descriptor is answered exactly once, read or dropped, so a live receiver always lets go of its
 //   sender. A receiver announces at connect (pull_ready) that its probe read of the sender worked.
+// - In-place all_to_all (ucx_shared_memory.cpp): phase 0 carries only the arguments (flag
+//   in_place) and, where the rank's buffer is a fabric buffer (a memfd this process shares) and
+//   one copy works both ways with the peer, a swap descriptor of the slice that peer needs. After
+//   validation, phase 1: a pair where both sent descriptors maps each other's buffer (through
+//   /proc/PID/fd) and swaps its two slices in place, each rank one half (the lower rank the first),
+//   a few MiB per round of the loop, then sends a header-only phase-1 message; every other pair
+//   copies its outgoing slice to scratch and sends it as phase-1 data into the slice it came
+//   from. A rank finishes when its halves are done and every peer's phase-1 message arrived, so no
+//   peer still writes into its buffer. A fabric buffer freed is announced (region_freed) so that
+//   peers unmap it. After a failed call a peer may still finish the chunk it was swapping (its
+//   region mapping, not other memory): the buffer's contents are unspecified, as after any failure.
 // Messages that arrive before their group or call exists are held (their UCX descriptors kept,
 // rendezvous data not yet fetched) and consumed when it appears.
 #pragma once
@@ -59,8 +70,9 @@ enum class msg_type : std::uint8_t {
   p2p_ack,
   p2p_cancel,
   abort,
-  pull_ready,  // src: the sender's global rank, which can read this process's memory
-  pulled,      // seq: the pull id of a descriptor that was read or dropped
+  pull_ready,    // src: the sender's global rank, which can read this process's memory
+  pulled,        // seq: the pull id of a descriptor that was read or dropped
+  region_freed,  // src: the global rank whose fabric buffer `seq` (a region serial) is gone
 };
 
 inline constexpr std::uint32_t wire_magic = 0x48585532;  // "HXU2"
@@ -86,6 +98,21 @@ static_assert(sizeof(wire_header) == 56);
 
 // The payload is a pull_desc: the data stays in the sender's memory for the receiver to read.
 inline constexpr std::uint32_t wire_flag_pull = 1;
+// A phase-0 message of an in-place all_to_all; with wire_flag_swap its payload is a swap_desc.
+inline constexpr std::uint32_t wire_flag_in_place = 2;
+inline constexpr std::uint32_t wire_flag_swap = 4;
+
+// The slice a peer needs, inside the sender's fabric buffer (region): the peer maps the region
+// through /proc/<sender pid>/fd/<fd> (checking its name) and swaps in place.
+struct swap_desc {
+  std::uint64_t region = 0;  // the region's serial in the sender's process
+  std::uint64_t region_bytes = 0;
+  std::uint64_t offset = 0;  // of the slice, from the region's start
+  std::uint64_t bytes = 0;
+  std::int32_t fd = -1;  // the region's memfd in the sender's process
+  std::int32_t reserved = 0;
+};
+static_assert(sizeof(swap_desc) == 40);
 
 struct pull_desc {
   std::uint64_t address = 0;  // in the sender's address space
@@ -145,7 +172,10 @@ struct coll_slot {
   std::vector<std::uint8_t> got[2];              // per rank: its phase-p message consumed
   int got_count[2] = {0, 0};
   std::vector<held_msg> held;      // arrived before they could be consumed
-  std::vector<std::byte> scratch;  // all_reduce: incoming chunks, then the sum
+  std::vector<std::byte> scratch;  // all_reduce: incoming chunks, then the sum; in-place
+                                   // all_to_all: outgoing slices of pairs that do not swap
+  std::vector<std::optional<swap_desc>> swap_from;  // in-place all_to_all, by group rank
+  std::vector<std::uint8_t> swap_to;                // whether this rank sent that rank one
   int phase = 0;
   int recvs_in_flight = 0;
   int sends_in_flight = 0;
@@ -189,6 +219,18 @@ struct pull_job {
   std::size_t done = 0;
 };
 
+// This rank's half of a pair's swap (in-place all_to_all), a chunk per round of the loop. Its
+// call counts it as a receive in flight.
+struct swap_job {
+  group* g = nullptr;
+  coll_slot* slot = nullptr;
+  int peer = 0;  // group rank of the other side
+  std::byte* mine = nullptr;
+  std::byte* theirs = nullptr;  // in this process's mapping of the peer's region
+  std::size_t bytes = 0;
+  std::size_t done = 0;
+};
+
 struct group {
   std::uint64_t id = 0;
   std::vector<int> members;  // global ranks by group rank
@@ -220,6 +262,7 @@ class ucx_fabric_impl final : public ucx_fabric {
   std::span<const std::byte> address() const override { return address_; }
   status connect(std::span<const std::vector<std::byte>> addresses) override;
   std::string transports_to(int peer) const override;
+  expected<fabric_buffer> allocate(std::size_t bytes) override;
 
   /// Queues an operation for the progress thread (the communicator's post path).
   void post(std::shared_ptr<op_state> op);
@@ -271,6 +314,10 @@ class ucx_fabric_impl final : public ucx_fabric {
   // fail_slot, after telling every other member (coll_fail) so that all fail the same call.
   void fail_slot_everywhere(group& g, coll_slot& s, const status& st);
   void start_phase1(group& g, coll_slot& s);
+  // A phase-1 message to group rank j: `bytes` of data (all_reduce's sum, an in-place slice),
+  // or none (an in-place pair swapped and this rank's half is done).
+  void send_phase1_msg(group& g, coll_slot& s, std::size_t j, const void* data, std::size_t bytes,
+                       std::uint32_t flags);
   void on_coll_fail(group& g, held_msg& m);
 
   void start_p2p(const std::shared_ptr<op_state>& op);
@@ -299,6 +346,21 @@ class ucx_fabric_impl final : public ucx_fabric {
   status enable_one_copy(int peer, int pid, std::uint64_t probe_address, std::uint64_t probe_value);
   // Tells the peers this rank can read that they may send it pull descriptors; logs the paths.
   void announce_one_copy(const std::string& refused);
+
+  // In-place all_to_all and fabric buffers (ucx_shared_memory.cpp).
+  // The swap descriptor of this rank's bytes [data, data + bytes) when they lie in a fabric
+  // buffer (any thread).
+  std::optional<swap_desc> region_of(const void* data, std::size_t bytes) const;
+  // This process's address of the peer's slice, mapping its region on first use.
+  expected<std::byte*> map_peer_slice(int global_peer, const swap_desc& d);
+  void on_region_freed(const held_msg& m);
+  void announce_region_freed(std::uint64_t serial);  // progress thread
+  // Phase 1 of an in-place all_to_all (see the protocol paragraph).
+  void start_swap_phase(group& g, coll_slot& s);
+
+  // Swaps up to a round's budget; true while jobs remain.
+  bool run_swaps();
+  void unmap_peer_regions();
 
   void check_deadlines();
   void fail_peer(int global_peer, const status& st);
@@ -371,6 +433,28 @@ class ucx_fabric_impl final : public ucx_fabric {
   std::unordered_map<std::uint64_t, send_token*> pulls_out_;  // by pull id
   std::uint64_t next_pull_id_ = 1;
   bool leak_worker_ = false;  // an endpoint close never completed (a failed peer)
+  // Fabric buffers of this process (ucx_shared_memory.cpp). Shared with their releasers, so that
+  // a buffer freed after its fabric is still unmapped (announce is cleared when the fabric goes).
+  struct region_registry {
+    struct region {
+      std::uint64_t serial = 0;
+      int fd = -1;
+      std::byte* base = nullptr;
+      std::size_t bytes = 0;
+    };
+    std::mutex mu;
+    std::vector<region> regions;
+    std::uint64_t next_serial = 1;
+    std::function<void(std::uint64_t)> announce;  // queues the region_freed notices
+  };
+  std::shared_ptr<region_registry> regions_ = std::make_shared<region_registry>();
+  // Peers' fabric buffers mapped here (progress thread), by (global rank, serial).
+  struct peer_region {
+    std::byte* base = nullptr;
+    std::size_t bytes = 0;
+  };
+  std::map<std::pair<int, std::uint64_t>, peer_region> peer_regions_;
+  std::deque<swap_job> swaps_;
 };
 
 }  // namespace helix::transport::ucx

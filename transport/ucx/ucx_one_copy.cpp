@@ -166,8 +166,7 @@ bool ucx_fabric_impl::run_pulls() {
     pull_job job = std::move(j);
     pulls_.pop_front();
     if (err == ESRCH) {  // a peer failure: every call that needs it fails, this one included
-      fail_peer(sender,
-                make_error(errc::unavailable, "peer rank {} (pid {}) exited", sender, pid));
+      fail_peer(sender, make_error(errc::unavailable, "peer rank {} (pid {}) exited", sender, pid));
       finish_pull(std::move(job), peer_failed_[us], false);
       continue;
     }

@@ -97,6 +97,7 @@ void copy_own_slice(const coll_post& own, std::size_t n, int me) {
   const std::size_t es = wire_type_bytes(own.send.type);
   switch (own.kind) {
     case op_kind::all_to_all: {
+      if (own.in_place) break;  // it stays where it is
       const std::size_t c = own.send.count / n;
       std::memcpy(at(own.recv.data, um * c, es), at(own.send.data, um * c, es), c * es);
       break;
@@ -153,6 +154,11 @@ void ucx_fabric_impl::dispatch(held_msg m) {
     release(m);
     return;
   }
+  if (m.hdr.type == msg_type::region_freed) {
+    on_region_freed(m);
+    release(m);
+    return;
+  }
   const auto it = groups_.find(m.hdr.group_id);
   if (it == groups_.end()) {
     orphans_[m.hdr.group_id].push_back(std::move(m));
@@ -182,6 +188,7 @@ void ucx_fabric_impl::dispatch(held_msg m) {
     case msg_type::abort:
     case msg_type::pull_ready:
     case msg_type::pulled:
+    case msg_type::region_freed:
       break;
   }
   release(m);
@@ -199,6 +206,8 @@ coll_slot& ucx_fabric_impl::slot_for(group& g, std::uint64_t seq) {
     entry->counts.resize(n);
     entry->got[0].assign(n, 0);
     entry->got[1].assign(n, 0);
+    entry->swap_from.resize(n);
+    entry->swap_to.assign(n, 0);
   }
   return *entry;
 }
@@ -234,6 +243,11 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
       s.scratch.resize((n + 1) * mine.count * sizeof(float));
     }
   }
+  // In place: phase 0 carries the arguments and, where the pair can swap, where the peer's slice
+  // lies in this rank's fabric buffer; the data moves in phase 1 (start_swap_phase).
+  const bool in_place = own.local_error.ok() && own.kind == op_kind::all_to_all && own.in_place;
+  const std::optional<swap_desc> region =
+      in_place ? region_of(own.recv.data, own.recv.bytes()) : std::nullopt;
   for (std::size_t j = 0; j < n; ++j) {
     if (static_cast<int>(j) == me) continue;
     wire_header h;
@@ -262,6 +276,23 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
     }
     const std::size_t header_bytes =
         own.local_error.ok() ? token->header.size() : sizeof(wire_header);
+    if (in_place) {
+      payload = {};
+      h.flags |= wire_flag_in_place;
+      const auto gj = static_cast<std::size_t>(g.members[j]);
+      if (region && pull_ready_[gj] != 0 && can_pull_from_[gj] != 0) {
+        h.flags |= wire_flag_swap;
+        swap_desc d = *region;
+        d.bytes = own.recv.bytes() / n;
+        d.offset += j * d.bytes;
+        token->header = make_header(h);
+        token->header.resize(header_bytes + sizeof(d));
+        std::memcpy(token->header.data() + header_bytes, &d, sizeof(d));
+        s.swap_to[j] = 1;
+      } else {
+        token->header = make_header(h);
+      }
+    }
     ++s.sends_in_flight;
     if (payload.data == nullptr || payload.bytes == 0) {
       // Header (and error text) only. With no text, send an empty payload from the header.
@@ -320,8 +351,19 @@ void ucx_fabric_impl::consume(group& g, coll_slot& s, held_msg m) {
     p.send = {nullptr, m.hdr.send_count, m.hdr.send_type};
     p.recv = {nullptr, m.hdr.recv_count, m.hdr.recv_type};
     p.root = m.hdr.root_or_tag;
+    p.in_place = (m.hdr.flags & wire_flag_in_place) != 0;
     if (m.hdr.error_code != 0) {
       p.local_error = status_of(m);
+      release(m);
+      return;
+    }
+    if (p.in_place || own.in_place) {  // no data in phase 0 (a mismatch fails validation)
+      if (p.in_place && own.in_place && (m.hdr.flags & wire_flag_swap) != 0 && !m.rndv &&
+          m.length == sizeof(swap_desc)) {
+        swap_desc d;
+        std::memcpy(&d, m.eager_bytes(), sizeof(d));
+        s.swap_from[ur] = d;
+      }
       release(m);
       return;
     }
@@ -387,6 +429,8 @@ void ucx_fabric_impl::advance(group& g, coll_slot& s) {
       s.result = std::move(st);
     } else if (s.op->args.kind == op_kind::all_reduce && n > 1) {
       start_phase1(g, s);
+    } else if (s.op->args.kind == op_kind::all_to_all && s.op->args.in_place && n > 1) {
+      start_swap_phase(g, s);
     } else {
       s.decided = true;
     }
@@ -427,30 +471,36 @@ void ucx_fabric_impl::start_phase1(group& g, coll_slot& s) {
     std::memcpy(out, sum, mine.count * sizeof(float));
   }
   for (std::size_t j = 0; j < n; ++j) {
-    if (j == me) continue;
-    wire_header h;
-    h.type = msg_type::coll;
-    h.kind = own.kind;
-    h.send_type = own.send.type;
-    h.recv_type = own.recv.type;
-    h.phase = 1;
-    h.src = g.me;
-    h.group_id = g.id;
-    h.seq = s.seq;
-    h.send_count = own.send.count;
-    h.recv_count = own.recv.count;
-    auto* token = new_token(send_token::kind::slot_send, &g, &s, nullptr, g.members[j]);
-    token->header = make_header(h);
-    ++s.sends_in_flight;
-    if (mine.count == 0) {
-      send_msg(g.members[j], token, token->header.size(), nullptr, 0);
-    } else {
-      send_payload(g.members[j], token, token->header.size(), out, mine.count * sizeof(float));
-    }
+    if (j != me) send_phase1_msg(g, s, j, out, mine.count * sizeof(float), 0);
   }
   std::vector<held_msg> held;
   held.swap(s.held);
   for (auto& m : held) consume(g, s, std::move(m));
+}
+
+void ucx_fabric_impl::send_phase1_msg(group& g, coll_slot& s, std::size_t j, const void* data,
+                                      std::size_t bytes, std::uint32_t flags) {
+  const coll_post& own = s.op->args;
+  wire_header h;
+  h.type = msg_type::coll;
+  h.kind = own.kind;
+  h.send_type = own.send.type;
+  h.recv_type = own.recv.type;
+  h.phase = 1;
+  h.flags = flags;
+  h.src = g.me;
+  h.group_id = g.id;
+  h.seq = s.seq;
+  h.send_count = own.send.count;
+  h.recv_count = own.recv.count;
+  auto* token = new_token(send_token::kind::slot_send, &g, &s, nullptr, g.members[j]);
+  token->header = make_header(h);
+  ++s.sends_in_flight;
+  if (bytes == 0) {
+    send_msg(g.members[j], token, token->header.size(), nullptr, 0);
+  } else {
+    send_payload(g.members[j], token, token->header.size(), data, bytes);
+  }
 }
 
 void ucx_fabric_impl::fail_slot(group& g, coll_slot& s, status st) {
