@@ -244,6 +244,15 @@ class spawned_source final : public actors::worker_source {
                      donor ? " once it handed its KV over" : "");
       if (!donor) caf::anon_send(m.agent, relayout_msg{-1, 0, {}, nullptr, engine_, true});
     }
+    // Ranks the engine lost (neither kept nor standing by): should one still be alive behind a
+    // partition, this reaches it when the link returns, and it knows it was fenced.
+    for (std::size_t r = 0; r < agents_.size(); ++r) {
+      const auto kept = [&](const std::vector<std::int64_t>& v) {
+        return std::find(v.begin(), v.end(), static_cast<std::int64_t>(r)) != v.end();
+      };
+      if (!agents_[r] || kept(survivors) || kept(standby)) continue;
+      caf::anon_send(agents_[r], relayout_msg{-1, 0, {}, nullptr, engine_, false, true});
+    }
     for (std::size_t i = old_idle; i < idle.size(); ++i) {
       const bool donor = std::any_of(giving.begin(), giving.end(),
                                      [&](const member& g) { return g.agent == idle[i].agent; });

@@ -73,6 +73,9 @@ struct relayout_msg {
   caf::actor registrar;
   caf::actor engine;
   bool leave = false;
+  /// The engine recovered without this worker (it was lost: a partition, a missed deadline):
+  /// its epoch is over and nothing it sends is applied. It ends, or rejoins as a new worker.
+  bool fenced = false;
 };
 /// Engine -> registrar: answer with every worker, in rank order, or an error after timeout_ms.
 struct await_workers {
@@ -116,7 +119,7 @@ typename Inspector::result_type inspect(Inspector& f, ready_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, relayout_msg& x) {
   return f(caf::meta::type_name("relayout_msg"), x.rank, x.world, x.config, x.registrar, x.engine,
-           x.leave);
+           x.leave, x.fenced);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, await_workers& x) {

@@ -2,6 +2,7 @@
 // given (its UCX fabric, its shards, the worker actor), serves until the engine stops it, and
 // after a failure elsewhere takes the rank a relayout_msg gives it, hands its KV over as a donor,
 // or stands by. The engine side of cluster/ is cluster.cpp.
+#include <linux/close_range.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -46,12 +47,14 @@ struct worker_args {
   std::string net_devices;  // ucx_fabric_options::net_devices
   bool standby = false;     // join as a standby
   std::string tls_dir;      // mutual TLS credentials (tls.hpp); empty: none
+  bool rejoin = false;      // after losing the engine, join again as a new worker
+  std::vector<std::string> args;  // as given (after "worker"), for a rejoin
 };
 
 constexpr const char* worker_usage =
     "usage: helix worker --join HOST:PORT [--threads N] [--name NAME] [--timeout-ms MS]\n"
     "                    [--netns NAME] [--transports TLS] [--net-devices DEVS] [--standby]\n"
-    "                    [--tls-dir DIR]\n"
+    "                    [--tls-dir DIR] [--rejoin]\n"
     "  Runs one worker of an engine: joins it at HOST:PORT, receives its rank, layout and\n"
     "  model, and serves until the engine stops it (or goes away: then it exits 1).\n"
     "  --netns enters a network namespace first (root); --transports and --net-devices limit\n"
@@ -60,7 +63,9 @@ constexpr const char* worker_usage =
     "  rank at a recovery. --tls-dir DIR (ca.pem, cert.pem, key.pem: helix cluster certs)\n"
     "  authenticates both ends with mutual TLS; an engine with --tls-dir admits only workers\n"
     "  whose certificate its CA signed. SIGTERM leaves gracefully: the engine moves this\n"
-    "  worker's KV to the others first.\n";
+    "  worker's KV to the others first. --rejoin: a worker that lost its engine (a network\n"
+    "  partition: the engine recovered without it and fenced it) drops everything it held and\n"
+    "  joins again as a new standby, trying every second for --timeout-ms.\n";
 
 expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
   worker_args w;
@@ -68,6 +73,10 @@ expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
     const std::string& a = args[i];
     if (a == "--standby") {
       w.standby = true;
+      continue;
+    }
+    if (a == "--rejoin") {
+      w.rejoin = true;
       continue;
     }
     if (i + 1 >= args.size()) return invalid_argument("flag {} needs a value", a);
@@ -110,6 +119,7 @@ expected<worker_args> parse_worker_args(const std::vector<std::string>& args) {
   }
   if (w.host.empty()) return invalid_argument("--join HOST:PORT is required");
   if (w.name.empty()) w.name = fmt::format("worker-pid{}", ::getpid());
+  w.args = args;
   return w;
 }
 
@@ -226,6 +236,31 @@ void on_sigterm(int) {
 // and shards are memory, UCX's shared memory goes with the process), so ending it is safe.
 constexpr std::chrono::seconds shutdown_limit{20};
 
+// A rejoin (--rejoin): this process becomes a new worker. Nothing it held is kept: it executes
+// itself again (same pid, a fresh image) as a standby with the same arguments. Every descriptor
+// past stderr closes on exec, the connection to the engine included, so the engine sees the old
+// node go. Returns only when exec failed.
+status rejoin_as_new_worker(const worker_args& w) {
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) return unavailable("rejoin: /proc/self/exe: {}", std::strerror(errno));
+  exe[n] = '\0';
+  const auto level = spdlog::level::to_string_view(logger()->level());
+  std::vector<std::string> args = {exe, "--log-level", std::string(level.data(), level.size()),
+                                   "worker"};
+  args.insert(args.end(), w.args.begin(), w.args.end());
+  if (!w.standby) args.emplace_back("--standby");
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  logger()->info("{}: fenced by its engine; joining {}:{} again as a new worker", w.name, w.host,
+                 w.port);
+  logger()->flush();
+  ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+  ::execv(exe, argv.data());
+  return unavailable("rejoin: exec {}: {}", exe, std::strerror(errno));
+}
+
 void bound_shutdown(const std::string& name, int code) {
   std::thread([name, code] {
     std::this_thread::sleep_for(shutdown_limit);
@@ -241,12 +276,17 @@ void bound_shutdown(const std::string& name, int code) {
 struct shutdown_bound {
   const std::string& name;
   const int& code;
-  ~shutdown_bound() { bound_shutdown(name, code); }
+  const bool& armed;  // once joined: before, no worker actor can hold the system up
+  ~shutdown_bound() {
+    if (armed) bound_shutdown(name, code);
+  }
 };
 
 // Joins, builds the rank, and serves: until the engine stops the worker actor, or, after a
-// failure elsewhere, takes the rank a relayout_msg gives it (or stands by).
-status serve(const worker_args& w) {
+// failure elsewhere, takes the rank a relayout_msg gives it (or stands by). `joined`: whether
+// the engine admitted it (a --rejoin worker retries the join while not).
+status serve(const worker_args& w, bool& joined) {
+  joined = false;
   // Declared before the actor system: the workers' communicators belong to them, and the TLS
   // tunnel carries the middleman's connection to the engine.
   std::vector<std::unique_ptr<transport::fabric>> fabrics;
@@ -264,7 +304,7 @@ status serve(const worker_args& w) {
   cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(500)});
   caf::actor_system sys{cfg};
   int exit_code = 1;  // what the process ends with should the actor system not go down
-  const shutdown_bound bound{w.name, exit_code};
+  const shutdown_bound bound{w.name, exit_code, joined};
   auto reg = tunnel ? sys.middleman().remote_actor("127.0.0.1", tunnel->local_port())
                     : sys.middleman().remote_actor(w.host, w.port);
   if (!reg) {
@@ -289,6 +329,7 @@ status serve(const worker_args& w) {
   HELIX_RETURN_IF_ERROR(st);
   auto reply = read_join_reply(reply_bytes);
   if (!reply) return reply.error().with_context(fmt::format("join refused by {}", engine_at));
+  joined = true;
   auto last_ping = std::make_shared<std::atomic<std::int64_t>>(0);
   auto asks_to_leave = std::make_shared<std::atomic<bool>>(false);  // SIGTERM, told the engine
   caf::actor beat = sys.spawn(heartbeat, last_ping, asks_to_leave);
@@ -308,9 +349,10 @@ status serve(const worker_args& w) {
     }
     worker = std::move(*first);
   }
-  caf::actor engine;      // known once a relayout_msg named it; a standby ends with it
-  bool donating = false;  // `worker` is a donor: once the engine stopped it, stand by again
-  bool leaving = false;   // a graceful leave: exit instead of standing by
+  caf::actor engine;         // known once a relayout_msg named it; a standby ends with it
+  bool donating = false;     // `worker` is a donor: once the engine stopped it, stand by again
+  bool leaving = false;      // a graceful leave: exit instead of standing by
+  bool lost_engine = false;  // it went silent while this rank served: fenced
   // Serve until the engine stops the worker actor. An engine that went away (its process ended,
   // its host vanished, the connection broke) stops pinging: once it has been silent for
   // engine_silence_limit (or never pinged within the join timeout), nobody is left to serve, so
@@ -343,6 +385,12 @@ status serve(const worker_args& w) {
           }
         },
         [&](relayout_msg& m) {
+          if (m.fenced) {  // the engine recovered without this rank: serve() stops it
+            outcome = unavailable("{} recovered without rank {} (fenced)", engine_at, rank);
+            lost_engine = true;
+            done = true;
+            return;
+          }
           // Wake the old worker from any collective with the lost peer and wait for it to end;
           // its fabric stays alive for its compute's last moments. Once it ended, its KV passes
           // to the next rank's compute (the engine's restore_msg says which blocks stay).
@@ -431,6 +479,7 @@ status serve(const worker_args& w) {
               }
               if (silence.empty()) return;
               outcome = unavailable("{} went away ({}); rank {} stops", engine_at, silence, rank);
+              lost_engine = true;
               done = true;
             });
   }
@@ -446,6 +495,7 @@ status serve(const worker_args& w) {
       logger()->warn("{}: the worker actor did not end within 5 s", w.name);
     }
   }
+  if (lost_engine && w.rejoin) return rejoin_as_new_worker(w);
   return outcome;
 }
 
@@ -474,7 +524,17 @@ int run_worker(const std::vector<std::string>& args, std::ostream& out, std::ost
   // UCX reads its own environment; the join only reports what it will be limited to.
   if (const char* tls = std::getenv("UCX_TLS")) w->ucx_tls = tls;
   if (!w->transports.empty()) w->ucx_tls = w->transports;
-  const status st = serve(*w);
+  // --rejoin: an engine that cannot be reached (yet: the partition that fenced this worker may
+  // still be there) is tried again every second for --timeout-ms.
+  const auto give_up = std::chrono::steady_clock::now() + w->timeout;
+  bool joined = false;
+  status st = serve(*w, joined);
+  while (!st.ok() && !joined && w->rejoin && std::chrono::steady_clock::now() < give_up &&
+         !terminate_requested.load()) {
+    logger()->info("{}: {}; trying again in 1 s", w->name, st.message());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    st = serve(*w, joined);
+  }
   if (!st.ok()) {
     err << "helix worker " << w->name << ": " << st.to_string() << "\n";
     return 1;

@@ -341,24 +341,25 @@ TEST(Processes, RunWithAWorkerKilledMidRunKeepsTheDigest) {
 // inside its namespace). The engine loses that worker's heartbeats within 2 s and recovers (lost
 // blocks; the standby takes the rank, the layout stays); every request completes with the digest
 // of a run without the partition. The cut-off worker lost its engine: it aborts its data plane
-// and exits naming the engine (fenced: nothing it still had is applied, and it does not linger
-// once the link is back).
-TEST(Processes, PartitionedWorkerIsRecoveredAndFencesItself) {
+// (fenced: nothing it still had is applied) and, started with --rejoin, joins again as a new
+// worker once the link is back (while the run still goes on): the engine takes it as a standby,
+// and it ends with the engine.
+TEST(Processes, PartitionedWorkerIsRecoveredFencedAndRejoins) {
   auto hosts = transport::netns_hosts::create(4);  // the engine, two ranks, a standby
   if (!hosts) GTEST_SKIP() << "network namespaces unavailable: " << hosts.error().to_string();
   const std::string at = hosts->host(0).address + ":7413";
   const std::vector<std::string> common = {
       "--model",      "tiny-llama", "--layout",  "helix:kvp=2,tpa=1",
-      "--requests",   "24",         "--context", "256",
+      "--requests",   "72",         "--context", "256",
       "--max-tokens", "64",         "--rate",    "6",
       "--seed",       "3",          "--json"};
   int out_pipe[2];
   int err_pipe[2];
   ASSERT_EQ(::pipe(out_pipe), 0);
   ASSERT_EQ(::pipe(err_pipe), 0);
-  std::vector<std::string> run_args = {"run",        "--listen",  at,  "--expect-workers",
-                                       "2",          "--standby", "1", "--recovery",
-                                       "lost_blocks"};
+  std::vector<std::string> run_args = {"run",         "--listen",    at,    "--expect-workers",
+                                       "2",           "--standby",   "1",   "--recovery",
+                                       "lost_blocks", "--log-level", "info"};
   run_args.insert(run_args.end(), common.begin(), common.end());
   const pid_t eng = spawn_in(hosts->host(0).netns, {}, run_args, out_pipe[1], err_pipe[1]);
   ::close(out_pipe[1]);
@@ -372,6 +373,9 @@ TEST(Processes, PartitionedWorkerIsRecoveredAndFencesItself) {
   for (int h = 1; h <= 3; ++h) {
     std::vector<std::string> args = {"worker", "--join", at, "--name", "host" + std::to_string(h)};
     if (h == 3) args.push_back("--standby");
+    if (h == 2) {
+      args.insert(args.end(), {"--rejoin", "--timeout-ms", "30000", "--log-level", "info"});
+    }
     workers.push_back(spawn_in(hosts->host(h).netns, ucx_env, args));
     std::this_thread::sleep_for(300ms);  // join in order: host1 rank 0, host2 rank 1
   }
@@ -392,29 +396,37 @@ TEST(Processes, PartitionedWorkerIsRecoveredAndFencesItself) {
   const auto cut = transport::run_process(
       {"ip", "-n", hosts->host(2).netns, "link", "set", hosts->host(2).device, "down"});
   ASSERT_TRUE(cut.has_value() && cut->exit_code == 0) << "could not cut the link";
+  // The engine recovers within about 2 s; the link comes back while arrivals (6 per second for
+  // 12 s) still run. The worker fences itself once its engine was silent for 4 s, then rejoins.
+  std::this_thread::sleep_for(3s);
+  const auto back = transport::run_process(
+      {"ip", "-n", hosts->host(2).netns, "link", "set", hosts->host(2).device, "up"});
+  EXPECT_TRUE(back.has_value() && back->exit_code == 0);
   int st = 0;
   ::waitpid(eng, &st, 0);
   const std::string text = output.get();
   const std::string stderr_text = log.get();
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << text << stderr_text;
-  const auto back = transport::run_process(
-      {"ip", "-n", hosts->host(2).netns, "link", "set", hosts->host(2).device, "up"});
-  EXPECT_TRUE(back.has_value() && back->exit_code == 0);
-  // The cut-off worker ends by itself (its engine went silent), whatever it still held.
+  // The fenced worker came back as a new worker (same process, a fresh image) and stood by.
+  EXPECT_NE(stderr_text.find(fmt::format("worker host2 (pid {} on", workers[1])), std::string::npos)
+      << stderr_text;
+  EXPECT_NE(stderr_text.find("joined the running engine as a standby"), std::string::npos)
+      << stderr_text;
+  // It ends with the engine, as a standby does.
   int wst = 0;
   pid_t reaped = 0;
-  for (int i = 0; i < 300 && reaped == 0; ++i) {
+  for (int i = 0; i < 600 && reaped == 0; ++i) {
     reaped = ::waitpid(workers[1], &wst, WNOHANG);
     if (reaped == 0) std::this_thread::sleep_for(50ms);
   }
-  EXPECT_EQ(reaped, workers[1]) << "the partitioned worker still runs";
+  EXPECT_EQ(reaped, workers[1]) << "the rejoined worker outlived its engine";
   if (reaped == 0) ::kill(workers[1], SIGKILL);
   // The others end with their engine; closing UCX endpoints to the host that was cut off can
   // take until UCX's endpoint timeout (about 20 s measured under ASan).
   for (const pid_t w : {workers[0], workers[2]}) reap(w, 60s);
   const nlohmann::json j = test_support::last_json(text);
   ASSERT_TRUE(j.contains("output_digest")) << text << stderr_text;
-  EXPECT_EQ(j["requests_completed"], 24);
+  EXPECT_EQ(j["requests_completed"], 72);
   ASSERT_EQ(j["recoveries"].size(), 1u) << "the partition came after the run ended? " << text;
   EXPECT_EQ(j["recoveries"][0]["pid"], workers[1]);
   EXPECT_EQ(j["recoveries"][0]["mode"], "lost_blocks");
