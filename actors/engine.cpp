@@ -328,6 +328,7 @@ expected<std::unique_ptr<engine::impl>> engine::build(const engine_config& confi
     return source_ptr->relayout(*sys_ptr, c, g, survivors, standby, donors, leaving);
   };
   setup.standbys = [source_ptr] { return source_ptr->standbys(); };
+  setup.prune_standbys = [source_ptr, sys_ptr] { source_ptr->prune_standbys(*sys_ptr); };
   setup.dead = [source_ptr] { return source_ptr->dead(); };
   // A join adds ranks: their shards and KV stores must fit (checked as at create, for the
   // largest layout the members could take).

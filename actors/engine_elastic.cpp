@@ -124,6 +124,7 @@ bool start_change(self_ptr self, planned_change& c) {
   const auto started = std::chrono::steady_clock::now();
   const layout before = s.setup.grid;
   const std::int64_t n = before.num_ranks;
+  if (s.setup.prune_standbys) s.setup.prune_standbys();  // plan with live standbys only
   const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
   if (!s.setup.relayout) {
     answer(c, failed_precondition("this engine's workers cannot change"));

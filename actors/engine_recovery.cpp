@@ -328,7 +328,9 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   expected<layout> grid = failed_precondition("no layout yet");
   expected<std::vector<caf::actor>> fresh = failed_precondition("no relayout yet");
   // A member that dies while the others rebuild makes the relayout fail: try again without it.
+  // So does a standby the source found gone (it drops those): try again with the ones left.
   for (int attempt = 0;; ++attempt) {
+    if (s.setup.prune_standbys) s.setup.prune_standbys();
     const std::int64_t standbys = s.setup.standbys ? s.setup.standbys() : 0;
     const auto members = static_cast<std::int64_t>(s.workers.size() - lost.size()) + standbys;
     grid = layout_for_members(s.setup.grid, members, s.setup.spec,
@@ -362,9 +364,15 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
     for (std::int64_t d : s.setup.dead ? s.setup.dead() : std::vector<std::int64_t>{}) {
       if (std::find(lost.begin(), lost.end(), d) == lost.end()) more.push_back(d);
     }
-    if (more.empty() || attempt >= 3) {
+    const std::int64_t standbys_left = s.setup.standbys ? s.setup.standbys() : 0;
+    if ((more.empty() && standbys_left >= standbys) || attempt >= 3) {
       give_up(fresh.error().to_string());
       return;
+    }
+    if (more.empty()) {
+      logger()->warn("engine: {} of {} standbys are gone; planning again without them",
+                     standbys - standbys_left, standbys);
+      continue;
     }
     logger()->warn("engine: workers {} died during the recovery; trying without them",
                    fmt::join(more, ", "));

@@ -150,6 +150,8 @@ struct engine_setup {
   std::function<double(const layout&, std::int64_t batch, std::int64_t context)> predict_step_s;
   /// Members without a rank that a relayout can use (worker_source::standbys); may be null.
   std::function<std::int64_t()> standbys;
+  /// worker_source::prune_standbys, before a layout is planned; may be null.
+  std::function<void()> prune_standbys;
   /// Ranks whose member is known to be dead (worker_source::dead); may be null.
   std::function<std::vector<std::int64_t>()> dead;
   /// The worker pids by rank, for reports (worker_source::workers); may be null.

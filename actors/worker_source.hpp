@@ -69,6 +69,10 @@ class worker_source {
                                            const layout& grid, std::int64_t count);
   /// Members alive without a rank, that a relayout can give one.
   [[nodiscard]] virtual std::int64_t standbys() const { return 0; }
+  /// Checks that the standbys are still there and forgets those that are not (a process started
+  /// elsewhere that ended), within a short bound; called before a layout is planned, so that
+  /// standbys() counts only live ones. Default: nothing to check.
+  virtual void prune_standbys(caf::actor_system& sys) { (void)sys; }
   /// The ranks whose member is known to have died (a worker process that ended), so that
   /// recovery drops them rather than a rank that only saw them fail. Default: none known.
   [[nodiscard]] virtual std::vector<std::int64_t> dead() { return {}; }

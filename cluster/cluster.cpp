@@ -171,6 +171,7 @@ class spawned_source final : public actors::worker_source {
       const std::vector<std::int64_t>& donors, const std::vector<std::int64_t>& leaving) override {
     absorb_late_joins();
     std::erase_if(standbys_, [&](const member& m) { return exited(m.info.pid); });
+    drop_silent_standbys(sys);
     // The old monitor's reports would name old workers: a new one starts with the new ranks.
     if (monitor_) caf::anon_send_exit(monitor_, caf::exit_reason::user_shutdown);
     monitor_ = nullptr;
@@ -513,6 +514,59 @@ class spawned_source final : public actors::worker_source {
     if (::waitpid(p, &wstatus, WNOHANG) != p) return false;
     reaped_[p] = wstatus;
     return true;
+  }
+
+  // Standbys started elsewhere (listening) that ended, a crash or SIGTERM while standing by, are
+  // not children here: ask every standby's heartbeat at once and drop those that do not answer
+  // within standby_answer_limit, so that a relayout gives their ranks to live ones.
+  void prune_standbys(caf::actor_system& sys) override {
+    absorb_late_joins();
+    std::erase_if(standbys_, [&](const member& m) { return exited(m.info.pid); });
+    drop_silent_standbys(sys);
+  }
+
+  void drop_silent_standbys(caf::actor_system& sys) {
+    std::vector<std::uint8_t> answered(standbys_.size(), 0);
+    std::size_t waiting = 0;
+    caf::scoped_actor self{sys};
+    for (std::size_t i = 0; i < standbys_.size(); ++i) {
+      if (!standbys_[i].heartbeat) {
+        answered[i] = 1;
+        continue;
+      }
+      self->send(standbys_[i].heartbeat, ping_atom::value);
+      ++waiting;
+    }
+    const auto until = std::chrono::steady_clock::now() + standby_answer_limit;
+    while (waiting > 0) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      bool timed_out = false;
+      self->receive(
+          [&](ping_atom, bool) {
+            const caf::actor from = caf::actor_cast<caf::actor>(self->current_sender());
+            for (std::size_t i = 0; i < standbys_.size(); ++i) {
+              if (answered[i] == 0 && standbys_[i].heartbeat == from) {
+                answered[i] = 1;
+                --waiting;
+              }
+            }
+          },
+          caf::after(left) >> [&] { timed_out = true; });
+      if (timed_out) break;
+    }
+    std::vector<member> alive;
+    for (std::size_t i = 0; i < standbys_.size(); ++i) {
+      if (answered[i] != 0) {
+        alive.push_back(std::move(standbys_[i]));
+        continue;
+      }
+      logger()->warn("standby {} (pid {} on {}) did not answer within {} ms; dropped",
+                     standbys_[i].info.name, standbys_[i].info.pid, standbys_[i].info.host,
+                     standby_answer_limit.count());
+    }
+    standbys_ = std::move(alive);
   }
 
   // Late joins that became ready are standbys like the others (on the engine's thread).

@@ -30,6 +30,8 @@ inline constexpr std::chrono::milliseconds heartbeat_period{500};
 inline constexpr std::chrono::milliseconds heartbeat_deadline{2000};
 // A worker gives up on an engine whose control connection has been silent this long.
 inline constexpr std::chrono::milliseconds engine_silence_limit{4000};
+// How long a relayout waits for a standby's heartbeat to answer before dropping it.
+inline constexpr std::chrono::milliseconds standby_answer_limit{1000};
 
 // Answers (ping_atom, whether the process asks to leave: SIGTERM) and records when the engine
 // last pinged.

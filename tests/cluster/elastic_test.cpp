@@ -162,6 +162,41 @@ TEST(Processes, AStandbyThatExitedIsNotGivenARank) {
   }
 }
 
+// A standby started by hand (listening engine) that dies: not a child of the engine, so only its
+// silence shows. The next planned change asks every standby's heartbeat first and drops the
+// silent one: the leave shrinks the layout instead of handing the rank to the dead standby (which
+// failed the relayout, then the engine), and the engine keeps serving exactly.
+TEST(Processes, AHandStartedStandbyThatDiedIsDroppedBeforeARelayout) {
+  listening_engine le(2, 1);
+  auto port_future = le.listening.get_future();
+  ASSERT_EQ(port_future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  const std::uint16_t port = port_future.get();
+  ASSERT_NE(port, 0);
+  const pid_t a = start_worker(port, "hand-0");
+  const pid_t b = start_worker(port, "hand-1");
+  const pid_t spare = start_worker(port, "hand-spare", /*standby=*/true);
+  le.builder.join();
+  ASSERT_TRUE(le.eng.has_value()) << le.eng.error().to_string();
+  engine& eng = **le.eng;
+  EXPECT_EQ(eng.stats().standbys, 1);
+  ASSERT_EQ(::kill(spare, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(spare, nullptr, 0), spare);
+  const status left = eng.drain_worker(-1);
+  ASSERT_TRUE(left.ok()) << left.to_string();
+  const auto s = eng.stats();
+  EXPECT_EQ(s.health, actors::engine_health::serving) << s.failure.to_string();
+  EXPECT_EQ(s.layout, "helix:kvp=1,tpa=1,tpf=1,ep=1");
+  EXPECT_EQ(s.standbys, 0);
+  EXPECT_TRUE(s.recoveries.empty()) << "a planned leave, not a recovery";
+  const long_run after = serve_long(eng);
+  for (const auto& e : after.last) {
+    EXPECT_EQ(e.reason, actors::finish_reason::length) << e.error.to_string();
+  }
+  le.eng = internal_error("stopped");  // the engine's end stops its workers
+  reap(a);
+  reap(b);
+}
+
 // A leave on two TPA columns with worker processes: the members left without a rank donate,
 // each column's holder to the same column (donor order member-major), so nothing is rebuilt.
 TEST(Processes, LeaveOnTwoColumnsMovesEveryColumnsBlocks) {

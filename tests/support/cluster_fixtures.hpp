@@ -15,6 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -184,6 +186,46 @@ inline std::string drain_run_output(int fd, std::atomic<bool>* running) {
   }
   ::close(fd);
   return text;
+}
+
+// A listening engine built on another thread on a port the engine picks itself (a port chosen
+// beforehand could be taken meanwhile by a test running beside this one).
+struct listening_engine {
+  std::promise<std::uint16_t> listening;
+  expected<std::unique_ptr<engine>> eng = internal_error("not built");
+  std::thread builder;
+
+  explicit listening_engine(int workers, int standbys = 0) {
+    listening_workers_options lo;
+    lo.join_timeout = std::chrono::seconds(30);
+    lo.standbys = standbys;
+    lo.on_listening = [this](std::uint16_t p) { listening.set_value(p); };
+    builder = std::thread([this, workers, lo] {
+      eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", workers),
+                           listening_workers(lo));
+      if (!eng) {
+        try {
+          listening.set_value(0);  // never listened
+        } catch (const std::future_error&) {
+        }
+      }
+    });
+  }
+  ~listening_engine() {
+    if (builder.joinable()) builder.join();
+  }
+};
+
+// `helix worker --join 127.0.0.1:PORT --name NAME [--standby]`, a child of this process.
+inline pid_t start_worker(std::uint16_t port, const std::string& name, bool standby = false) {
+  const std::string join = "127.0.0.1:" + std::to_string(port);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(HELIX_CLI, "helix", "worker", "--join", join.c_str(), "--name", name.c_str(),
+            standby ? "--standby" : static_cast<char*>(nullptr), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
 }
 
 }  // namespace helix::cluster::fixtures
