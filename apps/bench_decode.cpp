@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -15,6 +17,7 @@
 #include "apps/measure.hpp"
 #include "cluster/cluster.hpp"
 #include "core/kv_layout.hpp"
+#include "core/memory.hpp"
 #include "core/model_spec.hpp"
 #include "kernels/sampling.hpp"
 #include "model/weights.hpp"
@@ -339,18 +342,45 @@ expected<decode_case_result> run_case(const bench_decode_options& o, const decod
   }
   res.step_ms = median(step_ms);
   res.tokens_per_s = static_cast<double>(o.batch) / (res.step_ms / 1e3);
-  // A decode step reads every KV block a worker holds (all of them belong to the batch).
+  // A decode step reads every KV block a worker holds (all of them belong to the batch), and
+  // each worker's weight slices.
+  std::int64_t kv_total = 0;
   for (const actors::worker_stats& w : kv_seen.workers) {
     const kv_page_layout p = rank_page_layout(c.layout, w.rank, spec, o.kv_dtype);
     const std::int64_t bytes =
         w.kv_used_blocks * static_cast<std::int64_t>(p.page_bytes()) * spec.num_layers;
     res.kv_bytes_per_worker = std::max(res.kv_bytes_per_worker, bytes);
+    kv_total += bytes;
   }
   res.kv_bytes_read_per_step_per_worker = res.kv_bytes_per_worker;
+  res.weight_bytes_read_per_step_per_worker = static_cast<std::int64_t>(
+      model::weights_read_per_step(spec, dtype::bf16, c.layout.tpa, c.layout.num_ranks, o.batch));
+  res.bytes_read_per_step = kv_total + res.weight_bytes_read_per_step_per_worker *
+                                           static_cast<std::int64_t>(c.layout.num_ranks);
   progress << fmt::format("  {:.2f} ms/step ({:.2f} tokens/s), fill + first token {:.1f} s\n",
                           res.step_ms, res.tokens_per_s, res.fill_s);
   progress.flush();
   return res;
+}
+
+// The streaming-read baseline on `threads` threads: median of 5 integer sums over a buffer far
+// larger than the caches (512 MiB, or what fits), bytes per second.
+expected<double> measure_stream_read(int threads) {
+  std::size_t bytes = std::size_t{512} << 20;
+  const memory_headroom room = available_memory();
+  while (bytes > (std::size_t{64} << 20) && 2 * bytes > room.bytes) bytes /= 2;
+  HELIX_ASSIGN_OR_RETURN(buffer data, buffer::try_host(bytes));
+  std::memset(data.data(), 1, bytes);  // touch every page before timing
+  thread_pool pool(threads);
+  std::vector<double> rates;
+  std::uint64_t sink = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    sink = sink + stream_read(data.data(), bytes, pool);
+    rates.push_back(static_cast<double>(bytes) / seconds_since(t0));
+  }
+  if (sink == 0) return internal_error("the streaming read summed nothing");
+  return median(std::move(rates));
 }
 
 }  // namespace
@@ -367,6 +397,22 @@ expected<std::vector<decode_case_result>> run_decode_cases(const bench_decode_op
     // The engine (its workers, KV stores and weight shards) is gone before the next case.
     auto r = run_case(o, c, progress);
     if (!r) return r.error().with_context(c.layout.to_string());
+    // The limit, measured now on as many threads as the workers ran their kernels on.
+    const int threads = static_cast<int>(
+        std::min<std::int64_t>(c.layout.num_ranks * o.threads_per_rank,
+                               std::max<unsigned>(1, std::thread::hardware_concurrency())));
+    HELIX_ASSIGN_OR_RETURN(r->stream_read_bytes_per_s, measure_stream_read(threads));
+    if (r->step_ms > 0.0) {
+      r->fraction_of_limit = static_cast<double>(r->bytes_read_per_step) / (r->step_ms / 1e3) /
+                             r->stream_read_bytes_per_s;
+    }
+    progress << fmt::format(
+        "  {} read per step, {:.2f} GB/s; streaming read {:.2f} GB/s on {} "
+        "threads: {:.2f} of the limit\n",
+        format_bytes(static_cast<double>(r->bytes_read_per_step)),
+        static_cast<double>(r->bytes_read_per_step) / (r->step_ms / 1e3) / 1e9,
+        r->stream_read_bytes_per_s / 1e9, threads, r->fraction_of_limit);
+    progress.flush();
     results.push_back(std::move(*r));
   }
   for (decode_case_result& r : results) {
@@ -401,6 +447,10 @@ nlohmann::json decode_report_json(const bench_decode_options& o,
          {"hopb", r.hopb},
          {"kv_bytes_per_worker", r.kv_bytes_per_worker},
          {"kv_bytes_read_per_step_per_worker", r.kv_bytes_read_per_step_per_worker},
+         {"weight_bytes_read_per_step_per_worker", r.weight_bytes_read_per_step_per_worker},
+         {"bytes_read_per_step", r.bytes_read_per_step},
+         {"stream_read_bytes_per_s", r.stream_read_bytes_per_s},
+         {"fraction_of_limit", r.fraction_of_limit},
          {"step_ms", r.step_ms},
          {"tokens_per_s", r.tokens_per_s},
          {"speedup_vs_tp",
@@ -421,15 +471,17 @@ void print_decode_table(std::ostream& out, const bench_decode_options& o,
       : o.netns        ? "processes, each in a network namespace (UCX over TCP)"
                        : "processes",
       o.batch, o.context, dtype_name(o.kv_dtype), o.steps, o.threads_per_rank);
-  out << fmt::format("{:<32} {:>4} {:>12} {:>14} {:>10} {:>10} {:>7}\n", "layout", "hopb",
-                     "KV/worker", "KV read/step", "ms/step", "tokens/s", "vs tp");
+  out << fmt::format("{:<32} {:>4} {:>12} {:>14} {:>10} {:>10} {:>7} {:>8}\n", "layout", "hopb",
+                     "KV/worker", "read/step", "ms/step", "tokens/s", "vs tp", "of limit");
   for (const decode_case_result& r : results) {
     out << fmt::format(
-        "{:<32} {:>4} {:>12} {:>14} {:>10.2f} {:>10.2f} {:>7}\n", r.name, r.hopb ? "on" : "off",
-        format_bytes(static_cast<double>(r.kv_bytes_per_worker)),
-        format_bytes(static_cast<double>(r.kv_bytes_read_per_step_per_worker)), r.step_ms,
-        r.tokens_per_s, r.speedup_vs_tp ? fmt::format("{:.2f}x", *r.speedup_vs_tp) : "-");
+        "{:<32} {:>4} {:>12} {:>14} {:>10.2f} {:>10.2f} {:>7} {:>8.2f}\n", r.name,
+        r.hopb ? "on" : "off", format_bytes(static_cast<double>(r.kv_bytes_per_worker)),
+        format_bytes(static_cast<double>(r.bytes_read_per_step)), r.step_ms, r.tokens_per_s,
+        r.speedup_vs_tp ? fmt::format("{:.2f}x", *r.speedup_vs_tp) : "-", r.fraction_of_limit);
   }
+  out << "read/step: every worker's weights and KV; of limit: read/step per second over a "
+         "streaming read measured right after the case on as many threads\n";
 }
 
 int run_bench_decode(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {

@@ -32,10 +32,19 @@
 //   {"model","context","batch","workers","processes","kv_dtype","weight_dtype",
 //    "kv_fill":"synthetic","steps","threads_per_rank","data_plane",
 //    "layouts":[{"name","family","hopb","kv_bytes_per_worker","kv_bytes_read_per_step_per_worker",
+//                "weight_bytes_read_per_step_per_worker","bytes_read_per_step",
+//                "stream_read_bytes_per_s","fraction_of_limit",
 //                "step_ms","tokens_per_s","speedup_vs_tp","fill_s","worker_pids"}, ...]}
 // kv_bytes_per_worker is the maximum over workers of the KV they hold while the batch decodes
 // (the busiest worker bounds the step); a decode step reads all of it, so
-// kv_bytes_read_per_step_per_worker is the same figure. speedup_vs_tp is tp's step_ms / this
+// kv_bytes_read_per_step_per_worker is the same figure. weight_bytes_read_per_step_per_worker
+// is what one worker's kernels stream per step (model::weights_read_per_step: its attention
+// column, its share of o_proj, FFN and LM head, `batch` embedding rows, the small replicated
+// tensors); bytes_read_per_step sums weights and KV over all workers. stream_read_bytes_per_s
+// is an integer sum over a 512 MiB buffer (apps/measure.hpp) on min(workers x threads per
+// worker, hardware threads) threads, the median of 5 reads taken right after the case in the
+// same run; fraction_of_limit = bytes_read_per_step / step time / that rate, how close a step
+// comes to the memory system's limit. speedup_vs_tp is tp's step_ms / this
 // step_ms with the same hopb setting (null when no tp case with that setting ran). fill_s is the
 // time from the first submit to the timed request's first token (synthetic fill and prompt).
 // processes is 0 for worker threads; data_plane is "local" (threads), "ucx" (processes) or
@@ -87,10 +96,14 @@ struct decode_case_result {
   std::string name;  // full canonical layout string
   layout_family family = layout_family::helix;
   bool hopb = false;
-  std::int64_t kv_bytes_per_worker = 0;                // max over ranks of KV bytes used
-  std::int64_t kv_bytes_read_per_step_per_worker = 0;  // max over ranks, last timed step
-  double step_ms = 0.0;                                // median timed step
-  double tokens_per_s = 0.0;                           // batch / step
+  std::int64_t kv_bytes_per_worker = 0;                    // max over ranks of KV bytes used
+  std::int64_t kv_bytes_read_per_step_per_worker = 0;      // max over ranks, last timed step
+  std::int64_t weight_bytes_read_per_step_per_worker = 0;  // model::weights_read_per_step
+  std::int64_t bytes_read_per_step = 0;                    // every worker's weights and KV, summed
+  double stream_read_bytes_per_s = 0.0;  // the streaming-read baseline, measured with this case
+  double fraction_of_limit = 0.0;        // bytes_read_per_step / step / stream_read_bytes_per_s
+  double step_ms = 0.0;                  // median timed step
+  double tokens_per_s = 0.0;             // batch / step
   std::optional<double> speedup_vs_tp;
   double fill_s = 0.0;  // first submit to the timed request's first token
   std::vector<std::int64_t> worker_pids;

@@ -30,7 +30,8 @@ weights_size weights_bytes(const model_spec& spec, dtype weight_type) {
   const double h = d(spec.hidden);
   const double nq = d(spec.num_q_heads);
   weights_size out;
-  out.replicated = d(spec.vocab) * h * w + h * 4.0;                    // embedding, final norm
+  out.embedding = d(spec.vocab) * h * w;
+  out.replicated = out.embedding + h * 4.0;                            // embedding, final norm
   out.split = spec.tie_word_embeddings ? 0.0 : d(spec.vocab) * h * w;  // LM head
   for (std::int64_t l = 0; l < spec.num_layers; ++l) {
     out.replicated += 2.0 * h * 4.0;  // the layer's two norms
@@ -51,11 +52,31 @@ weights_size weights_bytes(const model_spec& spec, dtype weight_type) {
       out.replicated +=
           (d(e.num_experts) * h + (e.score_correction_bias ? d(e.num_experts) : 0.0)) * 4.0;
       out.split += d(e.num_experts + e.num_shared_experts) * 3.0 * h * d(e.expert_ffn) * w;
+      out.experts += d(e.num_experts) * 3.0 * h * d(e.expert_ffn) * w;
     } else {
       out.split += 3.0 * h * d(spec.ffn) * w;
     }
   }
   return out;
+}
+
+double weights_read_per_step(const model_spec& spec, dtype weight_type, std::int64_t tpa,
+                             std::int64_t num_ranks, std::int64_t batch) {
+  const weights_size s = weights_bytes(spec, weight_type);
+  const double w = static_cast<double>(dtype_bytes(weight_type));
+  const double h = static_cast<double>(spec.hidden);
+  const double n = static_cast<double>(std::max<std::int64_t>(num_ranks, 1));
+  const double b = static_cast<double>(std::max<std::int64_t>(batch, 1));
+  double experts = s.experts;
+  if (s.experts > 0.0 && spec.moe.num_experts > 0) {
+    const double e = static_cast<double>(spec.moe.num_experts);
+    const double active = std::min(e, b * static_cast<double>(spec.moe.experts_per_token));
+    experts = s.experts * active / e;
+  }
+  const double lm_head = spec.tie_word_embeddings ? s.embedding / n : 0.0;
+  return (s.replicated - s.embedding) + b * h * w + lm_head +
+         s.per_column / static_cast<double>(std::max<std::int64_t>(tpa, 1)) +
+         (s.split - s.experts + experts) / n;
 }
 
 // Layer l's tensors of a `spec` model in `t` (norms and routers in f32), allocated.

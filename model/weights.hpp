@@ -95,9 +95,21 @@ struct weights_size {
   double replicated = 0;
   double per_column = 0;
   double split = 0;
+  double embedding = 0;  // the token embedding, part of `replicated` (a step reads only its rows)
+  double experts = 0;    // routed experts' FFNs, part of `split` (a step reads the activated ones)
   [[nodiscard]] double total() const { return replicated + per_column + split; }
 };
 [[nodiscard]] weights_size weights_bytes(const model_spec& spec, dtype weight_type);
+
+/// Weight bytes one rank of `grid` reads in a decode step of `batch` tokens: its column's slice
+/// of the attention input projections (per_column / TPA), its share of everything split over
+/// the N ranks, the replicated tensors it reads whole (norms, routers, MLA's down-projections)
+/// and `batch` rows of the embedding (a tied embedding is also the LM head, split over N). Routed
+/// experts count as activated: min(experts, batch x top_k) per MoE layer, spread evenly over the
+/// ranks. An estimate of what the kernels stream, for benchmarks' bytes-per-second figures.
+[[nodiscard]] double weights_read_per_step(const model_spec& spec, dtype weight_type,
+                                           std::int64_t tpa, std::int64_t num_ranks,
+                                           std::int64_t batch);
 
 /// Deterministic weights for a spec: every tensor is filled from the counter-based RNG keyed by
 /// (seed, tensor index), uniform in +-1/sqrt(fan_in) for linear weights, 1 +- 0.1 for norms,

@@ -40,9 +40,23 @@ TEST(BenchDecode, JsonHasEveryFieldAndHelixHoldsAQuarterOfTp) {
   for (const auto& l : j["layouts"]) {
     for (const char* key :
          {"name", "family", "hopb", "kv_bytes_per_worker", "kv_bytes_read_per_step_per_worker",
-          "step_ms", "tokens_per_s", "speedup_vs_tp"}) {
+          "weight_bytes_read_per_step_per_worker", "bytes_read_per_step", "stream_read_bytes_per_s",
+          "fraction_of_limit", "step_ms", "tokens_per_s", "speedup_vs_tp"}) {
       EXPECT_TRUE(l.contains(key)) << key << " in " << l.dump();
     }
+    // The bytes a step reads: every worker's weight share and KV; the limit measured beside.
+    const double weights = l["weight_bytes_read_per_step_per_worker"].get<double>();
+    EXPECT_GT(weights, 0.0) << l.dump();
+    EXPECT_GE(l["bytes_read_per_step"].get<double>(), 8 * weights) << l.dump();
+    EXPECT_LE(l["bytes_read_per_step"].get<double>(),
+              8 * (weights + l["kv_bytes_per_worker"].get<double>()))
+        << l.dump();
+    EXPECT_GT(l["stream_read_bytes_per_s"].get<double>(), 0.0) << l.dump();
+    EXPECT_NEAR(l["fraction_of_limit"].get<double>(),
+                l["bytes_read_per_step"].get<double>() / (l["step_ms"].get<double>() / 1e3) /
+                    l["stream_read_bytes_per_s"].get<double>(),
+                1e-9)
+        << l.dump();
     EXPECT_EQ(l["hopb"], false);
     EXPECT_GT(l["step_ms"].get<double>(), 0.0);
     EXPECT_NEAR(l["tokens_per_s"].get<double>(), 2.0 / (l["step_ms"].get<double>() / 1e3), 1e-6);

@@ -468,6 +468,23 @@ TEST(Sharding, MedhaRanksOutsideTheFfnHoldNoFfnWeights) {
   EXPECT_EQ(busy->layers[0].mlp.ffn, (index_range{.first = 64, .count = 64}));
 }
 
+// What a decode step streams per rank, counted by hand for small-llama (hidden 1024, 8 layers,
+// 8 query / 2 KV heads of 128, FFN 2816, vocabulary 32000, bf16): per layer q, k, v, o and the
+// three FFN matrices, the LM head, the norms in f32 and one embedding row per token.
+TEST(WeightsRead, SmallLlamaPerRankCountsEveryProjectionOnce) {
+  auto spec = builtin_model("small-llama");
+  ASSERT_TRUE(spec.has_value());
+  const double h = 1024, kv = 256, f = 2816, v = 32000, bf16 = 2;
+  const double attn_in = (h + 2 * kv) * h * bf16;                      // q, k, v
+  const double split = 8 * (h * h + 3 * h * f) * bf16 + v * h * bf16;  // o, FFN; LM head
+  const double norms = (8 * 2 + 1) * h * 4;
+  EXPECT_DOUBLE_EQ(weights_read_per_step(*spec, dtype::bf16, 1, 1, 1),
+                   8 * attn_in + split + norms + h * bf16);
+  // helix:kvp=4,tpa=2 on 8 ranks, batch 2: a column's half of q/k/v, an eighth of the rest.
+  EXPECT_DOUBLE_EQ(weights_read_per_step(*spec, dtype::bf16, 2, 8, 2),
+                   8 * attn_in / 2 + split / 8 + norms + 2 * h * bf16);
+}
+
 TEST(Sharding, InvalidLayoutIsInvalidArgument) {
   const model_weights llama = seeded("tiny-llama", dtype::f32);
   const model_weights ds = seeded("tiny-deepseek", dtype::f32);
