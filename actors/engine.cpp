@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <thread>
 
 #include "actors/runtime.hpp"
 #include "actors/worker_source.hpp"
@@ -583,6 +584,11 @@ model::rank_program_options program_options(const engine_config& config) {
   ro.kv_capacity_tokens = config.kv_capacity_tokens_per_worker;
   ro.max_batch_tokens = config.max_batch_tokens;
   ro.num_threads = config.threads_per_worker;
+  // Every worker's kernel threads fit on this host's cores (workers on other hosts are counted
+  // too: the conservative side): they may spin between kernels instead of sleeping.
+  const auto cores = static_cast<std::int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+  ro.spin_threads =
+      static_cast<std::int64_t>(config.num_workers) * config.threads_per_worker <= cores;
   ro.hopb = config.hopb;
   return ro;
 }

@@ -156,7 +156,9 @@ rank_program::rank_program(passkey, rank_weights w, std::unique_ptr<transport::c
   const model_spec& s = w_.spec;
   // Eight ranks on a two-core machine must not oversubscribe: by default each rank computes on
   // its own thread only.
-  if (opt_.num_threads != 1) pool_ = std::make_unique<thread_pool>(opt_.num_threads);
+  if (opt_.num_threads != 1) {
+    pool_ = std::make_unique<thread_pool>(opt_.num_threads, opt_.spin_threads);
+  }
   rope_ = kernels::make_rope_table(s.rope, s.is_mla() ? s.mla.qk_rope_head_dim : s.head_dim);
   const attention_coord c = w_.layout.attention_coords(w_.rank);
   tpa_idx_ = c.tpa_idx;

@@ -66,6 +66,9 @@ struct rank_program_options {
   std::int64_t kv_capacity_tokens = 1 << 14;  // this rank's store, rounded up to whole blocks
   std::int64_t max_batch_tokens = 256;        // rows per forward(); sizes the workspaces
   int num_threads = 1;  // cpu kernel threads of this rank; 1 = the calling thread only
+  /// The kernel threads look for the next kernel briefly before they sleep (thread_pool's
+  /// spin): for ranks whose threads have cores of their own, never when ranks share cores.
+  bool spin_threads = false;
   /// HOP-B: each item of a step is its own micro-batch; its all-to-all is in flight while the
   /// next item's partial attention runs. Results are bit-identical either way.
   bool hopb = false;

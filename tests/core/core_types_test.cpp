@@ -85,6 +85,25 @@ TEST(ThreadPool, RunsEveryTaskOnceAndIsReusable) {
   pool.parallel_for(0, [](std::int64_t) { FAIL(); });
 }
 
+// Runs of tasks are claimed atomically and tagged with their call: back-to-back calls of every
+// size (fewer tasks than threads, not a multiple of the run length, thousands), spinning or not,
+// run every task of their own call exactly once, and the caller sees every task done.
+TEST(ThreadPool, BackToBackCallsOfEverySizeRunEachTaskOnce) {
+  for (const bool spin : {false, true}) {
+    thread_pool pool(3, spin);
+    std::vector<std::atomic<int>> hits(5000);
+    for (int round = 0; round < 300; ++round) {
+      const std::int64_t n = (round * 37) % 5000 + 1;
+      pool.parallel_for(n, [&](std::int64_t i) { hits[static_cast<std::size_t>(i)]++; });
+      for (std::int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(hits[static_cast<std::size_t>(i)].exchange(0), 1)
+            << "spin " << spin << " round " << round << " task " << i << " of " << n;
+      }
+      for (std::int64_t i = n; i < 5000; ++i) ASSERT_EQ(hits[static_cast<std::size_t>(i)], 0);
+    }
+  }
+}
+
 TEST(Status, ExpectedCarriesValueOrError) {
   expected<int> v = 3;
   EXPECT_TRUE(v.has_value());
