@@ -410,12 +410,117 @@ void convert_stored(const std::byte* src, dtype from, std::size_t n, void* dst, 
   }
 }
 
+// Block-scaled FP8 (hf_config.hpp's hf_quantization): an F8_E4M3 matrix [rows, cols] and its
+// `<name>_scale_inv` [ceil(rows / block_rows), ceil(cols / block_cols)] (F32, BF16 or F16), so that
+// element (i, j) is its e4m3 value times scale_inv[i / block_rows][j / block_cols]: partial blocks
+// at the edges, and any row or column range (a rank's piece) finds its blocks' scales.
+struct fp8_scales {
+  const safetensors_file* file = nullptr;
+  const safetensors_entry* scale = nullptr;
+  std::int64_t cols = 0;
+  std::int64_t block_rows = 0;
+  std::int64_t block_cols = 0;
+  std::int64_t scale_cols = 0;
+};
+
+// The scales of `e` when it is stored as F8_E4M3 (none otherwise), checked: a quantization in
+// config.json, a 2-D weight, its scale tensor present with the block grid's shape, a readable
+// dtype and finite values. The scale tensor's name goes into `used`.
+expected<std::optional<fp8_scales>> fp8_scales_of(const std::string& dir, const tensor_source& src,
+                                                  const std::optional<hf_quantization>& quant,
+                                                  const safetensors_entry& e,
+                                                  std::set<std::string, std::less<>>& used) {
+  if (e.dtype_name != "F8_E4M3") return std::optional<fp8_scales>{};
+  if (!quant) {
+    return invalid_argument(
+        "checkpoint '{}': tensor '{}' is stored as F8_E4M3 but config.json has no "
+        "quantization_config (quant_method fp8 with a weight_block_size)",
+        dir, e.name);
+  }
+  if (e.shape.size() != 2) {
+    return invalid_argument(
+        "checkpoint '{}': tensor '{}' is F8_E4M3 with shape {}; only 2-D "
+        "weights are block-scaled",
+        dir, e.name, e.shape_string());
+  }
+  const std::string name = e.name + "_scale_inv";
+  std::size_t file_idx = 0;
+  const safetensors_entry* s = src.find(name, file_idx);
+  if (s == nullptr) {
+    return not_found("checkpoint '{}': tensor '{}' is F8_E4M3 but its scales '{}' are missing", dir,
+                     e.name, name);
+  }
+  const std::int64_t rows = e.shape[0];
+  const std::int64_t cols = e.shape[1];
+  const std::int64_t grid_rows = (rows + quant->block_rows - 1) / quant->block_rows;
+  const std::int64_t grid_cols = (cols + quant->block_cols - 1) / quant->block_cols;
+  if (s->shape.size() != 2 || s->shape[0] != grid_rows || s->shape[1] != grid_cols) {
+    return invalid_argument(
+        "checkpoint '{}': '{}' has shape {}, expected [{}, {}] (blocks of {} x {} over {})", dir,
+        name, s->shape_string(), grid_rows, grid_cols, quant->block_rows, quant->block_cols,
+        e.shape_string());
+  }
+  if (!s->type) {
+    return invalid_argument("checkpoint '{}': '{}' has dtype {} (scales must be F32, BF16 or F16)",
+                            dir, name, s->dtype_name);
+  }
+  const safetensors_file& file = src.files[file_idx];
+  HELIX_RETURN_IF_ERROR(check_finite(dir, file, *s, 0, file.bytes(*s)));
+  used.insert(name);
+  return std::optional<fp8_scales>{
+      fp8_scales{&file, s, cols, quant->block_rows, quant->block_cols, grid_cols}};
+}
+
+// `n` elements of the F8_E4M3 entry `e` from `first` on, dequantized into `to` at `dst`.
+// invalid_argument for a NaN code (e4m3fn has no infinities).
+status dequantize_fp8(const std::string& dir, const safetensors_file& file,
+                      const safetensors_entry& e, const fp8_scales& f, std::size_t first,
+                      std::size_t n, void* dst, dtype to) {
+  const std::byte* stored = file.bytes(e).data();
+  const std::byte* scales = f.file->bytes(*f.scale).data();
+  const dtype scale_type = *f.scale->type;
+  const std::size_t scale_elem = dtype_bytes(scale_type);
+  const auto cols = static_cast<std::size_t>(f.cols);
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::size_t idx = first + k;
+    const auto code = static_cast<std::uint8_t>(stored[idx]);
+    if ((code & 0x7f) == 0x7f) {
+      return invalid_argument(
+          "checkpoint '{}': {}: element {} is NaN (F8_E4M3 code {:#04x}, in {})", dir, e.name, idx,
+          code, file.path());
+    }
+    const std::size_t block = idx / cols / static_cast<std::size_t>(f.block_rows) *
+                                  static_cast<std::size_t>(f.scale_cols) +
+                              idx % cols / static_cast<std::size_t>(f.block_cols);
+    std::byte raw[4] = {};
+    std::memcpy(raw, scales + block * scale_elem, scale_elem);  // no alignment guarantee
+    const float scale = load_as_f32(raw, scale_type, 0);
+    store_from_f32(dst, to, k, load_as_f32(&stored[idx], dtype::fp8_e4m3, 0) * scale);
+  }
+  if (auto at = first_non_finite_loaded(to, dst, n)) {
+    return invalid_argument(
+        "checkpoint '{}': {}: element {} is {} once dequantized and converted to {} (in {})", dir,
+        e.name, first + at->idx, at->what, dtype_name(to), file.path());
+  }
+  return ok_status();
+}
+
 // The piece `cut` of plan entry `p`, read straight from the mapping of its entry `e`: only the
 // piece's elements are touched, checked for NaN/Inf as stored and for overflow as converted.
 expected<tensor> read_piece(const std::string& dir, const safetensors_file& file,
                             const safetensors_entry& e, const full_tensor_plan& p,
-                            const tensor_cut& cut) {
+                            const tensor_cut& cut, const std::optional<fp8_scales>& fp8) {
   tensor out(p.type, cut_shape(p.dims, cut));
+  if (fp8) {
+    auto* dst = static_cast<std::byte*>(out.data());
+    for (const cut_run& r : cut_runs(p.dims, cut)) {
+      HELIX_RETURN_IF_ERROR(dequantize_fp8(
+          dir, file, e, *fp8, static_cast<std::size_t>(r.full_offset),
+          static_cast<std::size_t>(r.count),
+          dst + static_cast<std::size_t>(r.piece_offset) * dtype_bytes(p.type), p.type));
+    }
+    return out;
+  }
   const std::span<const std::byte> stored = file.bytes(e);
   const std::size_t src_elem = dtype_bytes(*e.type);
   const std::size_t dst_elem = dtype_bytes(p.type);
@@ -449,6 +554,7 @@ void release_pages(std::span<const std::byte> bytes) {
 expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_type) {
   HELIX_RETURN_IF_ERROR(check_weight_type(dir, weight_type));
   HELIX_ASSIGN_OR_RETURN(const model_spec spec, load_hf_config(dir));
+  HELIX_ASSIGN_OR_RETURN(const auto quant, load_hf_quantization(dir));
   HELIX_ASSIGN_OR_RETURN(const tensor_source src, open_source(dir));
   HELIX_RETURN_IF_ERROR(check_spec_fits(dir, spec, src));
   HELIX_ASSIGN_OR_RETURN(model_weights w, allocate_weights(spec, weight_type));
@@ -460,6 +566,14 @@ expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_typ
     HELIX_ASSIGN_OR_RETURN(const safetensors_entry* e,
                            find_tensor(dir, src, nt.name, nt.t->dims(), file_idx));
     const safetensors_file& file = src.files[file_idx];
+    HELIX_ASSIGN_OR_RETURN(const auto fp8, fp8_scales_of(dir, src, quant, *e, used));
+    if (fp8) {
+      HELIX_RETURN_IF_ERROR(dequantize_fp8(dir, file, *e, *fp8, 0,
+                                           static_cast<std::size_t>(nt.t->numel()), nt.t->data(),
+                                           nt.t->type()));
+      used.insert(nt.name);
+      continue;
+    }
     HELIX_RETURN_IF_ERROR(check_finite(dir, file, *e, 0, file.bytes(*e)));
     HELIX_RETURN_IF_ERROR(file.read_into(nt.name, *nt.t));
     HELIX_RETURN_IF_ERROR(check_converted_finite(dir, file, *e, 0, nt.t->type(), nt.t->data(),
@@ -474,6 +588,7 @@ expected<rank_weights> checkpoint_rank_weights(const std::string& dir, dtype wei
                                                const layout& l, std::int64_t rank) {
   HELIX_RETURN_IF_ERROR(check_weight_type(dir, weight_type));
   HELIX_ASSIGN_OR_RETURN(const model_spec spec, load_hf_config(dir));
+  HELIX_ASSIGN_OR_RETURN(const auto quant, load_hf_quantization(dir));
   HELIX_ASSIGN_OR_RETURN(const tensor_source src, open_source(dir));
   HELIX_RETURN_IF_ERROR(check_spec_fits(dir, spec, src));
   rank_weights out;
@@ -486,20 +601,20 @@ expected<rank_weights> checkpoint_rank_weights(const std::string& dir, dtype wei
   // Every tensor first, so that a broken checkpoint fails alike on every rank and before any
   // piece is read.
   std::vector<std::pair<std::size_t, const safetensors_entry*>> entries;
+  std::vector<std::optional<fp8_scales>> scales;
   entries.reserve(plan.size());
   std::set<std::string, std::less<>> used;
   for (const full_tensor_plan& p : plan) {
     std::size_t file_idx = 0;
     HELIX_ASSIGN_OR_RETURN(const safetensors_entry* e,
                            find_tensor(dir, src, p.name, p.dims, file_idx));
-    if (!e->type) {
+    HELIX_ASSIGN_OR_RETURN(std::optional<fp8_scales> fp8, fp8_scales_of(dir, src, quant, *e, used));
+    scales.push_back(fp8);
+    if (!e->type && !fp8) {
       return invalid_argument(
           "checkpoint '{}': tensor '{}' has dtype {}, which cannot be loaded (supported: F32, "
-          "BF16, F16{}) (in {})",
-          dir, p.name, e->dtype_name,
-          e->dtype_name.starts_with("F8_") ? "; FP8 block-scaled checkpoints are not supported yet"
-                                           : "",
-          src.files[file_idx].path());
+          "BF16, F16, and F8_E4M3 with block scales) (in {})",
+          dir, p.name, e->dtype_name, src.files[file_idx].path());
     }
     entries.emplace_back(file_idx, e);
     used.insert(p.name);
@@ -508,7 +623,8 @@ expected<rank_weights> checkpoint_rank_weights(const std::string& dir, dtype wei
   for (std::size_t i = 0; i < plan.size(); ++i) {
     const auto [file_idx, e] = entries[i];
     for (const tensor_cut& c : plan[i].cuts) {
-      HELIX_ASSIGN_OR_RETURN(*c.dst, read_piece(dir, src.files[file_idx], *e, plan[i], c));
+      HELIX_ASSIGN_OR_RETURN(*c.dst,
+                             read_piece(dir, src.files[file_idx], *e, plan[i], c, scales[i]));
       ++pieces;
     }
     if (!plan[i].cuts.empty()) release_pages(src.files[file_idx].bytes(*e));

@@ -466,23 +466,55 @@ std::string model_type_from_architectures(const json& j) {
   return "";
 }
 
+// quantization_config: only HF's block-scaled FP8 ("fp8", e4m3, weight_block_size [rows, cols]),
+// which the loader dequantizes exactly; anything else is refused naming the key.
+expected<std::optional<hf_quantization>> read_quantization(const json& j,
+                                                           const std::string& context) {
+  const auto q = j.find("quantization_config");
+  if (q == j.end() || q->is_null()) return std::optional<hf_quantization>{};
+  if (!q->is_object()) {
+    return invalid_argument("{}: quantization_config is a JSON {}, not an object", context,
+                            q->type_name());
+  }
+  const auto method = q->find("quant_method");
+  if (method == q->end() || !method->is_string() || method->get<std::string>() != "fp8") {
+    return invalid_argument(
+        "{}: quantization_config.quant_method {} is not supported (only \"fp8\": block-scaled "
+        "e4m3 weights)",
+        context, method == q->end() ? std::string("(missing)") : method->dump());
+  }
+  if (const auto fmt = q->find("fmt");
+      fmt != q->end() && (!fmt->is_string() || fmt->get<std::string>() != "e4m3")) {
+    return invalid_argument("{}: quantization_config.fmt {} is not supported (only \"e4m3\")",
+                            context, fmt->dump());
+  }
+  const auto block = q->find("weight_block_size");
+  if (block == q->end() || !block->is_array() || block->size() != 2) {
+    return invalid_argument(
+        "{}: quantization_config.weight_block_size must be [rows, cols] (per-tensor FP8 scales are "
+        "not supported)",
+        context);
+  }
+  hf_quantization out;
+  std::int64_t* dims[2] = {&out.block_rows, &out.block_cols};
+  for (std::size_t i = 0; i < 2; ++i) {
+    const json& v = (*block)[i];
+    if (!v.is_number_integer() || v.get<std::int64_t>() < 1 || v.get<std::int64_t>() > (1 << 20)) {
+      return invalid_argument(
+          "{}: quantization_config.weight_block_size[{}] = {} must be an integer in [1, 2^20]",
+          context, i, v.dump());
+    }
+    *dims[i] = v.get<std::int64_t>();
+  }
+  return std::optional<hf_quantization>{out};
+}
+
 expected<model_spec> parse_json(const json& j, std::string name) {
   const std::string context = fmt::format("config '{}'", name);
   if (!j.is_object()) {
     return invalid_argument("{}: config.json is a JSON {}, not an object", context, j.type_name());
   }
-  if (const auto q = j.find("quantization_config"); q != j.end() && !q->is_null()) {
-    std::string method = "unknown";
-    if (q->is_object()) {
-      if (const auto m = q->find("quant_method"); m != q->end() && m->is_string()) {
-        method = m->get<std::string>();
-      }
-    }
-    return invalid_argument(
-        "{}: quantization_config (quant_method {}) is present; quantized checkpoints (e.g. FP8 "
-        "block-scaled) are not supported yet",
-        context, method);
-  }
+  if (auto quant = read_quantization(j, context); !quant) return quant.error();
   config_reader r(j, context);
   std::string model_type = r.string_or("model_type", "");
   HELIX_RETURN_IF_ERROR(r.error());
@@ -561,6 +593,23 @@ expected<model_spec> parse_hf_config(const std::string& json_text, std::string n
     // Only allocation failures can get here (every access above checks types first).
     return internal_error("config '{}': {}", name, ex.what());
   }
+}
+
+expected<std::optional<hf_quantization>> parse_hf_quantization(const std::string& json_text,
+                                                               const std::string& name) {
+  const json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return invalid_argument("config '{}': config.json is not a JSON object", name);
+  }
+  return read_quantization(j, fmt::format("config '{}'", name));
+}
+
+expected<std::optional<hf_quantization>> load_hf_quantization(const std::string& dir) {
+  std::ifstream in(std::filesystem::path(dir) / "config.json", std::ios::binary);
+  if (!in) return not_found("config.json not found in '{}'", dir);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_hf_quantization(text.str(), dir);
 }
 
 expected<model_spec> load_hf_config(const std::string& dir) {

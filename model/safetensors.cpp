@@ -479,8 +479,8 @@ status safetensors_file::read_into(std::string_view name, tensor& dst) const {
   if (!e->type) {
     if (e->dtype_name.starts_with("F8_")) {
       return invalid_argument(
-          "safetensors '{}': tensor {} has dtype {}; FP8 block-scaled checkpoints are not "
-          "supported yet",
+          "safetensors '{}': tensor {} has dtype {}, which needs its block scales: block-scaled "
+          "FP8 checkpoints load through load_checkpoint",
           path_, name, e->dtype_name);
     }
     return invalid_argument(

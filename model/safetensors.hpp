@@ -73,7 +73,7 @@ class safetensors_file {
   /// Copies tensor `name` into `dst` (an allocated host tensor of the same numel), converting
   /// from the stored dtype to dst's dtype (f32/bf16/f16; rounding to nearest even).
   /// not_found if absent; invalid_argument if the stored dtype cannot be read (e.g. F8_E4M3,
-  /// "FP8 block-scaled checkpoints are not supported yet") or the element counts differ.
+  /// whose block scales load_checkpoint applies) or the element counts differ.
   [[nodiscard]] status read_into(std::string_view name, tensor& dst) const;
 
  private:

@@ -170,9 +170,10 @@ TEST(Engine, RebalancingMigratesBlocksAndKeepsOutputExact) {
 }
 
 // A real HF checkpoint (written outside this project) served by two workers reproduces the greedy
-// tokens its writer recorded, for a dense GQA model and an MLA + MoE one.
+// tokens its writer recorded, for a dense GQA model and an MLA + MoE one, stored unquantized and
+// as block-scaled FP8 (dequantized at load).
 TEST(Engine, CheckpointsReproduceTheirRecordedTokens) {
-  for (const char* name : {"llama-bf16", "deepseek-v3-f32"}) {
+  for (const char* name : {"llama-bf16", "deepseek-v3-f32", "llama-fp8", "deepseek-v3-fp8"}) {
     const std::string dir = std::string(HELIX_FIXTURES_DIR) + "/hf-tiny/" + name;
     std::ifstream f(dir + "/expected.json");
     ASSERT_TRUE(f.good()) << dir;

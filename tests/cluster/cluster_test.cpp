@@ -259,10 +259,11 @@ TEST(Processes, AgentWorkloadDigestEqualsThreads) {
   for (const std::int64_t rss : procs->worker_rss_bytes) EXPECT_GT(rss, 0);
 }
 
-// The two HF checkpoints written outside the project, served by 2 worker processes that each
+// The HF checkpoints written outside the project (two of them block-scaled FP8), served by 2
+// worker processes that each
 // load the checkpoint themselves, reproduce their recorded greedy tokens.
 TEST(Processes, HfFixturesServedByTwoProcessesReproduceTheirTokens) {
-  for (const std::string name : {"llama-bf16", "deepseek-v3-f32"}) {
+  for (const std::string name : {"llama-bf16", "deepseek-v3-f32", "llama-fp8", "deepseek-v3-fp8"}) {
     const std::string dir = std::string(HELIX_FIXTURES_DIR) + "/hf-tiny/" + name;
     std::ifstream f(dir + "/expected.json");
     ASSERT_TRUE(f.good()) << dir;

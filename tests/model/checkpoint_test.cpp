@@ -329,7 +329,7 @@ TEST_F(CheckpointTest, ShapeMismatchNamesBothShapes) {
   EXPECT_THAT(w.error().message(), HasSubstr("has shape [64, 32], expected [32, 64]"));
 }
 
-TEST_F(CheckpointTest, Fp8TensorIsRefusedByName) {
+TEST_F(CheckpointTest, Fp8TensorWithoutQuantizationConfigIsRefusedByName) {
   (void)save_seeded("ckpt", "tiny-llama", dtype::f32);
   const std::vector<std::uint8_t> fp8(64 * 128, 0x38);  // o_proj is [hidden, 8 heads * 16]
   rewrite_tensors(sub("ckpt"), [&](std::vector<safetensors_tensor>& ts, auto&) {
@@ -345,9 +345,10 @@ TEST_F(CheckpointTest, Fp8TensorIsRefusedByName) {
   ASSERT_FALSE(w.has_value());
   EXPECT_EQ(w.error().code(), errc::invalid_argument);
   EXPECT_THAT(w.error().message(),
-              HasSubstr("tensor model.layers.0.self_attn.o_proj.weight has dtype F8_E4M3; FP8 "
-                        "block-scaled checkpoints are not supported yet"));
+              HasSubstr("tensor 'model.layers.0.self_attn.o_proj.weight' is stored as F8_E4M3 but "
+                        "config.json has no quantization_config"));
 }
+
 
 // Overwrites element `idx` of tensor `name` in dir/model.safetensors with the raw value `v`
 // (of the stored element size).
@@ -403,24 +404,6 @@ TEST_F(CheckpointTest, InfInLmHeadIsRefused) {
 }
 
 // Stored FP8 cannot be loaded yet, but a NaN in it is still reported as what it is.
-TEST_F(CheckpointTest, NanInFp8TensorIsReportedBeforeItsDtype) {
-  (void)save_seeded("ckpt", "tiny-llama", dtype::f32);
-  std::vector<std::uint8_t> fp8(64 * 128, 0x38);
-  fp8[4100] = 0xff;  // S.1111.111: E4M3FN's only NaN (0x7e, 448, is finite)
-  fp8[4099] = 0x7e;
-  rewrite_tensors(sub("ckpt"), [&](std::vector<safetensors_tensor>& ts, auto&) {
-    for (safetensors_tensor& t : ts) {
-      if (t.name == "model.layers.0.self_attn.o_proj.weight") {
-        t.type = dtype::fp8_e4m3;
-        t.data = fp8.data();
-      }
-    }
-  });
-  expect_load_refused(sub("ckpt"), dtype::f32,
-                      "model.layers.0.self_attn.o_proj.weight: element 4100 is NaN (stored as "
-                      "F8_E4M3");
-}
-
 // A finite F32 value beyond f16's range becomes Inf when loaded as f16: refused as well.
 TEST_F(CheckpointTest, ValueOverflowingTheWeightTypeIsRefused) {
   (void)save_seeded("ckpt", "tiny-llama", dtype::f32);
@@ -560,16 +543,21 @@ TEST_F(CheckpointTest, AbsurdConfigIsRefusedBeforeAllocating) {
   EXPECT_TRUE(load_checkpoint(sub("ckpt"), dtype::f32).has_value());
 }
 
-TEST_F(CheckpointTest, QuantizedConfigIsRefused) {
+TEST_F(CheckpointTest, QuantizationOtherThanBlockScaledFp8IsRefused) {
   (void)save_seeded("ckpt", "tiny-deepseek", dtype::bf16);
   std::ifstream in(sub("ckpt/config.json"));
   json cfg = json::parse(in);
-  cfg["quantization_config"] = {{"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
+  cfg["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}};
   std::ofstream(sub("ckpt/config.json"), std::ios::trunc) << cfg.dump();
   auto w = load_checkpoint(sub("ckpt"), dtype::bf16);
   ASSERT_FALSE(w.has_value());
   EXPECT_EQ(w.error().code(), errc::invalid_argument);
-  EXPECT_THAT(w.error().message(), HasSubstr("not supported yet"));
+  EXPECT_THAT(w.error().message(),
+              HasSubstr("quantization_config.quant_method \"gptq\" is not supported"));
+  // Block-scaled FP8 over weights stored unquantized loads (nothing to dequantize).
+  cfg["quantization_config"] = {{"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
+  std::ofstream(sub("ckpt/config.json"), std::ios::trunc) << cfg.dump();
+  EXPECT_TRUE(load_checkpoint(sub("ckpt"), dtype::bf16).has_value());
 }
 
 TEST_F(CheckpointTest, Fp8WeightTypeIsRefused) {
@@ -596,6 +584,73 @@ TEST_F(CheckpointTest, SavedConfigIsHfStyle) {
   for (const auto& e : fs::directory_iterator(sub("ckpt")))
     files.insert(e.path().filename().string());
   EXPECT_EQ(files, (std::set<std::string>{"config.json", "model.safetensors"}));
+}
+
+// Block-scaled FP8 as HF writes it (quantization_config fp8, weight_block_size): o_proj [64, 128]
+// in e4m3 with scales over 32 x 32 blocks. A NaN code, missing scales and a scale grid of the
+// wrong shape are refused naming the tensor; good scales dequantize element by element.
+class Fp8Checkpoint : public CheckpointTest {
+ protected:
+  static constexpr const char* name = "model.layers.0.self_attn.o_proj.weight";
+  void write(std::vector<std::uint8_t>& codes, std::vector<float>* scales,
+             std::vector<std::int64_t> scale_shape = {2, 4}) {
+    (void)save_seeded("ckpt", "tiny-llama", dtype::f32);
+    std::ifstream in(sub("ckpt/config.json"));
+    json cfg = json::parse(in);
+    cfg["quantization_config"] = {
+        {"quant_method", "fp8"}, {"fmt", "e4m3"}, {"weight_block_size", {32, 32}}};
+    std::ofstream(sub("ckpt/config.json"), std::ios::trunc) << cfg.dump();
+    rewrite_tensors(sub("ckpt"), [&](std::vector<safetensors_tensor>& ts, auto&) {
+      for (safetensors_tensor& t : ts) {
+        if (t.name == name) {
+          t.type = dtype::fp8_e4m3;
+          t.data = codes.data();
+        }
+      }
+      if (scales != nullptr) {
+        ts.push_back({std::string(name) + "_scale_inv", dtype::f32, scale_shape, scales->data()});
+      }
+    });
+  }
+};
+
+TEST_F(Fp8Checkpoint, DequantizesEveryElementWithItsBlocksScale) {
+  std::vector<std::uint8_t> codes(64 * 128, 0x38);  // 1.0
+  codes[33 * 128 + 70] = 0x40;                      // 2.0, in block row 1, block column 2
+  std::vector<float> scales(8);
+  for (std::size_t b = 0; b < scales.size(); ++b) scales[b] = 0.5f + static_cast<float>(b);
+  write(codes, &scales);
+  auto w = load_checkpoint(sub("ckpt"), dtype::f32);
+  ASSERT_TRUE(w.has_value()) << w.error().to_string();
+  const auto* o = static_cast<const float*>(w->layers[0].o_proj.data());
+  for (std::int64_t i = 0; i < 64; ++i) {
+    for (std::int64_t j = 0; j < 128; ++j) {
+      const float code = i == 33 && j == 70 ? 2.0f : 1.0f;
+      ASSERT_EQ(o[i * 128 + j], code * scales[static_cast<std::size_t>(i / 32 * 4 + j / 32)])
+          << i << "," << j;
+    }
+  }
+}
+
+TEST_F(Fp8Checkpoint, NanCodeMissingScalesAndWrongScaleGridAreRefused) {
+  std::vector<std::uint8_t> codes(64 * 128, 0x38);
+  codes[4100] = 0xff;  // S.1111.111: E4M3FN's only NaN (0x7e, 448, is finite)
+  codes[4099] = 0x7e;
+  std::vector<float> scales(8, 1.0f);
+  write(codes, &scales);
+  expect_load_refused(sub("ckpt"), dtype::f32,
+                      "model.layers.0.self_attn.o_proj.weight: element 4100 is NaN (F8_E4M3 code "
+                      "0xff");
+  codes[4100] = 0x38;
+  write(codes, nullptr);
+  auto w = load_checkpoint(sub("ckpt"), dtype::f32);
+  ASSERT_FALSE(w.has_value());
+  EXPECT_EQ(w.error().code(), errc::not_found);
+  EXPECT_THAT(w.error().message(), HasSubstr("its scales "
+                                             "'model.layers.0.self_attn.o_proj.weight_scale_inv' "
+                                             "are missing"));
+  write(codes, &scales, {4, 2});
+  expect_load_refused(sub("ckpt"), dtype::f32, "has shape [4, 2], expected [2, 4]");
 }
 
 }  // namespace

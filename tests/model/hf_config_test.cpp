@@ -327,13 +327,29 @@ TEST(HfConfigTest, RefusesUnsupportedRopeScaling) {
   expect_refused(j, {"truncate=false"});
 }
 
-TEST(HfConfigTest, RefusesQuantizationConfig) {
+TEST(HfConfigTest, AcceptsBlockScaledFp8AndRefusesOtherQuantizations) {
   json j = minimal_deepseek();
   j["quantization_config"] = {{"quant_method", "fp8"},
                               {"fmt", "e4m3"},
                               {"activation_scheme", "dynamic"},
-                              {"weight_block_size", {128, 128}}};
-  expect_refused(j, {"quantization_config", "fp8", "not supported yet"});
+                              {"weight_block_size", {128, 64}}};
+  ASSERT_TRUE(parse(j).has_value()) << parse(j).error().to_string();
+  auto q = parse_hf_quantization(j.dump(), "cfg");
+  ASSERT_TRUE(q.has_value() && q->has_value());
+  EXPECT_EQ((*q)->block_rows, 128);
+  EXPECT_EQ((*q)->block_cols, 64);
+  auto none = parse_hf_quantization(minimal_deepseek().dump(), "cfg");
+  ASSERT_TRUE(none.has_value());
+  EXPECT_FALSE(none->has_value());
+  j["quantization_config"]["fmt"] = "e5m2";
+  expect_refused(j, {"quantization_config.fmt \"e5m2\" is not supported"});
+  j["quantization_config"]["fmt"] = "e4m3";
+  j["quantization_config"]["weight_block_size"] = {0, 128};
+  expect_refused(j, {"quantization_config.weight_block_size[0] = 0"});
+  j["quantization_config"].erase("weight_block_size");
+  expect_refused(j, {"quantization_config.weight_block_size must be [rows, cols]"});
+  j["quantization_config"] = {{"quant_method", "awq"}};
+  expect_refused(j, {"quantization_config.quant_method \"awq\" is not supported"});
 }
 
 TEST(HfConfigTest, RefusesBiasesActivationsAndUnknownTypes) {

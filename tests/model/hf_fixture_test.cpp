@@ -47,7 +47,9 @@ TEST_P(HfFixture, GreedyTokensAndLogitsMatchExpected) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Checkpoints, HfFixture, ::testing::Values("llama-bf16", "deepseek-v3-f32"),
+INSTANTIATE_TEST_SUITE_P(Checkpoints, HfFixture,
+                         ::testing::Values("llama-bf16", "deepseek-v3-f32", "llama-fp8",
+                                           "deepseek-v3-fp8"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) {

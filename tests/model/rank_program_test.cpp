@@ -4,8 +4,8 @@
 // decode, with short contexts (KVP members without KV), batches of sequences of different lengths,
 // bf16 KV, HOP-B on and off (bit-identical) and sharded sampling (the same tokens as sampling the
 // full logits).
-#include "model/decoder.hpp"
 #include "model/rank_program.hpp"
+#include "model/decoder.hpp"
 
 #include <algorithm>
 #include <cctype>

@@ -303,8 +303,8 @@ recovery_outcome expect_recovers_exactly(const recovery_case& c) {
       on_ranks(after->num_ranks + donors, [&](transport::fabric& fab, std::int64_t r) -> status {
         std::unique_ptr<transport::communicator> handoff;
         if (donors > 0) {
-      HELIX_ASSIGN_OR_RETURN(handoff, fab.make_world(static_cast<int>(r)));
-    }
+          HELIX_ASSIGN_OR_RETURN(handoff, fab.make_world(static_cast<int>(r)));
+        }
         if (r >= after->num_ranks) {  // a donor: its blocks to their new owners, then it is done
           const std::int64_t j = r - after->num_ranks;
           return donate_kv(*donor_kv[sz_of(j)], *handoff, *after, j, restored);

@@ -467,8 +467,8 @@ TEST_F(SafetensorsTest, Fp8OpensButCannotBeRead) {
   status s = f->read_into("model.layers.0.mlp.down_proj.weight", t);
   EXPECT_EQ(s.code(), errc::invalid_argument);
   EXPECT_THAT(s.message(),
-              HasSubstr("tensor model.layers.0.mlp.down_proj.weight has dtype F8_E4M3; FP8 "
-                        "block-scaled checkpoints are not supported yet"));
+              HasSubstr("tensor model.layers.0.mlp.down_proj.weight has dtype F8_E4M3, which "
+                        "needs its block scales"));
   tensor t1(dtype::f32, {1});
   s = f->read_into("pos", t1);
   EXPECT_EQ(s.code(), errc::invalid_argument);
