@@ -404,6 +404,33 @@ TEST(RankRecovery, MlaMoeRebuildsExactly) {
   EXPECT_GT(o.kept_blocks, 0);
 }
 
+// Donor d's holder of TPA column c must be handoff rank N + d * TPA + c: a donor whose KV holds
+// another column than its handoff index says refuses, naming both columns, rather than leave the
+// new owners waiting for pages it would never send (the agreement then fails every rank, as for
+// missing blocks above). The donor's own check, on a handoff group of one.
+TEST(RankRecovery, ADonorHoldingAnotherColumnRefuses) {
+  auto before = layout::parse("helix:kvp=2,tpa=2");
+  auto after = layout::parse("helix:kvp=1,tpa=2");
+  ASSERT_TRUE(before.has_value() && after.has_value());
+  std::int64_t rank = 0;  // a member of column 1
+  while (before->attention_coords(rank).tpa_idx != 1) ++rank;
+  auto store = kv_store::create(
+      {.num_kv_heads = 1, .key_dim = 4, .value_dim = 4, .block_tokens = 4, .type = dtype::f32}, 2,
+      4);
+  ASSERT_TRUE(store.has_value()) << store.error().to_string();
+  carried_kv kv{*before, rank, std::move(*store), {}};
+  auto fab = transport::make_local_fabric({1, std::chrono::milliseconds(5000)});
+  ASSERT_TRUE(fab.has_value());
+  auto handoff = (*fab)->make_world(0);
+  ASSERT_TRUE(handoff.has_value());
+  // Donor 0 of the new layout: its column-1 holder is donor index 0 * 2 + 1 = 1; index 0 is
+  // column 0's, which this member does not hold.
+  const status wrong = donate_kv(kv, **handoff, *after, 0, {});
+  EXPECT_EQ(wrong.code(), errc::failed_precondition) << wrong.to_string();
+  EXPECT_NE(wrong.message().find("it holds column 1, not 0"), std::string::npos) << wrong.message();
+  EXPECT_TRUE(donate_kv(kv, **handoff, *after, 1, {}).ok());
+}
+
 TEST(RankRecovery, ASurvivorWithoutItsKvFailsTheRestoreEverywhere) {
   expect_recovers_exactly({"tiny-llama", "helix:kvp=4,tpa=1", "helix:kvp=4,tpa=1", 2, true});
 }
