@@ -232,6 +232,32 @@ TEST(Processes, WorkerThatCannotReachItsEngineSaysSo) {
   EXPECT_NE(out.find("cannot reach the engine at 127.0.0.1:1"), std::string::npos) << out;
 }
 
+// --rejoin: an engine that cannot be reached is tried again every second until --timeout-ms,
+// then the worker gives up with the same error: bounded, never a hang.
+TEST(Processes, RejoiningWorkerRetriesUntilItsTimeoutThenSaysSo) {
+  const std::string cmd = std::string(HELIX_CLI) +
+                          " --log-level info worker --join 127.0.0.1:1 --rejoin --timeout-ms 2500 "
+                          "--name retrying 2>&1";
+  const auto t0 = std::chrono::steady_clock::now();
+  FILE* p = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[512] = {};
+  std::string out;
+  while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  const int rc = ::pclose(p);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(WEXITSTATUS(rc), 1) << out;
+  EXPECT_NE(out.find("cannot reach the engine at 127.0.0.1:1"), std::string::npos) << out;
+  std::size_t retries = 0;
+  for (std::size_t at = out.find("trying again in 1 s"); at != std::string::npos;
+       at = out.find("trying again in 1 s", at + 1)) {
+    ++retries;
+  }
+  EXPECT_GE(retries, 2u) << out;
+  EXPECT_GE(s, 2.0);
+  EXPECT_LT(s, 15.0);
+}
+
 // `helix run`'s output digest is the same whether the workers are threads or processes.
 TEST(Processes, AgentWorkloadDigestEqualsThreads) {
   apps::workload_options o;
