@@ -167,9 +167,13 @@ TEST(GemmCpu, BatchInvariantBitIdentical) {
             << "row " << r << " of an m=" << m << " batch differs from the row alone, dtype "
             << dtype_name(t) << " k " << k;
       }
-      // Any sub-batch too (rows 2..6 as an m=5 batch).
-      const std::vector<float> sub = run_gemm(x.data() + 2 * k, 5, w, t, n, k, nullptr);
-      EXPECT_EQ(std::memcmp(sub.data(), batch.data() + 2 * n, sizeof(float) * 5 * n), 0);
+      // Any sub-batch too (rows 2..6 as an m=5 batch; 2 and 3 rows, which walk one weight row at
+      // a time, and 4).
+      for (const std::int64_t rows : {2, 3, 4, 5}) {
+        const std::vector<float> sub = run_gemm(x.data() + 2 * k, rows, w, t, n, k, nullptr);
+        EXPECT_EQ(std::memcmp(sub.data(), batch.data() + 2 * n, sizeof(float) * rows * n), 0)
+            << rows << " rows, dtype " << dtype_name(t) << " k " << k;
+      }
     }
   }
 }
