@@ -29,6 +29,9 @@ namespace tr = helix::transport;
 
 constexpr const char* bench_usage =
     "usage: helix bench transport [options]\n"
+    "  all_to_all (send and receive buffers) and all_to_all_in_place (one buffer from\n"
+    "  fabric::allocate; on one host the pairs swap their slices in shared memory) and\n"
+    "  all_reduce, 2 ranks, against memcpy on 2 threads.\n"
     "  --iterations N   timed iterations per decode-sized case (default 200; --quick 20)\n"
     "  --quick          20 iterations and 16 MiB as the only large size\n"
     "  --backends LIST  any of local,memcpy,ucx-shm,ucx-shm-no-mm-eh,ucx-tcp,ucx-shm-no-one-copy\n"
