@@ -355,7 +355,8 @@ class ucx_fabric_impl final : public ucx_fabric {
   expected<std::byte*> map_peer_slice(int global_peer, const swap_desc& d);
   void on_region_freed(const held_msg& m);
   void announce_region_freed(std::uint64_t serial);  // progress thread
-  // Phase 1 of an in-place all_to_all (see the protocol paragraph).
+  // Phase 1 of an in-place all_to_all (see the protocol paragraph). Advances `s` itself, which may
+  // be gone when it returns.
   void start_swap_phase(group& g, coll_slot& s);
 
   // Swaps up to a round's budget; true while jobs remain.

@@ -430,7 +430,8 @@ void ucx_fabric_impl::advance(group& g, coll_slot& s) {
     } else if (s.op->args.kind == op_kind::all_reduce && n > 1) {
       start_phase1(g, s);
     } else if (s.op->args.kind == op_kind::all_to_all && s.op->args.in_place && n > 1) {
-      start_swap_phase(g, s);
+      start_swap_phase(g, s);  // advances the slot itself: it may be gone now
+      return;
     } else {
       s.decided = true;
     }

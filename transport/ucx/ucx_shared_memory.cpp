@@ -235,7 +235,7 @@ void ucx_fabric_impl::start_swap_phase(group& g, coll_slot& s) {
                           opts_.rank, g.members[j], d.bytes, slice);
     }
     if (!theirs.has_value()) {
-      fail_slot_everywhere(g, s, theirs.error());
+      fail_slot_everywhere(g, s, theirs.error());  // advances `s`, which may be gone after it
       return;
     }
     // The lower rank swaps the first half (a whole number of cache lines), the other the rest.
@@ -255,6 +255,7 @@ void ucx_fabric_impl::start_swap_phase(group& g, coll_slot& s) {
   std::vector<held_msg> held;
   held.swap(s.held);
   for (auto& m : held) consume(g, s, std::move(m));
+  advance(g, s);
 }
 
 bool ucx_fabric_impl::run_swaps() {
