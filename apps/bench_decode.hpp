@@ -42,8 +42,8 @@
 // column, its share of o_proj, FFN and LM head, `batch` embedding rows, the small replicated
 // tensors); bytes_read_per_step sums weights and KV over all workers. stream_read_bytes_per_s
 // is an integer sum over a 512 MiB buffer (apps/measure.hpp) on min(workers x threads per
-// worker, hardware threads) threads, the median of 5 reads taken right after the case in the
-// same run; fraction_of_limit = bytes_read_per_step / step time / that rate, how close a step
+// worker, hardware threads) threads, the better of the medians of 5 reads with 512-bit and 5 with
+// 256-bit loads, taken right after the case in the same run; fraction_of_limit = bytes_read_per_step / step time / that rate, how close a step
 // comes to the memory system's limit. speedup_vs_tp is tp's step_ms / this
 // step_ms with the same hopb setting (null when no tp case with that setting ran). fill_s is the
 // time from the first submit to the timed request's first token (synthetic fill and prompt).

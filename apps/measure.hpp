@@ -9,6 +9,7 @@
 
 #include "core/tensor.hpp"  // physical_memory_bytes
 #include "core/thread_pool.hpp"
+#include "kernels/cpu/simd.hpp"
 
 namespace helix::apps {
 
@@ -28,5 +29,9 @@ inline double median(std::vector<double> v) {
 /// vector loads this CPU has: the best case for the memory system. Returns the sum (use it, so
 /// the read is not optimised away).
 [[nodiscard]] std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool);
+/// The same with vector loads no wider than `isa`'s (on some CPUs 256-bit loads stream faster
+/// than 512-bit ones: a baseline that claims to be the limit takes the better of the two).
+[[nodiscard]] std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool,
+                                        kernels::simd::isa isa);
 
 }  // namespace helix::apps

@@ -48,9 +48,9 @@ HELIX_SIMD_AVX2 std::uint64_t sum_avx2(const std::byte* p, std::size_t n) {
 }
 #endif
 
-std::uint64_t sum_bytes(const std::byte* p, std::size_t n) {
+std::uint64_t sum_bytes(const std::byte* p, std::size_t n, kernels::simd::isa isa) {
 #if HELIX_SIMD_X86
-  switch (kernels::simd::cpu_isa()) {
+  switch (std::min(isa, kernels::simd::cpu_isa())) {
     case kernels::simd::isa::avx512:
       return sum_avx512(p, n);
     case kernels::simd::isa::avx2:
@@ -71,6 +71,11 @@ std::uint64_t sum_bytes(const std::byte* p, std::size_t n) {
 }  // namespace
 
 std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool) {
+  return stream_read(data, bytes, pool, kernels::simd::cpu_isa());
+}
+
+std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool,
+                          kernels::simd::isa isa) {
   const auto* p = static_cast<const std::byte*>(data);
   const auto n = static_cast<std::size_t>(pool.num_threads());
   const std::size_t slice = (bytes / n + 255) / 256 * 256;
@@ -78,7 +83,7 @@ std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool
   pool.parallel_for(static_cast<std::int64_t>(n), [&](std::int64_t t) {
     const std::size_t begin = std::min(bytes, static_cast<std::size_t>(t) * slice);
     const std::size_t end = std::min(bytes, begin + slice);
-    sums[static_cast<std::size_t>(t)] = sum_bytes(p + begin, end - begin);
+    sums[static_cast<std::size_t>(t)] = sum_bytes(p + begin, end - begin, isa);
   });
   std::uint64_t s = 0;
   for (std::uint64_t x : sums) s += x;
