@@ -215,18 +215,23 @@ expected<case_result> run_case(const model_spec& spec, const kv_cache& cache, in
   p.workspace_bytes = workspace.bytes();
 
   std::vector<double> kernel_s;
-  std::vector<double> stream_s;
+  std::vector<double> stream_s;   // 512-bit loads
+  std::vector<double> stream2_s;  // 256-bit loads (faster on some CPUs: the better one counts)
   volatile std::uint64_t sink = 0;
   for (std::int64_t r = 0; r <= repeats; ++r) {
     auto t0 = std::chrono::steady_clock::now();
     HELIX_RETURN_IF_ERROR(kernels::attention_partial(p, ctx));
     const double tk = seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
-    sink = sink + stream_read(cache.pool, cache.kv_bytes, pool);
+    sink = sink + stream_read(cache.pool, cache.kv_bytes, pool, kernels::simd::isa::avx512);
     const double ts = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    sink = sink + stream_read(cache.pool, cache.kv_bytes, pool, kernels::simd::isa::avx2);
+    const double ts2 = seconds_since(t0);
     if (r == 0) continue;  // warm-up: page faults, caches, thread start
     kernel_s.push_back(tk);
     stream_s.push_back(ts);
+    stream2_s.push_back(ts2);
   }
   for (float x : lse) {
     if (!std::isfinite(x)) return internal_error("attention returned a non-finite lse {}", x);
@@ -238,7 +243,7 @@ expected<case_result> run_case(const model_spec& spec, const kv_cache& cache, in
   res.context = cache.context;
   res.kv_bytes = cache.kv_bytes;
   res.kernel_s = median(kernel_s);
-  res.stream_s = median(stream_s);
+  res.stream_s = std::min(median(stream_s), median(stream2_s));
   return res;
 }
 
