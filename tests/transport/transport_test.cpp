@@ -569,6 +569,12 @@ TEST_P(Transport, AbortWakesBlockedRanks) {
     EXPECT_EQ(fab.abort_status().code(), errc::unavailable);
     EXPECT_EQ(fab.make_world(rank).error().code(), errc::unavailable);  // no new groups
     finished->fetch_add(1);
+    // Stay alive until every blocked rank woke: a rank process that exits first is a dead peer
+    // to those still waiting, which could see its exit before the abort notice.
+    const auto until = std::chrono::steady_clock::now() + 20s;
+    while (finished->load() < num_ranks - 1 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(1ms);
+    }
   });
 }
 
