@@ -57,6 +57,8 @@ class fabric_buffer {
   /// The buffer as `count` elements of T (count * sizeof(T) <= size()).
   template <class T>
   [[nodiscard]] std::span<T> as(std::size_t count) const {
+    HELIX_CHECK(count <= bytes_ / sizeof(T), "fabric_buffer of {} bytes holds fewer than {} x {}",
+                bytes_, count, sizeof(T));
     return {reinterpret_cast<T*>(data_), count};
   }
   void reset() {

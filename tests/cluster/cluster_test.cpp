@@ -235,18 +235,13 @@ TEST(Processes, WorkerThatCannotReachItsEngineSaysSo) {
 // --rejoin: an engine that cannot be reached is tried again every second until --timeout-ms,
 // then the worker gives up with the same error: bounded, never a hang.
 TEST(Processes, RejoiningWorkerRetriesUntilItsTimeoutThenSaysSo) {
-  const std::string cmd = std::string(HELIX_CLI) +
-                          " --log-level info worker --join 127.0.0.1:1 --rejoin --timeout-ms 2500 "
-                          "--name retrying 2>&1";
   const auto t0 = std::chrono::steady_clock::now();
-  FILE* p = ::popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char buf[512] = {};
-  std::string out;
-  while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
-  const int rc = ::pclose(p);
+  int rc = -1;
+  const std::string out = test_support::run_cli(
+      HELIX_CLI,
+      "--log-level info worker --join 127.0.0.1:1 --rejoin --timeout-ms 2500 --name retrying", rc);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_EQ(WEXITSTATUS(rc), 1) << out;
+  EXPECT_EQ(rc, 1) << out;
   EXPECT_NE(out.find("cannot reach the engine at 127.0.0.1:1"), std::string::npos) << out;
   std::size_t retries = 0;
   for (std::size_t at = out.find("trying again in 1 s"); at != std::string::npos;
@@ -286,8 +281,8 @@ TEST(Processes, AgentWorkloadDigestEqualsThreads) {
 }
 
 // The HF checkpoints written outside the project (two of them block-scaled FP8), served by 2
-// worker processes that each
-// load the checkpoint themselves, reproduce their recorded greedy tokens.
+// worker processes that each load the checkpoint themselves, reproduce their recorded greedy
+// tokens.
 TEST(Processes, HfFixturesServedByTwoProcessesReproduceTheirTokens) {
   for (const std::string name : {"llama-bf16", "deepseek-v3-f32", "llama-fp8", "deepseek-v3-fp8"}) {
     const std::string dir = std::string(HELIX_FIXTURES_DIR) + "/hf-tiny/" + name;

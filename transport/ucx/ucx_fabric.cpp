@@ -135,12 +135,7 @@ ucs_log_func_rc_t log_to_spdlog(const char* file, unsigned line, const char* /*f
 }
 
 status ucx_fabric_impl::start() {
-  {
-    std::lock_guard lk(regions_->mu);
-    regions_->announce = [this](std::uint64_t serial) {
-      enqueue([this, serial] { announce_region_freed(serial); });
-    };
-  }
+  open_regions();
   static std::once_flag log_once;
   std::call_once(log_once, [] { ucs_log_push_handler(&log_to_spdlog); });
   ucp_config_t* config = nullptr;
@@ -241,10 +236,7 @@ status ucx_fabric_impl::start() {
 }
 
 ucx_fabric_impl::~ucx_fabric_impl() {
-  {
-    std::lock_guard lk(regions_->mu);
-    regions_->announce = nullptr;  // buffers freed from now on only unmap
-  }
+  close_regions();
   if (thread_.joinable()) {
     {
       std::lock_guard lk(mu_);

@@ -355,6 +355,10 @@ class ucx_fabric_impl final : public ucx_fabric {
   expected<std::byte*> map_peer_slice(int global_peer, const swap_desc& d);
   void on_region_freed(const held_msg& m);
   void announce_region_freed(std::uint64_t serial);  // progress thread
+  // Fabric buffers freed while this fabric lives are announced to the peers (start); from the
+  // destructor on they are only unmapped.
+  void open_regions();
+  void close_regions();
   // Phase 1 of an in-place all_to_all (see the protocol paragraph). Advances `s` itself, which may
   // be gone when it returns.
   void start_swap_phase(group& g, coll_slot& s);

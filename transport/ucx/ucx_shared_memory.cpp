@@ -124,6 +124,18 @@ std::optional<swap_desc> ucx_fabric_impl::region_of(const void* data, std::size_
   return std::nullopt;
 }
 
+void ucx_fabric_impl::open_regions() {
+  std::lock_guard lk(regions_->mu);
+  regions_->announce = [this](std::uint64_t serial) {
+    enqueue([this, serial] { announce_region_freed(serial); });
+  };
+}
+
+void ucx_fabric_impl::close_regions() {
+  std::lock_guard lk(regions_->mu);
+  regions_->announce = nullptr;  // buffers freed from now on only unmap
+}
+
 void ucx_fabric_impl::announce_region_freed(std::uint64_t serial) {
   for (int r = 0; r < opts_.world_size; ++r) {
     const auto ur = static_cast<std::size_t>(r);
