@@ -573,7 +573,10 @@ void ucx_fabric_impl::progress_loop() {
     abandon_stuck();
     if (stopping) break;
     // A round of one-copy reads; while any remain the loop does not sleep (copying is work).
-    const bool pulling = run_pulls() | run_swaps();
+    // Both run every round (no short circuit).
+    const bool pulled = run_pulls();
+    const bool swapped = run_swaps();
+    const bool pulling = pulled || swapped;
     {
       std::lock_guard lk(mu_);
       if (!commands_.empty() || stop_) continue;
