@@ -11,8 +11,10 @@
 //     whose other holders keep serving cannot donate and its blocks are rebuilt instead. A leave
 //     after which the running requests would not fit is refused, or waits with admission paused
 //     (engine_config::elastic_leave).
-// A change that needs another TPA size (the tp family) replays the running requests. Each
-// change is an epoch in engine_stats::epochs, with the KV it moved and the pause it caused.
+// A change that needs another TPA size (the tp family always does) re-slices the KV by head: every
+// block's heads move from the old holders to the new columns that hold them (model/kv_reslice.hpp;
+// every old member that leaves the layout sends its heads as a donor). Each change is an epoch in
+// engine_stats::epochs, with the KV it moved and the pause it caused.
 // The policy (consider_growth) queues joins of members that joined on their own (a listening
 // source's late joins) when the cost model predicts a faster step for the load.
 #include <algorithm>
@@ -30,7 +32,7 @@ void answer(planned_change& c, const status& st) {
 
 // A join's layout: the largest member count up to `members`, above the current one, with a valid
 // layout of the family that keeps the TPA size (every old member keeps its blocks); else one
-// that changes it (the running requests replay); `current` when no larger count is valid.
+// that changes it (the KV is re-sliced by head); `current` when no larger count is valid.
 layout layout_for_growth(const layout& current, std::int64_t members, const model_spec& spec) {
   for (const bool same_tpa : {true, false}) {
     for (std::int64_t m = members; m > current.num_ranks; --m) {
@@ -65,11 +67,14 @@ void finish_change(self_ptr self) {
   e.layout_after = s.setup.grid.to_string();
   e.blocks_moved = s.change_kv.blocks_moved;
   e.blocks_rebuilt = s.change_kv.blocks_rebuilt;
-  e.kv_bytes_moved = s.setup.block_bytes ? e.blocks_moved * s.setup.block_bytes(s.setup.grid) : 0;
+  e.kv_bytes_moved = kv_bytes_moved(s, e.blocks_moved);
   e.pause_ms = ms_between(s.change_started, std::chrono::steady_clock::now());
   if (s.change_kv.mode == "full_replay") {
     e.note += fmt::format("{}the running requests replay ({} tokens)", e.note.empty() ? "" : "; ",
                           s.change_kv.tokens_replayed);
+  } else if (const auto old = layout::parse(s.reslice_from); old) {
+    e.note += fmt::format("{}KV re-sliced by head (TPA {} -> {})", e.note.empty() ? "" : "; ",
+                          old->tpa, s.setup.grid.tpa);
   }
   logger()->info("engine: {} done: {} -> {}, {} KV blocks moved ({} bytes), paused {:.1f} ms{}{}",
                  e.reason, e.layout_before, e.layout_after, e.blocks_moved, e.kv_bytes_moved,

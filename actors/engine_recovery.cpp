@@ -16,6 +16,7 @@
 #include "actors/engine_state.hpp"
 #include "core/checked_math.hpp"
 #include "core/log.hpp"
+#include "model/kv_reslice.hpp"
 #include "planner/recovery_plan.hpp"
 
 namespace helix::actors::engine_impl {
@@ -54,7 +55,7 @@ expected<layout> layout_for_members(const layout& current, std::int64_t members,
 std::vector<std::int64_t> donor_ranks(const layout& before, const layout& after,
                                       const std::vector<std::int64_t>& standby) {
   std::vector<std::int64_t> out;
-  if (before.family == layout_family::tp || before.tpa != after.tpa) return out;
+  if (before.tpa != after.tpa) return standby;  // a re-slice: every holder sends its heads
   const auto idle = [&](std::int64_t r) {
     return std::find(standby.begin(), standby.end(), r) != standby.end();
   };
@@ -72,7 +73,36 @@ recovery_stats& kv_record(engine_state& s) {
   return s.changing ? s.change_kv : s.stats.recoveries.back();
 }
 
+std::int64_t kv_bytes_moved(const engine_state& s, std::int64_t blocks_moved) {
+  const std::int64_t whole = blocks_moved - s.reslice_blocks;  // whole blocks (migrations)
+  return s.reslice_bytes + (s.setup.block_bytes ? whole * s.setup.block_bytes(s.setup.grid) : 0);
+}
+
 namespace {
+
+// The bytes a re-slice's head pieces carry from one member to another (a member's pieces for
+// itself are copies): what the workers will plan from the same restore.
+std::int64_t resliced_bytes(const engine_state& s, const std::vector<restore_seq>& seqs) {
+  const auto before = layout::parse(s.reslice_from);
+  if (!before) return 0;
+  std::vector<model::restored_sequence> restored;
+  for (const restore_seq& r : seqs) {
+    restored.push_back({r.seq, r.num_tokens, r.owner_kvp, r.kept_kvp, r.synthetic_tokens,
+                        r.synthetic_seed, r.donor});
+  }
+  const auto pieces = model::reslice::plan(s.setup.spec, s.setup.grid,
+                                           model::kv_reslice{*before, s.reslice_holders}, restored);
+  if (!pieces) return 0;
+  const model_spec& m = s.setup.spec;
+  const std::int64_t per_head = s.setup.config.block_tokens * m.num_layers *
+                                (m.is_mla() ? m.kv_key_dim() : 2 * m.head_dim) *
+                                static_cast<std::int64_t>(dtype_bytes(s.setup.config.kv_type));
+  std::int64_t bytes = 0;
+  for (const model::reslice::piece& p : *pieces) {
+    if (p.src != p.dst) bytes += p.heads * per_head;
+  }
+  return bytes;
+}
 
 // What the running relayout is, for the log.
 std::string relayout_name(const engine_state& s) {
@@ -95,7 +125,11 @@ void send_restore(self_ptr self, std::vector<restore_seq> seqs, std::uint64_t ne
   const bool handoff = !s.donors.empty() && !seqs.empty();
   if (!handoff) stop_donors(self);
   ++s.epoch;
-  restore_msg m{s.epoch, s.next_op++, std::move(seqs), next_seq, handoff};
+  restore_msg m{s.epoch, s.next_op++, std::move(seqs), next_seq, handoff, {}, {}};
+  if (!m.seqs.empty()) {
+    m.reslice_from = s.reslice_from;
+    m.reslice_holders = s.reslice_holders;
+  }
   s.restore_op = m.op_id;
   s.restore_has_seqs = !m.seqs.empty();
   for (const caf::actor& w : s.workers) self->send(w, m);
@@ -114,6 +148,10 @@ void replay_everything(self_ptr self, const std::string& reason) {
   rec.blocks_kept = 0;
   rec.blocks_moved = 0;
   rec.blocks_rebuilt = 0;
+  s.reslice_from.clear();  // nothing moves: the restore frees what the workers carried
+  s.reslice_holders.clear();
+  s.reslice_bytes = 0;
+  s.reslice_blocks = 0;
   if (s.setup.config.recovery == "lost_blocks") {
     logger()->warn("engine: full replay instead of rebuilding lost blocks: {}", reason);
   }
@@ -222,10 +260,11 @@ void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int6
         static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
         bt, s.setup.grid.kvp);
     r.rebuilding = !r.lost_runs.empty();
-    if (r.rebuilding ||
-        std::any_of(e.kept_kvp.begin(), e.kept_kvp.end(), [](std::int64_t k) { return k < 0; })) {
-      ++rec.requests_replayed;
+    bool rebuilt = false;  // some block neither kept nor moved (synthetic ones are refilled)
+    for (std::size_t b = 0; b < e.kept_kvp.size(); ++b) {
+      rebuilt = rebuilt || (e.kept_kvp[b] < 0 && (e.donor.empty() || e.donor[b] < 0));
     }
+    if (r.rebuilding || rebuilt) ++rec.requests_replayed;
     kept_seqs.push_back(std::move(e));
   }
   s.reserved_per_member = reserved;
@@ -234,6 +273,8 @@ void rebuild_lost_blocks(self_ptr self, std::vector<restore_seq> seqs, std::int6
         static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens, r.req.max_tokens,
         bt, s.setup.grid.kvp);
   }
+  s.reslice_bytes = s.reslice_from.empty() ? 0 : resliced_bytes(s, kept_seqs);
+  s.reslice_blocks = s.reslice_from.empty() ? 0 : rec.blocks_moved;
   s.planner = self->spawn(planner_actor_recovered, s.setup.grid, bt, c.rebalance_threshold,
                           c.rebalance_min_blocks, kept_seqs, step);
   send_restore(self, std::move(kept_seqs), s.next_seq);
@@ -411,14 +452,34 @@ void install_and_restore(self_ptr self, const layout& before, const layout& grid
   // every block lived.
   std::vector<std::int64_t> kept;
   std::vector<std::int64_t> donated(static_cast<std::size_t>(before.kvp), -1);
-  if (replay.empty()) {
+  // Another TPA size: every old member's blocks move, re-sliced by head, from whichever members
+  // hold them (survivors as their new ranks, donors after them). After a failure that works
+  // when every head still has a live holder (the tp family duplicates heads over more ranks
+  // than KV heads); else the workers refuse the restore and the requests replay.
+  const bool reslice = replay.empty() && before.tpa != grid.tpa;
+  s.reslice_from.clear();
+  s.reslice_holders.clear();
+  s.reslice_bytes = 0;
+  s.reslice_blocks = 0;
+  if (reslice) {
+    kept.assign(static_cast<std::size_t>(before.kvp), -1);
+    for (std::int64_t k = 0; k < before.kvp; ++k) donated[static_cast<std::size_t>(k)] = k;
+    s.reslice_from = before.to_string();
+    for (std::int64_t r = 0; r < before.num_ranks; ++r) {
+      const auto at = std::find(survivors.begin(), survivors.end(), r);
+      const auto gave = std::find(donors.begin(), donors.end(), r);
+      s.reslice_holders.push_back(at != survivors.end()  ? at - survivors.begin()
+                                  : gave != donors.end() ? grid.num_ranks + (gave - donors.begin())
+                                                         : -1);
+    }
+  } else if (replay.empty()) {
     if (auto k = planner::kept_members(before, grid, survivors)) kept = std::move(*k);
     for (std::size_t j = 0; j < donors.size(); j += static_cast<std::size_t>(before.tpa)) {
       const std::int64_t k = before.attention_coords(donors[j]).kvp_idx;
       donated[static_cast<std::size_t>(k)] = static_cast<std::int64_t>(j) / before.tpa;
     }
   }
-  if (std::none_of(kept.begin(), kept.end(), [](std::int64_t k) { return k >= 0; })) {
+  if (!reslice && std::none_of(kept.begin(), kept.end(), [](std::int64_t k) { return k >= 0; })) {
     self->send_exit(old_planner, caf::exit_reason::user_shutdown);
     replay_everything(
         self, !replay.empty() ? replay : "no KVP member kept its blocks under the new layout");
@@ -476,8 +537,7 @@ bool restore_answered(self_ptr self, const op_done_msg& m) {
       e.layout_after = rec.layout_after;
       e.blocks_moved = rec.blocks_moved;
       e.blocks_rebuilt = rec.blocks_rebuilt;
-      e.kv_bytes_moved =
-          s.setup.block_bytes ? rec.blocks_moved * s.setup.block_bytes(s.setup.grid) : 0;
+      e.kv_bytes_moved = kv_bytes_moved(s, rec.blocks_moved);
       e.pause_ms = ms_between(s.recovery_started, std::chrono::steady_clock::now());
       e.note = fmt::format("worker {} failed: {}; {}", rec.rank, rec.why, rec.mode);
       s.stats.epochs.push_back(std::move(e));

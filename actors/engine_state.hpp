@@ -112,6 +112,12 @@ struct engine_state {
   /// Members of the old layout left without a rank that hand their KV over in the restore
   /// (rank N + j); stopped once it is answered (they stand by then).
   std::vector<caf::actor> donors;
+  /// A planned change of TPA size re-slices the KV by head (restore_msg::reslice_from): the old
+  /// layout and, per old rank, its member in the restore's communicator. Empty: none.
+  std::string reslice_from;
+  std::vector<std::int64_t> reslice_holders;
+  std::int64_t reslice_bytes = 0;   // KV bytes its head pieces carry between members
+  std::int64_t reslice_blocks = 0;  // the blocks it moved (engine_stats counts blocks too)
 
   // Planned changes (engine_elastic.cpp): queued, then one at a time at a step boundary.
   std::deque<planned_change> changes;
@@ -175,11 +181,15 @@ expected<layout> layout_of(const layout& current, std::int64_t members, const mo
 /// smaller count helps.
 expected<layout> layout_for_members(const layout& current, std::int64_t members,
                                     const model_spec& spec, bool keep_tpa);
-/// The members of `before` that can hand their blocks over under `after` (same TPA size): each
+/// The members of `before` that can hand their blocks over under `after`. Same TPA size: each
 /// KVP member whose holders are all in `standby`, its holders in column order (donor d's holder
-/// in column c is donor d * TPA + c, model::restored_sequence::donor).
+/// in column c is donor d * TPA + c, model::restored_sequence::donor). Another TPA size: every
+/// member of `standby` (the KV is re-sliced by head, model::kv_reslice).
 std::vector<std::int64_t> donor_ranks(const layout& before, const layout& after,
                                       const std::vector<std::int64_t>& standby);
+/// KV bytes a relayout's `blocks_moved` blocks took over the data plane: a re-slice's head
+/// pieces between members, plus whole blocks (donations, migrations).
+std::int64_t kv_bytes_moved(const engine_state& s, std::int64_t blocks_moved);
 /// The new workers `fresh` (ranks of `grid`, then donors) replace the old ones: installed, and
 /// the KV restored (kept and donated blocks, lost ones rebuilt; a full replay when nothing can
 /// be kept, or `replay` names why none may be). `survivors[i]`: the old rank of new rank i.

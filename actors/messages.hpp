@@ -52,7 +52,8 @@ typename Inspector::result_type inspect(Inspector& f, restore_seq& x) {
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, restore_msg& x) {
-  return f(caf::meta::type_name("restore_msg"), x.epoch, x.op_id, x.seqs, x.next_seq, x.handoff);
+  return f(caf::meta::type_name("restore_msg"), x.epoch, x.op_id, x.seqs, x.next_seq, x.handoff,
+           x.reslice_from, x.reslice_holders);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, op_done_msg& x) {

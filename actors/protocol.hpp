@@ -128,6 +128,11 @@ struct restore_msg {
   /// Donors take part (members of the old layout left without a rank, which send their blocks):
   /// the ranks agree and receive over the handoff communicator, which the donors share.
   bool handoff = false;
+  /// Not empty: the change altered the TPA size and the KV is re-sliced by head
+  /// (model::kv_reslice): the layout the carried KV was written under, and per rank of it, its
+  /// member in the restore's communicator (the handoff when set, else the world), or -1.
+  std::string reslice_from;
+  std::vector<std::int64_t> reslice_holders;
 };
 
 /// Worker -> engine: an open, close, migrate or restore finished.

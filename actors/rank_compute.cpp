@@ -1,3 +1,6 @@
+// The worker computes: rank_compute over model::rank_program, donor_compute over carried KV.
+#include <optional>
+
 #include "actors/worker_compute.hpp"
 
 namespace helix::actors {
@@ -126,6 +129,13 @@ std::vector<model::restored_sequence> restored(const restore_msg& m) {
   return seqs;
 }
 
+// The re-slice a restore asks for (restore_msg::reslice_from), or nothing.
+expected<std::optional<model::kv_reslice>> reslice_of(const restore_msg& m) {
+  if (m.reslice_from.empty()) return std::optional<model::kv_reslice>{};
+  HELIX_ASSIGN_OR_RETURN(layout before, layout::parse(m.reslice_from));
+  return std::optional<model::kv_reslice>{model::kv_reslice{before, m.reslice_holders}};
+}
+
 }  // namespace
 
 status rank_compute::restore(const restore_msg& m) {
@@ -133,7 +143,9 @@ status rank_compute::restore(const restore_msg& m) {
     return failed_precondition("worker {}: a restore with donors, but no handoff communicator",
                                program_->rank());
   }
-  return program_->restore(restored(m), m.next_seq, m.handoff ? handoff_.get() : nullptr);
+  HELIX_ASSIGN_OR_RETURN(const auto reslice, reslice_of(m));
+  return program_->restore(restored(m), m.next_seq, m.handoff ? handoff_.get() : nullptr,
+                           reslice ? &*reslice : nullptr);
 }
 
 std::unique_ptr<model::carried_kv> rank_compute::release_kv() {
@@ -180,7 +192,9 @@ status donor_compute::restore(const restore_msg& m) {
   // the agreement fails the restore everywhere and the engine replays in full.
   model::carried_kv none;
   none.grid = after_;
-  const status st = model::donate_kv(kv_ ? *kv_ : none, *handoff_, after_, donor_idx, restored(m));
+  HELIX_ASSIGN_OR_RETURN(const auto reslice, reslice_of(m));
+  const status st = model::donate_kv(kv_ ? *kv_ : none, *handoff_, after_, donor_idx, restored(m),
+                                     reslice ? &*reslice : nullptr);
   kv_.reset();  // donated (or refused): the memory goes back now
   return st;
 }

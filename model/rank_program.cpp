@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/memory.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
@@ -121,26 +122,46 @@ expected<std::unique_ptr<rank_program>> rank_program::create(
       (options.kv_capacity_tokens + options.block_tokens - 1) / options.block_tokens;
   // A carried store is taken over when it holds the same heads in the same pages (the rank keeps
   // its TPA column) and as many slots; else it goes before the new one is allocated.
+  bool take_over = false;
   if (carried != nullptr) {
     const kv_page_layout& had = carried->store.layout();
+    const bool same_heads = had.key_dim == page.key_dim && had.value_dim == page.value_dim &&
+                            had.block_tokens == page.block_tokens && had.type == page.type &&
+                            had.value_in_key == page.value_in_key &&
+                            carried->store.num_layers() == s.num_layers;
     const bool same_pages =
-        had.num_kv_heads == page.num_kv_heads && had.key_dim == page.key_dim &&
-        had.value_dim == page.value_dim && had.block_tokens == page.block_tokens &&
-        had.type == page.type && had.value_in_key == page.value_in_key &&
-        carried->store.num_layers() == s.num_layers && carried->store.num_slots() == slots;
+        same_heads && had.num_kv_heads == page.num_kv_heads && carried->store.num_slots() == slots;
     const bool same_column = carried->grid.tpa == l.tpa && carried->rank >= 0 &&
                              carried->rank < carried->grid.num_ranks &&
                              carried->grid.attention_coords(carried->rank).tpa_idx == c.tpa_idx;
-    if (!same_pages || !same_column) carried.reset();
+    take_over = same_pages && same_column;
+    // Another TPA size: its heads are re-sliced into this program's pages by restore(), so the
+    // old store stays beside the new one until then (kv_reslice.hpp).
+    if (!take_over && (carried->grid.tpa == l.tpa || !same_heads)) carried.reset();
+  }
+  if (carried != nullptr && !take_over) {
+    // Both stores at once must fit with room to spare (the new one is zero-filled, so it is
+    // committed memory); else the old KV goes first and the restore refuses the re-slice.
+    const std::uint64_t need = static_cast<std::uint64_t>(page.page_bytes()) *
+                               static_cast<std::uint64_t>(slots) *
+                               static_cast<std::uint64_t>(s.num_layers);
+    if (available_memory().bytes < need + need / 4 + (std::uint64_t{256} << 20)) carried.reset();
   }
   kv_store kv;
-  if (carried != nullptr) {
+  if (take_over) {
     kv = std::move(carried->store);
   } else {
-    HELIX_ASSIGN_OR_RETURN(kv, kv_store::create(page, s.num_layers, slots));
+    auto fresh = kv_store::create(page, s.num_layers, slots);
+    if (!fresh && carried != nullptr) {  // no room for both: the old KV goes (restore refuses)
+      carried.reset();
+      fresh = kv_store::create(page, s.num_layers, slots);
+    }
+    if (!fresh) return fresh.error();
+    kv = std::move(fresh).value();
   }
   auto program = std::make_unique<rank_program>(passkey{}, std::move(w), std::move(world),
                                                 std::move(kvp_group), options, std::move(kv));
+  program->carried_store_ = carried != nullptr && !take_over;
   program->carried_ = std::move(carried);
   return program;
 }

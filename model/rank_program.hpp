@@ -92,6 +92,7 @@ struct carried_kv {
   std::int64_t rank = 0;  // the rank that held it
   kv_store store;
   std::unordered_map<std::uint64_t, block_table> tables;
+  model_spec spec;  // the model (which KV heads a column holds; a re-slice needs it)
 };
 
 /// One sequence as it is after a recovery (rank_program::restore), the same on every rank.
@@ -112,7 +113,19 @@ struct restored_sequence {
   /// N + d * TPA + c of the handoff communicator (N = the new layout's ranks) and sends that
   /// column's pages to the new owner's holder in the same column. The blocks move over the
   /// data plane, not rebuilt (their kept_kvp is -1).
+  /// With a re-slice (kv_reslice), the old KVP member instead: every old holder of the block
+  /// sends its heads to the new holders that need them.
   std::vector<std::int64_t> donor;
+};
+
+/// A restore after a planned change of TPA size (model/kv_reslice.hpp): KV heads move to the
+/// new columns that hold them (every block of every sequence, none rebuilt). Each member of the
+/// restore's communicator (the handoff, else the world) that carried KV of `before` sends the
+/// head runs it holds; donor[b] names the block's old KVP member.
+struct kv_reslice {
+  helix::layout before;  // the layout the carried KV was written under
+  /// Per rank of `before`: its member in the restore's communicator, or -1 (gone).
+  std::vector<std::int64_t> holders;
 };
 
 /// The donor's half of rank_program::restore: sends every block whose donor holder is
@@ -120,9 +133,11 @@ struct restored_sequence {
 /// `kv` (the KV this member carried) to its new owner over `handoff` (new ranks 0..N-1, donors
 /// from N on), one message per block and layer, after the same agreement as restore() (a block
 /// this donor does not hold fails the restore on every rank). `after` is the new layout.
+/// With `reslice`, the donor's part of a re-slice instead (its handoff rank is N + donor_idx).
 [[nodiscard]] status donate_kv(carried_kv& kv, transport::communicator& handoff,
                                const helix::layout& after, std::int64_t donor_idx,
-                               std::span<const restored_sequence> seqs);
+                               std::span<const restored_sequence> seqs,
+                               const kv_reslice* reslice = nullptr);
 
 /// What one step returns. Both parts are optional; the collectives each needs run only when it
 /// is asked for, and every rank must ask for the same parts.
@@ -172,8 +187,10 @@ class rank_program {
       rank_weights w, std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options);
   /// The same, keeping `carried` (a previous program's KV, release_kv()) until restore(): its
-  /// store is taken over when its page layout and slot count are this program's, else it is
-  /// dropped (restore() then finds nothing kept here). Null: as above.
+  /// store is taken over when its page layout and slot count are this program's; written under
+  /// another TPA size, it stays beside the new store as the source of a re-slice (dropped when
+  /// both do not fit); else it is dropped (restore() then finds nothing kept here). Null: as
+  /// above.
   [[nodiscard]] static expected<std::unique_ptr<rank_program>> create(
       rank_weights w, std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options,
@@ -249,8 +266,11 @@ class rank_program {
   /// `handoff`: the communicator over the new ranks and the donors (rank i is new rank i), used
   /// for the agreement and the donated blocks instead of the world when not null; needed when
   /// any block has a donor (invalid_argument otherwise).
+  /// `reslice`: the change altered the TPA size; the blocks come as head pieces from the carried
+  /// KV of every old holder (this program's own included), see kv_reslice.
   [[nodiscard]] status restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq,
-                               transport::communicator* handoff = nullptr);
+                               transport::communicator* handoff = nullptr,
+                               const kv_reslice* reslice = nullptr);
 
   /// KV blocks a step of `items` opens (what new_block_kvp must name); unknown sequences count 0.
   [[nodiscard]] std::int64_t blocks_opened(std::span<const batch_item> items) const;
@@ -299,7 +319,8 @@ class rank_program {
                                   std::span<const std::int64_t> new_block_kvp);
   [[nodiscard]] status check_rewrites(std::span<const batch_item> items) const;
   [[nodiscard]] status restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
-                                      bool carried_here, transport::communicator* handoff);
+                                      bool carried_here, transport::communicator* handoff,
+                                      const kv_reslice* reslice);
   void fill_synthetic(std::span<const std::pair<std::int32_t, std::int64_t>> pages,
                       std::uint64_t seed);
   // rank_attention.cpp
@@ -340,6 +361,7 @@ class rank_program {
   std::unordered_map<std::uint64_t, sequence> seqs_;
   std::uint64_t next_seq_ = 1;
   std::unique_ptr<carried_kv> carried_;  // tables of a previous program's KV, until restore()
+  bool carried_store_ = false;  // carried_ keeps its own store (another column layout), not kv_
 
   // Workspaces, sized once for max_batch_tokens rows (attention scratch grows with context).
   std::vector<float> x_, xn_, q_, k_, v_, qa_, kva_, part_out_, part_lse_, send_, recv_, merge_out_,

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <set>
 
+#include "model/kv_reslice.hpp"
 #include "model/rank_program.hpp"
 
 namespace helix::model {
@@ -54,7 +55,14 @@ std::int64_t donor_of(const restored_sequence& r, std::size_t b) {
 }  // namespace
 
 std::unique_ptr<carried_kv> rank_program::release_kv() {
+  if (carried_ != nullptr && carried_store_) {  // released before a re-slice: the old KV itself
+    carried_store_ = false;
+    kv_ = kv_store{};
+    seqs_.clear();
+    return std::move(carried_);
+  }
   auto out = std::make_unique<carried_kv>();
+  out->spec = w_.spec;
   if (carried_ != nullptr) {  // released again before any restore(): the tables still carried
     out->grid = carried_->grid;
     out->rank = carried_->rank;
@@ -88,7 +96,7 @@ status rank_program::check_rewrites(std::span<const batch_item> items) const {
 }
 
 status rank_program::restore(std::span<const restored_sequence> seqs, std::uint64_t next_seq,
-                             transport::communicator* handoff) {
+                             transport::communicator* handoff, const kv_reslice* reslice) {
   const std::int64_t bt = opt_.block_tokens;
   if (handoff != nullptr && (handoff->size() < w_.layout.num_ranks || handoff->rank() != w_.rank)) {
     return invalid_argument("rank_program: rank {}'s handoff communicator is rank {} of {}",
@@ -116,13 +124,21 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
       const std::int64_t d = donor_of(r, b);
       const std::int64_t donors =
           handoff != nullptr ? handoff->size() - w_.layout.num_ranks : std::int64_t{0};
+      // A re-slice names old KVP members; a donation, donors of the handoff communicator.
+      const bool donor_ok =
+          reslice != nullptr ? d < reslice->before.kvp : (d + 1) * w_.layout.tpa <= donors;
       if (r.owner_kvp[b] < 0 || r.owner_kvp[b] >= kvp || r.kept_kvp[b] < -1 || d < -1 ||
-          (d >= 0 && (d + 1) * w_.layout.tpa > donors) || (d >= 0 && r.kept_kvp[b] >= 0)) {
+          (d >= 0 && !donor_ok) || (d >= 0 && r.kept_kvp[b] >= 0)) {
         return invalid_argument(
             "rank_program: restore of sequence {}: block {} owner {} kept {} donor {} ({} donors)",
             r.seq, b, r.owner_kvp[b], r.kept_kvp[b], d, donors);
       }
     }
+  }
+  transport::communicator& agree = handoff != nullptr ? *handoff : *world_;
+  std::vector<reslice::piece> pieces;
+  if (reslice != nullptr) {
+    HELIX_ASSIGN_OR_RETURN(pieces, reslice::plan(w_.spec, w_.layout, *reslice, seqs));
   }
   // Whatever this program held itself goes first (a restore replaces every sequence).
   for (const auto& [id, s] : seqs_) {
@@ -133,7 +149,8 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
   seqs_.clear();
   next_seq_ = next_seq;
   // The member of the old layout this rank was, and which of its carried slots stay.
-  const bool carried_here = carried_ != nullptr;
+  // A carried store of another column layout is only a source (re-slice): nothing kept from it.
+  const bool carried_here = carried_ != nullptr && !carried_store_;
   const std::int64_t old_kvp =
       carried_here ? carried_->grid.attention_coords(carried_->rank).kvp_idx : -1;
   std::int64_t missing = 0;  // blocks to keep here that this rank did not carry
@@ -170,14 +187,18 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
       }
     }
   }
+  if (reslice != nullptr) {
+    missing +=
+        reslice::missing(pieces, agree.rank(), carried_store_ ? carried_.get() : nullptr, seqs, bt);
+  }
   // One all-reduce: every rank goes on, or every rank fails (and holds nothing).
   float trouble[2] = {fresh > kv_.free_slots() ? 1.0f : 0.0f, missing > 0 ? 1.0f : 0.0f};
-  transport::communicator& agree = handoff != nullptr ? *handoff : *world_;
   HELIX_RETURN_IF_ERROR(agree.all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
                                          transport::as_recv(std::span<float>(trouble, 2))));
   if (trouble[0] > 0.0f || trouble[1] > 0.0f) {
     for (const std::int32_t slot : kept_slots) HELIX_RETURN_IF_ERROR(kv_.release(slot));
     carried_.reset();
+    carried_store_ = false;
     if (trouble[1] > 0.0f) {
       return failed_precondition(
           "rank_program: restore: {} rank(s) lack KV blocks they were to keep (rank {}: {})",
@@ -188,13 +209,14 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
         "free)",
         trouble[0], w_.rank, fresh, kv_.free_slots(), kv_.num_slots());
   }
-  return restore_tables(seqs, old_kvp, carried_here, handoff);
+  return restore_tables(seqs, old_kvp, carried_here, handoff, reslice);
 }
 
 // The tables of restore(), once every rank agreed: kept blocks keep their slots, lost blocks this
 // rank owns get fresh ones (synthetic positions refilled), other ranks' blocks are slot 0.
 status rank_program::restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
-                                    bool carried_here, transport::communicator* handoff) {
+                                    bool carried_here, transport::communicator* handoff,
+                                    const kv_reslice* reslice) {
   const std::int64_t bt = opt_.block_tokens;
   std::vector<std::pair<std::int32_t, std::int64_t>> incoming;  // (slot, donor) in walk order
   struct refill_set {
@@ -202,6 +224,7 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
     std::vector<std::pair<std::int32_t, std::int64_t>> pages;  // (slot, block idx)
   };
   std::vector<refill_set> refills;
+  std::vector<std::vector<std::int32_t>> resliced;  // [sequence][block]: fresh slot, or -1
   for (const restored_sequence& r : seqs) {
     const block_table* had = nullptr;
     if (carried_here) {
@@ -210,6 +233,7 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
     }
     block_table t(bt);
     refills.push_back({r.synthetic_seed, {}});
+    resliced.emplace_back(r.owner_kvp.size(), -1);
     for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {
       const auto owner =
           static_cast<std::int32_t>(w_.layout.attention_rank(tpa_idx_, r.owner_kvp[b]));
@@ -219,7 +243,9 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
           slot = had->blocks()[b].slot;
         } else {
           HELIX_ASSIGN_OR_RETURN(slot, kv_.allocate());
-          if (donor_of(r, b) >= 0) {  // the donor's member, this column's holder of it
+          if (donor_of(r, b) >= 0 && reslice != nullptr) {
+            resliced.back()[b] = slot;
+          } else if (donor_of(r, b) >= 0) {  // the donor's member, this column's holder of it
             incoming.emplace_back(slot, donor_of(r, b) * w_.layout.tpa + tpa_idx_);
           } else if (static_cast<std::int64_t>(b) * bt < r.synthetic_tokens) {
             refills.back().pages.emplace_back(slot, static_cast<std::int64_t>(b));
@@ -231,6 +257,18 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
           t.append_tokens(std::min(bt, r.num_tokens - static_cast<std::int64_t>(b) * bt)));
     }
     seqs_.emplace(r.seq, sequence{std::move(t)});
+  }
+  if (reslice != nullptr) {
+    transport::communicator& comm = handoff != nullptr ? *handoff : *world_;
+    HELIX_ASSIGN_OR_RETURN(const std::vector<reslice::piece> pieces,
+                           reslice::plan(w_.spec, w_.layout, *reslice, seqs));
+    for (const refill_set& r : refills) fill_synthetic(r.pages, r.seed);
+    const status st =
+        reslice::exchange(w_.spec, w_.layout, *reslice, pieces, seqs, comm,
+                          carried_store_ ? carried_.get() : nullptr, &kv_, tpa_idx_, resliced);
+    carried_.reset();  // the old layout's store goes now
+    carried_store_ = false;
+    return st;
   }
   carried_.reset();
   // Refilling first and receiving after measured faster than overlapping them on a host whose
@@ -265,7 +303,24 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
 }
 
 status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::layout& after,
-                 std::int64_t donor_idx, std::span<const restored_sequence> seqs) {
+                 std::int64_t donor_idx, std::span<const restored_sequence> seqs,
+                 const kv_reslice* reslice) {
+  if (reslice != nullptr) {  // the same plan, agreement and exchange as restore(), sending only
+    std::vector<reslice::piece> pieces;
+    std::int64_t missing = 1;  // nothing carried: the agreement refuses
+    if (kv.store.num_layers() > 0) {
+      HELIX_ASSIGN_OR_RETURN(pieces, reslice::plan(kv.spec, after, *reslice, seqs));
+      missing = reslice::missing(pieces, handoff.rank(), &kv, seqs, kv.store.layout().block_tokens);
+    }
+    float trouble[2] = {0.0f, missing > 0 ? 1.0f : 0.0f};
+    HELIX_RETURN_IF_ERROR(handoff.all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
+                                             transport::as_recv(std::span<float>(trouble, 2))));
+    if (trouble[0] > 0.0f || trouble[1] > 0.0f) {
+      return failed_precondition(
+          "donor {}: the re-slice was refused ({} of its pieces missing here)", donor_idx, missing);
+    }
+    return reslice::exchange(kv.spec, after, *reslice, pieces, seqs, handoff, &kv, nullptr, 0, {});
+  }
   // The same agreement as restore(): slots are the owners' business; a block this donor was to
   // send but does not hold fails the restore everywhere.
   const std::int64_t bt = kv.store.layout().block_tokens;

@@ -265,12 +265,37 @@ TEST(EngineElastic, MixtureOfExpertsModelJoinsAndLeaves) {
   EXPECT_EQ(epochs_of(s, "leave").size(), 1u);
 }
 
-TEST(EngineElastic, TensorParallelJoinReplaysTheRunningRequests) {
-  const engine_stats s = expect_same_tokens(2, "tp:tp=2", {{.at_step = 8, .count = 2}});
+// The tp family changes its TPA size with every member count: the KV moves re-sliced by head.
+// tiny-llama has 2 KV heads: tp=1 -> 2 splits each page, 2 -> 4 copies each head onto two
+// ranks, and the leave (4 -> 3 members: tp=2, one stands by) joins them again.
+TEST(EngineElastic, TensorParallelChangesMoveKvHeadsNotRecompute) {
+  const engine_stats s = expect_same_tokens(
+      1, "tp:tp=1",
+      {{.at_step = 5, .count = 1}, {.at_step = 10, .count = 2}, {.at_step = 16, .join = false}});
   const auto joins = epochs_of(s, "join");
-  ASSERT_EQ(joins.size(), 1u);
-  EXPECT_EQ(joins[0].layout_after, "tp:tp=4");
-  EXPECT_GT(joins[0].blocks_rebuilt, 0) << "a TPA change keeps no block";
+  ASSERT_EQ(joins.size(), 2u);
+  EXPECT_EQ(joins[0].layout_after, "tp:tp=2");
+  EXPECT_EQ(joins[1].layout_after, "tp:tp=4");
+  const auto leaves = epochs_of(s, "leave");
+  ASSERT_EQ(leaves.size(), 1u);
+  EXPECT_EQ(leaves[0].layout_after, "tp:tp=2");
+  for (const auto& e : {joins[0], joins[1], leaves[0]}) {
+    EXPECT_EQ(e.blocks_rebuilt, 0) << e.layout_before << " -> " << e.layout_after << ": " << e.note;
+    EXPECT_GT(e.blocks_moved, 0) << e.layout_before << " -> " << e.layout_after;
+    EXPECT_NE(e.note.find("re-sliced"), std::string::npos) << e.note;
+  }
+}
+
+// A helix layout whose TPA size changes (kvp=1,tpa=2 on 2 -> one member left: tpa=1): the
+// leaver sends its heads as a donor and the survivor's pages take both heads.
+TEST(EngineElastic, HelixLeaveThatChangesTpaMovesKvHeads) {
+  const engine_stats s =
+      expect_same_tokens(2, "helix:kvp=1,tpa=2", {{.at_step = 7, .join = false}});
+  const auto leaves = epochs_of(s, "leave");
+  ASSERT_EQ(leaves.size(), 1u);
+  EXPECT_EQ(leaves[0].layout_after, "helix:kvp=1,tpa=1,tpf=1,ep=1");
+  EXPECT_EQ(leaves[0].blocks_rebuilt, 0) << leaves[0].note;
+  EXPECT_GT(leaves[0].blocks_moved, 0);
 }
 
 TEST(EngineElastic, LeaveThatLeavesTooLittleKvIsRefused) {

@@ -223,6 +223,35 @@ TEST(Processes, LeaveOnTwoColumnsMovesEveryColumnsBlocks) {
   EXPECT_EQ(leaves, 1) << text;
 }
 
+// The tp family with worker processes: every change alters the TPA size, so the KV moves
+// re-sliced by head over UCX (tp=2 -> 4 copies each of tiny-llama's 2 KV heads onto two ranks;
+// the leave joins them again on tp=2, the leaver sending its heads as a donor); nothing is
+// rebuilt and the digest is the static run's.
+TEST(Processes, TensorParallelChangesMoveKvHeadsBetweenProcesses) {
+  const std::string workload =
+      "run --layout tp:tp=2 --requests 12 --max-tokens 32 --context 128 --seed 4 --json";
+  int rc = -1;
+  const auto fixed =
+      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 2", rc));
+  ASSERT_EQ(rc, 0);
+  const std::string text = test_support::run_cli(
+      HELIX_CLI, workload + " --processes 2 --elastic join:2@step8,leave:1@step20", rc);
+  ASSERT_EQ(rc, 0) << text;
+  const auto got = test_support::last_json(text);
+  EXPECT_EQ(got["requests_completed"], 12) << text;
+  EXPECT_EQ(got["output_digest"], fixed["output_digest"]) << text;
+  std::vector<std::string> after;
+  for (const auto& e : got["epochs"]) {
+    if (e["reason"] != "join" && e["reason"] != "leave") continue;
+    after.push_back(e["layout_after"].get<std::string>());
+    EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
+    EXPECT_GT(e["kv_bytes_moved"].get<std::int64_t>(), 0) << e.dump();
+    EXPECT_NE(e["note"].get<std::string>().find("re-sliced by head"), std::string::npos)
+        << e.dump();
+  }
+  EXPECT_EQ(after, (std::vector<std::string>{"tp:tp=4", "tp:tp=2"})) << got["epochs"].dump();
+}
+
 #if !defined(__SANITIZE_ADDRESS__)
 // Workers started by hand join a running engine (listening): they stand by, and the planner's
 // policy gives them ranks once the cost model predicts a faster step for the load, explaining

@@ -14,9 +14,11 @@
 #include <string>
 #include <thread>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "model/decoder.hpp"
+#include "model/kv_reslice.hpp"
 #include "model/rank_program.hpp"
 #include "planner/placement_book.hpp"
 #include "planner/recovery_plan.hpp"
@@ -191,6 +193,7 @@ struct recovery_case {
   std::int64_t lost = 0;    // the old rank that dies
   bool drop_carry = false;  // survivor 0 loses its carried KV (restore must fail everywhere)
   bool donate = false;      // survivors left without a rank send their blocks (tpa = 1)
+  bool reslice = false;     // another TPA size: every block moves re-sliced by head (kv_reslice)
 };
 
 struct recovery_outcome {
@@ -198,6 +201,7 @@ struct recovery_outcome {
   std::int64_t lost_blocks = 0;
   std::int64_t kept_blocks = 0;
   std::int64_t rewrite_steps = 0;
+  std::int64_t pieces = 0;  // re-slice: head runs planned
 };
 
 recovery_outcome expect_recovers_exactly(const recovery_case& c) {
@@ -257,9 +261,22 @@ recovery_outcome expect_recovers_exactly(const recovery_case& c) {
     if (std::find(survivors.begin(), survivors.end(), r) == survivors.end()) rankless.push_back(r);
   }
   std::vector<std::int64_t> donated(sz_of(before->kvp), -1);
-  const auto donors = c.donate ? static_cast<std::int64_t>(rankless.size()) : 0;
-  for (std::int64_t j = 0; j < donors; ++j) {
-    donated[sz_of(before->attention_coords(rankless[sz_of(j)]).kvp_idx)] = j;
+  const auto donors = c.donate || c.reslice ? static_cast<std::int64_t>(rankless.size()) : 0;
+  kv_reslice reslice{*before, {}};
+  if (c.reslice) {  // every old member's blocks, from whichever member still holds their heads
+    for (std::int64_t k = 0; k < before->kvp; ++k) donated[sz_of(k)] = k;
+    for (std::int64_t r = 0; r < before->num_ranks; ++r) {
+      const auto at = std::find(survivors.begin(), survivors.end(), r);
+      const auto gave = std::find(rankless.begin(), rankless.end(), r);
+      reslice.holders.push_back(at != survivors.end() ? at - survivors.begin()
+                                : gave != rankless.end()
+                                    ? after->num_ranks + (gave - rankless.begin())
+                                    : -1);
+    }
+  } else {
+    for (std::int64_t j = 0; j < donors; ++j) {
+      donated[sz_of(before->attention_coords(rankless[sz_of(j)]).kvp_idx)] = j;
+    }
   }
   const auto plan = planner::plan_recovery(book, *after, *kept, donated);
   for (const auto& r : plan) {
@@ -275,6 +292,12 @@ recovery_outcome expect_recovers_exactly(const recovery_case& c) {
     restored.push_back({r.id, r.num_tokens, r.owner_kvp, r.kept_kvp,
                         r.id == 1 ? synthetic_tokens : 0, synthetic_seed, r.donor});
   }
+  if (c.reslice) {
+    const auto pieces = reslice::plan(w.spec, *after, reslice, restored);
+    EXPECT_TRUE(pieces.has_value()) << pieces.error().to_string();
+    if (pieces) outcome.pieces = static_cast<std::int64_t>(pieces->size());
+  }
+  const kv_reslice* resliced = c.reslice ? &reslice : nullptr;
   std::vector<std::unique_ptr<carried_kv>> carried(sz_of(after->num_ranks));
   for (std::size_t i = 0; i < survivors.size(); ++i) {
     carried[i] = old[sz_of(survivors[i])]->release_kv();
@@ -307,11 +330,11 @@ recovery_outcome expect_recovers_exactly(const recovery_case& c) {
         }
         if (r >= after->num_ranks) {  // a donor: its blocks to their new owners, then it is done
           const std::int64_t j = r - after->num_ranks;
-          return donate_kv(*donor_kv[sz_of(j)], *handoff, *after, j, restored);
+          return donate_kv(*donor_kv[sz_of(j)], *handoff, *after, j, restored, resliced);
         }
         HELIX_ASSIGN_OR_RETURN(auto prog,
                                make_program(w, *after, r, fab, std::move(carried[sz_of(r)])));
-        const status restored_st = prog->restore(restored, 3, handoff.get());
+        const status restored_st = prog->restore(restored, 3, handoff.get(), resliced);
         used[sz_of(r)] = prog->kv().used_slots();
         HELIX_RETURN_IF_ERROR(restored_st);
         for (const step& s : rewrites) {
@@ -402,6 +425,49 @@ TEST(RankRecovery, MlaMoeRebuildsExactly) {
       expect_recovers_exactly({"tiny-deepseek", "helix:kvp=4,tpa=1", "helix:kvp=2,tpa=1", 0});
   EXPECT_GT(o.lost_blocks, 0);
   EXPECT_GT(o.kept_blocks, 0);
+}
+
+// Another TPA size moves every block re-sliced by head, none rebuilt. Planned (nobody lost: rank
+// -1): tp=2 -> 4 copies each of tiny-llama's 2 KV heads onto two ranks, tp=4 -> 2 joins them
+// (the rankless survivors send as donors), helix tpa=2 -> 1 joins two columns' heads in one page
+// and tpa=1 -> 2 splits them. After a failure: tp=4 -> 2 without rank 3 still finds every head
+// (each is held twice); MLA's one latent "head" goes to every column.
+TEST(RankRecovery, AnotherTpaSizeReslicesEveryBlockByHead) {
+  const struct {
+    const char* model;
+    const char* before;
+    const char* after;
+    std::int64_t lost;
+  } cases[] = {{"tiny-llama", "tp:tp=2", "tp:tp=4", -1},
+               {"tiny-llama", "tp:tp=4", "tp:tp=2", -1},
+               {"tiny-llama", "helix:kvp=2,tpa=2", "helix:kvp=2,tpa=1", -1},
+               {"tiny-llama", "helix:kvp=2,tpa=1", "helix:kvp=1,tpa=2", -1},
+               {"tiny-llama", "tp:tp=4", "tp:tp=2", 3},
+               {"tiny-deepseek", "tp:tp=2", "tp:tp=1", -1}};
+  for (const auto& k : cases) {
+    SCOPED_TRACE(fmt::format("{}: {} -> {}, lost {}", k.model, k.before, k.after, k.lost));
+    const auto o =
+        expect_recovers_exactly({k.model, k.before, k.after, k.lost, false, false, true});
+    EXPECT_EQ(o.lost_blocks, 0);
+    EXPECT_EQ(o.kept_blocks, 0);
+    EXPECT_GT(o.donated_blocks, 0);
+    EXPECT_GT(o.pieces, 0);
+  }
+}
+
+// Every holder of a head gone: the plan says which head has none, the same on every rank.
+TEST(RankRecovery, ResliceWithoutAHoldersHeadIsRefused) {
+  const model_spec spec = test_support::seeded_weights("tiny-llama").spec;
+  const auto before = layout::parse("tp:tp=2");
+  const auto after = layout::parse("tp:tp=1");
+  ASSERT_TRUE(before.has_value() && after.has_value());
+  const restored_sequence seq{1, 20, {0, 0}, {-1, -1}, 0, 0, {0, 0}};
+  const kv_reslice from{*before, {0, -1}};  // rank 1 (KV head 1) is gone
+  const auto pieces = reslice::plan(spec, *after, from, std::span(&seq, 1));
+  ASSERT_FALSE(pieces.has_value());
+  EXPECT_EQ(pieces.error().code(), errc::failed_precondition);
+  EXPECT_NE(pieces.error().message().find("KV head 1"), std::string::npos)
+      << pieces.error().message();
 }
 
 // Donor d's holder of TPA column c must be handoff rank N + d * TPA + c: a donor whose KV holds
