@@ -73,8 +73,11 @@ void finish_change(self_ptr self) {
     e.note += fmt::format("{}the running requests replay ({} tokens)", e.note.empty() ? "" : "; ",
                           s.change_kv.tokens_replayed);
   } else if (const auto old = layout::parse(s.reslice_from); old) {
-    e.note += fmt::format("{}KV re-sliced by head (TPA {} -> {})", e.note.empty() ? "" : "; ",
-                          old->tpa, s.setup.grid.tpa);
+    e.note += old->tpa != s.setup.grid.tpa
+                  ? fmt::format("{}KV re-sliced by head (TPA {} -> {})", e.note.empty() ? "" : "; ",
+                                old->tpa, s.setup.grid.tpa)
+                  : fmt::format("{}KV re-sliced from every column's holder (TPA {})",
+                                e.note.empty() ? "" : "; ", old->tpa);
   }
   logger()->info("engine: {} done: {} -> {}, {} KV blocks moved ({} bytes), paused {:.1f} ms{}{}",
                  e.reason, e.layout_before, e.layout_after, e.blocks_moved, e.kv_bytes_moved,
@@ -234,8 +237,13 @@ bool start_change(self_ptr self, planned_change& c) {
     if (std::find(survivors.begin(), survivors.end(), r) == survivors.end()) standby.push_back(r);
   }
   standby.insert(standby.end(), leaving.begin(), leaving.end());
-  // Every member left without a rank (all its columns' holders) sends its blocks on.
-  const std::vector<std::int64_t> donors = donor_ranks(before, *grid, standby);
+  // Every member left without a rank (all its columns' holders) sends its blocks on. A member
+  // that is neither kept nor left whole without a rank (a column-mate keeps serving) cannot
+  // donate whole: the change re-slices then, every holder sending its columns' pages.
+  std::vector<std::int64_t> donors = donor_ranks(before, *grid, standby);
+  s.change_reslice =
+      grid->tpa != before.tpa || !whole_members_cover(before, *grid, survivors, donors);
+  if (s.change_reslice) donors = standby;
   logger()->info("engine: {}: {} -> {} ({} survivors, {} donors)", e.reason, before.to_string(),
                  grid->to_string(), survivors.size(), donors.size());
   s.changing = true;

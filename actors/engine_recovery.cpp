@@ -69,6 +69,18 @@ std::vector<std::int64_t> donor_ranks(const layout& before, const layout& after,
   return out;
 }
 
+bool whole_members_cover(const layout& before, const layout& after,
+                         const std::vector<std::int64_t>& survivors,
+                         const std::vector<std::int64_t>& donors) {
+  if (before.tpa != after.tpa) return false;
+  auto kept = planner::kept_members(before, after, survivors);
+  if (!kept) return false;
+  for (const std::int64_t d : donors) {
+    (*kept)[static_cast<std::size_t>(before.attention_coords(d).kvp_idx)] = 0;
+  }
+  return std::none_of(kept->begin(), kept->end(), [](std::int64_t k) { return k < 0; });
+}
+
 recovery_stats& kv_record(engine_state& s) {
   return s.changing ? s.change_kv : s.stats.recoveries.back();
 }
@@ -456,14 +468,18 @@ void install_and_restore(self_ptr self, const layout& before, const layout& grid
   // hold them (survivors as their new ranks, donors after them). After a failure that works
   // when every head still has a live holder (the tp family duplicates heads over more ranks
   // than KV heads); else the workers refuse the restore and the requests replay.
-  const bool reslice = replay.empty() && before.tpa != grid.tpa;
+  const bool reslice =
+      replay.empty() && (before.tpa != grid.tpa || (s.changing && s.change_reslice));
   s.reslice_from.clear();
   s.reslice_holders.clear();
   s.reslice_bytes = 0;
   s.reslice_blocks = 0;
-  if (reslice) {
+  if (reslice) {  // kept members stay (same TPA size only); the others' blocks move
     kept.assign(static_cast<std::size_t>(before.kvp), -1);
-    for (std::int64_t k = 0; k < before.kvp; ++k) donated[static_cast<std::size_t>(k)] = k;
+    if (auto k = planner::kept_members(before, grid, survivors)) kept = std::move(*k);
+    for (std::int64_t k = 0; k < before.kvp; ++k) {
+      if (kept[static_cast<std::size_t>(k)] < 0) donated[static_cast<std::size_t>(k)] = k;
+    }
     s.reslice_from = before.to_string();
     for (std::int64_t r = 0; r < before.num_ranks; ++r) {
       const auto at = std::find(survivors.begin(), survivors.end(), r);

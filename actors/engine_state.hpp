@@ -127,6 +127,9 @@ struct engine_state {
   recovery_stats change_kv;  // how its KV moved (the recovery's fields, filled the same way)
   std::chrono::steady_clock::time_point change_started;
   std::int64_t change_migration = 0;  // a join's spreading migration (op id), 0: none
+  /// Its KV moves re-sliced by head (another TPA size, or a member neither kept nor donated
+  /// whole): every old member left without a rank sends as a donor.
+  bool change_reslice = false;
   /// A leave that waits for room (elastic_leave = "wait"): no admission meanwhile.
   bool admission_paused = false;
   /// Rebalancing migrations in flight: op id -> (index in stats.epochs, when sent).
@@ -187,6 +190,11 @@ expected<layout> layout_for_members(const layout& current, std::int64_t members,
 /// member of `standby` (the KV is re-sliced by head, model::kv_reslice).
 std::vector<std::int64_t> donor_ranks(const layout& before, const layout& after,
                                       const std::vector<std::int64_t>& standby);
+/// Whether every old KVP member is kept by a new member (planner::kept_members) or donated
+/// whole by `donors` (donor_ranks' groups); when not, a planned change re-slices instead.
+bool whole_members_cover(const layout& before, const layout& after,
+                         const std::vector<std::int64_t>& survivors,
+                         const std::vector<std::int64_t>& donors);
 /// KV bytes a relayout's `blocks_moved` blocks took over the data plane: a re-slice's head
 /// pieces between members, plus whole blocks (donations, migrations).
 std::int64_t kv_bytes_moved(const engine_state& s, std::int64_t blocks_moved);

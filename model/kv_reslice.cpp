@@ -34,10 +34,10 @@ runs runs_of(const kv_page_layout& p, std::int64_t local, std::int64_t heads) {
 }
 
 // The slot of block `b` in the carried tables, or -1 when the carried KV does not hold it.
-std::int32_t carried_slot(const carried_kv& kv, std::uint64_t seq, std::int64_t b,
+std::int32_t carried_slot(const held_kv& kv, std::uint64_t seq, std::int64_t b,
                           std::int64_t block_tokens) {
-  const auto it = kv.tables.find(seq);
-  if (it == kv.tables.end() || b >= static_cast<std::int64_t>(it->second.blocks().size())) {
+  const auto it = kv.tables->find(seq);
+  if (it == kv.tables->end() || b >= static_cast<std::int64_t>(it->second.blocks().size())) {
     return -1;
   }
   const kv_block_ref& ref = it->second.blocks()[static_cast<std::size_t>(b)];
@@ -116,12 +116,13 @@ expected<std::vector<piece>> plan(const model_spec& spec, const helix::layout& a
   return out;
 }
 
-std::int64_t missing(std::span<const piece> pieces, int me, const carried_kv* source,
+std::int64_t missing(std::span<const piece> pieces, int me, const held_kv* source,
                      std::span<const restored_sequence> seqs, std::int64_t block_tokens) {
   std::int64_t n = 0;
   for (const piece& p : pieces) {
     if (p.src != me) continue;
-    if (source == nullptr || source->rank != p.old_rank ||
+    if (source == nullptr || source->store == nullptr || source->tables == nullptr ||
+        source->rank != p.old_rank ||
         carried_slot(*source, seqs[p.seq_idx].seq, p.block, block_tokens) < 0) {
       ++n;
     }
@@ -131,14 +132,14 @@ std::int64_t missing(std::span<const piece> pieces, int me, const carried_kv* so
 
 status exchange(const model_spec& spec, const helix::layout& after, const kv_reslice& from,
                 std::span<const piece> pieces, std::span<const restored_sequence> seqs,
-                transport::communicator& comm, carried_kv* source, kv_store* dest,
+                transport::communicator& comm, const held_kv* source, kv_store* dest,
                 std::int64_t dest_column,
                 const std::vector<std::vector<std::int32_t>>& dest_slots) {
   const int me = comm.rank();
   const int members = comm.size();
   // Either side's page layout: the pieces' bytes agree (same model, block size and dtype).
-  const kv_page_layout& any = source != nullptr ? source->store.layout() : dest->layout();
-  const std::int64_t layers = source != nullptr ? source->store.num_layers() : dest->num_layers();
+  const kv_page_layout& any = source != nullptr ? source->store->layout() : dest->layout();
+  const std::int64_t layers = source != nullptr ? source->store->num_layers() : dest->num_layers();
   const std::int64_t bt = any.block_tokens;
   const std::size_t per_head = head_bytes(any) * static_cast<std::size_t>(layers);
   const std::int64_t src_first =
@@ -151,13 +152,13 @@ status exchange(const model_spec& spec, const helix::layout& after, const kv_res
   // Packs or unpacks piece `p` at `wire`: every layer's key run, then value run.
   const auto copy_piece = [&](const piece& p, std::byte* wire, bool pack) {
     const std::int64_t local = pack ? p.first_head - src_first : p.first_head - dst_first;
-    const kv_page_layout& page = pack ? source->store.layout() : dest->layout();
+    const kv_page_layout& page = pack ? source->store->layout() : dest->layout();
     const runs r = runs_of(page, local, p.heads);
     const std::int32_t slot = pack ? carried_slot(*source, seqs[p.seq_idx].seq, p.block, bt)
                                    : dest_slots[p.seq_idx][static_cast<std::size_t>(p.block)];
     for (std::int64_t l = 0; l < layers; ++l) {
       auto* base =
-          static_cast<std::byte*>(pack ? source->store.page(l, slot) : dest->page(l, slot));
+          static_cast<std::byte*>(pack ? source->store->page(l, slot) : dest->page(l, slot));
       if (pack) {
         std::memcpy(wire, base + r.key_at, r.key_bytes);
         std::memcpy(wire + r.key_bytes, base + r.value_at, r.value_bytes);

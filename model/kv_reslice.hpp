@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "core/layout.hpp"
@@ -38,6 +39,14 @@ struct piece {
   std::int64_t heads = 0;
 };
 
+/// What a member holds of the old layout: the store its pages are in (its own carried store, or
+/// its program's store when it took the carried one over) and the tables they were written under.
+struct held_kv {
+  kv_store* store = nullptr;
+  const std::unordered_map<std::uint64_t, block_table>* tables = nullptr;
+  std::int64_t rank = -1;  // its rank in the old layout
+};
+
 /// The pieces of every block whose donor (the old KVP member) is set, in sequence, block, new
 /// column, head order. failed_precondition when a head has no live old holder (identical on
 /// every member: it depends on the message only).
@@ -47,18 +56,19 @@ struct piece {
 
 /// Pieces that `me` must send and cannot: its carried KV lacks the block, or is not the old
 /// rank the piece names (counted for the restore's agreement).
-[[nodiscard]] std::int64_t missing(std::span<const piece> pieces, int me, const carried_kv* source,
+[[nodiscard]] std::int64_t missing(std::span<const piece> pieces, int me, const held_kv* source,
                                    std::span<const restored_sequence> seqs,
                                    std::int64_t block_tokens);
 
 /// `me`'s part of the exchange over `comm`: sends the pieces it holds (from `source`, the KV of
-/// the old layout) and stores the pieces it receives into `dest` at `dest_slots[seq_idx][block]`
-/// (pages of the new layout's column `dest_column`). Source or destination may be null where
-/// `me` has nothing to send or receive. Call after the agreement (missing() was 0 everywhere).
+/// the old layout; its slots are only read, so `dest` may be the same store) and stores the pieces
+/// it receives into `dest` at `dest_slots[seq_idx][block]` (pages of the new layout's column
+/// `dest_column`). Source or destination may be null where `me` has nothing to send or receive.
+/// Call after the agreement (missing() was 0 everywhere).
 [[nodiscard]] status exchange(const model_spec& spec, const helix::layout& after,
                               const kv_reslice& from, std::span<const piece> pieces,
                               std::span<const restored_sequence> seqs,
-                              transport::communicator& comm, carried_kv* source, kv_store* dest,
+                              transport::communicator& comm, const held_kv* source, kv_store* dest,
                               std::int64_t dest_column,
                               const std::vector<std::vector<std::int32_t>>& dest_slots);
 

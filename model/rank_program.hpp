@@ -60,6 +60,10 @@
 
 namespace helix::model {
 
+namespace reslice {
+struct held_kv;  // model/kv_reslice.hpp
+}  // namespace reslice
+
 struct rank_program_options {
   dtype kv_type = dtype::f32;  // KV storage dtype: f32, bf16, f16 or fp8_e4m3
   std::int64_t block_tokens = default_block_tokens;
@@ -320,7 +324,10 @@ class rank_program {
   [[nodiscard]] status check_rewrites(std::span<const batch_item> items) const;
   [[nodiscard]] status restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
                                       bool carried_here, transport::communicator* handoff,
-                                      const kv_reslice* reslice);
+                                      const kv_reslice* reslice,
+                                      const std::vector<std::int32_t>& stale);
+  // The carried KV as a re-slice reads it (its own store, or kv_ when taken over).
+  [[nodiscard]] reslice::held_kv held_kv();
   void fill_synthetic(std::span<const std::pair<std::int32_t, std::int64_t>> pages,
                       std::uint64_t seed);
   // rank_attention.cpp

@@ -54,6 +54,11 @@ std::int64_t donor_of(const restored_sequence& r, std::size_t b) {
 
 }  // namespace
 
+reslice::held_kv rank_program::held_kv() {
+  if (carried_ == nullptr) return {};
+  return {carried_store_ ? &carried_->store : &kv_, &carried_->tables, carried_->rank};
+}
+
 std::unique_ptr<carried_kv> rank_program::release_kv() {
   if (carried_ != nullptr && carried_store_) {  // released before a re-slice: the old KV itself
     carried_store_ = false;
@@ -178,18 +183,21 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
       }
     }
   }
+  // Carried slots that do not stay go now, or after a re-slice read them (stale).
+  std::vector<std::int32_t> stale;
   if (carried_here) {
     for (const auto& [id, t] : carried_->tables) {
       for (const kv_block_ref& b : t.blocks()) {
-        if (b.rank == carried_->rank && kept_slots.count(b.slot) == 0) {
-          HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
-        }
+        if (b.rank == carried_->rank && kept_slots.count(b.slot) == 0) stale.push_back(b.slot);
       }
     }
   }
-  if (reslice != nullptr) {
-    missing +=
-        reslice::missing(pieces, agree.rank(), carried_store_ ? carried_.get() : nullptr, seqs, bt);
+  if (reslice == nullptr) {
+    for (const std::int32_t slot : stale) HELIX_RETURN_IF_ERROR(kv_.release(slot));
+    stale.clear();
+  } else {
+    const reslice::held_kv held = held_kv();
+    missing += reslice::missing(pieces, agree.rank(), carried_ ? &held : nullptr, seqs, bt);
   }
   // One all-reduce: every rank goes on, or every rank fails (and holds nothing).
   float trouble[2] = {fresh > kv_.free_slots() ? 1.0f : 0.0f, missing > 0 ? 1.0f : 0.0f};
@@ -197,6 +205,7 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
                                          transport::as_recv(std::span<float>(trouble, 2))));
   if (trouble[0] > 0.0f || trouble[1] > 0.0f) {
     for (const std::int32_t slot : kept_slots) HELIX_RETURN_IF_ERROR(kv_.release(slot));
+    for (const std::int32_t slot : stale) HELIX_RETURN_IF_ERROR(kv_.release(slot));
     carried_.reset();
     carried_store_ = false;
     if (trouble[1] > 0.0f) {
@@ -209,14 +218,15 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
         "free)",
         trouble[0], w_.rank, fresh, kv_.free_slots(), kv_.num_slots());
   }
-  return restore_tables(seqs, old_kvp, carried_here, handoff, reslice);
+  return restore_tables(seqs, old_kvp, carried_here, handoff, reslice, stale);
 }
 
 // The tables of restore(), once every rank agreed: kept blocks keep their slots, lost blocks this
 // rank owns get fresh ones (synthetic positions refilled), other ranks' blocks are slot 0.
 status rank_program::restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
                                     bool carried_here, transport::communicator* handoff,
-                                    const kv_reslice* reslice) {
+                                    const kv_reslice* reslice,
+                                    const std::vector<std::int32_t>& stale) {
   const std::int64_t bt = opt_.block_tokens;
   std::vector<std::pair<std::int32_t, std::int64_t>> incoming;  // (slot, donor) in walk order
   struct refill_set {
@@ -263,10 +273,13 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
     HELIX_ASSIGN_OR_RETURN(const std::vector<reslice::piece> pieces,
                            reslice::plan(w_.spec, w_.layout, *reslice, seqs));
     for (const refill_set& r : refills) fill_synthetic(r.pages, r.seed);
-    const status st =
-        reslice::exchange(w_.spec, w_.layout, *reslice, pieces, seqs, comm,
-                          carried_store_ ? carried_.get() : nullptr, &kv_, tpa_idx_, resliced);
-    carried_.reset();  // the old layout's store goes now
+    const reslice::held_kv held = held_kv();
+    const status st = reslice::exchange(w_.spec, w_.layout, *reslice, pieces, seqs, comm,
+                                        carried_ ? &held : nullptr, &kv_, tpa_idx_, resliced);
+    // Read: the old layout's store goes, or its slots that did not stay (even after a failure:
+    // the full replay that follows frees only what the tables name).
+    for (const std::int32_t slot : stale) HELIX_RETURN_IF_ERROR(kv_.release(slot));
+    carried_.reset();
     carried_store_ = false;
     return st;
   }
@@ -310,7 +323,9 @@ status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::
     std::int64_t missing = 1;  // nothing carried: the agreement refuses
     if (kv.store.num_layers() > 0) {
       HELIX_ASSIGN_OR_RETURN(pieces, reslice::plan(kv.spec, after, *reslice, seqs));
-      missing = reslice::missing(pieces, handoff.rank(), &kv, seqs, kv.store.layout().block_tokens);
+      const reslice::held_kv held{&kv.store, &kv.tables, kv.rank};
+      missing =
+          reslice::missing(pieces, handoff.rank(), &held, seqs, kv.store.layout().block_tokens);
     }
     float trouble[2] = {0.0f, missing > 0 ? 1.0f : 0.0f};
     HELIX_RETURN_IF_ERROR(handoff.all_reduce(transport::as_send(std::span<const float>(trouble, 2)),
@@ -319,7 +334,9 @@ status donate_kv(carried_kv& kv, transport::communicator& handoff, const helix::
       return failed_precondition(
           "donor {}: the re-slice was refused ({} of its pieces missing here)", donor_idx, missing);
     }
-    return reslice::exchange(kv.spec, after, *reslice, pieces, seqs, handoff, &kv, nullptr, 0, {});
+    const reslice::held_kv held{&kv.store, &kv.tables, kv.rank};
+    return reslice::exchange(kv.spec, after, *reslice, pieces, seqs, handoff, &held, nullptr, 0,
+                             {});
   }
   // The same agreement as restore(): slots are the owners' business; a block this donor was to
   // send but does not hold fails the restore everywhere.

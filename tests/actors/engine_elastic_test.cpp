@@ -298,6 +298,19 @@ TEST(EngineElastic, HelixLeaveThatChangesTpaMovesKvHeads) {
   EXPECT_GT(leaves[0].blocks_moved, 0);
 }
 
+// Two TPA columns and a standby that takes the leaver's rank: the leaver's KVP member still has
+// a serving holder in the other column, so it cannot donate whole (donor_ranks); its blocks move
+// as head pieces from both holders instead of being rebuilt.
+TEST(EngineElastic, LeaveReplacedByAStandbyOnTwoColumnsRebuildsNothing) {
+  const engine_stats s = expect_same_tokens(
+      4, "helix:kvp=2,tpa=2", {{.at_step = 4, .count = 1}, {.at_step = 10, .join = false}});
+  const auto leaves = epochs_of(s, "leave");
+  ASSERT_EQ(leaves.size(), 1u);
+  EXPECT_EQ(leaves[0].layout_after, "helix:kvp=2,tpa=2,tpf=4,ep=1");
+  EXPECT_EQ(leaves[0].blocks_rebuilt, 0) << leaves[0].note;
+  EXPECT_GT(leaves[0].blocks_moved, 0) << leaves[0].note;
+}
+
 TEST(EngineElastic, LeaveThatLeavesTooLittleKvIsRefused) {
   engine_config c = elastic_config(2, "helix:kvp=2,tpa=1");
   c.kv_capacity_tokens_per_worker = 512;

@@ -223,6 +223,34 @@ TEST(Processes, LeaveOnTwoColumnsMovesEveryColumnsBlocks) {
   EXPECT_EQ(leaves, 1) << text;
 }
 
+// Two columns, and a standby process takes the leaver's rank: the leaver's member keeps a
+// serving holder in the other column, so its pages move from both holders (re-sliced at the
+// same TPA size) rather than being rebuilt.
+TEST(Processes, AStandbyTakingTheLeaversRankGetsItsPagesFromBothColumns) {
+  const std::string workload =
+      "run --layout helix:kvp=2,tpa=2 --requests 12 --max-tokens 32 --context 128 --seed 4 "
+      "--json";
+  int rc = -1;
+  const auto fixed =
+      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 4", rc));
+  ASSERT_EQ(rc, 0);
+  const std::string text = test_support::run_cli(
+      HELIX_CLI, workload + " --processes 4 --elastic join:1@step4,leave:1@step10", rc);
+  ASSERT_EQ(rc, 0) << text;
+  const auto got = test_support::last_json(text);
+  EXPECT_EQ(got["requests_completed"], 12) << text;
+  EXPECT_EQ(got["output_digest"], fixed["output_digest"]) << text;
+  int leaves = 0;
+  for (const auto& e : got["epochs"]) {
+    if (e["reason"] != "leave") continue;
+    ++leaves;
+    EXPECT_EQ(e["layout_after"], "helix:kvp=2,tpa=2,tpf=4,ep=1") << e.dump();
+    EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
+    EXPECT_GT(e["blocks_moved"].get<std::int64_t>(), 0) << e.dump();
+  }
+  EXPECT_EQ(leaves, 1) << text;
+}
+
 // The tp family with worker processes: every change alters the TPA size, so the KV moves
 // re-sliced by head over UCX (tp=2 -> 4 copies each of tiny-llama's 2 KV heads onto two ranks;
 // the leave joins them again on tp=2, the leaver sending its heads as a donor); nothing is

@@ -193,7 +193,8 @@ struct recovery_case {
   std::int64_t lost = 0;    // the old rank that dies
   bool drop_carry = false;  // survivor 0 loses its carried KV (restore must fail everywhere)
   bool donate = false;      // survivors left without a rank send their blocks (tpa = 1)
-  bool reslice = false;     // another TPA size: every block moves re-sliced by head (kv_reslice)
+  bool reslice = false;     // blocks not kept move re-sliced by head (kv_reslice)
+  bool leaves = false;      // `lost` leaves instead of dying: it sends as a donor
 };
 
 struct recovery_outcome {
@@ -260,11 +261,14 @@ recovery_outcome expect_recovers_exactly(const recovery_case& c) {
   for (std::int64_t r : alive) {
     if (std::find(survivors.begin(), survivors.end(), r) == survivors.end()) rankless.push_back(r);
   }
+  if (c.leaves) rankless.push_back(c.lost);
   std::vector<std::int64_t> donated(sz_of(before->kvp), -1);
   const auto donors = c.donate || c.reslice ? static_cast<std::int64_t>(rankless.size()) : 0;
   kv_reslice reslice{*before, {}};
-  if (c.reslice) {  // every old member's blocks, from whichever member still holds their heads
-    for (std::int64_t k = 0; k < before->kvp; ++k) donated[sz_of(k)] = k;
+  if (c.reslice) {  // members not kept: their blocks from whichever members hold their heads
+    for (std::int64_t k = 0; k < before->kvp; ++k) {
+      if ((*kept)[sz_of(k)] < 0) donated[sz_of(k)] = k;
+    }
     for (std::int64_t r = 0; r < before->num_ranks; ++r) {
       const auto at = std::find(survivors.begin(), survivors.end(), r);
       const auto gave = std::find(rankless.begin(), rankless.end(), r);
@@ -453,6 +457,19 @@ TEST(RankRecovery, AnotherTpaSizeReslicesEveryBlockByHead) {
     EXPECT_GT(o.donated_blocks, 0);
     EXPECT_GT(o.pieces, 0);
   }
+}
+
+// The same TPA size, a leaver replaced by a fresh rank: the leaver's member still has a serving
+// holder in the other column, so it cannot donate whole; its blocks move from both holders (the
+// survivor reads them from the store it took over, where its fresh slots land too), the others
+// stay where they are.
+TEST(RankRecovery, ALeaversMemberMovesFromEveryColumnsHolder) {
+  const auto o = expect_recovers_exactly(
+      {"tiny-llama", "helix:kvp=2,tpa=2", "helix:kvp=2,tpa=2", 3, false, false, true, true});
+  EXPECT_EQ(o.lost_blocks, 0);
+  EXPECT_GT(o.kept_blocks, 0);
+  EXPECT_GT(o.donated_blocks, 0);
+  EXPECT_GT(o.pieces, 0);
 }
 
 // Every holder of a head gone: the plan says which head has none, the same on every rank.
