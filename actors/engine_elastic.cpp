@@ -16,11 +16,14 @@
 // every old member that leaves the layout sends its heads as a donor). Each change is an epoch in
 // engine_stats::epochs, with the KV it moved and the pause it caused.
 // The policy (consider_growth) queues joins of members that joined on their own (a listening
-// source's late joins) when the cost model predicts a faster step for the load.
+// source's late joins) when the cost model predicts a faster step for the load, or when the
+// running requests use most of a member's KV and the larger layout holds them with room to
+// spare (planner/elastic_policy.hpp); the decision must hold 2 s, 5 s after the last change.
 #include <algorithm>
 
 #include "actors/engine_state.hpp"
 #include "core/log.hpp"
+#include "planner/elastic_policy.hpp"
 #include "planner/recovery_plan.hpp"
 
 namespace helix::actors::engine_impl {
@@ -344,7 +347,6 @@ void migration_done(self_ptr self, std::int64_t op) {
 
 void consider_growth(self_ptr self) {
   engine_state& s = self->state;
-  constexpr double min_gain = 0.05;
   constexpr auto hold = std::chrono::seconds(2);
   constexpr auto cooldown = std::chrono::seconds(5);
   if (s.setup.config.elastic_policy != "auto" || !s.unasked_join || s.changing ||
@@ -357,7 +359,7 @@ void consider_growth(self_ptr self) {
   const layout before = s.setup.grid;
   const std::int64_t members = before.num_ranks + s.setup.standbys();
   const layout after = layout_for_growth(before, members, s.setup.spec);
-  // The load: the running requests and their mean length so far.
+  // The load: the running requests, their mean length so far and the KV they reserve.
   std::int64_t tokens = 0;
   for (const request_state& r : s.active) {
     tokens += static_cast<std::int64_t>(r.req.prompt.size()) + r.req.synthetic_tokens + r.generated;
@@ -367,16 +369,21 @@ void consider_growth(self_ptr self) {
     s.policy_since = {};
     return;
   }
-  const std::int64_t context = tokens / batch;
-  const double now_s = s.setup.predict_step_s(before, batch, context);
-  const double then_s = s.setup.predict_step_s(after, batch, context);
-  const double gain = now_s > 0.0 && then_s > 0.0 ? now_s / then_s - 1.0 : 0.0;
-  if (gain < min_gain) {
+  planner::growth_inputs in;
+  in.layout_now = before.to_string();
+  in.layout_then = after.to_string();
+  in.new_members = after.num_ranks - before.num_ranks;
+  in.requests = batch;
+  in.context = tokens / batch;
+  in.step_now_s = s.setup.predict_step_s(before, batch, in.context);
+  in.step_then_s = s.setup.predict_step_s(after, batch, in.context);
+  const auto admission = static_cast<double>(std::max<std::int64_t>(1, admission_of(s)));
+  in.kv_use_now = static_cast<double>(reserved_on(s, before)) / admission;
+  in.kv_use_then = static_cast<double>(reserved_on(s, after)) / admission;
+  const planner::growth_decision d = planner::decide_growth(in);
+  if (!d.grow) {
     if (s.policy_since != std::chrono::steady_clock::time_point{}) {
-      logger()->info(
-          "engine: policy: {} -> {} would gain {:.1f}% for {} requests of ~{} tokens "
-          "(below {:.0f}%): the members stand by",
-          before.to_string(), after.to_string(), 100.0 * gain, batch, context, 100.0 * min_gain);
+      logger()->info("engine: policy: {} -> {}: {}", in.layout_now, in.layout_then, d.why);
     }
     s.policy_since = {};
     return;
@@ -387,11 +394,8 @@ void consider_growth(self_ptr self) {
   c.join = true;
   c.count = 0;
   c.deadline = now + std::chrono::minutes(2);
-  c.note = fmt::format(
-      "policy: {} members joined unasked; the cost model predicts {:.3f} -> {:.3f} ms per step "
-      "({:+.0f}%) for {} requests of ~{} tokens",
-      members - before.num_ranks, 1e3 * now_s, 1e3 * then_s, 100.0 * gain, batch, context);
-  logger()->info("engine: {} -> {}: {}", before.to_string(), after.to_string(), c.note);
+  c.note = "policy: " + d.why;
+  logger()->info("engine: {} -> {}: {}", in.layout_now, in.layout_then, c.note);
   s.unasked_join = false;
   s.policy_since = {};
   s.changes.push_back(std::move(c));
