@@ -16,10 +16,15 @@ status gemm(const gemm_params& p, const exec_context& ctx) {
     return invalid_argument("gemm: x_stride {} < k {} or y_stride {} < n {}", p.x_stride, p.k,
                             p.y_stride, p.n);
   }
-  if (p.w_type == dtype::fp8_e4m3) {
-    return failed_precondition(
-        "gemm: fp8_e4m3 weights are not supported (block-scaled FP8 "
-        "weights need scales)");
+  if (p.w_type == dtype::fp8_e4m3 &&
+      (p.w_scales == nullptr || p.w_block_k <= 0 || p.w_scale_phase < 0 ||
+       p.w_scale_phase >= p.w_block_k ||
+       p.w_scale_stride < (p.k - 1 + p.w_scale_phase) / p.w_block_k + 1)) {
+    return invalid_argument(
+        "gemm: fp8_e4m3 weights need block scales (scales {}, block {}, phase {}, stride {} for "
+        "k {})",
+        p.w_scales != nullptr ? "set" : "null", p.w_block_k, p.w_scale_phase, p.w_scale_stride,
+        p.k);
   }
   switch (ctx.backend) {
     case backend::reference:

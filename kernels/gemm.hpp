@@ -1,4 +1,5 @@
-// GEMV/GEMM with f32 activations, f32/bf16/f16 weights and f32 accumulation.
+// GEMV/GEMM with f32 activations, f32/bf16/f16 or block-scaled fp8_e4m3 weights and f32
+// accumulation.
 //
 //   y[m, n] (+)= sum_k x[m, k] * W[n, k]        (W in HF's [out, in] layout, row-major)
 // Shapes: x [m, k] with row stride x_stride (>= k), w [n, k] of dtype w_type, y [m, n] with row
@@ -25,9 +26,20 @@ struct gemm_params {
   std::int64_t n = 0;
   std::int64_t k = 0;
   bool accumulate = false;
+  /// fp8_e4m3 weights only (HF's block-scaled FP8, weight-only dequantization): weight row c's
+  /// element kk is e4m3(w[c, kk]) x w_scales[c * w_scale_stride + (kk + w_scale_phase) /
+  /// w_block_k], the product rounded to f32, i.e. exactly what a load that dequantizes to f32
+  /// stores; the dot products are then those of f32 weights, bit for bit. Each weight row has
+  /// its own scales (rows of one 128-row block repeat them), so row cuts of a shard need nothing
+  /// else; a column cut starts `w_scale_phase` columns into its first block.
+  const float* w_scales = nullptr;
+  std::int64_t w_scale_stride = 0;  // scales per weight row (>= its column blocks)
+  std::int64_t w_block_k = 0;       // columns per scale block
+  std::int64_t w_scale_phase = 0;   // in [0, w_block_k)
 };
 
-/// invalid_argument on null pointers or non-positive sizes; failed_precondition for fp8 weights.
+/// invalid_argument on null pointers, non-positive sizes or fp8 weights without valid scales;
+/// failed_precondition on a backend without the weight dtype (cuda).
 [[nodiscard]] status gemm(const gemm_params& p, const exec_context& ctx);
 
 }  // namespace helix::kernels

@@ -1,11 +1,14 @@
-// Optimised CPU GEMV/GEMM: y[m, n] (+)= sum_k x[m, k] * W[n, k], W f32/bf16/f16 in [out, in].
+// Optimised CPU GEMV/GEMM: y[m, n] (+)= sum_k x[m, k] * W[n, k], W f32/bf16/f16 or block-scaled
+// fp8_e4m3 in [out, in].
 //
 // One activation row (decode) is memory-bound: the kernel streams each weight row once and
-// converts it on the fly (bf16 by a 16-bit shift, f16 by F16C), one weight row at a time (one
-// sequential stream for the prefetcher). Two or more rows are compute-bound: with AVX-512 a block
-// of up to 4 rows x 4 weight rows keeps activations and weights in registers; AVX2 uses blocks of
-// up to 4 rows x 1 weight row. With several rows, k is walked in blocks of 1024 so the rows' block
-// of x stays in L1 for every column of a tile.
+// converts it on the fly (bf16 by a 16-bit shift, f16 by F16C; e4m3 by placing its 7 magnitude
+// bits in an f16 (exact: an f16 has every e4m3 value times 2^-8, subnormals included) and F16C,
+// then one multiply by 256 x the block's scale, which rounds exactly as e4m3 x scale does), one
+// weight row at a time (one sequential stream for the prefetcher). Two or more rows are
+// compute-bound: with AVX-512 a block of up to 4 rows x 4 weight rows keeps activations and weights
+// in registers; AVX2 uses blocks of up to 4 rows x 1 weight row. With several rows, k is walked in
+// blocks of 1024 so the rows' block of x stays in L1 for every column of a tile.
 //
 // Batch and thread invariance: every output element is reduced in one canonical order that
 // depends only on k. Element kk goes to lane kk % 16 of 16 f32 accumulators (fused multiply-add;
@@ -70,6 +73,48 @@ template <>
 struct storage<dtype::f16> {
   using type = f16_t;
 };
+template <>
+struct storage<dtype::fp8_e4m3> {
+  using type = fp8_e4m3_t;
+};
+
+// Weight row c's element kk as f32 (fp8: dequantized with its block's scale, one rounding).
+template <dtype WT>
+float weight_at(const gemm_params& p, const typename storage<WT>::type* row, std::int64_t c,
+                std::int64_t kk) {
+  if constexpr (WT == dtype::fp8_e4m3) {
+    return to_f32(row[kk]) *
+           p.w_scales[c * p.w_scale_stride + (kk + p.w_scale_phase) / p.w_block_k];
+  } else {
+    (void)p;
+    (void)c;
+    return to_f32(row[kk]);
+  }
+}
+
+// The scale block of 16-element chunks walked upwards from k_begin (fp8 only; a chunk never
+// straddles two blocks: the vector paths run only when blocks and the phase are multiples of
+// 16). scale(c) is 256 x weight row c's scale for the current chunk (see the header comment).
+struct scale_walk {
+  const gemm_params* p = nullptr;
+  std::int64_t idx = 0;   // the current chunk's block
+  std::int64_t edge = 0;  // the first column of the next block
+  scale_walk(const gemm_params& params, std::int64_t k_begin) : p(&params) {
+    if (p->w_block_k > 0) {
+      idx = (k_begin + p->w_scale_phase) / p->w_block_k;
+      edge = (idx + 1) * p->w_block_k - p->w_scale_phase;
+    }
+  }
+  void at(std::int64_t kk) {
+    while (kk >= edge) {
+      ++idx;
+      edge += p->w_block_k;
+    }
+  }
+  [[nodiscard]] float scale(std::int64_t c) const {
+    return 256.0f * p->w_scales[c * p->w_scale_stride + idx];
+  }
+};
 
 struct gemm_job {
   const gemm_params* p = nullptr;
@@ -105,7 +150,7 @@ void tile_scalar(const gemm_job& job, std::int64_t r_begin, std::int64_t r_end,
       const elem* wr = w + c * p.k;
       float acc[lanes] = {};
       for (std::int64_t kk = 0; kk < p.k; ++kk) {
-        acc[kk % lanes] = std::fma(x[kk], to_f32(wr[kk]), acc[kk % lanes]);
+        acc[kk % lanes] = std::fma(x[kk], weight_at<WT>(p, wr, c, kk), acc[kk % lanes]);
       }
       store_result(p, p.y + r * job.y_stride + c, reduce_lanes_scalar(acc));
     }
@@ -114,13 +159,21 @@ void tile_scalar(const gemm_job& job, std::int64_t r_begin, std::int64_t r_end,
 
 // ---- AVX2 + FMA + F16C ----
 
+// `s256`: fp8 only, 256 x the chunk's scale (scale_walk).
 template <dtype WT>
-HELIX_TARGET_AVX2 inline __m256 load8(const typename storage<WT>::type* w) {
+HELIX_TARGET_AVX2 inline __m256 load8(const typename storage<WT>::type* w, float s256 = 0.0f) {
   if constexpr (WT == dtype::f32) {
     return _mm256_loadu_ps(w);
   } else if constexpr (WT == dtype::bf16) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else if constexpr (WT == dtype::fp8_e4m3) {
+    // Sign-extended, shifted by 7: the sign lands on bit 15 and 14, eeee.mmm on 13..7; clearing
+    // bit 14 leaves the f16 of value x 2^-8.
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w));
+    const __m128i h = _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(b), 7),
+                                    _mm_set1_epi16(static_cast<short>(0xbfff)));
+    return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(s256));
   } else {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
   }
@@ -157,9 +210,15 @@ HELIX_TARGET_AVX2 void micro_avx2(const gemm_job& job, std::int64_t r0, std::int
     acc[r][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_state + r * lanes);
     acc[r][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_state + r * lanes + 8);
   }
+  scale_walk walk(p, k_begin);
   for (std::int64_t kk = k_begin; kk < k_end; kk += lanes) {
-    const __m256 w0 = load8<WT>(w + kk);
-    const __m256 w1 = load8<WT>(w + kk + 8);
+    float s = 0.0f;
+    if constexpr (WT == dtype::fp8_e4m3) {
+      walk.at(kk);
+      s = walk.scale(col);
+    }
+    const __m256 w0 = load8<WT>(w + kk, s);
+    const __m256 w1 = load8<WT>(w + kk + 8, s);
     for (int r = 0; r < R; ++r) {
       acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + kk), w0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + kk + 8), w1, acc[r][1]);
@@ -179,7 +238,7 @@ HELIX_TARGET_AVX2 void micro_avx2(const gemm_job& job, std::int64_t r0, std::int
     alignas(32) float xt[R][lanes] = {};
     alignas(32) float wt[lanes] = {};
     for (int r = 0; r < R; ++r) std::memcpy(xt[r], x[r] + k_full, sizeof(float) * rest);
-    for (std::int64_t j = 0; j < rest; ++j) wt[j] = to_f32(w[k_full + j]);
+    for (std::int64_t j = 0; j < rest; ++j) wt[j] = weight_at<WT>(p, w, col, k_full + j);
     const __m256 w0 = _mm256_load_ps(wt);
     const __m256 w1 = _mm256_load_ps(wt + 8);
     for (int r = 0; r < R; ++r) {
@@ -235,12 +294,17 @@ HELIX_TARGET_AVX2 void tile_avx2(const gemm_job& job, std::int64_t r_begin, std:
 // registers: R + C loads per R * C FMAs. The reduction tree is the AVX2 one, so the bits match.
 
 template <dtype WT>
-HELIX_TARGET_AVX512 inline __m512 load16(const typename storage<WT>::type* w) {
+HELIX_TARGET_AVX512 inline __m512 load16(const typename storage<WT>::type* w, float s256 = 0.0f) {
   if constexpr (WT == dtype::f32) {
     return _mm512_loadu_ps(w);
   } else if constexpr (WT == dtype::bf16) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else if constexpr (WT == dtype::fp8_e4m3) {  // as load8
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    const __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7),
+                                       _mm256_set1_epi16(static_cast<short>(0xbfff)));
+    return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(s256));
   } else {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
   }
@@ -275,9 +339,13 @@ HELIX_TARGET_AVX512 void micro_avx512(const gemm_job& job, std::int64_t r0, std:
       acc[r][c] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_state + (c * R + r) * lanes);
     }
   }
+  scale_walk walk(p, k_begin);
   for (std::int64_t kk = k_begin; kk < k_end; kk += lanes) {
     __m512 wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = load16<WT>(w[c] + kk);
+    if constexpr (WT == dtype::fp8_e4m3) walk.at(kk);
+    for (int c = 0; c < C; ++c) {
+      wv[c] = load16<WT>(w[c] + kk, WT == dtype::fp8_e4m3 ? walk.scale(c0 + c) : 0.0f);
+    }
     for (int r = 0; r < R; ++r) {
       const __m512 xv = _mm512_loadu_ps(x[r] + kk);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
@@ -296,7 +364,7 @@ HELIX_TARGET_AVX512 void micro_avx512(const gemm_job& job, std::int64_t r0, std:
     alignas(64) float wt[C][lanes] = {};
     for (int r = 0; r < R; ++r) std::memcpy(xt[r], x[r] + k_full, sizeof(float) * rest);
     for (int c = 0; c < C; ++c) {
-      for (std::int64_t j = 0; j < rest; ++j) wt[c][j] = to_f32(w[c][k_full + j]);
+      for (std::int64_t j = 0; j < rest; ++j) wt[c][j] = weight_at<WT>(p, w[c], c0 + c, k_full + j);
     }
     for (int r = 0; r < R; ++r) {
       const __m512 xv = _mm512_load_ps(xt[r]);
@@ -422,7 +490,10 @@ status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa) {
       run_all<dtype::f16>(job, pool);
       return ok_status();
     case dtype::fp8_e4m3:
-      break;
+      // Chunks of 16 must not straddle scale blocks on the vector paths.
+      if (p.w_block_k % lanes != 0 || p.w_scale_phase % lanes != 0) job.isa = simd::isa::scalar;
+      run_all<dtype::fp8_e4m3>(job, pool);
+      return ok_status();
   }
   return failed_precondition("gemm: weight dtype {} is not supported by the cpu backend",
                              dtype_name(p.w_type));

@@ -34,8 +34,11 @@ status gemm(const gemm_params& p) {
     for (std::int64_t c = 0; c < p.n; ++c) {
       double acc = 0.0;
       for (std::int64_t i = 0; i < p.k; ++i) {
-        acc += static_cast<double>(x[i]) *
-               static_cast<double>(load_as_f32(p.w, p.w_type, idx(c * p.k + i)));
+        float w = load_as_f32(p.w, p.w_type, idx(c * p.k + i));
+        if (p.w_type == dtype::fp8_e4m3) {  // weight-only dequantization, rounded to f32
+          w *= p.w_scales[c * p.w_scale_stride + (i + p.w_scale_phase) / p.w_block_k];
+        }
+        acc += static_cast<double>(x[i]) * static_cast<double>(w);
       }
       y[c] = p.accumulate ? y[c] + static_cast<float>(acc) : static_cast<float>(acc);
     }
