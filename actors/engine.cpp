@@ -127,8 +127,9 @@ status validate(const engine_config& c) {
       c.kv_type != dtype::fp8_e4m3) {
     return bad("kv_type", dtype_name(c.kv_type), "is not a KV storage dtype");
   }
-  if (c.weight_type != dtype::f32 && c.weight_type != dtype::bf16 && c.weight_type != dtype::f16) {
-    return bad("weight_type", dtype_name(c.weight_type), "must be f32, bf16 or f16");
+  if (c.weight_type != dtype::f32 && c.weight_type != dtype::bf16 && c.weight_type != dtype::f16 &&
+      c.weight_type != dtype::fp8_e4m3) {
+    return bad("weight_type", dtype_name(c.weight_type), "must be f32, bf16, f16 or fp8_e4m3");
   }
   HELIX_RETURN_IF_ERROR(in_range("block_tokens", c.block_tokens, 1, 1 << 16));
   if (c.kv_capacity_tokens_per_worker < c.block_tokens ||

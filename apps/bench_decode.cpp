@@ -37,7 +37,9 @@ constexpr const char* bench_usage =
     "  --layout STRING         a canonical layout, e.g. helix:kvp=4,tpa=2; repeat the flag or\n"
     "                          separate several with ';' (rank count must equal --workers)\n"
     "  --hopb on|off|both      HOP-B overlap of the all-to-all (default off; both = run twice)\n"
-    "  --kv-dtype T            KV storage dtype bf16|f32|fp8_e4m3 (default bf16; weights bf16)\n"
+    "  --kv-dtype T            KV storage dtype bf16|f32|fp8_e4m3 (default bf16)\n"
+    "  --weight-dtype T        weights bf16|fp8_e4m3 (default bf16; fp8_e4m3: linear weights\n"
+    "                          block-scaled in FP8, dequantized inside the GEMV)\n"
     "  --steps N               timed decode steps per case, median reported (default 8)\n"
     "  --warmup N              untimed decode steps before them (default 1)\n"
     "  --threads-per-rank N    kernel threads of every worker (default 1)\n"
@@ -128,9 +130,9 @@ expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::st
     }
   }
   HELIX_ASSIGN_OR_RETURN(const cli_args cli, cli_args::parse(rest, {"json", "help", "netns"}));
-  HELIX_RETURN_IF_ERROR(cli.check_known({"model", "context", "batch", "workers", "layouts", "hopb",
-                                         "kv-dtype", "steps", "warmup", "threads-per-rank",
-                                         "processes", "netns", "json", "help"}));
+  HELIX_RETURN_IF_ERROR(cli.check_known(
+      {"model", "context", "batch", "workers", "layouts", "hopb", "kv-dtype", "weight-dtype",
+       "steps", "warmup", "threads-per-rank", "processes", "netns", "json", "help"}));
   bench_decode_options o;
   o.model = cli.get_or("model", o.model);
   HELIX_ASSIGN_OR_RETURN(o.context, cli.get_size("context", o.context));
@@ -175,6 +177,12 @@ expected<bench_decode_options> parse_bench_decode_args(const std::vector<std::st
     return invalid_argument("--kv-dtype: {} is not bf16, f32 or fp8_e4m3", dtype_name(*kv));
   }
   o.kv_dtype = *kv;
+  auto wt = parse_dtype(cli.get_or("weight-dtype", "bf16"));
+  if (!wt) return wt.error().with_context("--weight-dtype");
+  if (*wt != dtype::bf16 && *wt != dtype::fp8_e4m3) {
+    return invalid_argument("--weight-dtype: {} is not bf16 or fp8_e4m3", dtype_name(*wt));
+  }
+  o.weight_dtype = *wt;
   HELIX_ASSIGN_OR_RETURN(const std::vector<bool> hopb, parse_hopb(cli.get_or("hopb", "off")));
   o.json = cli.has("json");
 
@@ -239,13 +247,13 @@ status check_decode_memory(const bench_decode_options& o) {
 
 namespace {
 
-// The engine for one case: its layout, KV sized for the batch, seeded bf16 weights; workers as
-// threads of this process or as `helix worker` processes.
+// The engine for one case: its layout, KV sized for the batch, seeded weights (bf16 or FP8);
+// workers as threads of this process or as `helix worker` processes.
 expected<std::unique_ptr<actors::engine>> make_engine(const bench_decode_options& o,
                                                       const decode_case& c) {
   actors::engine_config ec;
   ec.model = o.model;
-  ec.weight_type = dtype::bf16;
+  ec.weight_type = o.weight_dtype;
   ec.kv_type = o.kv_dtype;
   ec.weight_seed = weight_seed;
   ec.layout = c.layout.to_string();
@@ -353,8 +361,9 @@ expected<decode_case_result> run_case(const bench_decode_options& o, const decod
     kv_total += bytes;
   }
   res.kv_bytes_read_per_step_per_worker = res.kv_bytes_per_worker;
-  res.weight_bytes_read_per_step_per_worker = static_cast<std::int64_t>(
-      model::weights_read_per_step(spec, dtype::bf16, c.layout.tpa, c.layout.num_ranks, o.batch));
+  res.weight_bytes_read_per_step_per_worker =
+      static_cast<std::int64_t>(model::weights_read_per_step(spec, o.weight_dtype, c.layout.tpa,
+                                                             c.layout.num_ranks, o.batch));
   res.bytes_read_per_step = kv_total + res.weight_bytes_read_per_step_per_worker *
                                            static_cast<std::int64_t>(c.layout.num_ranks);
   progress << fmt::format("  {:.2f} ms/step ({:.2f} tokens/s), fill + first token {:.1f} s\n",
@@ -441,7 +450,7 @@ nlohmann::json decode_report_json(const bench_decode_options& o,
                                      : o.netns        ? "ucx-tcp-netns"
                                                       : "ucx"},
                       {"kv_dtype", std::string(dtype_name(o.kv_dtype))},
-                      {"weight_dtype", "bf16"},
+                      {"weight_dtype", std::string(dtype_name(o.weight_dtype))},
                       {"kv_fill", "synthetic"},
                       {"steps", o.steps},
                       {"threads_per_rank", o.threads_per_rank},
@@ -471,12 +480,13 @@ void print_decode_table(std::ostream& out, const bench_decode_options& o,
                         const std::vector<decode_case_result>& results) {
   out << fmt::format(
       "decode through the engine: {} on {} worker {}, batch {}, {} tokens of synthetic {} KV per "
-      "sequence, bf16 weights, median of {} steps, {} thread(s) per worker\n",
+      "sequence, {} weights, median of {} steps, {} thread(s) per worker\n",
       o.model, o.workers,
       o.processes == 0 ? "threads"
       : o.netns        ? "processes, each in a network namespace (UCX over TCP)"
                        : "processes",
-      o.batch, o.context, dtype_name(o.kv_dtype), o.steps, o.threads_per_rank);
+      o.batch, o.context, dtype_name(o.kv_dtype), dtype_name(o.weight_dtype), o.steps,
+      o.threads_per_rank);
   out << fmt::format("{:<32} {:>4} {:>12} {:>14} {:>10} {:>10} {:>7} {:>8}\n", "layout", "hopb",
                      "KV/worker", "read/step", "ms/step", "tokens/s", "vs tp", "of limit");
   for (const decode_case_result& r : results) {

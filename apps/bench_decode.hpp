@@ -43,12 +43,12 @@
 // tensors); bytes_read_per_step sums weights and KV over all workers. stream_read_bytes_per_s
 // is an integer sum over a 512 MiB buffer (apps/measure.hpp) on min(workers x threads per
 // worker, hardware threads) threads, the better of the medians of 5 reads with 512-bit and 5 with
-// 256-bit loads, taken right after the case in the same run; fraction_of_limit = bytes_read_per_step / step time / that rate, how close a step
-// comes to the memory system's limit. speedup_vs_tp is tp's step_ms / this
-// step_ms with the same hopb setting (null when no tp case with that setting ran). fill_s is the
-// time from the first submit to the timed request's first token (synthetic fill and prompt).
-// processes is 0 for worker threads; data_plane is "local" (threads), "ucx" (processes) or
-// "ucx-tcp-netns" (--netns).
+// 256-bit loads, taken right after the case in the same run; fraction_of_limit =
+// bytes_read_per_step / step time / that rate, how close a step comes to the memory system's limit.
+// speedup_vs_tp is tp's step_ms / this step_ms with the same hopb setting (null when no tp case
+// with that setting ran). fill_s is the time from the first submit to the timed request's first
+// token (synthetic fill and prompt). processes is 0 for worker threads; data_plane is "local"
+// (threads), "ucx" (processes) or "ucx-tcp-netns" (--netns).
 #pragma once
 
 #include <cstdint>
@@ -77,8 +77,9 @@ struct bench_decode_options {
   std::int64_t batch = 2;                          // sequences, one decode token each per step
   std::int64_t workers = 8;
   dtype kv_dtype = dtype::bf16;
-  std::int64_t steps = 8;   // timed decode steps
-  std::int64_t warmup = 1;  // untimed decode steps before them
+  dtype weight_dtype = dtype::bf16;  // bf16 or fp8_e4m3 (block-scaled, kept in FP8)
+  std::int64_t steps = 8;            // timed decode steps
+  std::int64_t warmup = 1;           // untimed decode steps before them
   int threads_per_rank = 1;
   std::int64_t processes = 0;  // > 0: workers as `helix worker` processes
   std::string worker_binary;   // with processes: the `helix` binary

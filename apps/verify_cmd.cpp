@@ -27,6 +27,7 @@ constexpr const char* usage =
     "  --steps N           greedy steps per request, the prefill included (default 64)\n"
     "  --prompt-len N      prompt of request i has N + 5*i tokens (default 24)\n"
     "  --dtype D           weights and KV: f32 or bf16 (default f32)\n"
+    "  --weight-dtype D    weights only: f32, bf16 or fp8_e4m3 (block-scaled; default --dtype)\n"
     "  --hopb on|off       HOP-B micro-batch overlap on the engine's side (default off)\n"
     "  --seed N            seed of the weights and prompts (default 1234, as every command)\n"
     "  --processes N       the engine's workers are N `helix worker` processes (N = the\n"
@@ -47,7 +48,8 @@ struct config {
   std::int64_t batch = 4;
   std::int64_t steps = 64;
   std::int64_t prompt_len = 24;
-  dtype type = dtype::f32;
+  dtype type = dtype::f32;  // KV (and weights unless weight_type says otherwise)
+  dtype weight_type = dtype::f32;
   bool hopb = false;
   std::uint64_t seed = model::default_weight_seed;
   bool json = false;
@@ -66,7 +68,7 @@ expected<std::int64_t> bounded_int(const cli_args& a, const std::string& name,
 expected<config> parse(const std::vector<std::string>& argv) {
   HELIX_ASSIGN_OR_RETURN(const cli_args a, cli_args::parse(argv, {"json"}));
   HELIX_RETURN_IF_ERROR(a.check_known({"model", "layout", "batch", "steps", "prompt-len", "dtype",
-                                       "hopb", "seed", "json", "processes"}));
+                                       "weight-dtype", "hopb", "seed", "json", "processes"}));
   config c;
   HELIX_ASSIGN_OR_RETURN(c.spec, builtin_model(a.get_or("model", "tiny-llama")));
   const double weight_bytes = static_cast<double>(c.spec.num_params()) * 4.0;
@@ -92,6 +94,11 @@ expected<config> parse(const std::vector<std::string>& argv) {
     return invalid_argument("--dtype '{}' (expected f32 or bf16)", type);
   }
   HELIX_ASSIGN_OR_RETURN(c.type, parse_dtype(type));
+  const std::string wtype = a.get_or("weight-dtype", type);
+  if (wtype != "f32" && wtype != "bf16" && wtype != "fp8_e4m3") {
+    return invalid_argument("--weight-dtype '{}' (expected f32, bf16 or fp8_e4m3)", wtype);
+  }
+  HELIX_ASSIGN_OR_RETURN(c.weight_type, parse_dtype(wtype));
   const std::string hopb = a.get_or("hopb", "off");
   if (hopb != "on" && hopb != "off")
     return invalid_argument("--hopb '{}' (expected on or off)", hopb);
@@ -242,7 +249,7 @@ expected<report> run(const config& c) {
   reference_run ref;
   {
     HELIX_ASSIGN_OR_RETURN(const model::model_weights w,
-                           model::init_seeded_weights(s, c.type, c.seed));
+                           model::init_seeded_weights(s, c.weight_type, c.seed));
     HELIX_ASSIGN_OR_RETURN(
         ref, run_reference(c, w, prompts, prefill_rows + c.batch * (c.steps + default_block_tokens),
                            std::max(prefill_rows, c.batch), r));
@@ -250,7 +257,7 @@ expected<report> run(const config& c) {
 
   actors::engine_config ec;
   ec.model = s.name;
-  ec.weight_type = c.type;
+  ec.weight_type = c.weight_type;
   ec.kv_type = c.type;
   ec.weight_seed = c.seed;
   ec.layout = c.grid.to_string();
@@ -383,6 +390,7 @@ int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ost
                         {"num_ranks", c->grid.num_ranks},
                         {"hopb", c->hopb},
                         {"dtype", type},
+                        {"weight_dtype", std::string(dtype_name(c->weight_type))},
                         {"batch", c->batch},
                         {"steps", c->steps},
                         {"prompt_lens", r->prompt_lens},
@@ -406,8 +414,9 @@ int run_verify(const std::vector<std::string>& args, std::ostream& out, std::ost
     if (!pass) j["failure"] = failure;
     out << j.dump(2) << "\n";
   } else {
-    out << fmt::format("helix verify: {} on {} ({}, {} ranks), dtype {}, hopb {}\n", c->spec.name,
-                       grid, family, c->grid.num_ranks, type, c->hopb ? "on" : "off");
+    out << fmt::format("helix verify: {} on {} ({}, {} ranks), dtype {} (weights {}), hopb {}\n",
+                       c->spec.name, grid, family, c->grid.num_ranks, type,
+                       dtype_name(c->weight_type), c->hopb ? "on" : "off");
     out << fmt::format(
         "  {} requests, prompts of {}..{} tokens prefilled in one step, {} greedy steps each, "
         "seed {}\n",

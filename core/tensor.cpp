@@ -117,4 +117,14 @@ std::span<float> tensor::f32() const {
   return {buf_.as<float>(), static_cast<std::size_t>(numel())};
 }
 
+float tensor::element(std::int64_t i) const {
+  const float v = load_as_f32(buf_.data(), type_, static_cast<std::size_t>(i));
+  if (scales_ == nullptr) return v;
+  const std::int64_t cols = dims_.rank == 2 ? dims_[1] : numel();
+  const std::int64_t r = i / cols;
+  const std::int64_t c = i % cols;
+  return v * scales_->row_scales[static_cast<std::size_t>(r * scales_->per_row +
+                                                          (c + scales_->phase) / scales_->block_k)];
+}
+
 }  // namespace helix

@@ -11,8 +11,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/dtype.hpp"
 
@@ -101,6 +103,17 @@ class buffer {
 };
 
 /// An owning f32/bf16/... tensor: a buffer plus its dtype and shape.
+/// The block scales of an fp8_e4m3 weight [rows, cols] (HF's block-scaled FP8, weight-only
+/// dequantization): element (r, c) is e4m3(w[r, c]) x row_scales[r * per_row + (c + phase) /
+/// block_k]. Each row carries its scales (the rows of one block repeat them), so a cut of rows
+/// takes its rows' scales and a cut of columns moves the phase (kernels::gemm_params).
+struct block_scales {
+  std::int64_t block_k = 0;  // columns per block
+  std::int64_t phase = 0;    // column 0's offset into its block, in [0, block_k)
+  std::int64_t per_row = 0;  // scales per row: the blocks the columns touch
+  std::vector<float> row_scales;
+};
+
 class tensor {
  public:
   tensor() = default;
@@ -119,9 +132,16 @@ class tensor {
   }
   /// f32 span; HELIX_CHECKs that the dtype is f32.
   [[nodiscard]] std::span<float> f32() const;
+  /// fp8_e4m3 weights: their block scales (null otherwise).
+  [[nodiscard]] const block_scales* scales() const { return scales_.get(); }
+  void set_scales(block_scales s) { scales_ = std::make_shared<const block_scales>(std::move(s)); }
+  /// Element i as f32 (fp8 weights dequantized with their scales), for code that reads weights
+  /// element by element outside the kernels (MLA's absorbed matrices, tests).
+  [[nodiscard]] float element(std::int64_t i) const;
 
  private:
   buffer buf_;
+  std::shared_ptr<const block_scales> scales_;
   dtype type_ = dtype::f32;
   helix::shape dims_;
 };

@@ -338,8 +338,8 @@ status write_text_atomic(const fs::path& path, const std::string& text) {
 status check_weight_type(const std::string& dir, dtype weight_type) {
   if (weight_type == dtype::fp8_e4m3) {
     return invalid_argument(
-        "checkpoint '{}': weight type fp8_e4m3 is not supported (f32, bf16, "
-        "f16)",
+        "checkpoint '{}': keeping a checkpoint's weights in fp8_e4m3 is not built yet (FP8 "
+        "checkpoints load dequantized as f32, bf16 or f16; seeded weights take fp8_e4m3)",
         dir);
   }
   return ok_status();

@@ -190,12 +190,13 @@ rank_program::rank_program(passkey, rank_weights w, std::unique_ptr<transport::c
     const mla_spec& m = s.mla;
     for (const rank_layer_weights& L : w_.layers) {
       const std::int64_t heads = L.q_heads.count;
-      tensor t(w_.weight_type, {heads * m.kv_lora_rank, m.qk_nope_head_dim});
+      // FP8 weights: dequantized (as an f32 load of the checkpoint would give them).
+      const dtype type = w_.weight_type == dtype::fp8_e4m3 ? dtype::f32 : w_.weight_type;
+      tensor t(type, {heads * m.kv_lora_rank, m.qk_nope_head_dim});
       for (std::int64_t h = 0; h < heads; ++h) {
         for (std::int64_t i = 0; i < m.qk_nope_head_dim; ++i) {
           for (std::int64_t col = 0; col < m.kv_lora_rank; ++col) {
-            const float v = load_as_f32(L.w_uk.data(), L.w_uk.type(),
-                                        sz((h * m.qk_nope_head_dim + i) * m.kv_lora_rank + col));
+            const float v = L.w_uk.element((h * m.qk_nope_head_dim + i) * m.kv_lora_rank + col);
             store_from_f32(t.data(), t.type(),
                            sz((h * m.kv_lora_rank + col) * m.qk_nope_head_dim + i), v);
           }

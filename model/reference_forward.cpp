@@ -1,4 +1,5 @@
 #include "model/reference_forward.hpp"
+#include "model/step_ops.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -22,21 +23,19 @@ std::size_t sz(std::int64_t n) {
 const kernels::exec_context ref_ctx{kernels::backend::reference, nullptr, nullptr};
 
 // y [t, out] = x [t, in] (row stride x_stride) @ w^T
-status matmul(const float* x, std::int64_t x_stride, const void* w, dtype w_type, std::int64_t out,
-              std::int64_t in, float* y, std::int64_t t) {
+status matmul(const float* x, std::int64_t x_stride, const tensor& w, float* y, std::int64_t t) {
   kernels::gemm_params g;
   g.x = x;
   g.x_stride = x_stride;
-  g.w = w;
-  g.w_type = w_type;
+  set_weight(g, w, 0);
   g.y = y;
   g.m = t;
-  g.n = out;
-  g.k = in;
+  g.n = w.dims()[0];
+  g.k = w.dims()[1];
   return kernels::gemm(g, ref_ctx);
 }
 status matmul(const float* x, const tensor& w, float* y, std::int64_t t) {
-  return matmul(x, 0, w.data(), w.type(), w.dims()[0], w.dims()[1], y, t);
+  return matmul(x, 0, w, y, t);
 }
 
 status rms(const float* x, std::int64_t stride, const tensor& w, float* out, std::int64_t t,
@@ -157,8 +156,7 @@ status attention_mla(const model_spec& s, const layer_weights& L, const vec& xn,
   // Decompress: kv [t, Q, qk_nope + v_head] = latent @ kv_b_proj^T.
   const std::int64_t kvb = m.qk_nope_head_dim + m.v_head_dim;
   vec kv(sz(t * nq * kvb));
-  HELIX_RETURN_IF_ERROR(matmul(kva.data(), kv_a_dim, L.kv_b_proj.data(), L.kv_b_proj.type(),
-                               nq * kvb, m.kv_lora_rank, kv.data(), t));
+  HELIX_RETURN_IF_ERROR(matmul(kva.data(), kv_a_dim, L.kv_b_proj, kv.data(), t));
   HELIX_RETURN_IF_ERROR(rope(q.data(), t, nq * qk, nq, qk, m.qk_nope_head_dim, m.qk_rope_head_dim,
                              pos, table, s.rope.interleave));
   HELIX_RETURN_IF_ERROR(rope(kva.data(), t, kv_a_dim, 1, kv_a_dim, m.kv_lora_rank,

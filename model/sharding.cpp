@@ -69,6 +69,39 @@ std::vector<cut_run> cut_runs(const shape& full, const tensor_cut& cut) {
 namespace {
 
 // The piece `cut` of an in-memory full tensor; an empty (rank-0) tensor stays empty.
+block_scales cut_scales(const block_scales& full, const tensor_cut& cut) {
+  if (cut.how == tensor_cut::kind::whole) return full;
+  block_scales out;
+  out.block_k = full.block_k;
+  const auto per_row = static_cast<std::size_t>(full.per_row);
+  if (cut.how == tensor_cut::kind::rows) {  // the rows' scales, in the cut's order
+    out.phase = full.phase;
+    out.per_row = full.per_row;
+    for (const index_range& r : cut.ranges) {
+      const auto first = full.row_scales.begin() +
+                         static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r.first) * per_row);
+      out.row_scales.insert(
+          out.row_scales.end(), first,
+          first + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(r.count) * per_row));
+    }
+    return out;
+  }
+  // Columns [c0, c0 + count): the blocks they touch, from column c0's.
+  const index_range c = cut.ranges[0];
+  const std::int64_t at = c.first + full.phase;
+  const std::int64_t first_block = at / full.block_k;
+  out.phase = at % full.block_k;
+  out.per_row = (c.count - 1 + out.phase) / full.block_k + 1;
+  const std::size_t rows = per_row == 0 ? 0 : full.row_scales.size() / per_row;
+  for (std::size_t r = 0; r < rows; ++r) {
+    const auto first =
+        full.row_scales.begin() +
+        static_cast<std::ptrdiff_t>(r * per_row + static_cast<std::size_t>(first_block));
+    out.row_scales.insert(out.row_scales.end(), first, first + out.per_row);
+  }
+  return out;
+}
+
 tensor cut_tensor(const tensor& full, const tensor_cut& cut) {
   if (full.dims().rank == 0) return {};
   tensor out(full.type(), cut_shape(full.dims(), cut));
@@ -80,6 +113,7 @@ tensor cut_tensor(const tensor& full, const tensor_cut& cut) {
                 src + static_cast<std::size_t>(r.full_offset) * elem,
                 static_cast<std::size_t>(r.count) * elem);
   }
+  if (const block_scales* s = full.scales()) out.set_scales(cut_scales(*s, cut));
   return out;
 }
 
@@ -296,7 +330,7 @@ std::vector<full_tensor_plan> make_plan(const model_spec& spec, dtype weight_typ
   embed_cuts.push_back(whole(out.embed));
   plan.push_back({.name = "model.embed_tokens.weight",
                   .dims = vocab_rows,
-                  .type = weight_type,
+                  .type = embedding_type(weight_type),
                   .role = tensor_role::embedding,
                   .cuts = std::move(embed_cuts)});
   for (std::int64_t i = 0; i < spec.num_layers; ++i) {
@@ -317,11 +351,8 @@ std::vector<full_tensor_plan> make_plan(const model_spec& spec, dtype weight_typ
   return plan;
 }
 
-status check_weight_type(dtype weight_type, std::string_view who) {
-  if (weight_type == dtype::fp8_e4m3) {
-    return invalid_argument("{}: fp8_e4m3 is not a weight type here", who);
-  }
-  return ok_status();
+status check_weight_type(dtype, std::string_view) {
+  return ok_status();  // every dtype is a weight type (fp8_e4m3: block-scaled linear weights)
 }
 
 }  // namespace

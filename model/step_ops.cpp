@@ -11,14 +11,26 @@
 
 namespace helix::model {
 
+void set_weight(kernels::gemm_params& g, const tensor& w, std::int64_t first_row) {
+  const std::int64_t cols = w.dims().rank == 2 ? w.dims()[1] : w.numel();
+  g.w = static_cast<const std::uint8_t*>(w.data()) +
+        static_cast<std::size_t>(first_row * cols) * dtype_bytes(w.type());
+  g.w_type = w.type();
+  if (const block_scales* s = w.scales()) {
+    g.w_scales = s->row_scales.data() + first_row * s->per_row;
+    g.w_scale_stride = s->per_row;
+    g.w_block_k = s->block_k;
+    g.w_scale_phase = s->phase;
+  }
+}
+
 status linear(const kernels::exec_context& ctx, const float* x, std::int64_t x_stride,
               const tensor& w, float* y, std::int64_t y_stride, std::int64_t rows,
               bool accumulate) {
   kernels::gemm_params g;
   g.x = x;
   g.x_stride = x_stride;
-  g.w = w.data();
-  g.w_type = w.type();
+  set_weight(g, w, 0);
   g.y = y;
   g.y_stride = y_stride;
   g.m = rows;
@@ -195,7 +207,7 @@ status absorb_mla_queries(const kernels::exec_context& ctx, const model_spec& sp
     g.x_stride = heads * qk;
     g.w = static_cast<const std::uint8_t*>(w_uk_t.data()) +
           static_cast<std::size_t>(h) * w_head_bytes;
-    g.w_type = w_uk_t.type();
+    g.w_type = w_uk_t.type();  // never fp8: rank_program builds it dequantized
     g.y = q_abs + h * key_dim;
     g.y_stride = heads * key_dim;
     g.m = rows;
@@ -220,14 +232,11 @@ status mla_values(const kernels::exec_context& ctx, const model_spec& spec, cons
                   std::int64_t head_row_stride, std::int64_t head_row_offset, const float* latent,
                   std::int64_t rows, std::int64_t heads, float* out) {
   const mla_spec& m = spec.mla;
-  const std::size_t row_bytes = static_cast<std::size_t>(m.kv_lora_rank) * dtype_bytes(w.type());
   for (std::int64_t h = 0; h < heads; ++h) {
     kernels::gemm_params g;
     g.x = latent + h * m.kv_lora_rank;
     g.x_stride = heads * m.kv_lora_rank;
-    g.w = static_cast<const std::uint8_t*>(w.data()) +
-          static_cast<std::size_t>(h * head_row_stride + head_row_offset) * row_bytes;
-    g.w_type = w.type();
+    set_weight(g, w, h * head_row_stride + head_row_offset);
     g.y = out + h * m.v_head_dim;
     g.y_stride = heads * m.v_head_dim;
     g.m = rows;

@@ -10,10 +10,15 @@
 #include "core/model_spec.hpp"
 #include "core/tensor.hpp"
 #include "kernels/exec.hpp"
+#include "kernels/gemm.hpp"
 #include "kernels/rope.hpp"
 #include "model/batch.hpp"
 
 namespace helix::model {
+
+/// The weight operand of a GEMM: rows [first_row, ...) of the 2-D `w` (fp8: with their block
+/// scales).
+void set_weight(kernels::gemm_params& g, const tensor& w, std::int64_t first_row);
 
 /// y [rows, out] (+)= x [rows, in] @ w^T for a weight w [out, in]; strides of 0 mean dense rows.
 [[nodiscard]] status linear(const kernels::exec_context& ctx, const float* x, std::int64_t x_stride,

@@ -24,13 +24,23 @@ mlp_weights make_mlp(dtype t, std::int64_t hidden, std::int64_t ffn) {
 
 }  // namespace
 
+dtype embedding_type(dtype weight_type) {
+  return weight_type == dtype::fp8_e4m3 ? dtype::bf16 : weight_type;
+}
+
+double linear_bytes_per_weight(dtype weight_type) {
+  // FP8: one byte, and one f32 scale per row and block of fp8_block_cols columns.
+  return weight_type == dtype::fp8_e4m3 ? 1.0 + 4.0 / static_cast<double>(fp8_block_cols)
+                                        : static_cast<double>(dtype_bytes(weight_type));
+}
+
 weights_size weights_bytes(const model_spec& spec, dtype weight_type) {
   const auto d = [](std::int64_t v) { return static_cast<double>(v); };
-  const double w = static_cast<double>(dtype_bytes(weight_type));
+  const double w = linear_bytes_per_weight(weight_type);
   const double h = d(spec.hidden);
   const double nq = d(spec.num_q_heads);
   weights_size out;
-  out.embedding = d(spec.vocab) * h * w;
+  out.embedding = d(spec.vocab) * h * static_cast<double>(dtype_bytes(embedding_type(weight_type)));
   out.replicated = out.embedding + h * 4.0;                            // embedding, final norm
   out.split = spec.tie_word_embeddings ? 0.0 : d(spec.vocab) * h * w;  // LM head
   for (std::int64_t l = 0; l < spec.num_layers; ++l) {
@@ -63,7 +73,7 @@ weights_size weights_bytes(const model_spec& spec, dtype weight_type) {
 double weights_read_per_step(const model_spec& spec, dtype weight_type, std::int64_t tpa,
                              std::int64_t num_ranks, std::int64_t batch) {
   const weights_size s = weights_bytes(spec, weight_type);
-  const double w = static_cast<double>(dtype_bytes(weight_type));
+  const double w = static_cast<double>(dtype_bytes(embedding_type(weight_type)));
   const double h = static_cast<double>(spec.hidden);
   const double n = static_cast<double>(std::max<std::int64_t>(num_ranks, 1));
   const double b = static_cast<double>(std::max<std::int64_t>(batch, 1));
@@ -120,11 +130,6 @@ layer_weights make_layer(const model_spec& spec, dtype t, std::int64_t l) {
 
 expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_type) {
   HELIX_RETURN_IF_ERROR(spec.validate());
-  if (weight_type == dtype::fp8_e4m3) {
-    return invalid_argument(
-        "weights: fp8_e4m3 is a KV storage type, not a weight type here "
-        "(use f32, bf16 or f16)");
-  }
   const double need = weights_bytes(spec, weight_type).total();
   const memory_headroom avail = available_memory();
   if (need > static_cast<double>(avail.bytes)) {
@@ -138,7 +143,7 @@ expected<model_weights> allocate_weights(const model_spec& spec, dtype weight_ty
   model_weights w;
   w.spec = spec;
   w.weight_type = t;
-  w.embed = make(t, spec.vocab, h);
+  w.embed = make(embedding_type(t), spec.vocab, h);
   w.final_norm = make_vec(h);
   if (!spec.tie_word_embeddings) w.lm_head = make(t, spec.vocab, h);
   w.layers.reserve(static_cast<std::size_t>(spec.num_layers));
@@ -203,11 +208,50 @@ layer_weights allocate_layer(const model_spec& spec, dtype weight_type, std::int
   return make_layer(spec, weight_type, l);
 }
 
+namespace {
+
+// An FP8 linear weight: every block of fp8_block_rows x fp8_block_cols gets a scale of
+// bound x f / 448 (f in [0.5, 1] from the RNG, keyed by the block), and element u in [-1, 1]
+// (the RNG of the other dtypes) is stored as e4m3(448 u): the value is e4m3(448 u) x scale, within
+// +-bound x f. Scales depend on the block only, so a shard seeds the same values as the model.
+void seed_fp8(const named_tensor& nt, std::uint64_t seed, std::uint64_t tensor_idx) {
+  tensor& t = *nt.t;
+  const std::int64_t rows = t.dims()[0];
+  const std::int64_t cols = t.dims()[1];
+  const float bound = 1.0f / std::sqrt(static_cast<float>(nt.fan_in));
+  block_scales s;
+  s.block_k = fp8_block_cols;
+  s.per_row = (cols + fp8_block_cols - 1) / fp8_block_cols;
+  s.row_scales.resize(static_cast<std::size_t>(rows * s.per_row));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t j = 0; j < s.per_row; ++j) {
+      const auto block = static_cast<std::uint64_t>((r / fp8_block_rows) * s.per_row + j);
+      const float f =
+          0.5f + 0.5f * random_uniform(seed, tensor_idx, 1, rng_purpose::weight_init, block);
+      s.row_scales[static_cast<std::size_t>(r * s.per_row + j)] = bound * f / 448.0f;
+    }
+  }
+  auto* codes = t.as<fp8_e4m3_t>();
+  for (std::int64_t i = 0; i < rows * cols; ++i) {
+    const float u = 2.0f * random_uniform(seed, tensor_idx, 0, rng_purpose::weight_init,
+                                          static_cast<std::uint64_t>(i)) -
+                    1.0f;
+    codes[i] = to_fp8_e4m3(448.0f * u);
+  }
+  t.set_scales(std::move(s));
+}
+
+}  // namespace
+
 void seed_tensors(std::span<const named_tensor> tensors, std::uint64_t seed,
                   std::uint64_t first_index) {
   std::uint64_t tensor_idx = first_index;
   for (const named_tensor& nt : tensors) {
     tensor& t = *nt.t;
+    if (t.type() == dtype::fp8_e4m3 && nt.role == tensor_role::linear && t.dims().rank == 2) {
+      seed_fp8(nt, seed, tensor_idx++);
+      continue;
+    }
     const auto n = static_cast<std::uint64_t>(t.numel());
     for (std::uint64_t i = 0; i < n; ++i) {
       const float u =

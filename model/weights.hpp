@@ -3,7 +3,9 @@
 // Tensor shapes follow HF checkpoints exactly (linear weights are [out, in]) so that loading is a
 // copy and the tensor names map one to one (see checkpoint.hpp). Weights are stored as f32, bf16
 // or f16 (`weight_type`); norms, router and biases are always f32. Built by init_seeded_weights()
-// or load_checkpoint(); owned by whoever holds the struct (move-only).
+// or load_checkpoint(); owned by whoever holds the struct (move-only). With fp8_e4m3 the linear
+// weights stay in e4m3 with their block scales (tensor::scales()) and the kernels dequantize them
+// as they read (kernels::gemm_params); the embedding is bf16.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +59,15 @@ struct model_weights {
     return spec.tie_word_embeddings ? embed : lm_head;
   }
 };
+
+/// FP8 weights (weight_type fp8_e4m3: linear weights in e4m3 with block scales, the embedding in
+/// bf16, norms and routers in f32): the block of seeded ones, DeepSeek-V3's 128 x 128.
+inline constexpr std::int64_t fp8_block_rows = 128;
+inline constexpr std::int64_t fp8_block_cols = 128;
+/// The embedding's dtype for `weight_type` (bf16 for fp8_e4m3: a lookup, never quantized).
+[[nodiscard]] dtype embedding_type(dtype weight_type);
+/// Bytes per linear weight element as stored (FP8: its share of the block scales included).
+[[nodiscard]] double linear_bytes_per_weight(dtype weight_type);
 
 /// What a tensor is, for initialisation and for which dtype it is stored in.
 enum class tensor_role : std::uint8_t { linear, embedding, norm, router, router_bias };
@@ -113,7 +124,8 @@ struct weights_size {
 
 /// Deterministic weights for a spec: every tensor is filled from the counter-based RNG keyed by
 /// (seed, tensor index), uniform in +-1/sqrt(fan_in) for linear weights, 1 +- 0.1 for norms,
-/// rounded to `weight_type`. invalid_argument for fp8_e4m3 (not a weight type) or a bad spec;
+/// rounded to `weight_type` (fp8_e4m3: as seed_fp8 in weights.cpp, block-scaled). invalid_argument
+/// for a bad spec;
 /// resource_exhausted (naming the bytes needed and available) when they do not fit in memory.
 [[nodiscard]] expected<model_weights> init_seeded_weights(const model_spec& spec, dtype weight_type,
                                                           std::uint64_t seed);
