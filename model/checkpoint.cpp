@@ -335,14 +335,16 @@ status write_text_atomic(const fs::path& path, const std::string& text) {
   return ok_status();
 }
 
-status check_weight_type(const std::string& dir, dtype weight_type) {
-  if (weight_type == dtype::fp8_e4m3) {
-    return invalid_argument(
-        "checkpoint '{}': keeping a checkpoint's weights in fp8_e4m3 is not built yet (FP8 "
-        "checkpoints load dequantized as f32, bf16 or f16; seeded weights take fp8_e4m3)",
-        dir);
-  }
-  return ok_status();
+status check_weight_type(const std::string&, dtype) {
+  return ok_status();  // fp8_e4m3 keeps F8 tensors in FP8 and the others as stored
+}
+
+// With weight_type fp8_e4m3, a tensor that is not stored as F8 (the embedding, an unquantized
+// LM head or layer) stays in its stored dtype, so its values are exactly those of an f32 load;
+// `planned` is the dtype the plan gives it.
+dtype kept_type(dtype weight_type, dtype planned, const safetensors_entry& e) {
+  if (weight_type != dtype::fp8_e4m3 || planned == dtype::f32 || !e.type) return planned;
+  return *e.type;
 }
 
 // Refuses a config.json that describes far more values than the files hold before anything is
@@ -471,6 +473,47 @@ expected<std::optional<fp8_scales>> fp8_scales_of(const std::string& dir, const 
       fp8_scales{&file, s, cols, quant->block_rows, quant->block_cols, grid_cols}};
 }
 
+// The piece `cut` of the F8_E4M3 entry `e` (full shape `dims`) kept in FP8: its codes (NaN
+// refused) and its blocks' scales, expanded to its rows (tensor::scales()).
+expected<tensor> keep_fp8(const std::string& dir, const safetensors_file& file,
+                          const safetensors_entry& e, const fp8_scales& f, const shape& dims,
+                          const tensor_cut& cut) {
+  tensor out(dtype::fp8_e4m3, cut_shape(dims, cut));
+  const std::byte* stored = file.bytes(e).data();
+  auto* dst = static_cast<std::byte*>(out.data());
+  for (const cut_run& r : cut_runs(dims, cut)) {
+    for (std::int64_t i = 0; i < r.count; ++i) {
+      const auto code = static_cast<std::uint8_t>(stored[r.full_offset + i]);
+      if ((code & 0x7f) == 0x7f) {
+        return invalid_argument(
+            "checkpoint '{}': {}: element {} is NaN (F8_E4M3 code {:#04x}, in {})", dir, e.name,
+            r.full_offset + i, code, file.path());
+      }
+    }
+    std::memcpy(dst + r.piece_offset, stored + r.full_offset, static_cast<std::size_t>(r.count));
+  }
+  const std::byte* scales = f.file->bytes(*f.scale).data();
+  const dtype scale_type = *f.scale->type;
+  const std::size_t scale_elem = dtype_bytes(scale_type);
+  block_scales full;
+  full.block_k = f.block_cols;
+  full.per_row = f.scale_cols;
+  full.row_scales.resize(static_cast<std::size_t>(dims[0] * f.scale_cols));
+  for (std::int64_t r = 0; r < dims[0]; ++r) {
+    for (std::int64_t j = 0; j < f.scale_cols; ++j) {
+      std::byte raw[4] = {};
+      std::memcpy(
+          raw,
+          scales + static_cast<std::size_t>((r / f.block_rows) * f.scale_cols + j) * scale_elem,
+          scale_elem);  // no alignment guarantee
+      full.row_scales[static_cast<std::size_t>(r * f.scale_cols + j)] =
+          load_as_f32(raw, scale_type, 0);
+    }
+  }
+  out.set_scales(cut_scales(full, cut));
+  return out;
+}
+
 // `n` elements of the F8_E4M3 entry `e` from `first` on, dequantized into `to` at `dst`.
 // invalid_argument for a NaN code (e4m3fn has no infinities).
 status dequantize_fp8(const std::string& dir, const safetensors_file& file,
@@ -509,8 +552,11 @@ status dequantize_fp8(const std::string& dir, const safetensors_file& file,
 // piece's elements are touched, checked for NaN/Inf as stored and for overflow as converted.
 expected<tensor> read_piece(const std::string& dir, const safetensors_file& file,
                             const safetensors_entry& e, const full_tensor_plan& p,
-                            const tensor_cut& cut, const std::optional<fp8_scales>& fp8) {
-  tensor out(p.type, cut_shape(p.dims, cut));
+                            const tensor_cut& cut, const std::optional<fp8_scales>& fp8,
+                            dtype weight_type) {
+  if (fp8 && p.type == dtype::fp8_e4m3) return keep_fp8(dir, file, e, *fp8, p.dims, cut);
+  const dtype type = fp8 ? p.type : kept_type(weight_type, p.type, e);
+  tensor out(type, cut_shape(p.dims, cut));
   if (fp8) {
     auto* dst = static_cast<std::byte*>(out.data());
     for (const cut_run& r : cut_runs(p.dims, cut)) {
@@ -523,7 +569,7 @@ expected<tensor> read_piece(const std::string& dir, const safetensors_file& file
   }
   const std::span<const std::byte> stored = file.bytes(e);
   const std::size_t src_elem = dtype_bytes(*e.type);
-  const std::size_t dst_elem = dtype_bytes(p.type);
+  const std::size_t dst_elem = dtype_bytes(type);
   auto* dst = static_cast<std::byte*>(out.data());
   for (const cut_run& r : cut_runs(p.dims, cut)) {
     const auto first = static_cast<std::size_t>(r.full_offset);
@@ -531,8 +577,8 @@ expected<tensor> read_piece(const std::string& dir, const safetensors_file& file
     const std::span<const std::byte> run = stored.subspan(first * src_elem, n * src_elem);
     HELIX_RETURN_IF_ERROR(check_finite(dir, file, e, first, run));
     std::byte* to = dst + static_cast<std::size_t>(r.piece_offset) * dst_elem;
-    convert_stored(run.data(), *e.type, n, to, p.type);
-    HELIX_RETURN_IF_ERROR(check_converted_finite(dir, file, e, first, p.type, to, n));
+    convert_stored(run.data(), *e.type, n, to, type);
+    HELIX_RETURN_IF_ERROR(check_converted_finite(dir, file, e, first, type, to, n));
   }
   return out;
 }
@@ -567,6 +613,14 @@ expected<model_weights> load_checkpoint(const std::string& dir, dtype weight_typ
                            find_tensor(dir, src, nt.name, nt.t->dims(), file_idx));
     const safetensors_file& file = src.files[file_idx];
     HELIX_ASSIGN_OR_RETURN(const auto fp8, fp8_scales_of(dir, src, quant, *e, used));
+    if (fp8 && nt.t->type() == dtype::fp8_e4m3) {  // kept in FP8 with its scales
+      HELIX_ASSIGN_OR_RETURN(*nt.t, keep_fp8(dir, file, *e, *fp8, nt.t->dims(), tensor_cut{}));
+      used.insert(nt.name);
+      continue;
+    }
+    if (!fp8 && e->type && kept_type(weight_type, nt.t->type(), *e) != nt.t->type()) {
+      *nt.t = tensor(*e->type, nt.t->dims());  // not quantized: as stored
+    }
     if (fp8) {
       HELIX_RETURN_IF_ERROR(dequantize_fp8(dir, file, *e, *fp8, 0,
                                            static_cast<std::size_t>(nt.t->numel()), nt.t->data(),
@@ -623,8 +677,8 @@ expected<rank_weights> checkpoint_rank_weights(const std::string& dir, dtype wei
   for (std::size_t i = 0; i < plan.size(); ++i) {
     const auto [file_idx, e] = entries[i];
     for (const tensor_cut& c : plan[i].cuts) {
-      HELIX_ASSIGN_OR_RETURN(*c.dst,
-                             read_piece(dir, src.files[file_idx], *e, plan[i], c, scales[i]));
+      HELIX_ASSIGN_OR_RETURN(
+          *c.dst, read_piece(dir, src.files[file_idx], *e, plan[i], c, scales[i], weight_type));
       ++pieces;
     }
     if (!plan[i].cuts.empty()) release_pages(src.files[file_idx].bytes(*e));

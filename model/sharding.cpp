@@ -66,9 +66,6 @@ std::vector<cut_run> cut_runs(const shape& full, const tensor_cut& cut) {
   return runs;
 }
 
-namespace {
-
-// The piece `cut` of an in-memory full tensor; an empty (rank-0) tensor stays empty.
 block_scales cut_scales(const block_scales& full, const tensor_cut& cut) {
   if (cut.how == tensor_cut::kind::whole) return full;
   block_scales out;
@@ -102,6 +99,9 @@ block_scales cut_scales(const block_scales& full, const tensor_cut& cut) {
   return out;
 }
 
+namespace {
+
+// The piece `cut` of an in-memory full tensor; an empty (rank-0) tensor stays empty.
 tensor cut_tensor(const tensor& full, const tensor_cut& cut) {
   if (full.dims().rank == 0) return {};
   tensor out(full.type(), cut_shape(full.dims(), cut));

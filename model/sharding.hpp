@@ -171,6 +171,8 @@ struct cut_run {
 /// (they tile the piece). HELIX_CHECK that rows/cols cuts are of 2-D tensors and within range.
 [[nodiscard]] shape cut_shape(const shape& full, const tensor_cut& cut);
 [[nodiscard]] std::vector<cut_run> cut_runs(const shape& full, const tensor_cut& cut);
+/// The block scales of the piece `cut` of an FP8 tensor whose scales are `full`.
+[[nodiscard]] block_scales cut_scales(const block_scales& full, const tensor_cut& cut);
 
 /// One full tensor of a model and the pieces of it one rank holds.
 struct full_tensor_plan {

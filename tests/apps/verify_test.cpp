@@ -1,6 +1,8 @@
 // `helix verify`: the sharded decoder against the single worker, end to end through the command.
 #include "apps/verify_cmd.hpp"
 
+#include <utility>
+
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -59,6 +61,20 @@ TEST(VerifyCommand, Bf16WeightsAndKvMatch) {
   expect_exact(j, 2e-2);
   EXPECT_EQ(j["dtype"], "bf16");
   EXPECT_EQ(j["tolerance"].get<double>(), 2e-2);
+}
+
+// FP8 weights kept in FP8 (block-scaled, dequantized inside the GEMV) on the engine's shards and
+// on the reference alike: the f32 tolerance holds, on GQA and on MLA + MoE with EP.
+TEST(VerifyCommand, Fp8WeightsMatch) {
+  for (const auto& [model, grid] :
+       {std::pair<std::string, std::string>{"tiny-llama", "helix:kvp=4,tpa=2"},
+        {"tiny-llama", "tp:tp=8"},
+        {"tiny-deepseek", "helix:kvp=4,tpa=1,tpf=2,ep=2"}}) {
+    const auto j = verify_json({"--model", model, "--layout", grid, "--weight-dtype", "fp8_e4m3"});
+    expect_exact(j, 1e-4);
+    EXPECT_EQ(j["weight_dtype"], "fp8_e4m3") << model << " " << grid;
+    EXPECT_EQ(j["dtype"], "f32");
+  }
 }
 
 TEST(VerifyCommand, HopbMatches) {

@@ -349,7 +349,6 @@ TEST_F(CheckpointTest, Fp8TensorWithoutQuantizationConfigIsRefusedByName) {
                         "config.json has no quantization_config"));
 }
 
-
 // Overwrites element `idx` of tensor `name` in dir/model.safetensors with the raw value `v`
 // (of the stored element size).
 template <class V>
@@ -560,11 +559,18 @@ TEST_F(CheckpointTest, QuantizationOtherThanBlockScaledFp8IsRefused) {
   EXPECT_TRUE(load_checkpoint(sub("ckpt"), dtype::bf16).has_value());
 }
 
-TEST_F(CheckpointTest, Fp8WeightTypeIsRefused) {
+// fp8_e4m3 keeps F8 tensors in FP8 and never quantizes: a checkpoint without F8 tensors loads as
+// stored (here bf16), the values of any other load.
+TEST_F(CheckpointTest, Fp8WeightTypeKeepsUnquantizedTensorsAsStored) {
   auto w = load_checkpoint(fixture("llama-bf16"), dtype::fp8_e4m3);
-  ASSERT_FALSE(w.has_value());
-  EXPECT_EQ(w.error().code(), errc::invalid_argument);
-  EXPECT_THAT(w.error().message(), HasSubstr("fp8_e4m3"));
+  ASSERT_TRUE(w.has_value()) << w.error().to_string();
+  auto bf16 = load_checkpoint(fixture("llama-bf16"), dtype::bf16);
+  ASSERT_TRUE(bf16.has_value()) << bf16.error().to_string();
+  const tensor& o = w->layers[0].o_proj;
+  EXPECT_EQ(o.type(), dtype::bf16);
+  EXPECT_EQ(o.scales(), nullptr);
+  ASSERT_EQ(o.bytes(), bf16->layers[0].o_proj.bytes());
+  EXPECT_EQ(std::memcmp(o.data(), bf16->layers[0].o_proj.data(), o.bytes()), 0);
 }
 
 TEST_F(CheckpointTest, SavedConfigIsHfStyle) {

@@ -1,5 +1,5 @@
 // Shared by the sharding and checkpoint tests: two ranks' weights compared field by field,
-// tensors byte for byte (dtype and shape included).
+// tensors byte for byte (dtype, shape and FP8 block scales included).
 #pragma once
 
 #include <cstring>
@@ -18,9 +18,16 @@ using model::mlp_shard;
 using model::rank_layer_weights;
 using model::rank_weights;
 
+inline bool same_scales(const block_scales* a, const block_scales* b) {
+  if (a == nullptr || b == nullptr) return a == b;
+  return a->block_k == b->block_k && a->phase == b->phase && a->per_row == b->per_row &&
+         a->row_scales == b->row_scales;
+}
+
 inline bool same_tensor(const tensor& a, const tensor& b) {
   return a.type() == b.type() && a.dims() == b.dims() && a.bytes() == b.bytes() &&
-         (a.bytes() == 0 || std::memcmp(a.data(), b.data(), a.bytes()) == 0);
+         (a.bytes() == 0 || std::memcmp(a.data(), b.data(), a.bytes()) == 0) &&
+         same_scales(a.scales(), b.scales());
 }
 
 #define HELIX_EXPECT_SAME(a, b, what) EXPECT_TRUE(same_tensor(a, b)) << what
