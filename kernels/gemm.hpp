@@ -29,7 +29,8 @@ struct gemm_params {
   /// fp8_e4m3 weights only (HF's block-scaled FP8, weight-only dequantization): weight row c's
   /// element kk is e4m3(w[c, kk]) x w_scales[c * w_scale_stride + (kk + w_scale_phase) /
   /// w_block_k], the product rounded to f32, i.e. exactly what a load that dequantizes to f32
-  /// stores; the dot products are then those of f32 weights, bit for bit. Each weight row has
+  /// stores; the dot products sum over 64 lanes (gemm_opt.cpp), so they agree with f32 weights'
+  /// within rounding, and keep batch, thread and instruction-set invariance. Each weight row has
   /// its own scales (rows of one 128-row block repeat them), so row cuts of a shard need nothing
   /// else; a column cut starts `w_scale_phase` columns into its first block.
   const float* w_scales = nullptr;

@@ -4,8 +4,9 @@
 // One activation row (decode) is memory-bound: the kernel streams each weight row once and
 // converts it on the fly (bf16 by a 16-bit shift, f16 by F16C; e4m3 by placing its 7 magnitude
 // bits in an f16 (exact: an f16 has every e4m3 value times 2^-8, subnormals included) and F16C,
-// then one multiply by 256 x the block's scale, which rounds exactly as e4m3 x scale does), one
-// weight row at a time (one sequential stream for the prefetcher). Two or more rows are
+// then one multiply by 256 x the block's scale, which rounds exactly as e4m3 x scale does; FP8
+// sums over 64 lanes, see below), one weight row at a time (one sequential stream for the
+// prefetcher). Two or more rows are
 // compute-bound: with AVX-512 a block of up to 4 rows x 4 weight rows keeps activations and weights
 // in registers; AVX2 uses blocks of up to 4 rows x 1 weight row. With several rows, k is walked in
 // blocks of 1024 so the rows' block of x stays in L1 for every column of a tile.
@@ -21,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "core/dtype.hpp"
 #include "kernels/cpu/optimized.hpp"
@@ -451,6 +453,218 @@ HELIX_TARGET_AVX512 void tile_avx512(const gemm_job& job, std::int64_t r_begin, 
   }
 }
 
+// ---- FP8 weights: 64 canonical lanes ----
+// A one-row GEMV over 16 lanes is one chain of dependent FMAs (about 4 cycles per 16 weights),
+// which caps it near 14 G weights/s per thread whatever the dtype. FP8 moves half of bf16's bytes
+// per weight, so it sums over 64 lanes: chunk i of 16 elements goes to accumulator i % 4 (lane
+// kk % 16), and the four are added lane by lane, (a0 + a1) + (a2 + a3), before the 16-lane tree.
+// Every FP8 path keeps that order (batch, thread and instruction-set invariant); it differs from
+// the f32 order by rounding only.
+constexpr int fp8_accs = 4;
+constexpr std::int64_t fp8_span = fp8_accs * lanes;  // elements per round of the accumulators
+
+float reduce_fp8_scalar(const float* a) {  // a[fp8_accs][lanes]
+  float v[lanes];
+  for (int l = 0; l < lanes; ++l) {
+    v[l] = (a[l] + a[lanes + l]) + (a[2 * lanes + l] + a[3 * lanes + l]);
+  }
+  return reduce_lanes_scalar(v);
+}
+
+void tile_fp8_scalar(const gemm_job& job, std::int64_t r_begin, std::int64_t r_end,
+                     std::int64_t c_begin, std::int64_t c_end) {
+  const gemm_params& p = *job.p;
+  const auto* w = static_cast<const fp8_e4m3_t*>(p.w);
+  for (std::int64_t r = r_begin; r < r_end; ++r) {
+    const float* x = p.x + r * job.x_stride;
+    for (std::int64_t c = c_begin; c < c_end; ++c) {
+      const fp8_e4m3_t* wr = w + c * p.k;
+      float acc[fp8_span] = {};
+      for (std::int64_t kk = 0; kk < p.k; ++kk) {
+        float& a = acc[kk % fp8_span];  // = ((kk / 16) % 4) * 16 + kk % 16
+        a = std::fma(x[kk], weight_at<dtype::fp8_e4m3>(p, wr, c, kk), a);
+      }
+      store_result(p, p.y + r * job.y_stride + c, reduce_fp8_scalar(acc));
+    }
+  }
+}
+
+// One row (AVX2: 8 ymm accumulators, chunk i's halves in 2 (i % 4) and 2 (i % 4) + 1) times one
+// weight row over [k_begin, k_end), state [fp8_accs][lanes] between k blocks; as micro_avx2.
+HELIX_TARGET_AVX2 void micro_fp8_avx2(const gemm_job& job, std::int64_t r0, std::int64_t col,
+                                      std::int64_t k_begin, std::int64_t k_end, bool first,
+                                      bool last, float* state) {
+  const gemm_params& p = *job.p;
+  const float* x = p.x + r0 * job.x_stride;
+  const auto* w = static_cast<const fp8_e4m3_t*>(p.w) + col * p.k;
+  __m256 acc[2 * fp8_accs];
+  for (int j = 0; j < 2 * fp8_accs; ++j) {
+    acc[j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(state + j * 8);
+  }
+  scale_walk walk(p, k_begin);
+  for (std::int64_t kk = k_begin; kk < k_end;) {
+    const std::int64_t stop = walk.run_end(kk, k_end);
+    const __m256 s = _mm256_set1_ps(walk.scale(col));
+    for (; kk < stop; kk += lanes) {
+      const int j = static_cast<int>((kk / lanes) % fp8_accs) * 2;
+      acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk), load8<dtype::fp8_e4m3>(w + kk, s), acc[j]);
+      acc[j + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + kk + 8),
+                                   load8<dtype::fp8_e4m3>(w + kk + 8, s), acc[j + 1]);
+    }
+  }
+  if (!last) {
+    for (int j = 0; j < 2 * fp8_accs; ++j) _mm256_storeu_ps(state + j * 8, acc[j]);
+    return;
+  }
+  const std::int64_t k_full = p.k - p.k % lanes;
+  if (k_full < p.k) {
+    alignas(32) float xt[lanes] = {};
+    alignas(32) float wt[lanes] = {};
+    for (std::int64_t i = 0; i < p.k - k_full; ++i) {
+      xt[i] = x[k_full + i];
+      wt[i] = weight_at<dtype::fp8_e4m3>(p, w, col, k_full + i);
+    }
+    const int j = static_cast<int>((k_full / lanes) % fp8_accs) * 2;
+    acc[j] = _mm256_fmadd_ps(_mm256_load_ps(xt), _mm256_load_ps(wt), acc[j]);
+    acc[j + 1] = _mm256_fmadd_ps(_mm256_load_ps(xt + 8), _mm256_load_ps(wt + 8), acc[j + 1]);
+  }
+  const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[4], acc[6]));
+  const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[3]), _mm256_add_ps(acc[5], acc[7]));
+  store_result(p, p.y + r0 * job.y_stride + col, reduce_lanes_avx2(lo, hi));
+}
+
+HELIX_TARGET_AVX2 void tile_fp8_avx2(const gemm_job& job, std::int64_t r_begin, std::int64_t r_end,
+                                     std::int64_t c_begin, std::int64_t c_end) {
+  const std::int64_t k_full = job.p->k - job.p->k % lanes;
+  alignas(32) float state[fp8_span] = {};
+  for (std::int64_t r = r_begin; r < r_end; ++r) {
+    for (std::int64_t c = c_begin; c < c_end; ++c) {
+      for (std::int64_t k0 = 0; k0 == 0 || k0 < k_full; k0 += k_block) {
+        const std::int64_t k1 = std::min(k_full, k0 + k_block);
+        micro_fp8_avx2(job, r, c, k0, k1, k0 == 0, k1 == k_full, state);
+      }
+    }
+  }
+}
+
+// Chunk kk (its accumulator J = (kk / 16) % 4) of R rows against one weight row.
+template <int R, int J>
+HELIX_TARGET_AVX512 inline void fp8_chunk(__m512 (&acc)[R][fp8_accs], const float* const (&x)[R],
+                                          const fp8_e4m3_t* w, std::int64_t kk, __m512 s) {
+  const __m512 wv = load16<dtype::fp8_e4m3>(w + kk, s);
+  for (int r = 0; r < R; ++r)
+    acc[r][J] = _mm512_fmadd_ps(_mm512_loadu_ps(x[r] + kk), wv, acc[r][J]);
+}
+
+template <int R>
+HELIX_TARGET_AVX512 inline void fp8_chunk_at(__m512 (&acc)[R][fp8_accs], const float* const (&x)[R],
+                                             const fp8_e4m3_t* w, std::int64_t kk, __m512 s) {
+  switch ((kk / lanes) % fp8_accs) {
+    case 0:
+      fp8_chunk<R, 0>(acc, x, w, kk, s);
+      break;
+    case 1:
+      fp8_chunk<R, 1>(acc, x, w, kk, s);
+      break;
+    case 2:
+      fp8_chunk<R, 2>(acc, x, w, kk, s);
+      break;
+    default:
+      fp8_chunk<R, 3>(acc, x, w, kk, s);
+      break;
+  }
+}
+
+// R rows times one weight row (AVX-512: R x 4 accumulators), state [R][fp8_accs][lanes].
+// Chunks go to their accumulator by index; the runs are unrolled by four from a multiple of 64.
+template <int R>
+HELIX_TARGET_AVX512 void micro_fp8_avx512(const gemm_job& job, std::int64_t r0, std::int64_t col,
+                                          std::int64_t k_begin, std::int64_t k_end, bool first,
+                                          bool last, float* state) {
+  const gemm_params& p = *job.p;
+  const float* x[R];
+  for (int r = 0; r < R; ++r) x[r] = p.x + (r0 + r) * job.x_stride;
+  const auto* w = static_cast<const fp8_e4m3_t*>(p.w) + col * p.k;
+  __m512 acc[R][fp8_accs];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < fp8_accs; ++j) {
+      acc[r][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(state + (r * fp8_accs + j) * lanes);
+    }
+  }
+  scale_walk walk(p, k_begin);
+  __m512 s = _mm512_setzero_ps();
+  for (std::int64_t kk = k_begin; kk < k_end;) {
+    const std::int64_t stop = walk.run_end(kk, k_end);
+    s = _mm512_set1_ps(walk.scale(col));
+    for (; kk < stop && kk % fp8_span != 0; kk += lanes) fp8_chunk_at<R>(acc, x, w, kk, s);
+    for (; kk + fp8_span <= stop; kk += fp8_span) {
+      fp8_chunk<R, 0>(acc, x, w, kk, s);
+      fp8_chunk<R, 1>(acc, x, w, kk + lanes, s);
+      fp8_chunk<R, 2>(acc, x, w, kk + 2 * lanes, s);
+      fp8_chunk<R, 3>(acc, x, w, kk + 3 * lanes, s);
+    }
+    for (; kk < stop; kk += lanes) fp8_chunk_at<R>(acc, x, w, kk, s);
+  }
+  if (!last) {
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < fp8_accs; ++j) {
+        _mm512_storeu_ps(state + (r * fp8_accs + j) * lanes, acc[r][j]);
+      }
+    }
+    return;
+  }
+  const std::int64_t k_full = p.k - p.k % lanes;
+  float out[R];
+  for (int r = 0; r < R; ++r) {
+    alignas(64) float a[fp8_span];
+    for (int j = 0; j < fp8_accs; ++j) _mm512_store_ps(a + j * lanes, acc[r][j]);
+    if (k_full < p.k) {  // the zero-padded tail, into its accumulator as the scalar path does
+      float* t = a + ((k_full / lanes) % fp8_accs) * lanes;
+      for (std::int64_t i = 0; i < p.k - k_full; ++i) {
+        t[i] = std::fma(x[r][k_full + i], weight_at<dtype::fp8_e4m3>(p, w, col, k_full + i), t[i]);
+      }
+    }
+    const __m512 v =
+        _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(a), _mm512_load_ps(a + lanes)),
+                      _mm512_add_ps(_mm512_load_ps(a + 2 * lanes), _mm512_load_ps(a + 3 * lanes)));
+    out[r] = reduce_lanes_avx512(v);
+  }
+  for (int r = 0; r < R; ++r) store_result(p, p.y + (r0 + r) * job.y_stride + col, out[r]);
+}
+
+template <int R>
+HELIX_TARGET_AVX512 void columns_fp8_avx512(const gemm_job& job, std::int64_t r0,
+                                            std::int64_t c_begin, std::int64_t c_end) {
+  const std::int64_t k_full = job.p->k - job.p->k % lanes;
+  alignas(64) float state[R * fp8_span] = {};
+  for (std::int64_t c = c_begin; c < c_end; ++c) {
+    for (std::int64_t k0 = 0; k0 == 0 || k0 < k_full; k0 += k_block) {
+      const std::int64_t k1 = std::min(k_full, k0 + k_block);
+      micro_fp8_avx512<R>(job, r0, c, k0, k1, k0 == 0, k1 == k_full, state);
+    }
+  }
+}
+
+HELIX_TARGET_AVX512 void tile_fp8_avx512(const gemm_job& job, std::int64_t r_begin,
+                                         std::int64_t r_end, std::int64_t c_begin,
+                                         std::int64_t c_end) {
+  std::int64_t r = r_begin;
+  for (; r + 4 <= r_end; r += 4) columns_fp8_avx512<4>(job, r, c_begin, c_end);
+  switch (r_end - r) {
+    case 3:
+      columns_fp8_avx512<3>(job, r, c_begin, c_end);
+      break;
+    case 2:
+      columns_fp8_avx512<2>(job, r, c_begin, c_end);
+      break;
+    case 1:
+      columns_fp8_avx512<1>(job, r, c_begin, c_end);
+      break;
+    default:
+      break;
+  }
+}
+
 template <dtype WT>
 void run_tile(const gemm_job& job, std::int64_t task) {
   const gemm_params& p = *job.p;
@@ -460,6 +674,19 @@ void run_tile(const gemm_job& job, std::int64_t task) {
   const std::int64_t c_end = std::min(p.n, c_begin + col_tile);
   const std::int64_t r_begin = row_idx * row_tile;
   const std::int64_t r_end = std::min(p.m, r_begin + row_tile);
+  if constexpr (WT == dtype::fp8_e4m3) {  // its own canonical order (see above)
+    switch (job.isa) {
+      case simd::isa::avx512:
+        tile_fp8_avx512(job, r_begin, r_end, c_begin, c_end);
+        return;
+      case simd::isa::avx2:
+        tile_fp8_avx2(job, r_begin, r_end, c_begin, c_end);
+        return;
+      case simd::isa::scalar:
+        tile_fp8_scalar(job, r_begin, r_end, c_begin, c_end);
+        return;
+    }
+  }
   switch (job.isa) {
     case simd::isa::avx512:
       tile_avx512<WT>(job, r_begin, r_end, c_begin, c_end);

@@ -257,17 +257,17 @@ TEST(GemmCpu, HandComputed) {
   }
 }
 
-// Block-scaled FP8 weights (weight-only dequantization): every instruction set gives the bits of
-// the f32 kernel over the weights a loader dequantizes to f32 (e4m3 x the block's scale, one
-// rounding), for batches of 1 to 8 rows, tails, column cuts that start inside a block (phase)
-// and blocks that are not multiples of 16 (the scalar path). The reference agrees within the
-// gemm tolerance.
-TEST(GemmCpu, Fp8WeightsEqualTheirF32DequantizationBitForBit) {
+// Block-scaled FP8 weights (weight-only dequantization, summed over 64 lanes): every instruction
+// set gives the same bits, for batches of 1 to 8 rows (each row the bits of that row alone),
+// tails, column cuts that start inside a block (phase) and blocks that are not multiples of 16;
+// the results agree with the f32 kernel over the weights a loader dequantizes to f32, and with
+// the reference, within the gemm tolerance.
+TEST(GemmCpu, Fp8WeightsAgreeWithTheirF32DequantizationOnEveryPath) {
   struct fp8_case {
     std::int64_t n, k, block_k, phase;
   };
   const fp8_case cases[] = {{37, 256, 128, 0},   {19, 300, 128, 0}, {24, 200, 128, 32},
-                            {16, 129, 128, 112}, {9, 70, 48, 5},    {33, 1024, 128, 64}};
+                            {16, 129, 128, 112}, {9, 70, 48, 5},    {33, 2100, 128, 64}};
   for (const fp8_case& f : cases) {
     const std::int64_t stride = (f.k - 1 + f.phase) / f.block_k + 1;
     std::vector<std::uint8_t> w8(static_cast<std::size_t>(f.n * f.k));
@@ -284,49 +284,91 @@ TEST(GemmCpu, Fp8WeightsEqualTheirF32DequantizationBitForBit) {
                  sv[static_cast<std::size_t>(c * stride + (kk + f.phase) / f.block_k)];
       }
     }
+    const auto x = uniform_values(8 * f.k, 43, -1.0f, 1.0f);
+    gemm_params p;
+    p.x = x.data();
+    p.w = w8.data();
+    p.w_type = dtype::fp8_e4m3;
+    p.w_scales = sv.data();
+    p.w_scale_stride = stride;
+    p.w_block_k = f.block_k;
+    p.w_scale_phase = f.phase;
+    p.n = f.n;
+    p.k = f.k;
+    // Row r alone: the bits every batch and instruction set must give for it.
+    std::vector<float> alone(static_cast<std::size_t>(8 * f.n));
+    for (std::int64_t r = 0; r < 8; ++r) {
+      p.x = x.data() + r * f.k;
+      p.m = 1;
+      p.y = alone.data() + r * f.n;
+      ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, simd::isa::scalar).ok());
+    }
+    p.x = x.data();
     for (std::int64_t m = 1; m <= 8; ++m) {
       SCOPED_TRACE(testing::Message() << "n " << f.n << " k " << f.k << " block " << f.block_k
                                       << " phase " << f.phase << " m " << m);
-      const auto x = uniform_values(m * f.k, 43 + static_cast<std::uint64_t>(m), -1.0f, 1.0f);
-      gemm_params p;
-      p.x = x.data();
-      p.w = w32.data();
-      p.w_type = dtype::f32;
       p.m = m;
-      p.n = f.n;
-      p.k = f.k;
-      std::vector<float> want(static_cast<std::size_t>(m * f.n));
-      p.y = want.data();
-      ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, simd::isa::avx512).ok());
-      p.w = w8.data();
-      p.w_type = dtype::fp8_e4m3;
-      p.w_scales = sv.data();
-      p.w_scale_stride = stride;
-      p.w_block_k = f.block_k;
-      p.w_scale_phase = f.phase;
       for (const simd::isa isa : {simd::isa::avx512, simd::isa::avx2, simd::isa::scalar}) {
-        std::vector<float> got(want.size(), -1.0f);
+        std::vector<float> got(static_cast<std::size_t>(m * f.n), -1.0f);
         p.y = got.data();
         ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, isa).ok());
-        EXPECT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * want.size()), 0)
+        EXPECT_EQ(std::memcmp(got.data(), alone.data(), sizeof(float) * got.size()), 0)
             << "isa " << static_cast<int>(isa);
       }
-      std::vector<float> ref(want.size());
-      p.y = ref.data();
-      ASSERT_TRUE(gemm(p, {.backend = backend::reference}).ok());
-      for (std::int64_t r = 0; r < m; ++r) {
-        for (std::int64_t c = 0; c < f.n; ++c) {
-          double mag = 0.0;
-          for (std::int64_t kk = 0; kk < f.k; ++kk) {
-            mag += std::fabs(static_cast<double>(x[static_cast<std::size_t>(r * f.k + kk)]) *
-                             w32[static_cast<std::size_t>(c * f.k + kk)]);
-          }
-          const auto i = static_cast<std::size_t>(r * f.n + c);
-          EXPECT_NEAR(want[i], ref[i], gemm_rel_tol * mag + gemm_abs_tol);
+    }
+    std::vector<float> ref(static_cast<std::size_t>(8 * f.n));
+    std::vector<float> f32(ref.size());
+    p.m = 8;
+    p.y = ref.data();
+    ASSERT_TRUE(gemm(p, {.backend = backend::reference}).ok());
+    gemm_params q = p;
+    q.w = w32.data();
+    q.w_type = dtype::f32;
+    q.w_scales = nullptr;
+    q.y = f32.data();
+    ASSERT_TRUE(cpu::gemm_with_isa(q, nullptr, simd::isa::avx512).ok());
+    for (std::int64_t r = 0; r < 8; ++r) {
+      for (std::int64_t c = 0; c < f.n; ++c) {
+        double mag = 0.0;
+        for (std::int64_t kk = 0; kk < f.k; ++kk) {
+          mag += std::fabs(static_cast<double>(x[static_cast<std::size_t>(r * f.k + kk)]) *
+                           w32[static_cast<std::size_t>(c * f.k + kk)]);
         }
+        const auto i = static_cast<std::size_t>(r * f.n + c);
+        EXPECT_NEAR(alone[i], ref[i], gemm_rel_tol * mag + gemm_abs_tol);
+        EXPECT_NEAR(alone[i], f32[i], gemm_rel_tol * mag + gemm_abs_tol);
       }
     }
   }
+}
+
+// Thread counts split the columns into the same tiles: the bits do not change.
+TEST(GemmCpu, Fp8WeightsAreThreadCountInvariant) {
+  const std::int64_t n = 300;
+  const std::int64_t k = 1024;
+  std::vector<std::uint8_t> w8(static_cast<std::size_t>(n * k));
+  const auto wv = uniform_values(n * k, 51, -400.0f, 400.0f);
+  for (std::size_t i = 0; i < w8.size(); ++i) w8[i] = to_fp8_e4m3(wv[i]).bits;
+  const auto sv = uniform_values(n * (k / 128), 52, 1e-3f, 2e-3f);
+  const auto x = uniform_values(3 * k, 53, -1.0f, 1.0f);
+  gemm_params p;
+  p.x = x.data();
+  p.w = w8.data();
+  p.w_type = dtype::fp8_e4m3;
+  p.w_scales = sv.data();
+  p.w_scale_stride = k / 128;
+  p.w_block_k = 128;
+  p.m = 3;
+  p.n = n;
+  p.k = k;
+  std::vector<float> one(static_cast<std::size_t>(3 * n));
+  p.y = one.data();
+  ASSERT_TRUE(cpu::gemm(p, nullptr).ok());
+  thread_pool pool(3);
+  std::vector<float> three(one.size());
+  p.y = three.data();
+  ASSERT_TRUE(cpu::gemm(p, &pool).ok());
+  EXPECT_EQ(std::memcmp(one.data(), three.data(), sizeof(float) * one.size()), 0);
 }
 
 TEST(GemmCpu, Fp8WeightsWithoutValidScalesAreInvalidArgument) {

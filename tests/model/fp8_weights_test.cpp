@@ -1,8 +1,11 @@
 // FP8 weights kept in FP8 (weight_type fp8_e4m3): linear weights in e4m3 with 128 x 128 block
 // scales, dequantized inside the GEMV. The decoder over them gives the logits of the decoder over
-// the same weights dequantized to f32, bit for bit (the kernel rounds e4m3 x scale once, as an
-// f32 load does); shards carry their blocks' scales (row cuts, and column cuts that start inside
+// the same weights dequantized to f32 within 1e-4 (the kernel rounds e4m3 x scale once, as an f32
+// load does, and sums over 64 lanes instead of 16), the same bits on 1 and 2 threads; shards
+// carry their blocks' scales (row cuts, and column cuts that start inside
 // a block); seeding a shard gives the model's values; the accounting counts one byte per weight.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -60,7 +63,7 @@ std::vector<std::vector<float>> decode_logits(const model_weights& w, int thread
   return out;
 }
 
-TEST(Fp8Weights, DecoderLogitsEqualTheF32DequantizationBitForBit) {
+TEST(Fp8Weights, DecoderLogitsMatchTheF32Dequantization) {
   for (const char* name : {"tiny-llama", "tiny-deepseek"}) {
     SCOPED_TRACE(name);
     model_weights fp8 = seeded_weights(name, dtype::fp8_e4m3);
@@ -69,15 +72,19 @@ TEST(Fp8Weights, DecoderLogitsEqualTheF32DequantizationBitForBit) {
     ASSERT_NE(fp8.layers[0].o_proj.scales(), nullptr);
     EXPECT_EQ(fp8.embed.type(), dtype::bf16);
     const model_weights f32 = dequantized(fp8);
-    for (const int threads : {1, 2}) {
-      const auto want = decode_logits(f32, threads);
-      const auto got = decode_logits(fp8, threads);
-      ASSERT_EQ(got.size(), want.size());
-      for (std::size_t i = 0; i < got.size(); ++i) {
-        ASSERT_EQ(got[i].size(), want[i].size());
-        EXPECT_EQ(std::memcmp(got[i].data(), want[i].data(), sizeof(float) * got[i].size()), 0)
-            << "step " << i << ", " << threads << " threads";
+    const auto want = decode_logits(f32, 1);
+    const auto one = decode_logits(fp8, 1);
+    const auto two = decode_logits(fp8, 2);
+    ASSERT_EQ(one.size(), want.size());
+    ASSERT_EQ(two.size(), want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      ASSERT_EQ(one[i].size(), want[i].size());
+      float diff = 0.0f;
+      for (std::size_t j = 0; j < want[i].size(); ++j) {
+        diff = std::max(diff, std::fabs(one[i][j] - want[i][j]));
       }
+      EXPECT_LE(diff, 1e-4f) << "step " << i;
+      EXPECT_EQ(one[i], two[i]) << "step " << i << ": 1 vs 2 threads";
     }
   }
 }

@@ -25,7 +25,7 @@ TEST_P(HfFixture, GreedyTokensAndLogitsMatchExpected) {
   const nlohmann::json expected = nlohmann::json::parse(text.str());
 
   // FP8 checkpoints also with their F8 tensors kept in FP8 (dequantized inside the GEMV): the
-  // same tokens, and on the cpu backend the logits of the f32 load bit for bit.
+  // same tokens, and on the cpu backend the logits of the f32 load within 1e-4.
   const bool fp8 = GetParam().find("fp8") != std::string::npos;
   std::vector<float> f32_logits;
   for (const dtype t : {dtype::f32, dtype::fp8_e4m3}) {
@@ -56,7 +56,11 @@ TEST_P(HfFixture, GreedyTokensAndLogitsMatchExpected) {
       }
       if (backend == kernels::backend::cpu && t == dtype::f32) f32_logits = (*out)[0].last_logits;
       if (backend == kernels::backend::cpu && t == dtype::fp8_e4m3) {
-        EXPECT_EQ((*out)[0].last_logits, f32_logits) << GetParam() << ": kept FP8 vs f32 load";
+        ASSERT_EQ((*out)[0].last_logits.size(), f32_logits.size());
+        for (std::size_t i = 0; i < f32_logits.size(); ++i) {
+          EXPECT_NEAR((*out)[0].last_logits[i], f32_logits[i], 1e-4)
+              << GetParam() << ": kept FP8 vs f32 load, logit " << i;
+        }
       }
     }
   }
