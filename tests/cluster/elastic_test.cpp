@@ -9,6 +9,7 @@
 #include <future>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -197,58 +198,60 @@ TEST(Processes, AHandStartedStandbyThatDiedIsDroppedBeforeARelayout) {
   reap(b);
 }
 
+// `workload` on `workers` threads and on as many worker processes with `elastic` changes: every
+// request completes on both and the digests agree. The elastic run's JSON (null on a failure).
+nlohmann::json expect_elastic_digest(const std::string& workload, int workers, int requests,
+                                     const std::string& elastic) {
+  int rc = -1;
+  const auto fixed = test_support::last_json(
+      test_support::run_cli(HELIX_CLI, fmt::format("{} --workers {}", workload, workers), rc));
+  EXPECT_EQ(rc, 0);
+  const std::string text = test_support::run_cli(
+      HELIX_CLI, fmt::format("{} --processes {} --elastic {}", workload, workers, elastic), rc);
+  EXPECT_EQ(rc, 0) << text;
+  if (rc != 0) return nullptr;
+  auto got = test_support::last_json(text);
+  EXPECT_EQ(got["requests_completed"], requests) << text;
+  EXPECT_EQ(got["output_digest"], fixed["output_digest"]) << text;
+  return got;
+}
+
+// The epochs of `run` with `reason`.
+std::vector<nlohmann::json> epochs_of(const nlohmann::json& run, const std::string& reason) {
+  std::vector<nlohmann::json> out;
+  if (!run.is_object()) return out;
+  for (const auto& e : run["epochs"]) {
+    if (e["reason"] == reason) out.push_back(e);
+  }
+  return out;
+}
+
 // A leave on two TPA columns with worker processes: the members left without a rank donate,
 // each column's holder to the same column (donor order member-major), so nothing is rebuilt.
 TEST(Processes, LeaveOnTwoColumnsMovesEveryColumnsBlocks) {
-  const std::string workload =
+  const auto got = expect_elastic_digest(
       "run --layout helix:kvp=4,tpa=2 --requests 16 --context 128 --max-tokens 24 --seed 2 "
-      "--json";
-  int rc = -1;
-  const auto fixed =
-      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 8", rc));
-  ASSERT_EQ(rc, 0);
-  const std::string text =
-      test_support::run_cli(HELIX_CLI, workload + " --processes 8 --elastic leave:1@step10", rc);
-  ASSERT_EQ(rc, 0) << text;
-  const auto got = test_support::last_json(text);
-  EXPECT_EQ(got["requests_completed"], 16) << text;
-  EXPECT_EQ(got["output_digest"], fixed["output_digest"]);
-  int leaves = 0;
-  for (const auto& e : got["epochs"]) {
-    if (e["reason"] != "leave") continue;
-    ++leaves;
-    EXPECT_EQ(e["layout_after"], "helix:kvp=2,tpa=2,tpf=4,ep=1") << e.dump();
-    EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
-  }
-  EXPECT_EQ(leaves, 1) << text;
+      "--json",
+      8, 16, "leave:1@step10");
+  const auto leaves = epochs_of(got, "leave");
+  ASSERT_EQ(leaves.size(), 1u) << got.dump();
+  EXPECT_EQ(leaves[0]["layout_after"], "helix:kvp=2,tpa=2,tpf=4,ep=1") << leaves[0].dump();
+  EXPECT_EQ(leaves[0]["blocks_rebuilt"], 0) << leaves[0].dump();
 }
 
 // Two columns, and a standby process takes the leaver's rank: the leaver's member keeps a
 // serving holder in the other column, so its pages move from both holders (re-sliced at the
 // same TPA size) rather than being rebuilt.
 TEST(Processes, AStandbyTakingTheLeaversRankGetsItsPagesFromBothColumns) {
-  const std::string workload =
+  const auto got = expect_elastic_digest(
       "run --layout helix:kvp=2,tpa=2 --requests 12 --max-tokens 32 --context 128 --seed 4 "
-      "--json";
-  int rc = -1;
-  const auto fixed =
-      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 4", rc));
-  ASSERT_EQ(rc, 0);
-  const std::string text = test_support::run_cli(
-      HELIX_CLI, workload + " --processes 4 --elastic join:1@step4,leave:1@step10", rc);
-  ASSERT_EQ(rc, 0) << text;
-  const auto got = test_support::last_json(text);
-  EXPECT_EQ(got["requests_completed"], 12) << text;
-  EXPECT_EQ(got["output_digest"], fixed["output_digest"]) << text;
-  int leaves = 0;
-  for (const auto& e : got["epochs"]) {
-    if (e["reason"] != "leave") continue;
-    ++leaves;
-    EXPECT_EQ(e["layout_after"], "helix:kvp=2,tpa=2,tpf=4,ep=1") << e.dump();
-    EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
-    EXPECT_GT(e["blocks_moved"].get<std::int64_t>(), 0) << e.dump();
-  }
-  EXPECT_EQ(leaves, 1) << text;
+      "--json",
+      4, 12, "join:1@step4,leave:1@step10");
+  const auto leaves = epochs_of(got, "leave");
+  ASSERT_EQ(leaves.size(), 1u) << got.dump();
+  EXPECT_EQ(leaves[0]["layout_after"], "helix:kvp=2,tpa=2,tpf=4,ep=1") << leaves[0].dump();
+  EXPECT_EQ(leaves[0]["blocks_rebuilt"], 0) << leaves[0].dump();
+  EXPECT_GT(leaves[0]["blocks_moved"].get<std::int64_t>(), 0) << leaves[0].dump();
 }
 
 // The tp family with worker processes: every change alters the TPA size, so the KV moves
@@ -256,28 +259,20 @@ TEST(Processes, AStandbyTakingTheLeaversRankGetsItsPagesFromBothColumns) {
 // the leave joins them again on tp=2, the leaver sending its heads as a donor); nothing is
 // rebuilt and the digest is the static run's.
 TEST(Processes, TensorParallelChangesMoveKvHeadsBetweenProcesses) {
-  const std::string workload =
-      "run --layout tp:tp=2 --requests 12 --max-tokens 32 --context 128 --seed 4 --json";
-  int rc = -1;
-  const auto fixed =
-      test_support::last_json(test_support::run_cli(HELIX_CLI, workload + " --workers 2", rc));
-  ASSERT_EQ(rc, 0);
-  const std::string text = test_support::run_cli(
-      HELIX_CLI, workload + " --processes 2 --elastic join:2@step8,leave:1@step20", rc);
-  ASSERT_EQ(rc, 0) << text;
-  const auto got = test_support::last_json(text);
-  EXPECT_EQ(got["requests_completed"], 12) << text;
-  EXPECT_EQ(got["output_digest"], fixed["output_digest"]) << text;
+  const auto got = expect_elastic_digest(
+      "run --layout tp:tp=2 --requests 12 --max-tokens 32 --context 128 --seed 4 --json", 2, 12,
+      "join:2@step8,leave:1@step20");
   std::vector<std::string> after;
-  for (const auto& e : got["epochs"]) {
-    if (e["reason"] != "join" && e["reason"] != "leave") continue;
-    after.push_back(e["layout_after"].get<std::string>());
-    EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
-    EXPECT_GT(e["kv_bytes_moved"].get<std::int64_t>(), 0) << e.dump();
-    EXPECT_NE(e["note"].get<std::string>().find("re-sliced by head"), std::string::npos)
-        << e.dump();
+  for (const std::string reason : {"join", "leave"}) {
+    for (const auto& e : epochs_of(got, reason)) {
+      after.push_back(e["layout_after"].get<std::string>());
+      EXPECT_EQ(e["blocks_rebuilt"], 0) << e.dump();
+      EXPECT_GT(e["kv_bytes_moved"].get<std::int64_t>(), 0) << e.dump();
+      EXPECT_NE(e["note"].get<std::string>().find("re-sliced by head"), std::string::npos)
+          << e.dump();
+    }
   }
-  EXPECT_EQ(after, (std::vector<std::string>{"tp:tp=4", "tp:tp=2"})) << got["epochs"].dump();
+  EXPECT_EQ(after, (std::vector<std::string>{"tp:tp=4", "tp:tp=2"})) << got.dump();
 }
 
 #if !defined(__SANITIZE_ADDRESS__)
