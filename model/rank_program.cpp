@@ -135,9 +135,9 @@ expected<std::unique_ptr<rank_program>> rank_program::create(
                              carried->rank < carried->grid.num_ranks &&
                              carried->grid.attention_coords(carried->rank).tpa_idx == c.tpa_idx;
     take_over = same_pages && same_column;
-    // Another TPA size: its heads are re-sliced into this program's pages by restore(), so the
-    // old store stays beside the new one until then (kv_reslice.hpp).
-    if (!take_over && (carried->grid.tpa == l.tpa || !same_heads)) carried.reset();
+    // Another TPA size or column: a re-slice may read it (kv_reslice.hpp), so the old store
+    // stays beside the new one until restore() (which drops it either way).
+    if (!take_over && !same_heads) carried.reset();
   }
   if (carried != nullptr && !take_over) {
     // Both stores at once must fit with room to spare (the new one is zero-filled, so it is

@@ -191,10 +191,10 @@ class rank_program {
       rank_weights w, std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options);
   /// The same, keeping `carried` (a previous program's KV, release_kv()) until restore(): its
-  /// store is taken over when its page layout and slot count are this program's; written under
-  /// another TPA size, it stays beside the new store as the source of a re-slice (dropped when
-  /// both do not fit); else it is dropped (restore() then finds nothing kept here). Null: as
-  /// above.
+  /// store is taken over when its page layout and slot count are this program's (same column);
+  /// otherwise, with pages of the same head size and dtype, it stays beside the new store as the
+  /// source of a re-slice until restore() (dropped at once when both do not fit in memory);
+  /// else it is dropped (restore() then finds nothing kept here). Null: as above.
   [[nodiscard]] static expected<std::unique_ptr<rank_program>> create(
       rank_weights w, std::unique_ptr<transport::communicator> world,
       std::unique_ptr<transport::communicator> kvp_group, const rank_program_options& options,

@@ -284,6 +284,7 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
     return st;
   }
   carried_.reset();
+  carried_store_ = false;
   // Refilling first and receiving after measured faster than overlapping them on a host whose
   // cores the ranks, the donors and their progress threads share. Then the donated blocks, donor
   // by donor, one chunk at a time. Measured with `helix bench recovery` (4 processes on 2 cores,
