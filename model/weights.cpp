@@ -28,43 +28,46 @@ dtype embedding_type(dtype weight_type) {
   return weight_type == dtype::fp8_e4m3 ? dtype::bf16 : weight_type;
 }
 
-double linear_bytes_per_weight(dtype weight_type) {
-  // FP8: one byte, and one f32 scale per row and block of fp8_block_cols columns.
-  return weight_type == dtype::fp8_e4m3 ? 1.0 + 4.0 / static_cast<double>(fp8_block_cols)
-                                        : static_cast<double>(dtype_bytes(weight_type));
-}
-
 weights_size weights_bytes(const model_spec& spec, dtype weight_type) {
   const auto d = [](std::int64_t v) { return static_cast<double>(v); };
-  const double w = linear_bytes_per_weight(weight_type);
-  const double h = d(spec.hidden);
-  const double nq = d(spec.num_q_heads);
+  // A linear weight [rows, cols] as stored (FP8: a byte each and an f32 scale per row and block
+  // of columns).
+  const auto lin = [&](std::int64_t rows, std::int64_t cols) {
+    if (weight_type != dtype::fp8_e4m3) return d(rows) * d(cols) * d(dtype_bytes(weight_type));
+    return d(rows) * (d(cols) + 4.0 * d((cols + fp8_block_cols - 1) / fp8_block_cols));
+  };
+  const std::int64_t h = spec.hidden;
+  const std::int64_t nq = spec.num_q_heads;
   weights_size out;
-  out.embedding = d(spec.vocab) * h * static_cast<double>(dtype_bytes(embedding_type(weight_type)));
-  out.replicated = out.embedding + h * 4.0;                            // embedding, final norm
-  out.split = spec.tie_word_embeddings ? 0.0 : d(spec.vocab) * h * w;  // LM head
+  out.embedding = d(spec.vocab) * d(h) * d(dtype_bytes(embedding_type(weight_type)));
+  out.replicated = out.embedding + d(h) * 4.0;                      // embedding, final norm
+  out.split = spec.tie_word_embeddings ? 0.0 : lin(spec.vocab, h);  // LM head
   for (std::int64_t l = 0; l < spec.num_layers; ++l) {
-    out.replicated += 2.0 * h * 4.0;  // the layer's two norms
+    out.replicated += 2.0 * d(h) * 4.0;  // the layer's two norms
     if (spec.is_mla()) {
       const mla_spec& m = spec.mla;
-      const double qk = d(m.qk_head_dim());
-      out.replicated += (d(m.q_lora_rank) * h + d(m.kv_lora_rank + m.qk_rope_head_dim) * h) * w +
+      const std::int64_t qk = m.qk_head_dim();
+      out.replicated += (m.q_lora_rank > 0 ? lin(m.q_lora_rank, h) : 0.0) +
+                        lin(m.kv_lora_rank + m.qk_rope_head_dim, h) +
                         (d(m.q_lora_rank) + d(m.kv_lora_rank)) * 4.0;
-      out.per_column += (m.q_lora_rank > 0 ? nq * qk * d(m.q_lora_rank) : nq * qk * h) * w +
-                        nq * d(m.qk_nope_head_dim + m.v_head_dim) * d(m.kv_lora_rank) * w;
-      out.split += h * nq * d(m.v_head_dim) * w;
+      out.per_column += (m.q_lora_rank > 0 ? lin(nq * qk, m.q_lora_rank) : lin(nq * qk, h)) +
+                        lin(nq * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank);
+      out.split += lin(h, nq * m.v_head_dim);
     } else {
-      out.per_column += (nq + 2.0 * d(spec.num_kv_heads)) * d(spec.head_dim) * h * w;
-      out.split += nq * d(spec.head_dim) * h * w;
+      out.per_column += lin((nq + 2 * spec.num_kv_heads) * spec.head_dim, h);
+      out.split += lin(h, nq * spec.head_dim);
     }
     if (spec.layer_is_moe(l)) {
       const moe_spec& e = spec.moe;
       out.replicated +=
-          (d(e.num_experts) * h + (e.score_correction_bias ? d(e.num_experts) : 0.0)) * 4.0;
-      out.split += d(e.num_experts + e.num_shared_experts) * 3.0 * h * d(e.expert_ffn) * w;
-      out.experts += d(e.num_experts) * 3.0 * h * d(e.expert_ffn) * w;
+          (d(e.num_experts) * d(h) + (e.score_correction_bias ? d(e.num_experts) : 0.0)) * 4.0;
+      const double mlp = 2.0 * lin(e.expert_ffn, h) + lin(h, e.expert_ffn);
+      const std::int64_t shared = e.num_shared_experts * e.expert_ffn;  // one MLP
+      out.split +=
+          d(e.num_experts) * mlp + (shared > 0 ? 2.0 * lin(shared, h) + lin(h, shared) : 0.0);
+      out.experts += d(e.num_experts) * mlp;
     } else {
-      out.split += 3.0 * h * d(spec.ffn) * w;
+      out.split += 2.0 * lin(spec.ffn, h) + lin(h, spec.ffn);
     }
   }
   return out;

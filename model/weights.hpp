@@ -66,8 +66,6 @@ inline constexpr std::int64_t fp8_block_rows = 128;
 inline constexpr std::int64_t fp8_block_cols = 128;
 /// The embedding's dtype for `weight_type` (bf16 for fp8_e4m3: a lookup, never quantized).
 [[nodiscard]] dtype embedding_type(dtype weight_type);
-/// Bytes per linear weight element as stored (FP8: its share of the block scales included).
-[[nodiscard]] double linear_bytes_per_weight(dtype weight_type);
 
 /// What a tensor is, for initialisation and for which dtype it is stored in.
 enum class tensor_role : std::uint8_t { linear, embedding, norm, router, router_bias };
