@@ -80,18 +80,9 @@ struct storage<dtype::fp8_e4m3> {
   using type = fp8_e4m3_t;
 };
 
-// Weight row c's element kk as f32 (fp8: dequantized with its block's scale, one rounding).
-template <dtype WT>
-float weight_at(const gemm_params& p, const typename storage<WT>::type* row, std::int64_t c,
-                std::int64_t kk) {
-  if constexpr (WT == dtype::fp8_e4m3) {
-    return to_f32(row[kk]) *
-           p.w_scales[c * p.w_scale_stride + (kk + p.w_scale_phase) / p.w_block_k];
-  } else {
-    (void)p;
-    (void)c;
-    return to_f32(row[kk]);
-  }
+// FP8 weight row c's element kk as f32: dequantized with its block's scale, one rounding.
+float fp8_weight_at(const gemm_params& p, const fp8_e4m3_t* row, std::int64_t c, std::int64_t kk) {
+  return to_f32(row[kk]) * p.w_scales[c * p.w_scale_stride + (kk + p.w_scale_phase) / p.w_block_k];
 }
 
 // The scale block of 16-element chunks walked upwards from k_begin (fp8 only; a chunk never
@@ -154,7 +145,7 @@ void tile_scalar(const gemm_job& job, std::int64_t r_begin, std::int64_t r_end,
       const elem* wr = w + c * p.k;
       float acc[lanes] = {};
       for (std::int64_t kk = 0; kk < p.k; ++kk) {
-        acc[kk % lanes] = std::fma(x[kk], weight_at<WT>(p, wr, c, kk), acc[kk % lanes]);
+        acc[kk % lanes] = std::fma(x[kk], to_f32(wr[kk]), acc[kk % lanes]);
       }
       store_result(p, p.y + r * job.y_stride + c, reduce_lanes_scalar(acc));
     }
@@ -217,22 +208,12 @@ HELIX_TARGET_AVX2 void micro_avx2(const gemm_job& job, std::int64_t r0, std::int
     acc[r][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_state + r * lanes);
     acc[r][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_state + r * lanes + 8);
   }
-  // FP8: runs of chunks within one scale block (the scale broadcast once per run).
-  scale_walk walk(p, k_begin);
-  __m256 s = _mm256_setzero_ps();
-  for (std::int64_t kk = k_begin; kk < k_end;) {
-    std::int64_t stop = k_end;
-    if constexpr (WT == dtype::fp8_e4m3) {
-      stop = walk.run_end(kk, k_end);
-      s = _mm256_set1_ps(walk.scale(col));
-    }
-    for (; kk < stop; kk += lanes) {
-      const __m256 w0 = load8<WT>(w + kk, s);
-      const __m256 w1 = load8<WT>(w + kk + 8, s);
-      for (int r = 0; r < R; ++r) {
-        acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + kk), w0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + kk + 8), w1, acc[r][1]);
-      }
+  for (std::int64_t kk = k_begin; kk < k_end; kk += lanes) {
+    const __m256 w0 = load8<WT>(w + kk);
+    const __m256 w1 = load8<WT>(w + kk + 8);
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + kk), w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r] + kk + 8), w1, acc[r][1]);
     }
   }
   if (!last) {
@@ -249,7 +230,7 @@ HELIX_TARGET_AVX2 void micro_avx2(const gemm_job& job, std::int64_t r0, std::int
     alignas(32) float xt[R][lanes] = {};
     alignas(32) float wt[lanes] = {};
     for (int r = 0; r < R; ++r) std::memcpy(xt[r], x[r] + k_full, sizeof(float) * rest);
-    for (std::int64_t j = 0; j < rest; ++j) wt[j] = weight_at<WT>(p, w, col, k_full + j);
+    for (std::int64_t j = 0; j < rest; ++j) wt[j] = to_f32(w[k_full + j]);
     const __m256 w0 = _mm256_load_ps(wt);
     const __m256 w1 = _mm256_load_ps(wt + 8);
     for (int r = 0; r < R; ++r) {
@@ -351,22 +332,12 @@ HELIX_TARGET_AVX512 void micro_avx512(const gemm_job& job, std::int64_t r0, std:
       acc[r][c] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_state + (c * R + r) * lanes);
     }
   }
-  scale_walk walk(p, k_begin);  // as in micro_avx2
-  __m512 s[C];
-  for (int c = 0; c < C; ++c) s[c] = _mm512_setzero_ps();
-  for (std::int64_t kk = k_begin; kk < k_end;) {
-    std::int64_t stop = k_end;
-    if constexpr (WT == dtype::fp8_e4m3) {
-      stop = walk.run_end(kk, k_end);
-      for (int c = 0; c < C; ++c) s[c] = _mm512_set1_ps(walk.scale(c0 + c));
-    }
-    for (; kk < stop; kk += lanes) {
-      __m512 wv[C];
-      for (int c = 0; c < C; ++c) wv[c] = load16<WT>(w[c] + kk, s[c]);
-      for (int r = 0; r < R; ++r) {
-        const __m512 xv = _mm512_loadu_ps(x[r] + kk);
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-      }
+  for (std::int64_t kk = k_begin; kk < k_end; kk += lanes) {
+    __m512 wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = load16<WT>(w[c] + kk);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_loadu_ps(x[r] + kk);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
     }
   }
   if (!last) {
@@ -382,7 +353,7 @@ HELIX_TARGET_AVX512 void micro_avx512(const gemm_job& job, std::int64_t r0, std:
     alignas(64) float wt[C][lanes] = {};
     for (int r = 0; r < R; ++r) std::memcpy(xt[r], x[r] + k_full, sizeof(float) * rest);
     for (int c = 0; c < C; ++c) {
-      for (std::int64_t j = 0; j < rest; ++j) wt[c][j] = weight_at<WT>(p, w[c], c0 + c, k_full + j);
+      for (std::int64_t j = 0; j < rest; ++j) wt[c][j] = to_f32(w[c][k_full + j]);
     }
     for (int r = 0; r < R; ++r) {
       const __m512 xv = _mm512_load_ps(xt[r]);
@@ -482,7 +453,7 @@ void tile_fp8_scalar(const gemm_job& job, std::int64_t r_begin, std::int64_t r_e
       float acc[fp8_span] = {};
       for (std::int64_t kk = 0; kk < p.k; ++kk) {
         float& a = acc[kk % fp8_span];  // = ((kk / 16) % 4) * 16 + kk % 16
-        a = std::fma(x[kk], weight_at<dtype::fp8_e4m3>(p, wr, c, kk), a);
+        a = std::fma(x[kk], fp8_weight_at(p, wr, c, kk), a);
       }
       store_result(p, p.y + r * job.y_stride + c, reduce_fp8_scalar(acc));
     }
@@ -522,7 +493,7 @@ HELIX_TARGET_AVX2 void micro_fp8_avx2(const gemm_job& job, std::int64_t r0, std:
     alignas(32) float wt[lanes] = {};
     for (std::int64_t i = 0; i < p.k - k_full; ++i) {
       xt[i] = x[k_full + i];
-      wt[i] = weight_at<dtype::fp8_e4m3>(p, w, col, k_full + i);
+      wt[i] = fp8_weight_at(p, w, col, k_full + i);
     }
     const int j = static_cast<int>((k_full / lanes) % fp8_accs) * 2;
     acc[j] = _mm256_fmadd_ps(_mm256_load_ps(xt), _mm256_load_ps(wt), acc[j]);
@@ -621,7 +592,7 @@ HELIX_TARGET_AVX512 void micro_fp8_avx512(const gemm_job& job, std::int64_t r0, 
     if (k_full < p.k) {  // the zero-padded tail, into its accumulator as the scalar path does
       float* t = a + ((k_full / lanes) % fp8_accs) * lanes;
       for (std::int64_t i = 0; i < p.k - k_full; ++i) {
-        t[i] = std::fma(x[r][k_full + i], weight_at<dtype::fp8_e4m3>(p, w, col, k_full + i), t[i]);
+        t[i] = std::fma(x[r][k_full + i], fp8_weight_at(p, w, col, k_full + i), t[i]);
       }
     }
     const __m512 v =
@@ -686,17 +657,18 @@ void run_tile(const gemm_job& job, std::int64_t task) {
         tile_fp8_scalar(job, r_begin, r_end, c_begin, c_end);
         return;
     }
-  }
-  switch (job.isa) {
-    case simd::isa::avx512:
-      tile_avx512<WT>(job, r_begin, r_end, c_begin, c_end);
-      break;
-    case simd::isa::avx2:
-      tile_avx2<WT>(job, r_begin, r_end, c_begin, c_end);
-      break;
-    case simd::isa::scalar:
-      tile_scalar<WT>(job, r_begin, r_end, c_begin, c_end);
-      break;
+  } else {
+    switch (job.isa) {
+      case simd::isa::avx512:
+        tile_avx512<WT>(job, r_begin, r_end, c_begin, c_end);
+        break;
+      case simd::isa::avx2:
+        tile_avx2<WT>(job, r_begin, r_end, c_begin, c_end);
+        break;
+      case simd::isa::scalar:
+        tile_scalar<WT>(job, r_begin, r_end, c_begin, c_end);
+        break;
+    }
   }
 }
 
