@@ -14,7 +14,8 @@
 // before the matching send), so no cycle of waits forms whatever the pattern; a member's pieces
 // for itself are copied.
 //
-// Internal to model/ (rank_recovery.cpp calls it); pure plan plus one collective exchange.
+// rank_recovery.cpp runs it; the engine plans the same pieces to count the bytes they move.
+// A pure plan plus one collective exchange.
 #pragma once
 
 #include <cstdint>

@@ -60,8 +60,9 @@
 
 namespace helix::model {
 
-namespace reslice {
-struct held_kv;  // model/kv_reslice.hpp
+namespace reslice {  // model/kv_reslice.hpp
+struct held_kv;
+struct piece;
 }  // namespace reslice
 
 struct rank_program_options {
@@ -325,6 +326,7 @@ class rank_program {
   [[nodiscard]] status restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
                                       bool carried_here, transport::communicator* handoff,
                                       const kv_reslice* reslice,
+                                      const std::vector<reslice::piece>& pieces,
                                       const std::vector<std::int32_t>& stale);
   // The carried KV as a re-slice reads it (its own store, or kv_ when taken over).
   [[nodiscard]] reslice::held_kv held_kv();

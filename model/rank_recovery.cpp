@@ -218,7 +218,7 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
         "free)",
         trouble[0], w_.rank, fresh, kv_.free_slots(), kv_.num_slots());
   }
-  return restore_tables(seqs, old_kvp, carried_here, handoff, reslice, stale);
+  return restore_tables(seqs, old_kvp, carried_here, handoff, reslice, pieces, stale);
 }
 
 // The tables of restore(), once every rank agreed: kept blocks keep their slots, lost blocks this
@@ -226,6 +226,7 @@ status rank_program::restore(std::span<const restored_sequence> seqs, std::uint6
 status rank_program::restore_tables(std::span<const restored_sequence> seqs, std::int64_t old_kvp,
                                     bool carried_here, transport::communicator* handoff,
                                     const kv_reslice* reslice,
+                                    const std::vector<reslice::piece>& pieces,
                                     const std::vector<std::int32_t>& stale) {
   const std::int64_t bt = opt_.block_tokens;
   std::vector<std::pair<std::int32_t, std::int64_t>> incoming;  // (slot, donor) in walk order
@@ -270,8 +271,6 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
   }
   if (reslice != nullptr) {
     transport::communicator& comm = handoff != nullptr ? *handoff : *world_;
-    HELIX_ASSIGN_OR_RETURN(const std::vector<reslice::piece> pieces,
-                           reslice::plan(w_.spec, w_.layout, *reslice, seqs));
     for (const refill_set& r : refills) fill_synthetic(r.pages, r.seed);
     const reslice::held_kv held = held_kv();
     const status st = reslice::exchange(w_.spec, w_.layout, *reslice, pieces, seqs, comm,
