@@ -20,6 +20,7 @@ status block_table::open_block(std::int32_t rank, std::int32_t slot) {
   }
   if (rank < 0 || slot < 0) return invalid_argument("block table: rank {} slot {}", rank, slot);
   blocks_.push_back({rank, slot, num_tokens_, 0});
+  if (rank == local_rank_) local_.push_back(blocks_.back());
   return ok_status();
 }
 
@@ -32,6 +33,7 @@ status block_table::append_tokens(std::int64_t n) {
   }
   b.num_tokens += static_cast<std::int32_t>(n);
   num_tokens_ += n;
+  if (b.rank == local_rank_) local_.back().num_tokens = b.num_tokens;  // the last local block
   return ok_status();
 }
 
@@ -44,8 +46,22 @@ status block_table::relocate(std::size_t block_idx, std::int32_t rank, std::int3
   if (block_idx >= blocks_.size()) {
     return invalid_argument("block table: block {} of {}", block_idx, blocks_.size());
   }
-  blocks_[block_idx].rank = rank;
-  blocks_[block_idx].slot = slot;
+  kv_block_ref& b = blocks_[block_idx];
+  const bool was_local = b.rank == local_rank_;
+  b.rank = rank;
+  b.slot = slot;
+  if (local_rank_ < 0 || (!was_local && rank != local_rank_)) return ok_status();
+  // The list is in position order: find where this block's first position sits in it.
+  const auto it =
+      std::lower_bound(local_.begin(), local_.end(), b.first_pos,
+                       [](const kv_block_ref& l, std::int64_t pos) { return l.first_pos < pos; });
+  if (was_local && rank == local_rank_) {
+    it->slot = slot;
+  } else if (was_local) {
+    local_.erase(it);
+  } else {
+    local_.insert(it, b);
+  }
   return ok_status();
 }
 

@@ -4,6 +4,9 @@
 // rank's paged KV store, and the global positions it covers (a block covers consecutive positions
 // [first_pos, first_pos + num_tokens)). Every lookup of KV goes through the table, never through a
 // placement formula: the placement rule (planner/) fills it, migration and recovery edit it.
+// A table may keep, beside it, the list of blocks one rank holds (`local_rank`), kept in position
+// order through every append, open and relocation, so that a rank's attention takes its own
+// blocks without scanning the whole table of a long sequence at every layer.
 // Not thread-safe; one owner per table.
 #pragma once
 
@@ -26,6 +29,9 @@ struct kv_block_ref {
 class block_table {
  public:
   explicit block_table(std::int64_t block_tokens = 16) : block_tokens_(block_tokens) {}
+  /// A table that also keeps the list of the blocks `local_rank` holds (local_blocks()).
+  block_table(std::int64_t block_tokens, std::int32_t local_rank)
+      : block_tokens_(block_tokens), local_rank_(local_rank) {}
 
   [[nodiscard]] std::int64_t block_tokens() const { return block_tokens_; }
   [[nodiscard]] std::span<const kv_block_ref> blocks() const { return blocks_; }
@@ -46,13 +52,20 @@ class block_table {
   [[nodiscard]] const kv_block_ref& last() const;
   /// Moves block `block_idx` to (rank, slot): migration. invalid_argument if out of range.
   [[nodiscard]] status relocate(std::size_t block_idx, std::int32_t rank, std::int32_t slot);
-  /// Blocks held by `rank`, in position order.
+  /// Blocks held by `rank`, in position order (a scan of the whole table).
   [[nodiscard]] std::vector<kv_block_ref> blocks_on(std::int32_t rank) const;
+  /// The rank whose blocks local_blocks() lists; -1 when the table keeps no such list.
+  [[nodiscard]] std::int32_t local_rank() const { return local_rank_; }
+  /// Blocks held by local_rank(), in position order: equal to blocks_on(local_rank()), kept up
+  /// to date by open_block, append_tokens and relocate. Empty when local_rank() is -1.
+  [[nodiscard]] std::span<const kv_block_ref> local_blocks() const { return local_; }
 
  private:
   std::int64_t block_tokens_;
   std::int64_t num_tokens_ = 0;
   std::vector<kv_block_ref> blocks_;
+  std::int32_t local_rank_ = -1;
+  std::vector<kv_block_ref> local_;  // blocks_ entries with rank == local_rank_, in order
 };
 
 }  // namespace helix

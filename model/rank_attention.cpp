@@ -31,10 +31,10 @@ status rank_program::partial_attention(std::int64_t layer_idx, std::span<const b
   for (std::size_t i = mb.first_item; i < mb.first_item + mb.num_items; ++i) {
     const batch_item& it = items[i];
     const block_table& t = seqs_.at(it.seq).table;
-    local_blocks_.clear();
-    for (const kv_block_ref& b : t.blocks()) {
-      if (b.rank == w_.rank) local_blocks_.push_back(b);
-    }
+    HELIX_CHECK(t.local_rank() == w_.rank,
+                "sequence {}: its table lists rank {}'s blocks, not {}'s", it.seq, t.local_rank(),
+                w_.rank);
+    const std::span<const kv_block_ref> local = t.local_blocks();
     kernels::attention_partial_params a;
     a.num_queries = static_cast<std::int64_t>(it.tokens.size());
     a.q = q + row * qc * page.key_dim;
@@ -42,8 +42,8 @@ status rank_program::partial_attention(std::int64_t layer_idx, std::span<const b
     a.num_q_heads = qc;
     a.layout = page;
     a.kv_pool = kv_.layer_pool(layer_idx);
-    a.blocks = local_blocks_.data();
-    a.num_blocks = static_cast<std::int64_t>(local_blocks_.size());
+    a.blocks = local.data();
+    a.num_blocks = static_cast<std::int64_t>(local.size());
     a.softmax_scale = static_cast<float>(w_.spec.softmax_scale());
     a.causal = true;
     a.out = part_out_.data() + row * qc * page.value_dim;

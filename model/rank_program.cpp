@@ -287,15 +287,15 @@ kernels::exec_context rank_program::ctx() const {
 
 std::uint64_t rank_program::open_sequence() {
   const std::uint64_t id = next_seq_++;
-  seqs_.emplace(id, sequence{block_table(opt_.block_tokens)});
+  seqs_.emplace(id, sequence{block_table(opt_.block_tokens, w_.rank)});
   return id;
 }
 
 status rank_program::close_sequence(std::uint64_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return not_found("rank_program: unknown sequence {}", seq);
-  for (const kv_block_ref& b : it->second.table.blocks()) {
-    if (b.rank == w_.rank) HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
+  for (const kv_block_ref& b : it->second.table.local_blocks()) {
+    HELIX_RETURN_IF_ERROR(kv_.release(b.slot));
   }
   seqs_.erase(it);
   return ok_status();

@@ -381,7 +381,6 @@ class rank_program {
   std::vector<row_info> rows_;
   std::vector<micro_batch> micro_batches_;
   std::vector<transport::request> exchanges_;
-  std::vector<kv_block_ref> local_blocks_;
   std::vector<std::uint8_t> attn_workspace_;
   // Sharded sampling: summaries [rows], gathered [world, rows], one row's [world]; the rows the
   // summaries leave undecided, and the full-row round's buffers (full_row_chunk rows at a time).

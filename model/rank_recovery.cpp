@@ -242,7 +242,7 @@ status rank_program::restore_tables(std::span<const restored_sequence> seqs, std
       auto it = carried_->tables.find(r.seq);
       if (it != carried_->tables.end()) had = &it->second;
     }
-    block_table t(bt);
+    block_table t(bt, w_.rank);
     refills.push_back({r.synthetic_seed, {}});
     resliced.emplace_back(r.owner_kvp.size(), -1);
     for (std::size_t b = 0; b < r.owner_kvp.size(); ++b) {

@@ -144,6 +144,9 @@ class request_impl {
   [[nodiscard]] virtual status wait() = 0;
   /// True when wait() would return without blocking.
   [[nodiscard]] virtual bool test() = 0;
+  /// Called instead of `delete` when its request lets go of it (after wait() returned): a
+  /// backend that keeps a pool of these takes it back here, so posting allocates nothing.
+  virtual void recycle() noexcept { delete this; }
 };
 
 /// Move-only handle of a posted non-blocking operation. A default-constructed request is complete
@@ -151,7 +154,9 @@ class request_impl {
 class [[nodiscard]] request {
  public:
   request() = default;
-  explicit request(std::unique_ptr<request_impl> impl) : impl_(std::move(impl)) {}
+  explicit request(std::unique_ptr<request_impl> impl) : impl_(impl.release()) {}
+  /// Takes a pooled impl; it goes back through request_impl::recycle().
+  explicit request(request_impl* pooled) : impl_(pooled) {}
   /// A request that is already complete with `st` (used for errors found before posting).
   [[nodiscard]] static request done(status st);
   request(request&&) noexcept = default;
@@ -166,7 +171,10 @@ class [[nodiscard]] request {
   [[nodiscard]] bool test();
 
  private:
-  std::unique_ptr<request_impl> impl_;
+  struct recycler {
+    void operator()(request_impl* impl) const noexcept { impl->recycle(); }
+  };
+  std::unique_ptr<request_impl, recycler> impl_;
 };
 
 /// One rank's handle on one group. See the header paragraph for semantics and errors.

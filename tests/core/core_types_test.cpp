@@ -35,6 +35,44 @@ TEST(BlockTable, BlocksFillInOrderAndCoverConsecutivePositions) {
   EXPECT_EQ(t.relocate(5, 0, 0).code(), errc::invalid_argument);
 }
 
+// The list of one rank's blocks stays equal to a scan of the table through a seeded mix of
+// appends (whole and partial blocks), opens on 4 ranks and relocations to, from and within it.
+TEST(BlockTable, LocalBlocksStayEqualToAScanThroughAppendsAndRelocations) {
+  for (std::int32_t local = 0; local < 4; ++local) {
+    block_table t(4, local);
+    EXPECT_EQ(t.local_rank(), local);
+    std::uint64_t state = 0x9e3779b97f4a7c15ull + static_cast<std::uint64_t>(local);
+    const auto next = [&](std::uint64_t n) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      return (state >> 33) % n;
+    };
+    for (int op = 0; op < 400; ++op) {
+      if (next(3) != 0 || t.blocks().empty()) {
+        const auto n = static_cast<std::int64_t>(1 + next(6));
+        for (std::int64_t done = 0; done < n;) {
+          if (t.needs_block()) {
+            ASSERT_TRUE(t.open_block(static_cast<std::int32_t>(next(4)), op).ok());
+          }
+          const std::int64_t room = 4 - t.blocks().back().num_tokens;
+          const std::int64_t k = std::min(room, n - done);
+          ASSERT_TRUE(t.append_tokens(k).ok());
+          done += k;
+        }
+      } else {
+        const auto idx = static_cast<std::size_t>(next(t.blocks().size()));
+        ASSERT_TRUE(t.relocate(idx, static_cast<std::int32_t>(next(4)), 1000 + op).ok());
+      }
+      const std::vector<kv_block_ref> scan = t.blocks_on(local);
+      ASSERT_EQ(std::vector<kv_block_ref>(t.local_blocks().begin(), t.local_blocks().end()), scan)
+          << "rank " << local << " after operation " << op;
+    }
+  }
+  block_table untracked(4);
+  ASSERT_TRUE(untracked.open_block(0, 0).ok());
+  EXPECT_EQ(untracked.local_rank(), -1);
+  EXPECT_TRUE(untracked.local_blocks().empty());
+}
+
 TEST(ModelSpec, BuiltinsValidateAndHaveTheDocumentedShapes) {
   for (const std::string& name : builtin_model_names()) {
     auto s = builtin_model(name);
