@@ -13,6 +13,7 @@
 #include "apps/generate_cmd.hpp"
 #include "apps/plan_cmd.hpp"
 #include "apps/run_cmd.hpp"
+#include "apps/serve_cmd.hpp"
 #include "apps/verify_cmd.hpp"
 #include "cluster/cluster.hpp"
 #include "core/log.hpp"
@@ -29,6 +30,7 @@ constexpr const char* usage =
     "  bench recovery    a worker killed: lost-blocks recovery against full replay\n"
     "  bench transport   collectives per backend (local, UCX shm/tcp) against memcpy\n"
     "  run               a multi-agent workload on the embedded engine: latency, tokens/s, KV\n"
+    "  serve             an OpenAI-compatible HTTP server (completions, SSE streams, metrics)\n"
     "  worker            one worker process of an engine: helix worker --join HOST:PORT\n"
     "  cluster certs     a CA and node certificates for mutual TLS (--tls-dir)\n"
     "  chaos             seeded fault schedules on the engine: recovery, exactness, no hang\n"
@@ -65,6 +67,7 @@ int run(std::vector<std::string> args) {
   if (cmd == "generate") return helix::apps::run_generate(rest, std::cout, std::cerr);
   if (cmd == "verify") return helix::apps::run_verify(rest, std::cout, std::cerr);
   if (cmd == "run") return helix::apps::run_workload(rest, std::cout, std::cerr);
+  if (cmd == "serve") return helix::apps::run_serve(rest, std::cout, std::cerr);
   if (cmd == "chaos") return helix::apps::run_chaos_cmd(rest, std::cout, std::cerr);
   if (cmd == "demo") return helix::apps::run_demo(rest, std::cout, std::cerr);
   if (cmd == "plan") return helix::apps::run_plan(rest, std::cout, std::cerr);

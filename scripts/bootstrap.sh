@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libcaf-dev libucx-dev ucx-utils libprotobuf-dev protobuf-compiler
-  libspdlog-dev libfmt-dev nlohmann-json3-dev libssl-dev
+  libspdlog-dev libfmt-dev nlohmann-json3-dev libssl-dev libcpp-httplib-dev curl
   googletest libgtest-dev libgmock-dev libbenchmark-dev
 )
 # `scripts/bootstrap.sh fuzz` (what `make fuzz` runs) also needs clang 14 with its sanitizer
