@@ -181,11 +181,12 @@ api_error error_from_status(const status& st) {
       if (e.message.find("max_tokens") != std::string::npos) e.param = "max_tokens";
       break;
     case errc::resource_exhausted:
-      if (e.message.find("queue") != std::string::npos) {
-        e.http_status = 429;
-        e.type = "rate_limit_error";
+      if (e.message.find("never fit") != std::string::npos) {
+        e.http_status = 400;  // the reason says why; retrying cannot help
+        e.param = "max_tokens";
       } else {
-        e.http_status = 400;  // can never fit: the reason says why
+        e.http_status = 429;  // in flight at the configured maximum: retry later
+        e.type = "rate_limit_error";
       }
       break;
     case errc::unavailable:

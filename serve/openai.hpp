@@ -64,7 +64,8 @@ struct api_error {
 /// OpenAI's error body: {"error": {"message", "type", "param", "code"}}.
 [[nodiscard]] nlohmann::json error_body(const api_error& e);
 /// The api_error for an engine refusal (submit's status): invalid_argument 400,
-/// resource_exhausted for a full queue 429 and for a request that can never fit 400,
+/// resource_exhausted 400 for a request that can never fit (param max_tokens) and 429 otherwise
+/// (requests in flight at the configured maximum),
 /// unavailable 503, deadline_exceeded 408, anything else 500.
 [[nodiscard]] api_error error_from_status(const status& st);
 

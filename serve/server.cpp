@@ -1,6 +1,7 @@
 #include "serve/server.hpp"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -118,6 +119,8 @@ struct server::impl {
   std::pair<std::string, std::vector<std::int32_t>> take(completion_state& s,
                                                          const actors::token_event& ev);
   void finish(completion_state& s);
+  // The response of `s` was written (or its connection failed): drain() no longer waits for it.
+  void release(const completion_state& s);
 };
 
 void server::impl::declare_metrics() {
@@ -234,6 +237,9 @@ void server::impl::finish(completion_state& s) {
           seconds_between(*s.first_token, s.last_token) / static_cast<double>(s.tokens.size() - 1));
     }
   }
+}
+
+void server::impl::release(const completion_state& s) {
   std::lock_guard lk(mu);
   running.erase(s.request_id);
   idle_cv.notify_all();
@@ -313,10 +319,19 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
           s->error.ok() ? status(errc::aborted, "the request was cancelled") : s->error;
       api_error e = error_from_status(why);
       if (e.http_status < 500 && std::string_view(s->reason) == "error") e.http_status = 500;
+      release(*s);
       return reply_error(res, e);
     }
-    res.set_content(completion_response(s->id, text, s->tokens, s->reason, s->prompt_tokens).dump(),
-                    "application/json");
+    // Through a provider so that release() runs once the body is written: a drain that stops
+    // the listener must not cut a finished completion's response.
+    auto body = std::make_shared<std::string>(
+        completion_response(s->id, text, s->tokens, s->reason, s->prompt_tokens).dump());
+    res.set_content_provider(
+        body->size(), "application/json",
+        [body](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
+          return sink.write(body->data() + offset, length);
+        },
+        [this, s](bool) { release(*s); });
     return;
   }
 
@@ -356,12 +371,14 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
         return out.empty() || sink.write(out.data(), out.size());
       },
       [this, s](bool) {
-        if (s->finished) return;
-        // The client went away (or the connection failed) before the last event: cancel the
-        // request so that its KV is freed; its stream ends with `cancelled`.
-        (void)eng.cancel(s->request_id);
-        s->reason = "cancelled";
-        finish(*s);
+        if (!s->finished) {
+          // The client went away (or the connection failed) before the last event: cancel the
+          // request so that its KV is freed; its stream ends with `cancelled`.
+          (void)eng.cancel(s->request_id);
+          s->reason = "cancelled";
+          finish(*s);
+        }
+        release(*s);
       });
 }
 
@@ -433,6 +450,14 @@ expected<std::unique_ptr<server>> server::start(actors::engine& engine, const te
   s.http.set_keep_alive_timeout(5);
   s.http.set_tcp_nodelay(true);
   s.routes();
+  // httplib's default sets SO_REUSEPORT, which lets a second server bind the same port without
+  // an error; SO_REUSEADDR only. The socket is kept to widen the listen backlog below.
+  int listen_fd = -1;
+  s.http.set_socket_options([&listen_fd](int fd) {
+    int yes = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = fd;
+  });
   if (s.o.port == 0) {
     s.bound_port = s.http.bind_to_any_port(s.o.host);
   } else if (s.http.bind_to_port(s.o.host, s.o.port)) {
@@ -444,6 +469,10 @@ expected<std::unique_ptr<server>> server::start(actors::engine& engine, const te
     return make_error(errc::unavailable, "server: cannot listen on {}:{} (in use, or a bad host)",
                       s.o.host, s.o.port);
   }
+  // The library listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, fixed when Debian built
+  // it): a burst of clients connecting at once would overflow it and see reset connections.
+  // listen() again on a listening socket only updates the backlog.
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
   s.listener = std::thread([&s] { s.http.listen_after_bind(); });
   return std::unique_ptr<server>(new server(std::move(p)));
 }

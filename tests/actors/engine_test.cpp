@@ -19,33 +19,8 @@
 namespace helix::actors {
 namespace {
 
+using test_support::generate_alone;
 using test_support::random_tokens;
-
-// What the single-worker decoder generates greedily for `prompt` alone.
-std::vector<std::int32_t> generate_alone(const model::model_weights& w,
-                                         const std::vector<std::int32_t>& prompt,
-                                         std::int64_t max_tokens,
-                                         const std::vector<std::int32_t>& stops) {
-  model::decoder_options o;
-  o.num_threads = 1;
-  o.kv_capacity_tokens = 4096;
-  auto dec = model::decoder::create(w, o);
-  EXPECT_TRUE(dec.has_value());
-  const std::uint64_t seq = (*dec)->open_sequence();
-  std::vector<float> logits(static_cast<std::size_t>(w.spec.vocab));
-  std::vector<std::int32_t> out;
-  std::vector<std::int32_t> feed = prompt;
-  while (static_cast<std::int64_t>(out.size()) < max_tokens) {
-    const model::decoder::batch_item item{seq, feed, false};
-    EXPECT_TRUE((*dec)->forward({&item, 1}, logits).ok());
-    const auto t =
-        static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    out.push_back(t);
-    if (std::find(stops.begin(), stops.end(), t) != stops.end()) break;
-    feed = {t};
-  }
-  return out;
-}
 
 engine_config small_config(std::int64_t workers, const std::string& layout = "auto") {
   engine_config c;
