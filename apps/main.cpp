@@ -7,6 +7,7 @@
 #include "apps/bench_attention.hpp"
 #include "apps/bench_decode.hpp"
 #include "apps/bench_recovery.hpp"
+#include "apps/bench_serve.hpp"
 #include "apps/bench_transport.hpp"
 #include "apps/chaos_cmd.hpp"
 #include "apps/demo_cmd.hpp"
@@ -28,6 +29,7 @@ constexpr const char* usage =
     "  bench attention   attention decode bandwidth against a streaming-read baseline\n"
     "  bench decode      decode steps on N simulated workers, layouts side by side\n"
     "  bench recovery    a worker killed: lost-blocks recovery against full replay\n"
+    "  bench serve       load on an OpenAI-compatible server: TTFT, TPOT, ITL, goodput\n"
     "  bench transport   collectives per backend (local, UCX shm/tcp) against memcpy\n"
     "  run               a multi-agent workload on the embedded engine: latency, tokens/s, KV\n"
     "  serve             an OpenAI-compatible HTTP server (completions, SSE streams, metrics)\n"
@@ -90,13 +92,17 @@ int run(std::vector<std::string> args) {
       return helix::apps::run_bench_recovery(std::vector<std::string>(rest.begin() + 1, rest.end()),
                                              std::cout, std::cerr);
     }
+    if (!rest.empty() && rest[0] == "serve") {
+      return helix::apps::run_bench_serve(std::vector<std::string>(rest.begin() + 1, rest.end()),
+                                          std::cout, std::cerr);
+    }
     if (!rest.empty() && rest[0] == "transport") {
       return helix::apps::run_bench_transport(
           std::vector<std::string>(rest.begin() + 1, rest.end()), std::cout, std::cerr);
     }
     std::cerr
         << "error: unknown benchmark (available: bench attention, bench decode, bench recovery, "
-           "bench transport)\n";
+           "bench serve, bench transport)\n";
     return 2;
   }
   std::cerr << "error: unknown command '" << cmd << "'\n" << usage;

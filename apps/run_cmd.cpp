@@ -66,26 +66,6 @@ void append_tokens(std::vector<std::int32_t>& tokens, std::uint64_t seed, std::i
   }
 }
 
-latency_summary summarize(std::vector<double> v) {
-  latency_summary s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  const auto at = [&v](double q) {
-    const double pos = q * static_cast<double>(v.size() - 1);
-    const auto i = static_cast<std::size_t>(pos);
-    const double f = pos - static_cast<double>(i);
-    return i + 1 < v.size() ? v[i] * (1.0 - f) + v[i + 1] * f : v[i];
-  };
-  s.p50 = at(0.50);
-  s.p90 = at(0.90);
-  s.p99 = at(0.99);
-  double sum = 0.0;
-  for (const double x : v) sum += x;
-  s.mean = sum / static_cast<double>(v.size());
-  s.count = static_cast<std::int64_t>(v.size());
-  return s;
-}
-
 double ms_between(clock_type::time_point a, clock_type::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
@@ -236,6 +216,26 @@ std::string output_digest(std::vector<const turn_record*> turns) {
 }
 
 }  // namespace
+
+latency_summary summarize(std::vector<double> v) {
+  latency_summary s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  const auto at = [&v](double q) {
+    const double pos = q * static_cast<double>(v.size() - 1);
+    const auto i = static_cast<std::size_t>(pos);
+    const double f = pos - static_cast<double>(i);
+    return i + 1 < v.size() ? v[i] * (1.0 - f) + v[i + 1] * f : v[i];
+  };
+  s.p50 = at(0.50);
+  s.p90 = at(0.90);
+  s.p99 = at(0.99);
+  double sum = 0.0;
+  for (const double x : v) sum += x;
+  s.mean = sum / static_cast<double>(v.size());
+  s.count = static_cast<std::int64_t>(v.size());
+  return s;
+}
 
 expected<workload_report> run_agent_workload(const workload_options& o, std::ostream& progress) {
   HELIX_RETURN_IF_ERROR(validate(o));

@@ -98,6 +98,8 @@ struct latency_summary {
   double mean = 0.0;
   std::int64_t count = 0;
 };
+/// Percentiles and mean of a sample (empty: all zero).
+[[nodiscard]] latency_summary summarize(std::vector<double> v);
 
 /// One engine::stats() sample: used KV blocks per worker (in rank order) and kv_imbalance.
 struct kv_sample {

@@ -341,12 +341,15 @@ json usage_chunk(const completion_id& id, std::int64_t prompt_tokens,
                 {"total_tokens", prompt_tokens + completion_tokens}}}};
 }
 
-json models_response(const std::string& model, std::int64_t created) {
-  return json{
-      {"object", "list"},
-      {"data",
-       json::array(
-           {{{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "helix"}}})}};
+json models_response(const std::string& model, std::int64_t created, std::int64_t vocab,
+                     std::int64_t max_model_len) {
+  return json{{"object", "list"},
+              {"data", json::array({{{"id", model},
+                                     {"object", "model"},
+                                     {"created", created},
+                                     {"owned_by", "helix"},
+                                     {"max_model_len", max_model_len},
+                                     {"vocab_size", vocab}}})}};
 }
 
 }  // namespace helix::serve

@@ -96,7 +96,9 @@ struct completion_id {
 /// The usage-only chunk sent last when stream_options.include_usage is set.
 [[nodiscard]] nlohmann::json usage_chunk(const completion_id& id, std::int64_t prompt_tokens,
                                          std::int64_t completion_tokens);
-/// `GET /v1/models`: the one model served.
-[[nodiscard]] nlohmann::json models_response(const std::string& model, std::int64_t created);
+/// `GET /v1/models`: the one model served, with vLLM's `max_model_len` (the most tokens a request
+/// may hold) and `vocab_size` (ids of token prompts are in [0, vocab_size)).
+[[nodiscard]] nlohmann::json models_response(const std::string& model, std::int64_t created,
+                                             std::int64_t vocab, std::int64_t max_model_len);
 
 }  // namespace helix::serve

@@ -399,7 +399,9 @@ void server::impl::routes() {
         "application/json");
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(models_response(o.model_name, created).dump(), "application/json");
+    res.set_content(
+        models_response(o.model_name, created, eng.vocab(), eng.max_request_tokens()).dump(),
+        "application/json");
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     refresh_engine_metrics();
