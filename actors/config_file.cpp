@@ -335,6 +335,10 @@ proto_v1::EngineStats to_proto(const engine_stats& s) {
   m.set_active(s.active);
   m.set_steps(s.steps);
   m.set_tokens_generated(s.tokens_generated);
+  m.set_attention_seconds(s.step_phases.attention);
+  m.set_all_to_all_seconds(s.step_phases.all_to_all);
+  m.set_ffn_seconds(s.step_phases.ffn);
+  m.set_sampling_seconds(s.step_phases.sampling);
   m.set_migrations(s.migrations);
   m.set_kv_imbalance(s.kv_imbalance);
   m.set_kv_imbalance_max(s.kv_imbalance_max);
@@ -359,6 +363,8 @@ engine_stats from_proto(const proto_v1::EngineStats& m) {
   s.active = m.active();
   s.steps = m.steps();
   s.tokens_generated = m.tokens_generated();
+  s.step_phases = {m.attention_seconds(), m.all_to_all_seconds(), m.ffn_seconds(),
+                   m.sampling_seconds()};
   s.migrations = m.migrations();
   s.kv_imbalance = m.kv_imbalance();
   s.kv_imbalance_max = m.kv_imbalance_max();

@@ -278,6 +278,15 @@ struct engine_stats {
   std::vector<recovery_stats> recoveries;  // in order
   std::vector<epoch_stats> epochs;         // in order, the initial one first
   std::int64_t standbys = 0;               // members alive without a rank
+  /// Rank 0's seconds per phase over every step so far (model::rank_program::step_phases):
+  /// attention without the all-to-all wait, the all-to-all wait, the FFN, the LM head and
+  /// sampling.
+  struct phase_seconds {
+    double attention = 0.0;
+    double all_to_all = 0.0;
+    double ffn = 0.0;
+    double sampling = 0.0;
+  } step_phases;
 };
 
 class engine {

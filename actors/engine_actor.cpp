@@ -617,7 +617,15 @@ caf::behavior engine_actor(self_ptr self, engine_setup setup, std::vector<caf::a
         if (m.rank >= 0 && m.rank < static_cast<std::int64_t>(st.kv_used.size())) {
           st.kv_used[static_cast<std::size_t>(m.rank)] = m.kv_used_blocks;
         }
-        if (m.rank == 0) st.step_logits = std::move(m.logits);
+        if (m.rank == 0) {
+          st.step_logits = std::move(m.logits);
+          if (m.phase_seconds.size() == 4) {
+            st.stats.step_phases.attention += m.phase_seconds[0];
+            st.stats.step_phases.all_to_all += m.phase_seconds[1];
+            st.stats.step_phases.ffn += m.phase_seconds[2];
+            st.stats.step_phases.sampling += m.phase_seconds[3];
+          }
+        }
         const status r = from_wire(m.result);
         if (!r.ok() && st.step_error.ok()) {
           st.step_error = r.with_context(fmt::format("worker {}", m.rank));

@@ -27,7 +27,7 @@ typename Inspector::result_type inspect(Inspector& f, step_msg& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, step_done_msg& x) {
   return f(caf::meta::type_name("step_done_msg"), x.epoch, x.step_id, x.rank, x.result, x.tokens,
-           x.item_errors, x.kv_used_blocks, x.logits, x.suspects);
+           x.item_errors, x.kv_used_blocks, x.logits, x.suspects, x.phase_seconds);
 }
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, open_seq_msg& x) {

@@ -75,6 +75,8 @@ struct step_done_msg {
   /// On failure: the global ranks this worker's data plane waited for in vain or saw fail, most
   /// named first (transport::fabric::suspects); recovery drops these.
   std::vector<std::int32_t> suspects;
+  /// Seconds of the step per phase on this rank (worker_compute's step_outcome::phase_seconds).
+  std::vector<double> phase_seconds;
 };
 
 /// Engine -> every worker: open (the next id, checked) or close a sequence. Replies with

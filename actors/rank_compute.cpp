@@ -63,6 +63,7 @@ status rank_compute::step(const step_msg& m, step_outcome& result) {
   result.tokens.assign(m.items.size(), -1);
   result.item_errors.clear();
   result.logits.clear();
+  result.phase_seconds.clear();
   if (n == 0) return ok_status();
   // Every item has one logits row (decode tokens and prefill chunks alike); rows of items that
   // are not sampled are sampled greedily and ignored.
@@ -93,6 +94,8 @@ status rank_compute::step(const step_msg& m, step_outcome& result) {
   out.row_status = row_status_;
   HELIX_RETURN_IF_ERROR(program_->forward(
       items_, std::span<const std::int64_t>(m.new_block_kvp).subspan(owners_used), out));
+  const model::rank_program::step_phases& ph = program_->last_step_phases();
+  result.phase_seconds = {ph.attention_s, ph.all_to_all_s, ph.ffn_s, ph.sampling_s};
   for (std::size_t i = 0; i < n; ++i) {
     const step_item& it = m.items[first + i];
     // A row that is not sampled has no result to fail: its status is ignored.

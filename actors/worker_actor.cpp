@@ -71,6 +71,7 @@ caf::behavior worker_actor(caf::event_based_actor* self, std::shared_ptr<worker_
         for (const status& e : st->outcome.item_errors) done.item_errors.push_back(to_wire(e));
         done.logits = std::move(st->outcome.logits);
         done.kv_used_blocks = compute->kv_used_blocks();
+        done.phase_seconds = st->outcome.phase_seconds;
         self->send(reply_to(), std::move(done));
       },
       [=](open_seq_msg& m) {

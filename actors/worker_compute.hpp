@@ -30,6 +30,9 @@ struct step_outcome {
   /// Rank 0: the full logits row of every sampled item with want_logits, in item order; other
   /// ranks leave it empty.
   std::vector<float> logits;
+  /// Seconds of the step's forward pass per phase: attention, all_to_all, ffn, sampling
+  /// (model::rank_program::step_phases); empty when the step ran no forward pass.
+  std::vector<double> phase_seconds;
 };
 
 class worker_compute {

@@ -45,6 +45,20 @@ expected<std::int64_t> parse_size(std::string_view text) {
   return v * mult;
 }
 
+expected<std::pair<std::string, std::uint16_t>> parse_host_port(std::string_view text,
+                                                                std::string_view flag) {
+  const auto colon = text.rfind(':');
+  const std::string port_text(colon == std::string_view::npos ? "" : text.substr(colon + 1));
+  char* end = nullptr;
+  const long port = port_text.empty() ? -1 : std::strtol(port_text.c_str(), &end, 10);
+  if (colon == std::string_view::npos || colon == 0 || end == nullptr || *end != '\0' ||
+      port < 1 || port > 65535) {
+    return invalid_argument("--{} takes HOST:PORT, got '{}'", flag, text);
+  }
+  return std::pair<std::string, std::uint16_t>{std::string(text.substr(0, colon)),
+                                               static_cast<std::uint16_t>(port)};
+}
+
 expected<std::vector<std::int64_t>> parse_int_list(std::string_view text) {
   std::vector<std::int64_t> out;
   while (!text.empty()) {

@@ -9,6 +9,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/status.hpp"
@@ -19,6 +20,9 @@ namespace helix::apps {
 [[nodiscard]] expected<std::int64_t> parse_size(std::string_view text);
 /// This program's own path (/proc/self/exe), for spawning `helix worker` processes.
 [[nodiscard]] expected<std::string> this_program_path();
+/// Parses "HOST:PORT" (port 1 to 65535; the host non-empty). invalid_argument naming `flag`.
+[[nodiscard]] expected<std::pair<std::string, std::uint16_t>> parse_host_port(
+    std::string_view text, std::string_view flag);
 /// Parses a comma-separated list of integers ("3,14,15").
 [[nodiscard]] expected<std::vector<std::int64_t>> parse_int_list(std::string_view text);
 

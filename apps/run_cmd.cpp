@@ -805,19 +805,14 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
   }
   if (const auto listen = a->get("listen")) {
     if (a->has("processes")) return usage_error("--listen and --processes exclude each other");
-    const auto colon = listen->rfind(':');
     const auto expect = a->get_int("expect-workers", 0);
     if (!expect) return usage_error(expect.error().message());
     if (*expect < 1 || *expect > 64) return usage_error("--listen needs --expect-workers 1 to 64");
-    char* end = nullptr;
-    const long port =
-        colon == std::string::npos ? -1 : std::strtol(listen->c_str() + colon + 1, &end, 10);
-    if (colon == std::string::npos || colon == 0 || *end != '\0' || port < 1 || port > 65535) {
-      return usage_error(fmt::format("--listen takes HOST:PORT, got '{}'", *listen));
-    }
+    const auto hp = parse_host_port(*listen, "listen");
+    if (!hp) return usage_error(hp.error().message());
     o.listen = true;
-    o.listen_host = listen->substr(0, colon);
-    o.listen_port = static_cast<std::uint16_t>(port);
+    o.listen_host = hp->first;
+    o.listen_port = hp->second;
     o.engine.num_workers = static_cast<int>(*expect);
   } else if (a->has("expect-workers")) {
     return usage_error("--expect-workers goes with --listen");

@@ -26,6 +26,8 @@ constexpr const char* usage =
     "  --model NAME            built-in model (default tiny-llama); --checkpoint DIR instead\n"
     "  --workers N             workers, threads of this process (default 2)\n"
     "  --processes N           N workers as `helix worker` processes (UCX data plane)\n"
+    "  --listen HOST:PORT --expect-workers N\n"
+    "                          N workers started elsewhere join here (helix worker --join)\n"
     "  --layout L              auto or a layout string\n"
     "  --kv-capacity N         KV tokens per worker (K/M suffixes)\n"
     "  --served-model-name S   the id clients send as `model` (default the model's name)\n"
@@ -47,7 +49,7 @@ int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostr
   if (const status known =
           a->check_known({"host", "port", "config", "model", "checkpoint", "workers", "processes",
                           "layout", "kv-capacity", "served-model-name", "default-temperature",
-                          "max-body", "threads", "grace", "help"});
+                          "max-body", "threads", "grace", "listen", "expect-workers", "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << usage;
     return 2;
@@ -109,6 +111,21 @@ int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostr
     cluster::spawned_workers_options so;
     so.worker_binary = std::move(*self);
     source = cluster::spawned_workers(so);
+  }
+  if (const auto listen = a->get("listen")) {
+    if (a->has("processes")) return usage_error("--listen and --processes exclude each other");
+    const auto expect = a->get_int("expect-workers", 0);
+    if (!expect) return usage_error(expect.error().message());
+    if (*expect < 1 || *expect > 64) return usage_error("--listen needs --expect-workers 1 to 64");
+    const auto hp = parse_host_port(*listen, "listen");
+    if (!hp) return usage_error(hp.error().message());
+    c.num_workers = *expect;
+    cluster::listening_workers_options lo;
+    lo.host = hp->first;
+    lo.port = hp->second;
+    source = cluster::listening_workers(lo);
+  } else if (a->has("expect-workers")) {
+    return usage_error("--expect-workers goes with --listen");
   }
 
   auto eng = actors::engine::create(c, std::move(source));

@@ -5,6 +5,7 @@
 // partials exist and travels while the next item's partial attention runs. Every row's math is the
 // same either way (the merge and the projections are row-wise), so HOP-B changes no bit.
 #include <algorithm>
+#include <chrono>
 
 #include "kernels/attention.hpp"
 #include "kernels/merge.hpp"
@@ -111,11 +112,14 @@ status rank_program::attend_and_exchange(std::int64_t layer_idx, std::span<const
   // Complete: unpack every micro-batch into [kvp][mrows*qn, vd] and [kvp][mrows*qn], the layout
   // lse_merge wants, and merge exactly (peers in kvp order).
   status first_error = ok_status();
+  const auto wait_start = std::chrono::steady_clock::now();
   for (std::size_t m = 0; m < micro_batches_.size(); ++m) {
     // Every posted exchange is waited for, even after a failure: its buffers are ours.
     const status st = exchanges_[m].wait();
     if (!st.ok() && first_error.ok()) first_error = st;
   }
+  phases_.all_to_all_s +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
   exchanges_.clear();
   HELIX_RETURN_IF_ERROR(first_error);
   for (const micro_batch& mb : micro_batches_) {

@@ -5,6 +5,7 @@
 #include "model/rank_program.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "core/memory.hpp"
@@ -628,7 +629,13 @@ status rank_program::forward(std::span<const batch_item> items,
   HELIX_RETURN_IF_ERROR(reserve_kv(items, new_block_kvp));
   kv_bytes_read_ = 0;
   full_row_samples_ = 0;
+  phases_ = {};
+  using clock = std::chrono::steady_clock;
+  const auto seconds_since = [](clock::time_point t0) {
+    return std::chrono::duration<double>(clock::now() - t0).count();
+  };
 
+  auto t = clock::now();
   HELIX_RETURN_IF_ERROR(embed_tokens(ctx(), w_.embed, token_ids_.data(), rows, x_.data()));
   for (std::int64_t l = 0; l < s.num_layers; ++l) {
     const rank_layer_weights& L = w_.layers[sz(l)];
@@ -636,12 +643,19 @@ status rank_program::forward(std::span<const batch_item> items,
         rms_norm(ctx(), x_.data(), L.input_norm, xn_.data(), rows, s.rms_norm_eps));
     HELIX_RETURN_IF_ERROR(s.is_mla() ? attention_mla(l, items, rows)
                                      : attention_gqa(l, items, rows));
+    phases_.attention_s += seconds_since(t);
+    t = clock::now();
     HELIX_RETURN_IF_ERROR(
         rms_norm(ctx(), x_.data(), L.post_attn_norm, xn_.data(), rows, s.rms_norm_eps));
     HELIX_RETURN_IF_ERROR(ffn(l, rows));
+    phases_.ffn_s += seconds_since(t);
+    t = clock::now();
   }
+  phases_.attention_s -= phases_.all_to_all_s;  // measured inside it
   if (out.logits.empty() && out.tokens.empty()) return ok_status();
-  return lm_head(items, out);
+  const status st = lm_head(items, out);
+  phases_.sampling_s = seconds_since(t);
+  return st;
 }
 
 }  // namespace helix::model

@@ -284,6 +284,16 @@ class rank_program {
   /// KV bytes this rank's partial attention read in the last forward(), summed over layers
   /// (whole pages of the blocks it attended over).
   [[nodiscard]] std::int64_t kv_bytes_read_last_step() const { return kv_bytes_read_; }
+  /// Seconds the last forward() spent in each phase on this rank: attention (projections,
+  /// partial attention, merge, o_proj and its all-reduce) without the time waiting for the
+  /// all-to-all, that wait, the FFN (with its collectives), and the LM head with sampling.
+  struct step_phases {
+    double attention_s = 0.0;
+    double all_to_all_s = 0.0;
+    double ffn_s = 0.0;
+    double sampling_s = 0.0;
+  };
+  [[nodiscard]] const step_phases& last_step_phases() const { return phases_; }
   /// Rows of the last forward() whose sampled token needed the second, full-row round (the shard
   /// summaries left them undecided); the same on every rank.
   [[nodiscard]] std::int64_t full_row_samples_last_step() const { return full_row_samples_; }
@@ -366,6 +376,7 @@ class rank_program {
   std::int64_t tpa_idx_ = 0;
   std::int64_t kvp_idx_ = 0;
   std::int64_t kv_bytes_read_ = 0;
+  step_phases phases_;
   std::int64_t full_row_samples_ = 0;
   std::unordered_map<std::uint64_t, sequence> seqs_;
   std::uint64_t next_seq_ = 1;

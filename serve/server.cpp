@@ -154,6 +154,9 @@ void server::impl::declare_metrics() {
   metrics.declare("helix_recoveries_total", k::counter, "Recoveries from worker failures.");
   metrics.declare("helix_engine_steps_total", k::counter, "Decode/prefill steps run.");
   metrics.declare("helix_engine_healthy", k::gauge, "1 while the engine can generate, else 0.");
+  metrics.declare("helix_step_phase_seconds_total", k::counter,
+                  "Rank 0's time in each phase of its steps: attention (without the all-to-all "
+                  "wait), all_to_all, ffn, sampling (LM head and sampling).");
 }
 
 void server::impl::refresh_engine_metrics() {
@@ -179,6 +182,11 @@ void server::impl::refresh_engine_metrics() {
   }
   metrics.set("helix_recoveries_total", static_cast<double>(st.recoveries.size()));
   metrics.set("helix_engine_steps_total", static_cast<double>(st.steps));
+  metrics.set("helix_step_phase_seconds_total", st.step_phases.attention, {{"phase", "attention"}});
+  metrics.set("helix_step_phase_seconds_total", st.step_phases.all_to_all,
+              {{"phase", "all_to_all"}});
+  metrics.set("helix_step_phase_seconds_total", st.step_phases.ffn, {{"phase", "ffn"}});
+  metrics.set("helix_step_phase_seconds_total", st.step_phases.sampling, {{"phase", "sampling"}});
   metrics.set("helix_engine_healthy", st.health == actors::engine_health::failed ? 0.0 : 1.0);
 }
 

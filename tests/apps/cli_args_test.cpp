@@ -102,5 +102,17 @@ TEST(GenerateCommand, BadInputGivesUsageErrors) {
   }
 }
 
+TEST(CliArgs, HostPortNamesTheFlagWhenBad) {
+  const auto ok = parse_host_port("10.0.0.1:7000", "listen");
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->first, "10.0.0.1");
+  EXPECT_EQ(ok->second, 7000);
+  for (const char* bad : {"7000", ":7000", "h:", "h:0", "h:65536", "h:7x"}) {
+    const auto r = parse_host_port(bad, "listen");
+    ASSERT_FALSE(r.has_value()) << bad;
+    EXPECT_NE(r.error().message().find("--listen"), std::string::npos) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace helix::apps

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <regex>
 #include <set>
 #include <string>
@@ -371,6 +372,10 @@ TEST(ServeHttp, MetricsAreWellFormedPrometheusText) {
   EXPECT_GT(values["helix_kv_blocks_capacity{worker=\"1\"}"], 0.0);
   EXPECT_EQ(values["helix_engine_healthy"], 1.0);
   EXPECT_GT(values["helix_engine_steps_total"], 0.0);
+  EXPECT_GT(values["helix_step_phase_seconds_total{phase=\"attention\"}"], 0.0);
+  EXPECT_GT(values["helix_step_phase_seconds_total{phase=\"ffn\"}"], 0.0);
+  EXPECT_GT(values["helix_step_phase_seconds_total{phase=\"sampling\"}"], 0.0);
+  EXPECT_TRUE(values.contains("helix_step_phase_seconds_total{phase=\"all_to_all\"}"));
 }
 
 // Connects a raw socket to the server.
@@ -384,7 +389,7 @@ int connect_to(int port) {
   return fd;
 }
 
-TEST(ServeHttp, SlowAndGarbageClientsDoNotStallOthersAndAreCut) {
+TEST(ServeHttp, StalledAndGarbageClientsDoNotBlockOthersAndAreCut) {
   server_options o;
   o.read_timeout = 1s;
   o.threads = 32;
@@ -443,6 +448,18 @@ TEST(ServeHttp, DrainFinishesRunningCompletionsAndRefusesNewOnes) {
   EXPECT_EQ(running.finish_reason, "length");
 }
 
+// Output of a shell command and its exit status.
+std::pair<int, std::string> run_command(const std::string& cmd) {
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return {-1, ""};
+  std::string out;
+  char buf[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int rc = ::pclose(p);
+  return {rc, out};
+}
+
 TEST(ServeHttp, CurlStreamsTokenIdsEndingWithDone) {
   if (std::system("curl --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "no curl";
   served s;
@@ -453,17 +470,51 @@ TEST(ServeHttp, CurlStreamsTokenIdsEndingWithDone) {
       "application/json' -d '{{\"model\": \"tiny-llama\", \"prompt\": [3, 14, 15], \"max_tokens\": "
       "6, \"stream\": true}}'",
       s.srv->port());
-  FILE* p = ::popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  std::size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  EXPECT_EQ(::pclose(p), 0);
+  const auto [rc, out] = run_command(cmd);
+  EXPECT_EQ(rc, 0);
   const stream_result r = parse_sse(200, out);
   EXPECT_TRUE(r.done) << out;
   EXPECT_TRUE(out.ends_with("data: [DONE]\n\n")) << out;
   EXPECT_EQ(r.tokens, expect);
+}
+
+// The official OpenAI client library (npm `openai`, pinned by tests/serve/openai_client's
+// package-lock.json) against the server, plain and streamed. It is installed into a scratch
+// folder on first use; without node or a reachable npm registry the test skips.
+TEST(ServeHttp, TheOfficialOpenAiClientGetsTheTokensPlainAndStreamed) {
+  if (run_command("node --version > /dev/null 2>&1 && npm --version > /dev/null 2>&1").first != 0) {
+    GTEST_SKIP() << "node and npm are not installed";
+  }
+  const std::filesystem::path src =
+      std::filesystem::path(HELIX_SOURCE_DIR) / "tests" / "serve" / "openai_client";
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "helix-openai-client";
+  std::filesystem::create_directories(dir);
+  for (const char* f : {"package.json", "package-lock.json", "client.mjs"}) {
+    std::filesystem::copy_file(src / f, dir / f, std::filesystem::copy_options::overwrite_existing);
+  }
+  if (!std::filesystem::exists(dir / "node_modules" / "openai")) {
+    const auto [rc, out] = run_command(
+        fmt::format("cd '{}' && timeout 300 npm ci --no-audit --no-fund 2>&1", dir.string()));
+    if (rc != 0) GTEST_SKIP() << "npm ci failed (no registry?): " << out;
+  }
+  served s;
+  const auto weights = test_support::seeded_weights("tiny-llama");
+  const auto expect = generate_alone(weights, {3, 14, 15}, 7, {});
+  const auto [rc, out] = run_command(
+      fmt::format("cd '{}' && timeout 120 node client.mjs http://127.0.0.1:{}/v1 tiny-llama "
+                  "3,14,15 7 2>&1",
+                  dir.string(), s.srv->port()));
+  ASSERT_EQ(rc, 0) << out;
+  const json r = json::parse(out, nullptr, false);
+  ASSERT_FALSE(r.is_discarded()) << out;
+  EXPECT_EQ(r["plain"]["token_ids"].get<std::vector<std::int32_t>>(), expect);
+  EXPECT_EQ(r["plain"]["finish_reason"], "length");
+  EXPECT_EQ(r["plain"]["usage"]["completion_tokens"], 7);
+  EXPECT_EQ(r["stream"]["token_ids"].get<std::vector<std::int32_t>>(), expect);
+  EXPECT_EQ(r["stream"]["finish_reason"], "length");
+  EXPECT_EQ(r["stream"]["chunks"], 7);
+  EXPECT_EQ(r["error"]["status"], 400);
+  EXPECT_EQ(r["error"]["param"], "prompt");
 }
 
 }  // namespace
