@@ -8,6 +8,7 @@ packages=(
   libcaf-dev libucx-dev ucx-utils libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev nlohmann-json3-dev libssl-dev libcpp-httplib-dev curl
   googletest libgtest-dev libgmock-dev libbenchmark-dev
+  python3-dev pybind11-dev python3-pytest
 )
 # `scripts/bootstrap.sh fuzz` (what `make fuzz` runs) also needs clang 14 with its sanitizer
 # runtimes and libFuzzer; plain builds do not, so they are not installed otherwise.
