@@ -8,6 +8,7 @@ packages=(
   libcaf-dev libucx-dev ucx-utils libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev nlohmann-json3-dev libssl-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
+  libpcre2-dev libutf8proc-dev libsentencepiece-dev
 )
 # `scripts/bootstrap.sh fuzz` (what `make fuzz` runs) also needs clang 14 with its sanitizer
 # runtimes and libFuzzer; plain builds do not, so they are not installed otherwise.
