@@ -174,8 +174,9 @@ void regex::deleter::operator()(void* code) const noexcept {
 
 expected<regex> regex::compile(std::string_view pattern, bool literal) {
   HELIX_RETURN_IF_ERROR(validate_utf8(pattern, "pre-tokenizer pattern"));
-  std::uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK;
-  if (literal) options |= PCRE2_LITERAL;
+  // PCRE2 refuses UCP together with LITERAL (a literal has no classes for it to change).
+  const std::uint32_t options =
+      PCRE2_UTF | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   const std::string text = literal ? std::string(pattern) : rewrite_white_space(pattern);
   int err = 0;
   PCRE2_SIZE offset = 0;
