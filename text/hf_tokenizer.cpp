@@ -77,8 +77,7 @@ char32_t char_at(std::string_view s, std::size_t pos) {
 }  // namespace
 
 expected<std::unique_ptr<hf_tokenizer>> hf_tokenizer::create(hf_tokenizer_parts parts,
-                                                             const tokenizer_config& config,
-                                                             const tokenizer_limits& limits) {
+                                                             const tokenizer_config& config) {
   std::unique_ptr<hf_tokenizer> t(new hf_tokenizer());
   // The id table: model vocabulary, then added tokens (which win, as in HF).
   std::int64_t max_id = -1;
@@ -89,7 +88,6 @@ expected<std::unique_ptr<hf_tokenizer>> hf_tokenizer::create(hf_tokenizer_parts 
     return invalid_argument("token ids are too sparse: largest id {} for {} tokens", max_id,
                             entries);
   }
-  (void)limits;
   const auto table_size = static_cast<std::size_t>(max_id + 1);
   t->id_to_token_.resize(table_size);
   t->flags_.assign(table_size, 0);

@@ -74,7 +74,7 @@ class hf_tokenizer final : public tokenizer {
  public:
   /// invalid_argument when two tokens share an id or ids are too sparse for the token table.
   [[nodiscard]] static expected<std::unique_ptr<hf_tokenizer>> create(
-      hf_tokenizer_parts parts, const tokenizer_config& config, const tokenizer_limits& limits);
+      hf_tokenizer_parts parts, const tokenizer_config& config);
 
   [[nodiscard]] expected<std::vector<std::int32_t>> encode(std::string_view text,
                                                            bool add_special) const override;

@@ -42,16 +42,23 @@ expected<std::unique_ptr<tokenizer>> load_tokenizer(const std::filesystem::path&
     config = std::move(parsed).value();
   }
 
+  const bool has_model = std::filesystem::is_regular_file(model_path, ec);
   if (std::filesystem::is_regular_file(json_path, ec)) {
     HELIX_ASSIGN_OR_RETURN(const std::string text,
                            read_file_bounded(json_path, limits.max_file_bytes));
     auto parts = parse_tokenizer_json(text, limits);
-    if (!parts) return parts.error().with_context(json_path.string());
-    auto tok = hf_tokenizer::create(std::move(parts).value(), config, limits);
-    if (!tok) return tok.error().with_context(json_path.string());
-    return std::unique_ptr<tokenizer>(std::move(tok).value());
+    // A tokenizer.json converted from SentencePiece (Llama 2, Mistral: Metaspace, Replace, Strip)
+    // uses features this parser refuses; the tokenizer.model beside it is the same tokenizer.
+    const bool use_model_instead =
+        !parts && parts.error().code() == errc::failed_precondition && has_model;
+    if (!parts && !use_model_instead) return parts.error().with_context(json_path.string());
+    if (parts) {
+      auto tok = hf_tokenizer::create(std::move(parts).value(), config);
+      if (!tok) return tok.error().with_context(json_path.string());
+      return std::unique_ptr<tokenizer>(std::move(tok).value());
+    }
   }
-  if (std::filesystem::is_regular_file(model_path, ec)) {
+  if (has_model) {
     HELIX_ASSIGN_OR_RETURN(const std::string bytes,
                            read_file_bounded(model_path, limits.max_file_bytes));
     auto tok = sentencepiece_tokenizer::create(bytes, config);

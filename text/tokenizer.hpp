@@ -110,7 +110,9 @@ class tokenizer {
 };
 
 /// Loads the tokenizer of checkpoint directory `dir`: `tokenizer.json` if present, else
-/// `tokenizer.model`, plus `tokenizer_config.json` when present. Errors: not_found naming `dir`
+/// `tokenizer.model`, plus `tokenizer_config.json` when present. A tokenizer.json that uses an
+/// unsupported feature falls back to a tokenizer.model in the same directory (SentencePiece
+/// checkpoints ship both). Errors: not_found naming `dir`
 /// when it has neither file; invalid_argument naming the file and field for malformed content;
 /// failed_precondition for a well-formed file using a feature this implementation does not
 /// support (named in the message); resource_exhausted when a bound in `limits` is exceeded.

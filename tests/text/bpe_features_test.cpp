@@ -175,6 +175,40 @@ TEST(PreTokenizer, WhitespaceClassIsUnicodeWhiteSpaceWithoutMongolianVowelSepara
   EXPECT_EQ(*m, (std::vector<p>{{0, 1}, {1, 4}, {4, 9}, {9, 11}}));
 }
 
+// The pre-tokenizer of DeepSeek-V3 as it ships: digit runs, CJK runs, then a pattern with
+// escaped brackets and \p{P}/\p{S}/\p{M} classes, then ByteLevel without its regex.
+TEST(PreTokenizer, DeepSeekV3SequenceCompilesAndSplits) {
+  std::vector<pre_tokenizer_step> steps;
+  for (
+      const char* pattern :
+      {R"(\p{N}{1,3})", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+       R"([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}) {
+    auto re = regex::compile(pattern, false);
+    ASSERT_TRUE(re.has_value()) << re.error();
+    steps.emplace_back(split_step{std::move(re).value(), split_behavior::isolated, false});
+  }
+  steps.emplace_back(byte_level_step{false, false});
+  auto p = pre_tokenizer::create(std::move(steps));
+  ASSERT_TRUE(p.has_value());
+  auto words = p->split("DeepSeek-V3 has 671B params\n\u6771\u4eac\u30bf\u30ef\u30fc!");
+  ASSERT_TRUE(words.has_value()) << words.error();
+  using v = std::vector<std::string>;
+  // Byte-level mapped: a space is "Ġ" (U+0120), a newline "Ċ" (U+010A).
+  EXPECT_EQ(*words, (v{"DeepSeek", "-V", "3", "Ġhas", "Ġ", "671", "B", "Ġparams", "Ċ",
+                       "æĿ±äº¬ãĤ¿ãĥ¯ãĥ¼", "!"}));
+}
+
+TEST(BpeFeatures, LongWordsAndWhitespaceRunsEncodeInReasonableTime) {
+  auto tok = load_tokenizer(fixtures / "llama3-bpe");
+  ASSERT_TRUE(tok.has_value());
+  for (const std::string& s : {std::string(200000, 'a'), std::string(200000, ' '),
+                               std::string(100000, '7'), std::string(50000, '\n')}) {
+    auto ids = (*tok)->encode(s, false);
+    ASSERT_TRUE(ids.has_value()) << ids.error();
+    EXPECT_EQ((*tok)->decode(*ids).value(), s);
+  }
+}
+
 TEST(Utf8, LossyConversionReplacesMaximalSubparts) {
   EXPECT_EQ(utf8_lossy("a\xF0\x9F\x98"
                        "b"),

@@ -61,6 +61,19 @@ TEST(LoadTokenizer, PrefersTokenizerJsonOverTokenizerModel) {
   EXPECT_EQ((*spm)->kind(), "tokenizer.model (SentencePiece)");
 }
 
+TEST(LoadTokenizer, UnsupportedTokenizerJsonFallsBackToTokenizerModel) {
+  temp_dir dir;
+  dir.write("tokenizer.json", R"({"model": {"vocab": {"a": 0}}, "pre_tokenizer":
+                                  {"type": "Metaspace", "replacement": "_"}})");
+  dir.write("tokenizer.model", fixture_file("spm-bpe", "tokenizer.model"));
+  auto tok = load_tokenizer(dir.path());
+  ASSERT_TRUE(tok.has_value()) << tok.error();
+  EXPECT_EQ((*tok)->kind(), "tokenizer.model (SentencePiece)");
+  // A malformed tokenizer.json is an error even with a tokenizer.model beside it.
+  dir.write("tokenizer.json", "{ not json");
+  EXPECT_EQ(load_tokenizer(dir.path()).error().code(), errc::invalid_argument);
+}
+
 TEST(LoadTokenizer, MalformedJsonNamesTheProblem) {
   expect_error(load_json_text("{\"model\": "), errc::invalid_argument, "not valid JSON");
   expect_error(load_json_text("[1, 2]"), errc::invalid_argument, "JSON object");
@@ -219,6 +232,79 @@ TEST(TokenizerFuzz, MutatedTokenizerJsonNeverCrashes) {
     }
   }
   RecordProperty("loaded", loaded);
+}
+
+// Seeded structural mutations: well-formed JSON with wrong types, out-of-range ids, broken
+// merges and random regexes in the places a real file has them.
+TEST(TokenizerFuzz, StructurallyMutatedTokenizerJsonNeverCrashes) {
+  const json original = llama3_json();
+  std::mt19937 rng(5);
+  const std::vector<json> odd_values = {
+      json(),     json(-1),    json(2147483647), json("x"),         json::array(), json::object(),
+      json(true), json(1e300), json("(?<"),      json("[\\p{Zz}]"), json("\\"),    json("(a*)*b")};
+  const auto odd = [&] { return odd_values[rng() % odd_values.size()]; };
+  int loaded = 0;
+  for (int round = 0; round < 200; ++round) {
+    json j = original;
+    for (int e = 0; e < 1 + round % 3; ++e) {
+      // An earlier edit may have replaced a parent with a scalar; that edit then does nothing.
+      try {
+        switch (rng() % 8) {
+          case 0: {
+            const char* keys[] = {"model",          "normalizer", "pre_tokenizer",
+                                  "post_processor", "decoder",    "added_tokens"};
+            j[keys[rng() % 6]] = odd();
+            break;
+          }
+          case 1: {
+            auto& vocab = j["model"]["vocab"];
+            auto it = vocab.begin();
+            std::advance(it, static_cast<std::ptrdiff_t>(rng() % vocab.size()));
+            *it = odd();
+            break;
+          }
+          case 2: {
+            auto& merges = j["model"]["merges"];
+            merges[rng() % merges.size()] = odd();
+            break;
+          }
+          case 3:
+            j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = odd();
+            break;
+          case 4: {
+            auto& added = j["added_tokens"];
+            added[rng() % added.size()][rng() % 2 == 0 ? "id" : "content"] = odd();
+            break;
+          }
+          case 5:
+            j["model"][rng() % 2 == 0 ? "ignore_merges" : "byte_fallback"] = odd();
+            break;
+          case 6:
+            j["post_processor"]["processors"][1]["special_tokens"]["<|begin_of_text|>"]["ids"] =
+                json::array({odd()});
+            break;
+          default:
+            j["pre_tokenizer"]["pretokenizers"][1] = json{{"type", odd()}};
+            break;
+        }
+      } catch (const json::exception&) {
+      }
+    }
+    temp_dir dir;
+    dir.write("tokenizer.json", j.dump());
+    auto tok = load_tokenizer(dir.path());
+    if (!tok) {
+      EXPECT_NE(tok.error().code(), errc::internal) << tok.error();
+      continue;
+    }
+    ++loaded;
+    auto ids = (*tok)->encode("Hello <|eot_id|> world 東京 👍🏽 it's 12345", true);
+    if (ids) {
+      EXPECT_TRUE((*tok)->decode(*ids).has_value());
+    }
+  }
+  EXPECT_GT(loaded, 0);
+  EXPECT_LT(loaded, 200);
 }
 
 TEST(TokenizerFuzz, RandomSentencePieceBytesNeverCrash) {
