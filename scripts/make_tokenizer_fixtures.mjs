@@ -97,8 +97,10 @@ const pieces = [
 // Special and added tokens of the fixtures (also mixed into the strings).
 const llama_specials = ['<|begin_of_text|>', '<|end_of_text|>', '<|start_header_id|>',
                         '<|end_header_id|>', '<|eot_id|>', '<|reserved_special_token_0|>'];
+const deepseek_specials = ['<｜begin▁of▁sentence｜>', '<｜end▁of▁sentence｜>', '<｜User｜>',
+                           '<｜Assistant｜>'];
 const specials_in_text = [...llama_specials, '<|endoftext|>', '<|im_start|>', '<|im_end|>',
-                          '<tool_call>', '<|eot_id|><|eot_id|>'];
+                          '<tool_call>', '<|eot_id|><|eot_id|>', ...deepseek_specials];
 
 function make_strings(count) {
   const r = rng(20261207);
@@ -171,11 +173,19 @@ const LLAMA3_PATTERN =
 const QWEN2_PATTERN =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-function split_bytelevel(pattern) {
+// DeepSeek-V3: digit runs, CJK runs, then a pattern with \p{P} / \p{S} / \p{M} classes.
+const DEEPSEEK3_PATTERNS = [
+  '\\p{N}{1,3}',
+  '[一-龥\u3040-ゟ゠-ヿ]+',
+  "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+];
+
+function split_bytelevel(...patterns) {
   return {
     type: 'Sequence',
     pretokenizers: [
-      { type: 'Split', pattern: { Regex: pattern }, behavior: 'Isolated', invert: false },
+      ...patterns.map((p) => ({ type: 'Split', pattern: { Regex: p }, behavior: 'Isolated',
+                                invert: false })),
       { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
     ],
   };
@@ -259,12 +269,14 @@ function spm_fixture(tmp, strings) {
   fs.mkdirSync(dir, { recursive: true });
   const text_path = path.join(tmp, 'spm_train.txt');
   fs.writeFileSync(text_path, training_text());
-  execFileSync('spm_train', [`--input=${text_path}`, `--model_prefix=${path.join(tmp, 'spm')}`,
+  // Relative paths: the model records its training input and prefix, which must not be the
+  // random temporary directory for the output to be reproducible.
+  execFileSync('spm_train', ['--input=spm_train.txt', '--model_prefix=spm',
                              '--vocab_size=800', '--model_type=bpe', '--normalization_rule_name=identity',
                              '--remove_extra_whitespaces=false', '--allow_whitespace_only_pieces=true', '--byte_fallback=true',
                              '--character_coverage=0.98', '--num_threads=1',
                              '--split_digits=true', '--seed_sentencepiece_size=20000'],
-               { stdio: ['ignore', 'ignore', 'pipe'] });
+               { cwd: tmp, stdio: ['ignore', 'ignore', 'pipe'] });
   fs.copyFileSync(path.join(tmp, 'spm.model'), path.join(dir, 'tokenizer.model'));
   // spm_encode reads one sentence a line: keep the strings without line breaks.
   const lines = strings.filter((s) => !/[\r\n]/.test(s) && !s.includes('\u0000'));
@@ -353,6 +365,34 @@ async function main() {
     await write_fixture(tk, 'qwen2-nfc-bpe', json,
                         { bos_token: null, eos_token: '<|im_end|>', pad_token: '<|endoftext|>' },
                         strings);
+  }
+
+  // DeepSeek-V3 layout: three Splits + ByteLevel, an empty normalizer Sequence, full-width
+  // special tokens (their characters are outside the byte table: they decode as themselves).
+  {
+    const pre = split_bytelevel(...DEEPSEEK3_PATTERNS);
+    const { vocab, merges, size } = train_bytelevel(tk, tmp, pre);
+    const added_tokens = deepseek_specials.map((c, i) => added(size + i, c, true));
+    const bos = deepseek_specials[0];
+    const json = tokenizer_json({
+      normalizer: { type: 'Sequence', normalizers: [] },
+      pre_tokenizer: pre,
+      post_processor: {
+        type: 'TemplateProcessing',
+        single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+        pair: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
+               { SpecialToken: { id: bos, type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+        special_tokens: { [bos]: { id: bos, ids: [size], tokens: [bos] } },
+      },
+      decoder: BYTELEVEL_DECODER,
+      model: bpe_model(vocab, merges, { ignore_merges: false }),
+      added_tokens,
+    });
+    const token = (content) => ({ __type: 'AddedToken', content, lstrip: false, normalized: true,
+                                  rstrip: false, single_word: false });
+    await write_fixture(tk, 'deepseek3-bpe', json,
+                        { add_bos_token: true, add_eos_token: false, bos_token: token(bos),
+                          eos_token: token(deepseek_specials[1]) }, strings);
   }
 
   spm_fixture(tmp, strings);
