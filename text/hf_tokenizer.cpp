@@ -129,6 +129,18 @@ expected<std::unique_ptr<hf_tokenizer>> hf_tokenizer::create(hf_tokenizer_parts 
   HELIX_RETURN_IF_ERROR(resolve(config.pad_token, "pad_token", t->ids_.pad));
   HELIX_RETURN_IF_ERROR(resolve(config.unk_token, "unk_token", t->ids_.unk));
   if (!t->ids_.bos && t->parts_.post_prefix.size() == 1) t->ids_.bos = t->parts_.post_prefix[0];
+  // Without a config naming them, the usual spellings among the special added tokens.
+  const auto first_special = [&](std::initializer_list<std::string_view> names,
+                                 std::optional<std::int32_t>& out) {
+    for (const std::string_view name : names) {
+      if (out) return;
+      if (const auto id = t->token_to_id(name); id && t->is_special(*id)) out = id;
+    }
+  };
+  first_special({"<|begin_of_text|>", "<｜begin▁of▁sentence｜>", "<s>", "<bos>"}, t->ids_.bos);
+  first_special(
+      {"<|end_of_text|>", "<|endoftext|>", "<|im_end|>", "<｜end▁of▁sentence｜>", "</s>", "<eos>"},
+      t->ids_.eos);
   for (const std::int32_t id : t->parts_.post_prefix) HELIX_RETURN_IF_ERROR(t->check_id(id));
   for (const std::int32_t id : t->parts_.post_suffix) HELIX_RETURN_IF_ERROR(t->check_id(id));
   // Without post-processor tokens, add_bos_token / add_eos_token decide (DeepSeek-style configs).

@@ -7,6 +7,11 @@
 // ByteLevel adds none). decode: ByteLevel (each token's characters mapped back to bytes),
 // ByteFallback ("<0xAB>" tokens are bytes) and Fuse decoders, then invalid UTF-8 becomes U+FFFD.
 //
+// Special ids: tokenizer_config.json's bos_token / eos_token / pad_token / unk_token; without
+// them, the post-processor's single prefix token is the BOS, and the usual spellings among the
+// special added tokens ("<|begin_of_text|>", "<s>", ...; "<|end_of_text|>", "<|endoftext|>",
+// "<|im_end|>", "</s>", ...) fill what is still missing.
+//
 // Supported: models of type BPE (merges as "a b" strings or [a, b] pairs; ignore_merges,
 // byte_fallback, unk_token, fuse_unk); normalizers null, NFC, and Sequence of those;
 // pre-tokenizers Split, ByteLevel, Digits and Sequence; decoders ByteLevel, ByteFallback, Fuse and

@@ -173,8 +173,8 @@ TEST_P(hf_fixture, RandomIdSequencesStreamToDecode) {
 INSTANTIATE_TEST_SUITE_P(Tokenizers, hf_fixture,
                          ::testing::Values("llama3-bpe", "gpt2-bpe", "qwen2-nfc-bpe",
                                            "deepseek3-bpe"),
-                         [](const auto& info) {
-                           std::string n = info.param;
+                         [](const auto& param_info) {
+                           std::string n = param_info.param;
                            for (char& c : n)
                              if (c == '-') c = '_';
                            return n;

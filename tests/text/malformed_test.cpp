@@ -61,6 +61,20 @@ TEST(LoadTokenizer, PrefersTokenizerJsonOverTokenizerModel) {
   EXPECT_EQ((*spm)->kind(), "tokenizer.model (SentencePiece)");
 }
 
+TEST(LoadTokenizer, WithoutConfigSpecialIdsComeFromAddedTokens) {
+  temp_dir dir;
+  dir.write("tokenizer.json", fixture_file("llama3-bpe", "tokenizer.json"));
+  auto tok = load_tokenizer(dir.path());
+  ASSERT_TRUE(tok.has_value()) << tok.error();
+  EXPECT_EQ((*tok)->special_ids().bos, (*tok)->token_to_id("<|begin_of_text|>"));
+  EXPECT_EQ((*tok)->special_ids().eos, (*tok)->token_to_id("<|end_of_text|>"));
+  dir.write("tokenizer.json", fixture_file("deepseek3-bpe", "tokenizer.json"));
+  tok = load_tokenizer(dir.path());
+  ASSERT_TRUE(tok.has_value()) << tok.error();
+  EXPECT_EQ((*tok)->special_ids().eos, (*tok)->token_to_id("<｜end▁of▁sentence｜>"));
+  EXPECT_TRUE((*tok)->special_ids().eos.has_value());
+}
+
 TEST(LoadTokenizer, UnsupportedTokenizerJsonFallsBackToTokenizerModel) {
   temp_dir dir;
   dir.write("tokenizer.json", R"({"model": {"vocab": {"a": 0}}, "pre_tokenizer":
