@@ -4,6 +4,12 @@
 // fixtures, and Debian's `spm_train` / `spm_encode` (package `sentencepiece`) for the
 // SentencePiece one. The C++ tokenizer tests compare their ids with the ones written here.
 //
+// Fixtures (each a directory with tokenizer.json or tokenizer.model, tokenizer_config.json and
+// expected.json; strings.json is shared): llama3-bpe, gpt2-bpe, qwen2-nfc-bpe, deepseek3-bpe
+// (byte-level BPE in each model family's layout), llama2-bytefallback and mistral-metaspace
+// (SentencePiece conversions with byte fallback), spm-bpe (tokenizer.model). The tokenizers are
+// trained here on a few KB of text, so they are small (about 2K tokens) but use the real formats.
+//
 // Usage (from the repository root; needs node >= 18, npm and `apt-get install sentencepiece`):
 //   node scripts/make_tokenizer_fixtures.mjs
 // The npm package is installed into a temporary directory, never into the repository. Set
@@ -228,6 +234,32 @@ function train_bytelevel(tk, tmp, pre_tokenizer) {
   return { vocab, merges: trained.model.merges, size: next };
 }
 
+// Trains a BPE on "▁"-joined words (Metaspace) and lays the vocabulary out as SentencePiece
+// conversions do: <unk> <s> </s>, the 256 byte tokens <0x00>..<0xFF>, then the trained pieces.
+function train_metaspace(tk, tmp) {
+  const text_path = path.join(tmp, 'train_metaspace.txt');
+  fs.writeFileSync(text_path, training_text());
+  const start = tokenizer_json({
+    pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: true },
+    decoder: null, model: bpe_model({}, []),
+  });
+  const t = tk.Tokenizer.fromString(JSON.stringify(start));
+  t.train([text_path]);
+  const trained_path = path.join(tmp, 'trained_metaspace.json');
+  t.save(trained_path, false);
+  const trained = JSON.parse(fs.readFileSync(trained_path, 'utf8'));
+  const vocab = { '<unk>': 0, '<s>': 1, '</s>': 2 };
+  for (let b = 0; b < 256; b++) {
+    vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
+  }
+  const pieces = Object.entries(trained.model.vocab).sort((a, b) => a[1] - b[1]);
+  let next = Object.keys(vocab).length;
+  for (const [piece] of pieces) {
+    if (!(piece in vocab)) vocab[piece] = next++;
+  }
+  return { vocab, merges: trained.model.merges };
+}
+
 async function encode_all(t, strings, with_special_count) {
   const ids = [];
   const ids_special = [];
@@ -393,6 +425,45 @@ async function main() {
     await write_fixture(tk, 'deepseek3-bpe', json,
                         { add_bos_token: true, add_eos_token: false, bos_token: token(bos),
                           eos_token: token(deepseek_specials[1]) }, strings);
+  }
+
+  // SentencePiece-style BPE as tokenizer.json (Llama 2 and Mistral conversions): "▁" for spaces,
+  // <unk> <s> </s> and 256 byte-fallback tokens first, decoded by Replace + ByteFallback + Fuse +
+  // Strip. Two layouts: Llama 2's Prepend + Replace normalizers, and the newer Metaspace
+  // pre-tokenizer with prepend_scheme "first".
+  {
+    const { vocab, merges } = train_metaspace(tk, tmp);
+    const decoder = {
+      type: 'Sequence',
+      decoders: [
+        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+        { type: 'Strip', content: ' ', start: 1, stop: 0 },
+      ],
+    };
+    const added_tokens = [added(0, '<unk>', true), added(1, '<s>', true), added(2, '</s>', true)];
+    const post_processor = {
+      type: 'TemplateProcessing',
+      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+      pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
+             { SpecialToken: { id: '<s>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
+    };
+    const model = bpe_model(vocab, merges, { byte_fallback: true, unk: '<unk>' });
+    const config = { add_bos_token: true, add_eos_token: false, bos_token: '<s>', eos_token: '</s>',
+                     unk_token: '<unk>' };
+    await write_fixture(tk, 'llama2-bytefallback', tokenizer_json({
+      normalizer: { type: 'Sequence', normalizers: [
+        { type: 'Prepend', prepend: '▁' },
+        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
+      ] },
+      pre_tokenizer: null, post_processor, decoder, model, added_tokens,
+    }), config, strings);
+    await write_fixture(tk, 'mistral-metaspace', tokenizer_json({
+      pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: false },
+      post_processor, decoder, model, added_tokens,
+    }), config, strings);
   }
 
   spm_fixture(tmp, strings);
