@@ -3,15 +3,6 @@
 #include "text/utf8.hpp"
 
 namespace helix::text {
-namespace {
-
-bool ends_with_replacement(std::string_view s) {
-  return s.size() >= replacement_char.size() &&
-         s.substr(s.size() - replacement_char.size()) == replacement_char;
-}
-
-}  // namespace
-
 detokenizer::detokenizer(const tokenizer& tok, bool skip_special)
     : tok_(&tok), skip_special_(skip_special) {}
 
@@ -41,18 +32,38 @@ expected<std::string> detokenizer::add_window(std::int32_t id) {
   }
   const std::string& before = prefix.value();
   const std::string& now = full.value();
-  // Hold while the newest token may have cut a character (its text ends in U+FFFD for now), or
-  // when the longer decode does not extend the shorter one (it will once more tokens arrive).
-  if ((tok_->may_split_character(id) && ends_with_replacement(now)) || now.size() < before.size() ||
+  // Hold while the newest token is a byte token: its run of bytes is decoded as a whole (HF's
+  // ByteFallback turns a whole run into U+FFFDs when any byte in it is invalid, so even a
+  // completed character can change), and until the longer decode extends the shorter one.
+  if (tok_->may_split_character(id) || now.size() < before.size() ||
       now.compare(0, before.size(), before) != 0) {
     return std::string();
   }
   std::string out = now.substr(before.size());
-  // The next window starts at the first token not yet turned into text but keeps the tokens
-  // already read as context: SentencePiece drops a leading space only at the start of a decode.
-  window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(read_offset_));
+  // Every token is now text. The next window keeps one of them as context, because decoders
+  // treat the start of a decode specially (SentencePiece and Strip drop a leading space; byte
+  // runs are validated as a whole): the last token that has text of its own and is not a byte
+  // token, so the window decodes its successors as the whole sequence does. Without one (only
+  // special or byte tokens so far) the window keeps everything, up to a bound.
   read_offset_ = window_.size();
+  HELIX_ASSIGN_OR_RETURN(const std::size_t anchor, window_anchor());
+  if (anchor < window_.size() || window_.size() > max_window) {
+    const std::size_t drop = anchor < window_.size() ? anchor : window_.size() - 1;
+    window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(drop));
+    read_offset_ = window_.size();
+  }
   return out;
+}
+
+expected<std::size_t> detokenizer::window_anchor() const {
+  for (std::size_t i = window_.size(); i-- > 0;) {
+    if (tok_->may_split_character(window_[i])) continue;
+    HELIX_ASSIGN_OR_RETURN(
+        const std::string text,
+        tok_->decode(std::span<const std::int32_t>(&window_[i], 1), skip_special_));
+    if (!text.empty()) return i;
+  }
+  return window_.size();
 }
 
 expected<std::string> detokenizer::flush() {

@@ -2,10 +2,12 @@
 // that became complete.
 //
 // A byte-level or byte-fallback token can end inside a multi-byte character (an emoji is often
-// split over two to four tokens). The detokenizer holds such bytes until the character completes,
-// so no returned chunk contains a broken UTF-8 sequence, and `flush()` at the end of the stream
-// returns what is left (an unfinished character becomes U+FFFD, as decode() does). The
-// concatenation of every chunk, flush included, equals `tokenizer.decode(all ids)`.
+// split over two to four tokens). The detokenizer holds such bytes until the character completes
+// (byte-level tokenizers) or until a non-byte token follows the run (byte-fallback and
+// SentencePiece tokenizers, whose decoders judge a run of byte tokens as a whole), so no returned
+// chunk contains a broken UTF-8 sequence, and `flush()` at the end of the stream returns what is
+// left (an unfinished character becomes U+FFFD, as decode() does). The concatenation of every
+// chunk, flush included, equals `tokenizer.decode(all ids)`.
 //
 // One detokenizer per stream; it refers to its tokenizer, which must outlive it. Not thread-safe
 // (one stream is fed by one thread); different detokenizers may share a tokenizer.
@@ -35,6 +37,12 @@ class detokenizer {
  private:
   expected<std::string> add_bytes(std::int32_t id);
   expected<std::string> add_window(std::int32_t id);
+  // Index of the window's last token usable as context (see add_window), or the window size.
+  expected<std::size_t> window_anchor() const;
+
+  // A window without an anchor (a long run of byte tokens) is cut here to bound the work per
+  // token; a character cut at that point can then come out as U+FFFD.
+  static constexpr std::size_t max_window = 256;
 
   const tokenizer* tok_;
   bool skip_special_;

@@ -60,6 +60,84 @@ std::optional<std::uint8_t> parse_byte_token(std::string_view t) {
   return static_cast<std::uint8_t>(v);
 }
 
+std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(s.size());
+  std::size_t pos = 0;
+  for (std::size_t hit = s.find(from); hit != std::string_view::npos; hit = s.find(from, pos)) {
+    out.append(s.substr(pos, hit - pos)).append(to);
+    pos = hit + from.size();
+  }
+  out.append(s.substr(pos));
+  return out;
+}
+
+// One step of HF's decode_chain over the token strings.
+std::vector<std::string> apply_decoder(const decoder_step& step, std::vector<std::string> tokens) {
+  switch (step.type) {
+    case decoder_step::kind::byte_level: {
+      // HF's ByteLevel returns one string: the lossy UTF-8 of all the tokens' bytes.
+      std::string bytes;
+      for (const auto& t : tokens) bytes += byte_level_bytes(t);
+      return {utf8_lossy(bytes)};
+    }
+    case decoder_step::kind::byte_fallback: {
+      // A run of byte tokens that is valid UTF-8 is its text, else one U+FFFD per byte.
+      std::vector<std::string> out;
+      std::string bytes;
+      const auto flush = [&] {
+        if (bytes.empty()) return;
+        if (validate_utf8(bytes, "bytes").ok()) {
+          out.push_back(bytes);
+        } else {
+          for (std::size_t i = 0; i < bytes.size(); ++i) out.emplace_back(replacement_char);
+        }
+        bytes.clear();
+      };
+      for (auto& t : tokens) {
+        if (const auto b = parse_byte_token(t)) {
+          bytes.push_back(static_cast<char>(*b));
+          continue;
+        }
+        flush();
+        out.push_back(std::move(t));
+      }
+      flush();
+      return out;
+    }
+    case decoder_step::kind::fuse: {
+      std::string all;
+      for (const auto& t : tokens) all += t;
+      return {std::move(all)};
+    }
+    case decoder_step::kind::replace:
+      for (auto& t : tokens) t = replace_all(t, step.text, step.content);
+      return tokens;
+    case decoder_step::kind::strip:
+      for (auto& t : tokens) {
+        std::size_t begin = 0;
+        for (std::size_t n = 0;
+             n < step.start && t.compare(begin, step.text.size(), step.text) == 0; ++n)
+          begin += step.text.size();
+        std::size_t end = t.size();
+        for (std::size_t n = 0; n < step.stop && end >= begin + step.text.size() &&
+                                t.compare(end - step.text.size(), step.text.size(), step.text) == 0;
+             ++n)
+          end -= step.text.size();
+        t = t.substr(begin, end - begin);
+      }
+      return tokens;
+    case decoder_step::kind::metaspace:
+      for (std::size_t i = 0; i < tokens.size(); ++i) {
+        std::string t = replace_all(tokens[i], step.text, " ");
+        if (i == 0 && step.strip_first_space && !t.empty() && t.front() == ' ') t.erase(0, 1);
+        tokens[i] = std::move(t);
+      }
+      return tokens;
+  }
+  return tokens;
+}
+
 // The code point that ends just before `pos`, or 0 at the start.
 char32_t char_before(std::string_view s, std::size_t pos) {
   if (pos == 0) return 0;
@@ -88,6 +166,9 @@ expected<std::unique_ptr<hf_tokenizer>> hf_tokenizer::create(hf_tokenizer_parts 
     return invalid_argument("token ids are too sparse: largest id {} for {} tokens", max_id,
                             entries);
   }
+  const bool byte_fallback_decoder = std::any_of(
+      parts.decoders.begin(), parts.decoders.end(),
+      [](const decoder_step& d) { return d.type == decoder_step::kind::byte_fallback; });
   const auto table_size = static_cast<std::size_t>(max_id + 1);
   t->id_to_token_.resize(table_size);
   t->flags_.assign(table_size, 0);
@@ -99,7 +180,7 @@ expected<std::unique_ptr<hf_tokenizer>> hf_tokenizer::create(hf_tokenizer_parts 
     }
     t->id_to_token_[i] = tok;
     t->flags_[i] = flag_used;
-    if (parts.decode_byte_fallback && parse_byte_token(tok)) t->flags_[i] |= flag_byte;
+    if (byte_fallback_decoder && parse_byte_token(tok)) t->flags_[i] |= flag_byte;
   }
   for (std::size_t k = 0; k < parts.added.size(); ++k) {
     const auto& a = parts.added[k];
@@ -237,13 +318,43 @@ std::vector<hf_tokenizer::added_match> hf_tokenizer::split_added(const std::vect
   return out;
 }
 
-status hf_tokenizer::encode_plain(std::string_view text, std::vector<std::int32_t>& ids) const {
+expected<std::string> hf_tokenizer::normalize(std::string_view text) const {
+  std::string out(text);
+  for (const normalizer_step& n : parts_.normalizers) {
+    switch (n.type) {
+      case normalizer_step::kind::nfc: {
+        HELIX_ASSIGN_OR_RETURN(out, nfc(out));
+        break;
+      }
+      case normalizer_step::kind::prepend:
+        if (!out.empty()) out = n.text + out;
+        break;
+      case normalizer_step::kind::replace: {
+        std::string replaced;
+        replaced.reserve(out.size());
+        std::size_t pos = 0;
+        for (std::size_t hit = out.find(n.text); hit != std::string::npos;
+             hit = out.find(n.text, pos)) {
+          replaced.append(out, pos, hit - pos).append(n.content);
+          pos = hit + n.text.size();
+        }
+        replaced.append(out, pos, std::string::npos);
+        out.swap(replaced);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+status hf_tokenizer::encode_plain(std::string_view text, bool at_start,
+                                  std::vector<std::int32_t>& ids) const {
   if (text.empty()) return ok_status();
   if (parts_.pre.empty()) {
     parts_.model.encode_word(text, ids);
     return ok_status();
   }
-  HELIX_ASSIGN_OR_RETURN(const auto words, parts_.pre.split(text));
+  HELIX_ASSIGN_OR_RETURN(const auto words, parts_.pre.split(text, at_start));
   for (const auto& w : words) parts_.model.encode_word(w, ids);
   return ok_status();
 }
@@ -263,17 +374,14 @@ expected<std::vector<std::int32_t>> hf_tokenizer::encode(std::string_view text,
       ids.push_back(parts_.added[static_cast<std::size_t>(raw.token)].id);
       continue;
     }
-    std::string normalized_storage;
-    std::string_view normalized = seg;
-    if (parts_.nfc) {
-      HELIX_ASSIGN_OR_RETURN(normalized_storage, nfc(seg));
-      normalized = normalized_storage;
-    }
+    HELIX_ASSIGN_OR_RETURN(const std::string normalized, normalize(seg));
     for (const added_match& m : split_added(normalized_trie_, normalized)) {
       if (m.token >= 0) {
         ids.push_back(parts_.added[static_cast<std::size_t>(m.token)].id);
       } else {
-        HELIX_RETURN_IF_ERROR(encode_plain(normalized.substr(m.begin, m.end - m.begin), ids));
+        const bool at_start = raw.begin == 0 && m.begin == 0;
+        HELIX_RETURN_IF_ERROR(encode_plain(
+            std::string_view(normalized).substr(m.begin, m.end - m.begin), at_start, ids));
       }
     }
   }
@@ -294,48 +402,25 @@ status hf_tokenizer::check_id(std::int32_t id) const {
 
 expected<std::string> hf_tokenizer::decode(std::span<const std::int32_t> ids,
                                            bool skip_special) const {
-  for (const std::int32_t id : ids) HELIX_RETURN_IF_ERROR(check_id(id));
-  std::string bytes;
-  if (streaming() == stream_mode::concatenated_bytes) {
-    for (const std::int32_t id : ids) {
-      if (skip_special && is_special(id)) continue;
-      bytes += byte_level_bytes(id_to_token_[static_cast<std::size_t>(id)]);
-    }
-    return utf8_lossy(bytes);
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (const std::int32_t id : ids) {
+    HELIX_RETURN_IF_ERROR(check_id(id));
+    if (!(skip_special && is_special(id)))
+      tokens.push_back(id_to_token_[static_cast<std::size_t>(id)]);
   }
-  std::string out;
-  if (!parts_.decode_byte_fallback) {
+  if (parts_.decoders.empty()) {
     // No decoder: HF joins the tokens with spaces.
-    bool first = true;
-    for (const std::int32_t id : ids) {
-      if (skip_special && is_special(id)) continue;
-      if (!first) out.push_back(' ');
-      first = false;
-      out += id_to_token_[static_cast<std::size_t>(id)];
+    std::string out;
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      if (i > 0) out.push_back(' ');
+      out += tokens[i];
     }
     return utf8_lossy(out);
   }
-  // ByteFallback: a run of byte tokens that is valid UTF-8 is its text, else one U+FFFD per byte.
-  const auto flush = [&] {
-    if (bytes.empty()) return;
-    if (validate_utf8(bytes, "bytes").ok()) {
-      out += bytes;
-    } else {
-      for (std::size_t i = 0; i < bytes.size(); ++i) out += replacement_char;
-    }
-    bytes.clear();
-  };
-  for (const std::int32_t id : ids) {
-    if (skip_special && is_special(id)) continue;
-    const std::string& tok = id_to_token_[static_cast<std::size_t>(id)];
-    if (const auto b = parse_byte_token(tok)) {
-      bytes.push_back(static_cast<char>(*b));
-      continue;
-    }
-    flush();
-    out += parts_.decode_byte_level ? byte_level_bytes(tok) : tok;
-  }
-  flush();
+  for (const decoder_step& step : parts_.decoders) tokens = apply_decoder(step, std::move(tokens));
+  std::string out;
+  for (const auto& t : tokens) out += t;
   return utf8_lossy(out);
 }
 
@@ -356,9 +441,21 @@ bool hf_tokenizer::is_special(std::int32_t id) const noexcept {
          (flags_[static_cast<std::size_t>(id)] & flag_special) != 0;
 }
 
+bool hf_tokenizer::decodes_by_bytes() const noexcept {
+  // ByteLevel (and Fuse) alone: the text is the lossy UTF-8 of the tokens' bytes, concatenated.
+  bool byte_level = false;
+  for (const decoder_step& d : parts_.decoders) {
+    if (d.type == decoder_step::kind::byte_level) {
+      byte_level = true;
+    } else if (d.type != decoder_step::kind::fuse) {
+      return false;
+    }
+  }
+  return byte_level;
+}
+
 stream_mode hf_tokenizer::streaming() const noexcept {
-  return parts_.decode_byte_level && !parts_.decode_byte_fallback ? stream_mode::concatenated_bytes
-                                                                  : stream_mode::window_decode;
+  return decodes_by_bytes() ? stream_mode::concatenated_bytes : stream_mode::window_decode;
 }
 
 expected<std::string> hf_tokenizer::token_bytes(std::int32_t id, bool skip_special) const {
@@ -371,7 +468,8 @@ expected<std::string> hf_tokenizer::token_bytes(std::int32_t id, bool skip_speci
 }
 
 bool hf_tokenizer::may_split_character(std::int32_t id) const noexcept {
-  if (parts_.decode_byte_level) return true;
+  for (const decoder_step& d : parts_.decoders)
+    if (d.type == decoder_step::kind::byte_level) return true;
   return id >= 0 && static_cast<std::size_t>(id) < flags_.size() &&
          (flags_[static_cast<std::size_t>(id)] & flag_byte) != 0;
 }

@@ -1,11 +1,11 @@
 // The HF tokenizer.json tokenizer (BPE models), as Llama 3, DeepSeek-V3, Qwen and GPT-2 ship it.
 //
 // encode: added tokens are matched first (leftmost-longest; `normalized: false` ones on the raw
-// text, the others after normalisation), the text between them is normalised (none or NFC),
-// pre-tokenized (text/pre_tokenizer.hpp) and run through BPE (text/bpe_model.hpp); with
-// add_special the post-processor adds its tokens (TemplateProcessing, Bert/Roberta processing;
-// ByteLevel adds none). decode: ByteLevel (each token's characters mapped back to bytes),
-// ByteFallback ("<0xAB>" tokens are bytes) and Fuse decoders, then invalid UTF-8 becomes U+FFFD.
+// text, the others after normalisation), the text between them is normalised, pre-tokenized
+// (text/pre_tokenizer.hpp) and run through BPE (text/bpe_model.hpp); with add_special the
+// post-processor adds its tokens (TemplateProcessing, Bert/Roberta processing; ByteLevel adds
+// none). decode runs the decoder steps over the token strings as HF does, then invalid UTF-8
+// becomes U+FFFD.
 //
 // Special ids: tokenizer_config.json's bos_token / eos_token / pad_token / unk_token; without
 // them, the post-processor's single prefix token is the BOS, and the usual spellings among the
@@ -13,10 +13,13 @@
 // "<|im_end|>", "</s>", ...) fill what is still missing.
 //
 // Supported: models of type BPE (merges as "a b" strings or [a, b] pairs; ignore_merges,
-// byte_fallback, unk_token, fuse_unk); normalizers null, NFC, and Sequence of those;
-// pre-tokenizers Split, ByteLevel, Digits and Sequence; decoders ByteLevel, ByteFallback, Fuse and
-// Sequence. Anything else (WordPiece / Unigram models, Metaspace, NFKC, continuing_subword_prefix,
-// dropout) is refused at load with failed_precondition naming it. Thread-safe once built.
+// byte_fallback, unk_token, fuse_unk); normalizers NFC, Prepend, Replace (literal pattern) and
+// Sequence; pre-tokenizers Split, ByteLevel, Digits, Metaspace and Sequence; decoders ByteLevel,
+// ByteFallback, Fuse, Replace (literal), Strip, Metaspace and Sequence. That covers the byte-level
+// tokenizers of Llama 3 / DeepSeek-V3 / Qwen / GPT-2 and the SentencePiece conversions of Llama 2
+// / Mistral. Anything else (WordPiece / Unigram models, NFKC, regex Replace,
+// continuing_subword_prefix, dropout) is refused at load with failed_precondition naming it.
+// Thread-safe once built.
 #pragma once
 
 #include <cstdint>
@@ -57,9 +60,28 @@ struct tokenizer_config {
 [[nodiscard]] expected<tokenizer_config> parse_tokenizer_config(std::string_view json,
                                                                 const tokenizer_limits& limits);
 
+/// One normalizer step, applied in order to the text between added tokens.
+struct normalizer_step {
+  enum class kind { nfc, prepend, replace };
+  kind type = kind::nfc;
+  std::string text;     // prepend: what to prepend; replace: the literal to find
+  std::string content;  // replace: what replaces it
+};
+
+/// One decoder step, applied in order to the token strings (HF's decode_chain).
+struct decoder_step {
+  enum class kind { byte_level, byte_fallback, fuse, replace, strip, metaspace };
+  kind type = kind::fuse;
+  std::string text;       // replace: the literal to find; strip: the character; metaspace: "▁"
+  std::string content;    // replace: what replaces it
+  std::size_t start = 0;  // strip: how many leading `text` characters at most
+  std::size_t stop = 0;   // strip: how many trailing
+  bool strip_first_space = true;  // metaspace: prepend_scheme is not "never"
+};
+
 /// Everything tokenizer.json describes, in the form encode/decode use.
 struct hf_tokenizer_parts {
-  bool nfc = false;
+  std::vector<normalizer_step> normalizers;
   pre_tokenizer pre;
   bpe_model model;
   std::vector<added_token> added;
@@ -67,8 +89,7 @@ struct hf_tokenizer_parts {
   std::vector<std::int32_t> post_prefix;
   std::vector<std::int32_t> post_suffix;
   bool has_post_processor_tokens = false;
-  bool decode_byte_level = false;
-  bool decode_byte_fallback = false;
+  std::vector<decoder_step> decoders;  // empty: HF joins tokens with spaces
 };
 
 /// Parses tokenizer.json text (see the header comment for what is supported).
@@ -114,7 +135,10 @@ class hf_tokenizer final : public tokenizer {
   void trie_insert(std::vector<trie_node>& trie, std::string_view s, std::int32_t token);
   [[nodiscard]] std::vector<added_match> split_added(const std::vector<trie_node>& trie,
                                                      std::string_view text) const;
-  [[nodiscard]] status encode_plain(std::string_view text, std::vector<std::int32_t>& ids) const;
+  [[nodiscard]] expected<std::string> normalize(std::string_view text) const;
+  [[nodiscard]] status encode_plain(std::string_view text, bool at_start,
+                                    std::vector<std::int32_t>& ids) const;
+  [[nodiscard]] bool decodes_by_bytes() const noexcept;
   [[nodiscard]] status check_id(std::int32_t id) const;
 
   hf_tokenizer_parts parts_;

@@ -105,23 +105,83 @@ expected<const json*> get_members(const json& obj, std::string_view key, std::st
   return v;
 }
 
-status parse_normalizer(const json& n, std::string_view where, bool& nfc) {
+// A literal pattern {"String": ...}; regex patterns are refused (no model this targets uses one in
+// a normalizer or decoder).
+expected<std::string> literal_pattern(const json& obj, std::string_view where) {
+  const json* pattern = field(obj, "pattern");
+  const json* literal = pattern == nullptr ? nullptr : field(*pattern, "String");
+  if (literal == nullptr) {
+    if (pattern != nullptr && field(*pattern, "Regex") != nullptr) {
+      return failed_precondition("{}.pattern: a Regex pattern is not supported here (String only)",
+                                 where);
+    }
+    return invalid_argument("{}.pattern must be {{\"String\": ...}}", where);
+  }
+  HELIX_ASSIGN_OR_RETURN(std::string text,
+                         get_string(*literal, fmt::format("{}.pattern.String", where), 4096));
+  if (text.empty()) return invalid_argument("{}.pattern.String is empty", where);
+  return text;
+}
+
+status parse_normalizer(const json& n, std::string_view where,
+                        std::vector<normalizer_step>& steps) {
   if (n.is_null()) return ok_status();
   HELIX_ASSIGN_OR_RETURN(const std::string type, get_type(n, where));
   if (type == "NFC") {
-    nfc = true;
+    steps.push_back({normalizer_step::kind::nfc, {}, {}});
+    return ok_status();
+  }
+  if (type == "Prepend") {
+    const json* v = field(n, "prepend");
+    if (v == nullptr) return invalid_argument("{}.prepend is missing", where);
+    HELIX_ASSIGN_OR_RETURN(std::string text,
+                           get_string(*v, fmt::format("{}.prepend", where), 4096));
+    steps.push_back({normalizer_step::kind::prepend, std::move(text), {}});
+    return ok_status();
+  }
+  if (type == "Replace") {
+    HELIX_ASSIGN_OR_RETURN(std::string text, literal_pattern(n, where));
+    const json* c = field(n, "content");
+    if (c == nullptr) return invalid_argument("{}.content is missing", where);
+    HELIX_ASSIGN_OR_RETURN(std::string content,
+                           get_string(*c, fmt::format("{}.content", where), 4096));
+    steps.push_back({normalizer_step::kind::replace, std::move(text), std::move(content)});
     return ok_status();
   }
   if (type == "Sequence") {
     HELIX_ASSIGN_OR_RETURN(const json* members, get_members(n, "normalizers", where));
     for (std::size_t i = 0; i < members->size(); ++i) {
       HELIX_RETURN_IF_ERROR(
-          parse_normalizer((*members)[i], fmt::format("{}.normalizers[{}]", where, i), nfc));
+          parse_normalizer((*members)[i], fmt::format("{}.normalizers[{}]", where, i), steps));
     }
     return ok_status();
   }
-  return failed_precondition("{}: normalizer type \"{}\" is not supported (null, NFC, Sequence)",
-                             where, type);
+  return failed_precondition(
+      "{}: normalizer type \"{}\" is not supported (null, NFC, Prepend, Replace, Sequence)", where,
+      type);
+}
+
+// Metaspace's prepend scheme: "prepend_scheme" (tokenizers >= 0.14) or "add_prefix_space".
+expected<metaspace_step::prepend> parse_prepend_scheme(const json& obj, std::string_view where) {
+  if (const json* scheme = field(obj, "prepend_scheme"); scheme != nullptr && !scheme->is_null()) {
+    HELIX_ASSIGN_OR_RETURN(const std::string s,
+                           get_string(*scheme, fmt::format("{}.prepend_scheme", where), 64));
+    if (s == "always") return metaspace_step::prepend::always;
+    if (s == "first") return metaspace_step::prepend::first;
+    if (s == "never") return metaspace_step::prepend::never;
+    return invalid_argument("{}.prepend_scheme \"{}\" is not always, first or never", where, s);
+  }
+  HELIX_ASSIGN_OR_RETURN(const bool prefix, get_bool(obj, "add_prefix_space", true, where));
+  return prefix ? metaspace_step::prepend::always : metaspace_step::prepend::never;
+}
+
+expected<std::string> parse_replacement(const json& obj, std::string_view where) {
+  const json* r = field(obj, "replacement");
+  if (r == nullptr) return std::string("\xE2\x96\x81");
+  HELIX_ASSIGN_OR_RETURN(std::string text,
+                         get_string(*r, fmt::format("{}.replacement", where), 16));
+  if (text.empty()) return invalid_argument("{}.replacement is empty", where);
+  return text;
 }
 
 expected<split_behavior> parse_behavior(const json& obj, std::string_view where) {
@@ -176,14 +236,23 @@ status parse_pre_tokenizer(const json& p, std::string_view where, const tokenize
     steps.emplace_back(byte_level_step{prefix, use_regex});
     return ok_status();
   }
+  if (type == "Metaspace") {
+    metaspace_step ms;
+    HELIX_ASSIGN_OR_RETURN(ms.replacement, parse_replacement(p, where));
+    HELIX_ASSIGN_OR_RETURN(ms.scheme, parse_prepend_scheme(p, where));
+    HELIX_ASSIGN_OR_RETURN(ms.split, get_bool(p, "split", true, where));
+    steps.emplace_back(std::move(ms));
+    return ok_status();
+  }
   if (type == "Digits") {
     HELIX_ASSIGN_OR_RETURN(const bool individual, get_bool(p, "individual_digits", false, where));
     steps.emplace_back(digits_step{individual});
     return ok_status();
   }
   return failed_precondition(
-      "{}: pre-tokenizer type \"{}\" is not supported (Split, ByteLevel, Digits, Sequence)", where,
-      type);
+      "{}: pre-tokenizer type \"{}\" is not supported (Split, ByteLevel, Digits, Metaspace, "
+      "Sequence)",
+      where, type);
 }
 
 // Appends the single-sequence additions of a post-processor to prefix / suffix.
@@ -258,26 +327,56 @@ status parse_post_processor(const json& p, std::string_view where, hf_tokenizer_
       where, type);
 }
 
-status parse_decoder(const json& d, std::string_view where, hf_tokenizer_parts& parts) {
+status parse_decoder(const json& d, std::string_view where, std::vector<decoder_step>& steps) {
   if (d.is_null()) return ok_status();
   HELIX_ASSIGN_OR_RETURN(const std::string type, get_type(d, where));
+  decoder_step step;
   if (type == "ByteLevel") {
-    parts.decode_byte_level = true;
+    step.type = decoder_step::kind::byte_level;
   } else if (type == "ByteFallback") {
-    parts.decode_byte_fallback = true;
+    step.type = decoder_step::kind::byte_fallback;
   } else if (type == "Fuse") {
-    // Joining tokens is what decode does anyway.
+    step.type = decoder_step::kind::fuse;
+  } else if (type == "Replace") {
+    step.type = decoder_step::kind::replace;
+    HELIX_ASSIGN_OR_RETURN(step.text, literal_pattern(d, where));
+    const json* c = field(d, "content");
+    if (c == nullptr) return invalid_argument("{}.content is missing", where);
+    HELIX_ASSIGN_OR_RETURN(step.content, get_string(*c, fmt::format("{}.content", where), 4096));
+  } else if (type == "Strip") {
+    step.type = decoder_step::kind::strip;
+    const json* c = field(d, "content");
+    if (c == nullptr) return invalid_argument("{}.content is missing", where);
+    HELIX_ASSIGN_OR_RETURN(step.text, get_string(*c, fmt::format("{}.content", where), 4));
+    if (step.text.empty() || utf8_sequence_length(step.text, 0) != step.text.size()) {
+      return invalid_argument("{}.content must be one character", where);
+    }
+    for (auto [key, out] : {std::pair{"start", &step.start}, std::pair{"stop", &step.stop}}) {
+      const json* v = field(d, key);
+      if (v == nullptr || !v->is_number_unsigned() || v->get<std::uint64_t>() > 1024) {
+        return invalid_argument("{}.{} must be a count from 0 to 1024", where, key);
+      }
+      *out = v->get<std::size_t>();
+    }
+  } else if (type == "Metaspace") {
+    step.type = decoder_step::kind::metaspace;
+    HELIX_ASSIGN_OR_RETURN(step.text, parse_replacement(d, where));
+    HELIX_ASSIGN_OR_RETURN(const metaspace_step::prepend scheme, parse_prepend_scheme(d, where));
+    step.strip_first_space = scheme != metaspace_step::prepend::never;
   } else if (type == "Sequence") {
     HELIX_ASSIGN_OR_RETURN(const json* members, get_members(d, "decoders", where));
     for (std::size_t i = 0; i < members->size(); ++i) {
       HELIX_RETURN_IF_ERROR(
-          parse_decoder((*members)[i], fmt::format("{}.decoders[{}]", where, i), parts));
+          parse_decoder((*members)[i], fmt::format("{}.decoders[{}]", where, i), steps));
     }
+    return ok_status();
   } else {
     return failed_precondition(
-        "{}: decoder type \"{}\" is not supported (ByteLevel, ByteFallback, Fuse, Sequence)", where,
-        type);
+        "{}: decoder type \"{}\" is not supported (ByteLevel, ByteFallback, Fuse, Replace, Strip, "
+        "Metaspace, Sequence)",
+        where, type);
   }
+  steps.push_back(std::move(step));
   return ok_status();
 }
 
@@ -446,13 +545,13 @@ expected<hf_tokenizer_parts> parse_tokenizer_json(std::string_view text,
   if (model == nullptr) return invalid_argument("model is missing");
   HELIX_ASSIGN_OR_RETURN(parts.model, parse_model(*model, limits));
   HELIX_ASSIGN_OR_RETURN(parts.added, parse_added_tokens(root, limits));
-  HELIX_RETURN_IF_ERROR(parse_normalizer(section("normalizer"), "normalizer", parts.nfc));
+  HELIX_RETURN_IF_ERROR(parse_normalizer(section("normalizer"), "normalizer", parts.normalizers));
   std::vector<pre_tokenizer_step> steps;
   HELIX_RETURN_IF_ERROR(
       parse_pre_tokenizer(section("pre_tokenizer"), "pre_tokenizer", limits, steps));
   HELIX_ASSIGN_OR_RETURN(parts.pre, pre_tokenizer::create(std::move(steps)));
   HELIX_RETURN_IF_ERROR(parse_post_processor(section("post_processor"), "post_processor", parts));
-  HELIX_RETURN_IF_ERROR(parse_decoder(section("decoder"), "decoder", parts));
+  HELIX_RETURN_IF_ERROR(parse_decoder(section("decoder"), "decoder", parts.decoders));
   return parts;
 }
 

@@ -255,7 +255,8 @@ expected<pre_tokenizer> pre_tokenizer::create(std::vector<pre_tokenizer_step> st
   return p;
 }
 
-expected<std::vector<std::string>> pre_tokenizer::split(std::string_view text) const {
+expected<std::vector<std::string>> pre_tokenizer::split(std::string_view text,
+                                                        bool at_start) const {
   std::vector<std::string> words;
   words.emplace_back(text);
   std::vector<std::string> next;
@@ -278,6 +279,35 @@ expected<std::vector<std::string>> pre_tokenizer::split(std::string_view text) c
         } else {
           next.push_back(map_bytes(word));
         }
+      } else if (const auto* ms = std::get_if<metaspace_step>(&step)) {
+        // Spaces become the replacement first; then it is prepended unless already there.
+        std::string word;
+        word.reserve(w.size() + ms->replacement.size());
+        const bool prepend = ms->scheme == metaspace_step::prepend::always ||
+                             (ms->scheme == metaspace_step::prepend::first && at_start);
+        if (prepend && w.front() != ' ' &&
+            w.compare(0, ms->replacement.size(), ms->replacement) != 0) {
+          word.append(ms->replacement);
+        }
+        for (const char c : w) {
+          if (c == ' ') {
+            word.append(ms->replacement);
+          } else {
+            word.push_back(c);
+          }
+        }
+        if (!ms->split) {
+          next.push_back(std::move(word));
+          continue;
+        }
+        // A word starts at each replacement (HF's MergedWithNext on the replacement).
+        std::size_t begin = 0;
+        for (std::size_t pos = word.find(ms->replacement, 1); pos != std::string::npos;
+             pos = word.find(ms->replacement, pos + ms->replacement.size())) {
+          next.push_back(word.substr(begin, pos - begin));
+          begin = pos;
+        }
+        next.push_back(word.substr(begin));
       } else {
         const auto& dg = std::get<digits_step>(step);
         std::vector<span_flag> spans;

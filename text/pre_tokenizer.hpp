@@ -1,11 +1,11 @@
 // Pre-tokenizers of HF tokenizer.json: split text into the words BPE runs on.
 //
-// Supported steps (what Llama 3, DeepSeek-V3, Qwen and GPT-2 use): `Split` with a regex or literal
-// pattern and any behaviour, `ByteLevel` (optionally with GPT-2's regex and a prefix space; it maps
-// every byte to the printable character of GPT-2's byte-to-unicode table), `Digits`, and
-// `Sequence` of those. Regexes are PCRE2 with Unicode properties (\p{L}, \p{N}), which reads the
-// Oniguruma patterns of those models unchanged; matching has a backtracking limit so a hostile
-// pattern cannot hang the caller. Immutable after construction; thread-safe.
+// Supported steps (what Llama 3, DeepSeek-V3, Qwen, GPT-2 and Mistral use): `Split` with a regex or
+// literal pattern and any behaviour, `ByteLevel` (optionally with GPT-2's regex and a prefix space;
+// it maps every byte to the printable character of GPT-2's byte-to-unicode table), `Digits`,
+// `Metaspace`, and `Sequence` of those. Regexes are PCRE2 with Unicode properties (\p{L}, \p{N}),
+// which reads the Oniguruma patterns of those models unchanged; matching has a backtracking limit
+// so a hostile pattern cannot hang the caller. Immutable after construction; thread-safe.
 #pragma once
 
 #include <array>
@@ -59,7 +59,15 @@ struct byte_level_step {
 struct digits_step {
   bool individual_digits = false;
 };
-using pre_tokenizer_step = std::variant<split_step, byte_level_step, digits_step>;
+/// SentencePiece-style: spaces become `replacement` ("▁"), which is also prepended (always, or
+/// only to the text at the start of the input); `split` starts a word at each replacement.
+struct metaspace_step {
+  enum class prepend { always, first, never };
+  std::string replacement = "\xE2\x96\x81";
+  prepend scheme = prepend::always;
+  bool split = true;
+};
+using pre_tokenizer_step = std::variant<split_step, byte_level_step, digits_step, metaspace_step>;
 
 /// GPT-2's table: the printable character each byte stands for in byte-level vocabularies.
 [[nodiscard]] const std::array<char32_t, 256>& byte_to_unicode() noexcept;
@@ -71,7 +79,9 @@ class pre_tokenizer {
   [[nodiscard]] static expected<pre_tokenizer> create(std::vector<pre_tokenizer_step> steps);
 
   /// The words of `text` (valid UTF-8), in order; byte-level steps map bytes to their characters.
-  [[nodiscard]] expected<std::vector<std::string>> split(std::string_view text) const;
+  /// `at_start`: `text` begins the input (no added token before it), for Metaspace's "first".
+  [[nodiscard]] expected<std::vector<std::string>> split(std::string_view text,
+                                                         bool at_start = true) const;
 
   [[nodiscard]] bool empty() const noexcept { return steps_.empty(); }
 

@@ -104,8 +104,8 @@ class tokenizer {
   [[nodiscard]] virtual expected<std::string> token_bytes(std::int32_t id,
                                                           bool skip_special) const = 0;
 
-  /// True when `id`'s text may end inside a multi-byte character (byte tokens): window_decode
-  /// streaming holds text back only after such tokens.
+  /// True for byte tokens, whose text may end inside a multi-byte character or change with the
+  /// bytes that follow: window_decode streaming holds text back after such tokens.
   [[nodiscard]] virtual bool may_split_character(std::int32_t id) const noexcept = 0;
 };
 

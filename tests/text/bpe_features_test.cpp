@@ -81,8 +81,23 @@ TEST(BpeFeatures, ByteFallbackEncodesUnknownCharactersAsBytes) {
             "\xEF\xBF\xBD\xEF\xBF\xBD"
             "a");
   EXPECT_EQ(t.decode(std::vector<std::int32_t>{1, 259, 2}, true).value(), "a");
-  // Streaming holds the bytes of the emoji until it is complete.
-  EXPECT_EQ(stream(t, smile), (std::vector<std::string>{"", "", "", "\xF0\x9F\x98\x80", ""}));
+  // Streaming holds a run of byte tokens until a piece follows (or the stream ends): a later
+  // invalid byte would turn the whole run into U+FFFDs.
+  EXPECT_EQ(stream(t, smile), (std::vector<std::string>{"", "", "", "", "\xF0\x9F\x98\x80"}));
+  std::vector<std::int32_t> smile_a = smile;
+  smile_a.push_back(259);
+  EXPECT_EQ(stream(t, smile_a), (std::vector<std::string>{"", "", "", "",
+                                                          "\xF0\x9F\x98\x80"
+                                                          "a",
+                                                          ""}));
+  const std::vector<std::int32_t> tilde_bad = {3 + '~', 3 + 0x9F, 259};
+  EXPECT_EQ(t.decode(tilde_bad).value(),
+            "\xEF\xBF\xBD\xEF\xBF\xBD"
+            "a");
+  EXPECT_EQ(stream(t, tilde_bad), (std::vector<std::string>{"", "",
+                                                            "\xEF\xBF\xBD\xEF\xBF\xBD"
+                                                            "a",
+                                                            ""}));
 }
 
 TEST(BpeFeatures, UnknownCharactersFuseIntoOneUnkToken) {

@@ -130,6 +130,10 @@ TEST_P(hf_fixture, DecodeInvertsEncodeAndStreamingAddsUpToDecode) {
   ASSERT_NE(tok, nullptr);
   const json strings = read_json(fixtures / "strings.json");
   const bool normalizes = GetParam().find("nfc") != std::string::npos;
+  // SentencePiece-style tokenizers give "▁" back as a space and Llama 2's Prepend adds one after
+  // each special token: decode(encode(s)) is checked against the reference's decode instead
+  // (SpecialTokensAndDecodeMatchTheReference).
+  const bool lossless = GetParam().find("bpe") != std::string::npos;
   int failures = 0;
   for (std::size_t i = 0; i < strings.size() && failures < 5; ++i) {
     const auto s = strings[i].get<std::string>();
@@ -145,7 +149,7 @@ TEST_P(hf_fixture, DecodeInvertsEncodeAndStreamingAddsUpToDecode) {
     const std::vector<std::int32_t> added(
         ids->begin(), ids->begin() + static_cast<std::ptrdiff_t>(ids->size() - plain->size()));
     std::string want = tok->decode(added).value() + (normalizes ? nfc(s).value() : s);
-    if (*text != want) {
+    if (lossless && *text != want) {
       ++failures;
       ADD_FAILURE() << "string " << i << ": decode \"" << show(*text) << "\" != \"" << show(want)
                     << "\"";
@@ -172,7 +176,8 @@ TEST_P(hf_fixture, RandomIdSequencesStreamToDecode) {
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, hf_fixture,
                          ::testing::Values("llama3-bpe", "gpt2-bpe", "qwen2-nfc-bpe",
-                                           "deepseek3-bpe"),
+                                           "deepseek3-bpe", "llama2-bytefallback",
+                                           "mistral-metaspace"),
                          [](const auto& param_info) {
                            std::string n = param_info.param;
                            for (char& c : n)

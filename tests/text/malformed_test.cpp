@@ -78,7 +78,7 @@ TEST(LoadTokenizer, WithoutConfigSpecialIdsComeFromAddedTokens) {
 TEST(LoadTokenizer, UnsupportedTokenizerJsonFallsBackToTokenizerModel) {
   temp_dir dir;
   dir.write("tokenizer.json", R"({"model": {"vocab": {"a": 0}}, "pre_tokenizer":
-                                  {"type": "Metaspace", "replacement": "_"}})");
+                                  {"type": "UnicodeScripts"}})");
   dir.write("tokenizer.model", fixture_file("spm-bpe", "tokenizer.model"));
   auto tok = load_tokenizer(dir.path());
   ASSERT_TRUE(tok.has_value()) << tok.error();
@@ -121,6 +121,12 @@ TEST(LoadTokenizer, MalformedJsonNamesTheProblem) {
   expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "pre_tokenizer":
                    {"type": "Split", "pattern": {"Regex": "a"}, "behavior": "Sideways"}})"),
                errc::invalid_argument, "pre_tokenizer.behavior");
+  expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "decoder":
+                   {"type": "Strip", "content": "ab", "start": 1, "stop": 0}})"),
+               errc::invalid_argument, "decoder.content");
+  expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "pre_tokenizer":
+                   {"type": "Metaspace", "prepend_scheme": "sometimes"}})"),
+               errc::invalid_argument, "pre_tokenizer.prepend_scheme");
   expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "post_processor":
                    {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}],
                     "special_tokens": {}}})"),
@@ -137,10 +143,13 @@ TEST(LoadTokenizer, UnsupportedFeaturesAreRefusedByName) {
   expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "normalizer": {"type": "NFKC"}})"),
                errc::failed_precondition, "NFKC");
   expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "pre_tokenizer":
-                   {"type": "Metaspace", "replacement": "_"}})"),
-               errc::failed_precondition, "Metaspace");
-  expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "decoder": {"type": "Strip"}})"),
-               errc::failed_precondition, "Strip");
+                   {"type": "Whitespace"}})"),
+               errc::failed_precondition, "Whitespace");
+  expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "decoder": {"type": "CTC"}})"),
+               errc::failed_precondition, "CTC");
+  expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}}, "normalizer": {"type": "Replace",
+                   "pattern": {"Regex": " +"}, "content": " "}})"),
+               errc::failed_precondition, "Regex");
   expect_error(load_json_text(R"({"model": {"vocab": {"a": 0}, "dropout": 0.1}})"),
                errc::failed_precondition, "dropout");
   expect_error(
