@@ -13,6 +13,13 @@ namespace {
 
 using json = nlohmann::json;
 
+// Bounds on what a hostile file can make encode and decode do: a Replace or Prepend string (real
+// ones are one character, "▁" or " ") multiplies the text by at most this much, and each of the
+// normalizer, pre-tokenizer and decoder chains has at most `max_steps` steps.
+constexpr std::size_t max_rewrite_bytes = 64;
+constexpr std::size_t max_steps = 64;
+constexpr std::size_t max_post_processor_ids = 256;
+
 // Rejects nesting deeper than `max_depth` before parsing, so a hostile file cannot make the
 // parser build (and later free) millions of nested containers.
 status check_depth(std::string_view text, std::size_t max_depth, std::string_view file) {
@@ -117,8 +124,9 @@ expected<std::string> literal_pattern(const json& obj, std::string_view where) {
     }
     return invalid_argument("{}.pattern must be {{\"String\": ...}}", where);
   }
-  HELIX_ASSIGN_OR_RETURN(std::string text,
-                         get_string(*literal, fmt::format("{}.pattern.String", where), 4096));
+  HELIX_ASSIGN_OR_RETURN(
+      std::string text,
+      get_string(*literal, fmt::format("{}.pattern.String", where), max_rewrite_bytes));
   if (text.empty()) return invalid_argument("{}.pattern.String is empty", where);
   return text;
 }
@@ -135,7 +143,7 @@ status parse_normalizer(const json& n, std::string_view where,
     const json* v = field(n, "prepend");
     if (v == nullptr) return invalid_argument("{}.prepend is missing", where);
     HELIX_ASSIGN_OR_RETURN(std::string text,
-                           get_string(*v, fmt::format("{}.prepend", where), 4096));
+                           get_string(*v, fmt::format("{}.prepend", where), max_rewrite_bytes));
     steps.push_back({normalizer_step::kind::prepend, std::move(text), {}});
     return ok_status();
   }
@@ -144,7 +152,7 @@ status parse_normalizer(const json& n, std::string_view where,
     const json* c = field(n, "content");
     if (c == nullptr) return invalid_argument("{}.content is missing", where);
     HELIX_ASSIGN_OR_RETURN(std::string content,
-                           get_string(*c, fmt::format("{}.content", where), 4096));
+                           get_string(*c, fmt::format("{}.content", where), max_rewrite_bytes));
     steps.push_back({normalizer_step::kind::replace, std::move(text), std::move(content)});
     return ok_status();
   }
@@ -342,7 +350,8 @@ status parse_decoder(const json& d, std::string_view where, std::vector<decoder_
     HELIX_ASSIGN_OR_RETURN(step.text, literal_pattern(d, where));
     const json* c = field(d, "content");
     if (c == nullptr) return invalid_argument("{}.content is missing", where);
-    HELIX_ASSIGN_OR_RETURN(step.content, get_string(*c, fmt::format("{}.content", where), 4096));
+    HELIX_ASSIGN_OR_RETURN(step.content,
+                           get_string(*c, fmt::format("{}.content", where), max_rewrite_bytes));
   } else if (type == "Strip") {
     step.type = decoder_step::kind::strip;
     const json* c = field(d, "content");
@@ -549,9 +558,22 @@ expected<hf_tokenizer_parts> parse_tokenizer_json(std::string_view text,
   std::vector<pre_tokenizer_step> steps;
   HELIX_RETURN_IF_ERROR(
       parse_pre_tokenizer(section("pre_tokenizer"), "pre_tokenizer", limits, steps));
-  HELIX_ASSIGN_OR_RETURN(parts.pre, pre_tokenizer::create(std::move(steps)));
   HELIX_RETURN_IF_ERROR(parse_post_processor(section("post_processor"), "post_processor", parts));
   HELIX_RETURN_IF_ERROR(parse_decoder(section("decoder"), "decoder", parts.decoders));
+  for (const auto& [what, count] :
+       {std::pair{"normalizer", parts.normalizers.size()}, std::pair{"pre_tokenizer", steps.size()},
+        std::pair{"decoder", parts.decoders.size()}}) {
+    if (count > max_steps) {
+      return resource_exhausted("{} has {} steps, more than the limit of {}", what, count,
+                                max_steps);
+    }
+  }
+  if (parts.post_prefix.size() + parts.post_suffix.size() > max_post_processor_ids) {
+    return resource_exhausted("post_processor adds {} ids, more than the limit of {}",
+                              parts.post_prefix.size() + parts.post_suffix.size(),
+                              max_post_processor_ids);
+  }
+  HELIX_ASSIGN_OR_RETURN(parts.pre, pre_tokenizer::create(std::move(steps)));
   return parts;
 }
 

@@ -171,6 +171,19 @@ TEST(LoadTokenizer, SizeLimitsGiveResourceExhausted) {
   small = {};
   small.max_added_tokens = 2;
   expect_error(load_json_text(text, small), errc::resource_exhausted, "added_tokens");
+  json seq = json{{"type", "Sequence"}, {"normalizers", json::array()}};
+  for (int i = 0; i < 8; ++i) {
+    json inner = json{{"type", "Sequence"}, {"normalizers", json::array()}};
+    for (int k = 0; k < 10; ++k) inner["normalizers"].push_back(json{{"type", "NFC"}});
+    seq["normalizers"].push_back(inner);
+  }
+  json many = llama3_json();
+  many["normalizer"] = seq;
+  expect_error(load_json_text(many.dump()), errc::resource_exhausted, "normalizer has 80 steps");
+  many = llama3_json();
+  many["normalizer"] = json{
+      {"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", std::string(1000, 'x')}};
+  expect_error(load_json_text(many.dump()), errc::resource_exhausted, "normalizer.content");
   json j = llama3_json();
   j["model"]["vocab"][std::string(5000, 'x')] = 999999;
   expect_error(load_json_text(j.dump()), errc::resource_exhausted, "5000-byte token");
