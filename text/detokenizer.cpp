@@ -3,6 +3,7 @@
 #include "text/utf8.hpp"
 
 namespace helix::text {
+
 detokenizer::detokenizer(const tokenizer& tok, bool skip_special)
     : tok_(&tok), skip_special_(skip_special) {}
 

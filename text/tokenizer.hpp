@@ -2,8 +2,9 @@
 //
 // `load_tokenizer(dir)` reads a checkpoint directory the way HF transformers does and returns one
 // of two implementations behind the `tokenizer` interface:
-//   - `tokenizer.json` (HF tokenizers format): byte-level BPE as Llama 3, DeepSeek-V3, Qwen and
-//     GPT-2 ship it (text/hf_tokenizer.hpp);
+//   - `tokenizer.json` (HF tokenizers format): BPE, byte-level as Llama 3, DeepSeek-V3, Qwen and
+//     GPT-2 ship it, or with byte fallback as Llama 2 / Mistral conversions do
+//     (text/hf_tokenizer.hpp);
 //   - `tokenizer.model` (SentencePiece), through Debian's libsentencepiece
 //     (text/sentencepiece_tokenizer.hpp).
 // `tokenizer_config.json`, when present, names the BOS / EOS tokens and whether BOS / EOS are
@@ -11,8 +12,9 @@
 // a `detokenizer` (text/detokenizer.hpp).
 //
 // Files are untrusted: a malformed or hostile file gives invalid_argument naming the file and field
-// (or resource_exhausted for a size bound), never an abort; file sizes, vocabulary, merge and
-// added-token counts and string lengths are bounded (see `tokenizer_limits`).
+// (resource_exhausted for a size bound, failed_precondition for an unsupported feature), never an
+// abort; file sizes, JSON depth, vocabulary, merge and added-token counts, string lengths and
+// pipeline lengths are bounded (see `tokenizer_limits`).
 //
 // A loaded tokenizer is immutable: every const method is safe to call from many threads at once.
 #pragma once

@@ -1,9 +1,11 @@
 // Tokenizers against encodings made by independent implementations: HF tokenizers (the npm
 // binding of the Rust library) for the tokenizer.json fixtures and Debian's spm_encode for the
 // SentencePiece one, all written by scripts/make_tokenizer_fixtures.mjs.
+#include <atomic>
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -204,6 +206,28 @@ TEST(Llama3Fixture, SpecialTokenIdsComeFromTheConfigAndAddedTokens) {
   EXPECT_EQ((*ids)[2], *eot);
   EXPECT_EQ(tok->decode(*ids, true).value(), "ab");
   EXPECT_EQ(tok->token_to_id("no such token"), std::nullopt);
+}
+
+// A loaded tokenizer is shared by the server's request threads: concurrent encodes give the same
+// ids as sequential ones.
+TEST(Llama3Fixture, ConcurrentEncodesAgree) {
+  const auto tok = load("llama3-bpe");
+  ASSERT_NE(tok, nullptr);
+  const json strings = read_json(fixtures / "strings.json");
+  std::vector<std::vector<std::int32_t>> want;
+  for (const auto& s : strings) want.push_back(tok->encode(s.get<std::string>(), true).value());
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (std::size_t i = static_cast<std::size_t>(t); i < strings.size(); i += 2) {
+        auto got = tok->encode(strings[i].get<std::string>(), true);
+        if (!got || *got != want[i]) ++mismatches;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 TEST(SentencePieceFixture, EveryStringEncodesToSpmEncodeIds) {
