@@ -9,6 +9,7 @@ packages=(
   libspdlog-dev libfmt-dev nlohmann-json3-dev libssl-dev libcpp-httplib-dev curl
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   python3-dev pybind11-dev python3-pytest
+  libpcre2-dev libutf8proc-dev libsentencepiece-dev
 )
 # `scripts/bootstrap.sh fuzz` (what `make fuzz` runs) also needs clang 14 with its sanitizer
 # runtimes and libFuzzer; plain builds do not, so they are not installed otherwise.
