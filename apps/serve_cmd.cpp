@@ -11,6 +11,7 @@
 #include "apps/cli_args.hpp"
 #include "cluster/cluster.hpp"
 #include "serve/server.hpp"
+#include "text/tokenizer.hpp"
 
 namespace helix::apps {
 namespace {
@@ -24,6 +25,9 @@ constexpr const char* usage =
     "  --config FILE           engine config (protobuf text, or JSON when it ends in .json); the\n"
     "                          flags below override it\n"
     "  --model NAME            built-in model (default tiny-llama); --checkpoint DIR instead\n"
+    "                          (its tokenizer.json or tokenizer.model, when there, makes text\n"
+    "                          prompts, text output and stop strings work)\n"
+    "  --tokenizer DIR         take the tokenizer from DIR instead\n"
     "  --workers N             workers, threads of this process (default 2)\n"
     "  --processes N           N workers as `helix worker` processes (UCX data plane)\n"
     "  --listen HOST:PORT --expect-workers N\n"
@@ -46,10 +50,10 @@ int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostr
     err << "error: " << a.error().message() << "\n" << usage;
     return 2;
   }
-  if (const status known =
-          a->check_known({"host", "port", "config", "model", "checkpoint", "workers", "processes",
-                          "layout", "kv-capacity", "served-model-name", "default-temperature",
-                          "max-body", "threads", "grace", "listen", "expect-workers", "help"});
+  if (const status known = a->check_known(
+          {"host", "port", "config", "model", "checkpoint", "workers", "processes", "layout",
+           "kv-capacity", "served-model-name", "default-temperature", "max-body", "threads",
+           "grace", "listen", "expect-workers", "tokenizer", "help"});
       !known.ok()) {
     err << "error: " << known.message() << "\n" << usage;
     return 2;
@@ -128,6 +132,17 @@ int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostr
     return usage_error("--expect-workers goes with --listen");
   }
 
+  // The tokenizer: --tokenizer DIR, else the checkpoint's when it has one (none: token ids only).
+  std::unique_ptr<text::tokenizer> tok;
+  const std::string tok_dir = a->get_or("tokenizer", c.checkpoint);
+  if (!tok_dir.empty()) {
+    auto loaded = text::load_tokenizer(tok_dir);
+    if (loaded) {
+      tok = std::move(*loaded);
+    } else if (a->has("tokenizer") || loaded.error().code() != errc::not_found) {
+      return usage_error(loaded.error().to_string());
+    }
+  }
   auto eng = actors::engine::create(c, std::move(source));
   if (!eng) {
     err << "error: " << eng.error().to_string() << "\n";
@@ -141,7 +156,12 @@ int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostr
   so.threads = static_cast<std::size_t>(*threads);
   so.limits.default_temperature = static_cast<float>(*temperature);
   so.limits.max_prompt_tokens = (*eng)->max_request_tokens();
-  auto srv = serve::server::start(**eng, nullptr, so);
+  if (tok && tok->vocab_size() > (*eng)->vocab()) {
+    err << fmt::format("error: the tokenizer has {} ids but the model's vocabulary {}\n",
+                       tok->vocab_size(), (*eng)->vocab());
+    return 2;
+  }
+  auto srv = serve::server::start(**eng, tok.get(), so);
   if (!srv) {
     err << "error: " << srv.error().to_string() << "\n";
     return 1;
@@ -155,8 +175,10 @@ int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostr
   sigemptyset(&on_stop.sa_mask);
   sigaction(SIGTERM, &on_stop, &old_term);
   sigaction(SIGINT, &on_stop, &old_int);
-  out << fmt::format("helix serve: {} on {} worker(s), layout {}, listening on http://{}:{}\n",
-                     so.model_name, c.num_workers, (*eng)->stats().layout, so.host, (*srv)->port())
+  out << fmt::format("helix serve: {} on {} worker(s), layout {}, {}, listening on http://{}:{}\n",
+                     so.model_name, c.num_workers, (*eng)->stats().layout,
+                     tok ? fmt::format("tokenizer {}", tok->kind()) : std::string("token ids only"),
+                     so.host, (*srv)->port())
       << std::flush;
   while (stop_signal == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   out << fmt::format("helix serve: {} received; draining {} running completion(s) (grace {} s)\n",

@@ -17,11 +17,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "actors/config_file.hpp"
 #include "actors/engine.hpp"
 #include "cluster/cluster.hpp"
+#include "text/detokenizer.hpp"
+#include "text/tokenizer.hpp"
 
 namespace py = pybind11;
 
@@ -42,6 +45,7 @@ struct token {
   std::int32_t id = -1;  // -1 on a last event that carries no token
   std::int64_t index = 0;
   bool last = false;
+  std::string text;  // with a tokenizer: the text this token completes (whole characters)
   std::optional<std::string> finish_reason;  // on the last event
   std::optional<std::string> error;          // finish_reason == "error"
 };
@@ -61,8 +65,11 @@ class engine_handle;
 // A request's token stream: an iterator over helix.Token; cancel() ends it with "cancelled".
 class stream_handle {
  public:
-  stream_handle(std::shared_ptr<actors::engine> eng, actors::request_handle h)
-      : eng_(std::move(eng)), h_(std::move(h)) {}
+  stream_handle(std::shared_ptr<actors::engine> eng, actors::request_handle h,
+                std::shared_ptr<const text::tokenizer> tok)
+      : eng_(std::move(eng)), h_(std::move(h)), tok_(std::move(tok)) {
+    if (tok_) detok_.emplace(*tok_, /*skip_special=*/true);
+  }
   std::uint64_t id() const { return h_.id; }
   token next() {
     std::optional<actors::token_event> e;
@@ -71,7 +78,18 @@ class stream_handle {
       e = h_.stream->next();
     }
     if (!e) throw py::stop_iteration();
-    return to_token(*e);
+    token t = to_token(*e);
+    if (detok_) {
+      if (e->token >= 0) {
+        auto piece = detok_->add(e->token);
+        if (piece) t.text = std::move(*piece);  // an id the tokenizer lacks adds no text
+      }
+      if (e->last) {
+        auto rest = detok_->flush();
+        if (rest) t.text += *rest;
+      }
+    }
+    return t;
   }
   void cancel() {
     const status st = eng_->cancel(h_.id);
@@ -87,6 +105,8 @@ class stream_handle {
  private:
   std::shared_ptr<actors::engine> eng_;  // keeps the engine alive while the stream is read
   actors::request_handle h_;
+  std::shared_ptr<const text::tokenizer> tok_;
+  std::optional<text::detokenizer> detok_;
 };
 
 actors::request_options request_of(const std::vector<std::int32_t>& prompt, std::int64_t max_tokens,
@@ -101,11 +121,14 @@ actors::request_options request_of(const std::vector<std::int32_t>& prompt, std:
   return r;
 }
 
+using prompt_arg = std::variant<std::vector<std::int32_t>, std::string>;
+
 class engine_handle {
  public:
   engine_handle(const std::string& model, const std::string& checkpoint, std::int64_t workers,
                 const std::string& layout, std::int64_t kv_capacity, const std::string& config,
-                std::int64_t processes, const std::string& worker_binary) {
+                std::int64_t processes, const std::string& worker_binary,
+                const std::string& tokenizer) {
     actors::engine_config c;
     if (!config.empty()) {
       auto loaded = actors::load_engine_config(config);
@@ -137,22 +160,46 @@ class engine_handle {
     }();
     if (!e) raise(e.error());
     eng_ = std::shared_ptr<actors::engine>(std::move(*e));
+    // The tokenizer: `tokenizer` (a directory), else the checkpoint's when it has one.
+    const std::string dir = tokenizer.empty() ? c.checkpoint : tokenizer;
+    if (!dir.empty()) {
+      auto t = text::load_tokenizer(dir);
+      if (t) {
+        tok_ = std::shared_ptr<const text::tokenizer>(std::move(*t));
+      } else if (!tokenizer.empty() || t.error().code() != errc::not_found) {
+        raise(t.error());
+      }
+    }
   }
 
-  std::shared_ptr<stream_handle> stream(const std::vector<std::int32_t>& prompt,
-                                        std::int64_t max_tokens, float temperature, float top_p,
-                                        std::int32_t top_k, std::uint64_t seed,
+  /// Token ids of a prompt: a list of ids as given, or text through the tokenizer (with its BOS).
+  std::vector<std::int32_t> prompt_ids(const prompt_arg& prompt) const {
+    if (const auto* ids = std::get_if<std::vector<std::int32_t>>(&prompt)) return *ids;
+    if (!tok_) throw py::value_error("prompt: the model has no tokenizer; pass token ids");
+    auto ids = tok_->encode(std::get<std::string>(prompt), /*add_special=*/true);
+    if (!ids) raise(ids.error());
+    return std::move(*ids);
+  }
+  /// With a tokenizer, generation also stops at its end-of-sequence token.
+  std::vector<std::int32_t> stops_with_eos(std::vector<std::int32_t> stops) const {
+    if (tok_ && tok_->special_ids().eos) stops.push_back(*tok_->special_ids().eos);
+    return stops;
+  }
+
+  std::shared_ptr<stream_handle> stream(const prompt_arg& prompt, std::int64_t max_tokens,
+                                        float temperature, float top_p, std::int32_t top_k,
+                                        std::uint64_t seed,
                                         const std::vector<std::int32_t>& stop_token_ids) {
-    auto h = live().submit(
-        request_of(prompt, max_tokens, temperature, top_p, top_k, seed, stop_token_ids));
+    auto h = live().submit(request_of(prompt_ids(prompt), max_tokens, temperature, top_p, top_k,
+                                      seed, stops_with_eos(stop_token_ids)));
     if (!h) raise(h.error());
-    return std::make_shared<stream_handle>(eng_, std::move(*h));
+    return std::make_shared<stream_handle>(eng_, std::move(*h), tok_);
   }
 
-  std::vector<std::int32_t> generate(const std::vector<std::int32_t>& prompt,
-                                     std::int64_t max_tokens, float temperature, float top_p,
-                                     std::int32_t top_k, std::uint64_t seed,
-                                     const std::vector<std::int32_t>& stop_token_ids) {
+  /// Token ids for a list of ids; text for a text prompt (the model's tokenizer).
+  py::object generate(const prompt_arg& prompt, std::int64_t max_tokens, float temperature,
+                      float top_p, std::int32_t top_k, std::uint64_t seed,
+                      const std::vector<std::int32_t>& stop_token_ids) {
     auto s = stream(prompt, max_tokens, temperature, top_p, top_k, seed, stop_token_ids);
     std::vector<std::int32_t> out;
     for (;;) {
@@ -172,7 +219,18 @@ class engine_handle {
         throw py::error_already_set();
       }
     }
-    return out;
+    if (std::holds_alternative<std::vector<std::int32_t>>(prompt)) return py::cast(out);
+    auto text = tok_->decode(out, /*skip_special=*/true);
+    if (!text) raise(text.error());
+    return py::str(*text);
+  }
+
+  py::object tokenizer_info() const {
+    if (!tok_) return py::none();
+    py::dict d;
+    d["kind"] = std::string(tok_->kind());
+    d["vocab_size"] = tok_->vocab_size();
+    return d;
   }
 
   void cancel(std::uint64_t id) {
@@ -227,6 +285,7 @@ class engine_handle {
     return *eng_;
   }
   std::shared_ptr<actors::engine> eng_;
+  std::shared_ptr<const text::tokenizer> tok_;
 };
 
 }  // namespace
@@ -252,6 +311,7 @@ PYBIND11_MODULE(helix, m) {
       .def_readonly("finish_reason", &token::finish_reason,
                     "on the last event: length, stop_token, cancelled or error")
       .def_readonly("error", &token::error)
+      .def_readonly("text", &token::text, "with a tokenizer: the text this token completes")
       .def("__repr__", [](const token& t) {
         return "Token(token=" + std::to_string(t.id) + ", index=" + std::to_string(t.index) +
                (t.finish_reason ? ", finish_reason='" + *t.finish_reason + "'" : std::string()) +
@@ -269,11 +329,13 @@ PYBIND11_MODULE(helix, m) {
 
   py::class_<engine_handle>(m, "Engine", "An engine and its workers.")
       .def(py::init<const std::string&, const std::string&, std::int64_t, const std::string&,
-                    std::int64_t, const std::string&, std::int64_t, const std::string&>(),
+                    std::int64_t, const std::string&, std::int64_t, const std::string&,
+                    const std::string&>(),
            py::kw_only(), py::arg("model") = "", py::arg("checkpoint") = "", py::arg("workers") = 0,
            py::arg("layout") = "", py::arg("kv_capacity") = 0, py::arg("config") = "",
-           py::arg("processes") = 0, py::arg("worker_binary") = "",
+           py::arg("processes") = 0, py::arg("worker_binary") = "", py::arg("tokenizer") = "",
            "Builds the engine: a built-in model (default tiny-llama) or an HF checkpoint "
+           "(its tokenizer, or the one in `tokenizer`, makes text prompts work), "
            "directory, `workers` worker threads (or `processes` helix worker processes started "
            "from `worker_binary`), a layout string or 'auto'.")
       .def("generate", &engine_handle::generate, py::arg("prompt"), py::kw_only(),
@@ -289,6 +351,8 @@ PYBIND11_MODULE(helix, m) {
       .def("cancel", &engine_handle::cancel, py::arg("request_id"))
       .def("stats", &engine_handle::stats, "The engine's counters as a dict.")
       .def_property_readonly("vocab", &engine_handle::vocab)
+      .def_property_readonly("tokenizer", &engine_handle::tokenizer_info,
+                             "None, or {'kind', 'vocab_size'} of the model's tokenizer")
       .def_property_readonly("max_request_tokens", &engine_handle::max_request_tokens)
       .def("close", &engine_handle::close, "Stops the engine (running requests are cancelled).")
       .def(

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "core/log.hpp"
+#include "text/detokenizer.hpp"
 
 namespace helix::serve {
 namespace {
@@ -65,6 +66,12 @@ class stop_matcher {
   std::string held_;
 };
 
+// A detokenizer's text; an id the tokenizer has no spelling for (a model vocabulary padded past
+// the tokenizer's) adds no text, while token_ids still carry it.
+std::string text_or_empty(expected<std::string> piece) {
+  return piece ? std::move(*piece) : std::string();
+}
+
 // One completion from submit to its last event, shared by the handler and the stream provider.
 struct completion_state {
   std::uint64_t request_id = 0;
@@ -72,7 +79,7 @@ struct completion_state {
   completion_id id;
   std::int64_t prompt_tokens = 0;
   bool include_usage = false;
-  std::unique_ptr<text_codec::decoder> decoder;  // null without a codec
+  std::optional<text::detokenizer> decoder;  // without a tokenizer: none
   stop_matcher stop{{}};
   std::vector<std::int32_t> tokens;
   clock_type::time_point submitted;
@@ -86,7 +93,7 @@ struct completion_state {
 }  // namespace
 
 struct server::impl {
-  impl(actors::engine& e, const text_codec* c, server_options opts)
+  impl(actors::engine& e, const text::tokenizer* c, server_options opts)
       : eng(e),
         codec(c),
         o(std::move(opts)),
@@ -95,7 +102,7 @@ struct server::impl {
   }
 
   actors::engine& eng;
-  const text_codec* codec;
+  const text::tokenizer* codec;
   server_options o;
   const std::int64_t created;
   httplib::Server http;
@@ -210,7 +217,7 @@ std::pair<std::string, std::vector<std::int32_t>> server::impl::take(
     s.last_token = now;
     s.tokens.push_back(ev.token);
     out.second.push_back(ev.token);
-    if (s.decoder) out.first = s.stop.feed(s.decoder->push(ev.token), matched);
+    if (s.decoder) out.first = s.stop.feed(text_or_empty(s.decoder->add(ev.token)), matched);
   }
   if (matched) {
     s.reason = "stop";
@@ -219,7 +226,7 @@ std::pair<std::string, std::vector<std::int32_t>> server::impl::take(
   } else if (ev.last) {
     if (s.decoder) {
       bool late = false;
-      out.first += s.stop.feed(s.decoder->flush(), late);
+      out.first += s.stop.feed(text_or_empty(s.decoder->flush()), late);
       if (!late) out.first += s.stop.finish();
     }
     s.reason = finish_reason_text(ev.reason);
@@ -270,7 +277,7 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
       return reply_error(res, {400, "invalid_request_error", "prompt",
                                "model has no tokenizer: send the prompt as a list of token ids"});
     }
-    auto ids = codec->encode(r.prompt_text);
+    auto ids = codec->encode(r.prompt_text, /*add_special=*/true);
     if (!ids)
       return reply_error(res, {400, "invalid_request_error", "prompt", ids.error().message()});
     r.prompt_tokens = std::move(*ids);
@@ -291,7 +298,10 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
   s->include_usage = r.include_usage;
   s->id = {fmt::format("cmpl-{:x}-{}", created, next_id++),
            static_cast<std::int64_t>(std::time(nullptr)), o.model_name};
-  if (codec != nullptr) s->decoder = codec->new_decoder();
+  if (codec != nullptr) {
+    s->decoder.emplace(*codec, /*skip_special=*/true);
+    if (const auto eos = codec->special_ids().eos) ro.stop_tokens.push_back(*eos);
+  }
   s->stop = stop_matcher(r.stop);
   {
     // Registered before submit so that drain() cannot miss it.
@@ -444,7 +454,8 @@ server::~server() {
   drain(std::chrono::milliseconds(0));
 }
 
-expected<std::unique_ptr<server>> server::start(actors::engine& engine, const text_codec* codec,
+expected<std::unique_ptr<server>> server::start(actors::engine& engine,
+                                                const text::tokenizer* codec,
                                                 server_options options) {
   if (options.threads < 1) return invalid_argument("server: threads must be >= 1");
   if (options.port < 0 || options.port > 65535) {

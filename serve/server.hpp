@@ -11,6 +11,11 @@
 //   GET  /metrics          Prometheus text (serve/metrics.hpp; the families are listed in
 //                          server.cpp)
 //
+// With a tokenizer (text/), text prompts are encoded (with the tokenizer's BOS), generated ids
+// are streamed as text through a detokenizer (never a broken UTF-8 character in a chunk; special
+// tokens skipped, as vLLM does by default), stop strings apply, and generation also stops at the
+// tokenizer's EOS token.
+//
 // Errors are OpenAI-style bodies: 400 naming the field, 404 for another model or path, 413 for
 // a body over the limit, 429 when the engine's queue is full, 503 while draining or when the
 // engine failed. A client that disconnects mid-stream has its request cancelled (its KV freed at
@@ -32,26 +37,9 @@
 #include "core/status.hpp"
 #include "serve/metrics.hpp"
 #include "serve/openai.hpp"
+#include "text/tokenizer.hpp"
 
 namespace helix::serve {
-
-/// Text in and out, for models with a tokenizer (the server works on token ids without one).
-class text_codec {
- public:
-  /// Turns ids into text one id at a time, holding back bytes of an incomplete character.
-  class decoder {
-   public:
-    virtual ~decoder() = default;
-    /// The text that `token` completes (possibly empty).
-    [[nodiscard]] virtual std::string push(std::int32_t token) = 0;
-    /// What is still held back, at the end of the stream.
-    [[nodiscard]] virtual std::string flush() = 0;
-  };
-  virtual ~text_codec() = default;
-  /// The prompt's token ids (with the model's beginning-of-text token where it uses one).
-  [[nodiscard]] virtual expected<std::vector<std::int32_t>> encode(std::string_view text) const = 0;
-  [[nodiscard]] virtual std::unique_ptr<decoder> new_decoder() const = 0;
-};
 
 struct server_options {
   std::string host = "127.0.0.1";
@@ -67,10 +55,11 @@ struct server_options {
 
 class server {
  public:
-  /// Binds host:port and starts serving on its own threads. `engine` (and `codec`, which may be
-  /// null) must outlive the server. unavailable when the address cannot be bound.
+  /// Binds host:port and starts serving on its own threads. `engine` (and `tok`, the model's
+  /// tokenizer, which may be null: prompts are then token ids only) must outlive the server.
+  /// unavailable when the address cannot be bound.
   [[nodiscard]] static expected<std::unique_ptr<server>> start(actors::engine& engine,
-                                                               const text_codec* codec,
+                                                               const text::tokenizer* tok,
                                                                server_options options);
   /// Stops at once (drain(0) first when requests may still run).
   ~server();

@@ -1,8 +1,12 @@
 """The Python binding (python/helix_py.cpp) against the engine and the CLI: tokens, streams,
 cancellation, errors, threads and the GIL. Run by ctest (python.helix) with PYTHONPATH set to the
 build folder and HELIX_CLI naming the helix binary."""
+import array
 import json
 import os
+import random
+import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -145,3 +149,70 @@ def test_the_example_agent_loop_runs():
                          check=True, capture_output=True, text=True, env=env, timeout=300).stdout
     assert "agent 0:" in out and "1 answer(s) cancelled" in out
     assert "requests completed" in out
+
+
+def write_checkpoint(directory, vocab):
+    """A Llama checkpoint of tests/fixtures/hf-tiny's shape with `vocab` rows, random F32 weights
+    (a plain safetensors file written here), so that a fixture tokenizer fits its vocabulary."""
+    with open(os.path.join(SOURCE_DIR, "tests", "fixtures", "hf-tiny", "llama-bf16",
+                           "config.json")) as f:
+        config = json.load(f)
+    config["vocab_size"] = vocab
+    config.pop("torch_dtype", None)
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    kv = hidden // config["num_attention_heads"] * config["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden],
+              "model.norm.weight": [hidden]}
+    for layer in range(config["num_hidden_layers"]):
+        pre = f"model.layers.{layer}."
+        shapes.update({pre + "input_layernorm.weight": [hidden],
+                       pre + "post_attention_layernorm.weight": [hidden],
+                       pre + "self_attn.q_proj.weight": [hidden, hidden],
+                       pre + "self_attn.k_proj.weight": [kv, hidden],
+                       pre + "self_attn.v_proj.weight": [kv, hidden],
+                       pre + "self_attn.o_proj.weight": [hidden, hidden],
+                       pre + "mlp.gate_proj.weight": [inter, hidden],
+                       pre + "mlp.up_proj.weight": [inter, hidden],
+                       pre + "mlp.down_proj.weight": [hidden, inter]})
+    rng = random.Random(5)
+    header, blobs, offset = {}, [], 0
+    for name in sorted(shapes):
+        count = 1
+        for d in shapes[name]:
+            count *= d
+        values = array.array("f", ([1.0] * count if name.endswith("norm.weight") else
+                                   [rng.uniform(-0.1, 0.1) for _ in range(count)]))
+        blob = values.tobytes()
+        header[name] = {"dtype": "F32", "shape": shapes[name],
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+
+
+def test_text_in_and_out_with_the_checkpoints_tokenizer(tmp_path):
+    tok_dir = os.path.join(SOURCE_DIR, "tests", "fixtures", "tokenizers", "llama3-bpe")
+    with open(os.path.join(tok_dir, "tokenizer.json")) as f:
+        tj = json.load(f)
+    vocab = max(list(tj["model"]["vocab"].values()) + [t["id"] for t in tj["added_tokens"]]) + 1
+    write_checkpoint(str(tmp_path), vocab)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok_dir, name), str(tmp_path))
+    with helix.Engine(checkpoint=str(tmp_path), workers=2) as engine:
+        assert engine.tokenizer["vocab_size"] == vocab
+        text = engine.generate("Hello, wörld! 🤖", max_tokens=12)
+        assert isinstance(text, str)
+        pieces = [e.text for e in engine.stream("Hello, wörld! 🤖", max_tokens=12)]
+        assert "".join(pieces) == text  # whole characters in every piece, the same text
+        ids = engine.generate([1, 2, 3], max_tokens=4)
+        assert isinstance(ids, list) and len(ids) <= 4
+    with helix.Engine(model="tiny-llama", workers=1) as plain:
+        assert plain.tokenizer is None
+        with pytest.raises(ValueError, match="no tokenizer"):
+            plain.generate("hello", max_tokens=2)

@@ -21,8 +21,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "model/checkpoint.hpp"
 #include "serve/server.hpp"
 #include "tests/support/model_fixtures.hpp"
+#include "text/tokenizer.hpp"
 
 namespace helix::serve {
 namespace {
@@ -42,13 +44,14 @@ actors::engine_config tiny_config(std::int64_t workers = 2) {
 
 // An engine and its server on a free port of 127.0.0.1.
 struct served {
-  explicit served(actors::engine_config c = tiny_config(), server_options o = {}) {
+  explicit served(actors::engine_config c = tiny_config(), server_options o = {},
+                  const text::tokenizer* tok = nullptr) {
     auto e = actors::engine::create(c);
     HELIX_CHECK(e.has_value(), "{}", e.error().to_string());
     eng = std::move(*e);
     o.port = 0;
     o.model_name = "tiny-llama";
-    auto s = server::start(*eng, nullptr, o);
+    auto s = server::start(*eng, tok, o);
     HELIX_CHECK(s.has_value(), "{}", s.error().to_string());
     srv = std::move(*s);
   }
@@ -446,6 +449,121 @@ TEST(ServeHttp, DrainFinishesRunningCompletionsAndRefusesNewOnes) {
   EXPECT_TRUE(running.done);
   EXPECT_EQ(running.tokens.size(), 400u);
   EXPECT_EQ(running.finish_reason, "length");
+}
+
+// A checkpoint whose vocabulary is the llama3-bpe fixture tokenizer's: tiny-llama's shape with
+// seeded weights, saved with the tokenizer files beside them.
+struct text_checkpoint {
+  text_checkpoint() {
+    const std::filesystem::path src =
+        std::filesystem::path(HELIX_FIXTURES_DIR) / "tokenizers" / "llama3-bpe";
+    auto t = text::load_tokenizer(src);
+    HELIX_CHECK(t.has_value(), "{}", t.error().to_string());
+    tok = std::move(*t);
+    dir = std::filesystem::temp_directory_path() / fmt::format("helix-serve-text-{}", ::getpid());
+    auto spec = builtin_model("tiny-llama");
+    HELIX_CHECK(spec.has_value(), "tiny-llama");
+    spec->vocab = tok->vocab_size();
+    auto w = model::init_seeded_weights(*spec, dtype::f32, 1234);
+    HELIX_CHECK(w.has_value(), "{}", w.error().to_string());
+    weights = std::move(*w);
+    HELIX_CHECK(model::save_checkpoint(dir.string(), weights).ok(), "save");
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::filesystem::copy_file(src / f, dir / f,
+                                 std::filesystem::copy_options::overwrite_existing);
+    }
+  }
+  ~text_checkpoint() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  std::filesystem::path dir;
+  std::unique_ptr<text::tokenizer> tok;
+  model::model_weights weights;
+};
+
+bool valid_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const std::size_t n = c < 0x80         ? 1
+                          : (c >> 5) == 6  ? 2
+                          : (c >> 4) == 14 ? 3
+                          : (c >> 3) == 30 ? 4
+                                           : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (std::size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+TEST(ServeHttp, TextPromptsTextOutputAndStopStringsWithATokenizer) {
+  text_checkpoint ck;
+  actors::engine_config c = tiny_config();
+  c.model.clear();
+  c.checkpoint = ck.dir.string();
+  served s(c, {}, ck.tok.get());
+  auto cli = s.client();
+  const std::string prompt = "Hello, wörld! 🤖 How are";
+  auto ids = ck.tok->encode(prompt, true);
+  ASSERT_TRUE(ids.has_value());
+  std::vector<std::int32_t> stops;
+  if (const auto eos = ck.tok->special_ids().eos) stops.push_back(*eos);
+  const auto expect = generate_alone(ck.weights, *ids, 24, stops);
+
+  auto res = cli.Post("/v1/completions", json{{"prompt", prompt}, {"max_tokens", 24}}.dump(),
+                      "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json plain = json::parse(res->body);
+  const auto tokens = plain["choices"][0]["token_ids"].get<std::vector<std::int32_t>>();
+  EXPECT_EQ(tokens, expect);
+  const std::string text = plain["choices"][0]["text"].get<std::string>();
+  EXPECT_EQ(text, *ck.tok->decode(tokens, /*skip_special=*/true));
+  EXPECT_EQ(plain["usage"]["prompt_tokens"], static_cast<std::int64_t>(ids->size()));
+
+  // Streamed: every chunk's text is whole UTF-8 and the chunks add up to the same text.
+  std::string body;
+  auto sres = cli.Post("/v1/completions",
+                       json{{"prompt", prompt}, {"max_tokens", 24}, {"stream", true}}.dump(),
+                       "application/json");
+  ASSERT_TRUE(sres);
+  std::string joined;
+  std::size_t pos = 0;
+  while ((pos = sres->body.find("data: {", pos)) != std::string::npos) {
+    const std::size_t end = sres->body.find("\n\n", pos);
+    const json chunk = json::parse(sres->body.substr(pos + 6, end - pos - 6));
+    const std::string piece = chunk["choices"][0]["text"].get<std::string>();
+    EXPECT_TRUE(valid_utf8(piece)) << piece;
+    joined += piece;
+    pos = end;
+  }
+  EXPECT_EQ(joined, text);
+
+  // A stop string from the middle of that text: the text ends before it, reason "stop".
+  ASSERT_GE(text.size(), 6u) << "too little text to pick a stop string from";
+  {
+    std::size_t at = text.size() / 2;
+    while (at > 0 && (static_cast<unsigned char>(text[at]) >> 6) == 2) --at;  // a char boundary
+    std::size_t len = 1;
+    while (at + len < text.size() && (static_cast<unsigned char>(text[at + len]) >> 6) == 2) ++len;
+    const std::string stop = text.substr(at, len);
+    const std::size_t first = text.find(stop);
+    auto stopped = cli.Post("/v1/completions",
+                            json{{"prompt", prompt}, {"max_tokens", 24}, {"stop", {stop}}}.dump(),
+                            "application/json");
+    ASSERT_TRUE(stopped);
+    const json st = json::parse(stopped->body);
+    EXPECT_EQ(st["choices"][0]["text"], text.substr(0, first)) << "stop '" << stop << "'";
+    EXPECT_EQ(st["choices"][0]["finish_reason"], "stop");
+  }
+  // Text prompts must be UTF-8 (the JSON parser refuses other bytes).
+  auto bad =
+      cli.Post("/v1/completions", std::string("{\"prompt\": \"\xff\xfe\"}"), "application/json");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
 }
 
 // Output of a shell command and its exit status.
