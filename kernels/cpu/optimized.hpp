@@ -37,7 +37,9 @@ namespace helix::kernels::cpu {
                                                 thread_pool* pool, simd::isa isa);
 [[nodiscard]] status lse_merge_with_isa(const lse_merge_params& p, thread_pool* pool,
                                         simd::isa isa);
-[[nodiscard]] status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa);
+/// `ext`: the AVX-512 extensions gemm may use (fp8 weights convert through VBMI byte tables).
+[[nodiscard]] status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa,
+                                   simd::isa_ext ext = simd::isa_ext::vbmi);
 [[nodiscard]] status rmsnorm_with_isa(const rmsnorm_params& p, thread_pool* pool, simd::isa isa);
 [[nodiscard]] status rope_with_isa(const rope_params& p, thread_pool* pool, simd::isa isa);
 [[nodiscard]] status swiglu_with_isa(const swiglu_params& p, thread_pool* pool, simd::isa isa);

@@ -422,6 +422,13 @@ HELIX_SIMD_AVX512 void bf16_split_avx512(const bf16_t* x, float* y, std::size_t 
     _mm512_storeu_ps(y + i + 16, odd);
   }
 }
+HELIX_SIMD_AVX512_VBMI void fp8_tables_avx512(const fp8_e4m3_t* x, float* y) {  // 256 values
+  for (int i = 0; i < 256; i += 64) {
+    __m512 v[4];
+    simd::fp8x64_to_f32(_mm512_loadu_si512(x + i), v);
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(y + i + 16 * q, v[q]);
+  }
+}
 HELIX_SIMD_AVX512 void reduce16x16_avx512(const float* in, float* out) {  // in [16][16]
   __m512 a[16];
   for (int i = 0; i < 16; ++i) a[i] = _mm512_loadu_ps(in + 16 * i);
@@ -463,6 +470,31 @@ TEST(AttentionSimd, KernelLoadersAreExact) {
     }
   }
   EXPECT_EQ(bad, 0) << "bf16 pair-split";
+#else
+  GTEST_SKIP() << "x86 only";
+#endif
+}
+
+// The byte tables give every e4m3 code's exact value, NaN bits included, and fp8x64_to_f32 puts
+// each in its element's lane (codes in a scrambled order, so a lane mix-up cannot hide).
+TEST(AttentionSimd, Fp8ByteTablesAreExactForEveryCode) {
+  for (unsigned code = 0; code < 256; ++code) {
+    const std::uint32_t want = f32_bits(to_f32(fp8_e4m3_t{static_cast<std::uint8_t>(code)}));
+    const std::uint32_t got =
+        (std::uint32_t{simd::e4m3_magnitude_bf16(code & 0x7fu)} << 16) | ((code & 0x80u) << 24);
+    EXPECT_EQ(got, want) << "code " << code;
+  }
+#if HELIX_SIMD_X86
+  if (simd::cpu_isa() < simd::isa::avx512 || !simd::cpu_has_avx512_vbmi()) {
+    GTEST_SKIP() << "no AVX512_VBMI on this CPU";
+  }
+  std::vector<fp8_e4m3_t> codes(256);
+  for (std::size_t i = 0; i < 256; ++i) codes[i].bits = static_cast<std::uint8_t>(i * 37 + 11);
+  std::vector<float> y(256);
+  fp8_tables_avx512(codes.data(), y.data());
+  int bad = 0;
+  for (std::size_t i = 0; i < 256; ++i) bad += f32_bits(y[i]) == f32_bits(to_f32(codes[i])) ? 0 : 1;
+  EXPECT_EQ(bad, 0);
 #else
   GTEST_SKIP() << "x86 only";
 #endif
