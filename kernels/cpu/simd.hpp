@@ -11,9 +11,10 @@
 // (S.1111.111) loads as NaN on every path; f16 inf/NaN convert as F16C does (the same values).
 // Besides the plain loaders (load8 / load16, masked tails) and dot / axpy / hsum, kernels that
 // stream a lot of KV use cheaper forms: load32_split (bf16 in even/odd order, one op per 16
-// values), load8_div256 / load16_div256 (fp8 through F16C, values / 256), fp8x64_to_f32 (fp8
-// through AVX512_VBMI byte tables, 64 exact values at a time), reduce16x16 (16 horizontal sums
-// at once) and exp8 / exp16 (softmax weights). The tests in
+// values), load8_div256 / load16_div256 (fp8 through F16C, values / 256), fp8x64_to_f32 and
+// fp8x32_to_f32_split (fp8 through AVX512_VBMI byte tables, exact: 64 values in element order,
+// or 32 in pair-split order), reduce16x16 (16 horizontal sums at once) and exp8 / exp16 (softmax
+// weights). The tests in
 // tests/kernels/attention_test.cpp check every bit pattern of every loader.
 // Header-only, no allocation, thread-safe (cpu_isa() is initialised once, thread-safely).
 #pragma once
@@ -97,6 +98,7 @@ struct fp8_lut {
   alignas(64) std::uint8_t hi[128];
   alignas(64) std::uint8_t lo[128];
   alignas(64) std::uint8_t order[64];
+  alignas(64) std::uint8_t interleave[64];
 };
 
 [[nodiscard]] constexpr fp8_lut make_fp8_lut() noexcept {
@@ -117,6 +119,11 @@ struct fp8_lut {
       t.order[16 * lane + 8 + 2 * i] = static_cast<std::uint8_t>(32 + 4 * lane + i);
       t.order[16 * lane + 9 + 2 * i] = static_cast<std::uint8_t>(48 + 4 * lane + i);
     }
+  }
+  // fp8x32_to_f32_split: word i = (lo[i], hi[i]), the bf16 of element i.
+  for (unsigned i = 0; i < 32; ++i) {
+    t.interleave[2 * i] = static_cast<std::uint8_t>(i);
+    t.interleave[2 * i + 1] = static_cast<std::uint8_t>(64 + i);
   }
   return t;
 }
@@ -318,6 +325,24 @@ HELIX_SIMD_AVX512_VBMI inline void fp8x64_to_f32(__m512i codes, __m512 (&out)[4]
   out[1] = _mm512_castsi512_ps(_mm512_and_si512(w0, upper));
   out[2] = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
   out[3] = _mm512_castsi512_ps(_mm512_and_si512(w1, upper));
+}
+
+/// 32 fp8 e4m3 values -> their exact f32 values (NaN included) in pair-split order, as
+/// load32_split does for bf16: `even` holds elements 0, 2, .., 30 and `odd` 1, 3, .., 31. The
+/// byte lookups of fp8x64_to_f32, then one two-source byte permute interleaves the low and high
+/// bytes into bf16 words in element order: 6 operations per 32 values.
+HELIX_SIMD_AVX512_VBMI inline void fp8x32_to_f32_split(const fp8_e4m3_t* p, __m512& even,
+                                                       __m512& odd) {
+  const __m512i codes =
+      _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(fp8_tables.hi), codes,
+                                        _mm512_load_si512(fp8_tables.hi + 64));
+  const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(fp8_tables.lo), codes,
+                                              _mm512_load_si512(fp8_tables.lo + 64));
+  hi = _mm512_ternarylogic_epi32(hi, codes, _mm512_set1_epi8(static_cast<char>(0x80)), 0xf8);
+  const __m512i w = _mm512_permutex2var_epi8(lo, _mm512_load_si512(fp8_tables.interleave), hi);
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
 /// 32 bf16 values as two f32 vectors in "pair-split" order: `even` holds elements 0, 2, .., 30 and
