@@ -19,7 +19,8 @@
 // are independent until their fold, so out-of-order execution overlaps them.
 //
 // Paths: with AVX512_VBMI, 64 codes at a time go through 128-entry byte tables
-// (simd::fp8x64_to_f32, about 2.5 operations per 16 weights); AVX-512 without it and AVX2
+// (simd::fp8x64_to_f32, about 2.5 operations per 16 weights), for blocks and phases in whole
+// 64-column spans (HF's 128-column blocks, cut at multiples of 64); AVX-512 without it and AVX2
 // convert through F16C (exact8 / exact16: exact, but NaN codes read as +-480); the scalar path
 // uses to_f32. The vector paths need scale blocks and their phase in multiples of 16 columns (so
 // a chunk of 16 never straddles two blocks); other layouts run the scalar path.
@@ -340,8 +341,11 @@ HELIX_SIMD_AVX512_VBMI inline void chunks_vbmi(rows512<R>& a, const fp8_e4m3_t* 
   if constexpr (N >= 4) chunk512<1>(a, kk + 3 * lanes, wv[3]);
 }
 
-// AVX512_VBMI: 64 weights per conversion; a run's odd first chunk and its last 1 to 3 chunks
-// take a masked conversion.
+// AVX512_VBMI: 64 weights per conversion. Only for blocks and a phase in whole 64-column spans
+// (choose_fp8_path; other layouts take micro512, which gives the same bits), so a k block is
+// whole blocks of spans, then at most one block's first spans and 1 to 3 chunks. The loop is
+// kept that simple on purpose: with a per-run loop as in micro512 GCC kept the lanes of 4 rows
+// in memory (a third slower), and the bookkeeping cost a third of the rate at one row.
 template <int R>
 HELIX_SIMD_AVX512_VBMI void micro_vbmi(const fp8_tile& t, std::int64_t r0, std::int64_t col,
                                        std::int64_t k_begin, std::int64_t k_end, bool first,
@@ -353,29 +357,17 @@ HELIX_SIMD_AVX512_VBMI void micro_vbmi(const fp8_tile& t, std::int64_t r0, std::
   scale_walk walk(p, k_begin);
   bool open = block_open(p, k_begin, first);
   std::int64_t kk = k_begin;
-  if (p.w_block_k % (4 * lanes) == 0 && (walk.edge - k_begin) % (4 * lanes) == 0) {
-    // Blocks of whole 64-column spans (128-column blocks at a phase of 0 or 64): one flat loop
-    // that folds when a span ends a block; the per-run bookkeeping below cost a third here.
-    for (; kk + 4 * lanes <= k_end; kk += 4 * lanes) {
-      chunks_vbmi<R, 4>(a, w, kk);
-      open = kk + 4 * lanes != walk.edge;
-      if (!open) {
-        fold512(a, walk.scale(col));
-        ++walk.idx;
-        walk.edge += p.w_block_k;
-      }
-    }
+  const std::int64_t spans_end = k_begin + (k_end - k_begin) / (4 * lanes) * (4 * lanes);
+  while (walk.edge <= spans_end) {
+    for (; kk < walk.edge; kk += 4 * lanes) chunks_vbmi<R, 4>(a, w, kk);
+    fold512(a, walk.scale(col));
+    ++walk.idx;
+    walk.edge += p.w_block_k;
+    open = false;
   }
-  while (kk < k_end) {
-    const std::int64_t stop = walk.run_end(kk, k_end);
-    if ((kk / lanes) % halves != 0) {
-      __m512 wv[4];
-      simd::fp8x64_to_f32(_mm512_maskz_loadu_epi8(0xffff, w + kk), wv);
-      chunk512<1>(a, kk, wv[0]);
-      kk += lanes;
-    }
-    for (; kk + 4 * lanes <= stop; kk += 4 * lanes) chunks_vbmi<R, 4>(a, w, kk);
-    switch ((stop - kk) / lanes) {
+  if (kk < k_end) {  // the first spans and chunks of a block that goes on past k_end
+    for (; kk < spans_end; kk += 4 * lanes) chunks_vbmi<R, 4>(a, w, kk);
+    switch ((k_end - kk) / lanes) {
       case 3:
         chunks_vbmi<R, 3>(a, w, kk);
         break;
@@ -388,9 +380,7 @@ HELIX_SIMD_AVX512_VBMI void micro_vbmi(const fp8_tile& t, std::int64_t r0, std::
       default:
         break;
     }
-    kk = stop;
-    open = stop != walk.edge;
-    if (!open) fold512(a, walk.scale(col));
+    open = true;
   }
   if (!last) {
     save512(a, state);
@@ -452,8 +442,11 @@ fp8_path choose_fp8_path(const gemm_params& p, simd::isa isa, simd::isa_ext ext)
   if (p.w_block_k % lanes != 0 || p.w_scale_phase % lanes != 0) return fp8_path::scalar;
   switch (isa) {
     case simd::isa::avx512:
-      return ext == simd::isa_ext::vbmi && simd::cpu_has_avx512_vbmi() ? fp8_path::avx512_vbmi
-                                                                       : fp8_path::avx512;
+      // The VBMI kernel walks whole 64-column spans of a block (micro_vbmi).
+      return ext == simd::isa_ext::vbmi && simd::cpu_has_avx512_vbmi() &&
+                     p.w_block_k % (4 * lanes) == 0 && p.w_scale_phase % (4 * lanes) == 0
+                 ? fp8_path::avx512_vbmi
+                 : fp8_path::avx512;
     case simd::isa::avx2:
       return fp8_path::avx2;
     case simd::isa::scalar:
