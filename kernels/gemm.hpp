@@ -28,11 +28,12 @@ struct gemm_params {
   bool accumulate = false;
   /// fp8_e4m3 weights only (HF's block-scaled FP8, weight-only dequantization): weight row c's
   /// element kk is e4m3(w[c, kk]) x w_scales[c * w_scale_stride + (kk + w_scale_phase) /
-  /// w_block_k], the product rounded to f32, i.e. exactly what a load that dequantizes to f32
-  /// stores; the dot products sum over 64 lanes (gemm_opt.cpp), so they agree with f32 weights'
-  /// within rounding, and keep batch, thread and instruction-set invariance. Each weight row has
-  /// its own scales (rows of one 128-row block repeat them), so row cuts of a shard need nothing
-  /// else; a column cut starts `w_scale_phase` columns into its first block.
+  /// w_block_k]. The optimised CPU kernel sums each block's unscaled products and multiplies the
+  /// sum by the block's scale (kernels/cpu/gemm_fp8.cpp), so it agrees with f32 weights
+  /// dequantized by a loader within rounding, and keeps batch, thread and instruction-set
+  /// invariance. Each weight row has its own scales (rows of one 128-row block repeat them), so
+  /// row cuts of a shard need nothing else; a column cut starts `w_scale_phase` columns into its
+  /// first block.
   const float* w_scales = nullptr;
   std::int64_t w_scale_stride = 0;  // scales per weight row (>= its column blocks)
   std::int64_t w_block_k = 0;       // columns per scale block

@@ -22,72 +22,26 @@
 //     optimised lse_merge; a request with a single chunk writes out/lse directly.
 // Causal masking uses each block's global first_pos: a block covers consecutive positions, so the
 // keys a query sees in a block are a prefix of it and masking is a token count.
-// Engines: AVX-512 (F/BW/VL/DQ), AVX2+FMA+F16C, portable scalar; picked at run time.
+// Engines: AVX-512 (F/BW/VL/DQ), AVX2+FMA+F16C, portable scalar; picked at run time. fp8 KV on
+// AVX-512 with VBMI has its own engine (attention_fp8.cpp: byte-table conversion, pair-split
+// order as bf16).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
+#include "kernels/cpu/attention_tiles.hpp"
 #include "kernels/cpu/optimized.hpp"
 #include "kernels/cpu/simd.hpp"
 
 namespace helix::kernels::cpu {
 namespace {
 
+using namespace attention_detail;
+
 constexpr std::int64_t chunk_blocks = 32;  // fixed: results must not depend on thread count
-constexpr std::int64_t sub_tokens = 16;    // tokens whose scores are computed together
-constexpr int max_tile_heads = 4;
-constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-
-struct tile_args {
-  const float* q[max_tile_heads];  // query rows of the tile's heads [key_dim]
-  float* o[max_tile_heads];        // output accumulators [value_dim]
-  std::int64_t key_dim = 0;
-  std::int64_t value_dim = 0;
-  std::int64_t v_stride = 0;  // elements between consecutive tokens' values
-  float score_scale = 1.0f;   // softmax_scale * k_scale * engine load_scale
-  // The same rows of the next block (null: none): prefetched line by line as the current rows
-  // are consumed, so the next block arrives while this one is computed.
-  const char* next_k = nullptr;
-  const char* next_v = nullptr;
-};
-
-// Software prefetch of the next block, into L2 (prefetcht1): the block ahead is ~16 KiB, too far
-// for L1 without evicting the current one. Each line the kernel will read is requested once, as
-// the same line of the current block is consumed. Measured on Zen 4 at 256K tokens, one thread:
-// +30% over hardware prefetch alone; whole-block bursts or prefetcht0 were slower than none.
-inline void prefetch_next(const char* p) {
-  __builtin_prefetch(p, 0, 2);
-}
-
-// Online softmax state of a tile's heads. `m` is a reference point, not necessarily the exact
-// running max: scores may exceed it by up to max_slack before the accumulator is rescaled, so a
-// block needs one compare instead of a horizontal max (e^8 ~ 3e3: no overflow of weights or
-// sums). lse = m + log(l) is exact for any reference point. `l` is kept as 16 partial sums (one
-// per score lane, summed in a fixed order at the end) so that no block needs a horizontal add.
-constexpr float max_slack = 8.0f;
-
-struct tile_state {
-  float m[max_tile_heads];              // reference point (-inf: no key yet)
-  float l[max_tile_heads][sub_tokens];  // partial sums of exp(score - m)
-
-  [[nodiscard]] float sum(int h) const {
-    float total = 0.0f;
-    for (float x : l[h]) total += x;
-    return total;
-  }
-};
-
-// Moves head h's reference point up to `m_new`, rescaling its sums and accumulator.
-inline void raise_max(const tile_args& a, tile_state& st, int h, float m_new) {
-  if (st.m[h] != neg_inf) {
-    const float alpha = std::exp(st.m[h] - m_new);
-    for (float& x : st.l[h]) x *= alpha;
-    for (std::int64_t d = 0; d < a.value_dim; ++d) a.o[h][d] *= alpha;
-  }
-  st.m[h] = m_new;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Portable scalar engine.
@@ -314,20 +268,7 @@ HELIX_SIMD_AVX512 void softmax_avx512(const tile_args& a, const T* k, std::int64
                                       tile_state& st, float* p) {
   float(&s)[NH][sub_tokens] = *reinterpret_cast<float(*)[NH][sub_tokens]>(p);
   scores_avx512<T, NH>(a, k, nt, s);
-  const __mmask16 valid = simd::tail_mask16(nt);
-  const __m512 scale = _mm512_set1_ps(a.score_scale);
-#pragma GCC unroll 4
-  for (int h = 0; h < NH; ++h) {
-    const __m512 sv =
-        _mm512_mask_mul_ps(_mm512_set1_ps(neg_inf), valid, _mm512_loadu_ps(s[h]), scale);
-    // -inf + slack stays -inf, so the first visible key always takes this branch.
-    if (_mm512_cmp_ps_mask(sv, _mm512_set1_ps(st.m[h] + max_slack), _CMP_GT_OQ) != 0) {
-      raise_max(a, st, h, _mm512_reduce_max_ps(sv));
-    }
-    const __m512 e = simd::exp16(_mm512_sub_ps(sv, _mm512_set1_ps(st.m[h])));
-    _mm512_storeu_ps(st.l[h], _mm512_add_ps(_mm512_loadu_ps(st.l[h]), e));
-    _mm512_storeu_ps(s[h], e);
-  }
+  softmax_update512<NH>(a, nt, st, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,26 +413,18 @@ HELIX_SIMD_AVX2 void softmax_avx2(const tile_args& a, const T* k, std::int64_t n
 // ---------------------------------------------------------------------------------------------
 // Engine choice and the per-task driver (plain C++, no intrinsics).
 
-template <class T>
-using softmax_fn = void (*)(const tile_args&, const T*, std::int64_t, tile_state&, float*);
-template <class T>
-using values_fn = void (*)(const tile_args&, const float*, const T*, std::int64_t);
-
-template <class T>
-struct engine {
-  softmax_fn<T> softmax[3];  // by tile width: 1, 2, 4 heads
-  values_fn<T> values[3];
-  float load_scale;  // the engine reads stored values / load_scale
-  bool split;        // q and o in pair-split order within full 32-element groups
-};
-
 constexpr int width_idx(int nh) {
   return nh == 4 ? 2 : nh - 1;
 }
 
 template <class T>
-engine<T> make_engine(simd::isa isa) {
+engine<T> make_engine(simd::isa isa, simd::isa_ext ext) {
 #if HELIX_SIMD_X86
+  if constexpr (std::is_same_v<T, fp8_e4m3_t>) {
+    if (isa == simd::isa::avx512 && ext == simd::isa_ext::vbmi && simd::cpu_has_avx512_vbmi()) {
+      return make_fp8_vbmi_engine();
+    }
+  }
   switch (isa) {
     case simd::isa::avx512:
       return {{&softmax_avx512<T, 1>, &softmax_avx512<T, 2>, &softmax_avx512<T, 4>},
@@ -508,6 +441,7 @@ engine<T> make_engine(simd::isa isa) {
   }
 #endif
   (void)isa;
+  (void)ext;
   return {{&softmax_scalar<T, 1>, &softmax_scalar<T, 2>, &softmax_scalar<T, 4>},
           {&values_scalar<T, 1>, &values_scalar<T, 2>, &values_scalar<T, 4>},
           1.0f,
@@ -688,16 +622,17 @@ std::size_t partial_floats(const attention_partial_params& p) {
   return static_cast<std::size_t>(p.num_queries * p.num_q_heads * (p.layout.value_dim + 1));
 }
 
-// Workspace: [queries in pair-split order, bf16 only] then [chunk partials, when > 1 chunk].
+// Workspace: [queries in pair-split order: bf16, and fp8 for its VBMI engine] then [chunk
+// partials, when > 1 chunk].
 std::size_t split_q_floats(const attention_partial_params& p) {
-  return p.layout.type == dtype::bf16
+  return p.layout.type == dtype::bf16 || p.layout.type == dtype::fp8_e4m3
              ? static_cast<std::size_t>(p.num_queries * p.num_q_heads * p.layout.key_dim)
              : 0;
 }
 
 template <class T>
-status run(const attention_partial_params& p, thread_pool* pool, simd::isa isa) {
-  const engine<T> eng = make_engine<T>(isa);
+status run(const attention_partial_params& p, thread_pool* pool, simd::isa isa, simd::isa_ext ext) {
+  const engine<T> eng = make_engine<T>(isa, ext);
   const std::int64_t chunks = num_chunks(p);
   const std::int64_t passes = num_passes(p);
   const std::int64_t rows = p.num_queries * p.num_q_heads;
@@ -748,10 +683,10 @@ std::size_t attention_workspace_bytes(const attention_partial_params& p) {
   return floats == 0 ? 0 : floats * sizeof(float) + 64;  // + 64: see run()
 }
 
-/// Test seam: attention_partial on a given instruction set (clamped to what the CPU supports), so
-/// one machine can check every engine against the reference.
+/// Test seam: attention_partial on a given instruction set and extensions (clamped to what the
+/// CPU supports), so one machine can check every engine against the reference.
 status attention_partial_with_isa(const attention_partial_params& p, thread_pool* pool,
-                                  simd::isa isa) {
+                                  simd::isa isa, simd::isa_ext ext) {
   HELIX_RETURN_IF_ERROR(validate_blocks(p));
   const std::size_t need = attention_workspace_bytes(p);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need)) {
@@ -761,19 +696,19 @@ status attention_partial_with_isa(const attention_partial_params& p, thread_pool
   isa = std::min(isa, simd::cpu_isa());
   switch (p.layout.type) {
     case dtype::f32:
-      return run<float>(p, pool, isa);
+      return run<float>(p, pool, isa, ext);
     case dtype::bf16:
-      return run<bf16_t>(p, pool, isa);
+      return run<bf16_t>(p, pool, isa, ext);
     case dtype::f16:
-      return run<f16_t>(p, pool, isa);
+      return run<f16_t>(p, pool, isa, ext);
     case dtype::fp8_e4m3:
-      return run<fp8_e4m3_t>(p, pool, isa);
+      return run<fp8_e4m3_t>(p, pool, isa, ext);
   }
   return invalid_argument("attention: unknown kv dtype");
 }
 
 status attention_partial(const attention_partial_params& p, thread_pool* pool) {
-  return attention_partial_with_isa(p, pool, simd::cpu_isa());
+  return attention_partial_with_isa(p, pool, simd::cpu_isa(), simd::isa_ext::vbmi);
 }
 
 }  // namespace helix::kernels::cpu

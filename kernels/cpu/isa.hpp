@@ -38,6 +38,22 @@ enum class isa : std::uint8_t { scalar, avx2, avx512 };
 #endif
 }
 
+/// Extensions beyond isa::avx512 (F/BW/VL/DQ) that some kernels use when the CPU has them:
+/// `vbmi` adds AVX512_VBMI (byte permutes: fp8 -> f32 through 128-entry byte tables) and, for
+/// kernels that want it, AVX512_BF16. Forced-ISA tests pass `none` to check that the path of
+/// CPUs without them gives the same bits.
+enum class isa_ext : std::uint8_t { none, vbmi };
+
+/// Whether the CPU has AVX512_VBMI (vpermb / vpermi2b).
+[[nodiscard]] inline bool cpu_has_avx512_vbmi() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vbmi");
+#else
+  return false;
+#endif
+}
+
 /// The best instruction set this CPU supports (detected once).
 [[nodiscard]] inline isa detect_isa() noexcept {
 #if defined(__x86_64__) || defined(__i386__)

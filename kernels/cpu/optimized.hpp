@@ -34,10 +34,13 @@ namespace helix::kernels::cpu {
 // The same kernels on a forced instruction set (one that this CPU supports), so that tests can
 // compare the AVX-512, AVX2 and scalar paths bit for bit on one machine.
 [[nodiscard]] status attention_partial_with_isa(const attention_partial_params& p,
-                                                thread_pool* pool, simd::isa isa);
+                                                thread_pool* pool, simd::isa isa,
+                                                simd::isa_ext ext = simd::isa_ext::vbmi);
 [[nodiscard]] status lse_merge_with_isa(const lse_merge_params& p, thread_pool* pool,
                                         simd::isa isa);
-[[nodiscard]] status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa);
+/// `ext`: the AVX-512 extensions gemm may use (fp8 weights convert through VBMI byte tables).
+[[nodiscard]] status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa,
+                                   simd::isa_ext ext = simd::isa_ext::vbmi);
 [[nodiscard]] status rmsnorm_with_isa(const rmsnorm_params& p, thread_pool* pool, simd::isa isa);
 [[nodiscard]] status rope_with_isa(const rope_params& p, thread_pool* pool, simd::isa isa);
 [[nodiscard]] status swiglu_with_isa(const swiglu_params& p, thread_pool* pool, simd::isa isa);

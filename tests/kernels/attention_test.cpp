@@ -84,7 +84,8 @@ struct attn_fixture : testing::paged_fixture {
 // Runs attention on `blocks` (a subset of the fixture's, or all of them).
 attn_result run_attention(const attn_fixture& f, const exec_context& ctx,
                           const std::vector<kv_block_ref>* blocks = nullptr,
-                          std::optional<simd::isa> isa = std::nullopt) {
+                          std::optional<simd::isa> isa = std::nullopt,
+                          simd::isa_ext ext = simd::isa_ext::vbmi) {
   attn_result r = testing::nan_result(f);
   attention_partial_params p = f.params(r.out.data(), r.lse.data());
   if (blocks != nullptr) {
@@ -95,7 +96,7 @@ attn_result run_attention(const attn_fixture& f, const exec_context& ctx,
   p.workspace = ws.empty() ? nullptr : ws.data();
   p.workspace_bytes = ws.size();
   const status st =
-      isa ? cpu::attention_partial_with_isa(p, ctx.pool, *isa) : attention_partial(p, ctx);
+      isa ? cpu::attention_partial_with_isa(p, ctx.pool, *isa, ext) : attention_partial(p, ctx);
   EXPECT_TRUE(st.ok()) << st.to_string();
   return r;
 }
@@ -193,16 +194,29 @@ TEST(AttentionOptimized, MatchesReferenceOverSweep) {
 }
 
 TEST(AttentionOptimized, EveryEngineMatchesReference) {
-  // The AVX2 and scalar engines serve machines without AVX-512; check them here too.
-  for (const simd::isa isa : {simd::isa::scalar, simd::isa::avx2, simd::isa::avx512}) {
+  // The AVX2 and scalar engines serve machines without AVX-512, and AVX-512 without its
+  // extensions (fp8 through F16C instead of the VBMI byte tables) those without VBMI; check them
+  // here too.
+  struct engine_case {
+    simd::isa isa;
+    simd::isa_ext ext;
+  };
+  const engine_case engines[] = {{simd::isa::scalar, simd::isa_ext::none},
+                                 {simd::isa::avx2, simd::isa_ext::none},
+                                 {simd::isa::avx512, simd::isa_ext::none},
+                                 {simd::isa::avx512, simd::isa_ext::vbmi}};
+  for (const engine_case& e : engines) {
     std::uint64_t i = 0;
     for (const attn_case& c : sweep_cases()) {
-      if (i++ % 3 != 0) continue;  // a third of the sweep per engine keeps this quick
+      // A third of the sweep per engine keeps this quick; every fp8 case for the fp8 engines.
+      if (i++ % 3 != 0 && !(c.type == dtype::fp8_e4m3 && e.isa == simd::isa::avx512)) continue;
       const attn_fixture f(c);
       const attn_result ref = run_attention(f, reference_ctx);
-      const attn_result opt = run_attention(f, {backend::cpu, nullptr, nullptr}, nullptr, isa);
+      const attn_result opt =
+          run_attention(f, {backend::cpu, nullptr, nullptr}, nullptr, e.isa, e.ext);
       expect_close(opt, ref, tolerance_for(c.type),
-                   std::string(simd::isa_name(isa)) + " " + case_name(c));
+                   std::string(simd::isa_name(e.isa)) + " ext " +
+                       std::to_string(static_cast<int>(e.ext)) + " " + case_name(c));
     }
   }
 }
@@ -422,6 +436,22 @@ HELIX_SIMD_AVX512 void bf16_split_avx512(const bf16_t* x, float* y, std::size_t 
     _mm512_storeu_ps(y + i + 16, odd);
   }
 }
+HELIX_SIMD_AVX512_VBMI void fp8_tables_avx512(const fp8_e4m3_t* x, float* y) {  // 256 values
+  for (int i = 0; i < 256; i += 64) {
+    __m512 v[4];
+    simd::fp8x64_to_f32(_mm512_loadu_si512(x + i), v);
+    for (int q = 0; q < 4; ++q) _mm512_storeu_ps(y + i + 16 * q, v[q]);
+  }
+}
+HELIX_SIMD_AVX512_VBMI void fp8_tables_split_avx512(const fp8_e4m3_t* x, float* y) {  // 256
+  for (int i = 0; i < 256; i += 32) {
+    __m512 even;
+    __m512 odd;
+    simd::fp8x32_to_f32_split(x + i, even, odd);
+    _mm512_storeu_ps(y + i, even);
+    _mm512_storeu_ps(y + i + 16, odd);
+  }
+}
 HELIX_SIMD_AVX512 void reduce16x16_avx512(const float* in, float* out) {  // in [16][16]
   __m512 a[16];
   for (int i = 0; i < 16; ++i) a[i] = _mm512_loadu_ps(in + 16 * i);
@@ -463,6 +493,41 @@ TEST(AttentionSimd, KernelLoadersAreExact) {
     }
   }
   EXPECT_EQ(bad, 0) << "bf16 pair-split";
+#else
+  GTEST_SKIP() << "x86 only";
+#endif
+}
+
+// The byte tables give every e4m3 code's exact value, NaN bits included; fp8x64_to_f32 puts each
+// in its element's lane and fp8x32_to_f32_split in pair-split order (codes in a scrambled order,
+// so a lane mix-up cannot hide).
+TEST(AttentionSimd, Fp8ByteTablesAreExactForEveryCode) {
+  for (unsigned code = 0; code < 256; ++code) {
+    const std::uint32_t want = f32_bits(to_f32(fp8_e4m3_t{static_cast<std::uint8_t>(code)}));
+    const std::uint32_t got =
+        (std::uint32_t{simd::e4m3_magnitude_bf16(code & 0x7fu)} << 16) | ((code & 0x80u) << 24);
+    EXPECT_EQ(got, want) << "code " << code;
+  }
+#if HELIX_SIMD_X86
+  if (simd::cpu_isa() < simd::isa::avx512 || !simd::cpu_has_avx512_vbmi()) {
+    GTEST_SKIP() << "no AVX512_VBMI on this CPU";
+  }
+  std::vector<fp8_e4m3_t> codes(256);
+  for (std::size_t i = 0; i < 256; ++i) codes[i].bits = static_cast<std::uint8_t>(i * 37 + 11);
+  std::vector<float> y(256);
+  fp8_tables_avx512(codes.data(), y.data());
+  int bad = 0;
+  for (std::size_t i = 0; i < 256; ++i) bad += f32_bits(y[i]) == f32_bits(to_f32(codes[i])) ? 0 : 1;
+  EXPECT_EQ(bad, 0) << "fp8x64_to_f32";
+  fp8_tables_split_avx512(codes.data(), y.data());
+  bad = 0;
+  for (std::size_t g = 0; g < 256; g += 32) {
+    for (std::size_t i = 0; i < 16; ++i) {
+      bad += f32_bits(y[g + i]) == f32_bits(to_f32(codes[g + 2 * i])) ? 0 : 1;
+      bad += f32_bits(y[g + 16 + i]) == f32_bits(to_f32(codes[g + 2 * i + 1])) ? 0 : 1;
+    }
+  }
+  EXPECT_EQ(bad, 0) << "fp8x32_to_f32_split";
 #else
   GTEST_SKIP() << "x86 only";
 #endif

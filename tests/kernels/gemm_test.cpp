@@ -257,17 +257,32 @@ TEST(GemmCpu, HandComputed) {
   }
 }
 
-// Block-scaled FP8 weights (weight-only dequantization, summed over 64 lanes): every instruction
-// set gives the same bits, for batches of 1 to 8 rows (each row the bits of that row alone),
-// tails, column cuts that start inside a block (phase) and blocks that are not multiples of 16;
-// the results agree with the f32 kernel over the weights a loader dequantizes to f32, and with
-// the reference, within the gemm tolerance.
+// The FP8 paths: AVX-512 with the VBMI byte tables, AVX-512 without them, AVX2, scalar (each
+// clamped to what the CPU has).
+struct fp8_path_case {
+  simd::isa isa;
+  simd::isa_ext ext;
+};
+constexpr fp8_path_case fp8_paths[] = {{simd::isa::avx512, simd::isa_ext::vbmi},
+                                       {simd::isa::avx512, simd::isa_ext::none},
+                                       {simd::isa::avx2, simd::isa_ext::none},
+                                       {simd::isa::scalar, simd::isa_ext::none}};
+
+// Block-scaled FP8 weights (each block's unscaled products summed, then scaled): every path gives
+// the same bits, for batches of 1 to 8 rows (each row the bits of that row alone), tails, runs of
+// 1 to 3 chunks of 16 and runs that start on an odd chunk (blocks of 16 to 48 columns, phases of
+// 16 and 48), column cuts that start inside a block (phase), a block that straddles the kernels'
+// 1024-column k blocks, and blocks that are not multiples of 16; the results agree with the f32
+// kernel over the weights a loader dequantizes to f32, and with the reference, within the gemm
+// tolerance.
 TEST(GemmCpu, Fp8WeightsAgreeWithTheirF32DequantizationOnEveryPath) {
   struct fp8_case {
     std::int64_t n, k, block_k, phase;
   };
-  const fp8_case cases[] = {{37, 256, 128, 0},   {19, 300, 128, 0}, {24, 200, 128, 32},
-                            {16, 129, 128, 112}, {9, 70, 48, 5},    {33, 2100, 128, 64}};
+  const fp8_case cases[] = {{37, 256, 128, 0},   {19, 300, 128, 0},  {24, 200, 128, 32},
+                            {16, 129, 128, 112}, {9, 70, 48, 5},     {33, 2100, 128, 64},
+                            {5, 203, 48, 16},    {7, 1100, 32, 0},   {6, 9, 128, 0},
+                            {11, 500, 16, 0},    {4, 2085, 128, 48}, {3, 177, 64, 16}};
   for (const fp8_case& f : cases) {
     const std::int64_t stride = (f.k - 1 + f.phase) / f.block_k + 1;
     std::vector<std::uint8_t> w8(static_cast<std::size_t>(f.n * f.k));
@@ -308,12 +323,12 @@ TEST(GemmCpu, Fp8WeightsAgreeWithTheirF32DequantizationOnEveryPath) {
       SCOPED_TRACE(testing::Message() << "n " << f.n << " k " << f.k << " block " << f.block_k
                                       << " phase " << f.phase << " m " << m);
       p.m = m;
-      for (const simd::isa isa : {simd::isa::avx512, simd::isa::avx2, simd::isa::scalar}) {
+      for (const fp8_path_case& path : fp8_paths) {
         std::vector<float> got(static_cast<std::size_t>(m * f.n), -1.0f);
         p.y = got.data();
-        ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, isa).ok());
+        ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, path.isa, path.ext).ok());
         EXPECT_EQ(std::memcmp(got.data(), alone.data(), sizeof(float) * got.size()), 0)
-            << "isa " << static_cast<int>(isa);
+            << "isa " << simd::isa_name(path.isa) << " ext " << static_cast<int>(path.ext);
       }
     }
     std::vector<float> ref(static_cast<std::size_t>(8 * f.n));
@@ -338,6 +353,47 @@ TEST(GemmCpu, Fp8WeightsAgreeWithTheirF32DequantizationOnEveryPath) {
         EXPECT_NEAR(alone[i], ref[i], gemm_rel_tol * mag + gemm_abs_tol);
         EXPECT_NEAR(alone[i], f32[i], gemm_rel_tol * mag + gemm_abs_tol);
       }
+    }
+  }
+}
+
+// Every finite e4m3 code (subnormals, both zeros, the largest) in every position: each path gives
+// the scalar path's bits, with `accumulate`, at one and three rows.
+TEST(GemmCpu, Fp8WeightsOfEveryCodeGiveTheSameBitsOnEveryPath) {
+  const std::int64_t n = 21;
+  const std::int64_t k = 1337;
+  std::vector<std::uint8_t> w8(static_cast<std::size_t>(n * k));
+  for (std::size_t i = 0; i < w8.size(); ++i) {
+    const auto code = static_cast<std::uint8_t>((i * 101 + i / 7) & 0xff);
+    w8[i] = (code & 0x7f) == 0x7f ? 0x00 : code;  // no NaN
+  }
+  const std::int64_t stride = (k - 1 + 80) / 128 + 1;
+  const auto sv = uniform_values(n * stride, 61, 1e-3f, 4.0f);
+  const auto x = uniform_values(3 * k, 62, -2.0f, 2.0f);
+  const auto y0 = uniform_values(3 * n, 63, -1.0f, 1.0f);
+  gemm_params p;
+  p.x = x.data();
+  p.w = w8.data();
+  p.w_type = dtype::fp8_e4m3;
+  p.w_scales = sv.data();
+  p.w_scale_stride = stride;
+  p.w_block_k = 128;
+  p.w_scale_phase = 80;
+  p.n = n;
+  p.k = k;
+  p.accumulate = true;
+  for (const std::int64_t m : {1, 3}) {
+    std::vector<float> want(y0.begin(), y0.begin() + m * n);
+    p.m = m;
+    p.y = want.data();
+    ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, simd::isa::scalar).ok());
+    for (const fp8_path_case& path : fp8_paths) {
+      std::vector<float> got(y0.begin(), y0.begin() + m * n);
+      p.y = got.data();
+      ASSERT_TRUE(cpu::gemm_with_isa(p, nullptr, path.isa, path.ext).ok());
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * got.size()), 0)
+          << "m " << m << " isa " << simd::isa_name(path.isa) << " ext "
+          << static_cast<int>(path.ext);
     }
   }
 }
