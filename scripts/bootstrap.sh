@@ -11,6 +11,11 @@ packages=(
   python3-dev pybind11-dev python3-pytest
   libpcre2-dev libutf8proc-dev libsentencepiece-dev
 )
+# The test of the official OpenAI client against helix serve (tests/serve) runs it with node and
+# npm; any node install will do (a newer one from elsewhere provides npm itself).
+if ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 # `scripts/bootstrap.sh fuzz` (what `make fuzz` runs) also needs clang 14 with its sanitizer
 # runtimes and libFuzzer; plain builds do not, so they are not installed otherwise.
 fuzz_packages=(clang-14 libclang-rt-14-dev libfuzzer-14-dev)
