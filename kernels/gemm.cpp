@@ -5,7 +5,9 @@
 
 namespace helix::kernels {
 
-status gemm(const gemm_params& p, const exec_context& ctx) {
+namespace {
+
+status check(const gemm_params& p) {
   if (p.m <= 0 || p.n <= 0 || p.k <= 0) {
     return invalid_argument("gemm: m {}, n {}, k {} must be positive", p.m, p.n, p.k);
   }
@@ -26,6 +28,13 @@ status gemm(const gemm_params& p, const exec_context& ctx) {
         p.w_scales != nullptr ? "set" : "null", p.w_block_k, p.w_scale_phase, p.w_scale_stride,
         p.k);
   }
+  return ok_status();
+}
+
+}  // namespace
+
+status gemm(const gemm_params& p, const exec_context& ctx) {
+  HELIX_RETURN_IF_ERROR(check(p));
   switch (ctx.backend) {
     case backend::reference:
       return reference::gemm(p);
@@ -35,6 +44,22 @@ status gemm(const gemm_params& p, const exec_context& ctx) {
       return failed_precondition("gemm: no CUDA implementation yet");
   }
   return internal_error("gemm: unknown backend");
+}
+
+status gemm_group(std::span<const gemm_params> ps, const exec_context& ctx) {
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    HELIX_RETURN_IF_ERROR(check(ps[i]).with_context(fmt::format("gemm_group entry {}", i)));
+  }
+  switch (ctx.backend) {
+    case backend::reference:
+      for (const gemm_params& p : ps) HELIX_RETURN_IF_ERROR(reference::gemm(p));
+      return ok_status();
+    case backend::cpu:
+      return cpu::gemm_group(ps, ctx.pool);
+    case backend::cuda:
+      return failed_precondition("gemm_group: no CUDA implementation yet");
+  }
+  return internal_error("gemm_group: unknown backend");
 }
 
 }  // namespace helix::kernels

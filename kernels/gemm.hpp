@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "core/dtype.hpp"
 #include "kernels/exec.hpp"
@@ -43,5 +44,12 @@ struct gemm_params {
 /// invalid_argument on null pointers, non-positive sizes or fp8 weights without valid scales;
 /// failed_precondition on a backend without the weight dtype (cuda).
 [[nodiscard]] status gemm(const gemm_params& p, const exec_context& ctx);
+
+/// Several independent GEMMs (typically the projections that read one input: q/k/v, gate/up) in
+/// one parallel region: their tiles are spread over the pool together, so the threads wait once
+/// instead of once per matrix and the small matrices share the threads with the large ones. Each
+/// output is bit-identical to its own gemm() (the same tiles, the same order inside each). The
+/// outputs must not overlap each other or any input. Errors as gemm(), naming the entry.
+[[nodiscard]] status gemm_group(std::span<const gemm_params> ps, const exec_context& ctx);
 
 }  // namespace helix::kernels

@@ -1,6 +1,7 @@
 #include "model/step_ops.hpp"
 
 #include <algorithm>
+#include <array>
 
 #include "kernels/embedding.hpp"
 #include "kernels/gemm.hpp"
@@ -24,9 +25,11 @@ void set_weight(kernels::gemm_params& g, const tensor& w, std::int64_t first_row
   }
 }
 
-status linear(const kernels::exec_context& ctx, const float* x, std::int64_t x_stride,
-              const tensor& w, float* y, std::int64_t y_stride, std::int64_t rows,
-              bool accumulate) {
+namespace {
+
+// y [rows, w rows] (+)= x [rows, w cols] . w^T as gemm arguments (strides 0: packed).
+kernels::gemm_params linear_params(const float* x, std::int64_t x_stride, const tensor& w, float* y,
+                                   std::int64_t y_stride, std::int64_t rows, bool accumulate) {
   kernels::gemm_params g;
   g.x = x;
   g.x_stride = x_stride;
@@ -37,7 +40,15 @@ status linear(const kernels::exec_context& ctx, const float* x, std::int64_t x_s
   g.n = w.dims()[0];
   g.k = w.dims()[1];
   g.accumulate = accumulate;
-  return kernels::gemm(g, ctx);
+  return g;
+}
+
+}  // namespace
+
+status linear(const kernels::exec_context& ctx, const float* x, std::int64_t x_stride,
+              const tensor& w, float* y, std::int64_t y_stride, std::int64_t rows,
+              bool accumulate) {
+  return kernels::gemm(linear_params(x, x_stride, w, y, y_stride, rows, accumulate), ctx);
 }
 
 status embed_tokens(const kernels::exec_context& ctx, const tensor& table, const std::int32_t* ids,
@@ -84,8 +95,11 @@ status swiglu_mlp(const kernels::exec_context& ctx, const tensor& gate_proj, con
                   bool accumulate, float* gate_ws, float* up_ws) {
   const std::int64_t f = gate_proj.dims()[0];
   const std::int64_t h = down_proj.dims()[0];
-  HELIX_RETURN_IF_ERROR(linear(ctx, in, h, gate_proj, gate_ws, f, rows));
-  HELIX_RETURN_IF_ERROR(linear(ctx, in, h, up_proj, up_ws, f, rows));
+  // gate and up read the same input: one parallel region.
+  const std::array<kernels::gemm_params, 2> gate_up = {
+      linear_params(in, h, gate_proj, gate_ws, f, rows, false),
+      linear_params(in, h, up_proj, up_ws, f, rows, false)};
+  HELIX_RETURN_IF_ERROR(kernels::gemm_group(gate_up, ctx));
   kernels::swiglu_params sw;
   sw.gate = gate_ws;
   sw.up = up_ws;
@@ -137,9 +151,11 @@ status project_gqa(const kernels::exec_context& ctx, const model_spec& spec,
   const std::int64_t d = spec.head_dim;
   const std::int64_t q_heads = q_proj.dims()[0] / d;
   const std::int64_t kv_heads = k_proj.dims()[0] / d;
-  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, q_proj, q, 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, k_proj, k, 0, rows));
-  HELIX_RETURN_IF_ERROR(linear(ctx, xn, 0, v_proj, v, 0, rows));
+  // q, k and v read the same input: one parallel region.
+  const std::array<kernels::gemm_params, 3> qkv = {linear_params(xn, 0, q_proj, q, 0, rows, false),
+                                                   linear_params(xn, 0, k_proj, k, 0, rows, false),
+                                                   linear_params(xn, 0, v_proj, v, 0, rows, false)};
+  HELIX_RETURN_IF_ERROR(kernels::gemm_group(qkv, ctx));
   kernels::rope_params r = rope_params_for(spec, rope, positions, rows, d);
   r.head_stride = d;
   r.x = q;

@@ -17,6 +17,7 @@
 // std::fma emulation of the same lanes) and how column tiles of fixed size are spread over threads
 // never change that order, so all of them give the same bits.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -370,19 +371,20 @@ void run_tile(const gemm_job& job, std::int64_t task) {
   }
 }
 
-template <dtype WT>
-void run_all(const gemm_job& job, thread_pool* pool) {
-  const std::int64_t num_col_tiles = (job.p->n + col_tile - 1) / col_tile;
-  const std::int64_t num_tasks = num_col_tiles * job.num_row_tiles;
-  parallel_for(pool, num_tasks, [&job](std::int64_t t) { run_tile<WT>(job, t); });
-}
-
 }  // namespace
 
-/// Test seam: gemm on a given instruction set and extensions (clamped to what the CPU supports).
-/// Every path must give the same bits.
-status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa, simd::isa_ext ext) {
+namespace {
+
+// One gemm's job and the function that runs one of its tiles.
+struct planned_gemm {
   gemm_job job;
+  void (*run)(const gemm_job&, std::int64_t) = nullptr;
+  std::int64_t num_tasks = 0;
+};
+
+expected<planned_gemm> plan(const gemm_params& p, simd::isa isa, simd::isa_ext ext) {
+  planned_gemm g;
+  gemm_job& job = g.job;
   job.p = &p;
   job.x_stride = p.x_stride == 0 ? p.k : p.x_stride;
   job.y_stride = p.y_stride == 0 ? p.n : p.y_stride;
@@ -392,27 +394,58 @@ status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa, sim
   } else if (isa != simd::isa::scalar && have_avx2()) {
     job.isa = simd::isa::avx2;
   }
+  g.num_tasks = (p.n + col_tile - 1) / col_tile * job.num_row_tiles;
   switch (p.w_type) {
     case dtype::f32:
-      run_all<dtype::f32>(job, pool);
-      return ok_status();
+      g.run = &run_tile<dtype::f32>;
+      return g;
     case dtype::bf16:
-      run_all<dtype::bf16>(job, pool);
-      return ok_status();
+      g.run = &run_tile<dtype::bf16>;
+      return g;
     case dtype::f16:
-      run_all<dtype::f16>(job, pool);
-      return ok_status();
+      g.run = &run_tile<dtype::f16>;
+      return g;
     case dtype::fp8_e4m3:
       job.fp8 = choose_fp8_path(p, job.isa, ext);
-      run_all<dtype::fp8_e4m3>(job, pool);
-      return ok_status();
+      g.run = &run_tile<dtype::fp8_e4m3>;
+      return g;
   }
   return failed_precondition("gemm: weight dtype {} is not supported by the cpu backend",
                              dtype_name(p.w_type));
 }
 
+}  // namespace
+
+/// Test seam: gemm on a given instruction set and extensions (clamped to what the CPU supports).
+/// Every path must give the same bits.
+status gemm_with_isa(const gemm_params& p, thread_pool* pool, simd::isa isa, simd::isa_ext ext) {
+  HELIX_ASSIGN_OR_RETURN(const planned_gemm g, plan(p, isa, ext));
+  parallel_for(pool, g.num_tasks, [&g](std::int64_t t) { g.run(g.job, t); });
+  return ok_status();
+}
+
 status gemm(const gemm_params& p, thread_pool* pool) {
   return gemm_with_isa(p, pool, simd::isa::avx512, simd::isa_ext::vbmi);
+}
+
+status gemm_group(std::span<const gemm_params> ps, thread_pool* pool) {
+  constexpr std::size_t max_group = 8;
+  if (ps.size() > max_group) {
+    return invalid_argument("gemm_group: {} gemms; at most {} in one group", ps.size(), max_group);
+  }
+  std::array<planned_gemm, max_group> gs;
+  std::array<std::int64_t, max_group + 1> first{};  // first task of each gemm
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    HELIX_ASSIGN_OR_RETURN(gs[i], plan(ps[i], simd::isa::avx512, simd::isa_ext::vbmi));
+    first[i + 1] = first[i] + gs[i].num_tasks;
+  }
+  const std::size_t n = ps.size();
+  parallel_for(pool, first[n], [&gs, &first, n](std::int64_t t) {
+    std::size_t i = 0;
+    while (i + 1 < n && t >= first[i + 1]) ++i;
+    gs[i].run(gs[i].job, t - first[i]);
+  });
+  return ok_status();
 }
 
 }  // namespace helix::kernels::cpu

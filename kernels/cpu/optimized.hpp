@@ -24,6 +24,8 @@ namespace helix::kernels::cpu {
 [[nodiscard]] status attention_partial(const attention_partial_params& p, thread_pool* pool);
 [[nodiscard]] status lse_merge(const lse_merge_params& p, thread_pool* pool);
 [[nodiscard]] status gemm(const gemm_params& p, thread_pool* pool);
+/// The gemms of `ps` in one parallel region (kernels::gemm_group); arguments already checked.
+[[nodiscard]] status gemm_group(std::span<const gemm_params> ps, thread_pool* pool);
 [[nodiscard]] status rmsnorm(const rmsnorm_params& p, thread_pool* pool);
 [[nodiscard]] status rope(const rope_params& p, thread_pool* pool);
 [[nodiscard]] status swiglu(const swiglu_params& p, thread_pool* pool);

@@ -454,6 +454,94 @@ TEST(GemmCpu, Fp8WeightsWithoutValidScalesAreInvalidArgument) {
   EXPECT_EQ(y[0], 16.0f);  // 0x38 is 1.0 in e4m3
 }
 
+// One parallel region for several projections of one input gives each output the bits of its
+// own gemm: mixed dtypes (fp8 with its block scales), shapes of one and many tiles, 1 and 5 rows,
+// on 1 and 3 threads.
+TEST(GemmCpu, AGroupGivesEachOutputTheBitsOfItsOwnGemm) {
+  constexpr std::int64_t k = 384;
+  struct member {
+    std::int64_t n;
+    dtype t;
+  };
+  const std::vector<member> members = {{1024, dtype::bf16},
+                                       {256, dtype::f32},
+                                       {37, dtype::f16},
+                                       {300, dtype::fp8_e4m3},
+                                       {5, dtype::bf16}};
+  std::vector<weights> ws;
+  std::vector<std::vector<std::uint8_t>> w8(members.size());
+  const auto sv = uniform_values(1024 * (k / 128), 61, 1e-3f, 2e-3f);
+  for (std::size_t i = 0; i < members.size(); ++i) {
+    if (members[i].t == dtype::fp8_e4m3) {
+      const auto wv = uniform_values(members[i].n * k, 62, -400.0f, 400.0f);
+      w8[i].resize(wv.size());
+      for (std::size_t j = 0; j < wv.size(); ++j) w8[i][j] = to_fp8_e4m3(wv[j]).bits;
+      ws.push_back({});
+    } else {
+      ws.push_back(make_weights(members[i].t, members[i].n, k, 70 + i));
+    }
+  }
+  thread_pool pool(3);
+  for (const std::int64_t m : {std::int64_t{1}, std::int64_t{5}}) {
+    const auto x = uniform_values(m * k, 63, -1.0f, 1.0f);
+    std::vector<gemm_params> ps(members.size());
+    std::vector<std::vector<float>> alone(members.size()), grouped(members.size());
+    for (std::size_t i = 0; i < members.size(); ++i) {
+      gemm_params& p = ps[i];
+      p.x = x.data();
+      p.w_type = members[i].t;
+      p.w = p.w_type == dtype::fp8_e4m3 ? static_cast<const void*>(w8[i].data())
+                                        : static_cast<const void*>(ws[i].bytes.data());
+      if (p.w_type == dtype::fp8_e4m3) {
+        p.w_scales = sv.data();
+        p.w_scale_stride = k / 128;
+        p.w_block_k = 128;
+      }
+      p.m = m;
+      p.n = members[i].n;
+      p.k = k;
+      alone[i].assign(static_cast<std::size_t>(m * p.n), 0.0f);
+      p.y = alone[i].data();
+      ASSERT_TRUE(gemm(p, {.pool = &pool}).ok());
+    }
+    for (thread_pool* tp : {static_cast<thread_pool*>(nullptr), &pool}) {
+      for (std::size_t i = 0; i < members.size(); ++i) {
+        grouped[i].assign(alone[i].size(), -1.0f);
+        ps[i].y = grouped[i].data();
+      }
+      ASSERT_TRUE(gemm_group(ps, {.pool = tp}).ok());
+      for (std::size_t i = 0; i < members.size(); ++i) {
+        EXPECT_EQ(std::memcmp(alone[i].data(), grouped[i].data(), sizeof(float) * alone[i].size()),
+                  0)
+            << "member " << i << " (" << dtype_name(members[i].t) << ") m " << m;
+      }
+    }
+  }
+  // Errors name the entry; more than 8 at once is refused.
+  gemm_params bad;
+  const std::vector<float> x(16, 1.0f);
+  std::vector<float> y(4);
+  const std::vector<float> w(64, 1.0f);
+  bad.x = x.data();
+  bad.w = w.data();
+  bad.y = y.data();
+  bad.m = 1;
+  bad.n = 4;
+  bad.k = 16;
+  std::vector<gemm_params> two = {bad, bad};
+  two[1].k = 0;
+  const status st = gemm_group(two, {});
+  EXPECT_EQ(st.code(), errc::invalid_argument);
+  EXPECT_NE(st.to_string().find("entry 1"), std::string::npos) << st.to_string();
+  const std::vector<gemm_params> nine(9, bad);
+  EXPECT_EQ(gemm_group(nine, {}).code(), errc::invalid_argument);
+  std::vector<std::vector<float>> ys(8, std::vector<float>(4));
+  std::vector<gemm_params> eight(8, bad);
+  for (std::size_t i = 0; i < 8; ++i) eight[i].y = ys[i].data();
+  EXPECT_TRUE(gemm_group(eight, {}).ok());
+  EXPECT_EQ(ys[7][3], 16.0f);
+}
+
 TEST(GemmCpu, InvalidShapesAreInvalidArgument) {
   const std::vector<float> x(16, 1.0f);
   std::vector<float> y(4);
