@@ -224,12 +224,12 @@ std::pair<std::string, std::vector<std::int32_t>> server::impl::take(
     (void)eng.cancel(s.request_id);  // the engine frees its KV at the next step
     finish(s);
   } else if (ev.last) {
+    bool late = false;  // a stop string completed by the last held-back bytes
     if (s.decoder) {
-      bool late = false;
       out.first += s.stop.feed(text_or_empty(s.decoder->flush()), late);
       if (!late) out.first += s.stop.finish();
     }
-    s.reason = finish_reason_text(ev.reason);
+    s.reason = late ? "stop" : finish_reason_text(ev.reason);
     if (ev.reason == actors::finish_reason::error) s.error = ev.error;
     finish(s);
   }
