@@ -51,9 +51,9 @@ TEST(ServeCommand, SigtermFinishesTheRunningStreamAndExitsZero) {
   std::thread client([&] {
     httplib::Client cli("127.0.0.1", port);
     cli.set_read_timeout(60, 0);
-    auto res =
-        cli.Post("/v1/completions", R"({"prompt": [3, 14, 15], "max_tokens": 600, "stream": true})",
-                 "application/json");
+    auto res = cli.Post("/v1/completions",
+                        R"({"prompt": [3, 14, 15], "max_tokens": 3000, "stream": true})",
+                        "application/json");
     if (res) {
       status = res->status;
       body = res->body;

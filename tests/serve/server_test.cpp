@@ -432,7 +432,7 @@ TEST(ServeHttp, DrainFinishesRunningCompletionsAndRefusesNewOnes) {
   stream_result running;
   std::thread streamer([&] {
     auto c2 = s.client();
-    running = stream_completion(c2, {{"prompt", {1, 2}}, {"max_tokens", 400}, {"stream", true}});
+    running = stream_completion(c2, {{"prompt", {1, 2}}, {"max_tokens", 3000}, {"stream", true}});
   });
   ASSERT_TRUE(eventually(*s.eng, [](const actors::engine_stats& st) { return st.active == 1; }));
   std::thread drainer([&] { s.srv->drain(30s); });
@@ -447,7 +447,7 @@ TEST(ServeHttp, DrainFinishesRunningCompletionsAndRefusesNewOnes) {
   drainer.join();
   EXPECT_TRUE(saw_503);
   EXPECT_TRUE(running.done);
-  EXPECT_EQ(running.tokens.size(), 400u);
+  EXPECT_EQ(running.tokens.size(), 3000u);
   EXPECT_EQ(running.finish_reason, "length");
 }
 
