@@ -53,7 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     HELIX_FUZZ_CHECK(documented(m.error().code()));
   }
   if (auto s = helix::transport::fault::parse_schedule(bytes)) {
-    const auto again = helix::transport::fault::parse_schedule(helix::transport::fault::to_bytes(*s));
+    const auto again =
+        helix::transport::fault::parse_schedule(helix::transport::fault::to_bytes(*s));
     HELIX_FUZZ_CHECK(again.has_value() && *again == *s);
   } else {
     HELIX_FUZZ_CHECK(documented(s.error().code()));

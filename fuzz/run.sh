@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 bin_dir=build-fuzz/bin
 work_dir=build-fuzz/fuzz-work
-all_targets=(safetensors hf_config engine_config_text engine_config_json layout cli_args cluster_wire)
+all_targets=(safetensors hf_config engine_config_text engine_config_json layout cli_args cluster_wire
+  completion_request tokenizer_json)
 read -r -a targets <<<"${FUZZ_TARGETS:-${all_targets[*]}}"
 
 limit=(-max_total_time="${FUZZ_TIME:-30}")
