@@ -47,6 +47,7 @@ void coll_slot::open(std::uint64_t call) {
   num_arrived = 0;
   holders = 0;
   shares_done = 0;
+  validated = false;
   phase = op_phase::pending;
   result = ok_status();
 }
@@ -188,7 +189,9 @@ void execute_share(const coll_slot& slot, std::size_t j) {
 // Takes an unclaimed share of a copying slot, this rank's own first; -1 when none is left.
 // Called under the group lock.
 int claim_share(coll_slot& slot, int rank) {
-  if (slot.phase != op_phase::copying) return -1;
+  // Copying starts before the arguments are checked (so that no timeout fails the call while the
+  // last arriver checks them); nothing moves until they passed.
+  if (slot.phase != op_phase::copying || !slot.validated) return -1;
   const auto me = static_cast<std::size_t>(rank);
   if (slot.claimed[me] == 0) {
     slot.claimed[me] = 1;
@@ -382,6 +385,7 @@ request local_communicator::post_collective(coll_post post, const call_options& 
       slot.phase = op_phase::done;
       group_->cv.notify_all();
     } else {
+      slot.validated = true;
       if (shared) group_->cv.notify_all();  // waiters come and take their shares
       move_shares(*group_, slot, rank_, lk);
     }

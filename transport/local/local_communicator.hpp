@@ -53,6 +53,7 @@ struct coll_slot {
   int num_arrived = 0;
   int holders = 0;  // requests not yet recycled
   int shares_done = 0;
+  bool validated = false;  // every rank's arguments checked: shares may be taken
   op_phase phase = op_phase::pending;  // copying: the shares are being moved
   status result;
 };
