@@ -5,10 +5,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <thread>
 
 #include <fmt/format.h>
@@ -271,47 +269,43 @@ int run_bench_serve(const std::vector<std::string>& args, std::ostream& out, std
   }
 
   std::vector<request_record> records(static_cast<std::size_t>(o.requests));
-  std::mutex mu;
-  std::condition_variable cv;
-  std::int64_t in_flight = 0;
-  std::int64_t finished = 0;
-  std::vector<std::thread> threads;
-  threads.reserve(records.size());
-  const auto start = clock_type::now();
-  double next_s = 0.0;
-  auto last_progress = start;
-  for (std::int64_t i = 0; i < o.requests; ++i) {
-    if (std::isfinite(o.rate)) {
-      next_s += -std::log(draw(o.seed, i, 0)) / o.rate;  // exponential gaps
-      std::this_thread::sleep_until(start + std::chrono::duration_cast<clock_type::duration>(
-                                                std::chrono::duration<double>(next_s)));
-    }
-    {
-      std::unique_lock lk(mu);
-      cv.wait(lk, [&] { return in_flight < o.max_concurrency; });
-      ++in_flight;
-    }
-    threads.emplace_back([&, i] {
-      run_one(o, i, records[static_cast<std::size_t>(i)]);
-      std::lock_guard lk(mu);
-      --in_flight;
-      ++finished;
-      cv.notify_all();
-    });
-    if (clock_type::now() - last_progress > std::chrono::seconds(1)) {
-      last_progress = clock_type::now();
-      std::lock_guard lk(mu);
-      err << fmt::format("[bench serve] {} sent, {} finished, {} in flight\n", i + 1, finished,
-                         in_flight)
-          << std::flush;
+  // Arrival times first (seeded exponential gaps, or all at once), then a pool of
+  // min(max_concurrency, requests) clients: each takes the next request, waits for its arrival
+  // and runs it, so at most max_concurrency are in flight and the threads are bounded.
+  std::vector<double> arrival_s(records.size(), 0.0);
+  if (std::isfinite(o.rate)) {
+    double t = 0.0;
+    for (std::int64_t i = 0; i < o.requests; ++i) {
+      t += -std::log(draw(o.seed, i, 0)) / o.rate;
+      arrival_s[static_cast<std::size_t>(i)] = t;
     }
   }
-  {
-    std::unique_lock lk(mu);
-    while (finished < o.requests) {
-      cv.wait_for(lk, std::chrono::seconds(1));
-      err << fmt::format("[bench serve] {} sent, {} finished, {} in flight\n", o.requests, finished,
-                         in_flight)
+  std::atomic<std::int64_t> next{0};
+  std::atomic<std::int64_t> sent{0};
+  std::atomic<std::int64_t> finished{0};
+  const auto start = clock_type::now();
+  const auto clients = std::min(o.max_concurrency, o.requests);
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(clients));
+  for (std::int64_t c = 0; c < clients; ++c) {
+    threads.emplace_back([&] {
+      for (std::int64_t i = next++; i < o.requests; i = next++) {
+        std::this_thread::sleep_until(
+            start + std::chrono::duration_cast<clock_type::duration>(
+                        std::chrono::duration<double>(arrival_s[static_cast<std::size_t>(i)])));
+        ++sent;
+        run_one(o, i, records[static_cast<std::size_t>(i)]);
+        ++finished;
+      }
+    });
+  }
+  auto last_progress = start;
+  while (finished < o.requests) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (clock_type::now() - last_progress >= std::chrono::seconds(1) || finished == o.requests) {
+      last_progress = clock_type::now();
+      err << fmt::format("[bench serve] {} sent, {} finished, {} in flight\n", sent.load(),
+                         finished.load(), sent.load() - finished.load())
           << std::flush;
     }
   }

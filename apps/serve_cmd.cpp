@@ -98,7 +98,7 @@ int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostr
   if (*workers < 1 || *workers > 64) return usage_error("--workers takes 1 to 64");
   if (*max_body < 1024) return usage_error("--max-body must be at least 1K");
   if (*threads < 4 || *threads > 4096) return usage_error("--threads takes 4 to 4096");
-  if (*grace < 0) return usage_error("--grace must be >= 0");
+  if (!(*grace >= 0 && *grace <= 86400)) return usage_error("--grace takes 0 to 86400 seconds");
   if (*temperature < 0 || *temperature > 100) {
     return usage_error("--default-temperature takes 0 to 100");
   }

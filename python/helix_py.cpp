@@ -190,10 +190,11 @@ class engine_handle {
                                         float temperature, float top_p, std::int32_t top_k,
                                         std::uint64_t seed,
                                         const std::vector<std::int32_t>& stop_token_ids) {
-    auto h = live().submit(request_of(prompt_ids(prompt), max_tokens, temperature, top_p, top_k,
-                                      seed, stops_with_eos(stop_token_ids)));
+    const std::shared_ptr<actors::engine> e = live();
+    auto h = e->submit(request_of(prompt_ids(prompt), max_tokens, temperature, top_p, top_k, seed,
+                                  stops_with_eos(stop_token_ids)));
     if (!h) raise(h.error());
-    return std::make_shared<stream_handle>(eng_, std::move(*h), tok_);
+    return std::make_shared<stream_handle>(e, std::move(*h), tok_);
   }
 
   /// Token ids for a list of ids; text for a text prompt (the model's tokenizer).
@@ -234,15 +235,16 @@ class engine_handle {
   }
 
   void cancel(std::uint64_t id) {
-    const status st = live().cancel(id);
+    const status st = live()->cancel(id);
     if (!st.ok()) raise(st);
   }
 
   py::dict stats() {
+    const std::shared_ptr<actors::engine> e = live();
     actors::engine_stats st;
     {
       py::gil_scoped_release unlocked;
-      st = live().stats();
+      st = e->stats();
     }
     py::dict d;
     d["layout"] = st.layout;
@@ -271,18 +273,22 @@ class engine_handle {
     return d;
   }
 
-  std::int64_t vocab() { return live().vocab(); }
-  std::int64_t max_request_tokens() { return live().max_request_tokens(); }
+  std::int64_t vocab() { return live()->vocab(); }
+  std::int64_t max_request_tokens() { return live()->max_request_tokens(); }
 
+  // Taken under the GIL (every method runs with it), destroyed without it: a thread using the
+  // engine holds its own reference (live()), so the engine ends with its last user.
   void close() {
+    std::shared_ptr<actors::engine> dying = std::move(eng_);
     py::gil_scoped_release unlocked;
-    eng_.reset();  // streams still held keep it alive until they go
+    dying.reset();  // streams still held keep it alive until they go
   }
 
  private:
-  actors::engine& live() {
+  // The engine, shared for the duration of a call (called with the GIL held).
+  std::shared_ptr<actors::engine> live() const {
     if (!eng_) throw py::value_error("engine: closed");
-    return *eng_;
+    return eng_;
   }
   std::shared_ptr<actors::engine> eng_;
   std::shared_ptr<const text::tokenizer> tok_;

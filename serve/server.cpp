@@ -66,6 +66,13 @@ class stop_matcher {
   std::string held_;
 };
 
+// JSON for the wire. Strings that are not UTF-8 (a request path, an engine message quoting
+// bytes) get U+FFFD instead of making dump() throw: nothing here may throw into cpp-httplib,
+// whose worker threads and error handler have no handler for it.
+std::string wire(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 // A detokenizer's text; an id the tokenizer has no spelling for (a model vocabulary padded past
 // the tokenizer's) adds no text, while token_ids still carry it.
 std::string text_or_empty(expected<std::string> piece) {
@@ -110,6 +117,7 @@ struct server::impl {
   int bound_port = 0;
   metrics_registry metrics;
   std::atomic<bool> draining{false};
+  std::atomic<bool> abandoned{false};  // drain() stopped waiting: plain completions give up
   std::atomic<std::uint64_t> next_id{0};
   mutable std::mutex mu;
   std::condition_variable idle_cv;
@@ -126,6 +134,10 @@ struct server::impl {
   std::pair<std::string, std::vector<std::int32_t>> take(completion_state& s,
                                                          const actors::token_event& ev);
   void finish(completion_state& s);
+  // One call of a streamed completion's content provider: waits up to `interval` for an event
+  // and writes its chunk (a keep-alive comment when none came); false ends the connection.
+  bool stream_step(completion_state& s, httplib::DataSink& sink,
+                   std::chrono::milliseconds interval);
   // The response of `s` was written (or its connection failed): drain() no longer waits for it.
   void release(const completion_state& s);
 };
@@ -200,7 +212,7 @@ void server::impl::refresh_engine_metrics() {
 void server::impl::reply_error(httplib::Response& res, const api_error& e) {
   metrics.add("helix_http_errors_total", 1.0, {{"status", std::to_string(e.http_status)}});
   res.status = e.http_status;
-  res.set_content(error_body(e).dump(), "application/json");
+  res.set_content(wire(error_body(e)), "application/json");
 }
 
 std::pair<std::string, std::vector<std::int32_t>> server::impl::take(
@@ -324,26 +336,31 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
   if (!r.stream) {
     std::string text;
     while (!s->finished) {
-      const std::optional<actors::token_event> ev = s->stream->next();
-      if (!ev) break;
-      text += take(*s, *ev).first;
+      const std::optional<actors::token_event> ev = s->stream->next_for(o.keepalive_interval);
+      if (ev) {
+        text += take(*s, *ev).first;
+      } else if (s->stream->finished() || abandoned) {
+        // No last event (cannot happen), or a drain gave up waiting for the engine: never hang.
+        (void)eng.cancel(s->request_id);
+        s->reason = "cancelled";
+        finish(*s);
+      }
     }
-    if (!s->finished) {  // the stream ended without a last event: cannot happen; never hang
-      s->reason = "error";
-      finish(*s);
+    if (std::string_view(s->reason) == "cancelled") {  // only drain() cancels a plain one
+      release(*s);
+      return reply_error(res, {503, "service_unavailable", "",
+                               "the server is shutting down; the completion was cancelled"});
     }
-    if (std::string_view(s->reason) == "error" || std::string_view(s->reason) == "cancelled") {
-      const status why =
-          s->error.ok() ? status(errc::aborted, "the request was cancelled") : s->error;
-      api_error e = error_from_status(why);
-      if (e.http_status < 500 && std::string_view(s->reason) == "error") e.http_status = 500;
+    if (std::string_view(s->reason) == "error") {
+      api_error e = error_from_status(s->error);
+      if (e.http_status < 500) e.http_status = 500;
       release(*s);
       return reply_error(res, e);
     }
     // Through a provider so that release() runs once the body is written: a drain that stops
     // the listener must not cut a finished completion's response.
     auto body = std::make_shared<std::string>(
-        completion_response(s->id, text, s->tokens, s->reason, s->prompt_tokens).dump());
+        wire(completion_response(s->id, text, s->tokens, s->reason, s->prompt_tokens)));
     res.set_content_provider(
         body->size(), "application/json",
         [body](std::size_t offset, std::size_t length, httplib::DataSink& sink) {
@@ -358,35 +375,11 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
   res.set_chunked_content_provider(
       "text/event-stream",
       [this, s, interval](std::size_t, httplib::DataSink& sink) {
-        if (s->finished) {  // everything was written by the previous call
-          sink.done();
-          return true;
+        try {  // cpp-httplib calls providers outside any handler: nothing may escape
+          return stream_step(*s, sink, interval);
+        } catch (...) {
+          return false;  // ends the connection; the releaser cancels the request
         }
-        const std::optional<actors::token_event> ev = s->stream->next_for(interval);
-        if (!ev) {
-          static constexpr std::string_view ping = ": keep-alive\n\n";
-          return sink.write(ping.data(), ping.size());  // fails once the client is gone
-        }
-        auto [text, ids] = take(*s, *ev);
-        std::string out;
-        if (s->finished && s->reason != nullptr && std::string_view(s->reason) == "error") {
-          api_error e = error_from_status(s->error);
-          e.http_status = 500;
-          out += "data: " + error_body(e).dump() + "\n\n";
-        } else if (!ids.empty() || !text.empty() || s->finished) {
-          const char* reason = s->finished ? s->reason : nullptr;
-          out += "data: " + completion_chunk(s->id, text, ids, reason).dump() + "\n\n";
-        }
-        if (s->finished) {
-          if (s->include_usage) {
-            out += "data: " +
-                   usage_chunk(s->id, s->prompt_tokens, static_cast<std::int64_t>(s->tokens.size()))
-                       .dump() +
-                   "\n\n";
-          }
-          out += "data: [DONE]\n\n";
-        }
-        return out.empty() || sink.write(out.data(), out.size());
       },
       [this, s](bool) {
         if (!s->finished) {
@@ -400,6 +393,40 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
       });
 }
 
+bool server::impl::stream_step(completion_state& s_ref, httplib::DataSink& sink,
+                               std::chrono::milliseconds interval) {
+  completion_state* s = &s_ref;
+  if (s->finished) {  // everything was written by the previous call
+    sink.done();
+    return true;
+  }
+  const std::optional<actors::token_event> ev = s->stream->next_for(interval);
+  if (!ev) {
+    static constexpr std::string_view ping = ": keep-alive\n\n";
+    return sink.write(ping.data(), ping.size());  // fails once the client is gone
+  }
+  auto [text, ids] = take(*s, *ev);
+  std::string out;
+  if (s->finished && s->reason != nullptr && std::string_view(s->reason) == "error") {
+    api_error e = error_from_status(s->error);
+    e.http_status = 500;
+    out += "data: " + wire(error_body(e)) + "\n\n";
+  } else if (!ids.empty() || !text.empty() || s->finished) {
+    const char* reason = s->finished ? s->reason : nullptr;
+    out += "data: " + wire(completion_chunk(s->id, text, ids, reason)) + "\n\n";
+  }
+  if (s->finished) {
+    if (s->include_usage) {
+      out +=
+          "data: " +
+          wire(usage_chunk(s->id, s->prompt_tokens, static_cast<std::int64_t>(s->tokens.size()))) +
+          "\n\n";
+    }
+    out += "data: [DONE]\n\n";
+  }
+  return out.empty() || sink.write(out.data(), out.size());
+}
+
 void server::impl::routes() {
   http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(R"({"status":"ok"})", "application/json");
@@ -409,16 +436,15 @@ void server::impl::routes() {
     const bool ready = !draining && st.health != actors::engine_health::failed;
     res.status = ready ? 200 : 503;
     res.set_content(
-        json{{"ready", ready},
-             {"draining", draining.load()},
-             {"engine", st.health == actors::engine_health::failed ? st.failure.to_string()
-                                                                   : std::string("serving")}}
-            .dump(),
+        wire(json{{"ready", ready},
+                  {"draining", draining.load()},
+                  {"engine", st.health == actors::engine_health::failed ? st.failure.to_string()
+                                                                        : std::string("serving")}}),
         "application/json");
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(
-        models_response(o.model_name, created, eng.vocab(), eng.max_request_tokens()).dump(),
+        wire(models_response(o.model_name, created, eng.vocab(), eng.max_request_tokens())),
         "application/json");
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
@@ -430,20 +456,25 @@ void server::impl::routes() {
   });
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;  // a handler wrote its own error body
-    api_error e{res.status, "invalid_request_error", "", ""};
-    if (res.status == 404) {
-      e.message = fmt::format("no route {} {}", req.method, req.path);
-    } else if (res.status == 413) {
-      e.message = "the request body is too large";
-    } else {
-      e.message = fmt::format("HTTP {}", res.status);
+    try {
+      api_error e{res.status, "invalid_request_error", "", ""};
+      if (res.status == 404) {
+        e.message = fmt::format("no route {} {}", req.method, req.path);
+      } else if (res.status == 413) {
+        e.message = "the request body is too large";
+      } else {
+        e.message = fmt::format("HTTP {}", res.status);
+      }
+      res.set_content(wire(error_body(e)), "application/json");
+    } catch (...) {  // called outside cpp-httplib's handler: nothing may escape
+      res.set_content(R"({"error":{"message":"error","type":"internal_error"}})",
+                      "application/json");
     }
-    res.set_content(error_body(e).dump(), "application/json");
   });
   http.set_exception_handler(
       [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
         res.status = 500;
-        res.set_content(error_body({500, "internal_error", "", "internal error"}).dump(),
+        res.set_content(wire(error_body({500, "internal_error", "", "internal error"})),
                         "application/json");
       });
 }
@@ -525,6 +556,7 @@ void server::drain(std::chrono::milliseconds grace) {
     if (!s.running.empty()) {
       module_logger("serve")->warn("server: {} completions still running after the drain",
                                    s.running.size());
+      s.abandoned = true;
     }
     s.stopped = true;
   }

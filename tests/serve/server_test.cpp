@@ -205,6 +205,11 @@ TEST(ServeHttp, BadRequestsGetOpenAiErrorsNamingTheField) {
   auto unknown = cli.Get("/v1/nothing");
   ASSERT_TRUE(unknown);
   EXPECT_EQ(unknown->status, 404);
+  // A path that decodes to bytes that are not UTF-8 is a 404 too (its JSON body must not throw).
+  auto binary = cli.Get("/%FF%FE");
+  ASSERT_TRUE(binary);
+  EXPECT_EQ(binary->status, 404);
+  EXPECT_FALSE(json::parse(binary->body, nullptr, false).is_discarded()) << binary->body;
   // Nothing above reached the engine; it still serves.
   EXPECT_EQ(s.eng->stats().submitted, 0);
   EXPECT_EQ(stream_completion(cli, {{"prompt", {1, 2}}, {"max_tokens", 2}, {"stream", true}})
