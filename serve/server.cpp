@@ -300,7 +300,7 @@ void server::impl::handle_completion(const httplib::Request& req, httplib::Respo
                              "stop_token_ids"});
   }
   actors::request_options ro;
-  ro.prompt = r.prompt_tokens;
+  ro.prompt = std::move(r.prompt_tokens);
   ro.max_tokens = r.max_tokens;
   ro.sampling = r.sampling;
   ro.stop_tokens = r.stop_token_ids;
@@ -495,6 +495,7 @@ expected<std::unique_ptr<server>> server::start(actors::engine& engine,
   auto p = std::make_unique<impl>(engine, codec, std::move(options));
   impl& s = *p;
   const std::size_t threads = s.o.threads;
+  // cpp-httplib's factory contract: it owns (and deletes) the queue this returns.
   s.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s.http.set_payload_max_length(s.o.max_body_bytes);
   s.http.set_read_timeout(s.o.read_timeout);
