@@ -82,22 +82,22 @@ struct engine_config {
   /// whenever at least `rebalance_min_blocks` (in [0, 2^40]) blocks per rank are resident.
   double rebalance_threshold = 0.10;
   std::int64_t rebalance_min_blocks = 64;
-  /// What a worker or data-plane failure does. "off": the engine fails (health = failed), every
-  /// request ends with the cause. "lost_blocks": as full_replay below, but the survivors keep
-  /// their KV blocks, members the new layout leaves without a rank hand theirs to the new owners
-  /// over the data plane (one TPA column), and only the dead worker's blocks are rebuilt:
-  /// synthetic positions refilled, the others computed again as prefill chunks in position order
-  /// over all earlier KV (a smaller layout keeps the TPA size where one is valid). Falls back to
-  /// a full replay when nothing can be kept (a different TPA size, a migration in flight), the
-  /// running requests no longer fit, or a survivor or donor lost its KV. "full_replay": the
-  /// engine aborts the step, rebuilds its workers
-  /// on a layout of the members that remain (the failed worker's rank dropped; the planner picks
-  /// the largest member count with a valid layout of the same family), and replays every running
-  /// request's prompt and generated tokens as a prefill: no accepted request is lost, no token is
-  /// emitted twice, and every request's tokens equal the fault-free run's. Needs a worker source
-  /// that can rebuild its workers (in-process threads, and worker processes: the surviving
-  /// processes take the new ranks, members left without one stand by for the next recovery).
-  std::string recovery = "off";
+  /// What a worker or data-plane failure does. "lost_blocks" (the default): as full_replay below,
+  /// but the survivors keep their KV blocks, members the new layout leaves without a rank hand
+  /// theirs to the new owners over the data plane (one TPA column), and only the dead worker's
+  /// blocks are rebuilt: synthetic positions refilled, the others computed again as prefill chunks
+  /// in position order over all earlier KV (a smaller layout keeps the TPA size where one is
+  /// valid). Falls back to a full replay when nothing can be kept (a different TPA size, a
+  /// migration in flight), the running requests no longer fit, or a survivor or donor lost its KV.
+  /// "full_replay": the engine aborts the step, rebuilds its workers on a layout of the members
+  /// that remain (the failed worker's rank dropped; the planner picks the largest member count with
+  /// a valid layout of the same family), and replays every running request's prompt and generated
+  /// tokens as a prefill: no accepted request is lost, no token is emitted twice, and every
+  /// request's tokens equal the fault-free run's. Needs a worker source that can rebuild its
+  /// workers (in-process threads, and worker processes: the surviving processes take the new ranks,
+  /// members left without one stand by for the next recovery). "off": the engine fails (health =
+  /// failed), every request ends with the cause.
+  std::string recovery = "lost_blocks";
   /// How long (ms, in [1, 3600000]) a worker waits in a collective for its peers before the call
   /// fails with deadline_exceeded (a hung or partitioned peer), and how long the engine waits,
   /// after a step's first worker answered, for the others (a lost reply): either is a worker

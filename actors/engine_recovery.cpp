@@ -314,8 +314,10 @@ void recover(self_ptr self, std::int64_t rank, const status& why,
   // A planned change in progress is over: its caller learns why.
   if (s.changing) abandon_change(self, why.with_context("a worker failed during the change"));
   // Shutting down (draining) or recovery off: the step in flight can never complete; every
-  // request ends with the cause and a drain is answered now.
+  // request ends with the cause and a drain is answered now. The ranks still waiting in that
+  // step's collectives are woken (not left to their peer timeout).
   if (!s.setup.relayout || s.setup.config.recovery == "off" || s.draining) {
+    if (s.setup.abort_data_plane) s.setup.abort_data_plane(why);
     s.busy = false;
     s.pending = 0;
     s.restore_op = 0;

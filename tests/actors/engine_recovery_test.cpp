@@ -356,8 +356,21 @@ TEST(EngineRecovery, PeerTimeoutOutOfRangeIsRefusedNamingIt) {
       << eng.error().message();
 }
 
-// Without recovery (the default) the same fault fails the engine, naming the worker.
-TEST(EngineRecovery, OffByDefaultFailsTheEngine) {
+// An engine configured without a recovery mode recovers by lost blocks.
+TEST(EngineRecovery, DefaultRecoversByLostBlocks) {
+  engine_config c = recovery_config(4, "helix:kvp=2,tpa=2");
+  c.recovery = engine_config{}.recovery;
+  auto eng = engine::create(c, failing_workers(1, 10));
+  ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
+  const run_result got = serve(**eng);
+  for (finish_reason r : got.reasons) EXPECT_EQ(r, finish_reason::length);
+  EXPECT_EQ(got.stats.health, engine_health::serving) << got.stats.failure.to_string();
+  ASSERT_EQ(got.stats.recoveries.size(), 1u);
+  EXPECT_EQ(got.stats.recoveries[0].mode, "lost_blocks");
+}
+
+// With recovery off the same fault fails the engine, naming the worker.
+TEST(EngineRecovery, OffFailsTheEngine) {
   engine_config c = recovery_config(4, "helix:kvp=2,tpa=2");
   c.recovery = "off";
   auto eng = engine::create(c, failing_workers(1, 10));

@@ -144,8 +144,10 @@ TEST(Processes, WorkerThatEndsBeforeJoiningFailsCreateAtOnce) {
   EXPECT_NE(msg.find("exited with code 0"), std::string::npos) << msg;
 }
 
+// With recovery off (the default recovers: tests/cluster/recovery_test.cpp).
 void expect_killed_worker_fails_the_engine() {
   engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
+  c.recovery = "off";
   auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
   const auto info = (*eng)->workers();
@@ -186,9 +188,11 @@ TEST(Processes, KilledWorkerFailsTheEngineNamingItAndNothingHangs) {
 }
 
 // A stopped worker (SIGSTOP: its connection stays up, its actor never ends) is noticed by the
-// heartbeats within a few seconds and fails the engine naming it.
+// heartbeats within a few seconds and fails the engine (recovery off) naming it.
 TEST(Processes, StoppedWorkerIsLostByHeartbeat) {
-  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=1", 2), processes());
+  engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=1", 2);
+  c.recovery = "off";
+  auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
   const auto info = (*eng)->workers();
   request_options r;
@@ -516,10 +520,12 @@ TEST(Processes, GarbageOnTheJoinPortIsDroppedAndTheEngineStillServes) {
   reap(b);
 }
 
-// A worker killed right after the engine started (before any step) fails the engine naming it;
-// a request submitted then is refused, not accepted and lost.
+// A worker killed right after the engine started (before any step) fails the engine (recovery
+// off) naming it; a request submitted then is refused, not accepted and lost.
 TEST(Processes, WorkerKilledBeforeAnyStepIsReportedBeforeRequestsArrive) {
-  auto eng = engine::create(config_for("tiny-llama", "helix:kvp=2,tpa=2", 4), processes());
+  engine_config c = config_for("tiny-llama", "helix:kvp=2,tpa=2", 4);
+  c.recovery = "off";
+  auto eng = engine::create(c, processes());
   ASSERT_TRUE(eng.has_value()) << eng.error().to_string();
   const auto info = (*eng)->workers();
   ASSERT_EQ(::kill(static_cast<pid_t>(info[0].pid), SIGKILL), 0);
