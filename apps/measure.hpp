@@ -34,4 +34,9 @@ inline double median(std::vector<double> v) {
 [[nodiscard]] std::uint64_t stream_read(const void* data, std::size_t bytes, thread_pool& pool,
                                         kernels::simd::isa isa);
 
+/// The f32 FMA peak of the pool's threads, flop/s (2 per multiply-add): independent chains of
+/// fused multiply-adds in registers with the widest vectors this CPU has, median of `repeats`
+/// runs of about 0.1 s after one warm-up. The ceiling a compute-bound kernel is measured against.
+[[nodiscard]] double fma_peak_flops_per_s(thread_pool& pool, int repeats = 5);
+
 }  // namespace helix::apps

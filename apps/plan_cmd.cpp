@@ -239,6 +239,7 @@ json calibration_json(const calibration& c) {
             {"k", c.gemm_k},
             {"dtype", "f32"},
             {"flops_per_s", number(c.gemm_flops_per_s)}}},
+          {"fma_peak_flops_per_s", number(c.fma_peak_flops_per_s)},
           {"physical_memory_bytes", number(c.physical_memory_bytes)},
           {"hardware", hardware_json(c.hw)}};
 }
@@ -654,6 +655,11 @@ int run_calibrate(const std::vector<std::string>& args, std::ostream& out, std::
       "{:<16} {:>9.1f} {:>11.1f} {:>13.1f}  kernels::gemm f32 {}x{}x{}, median of {}\n",
       "f32 GFLOP/s", c->gemm_flops_per_s / 1e9, hw.flops_f32 / 1e9, preset->flops_f32 / 1e9,
       c->gemm_m, c->gemm_n, c->gemm_k, o->repeats);
+  out << fmt::format(
+      "{:<16} {:>9.1f} {:>11.1f} {:>13}  f32 multiply-adds in registers, median of {} (the "
+      "ceiling; not used by the planner)\n",
+      "FMA peak GFLOP/s", c->fma_peak_flops_per_s / 1e9, c->fma_peak_flops_per_s / c->threads / 1e9,
+      "-", o->repeats);
   out << "Use it with: helix plan --hardware cpu --calibrate ...\n";
   return 0;
 }

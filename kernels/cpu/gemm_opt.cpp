@@ -20,6 +20,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -307,11 +308,14 @@ HELIX_TARGET_AVX512 void columns_avx512(const gemm_job& job, std::int64_t r0, st
   }
 }
 
-template <dtype WT, int C>
+template <dtype WT, int C, int RB = 4>
 HELIX_TARGET_AVX512 void tile_avx512_c(const gemm_job& job, std::int64_t r_begin,
                                        std::int64_t r_end, std::int64_t c_begin,
                                        std::int64_t c_end) {
   std::int64_t r = r_begin;
+  if constexpr (RB == 8) {
+    for (; r + 8 <= r_end; r += 8) columns_avx512<WT, 8, C>(job, r, c_begin, c_end);
+  }
   for (; r + 4 <= r_end; r += 4) columns_avx512<WT, 4, C>(job, r, c_begin, c_end);
   switch (r_end - r) {
     case 3:
@@ -338,8 +342,20 @@ HELIX_TARGET_AVX512 void tile_avx512_c(const gemm_job& job, std::int64_t r_begin
 template <dtype WT>
 HELIX_TARGET_AVX512 void tile_avx512(const gemm_job& job, std::int64_t r_begin, std::int64_t r_end,
                                      std::int64_t c_begin, std::int64_t c_end) {
+  static const int knob = [] {  // EXPERIMENT
+    const char* e = std::getenv("HELIX_GEMM_KNOB");
+    return e ? std::atoi(e) : 0;
+  }();
   if (job.p->m <= small_batch_rows) {
     tile_avx512_c<WT, 1>(job, r_begin, r_end, c_begin, c_end);
+  } else if (knob == 1) {
+    tile_avx512_c<WT, 1>(job, r_begin, r_end, c_begin, c_end);
+  } else if (knob == 2) {
+    tile_avx512_c<WT, 2>(job, r_begin, r_end, c_begin, c_end);
+  } else if (knob == 3) {
+    tile_avx512_c<WT, 2, 8>(job, r_begin, r_end, c_begin, c_end);
+  } else if (knob == 4) {
+    tile_avx512_c<WT, 3, 8>(job, r_begin, r_end, c_begin, c_end);
   } else {
     tile_avx512_c<WT, avx512_cols>(job, r_begin, r_end, c_begin, c_end);
   }

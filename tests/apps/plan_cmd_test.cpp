@@ -304,6 +304,7 @@ TEST(Calibrate, MeasuresPositiveFiguresAndFillsTheCpuPreset) {
   EXPECT_LT(c->all_reduce_latency_s, 0.1);
   EXPECT_GT(c->all_reduce_bytes_per_s, 1e6);
   EXPECT_GT(c->gemm_flops_per_s, 1e8);
+  EXPECT_GT(c->fma_peak_flops_per_s, 1e8);
   EXPECT_GT(c->physical_memory_bytes, 1e8);
   const planner::hardware& hw = c->hw;
   EXPECT_EQ(hw.name, "cpu-calibrated");
@@ -334,6 +335,7 @@ TEST(Calibrate, CommandAndPlanOnTheCalibratedPreset) {
   EXPECT_GT(j["stream"]["bytes_per_s"].get<double>(), 0.0);
   EXPECT_GT(j["all_reduce"]["latency_s"].get<double>(), 0.0);
   EXPECT_GT(j["gemm"]["flops_per_s"].get<double>(), 0.0);
+  EXPECT_GT(j["fma_peak_flops_per_s"].get<double>(), 0.0);
   EXPECT_EQ(j["hardware"]["name"], "cpu-calibrated");
   EXPECT_EQ(j["preset"]["name"], "cpu");
 
