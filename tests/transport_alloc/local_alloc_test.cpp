@@ -1,44 +1,14 @@
 // The local fabric allocates nothing per call once a group is warm (issue 13: collectives without
-// waste). This binary replaces the global operator new with one that counts, per thread, the
-// allocations made while counting is on; it is its own executable so that no other test runs
-// with the replacement.
-#include <atomic>
-#include <cstdlib>
-#include <new>
+// waste). Each rank thread counts its own allocations (counting_new.hpp: this binary replaces the
+// global operator new; it is its own executable so that no other test runs with the
+// replacement).
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "tests/transport_alloc/counting_new.hpp"
 #include "transport/transport.hpp"
-
-namespace {
-
-thread_local bool counting = false;
-thread_local long allocations = 0;
-
-}  // namespace
-
-void* operator new(std::size_t n) {
-  if (counting) ++allocations;
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) {
-  return operator new(n);
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace helix::transport {
 namespace {
@@ -89,10 +59,10 @@ TEST(LocalFabric, WarmCollectivesAllocateNothingPerCall) {
       std::vector<float> small(1024, 1.f), large(128 * 1024, 0.5f);  // 4 KiB, 512 KiB
       std::vector<float> a2a_out(large.size()), gathered(small.size());
       for (int round = 0; round < 20; ++round) one_round(**comm, small, large, a2a_out, gathered);
-      counting = true;
+      test_alloc::count_this_thread(true);
       for (int round = 0; round < 100; ++round) one_round(**comm, small, large, a2a_out, gathered);
-      counting = false;
-      counted[static_cast<std::size_t>(rank)] = allocations;
+      test_alloc::count_this_thread(false);
+      counted[static_cast<std::size_t>(rank)] = test_alloc::this_thread_allocations();
     });
   }
   for (auto& t : threads) t.join();
@@ -118,17 +88,17 @@ TEST(LocalFabric, CallsBeyondTheRingAreCountedAllocating) {
       std::vector<request> reqs;
       reqs.reserve(bufs.size());
       for (int round = 0; round < 2; ++round) {  // the first round fills the request pool
-        counting = round == 1;
+        test_alloc::count_this_thread(round == 1);
         for (auto& b : bufs) {
           reqs.push_back(comm.value()->iall_reduce(as_send(std::span<const float>(b)),
                                                    as_recv(std::span<float>(b))));
         }
-        counting = false;
+        test_alloc::count_this_thread(false);
         for (auto& r : reqs) HELIX_CHECK(r.wait().ok(), "iall_reduce");
         reqs.clear();
       }
       for (auto& b : bufs) HELIX_CHECK(b[0] == 4.f, "sum");
-      counted[static_cast<std::size_t>(rank)] = allocations;
+      counted[static_cast<std::size_t>(rank)] = test_alloc::this_thread_allocations();
     });
   }
   for (auto& t : threads) t.join();

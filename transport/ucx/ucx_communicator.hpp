@@ -1,6 +1,8 @@
 // UCX backend, internal: one rank's communicator on one group. It checks its own arguments,
 // numbers its collectives, and hands each call to the fabric's progress thread; requests wait
-// on the fabric. The fabric must outlive its communicators and their requests.
+// on the fabric. The fabric must outlive its communicators and their requests. A call's op_state
+// and request come from the communicator's call_pool, so that a warm communicator allocates
+// nothing per call.
 #pragma once
 
 #include <memory>
@@ -9,10 +11,14 @@
 
 namespace helix::transport::ucx {
 
+// Pooled op_states and requests of one communicator (ucx_communicator.cpp). Shared by the
+// communicator, its requests and its live op_states; thread-safe (an op_state's last reference
+// may go on the progress thread).
+class call_pool;
+
 class ucx_communicator final : public collective_communicator {
  public:
-  ucx_communicator(ucx_fabric_impl* fabric, std::shared_ptr<group> g)
-      : fabric_(fabric), group_(std::move(g)) {}
+  ucx_communicator(ucx_fabric_impl* fabric, std::shared_ptr<group> g);
 
   int rank() const override { return group_->me; }
   int size() const override { return static_cast<int>(group_->members.size()); }
@@ -31,9 +37,12 @@ class ucx_communicator final : public collective_communicator {
   [[nodiscard]] std::optional<clock::time_point> deadline(const call_options& opts) const;
 
   [[nodiscard]] request post_p2p(std::shared_ptr<op_state> op, const call_options& opts);
+  // Hands `op` to the progress thread; its request comes from the pool.
+  [[nodiscard]] request post_op(std::shared_ptr<op_state> op);
 
   ucx_fabric_impl* fabric_;
   std::shared_ptr<group> group_;
+  std::shared_ptr<call_pool> pool_;
   std::uint64_t next_seq_ = 0;  // same on every rank of the group for the same call
 };
 

@@ -216,6 +216,7 @@ status ucx_fabric_impl::start() {
     }
   }
   const auto world = static_cast<std::size_t>(opts_.world_size);
+  size_pools();
   eps_.assign(world, nullptr);
   peer_failed_.assign(world, ok_status());
   same_host_pid_.assign(world, 0);
@@ -246,7 +247,9 @@ ucx_fabric_impl::~ucx_fabric_impl() {
     (void)!::write(event_fd_, &one, sizeof(one));
     thread_.join();
   }
-  if (!inflight_.empty() || leak_worker_) {
+  const auto in_flight =
+      std::count_if(tokens_.begin(), tokens_.end(), [](const auto& t) { return t->in_flight; });
+  if (in_flight > 0 || leak_worker_) {
     // UCX 1.13 asserts (aborting the process) when a worker is destroyed with transfers still
     // in flight, which an abandoned transfer to a failed peer can be: leak the worker, the
     // context and the tokens instead. This happens only after a peer failure.
@@ -254,7 +257,7 @@ ucx_fabric_impl::~ucx_fabric_impl() {
         ->warn(
             "ucx fabric rank {}: {} transfers never completed; the UCX worker is not "
             "destroyed",
-            opts_.rank, inflight_.size());
+            opts_.rank, in_flight);
     worker_ = nullptr;
     context_ = nullptr;
   }
@@ -431,6 +434,7 @@ expected<std::unique_ptr<communicator>> ucx_fabric_impl::make_communicator(
     g->id = h;
   }
   g->members = std::move(members);
+  g->prepare();
   run_command([this, g] {
     groups_[g->id] = g;
     auto it2 = orphans_.find(g->id);
@@ -473,13 +477,20 @@ status ucx_fabric_impl::abort_status() const {
 }
 
 void ucx_fabric_impl::post(std::shared_ptr<op_state> op) {
-  enqueue([this, op = std::move(op)] {
-    if (op->is_coll) {
-      start_coll(op);
-    } else {
-      start_p2p(op);
-    }
-  });
+  {
+    std::lock_guard lk(mu_);
+    posted_.push_back(std::move(op));
+  }
+  const std::uint64_t one = 1;
+  (void)!::write(event_fd_, &one, sizeof(one));
+}
+
+void ucx_fabric_impl::start_op(const std::shared_ptr<op_state>& op) {
+  if (op->is_coll) {
+    start_coll(op);
+  } else {
+    start_p2p(op);
+  }
 }
 
 status ucx_fabric_impl::wait(op_state& op) {
@@ -489,6 +500,8 @@ status ucx_fabric_impl::wait(op_state& op) {
 }
 
 void ucx_fabric_impl::finish(op_state& op, status st) {
+  // Out of the deadline heap first; its reference (maybe the last) goes at the end.
+  const std::shared_ptr<op_state> keep = deadlines_.remove(op);
   {
     std::lock_guard lk(done_mu_);
     op.result = std::move(st);
@@ -527,6 +540,7 @@ ucs_status_t ucx_fabric_impl::on_am(void* arg, const void* header, size_t header
     ret = UCS_INPROGRESS;
   } else if (length > 0) {
     const auto* b = static_cast<const std::byte*>(data);
+    m.copied = self->take_copy_buffer();
     m.copied.assign(b, b + length);
   }
   self->incoming_.push_back(std::move(m));
@@ -536,19 +550,19 @@ ucs_status_t ucx_fabric_impl::on_am(void* arg, const void* header, size_t header
 void ucx_fabric_impl::on_send_done(void* request, ucs_status_t st, void* user_data) {
   ucp_request_free(request);
   auto* token = static_cast<send_token*>(user_data);
-  token->fabric->events_.push_back({token, st, -1});
+  token->fabric->complete(token, st);
 }
 
 void ucx_fabric_impl::on_recv_done(void* request, ucs_status_t st, size_t /*length*/,
                                    void* user_data) {
   ucp_request_free(request);
   auto* token = static_cast<send_token*>(user_data);
-  token->fabric->events_.push_back({token, st, -1});
+  token->fabric->complete(token, st);
 }
 
 void ucx_fabric_impl::on_ep_error(void* arg, ucp_ep_h /*ep*/, ucs_status_t st) {
   const auto* ref = static_cast<const peer_ref*>(arg);
-  ref->fabric->events_.push_back({nullptr, st, ref->rank});
+  ref->fabric->events_.push_back({nullptr, 0, st, ref->rank});
 }
 
 // ---- the progress thread ----
@@ -561,10 +575,13 @@ void ucx_fabric_impl::progress_loop() {
     {
       std::lock_guard lk(mu_);
       batch.swap(commands_);
+      starting_.swap(posted_);
       stopping = stop_;
     }
     for (auto& fn : batch) fn();
     batch.clear();
+    for (const auto& op : starting_) start_op(op);
+    starting_.clear();
     // Bounded: with a dead peer UCX can report progress forever (keepalive retries).
     for (int i = 0; i < 64 && ucp_worker_progress(worker_) != 0; ++i) {
     }
@@ -579,7 +596,7 @@ void ucx_fabric_impl::progress_loop() {
     const bool pulling = pulled || swapped;
     {
       std::lock_guard lk(mu_);
-      if (!commands_.empty() || stop_) continue;
+      if (!commands_.empty() || !posted_.empty() || stop_) continue;
     }
     if (pulling || !incoming_.empty() || !events_.empty()) continue;
     // UCS_ERR_BUSY: UCX has work it could not finish yet. Poll without blocking (so peer
@@ -592,7 +609,7 @@ void ucx_fabric_impl::progress_loop() {
     std::int64_t timeout_ms = opts_.world_size > 1 ? opts_.keepalive_interval.count() : -1;
     if (!deadlines_.empty()) {
       const auto left =
-          std::chrono::ceil<std::chrono::milliseconds>(deadlines_.begin()->first - clock::now());
+          std::chrono::ceil<std::chrono::milliseconds>(deadlines_.earliest() - clock::now());
       const std::int64_t d = std::clamp<std::int64_t>(left.count(), 0, 60000);
       timeout_ms = timeout_ms < 0 ? d : std::min(timeout_ms, d);
     }
@@ -626,7 +643,9 @@ void ucx_fabric_impl::progress_loop() {
   }
   handle_events();
   // Pull tokens hold nothing of UCX's: descriptors no peer answered are simply forgotten.
-  std::erase_if(inflight_, [](const auto& kv) { return kv.first->pull_id != 0; });
+  for (auto& t : tokens_) {
+    if (t->in_flight && t->pull_id != 0) recycle_token(t.get());
+  }
   pulls_out_.clear();
   for (ucp_ep_h& ep : eps_) {
     if (ep == nullptr) continue;
@@ -669,68 +688,74 @@ void ucx_fabric_impl::progress_loop() {
 
 void ucx_fabric_impl::handle_events() {
   // Handlers may produce more events and messages (immediate completions): loop until quiet.
+  // (The taken vectors are members, so that their capacity is kept; this never nests.)
   while (!incoming_.empty() || !events_.empty()) {
-    std::vector<held_msg> msgs;
-    msgs.swap(incoming_);
-    for (auto& m : msgs) dispatch(std::move(m));
-    std::vector<event> evs;
-    evs.swap(events_);
-    for (const event& e : evs) {
+    dispatching_.swap(incoming_);
+    for (auto& m : dispatching_) dispatch(std::move(m));
+    dispatching_.clear();
+    handling_.swap(events_);
+    for (const event& e : handling_) {
       if (e.token == nullptr) {
         fail_peer(e.peer, make_error(errc::unavailable, "peer rank {} failed: {}", e.peer,
                                      ucs_status_string(e.st)));
         continue;
       }
-      const auto owned = inflight_.find(e.token);
-      if (owned == inflight_.end()) continue;
-      std::unique_ptr<send_token> t = std::move(owned->second);
-      inflight_.erase(owned);
-      if (t->abandoned) continue;
-      const bool failed = e.st != UCS_OK;
-      switch (t->what) {
-        case send_token::kind::slot_send:
-        case send_token::kind::slot_recv: {
-          coll_slot& s = *t->slot;
-          (t->what == send_token::kind::slot_send ? s.sends_in_flight : s.recvs_in_flight)--;
-          if (failed && !s.decided) {
-            fail_slot(*t->g, s,
-                      make_error(errc::unavailable, "{} #{}: data to or from a peer failed: {}",
-                                 op_kind_name(s.op ? s.op->args.kind : op_kind::barrier), s.seq,
-                                 ucs_status_string(e.st)));
-          } else {
-            advance(*t->g, s);
-          }
-          break;
-        }
-        case send_token::kind::op_send:
-        case send_token::kind::op_recv: {
-          op_state& op = *t->op;
-          --op.ucx_in_flight;
-          if (failed && !op.decided) {
-            op.decided = true;
-            op.outcome = make_error(errc::unavailable, "{} rank {} <-> peer {}: {}",
-                                    op.is_send ? "send" : "recv", t->g->me, op.peer,
-                                    ucs_status_string(e.st));
-          }
-          if (t->what == send_token::kind::op_recv && !op.decided) {
-            op.decided = true;
-            op.outcome = ok_status();
-          }
-          if (t->what == send_token::kind::op_recv) {  // the sender waits for the outcome
-            wire_header h;
-            h.type = msg_type::p2p_ack;
-            h.group_id = t->g->id;
-            h.src = t->g->me;
-            h.seq = op.send_id;
-            send_notice(t->g->members[static_cast<std::size_t>(op.peer)], h, op.outcome);
-          }
-          advance_p2p(*t->g, op);
-          break;
-        }
-        case send_token::kind::notice:
-          break;
-      }
+      send_token* t = e.token;
+      if (!t->in_flight || t->generation != e.generation) continue;
+      // Out of the in-flight set at once (nothing below abandons it), back to the pool after.
+      t->in_flight = false;
+      handle_completion(t, e.st);
+      recycle_token(t);
     }
+    handling_.clear();
+  }
+}
+
+void ucx_fabric_impl::handle_completion(send_token* t, ucs_status_t st) {
+  if (t->abandoned) return;
+  const bool failed = st != UCS_OK;
+  switch (t->what) {
+    case send_token::kind::slot_send:
+    case send_token::kind::slot_recv: {
+      coll_slot& s = *t->slot;
+      (t->what == send_token::kind::slot_send ? s.sends_in_flight : s.recvs_in_flight)--;
+      if (failed && !s.decided) {
+        fail_slot(*t->g, s,
+                  make_error(errc::unavailable, "{} #{}: data to or from a peer failed: {}",
+                             op_kind_name(s.op ? s.op->args.kind : op_kind::barrier), s.seq,
+                             ucs_status_string(st)));
+      } else {
+        advance(*t->g, s);
+      }
+      break;
+    }
+    case send_token::kind::op_send:
+    case send_token::kind::op_recv: {
+      op_state& op = *t->op;
+      --op.ucx_in_flight;
+      if (failed && !op.decided) {
+        op.decided = true;
+        op.outcome =
+            make_error(errc::unavailable, "{} rank {} <-> peer {}: {}",
+                       op.is_send ? "send" : "recv", t->g->me, op.peer, ucs_status_string(st));
+      }
+      if (t->what == send_token::kind::op_recv && !op.decided) {
+        op.decided = true;
+        op.outcome = ok_status();
+      }
+      if (t->what == send_token::kind::op_recv) {  // the sender waits for the outcome
+        wire_header h;
+        h.type = msg_type::p2p_ack;
+        h.group_id = t->g->id;
+        h.src = t->g->me;
+        h.seq = op.send_id;
+        send_notice(t->g->members[static_cast<std::size_t>(op.peer)], h, op.outcome);
+      }
+      advance_p2p(*t->g, op);
+      break;
+    }
+    case send_token::kind::notice:
+      break;
   }
 }
 
@@ -742,28 +767,18 @@ void ucx_fabric_impl::release(held_msg& m) {
   if (m.ucx_owned && m.data != nullptr) ucp_am_data_release(worker_, m.data);
   m.data = nullptr;
   m.ucx_owned = false;
+  if (m.copied.capacity() > 0) {
+    m.copied.clear();
+    copy_pool_.push_back(std::move(m.copied));
+  }
 }
 
-send_token* ucx_fabric_impl::new_token(send_token::kind what, group* g, coll_slot* slot,
-                                       std::shared_ptr<op_state> op, int peer) {
-  auto t = std::make_unique<send_token>();
-  t->what = what;
-  t->g = g;
-  t->slot = slot;
-  t->op = std::move(op);
-  t->fabric = this;
-  t->peer = peer;
-  send_token* raw = t.get();
-  inflight_.emplace(raw, std::move(t));
-  return raw;
-}
-
-std::vector<std::byte> ucx_fabric_impl::make_header(const wire_header& h,
-                                                    std::span<const std::size_t> send_counts,
-                                                    std::span<const std::size_t> recv_counts,
-                                                    std::string_view text) {
+void ucx_fabric_impl::write_header(std::vector<std::byte>& out, const wire_header& h,
+                                   std::span<const std::size_t> send_counts,
+                                   std::span<const std::size_t> recv_counts,
+                                   std::string_view text) {
   const std::size_t counts = send_counts.size() + recv_counts.size();
-  std::vector<std::byte> out(sizeof(wire_header) + counts * sizeof(std::uint64_t) + text.size());
+  out.resize(sizeof(wire_header) + counts * sizeof(std::uint64_t) + text.size());
   wire_header hh = h;
   hh.n_counts = static_cast<std::uint16_t>(send_counts.size());
   std::memcpy(out.data(), &hh, sizeof(hh));
@@ -776,14 +791,13 @@ std::vector<std::byte> ucx_fabric_impl::make_header(const wire_header& h,
     }
   }
   if (!text.empty()) std::memcpy(c, text.data(), text.size());
-  return out;
 }
 
 void ucx_fabric_impl::send_msg(int global_peer, send_token* token, std::size_t header_bytes,
                                const void* data, std::size_t bytes) {
   ucp_ep_h ep = eps_[static_cast<std::size_t>(global_peer)];
   if (ep == nullptr) {
-    events_.push_back({token, UCS_ERR_NOT_CONNECTED, -1});
+    complete(token, UCS_ERR_NOT_CONNECTED);
     return;
   }
   if (data == nullptr) {
@@ -798,9 +812,9 @@ void ucx_fabric_impl::send_msg(int global_peer, send_token* token, std::size_t h
       ucp_am_send_nbx(ep, am_id, token->header.data(), header_bytes, data, bytes, &p);
   if (UCS_PTR_IS_PTR(req)) token->request = req;
   if (req == nullptr) {
-    events_.push_back({token, UCS_OK, -1});
+    complete(token, UCS_OK);
   } else if (UCS_PTR_IS_ERR(req)) {
-    events_.push_back({token, UCS_PTR_STATUS(req), -1});
+    complete(token, UCS_PTR_STATUS(req));
   }
 }
 
@@ -808,7 +822,7 @@ void ucx_fabric_impl::send_notice(int global_peer, wire_header h, const status& 
   if (eps_[static_cast<std::size_t>(global_peer)] == nullptr) return;
   h.error_code = static_cast<std::uint8_t>(st.code());
   auto* token = new_token(send_token::kind::notice, nullptr, nullptr, nullptr, global_peer);
-  token->header = make_header(h, {}, {}, st.message());
+  write_header(token->header, h, {}, {}, st.message());
   send_msg(global_peer, token, sizeof(wire_header), nullptr, 0);
 }
 

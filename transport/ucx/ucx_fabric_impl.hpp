@@ -2,9 +2,9 @@
 // protocol that runs every collective and point-to-point call over UCP active messages.
 //
 // Only transport/ucx/*.cpp include this. Threads: callers (communicators, connect, abort) only
-// queue commands and wait for their operation's `done`; everything that touches UCX or the
-// protocol state (groups, slots, held messages) runs on the progress thread. UCX callbacks only
-// queue events, handled by the same thread after ucp_worker_progress() returns.
+// queue commands and calls (posted_) and wait for their operation's `done`; everything that touches
+// UCX or the protocol state (groups, slots, held messages) runs on the progress thread. UCX
+// callbacks only queue events, handled by the same thread after ucp_worker_progress() returns.
 //
 // Protocol (one AM id; a fixed wire_header, then payload):
 // - Collective call #seq of a group: phase 0 sends one message from every rank to every other
@@ -39,6 +39,21 @@
 //   region mapping, not other memory): the buffer's contents are unspecified, as after any failure.
 // Messages that arrive before their group or call exists are held (their UCX descriptors kept,
 // rendezvous data not yet fetched) and consumed when it appears.
+//
+// Nothing is allocated per call once a communicator is warm (the decode path's calls; connect,
+// group creation, a communicator's first calls and failures may allocate): every structure below
+// is pooled or keeps its capacity. A communicator's op_states and requests come from its
+// call_pool (ucx_communicator.cpp); posts reach the progress thread through a vector swapped under
+// the lock (posted_), not as std::function commands; a group's coll_slots are recycled through a
+// free list (their vectors cleared, capacity kept) and the open ones are a short vector searched
+// by seq; send_tokens come from the fabric's token pool and keep their header buffer (a flag and
+// a generation in the token replace a map of the tokens in flight); deadlines are a heap in a
+// vector that a call leaves when it finishes; eager payloads that UCX does not let us keep are
+// copied into pooled buffers; queues are vectors. How many of these are in use at once depends on
+// timing (peers running a call ahead, completions still to come), so the fabric's pools and queues
+// are sized once from the world size (size_pools) and a group's slots when it is made
+// (group::prepare); past that they grow when needed and keep what they grew to. Not covered:
+// all_to_all_v (each received message's counts are a fresh vector).
 #pragma once
 
 #include <ucp/api/ucp.h>
@@ -46,14 +61,13 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "transport/collective.hpp"
@@ -131,7 +145,8 @@ struct held_msg {
   bool rndv = false;
   std::optional<pull_desc> pull;  // unanswered pull descriptor: release() answers it
   bool ucx_owned = false;         // data must go back through ucp_am_data_release / recv_data
-  std::vector<std::byte> copied;  // payload copied out of a non-persistent eager message
+  std::vector<std::byte> copied;  // payload copied out of a non-persistent eager message (a
+                                  // buffer of the fabric's copy pool: release() gives it back)
   [[nodiscard]] const std::byte* eager_bytes() const {
     return copied.empty() ? static_cast<const std::byte*>(data) : copied.data();
   }
@@ -155,6 +170,8 @@ struct op_state {
   // Completion: result is written before done is set (under the fabric's done mutex).
   std::atomic<bool> done{false};
   status result;
+  // Progress thread only: its place in the deadline heap while it is there.
+  std::size_t deadline_idx = std::numeric_limits<std::size_t>::max();
   // Progress thread only (point to point).
   std::uint64_t send_id = 0;
   int ucx_in_flight = 0;
@@ -163,17 +180,24 @@ struct op_state {
   bool matched = false;
 };
 
-// One collective call of one group as the progress thread tracks it.
+// One collective call of one group as the progress thread tracks it. Recycled through the group's
+// free list: open() resets it for another call and keeps the capacity of its vectors.
 struct coll_slot {
+  /// Sized for a group of `group_size` (open() then allocates nothing).
+  explicit coll_slot(std::size_t group_size);
+  void open(std::uint64_t call, std::size_t group_size);
+
   std::uint64_t seq = 0;
   std::shared_ptr<op_state> op;  // once posted here
   std::vector<coll_post> posts;  // every rank's arguments, by group rank (phase 0 headers)
   std::vector<std::vector<std::size_t>> counts;  // backing of remote all_to_all_v counts
   std::vector<std::uint8_t> got[2];              // per rank: its phase-p message consumed
   int got_count[2] = {0, 0};
-  std::vector<held_msg> held;      // arrived before they could be consumed
-  std::vector<std::byte> scratch;  // all_reduce: incoming chunks, then the sum; in-place
-                                   // all_to_all: outgoing slices of pairs that do not swap
+  std::vector<held_msg> held;        // arrived before they could be consumed
+  std::vector<held_msg> held_taken;  // `held` while it is being gone through (reconsider_held)
+  std::vector<std::byte> scratch;    // all_reduce: incoming chunks, then the sum; in-place
+                                     // all_to_all: outgoing slices of pairs that do not swap
+                                     // (from the group's scratch_pool while the call is open)
   std::vector<std::optional<swap_desc>> swap_from;  // in-place all_to_all, by group rank
   std::vector<std::uint8_t> swap_to;                // whether this rank sent that rank one
   int phase = 0;
@@ -185,25 +209,30 @@ struct coll_slot {
 
 class ucx_fabric_impl;
 
-// What a UCX completion belongs to. Owned by the progress thread from post to completion.
+// What a UCX completion belongs to. Owned by the fabric's token pool; in flight (taken by the
+// progress thread) from post to completion, then back in the pool.
 struct send_token {
   enum class kind : std::uint8_t { slot_send, slot_recv, op_send, op_recv, notice };
   kind what = kind::notice;
   group* g = nullptr;
   coll_slot* slot = nullptr;  // slots outlive their in-flight sends and receives
   std::shared_ptr<op_state> op;
-  std::vector<std::byte> header;  // AM header, then any text payload: kept until the send completes
+  std::vector<std::byte> header;  // AM header, then any text payload: kept until the send
+                                  // completes (its capacity stays with the pooled token)
   ucx_fabric_impl* fabric = nullptr;
   int peer = -1;              // global rank at the other end
   bool abandoned = false;     // already counted out: the completion, when it comes, is ignored
   void* request = nullptr;    // UCX's request while it is in flight (for cancelling)
   std::uint64_t pull_id = 0;  // a pull token: no UCX request, completed by the peer's `pulled`
   std::optional<std::chrono::steady_clock::time_point> stuck_since;  // its call is decided
+  bool in_flight = false;        // taken from the pool and not yet completed (or abandoned pull)
+  std::uint32_t generation = 0;  // bumped whenever it goes back to the pool
 };
 
 // A UCX callback's outcome, handled after ucp_worker_progress() returns.
 struct event {
-  send_token* token = nullptr;  // null for an endpoint error
+  send_token* token = nullptr;   // null for an endpoint error
+  std::uint32_t generation = 0;  // the token's when queued: a token reused since is not this one
   ucs_status_t st = UCS_OK;
   int peer = -1;  // endpoint errors: the peer's global rank
 };
@@ -232,17 +261,61 @@ struct swap_job {
 };
 
 struct group {
+  /// Makes the slots of the calls a group has open at once in steady state (a call or two of
+  /// this rank's, peers' next ones, calls whose last sends are still completing) and sizes its
+  /// queues; more are made only when needed.
+  void prepare(std::size_t num_slots = 8);
+  /// The point-to-point queue of (peer, tag) in `queues`, made (with room for a few) on first use.
+  template <class Queue>
+  static Queue& queue_of(std::map<std::pair<int, int>, Queue>& queues, int peer, int tag) {
+    auto [it, made] = queues.try_emplace({peer, tag});
+    if (made) it->second.reserve(4);
+    return it->second;
+  }
+
   std::uint64_t id = 0;
   std::vector<int> members;  // global ranks by group rank
   int me = 0;                // this process's group rank
   // Progress thread only:
-  std::map<std::uint64_t, std::unique_ptr<coll_slot>> slots;
-  std::uint64_t posted_end = 0;  // collectives posted here so far
-  std::map<std::pair<int, int>, std::deque<std::shared_ptr<op_state>>> posted_recvs;
-  std::map<std::pair<int, int>, std::deque<held_msg>> unexpected;  // by (src, tag)
-  std::map<std::uint64_t, std::shared_ptr<op_state>> sends;        // by send id
+  std::vector<coll_slot*> slots;  // the open ones, by ascending seq (a few: searched linearly)
+  std::vector<coll_slot*> free_slots;
+  std::vector<std::unique_ptr<coll_slot>> slot_store;  // owns every slot, open or free
+  std::uint64_t posted_end = 0;                        // collectives posted here so far
+  // Queues in post (arrival) order, by (peer, tag): an entry per pair, made once.
+  std::map<std::pair<int, int>, std::vector<std::shared_ptr<op_state>>> posted_recvs;
+  std::map<std::pair<int, int>, std::vector<held_msg>> unexpected;  // by (src, tag)
+  std::vector<std::shared_ptr<op_state>> sends;  // in flight (send_id unique), in post order
   std::uint64_t next_send_id = 0;
+  // Scratch buffers of closed slots (as many as calls needed at once; take_scratch).
   std::vector<std::vector<std::byte>> scratch_pool;
+};
+
+// The deadlines of posted calls, earliest first: a binary heap in a vector (its capacity kept).
+// A call leaves it when it expires or finishes (op_state::deadline_idx), so it holds only calls
+// in flight. Progress thread only.
+class deadline_heap {
+ public:
+  void reserve(std::size_t calls) { heap_.reserve(calls); }
+  [[nodiscard]] bool empty() const { return heap_.empty(); }
+  [[nodiscard]] clock::time_point earliest() const { return heap_.front().at; }
+  /// op->deadline must be set.
+  void push(std::shared_ptr<op_state> op);
+  /// Takes the earliest call out.
+  std::shared_ptr<op_state> pop();
+  /// Takes `op` out if it is in; returns it (null when it was not), so that the caller decides
+  /// when the reference goes.
+  std::shared_ptr<op_state> remove(op_state& op);
+
+ private:
+  struct entry {
+    clock::time_point at;
+    std::shared_ptr<op_state> op;
+  };
+  std::shared_ptr<op_state> remove_at(std::size_t i);
+  void swap_entries(std::size_t a, std::size_t b);
+  void sift_up(std::size_t i);
+  void sift_down(std::size_t i);
+  std::vector<entry> heap_;
 };
 
 class ucx_fabric_impl final : public ucx_fabric {
@@ -287,24 +360,48 @@ class ucx_fabric_impl final : public ucx_fabric {
 
   // Progress thread.
   void handle_events();
+  // A completion of `t` (already out of the in-flight set; recycled by the caller afterwards).
+  void handle_completion(send_token* t, ucs_status_t st);
   void dispatch(held_msg m);
   void release(held_msg& m);
   // Sends token->header's first header_bytes as the AM header and `data` (or, when data is
   // null, the rest of token->header) as the payload; the token comes back as an event.
   void send_msg(int global_peer, send_token* token, std::size_t header_bytes, const void* data,
                 std::size_t bytes);
-  // The header bytes (with all_to_all_v counts), then `text` as payload bytes.
-  static std::vector<std::byte> make_header(const wire_header& h,
-                                            std::span<const std::size_t> send_counts = {},
-                                            std::span<const std::size_t> recv_counts = {},
-                                            std::string_view text = {});
+  // Writes into `out` (replacing its contents, keeping its capacity) the header bytes (with
+  // all_to_all_v counts), then `text` as payload bytes.
+  static void write_header(std::vector<std::byte>& out, const wire_header& h,
+                           std::span<const std::size_t> send_counts = {},
+                           std::span<const std::size_t> recv_counts = {},
+                           std::string_view text = {});
   void send_notice(int global_peer, wire_header h, const status& st);
-  // A token for an operation with `peer`, tracked until its completion is handled.
+  // A token from the pool for an operation with `peer`, in flight until its completion is
+  // handled (then recycle_token()).
   send_token* new_token(send_token::kind what, group* g, coll_slot* slot,
                         std::shared_ptr<op_state> op, int peer);
+  void recycle_token(send_token* t);
+  // Queues t's completion with `st` (the UCX callbacks, immediate completions, `pulled`).
+  void complete(send_token* t, ucs_status_t st) { events_.push_back({t, t->generation, st, -1}); }
+  // A pooled buffer for a copied eager payload (release() gives it back).
+  std::vector<std::byte> take_copy_buffer();
   void finish(op_state& op, status st);
 
+  // The open slot of call `seq`, or null.
+  static coll_slot* find_slot(group& g, std::uint64_t seq);
+  // The slot of call `seq`, opened (from the free list) when it is not open yet.
   coll_slot& slot_for(group& g, std::uint64_t seq);
+  // Back to the free list (`s` is not used afterwards), its scratch back to the group's pool.
+  void close_slot(group& g, coll_slot& s);
+  // Gives s.scratch at least `bytes` from the group's pool: the smallest buffer that fits, else
+  // the largest one, grown (so that a warm group has as many buffers as it needs at once, each
+  // as large as its largest use, and takes no more memory).
+  static void take_scratch(group& g, coll_slot& s, std::size_t bytes);
+  // Goes through the held messages of `s` once more: consumes those of phase 0 (all of them
+  // unless phase0_only) and holds the rest again.
+  void reconsider_held(group& g, coll_slot& s, bool phase0_only);
+  // Sizes the pools and queues of the progress thread from the world size (start).
+  void size_pools();
+  void start_op(const std::shared_ptr<op_state>& op);
   void start_coll(const std::shared_ptr<op_state>& op);
   void on_coll(group& g, held_msg m);
   void consume(group& g, coll_slot& s, held_msg m);
@@ -397,7 +494,8 @@ class ucx_fabric_impl final : public ucx_fabric {
   status abort_reason_;
   bool connected_ = false;
   std::map<std::vector<int>, std::vector<int>> instances_;  // members -> per-member creations
-  std::vector<std::function<void()>> commands_;
+  std::vector<std::function<void()>> commands_;             // run before the posts queued with them
+  std::vector<std::shared_ptr<op_state>> posted_;           // calls to start, in post order
   bool stop_ = false;
   std::mutex done_mu_;
   std::condition_variable done_cv_;
@@ -411,14 +509,23 @@ class ucx_fabric_impl final : public ucx_fabric {
     int rank;
   };
   std::vector<std::unique_ptr<peer_ref>> peer_refs_;  // error-callback arguments
-  // Every token UCX still holds, owned here until its completion is handled (or the fabric
-  // goes). Keyed by address: UCX hands the raw pointer back as user data.
-  std::unordered_map<send_token*, std::unique_ptr<send_token>> inflight_;
+  // The token pool: every token ever made, in flight (UCX or a peer's `pulled` still holds it;
+  // until its completion is handled or the fabric goes) or free. UCX hands the raw pointer back
+  // as user data.
+  std::vector<std::unique_ptr<send_token>> tokens_;
+  std::vector<send_token*> free_tokens_;
+  // Header bytes a pooled token keeps room for (a header, all_to_all_v counts of the world, a
+  // descriptor): sized once at start.
+  std::size_t token_header_bytes_ = 0;
   std::map<std::uint64_t, std::shared_ptr<group>> groups_;
   std::map<std::uint64_t, std::vector<held_msg>> orphans_;  // messages of unknown groups
-  std::multimap<clock::time_point, std::weak_ptr<op_state>> deadlines_;
+  deadline_heap deadlines_;
+  std::vector<std::shared_ptr<op_state>> starting_;  // posted_, taken under the lock
   std::vector<held_msg> incoming_;
+  std::vector<held_msg> dispatching_;  // incoming_, taken by handle_events
   std::vector<event> events_;
+  std::vector<event> handling_;                    // events_, taken by handle_events
+  std::vector<std::vector<std::byte>> copy_pool_;  // buffers for held_msg::copied
   std::vector<ucs_status_ptr_t> closing_;
   struct pid_watch {
     int rank;
@@ -434,8 +541,8 @@ class ucx_fabric_impl final : public ucx_fabric {
   std::vector<int> same_host_pid_;
   std::vector<std::uint8_t> can_pull_from_;
   std::vector<std::uint8_t> pull_ready_;
-  std::deque<pull_job> pulls_;
-  std::unordered_map<std::uint64_t, send_token*> pulls_out_;  // by pull id
+  std::vector<pull_job> pulls_;         // in arrival order
+  std::vector<send_token*> pulls_out_;  // pull tokens awaiting `pulled` (found by pull_id)
   std::uint64_t next_pull_id_ = 1;
   bool leak_worker_ = false;  // an endpoint close never completed (a failed peer)
   // Fabric buffers of this process (ucx_shared_memory.cpp). Shared with their releasers, so that
@@ -459,7 +566,7 @@ class ucx_fabric_impl final : public ucx_fabric {
     std::size_t bytes = 0;
   };
   std::map<std::pair<int, std::uint64_t>, peer_region> peer_regions_;
-  std::deque<swap_job> swaps_;
+  std::vector<swap_job> swaps_;  // in order
 };
 
 }  // namespace helix::transport::ucx

@@ -19,15 +19,14 @@ constexpr auto stuck_grace = std::chrono::seconds(1);
 
 void ucx_fabric_impl::check_deadlines() {
   const auto now = clock::now();
-  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-    std::shared_ptr<op_state> op = deadlines_.begin()->second.lock();
-    deadlines_.erase(deadlines_.begin());
-    if (!op || op->done.load(std::memory_order_acquire)) continue;
+  while (!deadlines_.empty() && deadlines_.earliest() <= now) {
+    std::shared_ptr<op_state> op = deadlines_.pop();
+    if (op->done.load(std::memory_order_acquire)) continue;
     group& g = *op->g;
     if (op->is_coll) {
-      auto it = g.slots.find(op->seq);
-      if (it == g.slots.end() || it->second->decided) continue;
-      coll_slot& s = *it->second;
+      coll_slot* open = find_slot(g, op->seq);
+      if (open == nullptr || open->decided) continue;
+      coll_slot& s = *open;
       std::string missing;
       for (std::size_t r = 0; r < s.got[s.phase].size(); ++r) {
         if (static_cast<int>(r) != g.me && s.got[s.phase][r] == 0) {
@@ -122,9 +121,10 @@ void ucx_fabric_impl::fail_peer(int global_peer, const status& st) {
   std::vector<std::pair<group*, std::uint64_t>> touched;
   std::vector<std::pair<group*, std::shared_ptr<op_state>>> touched_ops;
   std::vector<send_token*> to_abandon;
-  for (const auto& [t, owned] : inflight_) {
-    if (t->peer == global_peer && !t->abandoned && t->what != send_token::kind::notice) {
-      to_abandon.push_back(t);
+  for (const auto& t : tokens_) {
+    if (t->in_flight && t->peer == global_peer && !t->abandoned &&
+        t->what != send_token::kind::notice) {
+      to_abandon.push_back(t.get());
     }
   }
   for (send_token* t : to_abandon) abandon(t, touched, touched_ops);
@@ -134,8 +134,8 @@ void ucx_fabric_impl::fail_peer(int global_peer, const status& st) {
     if (it == g.members.end()) continue;
     const int grank = static_cast<int>(it - g.members.begin());
     std::vector<coll_slot*> open;
-    for (auto& [seq, s] : g.slots) {
-      if (!s->decided) open.push_back(s.get());
+    for (coll_slot* s : g.slots) {
+      if (!s->decided) open.push_back(s);
     }
     for (coll_slot* s : open) {
       // A slot that only peers' messages made yet: this rank's call is still to come.
@@ -150,7 +150,7 @@ void ucx_fabric_impl::fail_peer(int global_peer, const status& st) {
       p2p.insert(p2p.end(), q.begin(), q.end());
       q.clear();
     }
-    for (auto& [sid, op] : g.sends) {
+    for (const auto& op : g.sends) {
       if (op->peer == grank) p2p.push_back(op);
     }
     for (auto& op : p2p) {
@@ -189,8 +189,8 @@ void ucx_fabric_impl::abandon(send_token* t, std::vector<std::pair<group*, std::
       break;
   }
   if (t->pull_id != 0) {  // no UCX request holds a pull token: it goes now
-    pulls_out_.erase(t->pull_id);
-    inflight_.erase(t);
+    std::erase(pulls_out_, t);
+    recycle_token(t);
   }
 }
 
@@ -198,9 +198,9 @@ void ucx_fabric_impl::advance_abandoned(
     std::vector<std::pair<group*, std::uint64_t>>& slots,
     std::vector<std::pair<group*, std::shared_ptr<op_state>>>& ops, const status& why) {
   for (auto& [g, seq] : slots) {
-    const auto it = g->slots.find(seq);
-    if (it == g->slots.end()) continue;
-    coll_slot& s = *it->second;
+    coll_slot* open = find_slot(*g, seq);
+    if (open == nullptr) continue;
+    coll_slot& s = *open;
     if (!s.decided) {
       fail_slot(*g, s, why);
     } else {
@@ -219,8 +219,9 @@ void ucx_fabric_impl::advance_abandoned(
 void ucx_fabric_impl::abandon_stuck() {
   const auto now = clock::now();
   std::vector<send_token*> stuck;
-  for (const auto& [t, owned] : inflight_) {
-    if (t->abandoned || t->what == send_token::kind::notice) continue;
+  for (const auto& owned : tokens_) {
+    send_token* t = owned.get();
+    if (!t->in_flight || t->abandoned || t->what == send_token::kind::notice) continue;
     const bool decided = t->slot != nullptr ? t->slot->decided : t->op->decided;
     const bool failed = t->slot != nullptr ? !t->slot->result.ok() : !t->op->outcome.ok();
     if (!decided || !failed) {
@@ -245,8 +246,8 @@ void ucx_fabric_impl::fail_everything(const status& st) {
   for (auto& [id, gp] : groups_) {
     group& g = *gp;
     std::vector<coll_slot*> open;
-    for (auto& [seq, s] : g.slots) {
-      if (!s->decided) open.push_back(s.get());
+    for (coll_slot* s : g.slots) {
+      if (!s->decided) open.push_back(s);
     }
     for (coll_slot* s : open) fail_slot(g, *s, aborted_pt_);
     std::vector<std::shared_ptr<op_state>> p2p;
@@ -254,7 +255,7 @@ void ucx_fabric_impl::fail_everything(const status& st) {
       p2p.insert(p2p.end(), q.begin(), q.end());
       q.clear();
     }
-    for (auto& [sid, op] : g.sends) p2p.push_back(op);
+    p2p.insert(p2p.end(), g.sends.begin(), g.sends.end());
     for (auto& op : p2p) {
       if (op->decided) continue;
       op->decided = true;

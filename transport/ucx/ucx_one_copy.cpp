@@ -93,7 +93,7 @@ void ucx_fabric_impl::send_payload(int global_peer, send_token* token, std::size
   // the same call, stands for the peer's read until its `pulled` comes back.
   send_token* pull = new_token(token->what, token->g, token->slot, token->op, global_peer);
   pull->pull_id = next_pull_id_++;
-  pulls_out_[pull->pull_id] = pull;
+  pulls_out_.push_back(pull);
   if (token->slot != nullptr) {
     ++token->slot->sends_in_flight;
   } else {
@@ -143,7 +143,7 @@ bool ucx_fabric_impl::run_pulls() {
     if (drop.ok() && j.slot != nullptr && j.slot->decided) drop = j.slot->result;
     if (!drop.ok()) {
       pull_job job = std::move(j);
-      pulls_.pop_front();
+      pulls_.erase(pulls_.begin());
       finish_pull(std::move(job), drop, /*tell_group=*/false);
       continue;
     }
@@ -158,13 +158,13 @@ bool ucx_fabric_impl::run_pulls() {
       budget -= std::min(budget, static_cast<std::size_t>(got));
       if (j.done == j.desc.bytes) {
         pull_job job = std::move(j);
-        pulls_.pop_front();
+        pulls_.erase(pulls_.begin());
         finish_pull(std::move(job), ok_status(), false);
       }
       continue;
     }
     pull_job job = std::move(j);
-    pulls_.pop_front();
+    pulls_.erase(pulls_.begin());
     if (err == ESRCH) {  // a peer failure: every call that needs it fails, this one included
       fail_peer(sender, make_error(errc::unavailable, "peer rank {} (pid {}) exited", sender, pid));
       finish_pull(std::move(job), peer_failed_[us], false);
@@ -222,11 +222,12 @@ void ucx_fabric_impl::send_pulled(int global_peer, std::uint64_t pull_id) {
 }
 
 void ucx_fabric_impl::on_pulled(const held_msg& m) {
-  const auto it = pulls_out_.find(m.hdr.seq);
+  const auto it = std::find_if(pulls_out_.begin(), pulls_out_.end(),
+                               [&](const send_token* t) { return t->pull_id == m.hdr.seq; });
   if (it == pulls_out_.end()) return;  // its call gave up on it already
-  send_token* t = it->second;
+  send_token* t = *it;
   pulls_out_.erase(it);
-  events_.push_back({t, UCS_OK, -1});
+  complete(t, UCS_OK);
 }
 
 }  // namespace helix::transport::ucx

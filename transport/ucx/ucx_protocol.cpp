@@ -196,20 +196,17 @@ void ucx_fabric_impl::dispatch(held_msg m) {
 
 // ---- collectives ----
 
-coll_slot& ucx_fabric_impl::slot_for(group& g, std::uint64_t seq) {
-  auto& entry = g.slots[seq];
-  if (!entry) {
-    entry = std::make_unique<coll_slot>();
-    entry->seq = seq;
-    const std::size_t n = g.members.size();
-    entry->posts.resize(n);
-    entry->counts.resize(n);
-    entry->got[0].assign(n, 0);
-    entry->got[1].assign(n, 0);
-    entry->swap_from.resize(n);
-    entry->swap_to.assign(n, 0);
+void ucx_fabric_impl::reconsider_held(group& g, coll_slot& s, bool phase0_only) {
+  // consume() may hold messages again (into s.held), never touches s.held_taken.
+  s.held_taken.swap(s.held);
+  for (auto& m : s.held_taken) {
+    if (!phase0_only || m.hdr.phase == 0) {
+      consume(g, s, std::move(m));
+    } else {
+      s.held.push_back(std::move(m));
+    }
   }
-  return *entry;
+  s.held_taken.clear();
 }
 
 void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
@@ -232,15 +229,11 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
   const std::size_t n = g.members.size();
   const int me = g.me;
   s.posts[static_cast<std::size_t>(me)] = own;
-  if (op->deadline) deadlines_.emplace(*op->deadline, op);
+  if (op->deadline) deadlines_.push(op);
   if (own.local_error.ok()) {
     if (own.kind == op_kind::all_reduce && n > 1) {
       const chunk mine = chunk_of(own.send.count, n, static_cast<std::size_t>(me));
-      if (!g.scratch_pool.empty()) {
-        s.scratch = std::move(g.scratch_pool.back());
-        g.scratch_pool.pop_back();
-      }
-      s.scratch.resize((n + 1) * mine.count * sizeof(float));
+      take_scratch(g, s, (n + 1) * mine.count * sizeof(float));
     }
   }
   // In place: phase 0 carries the arguments and, where the pair can swap, where the peer's slice
@@ -265,12 +258,12 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
     target payload;
     if (!own.local_error.ok()) {
       h.error_code = static_cast<std::uint8_t>(own.local_error.code());
-      token->header = make_header(h, {}, {}, own.local_error.message());
+      write_header(token->header, h, {}, {}, own.local_error.message());
     } else {
       if (own.kind == op_kind::all_to_all_v) {
-        token->header = make_header(h, own.v.send_counts, own.v.recv_counts);
+        write_header(token->header, h, own.v.send_counts, own.v.recv_counts);
       } else {
-        token->header = make_header(h);
+        write_header(token->header, h);
       }
       payload = phase0_payload(own, n, j, me);
     }
@@ -285,12 +278,12 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
         swap_desc d = *region;
         d.bytes = own.recv.bytes() / n;
         d.offset += j * d.bytes;
-        token->header = make_header(h);
+        write_header(token->header, h);
         token->header.resize(header_bytes + sizeof(d));
         std::memcpy(token->header.data() + header_bytes, &d, sizeof(d));
         s.swap_to[j] = 1;
       } else {
-        token->header = make_header(h);
+        write_header(token->header, h);
       }
     }
     ++s.sends_in_flight;
@@ -303,21 +296,13 @@ void ucx_fabric_impl::start_coll(const std::shared_ptr<op_state>& op) {
   }
   // After the sends, so that peers (reading this rank's memory, one copy) start meanwhile.
   if (own.local_error.ok()) copy_own_slice(own, n, me);
-  std::vector<held_msg> held;
-  held.swap(s.held);
-  for (auto& m : held) {
-    if (m.hdr.phase == 0) {
-      consume(g, s, std::move(m));
-    } else {
-      s.held.push_back(std::move(m));
-    }
-  }
+  reconsider_held(g, s, /*phase0_only=*/true);
   advance(g, s);
 }
 
 void ucx_fabric_impl::on_coll(group& g, held_msg m) {
   const std::uint64_t seq = m.hdr.seq;
-  if (g.slots.find(seq) == g.slots.end() && seq < g.posted_end) {
+  if (find_slot(g, seq) == nullptr && seq < g.posted_end) {
     release(m);  // a call this rank already finished (a peer that timed out sent it late)
     return;
   }
@@ -412,9 +397,9 @@ void ucx_fabric_impl::receive(group& g, coll_slot& s, held_msg& m, void* dst) {
   m.ucx_owned = false;
   if (UCS_PTR_IS_PTR(req)) token->request = req;
   if (req == nullptr) {
-    events_.push_back({token, UCS_OK, -1});
+    complete(token, UCS_OK);
   } else if (UCS_PTR_IS_ERR(req)) {
-    events_.push_back({token, UCS_PTR_STATUS(req), -1});
+    complete(token, UCS_PTR_STATUS(req));
   }
 }
 
@@ -442,9 +427,7 @@ void ucx_fabric_impl::advance(group& g, coll_slot& s) {
   if (!s.decided || s.sends_in_flight > 0 || s.recvs_in_flight > 0) return;
   std::shared_ptr<op_state> op = s.op;
   status result = s.result;
-  for (auto& m : s.held) release(m);
-  if (!s.scratch.empty()) g.scratch_pool.push_back(std::move(s.scratch));
-  g.slots.erase(s.seq);  // `s` is gone from here on
+  close_slot(g, s);  // `s` is gone from here on
   finish(*op, std::move(result));
 }
 
@@ -474,9 +457,7 @@ void ucx_fabric_impl::start_phase1(group& g, coll_slot& s) {
   for (std::size_t j = 0; j < n; ++j) {
     if (j != me) send_phase1_msg(g, s, j, out, mine.count * sizeof(float), 0);
   }
-  std::vector<held_msg> held;
-  held.swap(s.held);
-  for (auto& m : held) consume(g, s, std::move(m));
+  reconsider_held(g, s, /*phase0_only=*/false);
 }
 
 void ucx_fabric_impl::send_phase1_msg(group& g, coll_slot& s, std::size_t j, const void* data,
@@ -495,7 +476,7 @@ void ucx_fabric_impl::send_phase1_msg(group& g, coll_slot& s, std::size_t j, con
   h.send_count = own.send.count;
   h.recv_count = own.recv.count;
   auto* token = new_token(send_token::kind::slot_send, &g, &s, nullptr, g.members[j]);
-  token->header = make_header(h);
+  write_header(token->header, h);
   ++s.sends_in_flight;
   if (bytes == 0) {
     send_msg(g.members[j], token, token->header.size(), nullptr, 0);
@@ -515,7 +496,7 @@ void ucx_fabric_impl::fail_slot(group& g, coll_slot& s, status st) {
 
 void ucx_fabric_impl::on_coll_fail(group& g, held_msg& m) {
   const std::uint64_t seq = m.hdr.seq;
-  if (g.slots.find(seq) == g.slots.end() && seq < g.posted_end) return;  // finished here
+  if (find_slot(g, seq) == nullptr && seq < g.posted_end) return;  // finished here
   status st = status_of(m);
   if (st.ok()) st = status(errc::aborted, "a peer failed the call");
   fail_slot(g, slot_for(g, seq), std::move(st));
@@ -534,10 +515,10 @@ void ucx_fabric_impl::start_p2p(const std::shared_ptr<op_state>& op) {
     finish(*op, op->outcome);
     return;
   }
-  if (op->deadline) deadlines_.emplace(*op->deadline, op);
+  if (op->deadline) deadlines_.push(op);
   if (op->is_send) {
     op->send_id = g.next_send_id++;
-    g.sends[op->send_id] = op;
+    g.sends.push_back(op);
     wire_header h;
     h.type = msg_type::p2p;
     h.send_type = op->sbuf.type;
@@ -547,7 +528,7 @@ void ucx_fabric_impl::start_p2p(const std::shared_ptr<op_state>& op) {
     h.seq = op->send_id;
     h.send_count = op->sbuf.count;
     auto* token = new_token(send_token::kind::op_send, &g, nullptr, op, peer_global);
-    token->header = make_header(h);
+    write_header(token->header, h);
     ++op->ucx_in_flight;
     if (op->sbuf.bytes() == 0) {
       send_msg(peer_global, token, token->header.size(), nullptr, 0);
@@ -556,24 +537,24 @@ void ucx_fabric_impl::start_p2p(const std::shared_ptr<op_state>& op) {
     }
     return;
   }
-  auto& waiting = g.unexpected[{op->peer, op->tag}];
+  auto& waiting = group::queue_of(g.unexpected, op->peer, op->tag);
   if (!waiting.empty()) {
     held_msg m = std::move(waiting.front());
-    waiting.pop_front();
+    waiting.erase(waiting.begin());
     match(g, op, std::move(m));
     return;
   }
-  g.posted_recvs[{op->peer, op->tag}].push_back(op);
+  group::queue_of(g.posted_recvs, op->peer, op->tag).push_back(op);
 }
 
 void ucx_fabric_impl::on_p2p(group& g, held_msg m) {
-  auto& posted = g.posted_recvs[{m.hdr.src, m.hdr.root_or_tag}];
+  auto& posted = group::queue_of(g.posted_recvs, m.hdr.src, m.hdr.root_or_tag);
   if (posted.empty()) {
-    g.unexpected[{m.hdr.src, m.hdr.root_or_tag}].push_back(std::move(m));
+    group::queue_of(g.unexpected, m.hdr.src, m.hdr.root_or_tag).push_back(std::move(m));
     return;
   }
   std::shared_ptr<op_state> op = std::move(posted.front());
-  posted.pop_front();
+  posted.erase(posted.begin());
   match(g, op, std::move(m));
 }
 
@@ -616,9 +597,9 @@ void ucx_fabric_impl::match(group& g, const std::shared_ptr<op_state>& op, held_
     m.ucx_owned = false;
     if (UCS_PTR_IS_PTR(req)) token->request = req;
     if (req == nullptr) {
-      events_.push_back({token, UCS_OK, -1});
+      complete(token, UCS_OK);
     } else if (UCS_PTR_IS_ERR(req)) {
-      events_.push_back({token, UCS_PTR_STATUS(req), -1});
+      complete(token, UCS_PTR_STATUS(req));
     }
     return;  // the ack goes out when the data is in (handle_events)
   }
@@ -633,10 +614,11 @@ void ucx_fabric_impl::match(group& g, const std::shared_ptr<op_state>& op, held_
 void ucx_fabric_impl::advance_p2p(group& g, op_state& op) {
   if (!op.decided || op.ucx_in_flight > 0 || op.done.load(std::memory_order_acquire)) return;
   if (op.is_send) {
-    const auto it = g.sends.find(op.send_id);
+    const auto it =
+        std::find_if(g.sends.begin(), g.sends.end(), [&](const auto& s) { return s.get() == &op; });
     std::shared_ptr<op_state> keep;
-    if (it != g.sends.end() && it->second.get() == &op) {
-      keep = std::move(it->second);
+    if (it != g.sends.end()) {
+      keep = std::move(*it);
       g.sends.erase(it);
     }
     finish(op, op.outcome);
@@ -646,9 +628,10 @@ void ucx_fabric_impl::advance_p2p(group& g, op_state& op) {
 }
 
 void ucx_fabric_impl::on_ack(group& g, held_msg& m) {
-  const auto it = g.sends.find(m.hdr.seq);
+  const auto it = std::find_if(g.sends.begin(), g.sends.end(),
+                               [&](const auto& s) { return s->send_id == m.hdr.seq; });
   if (it == g.sends.end()) return;
-  std::shared_ptr<op_state> op = it->second;
+  std::shared_ptr<op_state> op = *it;
   if (op->decided) return;
   op->decided = true;
   op->outcome = status_of(m);

@@ -225,11 +225,7 @@ void ucx_fabric_impl::start_swap_phase(group& g, coll_slot& s) {
   for (std::size_t j = 0; j < n; ++j) {
     if (j == me || swaps(j)) continue;
     if (!staged) {
-      if (!g.scratch_pool.empty()) {
-        s.scratch = std::move(g.scratch_pool.back());
-        g.scratch_pool.pop_back();
-      }
-      s.scratch.resize(n * slice);
+      take_scratch(g, s, n * slice);
       staged = true;
     }
     std::memcpy(s.scratch.data() + j * slice, buf + j * slice, slice);
@@ -264,9 +260,7 @@ void ucx_fabric_impl::start_swap_phase(group& g, coll_slot& s) {
     ++s.recvs_in_flight;
     swaps_.push_back(job);
   }
-  std::vector<held_msg> held;
-  held.swap(s.held);
-  for (auto& m : held) consume(g, s, std::move(m));
+  reconsider_held(g, s, /*phase0_only=*/false);
   advance(g, s);
 }
 
@@ -277,7 +271,7 @@ bool ucx_fabric_impl::run_swaps() {
     // A call that failed (a peer, a deadline, abort) writes into nobody's buffer any more.
     if (j.slot->decided || !aborted_pt_.ok()) {
       const swap_job job = j;
-      swaps_.pop_front();
+      swaps_.erase(swaps_.begin());
       --job.slot->recvs_in_flight;
       advance(*job.g, *job.slot);
       continue;
@@ -288,7 +282,7 @@ bool ucx_fabric_impl::run_swaps() {
     budget -= k;
     if (j.done < j.bytes) continue;
     const swap_job job = j;
-    swaps_.pop_front();
+    swaps_.erase(swaps_.begin());
     --job.slot->recvs_in_flight;
     send_phase1_msg(*job.g, *job.slot, static_cast<std::size_t>(job.peer), nullptr, 0,
                     wire_flag_in_place);
