@@ -170,7 +170,7 @@ struct case_result {
   std::size_t kv_bytes = 0;
   double kernel_s = 0.0;
   double stream_s = 0.0;
-  double flops = 0.0;           // MLA only
+  double flops = 0.0;             // MLA only
   double fma_peak_flops_s = 0.0;  // MLA only: fma_peak_flops_per_s on the same threads
 
   [[nodiscard]] nlohmann::json to_json() const {
@@ -261,11 +261,11 @@ void print_progress(std::ostream& err, const case_result& r) {
       r.model, dtype_name(r.kv_dtype), r.threads, r.kernel_s * 1e3,
       static_cast<double>(r.kv_bytes) / r.kernel_s / 1e9,
       static_cast<double>(r.kv_bytes) / r.stream_s / 1e9, r.stream_s / r.kernel_s,
-      r.flops > 0.0 ? fmt::format(", {:.1f} GFLOP/s ({:.2f} of an FMA peak of {:.1f})",
-                                  r.flops / r.kernel_s / 1e9,
-                                  r.flops / r.kernel_s / r.fma_peak_flops_s,
-                                  r.fma_peak_flops_s / 1e9)
-                    : std::string());
+      r.flops > 0.0
+          ? fmt::format(", {:.1f} GFLOP/s ({:.2f} of an FMA peak of {:.1f})",
+                        r.flops / r.kernel_s / 1e9, r.flops / r.kernel_s / r.fma_peak_flops_s,
+                        r.fma_peak_flops_s / 1e9)
+          : std::string());
   err.flush();
 }
 
@@ -310,9 +310,9 @@ void print_table(std::ostream& out, const bench_options& o,
       "isa {}\n",
       o.context, o.mla_context, default_block_tokens,
       kernels::simd::isa_name(kernels::simd::cpu_isa()));
-  out << fmt::format("{:<14} {:<9} {:>7} {:>9} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9}\n",
-                     "model", "kv_dtype", "threads", "context", "ms", "kv GB/s", "stream GB/s",
-                     "ratio", "GFLOP/s", "FMA peak");
+  out << fmt::format("{:<14} {:<9} {:>7} {:>9} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9}\n", "model",
+                     "kv_dtype", "threads", "context", "ms", "kv GB/s", "stream GB/s", "ratio",
+                     "GFLOP/s", "FMA peak");
   for (const case_result& r : results) {
     const bool mla = r.flops > 0.0;
     out << fmt::format(

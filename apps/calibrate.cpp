@@ -244,8 +244,8 @@ expected<calibration> measure_cpu(const calibration_options& opts, std::ostream&
     progress << fmt::format("  {:.1f} GFLOP/s\n", c.gemm_flops_per_s / 1e9);
   }
   {
-    progress << fmt::format("calibrate: f32 FMA peak (multiply-adds in registers) on {} threads...\n",
-                            c.threads);
+    progress << fmt::format(
+        "calibrate: f32 FMA peak (multiply-adds in registers) on {} threads...\n", c.threads);
     progress.flush();
     c.fma_peak_flops_per_s = fma_peak_flops_per_s(pool, o.repeats);
     progress << fmt::format("  {:.1f} GFLOP/s\n", c.fma_peak_flops_per_s / 1e9);

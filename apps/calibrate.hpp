@@ -60,7 +60,7 @@ struct calibration {
   std::int64_t gemm_m = 0;
   std::int64_t gemm_n = 0;
   std::int64_t gemm_k = 0;
-  double gemm_flops_per_s = 0;  // f32
+  double gemm_flops_per_s = 0;      // f32
   double fma_peak_flops_per_s = 0;  // f32 FMAs in registers (fma_peak_flops_per_s), all threads
   double physical_memory_bytes = 0;
   planner::hardware hw;

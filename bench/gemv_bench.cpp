@@ -77,7 +77,7 @@ void BM_gemv(benchmark::State& state) {
 }
 
 BENCHMARK(BM_gemv)
-    ->ArgsProduct({{32000}, {1024}, {1, 2, 4, 8}, {0, 1}, {1, 2}})
+    ->ArgsProduct({{32000}, {1024}, {1, 2, 3, 4, 8}, {0, 1}, {1, 2}})
     ->ArgsProduct({{1024}, {2816}, {1, 4}, {0, 1}, {1, 2}})
     ->ArgNames({"n", "k", "m", "fp8", "threads"})
     ->Unit(benchmark::kMicrosecond)

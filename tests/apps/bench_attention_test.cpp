@@ -47,9 +47,9 @@ TEST(BenchAttention, JsonHasEveryFieldForEveryCase) {
   EXPECT_EQ(j["mla"]["kv_bytes"], 1024 * 576 * 2);
   EXPECT_GT(j["mla"]["flops_per_s"].get<double>(), 0.0);
   EXPECT_GT(j["mla"]["fma_peak_flops_per_s"].get<double>(), 0.0);
-  EXPECT_DOUBLE_EQ(j["mla"]["fraction_of_fma_peak"].get<double>(),
-                   j["mla"]["flops_per_s"].get<double>() /
-                       j["mla"]["fma_peak_flops_per_s"].get<double>());
+  EXPECT_DOUBLE_EQ(
+      j["mla"]["fraction_of_fma_peak"].get<double>(),
+      j["mla"]["flops_per_s"].get<double>() / j["mla"]["fma_peak_flops_per_s"].get<double>());
   EXPECT_NE(err.str().find("filling"), std::string::npos);  // progress on stderr
 }
 
