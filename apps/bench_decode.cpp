@@ -350,6 +350,14 @@ expected<decode_case_result> run_case(const bench_decode_options& o, const decod
   }
   res.step_ms = median(step_ms);
   res.tokens_per_s = static_cast<double>(o.batch) / (res.step_ms / 1e3);
+  const actors::engine_stats done = eng->stats();
+  if (const std::int64_t steps = done.steps - kv_seen.steps; steps > 0) {
+    const auto& a = kv_seen.step_phases;
+    const auto& b = done.step_phases;
+    const double per = 1e3 / static_cast<double>(steps);
+    res.phase_ms = {(b.attention - a.attention) * per, (b.all_to_all - a.all_to_all) * per,
+                    (b.ffn - a.ffn) * per, (b.sampling - a.sampling) * per};
+  }
   // A decode step reads every KV block a worker holds (all of them belong to the batch), and
   // each worker's weight slices.
   std::int64_t kv_total = 0;
@@ -471,6 +479,11 @@ nlohmann::json decode_report_json(const bench_decode_options& o,
          {"speedup_vs_tp",
           r.speedup_vs_tp ? nlohmann::json(*r.speedup_vs_tp) : nlohmann::json(nullptr)},
          {"fill_s", r.fill_s},
+         {"phase_ms",
+          {{"attention", r.phase_ms.attention},
+           {"all_to_all", r.phase_ms.all_to_all},
+           {"ffn", r.phase_ms.ffn},
+           {"sampling", r.phase_ms.sampling}}},
          {"worker_pids", r.worker_pids}});
   }
   return j;
@@ -495,6 +508,12 @@ void print_decode_table(std::ostream& out, const bench_decode_options& o,
         r.hopb ? "on" : "off", format_bytes(static_cast<double>(r.kv_bytes_per_worker)),
         format_bytes(static_cast<double>(r.bytes_read_per_step)), r.step_ms, r.tokens_per_s,
         r.speedup_vs_tp ? fmt::format("{:.2f}x", *r.speedup_vs_tp) : "-", r.fraction_of_limit);
+  }
+  for (const decode_case_result& r : results) {
+    out << fmt::format(
+        "{:<32} rank 0 per step: attention {:.2f} ms, all-to-all wait {:.2f}, FFN {:.2f}, LM "
+        "head + sampling {:.2f}\n",
+        r.name, r.phase_ms.attention, r.phase_ms.all_to_all, r.phase_ms.ffn, r.phase_ms.sampling);
   }
   out << "read/step: every worker's weights and KV; of limit: read/step per second over a "
          "streaming read measured right after the case on as many threads\n";

@@ -108,6 +108,14 @@ struct decode_case_result {
   std::optional<double> speedup_vs_tp;
   double fill_s = 0.0;  // first submit to the timed request's first token
   std::vector<std::int64_t> worker_pids;
+  /// Rank 0's mean ms per step in each phase over the timed steps (engine_stats::step_phases):
+  /// where a step goes, and what is left for control messages and barriers.
+  struct phases {
+    double attention = 0.0;   // without the all-to-all wait
+    double all_to_all = 0.0;  // the wait
+    double ffn = 0.0;
+    double sampling = 0.0;  // the LM head and sampling
+  } phase_ms;
 };
 
 /// KV tokens one worker of `l` must hold for the engine to admit `batch` requests of

@@ -59,6 +59,16 @@ TEST(BenchDecode, JsonHasEveryFieldAndHelixHoldsAQuarterOfTp) {
         << l.dump();
     EXPECT_EQ(l["hopb"], false);
     EXPECT_GT(l["step_ms"].get<double>(), 0.0);
+    // Where rank 0's steps go: every phase timed, the FFN and the LM head never free.
+    double phases = 0.0;
+    for (const char* phase : {"attention", "all_to_all", "ffn", "sampling"}) {
+      const double ms = l["phase_ms"][phase].get<double>();
+      EXPECT_GE(ms, 0.0) << phase << " in " << l.dump();
+      phases += ms;
+    }
+    EXPECT_GT(l["phase_ms"]["ffn"].get<double>(), 0.0) << l.dump();
+    EXPECT_GT(l["phase_ms"]["sampling"].get<double>(), 0.0) << l.dump();
+    EXPECT_LT(phases, 10 * l["step_ms"].get<double>()) << l.dump();
     EXPECT_NEAR(l["tokens_per_s"].get<double>(), 2.0 / (l["step_ms"].get<double>() / 1e3), 1e-6);
     EXPECT_EQ(l["kv_bytes_per_worker"].get<std::int64_t>() % block_bytes, 0) << l.dump();
   }
