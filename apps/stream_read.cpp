@@ -1,5 +1,6 @@
 // The streaming-read baseline of the benchmarks and the calibration, and the f32 FMA peak
 // (apps/measure.hpp).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -124,7 +125,8 @@ float fma_chains_scalar(std::int64_t iters, float seed) {
 }  // namespace
 
 double fma_peak_flops_per_s(thread_pool& pool, int repeats) {
-  const kernels::simd::isa isa = kernels::simd::cpu_isa();
+  [[maybe_unused]] const kernels::simd::isa isa = kernels::simd::cpu_isa();
+  repeats = std::max(repeats, 1);
   int lanes = 1;
 #if HELIX_SIMD_X86
   if (isa == kernels::simd::isa::avx512) lanes = 16;
