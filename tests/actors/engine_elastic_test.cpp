@@ -3,7 +3,9 @@
 // plane (not recomputed) and every request's tokens equal the static run's.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -47,12 +49,39 @@ struct run_result {
   std::vector<status> outcomes;  // per change
 };
 
+// Holds the engine where a change is due until the changer thread has asked for it: a token
+// callback (on the engine's thread, between steps) waits there, so the change lands while the
+// requests still run however late the changer thread is scheduled on a loaded machine.
+struct change_gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::size_t due = 0;    // changes whose step came
+  std::size_t asked = 0;  // changes the changer thread is asking for
+  bool ended = false;     // every request ended
+  bool in_call = false;   // the changer thread is inside add_workers / drain_worker
+};
+
 // Greedy and seeded-sampling requests (one over a synthetic context), all submitted at once;
 // the changes run from another thread as the steps pass.
 run_result serve(engine& eng, const std::vector<change>& changes, int requests = 5,
                  std::int64_t max_tokens = 24) {
   run_result out;
   std::vector<request_handle> handles;
+  change_gate gate;
+  const auto hold = [&](const token_event&) {
+    std::unique_lock lk(gate.mu);
+    // Not while a change is being made: it may need the engine's thread to finish.
+    if (gate.due >= changes.size() || gate.in_call ||
+        eng.stats().steps < changes[gate.due].at_step) {
+      return;
+    }
+    const std::size_t mine = gate.due++;
+    gate.cv.notify_all();
+    // Bounded: a changer that never asks only loses the hold.
+    gate.cv.wait_for(lk, std::chrono::seconds(10), [&] { return gate.asked > mine; });
+    lk.unlock();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // its message reaches the engine
+  };
   for (int i = 0; i < requests; ++i) {
     request_options r;
     r.prompt =
@@ -63,17 +92,25 @@ run_result serve(engine& eng, const std::vector<change>& changes, int requests =
       r.synthetic_context_tokens = 200;
       r.synthetic_seed = 5;
     }
-    auto h = eng.submit(r);
+    auto h = changes.empty() ? eng.submit(r) : eng.submit(r, hold);
     EXPECT_TRUE(h.has_value()) << h.error().to_string();
     if (h) handles.push_back(*h);
   }
   std::thread changer([&] {
-    for (const change& c : changes) {
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-      while (eng.stats().steps < c.at_step && std::chrono::steady_clock::now() < until) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    for (std::size_t j = 0; j < changes.size(); ++j) {
+      const change& c = changes[j];
+      {
+        // Released by the hold, or by the end of the run when no token came after the step.
+        // (Never stats() here: it waits for the engine's thread, which a hold may be keeping.)
+        std::unique_lock lk(gate.mu);
+        gate.cv.wait_for(lk, std::chrono::seconds(60), [&] { return gate.due > j || gate.ended; });
+        gate.asked = j + 1;
+        gate.in_call = true;
+        gate.cv.notify_all();
       }
       out.outcomes.push_back(c.join ? eng.add_workers(c.count) : eng.drain_worker(c.rank));
+      std::lock_guard lk(gate.mu);
+      gate.in_call = false;
     }
   });
   for (auto& h : handles) {
@@ -90,6 +127,11 @@ run_result serve(engine& eng, const std::vector<change>& changes, int requests =
     }
     out.tokens.push_back(std::move(tokens));
   }
+  {
+    std::lock_guard lk(gate.mu);
+    gate.ended = true;
+  }
+  gate.cv.notify_all();
   changer.join();
   for (std::size_t i = 0; i < changes.size() && i < out.outcomes.size(); ++i) {
     EXPECT_EQ(out.outcomes[i].code(), changes[i].expect) << out.outcomes[i].to_string();
