@@ -759,40 +759,6 @@ void ucx_fabric_impl::handle_completion(send_token* t, ucs_status_t st) {
   }
 }
 
-void ucx_fabric_impl::release(held_msg& m) {
-  if (m.pull) {  // never read: its sender may let go of the buffer
-    send_pulled(static_cast<int>(m.pull->sender), m.pull->pull_id);
-    m.pull.reset();
-  }
-  if (m.ucx_owned && m.data != nullptr) ucp_am_data_release(worker_, m.data);
-  m.data = nullptr;
-  m.ucx_owned = false;
-  if (m.copied.capacity() > 0) {
-    m.copied.clear();
-    copy_pool_.push_back(std::move(m.copied));
-  }
-}
-
-void ucx_fabric_impl::write_header(std::vector<std::byte>& out, const wire_header& h,
-                                   std::span<const std::size_t> send_counts,
-                                   std::span<const std::size_t> recv_counts,
-                                   std::string_view text) {
-  const std::size_t counts = send_counts.size() + recv_counts.size();
-  out.resize(sizeof(wire_header) + counts * sizeof(std::uint64_t) + text.size());
-  wire_header hh = h;
-  hh.n_counts = static_cast<std::uint16_t>(send_counts.size());
-  std::memcpy(out.data(), &hh, sizeof(hh));
-  std::byte* c = out.data() + sizeof(wire_header);
-  for (auto span : {send_counts, recv_counts}) {
-    for (std::size_t v : span) {
-      const std::uint64_t w = v;
-      std::memcpy(c, &w, sizeof(w));
-      c += sizeof(w);
-    }
-  }
-  if (!text.empty()) std::memcpy(c, text.data(), text.size());
-}
-
 void ucx_fabric_impl::send_msg(int global_peer, send_token* token, std::size_t header_bytes,
                                const void* data, std::size_t bytes) {
   ucp_ep_h ep = eps_[static_cast<std::size_t>(global_peer)];
@@ -816,14 +782,6 @@ void ucx_fabric_impl::send_msg(int global_peer, send_token* token, std::size_t h
   } else if (UCS_PTR_IS_ERR(req)) {
     complete(token, UCS_PTR_STATUS(req));
   }
-}
-
-void ucx_fabric_impl::send_notice(int global_peer, wire_header h, const status& st) {
-  if (eps_[static_cast<std::size_t>(global_peer)] == nullptr) return;
-  h.error_code = static_cast<std::uint8_t>(st.code());
-  auto* token = new_token(send_token::kind::notice, nullptr, nullptr, nullptr, global_peer);
-  write_header(token->header, h, {}, {}, st.message());
-  send_msg(global_peer, token, sizeof(wire_header), nullptr, 0);
 }
 
 }  // namespace helix::transport::ucx
