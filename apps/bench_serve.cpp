@@ -177,22 +177,13 @@ json percentiles(const latency_summary& s) {
 }  // namespace
 
 int run_bench_serve(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  auto a = cli_args::parse(args, {"json", "help"});
-  if (!a) {
-    err << "error: " << a.error().message() << "\n" << usage;
-    return 2;
-  }
-  if (const status known = a->check_known({"url", "model", "requests", "rate", "max-concurrency",
-                                           "prompt", "max-tokens", "spread", "vocab", "slo-ttft-ms",
-                                           "slo-tpot-ms", "seed", "timeout", "json", "help"});
-      !known.ok()) {
-    err << "error: " << known.message() << "\n" << usage;
-    return 2;
-  }
-  if (a->has("help")) {
-    out << usage;
-    return 0;
-  }
+  int exit_code = 0;
+  const auto a =
+      parse_command(args, {"json"},
+                    {"url", "model", "requests", "rate", "max-concurrency", "prompt", "max-tokens",
+                     "spread", "vocab", "slo-ttft-ms", "slo-tpot-ms", "seed", "timeout", "json"},
+                    usage, out, err, exit_code);
+  if (!a) return exit_code;
   const auto usage_error = [&err](const std::string& what) {
     err << "error: " << what << "\n" << usage;
     return 2;

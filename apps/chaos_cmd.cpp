@@ -242,23 +242,14 @@ int run_chaos_cmd(const std::vector<std::string>& args, std::ostream& out, std::
       "  --schedule-hex HEX       run only this schedule (the hex a violation prints)\n"
       "  --replay FILE            run only the schedule stored in FILE (FaultSchedule bytes)\n"
       "  --json                   the report as JSON\n";
-  auto a = cli_args::parse(args, {"json", "help"});
-  if (!a) {
-    err << "error: " << a.error().message() << "\n" << chaos_usage;
-    return 2;
-  }
-  if (const status known = a->check_known(
-          {"seed", "schedules", "faults-per-schedule", "model", "layout", "workers", "requests",
-           "max-tokens", "max-nth", "peer-timeout-ms", "schedule-timeout-ms", "recovery",
-           "schedule-hex", "replay", "processes", "standby", "control-faults", "json", "help"});
-      !known.ok()) {
-    err << "error: " << known.message() << "\n" << chaos_usage;
-    return 2;
-  }
-  if (a->has("help")) {
-    out << chaos_usage;
-    return 0;
-  }
+  int exit_code = 0;
+  const auto a = parse_command(
+      args, {"json"},
+      {"seed", "schedules", "faults-per-schedule", "model", "layout", "workers", "requests",
+       "max-tokens", "max-nth", "peer-timeout-ms", "schedule-timeout-ms", "recovery",
+       "schedule-hex", "replay", "processes", "standby", "control-faults", "json"},
+      chaos_usage, out, err, exit_code);
+  if (!a) return exit_code;
   const auto usage_error = [&err](const std::string& what) {
     err << "error: " << what << "\n" << chaos_usage;
     return 2;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <ostream>
 #include <utility>
 
 #include <unistd.h>
@@ -51,8 +52,8 @@ expected<std::pair<std::string, std::uint16_t>> parse_host_port(std::string_view
   const std::string port_text(colon == std::string_view::npos ? "" : text.substr(colon + 1));
   char* end = nullptr;
   const long port = port_text.empty() ? -1 : std::strtol(port_text.c_str(), &end, 10);
-  if (colon == std::string_view::npos || colon == 0 || end == nullptr || *end != '\0' ||
-      port < 1 || port > 65535) {
+  if (colon == std::string_view::npos || colon == 0 || end == nullptr || *end != '\0' || port < 1 ||
+      port > 65535) {
     return invalid_argument("--{} takes HOST:PORT, got '{}'", flag, text);
   }
   return std::pair<std::string, std::uint16_t>{std::string(text.substr(0, colon)),
@@ -165,6 +166,27 @@ status cli_args::check_known(const std::set<std::string>& known) const {
     return invalid_argument("flag --{} needs a value", *missing_value_);
   }
   return ok_status();
+}
+
+std::optional<cli_args> parse_command(const std::vector<std::string>& args,
+                                      std::set<std::string> switches, std::set<std::string> known,
+                                      std::string_view usage, std::ostream& out, std::ostream& err,
+                                      int& exit_code) {
+  switches.insert("help");
+  known.insert("help");
+  auto a = cli_args::parse(args, switches);
+  const status st = a ? a->check_known(known) : a.error();
+  if (!st.ok()) {
+    err << "error: " << st.message() << "\n" << usage;
+    exit_code = 2;
+    return std::nullopt;
+  }
+  if (a->has("help")) {
+    out << usage;
+    exit_code = 0;
+    return std::nullopt;
+  }
+  return std::move(*a);
 }
 
 expected<std::string> this_program_path() {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iosfwd>
 #include <map>
 #include <optional>
 #include <set>
@@ -53,5 +54,15 @@ class cli_args {
   std::map<std::string, std::string> values_;
   std::optional<std::string> missing_value_;  // a last non-switch flag with no value after it
 };
+
+/// A command's flags, parsed and checked: cli_args::parse() with `switches`, then check_known()
+/// with `known` ("help" is added to both). On a bad flag it writes "error: ..." and `usage` to
+/// `err` and sets `exit_code` to 2; on --help it writes `usage` to `out` and sets it to 0; in both
+/// cases it returns nullopt and the command returns `exit_code`.
+[[nodiscard]] std::optional<cli_args> parse_command(const std::vector<std::string>& args,
+                                                    std::set<std::string> switches,
+                                                    std::set<std::string> known,
+                                                    std::string_view usage, std::ostream& out,
+                                                    std::ostream& err, int& exit_code);
 
 }  // namespace helix::apps

@@ -594,25 +594,14 @@ int run_workload(const std::vector<std::string>& args, std::ostream& out, std::o
       "                    cert.pem, key.pem; helix cluster certs --out DIR makes them); only\n"
       "                    workers whose certificate the CA signed may join\n"
       "  --json            the report as JSON\n";
-  auto a = cli_args::parse(args, {"json", "help"});
-  if (!a) {
-    err << "error: " << a.error().message() << "\n" << run_usage;
-    return 2;
-  }
-  if (const status known =
-          a->check_known({"config",         "model",    "workers",     "layout",    "agents",
-                          "rate",           "duration", "requests",    "context",   "turns",
-                          "max-tokens",     "seed",     "kv-capacity", "processes", "listen",
-                          "expect-workers", "standby",  "recovery",    "elastic",   "tls-dir",
-                          "json",           "help"});
-      !known.ok()) {
-    err << "error: " << known.message() << "\n" << run_usage;
-    return 2;
-  }
-  if (a->has("help")) {
-    out << run_usage;
-    return 0;
-  }
+  int exit_code = 0;
+  const auto a = parse_command(
+      args, {"json"},
+      {"config",   "model",          "workers", "layout",     "agents",  "rate",        "duration",
+       "requests", "context",        "turns",   "max-tokens", "seed",    "kv-capacity", "processes",
+       "listen",   "expect-workers", "standby", "recovery",   "elastic", "tls-dir",     "json"},
+      run_usage, out, err, exit_code);
+  if (!a) return exit_code;
   const auto usage_error = [&err](const std::string& what) {
     err << "error: " << what << "\n" << run_usage;
     return 2;

@@ -45,23 +45,14 @@ std::atomic<int> stop_signal{0};
 }  // namespace
 
 int run_serve(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  auto a = cli_args::parse(args, {"help"});
-  if (!a) {
-    err << "error: " << a.error().message() << "\n" << usage;
-    return 2;
-  }
-  if (const status known = a->check_known(
-          {"host", "port", "config", "model", "checkpoint", "workers", "processes", "layout",
-           "kv-capacity", "served-model-name", "default-temperature", "max-body", "threads",
-           "grace", "listen", "expect-workers", "tokenizer", "help"});
-      !known.ok()) {
-    err << "error: " << known.message() << "\n" << usage;
-    return 2;
-  }
-  if (a->has("help")) {
-    out << usage;
-    return 0;
-  }
+  int exit_code = 0;
+  const auto a =
+      parse_command(args, {},
+                    {"host", "port", "config", "model", "checkpoint", "workers", "processes",
+                     "layout", "kv-capacity", "served-model-name", "default-temperature",
+                     "max-body", "threads", "grace", "listen", "expect-workers", "tokenizer"},
+                    usage, out, err, exit_code);
+  if (!a) return exit_code;
   const auto usage_error = [&err](const std::string& what) {
     err << "error: " << what << "\n" << usage;
     return 2;

@@ -115,4 +115,33 @@ TEST(CliArgs, HostPortNamesTheFlagWhenBad) {
 }
 
 }  // namespace
+// A command's preamble: flags parsed and checked, --help and bad flags answered with the usage.
+TEST(CliArgs, ParseCommandAnswersHelpAndBadFlagsWithTheUsage) {
+  const std::string usage = "usage: helix thing [--n N] [--json]\n";
+  std::ostringstream out;
+  std::ostringstream err;
+  int code = -1;
+  const auto ok =
+      parse_command({"--n", "3", "--json"}, {"json"}, {"n", "json"}, usage, out, err, code);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->get_or("n", ""), "3");
+  EXPECT_TRUE(ok->has("json"));
+  EXPECT_TRUE(out.str().empty() && err.str().empty());
+
+  EXPECT_FALSE(parse_command({"--help"}, {"json"}, {"n", "json"}, usage, out, err, code));
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(out.str(), usage);
+  EXPECT_TRUE(err.str().empty());
+
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--bogus", "1"}, {"--n"}, {"stray"}, {"--json=1"}}) {
+    std::ostringstream e;
+    code = -1;
+    EXPECT_FALSE(parse_command(bad, {"json"}, {"n", "json"}, usage, out, e, code)) << bad[0];
+    EXPECT_EQ(code, 2) << bad[0];
+    EXPECT_EQ(e.str().rfind("error: ", 0), 0u) << e.str();
+    EXPECT_NE(e.str().find(usage), std::string::npos) << e.str();
+  }
+}
+
 }  // namespace helix::apps
