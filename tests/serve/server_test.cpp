@@ -335,7 +335,18 @@ TEST(ServeHttp, MetricsAreWellFormedPrometheusText) {
         200);
   }
   (void)cli.Post("/v1/completions", "{", "application/json");
+  // The engine frees a request's KV just after its last token is sent: scrape once it has (the
+  // gauges follow the engine's published state, a step behind the stream).
+  const auto freed = [](const std::string& body) {
+    return body.find("helix_kv_blocks_used{worker=\"0\"} 0\n") != std::string::npos &&
+           body.find("helix_kv_blocks_used{worker=\"1\"} 0\n") != std::string::npos;
+  };
   auto res = cli.Get("/metrics");
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (res && !freed(res->body) && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    res = cli.Get("/metrics");
+  }
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200);
   EXPECT_NE(res->get_header_value("Content-Type").find("text/plain"), std::string::npos);
